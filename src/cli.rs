@@ -1,0 +1,90 @@
+//! Command line: one binary, one subcommand per component or tool.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kube::CustomResourceExt as _;
+
+use crate::crd::WebhookIntegration;
+
+/// Kubernetes operator for incoming webhooks.
+#[derive(Debug, Parser)]
+#[command(name = "hookwarden", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Reconcile WebhookIntegrations into routes and Secrets (in cluster, leader-elected).
+    Controller(crate::controller::ControllerArgs),
+    /// Serve /hooks/…: verify, deduplicate, acknowledge, map incidents, write status.
+    Receiver(crate::receiver::ReceiverArgs),
+    /// Controller and receiver in one process over a folder of YAML, no cluster needed.
+    Standalone(crate::standalone::StandaloneArgs),
+    /// Show standalone integrations as `kubectl get webhookintegrations` would.
+    Get(crate::standalone::GetArgs),
+    /// Print the CustomResourceDefinition YAML (the source of crds/).
+    Crdgen,
+    /// Check one delivery offline: exit 0 valid, 1 invalid, 2 usage error.
+    Verify(crate::tools::VerifyArgs),
+    /// Print the headers a provider would send for a body.
+    Sign(crate::tools::SignArgs),
+    /// Send a signed, realistic sample delivery to a URL and print the answer.
+    SendTest(crate::tools::SendTestArgs),
+}
+
+/// The CRD as YAML, exactly as committed under `crds/`.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(&WebhookIntegration::crd())
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crdgen => match crd_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot render the CRD: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Verify(args) => crate::tools::verify(args),
+        Command::Sign(args) => crate::tools::sign(args),
+        command => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = runtime.block_on(async move {
+                match command {
+                    Command::Controller(args) => crate::controller::run(args).await,
+                    Command::Receiver(args) => crate::receiver::run(args).await,
+                    Command::Standalone(args) => crate::standalone::run(args).await,
+                    Command::Get(args) => crate::standalone::get(args).await,
+                    Command::SendTest(args) => crate::tools::send_test(args).await,
+                    Command::Crdgen | Command::Verify(_) | Command::Sign(_) => unreachable_command(),
+                }
+            });
+            match result {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn unreachable_command() -> anyhow::Result<ExitCode> {
+    anyhow::bail!("command handled before the runtime started")
+}

@@ -1,0 +1,373 @@
+//! The `WebhookIntegration` custom resource: types only.
+//!
+//! The CRD in `crds/` is generated from these types by `hookwarden crdgen`; never edit it
+//! by hand. Every field carries a doc comment because it becomes the description that
+//! `kubectl explain` prints.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+pub use crate::domain::provider::ProviderKind;
+
+/// API group of every hookwarden resource.
+pub const GROUP: &str = "hookwarden.dev";
+/// Finalizer the controller puts on each integration so its route is removed on delete.
+pub const FINALIZER: &str = "hookwarden.dev/route";
+
+/// Desired state of a webhook integration: who sends, how deliveries are authenticated,
+/// what is accepted and how deliveries become incidents.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "hookwarden.dev",
+    version = "v1alpha1",
+    kind = "WebhookIntegration",
+    plural = "webhookintegrations",
+    singular = "webhookintegration",
+    shortname = "whi",
+    category = "hookwarden",
+    namespaced,
+    status = "WebhookIntegrationStatus",
+    doc = "An incoming webhook endpoint: hookwarden gives it an unguessable URL, verifies every delivery the way its provider signs it, turns monitoring alerts into incidents and reports deliveries and incidents on the status.",
+    printcolumn(name = "Provider", type_ = "string", json_path = ".spec.provider", description = "Sender preset"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the endpoint serves deliveries"),
+    printcolumn(name = "Open", type_ = "integer", json_path = ".status.incidents.open", description = "Open incidents"),
+    printcolumn(name = "Last Delivery", type_ = "date", json_path = ".status.deliveries.lastReceivedTime", description = "When the last delivery arrived"),
+    printcolumn(name = "URL", type_ = "string", json_path = ".status.url", description = "Endpoint to configure in the sender", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.spec.provider == 'generic' ? has(self.spec.signature) : !has(self.spec.signature)").message("spec.signature must be set when provider is generic, and only then").field_path(".spec.signature"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookIntegrationSpec {
+    /// Sender preset: how deliveries are authenticated and mapped. One of github, gitlab,
+    /// stripe, slack, standard-webhooks, svix, shopify, pagerduty, twilio, sentry, linear,
+    /// grafana, zendesk, jira, bitbucket, datadog, alertmanager, generic.
+    pub provider: ProviderKind,
+
+    /// When true the endpoint answers 503 with Retry-After so senders keep their
+    /// deliveries and retry later; nothing is lost.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub suspend: bool,
+
+    /// Secret (in this namespace) holding the shared secret or token the sender uses.
+    /// When absent, hookwarden generates one into the Secret named in status.secretName.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+
+    /// After the referenced secret changes, the previous value is still accepted for this
+    /// long (Go duration, e.g. 24h, 90m). Default 24h; 0s drops it at once.
+    #[serde(default, rename = "previousSecretTTL", skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub previous_secret_ttl: Option<String>,
+
+    /// Source CIDRs allowed to deliver (IPv4 or IPv6). Empty: any source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 64)))]
+    #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("every allowedSourceRanges entry must be a CIDR such as 10.0.0.0/8 or 2001:db8::/32"))]
+    pub allowed_source_ranges: Vec<String>,
+
+    /// Request limits for this endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+
+    /// Provider event types to accept. Deliveries of other types are answered 2xx, counted
+    /// as ignored and otherwise dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<EventFilter>,
+
+    /// How deliveries become incidents. Monitoring presets (datadog, alertmanager,
+    /// grafana, pagerduty, sentry) come with a mapping; fields set here override it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incidents: Option<IncidentMapping>,
+
+    /// Signature scheme for provider generic (required then, forbidden otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SignatureSpec>,
+
+    /// Token presets (datadog, alertmanager, gitlab): an extra request header that may carry
+    /// the token as its whole value, besides `Authorization: Bearer` and Basic auth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9-]+$"))]
+    pub token_header: Option<String>,
+
+    /// Optional JSON Schema every authenticated delivery body must satisfy (else 400).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown")]
+    pub schema: Option<serde_json::Value>,
+
+    /// How long a delivery id is remembered to drop duplicates (Go duration). Default 24h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub dedup_window: Option<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn preserve_unknown(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+        "description": "Optional JSON Schema (draft 2020-12) every authenticated delivery body must satisfy; a delivery that fails it is answered 400."
+    })
+}
+
+/// A key of a Secret in the integration's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret, in the same namespace as the integration.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret whose value is the shared secret or token.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self != ''").message("secretRef.key must not be empty"))]
+    pub key: String,
+}
+
+/// Per-endpoint request limits.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// Largest accepted body in bytes; larger deliveries get 413 and are never buffered
+    /// past this. Default 1048576 (1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 67108864))]
+    pub max_body_bytes: Option<i64>,
+    /// Sustained requests per second from all sources; over it: 429 + Retry-After.
+    /// Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub requests_per_second: Option<i32>,
+    /// Requests allowed in a burst above the sustained rate. Default 200.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub burst: Option<i32>,
+}
+
+/// Which provider event types are processed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventFilter {
+    /// Event types to accept (e.g. `push`, `invoice.paid`). Empty: all types.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 256)))]
+    pub include: Vec<String>,
+    /// Event types to ignore; wins over include.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 256)))]
+    pub exclude: Vec<String>,
+}
+
+/// How a delivery payload becomes incidents. Each `…From` field is a JSON pointer
+/// (starting with `/`) into the delivery body, or a CEL expression over `body`
+/// (e.g. `body.alert.id`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IncidentMapping {
+    /// Incident key within this integration (JSON pointer or CEL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub id_from: Option<String>,
+    /// Incident title (JSON pointer or CEL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub title_from: Option<String>,
+    /// Raw severity (JSON pointer or CEL); translated through severityMap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub severity_from: Option<String>,
+    /// Raw severity value → one of critical, high, medium, low, info.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(k, self[k] in ['critical', 'high', 'medium', 'low', 'info'])").message("severityMap values must be critical, high, medium, low or info"))]
+    #[schemars(extend("maxProperties" = 64))]
+    pub severity_map: BTreeMap<String, String>,
+    /// Link to the incident at the sender (JSON pointer or CEL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub link_from: Option<String>,
+    /// When the event happened (JSON pointer or CEL; RFC 3339 or Unix seconds). Used to
+    /// keep an older event from overwriting a newer one. Default: arrival time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub time_from: Option<String>,
+    /// CEL expression over `body` that is true when the delivery resolves the incident,
+    /// e.g. `body.alert_transition == "Recovered"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub resolved_when: Option<String>,
+    /// Incidents listed on status.incidents.recent (most recent first). Default 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub keep_recent: Option<i32>,
+}
+
+/// HMAC algorithm of a generic signature.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HmacAlgorithm {
+    /// HMAC-SHA1 (legacy senders only).
+    Sha1,
+    /// HMAC-SHA256.
+    Sha256,
+    /// HMAC-SHA512.
+    Sha512,
+}
+
+/// Text encoding of a generic signature.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureEncoding {
+    /// Lower- or upper-case hexadecimal.
+    Hex,
+    /// Standard base64 with padding.
+    Base64,
+}
+
+/// A configurable HMAC scheme, for senders without a preset (provider generic).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.signedContent.contains('{timestamp}') || has(self.timestampHeader)").message("signedContent uses {timestamp}, so timestampHeader must be set"))]
+#[x_kube(validation = Rule::new("!self.signedContent.contains('{id}') || has(self.idHeader)").message("signedContent uses {id}, so idHeader must be set"))]
+pub struct SignatureSpec {
+    /// Request header carrying the signature, e.g. X-Signature.
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9-]+$"))]
+    pub header: String,
+    /// HMAC hash: sha1, sha256 or sha512.
+    pub algorithm: HmacAlgorithm,
+    /// Signature text encoding: hex or base64.
+    pub encoding: SignatureEncoding,
+    /// Text before the signature in the header value, e.g. `sha256=`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 64))]
+    pub prefix: String,
+    /// What is signed: a template of `{body}`, `{timestamp}` and `{id}` joined by literal
+    /// text, e.g. `{timestamp}.{body}`. Default `{body}`.
+    #[serde(default = "default_signed_content")]
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("self.contains('{body}')").message("signedContent must include {body}"))]
+    pub signed_content: String,
+    /// Header carrying the Unix timestamp (seconds) that is signed and checked against
+    /// toleranceSeconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9-]+$"))]
+    pub timestamp_header: Option<String>,
+    /// Header carrying the delivery id, signed when signedContent uses `{id}` and used for
+    /// deduplication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9-]+$"))]
+    pub id_header: Option<String>,
+    /// Largest accepted distance between the signed timestamp and now, in seconds, in
+    /// either direction. Default 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub tolerance_seconds: Option<i32>,
+}
+
+fn default_signed_content() -> String {
+    "{body}".to_string()
+}
+
+/// Observed state, written by the controller (conditions, URL) and the receiver
+/// (deliveries, incidents), each with its own server-side apply field manager.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookIntegrationStatus {
+    /// The spec generation the controller last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Full endpoint URL to configure in the sender (external base URL + path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Endpoint path, /hooks/ followed by at least 128 random bits; stable for the life of
+    /// the integration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Secret in this namespace holding the generated secret and the URL, when hookwarden
+    /// generated the secret (no spec.secretRef).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// Ready, SecretResolved, RouteReady and Degraded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Delivery counters, written by the receivers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliveries: Option<DeliveryStatus>,
+    /// Incidents opened from deliveries, written by the receivers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incidents: Option<IncidentsStatus>,
+}
+
+/// Delivery counters since the integration was created.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryStatus {
+    /// Requests that reached this endpoint.
+    #[serde(default)]
+    pub received: i64,
+    /// Deliveries authenticated and accepted (acknowledged with 2xx).
+    #[serde(default)]
+    pub accepted: i64,
+    /// Requests refused (bad signature, too large, rate limited, …).
+    #[serde(default)]
+    pub rejected: i64,
+    /// Accepted deliveries dropped as repeats of an earlier delivery id.
+    #[serde(default)]
+    pub duplicates: i64,
+    /// Accepted deliveries whose event type the events filter excludes.
+    #[serde(default)]
+    pub ignored: i64,
+    /// When the last request arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_received_time: Option<Time>,
+    /// When the last request was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rejected_time: Option<Time>,
+    /// Why the last request was refused (e.g. signature_mismatch, timestamp_stale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reject_reason: Option<String>,
+}
+
+/// Incidents derived from deliveries.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IncidentsStatus {
+    /// Incidents currently open.
+    #[serde(default)]
+    pub open: i64,
+    /// The most recently updated incidents, newest first (at most incidents.keepRecent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent: Vec<IncidentSummary>,
+}
+
+/// One incident as shown on the status.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IncidentSummary {
+    /// Incident key from the sender (e.g. Alertmanager fingerprint, Datadog aggreg_key).
+    pub id: String,
+    /// Human title.
+    #[serde(default)]
+    pub title: String,
+    /// critical, high, medium, low or info.
+    #[serde(default)]
+    pub severity: String,
+    /// open or resolved.
+    pub state: String,
+    /// When the incident (last) opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opened_at: Option<Time>,
+    /// When the incident last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<Time>,
+    /// When the incident resolved, if it is resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<Time>,
+    /// Link to the incident at the sender.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}

@@ -1,0 +1,4 @@
+//! The pure core: no Kubernetes, no network, no files, no clock of its own.
+
+pub mod provider;
+pub mod secret;

@@ -1,0 +1,16 @@
+//! hookwarden: a Kubernetes operator for incoming webhooks.
+//!
+//! Layout: [`crd`] holds the resource types; [`domain`] is the pure core (provider
+//! schemes, incident mapping and state, desired status) with no I/O and the clock passed
+//! in; [`controller`], [`receiver`] and [`standalone`] are the adapters around it.
+
+pub mod cli;
+pub mod controller;
+pub mod crd;
+pub mod domain;
+pub mod journal;
+pub mod receiver;
+pub mod route;
+pub mod standalone;
+pub mod telemetry;
+pub mod tools;

@@ -1,0 +1,11 @@
+//! The data plane: `hookwarden receiver`.
+
+use std::process::ExitCode;
+
+/// Flags of `hookwarden receiver`.
+#[derive(Debug, clap::Args)]
+pub struct ReceiverArgs {}
+
+pub async fn run(_args: ReceiverArgs) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("hookwarden receiver is not built yet")
+}

@@ -1,0 +1,127 @@
+//! The route: everything a receiver needs to serve one integration.
+//!
+//! The controller writes each route as a Secret in hookwarden's own namespace, labelled
+//! [`ROUTE_LABEL`]=`true`, with the JSON form of [`Route`] under [`ROUTE_KEY`]. Receivers
+//! watch only those Secrets, so they need no cluster-wide read access. Standalone mode
+//! builds the same [`Route`] values from YAML files.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ObjectMeta;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::crd::WebhookIntegrationSpec;
+
+/// Label marking route Secrets.
+pub const ROUTE_LABEL: &str = "hookwarden.dev/route";
+/// Data key of the route JSON inside a route Secret.
+pub const ROUTE_KEY: &str = "route.json";
+/// Annotation naming the integration (`namespace/name`) a route Secret serves.
+pub const INTEGRATION_ANNOTATION: &str = "hookwarden.dev/integration";
+
+/// A shared secret accepted on a route. `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretValue(pub String);
+
+impl SecretValue {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretValue(<redacted>)")
+    }
+}
+
+/// One accepted secret: the current one (no expiry) or a previous one until it expires.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteSecret {
+    pub value: SecretValue,
+    /// Unix seconds after which this (previous) secret is no longer accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+/// Everything the receiver needs for one integration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    pub namespace: String,
+    pub name: String,
+    /// UID of the integration, so a re-created integration of the same name is distinct.
+    pub uid: String,
+    pub generation: i64,
+    /// Endpoint path, `/hooks/…`.
+    pub path: String,
+    /// Current secret first, then unexpired previous ones.
+    pub secrets: Vec<RouteSecret>,
+    pub spec: WebhookIntegrationSpec,
+}
+
+impl Route {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Secrets still accepted at `now` (Unix seconds), current first.
+    pub fn live_secrets(&self, now: i64) -> impl Iterator<Item = &SecretValue> {
+        self.secrets
+            .iter()
+            .filter(move |s| s.expires_at.is_none_or(|t| now < t))
+            .map(|s| &s.value)
+    }
+
+    /// The route Secret's name for an integration: stable, DNS-safe, and unique per
+    /// namespace/name even when the two together exceed the 253-character name limit.
+    pub fn secret_name(namespace: &str, name: &str) -> String {
+        let digest = Sha256::digest(format!("{namespace}/{name}").as_bytes());
+        format!("hw-route-{}", &hex::encode(digest)[..32])
+    }
+
+    /// The route as a Secret in `route_namespace`.
+    pub fn to_secret(&self, route_namespace: &str) -> Result<Secret, serde_json::Error> {
+        let json = serde_json::to_vec(self)?;
+        Ok(Secret {
+            metadata: ObjectMeta {
+                name: Some(Self::secret_name(&self.namespace, &self.name)),
+                namespace: Some(route_namespace.to_string()),
+                labels: Some(BTreeMap::from([
+                    (ROUTE_LABEL.to_string(), "true".to_string()),
+                    ("app.kubernetes.io/managed-by".to_string(), "hookwarden".to_string()),
+                ])),
+                annotations: Some(BTreeMap::from([(INTEGRATION_ANNOTATION.to_string(), self.key())])),
+                ..ObjectMeta::default()
+            },
+            type_: Some("hookwarden.dev/route".to_string()),
+            data: Some(BTreeMap::from([(ROUTE_KEY.to_string(), ByteString(json))])),
+            ..Secret::default()
+        })
+    }
+
+    /// Reads a route back from its Secret.
+    pub fn from_secret(secret: &Secret) -> Result<Route, RouteDecodeError> {
+        let data = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(ROUTE_KEY))
+            .ok_or(RouteDecodeError::MissingKey)?;
+        serde_json::from_slice(&data.0).map_err(RouteDecodeError::Json)
+    }
+}
+
+/// A route Secret that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteDecodeError {
+    #[error("route Secret has no {ROUTE_KEY} key")]
+    MissingKey,
+    #[error("route Secret holds invalid JSON: {0}")]
+    Json(serde_json::Error),
+}
