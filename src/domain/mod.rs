@@ -1,4 +1,5 @@
 //! The pure core: no Kubernetes, no network, no files, no clock of its own.
 
+pub mod incident;
 pub mod provider;
 pub mod secret;

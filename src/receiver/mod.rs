@@ -1,5 +1,7 @@
 //! The data plane: `hookwarden receiver`.
 
+pub mod sink;
+
 use std::process::ExitCode;
 
 /// Flags of `hookwarden receiver`.
