@@ -1,13 +1,15 @@
 //! The data plane: `hookwarden receiver`.
+//!
+//! [`runtime`] is what happens after the pipeline accepts a delivery (durable journal
+//! append, then the background fold into the [`ledger`] and coalesced [`status`]
+//! write-back); [`service`] assembles a running receiver for the cluster ([`cluster`])
+//! and for standalone mode.
 
+pub mod cluster;
+pub mod ledger;
+pub mod runtime;
+pub mod service;
 pub mod sink;
+pub mod status;
 
-use std::process::ExitCode;
-
-/// Flags of `hookwarden receiver`.
-#[derive(Debug, clap::Args)]
-pub struct ReceiverArgs {}
-
-pub async fn run(_args: ReceiverArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("hookwarden receiver is not built yet")
-}
+pub use cluster::{ReceiverArgs, run};

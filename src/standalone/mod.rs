@@ -1,19 +1,245 @@
 //! `hookwarden standalone` and `hookwarden get`: the product without a cluster.
+//!
+//! Standalone mode is the controller and the receiver in one process over a folder of
+//! YAML: [`sync`] plans every integration with the controller's pure plan, the receiver
+//! pipeline serves the routes with the same durable journal, and status lands in files
+//! under `--state` that `hookwarden get` prints like `kubectl get whi`.
 
+pub mod folder;
+pub mod get;
+pub mod state;
+pub mod sync;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use self::get::OutputFormat;
+use self::state::StateDir;
+use self::sync::{Row, Synced};
+use crate::receiver::runtime::RuntimeConfig;
+use crate::receiver::service::{Receiver, ReceiverHandle, ReceiverOptions};
+use crate::telemetry::LogFormat;
+
+/// Name of the default state folder inside `--dir`.
+pub const DEFAULT_STATE_DIR: &str = ".hookwarden-state";
+/// How often the folder is checked for edits.
+const RELOAD_EVERY: Duration = Duration::from_millis(500);
 
 /// Flags of `hookwarden standalone`.
 #[derive(Debug, clap::Args)]
-pub struct StandaloneArgs {}
+pub struct StandaloneArgs {
+    /// Folder of WebhookIntegration and Secret YAML (every *.yaml / *.yml file).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Address to serve /hooks/… on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where paths, generated secrets, the journal and status are kept
+    /// (default DIR/.hookwarden-state).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// Base URL senders use, when not http://LISTEN (e.g. behind a tunnel).
+    #[arg(long)]
+    pub external_url: Option<String>,
+    /// At most one status write per integration per this interval.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub status_interval: Duration,
+    /// Consecutive authentication failures that set Degraded.
+    #[arg(long, default_value_t = 20)]
+    pub degraded_after: u64,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
 
 /// Flags of `hookwarden get`.
 #[derive(Debug, clap::Args)]
-pub struct GetArgs {}
-
-pub async fn run(_args: StandaloneArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("hookwarden standalone is not built yet")
+pub struct GetArgs {
+    /// Show only this integration (prints the object itself with -o json|yaml).
+    pub name: Option<String>,
+    /// State folder of a standalone run.
+    #[arg(long, conflicts_with = "dir")]
+    pub state: Option<PathBuf>,
+    /// Folder a standalone run serves (its state is DIR/.hookwarden-state). Default: the
+    /// current folder's .hookwarden-state, else examples/.hookwarden-state.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Output format: wide, yaml or json (default: the table).
+    #[arg(short = 'o', long = "output", value_enum)]
+    pub output: Option<OutputFormat>,
+    /// Namespace to list (default "default").
+    #[arg(short = 'n', long = "namespace", conflicts_with = "all_namespaces")]
+    pub namespace: Option<String>,
+    /// List integrations in every namespace.
+    #[arg(short = 'A', long = "all-namespaces")]
+    pub all_namespaces: bool,
 }
 
-pub async fn get(_args: GetArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("hookwarden get is not built yet")
+/// Parses `2s`, `500ms`, `1m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::domain::duration::parse(s).map_err(|e| e.to_string())
+}
+
+fn display_base_url(addr: SocketAddr) -> String {
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
+        ip if ip.is_unspecified() => "[::1]".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    format!("http://{host}:{}", addr.port())
+}
+
+fn print_table(rows: &[Row]) {
+    let header = ["NAMESPACE/NAME", "PROVIDER", "URL", "SECRET"];
+    let cells: Vec<[String; 4]> = rows
+        .iter()
+        .map(|r| {
+            let secret = match &r.problem {
+                Some(p) => format!("{} (NOT READY: {p})", r.secret_hint),
+                None => r.secret_hint.clone(),
+            };
+            [format!("{}/{}", r.namespace, r.name), r.provider.to_string(), r.url.clone(), secret]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..3)
+        .map(|i| cells.iter().map(|c| c[i].len()).chain([header[i].len()]).max().unwrap_or(0))
+        .collect();
+    let line = |c: [&str; 4]| format!("{:<w0$}  {:<w1$}  {:<w2$}  {}", c[0], c[1], c[2], c[3], w0 = widths[0], w1 = widths[1], w2 = widths[2]);
+    println!("{}", line(header));
+    for c in &cells {
+        println!("{}", line([&c[0], &c[1], &c[2], &c[3]]));
+    }
+}
+
+fn report(synced: &Synced) {
+    for problem in &synced.problems {
+        tracing::warn!(%problem, "skipped a document");
+    }
+}
+
+pub async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
+    crate::telemetry::init_logging(args.log_format);
+    let dir = args.dir.clone();
+    anyhow::ensure!(dir.is_dir(), "--dir {} is not a folder", dir.display());
+    let state_root = args.state.clone().unwrap_or_else(|| dir.join(DEFAULT_STATE_DIR));
+    let state = StateDir::create(&state_root)?;
+
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    let base_url = args.external_url.clone().unwrap_or_else(|| display_base_url(local));
+
+    let synced = sync::sync(&dir, &state, &base_url, jiff::Timestamp::now())?;
+    report(&synced);
+
+    let config = RuntimeConfig { status_interval: args.status_interval, degraded_after: args.degraded_after, ..RuntimeConfig::default() };
+    let options = ReceiverOptions { journal_dir: state.journal_dir(), trusted_proxies: Vec::new(), external_base_url: args.external_url.clone(), runtime: config };
+    let receiver = Receiver::start(options, Arc::new(state.status_writer()), None).await?;
+    for error in receiver.handle().replace_all(synced.routes.clone()) {
+        tracing::warn!(%error, "route not served");
+    }
+    receiver.state().set_ready(true);
+
+    println!("hookwarden standalone: serving {} on {base_url} (state in {})", dir.display(), state_root.display());
+    print_table(&synced.rows);
+    println!("Status: hookwarden get --state {}", state_root.display());
+
+    let shutdown = CancellationToken::new();
+    let reload = tokio::spawn(reload_loop(dir.clone(), state.clone(), base_url.clone(), receiver.handle(), shutdown.clone()));
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        crate::receiver::cluster::shutdown_signal().await;
+        signal.cancel();
+    });
+    receiver.serve(listener, shutdown.clone()).await?;
+    shutdown.cancel();
+    let _ = reload.await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn reload_loop(dir: PathBuf, state: StateDir, base_url: String, receiver: ReceiverHandle, shutdown: CancellationToken) {
+    let mut seen = folder::fingerprint(&dir);
+    let mut tick = tokio::time::interval(RELOAD_EVERY);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = folder::fingerprint(&dir);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let (d, s, b) = (dir.clone(), state.clone(), base_url.clone());
+        match tokio::task::spawn_blocking(move || sync::sync(&d, &s, &b, jiff::Timestamp::now())).await {
+            Ok(Ok(synced)) => {
+                report(&synced);
+                for error in receiver.replace_all(synced.routes.clone()) {
+                    tracing::warn!(%error, "route not served");
+                }
+                tracing::info!(integrations = synced.rows.len(), "reloaded {}", dir.display());
+                print_table(&synced.rows);
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot reload {}", dir.display()),
+            Err(e) => tracing::error!(error = %e, "reload task failed"),
+        }
+    }
+}
+
+fn state_for_get(args: &GetArgs) -> PathBuf {
+    if let Some(s) = &args.state {
+        return s.clone();
+    }
+    if let Some(d) = &args.dir {
+        return d.join(DEFAULT_STATE_DIR);
+    }
+    let here = Path::new(DEFAULT_STATE_DIR);
+    if here.is_dir() {
+        return here.to_path_buf();
+    }
+    Path::new("examples").join(DEFAULT_STATE_DIR)
+}
+
+pub async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
+    let root = state_for_get(&args);
+    if !root.is_dir() {
+        eprintln!("error: no standalone state at {} (start `hookwarden standalone --dir DIR` first, or pass --state/--dir)", root.display());
+        return Ok(ExitCode::FAILURE);
+    }
+    let state = StateDir::existing(&root);
+    let mut objects = state.read_objects()?;
+    let namespace = args.namespace.clone().unwrap_or_else(|| folder::DEFAULT_NAMESPACE.to_string());
+    if !args.all_namespaces {
+        objects.retain(|o| o.metadata.namespace.as_deref() == Some(namespace.as_str()));
+    }
+    if let Some(name) = &args.name {
+        objects.retain(|o| o.metadata.name.as_deref() == Some(name.as_str()));
+        if objects.is_empty() {
+            eprintln!("Error from server (NotFound): webhookintegrations.hookwarden.dev \"{name}\" not found");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let single = args.name.is_some();
+    match args.output {
+        Some(OutputFormat::Json) => println!("{}", serde_json::to_string_pretty(&get::as_json_value(&objects, single))?),
+        Some(OutputFormat::Yaml) => print!("{}", serde_yaml::to_string(&get::as_json_value(&objects, single))?),
+        wide => {
+            if objects.is_empty() {
+                if args.all_namespaces {
+                    eprintln!("No resources found");
+                } else {
+                    eprintln!("No resources found in {namespace} namespace.");
+                }
+            } else {
+                print!("{}", get::table(&objects, wide == Some(OutputFormat::Wide), args.all_namespaces, jiff::Timestamp::now()));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

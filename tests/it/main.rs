@@ -1,1 +1,3 @@
 
+mod standalone;
+mod status_writer;

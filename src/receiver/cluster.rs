@@ -1,0 +1,196 @@
+//! `hookwarden receiver`: the in-cluster data plane. Watches the route Secrets in its own
+//! namespace, serves the pipeline, and writes status back with server-side apply.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt as _;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::receiver::service::{Receiver, ReceiverHandle, ReceiverOptions};
+use crate::receiver::status::KubeStatusWriter;
+use crate::route::{INTEGRATION_ANNOTATION, ROUTE_LABEL, Route};
+use crate::telemetry::LogFormat;
+
+/// Flags of `hookwarden receiver`.
+#[derive(Debug, clap::Args)]
+pub struct ReceiverArgs {
+    /// Address serving /hooks/…, /healthz and /readyz.
+    #[arg(long, env = "HOOKWARDEN_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Address serving /metrics.
+    #[arg(long, env = "HOOKWARDEN_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+    /// hookwarden's own namespace, where the controller writes route Secrets.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: String,
+    /// This replica's name, shown on the Kubernetes Events it emits.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Public base URL senders call (e.g. https://hooks.example.com); Twilio signs it.
+    #[arg(long, env = "HOOKWARDEN_EXTERNAL_URL")]
+    pub external_url: Option<String>,
+    /// Folder of the durable delivery journal (a volume that survives container restarts).
+    #[arg(long, env = "HOOKWARDEN_JOURNAL_DIR", default_value = "/var/lib/hookwarden/journal")]
+    pub journal_dir: PathBuf,
+    /// At most one status write per integration per this interval.
+    #[arg(long, env = "HOOKWARDEN_STATUS_INTERVAL", default_value = "2s", value_parser = crate::standalone::parse_duration)]
+    pub status_interval: Duration,
+    /// Consecutive authentication failures that set Degraded (SignatureFailures).
+    #[arg(long, env = "HOOKWARDEN_DEGRADED_AFTER", default_value_t = 20)]
+    pub degraded_after: u64,
+    /// Proxies whose X-Forwarded-For is trusted (CIDRs, comma-separated). Empty: none.
+    #[arg(long, env = "HOOKWARDEN_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Log format.
+    #[arg(long, env = "HOOKWARDEN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the process");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
+    crate::telemetry::init_logging(args.log_format);
+    let client = kube::Client::try_default().await.context("cannot reach the Kubernetes API")?;
+    let mut registry = Registry::default();
+    let writer = Arc::new(KubeStatusWriter::new(client.clone(), args.pod_name.clone()));
+    let options = ReceiverOptions {
+        journal_dir: args.journal_dir.clone(),
+        trusted_proxies: args.trusted_proxies.clone(),
+        external_base_url: args.external_url.clone(),
+        runtime: crate::receiver::runtime::RuntimeConfig {
+            status_interval: args.status_interval,
+            degraded_after: args.degraded_after,
+            ..Default::default()
+        },
+    };
+    let receiver = Receiver::start(options, writer, Some(&mut registry)).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.metrics_listen))?;
+
+    let shutdown = CancellationToken::new();
+    let metrics_stop = shutdown.clone();
+    let metrics_app = crate::receiver::metrics::metrics_router(Arc::new(registry));
+    let metrics_task = tokio::spawn(async move {
+        crate::receiver::server::serve(metrics_listener, metrics_app, async move { metrics_stop.cancelled().await }).await
+    });
+    let watch_stop = shutdown.clone();
+    let state = receiver.state().clone();
+    let watch_task = tokio::spawn(watch_routes(
+        Api::namespaced(client, &args.namespace),
+        receiver.handle(),
+        move || state.set_ready(true),
+        watch_stop,
+    ));
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new deliveries, draining the queue, flushing status");
+        signal.cancel();
+    });
+    tracing::info!(listen = %args.listen, namespace = %args.namespace, "receiver starting");
+    let served = receiver.serve(listener, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = watch_task.await;
+    let _ = metrics_task.await;
+    served.context("receiver server failed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn decode(secret: &Secret) -> Option<Route> {
+    match Route::from_secret(secret) {
+        Ok(route) => Some(route),
+        Err(e) => {
+            tracing::warn!(secret = secret.metadata.name.as_deref().unwrap_or(""), error = %e, "ignoring unreadable route Secret");
+            None
+        }
+    }
+}
+
+/// Keeps the route table equal to the route Secrets in `api`'s namespace. `on_synced`
+/// runs once the first full list is served (that is when `/readyz` turns ready).
+pub async fn watch_routes(api: Api<Secret>, handle: ReceiverHandle, on_synced: impl Fn() + Send + 'static, stop: CancellationToken) {
+    let config = watcher::Config::default().labels(&format!("{ROUTE_LABEL}=true"));
+    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+    let mut initial: Vec<Route> = Vec::new();
+    loop {
+        let event = tokio::select! {
+            () = stop.cancelled() => return,
+            e = events.next() => match e {
+                Some(e) => e,
+                None => return,
+            },
+        };
+        match event {
+            Ok(Event::Init) => initial.clear(),
+            Ok(Event::InitApply(secret)) => initial.extend(decode(&secret)),
+            Ok(Event::InitDone) => {
+                let routes = std::mem::take(&mut initial);
+                let count = routes.len();
+                for error in handle.replace_all(routes) {
+                    tracing::warn!(%error, "route not served");
+                }
+                tracing::info!(routes = count, "routes synced");
+                on_synced();
+            }
+            Ok(Event::Apply(secret)) => match decode(&secret) {
+                Some(route) => {
+                    let key = route.key();
+                    if let Err(error) = handle.upsert(route) {
+                        tracing::warn!(integration = %key, %error, "route not served");
+                    }
+                }
+                None => remove_by_annotation(&handle, &secret),
+            },
+            Ok(Event::Delete(secret)) => match decode(&secret) {
+                Some(route) => {
+                    handle.remove(&route.namespace, &route.name);
+                }
+                None => remove_by_annotation(&handle, &secret),
+            },
+            Err(e) => tracing::warn!(error = %e, "route watch interrupted; retrying"),
+        }
+    }
+}
+
+/// An unreadable route Secret must not keep serving its old version.
+fn remove_by_annotation(handle: &ReceiverHandle, secret: &Secret) {
+    if let Some((namespace, name)) =
+        secret.metadata.annotations.as_ref().and_then(|a| a.get(INTEGRATION_ANNOTATION)).and_then(|k| k.split_once('/'))
+    {
+        handle.remove(namespace, name);
+    }
+}

@@ -1,0 +1,520 @@
+//! What the receiver knows about each integration, folded from journal entries.
+//!
+//! The ledger is pure state: the background worker feeds it accepted deliveries (with
+//! their journal sequence number), rejects and duplicates, and reads status updates out
+//! of it. It is also what a journal checkpoint stores, so it must be exactly "the fold
+//! of every entry up to the checkpoint": replay after a restart folds the entries the
+//! checkpoint does not cover and skips the ones it does, so replaying twice never counts
+//! twice or re-opens a resolved incident.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::incident::state::{IncidentBook, Transition};
+use crate::receiver::sink::{Accepted, Duplicate, Rejected};
+
+/// Delivery counters of one integration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub received: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub duplicates: u64,
+    pub ignored: u64,
+}
+
+impl Counters {
+    /// `self - earlier`, field by field (never below zero).
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        Counters {
+            received: self.received.saturating_sub(earlier.received),
+            accepted: self.accepted.saturating_sub(earlier.accepted),
+            rejected: self.rejected.saturating_sub(earlier.rejected),
+            duplicates: self.duplicates.saturating_sub(earlier.duplicates),
+            ignored: self.ignored.saturating_sub(earlier.ignored),
+        }
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == Counters::default()
+    }
+}
+
+/// An incident change worth a Kubernetes Event (not persisted: Events are best effort).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IncidentNotice {
+    pub id: String,
+    pub title: String,
+    pub severity: String,
+    /// True when the incident resolved, false when it opened or re-opened.
+    pub resolved: bool,
+}
+
+/// Folded state of one integration.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IntegrationLedger {
+    /// UID of the integration these numbers belong to; a different UID under the same
+    /// name is a re-created integration and starts from zero.
+    pub uid: String,
+    /// Everything this receiver counted for the integration.
+    pub totals: Counters,
+    /// The part of `totals` already added to the stored status (multi-replica writers add
+    /// only `totals - written`).
+    pub written: Counters,
+    pub last_received_ms: Option<i64>,
+    pub last_rejected_ms: Option<i64>,
+    pub last_reject_reason: Option<String>,
+    #[serde(with = "book_serde")]
+    pub incidents: IncidentBook,
+    /// Authentication failures since the last accepted delivery (feeds `Degraded`).
+    pub consecutive_auth_failures: u64,
+    /// Bumped on every change; compared with `written_version` to know whether the
+    /// stored status is behind.
+    pub version: u64,
+    /// `version` as of the last successful status write.
+    pub written_version: u64,
+    /// Incident opens/resolves not yet announced as Events.
+    #[serde(skip)]
+    pub notices: Vec<IncidentNotice>,
+}
+
+impl IntegrationLedger {
+    fn for_uid(uid: &str) -> IntegrationLedger {
+        IntegrationLedger { uid: uid.to_string(), ..IntegrationLedger::default() }
+    }
+
+    /// Whether there is anything the stored status does not show yet.
+    pub fn has_unwritten(&self) -> bool {
+        self.version != self.written_version || !self.totals.since(&self.written).is_zero()
+    }
+
+    /// Whether the `Degraded` condition should be set at `threshold` consecutive failures.
+    pub fn degraded(&self, threshold: u64) -> bool {
+        threshold > 0 && self.consecutive_auth_failures >= threshold
+    }
+
+    fn note_received(&mut self, at_ms: i64) {
+        self.totals.received += 1;
+        self.last_received_ms = Some(self.last_received_ms.map_or(at_ms, |t| t.max(at_ms)));
+        self.version += 1;
+    }
+}
+
+/// A delivery id remembered for deduplication across restarts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RememberedId {
+    pub integration: String,
+    pub id: String,
+    pub expires_at_ms: i64,
+}
+
+/// The folded state of every integration, plus which journal entries it contains.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ledger {
+    /// Every entry with a sequence number ≤ this is folded in.
+    covered: u64,
+    /// Entries above `covered` that are folded in too (they can arrive out of order
+    /// because concurrent appends finish in any order).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    extra: BTreeSet<u64>,
+    integrations: BTreeMap<String, IntegrationLedger>,
+    /// Delivery ids accepted recently, so dedup survives a restart.
+    #[serde(default)]
+    remembered: BTreeMap<(String, String), i64>,
+}
+
+/// At most this many delivery ids are kept for re-seeding dedup (oldest expiry dropped).
+pub const MAX_REMEMBERED_IDS: usize = 200_000;
+
+impl Ledger {
+    /// Restores a ledger from a checkpoint snapshot.
+    pub fn from_snapshot(bytes: &[u8]) -> Result<Ledger, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// The checkpoint form of this ledger.
+    pub fn to_snapshot(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    /// Highest sequence number below which every entry is folded: what a checkpoint of
+    /// this ledger covers.
+    pub fn covered_seq(&self) -> u64 {
+        self.covered
+    }
+
+    /// Whether the entry `seq` is already part of this ledger.
+    pub fn contains(&self, seq: u64) -> bool {
+        seq <= self.covered || self.extra.contains(&seq)
+    }
+
+    /// Declares that no entry at or below `seq` is still to come (every append that could
+    /// have produced one has finished and was folded), closing gaps in the sequence.
+    pub fn settle(&mut self, seq: u64) {
+        if seq > self.covered {
+            self.covered = seq;
+        }
+        let covered = self.covered;
+        self.extra.retain(|s| *s > covered);
+        self.advance();
+    }
+
+    fn advance(&mut self) {
+        while self.extra.remove(&(self.covered + 1)) {
+            self.covered += 1;
+        }
+    }
+
+    /// Folds one accepted delivery. Returns false (and changes nothing) when the entry
+    /// was folded before, which makes replay idempotent.
+    pub fn fold(&mut self, seq: u64, accepted: &Accepted, dedup_expires_at_ms: i64) -> bool {
+        if self.contains(seq) {
+            return false;
+        }
+        self.extra.insert(seq);
+        self.advance();
+
+        let entry = self.entry(&accepted.integration, &accepted.uid);
+        entry.note_received(accepted.received_at_ms);
+        if accepted.ignored {
+            entry.totals.ignored += 1;
+        } else {
+            entry.totals.accepted += 1;
+        }
+        entry.consecutive_auth_failures = 0;
+        for event in &accepted.incidents {
+            // Zero-padded so the tiebreak sorts like the sequence (delivery order).
+            let transition = entry.incidents.apply(event, &format!("{seq:020}"));
+            if let Some(notice) = notice_for(&transition, event) {
+                entry.notices.push(notice);
+            }
+        }
+        if let Some(id) = &accepted.delivery_id {
+            self.remember(&accepted.integration, id, dedup_expires_at_ms);
+        }
+        true
+    }
+
+    /// Counts a refused request (not journaled: best effort).
+    pub fn record_reject(&mut self, rejected: &Rejected) {
+        let entry = self.entry(&rejected.integration, &rejected.uid);
+        entry.note_received(rejected.at_ms);
+        entry.totals.rejected += 1;
+        entry.last_rejected_ms = Some(entry.last_rejected_ms.map_or(rejected.at_ms, |t| t.max(rejected.at_ms)));
+        entry.last_reject_reason = Some(rejected.reason.to_string());
+        if rejected.auth_failure {
+            entry.consecutive_auth_failures += 1;
+        }
+    }
+
+    /// Counts a duplicate delivery (not journaled: best effort).
+    pub fn record_duplicate(&mut self, duplicate: &Duplicate) {
+        let entry = self.entry(&duplicate.integration, &duplicate.uid);
+        entry.note_received(duplicate.at_ms);
+        entry.totals.duplicates += 1;
+    }
+
+    fn entry(&mut self, integration: &str, uid: &str) -> &mut IntegrationLedger {
+        let entry = self
+            .integrations
+            .entry(integration.to_string())
+            .or_insert_with(|| IntegrationLedger::for_uid(uid));
+        if entry.uid != uid {
+            *entry = IntegrationLedger::for_uid(uid);
+        }
+        entry
+    }
+
+    fn remember(&mut self, integration: &str, id: &str, expires_at_ms: i64) {
+        let key = (integration.to_string(), id.to_string());
+        let slot = self.remembered.entry(key).or_insert(expires_at_ms);
+        *slot = (*slot).max(expires_at_ms);
+        if self.remembered.len() > MAX_REMEMBERED_IDS {
+            self.forget_oldest(self.remembered.len() - MAX_REMEMBERED_IDS);
+        }
+    }
+
+    fn forget_oldest(&mut self, count: usize) {
+        let mut by_expiry: Vec<((String, String), i64)> =
+            self.remembered.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        by_expiry.sort_by_key(|(_, v)| *v);
+        for (key, _) in by_expiry.into_iter().take(count) {
+            self.remembered.remove(&key);
+        }
+    }
+
+    /// Drops remembered ids that expired at `now_ms`.
+    pub fn prune(&mut self, now_ms: i64) {
+        self.remembered.retain(|_, expires| *expires > now_ms);
+    }
+
+    /// Remembered delivery ids still valid at `now_ms`, to re-seed dedup after a restart.
+    pub fn remembered_ids(&self, now_ms: i64) -> impl Iterator<Item = RememberedId> + '_ {
+        self.remembered.iter().filter(move |(_, e)| **e > now_ms).map(|((integration, id), e)| RememberedId {
+            integration: integration.clone(),
+            id: id.clone(),
+            expires_at_ms: *e,
+        })
+    }
+
+    pub fn get(&self, integration: &str) -> Option<&IntegrationLedger> {
+        self.integrations.get(integration)
+    }
+
+    pub fn get_mut(&mut self, integration: &str) -> Option<&mut IntegrationLedger> {
+        self.integrations.get_mut(integration)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &IntegrationLedger)> {
+        self.integrations.iter()
+    }
+
+    /// Keys of integrations with something the stored status does not show yet.
+    pub fn unwritten(&self) -> Vec<String> {
+        self.integrations.iter().filter(|(_, l)| l.has_unwritten()).map(|(k, _)| k.clone()).collect()
+    }
+
+    /// Records that the stored status now shows `totals` and every change up to `version`
+    /// (what a status update was built from). Ignored when the integration was re-created
+    /// in between.
+    pub fn mark_written(&mut self, integration: &str, uid: &str, totals: Counters, version: u64) {
+        if let Some(entry) = self.integrations.get_mut(integration)
+            && entry.uid == uid
+        {
+            entry.written = totals;
+            entry.written_version = entry.written_version.max(version);
+        }
+    }
+
+    /// Forgets an integration (it was deleted).
+    pub fn remove(&mut self, integration: &str) {
+        self.integrations.remove(integration);
+        self.remembered.retain(|(i, _), _| i != integration);
+    }
+}
+
+fn notice_for(transition: &Transition, event: &crate::domain::incident::IncidentEvent) -> Option<IncidentNotice> {
+    let resolved = match transition {
+        Transition::Opened | Transition::Reopened => false,
+        Transition::Resolved => true,
+        Transition::Updated | Transition::Unchanged => return None,
+    };
+    Some(IncidentNotice {
+        id: event.id.clone(),
+        title: event.title.clone(),
+        severity: event.severity.as_str().to_string(),
+        resolved,
+    })
+}
+
+/// The book is stored in checkpoints in its status form (every incident it tracks),
+/// which `IncidentBook::merge` reads back losslessly.
+mod book_serde {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::crd::IncidentsStatus;
+    use crate::domain::incident::state::IncidentBook;
+
+    pub fn serialize<S: Serializer>(book: &IncidentBook, serializer: S) -> Result<S::Ok, S::Error> {
+        book.to_status(usize::MAX).serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IncidentBook, D::Error> {
+        let status = IncidentsStatus::deserialize(deserializer)?;
+        let mut book = IncidentBook::default();
+        book.merge(&status);
+        Ok(book)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::incident::{IncidentEvent, Severity};
+
+    const KEY: &str = "payments/datadog";
+    const DAY_MS: i64 = 86_400_000;
+
+    fn event(id: &str, resolve: bool, at_ms: i64) -> IncidentEvent {
+        IncidentEvent {
+            id: id.to_string(),
+            title: format!("alert {id}"),
+            severity: Severity::High,
+            link: None,
+            resolve,
+            event_time_ms: at_ms,
+        }
+    }
+
+    fn accepted(delivery: &str, incidents: Vec<IncidentEvent>, at_ms: i64) -> Accepted {
+        Accepted {
+            integration: KEY.to_string(),
+            uid: "uid-1".to_string(),
+            delivery_id: Some(delivery.to_string()),
+            event_type: None,
+            received_at_ms: at_ms,
+            ignored: false,
+            incidents,
+        }
+    }
+
+    /// Trigger, update, resolve, plus an ignored delivery.
+    fn history() -> Vec<(u64, Accepted)> {
+        let mut ignored = accepted("d4", vec![], 4_000);
+        ignored.ignored = true;
+        vec![
+            (1, accepted("d1", vec![event("i1", false, 1_000)], 1_000)),
+            (2, accepted("d2", vec![event("i2", false, 2_000)], 2_000)),
+            (3, accepted("d3", vec![event("i1", true, 3_000)], 3_000)),
+            (4, ignored),
+        ]
+    }
+
+    fn fold_all(ledger: &mut Ledger, entries: &[(u64, Accepted)]) {
+        for (seq, a) in entries {
+            ledger.fold(*seq, a, a.received_at_ms + DAY_MS);
+        }
+    }
+
+    fn summary(ledger: &Ledger) -> (Counters, i64, Vec<(String, String)>) {
+        let entry = ledger.get(KEY).expect("integration");
+        let status = entry.incidents.to_status(20);
+        (entry.totals, status.open, status.recent.into_iter().map(|i| (i.id, i.state)).collect())
+    }
+
+    #[test]
+    fn folding_counts_and_tracks_incidents() {
+        let mut ledger = Ledger::default();
+        fold_all(&mut ledger, &history());
+        let (totals, open, incidents) = summary(&ledger);
+        assert_eq!(totals, Counters { received: 4, accepted: 3, ignored: 1, ..Counters::default() });
+        assert_eq!(open, 1);
+        assert!(incidents.contains(&("i1".to_string(), "resolved".to_string())), "{incidents:?}");
+        assert!(incidents.contains(&("i2".to_string(), "open".to_string())), "{incidents:?}");
+        let notices = &ledger.get(KEY).expect("integration").notices;
+        assert_eq!(notices.iter().map(|n| (n.id.as_str(), n.resolved)).collect::<Vec<_>>(), vec![("i1", false), ("i2", false), ("i1", true)]);
+        assert_eq!(ledger.covered_seq(), 4);
+    }
+
+    #[test]
+    fn replaying_the_same_entries_twice_changes_nothing() {
+        let mut once = Ledger::default();
+        fold_all(&mut once, &history());
+        let mut twice = Ledger::default();
+        fold_all(&mut twice, &history());
+        fold_all(&mut twice, &history());
+        assert_eq!(summary(&once), summary(&twice));
+        // A resolved incident is not re-opened by replaying its trigger.
+        assert_eq!(summary(&twice).2.iter().find(|(id, _)| id == "i1").map(|(_, s)| s.as_str()), Some("resolved"));
+    }
+
+    #[test]
+    fn checkpoint_plus_replay_of_all_entries_equals_one_fold() {
+        let entries = history();
+        let mut live = Ledger::default();
+        fold_all(&mut live, &entries[..2]);
+        let snapshot = live.to_snapshot().expect("snapshot");
+        fold_all(&mut live, &entries[2..]);
+
+        // Restart: the checkpoint covers 1..=2, the journal still holds everything (it
+        // may not have compacted yet). Replay twice, as two crashes in a row would.
+        for _ in 0..2 {
+            let mut restored = Ledger::from_snapshot(&snapshot).expect("restore");
+            fold_all(&mut restored, &entries);
+            fold_all(&mut restored, &entries);
+            assert_eq!(summary(&restored), summary(&live));
+        }
+    }
+
+    #[test]
+    fn out_of_order_entries_are_folded_once_and_the_covered_prefix_only_grows_contiguously() {
+        let entries = history();
+        let mut ledger = Ledger::default();
+        fold_all(&mut ledger, &[entries[2].clone(), entries[0].clone()]);
+        assert_eq!(ledger.covered_seq(), 1, "entry 2 is still missing");
+        let snapshot = ledger.to_snapshot().expect("snapshot");
+        let mut restored = Ledger::from_snapshot(&snapshot).expect("restore");
+        fold_all(&mut restored, &entries);
+        fold_all(&mut ledger, &entries);
+        assert_eq!(summary(&restored), summary(&ledger));
+        assert_eq!(ledger.covered_seq(), 4);
+        assert_eq!(summary(&ledger).0.accepted, 3);
+    }
+
+    #[test]
+    fn settle_closes_gaps_that_will_never_fill() {
+        let entries = history();
+        let mut ledger = Ledger::default();
+        fold_all(&mut ledger, &[entries[0].clone(), entries[2].clone()]);
+        ledger.settle(3);
+        assert_eq!(ledger.covered_seq(), 3);
+        assert!(!ledger.fold(2, &entries[1].1, 0), "a settled sequence number is not folded later");
+    }
+
+    #[test]
+    fn written_watermark_gives_deltas_and_survives_a_checkpoint() {
+        let entries = history();
+        let mut ledger = Ledger::default();
+        fold_all(&mut ledger, &entries[..2]);
+        let entry = ledger.get(KEY).expect("integration");
+        let (totals, version) = (entry.totals, entry.version);
+        ledger.mark_written(KEY, "uid-1", totals, version);
+        assert!(ledger.unwritten().is_empty());
+        fold_all(&mut ledger, &entries[2..]);
+        let restored = Ledger::from_snapshot(&ledger.to_snapshot().expect("snapshot")).expect("restore");
+        let entry = restored.get(KEY).expect("integration");
+        assert_eq!(entry.totals.since(&entry.written), Counters { received: 2, accepted: 1, ignored: 1, ..Counters::default() });
+        assert_eq!(restored.unwritten(), vec![KEY.to_string()]);
+    }
+
+    #[test]
+    fn rejects_feed_degraded_until_an_accepted_delivery() {
+        let mut ledger = Ledger::default();
+        for i in 0..20 {
+            ledger.record_reject(&Rejected {
+                integration: KEY.into(),
+                uid: "uid-1".into(),
+                reason: "signature_mismatch",
+                auth_failure: true,
+                at_ms: 1_000 + i,
+            });
+        }
+        ledger.record_duplicate(&Duplicate { integration: KEY.into(), uid: "uid-1".into(), at_ms: 5_000 });
+        let entry = ledger.get(KEY).expect("integration");
+        assert!(entry.degraded(20));
+        assert!(!entry.degraded(21));
+        assert_eq!(entry.totals.rejected, 20);
+        assert_eq!(entry.totals.duplicates, 1);
+        assert_eq!(entry.totals.received, 21);
+        assert_eq!(entry.last_reject_reason.as_deref(), Some("signature_mismatch"));
+        ledger.fold(1, &accepted("d1", vec![], 6_000), DAY_MS);
+        assert!(!ledger.get(KEY).expect("integration").degraded(20));
+    }
+
+    #[test]
+    fn a_recreated_integration_starts_from_zero() {
+        let mut ledger = Ledger::default();
+        fold_all(&mut ledger, &history()[..1]);
+        let mut again = accepted("d9", vec![], 9_000);
+        again.uid = "uid-2".into();
+        ledger.fold(9, &again, DAY_MS);
+        let entry = ledger.get(KEY).expect("integration");
+        assert_eq!((entry.uid.as_str(), entry.totals.accepted), ("uid-2", 1));
+        assert_eq!(entry.incidents.open_count(), 0);
+    }
+
+    #[test]
+    fn remembered_ids_expire_and_survive_checkpoints() {
+        let mut ledger = Ledger::default();
+        fold_all(&mut ledger, &history());
+        let restored = Ledger::from_snapshot(&ledger.to_snapshot().expect("snapshot")).expect("restore");
+        let ids: Vec<String> = restored.remembered_ids(0).map(|r| r.id).collect();
+        assert_eq!(ids, vec!["d1", "d2", "d3", "d4"]);
+        // d1 expires at 1_000 + DAY_MS.
+        assert_eq!(restored.remembered_ids(1_000 + DAY_MS).count(), 3);
+    }
+}

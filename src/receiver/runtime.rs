@@ -1,0 +1,507 @@
+//! What happens after the pipeline accepts a delivery: the durable journal append before
+//! the 2xx ([`JournaledSink`]), and the background [`StatusLoop`] that folds journal
+//! entries into the [`Ledger`], writes coalesced status updates, marks entries applied
+//! and checkpoints the folded state so the journal compacts.
+//!
+//! Invariant: a delivery is answered 2xx only after its journal entry is fsync'd, and
+//! every fsync'd entry reaches the status — either through the live queue or, after a
+//! crash, through replay at start ([`replay`]).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::journal::{Journal, Recovered};
+use crate::receiver::ledger::Ledger;
+use crate::receiver::sink::{Accepted, DeliverySink, Duplicate, Rejected, SinkError};
+use crate::receiver::status::{StatusUpdate, StatusWriteError, StatusWriter};
+
+/// Default dedup window when an integration sets none (DESIGN.md: 24 h).
+pub const DEFAULT_DEDUP_WINDOW_MS: i64 = 24 * 3600 * 1000;
+/// Default number of incidents on `status.incidents.recent`.
+pub const DEFAULT_KEEP_RECENT: usize = 20;
+
+/// The durable log the sink appends to. Implemented by [`Journal`]; a trait so the
+/// runtime does not depend on how the journal stores bytes.
+pub trait DeliveryJournal: Send + Sync + 'static {
+    /// Appends and fsyncs one record; resolves with its sequence number once durable.
+    /// Any failure (disk full, I/O error, closed) is [`SinkError::Unavailable`].
+    fn append(&self, record: Vec<u8>) -> impl Future<Output = Result<u64, SinkError>> + Send;
+    /// Records that every entry up to `seq` reached the status.
+    fn mark_applied(&self, seq: u64);
+    /// Stores `snapshot` as the state covering every entry up to `covers`, so those
+    /// entries can be dropped.
+    fn checkpoint(&self, snapshot: Vec<u8>, covers: u64) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+impl DeliveryJournal for Journal {
+    async fn append(&self, record: Vec<u8>) -> Result<u64, SinkError> {
+        Journal::append(self, record)
+            .await
+            .map(u64::from)
+            .map_err(|e| SinkError::Unavailable(e.to_string()))
+    }
+    fn mark_applied(&self, seq: u64) {
+        Journal::mark_applied(self, seq.into());
+    }
+    async fn checkpoint(&self, snapshot: Vec<u8>, covers: u64) -> Result<(), String> {
+        Journal::checkpoint(self, snapshot, covers.into()).await.map_err(|e| e.to_string())
+    }
+}
+
+/// Tuning of the background half.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// At most one status write per integration per interval.
+    pub status_interval: Duration,
+    /// Consecutive authentication failures that set `Degraded` (0: never).
+    pub degraded_after: u64,
+    /// Accepted deliveries waiting to be folded; full → 503.
+    pub queue_capacity: usize,
+    /// Minimum time between journal checkpoints.
+    pub checkpoint_interval: Duration,
+    /// Concurrent status writes in one pass.
+    pub write_concurrency: usize,
+    /// How long shutdown may spend on the final status flush.
+    pub flush_timeout: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            status_interval: Duration::from_secs(2),
+            degraded_after: 20,
+            queue_capacity: 65_536,
+            checkpoint_interval: Duration::from_secs(10),
+            write_concurrency: 16,
+            flush_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Per-integration settings the background half needs from the route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IntegrationSettings {
+    pub keep_recent: usize,
+    pub dedup_window_ms: i64,
+}
+
+impl Default for IntegrationSettings {
+    fn default() -> Self {
+        IntegrationSettings { keep_recent: DEFAULT_KEEP_RECENT, dedup_window_ms: DEFAULT_DEDUP_WINDOW_MS }
+    }
+}
+
+/// Looks up [`IntegrationSettings`] by `namespace/name`.
+pub type SettingsLookup = Arc<dyn Fn(&str) -> IntegrationSettings + Send + Sync>;
+
+/// A message from the request path to the status loop.
+enum Queued {
+    Accepted(u64, Box<Accepted>),
+    Rejected(Rejected),
+    Duplicate(Duplicate),
+}
+
+/// Counts shared between the sink and the loop (also exported as metrics).
+#[derive(Debug, Default)]
+pub struct RuntimeCounters {
+    /// Appends started and not yet queued.
+    inflight: AtomicUsize,
+    /// Highest sequence number queued so far.
+    max_seq: AtomicU64,
+    /// Rejects/duplicates not counted because the queue was busy.
+    pub dropped_side_events: AtomicU64,
+    /// Status writes that succeeded.
+    pub status_writes: AtomicU64,
+    /// Status writes that failed (and will be retried).
+    pub status_write_failures: AtomicU64,
+}
+
+/// The [`DeliverySink`] that makes accepted deliveries durable before the 2xx.
+pub struct JournaledSink<J> {
+    journal: Arc<J>,
+    queue: mpsc::Sender<Queued>,
+    capacity: usize,
+    counters: Arc<RuntimeCounters>,
+}
+
+impl<J> JournaledSink<J> {
+    /// Deliveries waiting in the queue.
+    pub fn queue_depth(&self) -> usize {
+        self.capacity - self.queue.capacity()
+    }
+
+    pub fn counters(&self) -> &Arc<RuntimeCounters> {
+        &self.counters
+    }
+
+    /// Side events (rejects, duplicates) may only take the first half of the queue, so an
+    /// unauthenticated flood can never crowd out accepted deliveries.
+    fn push_side(&self, event: Queued) {
+        if self.queue.capacity() <= self.capacity / 2 || self.queue.try_send(event).is_err() {
+            self.counters.dropped_side_events.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Decrements the in-flight count however `accept` ends (including cancellation).
+struct InflightGuard<'a>(&'a AtomicUsize);
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl<J: DeliveryJournal> DeliverySink for JournaledSink<J> {
+    async fn accept(&self, delivery: Accepted) -> Result<(), SinkError> {
+        // Reserve the queue slot before the append: an entry that is durable must also
+        // be queued, or a 503 would be answered for a delivery that later takes effect.
+        let permit = self.queue.try_reserve().map_err(|e| match e {
+            mpsc::error::TrySendError::Full(()) => SinkError::Overloaded,
+            mpsc::error::TrySendError::Closed(()) => SinkError::Unavailable("receiver is shutting down".into()),
+        })?;
+        let record = serde_json::to_vec(&delivery).map_err(|e| SinkError::Unavailable(format!("cannot encode journal record: {e}")))?;
+        self.counters.inflight.fetch_add(1, Ordering::SeqCst);
+        let _guard = InflightGuard(&self.counters.inflight);
+        let seq = self.journal.append(record).await?;
+        self.counters.max_seq.fetch_max(seq, Ordering::SeqCst);
+        permit.send(Queued::Accepted(seq, Box::new(delivery)));
+        Ok(())
+    }
+
+    fn reject(&self, rejected: Rejected) {
+        self.push_side(Queued::Rejected(rejected));
+    }
+
+    fn duplicate(&self, duplicate: Duplicate) {
+        self.push_side(Queued::Duplicate(duplicate));
+    }
+}
+
+/// What replaying the journal at start found.
+#[derive(Debug, Default)]
+pub struct ReplayReport {
+    /// Journal entries folded (not covered by the checkpoint).
+    pub replayed: usize,
+    /// Entries that could not be decoded (skipped, logged).
+    pub undecodable: usize,
+    /// Highest sequence number seen.
+    pub max_seq: u64,
+}
+
+/// Rebuilds the ledger from a checkpoint and the entries after it. Idempotent: entries
+/// the checkpoint covers are skipped, so replaying twice gives the same ledger.
+pub fn replay(snapshot: Option<&[u8]>, entries: impl IntoIterator<Item = (u64, Vec<u8>)>, settings: &SettingsLookup) -> (Ledger, ReplayReport) {
+    let mut ledger = match snapshot {
+        Some(bytes) => Ledger::from_snapshot(bytes).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "journal checkpoint is unreadable; rebuilding from the remaining entries");
+            Ledger::default()
+        }),
+        None => Ledger::default(),
+    };
+    let mut report = ReplayReport { max_seq: ledger.covered_seq(), ..ReplayReport::default() };
+    for (seq, bytes) in entries {
+        report.max_seq = report.max_seq.max(seq);
+        match serde_json::from_slice::<Accepted>(&bytes) {
+            Ok(accepted) => {
+                let expires = accepted.received_at_ms.saturating_add(settings(&accepted.integration).dedup_window_ms);
+                if ledger.fold(seq, &accepted, expires) {
+                    report.replayed += 1;
+                }
+            }
+            Err(e) => {
+                report.undecodable += 1;
+                tracing::error!(seq, error = %e, "skipping undecodable journal entry");
+            }
+        }
+    }
+    // Every entry that exists was in `entries`: gaps below the highest one never fill.
+    ledger.settle(report.max_seq);
+    (ledger, report)
+}
+
+/// Convenience for [`replay`] over what [`Journal::open`] recovered.
+pub fn replay_recovered(recovered: Recovered, settings: &SettingsLookup) -> (Ledger, ReplayReport) {
+    let Recovered { snapshot, entries } = recovered;
+    replay(snapshot.as_deref(), entries.into_iter().map(|(seq, bytes)| (u64::from(seq), bytes)), settings)
+}
+
+/// The background half: owns the ledger; folds queued entries; once per interval writes
+/// every integration whose status is behind; marks applied and checkpoints.
+pub struct StatusLoop<J, W> {
+    journal: Arc<J>,
+    writer: Arc<W>,
+    ledger: Ledger,
+    queue: mpsc::Receiver<Queued>,
+    counters: Arc<RuntimeCounters>,
+    settings: SettingsLookup,
+    config: RuntimeConfig,
+    last_checkpoint: Option<Instant>,
+    checkpointed_seq: u64,
+    /// Per integration: failures in a row and when the next attempt may happen.
+    backoff: HashMap<String, (u32, Instant)>,
+    /// What the ledger covered when the running write pass was built.
+    pass_covers: u64,
+}
+
+/// Builds the sink (for the HTTP pipeline) and the loop (to spawn) around a replayed ledger.
+pub fn build<J: DeliveryJournal, W: StatusWriter>(
+    journal: Arc<J>,
+    writer: Arc<W>,
+    ledger: Ledger,
+    settings: SettingsLookup,
+    config: RuntimeConfig,
+) -> (Arc<JournaledSink<J>>, StatusLoop<J, W>) {
+    let capacity = config.queue_capacity.max(2);
+    let (tx, rx) = mpsc::channel(capacity);
+    let counters = Arc::new(RuntimeCounters::default());
+    counters.max_seq.store(ledger.covered_seq(), Ordering::SeqCst);
+    let sink = Arc::new(JournaledSink { journal: journal.clone(), queue: tx, capacity, counters: counters.clone() });
+    let checkpointed_seq = ledger.covered_seq();
+    let status_loop = StatusLoop {
+        journal,
+        writer,
+        ledger,
+        queue: rx,
+        counters,
+        settings,
+        config,
+        last_checkpoint: None,
+        checkpointed_seq,
+        backoff: HashMap::new(),
+        pass_covers: 0,
+    };
+    (sink, status_loop)
+}
+
+type PassResult = Vec<(StatusUpdate, u64, Result<(), StatusWriteError>)>;
+
+impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
+    /// Read access for tests and `get`.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Runs until `shutdown` fires, then drains the queue, flushes status (bounded by
+    /// `flush_timeout`) and checkpoints. Returns the final ledger.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Ledger {
+        let mut tick = tokio::time::interval(self.config.status_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pass: Option<JoinHandle<PassResult>> = None;
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some(result) = async { match pass.as_mut() { Some(h) => Some(h.await), None => None } } => {
+                    pass = None;
+                    match result {
+                        Ok(results) => self.finish_pass(results),
+                        Err(e) => tracing::error!(error = %e, "status write pass panicked"),
+                    }
+                    self.maybe_checkpoint(false).await;
+                }
+                message = self.queue.recv() => match message {
+                    Some(m) => self.fold(m),
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    self.settle();
+                    if pass.is_none() {
+                        let updates = self.build_updates(Instant::now());
+                        if !updates.is_empty() {
+                            pass = Some(tokio::spawn(write_all(self.writer.clone(), updates, self.config.write_concurrency)));
+                        } else if self.backoff.is_empty() && self.pass_covers > 0 {
+                            // Nothing is behind: everything folded so far is on the status.
+                            self.journal.mark_applied(self.pass_covers);
+                        }
+                    }
+                    self.maybe_checkpoint(false).await;
+                }
+            }
+        }
+        self.shutdown(pass).await;
+        self.ledger
+    }
+
+    async fn shutdown(&mut self, pass: Option<JoinHandle<PassResult>>) {
+        let deadline = Instant::now() + self.config.flush_timeout;
+        if let Some(handle) = pass {
+            match tokio::time::timeout(self.config.flush_timeout, handle).await {
+                Ok(Ok(results)) => self.finish_pass(results),
+                Ok(Err(e)) => tracing::error!(error = %e, "status write pass panicked"),
+                Err(_) => tracing::warn!("status write pass did not finish before shutdown"),
+            }
+        }
+        // The HTTP server has stopped: wait (briefly) for appends still running.
+        while self.counters.inflight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.settle();
+        while let Ok(m) = self.queue.try_recv() {
+            self.fold(m);
+        }
+        // Final flush ignores backoff: this is the last chance before the process ends.
+        self.backoff.clear();
+        let updates = self.build_updates(Instant::now());
+        if !updates.is_empty() {
+            let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(500));
+            match tokio::time::timeout(remaining, write_all(self.writer.clone(), updates, self.config.write_concurrency)).await {
+                Ok(results) => self.finish_pass(results),
+                Err(_) => tracing::warn!("final status flush timed out; the journal keeps the rest for the next start"),
+            }
+        }
+        self.maybe_checkpoint(true).await;
+    }
+
+    fn fold(&mut self, message: Queued) {
+        match message {
+            Queued::Accepted(seq, accepted) => {
+                let expires = accepted.received_at_ms.saturating_add((self.settings)(&accepted.integration).dedup_window_ms);
+                self.ledger.fold(seq, &accepted, expires);
+            }
+            Queued::Rejected(rejected) => self.ledger.record_reject(&rejected),
+            Queued::Duplicate(duplicate) => self.ledger.record_duplicate(&duplicate),
+        }
+    }
+
+    /// When no append is running, every sequence number up to the highest queued one has
+    /// been queued: fold them all and close any gaps, so the ledger covers a clean prefix.
+    fn settle(&mut self) {
+        let limit = self.counters.max_seq.load(Ordering::SeqCst);
+        if self.counters.inflight.load(Ordering::SeqCst) != 0 {
+            return;
+        }
+        while let Ok(m) = self.queue.try_recv() {
+            self.fold(m);
+        }
+        self.ledger.settle(limit);
+    }
+
+    fn build_updates(&mut self, now: Instant) -> Vec<(StatusUpdate, u64)> {
+        let covered = self.ledger.covered_seq();
+        let degraded_after = self.config.degraded_after;
+        let mut updates = Vec::new();
+        for key in self.ledger.unwritten() {
+            if self.backoff.get(&key).is_some_and(|(_, next)| *next > now) {
+                continue;
+            }
+            let settings = (self.settings)(&key);
+            let Some(entry) = self.ledger.get_mut(&key) else { continue };
+            let Some((namespace, name)) = key.split_once('/') else { continue };
+            let update = StatusUpdate {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                uid: entry.uid.clone(),
+                totals: entry.totals,
+                delta: entry.totals.since(&entry.written),
+                last_received_ms: entry.last_received_ms,
+                last_rejected_ms: entry.last_rejected_ms,
+                last_reject_reason: entry.last_reject_reason.clone(),
+                incidents: entry.incidents.clone(),
+                keep_recent: settings.keep_recent,
+                degraded: entry.degraded(degraded_after),
+                consecutive_auth_failures: entry.consecutive_auth_failures,
+                notices: std::mem::take(&mut entry.notices),
+            };
+            updates.push((update, entry.version));
+        }
+        self.pass_covers = covered;
+        updates
+    }
+
+    fn finish_pass(&mut self, results: PassResult) {
+        let mut all_ok = true;
+        let now = Instant::now();
+        for (update, version, result) in results {
+            let key = update.key();
+            match result {
+                Ok(()) => {
+                    self.counters.status_writes.fetch_add(1, Ordering::Relaxed);
+                    self.backoff.remove(&key);
+                    self.ledger.mark_written(&key, &update.uid, update.totals, version);
+                }
+                Err(StatusWriteError::Gone(_)) => {
+                    tracing::info!(integration = %key, "integration is gone; dropping its pending status");
+                    self.backoff.remove(&key);
+                    self.ledger.remove(&key);
+                }
+                Err(StatusWriteError::Transient(reason)) => {
+                    all_ok = false;
+                    self.counters.status_write_failures.fetch_add(1, Ordering::Relaxed);
+                    let failures = self.backoff.get(&key).map_or(0, |(n, _)| *n).saturating_add(1);
+                    let delay = backoff_delay(self.config.status_interval, failures);
+                    tracing::warn!(integration = %key, %reason, retry_in_ms = delay.as_millis() as u64, "status write failed");
+                    self.backoff.insert(key.clone(), (failures, now + delay));
+                    // Events not sent yet go out with the next successful write.
+                    if let Some(entry) = self.ledger.get_mut(&key)
+                        && entry.uid == update.uid
+                    {
+                        let mut notices = update.notices;
+                        notices.append(&mut entry.notices);
+                        entry.notices = notices;
+                    }
+                }
+            }
+        }
+        if all_ok && self.pass_covers > 0 {
+            self.journal.mark_applied(self.pass_covers);
+        }
+    }
+
+    async fn maybe_checkpoint(&mut self, force: bool) {
+        let covered = self.ledger.covered_seq();
+        if covered <= self.checkpointed_seq {
+            return;
+        }
+        let due = self.last_checkpoint.is_none_or(|t| t.elapsed() >= self.config.checkpoint_interval);
+        if !force && !due {
+            return;
+        }
+        self.ledger.prune(jiff::Timestamp::now().as_millisecond());
+        let snapshot = match self.ledger.to_snapshot() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode the ledger checkpoint");
+                return;
+            }
+        };
+        match self.journal.checkpoint(snapshot, covered).await {
+            Ok(()) => {
+                self.checkpointed_seq = covered;
+                self.last_checkpoint = Some(Instant::now());
+            }
+            Err(e) => tracing::warn!(error = %e, "journal checkpoint failed; will retry"),
+        }
+    }
+}
+
+/// Exponential backoff from one interval up to a minute, with jitter so replicas that
+/// failed together do not retry together.
+fn backoff_delay(interval: Duration, failures: u32) -> Duration {
+    let base = interval.saturating_mul(1u32 << failures.min(6)).min(Duration::from_secs(60));
+    let mut byte = [0u8; 1];
+    rand::fill(&mut byte);
+    base + base.mul_f64(f64::from(byte[0]) / 1024.0)
+}
+
+async fn write_all<W: StatusWriter>(writer: Arc<W>, updates: Vec<(StatusUpdate, u64)>, concurrency: usize) -> PassResult {
+    use futures::StreamExt as _;
+    futures::stream::iter(updates)
+        .map(|(update, version)| {
+            let writer = writer.clone();
+            async move {
+                let result = writer.write(&update).await;
+                (update, version, result)
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await
+}

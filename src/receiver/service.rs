@@ -1,0 +1,188 @@
+//! A running receiver, assembled the same way in the cluster and in standalone mode:
+//! open the journal, replay it (re-fold the ledger, re-seed dedup), build the
+//! [`JournaledSink`] and the [`StatusLoop`], serve the HTTP pipeline, and on shutdown
+//! stop accepting → drain the queue → flush status → checkpoint → close the journal.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use ipnet::IpNet;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::journal::{Journal, JournalConfig, JournalError};
+use crate::receiver::dedup::Dedup;
+use crate::receiver::http::{PipelineConfig, ReceiverState, app};
+use crate::receiver::metrics::ReceiverMetrics;
+use crate::receiver::routes::{RouteError, RouteTable};
+use crate::receiver::runtime::{
+    self, DEFAULT_DEDUP_WINDOW_MS, DEFAULT_KEEP_RECENT, IntegrationSettings, JournaledSink, RuntimeConfig, SettingsLookup,
+    StatusLoop,
+};
+use crate::receiver::status::StatusWriter;
+use crate::route::Route;
+
+/// Delivery ids remembered at most (DESIGN.md: 100,000 within 64 MiB).
+pub const DEDUP_CAPACITY: u64 = 200_000;
+
+/// How to start a receiver.
+#[derive(Clone, Debug)]
+pub struct ReceiverOptions {
+    pub journal_dir: PathBuf,
+    pub trusted_proxies: Vec<IpNet>,
+    pub external_base_url: Option<String>,
+    pub runtime: RuntimeConfig,
+}
+
+/// Why a receiver could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the delivery journal in {dir}: {source}")]
+    Journal { dir: PathBuf, source: JournalError },
+}
+
+/// Route changes go through here so the runtime's per-integration settings (dedup window,
+/// incidents kept on status) follow the served routes.
+#[derive(Clone)]
+pub struct ReceiverHandle {
+    routes: Arc<RouteTable>,
+    settings: Arc<RwLock<HashMap<String, IntegrationSettings>>>,
+}
+
+fn settings_of(route: &Route) -> IntegrationSettings {
+    let keep_recent = route
+        .spec
+        .incidents
+        .as_ref()
+        .and_then(|i| i.keep_recent)
+        .and_then(|k| usize::try_from(k).ok())
+        .unwrap_or(DEFAULT_KEEP_RECENT);
+    let dedup_window_ms = route
+        .spec
+        .dedup_window
+        .as_deref()
+        .and_then(|w| crate::domain::duration::parse(w).ok())
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .unwrap_or(DEFAULT_DEDUP_WINDOW_MS);
+    IntegrationSettings { keep_recent, dedup_window_ms }
+}
+
+impl ReceiverHandle {
+    fn new() -> ReceiverHandle {
+        ReceiverHandle { routes: Arc::new(RouteTable::new()), settings: Arc::default() }
+    }
+
+    pub fn routes(&self) -> &Arc<RouteTable> {
+        &self.routes
+    }
+
+    /// Serves exactly `routes`; returns the ones that could not be served.
+    pub fn replace_all(&self, routes: Vec<Route>) -> Vec<RouteError> {
+        let settings: HashMap<String, IntegrationSettings> = routes.iter().map(|r| (r.key(), settings_of(r))).collect();
+        let errors = self.routes.replace_all(routes);
+        *self.settings.write().unwrap_or_else(std::sync::PoisonError::into_inner) = settings;
+        errors
+    }
+
+    /// Adds or replaces one route.
+    pub fn upsert(&self, route: Route) -> Result<(), RouteError> {
+        self.settings.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(route.key(), settings_of(&route));
+        self.routes.upsert(route)
+    }
+
+    /// Stops serving one integration.
+    pub fn remove(&self, namespace: &str, name: &str) -> bool {
+        self.settings.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&format!("{namespace}/{name}"));
+        self.routes.remove(namespace, name)
+    }
+
+    fn lookup(&self) -> SettingsLookup {
+        let settings = self.settings.clone();
+        Arc::new(move |key: &str| {
+            settings.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(key).copied().unwrap_or_default()
+        })
+    }
+}
+
+/// A started (not yet serving) receiver.
+pub struct Receiver<W> {
+    handle: ReceiverHandle,
+    state: Arc<ReceiverState<JournaledSink<Journal>>>,
+    journal: Arc<Journal>,
+    status_loop: StatusLoop<Journal, W>,
+    /// Journal entries replayed at start.
+    pub replayed: usize,
+}
+
+impl<W: StatusWriter> Receiver<W> {
+    /// Opens and replays the journal and builds everything; nothing is served yet.
+    pub async fn start(options: ReceiverOptions, writer: Arc<W>, registry: Option<&mut Registry>) -> Result<Receiver<W>, StartError> {
+        let journal_config = JournalConfig { dir: options.journal_dir.clone(), ..JournalConfig::default() };
+        let (metrics, journal_registry) = match registry {
+            Some(r) => (ReceiverMetrics::register(r), Some(r)),
+            None => (ReceiverMetrics::default(), None),
+        };
+        let (journal, recovered) = Journal::open(journal_config, journal_registry)
+            .await
+            .map_err(|source| StartError::Journal { dir: options.journal_dir.clone(), source })?;
+        let handle = ReceiverHandle::new();
+        let lookup = handle.lookup();
+        let (ledger, report) = runtime::replay_recovered(recovered, &lookup);
+        if report.replayed > 0 || report.undecodable > 0 {
+            tracing::info!(replayed = report.replayed, undecodable = report.undecodable, "replayed the delivery journal");
+        }
+        let config = PipelineConfig {
+            external_base_url: options.external_base_url.clone(),
+            trusted_proxies: options.trusted_proxies.clone(),
+            ..PipelineConfig::default()
+        };
+        let dedup = Dedup::new(DEDUP_CAPACITY, config.clock.clone());
+        let now = (config.clock)();
+        for id in ledger.remembered_ids(now) {
+            dedup.remember(&id.integration, &id.id, id.expires_at_ms);
+        }
+        let journal = Arc::new(journal);
+        let (sink, status_loop) = runtime::build(journal.clone(), writer, ledger, lookup, options.runtime.clone());
+        let state = Arc::new(ReceiverState::new(config, handle.routes.clone(), dedup, sink, metrics));
+        Ok(Receiver { handle, state, journal, status_loop, replayed: report.replayed })
+    }
+
+    pub fn handle(&self) -> ReceiverHandle {
+        self.handle.clone()
+    }
+
+    /// The shared pipeline state (ready flag, metrics, sink).
+    pub fn state(&self) -> &Arc<ReceiverState<JournaledSink<Journal>>> {
+        &self.state
+    }
+
+    /// Serves until `shutdown` fires, then drains, flushes and closes the journal.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+        let Receiver { state, journal, status_loop, .. } = self;
+        let loop_stop = CancellationToken::new();
+        let status_task = tokio::spawn(status_loop.run(loop_stop.clone()));
+        let server_options = state.config.server_options();
+        let stop = shutdown.clone();
+        let served = crate::receiver::server::serve_with(listener, app(state.clone()), server_options, async move {
+            stop.cancelled().await;
+        })
+        .await;
+        state.set_ready(false);
+        loop_stop.cancel();
+        if let Err(e) = status_task.await {
+            tracing::error!(error = %e, "status loop failed during shutdown");
+        }
+        drop(state);
+        match Arc::try_unwrap(journal) {
+            Ok(journal) => {
+                if let Err(e) = journal.close().await {
+                    tracing::warn!(error = %e, "journal did not close cleanly; it will be replayed at the next start");
+                }
+            }
+            Err(_) => tracing::warn!("journal still in use at shutdown; it will be replayed at the next start"),
+        }
+        served
+    }
+}

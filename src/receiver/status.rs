@@ -1,0 +1,403 @@
+//! Status write-back: the receiver-owned part of a `WebhookIntegration`'s status
+//! (`deliveries`, `incidents`, the `Degraded` condition), written by a [`StatusWriter`].
+//!
+//! Two writers exist: [`KubeStatusWriter`] patches the resource in the cluster with
+//! server-side apply (field manager [`FIELD_MANAGER`]), adding only the counts this
+//! replica has not written yet and merging incidents by id, so several replicas converge;
+//! [`FileStatusWriter`] keeps the same shape in files for standalone mode. Coalescing
+//! (one write per integration per interval) is the caller's job (see `runtime`).
+
+use std::future::Future;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource as _};
+use serde::{Deserialize, Serialize};
+
+use crate::crd::{DeliveryStatus, IncidentsStatus, WebhookIntegration, WebhookIntegrationStatus};
+use crate::domain::incident::state::IncidentBook;
+use crate::receiver::ledger::{Counters, IncidentNotice};
+
+/// Field manager of every receiver status write.
+pub const FIELD_MANAGER: &str = "hookwarden-receiver";
+/// Condition type the receiver owns.
+pub const DEGRADED: &str = "Degraded";
+/// Reason of `Degraded=True`: the sender's secret is probably wrong.
+pub const REASON_SIGNATURE_FAILURES: &str = "SignatureFailures";
+/// Reason of `Degraded=False`.
+pub const REASON_DELIVERIES_AUTHENTICATED: &str = "DeliveriesAuthenticated";
+
+/// The part of the status the receiver owns.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceiverStatus {
+    #[serde(default)]
+    pub deliveries: DeliveryStatus,
+    #[serde(default)]
+    pub incidents: IncidentsStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<Condition>,
+}
+
+impl ReceiverStatus {
+    /// The receiver-owned part of a full status.
+    pub fn from_status(status: Option<&WebhookIntegrationStatus>) -> ReceiverStatus {
+        let Some(status) = status else { return ReceiverStatus::default() };
+        ReceiverStatus {
+            deliveries: status.deliveries.clone().unwrap_or_default(),
+            incidents: status.incidents.clone().unwrap_or_default(),
+            degraded: status.conditions.iter().find(|c| c.type_ == DEGRADED).cloned(),
+        }
+    }
+
+    /// Overlays this part onto a full status (replacing any `Degraded` condition there).
+    pub fn apply_to(&self, status: &mut WebhookIntegrationStatus) {
+        status.deliveries = Some(self.deliveries.clone());
+        status.incidents = Some(self.incidents.clone());
+        status.conditions.retain(|c| c.type_ != DEGRADED);
+        if let Some(degraded) = &self.degraded {
+            status.conditions.push(degraded.clone());
+        }
+    }
+}
+
+/// Everything one status write for one integration needs.
+#[derive(Clone, Debug)]
+pub struct StatusUpdate {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// All counts this receiver has for the integration.
+    pub totals: Counters,
+    /// The part of `totals` not yet written (what a multi-replica writer adds).
+    pub delta: Counters,
+    pub last_received_ms: Option<i64>,
+    pub last_rejected_ms: Option<i64>,
+    pub last_reject_reason: Option<String>,
+    pub incidents: IncidentBook,
+    pub keep_recent: usize,
+    /// Whether `Degraded` should be true (many consecutive authentication failures).
+    pub degraded: bool,
+    pub consecutive_auth_failures: u64,
+    /// Opens/resolves to announce as Events once the write succeeded.
+    pub notices: Vec<IncidentNotice>,
+}
+
+impl StatusUpdate {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// How counters combine with what is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CounterMode {
+    /// Stored + delta: several writers share one object (cluster, several replicas).
+    Delta,
+    /// Totals replace what is stored: the only writer (standalone).
+    Absolute,
+}
+
+/// Why a status write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusWriteError {
+    /// The integration no longer exists (or was re-created): drop what is pending for it.
+    #[error("integration {0} no longer exists")]
+    Gone(String),
+    /// Worth retrying later (conflict, API server unavailable, throttled, disk error).
+    #[error("status write failed, will retry: {0}")]
+    Transient(String),
+}
+
+/// Writes the receiver-owned status of one integration.
+pub trait StatusWriter: Send + Sync + 'static {
+    fn write(&self, update: &StatusUpdate) -> impl Future<Output = Result<(), StatusWriteError>> + Send;
+}
+
+fn time_from_ms(ms: i64) -> Option<Time> {
+    jiff::Timestamp::from_millisecond(ms).ok().map(Time)
+}
+
+fn later(a: Option<&Time>, b: Option<Time>) -> Option<Time> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a.clone() }),
+        (Some(a), None) => Some(a.clone()),
+        (None, b) => b,
+    }
+}
+
+fn add(stored: i64, delta: u64) -> i64 {
+    stored.saturating_add(i64::try_from(delta).unwrap_or(i64::MAX))
+}
+
+fn as_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The receiver-owned status after applying `update` to what is stored (`current`).
+///
+/// Pure: the same inputs always give the same output, so a retried write after a
+/// conflict recomputes from the fresh `current` and never counts twice.
+pub fn merge_status(current: &ReceiverStatus, update: &StatusUpdate, mode: CounterMode, now: jiff::Timestamp) -> ReceiverStatus {
+    let stored = &current.deliveries;
+    let (received, accepted, rejected, duplicates, ignored) = match mode {
+        CounterMode::Delta => (
+            add(stored.received, update.delta.received),
+            add(stored.accepted, update.delta.accepted),
+            add(stored.rejected, update.delta.rejected),
+            add(stored.duplicates, update.delta.duplicates),
+            add(stored.ignored, update.delta.ignored),
+        ),
+        CounterMode::Absolute => (
+            as_i64(update.totals.received),
+            as_i64(update.totals.accepted),
+            as_i64(update.totals.rejected),
+            as_i64(update.totals.duplicates),
+            as_i64(update.totals.ignored),
+        ),
+    };
+    let last_rejected_time = later(stored.last_rejected_time.as_ref(), update.last_rejected_ms.and_then(time_from_ms));
+    let ours_is_latest_reject = match (&stored.last_rejected_time, update.last_rejected_ms.and_then(time_from_ms)) {
+        (Some(s), Some(u)) => u.0 >= s.0,
+        (None, Some(_)) => true,
+        _ => false,
+    };
+    let last_reject_reason = if ours_is_latest_reject {
+        update.last_reject_reason.clone()
+    } else {
+        stored.last_reject_reason.clone()
+    };
+    let deliveries = DeliveryStatus {
+        received,
+        accepted,
+        rejected,
+        duplicates,
+        ignored,
+        last_received_time: later(stored.last_received_time.as_ref(), update.last_received_ms.and_then(time_from_ms)),
+        last_rejected_time,
+        last_reject_reason,
+    };
+
+    let mut book = update.incidents.clone();
+    book.merge(&current.incidents);
+    let incidents = book.to_status(update.keep_recent);
+
+    ReceiverStatus { deliveries, incidents, degraded: Some(degraded_condition(current.degraded.as_ref(), update, now)) }
+}
+
+fn degraded_condition(current: Option<&Condition>, update: &StatusUpdate, now: jiff::Timestamp) -> Condition {
+    let status = if update.degraded { "True" } else { "False" };
+    let (reason, message) = if update.degraded {
+        (
+            REASON_SIGNATURE_FAILURES,
+            format!(
+                "{} consecutive deliveries failed authentication; the sender's secret or token is probably wrong",
+                update.consecutive_auth_failures
+            ),
+        )
+    } else {
+        (REASON_DELIVERIES_AUTHENTICATED, "deliveries authenticate".to_string())
+    };
+    let last_transition_time = match current {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => Time(now),
+    };
+    Condition {
+        type_: DEGRADED.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message,
+        last_transition_time,
+        observed_generation: None,
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a reader sees the old or the new content, never
+/// a torn file, even across a crash (temp file + fsync + rename + directory fsync).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.tmp"));
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        // Directory fsync makes the rename durable; some filesystems refuse it, which
+        // only weakens durability of the last rename.
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Receiver status of one integration as standalone mode stores it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredStatus {
+    pub uid: String,
+    #[serde(flatten)]
+    pub status: ReceiverStatus,
+}
+
+/// Standalone status writer: one JSON file per integration under `DIR/status/`.
+#[derive(Clone, Debug)]
+pub struct FileStatusWriter {
+    dir: PathBuf,
+}
+
+impl FileStatusWriter {
+    /// Writer storing under `state_dir/status`.
+    pub fn new(state_dir: &Path) -> FileStatusWriter {
+        FileStatusWriter { dir: state_dir.join("status") }
+    }
+
+    fn path(&self, namespace: &str, name: &str) -> PathBuf {
+        self.dir.join(namespace).join(format!("{name}.json"))
+    }
+
+    /// The stored receiver status of an integration, if its UID matches.
+    pub fn read(&self, namespace: &str, name: &str, uid: &str) -> Option<ReceiverStatus> {
+        let bytes = std::fs::read(self.path(namespace, name)).ok()?;
+        let stored: StoredStatus = serde_json::from_slice(&bytes).ok()?;
+        (stored.uid == uid).then_some(stored.status)
+    }
+}
+
+impl StatusWriter for FileStatusWriter {
+    async fn write(&self, update: &StatusUpdate) -> Result<(), StatusWriteError> {
+        let this = self.clone();
+        let update = update.clone();
+        tokio::task::spawn_blocking(move || {
+            let current = this.read(&update.namespace, &update.name, &update.uid).unwrap_or_default();
+            let status = merge_status(&current, &update, CounterMode::Absolute, jiff::Timestamp::now());
+            let stored = StoredStatus { uid: update.uid.clone(), status };
+            let bytes = serde_json::to_vec_pretty(&stored).map_err(|e| StatusWriteError::Transient(e.to_string()))?;
+            write_atomic(&this.path(&update.namespace, &update.name), &bytes)
+                .map_err(|e| StatusWriteError::Transient(format!("cannot write status file: {e}")))
+        })
+        .await
+        .map_err(|e| StatusWriteError::Transient(format!("status file task failed: {e}")))?
+    }
+}
+
+/// Conflicts are retried at once (fresh read, fresh merge) this many times per write.
+const CONFLICT_RETRIES: usize = 4;
+/// A single API call slower than this counts as an outage.
+const API_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Cluster status writer: server-side apply on the status subresource.
+#[derive(Clone)]
+pub struct KubeStatusWriter {
+    client: Client,
+    recorder: Recorder,
+}
+
+impl KubeStatusWriter {
+    /// `instance` names this replica in Events (the pod name).
+    pub fn new(client: Client, instance: Option<String>) -> KubeStatusWriter {
+        let reporter = Reporter { controller: FIELD_MANAGER.to_string(), instance };
+        KubeStatusWriter { recorder: Recorder::new(client.clone(), reporter), client }
+    }
+
+    async fn try_write(&self, api: &Api<WebhookIntegration>, update: &StatusUpdate) -> Result<WebhookIntegration, Attempt> {
+        let object = match tokio::time::timeout(API_TIMEOUT, api.get_status(&update.name)).await {
+            Err(_) => return Err(Attempt::Failed(StatusWriteError::Transient("API server timed out".into()))),
+            Ok(Err(kube::Error::Api(e))) if e.code == 404 => {
+                return Err(Attempt::Failed(StatusWriteError::Gone(update.key())));
+            }
+            Ok(Err(e)) => return Err(Attempt::Failed(StatusWriteError::Transient(e.to_string()))),
+            Ok(Ok(o)) => o,
+        };
+        if object.metadata.uid.as_deref() != Some(update.uid.as_str()) {
+            return Err(Attempt::Failed(StatusWriteError::Gone(update.key())));
+        }
+        let current = ReceiverStatus::from_status(object.status.as_ref());
+        let merged = merge_status(&current, update, CounterMode::Delta, jiff::Timestamp::now());
+        let patch = serde_json::json!({
+            "apiVersion": "hookwarden.dev/v1alpha1",
+            "kind": "WebhookIntegration",
+            "metadata": {
+                "name": update.name,
+                "namespace": update.namespace,
+                // Optimistic concurrency: another replica's write in between → 409, and
+                // we re-read and re-merge instead of overwriting its counts.
+                "resourceVersion": object.metadata.resource_version,
+            },
+            "status": {
+                "deliveries": merged.deliveries,
+                "incidents": merged.incidents,
+                "conditions": merged.degraded.into_iter().collect::<Vec<_>>(),
+            }
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match tokio::time::timeout(API_TIMEOUT, api.patch_status(&update.name, &params, &Patch::Apply(&patch))).await {
+            Err(_) => Err(Attempt::Failed(StatusWriteError::Transient("API server timed out".into()))),
+            Ok(Err(kube::Error::Api(e))) if e.code == 409 => Err(Attempt::Conflict),
+            Ok(Err(kube::Error::Api(e))) if e.code == 404 => Err(Attempt::Failed(StatusWriteError::Gone(update.key()))),
+            Ok(Err(e)) => Err(Attempt::Failed(StatusWriteError::Transient(e.to_string()))),
+            Ok(Ok(_)) => Ok(object),
+        }
+    }
+
+    async fn announce(&self, object: &WebhookIntegration, notices: &[IncidentNotice]) {
+        let reference = object.object_ref(&());
+        for notice in notices {
+            let (reason, type_, verb) = if notice.resolved {
+                ("IncidentResolved", EventType::Normal, "resolved")
+            } else {
+                ("IncidentOpened", EventType::Warning, "opened")
+            };
+            let event = Event {
+                type_,
+                reason: reason.to_string(),
+                note: Some(truncate(&format!("{} incident {} {}: {}", notice.severity, notice.id, verb, notice.title), 1000)),
+                action: "MapDelivery".to_string(),
+                secondary: None,
+            };
+            if let Err(e) = self.recorder.publish(&event, &reference).await {
+                tracing::warn!(integration = %format!("{}/{}", object.metadata.namespace.as_deref().unwrap_or(""), object.metadata.name.as_deref().unwrap_or("")), error = %e, "cannot publish incident event");
+            }
+        }
+    }
+}
+
+enum Attempt {
+    Conflict,
+    Failed(StatusWriteError),
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+impl StatusWriter for KubeStatusWriter {
+    async fn write(&self, update: &StatusUpdate) -> Result<(), StatusWriteError> {
+        let api: Api<WebhookIntegration> = Api::namespaced(self.client.clone(), &update.namespace);
+        for _ in 0..CONFLICT_RETRIES {
+            match self.try_write(&api, update).await {
+                Ok(object) => {
+                    self.announce(&object, &update.notices).await;
+                    return Ok(());
+                }
+                Err(Attempt::Conflict) => continue,
+                Err(Attempt::Failed(e)) => return Err(e),
+            }
+        }
+        Err(StatusWriteError::Transient("status kept conflicting with other writers".into()))
+    }
+}

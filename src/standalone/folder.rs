@@ -1,0 +1,180 @@
+//! Reading a folder of Kubernetes YAML: the WebhookIntegration and Secret documents a
+//! cluster would get, from every `*.yaml` / `*.yml` file (multi-document files too).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use k8s_openapi::api::core::v1::Secret;
+use serde::Deserialize;
+
+use crate::crd::WebhookIntegration;
+
+/// Namespace of documents that name none (as `kubectl apply` would use).
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// What a folder declares.
+#[derive(Clone, Debug, Default)]
+pub struct Folder {
+    /// Integrations by `namespace/name`.
+    pub integrations: BTreeMap<String, WebhookIntegration>,
+    /// Secrets by `namespace/name`.
+    pub secrets: BTreeMap<String, Secret>,
+    /// Problems found (file and what is wrong); the rest of the folder still loads.
+    pub problems: Vec<String>,
+}
+
+impl Folder {
+    /// The Secret `name` in `namespace`, if declared.
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<&Secret> {
+        self.secrets.get(&format!("{namespace}/{name}"))
+    }
+}
+
+/// Why a folder cannot be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum FolderError {
+    #[error("cannot read folder {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+}
+
+#[derive(Deserialize)]
+struct TypeMeta {
+    #[serde(default, rename = "apiVersion")]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+}
+
+/// The YAML files of `dir`, sorted by name (not recursive: a folder is one "cluster").
+pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, FolderError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| FolderError::Read { path: dir.to_path_buf(), source })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// A cheap fingerprint of the folder (names, sizes, modification times) to notice edits.
+pub fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    yaml_files(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            let meta = std::fs::metadata(&p).ok();
+            let len = meta.as_ref().map_or(0, |m| m.len());
+            let modified = meta.and_then(|m| m.modified().ok());
+            (p, len, modified)
+        })
+        .collect()
+}
+
+/// Loads every WebhookIntegration and Secret document in `dir`. Other kinds are skipped
+/// silently (a folder may hold a whole app); malformed documents become `problems`.
+pub fn load(dir: &Path) -> Result<Folder, FolderError> {
+    let mut folder = Folder::default();
+    for path in yaml_files(dir)? {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                folder.problems.push(format!("{}: {e}", path.display()));
+                continue;
+            }
+        };
+        for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let value = match serde_yaml::Value::deserialize(document) {
+                Ok(v) => v,
+                Err(e) => {
+                    folder.problems.push(format!("{} (document {}): {e}", path.display(), index + 1));
+                    break;
+                }
+            };
+            if value.is_null() {
+                continue;
+            }
+            load_document(&mut folder, &path, index, value);
+        }
+    }
+    Ok(folder)
+}
+
+fn load_document(folder: &mut Folder, path: &Path, index: usize, value: serde_yaml::Value) {
+    let where_ = || format!("{} (document {})", path.display(), index + 1);
+    let Ok(meta) = serde_yaml::from_value::<TypeMeta>(value.clone()) else { return };
+    match (meta.api_version.split('/').next().unwrap_or(""), meta.kind.as_str()) {
+        ("hookwarden.dev", "WebhookIntegration") => match serde_yaml::from_value::<WebhookIntegration>(value) {
+            Ok(mut integration) => {
+                let namespace = integration.metadata.namespace.get_or_insert_with(|| DEFAULT_NAMESPACE.to_string()).clone();
+                let Some(name) = integration.metadata.name.clone() else {
+                    folder.problems.push(format!("{}: WebhookIntegration without metadata.name", where_()));
+                    return;
+                };
+                if folder.integrations.insert(format!("{namespace}/{name}"), integration).is_some() {
+                    folder.problems.push(format!("{}: WebhookIntegration {namespace}/{name} is declared twice; the later one wins", where_()));
+                }
+            }
+            Err(e) => folder.problems.push(format!("{}: invalid WebhookIntegration: {e}", where_())),
+        },
+        ("v1", "Secret") => match serde_yaml::from_value::<Secret>(value) {
+            Ok(mut secret) => {
+                let namespace = secret.metadata.namespace.get_or_insert_with(|| DEFAULT_NAMESPACE.to_string()).clone();
+                let Some(name) = secret.metadata.name.clone() else {
+                    folder.problems.push(format!("{}: Secret without metadata.name", where_()));
+                    return;
+                };
+                folder.secrets.insert(format!("{namespace}/{name}"), secret);
+            }
+            Err(e) => folder.problems.push(format!("{}: invalid Secret: {e}", where_())),
+        },
+        _ => {}
+    }
+}
+
+/// The value of `key` in a Secret: `stringData` wins over `data`, as the API server
+/// merges them. `None` when the key is absent or not UTF-8.
+pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    if let Some(v) = secret.string_data.as_ref().and_then(|d| d.get(key)) {
+        return Some(v.clone());
+    }
+    let bytes = secret.data.as_ref().and_then(|d| d.get(key))?;
+    String::from_utf8(bytes.0.clone()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_multi_document_files_and_defaults_the_namespace() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata: {name: dd}\nspec: {provider: datadog, secretRef: {name: tok, key: token}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: tok}\nstringData: {token: s3cret}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: other}\n",
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("b.yml"), "apiVersion: v1\nkind: Secret\nmetadata: {name: b64, namespace: ops}\ndata: {token: aGVsbG8=}\n").expect("write");
+        std::fs::write(dir.path().join("notes.txt"), "not yaml: [").expect("write");
+
+        let folder = load(dir.path()).expect("load");
+        assert!(folder.problems.is_empty(), "{:?}", folder.problems);
+        assert_eq!(folder.integrations.keys().collect::<Vec<_>>(), vec!["default/dd"]);
+        let tok = folder.secret("default", "tok").expect("secret");
+        assert_eq!(secret_value(tok, "token").as_deref(), Some("s3cret"));
+        let b64 = folder.secret("ops", "b64").expect("secret");
+        assert_eq!(secret_value(b64, "token").as_deref(), Some("hello"));
+    }
+
+    #[test]
+    fn a_broken_document_is_reported_and_the_rest_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("bad.yaml"), "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata: {name: x}\nspec: {provider: nosuch}\n").expect("write");
+        std::fs::write(dir.path().join("good.yaml"), "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata: {name: gh}\nspec: {provider: github}\n").expect("write");
+        let folder = load(dir.path()).expect("load");
+        assert_eq!(folder.integrations.len(), 1);
+        assert_eq!(folder.problems.len(), 1);
+        assert!(folder.problems[0].contains("bad.yaml"), "{:?}", folder.problems);
+    }
+}

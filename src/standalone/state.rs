@@ -1,0 +1,197 @@
+//! The standalone state folder (`--state`, default `DIR/.hookwarden-state`):
+//!
+//! ```text
+//! assignments.json          per integration: uid, creation time, generation, last route (0600)
+//! secrets/<ns>/<name>       generated secrets, one value per file (0600), for `cat`
+//! objects/<ns>/<name>.json  the integration as the controller sees it (metadata, spec, controller status)
+//! status/<ns>/<name>.json   the receiver-owned status (deliveries, incidents)
+//! journal/                  the delivery journal
+//! ```
+//!
+//! Paths and UIDs are assigned once and kept here, so URLs survive restarts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::crd::WebhookIntegration;
+use crate::receiver::status::{FileStatusWriter, write_atomic};
+use crate::route::Route;
+
+/// What standalone mode assigned to one integration, kept across restarts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Assignment {
+    pub uid: String,
+    pub created_at: jiff::Timestamp,
+    pub generation: i64,
+    /// SHA-256 of the spec JSON: a change bumps `generation`, as the API server would.
+    pub spec_digest: String,
+    /// The route served last time (path, accepted secrets with their expiry), the input
+    /// the controller's plan needs to keep the path and handle rotations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<Route>,
+}
+
+/// Why the state folder cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot use state folder {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("state file {path} is corrupt: {source}")]
+    Corrupt { path: PathBuf, source: serde_json::Error },
+}
+
+/// The state folder.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+    move |source| StateError::Io { path: path.to_path_buf(), source }
+}
+
+#[cfg(unix)]
+fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn restrict(_path: &Path, _mode: u32) -> std::io::Result<()> {
+    Ok(())
+}
+
+impl StateDir {
+    /// Opens (creating, owner-only) the state folder.
+    pub fn create(root: &Path) -> Result<StateDir, StateError> {
+        std::fs::create_dir_all(root).map_err(io(root))?;
+        restrict(root, 0o700).map_err(io(root))?;
+        Ok(StateDir { root: root.to_path_buf() })
+    }
+
+    /// Opens an existing state folder without changing it (for `get`).
+    pub fn existing(root: &Path) -> StateDir {
+        StateDir { root: root.to_path_buf() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn journal_dir(&self) -> PathBuf {
+        self.root.join("journal")
+    }
+
+    pub fn status_writer(&self) -> FileStatusWriter {
+        FileStatusWriter::new(&self.root)
+    }
+
+    fn assignments_path(&self) -> PathBuf {
+        self.root.join("assignments.json")
+    }
+
+    pub fn load_assignments(&self) -> Result<BTreeMap<String, Assignment>, StateError> {
+        let path = self.assignments_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    pub fn save_assignments(&self, assignments: &BTreeMap<String, Assignment>) -> Result<(), StateError> {
+        let path = self.assignments_path();
+        let bytes = serde_json::to_vec_pretty(assignments).map_err(|source| StateError::Corrupt { path: path.clone(), source })?;
+        write_atomic(&path, &bytes).map_err(io(&path))?;
+        restrict(&path, 0o600).map_err(io(&path))
+    }
+
+    /// Where the generated secret of an integration is kept.
+    pub fn secret_path(&self, namespace: &str, name: &str) -> PathBuf {
+        self.root.join("secrets").join(namespace).join(name)
+    }
+
+    /// The generated secret of an integration, if one was stored.
+    pub fn read_generated_secret(&self, namespace: &str, name: &str) -> Option<String> {
+        let value = std::fs::read_to_string(self.secret_path(namespace, name)).ok()?;
+        let value = value.trim();
+        (!value.is_empty()).then(|| value.to_string())
+    }
+
+    /// Stores the generated secret of an integration (owner-only file).
+    pub fn write_generated_secret(&self, namespace: &str, name: &str, value: &str) -> Result<(), StateError> {
+        let path = self.secret_path(namespace, name);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+            restrict(dir, 0o700).map_err(io(dir))?;
+        }
+        write_atomic(&path, format!("{value}\n").as_bytes()).map_err(io(&path))?;
+        restrict(&path, 0o600).map_err(io(&path))
+    }
+
+    fn object_path(&self, namespace: &str, name: &str) -> PathBuf {
+        self.root.join("objects").join(namespace).join(format!("{name}.json"))
+    }
+
+    pub fn write_object(&self, object: &WebhookIntegration) -> Result<(), StateError> {
+        let namespace = object.metadata.namespace.as_deref().unwrap_or(super::folder::DEFAULT_NAMESPACE);
+        let name = object.metadata.name.as_deref().unwrap_or_default();
+        let path = self.object_path(namespace, name);
+        let bytes = serde_json::to_vec_pretty(object).map_err(|source| StateError::Corrupt { path: path.clone(), source })?;
+        write_atomic(&path, &bytes).map_err(io(&path))
+    }
+
+    pub fn remove_object(&self, namespace: &str, name: &str) {
+        let _ = std::fs::remove_file(self.object_path(namespace, name));
+    }
+
+    /// Every stored integration object, with the receiver-owned status overlaid.
+    pub fn read_objects(&self) -> Result<Vec<WebhookIntegration>, StateError> {
+        let dir = self.root.join("objects");
+        let mut objects = Vec::new();
+        let namespaces = match std::fs::read_dir(&dir) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(objects),
+            Err(e) => return Err(io(&dir)(e)),
+        };
+        let writer = self.status_writer();
+        for namespace in namespaces.filter_map(Result::ok) {
+            let Ok(files) = std::fs::read_dir(namespace.path()) else { continue };
+            for file in files.filter_map(Result::ok) {
+                let path = file.path();
+                if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                    continue;
+                }
+                let bytes = std::fs::read(&path).map_err(io(&path))?;
+                let mut object: WebhookIntegration =
+                    serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt { path: path.clone(), source })?;
+                let ns = object.metadata.namespace.clone().unwrap_or_default();
+                let name = object.metadata.name.clone().unwrap_or_default();
+                let uid = object.metadata.uid.clone().unwrap_or_default();
+                if let Some(receiver) = writer.read(&ns, &name, &uid) {
+                    receiver.apply_to(object.status.get_or_insert_with(Default::default));
+                }
+                objects.push(object);
+            }
+        }
+        objects.sort_by(|a, b| (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name)));
+        Ok(objects)
+    }
+
+    /// The last object written for an integration (to keep condition transition times).
+    pub fn read_object(&self, namespace: &str, name: &str) -> Option<WebhookIntegration> {
+        let bytes = std::fs::read(self.object_path(namespace, name)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
+/// A fresh random UID in the usual 8-4-4-4-12 hex form.
+pub fn new_uid() -> String {
+    let mut b = [0u8; 16];
+    rand::fill(&mut b);
+    let h = hex::encode(b);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}

@@ -1,0 +1,170 @@
+//! The controller half of standalone mode: folder → routes and controller status, using
+//! the same pure [`plan`] the in-cluster controller uses.
+
+use std::path::Path;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use sha2::{Digest, Sha256};
+
+use super::folder::{self, Folder, secret_value};
+use super::state::{Assignment, StateDir, StateError, new_uid};
+use crate::controller::plan::{self, GeneratedLookup, PlanInput, RefLookup, SecretSource, SECRET_RESOLVED};
+use crate::crd::{WebhookIntegration, WebhookIntegrationStatus};
+use crate::domain::provider::ProviderKind;
+use crate::domain::secret::{generate_path, generate_secret};
+use crate::route::Route;
+
+/// One integration as the startup table shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub namespace: String,
+    pub name: String,
+    pub provider: ProviderKind,
+    pub url: String,
+    /// How to read the secret the sender must use.
+    pub secret_hint: String,
+    pub ready: bool,
+    /// Why it is not ready (the Ready condition's message).
+    pub problem: Option<String>,
+}
+
+/// The result of one folder sync.
+#[derive(Clone, Debug, Default)]
+pub struct Synced {
+    pub routes: Vec<Route>,
+    pub rows: Vec<Row>,
+    pub problems: Vec<String>,
+}
+
+/// Why a sync failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Folder(#[from] folder::FolderError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+fn spec_digest(integration: &WebhookIntegration) -> String {
+    let json = serde_json::to_vec(&integration.spec).unwrap_or_default();
+    hex::encode(Sha256::digest(json))
+}
+
+fn lookup_ref(folder: &Folder, namespace: &str, integration: &WebhookIntegration) -> RefLookup {
+    let Some(reference) = &integration.spec.secret_ref else { return RefLookup::SecretMissing };
+    let Some(secret) = folder.secret(namespace, &reference.name) else { return RefLookup::SecretMissing };
+    match secret_value(secret, &reference.key) {
+        Some(v) if v.trim().is_empty() => RefLookup::Empty,
+        Some(v) => RefLookup::Value(v.trim_end_matches(['\r', '\n']).to_string()),
+        None => {
+            let mut available: Vec<String> = secret.data.iter().flat_map(|d| d.keys().cloned()).collect();
+            available.extend(secret.string_data.iter().flat_map(|d| d.keys().cloned()));
+            available.sort();
+            available.dedup();
+            RefLookup::KeyMissing { available }
+        }
+    }
+}
+
+/// Reads `dir`, plans every integration, stores paths/UIDs/generated secrets and the
+/// controller part of each status under `state`, and returns the routes to serve.
+pub fn sync(dir: &Path, state: &StateDir, base_url: &str, now: jiff::Timestamp) -> Result<Synced, SyncError> {
+    let folder = folder::load(dir)?;
+    let mut assignments = state.load_assignments()?;
+    let mut synced = Synced { problems: folder.problems.clone(), ..Synced::default() };
+
+    for (key, declared) in &folder.integrations {
+        let mut integration = declared.clone();
+        let namespace = integration.metadata.namespace.clone().unwrap_or_else(|| folder::DEFAULT_NAMESPACE.to_string());
+        let name = integration.metadata.name.clone().unwrap_or_default();
+        let digest = spec_digest(&integration);
+        let assignment = assignments.entry(key.clone()).or_insert_with(|| Assignment {
+            uid: new_uid(),
+            created_at: now,
+            generation: 1,
+            spec_digest: digest.clone(),
+            route: None,
+        });
+        if assignment.spec_digest != digest {
+            assignment.generation += 1;
+            assignment.spec_digest = digest;
+        }
+        integration.metadata.uid = Some(assignment.uid.clone());
+        integration.metadata.generation = Some(assignment.generation);
+        integration.metadata.creation_timestamp = Some(Time(assignment.created_at));
+        integration.metadata.managed_fields = None;
+        integration.metadata.resource_version = None;
+        // The last written status keeps condition transition times stable.
+        integration.status = state.read_object(&namespace, &name).and_then(|o| o.status);
+
+        let generated = integration.spec.secret_ref.is_none();
+        let secret = if generated {
+            SecretSource::Generated(match state.read_generated_secret(&namespace, &name) {
+                Some(v) => GeneratedLookup::Owned(Some(v)),
+                None => GeneratedLookup::Absent,
+            })
+        } else {
+            SecretSource::Referenced(lookup_ref(&folder, &namespace, &integration))
+        };
+        let planned = plan::plan(PlanInput {
+            integration: &integration,
+            secret,
+            previous_route: assignment.route.as_ref(),
+            external_base_url: Some(base_url),
+            now: now.as_second(),
+            fresh_path: generate_path(),
+            fresh_secret: generate_secret(integration.spec.provider),
+        });
+        if let Some(g) = &planned.generated_secret
+            && state.read_generated_secret(&namespace, &name).as_deref() != Some(g.value.expose())
+        {
+            state.write_generated_secret(&namespace, &name, g.value.expose())?;
+        }
+        let secret_file = state.secret_path(&namespace, &name);
+        let mut conditions = planned.status.conditions.clone();
+        if generated {
+            // No Secret object exists in standalone mode: point at the file instead.
+            for c in conditions.iter_mut().filter(|c| c.type_ == SECRET_RESOLVED && c.status == "True") {
+                c.message = format!("generated secret in {}", secret_file.display());
+            }
+        }
+        let ready = conditions.iter().find(|c| c.type_ == plan::READY);
+        let row = Row {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            provider: integration.spec.provider,
+            url: planned.status.url.clone().unwrap_or_default(),
+            secret_hint: match &integration.spec.secret_ref {
+                None => format!("cat {}", secret_file.display()),
+                Some(r) => format!("key {} of Secret {}/{} in {}", r.key, namespace, r.name, dir.display()),
+            },
+            ready: ready.is_some_and(|c| c.status == "True"),
+            problem: ready.filter(|c| c.status != "True").map(|c| c.message.clone()),
+        };
+        integration.status = Some(WebhookIntegrationStatus {
+            observed_generation: planned.status.observed_generation,
+            url: planned.status.url.clone(),
+            path: planned.status.path.clone(),
+            secret_name: None,
+            conditions,
+            deliveries: None,
+            incidents: None,
+        });
+        state.write_object(&integration)?;
+        assignment.route = planned.route.clone();
+        if let Some(route) = planned.route {
+            synced.routes.push(route);
+        }
+        synced.rows.push(row);
+    }
+
+    let gone: Vec<String> = assignments.keys().filter(|k| !folder.integrations.contains_key(*k)).cloned().collect();
+    for key in gone {
+        if let Some((namespace, name)) = key.split_once('/') {
+            state.remove_object(namespace, name);
+        }
+        assignments.remove(&key);
+    }
+    state.save_assignments(&assignments)?;
+    Ok(synced)
+}

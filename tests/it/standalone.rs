@@ -1,0 +1,305 @@
+//! Standalone mode through the real binary: start, send, `get`, restart, crash.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hookwarden");
+const DATADOG_TOKEN: &str = "example-datadog-token-change-me";
+
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
+}
+
+/// A folder with copies of the given example files.
+fn folder_with(files: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for f in files {
+        std::fs::copy(examples_dir().join(f), dir.path().join(f)).expect("copy example");
+    }
+    dir
+}
+
+/// A running `hookwarden standalone`; killed (SIGKILL) when dropped.
+struct Standalone {
+    child: Child,
+    /// `namespace/name` → URL, from the startup table.
+    urls: BTreeMap<String, String>,
+}
+
+impl Standalone {
+    fn start(dir: &Path) -> Standalone {
+        let mut child = Command::new(BIN)
+            .args(["standalone", "--dir"])
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0", "--status-interval", "100ms"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start hookwarden standalone");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut urls = BTreeMap::new();
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let cells: Vec<&str> = line.split_whitespace().collect();
+                if cells.len() >= 3 && cells[2].contains("/hooks/") {
+                    urls.insert(cells[0].to_string(), cells[2].to_string());
+                }
+                if line.starts_with("Status:") && !sent {
+                    let _ = tx.send(urls.clone());
+                    sent = true;
+                }
+            }
+        });
+        let urls = rx.recv_timeout(Duration::from_secs(30)).expect("standalone printed its table");
+        Standalone { child, urls }
+    }
+
+    fn url(&self, key: &str) -> &str {
+        self.urls.get(key).unwrap_or_else(|| panic!("no URL for {key} in {:?}", self.urls))
+    }
+
+    /// Graceful stop (SIGTERM), as Ctrl-C or `kubectl delete pod` would.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "standalone exited with {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "standalone did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9`.
+    fn crash(mut self) {
+        self.child.kill().expect("kill -9");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn hookwarden(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run hookwarden")
+}
+
+fn get_json(dir: &Path, name: &str) -> Option<serde_json::Value> {
+    let out = hookwarden(&["get", name, "--dir", dir.to_str().expect("utf-8 path"), "-o", "json"]);
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("get -o json prints JSON"))
+}
+
+/// Polls `hookwarden get NAME -o json` until `check` holds.
+fn wait_for_status(dir: &Path, name: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(object) = get_json(dir, name)
+            && check(&object)
+        {
+            return object;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; last: {:?}", get_json(dir, name));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn accepted(object: &serde_json::Value) -> i64 {
+    object["status"]["deliveries"]["accepted"].as_i64().unwrap_or(0)
+}
+
+fn open(object: &serde_json::Value) -> i64 {
+    object["status"]["incidents"]["open"].as_i64().unwrap_or(0)
+}
+
+/// Every incident on the status (`recent` and `tracked`) by id → state.
+fn incidents(object: &serde_json::Value) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for list in ["recent", "tracked"] {
+        for i in object["status"]["incidents"][list].as_array().into_iter().flatten() {
+            out.insert(i["id"].as_str().unwrap_or_default().to_string(), i["state"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    out
+}
+
+/// One HTTP/1.1 POST over a fresh connection; the status code, or None when the
+/// connection failed (the process is gone).
+fn post(url: &str, headers: &[(&str, &str)], body: &str) -> Option<u16> {
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (authority, path) = rest.split_at(rest.find('/').expect("path"));
+    let mut stream = TcpStream::connect(authority).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut request = format!("POST {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn datadog(url: &str, id: &str, key: &str, transition: &str) -> Option<u16> {
+    let body = serde_json::json!({
+        "id": id,
+        "aggreg_key": key,
+        "alert_name": format!("[Triggered] {key}"),
+        "alert_type": "error",
+        "alert_transition": transition,
+        "severity": "high",
+        "message": "disk almost full",
+        "host": "db-1",
+        "link": "https://app.datadoghq.com/monitors/1",
+        "tags": "env:prod",
+    })
+    .to_string();
+    let auth = format!("Bearer {DATADOG_TOKEN}");
+    post(url, &[("Content-Type", "application/json"), ("Authorization", &auth)], &body)
+}
+
+#[test]
+fn standalone_round_trip_send_test_get_restart() {
+    let dir = folder_with(&["datadog.yaml", "alertmanager.yaml", "github.yaml", "stripe.yaml", "generic.yaml"]);
+    let first = Standalone::start(dir.path());
+    for key in ["default/datadog-prod", "default/alertmanager", "default/github-repo", "default/stripe-payments", "default/internal-alerts"] {
+        assert!(first.url(key).starts_with("http://127.0.0.1:"), "{key}");
+    }
+    let url = first.url("default/datadog-prod").to_string();
+
+    let sent = hookwarden(&["send-test", &url, "--provider", "datadog", "--secret", DATADOG_TOKEN]);
+    assert!(sent.status.success(), "send-test failed: {}{}", String::from_utf8_lossy(&sent.stdout), String::from_utf8_lossy(&sent.stderr));
+
+    let object = wait_for_status(dir.path(), "datadog-prod", "an open incident", |o| open(o) == 1);
+    assert_eq!(object["kind"], "WebhookIntegration");
+    assert_eq!(object["spec"]["provider"], "datadog");
+    assert_eq!(accepted(&object), 1);
+    assert_eq!(object["status"]["url"], url.as_str());
+    assert!(object["status"]["deliveries"]["lastReceivedTime"].is_string());
+
+    let table = hookwarden(&["get", "--dir", dir.path().to_str().expect("utf-8")]);
+    let table = String::from_utf8_lossy(&table.stdout).to_string();
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().expect("header").split_whitespace().collect();
+    assert_eq!(header, ["NAME", "PROVIDER", "READY", "OPEN", "LAST", "DELIVERY", "AGE"]);
+    let row = lines.find(|l| l.starts_with("datadog-prod")).expect("datadog row");
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cells[..4], ["datadog-prod", "datadog", "True", "1"], "{table}");
+
+    let wide = String::from_utf8_lossy(&hookwarden(&["get", "-o", "wide", "--dir", dir.path().to_str().expect("utf-8")]).stdout).to_string();
+    assert!(wide.contains(&url), "{wide}");
+    let list: serde_json::Value =
+        serde_json::from_slice(&hookwarden(&["get", "-o", "json", "--dir", dir.path().to_str().expect("utf-8")]).stdout).expect("json");
+    assert_eq!(list["kind"], "List");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(5));
+
+    let first_url = url;
+    first.stop();
+    let second = Standalone::start(dir.path());
+    // Port 0 picks a new port, but the unguessable path is kept.
+    let path_of = |u: &str| u.split_once("/hooks/").map(|(_, p)| p.to_string());
+    let url = second.url("default/datadog-prod").to_string();
+    assert_eq!(path_of(&url), path_of(first_url.as_str()), "paths are stable across restarts");
+    let object = get_json(dir.path(), "datadog-prod").expect("still there");
+    assert_eq!((open(&object), accepted(&object)), (1, 1), "restart keeps status");
+    // The endpoint still serves, with the same token.
+    assert_eq!(datadog(&url, "after-restart", "other", "Triggered"), Some(202));
+    wait_for_status(dir.path(), "datadog-prod", "the second incident", |o| open(o) == 2 && accepted(o) == 2);
+    second.stop();
+}
+
+#[test]
+fn every_acknowledged_delivery_survives_kill_9() {
+    const TOTAL: usize = 600;
+    const THREADS: usize = 8;
+    const KEYS: usize = 30;
+    let dir = folder_with(&["datadog.yaml"]);
+    let first = Standalone::start(dir.path());
+    let url = first.url("default/datadog-prod").to_string();
+
+    let acked: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let next = Arc::new(AtomicUsize::new(0));
+    let senders: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (acked, next, url) = (acked.clone(), next.clone(), url.clone());
+            std::thread::spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= TOTAL {
+                        return;
+                    }
+                    match datadog(&url, &format!("evt-{i}"), &format!("crash-{}", i % KEYS), "Triggered") {
+                        Some(code) if (200..300).contains(&code) => acked.lock().expect("lock").push(i),
+                        Some(_) => {}
+                        // The process is gone: the rest cannot be delivered.
+                        None => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.lock().expect("lock").len() < 150 {
+        assert!(Instant::now() < deadline, "deliveries are not being acknowledged");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    first.crash();
+    for s in senders {
+        s.join().expect("sender");
+    }
+    let acked = acked.lock().expect("lock").clone();
+    assert!(acked.len() < TOTAL, "the crash should have happened mid-burst");
+    let keys: BTreeSet<String> = acked.iter().map(|i| format!("crash-{}", i % KEYS)).collect();
+
+    let second = Standalone::start(dir.path());
+    let object = wait_for_status(dir.path(), "datadog-prod", "every acknowledged delivery", |o| {
+        accepted(o) >= acked.len() as i64 && keys.iter().all(|k| incidents(o).contains_key(k))
+    });
+    assert!(open(&object) >= keys.len() as i64);
+    second.stop();
+}
+
+#[test]
+fn replaying_after_repeated_crashes_never_double_counts_or_reopens() {
+    let dir = folder_with(&["datadog.yaml"]);
+    let first = Standalone::start(dir.path());
+    let url = first.url("default/datadog-prod").to_string();
+    assert_eq!(datadog(&url, "t1", "db-disk", "Triggered"), Some(202));
+    assert_eq!(datadog(&url, "r1", "db-disk", "Recovered"), Some(202));
+    first.crash();
+    // Crash again right after the replay, then start for good.
+    Standalone::start(dir.path()).crash();
+    let third = Standalone::start(dir.path());
+    let url = third.url("default/datadog-prod").to_string();
+    let object = wait_for_status(dir.path(), "datadog-prod", "the replayed deliveries", |o| accepted(o) >= 2);
+    assert_eq!(accepted(&object), 2, "replay counted a delivery twice");
+    assert_eq!(incidents(&object).get("db-disk").map(String::as_str), Some("resolved"));
+    assert_eq!(open(&object), 0);
+    // A redelivery of an acknowledged id is still a duplicate after the crashes.
+    let code = datadog(&url, "t1", "db-disk", "Triggered").expect("answered");
+    assert!((200..300).contains(&code), "a duplicate gets 2xx, got {code}");
+    let object = wait_for_status(dir.path(), "datadog-prod", "the duplicate to be counted", |o| {
+        o["status"]["deliveries"]["duplicates"].as_i64().unwrap_or(0) >= 1
+    });
+    assert_eq!(accepted(&object), 2);
+    assert_eq!(open(&object), 0, "a duplicate trigger must not re-open the incident");
+    third.stop();
+}

@@ -1,0 +1,371 @@
+//! Status write-back: coalescing, retries without losing counts, checkpoints, and the
+//! Kubernetes writer's conflict handling against a mocked API server.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hookwarden::crd::{IncidentsStatus, WebhookIntegration};
+use hookwarden::domain::incident::{IncidentEvent, Severity};
+use hookwarden::receiver::ledger::{Counters, Ledger};
+use hookwarden::receiver::runtime::{self, DeliveryJournal, IntegrationSettings, RuntimeConfig, SettingsLookup};
+use hookwarden::receiver::sink::{Accepted, DeliverySink, Rejected, SinkError};
+use hookwarden::receiver::status::{
+    FIELD_MANAGER, KubeStatusWriter, StatusUpdate, StatusWriteError, StatusWriter,
+};
+use tokio_util::sync::CancellationToken;
+
+/// An in-memory journal: sequence numbers, failure injection, recorded checkpoints.
+#[derive(Default)]
+struct MemJournal {
+    next: AtomicU64,
+    fail: AtomicBool,
+    applied: AtomicU64,
+    records: Mutex<Vec<(u64, Vec<u8>)>>,
+    checkpoints: Mutex<Vec<(Vec<u8>, u64)>>,
+}
+
+impl DeliveryJournal for MemJournal {
+    async fn append(&self, record: Vec<u8>) -> Result<u64, SinkError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(SinkError::Unavailable("disk full".into()));
+        }
+        let seq = self.next.fetch_add(1, Ordering::SeqCst) + 1;
+        self.records.lock().expect("lock").push((seq, record));
+        Ok(seq)
+    }
+    fn mark_applied(&self, seq: u64) {
+        self.applied.fetch_max(seq, Ordering::SeqCst);
+    }
+    async fn checkpoint(&self, snapshot: Vec<u8>, covers: u64) -> Result<(), String> {
+        self.checkpoints.lock().expect("lock").push((snapshot, covers));
+        Ok(())
+    }
+}
+
+/// Records every write; fails while `failing` is set.
+#[derive(Default)]
+struct RecordingWriter {
+    writes: Mutex<Vec<StatusUpdate>>,
+    failing: AtomicBool,
+    attempts: AtomicU64,
+}
+
+impl StatusWriter for RecordingWriter {
+    async fn write(&self, update: &StatusUpdate) -> Result<(), StatusWriteError> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StatusWriteError::Transient("API server unavailable".into()));
+        }
+        self.writes.lock().expect("lock").push(update.clone());
+        Ok(())
+    }
+}
+
+fn settings() -> SettingsLookup {
+    Arc::new(|_: &str| IntegrationSettings::default())
+}
+
+fn delivery(i: usize) -> Accepted {
+    Accepted {
+        integration: "payments/datadog".into(),
+        uid: "uid-1".into(),
+        delivery_id: Some(format!("d{i}")),
+        event_type: None,
+        received_at_ms: 1_700_000_000_000 + i as i64,
+        ignored: false,
+        incidents: vec![IncidentEvent {
+            id: format!("inc-{}", i % 5),
+            title: "disk full".into(),
+            severity: Severity::High,
+            link: None,
+            resolve: false,
+            event_time_ms: 1_700_000_000_000 + i as i64,
+        }],
+    }
+}
+
+fn config(interval: Duration) -> RuntimeConfig {
+    RuntimeConfig { status_interval: interval, checkpoint_interval: Duration::ZERO, ..RuntimeConfig::default() }
+}
+
+async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_thousand_deliveries_in_one_interval_make_one_status_write() {
+    let journal = Arc::new(MemJournal::default());
+    let writer = Arc::new(RecordingWriter::default());
+    let (sink, status_loop) =
+        runtime::build(journal.clone(), writer.clone(), Ledger::default(), settings(), config(Duration::from_millis(1500)));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(status_loop.run(stop.clone()));
+
+    // The first tick fires at once (nothing to write yet); then 1,000 deliveries arrive
+    // well within one interval.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut joins = Vec::new();
+    for i in 0..1000 {
+        let sink = sink.clone();
+        joins.push(tokio::spawn(async move { sink.accept(delivery(i)).await }));
+    }
+    for j in joins {
+        j.await.expect("join").expect("accepted");
+    }
+    wait_for("the first write", || !writer.writes.lock().expect("lock").is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    {
+        let writes = writer.writes.lock().expect("lock");
+        assert_eq!(writes.len(), 1, "1,000 deliveries within one interval must coalesce into one write");
+        assert_eq!(writes[0].totals.accepted, 1000);
+        assert_eq!(writes[0].delta.accepted, 1000);
+        assert_eq!(writes[0].incidents.open_count(), 5);
+    }
+    stop.cancel();
+    let ledger = task.await.expect("loop");
+    assert!(ledger.unwritten().is_empty());
+    assert_eq!(journal.applied.load(Ordering::SeqCst), 1000, "everything written is marked applied");
+    let checkpoints = journal.checkpoints.lock().expect("lock");
+    let (snapshot, covers) = checkpoints.last().expect("a checkpoint");
+    assert_eq!(*covers, 1000);
+    let restored = Ledger::from_snapshot(snapshot).expect("snapshot");
+    assert_eq!(restored.get("payments/datadog").expect("entry").totals.accepted, 1000);
+}
+
+#[tokio::test]
+async fn an_outage_loses_no_counts_and_does_not_storm() {
+    let journal = Arc::new(MemJournal::default());
+    let writer = Arc::new(RecordingWriter::default());
+    writer.failing.store(true, Ordering::SeqCst);
+    let interval = Duration::from_millis(100);
+    let (sink, status_loop) = runtime::build(journal.clone(), writer.clone(), Ledger::default(), settings(), config(interval));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(status_loop.run(stop.clone()));
+
+    for i in 0..50 {
+        sink.accept(delivery(i)).await.expect("accepted");
+    }
+    sink.reject(Rejected {
+        integration: "payments/datadog".into(),
+        uid: "uid-1".into(),
+        reason: "signature_mismatch",
+        auth_failure: true,
+        at_ms: 1_700_000_100_000,
+    });
+    // 2 s of outage: with exponential backoff that is a handful of attempts, not 20.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let attempts = writer.attempts.load(Ordering::SeqCst);
+    assert!((2..=8).contains(&attempts), "{attempts} attempts in 2 s of outage at a 100 ms interval");
+    assert_eq!(journal.applied.load(Ordering::SeqCst), 0, "nothing is marked applied while writes fail");
+
+    for i in 50..60 {
+        sink.accept(delivery(i)).await.expect("accepted");
+    }
+    writer.failing.store(false, Ordering::SeqCst);
+    wait_for("the status to catch up", || {
+        writer.writes.lock().expect("lock").last().is_some_and(|w| w.totals.accepted == 60)
+    })
+    .await;
+    let last = writer.writes.lock().expect("lock").last().cloned().expect("write");
+    assert_eq!(last.delta, Counters { received: 61, accepted: 60, rejected: 1, ..Counters::default() });
+    assert_eq!(last.last_reject_reason.as_deref(), Some("signature_mismatch"));
+    stop.cancel();
+    task.await.expect("loop");
+}
+
+#[tokio::test]
+async fn an_unwritable_journal_refuses_and_a_later_retry_is_accepted() {
+    let journal = Arc::new(MemJournal::default());
+    let writer = Arc::new(RecordingWriter::default());
+    let (sink, status_loop) =
+        runtime::build(journal.clone(), writer.clone(), Ledger::default(), settings(), config(Duration::from_millis(50)));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(status_loop.run(stop.clone()));
+
+    journal.fail.store(true, Ordering::SeqCst);
+    assert!(matches!(sink.accept(delivery(1)).await, Err(SinkError::Unavailable(_))));
+    journal.fail.store(false, Ordering::SeqCst);
+    sink.accept(delivery(1)).await.expect("the retry is accepted");
+
+    stop.cancel();
+    let ledger = task.await.expect("loop");
+    assert_eq!(ledger.get("payments/datadog").expect("entry").totals.accepted, 1, "the refused attempt left no trace");
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_overloaded_without_journaling() {
+    let journal = Arc::new(MemJournal::default());
+    let writer = Arc::new(RecordingWriter::default());
+    let (sink, status_loop) = runtime::build(
+        journal.clone(),
+        writer,
+        Ledger::default(),
+        settings(),
+        RuntimeConfig { queue_capacity: 4, ..config(Duration::from_secs(60)) },
+    );
+    // The loop is not running: nothing drains the queue.
+    for i in 0..4 {
+        sink.accept(delivery(i)).await.expect("fits");
+    }
+    assert!(matches!(sink.accept(delivery(9)).await, Err(SinkError::Overloaded)));
+    assert_eq!(journal.records.lock().expect("lock").len(), 4, "a refused delivery is never journaled");
+    drop(status_loop);
+}
+
+#[tokio::test]
+async fn shutdown_drains_the_queue_and_flushes_status() {
+    let journal = Arc::new(MemJournal::default());
+    let writer = Arc::new(RecordingWriter::default());
+    let (sink, status_loop) =
+        runtime::build(journal.clone(), writer.clone(), Ledger::default(), settings(), config(Duration::from_secs(3600)));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(status_loop.run(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for i in 0..10 {
+        sink.accept(delivery(i)).await.expect("accepted");
+    }
+    stop.cancel();
+    task.await.expect("loop");
+    let writes = writer.writes.lock().expect("lock");
+    assert_eq!(writes.last().map(|w| w.totals.accepted), Some(10), "the final flush wrote everything");
+    assert_eq!(journal.checkpoints.lock().expect("lock").last().map(|c| c.1), Some(10));
+}
+
+// ---- Kubernetes writer against a mocked API server -------------------------------
+
+type ApiHandle = tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>;
+
+fn integration_json(resource_version: &str, accepted: i64, incidents: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "hookwarden.dev/v1alpha1",
+        "kind": "WebhookIntegration",
+        "metadata": {"name": "datadog", "namespace": "payments", "uid": "uid-1", "resourceVersion": resource_version},
+        "spec": {"provider": "datadog"},
+        "status": {
+            "deliveries": {"received": accepted, "accepted": accepted, "rejected": 0, "duplicates": 0, "ignored": 0},
+            "incidents": incidents,
+        }
+    }))
+    .expect("json")
+}
+
+async fn body_json(request: http::Request<kube::client::Body>) -> serde_json::Value {
+    use http_body_util::BodyExt as _;
+    let bytes = request.into_body().collect().await.expect("body").to_bytes();
+    serde_json::from_slice(&bytes).expect("json body")
+}
+
+fn respond(send: tower_test::mock::SendResponse<http::Response<kube::client::Body>>, code: u16, body: Vec<u8>) {
+    send.send_response(http::Response::builder().status(code).body(kube::client::Body::from(body)).expect("response"));
+}
+
+fn conflict() -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
+        "message": "the object has been modified; please apply your changes to the latest version"
+    }))
+    .expect("json")
+}
+
+fn update(delta_accepted: u64) -> StatusUpdate {
+    let mut book = hookwarden::domain::incident::state::IncidentBook::default();
+    book.apply(
+        &IncidentEvent {
+            id: "ours".into(),
+            title: "cpu high".into(),
+            severity: Severity::Critical,
+            link: None,
+            resolve: false,
+            event_time_ms: 1_700_000_000_000,
+        },
+        "1",
+    );
+    StatusUpdate {
+        namespace: "payments".into(),
+        name: "datadog".into(),
+        uid: "uid-1".into(),
+        totals: Counters { received: delta_accepted + 100, accepted: delta_accepted + 100, ..Counters::default() },
+        delta: Counters { received: delta_accepted, accepted: delta_accepted, ..Counters::default() },
+        last_received_ms: Some(1_700_000_000_000),
+        last_rejected_ms: None,
+        last_reject_reason: None,
+        incidents: book,
+        keep_recent: 20,
+        degraded: false,
+        consecutive_auth_failures: 0,
+        notices: Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn kube_writer_adds_deltas_merges_incidents_and_retries_conflicts() {
+    let (service, mut handle): (_, ApiHandle) = tower_test::mock::pair();
+    let client = kube::Client::new(service, "default");
+    let writer = KubeStatusWriter::new(client, Some("receiver-0".into()));
+    let other_replica = serde_json::json!({
+        "open": 1,
+        "recent": [{"id": "theirs", "title": "disk", "severity": "high", "state": "open",
+                    "openedAt": "2023-11-14T22:10:00Z", "updatedAt": "2023-11-14T22:10:00Z",
+                    "lastEventTime": "2023-11-14T22:10:00Z", "order": "1699999800000:9"}]
+    });
+
+    let api = tokio::spawn(async move {
+        // 1. read: another replica already wrote 40 accepted and its incident.
+        let (request, send) = handle.next_request().await.expect("GET");
+        assert_eq!(request.method(), http::Method::GET);
+        assert_eq!(request.uri().path(), "/apis/hookwarden.dev/v1alpha1/namespaces/payments/webhookintegrations/datadog/status");
+        respond(send, 200, integration_json("10", 40, other_replica.clone()));
+        // 2. apply: conflicts (the other replica wrote again in between).
+        let (request, send) = handle.next_request().await.expect("PATCH");
+        assert_eq!(request.method(), http::Method::PATCH);
+        let query = request.uri().query().unwrap_or_default().to_string();
+        assert!(query.contains(&format!("fieldManager={FIELD_MANAGER}")), "{query}");
+        let body = body_json(request).await;
+        assert_eq!(body["metadata"]["resourceVersion"], "10");
+        respond(send, 409, conflict());
+        // 3. re-read: now 45.
+        let (_, send) = handle.next_request().await.expect("GET again");
+        respond(send, 200, integration_json("11", 45, other_replica));
+        // 4. apply succeeds: 45 + our delta 7, both incidents.
+        let (request, send) = handle.next_request().await.expect("PATCH again");
+        let body = body_json(request).await;
+        assert_eq!(body["metadata"]["resourceVersion"], "11");
+        assert_eq!(body["status"]["deliveries"]["accepted"], 52);
+        let incidents: IncidentsStatus = serde_json::from_value(body["status"]["incidents"].clone()).expect("incidents");
+        assert_eq!(incidents.open, 2);
+        let ids: Vec<&str> = incidents.recent.iter().map(|i| i.id.as_str()).collect();
+        assert!(ids.contains(&"ours") && ids.contains(&"theirs"), "{ids:?}");
+        assert_eq!(body["status"]["conditions"][0]["type"], "Degraded");
+        assert_eq!(body["status"]["conditions"][0]["status"], "False");
+        respond(send, 200, integration_json("12", 52, serde_json::json!({})));
+    });
+    writer.write(&update(7)).await.expect("write succeeds after the conflict");
+    api.await.expect("api scenario");
+}
+
+#[tokio::test]
+async fn kube_writer_reports_outages_as_transient_and_deleted_integrations_as_gone() {
+    let (service, mut handle): (_, ApiHandle) = tower_test::mock::pair();
+    let client = kube::Client::new(service, "default");
+    let writer = KubeStatusWriter::new(client, None);
+    let api = tokio::spawn(async move {
+        let (_, send) = handle.next_request().await.expect("GET");
+        respond(send, 503, b"{\"kind\":\"Status\",\"code\":503,\"status\":\"Failure\",\"message\":\"unavailable\",\"reason\":\"ServiceUnavailable\"}".to_vec());
+        let (_, send) = handle.next_request().await.expect("GET");
+        respond(send, 404, b"{\"kind\":\"Status\",\"code\":404,\"status\":\"Failure\",\"message\":\"not found\",\"reason\":\"NotFound\"}".to_vec());
+        // Same name, different uid: re-created, our counts do not belong to it.
+        let (_, send) = handle.next_request().await.expect("GET");
+        let mut other: WebhookIntegration = serde_json::from_slice(&integration_json("3", 0, serde_json::json!({}))).expect("obj");
+        other.metadata.uid = Some("uid-2".into());
+        respond(send, 200, serde_json::to_vec(&other).expect("json"));
+    });
+    assert!(matches!(writer.write(&update(1)).await, Err(StatusWriteError::Transient(_))));
+    assert!(matches!(writer.write(&update(1)).await, Err(StatusWriteError::Gone(_))));
+    assert!(matches!(writer.write(&update(1)).await, Err(StatusWriteError::Gone(_))));
+    api.await.expect("api scenario");
+}
