@@ -425,11 +425,9 @@ mod tests {
         out
     }
 
-    fn scan(
-        bytes: &[u8],
-        first: Seq,
-        is_last: bool,
-    ) -> (Result<Scan, Damage>, Vec<(Seq, Vec<u8>)>) {
+    type Entries = Vec<(Seq, Vec<u8>)>;
+
+    fn scan(bytes: &[u8], first: Seq, is_last: bool) -> (Result<Scan, Damage>, Entries) {
         let mut seen = Vec::new();
         let result = scan_segment(bytes, first, is_last, |s, p| seen.push((s, p.to_vec())));
         (result, seen)

@@ -190,7 +190,9 @@ impl Writer {
         for (i, (first_seq, path)) in names.into_iter().enumerate() {
             let is_last = i + 1 == count;
             let bytes = fs::read(&path)?;
+            let mut first_entry = None;
             let scan = format::scan_segment(&bytes, first_seq, is_last, |seq, payload| {
+                first_entry.get_or_insert(seq);
                 if seq > replay_after {
                     entries.push((seq, payload.to_vec()));
                 }
@@ -219,18 +221,16 @@ impl Writer {
                         file.set_len(valid_len)?;
                         file.sync_all()?;
                     }
-                    if let (Some(prev), Some(first)) = (
-                        segments.back().and_then(|s: &Segment| s.last_seq),
-                        last_seq.map(|_| first_seq),
-                    ) {
-                        if first > prev + 1 {
-                            tracing::error!(
-                                path = %path.display(),
-                                missing_from = prev + 1,
-                                missing_to = first - 1,
-                                "journal entries are missing between segments (a segment file was removed); continuing without them"
-                            );
-                        }
+                    let prev_last = segments.iter().rev().find_map(|s| s.last_seq);
+                    if let (Some(prev), Some(first)) = (prev_last, first_entry)
+                        && first > prev + 1
+                    {
+                        tracing::error!(
+                            path = %path.display(),
+                            missing_from = prev + 1,
+                            missing_to = first - 1,
+                            "journal entries are missing between segments (a segment file was removed); continuing without them"
+                        );
                     }
                     segments.push_back(Segment {
                         first_seq,
@@ -421,17 +421,18 @@ impl Writer {
         }
         let active_has_entries = self.segments.back().is_some_and(|s| s.last_seq.is_some());
         let active_len = self.segments.back().map_or(0, |s| s.len);
-        if active_has_entries && active_len >= self.config.segment_bytes {
-            if let Err(e) = self.roll() {
-                let message = format!("cannot start a new journal segment: {e}");
-                for append in batch {
-                    let _ = append.reply.send(Err(JournalError::Io(io::Error::new(
-                        e.kind(),
-                        message.clone(),
-                    ))));
-                }
-                return;
+        if active_has_entries
+            && active_len >= self.config.segment_bytes
+            && let Err(e) = self.roll()
+        {
+            let message = format!("cannot start a new journal segment: {e}");
+            for append in batch {
+                let _ = append.reply.send(Err(JournalError::Io(io::Error::new(
+                    e.kind(),
+                    message.clone(),
+                ))));
             }
+            return;
         }
 
         let used = self.bytes_on_disk();
