@@ -1,3 +1,3 @@
-
+mod journal;
 mod standalone;
 mod status_writer;
