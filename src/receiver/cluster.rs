@@ -43,6 +43,9 @@ pub struct ReceiverArgs {
     /// Folder of the durable delivery journal (a volume that survives container restarts).
     #[arg(long, env = "HOOKWARDEN_JOURNAL_DIR", default_value = "/var/lib/hookwarden/journal")]
     pub journal_dir: PathBuf,
+    /// Cap on the journal's size on disk; beyond it deliveries get 503 + Retry-After.
+    #[arg(long, env = "HOOKWARDEN_JOURNAL_MAX_BYTES", default_value_t = crate::receiver::service::DEFAULT_JOURNAL_MAX_BYTES)]
+    pub journal_max_bytes: u64,
     /// At most one status write per integration per this interval.
     #[arg(long, env = "HOOKWARDEN_STATUS_INTERVAL", default_value = "2s", value_parser = crate::standalone::parse_duration)]
     pub status_interval: Duration,
@@ -87,6 +90,7 @@ pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
     let writer = Arc::new(KubeStatusWriter::new(client.clone(), args.pod_name.clone()));
     let options = ReceiverOptions {
         journal_dir: args.journal_dir.clone(),
+        journal_max_bytes: args.journal_max_bytes,
         trusted_proxies: args.trusted_proxies.clone(),
         external_base_url: args.external_url.clone(),
         runtime: crate::receiver::runtime::RuntimeConfig {

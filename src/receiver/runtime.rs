@@ -42,16 +42,13 @@ pub trait DeliveryJournal: Send + Sync + 'static {
 
 impl DeliveryJournal for Journal {
     async fn append(&self, record: Vec<u8>) -> Result<u64, SinkError> {
-        Journal::append(self, record)
-            .await
-            .map(u64::from)
-            .map_err(|e| SinkError::Unavailable(e.to_string()))
+        Journal::append(self, record).await.map_err(|e| SinkError::Unavailable(e.to_string()))
     }
     fn mark_applied(&self, seq: u64) {
-        Journal::mark_applied(self, seq.into());
+        Journal::mark_applied(self, seq);
     }
     async fn checkpoint(&self, snapshot: Vec<u8>, covers: u64) -> Result<(), String> {
-        Journal::checkpoint(self, snapshot, covers.into()).await.map_err(|e| e.to_string())
+        Journal::checkpoint(self, snapshot, covers).await.map_err(|e| e.to_string())
     }
 }
 
@@ -230,7 +227,7 @@ pub fn replay(snapshot: Option<&[u8]>, entries: impl IntoIterator<Item = (u64, V
 /// Convenience for [`replay`] over what [`Journal::open`] recovered.
 pub fn replay_recovered(recovered: Recovered, settings: &SettingsLookup) -> (Ledger, ReplayReport) {
     let Recovered { snapshot, entries } = recovered;
-    replay(snapshot.as_deref(), entries.into_iter().map(|(seq, bytes)| (u64::from(seq), bytes)), settings)
+    replay(snapshot.as_deref(), entries, settings)
 }
 
 /// The background half: owns the ledger; folds queued entries; once per interval writes
@@ -317,9 +314,9 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                         let updates = self.build_updates(Instant::now());
                         if !updates.is_empty() {
                             pass = Some(tokio::spawn(write_all(self.writer.clone(), updates, self.config.write_concurrency)));
-                        } else if self.backoff.is_empty() && self.pass_covers > 0 {
+                        } else if self.backoff.is_empty() {
                             // Nothing is behind: everything folded so far is on the status.
-                            self.journal.mark_applied(self.pass_covers);
+                            self.mark_applied();
                         }
                     }
                     self.maybe_checkpoint(false).await;
@@ -450,7 +447,16 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                 }
             }
         }
-        if all_ok && self.pass_covers > 0 {
+        if all_ok {
+            self.mark_applied();
+        }
+    }
+
+    /// Tells the journal that everything the last pass covered reached the status. A
+    /// writer that stores whole totals (standalone files) needs every entry after the
+    /// checkpoint at replay, so its entries are released by checkpoints only.
+    fn mark_applied(&self) {
+        if self.pass_covers > 0 && !self.writer.stores_totals() {
             self.journal.mark_applied(self.pass_covers);
         }
     }

@@ -27,10 +27,15 @@ use crate::route::Route;
 /// Delivery ids remembered at most (DESIGN.md: 100,000 within 64 MiB).
 pub const DEDUP_CAPACITY: u64 = 200_000;
 
+/// Default cap on the journal's size on disk (1 GiB).
+pub const DEFAULT_JOURNAL_MAX_BYTES: u64 = 1 << 30;
+
 /// How to start a receiver.
 #[derive(Clone, Debug)]
 pub struct ReceiverOptions {
     pub journal_dir: PathBuf,
+    /// Cap on the journal's size on disk; beyond it deliveries get 503 until compaction.
+    pub journal_max_bytes: u64,
     pub trusted_proxies: Vec<IpNet>,
     pub external_base_url: Option<String>,
     pub runtime: RuntimeConfig,
@@ -119,7 +124,7 @@ pub struct Receiver<W> {
 impl<W: StatusWriter> Receiver<W> {
     /// Opens and replays the journal and builds everything; nothing is served yet.
     pub async fn start(options: ReceiverOptions, writer: Arc<W>, registry: Option<&mut Registry>) -> Result<Receiver<W>, StartError> {
-        let journal_config = JournalConfig { dir: options.journal_dir.clone(), ..JournalConfig::default() };
+        let journal_config = JournalConfig { max_bytes: options.journal_max_bytes, ..JournalConfig::new(options.journal_dir.clone()) };
         let (metrics, journal_registry) = match registry {
             Some(r) => (ReceiverMetrics::register(r), Some(r)),
             None => (ReceiverMetrics::default(), None),

@@ -117,6 +117,14 @@ pub enum StatusWriteError {
 /// Writes the receiver-owned status of one integration.
 pub trait StatusWriter: Send + Sync + 'static {
     fn write(&self, update: &StatusUpdate) -> impl Future<Output = Result<(), StatusWriteError>> + Send;
+
+    /// True when the writer stores the receiver's totals ([`CounterMode::Absolute`]), so
+    /// the ledger must be rebuilt exactly after a restart: journal entries are then never
+    /// marked applied, only covered by checkpoints. False (the default) for writers that
+    /// add deltas, where an applied entry's counts already live in the stored status.
+    fn stores_totals(&self) -> bool {
+        false
+    }
 }
 
 fn time_from_ms(ms: i64) -> Option<Time> {
@@ -272,6 +280,10 @@ impl FileStatusWriter {
 }
 
 impl StatusWriter for FileStatusWriter {
+    fn stores_totals(&self) -> bool {
+        true
+    }
+
     async fn write(&self, update: &StatusUpdate) -> Result<(), StatusWriteError> {
         let this = self.clone();
         let update = update.clone();

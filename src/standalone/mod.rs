@@ -53,6 +53,10 @@ pub struct StandaloneArgs {
     /// Consecutive authentication failures that set Degraded.
     #[arg(long, default_value_t = 20)]
     pub degraded_after: u64,
+    /// Cap on the delivery journal's size on disk; beyond it deliveries get 503 +
+    /// Retry-After until status catches up and the journal compacts.
+    #[arg(long, default_value_t = crate::receiver::service::DEFAULT_JOURNAL_MAX_BYTES)]
+    pub journal_max_bytes: u64,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -139,7 +143,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
     report(&synced);
 
     let config = RuntimeConfig { status_interval: args.status_interval, degraded_after: args.degraded_after, ..RuntimeConfig::default() };
-    let options = ReceiverOptions { journal_dir: state.journal_dir(), trusted_proxies: Vec::new(), external_base_url: args.external_url.clone(), runtime: config };
+    let options = ReceiverOptions { journal_dir: state.journal_dir(), journal_max_bytes: args.journal_max_bytes, trusted_proxies: Vec::new(), external_base_url: args.external_url.clone(), runtime: config };
     let receiver = Receiver::start(options, Arc::new(state.status_writer()), None).await?;
     for error in receiver.handle().replace_all(synced.routes.clone()) {
         tracing::warn!(%error, "route not served");
