@@ -2,4 +2,6 @@
 
 pub mod incident;
 pub mod provider;
+pub mod sample;
 pub mod secret;
+pub mod signature;
