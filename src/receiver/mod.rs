@@ -1,15 +1,40 @@
 //! The data plane: `hookwarden receiver`.
 //!
+//! [`http::app`] is the HTTP pipeline (DESIGN.md's HTTP table), [`routes::RouteTable`]
+//! what it serves, [`dedup::Dedup`] the delivery-id memory, [`metrics`] the Prometheus
+//! handles, [`server::serve`] the hyper server with header/body timeouts and graceful
+//! shutdown, and [`sink::DeliverySink`] the seam to the durable journal behind it.
+//!
 //! [`runtime`] is what happens after the pipeline accepts a delivery (durable journal
 //! append, then the background fold into the [`ledger`] and coalesced [`status`]
 //! write-back); [`service`] assembles a running receiver for the cluster ([`cluster`])
 //! and for standalone mode.
 
 pub mod cluster;
+pub mod dedup;
 pub mod ledger;
+pub mod limits;
+pub mod metrics;
 pub mod runtime;
+pub mod server;
 pub mod service;
 pub mod sink;
 pub mod status;
 
+use std::sync::Arc;
+
 pub use cluster::{ReceiverArgs, run};
+
+/// Current time in Unix milliseconds. Injected so tests can pin timestamp windows,
+/// secret expiries and dedup re-seeding.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The system clock as a [`Clock`].
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+    })
+}
