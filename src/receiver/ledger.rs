@@ -122,9 +122,13 @@ pub struct Ledger {
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     extra: BTreeSet<u64>,
     integrations: BTreeMap<String, IntegrationLedger>,
-    /// Delivery ids accepted recently, so dedup survives a restart.
+    /// Delivery ids accepted recently (integration → id → expiry, Unix ms), so dedup
+    /// survives a restart.
     #[serde(default)]
-    remembered: BTreeMap<(String, String), i64>,
+    remembered: BTreeMap<String, BTreeMap<String, i64>>,
+    /// Number of ids in `remembered`.
+    #[serde(default)]
+    remembered_count: usize,
 }
 
 /// At most this many delivery ids are kept for re-seeding dedup (oldest expiry dropped).
@@ -230,34 +234,57 @@ impl Ledger {
     }
 
     fn remember(&mut self, integration: &str, id: &str, expires_at_ms: i64) {
-        let key = (integration.to_string(), id.to_string());
-        let slot = self.remembered.entry(key).or_insert(expires_at_ms);
-        *slot = (*slot).max(expires_at_ms);
-        if self.remembered.len() > MAX_REMEMBERED_IDS {
-            self.forget_oldest(self.remembered.len() - MAX_REMEMBERED_IDS);
+        let ids = self.remembered.entry(integration.to_string()).or_default();
+        match ids.get_mut(id) {
+            Some(slot) => *slot = (*slot).max(expires_at_ms),
+            None => {
+                ids.insert(id.to_string(), expires_at_ms);
+                self.remembered_count += 1;
+            }
+        }
+        if self.remembered_count > MAX_REMEMBERED_IDS {
+            self.forget_oldest(self.remembered_count - MAX_REMEMBERED_IDS);
         }
     }
 
+    /// Drops the `count` ids that expire first (amortised: drops 1% extra so this runs
+    /// rarely under sustained load).
     fn forget_oldest(&mut self, count: usize) {
-        let mut by_expiry: Vec<((String, String), i64)> =
-            self.remembered.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        by_expiry.sort_by_key(|(_, v)| *v);
-        for (key, _) in by_expiry.into_iter().take(count) {
-            self.remembered.remove(&key);
+        let count = count + MAX_REMEMBERED_IDS / 100;
+        let mut expiries: Vec<i64> = self.remembered.values().flat_map(|ids| ids.values().copied()).collect();
+        if count >= expiries.len() {
+            self.remembered.clear();
+            self.remembered_count = 0;
+            return;
         }
+        let (_, cutoff, _) = expiries.select_nth_unstable(count);
+        let cutoff = *cutoff;
+        self.retain_ids(|expires| expires > cutoff);
+    }
+
+    fn retain_ids(&mut self, keep: impl Fn(i64) -> bool) {
+        let mut count = 0;
+        self.remembered.retain(|_, ids| {
+            ids.retain(|_, e| keep(*e));
+            count += ids.len();
+            !ids.is_empty()
+        });
+        self.remembered_count = count;
     }
 
     /// Drops remembered ids that expired at `now_ms`.
     pub fn prune(&mut self, now_ms: i64) {
-        self.remembered.retain(|_, expires| *expires > now_ms);
+        self.retain_ids(|expires| expires > now_ms);
     }
 
     /// Remembered delivery ids still valid at `now_ms`, to re-seed dedup after a restart.
     pub fn remembered_ids(&self, now_ms: i64) -> impl Iterator<Item = RememberedId> + '_ {
-        self.remembered.iter().filter(move |(_, e)| **e > now_ms).map(|((integration, id), e)| RememberedId {
-            integration: integration.clone(),
-            id: id.clone(),
-            expires_at_ms: *e,
+        self.remembered.iter().flat_map(move |(integration, ids)| {
+            ids.iter().filter(move |(_, e)| **e > now_ms).map(move |(id, e)| RememberedId {
+                integration: integration.clone(),
+                id: id.clone(),
+                expires_at_ms: *e,
+            })
         })
     }
 
@@ -293,7 +320,9 @@ impl Ledger {
     /// Forgets an integration (it was deleted).
     pub fn remove(&mut self, integration: &str) {
         self.integrations.remove(integration);
-        self.remembered.retain(|(i, _), _| i != integration);
+        if let Some(ids) = self.remembered.remove(integration) {
+            self.remembered_count -= ids.len();
+        }
     }
 }
 
