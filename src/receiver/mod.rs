@@ -6,8 +6,10 @@
 //! shutdown, and [`sink::DeliverySink`] the seam to the durable journal behind it.
 
 pub mod dedup;
+pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod routes;
 pub mod server;
 pub mod sink;
 

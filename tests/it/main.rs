@@ -1,1 +1,1 @@
-
+mod receiver_http;
