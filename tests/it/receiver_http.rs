@@ -899,3 +899,25 @@ async fn server_delivers_over_keep_alive_and_shuts_down_gracefully() {
         "listener closed after shutdown"
     );
 }
+
+#[tokio::test]
+async fn chunked_body_over_the_limit_is_413_on_the_wire() {
+    let f = fixture(json!({"provider": "github", "limits": {"maxBodyBytes": 64}}));
+    let (addr, _stop) = start_server(&f, Duration::from_secs(5)).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nX-Hub-Signature-256: sha256=00\r\n\r\n",
+        f.path
+    );
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    // 40-byte chunks until the server answers; it must not wait for the end.
+    let chunk = format!("28\r\n{}\r\n", "x".repeat(40));
+    for _ in 0..3 {
+        if stream.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let answer = read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    assert_nothing_kept(&f);
+}
