@@ -12,9 +12,11 @@
 
 pub mod cluster;
 pub mod dedup;
+pub mod http;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;
+pub mod routes;
 pub mod runtime;
 pub mod server;
 pub mod service;

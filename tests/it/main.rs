@@ -1,3 +1,4 @@
 mod journal;
+mod receiver_http;
 mod standalone;
 mod status_writer;

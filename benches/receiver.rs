@@ -1,0 +1,503 @@
+//! Load benchmark of the receiver over HTTP on 127.0.0.1 (see docs/bench.md).
+//!
+//! Sends correctly signed, unique deliveries over N keep-alive connections for a bounded
+//! time, then prints requests/s, p50 and p99; runs a second pass at half that rate for
+//! the latency target; and, when `nginx` is on PATH, runs the same client against nginx
+//! answering a fixed 200 with the same worker count and prints the ratio.
+//!
+//! cargo bench --bench receiver -- [--connections 32] [--seconds 5] [--workers 1] \
+//!     [--provider github|datadog] [--url URL --secret S] [--no-nginx]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use hookwarden::domain::provider::ProviderKind;
+use hookwarden::domain::secret::generate_path;
+use hookwarden::domain::signature::{Scheme, SignInput, sign};
+use hookwarden::receiver::dedup::Dedup;
+use hookwarden::receiver::http::{PipelineConfig, ReceiverState, app};
+use hookwarden::receiver::metrics::ReceiverMetrics;
+use hookwarden::receiver::routes::RouteTable;
+use hookwarden::receiver::server::serve;
+use hookwarden::receiver::sink::{Accepted, DeliverySink, Duplicate, Rejected, SinkError};
+use hookwarden::route::{Route, RouteSecret, SecretValue};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::TokioIo;
+
+#[derive(Debug, Parser)]
+#[command(about = "Load the hookwarden receiver with signed unique deliveries; compare with nginx")]
+struct Options {
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Length of each measured pass, seconds.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Server worker threads (tokio workers in-process; nginx worker_processes).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Client threads.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// Delivery flavour: github (HMAC-SHA256, delivery id header) or datadog (bearer
+    /// token, incident mapping).
+    #[arg(long, default_value = "github")]
+    provider: ProviderKind,
+    /// Load a running receiver (e.g. `hookwarden standalone`) at this endpoint URL instead
+    /// of an in-process one; needs --secret.
+    #[arg(long)]
+    url: Option<String>,
+    /// The endpoint's secret (with --url).
+    #[arg(long)]
+    secret: Option<String>,
+    /// Skip the nginx comparison.
+    #[arg(long)]
+    no_nginx: bool,
+    /// Skip the half-rate latency pass.
+    #[arg(long)]
+    no_half_rate: bool,
+    /// Ignored (cargo bench passes it).
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// Keeps every accepted delivery in memory only: measures the pipeline without a journal.
+#[derive(Default)]
+struct CountingSink {
+    accepted: AtomicU64,
+}
+
+impl DeliverySink for CountingSink {
+    async fn accept(&self, _delivery: Accepted) -> Result<(), SinkError> {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+    fn reject(&self, _rejected: Rejected) {}
+    fn duplicate(&self, _duplicate: Duplicate) {}
+}
+
+struct Target {
+    addr: SocketAddr,
+    host: String,
+    path: String,
+    secret: String,
+}
+
+/// Starts the receiver app with a memory sink on its own runtime; returns its target.
+fn start_in_process(provider: ProviderKind, workers: usize) -> std::io::Result<Target> {
+    let secret = "bench-secret-0123456789abcdef".to_string();
+    let path = generate_path();
+    let spec = serde_json::json!({
+        "provider": provider.as_str(),
+        "limits": {"requestsPerSecond": 1_000_000, "burst": 1_000_000},
+    });
+    let route = Route {
+        namespace: "bench".into(),
+        name: "receiver".into(),
+        uid: "bench-uid".into(),
+        generation: 1,
+        path: path.clone(),
+        secrets: vec![RouteSecret {
+            value: SecretValue(secret.clone()),
+            expires_at: None,
+        }],
+        spec: serde_json::from_value(spec).map_err(std::io::Error::other)?,
+    };
+    let routes = Arc::new(RouteTable::new());
+    routes.upsert(route).map_err(std::io::Error::other)?;
+    let config = PipelineConfig::default();
+    let dedup = Dedup::new(1_000_000, config.clock.clone());
+    let state = Arc::new(ReceiverState::new(
+        config,
+        routes,
+        dedup,
+        Arc::new(CountingSink::default()),
+        ReceiverMetrics::default(),
+    ));
+    state.set_ready(true);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?;
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            if let Ok(listener) = tokio::net::TcpListener::from_std(listener) {
+                let _ = serve(listener, app(state), std::future::pending()).await;
+            }
+        })
+    });
+    Ok(Target {
+        addr,
+        host: addr.to_string(),
+        path,
+        secret,
+    })
+}
+
+fn parse_url(url: &str, secret: String) -> Result<Target, String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("--url {url}: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err("--url must be http:// on this machine".into());
+    }
+    let host = uri.authority().ok_or("--url needs a host")?.to_string();
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&host)
+        .map_err(|e| format!("{host}: {e}"))?
+        .next()
+        .ok_or("no address")?;
+    if !addr.ip().is_loopback() {
+        return Err("the benchmark only loads loopback addresses".into());
+    }
+    Ok(Target {
+        addr,
+        host,
+        path: uri.path().to_string(),
+        secret,
+    })
+}
+
+/// One unique, correctly signed delivery.
+fn delivery(
+    provider: ProviderKind,
+    target: &Target,
+    run: u64,
+    seq: u64,
+) -> http::Request<Full<Bytes>> {
+    let id = format!("bench-{run:x}-{seq}");
+    let body = match provider {
+        ProviderKind::Datadog => serde_json::json!({
+            "id": id, "aggreg_key": format!("agg-{}", seq % 500), "alert_name": "CPU high on web-1",
+            "alert_type": "error", "severity": "high", "alert_transition": "Triggered",
+            "date": seq, "host": "web-1", "tags": "env:bench,team:payments",
+            "link": "https://app.datadoghq.com/monitors/1", "message": "CPU above 90% for 5 minutes",
+        }),
+        _ => serde_json::json!({
+            "ref": "refs/heads/main", "before": "6113728f27ae82c7b1a177c8d03f9e96e0adf246",
+            "after": "59b20b8d5c6ff8d09518454d4dd8b7b30f095ab5", "seq": seq,
+            "repository": {"full_name": "octo/bench", "private": false},
+            "pusher": {"name": "octocat"}, "head_commit": {"id": id, "message": "bench"},
+        }),
+    };
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let input = SignInput {
+        body: &body,
+        url: &format!("http://{}{}", target.host, target.path),
+        timestamp: now,
+        id: &id,
+        content_type: "application/json",
+    };
+    let mut builder = http::Request::builder()
+        .method("POST")
+        .uri(&target.path)
+        .header("host", &target.host)
+        .header("content-type", "application/json");
+    if provider == ProviderKind::Github {
+        builder = builder.header("x-github-event", "push");
+    }
+    for (name, value) in sign(&Scheme::preset(provider), &target.secret, &input).unwrap_or_default()
+    {
+        builder = builder.header(name, value);
+    }
+    builder
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_default()
+}
+
+struct Pass {
+    requests: u64,
+    errors: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+}
+
+impl Pass {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(self.latencies_us[i]) / 1000.0
+    }
+
+    fn line(&self, label: &str) -> String {
+        format!(
+            "{label:<44} {:>9.0} req/s   p50 {:>6.3} ms   p99 {:>6.3} ms   ({} requests, {} errors)",
+            self.rate(),
+            self.percentile(0.50),
+            self.percentile(0.99),
+            self.requests,
+            self.errors
+        )
+    }
+}
+
+/// Closed loop over `connections` keep-alive connections for `seconds`; with
+/// `rate` set, each connection paces itself so the total is that many requests/s.
+async fn load(
+    target: Arc<Target>,
+    provider: ProviderKind,
+    connections: usize,
+    seconds: u64,
+    rate: Option<f64>,
+    expect_status: u16,
+) -> Pass {
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let seq = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let target = target.clone();
+            let seq = seq.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                let Ok(stream) = tokio::net::TcpStream::connect(target.addr).await else {
+                    return (latencies, 1);
+                };
+                let _ = stream.set_nodelay(true);
+                let Ok((mut sender, conn)) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+                else {
+                    return (latencies, 1);
+                };
+                tokio::spawn(conn);
+                let mut pace = rate.map(|r| {
+                    let mut i =
+                        tokio::time::interval(Duration::from_secs_f64(connections as f64 / r));
+                    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    i
+                });
+                while Instant::now() < deadline {
+                    if let Some(p) = pace.as_mut() {
+                        p.tick().await;
+                    }
+                    let request =
+                        delivery(provider, &target, run, seq.fetch_add(1, Ordering::Relaxed));
+                    let t = Instant::now();
+                    if sender.ready().await.is_err() {
+                        errors += 1;
+                        break;
+                    }
+                    match sender.send_request(request).await {
+                        Ok(response) => {
+                            let ok = response.status().as_u16() == expect_status;
+                            let _ = response.into_body().collect().await;
+                            latencies
+                                .push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                            if !ok {
+                                errors += 1;
+                            }
+                        }
+                        Err(_) => {
+                            errors += 1;
+                            break;
+                        }
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            all.extend(l);
+            errors += e;
+        }
+    }
+    let elapsed = started.elapsed();
+    all.sort_unstable();
+    Pass {
+        requests: all.len() as u64,
+        errors,
+        elapsed,
+        latencies_us: all,
+    }
+}
+
+/// nginx on loopback answering a fixed 200, `workers` worker processes.
+struct Nginx {
+    child: Child,
+    _dir: tempfile::TempDir,
+    addr: SocketAddr,
+}
+
+impl Nginx {
+    fn start(workers: usize) -> Option<Nginx> {
+        let binary = ["nginx", "/usr/sbin/nginx"].into_iter().find(|b| {
+            Command::new(b)
+                .arg("-v")
+                .stderr(Stdio::null())
+                .status()
+                .is_ok()
+        })?;
+        let dir = tempfile::tempdir().ok()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let prefix = dir.path().display().to_string();
+        let conf = format!(
+            "worker_processes {workers};\ndaemon off;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {prefix}/body;\n  keepalive_requests 1000000;\n\
+               server {{\n    listen 127.0.0.1:{port};\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).ok()?;
+        let child = Command::new(binary)
+            .args([
+                "-p",
+                &prefix,
+                "-c",
+                &format!("{prefix}/nginx.conf"),
+                "-e",
+                &format!("{prefix}/error.log"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
+        let mut nginx = Nginx {
+            child,
+            _dir: dir,
+            addr,
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return Some(nginx);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = nginx.child.kill();
+        None
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let options = Options::parse();
+    let provider = options.provider;
+    let (target, label) = match &options.url {
+        Some(url) => {
+            let secret = options.secret.clone().ok_or("--url needs --secret")?;
+            (parse_url(url, secret)?, format!("receiver at {url}"))
+        }
+        None => (
+            start_in_process(provider, options.workers)?,
+            format!(
+                "receiver in-process ({provider}, memory sink, {} workers)",
+                options.workers
+            ),
+        ),
+    };
+    let target = Arc::new(target);
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(options.client_threads)
+        .enable_all()
+        .build()?;
+    println!(
+        "load: {} keep-alive connections, {} s per pass, {} client thread(s), unique signed {provider} deliveries",
+        options.connections, options.seconds, options.client_threads
+    );
+    // Warm-up: connection setup, allocator, branch predictors.
+    client.block_on(load(
+        target.clone(),
+        provider,
+        options.connections,
+        1,
+        None,
+        202,
+    ));
+    let full = client.block_on(load(
+        target.clone(),
+        provider,
+        options.connections,
+        options.seconds,
+        None,
+        202,
+    ));
+    println!("{}", full.line(&label));
+    if !options.no_half_rate && full.rate() > 0.0 {
+        let half = client.block_on(load(
+            target.clone(),
+            provider,
+            options.connections,
+            options.seconds,
+            Some(full.rate() / 2.0),
+            202,
+        ));
+        println!(
+            "{}",
+            half.line(&format!(
+                "  same at half rate ({:.0} req/s offered)",
+                full.rate() / 2.0
+            ))
+        );
+    }
+    if options.no_nginx {
+        return Ok(());
+    }
+    match Nginx::start(options.workers) {
+        None => println!(
+            "nginx: not installed or failed to start; no comparison (apt-get install nginx)"
+        ),
+        Some(nginx) => {
+            let nginx_target = Arc::new(Target {
+                addr: nginx.addr,
+                host: nginx.addr.to_string(),
+                path: target.path.clone(),
+                secret: target.secret.clone(),
+            });
+            client.block_on(load(
+                nginx_target.clone(),
+                provider,
+                options.connections,
+                1,
+                None,
+                200,
+            ));
+            let pass = client.block_on(load(
+                nginx_target,
+                provider,
+                options.connections,
+                options.seconds,
+                None,
+                200,
+            ));
+            println!(
+                "{}",
+                pass.line(&format!("nginx return 200 ({} workers)", options.workers))
+            );
+            println!("ratio receiver / nginx: {:.2}", full.rate() / pass.rate());
+        }
+    }
+    Ok(())
+}
