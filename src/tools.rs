@@ -67,15 +67,18 @@ impl GenericFlags {
 }
 
 fn parse_algorithm(s: &str) -> Result<HmacAlgorithm, String> {
-    serde_yaml::from_str(&s.to_ascii_lowercase()).map_err(|_| format!("{s:?}: expected sha1, sha256 or sha512"))
+    serde_yaml::from_str(&s.to_ascii_lowercase())
+        .map_err(|_| format!("{s:?}: expected sha1, sha256 or sha512"))
 }
 
 fn parse_encoding(s: &str) -> Result<SignatureEncoding, String> {
-    serde_yaml::from_str(&s.to_ascii_lowercase()).map_err(|_| format!("{s:?}: expected hex or base64"))
+    serde_yaml::from_str(&s.to_ascii_lowercase())
+        .map_err(|_| format!("{s:?}: expected hex or base64"))
 }
 
 fn parse_provider(s: &str) -> Result<ProviderKind, String> {
-    s.parse().map_err(|e: crate::domain::provider::UnknownProvider| e.to_string())
+    s.parse()
+        .map_err(|e: crate::domain::provider::UnknownProvider| e.to_string())
 }
 
 /// Which scheme a command uses: a preset, refined by `--spec` or flags.
@@ -124,7 +127,10 @@ impl fmt::Debug for VerifyArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VerifyArgs")
             .field("scheme", &self.scheme)
-            .field("secrets", &format_args!("<{} redacted>", self.secrets.len()))
+            .field(
+                "secrets",
+                &format_args!("<{} redacted>", self.secrets.len()),
+            )
             .field("body_file", &self.body_file)
             .field("headers", &self.headers.len())
             .field("url", &self.url)
@@ -233,24 +239,32 @@ fn usage_exit(e: Usage) -> ExitCode {
 }
 
 fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn read_body(path: &Path) -> Result<Vec<u8>, Usage> {
     if path.as_os_str() == "-" {
         let mut buf = Vec::new();
-        std::io::stdin().read_to_end(&mut buf).map_err(|e| Usage(format!("cannot read the body from stdin: {e}")))?;
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .map_err(|e| Usage(format!("cannot read the body from stdin: {e}")))?;
         return Ok(buf);
     }
-    std::fs::read(path).map_err(|e| Usage(format!("cannot read --body-file {}: {e}", path.display())))
+    std::fs::read(path)
+        .map_err(|e| Usage(format!("cannot read --body-file {}: {e}", path.display())))
 }
 
 /// The spec inside a WebhookIntegration YAML file (first WebhookIntegration document),
 /// or a file holding just a spec.
 fn load_spec(path: &Path) -> Result<WebhookIntegrationSpec, Usage> {
-    let text = std::fs::read_to_string(path).map_err(|e| Usage(format!("cannot read --spec {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Usage(format!("cannot read --spec {}: {e}", path.display())))?;
     for doc in serde_yaml::Deserializer::from_str(&text) {
-        let value = serde_yaml::Value::deserialize(doc).map_err(|e| Usage(format!("{}: {e}", path.display())))?;
+        let value = serde_yaml::Value::deserialize(doc)
+            .map_err(|e| Usage(format!("{}: {e}", path.display())))?;
         let spec = match value.get("kind").and_then(|k| k.as_str()) {
             Some("WebhookIntegration") => value.get("spec").cloned(),
             Some(_) => None,
@@ -258,10 +272,14 @@ fn load_spec(path: &Path) -> Result<WebhookIntegrationSpec, Usage> {
             None => None,
         };
         if let Some(spec) = spec {
-            return serde_yaml::from_value(spec).map_err(|e| Usage(format!("{}: invalid spec: {e}", path.display())));
+            return serde_yaml::from_value(spec)
+                .map_err(|e| Usage(format!("{}: invalid spec: {e}", path.display())));
         }
     }
-    Err(Usage(format!("{}: no WebhookIntegration document found", path.display())))
+    Err(Usage(format!(
+        "{}: no WebhookIntegration document found",
+        path.display()
+    )))
 }
 
 use serde::Deserialize as _;
@@ -282,7 +300,9 @@ fn build_scheme(args: &SchemeArgs) -> Result<Scheme, Usage> {
             spec
         }
         None => {
-            let provider = args.provider.ok_or_else(|| Usage("--provider is required".to_string()))?;
+            let provider = args
+                .provider
+                .ok_or_else(|| Usage("--provider is required".to_string()))?;
             serde_yaml::from_str::<WebhookIntegrationSpec>(&format!("provider: {provider}"))?
         }
     };
@@ -291,7 +311,9 @@ fn build_scheme(args: &SchemeArgs) -> Result<Scheme, Usage> {
     }
     if !args.generic.is_empty() {
         if spec.provider != ProviderKind::Generic {
-            return Err(Usage("--signature-header, --algorithm, … only apply to --provider generic".to_string()));
+            return Err(Usage(
+                "--signature-header, --algorithm, … only apply to --provider generic".to_string(),
+            ));
         }
         let g = &args.generic;
         let base = spec.signature.take();
@@ -302,17 +324,35 @@ fn build_scheme(args: &SchemeArgs) -> Result<Scheme, Usage> {
             .ok_or_else(|| Usage("provider generic needs --signature-header".to_string()))?;
         spec.signature = Some(SignatureSpec {
             header,
-            algorithm: g.algorithm.or(base.as_ref().map(|b| b.algorithm)).unwrap_or(HmacAlgorithm::Sha256),
-            encoding: g.encoding.or(base.as_ref().map(|b| b.encoding)).unwrap_or(SignatureEncoding::Hex),
-            prefix: g.prefix.clone().or_else(|| base.as_ref().map(|b| b.prefix.clone())).unwrap_or_default(),
+            algorithm: g
+                .algorithm
+                .or(base.as_ref().map(|b| b.algorithm))
+                .unwrap_or(HmacAlgorithm::Sha256),
+            encoding: g
+                .encoding
+                .or(base.as_ref().map(|b| b.encoding))
+                .unwrap_or(SignatureEncoding::Hex),
+            prefix: g
+                .prefix
+                .clone()
+                .or_else(|| base.as_ref().map(|b| b.prefix.clone()))
+                .unwrap_or_default(),
             signed_content: g
                 .signed_content
                 .clone()
                 .or_else(|| base.as_ref().map(|b| b.signed_content.clone()))
                 .unwrap_or_else(|| "{body}".to_string()),
-            timestamp_header: g.timestamp_header.clone().or_else(|| base.as_ref().and_then(|b| b.timestamp_header.clone())),
-            id_header: g.id_header.clone().or_else(|| base.as_ref().and_then(|b| b.id_header.clone())),
-            tolerance_seconds: g.tolerance_seconds.or_else(|| base.as_ref().and_then(|b| b.tolerance_seconds)),
+            timestamp_header: g
+                .timestamp_header
+                .clone()
+                .or_else(|| base.as_ref().and_then(|b| b.timestamp_header.clone())),
+            id_header: g
+                .id_header
+                .clone()
+                .or_else(|| base.as_ref().and_then(|b| b.id_header.clone())),
+            tolerance_seconds: g
+                .tolerance_seconds
+                .or_else(|| base.as_ref().and_then(|b| b.tolerance_seconds)),
         });
     }
     Ok(Scheme::from_spec(&spec)?)
@@ -321,12 +361,21 @@ fn build_scheme(args: &SchemeArgs) -> Result<Scheme, Usage> {
 fn parse_headers(raw: &[String]) -> Result<HeaderMap, Usage> {
     let mut map = HeaderMap::new();
     for h in raw {
-        let (name, value) =
-            h.split_once(':').ok_or_else(|| Usage(format!("--header {h:?} is not of the form 'Name: value'")))?;
-        let name = HeaderName::from_bytes(name.trim().as_bytes())
-            .map_err(|_| Usage(format!("--header {h:?}: {:?} is not a valid header name", name.trim())))?;
-        let value = HeaderValue::from_str(value.trim())
-            .map_err(|_| Usage(format!("--header {:?}: the value is not a valid header value", name.as_str())))?;
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| Usage(format!("--header {h:?} is not of the form 'Name: value'")))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+            Usage(format!(
+                "--header {h:?}: {:?} is not a valid header name",
+                name.trim()
+            ))
+        })?;
+        let value = HeaderValue::from_str(value.trim()).map_err(|_| {
+            Usage(format!(
+                "--header {:?}: the value is not a valid header value",
+                name.as_str()
+            ))
+        })?;
         map.append(name, value);
     }
     Ok(map)
@@ -346,9 +395,14 @@ fn run_verify(args: &VerifyArgs) -> Result<ExitCode, Usage> {
     let headers = parse_headers(&args.headers)?;
     let url = args.url.as_deref().unwrap_or("");
     if scheme.provider == ProviderKind::Twilio && url.is_empty() {
-        return Err(Usage("twilio signs the URL it called: pass --url with the full URL, query included".to_string()));
+        return Err(Usage(
+            "twilio signs the URL it called: pass --url with the full URL, query included"
+                .to_string(),
+        ));
     }
-    let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
     if !signature::accepts_content_type(scheme.provider, content_type) {
         eprintln!(
             "note: {} never sends Content-Type {:?}; the receiver answers such deliveries 415",
@@ -358,7 +412,12 @@ fn run_verify(args: &VerifyArgs) -> Result<ExitCode, Usage> {
     }
     let now = args.now.unwrap_or_else(now_unix);
     let secrets: Vec<&str> = args.secrets.iter().map(String::as_str).collect();
-    let delivery = Delivery { method: &args.method, url, headers: &headers, body: &body };
+    let delivery = Delivery {
+        method: &args.method,
+        url,
+        headers: &headers,
+        body: &body,
+    };
     match signature::verify(&scheme, &secrets, &delivery, now) {
         Verdict::Valid(ok) => {
             let mut line = format!(
@@ -387,12 +446,17 @@ fn random_id() -> String {
 }
 
 fn looks_like_json(body: &[u8]) -> bool {
-    matches!(body.iter().find(|b| !b.is_ascii_whitespace()), Some(b'{') | Some(b'['))
+    matches!(
+        body.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'{') | Some(b'[')
+    )
 }
 
 fn default_content_type(provider: ProviderKind, body: &[u8]) -> &'static str {
     match provider {
-        ProviderKind::Twilio | ProviderKind::Slack if !looks_like_json(body) => "application/x-www-form-urlencoded",
+        ProviderKind::Twilio | ProviderKind::Slack if !looks_like_json(body) => {
+            "application/x-www-form-urlencoded"
+        }
         _ => "application/json",
     }
 }
@@ -414,7 +478,10 @@ fn run_sign(args: &SignArgs) -> Result<Vec<(String, String)>, Usage> {
     let scheme = build_scheme(&args.scheme)?;
     let body = read_body(&args.body_file)?;
     let id = args.id.clone().unwrap_or_else(random_id);
-    let content_type = args.content_type.clone().unwrap_or_else(|| default_content_type(scheme.provider, &body).to_string());
+    let content_type = args
+        .content_type
+        .clone()
+        .unwrap_or_else(|| default_content_type(scheme.provider, &body).to_string());
     let input = SignInput {
         body: &body,
         url: args.url.as_deref().unwrap_or(""),
@@ -434,7 +501,11 @@ pub async fn send_test(args: SendTestArgs) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_secs(args.timeout_seconds.max(1));
     match tokio::time::timeout(timeout, deliver(prepared)).await {
         Err(_) => {
-            eprintln!("error: no answer from {} within {}s", args.url, timeout.as_secs());
+            eprintln!(
+                "error: no answer from {} within {}s",
+                args.url,
+                timeout.as_secs()
+            );
             Ok(ExitCode::from(1))
         }
         Ok(Err(e)) => {
@@ -442,11 +513,19 @@ pub async fn send_test(args: SendTestArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
         Ok(Ok((status, body))) => {
-            println!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or(""));
+            println!(
+                "{} {}",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("")
+            );
             if !body.is_empty() {
                 println!("{}", String::from_utf8_lossy(&body));
             }
-            Ok(if status.is_success() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if status.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
     }
 }
@@ -458,30 +537,51 @@ struct Prepared {
 
 fn prepare_send(args: &SendTestArgs) -> Result<Prepared, Usage> {
     let scheme = build_scheme(&args.scheme)?;
-    let uri: http::Uri = args.url.parse().map_err(|e| Usage(format!("{:?} is not a URL: {e}", args.url)))?;
+    let uri: http::Uri = args
+        .url
+        .parse()
+        .map_err(|e| Usage(format!("{:?} is not a URL: {e}", args.url)))?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
-        _ => return Err(Usage(format!("{:?}: only http:// and https:// URLs can be sent to", args.url))),
+        _ => {
+            return Err(Usage(format!(
+                "{:?}: only http:// and https:// URLs can be sent to",
+                args.url
+            )));
+        }
     }
     let now = now_unix();
     let id = args.id.clone().unwrap_or_else(random_id);
-    let opts = SampleOptions { resolve: args.resolve, incident_id: args.incident_id.clone() };
+    let opts = SampleOptions {
+        resolve: args.resolve,
+        incident_id: args.incident_id.clone(),
+    };
     let mut sample = sample::sample_with(scheme.provider, now, &id, &opts);
     if let Some(path) = &args.body_file {
         sample.body = read_body(path)?;
         sample.content_type = default_content_type(scheme.provider, &sample.body);
     }
     // Twilio calls JSON webhooks with the body's hash in the URL, and signs that URL.
-    let target = if scheme.provider == ProviderKind::Twilio && sample.content_type == "application/json" {
-        signature::twilio_url_with_body_hash(&args.url, &sample.body)
-    } else {
-        args.url.clone()
+    let target =
+        if scheme.provider == ProviderKind::Twilio && sample.content_type == "application/json" {
+            signature::twilio_url_with_body_hash(&args.url, &sample.body)
+        } else {
+            args.url.clone()
+        };
+    let input = SignInput {
+        body: &sample.body,
+        url: &target,
+        timestamp: now,
+        id: &id,
+        content_type: sample.content_type,
     };
-    let input = SignInput { body: &sample.body, url: &target, timestamp: now, id: &id, content_type: sample.content_type };
     let auth = signature::sign(&scheme, &args.secret, &input)?;
     let mut builder = http::Request::post(&target)
         .header(http::header::CONTENT_TYPE, sample.content_type)
-        .header(http::header::USER_AGENT, concat!("hookwarden-send-test/", env!("CARGO_PKG_VERSION")));
+        .header(
+            http::header::USER_AGENT,
+            concat!("hookwarden-send-test/", env!("CARGO_PKG_VERSION")),
+        );
     for (name, value) in sample.headers.iter().chain(auth.iter()) {
         builder = builder.header(name.as_str(), value.as_str());
     }
@@ -500,7 +600,8 @@ async fn deliver(prepared: Prepared) -> anyhow::Result<(http::StatusCode, Vec<u8
         .enable_http1()
         .build();
     let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector);
     let response = client.request(prepared.request).await?;
     let status = response.status();
     let mut body = response.into_body();
@@ -523,8 +624,15 @@ mod tests {
 
     #[test]
     fn headers_parse_as_name_colon_value() {
-        let map = parse_headers(&["X-Hub-Signature-256: sha256=ab".to_string(), "x-a:b".to_string()]).expect("headers");
-        assert_eq!(map.get("x-hub-signature-256").and_then(|v| v.to_str().ok()), Some("sha256=ab"));
+        let map = parse_headers(&[
+            "X-Hub-Signature-256: sha256=ab".to_string(),
+            "x-a:b".to_string(),
+        ])
+        .expect("headers");
+        assert_eq!(
+            map.get("x-hub-signature-256").and_then(|v| v.to_str().ok()),
+            Some("sha256=ab")
+        );
         assert_eq!(map.get("X-A").and_then(|v| v.to_str().ok()), Some("b"));
         assert!(parse_headers(&["no colon".to_string()]).is_err());
         assert!(parse_headers(&["bad name: v".to_string()]).is_err());
@@ -533,7 +641,12 @@ mod tests {
     #[test]
     fn debug_output_never_shows_secrets() {
         let args = SignArgs {
-            scheme: SchemeArgs { provider: Some(ProviderKind::Github), spec: None, token_header: None, generic: GenericFlags::default() },
+            scheme: SchemeArgs {
+                provider: Some(ProviderKind::Github),
+                spec: None,
+                token_header: None,
+                generic: GenericFlags::default(),
+            },
             secret: "s3cr3t-value".to_string(),
             body_file: PathBuf::from("b"),
             timestamp: None,

@@ -78,8 +78,15 @@ mod tests {
 
     #[test]
     fn hmac_sha256_matches_rfc4231_case_2() {
-        let out = mac(Algorithm::Sha256, b"Jefe", &[b"what do ya want ", b"for nothing?"]);
-        assert_eq!(hex::encode(out), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        let out = mac(
+            Algorithm::Sha256,
+            b"Jefe",
+            &[b"what do ya want ", b"for nothing?"],
+        );
+        assert_eq!(
+            hex::encode(out),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 
     #[test]
