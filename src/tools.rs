@@ -104,13 +104,22 @@ pub struct VerifyArgs {
     #[command(flatten)]
     pub scheme: SchemeArgs,
     /// A secret to try; repeat for rotation (current, then previous).
-    #[arg(long = "secret", value_name = "VALUE", required = true)]
+    #[arg(
+        long = "secret",
+        value_name = "VALUE",
+        required = true,
+        allow_hyphen_values = true
+    )]
     pub secrets: Vec<String>,
     /// The raw body exactly as received (`-` for stdin).
     #[arg(long, value_name = "PATH")]
     pub body_file: PathBuf,
     /// A request header as `Name: value`; repeat for each header.
-    #[arg(long = "header", value_name = "'Name: value'")]
+    #[arg(
+        long = "header",
+        value_name = "'Name: value'",
+        allow_hyphen_values = true
+    )]
     pub headers: Vec<String>,
     /// The full URL the sender called, query included (Twilio signs it).
     #[arg(long, value_name = "URL")]
@@ -146,7 +155,7 @@ pub struct SignArgs {
     #[command(flatten)]
     pub scheme: SchemeArgs,
     /// The shared secret or token.
-    #[arg(long, value_name = "VALUE")]
+    #[arg(long, value_name = "VALUE", allow_hyphen_values = true)]
     pub secret: String,
     /// The body to sign (`-` for stdin).
     #[arg(long, value_name = "PATH")]
@@ -188,7 +197,7 @@ pub struct SendTestArgs {
     #[command(flatten)]
     pub scheme: SchemeArgs,
     /// The shared secret or token the integration expects.
-    #[arg(long, value_name = "VALUE")]
+    #[arg(long, value_name = "VALUE", allow_hyphen_values = true)]
     pub secret: String,
     /// Monitoring providers: send the recovery of the incident instead of its trigger.
     #[arg(long)]

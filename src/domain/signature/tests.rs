@@ -1505,3 +1505,20 @@ fn check_secret_explains_unusable_standard_webhooks_keys() {
         Err(SignError::EmptySecret)
     );
 }
+
+#[test]
+fn delivery_debug_hides_header_values_and_body() {
+    let map = headers(&[("Authorization", "Bearer top-secret-token")]);
+    let d = Delivery {
+        method: "POST",
+        url: "",
+        headers: &map,
+        body: b"private body",
+    };
+    let text = format!("{d:?}");
+    assert!(text.contains("authorization"), "{text}");
+    assert!(
+        !text.contains("top-secret-token") && !text.contains("private body"),
+        "{text}"
+    );
+}
