@@ -379,7 +379,7 @@ fn parse_headers(raw: &[String]) -> Result<HeaderMap, Usage> {
                 name.trim()
             ))
         })?;
-        let value = HeaderValue::from_str(value.trim()).map_err(|_| {
+        let value = HeaderValue::from_bytes(value.trim().as_bytes()).map_err(|_| {
             Usage(format!(
                 "--header {:?}: the value is not a valid header value",
                 name.as_str()
