@@ -734,6 +734,59 @@ fn twilio_tries_the_url_with_and_without_the_default_port() {
     );
 }
 
+/// twilio-node's own test cases: a `'` in the query signed one way verifies the other.
+#[test]
+fn twilio_query_quote_encodings_are_equivalent() {
+    let scheme = Scheme::preset(ProviderKind::Twilio);
+    for (server, target) in [
+        (
+            "https://example.com/path?test=param'WithQuote",
+            "https://example.com/path?test=param%27WithQuote",
+        ),
+        (
+            "https://example.com/path?test=param%27WithQuote",
+            "https://example.com/path?test=param'WithQuote",
+        ),
+        (
+            "https://example.com:443/path?test=param",
+            "https://example.com/path?test=param",
+        ),
+    ] {
+        let input = SignInput {
+            body: b"",
+            url: server,
+            timestamp: 0,
+            id: "",
+            content_type: "application/x-www-form-urlencoded",
+        };
+        let signed = sign(&scheme, "s3cr3t", &input).expect("sign");
+        let map = headers(&[("X-Twilio-Signature", signed[0].1.as_str())]);
+        let d = Delivery {
+            method: "POST",
+            url: target,
+            headers: &map,
+            body: b"",
+        };
+        assert_valid(verify(&scheme, &["s3cr3t"], &d, 0), 0);
+    }
+    let input = SignInput {
+        body: b"",
+        url: "https://example.com/path?test=param",
+        timestamp: 0,
+        id: "",
+        content_type: "application/x-www-form-urlencoded",
+    };
+    let signed = sign(&scheme, "s3cr3t", &input).expect("sign");
+    let map = headers(&[("X-Twilio-Signature", signed[0].1.as_str())]);
+    let d = Delivery {
+        method: "POST",
+        url: "https://example.com/path?test=param2",
+        headers: &map,
+        body: b"",
+    };
+    assert_rejected(verify(&scheme, &["s3cr3t"], &d, 0), "signature_mismatch");
+}
+
 #[test]
 fn twilio_json_bodies_are_checked_through_body_sha256() {
     let url = "https://example.com/myapp?bodySHA256=5ccde7145dfb8f56479710896586cb9d5911809d83afbe34627818790db0aec9";

@@ -64,8 +64,78 @@ fn form_params(body: &[u8]) -> BTreeMap<String, Vec<String>> {
     params
 }
 
-/// `url` as given, without its explicit port, and with the scheme's default port.
+/// Every spelling of `url` Twilio may have signed: as given, without its explicit port,
+/// with the scheme's default port, and each of those with the query re-encoded the
+/// ways twilio-node tries (Node `querystring` legacy encoding; WHATWG encoding of `'`),
+/// since Twilio's back end is not consistent about either.
 pub(crate) fn url_variants(url: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for base in port_variants(url) {
+        let legacy = legacy_query(&base);
+        let whatwg = whatwg_quote(&base);
+        for candidate in [Some(base), legacy, whatwg].into_iter().flatten() {
+            if !out.contains(&candidate) {
+                out.push(candidate);
+            }
+        }
+    }
+    out
+}
+
+/// `(before '?', query, from '#')` of a URL with a query.
+fn split_query(url: &str) -> Option<(&str, &str, &str)> {
+    let q = url.find('?')?;
+    let (base, rest) = url.split_at(q);
+    let rest = &rest[1..];
+    let frag = rest.find('#').unwrap_or(rest.len());
+    Some((base, &rest[..frag], &rest[frag..]))
+}
+
+/// Node's `querystring.escape`: everything but `A-Za-z0-9-_.!~*'()` percent-encoded.
+fn node_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The query decoded and re-encoded by Node's `querystring` (repeated names grouped at
+/// their first occurrence, as `querystring.parse` + `stringify` do).
+fn legacy_query(url: &str) -> Option<String> {
+    let (base, query, fragment) = split_query(url)?;
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match groups.iter_mut().find(|(name, _)| *name == k) {
+            Some((_, values)) => values.push(v.into_owned()),
+            None => groups.push((k.into_owned(), vec![v.into_owned()])),
+        }
+    }
+    let encoded: Vec<String> = groups
+        .iter()
+        .flat_map(|(k, values)| {
+            values
+                .iter()
+                .map(move |v| format!("{}={}", node_escape(k), node_escape(v)))
+        })
+        .collect();
+    Some(format!("{base}?{}{fragment}", encoded.join("&")))
+}
+
+/// WHATWG URL serialisation percent-encodes `'` in the query of http(s) URLs.
+fn whatwg_quote(url: &str) -> Option<String> {
+    let (base, query, fragment) = split_query(url)?;
+    query
+        .contains('\'')
+        .then(|| format!("{base}?{}{fragment}", query.replace('\'', "%27")))
+}
+
+/// `url` as given, without its explicit port, and with the scheme's default port.
+fn port_variants(url: &str) -> Vec<String> {
     let mut out = vec![url.to_string()];
     let Some((scheme, rest)) = url.split_once("://") else {
         return out;
