@@ -191,19 +191,28 @@ pub(crate) fn verify(keys: &Keys<'_>, d: &Delivery<'_>) -> Result<Verified, Reje
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let params =
+    let mut param_sets =
         if body_hash.is_some() || d.method.eq_ignore_ascii_case("GET") || is_json(content_type) {
-            BTreeMap::new()
+            vec![BTreeMap::new()]
         } else {
-            form_params(d.body)
+            vec![form_params(d.body)]
         };
+    // Twilio encodes `+` as %2B; a hand-made body with a literal `+` (a phone number
+    // pasted as is) was most likely signed with the `+`, not with a space.
+    if param_sets.len() == 1 && !param_sets[0].is_empty() && d.body.contains(&b'+') {
+        let literal: Vec<u8> = d
+            .body
+            .iter()
+            .flat_map(|&b| if b == b'+' { b"%2B".to_vec() } else { vec![b] })
+            .collect();
+        param_sets.push(form_params(&literal));
+    }
     let candidates = [sig];
-    let index = url_variants(d.url)
+    let urls = url_variants(d.url);
+    let index = param_sets
         .iter()
-        .find_map(|url| {
-            let data = signed_data(url, &params);
-            match_any(keys, Algorithm::Sha1, &candidates, &[data.as_bytes()])
-        })
+        .flat_map(|params| urls.iter().map(move |url| signed_data(url, params)))
+        .find_map(|data| match_any(keys, Algorithm::Sha1, &candidates, &[data.as_bytes()]))
         .ok_or(Rejection::SignatureMismatch {
             secrets: keys.len(),
         })?;
