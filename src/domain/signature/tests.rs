@@ -1028,6 +1028,7 @@ fn token_presets_accept_bearer_basic_and_the_configured_header() {
             0,
         );
         assert_valid(run(p, &[secret], &[("Authorization", &basic)], b"{}", 0), 0);
+        assert_valid(run(p, &[secret], &[("Authorization", secret)], b"{}", 0), 0);
         assert_valid(
             run(
                 p,

@@ -14,7 +14,14 @@ const GITLAB_TOKEN: &str = "X-Gitlab-Token";
 /// Tokens the request presents, in every accepted place.
 fn presented_tokens(headers: &http::HeaderMap, extra: &[&str]) -> Result<Vec<String>, Rejection> {
     let mut out = Vec::new();
-    if let Some(auth) = header(headers, "Authorization")?
+    let auth = header(headers, "Authorization")?;
+    // Some senders (Datadog custom headers, hand-written curl) put the bare token there.
+    if let Some(raw) = auth
+        && !raw.contains(' ')
+    {
+        out.push(raw.to_string());
+    }
+    if let Some(auth) = auth
         && let Some((scheme, rest)) = auth.split_once(' ')
     {
         let rest = rest.trim();
