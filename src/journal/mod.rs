@@ -485,6 +485,18 @@ mod tests {
         journal.close().await.expect("close");
     }
 
+    #[test]
+    fn handles_and_futures_can_cross_threads() {
+        fn send_sync<T: Send + Sync + Clone>() {}
+        fn send<T: Send>(_: &T) {}
+        send_sync::<Journal>();
+        let mut registry = Registry::default();
+        send(&Journal::open(
+            JournalConfig::new("unused"),
+            Some(&mut registry),
+        ));
+    }
+
     #[tokio::test]
     async fn metrics_are_registered_and_exported() {
         let dir = tempfile::tempdir().expect("tempdir");

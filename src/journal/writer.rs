@@ -94,7 +94,8 @@ fn lock_dir(dir: &Path) -> Result<File, JournalError> {
         .create(true)
         .truncate(false)
         .write(true)
-        .open(dir.join(format::LOCK_FILE))?;
+        .open(dir.join(format::LOCK_FILE))
+        .map_err(at(dir, "cannot open the lock file in"))?;
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
         match file.try_lock() {
@@ -116,6 +117,13 @@ fn lock_dir(dir: &Path) -> Result<File, JournalError> {
     }
 }
 
+/// Adds the path to an I/O error: "Is a directory (os error 21)" alone does not tell an
+/// operator which file to look at.
+fn at(path: &Path, what: &str) -> impl FnOnce(io::Error) -> io::Error {
+    let context = format!("{what} {}", path.display());
+    move |e| io::Error::new(e.kind(), format!("{context}: {e}"))
+}
+
 fn remove_if_exists(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -132,7 +140,7 @@ impl Writer {
     ) -> Result<(Self, Recovered), JournalError> {
         let dir = config.dir.clone();
         let created = !dir.exists();
-        fs::create_dir_all(&dir)?;
+        fs::create_dir_all(&dir).map_err(at(&dir, "cannot create journal directory"))?;
         if created && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             sync_dir(parent)?;
         }
@@ -171,8 +179,8 @@ impl Writer {
         let replay_after = snapshot_seq.max(applied);
 
         let mut names: Vec<(Seq, PathBuf)> = Vec::new();
-        for entry in fs::read_dir(&dir)? {
-            let entry = entry?;
+        for entry in fs::read_dir(&dir).map_err(at(&dir, "cannot list"))? {
+            let entry = entry.map_err(at(&dir, "cannot list"))?;
             if let Some(first) = entry
                 .file_name()
                 .to_str()
@@ -189,7 +197,7 @@ impl Writer {
         let count = names.len();
         for (i, (first_seq, path)) in names.into_iter().enumerate() {
             let is_last = i + 1 == count;
-            let bytes = fs::read(&path)?;
+            let bytes = fs::read(&path).map_err(at(&path, "cannot read journal segment"))?;
             let mut first_entry = None;
             let scan = format::scan_segment(&bytes, first_seq, is_last, |seq, payload| {
                 first_entry.get_or_insert(seq);
@@ -217,9 +225,12 @@ impl Writer {
                             reason = %damage.reason,
                             "truncating the journal's torn tail (a write cut short by a crash; never acknowledged)"
                         );
-                        let file = OpenOptions::new().write(true).open(&path)?;
-                        file.set_len(valid_len)?;
-                        file.sync_all()?;
+                        let truncate = || {
+                            let file = OpenOptions::new().write(true).open(&path)?;
+                            file.set_len(valid_len)?;
+                            file.sync_all()
+                        };
+                        truncate().map_err(at(&path, "cannot truncate the torn tail of"))?;
                     }
                     let prev_last = segments.iter().rev().find_map(|s| s.last_seq);
                     if let (Some(prev), Some(first)) = (prev_last, first_entry)
@@ -259,7 +270,10 @@ impl Writer {
         let next_seq = last_frame.max(snapshot_seq).max(applied).max(last_named) + 1;
 
         let active = match segments.back() {
-            Some(seg) => OpenOptions::new().append(true).open(&seg.path)?,
+            Some(seg) => OpenOptions::new()
+                .append(true)
+                .open(&seg.path)
+                .map_err(at(&seg.path, "cannot open journal segment"))?,
             None => {
                 let (file, seg) = create_segment(&dir, next_seq)?;
                 segments.push_back(seg);
@@ -662,7 +676,8 @@ fn create_segment(dir: &Path, first_seq: Seq) -> io::Result<(File, Segment)> {
     let mut file = OpenOptions::new()
         .create_new(true)
         .append(true)
-        .open(&path)?;
+        .open(&path)
+        .map_err(at(&path, "cannot create"))?;
     let made = file
         .write_all(&format::encode_segment_header(first_seq))
         .and_then(|()| file.sync_data())
@@ -670,7 +685,7 @@ fn create_segment(dir: &Path, first_seq: Seq) -> io::Result<(File, Segment)> {
     if let Err(error) = made {
         drop(file);
         let _ = fs::remove_file(&path);
-        return Err(error);
+        return Err(at(&path, "cannot initialise")(error));
     }
     let segment = Segment {
         first_seq,

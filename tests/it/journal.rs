@@ -376,10 +376,15 @@ async fn segment_that_cannot_be_created_fails_appends_until_the_disk_recovers() 
     let blocker = cfg.dir.join("seg-00000000000000000002.log");
     std::fs::create_dir(&blocker).expect("mkdir");
     for _ in 0..2 {
-        assert!(matches!(
-            journal.append(record(1)).await,
-            Err(JournalError::Io(_))
-        ));
+        match journal.append(record(1)).await {
+            Err(JournalError::Io(e)) => {
+                assert!(
+                    e.to_string().contains("seg-00000000000000000002.log"),
+                    "names the file: {e}"
+                );
+            }
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
     }
     assert!(
         !journal.stats().failed,
@@ -532,7 +537,8 @@ async fn bench_64_concurrent_appenders() {
         cfg.group_commit_window = Duration::from_micros(us);
     }
     let window = cfg.group_commit_window;
-    let (journal, _) = Journal::open(cfg, None).await.expect("open");
+    let mut registry = prometheus_client::registry::Registry::default();
+    let (journal, _) = Journal::open(cfg, Some(&mut registry)).await.expect("open");
     let run_for = Duration::from_secs(5);
     let started = Instant::now();
     let tasks: Vec<_> = (0..64)
@@ -558,13 +564,23 @@ async fn bench_64_concurrent_appenders() {
     latencies.sort_unstable();
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
     let stats = journal.stats();
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode metrics");
+    let metric = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let fsync_mean = metric("hookwarden_journal_fsync_seconds_sum")
+        / metric("hookwarden_journal_fsync_seconds_count");
     println!(
         "journal bench: window {window:?}, 64 appenders, 512 B records: {:.0} appends/s, p50 {:?}, p99 {:?}, \
-         {:.0} fsyncs/s, {:.1} records per fsync",
+         {:.0} fsyncs/s, mean fsync {:.2} ms, {:.1} records per fsync",
         latencies.len() as f64 / elapsed,
         pct(0.50),
         pct(0.99),
         stats.fsyncs as f64 / elapsed,
+        fsync_mean * 1000.0,
         stats.appended_entries as f64 / stats.fsyncs.max(1) as f64,
     );
     journal.close().await.expect("close");
