@@ -366,22 +366,23 @@ impl Writer {
         }
     }
 
-    /// Gathers more appends into `batch`. Under concurrent load (the previous batch had
-    /// company) it waits until the oldest waiter has waited `group_commit_window`; a lone
-    /// append after a quiet period is written at once. Returns a non-append request
-    /// that ended the batch, to be handled next.
+    /// Gathers more appends into `batch`: everything already queued, then — only while
+    /// the batch is smaller than the previous one — waits for more until the oldest
+    /// waiter has waited `group_commit_window`. The previous batch's size is the best
+    /// estimate of how many appenders are active: under steady load the wait ends as
+    /// soon as they are all back instead of always sitting out the window, and a lone
+    /// append after a quiet period (previous batch of one) is written at once. Returns
+    /// a non-append request that ended the batch, to be handled next.
     fn collect(&self, rx: &Receiver<Request>, batch: &mut Vec<Append>) -> Option<Request> {
-        let deadline =
-            (self.last_batch_len > 1).then(|| batch[0].enqueued + self.config.group_commit_window);
+        let deadline = batch[0].enqueued + self.config.group_commit_window;
         let mut bytes = batch[0].record.len();
         while batch.len() < self.config.max_batch && bytes < format::MAX_BATCH_BYTES {
             let request = match rx.try_recv() {
                 Ok(request) => request,
                 Err(TryRecvError::Disconnected) => break,
                 Err(TryRecvError::Empty) => {
-                    let Some(deadline) = deadline else { break };
                     let now = Instant::now();
-                    if now >= deadline {
+                    if batch.len() >= self.last_batch_len || now >= deadline {
                         break;
                     }
                     match rx.recv_timeout(deadline - now) {
