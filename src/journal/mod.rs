@@ -18,10 +18,12 @@
 //! * **Group commit.** One dedicated OS thread owns the active segment. Appends queue to it
 //!   over a channel; it writes every queued record as one *batch* with one `write` and one
 //!   `sync_data`, then wakes all of that batch's waiters. Under load the next batch fills
-//!   while the current fsync runs, so fsyncs per second stay flat as appenders grow. When
-//!   the previous batch had company, the writer waits until the oldest waiter has waited
-//!   [`JournalConfig::group_commit_window`] (or [`JournalConfig::max_batch`] records are
-//!   queued) to gather more; a lone append after a quiet period is written at once. The
+//!   while the current fsync runs, so fsyncs per second stay flat as appenders grow. If
+//!   the queue runs dry before the batch is as large as the previous one (the best
+//!   estimate of how many appenders are active), the writer waits for the rest, at most
+//!   until the oldest waiter has waited [`JournalConfig::group_commit_window`] (and never
+//!   beyond [`JournalConfig::max_batch`] records); a lone append after a quiet period is
+//!   written at once, and steady load does not sit out the whole window. The
 //!   async runtime never blocks on disk I/O.
 //! * **Framing.** Each record carries its length, its seq and a CRC32; each batch has a
 //!   checksummed header with its length and first seq (format in `format.rs`). The batch

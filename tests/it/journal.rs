@@ -520,7 +520,7 @@ async fn acknowledged_appends_survive_sigkill() {
 /// Throughput and latency with 64 concurrent appenders (prints; run with
 /// `cargo test --release --test it journal::bench -- --ignored --nocapture`).
 /// `HOOKWARDEN_JOURNAL_BENCH_DIR` picks the disk, `HOOKWARDEN_JOURNAL_BENCH_WINDOW_US`
-/// the group commit window.
+/// the group commit window, `HOOKWARDEN_JOURNAL_BENCH_APPENDERS` the concurrency.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark"]
 async fn bench_64_concurrent_appenders() {
@@ -537,11 +537,15 @@ async fn bench_64_concurrent_appenders() {
         cfg.group_commit_window = Duration::from_micros(us);
     }
     let window = cfg.group_commit_window;
+    let appenders: usize = std::env::var("HOOKWARDEN_JOURNAL_BENCH_APPENDERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
     let mut registry = prometheus_client::registry::Registry::default();
     let (journal, _) = Journal::open(cfg, Some(&mut registry)).await.expect("open");
     let run_for = Duration::from_secs(5);
     let started = Instant::now();
-    let tasks: Vec<_> = (0..64)
+    let tasks: Vec<_> = (0..appenders)
         .map(|_| {
             let journal = journal.clone();
             tokio::spawn(async move {
@@ -574,7 +578,7 @@ async fn bench_64_concurrent_appenders() {
     let fsync_mean = metric("hookwarden_journal_fsync_seconds_sum")
         / metric("hookwarden_journal_fsync_seconds_count");
     println!(
-        "journal bench: window {window:?}, 64 appenders, 512 B records: {:.0} appends/s, p50 {:?}, p99 {:?}, \
+        "journal bench: window {window:?}, {appenders} appenders, 512 B records: {:.0} appends/s, p50 {:?}, p99 {:?}, \
          {:.0} fsyncs/s, mean fsync {:.2} ms, {:.1} records per fsync",
         latencies.len() as f64 / elapsed,
         pct(0.50),
