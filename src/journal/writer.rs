@@ -550,19 +550,19 @@ impl Writer {
             .observe(started.elapsed().as_secs_f64());
         self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         if let Err(error) = synced {
-            let failure = Failure {
+            // Cut the never-acknowledged batch off (best effort, no fsync): otherwise a
+            // reopen in this process could read it back from the page cache although it
+            // may never reach the disk, and write new batches after it.
+            let _ = self.active.set_len(synced_len);
+            let message = format!(
+                "journal fsync of {} failed ({error}); the journal refuses writes until it is reopened",
+                path.display()
+            );
+            self.fail(Failure {
                 kind: error.kind(),
-                message: format!(
-                    "journal fsync of {} failed ({error}); the journal refuses writes until it is reopened",
-                    path.display()
-                ),
-            };
-            let returned = failure.to_error();
-            self.fail(failure);
-            return match returned {
-                JournalError::Io(e) => Err(e),
-                _ => Err(error),
-            };
+                message: message.clone(),
+            });
+            return Err(io::Error::new(error.kind(), message));
         }
         Ok(())
     }
