@@ -262,6 +262,35 @@ async fn entries_marked_applied_are_not_replayed() {
     journal.close().await.expect("close");
 }
 
+/// Copies a live journal directory: what a crash at this moment would leave on disk
+/// (the writer is idle, so the copy is consistent).
+fn crash_image(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir image");
+    for entry in std::fs::read_dir(from).expect("read journal dir") {
+        let entry = entry.expect("dir entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}
+
+#[tokio::test]
+async fn applied_mark_reaches_disk_within_seconds_without_close_or_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path());
+    let (journal, _) = Journal::open(cfg.clone(), None).await.expect("open");
+    append_all(&journal, 0..5).await;
+    journal.mark_applied(3);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let image = dir.path().join("image");
+    crash_image(&cfg.dir, &image);
+    let (copy, recovered) = Journal::open(JournalConfig::new(&image), None)
+        .await
+        .expect("open crash image");
+    let seqs: Vec<Seq> = recovered.entries.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, vec![4, 5]);
+    copy.close().await.expect("close copy");
+    journal.close().await.expect("close");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_share_fsyncs() {
     let dir = tempfile::tempdir().expect("tempdir");
