@@ -183,9 +183,12 @@ pub enum JournalError {
     Closed,
 }
 
-/// Metrics of one journal. Always collected; registered when a registry is given.
-#[derive(Clone)]
-struct Metrics {
+/// The journal's Prometheus metrics. [`Journal::open`] creates and registers them; a
+/// process that reopens its journal (after an fsync failure) creates them once, registers
+/// them once, and passes clones to [`Journal::open_with_metrics`], so the names are never
+/// registered twice and the series continue across the reopen.
+#[derive(Clone, Debug)]
+pub struct JournalMetrics {
     bytes: Gauge,
     pending: Gauge,
     replayed: Counter,
@@ -193,8 +196,8 @@ struct Metrics {
     batch_entries: Histogram,
 }
 
-impl Metrics {
-    fn new() -> Self {
+impl Default for JournalMetrics {
+    fn default() -> Self {
         Self {
             bytes: Gauge::default(),
             pending: Gauge::default(),
@@ -205,8 +208,11 @@ impl Metrics {
             batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
         }
     }
+}
 
-    fn register(&self, registry: &mut Registry) {
+impl JournalMetrics {
+    /// Registers every journal metric on `registry` (once per registry).
+    pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "hookwarden_journal_bytes",
             "Bytes of journal segments and snapshot on disk",
@@ -252,7 +258,7 @@ struct Shared {
     fsyncs: AtomicU64,
     appended: AtomicU64,
     failed: AtomicBool,
-    metrics: Metrics,
+    metrics: JournalMetrics,
     #[cfg(test)]
     faults: Faults,
 }
@@ -297,10 +303,23 @@ impl Journal {
     /// Opens (or creates) the journal in `config.dir`, recovering after a crash: a torn
     /// tail is truncated, a corrupt middle is reported as [`JournalError::Corrupt`].
     /// Returns the last snapshot and the entries to replay. Metrics are registered on
-    /// `registry` when given.
+    /// `registry` when given (see [`JournalMetrics`] for reopening in one process).
     pub async fn open(
         config: JournalConfig,
         registry: Option<&mut Registry>,
+    ) -> Result<(Journal, Recovered), JournalError> {
+        let metrics = JournalMetrics::default();
+        let opened = Self::open_with_metrics(config, metrics.clone()).await?;
+        if let Some(registry) = registry {
+            metrics.register(registry);
+        }
+        Ok(opened)
+    }
+
+    /// [`Journal::open`] reporting into metrics the caller created and registered.
+    pub async fn open_with_metrics(
+        config: JournalConfig,
+        metrics: JournalMetrics,
     ) -> Result<(Journal, Recovered), JournalError> {
         let invalid = |what: &str| {
             JournalError::Io(std::io::Error::new(
@@ -323,7 +342,7 @@ impl Journal {
             fsyncs: AtomicU64::new(0),
             appended: AtomicU64::new(0),
             failed: AtomicBool::new(false),
-            metrics: Metrics::new(),
+            metrics,
             #[cfg(test)]
             faults: Faults::default(),
         });
@@ -336,9 +355,6 @@ impl Journal {
                         "journal open task failed: {e}"
                     )))
                 })??;
-        if let Some(registry) = registry {
-            shared.metrics.register(registry);
-        }
         let (requests, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("hookwarden-journal".into())
@@ -519,6 +535,38 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing {name:?} in\n{text}");
         }
+        journal.close().await.expect("close");
+    }
+
+    #[tokio::test]
+    async fn metrics_continue_across_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut registry = Registry::default();
+        let metrics = JournalMetrics::default();
+        metrics.register(&mut registry);
+        let (journal, _) = Journal::open_with_metrics(config(dir.path()), metrics.clone())
+            .await
+            .expect("open");
+        journal.append(b"x".to_vec()).await.expect("append");
+        journal.close().await.expect("close");
+        let (journal, _) = Journal::open_with_metrics(config(dir.path()), metrics.clone())
+            .await
+            .expect("reopen");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(
+            text.contains("hookwarden_journal_replayed_entries_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hookwarden_journal_pending_entries 1"),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("# TYPE hookwarden_journal_bytes gauge")
+                .count(),
+            1
+        );
         journal.close().await.expect("close");
     }
 
