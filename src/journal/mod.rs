@@ -241,10 +241,11 @@ impl JournalMetrics {
     }
 }
 
-/// Test-only fault injection: a disk that fails fsync on demand.
+/// Test-only fault injection: a disk that fails writes or fsyncs on demand.
 #[cfg(test)]
 #[derive(Default)]
 struct Faults {
+    fail_write: AtomicBool,
     fail_sync: AtomicBool,
 }
 
@@ -501,6 +502,48 @@ mod tests {
             .await
             .expect("append after reopen");
         assert_eq!(seq, 2);
+        journal.close().await.expect("close");
+    }
+
+    #[tokio::test]
+    async fn failed_write_is_undone_and_the_journal_stays_usable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (journal, _) = Journal::open(config(dir.path()), None).await.expect("open");
+        journal.append(b"one".to_vec()).await.expect("append");
+        let bytes_before = journal.stats().bytes_on_disk;
+
+        journal
+            .inner
+            .shared
+            .faults
+            .fail_write
+            .store(true, Ordering::Release);
+        match journal.append(b"two".to_vec()).await {
+            Err(JournalError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::StorageFull),
+            other => panic!("expected a disk-full error, got {other:?}"),
+        }
+        assert!(
+            !journal.stats().failed,
+            "a failed write is not an fsync failure"
+        );
+        assert_eq!(journal.stats().bytes_on_disk, bytes_before);
+
+        // Space is back: the sender's retry succeeds, with the next seq.
+        journal
+            .inner
+            .shared
+            .faults
+            .fail_write
+            .store(false, Ordering::Release);
+        assert_eq!(journal.append(b"two".to_vec()).await.expect("retry"), 2);
+        journal.close().await.expect("close");
+        let (journal, recovered) = Journal::open(config(dir.path()), None)
+            .await
+            .expect("reopen");
+        assert_eq!(
+            recovered.entries,
+            vec![(1, b"one".to_vec()), (2, b"two".to_vec())]
+        );
         journal.close().await.expect("close");
     }
 

@@ -527,7 +527,7 @@ impl Writer {
             .back()
             .map(|s| s.path.clone())
             .unwrap_or_default();
-        if let Err(error) = self.active.write_all(bytes) {
+        if let Err(error) = self.write_active(bytes) {
             if let Err(undo) = self.active.set_len(synced_len) {
                 self.fail(Failure {
                     kind: undo.kind(),
@@ -565,6 +565,16 @@ impl Writer {
             return Err(io::Error::new(error.kind(), message));
         }
         Ok(())
+    }
+
+    fn write_active(&mut self, bytes: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        if self.shared.faults.fail_write.load(Ordering::Acquire) {
+            // A disk that fills up halfway through the batch.
+            self.active.write_all(&bytes[..bytes.len() / 2])?;
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
+        }
+        self.active.write_all(bytes)
     }
 
     fn sync_active(&self) -> io::Result<()> {
