@@ -1,2 +1,4 @@
+//! All integration tests in one binary (one link step instead of one per file).
 
+mod controller;
 mod journal;
