@@ -67,15 +67,20 @@ impl Severity {
     /// `spec.incidents.severityMap` translates any other vocabulary.
     pub fn normalise(raw: &str) -> Option<Severity> {
         let lower = raw.trim().to_ascii_lowercase();
-        let compact: String = lower.chars().filter(|c| !matches!(c, '-' | '_' | ' ')).collect();
+        let compact: String = lower
+            .chars()
+            .filter(|c| !matches!(c, '-' | '_' | ' '))
+            .collect();
         let severity = match compact.as_str() {
-            "critical" | "crit" | "fatal" | "emergency" | "emerg" | "alert" | "page" | "disaster" | "p0" | "p1"
-            | "sev0" | "sev1" => Severity::Critical,
+            "critical" | "crit" | "fatal" | "emergency" | "emerg" | "alert" | "page"
+            | "disaster" | "p0" | "p1" | "sev0" | "sev1" => Severity::Critical,
             "high" | "error" | "err" | "major" | "severe" | "p2" | "sev2" => Severity::High,
-            "medium" | "moderate" | "average" | "warning" | "warn" | "p3" | "sev3" => Severity::Medium,
+            "medium" | "moderate" | "average" | "warning" | "warn" | "p3" | "sev3" => {
+                Severity::Medium
+            }
             "low" | "minor" | "notice" | "ticket" | "p4" | "sev4" => Severity::Low,
-            "info" | "informational" | "information" | "debug" | "trace" | "none" | "ok" | "success" | "p5"
-            | "sev5" => Severity::Info,
+            "info" | "informational" | "information" | "debug" | "trace" | "none" | "ok"
+            | "success" | "p5" | "sev5" => Severity::Info,
             _ => return None,
         };
         Some(severity)
@@ -161,7 +166,10 @@ mod tests {
             event_time_ms: 5,
         };
         assert_eq!(ev.content_tiebreak(), ev.clone().content_tiebreak());
-        let resolved = IncidentEvent { resolve: true, ..ev.clone() };
+        let resolved = IncidentEvent {
+            resolve: true,
+            ..ev.clone()
+        };
         assert_ne!(ev.content_tiebreak(), resolved.content_tiebreak());
         assert_eq!(ev.content_tiebreak().len(), 32);
     }
