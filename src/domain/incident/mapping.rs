@@ -14,7 +14,9 @@
 //! `eventType` (the provider's event type, or null). JSON pointers are resolved against
 //! `alert`, so `/labels/team` works for Alertmanager as `/team` does for a flat body.
 //! A field set in the spec replaces the preset's; an expression that finds nothing
-//! (missing key) counts as absent, so the next default applies. `resolvedWhen` is CEL
+//! (missing key) counts as absent, so the next default applies (for title, severity,
+//! link and time also an expression that fails on a payload; for the id and
+//! `resolvedWhen` that refuses the delivery). `resolvedWhen` is CEL
 //! returning a bool; `severityMap` translates raw severities before the shared
 //! normalisation ([`Severity::normalise`]).
 //!
@@ -250,6 +252,15 @@ impl Expr {
         })
     }
 
+    /// For fields that only decorate an incident (title, severity, link, time): an
+    /// expression that fails on one payload (e.g. a field of the wrong type) leaves the
+    /// default in place rather than refusing the delivery; the incident still opens, and
+    /// its title or severity shows the spec needs a look. The id and `resolvedWhen`
+    /// decide which incident changes how, so their failures refuse the delivery.
+    fn eval_display(&self, scope: &Scope<'_, '_>) -> Option<Value> {
+        self.eval(scope).ok().flatten()
+    }
+
     /// The value the expression selects; `None` when it selects nothing (missing key,
     /// null).
     fn eval(&self, scope: &Scope<'_, '_>) -> Result<Option<Value>, MappingError> {
@@ -475,13 +486,13 @@ impl Mapping {
             id_from = format!("idFrom {:?}", expr.text);
         }
         if let Some(expr) = &o.title
-            && let Some(title) = expr.eval(scope)?.as_ref().and_then(scalar_text)
+            && let Some(title) = expr.eval_display(scope).as_ref().and_then(scalar_text)
         {
             draft.title = Some(title);
         }
         if let Some(expr) = &o.severity {
             draft.severities = expr
-                .eval(scope)?
+                .eval_display(scope)
                 .as_ref()
                 .and_then(scalar_text)
                 .into_iter()
@@ -489,12 +500,12 @@ impl Mapping {
             draft.severity_fallback = None;
         }
         if let Some(expr) = &o.link
-            && let Some(link) = expr.eval(scope)?.as_ref().and_then(scalar_text)
+            && let Some(link) = expr.eval_display(scope).as_ref().and_then(scalar_text)
         {
             draft.link = Some(link);
         }
         if let Some(expr) = &o.time
-            && let Some(time) = expr.eval(scope)?.as_ref().and_then(time_ms)
+            && let Some(time) = expr.eval_display(scope).as_ref().and_then(time_ms)
         {
             draft.time_ms = Some(time);
         }

@@ -183,7 +183,8 @@ impl IncidentBook {
     /// Folds in another replica's view as read from the resource status. Idempotent and
     /// commutative with [`IncidentBook::apply`]: replicas that merge each other's status
     /// end with the same incidents. Entries that cannot be read (unknown state, no time)
-    /// are skipped.
+    /// are skipped. The capacity is enforced once, after everything is folded in, so the
+    /// result does not depend on the order of the entries.
     pub fn merge(&mut self, other: &IncidentsStatus) {
         for summary in other.recent.iter().chain(&other.tracked) {
             let Some(theirs) = Incident::from_summary(summary) else {
@@ -253,25 +254,22 @@ impl IncidentBook {
     /// open) the oldest open ones. Deterministic, so replicas holding the same incidents
     /// drop the same ones.
     fn evict(&mut self) {
-        while self.incidents.len() > self.capacity {
-            let victim = self
-                .incidents
-                .values()
-                .min_by(|a, b| {
-                    (a.state == IncidentState::Open)
-                        .cmp(&(b.state == IncidentState::Open))
-                        .then_with(|| a.last_order.cmp(&b.last_order))
-                        .then_with(|| a.id.cmp(&b.id))
-                })
-                .map(|i| i.id.clone());
-            match victim {
-                Some(id) => {
-                    self.incidents.remove(&id);
-                    self.revision += 1;
-                }
-                None => break,
-            }
+        let excess = self.incidents.len().saturating_sub(self.capacity);
+        if excess == 0 {
+            return;
         }
+        let mut by_priority: Vec<&Incident> = self.incidents.values().collect();
+        by_priority.sort_by(|a, b| {
+            (a.state == IncidentState::Open)
+                .cmp(&(b.state == IncidentState::Open))
+                .then_with(|| a.last_order.cmp(&b.last_order))
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        let victims: Vec<String> = by_priority[..excess].iter().map(|i| i.id.clone()).collect();
+        for id in victims {
+            self.incidents.remove(&id);
+        }
+        self.revision += 1;
     }
 }
 

@@ -550,6 +550,24 @@ fn generic_payload_errors_are_per_delivery() {
 }
 
 #[test]
+fn failing_display_expressions_fall_back_instead_of_refusing() {
+    let m = mapping(
+        "provider: generic\nincidents: {idFrom: /id, titleFrom: 'body.t + 1', severityFrom: 'body.s.x', linkFrom: 'body.l[3]'}",
+    );
+    let got = m
+        .extract(
+            &json!({"id": "a", "t": "text", "s": 5, "l": []}),
+            None,
+            RECEIVED,
+        )
+        .expect("an incident still opens");
+    assert_eq!(
+        got,
+        vec![event("a", "a", Severity::Info, None, false, RECEIVED)]
+    );
+}
+
+#[test]
 fn titles_and_links_are_bounded() {
     let m = mapping("provider: generic\nincidents: {idFrom: /id, titleFrom: /t, linkFrom: /l}");
     let got = m

@@ -308,6 +308,37 @@ fn capacity_drops_oldest_resolved_first() {
 }
 
 #[test]
+fn merging_a_larger_view_keeps_every_open_incident_it_can() {
+    let mut big = IncidentBook::new(1000);
+    for i in 0..150 {
+        let id = format!("i{i:03}");
+        big.apply(&trigger(&id, i, "x"), "d");
+        if i % 3 != 0 {
+            big.apply(&recovery(&id, i + 1000), "d");
+        }
+    }
+    assert_eq!(big.open_count(), 50);
+    let status = big.to_status(20);
+    let mut small = IncidentBook::new(100);
+    small.merge(&status);
+    assert_eq!(small.len(), 100);
+    assert_eq!(small.open_count(), 50, "resolved incidents go first");
+    // The 50 resolved ones kept are the newest resolved.
+    assert!(small.get("i149").is_some() && small.get("i001").is_none());
+    let mut reversed = status.clone();
+    reversed.recent.reverse();
+    reversed.tracked.reverse();
+    std::mem::swap(&mut reversed.recent, &mut reversed.tracked);
+    let mut other = IncidentBook::new(100);
+    other.merge(&reversed);
+    assert_eq!(
+        other.to_status(20),
+        small.to_status(20),
+        "entry order does not matter"
+    );
+}
+
+#[test]
 fn merge_is_idempotent_and_commutative() {
     let mut a = IncidentBook::default();
     let mut b = IncidentBook::default();
