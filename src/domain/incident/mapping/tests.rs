@@ -68,6 +68,16 @@ fn datadog_template_is_the_json_the_preset_reads() {
         assert!(template.get(field).is_some(), "template lacks {field}");
     }
     assert_eq!(template["aggreg_key"], "$AGGREG_KEY");
+    // The doc comment users read shows exactly this template.
+    let source = include_str!("../mapping.rs");
+    let documented: Vec<&str> = source
+        .lines()
+        .skip_while(|l| *l != "/// ```json")
+        .skip(1)
+        .take_while(|l| *l != "/// ```")
+        .map(|l| l.strip_prefix("/// ").unwrap_or(""))
+        .collect();
+    assert_eq!(documented, DATADOG_TEMPLATE.lines().collect::<Vec<_>>());
     assert_eq!(template["alert_transition"], "$ALERT_TRANSITION");
 }
 
