@@ -114,7 +114,7 @@ pub struct Incident {
     pub updated_at_ms: i64,
     /// When it resolved (the newest recovery, whole seconds), while resolved.
     pub resolved_at_ms: Option<i64>,
-    /// Last recovery before the current episode began (whole seconds).
+    /// Last recovery before the episode that `opened_at_ms` starts (whole seconds).
     pub previous_resolved_at_ms: Option<i64>,
     pub link: Option<String>,
     /// The newest event's time, full precision.
