@@ -603,3 +603,51 @@ async fn send_test_fails_on_non_2xx_and_on_connection_errors() {
     .await;
     assert_eq!(out.status.code(), Some(1), "{out:?}");
 }
+
+#[test]
+fn verify_checks_twilio_against_the_url_it_called() {
+    // Twilio's published example: auth token 12345.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = body_file(
+        dir.path(),
+        "body",
+        b"CallSid=CA1234567890ABCDE&Caller=%2B12349013030&Digits=1234&From=%2B12349013030&To=%2B18005551212",
+    );
+    let path = body.to_str().expect("path");
+    let run = |url: &str| {
+        hookwarden(&[
+            "verify",
+            "--provider",
+            "twilio",
+            "--secret",
+            "12345",
+            "--body-file",
+            path,
+            "--url",
+            url,
+            "--header",
+            "Content-Type: application/x-www-form-urlencoded",
+            "--header",
+            "X-Twilio-Signature: 0/KCTR6DLpKmkAf8muzZqo1nDgQ=",
+        ])
+    };
+    assert_eq!(
+        run("https://mycompany.com/myapp.php?foo=1&bar=2")
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(
+        run("https://mycompany.com:443/myapp.php?foo=1&bar=2")
+            .status
+            .code(),
+        Some(0)
+    );
+    let other = run("https://mycompany.com/myapp.php?foo=1&bar=3");
+    assert_eq!(other.status.code(), Some(1));
+    assert!(
+        stdout(&other).contains("signature_mismatch"),
+        "{}",
+        stdout(&other)
+    );
+}
