@@ -148,34 +148,39 @@ pub fn backoff(attempt: u32) -> Duration {
     base + Duration::from_millis(jitter_ms)
 }
 
+/// What was found for the secret, plus the generated Secret's current data (so it is not
+/// read twice).
 async fn find_secret(
     ctx: &Context,
     wi: &WebhookIntegration,
     namespace: &str,
-) -> Result<SecretSource, Error> {
+) -> Result<(SecretSource, Option<BTreeMap<String, ByteString>>), Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     match &wi.spec.secret_ref {
         Some(r) => {
             let Some(secret) = secrets.get_opt(&r.name).await? else {
-                return Ok(SecretSource::Referenced(RefLookup::SecretMissing));
+                return Ok((SecretSource::Referenced(RefLookup::SecretMissing), None));
             };
-            Ok(SecretSource::Referenced(lookup_key(&secret, &r.key)))
+            Ok((SecretSource::Referenced(lookup_key(&secret, &r.key)), None))
         }
         None => {
             let name = plan::generated_secret_name(&wi.name_any());
             let Some(secret) = secrets.get_opt(&name).await? else {
-                return Ok(SecretSource::Generated(GeneratedLookup::Absent));
+                return Ok((SecretSource::Generated(GeneratedLookup::Absent), None));
             };
             let uid = wi.uid().unwrap_or_default();
             let owned = secret.owner_references().iter().any(|o| o.uid == uid);
             if !owned {
-                return Ok(SecretSource::Generated(GeneratedLookup::NotOwned));
+                return Ok((SecretSource::Generated(GeneratedLookup::NotOwned), None));
             }
             let value = match lookup_key(&secret, GENERATED_SECRET_KEY) {
                 RefLookup::Value(v) => Some(v),
                 _ => None,
             };
-            Ok(SecretSource::Generated(GeneratedLookup::Owned(value)))
+            Ok((
+                SecretSource::Generated(GeneratedLookup::Owned(value)),
+                secret.data,
+            ))
         }
     }
 }
@@ -222,7 +227,7 @@ async fn apply(wi: &WebhookIntegration, ctx: &Context) -> Result<Action, Error> 
         .await?
         .and_then(|s| Route::from_secret(&s).ok())
         .filter(|r| r.uid == uid);
-    let secret = find_secret(ctx, wi, &namespace).await?;
+    let (secret, generated_data) = find_secret(ctx, wi, &namespace).await?;
     let plan = plan::plan(PlanInput {
         integration: wi,
         secret,
@@ -235,7 +240,7 @@ async fn apply(wi: &WebhookIntegration, ctx: &Context) -> Result<Action, Error> 
 
     let mut changed = Vec::new();
     if let Some(generated) = &plan.generated_secret
-        && write_generated_secret(ctx, wi, &namespace, generated).await?
+        && write_generated_secret(ctx, wi, &namespace, generated, generated_data.as_ref()).await?
     {
         changed.push("generated secret");
     }
@@ -275,6 +280,7 @@ async fn write_generated_secret(
     wi: &WebhookIntegration,
     namespace: &str,
     generated: &plan::GeneratedSecret,
+    existing: Option<&BTreeMap<String, ByteString>>,
 ) -> Result<bool, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let desired = BTreeMap::from([
@@ -287,9 +293,7 @@ async fn write_generated_secret(
             ByteString(generated.url.as_bytes().to_vec()),
         ),
     ]);
-    if let Some(existing) = secrets.get_opt(&generated.name).await?
-        && existing.data.as_ref() == Some(&desired)
-    {
+    if existing == Some(&desired) {
         return Ok(false);
     }
     let owner = OwnerReference {

@@ -94,7 +94,8 @@ fn lock_dir(dir: &Path) -> Result<File, JournalError> {
         .create(true)
         .truncate(false)
         .write(true)
-        .open(dir.join(format::LOCK_FILE))?;
+        .open(dir.join(format::LOCK_FILE))
+        .map_err(at(dir, "cannot open the lock file in"))?;
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
         match file.try_lock() {
@@ -116,6 +117,13 @@ fn lock_dir(dir: &Path) -> Result<File, JournalError> {
     }
 }
 
+/// Adds the path to an I/O error: "Is a directory (os error 21)" alone does not tell an
+/// operator which file to look at.
+fn at(path: &Path, what: &str) -> impl FnOnce(io::Error) -> io::Error {
+    let context = format!("{what} {}", path.display());
+    move |e| io::Error::new(e.kind(), format!("{context}: {e}"))
+}
+
 fn remove_if_exists(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -132,7 +140,7 @@ impl Writer {
     ) -> Result<(Self, Recovered), JournalError> {
         let dir = config.dir.clone();
         let created = !dir.exists();
-        fs::create_dir_all(&dir)?;
+        fs::create_dir_all(&dir).map_err(at(&dir, "cannot create journal directory"))?;
         if created && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             sync_dir(parent)?;
         }
@@ -171,8 +179,8 @@ impl Writer {
         let replay_after = snapshot_seq.max(applied);
 
         let mut names: Vec<(Seq, PathBuf)> = Vec::new();
-        for entry in fs::read_dir(&dir)? {
-            let entry = entry?;
+        for entry in fs::read_dir(&dir).map_err(at(&dir, "cannot list"))? {
+            let entry = entry.map_err(at(&dir, "cannot list"))?;
             if let Some(first) = entry
                 .file_name()
                 .to_str()
@@ -189,7 +197,7 @@ impl Writer {
         let count = names.len();
         for (i, (first_seq, path)) in names.into_iter().enumerate() {
             let is_last = i + 1 == count;
-            let bytes = fs::read(&path)?;
+            let bytes = fs::read(&path).map_err(at(&path, "cannot read journal segment"))?;
             let mut first_entry = None;
             let scan = format::scan_segment(&bytes, first_seq, is_last, |seq, payload| {
                 first_entry.get_or_insert(seq);
@@ -217,9 +225,12 @@ impl Writer {
                             reason = %damage.reason,
                             "truncating the journal's torn tail (a write cut short by a crash; never acknowledged)"
                         );
-                        let file = OpenOptions::new().write(true).open(&path)?;
-                        file.set_len(valid_len)?;
-                        file.sync_all()?;
+                        let truncate = || {
+                            let file = OpenOptions::new().write(true).open(&path)?;
+                            file.set_len(valid_len)?;
+                            file.sync_all()
+                        };
+                        truncate().map_err(at(&path, "cannot truncate the torn tail of"))?;
                     }
                     let prev_last = segments.iter().rev().find_map(|s| s.last_seq);
                     if let (Some(prev), Some(first)) = (prev_last, first_entry)
@@ -259,7 +270,10 @@ impl Writer {
         let next_seq = last_frame.max(snapshot_seq).max(applied).max(last_named) + 1;
 
         let active = match segments.back() {
-            Some(seg) => OpenOptions::new().append(true).open(&seg.path)?,
+            Some(seg) => OpenOptions::new()
+                .append(true)
+                .open(&seg.path)
+                .map_err(at(&seg.path, "cannot open journal segment"))?,
             None => {
                 let (file, seg) = create_segment(&dir, next_seq)?;
                 segments.push_back(seg);
@@ -352,22 +366,23 @@ impl Writer {
         }
     }
 
-    /// Gathers more appends into `batch`. Under concurrent load (the previous batch had
-    /// company) it waits until the oldest waiter has waited `group_commit_window`; a lone
-    /// append after a quiet period is written at once. Returns a non-append request
-    /// that ended the batch, to be handled next.
+    /// Gathers more appends into `batch`: everything already queued, then — only while
+    /// the batch is smaller than the previous one — waits for more until the oldest
+    /// waiter has waited `group_commit_window`. The previous batch's size is the best
+    /// estimate of how many appenders are active: under steady load the wait ends as
+    /// soon as they are all back instead of always sitting out the window, and a lone
+    /// append after a quiet period (previous batch of one) is written at once. Returns
+    /// a non-append request that ended the batch, to be handled next.
     fn collect(&self, rx: &Receiver<Request>, batch: &mut Vec<Append>) -> Option<Request> {
-        let deadline =
-            (self.last_batch_len > 1).then(|| batch[0].enqueued + self.config.group_commit_window);
+        let deadline = batch[0].enqueued + self.config.group_commit_window;
         let mut bytes = batch[0].record.len();
         while batch.len() < self.config.max_batch && bytes < format::MAX_BATCH_BYTES {
             let request = match rx.try_recv() {
                 Ok(request) => request,
                 Err(TryRecvError::Disconnected) => break,
                 Err(TryRecvError::Empty) => {
-                    let Some(deadline) = deadline else { break };
                     let now = Instant::now();
-                    if now >= deadline {
+                    if batch.len() >= self.last_batch_len || now >= deadline {
                         break;
                     }
                     match rx.recv_timeout(deadline - now) {
@@ -512,7 +527,7 @@ impl Writer {
             .back()
             .map(|s| s.path.clone())
             .unwrap_or_default();
-        if let Err(error) = self.active.write_all(bytes) {
+        if let Err(error) = self.write_active(bytes) {
             if let Err(undo) = self.active.set_len(synced_len) {
                 self.fail(Failure {
                     kind: undo.kind(),
@@ -535,21 +550,31 @@ impl Writer {
             .observe(started.elapsed().as_secs_f64());
         self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         if let Err(error) = synced {
-            let failure = Failure {
+            // Cut the never-acknowledged batch off (best effort, no fsync): otherwise a
+            // reopen in this process could read it back from the page cache although it
+            // may never reach the disk, and write new batches after it.
+            let _ = self.active.set_len(synced_len);
+            let message = format!(
+                "journal fsync of {} failed ({error}); the journal refuses writes until it is reopened",
+                path.display()
+            );
+            self.fail(Failure {
                 kind: error.kind(),
-                message: format!(
-                    "journal fsync of {} failed ({error}); the journal refuses writes until it is reopened",
-                    path.display()
-                ),
-            };
-            let returned = failure.to_error();
-            self.fail(failure);
-            return match returned {
-                JournalError::Io(e) => Err(e),
-                _ => Err(error),
-            };
+                message: message.clone(),
+            });
+            return Err(io::Error::new(error.kind(), message));
         }
         Ok(())
+    }
+
+    fn write_active(&mut self, bytes: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        if self.shared.faults.fail_write.load(Ordering::Acquire) {
+            // A disk that fills up halfway through the batch.
+            self.active.write_all(&bytes[..bytes.len() / 2])?;
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
+        }
+        self.active.write_all(bytes)
     }
 
     fn sync_active(&self) -> io::Result<()> {
@@ -662,7 +687,8 @@ fn create_segment(dir: &Path, first_seq: Seq) -> io::Result<(File, Segment)> {
     let mut file = OpenOptions::new()
         .create_new(true)
         .append(true)
-        .open(&path)?;
+        .open(&path)
+        .map_err(at(&path, "cannot create"))?;
     let made = file
         .write_all(&format::encode_segment_header(first_seq))
         .and_then(|()| file.sync_data())
@@ -670,7 +696,7 @@ fn create_segment(dir: &Path, first_seq: Seq) -> io::Result<(File, Segment)> {
     if let Err(error) = made {
         drop(file);
         let _ = fs::remove_file(&path);
-        return Err(error);
+        return Err(at(&path, "cannot initialise")(error));
     }
     let segment = Segment {
         first_seq,

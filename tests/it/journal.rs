@@ -168,6 +168,17 @@ async fn corruption_in_fsynced_data_is_reported_with_path_and_offset() {
         bytes,
         "a corrupt file is left untouched"
     );
+
+    // What the error tells the operator to do works: move the file aside and start.
+    let aside = segment.with_extension("log.corrupt");
+    std::fs::rename(&segment, &aside).expect("move aside");
+    let (journal, recovered) = Journal::open(config(dir.path()), None)
+        .await
+        .expect("open without the corrupt segment");
+    assert!(recovered.entries.is_empty());
+    journal.append(record(9)).await.expect("append");
+    journal.close().await.expect("close");
+    assert_eq!(std::fs::read(&aside).expect("kept for analysis"), bytes);
 }
 
 #[tokio::test]
@@ -229,8 +240,9 @@ async fn entries_marked_applied_are_not_replayed() {
         .expect("checkpoint");
     assert_eq!(journal.stats().applied_seq, 6);
     assert_eq!(journal.stats().pending_entries, 4);
-    // A crash right after the checkpoint: no close, so only the checkpoint kept the mark.
-    drop(journal);
+    journal.close().await.expect("close");
+    // The `applied` file is not fsync'd: a crash may lose it. The checkpoint keeps the mark.
+    let _ = std::fs::remove_file(config(dir.path()).dir.join("applied"));
     let (journal, recovered) = Journal::open(config(dir.path()), None)
         .await
         .expect("reopen");
@@ -247,6 +259,35 @@ async fn entries_marked_applied_are_not_replayed() {
         .expect("reopen");
     assert!(recovered.entries.is_empty(), "{recovered:?}");
     assert_eq!(journal.append(record(10)).await.expect("append"), 11);
+    journal.close().await.expect("close");
+}
+
+/// Copies a live journal directory: what a crash at this moment would leave on disk
+/// (the writer is idle, so the copy is consistent).
+fn crash_image(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir image");
+    for entry in std::fs::read_dir(from).expect("read journal dir") {
+        let entry = entry.expect("dir entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}
+
+#[tokio::test]
+async fn applied_mark_reaches_disk_within_seconds_without_close_or_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path());
+    let (journal, _) = Journal::open(cfg.clone(), None).await.expect("open");
+    append_all(&journal, 0..5).await;
+    journal.mark_applied(3);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let image = dir.path().join("image");
+    crash_image(&cfg.dir, &image);
+    let (copy, recovered) = Journal::open(JournalConfig::new(&image), None)
+        .await
+        .expect("open crash image");
+    let seqs: Vec<Seq> = recovered.entries.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, vec![4, 5]);
+    copy.close().await.expect("close copy");
     journal.close().await.expect("close");
 }
 
@@ -376,10 +417,15 @@ async fn segment_that_cannot_be_created_fails_appends_until_the_disk_recovers() 
     let blocker = cfg.dir.join("seg-00000000000000000002.log");
     std::fs::create_dir(&blocker).expect("mkdir");
     for _ in 0..2 {
-        assert!(matches!(
-            journal.append(record(1)).await,
-            Err(JournalError::Io(_))
-        ));
+        match journal.append(record(1)).await {
+            Err(JournalError::Io(e)) => {
+                assert!(
+                    e.to_string().contains("seg-00000000000000000002.log"),
+                    "names the file: {e}"
+                );
+            }
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
     }
     assert!(
         !journal.stats().failed,
@@ -515,7 +561,7 @@ async fn acknowledged_appends_survive_sigkill() {
 /// Throughput and latency with 64 concurrent appenders (prints; run with
 /// `cargo test --release --test it journal::bench -- --ignored --nocapture`).
 /// `HOOKWARDEN_JOURNAL_BENCH_DIR` picks the disk, `HOOKWARDEN_JOURNAL_BENCH_WINDOW_US`
-/// the group commit window.
+/// the group commit window, `HOOKWARDEN_JOURNAL_BENCH_APPENDERS` the concurrency.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark"]
 async fn bench_64_concurrent_appenders() {
@@ -532,10 +578,15 @@ async fn bench_64_concurrent_appenders() {
         cfg.group_commit_window = Duration::from_micros(us);
     }
     let window = cfg.group_commit_window;
-    let (journal, _) = Journal::open(cfg, None).await.expect("open");
+    let appenders: usize = std::env::var("HOOKWARDEN_JOURNAL_BENCH_APPENDERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let (journal, _) = Journal::open(cfg, Some(&mut registry)).await.expect("open");
     let run_for = Duration::from_secs(5);
     let started = Instant::now();
-    let tasks: Vec<_> = (0..64)
+    let tasks: Vec<_> = (0..appenders)
         .map(|_| {
             let journal = journal.clone();
             tokio::spawn(async move {
@@ -558,13 +609,23 @@ async fn bench_64_concurrent_appenders() {
     latencies.sort_unstable();
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
     let stats = journal.stats();
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode metrics");
+    let metric = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let fsync_mean = metric("hookwarden_journal_fsync_seconds_sum")
+        / metric("hookwarden_journal_fsync_seconds_count");
     println!(
-        "journal bench: window {window:?}, 64 appenders, 512 B records: {:.0} appends/s, p50 {:?}, p99 {:?}, \
-         {:.0} fsyncs/s, {:.1} records per fsync",
+        "journal bench: window {window:?}, {appenders} appenders, 512 B records: {:.0} appends/s, p50 {:?}, p99 {:?}, \
+         {:.0} fsyncs/s, mean fsync {:.2} ms, {:.1} records per fsync",
         latencies.len() as f64 / elapsed,
         pct(0.50),
         pct(0.99),
         stats.fsyncs as f64 / elapsed,
+        fsync_mean * 1000.0,
         stats.appended_entries as f64 / stats.fsyncs.max(1) as f64,
     );
     journal.close().await.expect("close");

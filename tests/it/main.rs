@@ -1,4 +1,8 @@
+//! All integration tests in one binary (one link step instead of one per file).
+
+mod controller;
 mod journal;
 mod receiver_http;
+mod signatures;
 mod standalone;
 mod status_writer;
