@@ -12,8 +12,8 @@ use futures::StreamExt as _;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt as _;
+use kube::runtime::watcher::{self, Event};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -29,7 +29,11 @@ pub struct ReceiverArgs {
     #[arg(long, env = "HOOKWARDEN_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
     /// Address serving /metrics.
-    #[arg(long, env = "HOOKWARDEN_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    #[arg(
+        long,
+        env = "HOOKWARDEN_METRICS_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
     pub metrics_listen: SocketAddr,
     /// hookwarden's own namespace, where the controller writes route Secrets.
     #[arg(long, env = "POD_NAMESPACE")]
@@ -41,7 +45,11 @@ pub struct ReceiverArgs {
     #[arg(long, env = "HOOKWARDEN_EXTERNAL_URL")]
     pub external_url: Option<String>,
     /// Folder of the durable delivery journal (a volume that survives container restarts).
-    #[arg(long, env = "HOOKWARDEN_JOURNAL_DIR", default_value = "/var/lib/hookwarden/journal")]
+    #[arg(
+        long,
+        env = "HOOKWARDEN_JOURNAL_DIR",
+        default_value = "/var/lib/hookwarden/journal"
+    )]
     pub journal_dir: PathBuf,
     /// Cap on the journal's size on disk; beyond it deliveries get 503 + Retry-After.
     #[arg(long, env = "HOOKWARDEN_JOURNAL_MAX_BYTES", default_value_t = crate::receiver::service::DEFAULT_JOURNAL_MAX_BYTES)]
@@ -64,7 +72,9 @@ pub struct ReceiverArgs {
 pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the process");
@@ -85,7 +95,9 @@ pub async fn shutdown_signal() {
 
 pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
     crate::telemetry::init_logging(args.log_format);
-    let client = kube::Client::try_default().await.context("cannot reach the Kubernetes API")?;
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot reach the Kubernetes API")?;
     let mut registry = Registry::default();
     let writer = Arc::new(KubeStatusWriter::new(client.clone(), args.pod_name.clone()));
     let options = ReceiverOptions {
@@ -100,7 +112,9 @@ pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
         },
     };
     let receiver = Receiver::start(options, writer, Some(&mut registry)).await?;
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.metrics_listen))?;
@@ -109,7 +123,10 @@ pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
     let metrics_stop = shutdown.clone();
     let metrics_app = crate::receiver::metrics::metrics_router(Arc::new(registry));
     let metrics_task = tokio::spawn(async move {
-        crate::receiver::server::serve(metrics_listener, metrics_app, async move { metrics_stop.cancelled().await }).await
+        crate::receiver::server::serve(metrics_listener, metrics_app, async move {
+            metrics_stop.cancelled().await
+        })
+        .await
     });
     let watch_stop = shutdown.clone();
     let state = receiver.state().clone();
@@ -146,7 +163,12 @@ fn decode(secret: &Secret) -> Option<Route> {
 
 /// Keeps the route table equal to the route Secrets in `api`'s namespace. `on_synced`
 /// runs once the first full list is served (that is when `/readyz` turns ready).
-pub async fn watch_routes(api: Api<Secret>, handle: ReceiverHandle, on_synced: impl Fn() + Send + 'static, stop: CancellationToken) {
+pub async fn watch_routes(
+    api: Api<Secret>,
+    handle: ReceiverHandle,
+    on_synced: impl Fn() + Send + 'static,
+    stop: CancellationToken,
+) {
     let config = watcher::Config::default().labels(&format!("{ROUTE_LABEL}=true"));
     let mut events = watcher::watcher(api, config).default_backoff().boxed();
     let mut initial: Vec<Route> = Vec::new();
@@ -192,8 +214,12 @@ pub async fn watch_routes(api: Api<Secret>, handle: ReceiverHandle, on_synced: i
 
 /// An unreadable route Secret must not keep serving its old version.
 fn remove_by_annotation(handle: &ReceiverHandle, secret: &Secret) {
-    if let Some((namespace, name)) =
-        secret.metadata.annotations.as_ref().and_then(|a| a.get(INTEGRATION_ANNOTATION)).and_then(|k| k.split_once('/'))
+    if let Some((namespace, name)) = secret
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(INTEGRATION_ANNOTATION))
+        .and_then(|k| k.split_once('/'))
     {
         handle.remove(namespace, name);
     }

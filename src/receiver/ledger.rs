@@ -82,7 +82,10 @@ pub struct IntegrationLedger {
 
 impl IntegrationLedger {
     fn for_uid(uid: &str) -> IntegrationLedger {
-        IntegrationLedger { uid: uid.to_string(), ..IntegrationLedger::default() }
+        IntegrationLedger {
+            uid: uid.to_string(),
+            ..IntegrationLedger::default()
+        }
     }
 
     /// Whether there is anything the stored status does not show yet.
@@ -208,7 +211,11 @@ impl Ledger {
         let entry = self.entry(&rejected.integration, &rejected.uid);
         entry.note_received(rejected.at_ms);
         entry.totals.rejected += 1;
-        entry.last_rejected_ms = Some(entry.last_rejected_ms.map_or(rejected.at_ms, |t| t.max(rejected.at_ms)));
+        entry.last_rejected_ms = Some(
+            entry
+                .last_rejected_ms
+                .map_or(rejected.at_ms, |t| t.max(rejected.at_ms)),
+        );
         entry.last_reject_reason = Some(rejected.reason.to_string());
         if rejected.auth_failure {
             entry.consecutive_auth_failures += 1;
@@ -251,7 +258,11 @@ impl Ledger {
     /// rarely under sustained load).
     fn forget_oldest(&mut self, count: usize) {
         let count = count + MAX_REMEMBERED_IDS / 100;
-        let mut expiries: Vec<i64> = self.remembered.values().flat_map(|ids| ids.values().copied()).collect();
+        let mut expiries: Vec<i64> = self
+            .remembered
+            .values()
+            .flat_map(|ids| ids.values().copied())
+            .collect();
         if count >= expiries.len() {
             self.remembered.clear();
             self.remembered_count = 0;
@@ -280,11 +291,13 @@ impl Ledger {
     /// Remembered delivery ids still valid at `now_ms`, to re-seed dedup after a restart.
     pub fn remembered_ids(&self, now_ms: i64) -> impl Iterator<Item = RememberedId> + '_ {
         self.remembered.iter().flat_map(move |(integration, ids)| {
-            ids.iter().filter(move |(_, e)| **e > now_ms).map(move |(id, e)| RememberedId {
-                integration: integration.clone(),
-                id: id.clone(),
-                expires_at_ms: *e,
-            })
+            ids.iter()
+                .filter(move |(_, e)| **e > now_ms)
+                .map(move |(id, e)| RememberedId {
+                    integration: integration.clone(),
+                    id: id.clone(),
+                    expires_at_ms: *e,
+                })
         })
     }
 
@@ -302,7 +315,11 @@ impl Ledger {
 
     /// Keys of integrations with something the stored status does not show yet.
     pub fn unwritten(&self) -> Vec<String> {
-        self.integrations.iter().filter(|(_, l)| l.has_unwritten()).map(|(k, _)| k.clone()).collect()
+        self.integrations
+            .iter()
+            .filter(|(_, l)| l.has_unwritten())
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     /// Records that the stored status now shows `totals` and every change up to `version`
@@ -326,7 +343,10 @@ impl Ledger {
     }
 }
 
-fn notice_for(transition: &Transition, event: &crate::domain::incident::IncidentEvent) -> Option<IncidentNotice> {
+fn notice_for(
+    transition: &Transition,
+    event: &crate::domain::incident::IncidentEvent,
+) -> Option<IncidentNotice> {
     let resolved = match transition {
         Transition::Opened | Transition::Reopened => false,
         Transition::Resolved => true,
@@ -352,7 +372,9 @@ mod book_serde {
         book.to_status(usize::MAX).serialize(serializer)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IncidentBook, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<IncidentBook, D::Error> {
         let status = IncidentsStatus::deserialize(deserializer)?;
         let mut book = IncidentBook::default();
         book.merge(&status);
@@ -412,7 +434,11 @@ mod tests {
     fn summary(ledger: &Ledger) -> (Counters, i64, Vec<(String, String)>) {
         let entry = ledger.get(KEY).expect("integration");
         let status = entry.incidents.to_status(20);
-        (entry.totals, status.open, status.recent.into_iter().map(|i| (i.id, i.state)).collect())
+        (
+            entry.totals,
+            status.open,
+            status.recent.into_iter().map(|i| (i.id, i.state)).collect(),
+        )
     }
 
     #[test]
@@ -420,12 +446,32 @@ mod tests {
         let mut ledger = Ledger::default();
         fold_all(&mut ledger, &history());
         let (totals, open, incidents) = summary(&ledger);
-        assert_eq!(totals, Counters { received: 4, accepted: 3, ignored: 1, ..Counters::default() });
+        assert_eq!(
+            totals,
+            Counters {
+                received: 4,
+                accepted: 3,
+                ignored: 1,
+                ..Counters::default()
+            }
+        );
         assert_eq!(open, 1);
-        assert!(incidents.contains(&("i1".to_string(), "resolved".to_string())), "{incidents:?}");
-        assert!(incidents.contains(&("i2".to_string(), "open".to_string())), "{incidents:?}");
+        assert!(
+            incidents.contains(&("i1".to_string(), "resolved".to_string())),
+            "{incidents:?}"
+        );
+        assert!(
+            incidents.contains(&("i2".to_string(), "open".to_string())),
+            "{incidents:?}"
+        );
         let notices = &ledger.get(KEY).expect("integration").notices;
-        assert_eq!(notices.iter().map(|n| (n.id.as_str(), n.resolved)).collect::<Vec<_>>(), vec![("i1", false), ("i2", false), ("i1", true)]);
+        assert_eq!(
+            notices
+                .iter()
+                .map(|n| (n.id.as_str(), n.resolved))
+                .collect::<Vec<_>>(),
+            vec![("i1", false), ("i2", false), ("i1", true)]
+        );
         assert_eq!(ledger.covered_seq(), 4);
     }
 
@@ -438,7 +484,14 @@ mod tests {
         fold_all(&mut twice, &history());
         assert_eq!(summary(&once), summary(&twice));
         // A resolved incident is not re-opened by replaying its trigger.
-        assert_eq!(summary(&twice).2.iter().find(|(id, _)| id == "i1").map(|(_, s)| s.as_str()), Some("resolved"));
+        assert_eq!(
+            summary(&twice)
+                .2
+                .iter()
+                .find(|(id, _)| id == "i1")
+                .map(|(_, s)| s.as_str()),
+            Some("resolved")
+        );
     }
 
     #[test]
@@ -481,7 +534,10 @@ mod tests {
         fold_all(&mut ledger, &[entries[0].clone(), entries[2].clone()]);
         ledger.settle(3);
         assert_eq!(ledger.covered_seq(), 3);
-        assert!(!ledger.fold(2, &entries[1].1, 0), "a settled sequence number is not folded later");
+        assert!(
+            !ledger.fold(2, &entries[1].1, 0),
+            "a settled sequence number is not folded later"
+        );
     }
 
     #[test]
@@ -494,9 +550,18 @@ mod tests {
         ledger.mark_written(KEY, "uid-1", totals, version);
         assert!(ledger.unwritten().is_empty());
         fold_all(&mut ledger, &entries[2..]);
-        let restored = Ledger::from_snapshot(&ledger.to_snapshot().expect("snapshot")).expect("restore");
+        let restored =
+            Ledger::from_snapshot(&ledger.to_snapshot().expect("snapshot")).expect("restore");
         let entry = restored.get(KEY).expect("integration");
-        assert_eq!(entry.totals.since(&entry.written), Counters { received: 2, accepted: 1, ignored: 1, ..Counters::default() });
+        assert_eq!(
+            entry.totals.since(&entry.written),
+            Counters {
+                received: 2,
+                accepted: 1,
+                ignored: 1,
+                ..Counters::default()
+            }
+        );
         assert_eq!(restored.unwritten(), vec![KEY.to_string()]);
     }
 
@@ -512,14 +577,21 @@ mod tests {
                 at_ms: 1_000 + i,
             });
         }
-        ledger.record_duplicate(&Duplicate { integration: KEY.into(), uid: "uid-1".into(), at_ms: 5_000 });
+        ledger.record_duplicate(&Duplicate {
+            integration: KEY.into(),
+            uid: "uid-1".into(),
+            at_ms: 5_000,
+        });
         let entry = ledger.get(KEY).expect("integration");
         assert!(entry.degraded(20));
         assert!(!entry.degraded(21));
         assert_eq!(entry.totals.rejected, 20);
         assert_eq!(entry.totals.duplicates, 1);
         assert_eq!(entry.totals.received, 21);
-        assert_eq!(entry.last_reject_reason.as_deref(), Some("signature_mismatch"));
+        assert_eq!(
+            entry.last_reject_reason.as_deref(),
+            Some("signature_mismatch")
+        );
         ledger.fold(1, &accepted("d1", vec![], 6_000), DAY_MS);
         assert!(!ledger.get(KEY).expect("integration").degraded(20));
     }
@@ -540,7 +612,8 @@ mod tests {
     fn remembered_ids_expire_and_survive_checkpoints() {
         let mut ledger = Ledger::default();
         fold_all(&mut ledger, &history());
-        let restored = Ledger::from_snapshot(&ledger.to_snapshot().expect("snapshot")).expect("restore");
+        let restored =
+            Ledger::from_snapshot(&ledger.to_snapshot().expect("snapshot")).expect("restore");
         let ids: Vec<String> = restored.remembered_ids(0).map(|r| r.id).collect();
         assert_eq!(ids, vec!["d1", "d2", "d3", "d4"]);
         // d1 expires at 1_000 + DAY_MS.

@@ -37,18 +37,26 @@ pub trait DeliveryJournal: Send + Sync + 'static {
     fn mark_applied(&self, seq: u64);
     /// Stores `snapshot` as the state covering every entry up to `covers`, so those
     /// entries can be dropped.
-    fn checkpoint(&self, snapshot: Vec<u8>, covers: u64) -> impl Future<Output = Result<(), String>> + Send;
+    fn checkpoint(
+        &self,
+        snapshot: Vec<u8>,
+        covers: u64,
+    ) -> impl Future<Output = Result<(), String>> + Send;
 }
 
 impl DeliveryJournal for Journal {
     async fn append(&self, record: Vec<u8>) -> Result<u64, SinkError> {
-        Journal::append(self, record).await.map_err(|e| SinkError::Unavailable(e.to_string()))
+        Journal::append(self, record)
+            .await
+            .map_err(|e| SinkError::Unavailable(e.to_string()))
     }
     fn mark_applied(&self, seq: u64) {
         Journal::mark_applied(self, seq);
     }
     async fn checkpoint(&self, snapshot: Vec<u8>, covers: u64) -> Result<(), String> {
-        Journal::checkpoint(self, snapshot, covers).await.map_err(|e| e.to_string())
+        Journal::checkpoint(self, snapshot, covers)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -91,7 +99,10 @@ pub struct IntegrationSettings {
 
 impl Default for IntegrationSettings {
     fn default() -> Self {
-        IntegrationSettings { keep_recent: DEFAULT_KEEP_RECENT, dedup_window_ms: DEFAULT_DEDUP_WINDOW_MS }
+        IntegrationSettings {
+            keep_recent: DEFAULT_KEEP_RECENT,
+            dedup_window_ms: DEFAULT_DEDUP_WINDOW_MS,
+        }
     }
 }
 
@@ -142,7 +153,9 @@ impl<J> JournaledSink<J> {
     /// unauthenticated flood can never crowd out accepted deliveries.
     fn push_side(&self, event: Queued) {
         if self.queue.capacity() <= self.capacity / 2 || self.queue.try_send(event).is_err() {
-            self.counters.dropped_side_events.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .dropped_side_events
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -162,9 +175,12 @@ impl<J: DeliveryJournal> DeliverySink for JournaledSink<J> {
         // be queued, or a 503 would be answered for a delivery that later takes effect.
         let permit = self.queue.try_reserve().map_err(|e| match e {
             mpsc::error::TrySendError::Full(()) => SinkError::Overloaded,
-            mpsc::error::TrySendError::Closed(()) => SinkError::Unavailable("receiver is shutting down".into()),
+            mpsc::error::TrySendError::Closed(()) => {
+                SinkError::Unavailable("receiver is shutting down".into())
+            }
         })?;
-        let record = serde_json::to_vec(&delivery).map_err(|e| SinkError::Unavailable(format!("cannot encode journal record: {e}")))?;
+        let record = serde_json::to_vec(&delivery)
+            .map_err(|e| SinkError::Unavailable(format!("cannot encode journal record: {e}")))?;
         self.counters.inflight.fetch_add(1, Ordering::SeqCst);
         let _guard = InflightGuard(&self.counters.inflight);
         let seq = self.journal.append(record).await?;
@@ -195,7 +211,11 @@ pub struct ReplayReport {
 
 /// Rebuilds the ledger from a checkpoint and the entries after it. Idempotent: entries
 /// the checkpoint covers are skipped, so replaying twice gives the same ledger.
-pub fn replay(snapshot: Option<&[u8]>, entries: impl IntoIterator<Item = (u64, Vec<u8>)>, settings: &SettingsLookup) -> (Ledger, ReplayReport) {
+pub fn replay(
+    snapshot: Option<&[u8]>,
+    entries: impl IntoIterator<Item = (u64, Vec<u8>)>,
+    settings: &SettingsLookup,
+) -> (Ledger, ReplayReport) {
     let mut ledger = match snapshot {
         Some(bytes) => Ledger::from_snapshot(bytes).unwrap_or_else(|e| {
             tracing::error!(error = %e, "journal checkpoint is unreadable; rebuilding from the remaining entries");
@@ -203,12 +223,17 @@ pub fn replay(snapshot: Option<&[u8]>, entries: impl IntoIterator<Item = (u64, V
         }),
         None => Ledger::default(),
     };
-    let mut report = ReplayReport { max_seq: ledger.covered_seq(), ..ReplayReport::default() };
+    let mut report = ReplayReport {
+        max_seq: ledger.covered_seq(),
+        ..ReplayReport::default()
+    };
     for (seq, bytes) in entries {
         report.max_seq = report.max_seq.max(seq);
         match serde_json::from_slice::<Accepted>(&bytes) {
             Ok(accepted) => {
-                let expires = accepted.received_at_ms.saturating_add(settings(&accepted.integration).dedup_window_ms);
+                let expires = accepted
+                    .received_at_ms
+                    .saturating_add(settings(&accepted.integration).dedup_window_ms);
                 if ledger.fold(seq, &accepted, expires) {
                     report.replayed += 1;
                 }
@@ -259,8 +284,15 @@ pub fn build<J: DeliveryJournal, W: StatusWriter>(
     let capacity = config.queue_capacity.max(2);
     let (tx, rx) = mpsc::channel(capacity);
     let counters = Arc::new(RuntimeCounters::default());
-    counters.max_seq.store(ledger.covered_seq(), Ordering::SeqCst);
-    let sink = Arc::new(JournaledSink { journal: journal.clone(), queue: tx, capacity, counters: counters.clone() });
+    counters
+        .max_seq
+        .store(ledger.covered_seq(), Ordering::SeqCst);
+    let sink = Arc::new(JournaledSink {
+        journal: journal.clone(),
+        queue: tx,
+        capacity,
+        counters: counters.clone(),
+    });
     let checkpointed_seq = ledger.covered_seq();
     let status_loop = StatusLoop {
         journal,
@@ -348,10 +380,19 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
         self.backoff.clear();
         let updates = self.build_updates(Instant::now());
         if !updates.is_empty() {
-            let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(500));
-            match tokio::time::timeout(remaining, write_all(self.writer.clone(), updates, self.config.write_concurrency)).await {
+            let remaining = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(500));
+            match tokio::time::timeout(
+                remaining,
+                write_all(self.writer.clone(), updates, self.config.write_concurrency),
+            )
+            .await
+            {
                 Ok(results) => self.finish_pass(results),
-                Err(_) => tracing::warn!("final status flush timed out; the journal keeps the rest for the next start"),
+                Err(_) => tracing::warn!(
+                    "final status flush timed out; the journal keeps the rest for the next start"
+                ),
             }
         }
         self.maybe_checkpoint(true).await;
@@ -360,7 +401,9 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
     fn fold(&mut self, message: Queued) {
         match message {
             Queued::Accepted(seq, accepted) => {
-                let expires = accepted.received_at_ms.saturating_add((self.settings)(&accepted.integration).dedup_window_ms);
+                let expires = accepted
+                    .received_at_ms
+                    .saturating_add((self.settings)(&accepted.integration).dedup_window_ms);
                 self.ledger.fold(seq, &accepted, expires);
             }
             Queued::Rejected(rejected) => self.ledger.record_reject(&rejected),
@@ -390,8 +433,12 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                 continue;
             }
             let settings = (self.settings)(&key);
-            let Some(entry) = self.ledger.get_mut(&key) else { continue };
-            let Some((namespace, name)) = key.split_once('/') else { continue };
+            let Some(entry) = self.ledger.get_mut(&key) else {
+                continue;
+            };
+            let Some((namespace, name)) = key.split_once('/') else {
+                continue;
+            };
             let update = StatusUpdate {
                 namespace: namespace.to_string(),
                 name: name.to_string(),
@@ -422,7 +469,8 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                 Ok(()) => {
                     self.counters.status_writes.fetch_add(1, Ordering::Relaxed);
                     self.backoff.remove(&key);
-                    self.ledger.mark_written(&key, &update.uid, update.totals, version);
+                    self.ledger
+                        .mark_written(&key, &update.uid, update.totals, version);
                 }
                 Err(StatusWriteError::Gone(_)) => {
                     tracing::info!(integration = %key, "integration is gone; dropping its pending status");
@@ -431,8 +479,14 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                 }
                 Err(StatusWriteError::Transient(reason)) => {
                     all_ok = false;
-                    self.counters.status_write_failures.fetch_add(1, Ordering::Relaxed);
-                    let failures = self.backoff.get(&key).map_or(0, |(n, _)| *n).saturating_add(1);
+                    self.counters
+                        .status_write_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    let failures = self
+                        .backoff
+                        .get(&key)
+                        .map_or(0, |(n, _)| *n)
+                        .saturating_add(1);
                     let delay = backoff_delay(self.config.status_interval, failures);
                     tracing::warn!(integration = %key, %reason, retry_in_ms = delay.as_millis() as u64, "status write failed");
                     self.backoff.insert(key.clone(), (failures, now + delay));
@@ -466,7 +520,9 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
         if covered <= self.checkpointed_seq {
             return;
         }
-        let due = self.last_checkpoint.is_none_or(|t| t.elapsed() >= self.config.checkpoint_interval);
+        let due = self
+            .last_checkpoint
+            .is_none_or(|t| t.elapsed() >= self.config.checkpoint_interval);
         if !force && !due {
             return;
         }
@@ -491,13 +547,19 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
 /// Exponential backoff from one interval up to a minute, with jitter so replicas that
 /// failed together do not retry together.
 fn backoff_delay(interval: Duration, failures: u32) -> Duration {
-    let base = interval.saturating_mul(1u32 << failures.min(6)).min(Duration::from_secs(60));
+    let base = interval
+        .saturating_mul(1u32 << failures.min(6))
+        .min(Duration::from_secs(60));
     let mut byte = [0u8; 1];
     rand::fill(&mut byte);
     base + base.mul_f64(f64::from(byte[0]) / 1024.0)
 }
 
-async fn write_all<W: StatusWriter>(writer: Arc<W>, updates: Vec<(StatusUpdate, u64)>, concurrency: usize) -> PassResult {
+async fn write_all<W: StatusWriter>(
+    writer: Arc<W>,
+    updates: Vec<(StatusUpdate, u64)>,
+    concurrency: usize,
+) -> PassResult {
     use futures::StreamExt as _;
     futures::stream::iter(updates)
         .map(|(update, version)| {

@@ -18,8 +18,8 @@ use crate::receiver::http::{PipelineConfig, ReceiverState, app};
 use crate::receiver::metrics::ReceiverMetrics;
 use crate::receiver::routes::{RouteError, RouteTable};
 use crate::receiver::runtime::{
-    self, DEFAULT_DEDUP_WINDOW_MS, DEFAULT_KEEP_RECENT, IntegrationSettings, JournaledSink, RuntimeConfig, SettingsLookup,
-    StatusLoop,
+    self, DEFAULT_DEDUP_WINDOW_MS, DEFAULT_KEEP_RECENT, IntegrationSettings, JournaledSink,
+    RuntimeConfig, SettingsLookup, StatusLoop,
 };
 use crate::receiver::status::StatusWriter;
 use crate::route::Route;
@@ -71,12 +71,18 @@ fn settings_of(route: &Route) -> IntegrationSettings {
         .and_then(|w| crate::domain::duration::parse(w).ok())
         .and_then(|d| i64::try_from(d.as_millis()).ok())
         .unwrap_or(DEFAULT_DEDUP_WINDOW_MS);
-    IntegrationSettings { keep_recent, dedup_window_ms }
+    IntegrationSettings {
+        keep_recent,
+        dedup_window_ms,
+    }
 }
 
 impl ReceiverHandle {
     fn new() -> ReceiverHandle {
-        ReceiverHandle { routes: Arc::new(RouteTable::new()), settings: Arc::default() }
+        ReceiverHandle {
+            routes: Arc::new(RouteTable::new()),
+            settings: Arc::default(),
+        }
     }
 
     pub fn routes(&self) -> &Arc<RouteTable> {
@@ -85,28 +91,43 @@ impl ReceiverHandle {
 
     /// Serves exactly `routes`; returns the ones that could not be served.
     pub fn replace_all(&self, routes: Vec<Route>) -> Vec<RouteError> {
-        let settings: HashMap<String, IntegrationSettings> = routes.iter().map(|r| (r.key(), settings_of(r))).collect();
+        let settings: HashMap<String, IntegrationSettings> =
+            routes.iter().map(|r| (r.key(), settings_of(r))).collect();
         let errors = self.routes.replace_all(routes);
-        *self.settings.write().unwrap_or_else(std::sync::PoisonError::into_inner) = settings;
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = settings;
         errors
     }
 
     /// Adds or replaces one route.
     pub fn upsert(&self, route: Route) -> Result<(), RouteError> {
-        self.settings.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(route.key(), settings_of(&route));
+        self.settings
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(route.key(), settings_of(&route));
         self.routes.upsert(route)
     }
 
     /// Stops serving one integration.
     pub fn remove(&self, namespace: &str, name: &str) -> bool {
-        self.settings.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&format!("{namespace}/{name}"));
+        self.settings
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&format!("{namespace}/{name}"));
         self.routes.remove(namespace, name)
     }
 
     fn lookup(&self) -> SettingsLookup {
         let settings = self.settings.clone();
         Arc::new(move |key: &str| {
-            settings.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(key).copied().unwrap_or_default()
+            settings
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(key)
+                .copied()
+                .unwrap_or_default()
         })
     }
 }
@@ -123,20 +144,34 @@ pub struct Receiver<W> {
 
 impl<W: StatusWriter> Receiver<W> {
     /// Opens and replays the journal and builds everything; nothing is served yet.
-    pub async fn start(options: ReceiverOptions, writer: Arc<W>, registry: Option<&mut Registry>) -> Result<Receiver<W>, StartError> {
-        let journal_config = JournalConfig { max_bytes: options.journal_max_bytes, ..JournalConfig::new(options.journal_dir.clone()) };
+    pub async fn start(
+        options: ReceiverOptions,
+        writer: Arc<W>,
+        registry: Option<&mut Registry>,
+    ) -> Result<Receiver<W>, StartError> {
+        let journal_config = JournalConfig {
+            max_bytes: options.journal_max_bytes,
+            ..JournalConfig::new(options.journal_dir.clone())
+        };
         let (metrics, journal_registry) = match registry {
             Some(r) => (ReceiverMetrics::register(r), Some(r)),
             None => (ReceiverMetrics::default(), None),
         };
         let (journal, recovered) = Journal::open(journal_config, journal_registry)
             .await
-            .map_err(|source| StartError::Journal { dir: options.journal_dir.clone(), source })?;
+            .map_err(|source| StartError::Journal {
+                dir: options.journal_dir.clone(),
+                source,
+            })?;
         let handle = ReceiverHandle::new();
         let lookup = handle.lookup();
         let (ledger, report) = runtime::replay_recovered(recovered, &lookup);
         if report.replayed > 0 || report.undecodable > 0 {
-            tracing::info!(replayed = report.replayed, undecodable = report.undecodable, "replayed the delivery journal");
+            tracing::info!(
+                replayed = report.replayed,
+                undecodable = report.undecodable,
+                "replayed the delivery journal"
+            );
         }
         let config = PipelineConfig {
             external_base_url: options.external_base_url.clone(),
@@ -149,9 +184,27 @@ impl<W: StatusWriter> Receiver<W> {
             dedup.remember(&id.integration, &id.id, id.expires_at_ms);
         }
         let journal = Arc::new(journal);
-        let (sink, status_loop) = runtime::build(journal.clone(), writer, ledger, lookup, options.runtime.clone());
-        let state = Arc::new(ReceiverState::new(config, handle.routes.clone(), dedup, sink, metrics));
-        Ok(Receiver { handle, state, journal, status_loop, replayed: report.replayed })
+        let (sink, status_loop) = runtime::build(
+            journal.clone(),
+            writer,
+            ledger,
+            lookup,
+            options.runtime.clone(),
+        );
+        let state = Arc::new(ReceiverState::new(
+            config,
+            handle.routes.clone(),
+            dedup,
+            sink,
+            metrics,
+        ));
+        Ok(Receiver {
+            handle,
+            state,
+            journal,
+            status_loop,
+            replayed: report.replayed,
+        })
     }
 
     pub fn handle(&self) -> ReceiverHandle {
@@ -164,15 +217,29 @@ impl<W: StatusWriter> Receiver<W> {
     }
 
     /// Serves until `shutdown` fires, then drains, flushes and closes the journal.
-    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
-        let Receiver { state, journal, status_loop, .. } = self;
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        let Receiver {
+            state,
+            journal,
+            status_loop,
+            ..
+        } = self;
         let loop_stop = CancellationToken::new();
         let status_task = tokio::spawn(status_loop.run(loop_stop.clone()));
         let server_options = state.config.server_options();
         let stop = shutdown.clone();
-        let served = crate::receiver::server::serve_with(listener, app(state.clone()), server_options, async move {
-            stop.cancelled().await;
-        })
+        let served = crate::receiver::server::serve_with(
+            listener,
+            app(state.clone()),
+            server_options,
+            async move {
+                stop.cancelled().await;
+            },
+        )
         .await;
         state.set_ready(false);
         loop_stop.cancel();
@@ -186,7 +253,9 @@ impl<W: StatusWriter> Receiver<W> {
                     tracing::warn!(error = %e, "journal did not close cleanly; it will be replayed at the next start");
                 }
             }
-            Err(_) => tracing::warn!("journal still in use at shutdown; it will be replayed at the next start"),
+            Err(_) => tracing::warn!(
+                "journal still in use at shutdown; it will be replayed at the next start"
+            ),
         }
         served
     }

@@ -46,11 +46,17 @@ pub struct ReceiverStatus {
 impl ReceiverStatus {
     /// The receiver-owned part of a full status.
     pub fn from_status(status: Option<&WebhookIntegrationStatus>) -> ReceiverStatus {
-        let Some(status) = status else { return ReceiverStatus::default() };
+        let Some(status) = status else {
+            return ReceiverStatus::default();
+        };
         ReceiverStatus {
             deliveries: status.deliveries.clone().unwrap_or_default(),
             incidents: status.incidents.clone().unwrap_or_default(),
-            degraded: status.conditions.iter().find(|c| c.type_ == DEGRADED).cloned(),
+            degraded: status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == DEGRADED)
+                .cloned(),
         }
     }
 
@@ -116,7 +122,10 @@ pub enum StatusWriteError {
 
 /// Writes the receiver-owned status of one integration.
 pub trait StatusWriter: Send + Sync + 'static {
-    fn write(&self, update: &StatusUpdate) -> impl Future<Output = Result<(), StatusWriteError>> + Send;
+    fn write(
+        &self,
+        update: &StatusUpdate,
+    ) -> impl Future<Output = Result<(), StatusWriteError>> + Send;
 
     /// True when the writer stores the receiver's totals ([`CounterMode::Absolute`]), so
     /// the ledger must be rebuilt exactly after a restart: journal entries are then never
@@ -151,7 +160,12 @@ fn as_i64(v: u64) -> i64 {
 ///
 /// Pure: the same inputs always give the same output, so a retried write after a
 /// conflict recomputes from the fresh `current` and never counts twice.
-pub fn merge_status(current: &ReceiverStatus, update: &StatusUpdate, mode: CounterMode, now: jiff::Timestamp) -> ReceiverStatus {
+pub fn merge_status(
+    current: &ReceiverStatus,
+    update: &StatusUpdate,
+    mode: CounterMode,
+    now: jiff::Timestamp,
+) -> ReceiverStatus {
     let stored = &current.deliveries;
     let (received, accepted, rejected, duplicates, ignored) = match mode {
         CounterMode::Delta => (
@@ -169,8 +183,14 @@ pub fn merge_status(current: &ReceiverStatus, update: &StatusUpdate, mode: Count
             as_i64(update.totals.ignored),
         ),
     };
-    let last_rejected_time = later(stored.last_rejected_time.as_ref(), update.last_rejected_ms.and_then(time_from_ms));
-    let ours_is_latest_reject = match (&stored.last_rejected_time, update.last_rejected_ms.and_then(time_from_ms)) {
+    let last_rejected_time = later(
+        stored.last_rejected_time.as_ref(),
+        update.last_rejected_ms.and_then(time_from_ms),
+    );
+    let ours_is_latest_reject = match (
+        &stored.last_rejected_time,
+        update.last_rejected_ms.and_then(time_from_ms),
+    ) {
         (Some(s), Some(u)) => u.0 >= s.0,
         (None, Some(_)) => true,
         _ => false,
@@ -186,7 +206,10 @@ pub fn merge_status(current: &ReceiverStatus, update: &StatusUpdate, mode: Count
         rejected,
         duplicates,
         ignored,
-        last_received_time: later(stored.last_received_time.as_ref(), update.last_received_ms.and_then(time_from_ms)),
+        last_received_time: later(
+            stored.last_received_time.as_ref(),
+            update.last_received_ms.and_then(time_from_ms),
+        ),
         last_rejected_time,
         last_reject_reason,
     };
@@ -195,10 +218,18 @@ pub fn merge_status(current: &ReceiverStatus, update: &StatusUpdate, mode: Count
     book.merge(&current.incidents);
     let incidents = book.to_status(update.keep_recent);
 
-    ReceiverStatus { deliveries, incidents, degraded: Some(degraded_condition(current.degraded.as_ref(), update, now)) }
+    ReceiverStatus {
+        deliveries,
+        incidents,
+        degraded: Some(degraded_condition(current.degraded.as_ref(), update, now)),
+    }
 }
 
-fn degraded_condition(current: Option<&Condition>, update: &StatusUpdate, now: jiff::Timestamp) -> Condition {
+fn degraded_condition(
+    current: Option<&Condition>,
+    update: &StatusUpdate,
+    now: jiff::Timestamp,
+) -> Condition {
     let status = if update.degraded { "True" } else { "False" };
     let (reason, message) = if update.degraded {
         (
@@ -209,7 +240,10 @@ fn degraded_condition(current: Option<&Condition>, update: &StatusUpdate, now: j
             ),
         )
     } else {
-        (REASON_DELIVERIES_AUTHENTICATED, "deliveries authenticate".to_string())
+        (
+            REASON_DELIVERIES_AUTHENTICATED,
+            "deliveries authenticate".to_string(),
+        )
     };
     let last_transition_time = match current {
         Some(c) if c.status == status => c.last_transition_time.clone(),
@@ -230,7 +264,10 @@ fn degraded_condition(current: Option<&Condition>, update: &StatusUpdate, now: j
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.tmp"));
     {
         let mut file = std::fs::File::create(&tmp)?;
@@ -264,7 +301,9 @@ pub struct FileStatusWriter {
 impl FileStatusWriter {
     /// Writer storing under `state_dir/status`.
     pub fn new(state_dir: &Path) -> FileStatusWriter {
-        FileStatusWriter { dir: state_dir.join("status") }
+        FileStatusWriter {
+            dir: state_dir.join("status"),
+        }
     }
 
     fn path(&self, namespace: &str, name: &str) -> PathBuf {
@@ -288,10 +327,21 @@ impl StatusWriter for FileStatusWriter {
         let this = self.clone();
         let update = update.clone();
         tokio::task::spawn_blocking(move || {
-            let current = this.read(&update.namespace, &update.name, &update.uid).unwrap_or_default();
-            let status = merge_status(&current, &update, CounterMode::Absolute, jiff::Timestamp::now());
-            let stored = StoredStatus { uid: update.uid.clone(), status };
-            let bytes = serde_json::to_vec_pretty(&stored).map_err(|e| StatusWriteError::Transient(e.to_string()))?;
+            let current = this
+                .read(&update.namespace, &update.name, &update.uid)
+                .unwrap_or_default();
+            let status = merge_status(
+                &current,
+                &update,
+                CounterMode::Absolute,
+                jiff::Timestamp::now(),
+            );
+            let stored = StoredStatus {
+                uid: update.uid.clone(),
+                status,
+            };
+            let bytes = serde_json::to_vec_pretty(&stored)
+                .map_err(|e| StatusWriteError::Transient(e.to_string()))?;
             write_atomic(&this.path(&update.namespace, &update.name), &bytes)
                 .map_err(|e| StatusWriteError::Transient(format!("cannot write status file: {e}")))
         })
@@ -315,13 +365,27 @@ pub struct KubeStatusWriter {
 impl KubeStatusWriter {
     /// `instance` names this replica in Events (the pod name).
     pub fn new(client: Client, instance: Option<String>) -> KubeStatusWriter {
-        let reporter = Reporter { controller: FIELD_MANAGER.to_string(), instance };
-        KubeStatusWriter { recorder: Recorder::new(client.clone(), reporter), client }
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_string(),
+            instance,
+        };
+        KubeStatusWriter {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+        }
     }
 
-    async fn try_write(&self, api: &Api<WebhookIntegration>, update: &StatusUpdate) -> Result<WebhookIntegration, Attempt> {
+    async fn try_write(
+        &self,
+        api: &Api<WebhookIntegration>,
+        update: &StatusUpdate,
+    ) -> Result<WebhookIntegration, Attempt> {
         let object = match tokio::time::timeout(API_TIMEOUT, api.get_status(&update.name)).await {
-            Err(_) => return Err(Attempt::Failed(StatusWriteError::Transient("API server timed out".into()))),
+            Err(_) => {
+                return Err(Attempt::Failed(StatusWriteError::Transient(
+                    "API server timed out".into(),
+                )));
+            }
             Ok(Err(kube::Error::Api(e))) if e.code == 404 => {
                 return Err(Attempt::Failed(StatusWriteError::Gone(update.key())));
             }
@@ -350,10 +414,19 @@ impl KubeStatusWriter {
             }
         });
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        match tokio::time::timeout(API_TIMEOUT, api.patch_status(&update.name, &params, &Patch::Apply(&patch))).await {
-            Err(_) => Err(Attempt::Failed(StatusWriteError::Transient("API server timed out".into()))),
+        match tokio::time::timeout(
+            API_TIMEOUT,
+            api.patch_status(&update.name, &params, &Patch::Apply(&patch)),
+        )
+        .await
+        {
+            Err(_) => Err(Attempt::Failed(StatusWriteError::Transient(
+                "API server timed out".into(),
+            ))),
             Ok(Err(kube::Error::Api(e))) if e.code == 409 => Err(Attempt::Conflict),
-            Ok(Err(kube::Error::Api(e))) if e.code == 404 => Err(Attempt::Failed(StatusWriteError::Gone(update.key()))),
+            Ok(Err(kube::Error::Api(e))) if e.code == 404 => {
+                Err(Attempt::Failed(StatusWriteError::Gone(update.key())))
+            }
             Ok(Err(e)) => Err(Attempt::Failed(StatusWriteError::Transient(e.to_string()))),
             Ok(Ok(_)) => Ok(object),
         }
@@ -370,7 +443,13 @@ impl KubeStatusWriter {
             let event = Event {
                 type_,
                 reason: reason.to_string(),
-                note: Some(truncate(&format!("{} incident {} {}: {}", notice.severity, notice.id, verb, notice.title), 1000)),
+                note: Some(truncate(
+                    &format!(
+                        "{} incident {} {}: {}",
+                        notice.severity, notice.id, verb, notice.title
+                    ),
+                    1000,
+                )),
                 action: "MapDelivery".to_string(),
                 secondary: None,
             };
@@ -410,6 +489,8 @@ impl StatusWriter for KubeStatusWriter {
                 Err(Attempt::Failed(e)) => return Err(e),
             }
         }
-        Err(StatusWriteError::Transient("status kept conflicting with other writers".into()))
+        Err(StatusWriteError::Transient(
+            "status kept conflicting with other writers".into(),
+        ))
     }
 }

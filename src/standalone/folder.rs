@@ -35,7 +35,10 @@ impl Folder {
 #[derive(Debug, thiserror::Error)]
 pub enum FolderError {
     #[error("cannot read folder {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Deserialize)]
@@ -48,11 +51,16 @@ struct TypeMeta {
 
 /// The YAML files of `dir`, sorted by name (not recursive: a folder is one "cluster").
 pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, FolderError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| FolderError::Read { path: dir.to_path_buf(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| FolderError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        })
         .collect();
     files.sort();
     Ok(files)
@@ -88,7 +96,11 @@ pub fn load(dir: &Path) -> Result<Folder, FolderError> {
             let value = match serde_yaml::Value::deserialize(document) {
                 Ok(v) => v,
                 Err(e) => {
-                    folder.problems.push(format!("{} (document {}): {e}", path.display(), index + 1));
+                    folder.problems.push(format!(
+                        "{} (document {}): {e}",
+                        path.display(),
+                        index + 1
+                    ));
                     break;
                 }
             };
@@ -103,31 +115,59 @@ pub fn load(dir: &Path) -> Result<Folder, FolderError> {
 
 fn load_document(folder: &mut Folder, path: &Path, index: usize, value: serde_yaml::Value) {
     let where_ = || format!("{} (document {})", path.display(), index + 1);
-    let Ok(meta) = serde_yaml::from_value::<TypeMeta>(value.clone()) else { return };
-    match (meta.api_version.split('/').next().unwrap_or(""), meta.kind.as_str()) {
-        ("hookwarden.dev", "WebhookIntegration") => match serde_yaml::from_value::<WebhookIntegration>(value) {
-            Ok(mut integration) => {
-                let namespace = integration.metadata.namespace.get_or_insert_with(|| DEFAULT_NAMESPACE.to_string()).clone();
-                let Some(name) = integration.metadata.name.clone() else {
-                    folder.problems.push(format!("{}: WebhookIntegration without metadata.name", where_()));
-                    return;
-                };
-                if folder.integrations.insert(format!("{namespace}/{name}"), integration).is_some() {
-                    folder.problems.push(format!("{}: WebhookIntegration {namespace}/{name} is declared twice; the later one wins", where_()));
+    let Ok(meta) = serde_yaml::from_value::<TypeMeta>(value.clone()) else {
+        return;
+    };
+    match (
+        meta.api_version.split('/').next().unwrap_or(""),
+        meta.kind.as_str(),
+    ) {
+        ("hookwarden.dev", "WebhookIntegration") => {
+            match serde_yaml::from_value::<WebhookIntegration>(value) {
+                Ok(mut integration) => {
+                    let namespace = integration
+                        .metadata
+                        .namespace
+                        .get_or_insert_with(|| DEFAULT_NAMESPACE.to_string())
+                        .clone();
+                    let Some(name) = integration.metadata.name.clone() else {
+                        folder.problems.push(format!(
+                            "{}: WebhookIntegration without metadata.name",
+                            where_()
+                        ));
+                        return;
+                    };
+                    if folder
+                        .integrations
+                        .insert(format!("{namespace}/{name}"), integration)
+                        .is_some()
+                    {
+                        folder.problems.push(format!("{}: WebhookIntegration {namespace}/{name} is declared twice; the later one wins", where_()));
+                    }
                 }
+                Err(e) => folder
+                    .problems
+                    .push(format!("{}: invalid WebhookIntegration: {e}", where_())),
             }
-            Err(e) => folder.problems.push(format!("{}: invalid WebhookIntegration: {e}", where_())),
-        },
+        }
         ("v1", "Secret") => match serde_yaml::from_value::<Secret>(value) {
             Ok(mut secret) => {
-                let namespace = secret.metadata.namespace.get_or_insert_with(|| DEFAULT_NAMESPACE.to_string()).clone();
+                let namespace = secret
+                    .metadata
+                    .namespace
+                    .get_or_insert_with(|| DEFAULT_NAMESPACE.to_string())
+                    .clone();
                 let Some(name) = secret.metadata.name.clone() else {
-                    folder.problems.push(format!("{}: Secret without metadata.name", where_()));
+                    folder
+                        .problems
+                        .push(format!("{}: Secret without metadata.name", where_()));
                     return;
                 };
                 folder.secrets.insert(format!("{namespace}/{name}"), secret);
             }
-            Err(e) => folder.problems.push(format!("{}: invalid Secret: {e}", where_())),
+            Err(e) => folder
+                .problems
+                .push(format!("{}: invalid Secret: {e}", where_())),
         },
         _ => {}
     }
@@ -160,7 +200,10 @@ mod tests {
 
         let folder = load(dir.path()).expect("load");
         assert!(folder.problems.is_empty(), "{:?}", folder.problems);
-        assert_eq!(folder.integrations.keys().collect::<Vec<_>>(), vec!["default/dd"]);
+        assert_eq!(
+            folder.integrations.keys().collect::<Vec<_>>(),
+            vec!["default/dd"]
+        );
         let tok = folder.secret("default", "tok").expect("secret");
         assert_eq!(secret_value(tok, "token").as_deref(), Some("s3cret"));
         let b64 = folder.secret("ops", "b64").expect("secret");
@@ -175,6 +218,10 @@ mod tests {
         let folder = load(dir.path()).expect("load");
         assert_eq!(folder.integrations.len(), 1);
         assert_eq!(folder.problems.len(), 1);
-        assert!(folder.problems[0].contains("bad.yaml"), "{:?}", folder.problems);
+        assert!(
+            folder.problems[0].contains("bad.yaml"),
+            "{:?}",
+            folder.problems
+        );
     }
 }

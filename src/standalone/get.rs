@@ -22,19 +22,35 @@ pub fn human_age(seconds: i64) -> String {
     if s < 120 {
         format!("{s}s")
     } else if m < 10 {
-        if s % 60 == 0 { format!("{m}m") } else { format!("{m}m{}s", s % 60) }
+        if s % 60 == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{}s", s % 60)
+        }
     } else if h < 3 {
         format!("{m}m")
     } else if h < 8 {
-        if m % 60 == 0 { format!("{h}h") } else { format!("{h}h{}m", m % 60) }
+        if m % 60 == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{}m", m % 60)
+        }
     } else if h < 48 {
         format!("{h}h")
     } else if h < 24 * 8 {
-        if h % 24 == 0 { format!("{d}d") } else { format!("{d}d{}h", h % 24) }
+        if h % 24 == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{}h", h % 24)
+        }
     } else if d < 365 * 2 {
         format!("{d}d")
     } else if d < 365 * 8 {
-        if d % 365 == 0 { format!("{}y", d / 365) } else { format!("{}y{}d", d / 365, d % 365) }
+        if d % 365 == 0 {
+            format!("{}y", d / 365)
+        } else {
+            format!("{}y{}d", d / 365, d % 365)
+        }
     } else {
         format!("{}y", d / 365)
     }
@@ -48,7 +64,12 @@ fn age_of(time: Option<&jiff::Timestamp>, now: jiff::Timestamp) -> String {
 }
 
 /// The table `kubectl get whi` prints (`wide` adds URL; `all_namespaces` adds NAMESPACE).
-pub fn table(objects: &[WebhookIntegration], wide: bool, all_namespaces: bool, now: jiff::Timestamp) -> String {
+pub fn table(
+    objects: &[WebhookIntegration],
+    wide: bool,
+    all_namespaces: bool,
+    now: jiff::Timestamp,
+) -> String {
     let mut header: Vec<&str> = Vec::new();
     if all_namespaces {
         header.push("NAMESPACE");
@@ -72,7 +93,11 @@ pub fn table(objects: &[WebhookIntegration], wide: bool, all_namespaces: bool, n
                 .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
                 .map_or_else(|| "<none>".to_string(), |c| c.status.clone()),
         );
-        row.push(status.and_then(|s| s.incidents.as_ref()).map_or_else(|| "<none>".to_string(), |i| i.open.to_string()));
+        row.push(
+            status
+                .and_then(|s| s.incidents.as_ref())
+                .map_or_else(|| "<none>".to_string(), |i| i.open.to_string()),
+        );
         row.push(
             status
                 .and_then(|s| s.deliveries.as_ref())
@@ -80,13 +105,22 @@ pub fn table(objects: &[WebhookIntegration], wide: bool, all_namespaces: bool, n
                 .map_or_else(|| "<none>".to_string(), |t| age_of(Some(&t.0), now)),
         );
         if wide {
-            row.push(status.and_then(|s| s.url.clone()).unwrap_or_else(|| "<none>".to_string()));
+            row.push(
+                status
+                    .and_then(|s| s.url.clone())
+                    .unwrap_or_else(|| "<none>".to_string()),
+            );
         }
-        row.push(age_of(o.metadata.creation_timestamp.as_ref().map(|t| &t.0), now));
+        row.push(age_of(
+            o.metadata.creation_timestamp.as_ref().map(|t| &t.0),
+            now,
+        ));
         rows.push(row);
     }
     let columns = rows[0].len();
-    let widths: Vec<usize> = (0..columns).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for row in rows {
         let mut line = String::new();

@@ -109,13 +109,36 @@ fn print_table(rows: &[Row]) {
                 Some(p) => format!("{} (NOT READY: {p})", r.secret_hint),
                 None => r.secret_hint.clone(),
             };
-            [format!("{}/{}", r.namespace, r.name), r.provider.to_string(), r.url.clone(), secret]
+            [
+                format!("{}/{}", r.namespace, r.name),
+                r.provider.to_string(),
+                r.url.clone(),
+                secret,
+            ]
         })
         .collect();
     let widths: Vec<usize> = (0..3)
-        .map(|i| cells.iter().map(|c| c[i].len()).chain([header[i].len()]).max().unwrap_or(0))
+        .map(|i| {
+            cells
+                .iter()
+                .map(|c| c[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
-    let line = |c: [&str; 4]| format!("{:<w0$}  {:<w1$}  {:<w2$}  {}", c[0], c[1], c[2], c[3], w0 = widths[0], w1 = widths[1], w2 = widths[2]);
+    let line = |c: [&str; 4]| {
+        format!(
+            "{:<w0$}  {:<w1$}  {:<w2$}  {}",
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        )
+    };
     println!("{}", line(header));
     for c in &cells {
         println!("{}", line([&c[0], &c[1], &c[2], &c[3]]));
@@ -132,30 +155,58 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
     crate::telemetry::init_logging(args.log_format);
     let dir = args.dir.clone();
     anyhow::ensure!(dir.is_dir(), "--dir {} is not a folder", dir.display());
-    let state_root = args.state.clone().unwrap_or_else(|| dir.join(DEFAULT_STATE_DIR));
+    let state_root = args
+        .state
+        .clone()
+        .unwrap_or_else(|| dir.join(DEFAULT_STATE_DIR));
     let state = StateDir::create(&state_root)?;
 
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
-    let base_url = args.external_url.clone().unwrap_or_else(|| display_base_url(local));
+    let base_url = args
+        .external_url
+        .clone()
+        .unwrap_or_else(|| display_base_url(local));
 
     let synced = sync::sync(&dir, &state, &base_url, jiff::Timestamp::now())?;
     report(&synced);
 
-    let config = RuntimeConfig { status_interval: args.status_interval, degraded_after: args.degraded_after, ..RuntimeConfig::default() };
-    let options = ReceiverOptions { journal_dir: state.journal_dir(), journal_max_bytes: args.journal_max_bytes, trusted_proxies: Vec::new(), external_base_url: args.external_url.clone(), runtime: config };
+    let config = RuntimeConfig {
+        status_interval: args.status_interval,
+        degraded_after: args.degraded_after,
+        ..RuntimeConfig::default()
+    };
+    let options = ReceiverOptions {
+        journal_dir: state.journal_dir(),
+        journal_max_bytes: args.journal_max_bytes,
+        trusted_proxies: Vec::new(),
+        external_base_url: args.external_url.clone(),
+        runtime: config,
+    };
     let receiver = Receiver::start(options, Arc::new(state.status_writer()), None).await?;
     for error in receiver.handle().replace_all(synced.routes.clone()) {
         tracing::warn!(%error, "route not served");
     }
     receiver.state().set_ready(true);
 
-    println!("hookwarden standalone: serving {} on {base_url} (state in {})", dir.display(), state_root.display());
+    println!(
+        "hookwarden standalone: serving {} on {base_url} (state in {})",
+        dir.display(),
+        state_root.display()
+    );
     print_table(&synced.rows);
     println!("Status: hookwarden get --state {}", state_root.display());
 
     let shutdown = CancellationToken::new();
-    let reload = tokio::spawn(reload_loop(dir.clone(), state.clone(), base_url.clone(), receiver.handle(), shutdown.clone()));
+    let reload = tokio::spawn(reload_loop(
+        dir.clone(),
+        state.clone(),
+        base_url.clone(),
+        receiver.handle(),
+        shutdown.clone(),
+    ));
     let signal = shutdown.clone();
     tokio::spawn(async move {
         crate::receiver::cluster::shutdown_signal().await;
@@ -167,7 +218,13 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn reload_loop(dir: PathBuf, state: StateDir, base_url: String, receiver: ReceiverHandle, shutdown: CancellationToken) {
+async fn reload_loop(
+    dir: PathBuf,
+    state: StateDir,
+    base_url: String,
+    receiver: ReceiverHandle,
+    shutdown: CancellationToken,
+) {
     let mut seen = folder::fingerprint(&dir);
     let mut tick = tokio::time::interval(RELOAD_EVERY);
     loop {
@@ -181,13 +238,19 @@ async fn reload_loop(dir: PathBuf, state: StateDir, base_url: String, receiver: 
         }
         seen = now;
         let (d, s, b) = (dir.clone(), state.clone(), base_url.clone());
-        match tokio::task::spawn_blocking(move || sync::sync(&d, &s, &b, jiff::Timestamp::now())).await {
+        match tokio::task::spawn_blocking(move || sync::sync(&d, &s, &b, jiff::Timestamp::now()))
+            .await
+        {
             Ok(Ok(synced)) => {
                 report(&synced);
                 for error in receiver.replace_all(synced.routes.clone()) {
                     tracing::warn!(%error, "route not served");
                 }
-                tracing::info!(integrations = synced.rows.len(), "reloaded {}", dir.display());
+                tracing::info!(
+                    integrations = synced.rows.len(),
+                    "reloaded {}",
+                    dir.display()
+                );
                 print_table(&synced.rows);
             }
             Ok(Err(e)) => tracing::error!(error = %e, "cannot reload {}", dir.display()),
@@ -213,26 +276,40 @@ fn state_for_get(args: &GetArgs) -> PathBuf {
 pub async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     let root = state_for_get(&args);
     if !root.is_dir() {
-        eprintln!("error: no standalone state at {} (start `hookwarden standalone --dir DIR` first, or pass --state/--dir)", root.display());
+        eprintln!(
+            "error: no standalone state at {} (start `hookwarden standalone --dir DIR` first, or pass --state/--dir)",
+            root.display()
+        );
         return Ok(ExitCode::FAILURE);
     }
     let state = StateDir::existing(&root);
     let mut objects = state.read_objects()?;
-    let namespace = args.namespace.clone().unwrap_or_else(|| folder::DEFAULT_NAMESPACE.to_string());
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| folder::DEFAULT_NAMESPACE.to_string());
     if !args.all_namespaces {
         objects.retain(|o| o.metadata.namespace.as_deref() == Some(namespace.as_str()));
     }
     if let Some(name) = &args.name {
         objects.retain(|o| o.metadata.name.as_deref() == Some(name.as_str()));
         if objects.is_empty() {
-            eprintln!("Error from server (NotFound): webhookintegrations.hookwarden.dev \"{name}\" not found");
+            eprintln!(
+                "Error from server (NotFound): webhookintegrations.hookwarden.dev \"{name}\" not found"
+            );
             return Ok(ExitCode::FAILURE);
         }
     }
     let single = args.name.is_some();
     match args.output {
-        Some(OutputFormat::Json) => println!("{}", serde_json::to_string_pretty(&get::as_json_value(&objects, single))?),
-        Some(OutputFormat::Yaml) => print!("{}", serde_yaml::to_string(&get::as_json_value(&objects, single))?),
+        Some(OutputFormat::Json) => println!(
+            "{}",
+            serde_json::to_string_pretty(&get::as_json_value(&objects, single))?
+        ),
+        Some(OutputFormat::Yaml) => print!(
+            "{}",
+            serde_yaml::to_string(&get::as_json_value(&objects, single))?
+        ),
         wide => {
             if objects.is_empty() {
                 if args.all_namespaces {
@@ -241,7 +318,15 @@ pub async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
                     eprintln!("No resources found in {namespace} namespace.");
                 }
             } else {
-                print!("{}", get::table(&objects, wide == Some(OutputFormat::Wide), args.all_namespaces, jiff::Timestamp::now()));
+                print!(
+                    "{}",
+                    get::table(
+                        &objects,
+                        wide == Some(OutputFormat::Wide),
+                        args.all_namespaces,
+                        jiff::Timestamp::now()
+                    )
+                );
             }
         }
     }

@@ -38,9 +38,15 @@ pub struct Assignment {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot use state folder {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("state file {path} is corrupt: {source}")]
-    Corrupt { path: PathBuf, source: serde_json::Error },
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 }
 
 /// The state folder.
@@ -50,7 +56,10 @@ pub struct StateDir {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
-    move |source| StateError::Io { path: path.to_path_buf(), source }
+    move |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 #[cfg(unix)]
@@ -69,12 +78,16 @@ impl StateDir {
     pub fn create(root: &Path) -> Result<StateDir, StateError> {
         std::fs::create_dir_all(root).map_err(io(root))?;
         restrict(root, 0o700).map_err(io(root))?;
-        Ok(StateDir { root: root.to_path_buf() })
+        Ok(StateDir {
+            root: root.to_path_buf(),
+        })
     }
 
     /// Opens an existing state folder without changing it (for `get`).
     pub fn existing(root: &Path) -> StateDir {
-        StateDir { root: root.to_path_buf() }
+        StateDir {
+            root: root.to_path_buf(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -96,15 +109,23 @@ impl StateDir {
     pub fn load_assignments(&self) -> Result<BTreeMap<String, Assignment>, StateError> {
         let path = self.assignments_path();
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt { path, source }),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|source| StateError::Corrupt { path, source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
             Err(e) => Err(io(&path)(e)),
         }
     }
 
-    pub fn save_assignments(&self, assignments: &BTreeMap<String, Assignment>) -> Result<(), StateError> {
+    pub fn save_assignments(
+        &self,
+        assignments: &BTreeMap<String, Assignment>,
+    ) -> Result<(), StateError> {
         let path = self.assignments_path();
-        let bytes = serde_json::to_vec_pretty(assignments).map_err(|source| StateError::Corrupt { path: path.clone(), source })?;
+        let bytes =
+            serde_json::to_vec_pretty(assignments).map_err(|source| StateError::Corrupt {
+                path: path.clone(),
+                source,
+            })?;
         write_atomic(&path, &bytes).map_err(io(&path))?;
         restrict(&path, 0o600).map_err(io(&path))
     }
@@ -122,7 +143,12 @@ impl StateDir {
     }
 
     /// Stores the generated secret of an integration (owner-only file).
-    pub fn write_generated_secret(&self, namespace: &str, name: &str, value: &str) -> Result<(), StateError> {
+    pub fn write_generated_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        value: &str,
+    ) -> Result<(), StateError> {
         let path = self.secret_path(namespace, name);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io(dir))?;
@@ -133,14 +159,24 @@ impl StateDir {
     }
 
     fn object_path(&self, namespace: &str, name: &str) -> PathBuf {
-        self.root.join("objects").join(namespace).join(format!("{name}.json"))
+        self.root
+            .join("objects")
+            .join(namespace)
+            .join(format!("{name}.json"))
     }
 
     pub fn write_object(&self, object: &WebhookIntegration) -> Result<(), StateError> {
-        let namespace = object.metadata.namespace.as_deref().unwrap_or(super::folder::DEFAULT_NAMESPACE);
+        let namespace = object
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or(super::folder::DEFAULT_NAMESPACE);
         let name = object.metadata.name.as_deref().unwrap_or_default();
         let path = self.object_path(namespace, name);
-        let bytes = serde_json::to_vec_pretty(object).map_err(|source| StateError::Corrupt { path: path.clone(), source })?;
+        let bytes = serde_json::to_vec_pretty(object).map_err(|source| StateError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
         write_atomic(&path, &bytes).map_err(io(&path))
     }
 
@@ -159,7 +195,9 @@ impl StateDir {
         };
         let writer = self.status_writer();
         for namespace in namespaces.filter_map(Result::ok) {
-            let Ok(files) = std::fs::read_dir(namespace.path()) else { continue };
+            let Ok(files) = std::fs::read_dir(namespace.path()) else {
+                continue;
+            };
             for file in files.filter_map(Result::ok) {
                 let path = file.path();
                 if path.extension().and_then(|e| e.to_str()) != Some("json") {
@@ -167,7 +205,10 @@ impl StateDir {
                 }
                 let bytes = std::fs::read(&path).map_err(io(&path))?;
                 let mut object: WebhookIntegration =
-                    serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt { path: path.clone(), source })?;
+                    serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
+                        path: path.clone(),
+                        source,
+                    })?;
                 let ns = object.metadata.namespace.clone().unwrap_or_default();
                 let name = object.metadata.name.clone().unwrap_or_default();
                 let uid = object.metadata.uid.clone().unwrap_or_default();
@@ -177,7 +218,10 @@ impl StateDir {
                 objects.push(object);
             }
         }
-        objects.sort_by(|a, b| (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name)));
+        objects.sort_by(|a, b| {
+            (&a.metadata.namespace, &a.metadata.name)
+                .cmp(&(&b.metadata.namespace, &b.metadata.name))
+        });
         Ok(objects)
     }
 
@@ -193,5 +237,12 @@ pub fn new_uid() -> String {
     let mut b = [0u8; 16];
     rand::fill(&mut b);
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }

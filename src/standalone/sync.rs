@@ -8,7 +8,9 @@ use sha2::{Digest, Sha256};
 
 use super::folder::{self, Folder, secret_value};
 use super::state::{Assignment, StateDir, StateError, new_uid};
-use crate::controller::plan::{self, GeneratedLookup, PlanInput, RefLookup, SecretSource, SECRET_RESOLVED};
+use crate::controller::plan::{
+    self, GeneratedLookup, PlanInput, RefLookup, SECRET_RESOLVED, SecretSource,
+};
 use crate::crd::{WebhookIntegration, WebhookIntegrationStatus};
 use crate::domain::provider::ProviderKind;
 use crate::domain::secret::{generate_path, generate_secret};
@@ -51,13 +53,18 @@ fn spec_digest(integration: &WebhookIntegration) -> String {
 }
 
 fn lookup_ref(folder: &Folder, namespace: &str, integration: &WebhookIntegration) -> RefLookup {
-    let Some(reference) = &integration.spec.secret_ref else { return RefLookup::SecretMissing };
-    let Some(secret) = folder.secret(namespace, &reference.name) else { return RefLookup::SecretMissing };
+    let Some(reference) = &integration.spec.secret_ref else {
+        return RefLookup::SecretMissing;
+    };
+    let Some(secret) = folder.secret(namespace, &reference.name) else {
+        return RefLookup::SecretMissing;
+    };
     match secret_value(secret, &reference.key) {
         Some(v) if v.trim().is_empty() => RefLookup::Empty,
         Some(v) => RefLookup::Value(v.trim_end_matches(['\r', '\n']).to_string()),
         None => {
-            let mut available: Vec<String> = secret.data.iter().flat_map(|d| d.keys().cloned()).collect();
+            let mut available: Vec<String> =
+                secret.data.iter().flat_map(|d| d.keys().cloned()).collect();
             available.extend(secret.string_data.iter().flat_map(|d| d.keys().cloned()));
             available.sort();
             available.dedup();
@@ -68,23 +75,37 @@ fn lookup_ref(folder: &Folder, namespace: &str, integration: &WebhookIntegration
 
 /// Reads `dir`, plans every integration, stores paths/UIDs/generated secrets and the
 /// controller part of each status under `state`, and returns the routes to serve.
-pub fn sync(dir: &Path, state: &StateDir, base_url: &str, now: jiff::Timestamp) -> Result<Synced, SyncError> {
+pub fn sync(
+    dir: &Path,
+    state: &StateDir,
+    base_url: &str,
+    now: jiff::Timestamp,
+) -> Result<Synced, SyncError> {
     let folder = folder::load(dir)?;
     let mut assignments = state.load_assignments()?;
-    let mut synced = Synced { problems: folder.problems.clone(), ..Synced::default() };
+    let mut synced = Synced {
+        problems: folder.problems.clone(),
+        ..Synced::default()
+    };
 
     for (key, declared) in &folder.integrations {
         let mut integration = declared.clone();
-        let namespace = integration.metadata.namespace.clone().unwrap_or_else(|| folder::DEFAULT_NAMESPACE.to_string());
+        let namespace = integration
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| folder::DEFAULT_NAMESPACE.to_string());
         let name = integration.metadata.name.clone().unwrap_or_default();
         let digest = spec_digest(&integration);
-        let assignment = assignments.entry(key.clone()).or_insert_with(|| Assignment {
-            uid: new_uid(),
-            created_at: now,
-            generation: 1,
-            spec_digest: digest.clone(),
-            route: None,
-        });
+        let assignment = assignments
+            .entry(key.clone())
+            .or_insert_with(|| Assignment {
+                uid: new_uid(),
+                created_at: now,
+                generation: 1,
+                spec_digest: digest.clone(),
+                route: None,
+            });
         if assignment.spec_digest != digest {
             assignment.generation += 1;
             assignment.spec_digest = digest;
@@ -124,7 +145,10 @@ pub fn sync(dir: &Path, state: &StateDir, base_url: &str, now: jiff::Timestamp) 
         let mut conditions = planned.status.conditions.clone();
         if generated {
             // No Secret object exists in standalone mode: point at the file instead.
-            for c in conditions.iter_mut().filter(|c| c.type_ == SECRET_RESOLVED && c.status == "True") {
+            for c in conditions
+                .iter_mut()
+                .filter(|c| c.type_ == SECRET_RESOLVED && c.status == "True")
+            {
                 c.message = format!("generated secret in {}", secret_file.display());
             }
         }
@@ -136,10 +160,18 @@ pub fn sync(dir: &Path, state: &StateDir, base_url: &str, now: jiff::Timestamp) 
             url: planned.status.url.clone().unwrap_or_default(),
             secret_hint: match &integration.spec.secret_ref {
                 None => format!("cat {}", secret_file.display()),
-                Some(r) => format!("key {} of Secret {}/{} in {}", r.key, namespace, r.name, dir.display()),
+                Some(r) => format!(
+                    "key {} of Secret {}/{} in {}",
+                    r.key,
+                    namespace,
+                    r.name,
+                    dir.display()
+                ),
             },
             ready: ready.is_some_and(|c| c.status == "True"),
-            problem: ready.filter(|c| c.status != "True").map(|c| c.message.clone()),
+            problem: ready
+                .filter(|c| c.status != "True")
+                .map(|c| c.message.clone()),
         };
         integration.status = Some(WebhookIntegrationStatus {
             observed_generation: planned.status.observed_generation,
@@ -158,7 +190,11 @@ pub fn sync(dir: &Path, state: &StateDir, base_url: &str, now: jiff::Timestamp) 
         synced.rows.push(row);
     }
 
-    let gone: Vec<String> = assignments.keys().filter(|k| !folder.integrations.contains_key(*k)).cloned().collect();
+    let gone: Vec<String> = assignments
+        .keys()
+        .filter(|k| !folder.integrations.contains_key(*k))
+        .cloned()
+        .collect();
     for key in gone {
         if let Some((namespace, name)) = key.split_once('/') {
             state.remove_object(namespace, name);

@@ -59,18 +59,25 @@ impl Standalone {
                 }
             }
         });
-        let urls = rx.recv_timeout(Duration::from_secs(30)).expect("standalone printed its table");
+        let urls = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("standalone printed its table");
         Standalone { child, urls }
     }
 
     fn url(&self, key: &str) -> &str {
-        self.urls.get(key).unwrap_or_else(|| panic!("no URL for {key} in {:?}", self.urls))
+        self.urls
+            .get(key)
+            .unwrap_or_else(|| panic!("no URL for {key} in {:?}", self.urls))
     }
 
     /// Graceful stop (SIGTERM), as Ctrl-C or `kubectl delete pod` would.
     fn stop(mut self) {
         let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
         assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -78,7 +85,10 @@ impl Standalone {
                 assert!(status.success(), "standalone exited with {status}");
                 return;
             }
-            assert!(Instant::now() < deadline, "standalone did not stop on SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "standalone did not stop on SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -98,16 +108,33 @@ impl Drop for Standalone {
 }
 
 fn hookwarden(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run hookwarden")
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run hookwarden")
 }
 
 fn get_json(dir: &Path, name: &str) -> Option<serde_json::Value> {
-    let out = hookwarden(&["get", name, "--dir", dir.to_str().expect("utf-8 path"), "-o", "json"]);
-    out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("get -o json prints JSON"))
+    let out = hookwarden(&[
+        "get",
+        name,
+        "--dir",
+        dir.to_str().expect("utf-8 path"),
+        "-o",
+        "json",
+    ]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).expect("get -o json prints JSON"))
 }
 
 /// Polls `hookwarden get NAME -o json` until `check` holds.
-fn wait_for_status(dir: &Path, name: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+fn wait_for_status(
+    dir: &Path,
+    name: &str,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(object) = get_json(dir, name)
@@ -115,13 +142,19 @@ fn wait_for_status(dir: &Path, name: &str, what: &str, check: impl Fn(&serde_jso
         {
             return object;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}; last: {:?}", get_json(dir, name));
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last: {:?}",
+            get_json(dir, name)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 fn accepted(object: &serde_json::Value) -> i64 {
-    object["status"]["deliveries"]["accepted"].as_i64().unwrap_or(0)
+    object["status"]["deliveries"]["accepted"]
+        .as_i64()
+        .unwrap_or(0)
 }
 
 fn open(object: &serde_json::Value) -> i64 {
@@ -132,8 +165,15 @@ fn open(object: &serde_json::Value) -> i64 {
 fn incidents(object: &serde_json::Value) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for list in ["recent", "tracked"] {
-        for i in object["status"]["incidents"][list].as_array().into_iter().flatten() {
-            out.insert(i["id"].as_str().unwrap_or_default().to_string(), i["state"].as_str().unwrap_or_default().to_string());
+        for i in object["status"]["incidents"][list]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            out.insert(
+                i["id"].as_str().unwrap_or_default().to_string(),
+                i["state"].as_str().unwrap_or_default().to_string(),
+            );
         }
     }
     out
@@ -145,8 +185,13 @@ fn post(url: &str, headers: &[(&str, &str)], body: &str) -> Option<u16> {
     let rest = url.strip_prefix("http://").expect("http URL");
     let (authority, path) = rest.split_at(rest.find('/').expect("path"));
     let mut stream = TcpStream::connect(authority).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let mut request = format!("POST {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -173,22 +218,55 @@ fn datadog(url: &str, id: &str, key: &str, transition: &str) -> Option<u16> {
     })
     .to_string();
     let auth = format!("Bearer {DATADOG_TOKEN}");
-    post(url, &[("Content-Type", "application/json"), ("Authorization", &auth)], &body)
+    post(
+        url,
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &auth),
+        ],
+        &body,
+    )
 }
 
 #[test]
 fn standalone_round_trip_send_test_get_restart() {
-    let dir = folder_with(&["datadog.yaml", "alertmanager.yaml", "github.yaml", "stripe.yaml", "generic.yaml"]);
+    let dir = folder_with(&[
+        "datadog.yaml",
+        "alertmanager.yaml",
+        "github.yaml",
+        "stripe.yaml",
+        "generic.yaml",
+    ]);
     let first = Standalone::start(dir.path());
-    for key in ["default/datadog-prod", "default/alertmanager", "default/github-repo", "default/stripe-payments", "default/internal-alerts"] {
+    for key in [
+        "default/datadog-prod",
+        "default/alertmanager",
+        "default/github-repo",
+        "default/stripe-payments",
+        "default/internal-alerts",
+    ] {
         assert!(first.url(key).starts_with("http://127.0.0.1:"), "{key}");
     }
     let url = first.url("default/datadog-prod").to_string();
 
-    let sent = hookwarden(&["send-test", &url, "--provider", "datadog", "--secret", DATADOG_TOKEN]);
-    assert!(sent.status.success(), "send-test failed: {}{}", String::from_utf8_lossy(&sent.stdout), String::from_utf8_lossy(&sent.stderr));
+    let sent = hookwarden(&[
+        "send-test",
+        &url,
+        "--provider",
+        "datadog",
+        "--secret",
+        DATADOG_TOKEN,
+    ]);
+    assert!(
+        sent.status.success(),
+        "send-test failed: {}{}",
+        String::from_utf8_lossy(&sent.stdout),
+        String::from_utf8_lossy(&sent.stderr)
+    );
 
-    let object = wait_for_status(dir.path(), "datadog-prod", "an open incident", |o| open(o) == 1);
+    let object = wait_for_status(dir.path(), "datadog-prod", "an open incident", |o| {
+        open(o) == 1
+    });
     assert_eq!(object["kind"], "WebhookIntegration");
     assert_eq!(object["spec"]["provider"], "datadog");
     assert_eq!(accepted(&object), 1);
@@ -199,15 +277,45 @@ fn standalone_round_trip_send_test_get_restart() {
     let table = String::from_utf8_lossy(&table.stdout).to_string();
     let mut lines = table.lines();
     let header: Vec<&str> = lines.next().expect("header").split_whitespace().collect();
-    assert_eq!(header, ["NAME", "PROVIDER", "READY", "OPEN", "LAST", "DELIVERY", "AGE"]);
-    let row = lines.find(|l| l.starts_with("datadog-prod")).expect("datadog row");
+    assert_eq!(
+        header,
+        [
+            "NAME", "PROVIDER", "READY", "OPEN", "LAST", "DELIVERY", "AGE"
+        ]
+    );
+    let row = lines
+        .find(|l| l.starts_with("datadog-prod"))
+        .expect("datadog row");
     let cells: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(&cells[..4], ["datadog-prod", "datadog", "True", "1"], "{table}");
+    assert_eq!(
+        &cells[..4],
+        ["datadog-prod", "datadog", "True", "1"],
+        "{table}"
+    );
 
-    let wide = String::from_utf8_lossy(&hookwarden(&["get", "-o", "wide", "--dir", dir.path().to_str().expect("utf-8")]).stdout).to_string();
+    let wide = String::from_utf8_lossy(
+        &hookwarden(&[
+            "get",
+            "-o",
+            "wide",
+            "--dir",
+            dir.path().to_str().expect("utf-8"),
+        ])
+        .stdout,
+    )
+    .to_string();
     assert!(wide.contains(&url), "{wide}");
-    let list: serde_json::Value =
-        serde_json::from_slice(&hookwarden(&["get", "-o", "json", "--dir", dir.path().to_str().expect("utf-8")]).stdout).expect("json");
+    let list: serde_json::Value = serde_json::from_slice(
+        &hookwarden(&[
+            "get",
+            "-o",
+            "json",
+            "--dir",
+            dir.path().to_str().expect("utf-8"),
+        ])
+        .stdout,
+    )
+    .expect("json");
     assert_eq!(list["kind"], "List");
     assert_eq!(list["items"].as_array().map(Vec::len), Some(5));
 
@@ -217,12 +325,25 @@ fn standalone_round_trip_send_test_get_restart() {
     // Port 0 picks a new port, but the unguessable path is kept.
     let path_of = |u: &str| u.split_once("/hooks/").map(|(_, p)| p.to_string());
     let url = second.url("default/datadog-prod").to_string();
-    assert_eq!(path_of(&url), path_of(first_url.as_str()), "paths are stable across restarts");
+    assert_eq!(
+        path_of(&url),
+        path_of(first_url.as_str()),
+        "paths are stable across restarts"
+    );
     let object = get_json(dir.path(), "datadog-prod").expect("still there");
-    assert_eq!((open(&object), accepted(&object)), (1, 1), "restart keeps status");
+    assert_eq!(
+        (open(&object), accepted(&object)),
+        (1, 1),
+        "restart keeps status"
+    );
     // The endpoint still serves, with the same token.
-    assert_eq!(datadog(&url, "after-restart", "other", "Triggered"), Some(202));
-    wait_for_status(dir.path(), "datadog-prod", "the second incident", |o| open(o) == 2 && accepted(o) == 2);
+    assert_eq!(
+        datadog(&url, "after-restart", "other", "Triggered"),
+        Some(202)
+    );
+    wait_for_status(dir.path(), "datadog-prod", "the second incident", |o| {
+        open(o) == 2 && accepted(o) == 2
+    });
     second.stop();
 }
 
@@ -246,8 +367,15 @@ fn every_acknowledged_delivery_survives_kill_9() {
                     if i >= TOTAL {
                         return;
                     }
-                    match datadog(&url, &format!("evt-{i}"), &format!("crash-{}", i % KEYS), "Triggered") {
-                        Some(code) if (200..300).contains(&code) => acked.lock().expect("lock").push(i),
+                    match datadog(
+                        &url,
+                        &format!("evt-{i}"),
+                        &format!("crash-{}", i % KEYS),
+                        "Triggered",
+                    ) {
+                        Some(code) if (200..300).contains(&code) => {
+                            acked.lock().expect("lock").push(i)
+                        }
                         Some(_) => {}
                         // The process is gone: the rest cannot be delivered.
                         None => return,
@@ -258,7 +386,10 @@ fn every_acknowledged_delivery_survives_kill_9() {
         .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     while acked.lock().expect("lock").len() < 150 {
-        assert!(Instant::now() < deadline, "deliveries are not being acknowledged");
+        assert!(
+            Instant::now() < deadline,
+            "deliveries are not being acknowledged"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     first.crash();
@@ -266,13 +397,22 @@ fn every_acknowledged_delivery_survives_kill_9() {
         s.join().expect("sender");
     }
     let acked = acked.lock().expect("lock").clone();
-    assert!(acked.len() < TOTAL, "the crash should have happened mid-burst");
-    let keys: BTreeSet<String> = acked.iter().map(|i| format!("crash-{}", i % KEYS)).collect();
+    assert!(
+        acked.len() < TOTAL,
+        "the crash should have happened mid-burst"
+    );
+    let keys: BTreeSet<String> = acked
+        .iter()
+        .map(|i| format!("crash-{}", i % KEYS))
+        .collect();
 
     let second = Standalone::start(dir.path());
-    let object = wait_for_status(dir.path(), "datadog-prod", "every acknowledged delivery", |o| {
-        accepted(o) >= acked.len() as i64 && keys.iter().all(|k| incidents(o).contains_key(k))
-    });
+    let object = wait_for_status(
+        dir.path(),
+        "datadog-prod",
+        "every acknowledged delivery",
+        |o| accepted(o) >= acked.len() as i64 && keys.iter().all(|k| incidents(o).contains_key(k)),
+    );
     assert!(open(&object) >= keys.len() as i64);
     second.stop();
 }
@@ -289,17 +429,37 @@ fn replaying_after_repeated_crashes_never_double_counts_or_reopens() {
     Standalone::start(dir.path()).crash();
     let third = Standalone::start(dir.path());
     let url = third.url("default/datadog-prod").to_string();
-    let object = wait_for_status(dir.path(), "datadog-prod", "the replayed deliveries", |o| accepted(o) >= 2);
+    let object = wait_for_status(dir.path(), "datadog-prod", "the replayed deliveries", |o| {
+        accepted(o) >= 2
+    });
     assert_eq!(accepted(&object), 2, "replay counted a delivery twice");
-    assert_eq!(incidents(&object).get("db-disk").map(String::as_str), Some("resolved"));
+    assert_eq!(
+        incidents(&object).get("db-disk").map(String::as_str),
+        Some("resolved")
+    );
     assert_eq!(open(&object), 0);
     // A redelivery of an acknowledged id is still a duplicate after the crashes.
     let code = datadog(&url, "t1", "db-disk", "Triggered").expect("answered");
-    assert!((200..300).contains(&code), "a duplicate gets 2xx, got {code}");
-    let object = wait_for_status(dir.path(), "datadog-prod", "the duplicate to be counted", |o| {
-        o["status"]["deliveries"]["duplicates"].as_i64().unwrap_or(0) >= 1
-    });
+    assert!(
+        (200..300).contains(&code),
+        "a duplicate gets 2xx, got {code}"
+    );
+    let object = wait_for_status(
+        dir.path(),
+        "datadog-prod",
+        "the duplicate to be counted",
+        |o| {
+            o["status"]["deliveries"]["duplicates"]
+                .as_i64()
+                .unwrap_or(0)
+                >= 1
+        },
+    );
     assert_eq!(accepted(&object), 2);
-    assert_eq!(open(&object), 0, "a duplicate trigger must not re-open the incident");
+    assert_eq!(
+        open(&object),
+        0,
+        "a duplicate trigger must not re-open the incident"
+    );
     third.stop();
 }

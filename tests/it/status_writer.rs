@@ -8,7 +8,9 @@ use std::time::Duration;
 use hookwarden::crd::{IncidentsStatus, WebhookIntegration};
 use hookwarden::domain::incident::{IncidentEvent, Severity};
 use hookwarden::receiver::ledger::{Counters, Ledger};
-use hookwarden::receiver::runtime::{self, DeliveryJournal, IntegrationSettings, RuntimeConfig, SettingsLookup};
+use hookwarden::receiver::runtime::{
+    self, DeliveryJournal, IntegrationSettings, RuntimeConfig, SettingsLookup,
+};
 use hookwarden::receiver::sink::{Accepted, DeliverySink, Rejected, SinkError};
 use hookwarden::receiver::status::{
     FIELD_MANAGER, KubeStatusWriter, StatusUpdate, StatusWriteError, StatusWriter,
@@ -38,7 +40,10 @@ impl DeliveryJournal for MemJournal {
         self.applied.fetch_max(seq, Ordering::SeqCst);
     }
     async fn checkpoint(&self, snapshot: Vec<u8>, covers: u64) -> Result<(), String> {
-        self.checkpoints.lock().expect("lock").push((snapshot, covers));
+        self.checkpoints
+            .lock()
+            .expect("lock")
+            .push((snapshot, covers));
         Ok(())
     }
 }
@@ -86,13 +91,20 @@ fn delivery(i: usize) -> Accepted {
 }
 
 fn config(interval: Duration) -> RuntimeConfig {
-    RuntimeConfig { status_interval: interval, checkpoint_interval: Duration::ZERO, ..RuntimeConfig::default() }
+    RuntimeConfig {
+        status_interval: interval,
+        checkpoint_interval: Duration::ZERO,
+        ..RuntimeConfig::default()
+    }
 }
 
 async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -101,8 +113,13 @@ async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
 async fn a_thousand_deliveries_in_one_interval_make_one_status_write() {
     let journal = Arc::new(MemJournal::default());
     let writer = Arc::new(RecordingWriter::default());
-    let (sink, status_loop) =
-        runtime::build(journal.clone(), writer.clone(), Ledger::default(), settings(), config(Duration::from_millis(1500)));
+    let (sink, status_loop) = runtime::build(
+        journal.clone(),
+        writer.clone(),
+        Ledger::default(),
+        settings(),
+        config(Duration::from_millis(1500)),
+    );
     let stop = CancellationToken::new();
     let task = tokio::spawn(status_loop.run(stop.clone()));
 
@@ -117,11 +134,18 @@ async fn a_thousand_deliveries_in_one_interval_make_one_status_write() {
     for j in joins {
         j.await.expect("join").expect("accepted");
     }
-    wait_for("the first write", || !writer.writes.lock().expect("lock").is_empty()).await;
+    wait_for("the first write", || {
+        !writer.writes.lock().expect("lock").is_empty()
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     {
         let writes = writer.writes.lock().expect("lock");
-        assert_eq!(writes.len(), 1, "1,000 deliveries within one interval must coalesce into one write");
+        assert_eq!(
+            writes.len(),
+            1,
+            "1,000 deliveries within one interval must coalesce into one write"
+        );
         assert_eq!(writes[0].totals.accepted, 1000);
         assert_eq!(writes[0].delta.accepted, 1000);
         assert_eq!(writes[0].incidents.open_count(), 5);
@@ -129,12 +153,23 @@ async fn a_thousand_deliveries_in_one_interval_make_one_status_write() {
     stop.cancel();
     let ledger = task.await.expect("loop");
     assert!(ledger.unwritten().is_empty());
-    assert_eq!(journal.applied.load(Ordering::SeqCst), 1000, "everything written is marked applied");
+    assert_eq!(
+        journal.applied.load(Ordering::SeqCst),
+        1000,
+        "everything written is marked applied"
+    );
     let checkpoints = journal.checkpoints.lock().expect("lock");
     let (snapshot, covers) = checkpoints.last().expect("a checkpoint");
     assert_eq!(*covers, 1000);
     let restored = Ledger::from_snapshot(snapshot).expect("snapshot");
-    assert_eq!(restored.get("payments/datadog").expect("entry").totals.accepted, 1000);
+    assert_eq!(
+        restored
+            .get("payments/datadog")
+            .expect("entry")
+            .totals
+            .accepted,
+        1000
+    );
 }
 
 #[tokio::test]
@@ -143,7 +178,13 @@ async fn an_outage_loses_no_counts_and_does_not_storm() {
     let writer = Arc::new(RecordingWriter::default());
     writer.failing.store(true, Ordering::SeqCst);
     let interval = Duration::from_millis(100);
-    let (sink, status_loop) = runtime::build(journal.clone(), writer.clone(), Ledger::default(), settings(), config(interval));
+    let (sink, status_loop) = runtime::build(
+        journal.clone(),
+        writer.clone(),
+        Ledger::default(),
+        settings(),
+        config(interval),
+    );
     let stop = CancellationToken::new();
     let task = tokio::spawn(status_loop.run(stop.clone()));
 
@@ -160,20 +201,49 @@ async fn an_outage_loses_no_counts_and_does_not_storm() {
     // 2 s of outage: with exponential backoff that is a handful of attempts, not 20.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let attempts = writer.attempts.load(Ordering::SeqCst);
-    assert!((2..=8).contains(&attempts), "{attempts} attempts in 2 s of outage at a 100 ms interval");
-    assert_eq!(journal.applied.load(Ordering::SeqCst), 0, "nothing is marked applied while writes fail");
+    assert!(
+        (2..=8).contains(&attempts),
+        "{attempts} attempts in 2 s of outage at a 100 ms interval"
+    );
+    assert_eq!(
+        journal.applied.load(Ordering::SeqCst),
+        0,
+        "nothing is marked applied while writes fail"
+    );
 
     for i in 50..60 {
         sink.accept(delivery(i)).await.expect("accepted");
     }
     writer.failing.store(false, Ordering::SeqCst);
     wait_for("the status to catch up", || {
-        writer.writes.lock().expect("lock").last().is_some_and(|w| w.totals.accepted == 60)
+        writer
+            .writes
+            .lock()
+            .expect("lock")
+            .last()
+            .is_some_and(|w| w.totals.accepted == 60)
     })
     .await;
-    let last = writer.writes.lock().expect("lock").last().cloned().expect("write");
-    assert_eq!(last.delta, Counters { received: 61, accepted: 60, rejected: 1, ..Counters::default() });
-    assert_eq!(last.last_reject_reason.as_deref(), Some("signature_mismatch"));
+    let last = writer
+        .writes
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .expect("write");
+    assert_eq!(
+        last.delta,
+        Counters {
+            received: 61,
+            accepted: 60,
+            rejected: 1,
+            ..Counters::default()
+        }
+    );
+    assert_eq!(
+        last.last_reject_reason.as_deref(),
+        Some("signature_mismatch")
+    );
     stop.cancel();
     task.await.expect("loop");
 }
@@ -182,19 +252,37 @@ async fn an_outage_loses_no_counts_and_does_not_storm() {
 async fn an_unwritable_journal_refuses_and_a_later_retry_is_accepted() {
     let journal = Arc::new(MemJournal::default());
     let writer = Arc::new(RecordingWriter::default());
-    let (sink, status_loop) =
-        runtime::build(journal.clone(), writer.clone(), Ledger::default(), settings(), config(Duration::from_millis(50)));
+    let (sink, status_loop) = runtime::build(
+        journal.clone(),
+        writer.clone(),
+        Ledger::default(),
+        settings(),
+        config(Duration::from_millis(50)),
+    );
     let stop = CancellationToken::new();
     let task = tokio::spawn(status_loop.run(stop.clone()));
 
     journal.fail.store(true, Ordering::SeqCst);
-    assert!(matches!(sink.accept(delivery(1)).await, Err(SinkError::Unavailable(_))));
+    assert!(matches!(
+        sink.accept(delivery(1)).await,
+        Err(SinkError::Unavailable(_))
+    ));
     journal.fail.store(false, Ordering::SeqCst);
-    sink.accept(delivery(1)).await.expect("the retry is accepted");
+    sink.accept(delivery(1))
+        .await
+        .expect("the retry is accepted");
 
     stop.cancel();
     let ledger = task.await.expect("loop");
-    assert_eq!(ledger.get("payments/datadog").expect("entry").totals.accepted, 1, "the refused attempt left no trace");
+    assert_eq!(
+        ledger
+            .get("payments/datadog")
+            .expect("entry")
+            .totals
+            .accepted,
+        1,
+        "the refused attempt left no trace"
+    );
 }
 
 #[tokio::test]
@@ -206,14 +294,24 @@ async fn a_full_queue_answers_overloaded_without_journaling() {
         writer,
         Ledger::default(),
         settings(),
-        RuntimeConfig { queue_capacity: 4, ..config(Duration::from_secs(60)) },
+        RuntimeConfig {
+            queue_capacity: 4,
+            ..config(Duration::from_secs(60))
+        },
     );
     // The loop is not running: nothing drains the queue.
     for i in 0..4 {
         sink.accept(delivery(i)).await.expect("fits");
     }
-    assert!(matches!(sink.accept(delivery(9)).await, Err(SinkError::Overloaded)));
-    assert_eq!(journal.records.lock().expect("lock").len(), 4, "a refused delivery is never journaled");
+    assert!(matches!(
+        sink.accept(delivery(9)).await,
+        Err(SinkError::Overloaded)
+    ));
+    assert_eq!(
+        journal.records.lock().expect("lock").len(),
+        4,
+        "a refused delivery is never journaled"
+    );
     drop(status_loop);
 }
 
@@ -221,8 +319,13 @@ async fn a_full_queue_answers_overloaded_without_journaling() {
 async fn shutdown_drains_the_queue_and_flushes_status() {
     let journal = Arc::new(MemJournal::default());
     let writer = Arc::new(RecordingWriter::default());
-    let (sink, status_loop) =
-        runtime::build(journal.clone(), writer.clone(), Ledger::default(), settings(), config(Duration::from_secs(3600)));
+    let (sink, status_loop) = runtime::build(
+        journal.clone(),
+        writer.clone(),
+        Ledger::default(),
+        settings(),
+        config(Duration::from_secs(3600)),
+    );
     let stop = CancellationToken::new();
     let task = tokio::spawn(status_loop.run(stop.clone()));
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -232,15 +335,32 @@ async fn shutdown_drains_the_queue_and_flushes_status() {
     stop.cancel();
     task.await.expect("loop");
     let writes = writer.writes.lock().expect("lock");
-    assert_eq!(writes.last().map(|w| w.totals.accepted), Some(10), "the final flush wrote everything");
-    assert_eq!(journal.checkpoints.lock().expect("lock").last().map(|c| c.1), Some(10));
+    assert_eq!(
+        writes.last().map(|w| w.totals.accepted),
+        Some(10),
+        "the final flush wrote everything"
+    );
+    assert_eq!(
+        journal
+            .checkpoints
+            .lock()
+            .expect("lock")
+            .last()
+            .map(|c| c.1),
+        Some(10)
+    );
 }
 
 // ---- Kubernetes writer against a mocked API server -------------------------------
 
-type ApiHandle = tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>;
+type ApiHandle =
+    tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>;
 
-fn integration_json(resource_version: &str, accepted: i64, incidents: serde_json::Value) -> Vec<u8> {
+fn integration_json(
+    resource_version: &str,
+    accepted: i64,
+    incidents: serde_json::Value,
+) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "apiVersion": "hookwarden.dev/v1alpha1",
         "kind": "WebhookIntegration",
@@ -256,12 +376,26 @@ fn integration_json(resource_version: &str, accepted: i64, incidents: serde_json
 
 async fn body_json(request: http::Request<kube::client::Body>) -> serde_json::Value {
     use http_body_util::BodyExt as _;
-    let bytes = request.into_body().collect().await.expect("body").to_bytes();
+    let bytes = request
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     serde_json::from_slice(&bytes).expect("json body")
 }
 
-fn respond(send: tower_test::mock::SendResponse<http::Response<kube::client::Body>>, code: u16, body: Vec<u8>) {
-    send.send_response(http::Response::builder().status(code).body(kube::client::Body::from(body)).expect("response"));
+fn respond(
+    send: tower_test::mock::SendResponse<http::Response<kube::client::Body>>,
+    code: u16,
+    body: Vec<u8>,
+) {
+    send.send_response(
+        http::Response::builder()
+            .status(code)
+            .body(kube::client::Body::from(body))
+            .expect("response"),
+    );
 }
 
 fn conflict() -> Vec<u8> {
@@ -289,8 +423,16 @@ fn update(delta_accepted: u64) -> StatusUpdate {
         namespace: "payments".into(),
         name: "datadog".into(),
         uid: "uid-1".into(),
-        totals: Counters { received: delta_accepted + 100, accepted: delta_accepted + 100, ..Counters::default() },
-        delta: Counters { received: delta_accepted, accepted: delta_accepted, ..Counters::default() },
+        totals: Counters {
+            received: delta_accepted + 100,
+            accepted: delta_accepted + 100,
+            ..Counters::default()
+        },
+        delta: Counters {
+            received: delta_accepted,
+            accepted: delta_accepted,
+            ..Counters::default()
+        },
         last_received_ms: Some(1_700_000_000_000),
         last_rejected_ms: None,
         last_reject_reason: None,
@@ -318,13 +460,19 @@ async fn kube_writer_adds_deltas_merges_incidents_and_retries_conflicts() {
         // 1. read: another replica already wrote 40 accepted and its incident.
         let (request, send) = handle.next_request().await.expect("GET");
         assert_eq!(request.method(), http::Method::GET);
-        assert_eq!(request.uri().path(), "/apis/hookwarden.dev/v1alpha1/namespaces/payments/webhookintegrations/datadog/status");
+        assert_eq!(
+            request.uri().path(),
+            "/apis/hookwarden.dev/v1alpha1/namespaces/payments/webhookintegrations/datadog/status"
+        );
         respond(send, 200, integration_json("10", 40, other_replica.clone()));
         // 2. apply: conflicts (the other replica wrote again in between).
         let (request, send) = handle.next_request().await.expect("PATCH");
         assert_eq!(request.method(), http::Method::PATCH);
         let query = request.uri().query().unwrap_or_default().to_string();
-        assert!(query.contains(&format!("fieldManager={FIELD_MANAGER}")), "{query}");
+        assert!(
+            query.contains(&format!("fieldManager={FIELD_MANAGER}")),
+            "{query}"
+        );
         let body = body_json(request).await;
         assert_eq!(body["metadata"]["resourceVersion"], "10");
         respond(send, 409, conflict());
@@ -336,7 +484,8 @@ async fn kube_writer_adds_deltas_merges_incidents_and_retries_conflicts() {
         let body = body_json(request).await;
         assert_eq!(body["metadata"]["resourceVersion"], "11");
         assert_eq!(body["status"]["deliveries"]["accepted"], 52);
-        let incidents: IncidentsStatus = serde_json::from_value(body["status"]["incidents"].clone()).expect("incidents");
+        let incidents: IncidentsStatus =
+            serde_json::from_value(body["status"]["incidents"].clone()).expect("incidents");
         assert_eq!(incidents.open, 2);
         let ids: Vec<&str> = incidents.recent.iter().map(|i| i.id.as_str()).collect();
         assert!(ids.contains(&"ours") && ids.contains(&"theirs"), "{ids:?}");
@@ -344,7 +493,10 @@ async fn kube_writer_adds_deltas_merges_incidents_and_retries_conflicts() {
         assert_eq!(body["status"]["conditions"][0]["status"], "False");
         respond(send, 200, integration_json("12", 52, serde_json::json!({})));
     });
-    writer.write(&update(7)).await.expect("write succeeds after the conflict");
+    writer
+        .write(&update(7))
+        .await
+        .expect("write succeeds after the conflict");
     api.await.expect("api scenario");
 }
 
@@ -360,12 +512,22 @@ async fn kube_writer_reports_outages_as_transient_and_deleted_integrations_as_go
         respond(send, 404, b"{\"kind\":\"Status\",\"code\":404,\"status\":\"Failure\",\"message\":\"not found\",\"reason\":\"NotFound\"}".to_vec());
         // Same name, different uid: re-created, our counts do not belong to it.
         let (_, send) = handle.next_request().await.expect("GET");
-        let mut other: WebhookIntegration = serde_json::from_slice(&integration_json("3", 0, serde_json::json!({}))).expect("obj");
+        let mut other: WebhookIntegration =
+            serde_json::from_slice(&integration_json("3", 0, serde_json::json!({}))).expect("obj");
         other.metadata.uid = Some("uid-2".into());
         respond(send, 200, serde_json::to_vec(&other).expect("json"));
     });
-    assert!(matches!(writer.write(&update(1)).await, Err(StatusWriteError::Transient(_))));
-    assert!(matches!(writer.write(&update(1)).await, Err(StatusWriteError::Gone(_))));
-    assert!(matches!(writer.write(&update(1)).await, Err(StatusWriteError::Gone(_))));
+    assert!(matches!(
+        writer.write(&update(1)).await,
+        Err(StatusWriteError::Transient(_))
+    ));
+    assert!(matches!(
+        writer.write(&update(1)).await,
+        Err(StatusWriteError::Gone(_))
+    ));
+    assert!(matches!(
+        writer.write(&update(1)).await,
+        Err(StatusWriteError::Gone(_))
+    ));
     api.await.expect("api scenario");
 }
