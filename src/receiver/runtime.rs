@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::journal::{Journal, Recovered};
 use crate::receiver::ledger::Ledger;
+use crate::receiver::metrics::{ReceiverMetrics, WriteLabels};
 use crate::receiver::sink::{Accepted, DeliverySink, Duplicate, Rejected, SinkError};
 use crate::receiver::status::{StatusUpdate, StatusWriteError, StatusWriter};
 
@@ -75,6 +76,8 @@ pub struct RuntimeConfig {
     pub write_concurrency: usize,
     /// How long shutdown may spend on the final status flush.
     pub flush_timeout: Duration,
+    /// Where queue depth, journal appends and status writes are counted.
+    pub metrics: ReceiverMetrics,
 }
 
 impl Default for RuntimeConfig {
@@ -86,6 +89,7 @@ impl Default for RuntimeConfig {
             checkpoint_interval: Duration::from_secs(10),
             write_concurrency: 16,
             flush_timeout: Duration::from_secs(10),
+            metrics: ReceiverMetrics::default(),
         }
     }
 }
@@ -129,6 +133,8 @@ pub struct RuntimeCounters {
     pub status_writes: AtomicU64,
     /// Status writes that failed (and will be retried).
     pub status_write_failures: AtomicU64,
+    /// Journal appends refused (full or I/O error): a reason to compact at once.
+    pub append_failures: AtomicU64,
 }
 
 /// The [`DeliverySink`] that makes accepted deliveries durable before the 2xx.
@@ -137,6 +143,7 @@ pub struct JournaledSink<J> {
     queue: mpsc::Sender<Queued>,
     capacity: usize,
     counters: Arc<RuntimeCounters>,
+    metrics: ReceiverMetrics,
 }
 
 impl<J> JournaledSink<J> {
@@ -183,9 +190,30 @@ impl<J: DeliveryJournal> DeliverySink for JournaledSink<J> {
             .map_err(|e| SinkError::Unavailable(format!("cannot encode journal record: {e}")))?;
         self.counters.inflight.fetch_add(1, Ordering::SeqCst);
         let _guard = InflightGuard(&self.counters.inflight);
-        let seq = self.journal.append(record).await?;
+        let seq = match self.journal.append(record).await {
+            Ok(seq) => {
+                self.metrics
+                    .journal_appends
+                    .get_or_create(&WriteLabels { outcome: "ok" })
+                    .inc();
+                seq
+            }
+            Err(e) => {
+                self.metrics
+                    .journal_appends
+                    .get_or_create(&WriteLabels { outcome: "error" })
+                    .inc();
+                self.counters
+                    .append_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
         self.counters.max_seq.fetch_max(seq, Ordering::SeqCst);
         permit.send(Queued::Accepted(seq, Box::new(delivery)));
+        self.metrics
+            .queue_depth
+            .set(i64::try_from(self.queue_depth()).unwrap_or(i64::MAX));
         Ok(())
     }
 
@@ -271,6 +299,9 @@ pub struct StatusLoop<J, W> {
     backoff: HashMap<String, (u32, Instant)>,
     /// What the ledger covered when the running write pass was built.
     pass_covers: u64,
+    /// `append_failures` at the last checkpoint: more failures since (a full journal)
+    /// make the next checkpoint due at once, since it is what frees space.
+    failures_at_checkpoint: u64,
 }
 
 /// Builds the sink (for the HTTP pipeline) and the loop (to spawn) around a replayed ledger.
@@ -292,6 +323,7 @@ pub fn build<J: DeliveryJournal, W: StatusWriter>(
         queue: tx,
         capacity,
         counters: counters.clone(),
+        metrics: config.metrics.clone(),
     });
     let checkpointed_seq = ledger.covered_seq();
     let status_loop = StatusLoop {
@@ -306,6 +338,7 @@ pub fn build<J: DeliveryJournal, W: StatusWriter>(
         checkpointed_seq,
         backoff: HashMap::new(),
         pass_covers: 0,
+        failures_at_checkpoint: 0,
     };
     (sink, status_loop)
 }
@@ -399,6 +432,10 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
     }
 
     fn fold(&mut self, message: Queued) {
+        self.config
+            .metrics
+            .queue_depth
+            .set(i64::try_from(self.queue.len()).unwrap_or(i64::MAX));
         match message {
             Queued::Accepted(seq, accepted) => {
                 let expires = accepted
@@ -468,11 +505,21 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
             match result {
                 Ok(()) => {
                     self.counters.status_writes.fetch_add(1, Ordering::Relaxed);
+                    self.config
+                        .metrics
+                        .status_writes
+                        .get_or_create(&WriteLabels { outcome: "ok" })
+                        .inc();
                     self.backoff.remove(&key);
                     self.ledger
                         .mark_written(&key, &update.uid, update.totals, version);
                 }
                 Err(StatusWriteError::Gone(_)) => {
+                    self.config
+                        .metrics
+                        .status_writes
+                        .get_or_create(&WriteLabels { outcome: "gone" })
+                        .inc();
                     tracing::info!(integration = %key, "integration is gone; dropping its pending status");
                     self.backoff.remove(&key);
                     self.ledger.remove(&key);
@@ -520,9 +567,11 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
         if covered <= self.checkpointed_seq {
             return;
         }
-        let due = self
-            .last_checkpoint
-            .is_none_or(|t| t.elapsed() >= self.config.checkpoint_interval);
+        let failures = self.counters.append_failures.load(Ordering::Relaxed);
+        let due = failures != self.failures_at_checkpoint
+            || self
+                .last_checkpoint
+                .is_none_or(|t| t.elapsed() >= self.config.checkpoint_interval);
         if !force && !due {
             return;
         }
@@ -538,6 +587,7 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
             Ok(()) => {
                 self.checkpointed_seq = covered;
                 self.last_checkpoint = Some(Instant::now());
+                self.failures_at_checkpoint = failures;
             }
             Err(e) => tracing::warn!(error = %e, "journal checkpoint failed; will retry"),
         }

@@ -34,10 +34,15 @@ struct Standalone {
 
 impl Standalone {
     fn start(dir: &Path) -> Standalone {
+        Standalone::start_with(dir, &[])
+    }
+
+    fn start_with(dir: &Path, extra: &[&str]) -> Standalone {
         let mut child = Command::new(BIN)
             .args(["standalone", "--dir"])
             .arg(dir)
             .args(["--listen", "127.0.0.1:0", "--status-interval", "100ms"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -182,6 +187,11 @@ fn incidents(object: &serde_json::Value) -> BTreeMap<String, String> {
 /// One HTTP/1.1 POST over a fresh connection; the status code, or None when the
 /// connection failed (the process is gone).
 fn post(url: &str, headers: &[(&str, &str)], body: &str) -> Option<u16> {
+    post_raw(url, headers, body).map(|(code, _)| code)
+}
+
+/// [`post`] with the whole raw response.
+fn post_raw(url: &str, headers: &[(&str, &str)], body: &str) -> Option<(u16, String)> {
     let rest = url.strip_prefix("http://").expect("http URL");
     let (authority, path) = rest.split_at(rest.find('/').expect("path"));
     let mut stream = TcpStream::connect(authority).ok()?;
@@ -200,10 +210,15 @@ fn post(url: &str, headers: &[(&str, &str)], body: &str) -> Option<u16> {
     stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, response))
 }
 
 fn datadog(url: &str, id: &str, key: &str, transition: &str) -> Option<u16> {
+    datadog_raw(url, id, key, transition).map(|(code, _)| code)
+}
+
+fn datadog_raw(url: &str, id: &str, key: &str, transition: &str) -> Option<(u16, String)> {
     let body = serde_json::json!({
         "id": id,
         "aggreg_key": key,
@@ -218,7 +233,7 @@ fn datadog(url: &str, id: &str, key: &str, transition: &str) -> Option<u16> {
     })
     .to_string();
     let auth = format!("Bearer {DATADOG_TOKEN}");
-    post(
+    post_raw(
         url,
         &[
             ("Content-Type", "application/json"),
@@ -462,4 +477,51 @@ fn replaying_after_repeated_crashes_never_double_counts_or_reopens() {
         "a duplicate trigger must not re-open the incident"
     );
     third.stop();
+}
+
+#[test]
+fn a_full_journal_answers_503_and_the_retry_is_accepted_after_compaction() {
+    let dir = folder_with(&["datadog.yaml"]);
+    let receiver = Standalone::start_with(dir.path(), &["--journal-max-bytes", "16384"]);
+    let url = receiver.url("default/datadog-prod").to_string();
+    let mut accepted_count = 0;
+    let mut refused = None;
+    for i in 0..2000 {
+        let (code, response) =
+            datadog_raw(&url, &format!("fill-{i}"), "disk", "Triggered").expect("answered");
+        match code {
+            202 => accepted_count += 1,
+            503 => {
+                refused = Some((i, response));
+                break;
+            }
+            other => panic!("unexpected answer {other}: {response}"),
+        }
+    }
+    let (i, response) = refused.expect("a 16 KiB journal fills up");
+    assert!(
+        response.to_ascii_lowercase().contains("retry-after:"),
+        "503 without Retry-After: {response}"
+    );
+    // The sender retries the same delivery later: status catches up, the journal
+    // compacts, and the retry is accepted.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match datadog(&url, &format!("fill-{i}"), "disk", "Triggered") {
+            Some(202) => break,
+            Some(503) => {}
+            other => panic!("unexpected answer {other:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the journal never accepted the retry"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    accepted_count += 1;
+    let object = wait_for_status(dir.path(), "datadog-prod", "every accepted delivery", |o| {
+        accepted(o) == accepted_count
+    });
+    assert_eq!(open(&object), 1);
+    receiver.stop();
 }
