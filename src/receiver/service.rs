@@ -77,8 +77,15 @@ fn settings_of(route: &Route) -> IntegrationSettings {
     }
 }
 
+impl Default for ReceiverHandle {
+    fn default() -> Self {
+        ReceiverHandle::new()
+    }
+}
+
 impl ReceiverHandle {
-    fn new() -> ReceiverHandle {
+    /// An empty route table.
+    pub fn new() -> ReceiverHandle {
         ReceiverHandle {
             routes: Arc::new(RouteTable::new()),
             settings: Arc::default(),

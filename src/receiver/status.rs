@@ -494,3 +494,140 @@ impl StatusWriter for KubeStatusWriter {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::incident::{IncidentEvent, Severity};
+
+    fn update(delta: u64, totals: u64, degraded: bool) -> StatusUpdate {
+        let mut incidents = IncidentBook::default();
+        incidents.apply(
+            &IncidentEvent {
+                id: "mine".into(),
+                title: "cpu".into(),
+                severity: Severity::High,
+                link: None,
+                resolve: false,
+                event_time_ms: 1_700_000_000_000,
+            },
+            "1",
+        );
+        StatusUpdate {
+            namespace: "ns".into(),
+            name: "dd".into(),
+            uid: "u".into(),
+            totals: Counters {
+                received: totals,
+                accepted: totals,
+                ..Counters::default()
+            },
+            delta: Counters {
+                received: delta,
+                accepted: delta,
+                ..Counters::default()
+            },
+            last_received_ms: Some(1_700_000_000_000),
+            last_rejected_ms: Some(1_600_000_000_000),
+            last_reject_reason: Some("token_mismatch".into()),
+            incidents,
+            keep_recent: 20,
+            degraded,
+            consecutive_auth_failures: if degraded { 25 } else { 0 },
+            notices: Vec::new(),
+        }
+    }
+
+    fn stored() -> ReceiverStatus {
+        let mut other = IncidentBook::default();
+        other.apply(
+            &IncidentEvent {
+                id: "theirs".into(),
+                title: "disk".into(),
+                severity: Severity::Low,
+                link: None,
+                resolve: false,
+                event_time_ms: 1_700_000_100_000,
+            },
+            "7",
+        );
+        ReceiverStatus {
+            deliveries: DeliveryStatus {
+                received: 10,
+                accepted: 10,
+                last_rejected_time: time_from_ms(1_700_000_200_000),
+                last_reject_reason: Some("timestamp_stale".into()),
+                ..DeliveryStatus::default()
+            },
+            incidents: other.to_status(20),
+            degraded: None,
+        }
+    }
+
+    #[test]
+    fn delta_mode_adds_and_keeps_the_newest_reject_reason() {
+        let now = jiff::Timestamp::from_second(1_800_000_000).expect("ts");
+        let merged = merge_status(&stored(), &update(5, 99, false), CounterMode::Delta, now);
+        assert_eq!(
+            (merged.deliveries.received, merged.deliveries.accepted),
+            (15, 15)
+        );
+        // The stored reject is newer than ours: its reason stays.
+        assert_eq!(
+            merged.deliveries.last_reject_reason.as_deref(),
+            Some("timestamp_stale")
+        );
+        assert_eq!(
+            merged.incidents.open, 2,
+            "both replicas' incidents are kept"
+        );
+    }
+
+    #[test]
+    fn absolute_mode_writes_totals() {
+        let now = jiff::Timestamp::from_second(1_800_000_000).expect("ts");
+        let merged = merge_status(&stored(), &update(5, 99, false), CounterMode::Absolute, now);
+        assert_eq!(merged.deliveries.accepted, 99);
+    }
+
+    #[test]
+    fn degraded_is_set_with_a_reason_and_keeps_its_transition_time() {
+        let t1 = jiff::Timestamp::from_second(1_800_000_000).expect("ts");
+        let t2 = jiff::Timestamp::from_second(1_800_000_060).expect("ts");
+        let first = merge_status(&stored(), &update(1, 1, true), CounterMode::Delta, t1);
+        let degraded = first.degraded.clone().expect("condition");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", REASON_SIGNATURE_FAILURES)
+        );
+        assert!(
+            degraded.message.contains("25 consecutive"),
+            "{}",
+            degraded.message
+        );
+        let again = merge_status(&first, &update(1, 2, true), CounterMode::Delta, t2);
+        assert_eq!(
+            again.degraded.expect("condition").last_transition_time.0,
+            t1
+        );
+        let cleared = merge_status(&first, &update(1, 3, false), CounterMode::Delta, t2);
+        let c = cleared.degraded.expect("condition");
+        assert_eq!((c.status.as_str(), c.last_transition_time.0), ("False", t2));
+    }
+
+    #[test]
+    fn file_writer_round_trips_and_ignores_a_recreated_integration() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let writer = FileStatusWriter::new(dir.path());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        runtime
+            .block_on(writer.write(&update(3, 3, false)))
+            .expect("write");
+        let read = writer.read("ns", "dd", "u").expect("stored");
+        assert_eq!(read.deliveries.accepted, 3);
+        assert_eq!(read.incidents.open, 1);
+        assert!(writer.read("ns", "dd", "other-uid").is_none());
+    }
+}

@@ -3,6 +3,7 @@
 mod controller;
 mod journal;
 mod receiver_http;
+mod route_watch;
 mod signatures;
 mod standalone;
 mod status_writer;
