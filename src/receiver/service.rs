@@ -172,7 +172,11 @@ impl<W: StatusWriter> Receiver<W> {
             })?;
         let handle = ReceiverHandle::new();
         let lookup = handle.lookup();
-        let (ledger, report) = runtime::replay_recovered(recovered, &lookup);
+        let (mut ledger, report) = runtime::replay_recovered(recovered, &lookup);
+        // Entries the journal skipped (marked applied, their counts already on the
+        // status) leave a gap below its last sequence number: close it, so the
+        // ledger's covered prefix keeps growing with new appends.
+        ledger.settle(journal.stats().last_seq);
         if report.replayed > 0 || report.undecodable > 0 {
             tracing::info!(
                 replayed = report.replayed,

@@ -158,6 +158,11 @@ impl StateDir {
         restrict(&path, 0o600).map_err(io(&path))
     }
 
+    /// Deletes the generated secret of an integration that was removed.
+    pub fn remove_generated_secret(&self, namespace: &str, name: &str) {
+        let _ = std::fs::remove_file(self.secret_path(namespace, name));
+    }
+
     fn object_path(&self, namespace: &str, name: &str) -> PathBuf {
         self.root
             .join("objects")

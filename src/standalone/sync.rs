@@ -197,7 +197,10 @@ pub fn sync(
         .collect();
     for key in gone {
         if let Some((namespace, name)) = key.split_once('/') {
+            // Like the generated Secret an integration owns in a cluster, its generated
+            // secret goes with it.
             state.remove_object(namespace, name);
+            state.remove_generated_secret(namespace, name);
         }
         assignments.remove(&key);
     }

@@ -184,13 +184,8 @@ fn incidents(object: &serde_json::Value) -> BTreeMap<String, String> {
     out
 }
 
-/// One HTTP/1.1 POST over a fresh connection; the status code, or None when the
-/// connection failed (the process is gone).
-fn post(url: &str, headers: &[(&str, &str)], body: &str) -> Option<u16> {
-    post_raw(url, headers, body).map(|(code, _)| code)
-}
-
-/// [`post`] with the whole raw response.
+/// One HTTP/1.1 POST over a fresh connection: the status code and the raw response,
+/// or None when the connection failed (the process is gone).
 fn post_raw(url: &str, headers: &[(&str, &str)], body: &str) -> Option<(u16, String)> {
     let rest = url.strip_prefix("http://").expect("http URL");
     let (authority, path) = rest.split_at(rest.find('/').expect("path"));
@@ -333,6 +328,41 @@ fn standalone_round_trip_send_test_get_restart() {
     .expect("json");
     assert_eq!(list["kind"], "List");
     assert_eq!(list["items"].as_array().map(Vec::len), Some(5));
+
+    // Edits to the folder are picked up while running: a new integration gets a URL and
+    // a generated secret, a removed one disappears.
+    std::fs::write(
+        dir.path().join("grafana.yaml"),
+        "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata: {name: grafana-alerts}\nspec: {provider: grafana}\n",
+    )
+    .expect("write grafana.yaml");
+    let grafana = wait_for_status(dir.path(), "grafana-alerts", "the new integration", |o| {
+        o["status"]["conditions"][0]["status"] == "True"
+    });
+    assert!(
+        grafana["status"]["url"]
+            .as_str()
+            .is_some_and(|u| u.contains("/hooks/"))
+    );
+    let secret_file = dir
+        .path()
+        .join(".hookwarden-state/secrets/default/grafana-alerts");
+    assert_eq!(
+        std::fs::read_to_string(&secret_file)
+            .expect("generated secret")
+            .trim()
+            .len(),
+        64
+    );
+    std::fs::remove_file(dir.path().join("grafana.yaml")).expect("remove grafana.yaml");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get_json(dir.path(), "grafana-alerts").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "a removed integration is still listed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let first_url = url;
     first.stop();

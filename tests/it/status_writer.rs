@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hookwarden::crd::{IncidentsStatus, WebhookIntegration};
 use hookwarden::domain::incident::{IncidentEvent, Severity};
-use hookwarden::receiver::ledger::{Counters, Ledger};
+use hookwarden::receiver::ledger::{Counters, IncidentNotice, Ledger};
 use hookwarden::receiver::runtime::{
     self, DeliveryJournal, IntegrationSettings, RuntimeConfig, SettingsLookup,
 };
@@ -529,5 +529,60 @@ async fn kube_writer_reports_outages_as_transient_and_deleted_integrations_as_go
         writer.write(&update(1)).await,
         Err(StatusWriteError::Gone(_))
     ));
+    api.await.expect("api scenario");
+}
+
+#[tokio::test]
+async fn kube_writer_announces_incident_opens_and_resolves_as_events_after_the_write() {
+    let (service, mut handle): (_, ApiHandle) = tower_test::mock::pair();
+    let client = kube::Client::new(service, "default");
+    let writer = KubeStatusWriter::new(client, Some("receiver-0".into()));
+    let mut with_notices = update(1);
+    with_notices.notices = vec![
+        IncidentNotice {
+            id: "ours".into(),
+            title: "cpu high".into(),
+            severity: "critical".into(),
+            resolved: false,
+        },
+        IncidentNotice {
+            id: "old".into(),
+            title: "disk".into(),
+            severity: "low".into(),
+            resolved: true,
+        },
+    ];
+    let api = tokio::spawn(async move {
+        let (_, send) = handle.next_request().await.expect("GET");
+        respond(send, 200, integration_json("1", 0, serde_json::json!({})));
+        let (request, send) = handle.next_request().await.expect("PATCH");
+        assert_eq!(request.method(), http::Method::PATCH);
+        respond(send, 200, integration_json("2", 1, serde_json::json!({})));
+        let mut reasons = Vec::new();
+        for _ in 0..2 {
+            let (request, send) = handle.next_request().await.expect("event");
+            assert_eq!(request.method(), http::Method::POST);
+            assert_eq!(
+                request.uri().path(),
+                "/apis/events.k8s.io/v1/namespaces/payments/events"
+            );
+            let event = body_json(request).await;
+            assert_eq!(event["regarding"]["name"], "datadog");
+            reasons.push((
+                event["reason"].as_str().unwrap_or_default().to_string(),
+                event["type"].as_str().unwrap_or_default().to_string(),
+            ));
+            let reply = serde_json::to_vec(&event).expect("json");
+            respond(send, 201, reply);
+        }
+        assert_eq!(
+            reasons,
+            [
+                ("IncidentOpened".to_string(), "Warning".to_string()),
+                ("IncidentResolved".to_string(), "Normal".to_string())
+            ]
+        );
+    });
+    writer.write(&with_notices).await.expect("write");
     api.await.expect("api scenario");
 }
