@@ -594,12 +594,12 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
     }
 }
 
-/// Exponential backoff from one interval up to a minute, with jitter so replicas that
+/// Exponential backoff from one interval up to 30 s, with jitter so replicas that
 /// failed together do not retry together.
 fn backoff_delay(interval: Duration, failures: u32) -> Duration {
     let base = interval
         .saturating_mul(1u32 << failures.min(6))
-        .min(Duration::from_secs(60));
+        .min(Duration::from_secs(30));
     let mut byte = [0u8; 1];
     rand::fill(&mut byte);
     base + base.mul_f64(f64::from(byte[0]) / 1024.0)

@@ -586,3 +586,136 @@ async fn kube_writer_announces_incident_opens_and_resolves_as_events_after_the_w
     writer.write(&with_notices).await.expect("write");
     api.await.expect("api scenario");
 }
+
+/// A tiny API server for one WebhookIntegration: answers 503 while `down`, else serves
+/// GET status and server-side-apply PATCH status (with the resourceVersion precondition).
+async fn fake_api(
+    mut handle: ApiHandle,
+    down: Arc<AtomicBool>,
+    stored: Arc<Mutex<serde_json::Value>>,
+    requests: Arc<AtomicU64>,
+) {
+    while let Some((request, send)) = handle.next_request().await {
+        // Status reads and writes; Events (one per opened incident) are not load to count.
+        if !request.uri().path().contains("/events") {
+            requests.fetch_add(1, Ordering::SeqCst);
+        }
+        if down.load(Ordering::SeqCst) {
+            respond(send, 503, b"{\"kind\":\"Status\",\"code\":503,\"status\":\"Failure\",\"message\":\"etcd unavailable\"}".to_vec());
+            continue;
+        }
+        let method = request.method().clone();
+        if method == http::Method::GET {
+            let body = serde_json::to_vec(&*stored.lock().expect("lock")).expect("json");
+            respond(send, 200, body);
+        } else if method == http::Method::PATCH {
+            let patch = body_json(request).await;
+            let mut object = stored.lock().expect("lock");
+            let current_rv: u64 = object["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if patch["metadata"]["resourceVersion"].as_str()
+                != Some(current_rv.to_string().as_str())
+            {
+                respond(send, 409, conflict());
+                continue;
+            }
+            object["status"]["deliveries"] = patch["status"]["deliveries"].clone();
+            object["status"]["incidents"] = patch["status"]["incidents"].clone();
+            object["metadata"]["resourceVersion"] = serde_json::json!((current_rv + 1).to_string());
+            let body = serde_json::to_vec(&*object).expect("json");
+            respond(send, 200, body);
+        } else {
+            // Events.
+            respond(send, 201, b"{}".to_vec());
+        }
+    }
+}
+
+#[tokio::test]
+async fn after_an_api_outage_the_status_catches_up_with_nothing_lost_and_no_write_storm() {
+    let (service, handle): (_, ApiHandle) = tower_test::mock::pair();
+    let client = kube::Client::new(service, "default");
+    let down = Arc::new(AtomicBool::new(true));
+    let stored = Arc::new(Mutex::new(
+        serde_json::from_slice::<serde_json::Value>(&integration_json(
+            "1",
+            0,
+            serde_json::json!({}),
+        ))
+        .expect("json"),
+    ));
+    let requests = Arc::new(AtomicU64::new(0));
+    let api = tokio::spawn(fake_api(
+        handle,
+        down.clone(),
+        stored.clone(),
+        requests.clone(),
+    ));
+
+    let journal = Arc::new(MemJournal::default());
+    let writer = Arc::new(KubeStatusWriter::new(client, None));
+    let (sink, status_loop) = runtime::build(
+        journal.clone(),
+        writer,
+        Ledger::default(),
+        settings(),
+        config(Duration::from_millis(100)),
+    );
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(status_loop.run(stop.clone()));
+
+    // 3 s of outage at a 100 ms interval while 300 deliveries arrive.
+    for round in 0..30 {
+        for i in 0..10 {
+            let mut d = delivery(round * 10 + i);
+            d.integration = "payments/datadog".into();
+            sink.accept(d).await.expect("accepted during the outage");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let during = requests.load(Ordering::SeqCst);
+    assert!(
+        during <= 8,
+        "{during} API requests during a 3 s outage: a write storm"
+    );
+    assert_eq!(
+        journal.applied.load(Ordering::SeqCst),
+        0,
+        "nothing is applied while the API is down"
+    );
+
+    down.store(false, Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let accepted = stored.lock().expect("lock")["status"]["deliveries"]["accepted"]
+            .as_i64()
+            .unwrap_or(0);
+        if accepted == 300 {
+            break;
+        }
+        assert!(accepted < 300, "counted twice: {accepted}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "status did not catch up: {accepted}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        stored.lock().expect("lock")["status"]["incidents"]["open"],
+        5
+    );
+    let after = requests.load(Ordering::SeqCst) - during;
+    assert!(
+        after <= 3,
+        "{after} status requests to catch up one integration"
+    );
+    wait_for("the entries to be marked applied", || {
+        journal.applied.load(Ordering::SeqCst) == 300
+    })
+    .await;
+    stop.cancel();
+    task.await.expect("loop");
+    api.abort();
+}
