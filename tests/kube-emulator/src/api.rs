@@ -393,7 +393,11 @@ pub async fn handle(shared: std::sync::Arc<Shared>, req: Request<Incoming>) -> R
         };
         if !rbac::allowed(&state.store, &user, &attrs) {
             let msg = rbac::forbidden_message(&user, &attrs, &rp.rt.qualified_resource());
-            return error_response(&ApiError::new(403, "Forbidden", msg).details(json!({"name": rp.name, "group": rp.rt.group, "kind": rp.rt.plural})));
+            let mut details = json!({"group": rp.rt.group, "kind": rp.rt.plural});
+            if let Some(n) = &rp.name {
+                details["name"] = json!(n);
+            }
+            return error_response(&ApiError::new(403, "Forbidden", msg).details(details));
         }
     }
 
@@ -835,7 +839,18 @@ fn update_object(state: &mut State, rp: &ResourcePath, ctx: &Ctx, old: &Value, m
     let status_write = rp.sub.as_deref() == Some("status");
     if status_write {
         let status = new.get("status").cloned();
+        let managed = new.pointer("/metadata/managedFields").cloned();
         new = old.clone();
+        if applied {
+            match managed {
+                Some(m) => new["metadata"]["managedFields"] = m,
+                None => {
+                    if let Some(meta) = new["metadata"].as_object_mut() {
+                        meta.remove("managedFields");
+                    }
+                }
+            }
+        }
         match status {
             Some(s) => new["status"] = s,
             None => {
@@ -993,20 +1008,30 @@ fn patch_request(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> 
 }
 
 fn apply_conflict(rt: &ResourceType, name: &str, conflicts: &[patch::Conflict]) -> ApiError {
+    // Same grouping and wording as structured-merge-diff's `Conflicts.Error()`.
+    let api_version = rt.api_version();
     let message = if conflicts.len() == 1 {
-        format!("Apply failed with 1 conflict: conflict with \"{}\": {}", conflicts[0].manager, conflicts[0].field)
+        format!("Apply failed with 1 conflict: conflict with \"{}\" using {api_version}: {}", conflicts[0].manager, conflicts[0].field)
     } else {
-        let lines: Vec<String> = conflicts.iter().map(|c| format!("- {}", c.field)).collect();
-        let managers: Vec<&str> = {
-            let mut m: Vec<&str> = conflicts.iter().map(|c| c.manager.as_str()).collect();
-            m.dedup();
-            m
-        };
-        format!("Apply failed with {} conflicts: conflicts with \"{}\":\n{}", conflicts.len(), managers.join("\", \""), lines.join("\n"))
+        let mut by_manager: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for c in conflicts {
+            by_manager.entry(c.manager.as_str()).or_default().push(c.field.as_str());
+        }
+        let parts: Vec<String> = by_manager
+            .iter()
+            .map(|(m, fields)| {
+                if fields.len() == 1 {
+                    format!("conflicts with \"{m}\" using {api_version}: {}", fields[0])
+                } else {
+                    format!("conflicts with \"{m}\" using {api_version}:\n- {}", fields.join("\n- "))
+                }
+            })
+            .collect();
+        format!("Apply failed with {} conflicts: {}", conflicts.len(), parts.join("\n"))
     };
     let causes: Vec<Value> = conflicts
         .iter()
-        .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\"", c.manager), "field": c.field}))
+        .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\" using {api_version}", c.manager), "field": c.field}))
         .collect();
     ApiError::new(409, "Conflict", message).details(json!({"name": name, "group": rt.group, "kind": rt.plural, "causes": causes}))
 }
@@ -1269,6 +1294,10 @@ fn watch_response(shared: std::sync::Arc<Shared>, rp: ResourcePath, ctx: &Ctx) -
                 msg = sub.recv() => {
                     match msg {
                         Ok(change) => {
+                            if change.storage_key == crate::store::EXPIRE_WATCHES {
+                                let _ = tx.send(encode(&expired_event(&last_rv.to_string(), change.rv))).await;
+                                return;
+                            }
                             if change.rv <= last_rv && change.storage_key == filter.key {
                                 continue;
                             }

@@ -199,14 +199,10 @@ impl Emulator {
         lock(&self.shared.state).store.compact();
     }
 
-    /// Open watch streams end with a 410 Gone ERROR event, as when the server's cache lags.
+    /// Forgets history and ends every open watch with a 410 Gone ERROR event, so kube-rs
+    /// watchers and reflectors must relist.
     pub fn expire_watches(&self) {
-        let mut state = lock(&self.shared.state);
-        state.store.compact();
-        // Bumping the version with a no-op change wakes every watcher so it notices at once.
-        let rv = state.store.next_rv();
-        state.store.put("_emulator", "", "tick", json!({}), rv);
-        state.store.compact();
+        lock(&self.shared.state).store.expire_watches();
     }
 
     /// How many requests matched `filter` so far.

@@ -163,9 +163,7 @@ fn default_columns(kind: &str) -> Vec<PrinterColumn> {
         "ServiceAccount" => {}
         "Lease" => cols.push(column("Holder", "string", ".spec.holderIdentity", "The holder of the lease")),
         "CustomResourceDefinition" => {
-            let mut c = column("Created At", "date", ".metadata.creationTimestamp", "");
-            c.format = String::new();
-            cols.push(c);
+            cols.push(column("Created At", "string", ".metadata.creationTimestamp", ""));
             return cols;
         }
         _ => {}

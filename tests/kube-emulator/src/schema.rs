@@ -400,7 +400,9 @@ pub fn validate_cel(
             .map(|e| {
                 let field = e.field_path.trim_start_matches('.').to_string();
                 let pointer = field_to_pointer(&field);
-                let at = object.pointer(&pointer).cloned().unwrap_or(Value::Null);
+                // A rule's fieldPath may name an absent field; the server then shows the type
+                // of the node that declares the rule, an object.
+                let at = object.pointer(&pointer).cloned().unwrap_or(Value::Object(Default::default()));
                 let shown = Value::String(
                     match &at {
                         Value::Object(_) => "object",

@@ -8,6 +8,9 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
+/// Storage key of the broadcast that tells open watches to end with 410.
+pub const EXPIRE_WATCHES: &str = "\u{0}expire-watches";
+
 /// How many change events are kept for watches that resume from a `resourceVersion`.
 pub const HISTORY_LIMIT: usize = 20_000;
 
@@ -65,6 +68,21 @@ impl Store {
 
     pub fn compacted_rv(&self) -> u64 {
         self.compacted
+    }
+
+    /// Ends every open watch with 410 Gone (after forgetting history), as when the API
+    /// server's watch cache drops too-slow or too-old watchers.
+    pub fn expire_watches(&mut self) {
+        self.compact();
+        let change = Arc::new(Change {
+            rv: self.rv,
+            storage_key: EXPIRE_WATCHES.to_string(),
+            type_: EventType::Modified,
+            object: Value::Null,
+            old: None,
+        });
+        // No receivers is fine: nobody is watching.
+        let _ = self.tx.send(change);
     }
 
     /// Forgets all history: watches or exact lists from any version before now answer 410.
