@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use hookwarden::crd::WebhookIntegration;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::core::GroupVersionKind;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube_emulator::{Emulator, Failure, RequestFilter};
@@ -23,8 +25,15 @@ fn kubectl_binary() -> PathBuf {
         return PathBuf::from(path);
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install-kube-tools.sh");
-    let out = Command::new("bash").arg(script).output().expect("run scripts/install-kube-tools.sh");
-    assert!(out.status.success(), "install-kube-tools.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("bash")
+        .arg(script)
+        .output()
+        .expect("run scripts/install-kube-tools.sh");
+    assert!(
+        out.status.success(),
+        "install-kube-tools.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("kubectl")
 }
 
@@ -44,7 +53,10 @@ impl Kubectl {
     fn with_kubeconfig(kubeconfig: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("kubeconfig"), kubeconfig).expect("write kubeconfig");
-        Kubectl { bin: kubectl_binary(), dir }
+        Kubectl {
+            bin: kubectl_binary(),
+            dir,
+        }
     }
 
     fn admin(emu: &Emulator) -> Self {
@@ -79,23 +91,35 @@ impl Kubectl {
 
     async fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args).await;
-        assert!(out.ok, "kubectl {args:?} failed:\n{}\n{}", out.stdout, out.stderr);
+        assert!(
+            out.ok,
+            "kubectl {args:?} failed:\n{}\n{}",
+            out.stdout, out.stderr
+        );
         out.stdout
     }
 }
 
 fn whi_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("hookwarden.dev", "v1alpha1", "WebhookIntegration"), "webhookintegrations")
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("hookwarden.dev", "v1alpha1", "WebhookIntegration"),
+        "webhookintegrations",
+    )
 }
 
 async fn install_crd(emu: &Emulator) {
     let client = emu.client().await.expect("client");
     let crds: Api<DynamicObject> = Api::all_with(
         client,
-        &ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"), "customresourcedefinitions"),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+            "customresourcedefinitions",
+        ),
     );
     let crd: DynamicObject = serde_yaml::from_str(CRD).expect("CRD YAML");
-    crds.create(&PostParams::default(), &crd).await.expect("create CRD");
+    crds.create(&PostParams::default(), &crd)
+        .await
+        .expect("create CRD");
 }
 
 fn whi(name: &str, spec: Value) -> DynamicObject {
@@ -109,7 +133,10 @@ fn whi(name: &str, spec: Value) -> DynamicObject {
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -242,32 +269,81 @@ async fn optimistic_concurrency_generation_and_status_separation() {
     tokio::time::timeout(TEST_LIMIT, async {
         let emu = Emulator::start().await.expect("start emulator");
         install_crd(&emu).await;
-        let api: Api<DynamicObject> = Api::namespaced_with(emu.client().await.expect("client"), "default", &whi_resource());
-        let first = api.create(&PostParams::default(), &whi("a", json!({"provider": "github"}))).await.expect("create");
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            emu.client().await.expect("client"),
+            "default",
+            &whi_resource(),
+        );
+        let first = api
+            .create(
+                &PostParams::default(),
+                &whi("a", json!({"provider": "github"})),
+            )
+            .await
+            .expect("create");
         assert_eq!(first.metadata.generation, Some(1));
 
         let mut changed = first.clone();
         changed.data["spec"]["suspend"] = json!(true);
-        let second = api.replace("a", &PostParams::default(), &changed).await.expect("replace");
+        let second = api
+            .replace("a", &PostParams::default(), &changed)
+            .await
+            .expect("replace");
         assert_eq!(second.metadata.generation, Some(2));
-        assert!(second.metadata.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok()) > first.metadata.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok()));
+        assert!(
+            second
+                .metadata
+                .resource_version
+                .as_deref()
+                .and_then(|v| v.parse::<u64>().ok())
+                > first
+                    .metadata
+                    .resource_version
+                    .as_deref()
+                    .and_then(|v| v.parse::<u64>().ok())
+        );
 
         // Replacing from the stale copy is refused.
-        let (code, reason, message) = api_error(api.replace("a", &PostParams::default(), &first).await.expect_err("stale replace"));
+        let (code, reason, message) = api_error(
+            api.replace("a", &PostParams::default(), &first)
+                .await
+                .expect_err("stale replace"),
+        );
         assert_eq!((code, reason.as_str()), (409, "Conflict"));
-        assert!(message.contains("the object has been modified"), "{message}");
+        assert!(
+            message.contains("the object has been modified"),
+            "{message}"
+        );
 
         // Status writes do not bump generation and main writes cannot touch status.
         let status = Patch::Merge(json!({"status": {"observedGeneration": 2}}));
-        let after_status = api.patch_status("a", &PatchParams::default(), &status).await.expect("status patch");
+        let after_status = api
+            .patch_status("a", &PatchParams::default(), &status)
+            .await
+            .expect("status patch");
         assert_eq!(after_status.metadata.generation, Some(2));
-        let main_with_status = Patch::Merge(json!({"status": {"observedGeneration": 99}, "metadata": {"labels": {"team": "x"}}}));
-        let after_main = api.patch("a", &PatchParams::default(), &main_with_status).await.expect("main patch");
+        let main_with_status = Patch::Merge(
+            json!({"status": {"observedGeneration": 99}, "metadata": {"labels": {"team": "x"}}}),
+        );
+        let after_main = api
+            .patch("a", &PatchParams::default(), &main_with_status)
+            .await
+            .expect("main patch");
         assert_eq!(after_main.data["status"]["observedGeneration"], 2);
-        assert_eq!(after_main.metadata.generation, Some(2), "label change is not a spec change");
-        let by_label = api.list(&ListParams::default().labels("team=x")).await.expect("list by label");
+        assert_eq!(
+            after_main.metadata.generation,
+            Some(2),
+            "label change is not a spec change"
+        );
+        let by_label = api
+            .list(&ListParams::default().labels("team=x"))
+            .await
+            .expect("list by label");
         assert_eq!(by_label.items.len(), 1);
-        let by_field = api.list(&ListParams::default().fields("metadata.name=nope")).await.expect("list by field");
+        let by_field = api
+            .list(&ListParams::default().fields("metadata.name=nope"))
+            .await
+            .expect("list by field");
         assert!(by_field.items.is_empty());
     })
     .await
@@ -329,10 +405,16 @@ async fn reflector_relists_after_410_and_watcher_resumes() {
         let client = emu.client().await.expect("client");
         let api: Api<WebhookIntegration> = Api::namespaced(client.clone(), "default");
         let raw: Api<DynamicObject> = Api::namespaced_with(client, "default", &whi_resource());
-        raw.create(&PostParams::default(), &whi("one", json!({"provider": "github"}))).await.expect("create one");
+        raw.create(
+            &PostParams::default(),
+            &whi("one", json!({"provider": "github"})),
+        )
+        .await
+        .expect("create one");
 
         let (reader, writer) = reflector::store();
-        let stream = reflector(writer, watcher(api, watcher::Config::default().timeout(30))).applied_objects();
+        let stream = reflector(writer, watcher(api, watcher::Config::default().timeout(30)))
+            .applied_objects();
         let task = tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             while let Some(item) = stream.next().await {
@@ -340,19 +422,53 @@ async fn reflector_relists_after_410_and_watcher_resumes() {
                 let _ = item;
             }
         });
-        eventually("initial list", || reader.get(&reflector::ObjectRef::new("one").within("default")).is_some()).await;
-        let lists_before = emu.count(&RequestFilter::new().verb("list").resource("webhookintegrations"));
+        eventually("initial list", || {
+            reader
+                .get(&reflector::ObjectRef::new("one").within("default"))
+                .is_some()
+        })
+        .await;
+        let lists_before = emu.count(
+            &RequestFilter::new()
+                .verb("list")
+                .resource("webhookintegrations"),
+        );
 
         emu.expire_watches();
-        raw.create(&PostParams::default(), &whi("two", json!({"provider": "gitlab"}))).await.expect("create two");
-        eventually("object created after the 410", || reader.get(&reflector::ObjectRef::new("two").within("default")).is_some()).await;
-        let lists_after = emu.count(&RequestFilter::new().verb("list").resource("webhookintegrations"));
-        assert!(lists_after > lists_before, "the reflector relisted after 410 ({lists_before} -> {lists_after})");
+        raw.create(
+            &PostParams::default(),
+            &whi("two", json!({"provider": "gitlab"})),
+        )
+        .await
+        .expect("create two");
+        eventually("object created after the 410", || {
+            reader
+                .get(&reflector::ObjectRef::new("two").within("default"))
+                .is_some()
+        })
+        .await;
+        let lists_after = emu.count(
+            &RequestFilter::new()
+                .verb("list")
+                .resource("webhookintegrations"),
+        );
+        assert!(
+            lists_after > lists_before,
+            "the reflector relisted after 410 ({lists_before} -> {lists_after})"
+        );
 
         // Resuming from a compacted version is refused with 410 for a plain watch too.
         let old_rv = "1";
-        let dynamic: Api<DynamicObject> = Api::namespaced_with(emu.client().await.expect("client"), "default", &whi_resource());
-        let mut events = dynamic.watch(&kube::api::WatchParams::default().timeout(5), old_rv).await.expect("watch").boxed();
+        let dynamic: Api<DynamicObject> = Api::namespaced_with(
+            emu.client().await.expect("client"),
+            "default",
+            &whi_resource(),
+        );
+        let mut events = dynamic
+            .watch(&kube::api::WatchParams::default().timeout(5), old_rv)
+            .await
+            .expect("watch")
+            .boxed();
         match events.next().await {
             Some(Ok(kube::api::WatchEvent::Error(e))) => assert_eq!(e.code, 410),
             Some(Err(kube::Error::Api(e))) => assert_eq!(e.code, 410),
@@ -360,8 +476,15 @@ async fn reflector_relists_after_410_and_watcher_resumes() {
         }
 
         // Deletes reach the reflector too.
-        raw.delete("one", &DeleteParams::default()).await.expect("delete one");
-        eventually("delete observed", || reader.get(&reflector::ObjectRef::new("one").within("default")).is_none()).await;
+        raw.delete("one", &DeleteParams::default())
+            .await
+            .expect("delete one");
+        eventually("delete observed", || {
+            reader
+                .get(&reflector::ObjectRef::new("one").within("default"))
+                .is_none()
+        })
+        .await;
         task.abort();
     })
     .await
@@ -456,16 +579,23 @@ async fn reqwest_like_get(emu: &Emulator, path: &str) -> String {
     let mut roots = rustls::RootCertStore::empty();
     let ca = rustls_pemfile_der(emu.ca_pem());
     roots.add(ca).expect("CA");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("tls versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("tls versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(emu.addr()).await.expect("connect");
+    let tcp = tokio::net::TcpStream::connect(emu.addr())
+        .await
+        .expect("connect");
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
     let mut tls = connector.connect(name, tcp).await.expect("tls");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n", emu.admin_token());
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        emu.admin_token()
+    );
     tls.write_all(req.as_bytes()).await.expect("write");
     let mut out = Vec::new();
     // A close_notify-less shutdown is an error for rustls; the bytes read so far are what count.
@@ -476,7 +606,11 @@ async fn reqwest_like_get(emu: &Emulator, path: &str) -> String {
 fn rustls_pemfile_der(pem: &str) -> rustls::pki_types::CertificateDer<'static> {
     use base64::Engine;
     let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    rustls::pki_types::CertificateDer::from(base64::engine::general_purpose::STANDARD.decode(b64).expect("CA base64"))
+    rustls::pki_types::CertificateDer::from(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("CA base64"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

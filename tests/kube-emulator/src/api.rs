@@ -115,16 +115,20 @@ impl ApiError {
         if let Some(d) = &self.details {
             s["details"] = d.clone();
         }
-        if self.reason.is_empty() {
-            if let Some(m) = s.as_object_mut() {
-                m.remove("reason");
-            }
+        if self.reason.is_empty()
+            && let Some(m) = s.as_object_mut()
+        {
+            m.remove("reason");
         }
         s
     }
     fn not_found(rt: &ResourceType, name: &str) -> Self {
-        ApiError::new(404, "NotFound", format!("{} \"{name}\" not found", rt.qualified_resource()))
-            .details(json!({"name": name, "group": rt.group, "kind": rt.plural}))
+        ApiError::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", rt.qualified_resource()),
+        )
+        .details(json!({"name": name, "group": rt.group, "kind": rt.plural}))
     }
     fn conflict(rt: &ResourceType, name: &str) -> Self {
         ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", rt.qualified_resource()))
@@ -144,20 +148,28 @@ impl ApiError {
             .iter()
             .map(|e| json!({"reason": e.reason, "message": e.detail, "field": e.field}))
             .collect();
-        ApiError::new(422, "Invalid", format!("{} \"{name}\" is invalid: {joined}", rt.qualified_kind()))
-            .details(json!({"name": name, "group": rt.group, "kind": rt.kind, "causes": causes}))
+        ApiError::new(
+            422,
+            "Invalid",
+            format!("{} \"{name}\" is invalid: {joined}", rt.qualified_kind()),
+        )
+        .details(json!({"name": name, "group": rt.group, "kind": rt.kind, "causes": causes}))
     }
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 pub fn json_response(code: u16, value: &Value) -> Response<Body> {
     let mut resp = Response::new(full(value.to_string()));
     *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -181,20 +193,25 @@ struct Ctx {
 
 impl Ctx {
     fn q(&self, k: &str) -> Option<&str> {
-        self.query.get(k).map(String::as_str).filter(|s| !s.is_empty())
+        self.query
+            .get(k)
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
     }
     fn wants_table(&self) -> bool {
         self.accept.contains("as=Table")
     }
     fn field_manager(&self) -> String {
-        self.q("fieldManager").map(str::to_string).unwrap_or_else(|| {
-            self.user_agent
-                .split('/')
-                .next()
-                .filter(|s| !s.is_empty())
-                .unwrap_or("unknown")
-                .to_string()
-        })
+        self.q("fieldManager")
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                self.user_agent
+                    .split('/')
+                    .next()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("unknown")
+                    .to_string()
+            })
     }
     fn dry_run(&self) -> bool {
         self.q("dryRun") == Some("All")
@@ -235,7 +252,9 @@ fn parse_resource_path(registry: &Registry, segs: &[&str]) -> Option<ResourcePat
     };
     let (namespace, rest) = match rest {
         ["namespaces", ns, plural, tail @ ..]
-            if registry.get(group, version, plural).is_some_and(|rt| rt.namespaced) =>
+            if registry
+                .get(group, version, plural)
+                .is_some_and(|rt| rt.namespaced) =>
         {
             (Some(ns.to_string()), {
                 let mut v = vec![*plural];
@@ -297,7 +316,11 @@ pub async fn handle(shared: std::sync::Arc<Shared>, req: Request<Incoming>) -> R
     let path = uri.path().to_string();
     let query: HashMap<String, String> = uri
         .query()
-        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
         .unwrap_or_default();
     let header_str = |h: header::HeaderName| {
         req.headers()
@@ -316,7 +339,11 @@ pub async fn handle(shared: std::sync::Arc<Shared>, req: Request<Incoming>) -> R
 
     if let Some(action) = path.strip_prefix("/_emulator/") {
         if user != User::Admin {
-            return error_response(&ApiError::new(403, "Forbidden", "the emulator control API is for the admin token only"));
+            return error_response(&ApiError::new(
+                403,
+                "Forbidden",
+                "the emulator control API is for the admin token only",
+            ));
         }
         return crate::control(&shared, action, &ctx.query);
     }
@@ -335,7 +362,8 @@ pub async fn handle(shared: std::sync::Arc<Shared>, req: Request<Incoming>) -> R
             namespace: rp.namespace.clone(),
             name: rp.name.clone(),
             caller: user.username(),
-            patch_type: (method == Method::PATCH).then(|| patch_kind(&ctx.content_type).to_string()),
+            patch_type: (method == Method::PATCH)
+                .then(|| patch_kind(&ctx.content_type).to_string()),
         },
         None => RequestRecord {
             verb: method.as_str().to_ascii_lowercase(),
@@ -353,10 +381,22 @@ pub async fn handle(shared: std::sync::Arc<Shared>, req: Request<Incoming>) -> R
     }
     if let Some((code, retry_after)) = shared.faults.take_failure(&record) {
         let (reason, message) = match code {
-            429 => ("TooManyRequests", "the server has received too many requests and has asked us to try again later"),
-            503 => ("ServiceUnavailable", "the server is currently unable to handle the request"),
-            504 => ("Timeout", "the server was unable to return a response in the time allotted"),
-            _ => ("InternalError", "Internal error occurred: injected by the emulator"),
+            429 => (
+                "TooManyRequests",
+                "the server has received too many requests and has asked us to try again later",
+            ),
+            503 => (
+                "ServiceUnavailable",
+                "the server is currently unable to handle the request",
+            ),
+            504 => (
+                "Timeout",
+                "the server was unable to return a response in the time allotted",
+            ),
+            _ => (
+                "InternalError",
+                "Internal error occurred: injected by the emulator",
+            ),
         };
         let mut e = ApiError::new(code, reason, message);
         e.retry_after = retry_after;
@@ -373,12 +413,26 @@ pub async fn handle(shared: std::sync::Arc<Shared>, req: Request<Incoming>) -> R
     if let Some(ns) = &rp.namespace
         && !rp.rt.namespaced
     {
-        return error_response(&ApiError::new(404, "NotFound", format!("the server could not find the requested resource ({} {})", method, path)).details(json!({ "namespace": ns })));
+        return error_response(
+            &ApiError::new(
+                404,
+                "NotFound",
+                format!(
+                    "the server could not find the requested resource ({} {})",
+                    method, path
+                ),
+            )
+            .details(json!({ "namespace": ns })),
+        );
     }
     if let Some(sub) = &rp.sub
         && !(sub == "status" && rp.rt.status_subresource)
     {
-        return error_response(&ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+        return error_response(&ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ));
     }
     let verb = verb_for(&method, &rp, watch);
     {
@@ -401,7 +455,10 @@ pub async fn handle(shared: std::sync::Arc<Shared>, req: Request<Incoming>) -> R
         }
     }
 
-    let body = if matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
+    let body = if matches!(
+        method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    ) {
         match read_body(req).await {
             Ok(b) => b,
             Err(e) => return error_response(&e),
@@ -419,7 +476,11 @@ pub async fn handle(shared: std::sync::Arc<Shared>, req: Request<Incoming>) -> R
         "patch" => patch_request(&shared, &rp, &ctx, &body),
         "delete" => delete(&shared, &rp, &ctx, &body),
         "deletecollection" => delete_collection(&shared, &rp, &ctx),
-        _ => Err(ApiError::new(405, "MethodNotAllowed", format!("the server does not allow this method on the requested resource"))),
+        _ => Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource".to_string(),
+        )),
     };
     match result {
         Ok((code, value, warnings)) => {
@@ -449,7 +510,8 @@ fn parse_body(ctx: &Ctx, body: &[u8]) -> Result<Value, ApiError> {
         return Ok(Value::Null);
     }
     if ctx.content_type.contains("yaml") {
-        serde_yaml::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+        serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
     } else {
         serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the body of the request was in an unknown format - accepted media types include: application/json ({e})")))
     }
@@ -459,7 +521,11 @@ type Reply = Result<(u16, Value, Vec<String>), ApiError>;
 
 fn non_resource(shared: &Shared, method: &Method, segs: &[&str], _ctx: &Ctx) -> Response<Body> {
     if *method != Method::GET {
-        return error_response(&ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+        return error_response(&ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ));
     }
     let state = lock(&shared.state);
     let registry = &state.registry;
@@ -470,7 +536,8 @@ fn non_resource(shared: &Shared, method: &Method, segs: &[&str], _ctx: &Ctx) -> 
         })),
         ["healthz"] | ["readyz"] | ["livez"] => {
             let mut resp = Response::new(full("ok"));
-            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             return resp;
         }
         ["api"] => Some(json!({
@@ -478,19 +545,31 @@ fn non_resource(shared: &Shared, method: &Method, segs: &[&str], _ctx: &Ctx) -> 
             "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": shared.address}],
         })),
         ["apis"] => {
-            let groups: Vec<Value> = registry.groups().into_iter().map(|(g, vs)| api_group(&g, &vs)).collect();
+            let groups: Vec<Value> = registry
+                .groups()
+                .into_iter()
+                .map(|(g, vs)| api_group(&g, &vs))
+                .collect();
             Some(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
         }
         ["apis", g] => registry.groups().get(*g).map(|vs| api_group(g, vs)),
         ["api", "v1"] => Some(resource_list(registry, "", "v1")),
-        ["apis", g, v] => registry.groups().get(*g).filter(|vs| vs.iter().any(|x| x == v)).map(|_| resource_list(registry, g, v)),
+        ["apis", g, v] => registry
+            .groups()
+            .get(*g)
+            .filter(|vs| vs.iter().any(|x| x == v))
+            .map(|_| resource_list(registry, g, v)),
         ["openapi", "v3"] => Some(openapi::index(registry)),
         ["openapi", "v3", rest @ ..] => openapi::document(registry, &rest.join("/")),
         _ => None,
     };
     match found {
         Some(v) => json_response(200, &v),
-        None => error_response(&ApiError::new(404, "NotFound", "the server could not find the requested resource")),
+        None => error_response(&ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )),
     }
 }
 
@@ -520,7 +599,11 @@ fn resource_list(registry: &Registry, group: &str, version: &str) -> Value {
             resources.push(json!({"name": format!("{}/status", rt.plural), "singularName": "", "namespaced": rt.namespaced, "kind": rt.kind, "verbs": ["get", "patch", "update"]}));
         }
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
 }
 
@@ -532,11 +615,15 @@ fn present(rt: &ResourceType, mut obj: Value) -> Value {
 }
 
 fn obj_ns(obj: &Value) -> &str {
-    obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default()
+    obj.pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 fn obj_name(obj: &Value) -> &str {
-    obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default()
+    obj.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 fn include_object(ctx: &Ctx) -> IncludeObject {
@@ -552,20 +639,34 @@ fn get(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
     let name = rp.name.as_deref().unwrap_or_default();
     let obj = state
         .store
-        .get(&rp.rt.storage_key(), rp.namespace.as_deref().unwrap_or_default(), name)
+        .get(
+            &rp.rt.storage_key(),
+            rp.namespace.as_deref().unwrap_or_default(),
+            name,
+        )
         .cloned()
         .ok_or_else(|| ApiError::not_found(&rp.rt, name))?;
     let obj = present(&rp.rt, obj);
     if ctx.wants_table() {
-        let rv = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default().to_string();
-        return Ok((200, table::table(&rp.rt, &[obj], &rv, include_object(ctx), None), vec![]));
+        let rv = obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        return Ok((
+            200,
+            table::table(&rp.rt, &[obj], &rv, include_object(ctx), None),
+            vec![],
+        ));
     }
     Ok((200, obj, vec![]))
 }
 
 fn selectors(ctx: &Ctx) -> Result<(LabelSelector, FieldSelector), ApiError> {
-    let labels = LabelSelector::parse(ctx.q("labelSelector").unwrap_or_default()).map_err(ApiError::bad_request)?;
-    let fields = FieldSelector::parse(ctx.q("fieldSelector").unwrap_or_default()).map_err(ApiError::bad_request)?;
+    let labels = LabelSelector::parse(ctx.q("labelSelector").unwrap_or_default())
+        .map_err(ApiError::bad_request)?;
+    let fields = FieldSelector::parse(ctx.q("fieldSelector").unwrap_or_default())
+        .map_err(ApiError::bad_request)?;
     Ok((labels, fields))
 }
 
@@ -574,9 +675,15 @@ fn list(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
     let state = lock(&shared.state);
     let current = state.store.current_rv();
     if let (Some(rv), Some("Exact")) = (ctx.q("resourceVersion"), ctx.q("resourceVersionMatch"))
-        && rv.parse::<u64>().is_ok_and(|rv| rv < state.store.compacted_rv())
+        && rv
+            .parse::<u64>()
+            .is_ok_and(|rv| rv < state.store.compacted_rv())
     {
-        return Err(ApiError::new(410, "Expired", "The resourceVersion for the provided list is too old."));
+        return Err(ApiError::new(
+            410,
+            "Expired",
+            "The resourceVersion for the provided list is too old.",
+        ));
     }
     let offset: usize = match ctx.q("continue") {
         Some(token) => {
@@ -585,7 +692,11 @@ fn list(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
                 .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<usize>().ok()?)))
                 .ok_or_else(|| ApiError::bad_request("invalid continue token"))?;
             if rv < state.store.compacted_rv() {
-                return Err(ApiError::new(410, "Expired", "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter."));
+                return Err(ApiError::new(
+                    410,
+                    "Expired",
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                ));
             }
             off
         }
@@ -598,8 +709,13 @@ fn list(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
         .filter(|o| labels.matches(o) && fields.matches(o))
         .cloned()
         .collect();
-    let limit = ctx.q("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
-    let end = limit.map(|l| (offset + l).min(matching.len())).unwrap_or(matching.len());
+    let limit = ctx
+        .q("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
+    let end = limit
+        .map(|l| (offset + l).min(matching.len()))
+        .unwrap_or(matching.len());
     let page: Vec<Value> = matching
         .get(offset.min(matching.len())..end)
         .unwrap_or_default()
@@ -608,14 +724,28 @@ fn list(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
         .collect();
     let cont = (end < matching.len()).then(|| format!("{current}:{end}"));
     if ctx.wants_table() {
-        return Ok((200, table::table(&rp.rt, &page, &current.to_string(), include_object(ctx), cont.as_deref()), vec![]));
+        return Ok((
+            200,
+            table::table(
+                &rp.rt,
+                &page,
+                &current.to_string(),
+                include_object(ctx),
+                cont.as_deref(),
+            ),
+            vec![],
+        ));
     }
     let mut metadata = json!({"resourceVersion": current.to_string()});
     if let Some(c) = cont {
         metadata["continue"] = json!(c);
         metadata["remainingItemCount"] = json!(matching.len() - end);
     }
-    Ok((200, json!({"kind": rp.rt.list_kind, "apiVersion": rp.rt.api_version(), "metadata": metadata, "items": page}), vec![]))
+    Ok((
+        200,
+        json!({"kind": rp.rt.list_kind, "apiVersion": rp.rt.api_version(), "metadata": metadata, "items": page}),
+        vec![],
+    ))
 }
 
 /// Spec-like content: everything except metadata (and status when it is a subresource).
@@ -633,7 +763,12 @@ fn spec_part(rt: &ResourceType, obj: &Value) -> Value {
 }
 
 /// Validation, pruning and defaulting for CRD-backed objects; returns unknown-field warnings.
-fn admit_custom(rt: &ResourceType, obj: &mut Value, old: Option<&Value>, ctx: &Ctx) -> Result<Vec<String>, ApiError> {
+fn admit_custom(
+    rt: &ResourceType,
+    obj: &mut Value,
+    old: Option<&Value>,
+    ctx: &Ctx,
+) -> Result<Vec<String>, ApiError> {
     let Some(schema) = &rt.schema else {
         return Ok(Vec::new());
     };
@@ -643,8 +778,15 @@ fn admit_custom(rt: &ResourceType, obj: &mut Value, old: Option<&Value>, ctx: &C
     if !unknown.is_empty() {
         match ctx.q("fieldValidation") {
             Some("Strict") => {
-                let list = unknown.iter().map(|u| format!("unknown field \"{u}\"")).collect::<Vec<_>>().join(", ");
-                return Err(ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: strict decoding error: {list}", rt.kind, rt.version, rt.kind)));
+                let list = unknown
+                    .iter()
+                    .map(|u| format!("unknown field \"{u}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(ApiError::bad_request(format!(
+                    "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {list}",
+                    rt.kind, rt.version, rt.kind
+                )));
             }
             Some("Ignore") => {}
             _ => warnings.extend(unknown.iter().map(|u| format!("unknown field \"{u}\""))),
@@ -667,9 +809,17 @@ fn admit_builtin(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
         let data = obj.get("data").cloned();
         if let Some(string_data) = obj.get("stringData").and_then(Value::as_object).cloned() {
             use base64::Engine;
-            let mut d = data.and_then(|d| d.as_object().cloned()).unwrap_or_default();
+            let mut d = data
+                .and_then(|d| d.as_object().cloned())
+                .unwrap_or_default();
             for (k, v) in string_data {
-                d.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or_default())));
+                d.insert(
+                    k,
+                    json!(
+                        base64::engine::general_purpose::STANDARD
+                            .encode(v.as_str().unwrap_or_default())
+                    ),
+                );
             }
             obj["data"] = Value::Object(d);
             if let Some(m) = obj.as_object_mut() {
@@ -681,10 +831,20 @@ fn admit_builtin(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
         }
     }
     if rt.kind == "CustomResourceDefinition" {
-        let group = obj.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default();
-        let plural = obj.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default();
+        let group = obj
+            .pointer("/spec/group")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let plural = obj
+            .pointer("/spec/names/plural")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if obj_name(obj) != format!("{plural}.{group}") {
-            let errors = [schema::FieldError::invalid("metadata.name", &json!(obj_name(obj)), "must be spec.names.plural+\".\"+spec.group")];
+            let errors = [schema::FieldError::invalid(
+                "metadata.name",
+                &json!(obj_name(obj)),
+                "must be spec.names.plural+\".\"+spec.group",
+            )];
             return Err(ApiError::invalid(rt, obj_name(obj), &errors));
         }
     }
@@ -696,15 +856,27 @@ fn check_namespace(state: &State, rt: &ResourceType, ns: &str) -> Result<(), Api
         return Ok(());
     }
     match state.store.get("namespaces", "", ns) {
-        None => Err(ApiError::new(404, "NotFound", format!("namespaces \"{ns}\" not found")).details(json!({"name": ns, "kind": "namespaces"}))),
-        Some(n) if n.pointer("/metadata/deletionTimestamp").is_some() => Err(ApiError::new(403, "Forbidden", format!("{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated", rt.qualified_resource(), ""))),
+        None => Err(
+            ApiError::new(404, "NotFound", format!("namespaces \"{ns}\" not found"))
+                .details(json!({"name": ns, "kind": "namespaces"})),
+        ),
+        Some(n) if n.pointer("/metadata/deletionTimestamp").is_some() => Err(ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                rt.qualified_resource(),
+                ""
+            ),
+        )),
         Some(_) => Ok(()),
     }
 }
 
 fn generated_name(prefix: &str, seed: u64) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) ^ (jiff::Timestamp::now().as_nanosecond() as u64);
+    let mut x =
+        seed.wrapping_mul(0x9E3779B97F4A7C15) ^ (jiff::Timestamp::now().as_nanosecond() as u64);
     let mut s = prefix.to_string();
     for _ in 0..5 {
         s.push(ALPHABET[(x % ALPHABET.len() as u64) as usize] as char);
@@ -714,16 +886,27 @@ fn generated_name(prefix: &str, seed: u64) -> String {
 }
 
 /// Creates `obj` (already merged/applied) for `rp`; used by POST and by apply-create.
-fn create_object(shared: &Shared, state: &mut State, rp: &ResourcePath, ctx: &Ctx, mut obj: Value, applied: bool) -> Reply {
+fn create_object(
+    shared: &Shared,
+    state: &mut State,
+    rp: &ResourcePath,
+    ctx: &Ctx,
+    mut obj: Value,
+    applied: bool,
+) -> Reply {
     let rt = &rp.rt;
     if !obj.is_object() {
-        return Err(ApiError::bad_request("the body of the request must be an object"));
+        return Err(ApiError::bad_request(
+            "the body of the request must be an object",
+        ));
     }
     let ns = if rt.namespaced {
         let url_ns = rp.namespace.clone().unwrap_or_default();
         let body_ns = obj_ns(&obj).to_string();
         if !body_ns.is_empty() && body_ns != url_ns {
-            return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
         }
         url_ns
     } else {
@@ -734,7 +917,10 @@ fn create_object(shared: &Shared, state: &mut State, rp: &ResourcePath, ctx: &Ct
     }
     let mut name = obj_name(&obj).to_string();
     if name.is_empty() {
-        if let Some(prefix) = obj.pointer("/metadata/generateName").and_then(Value::as_str) {
+        if let Some(prefix) = obj
+            .pointer("/metadata/generateName")
+            .and_then(Value::as_str)
+        {
             name = generated_name(prefix, shared.uid_counter.fetch_add(1, Ordering::Relaxed));
         } else {
             let errors = [schema::FieldError::required("metadata.name")];
@@ -744,11 +930,18 @@ fn create_object(shared: &Shared, state: &mut State, rp: &ResourcePath, ctx: &Ct
     if let Some(url_name) = &rp.name
         && *url_name != name
     {
-        return Err(ApiError::bad_request("the name of the object does not match the name on the URL"));
+        return Err(ApiError::bad_request(
+            "the name of the object does not match the name on the URL",
+        ));
     }
     check_namespace(state, rt, &ns)?;
     if state.store.get(&rt.storage_key(), &ns, &name).is_some() {
-        return Err(ApiError::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", rt.qualified_resource())).details(json!({"name": name, "group": rt.group, "kind": rt.plural})));
+        return Err(ApiError::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", rt.qualified_resource()),
+        )
+        .details(json!({"name": name, "group": rt.group, "kind": rt.plural})));
     }
     obj["apiVersion"] = json!(rt.api_version());
     obj["kind"] = json!(rt.kind);
@@ -772,7 +965,8 @@ fn create_object(shared: &Shared, state: &mut State, rp: &ResourcePath, ctx: &Ct
             meta["generation"] = json!(1);
         }
     }
-    if rt.status_subresource && rt.crd_name.is_some()
+    if rt.status_subresource
+        && rt.crd_name.is_some()
         && let Some(m) = obj.as_object_mut()
     {
         m.remove("status");
@@ -791,15 +985,26 @@ fn create_object(shared: &Shared, state: &mut State, rp: &ResourcePath, ctx: &Ct
     admit_builtin(rt, &mut obj)?;
     let warnings = admit_custom(rt, &mut obj, None, ctx)?;
     if !applied {
-        let scope = Scope::Main { status_subresource: rt.status_subresource };
-        patch::track_update(None, &mut obj, &ctx.field_manager(), rt.schema.as_ref(), scope, &rt.api_version());
+        let scope = Scope::Main {
+            status_subresource: rt.status_subresource,
+        };
+        patch::track_update(
+            None,
+            &mut obj,
+            &ctx.field_manager(),
+            rt.schema.as_ref(),
+            scope,
+            &rt.api_version(),
+        );
     }
     if ctx.dry_run() {
         return Ok((201, obj, warnings));
     }
     let rv = state.store.next_rv();
     obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-    state.store.put(&rt.storage_key(), &ns, &name, obj.clone(), rv);
+    state
+        .store
+        .put(&rt.storage_key(), &ns, &name, obj.clone(), rv);
     if rt.kind == "CustomResourceDefinition" {
         state.registry.register_crd(&obj);
     }
@@ -808,7 +1013,11 @@ fn create_object(shared: &Shared, state: &mut State, rp: &ResourcePath, ctx: &Ct
 
 fn create(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> Reply {
     if rp.name.is_some() {
-        return Err(ApiError::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource"));
+        return Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        ));
     }
     let obj = parse_body(ctx, body)?;
     let mut state = lock(&shared.state);
@@ -818,23 +1027,41 @@ fn create(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> Reply {
 /// Stores `new` as the next version of `old`, applying subresource separation, immutable
 /// metadata, generation, validation, managedFields bookkeeping and finalizer completion.
 #[allow(clippy::too_many_arguments)]
-fn update_object(state: &mut State, rp: &ResourcePath, ctx: &Ctx, old: &Value, mut new: Value, applied: bool, check_rv: bool) -> Reply {
+fn update_object(
+    state: &mut State,
+    rp: &ResourcePath,
+    ctx: &Ctx,
+    old: &Value,
+    mut new: Value,
+    applied: bool,
+    check_rv: bool,
+) -> Reply {
     let rt = &rp.rt;
     let name = rp.name.clone().unwrap_or_default();
     let ns = rp.namespace.clone().unwrap_or_default();
-    let current_rv = old.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default();
+    let current_rv = old
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if check_rv
-        && let Some(rv) = new.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+        && let Some(rv) = new
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
         && !rv.is_empty()
         && rv != current_rv
     {
         return Err(ApiError::conflict(rt, &name));
     }
     if !new.is_object() {
-        return Err(ApiError::bad_request("the body of the request must be an object"));
+        return Err(ApiError::bad_request(
+            "the body of the request must be an object",
+        ));
     }
     if obj_name(&new) != name && !obj_name(&new).is_empty() {
-        return Err(ApiError::bad_request(format!("the name of the object ({}) does not match the name on the URL ({name})", obj_name(&new))));
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({}) does not match the name on the URL ({name})",
+            obj_name(&new)
+        )));
     }
     let status_write = rp.sub.as_deref() == Some("status");
     if status_write {
@@ -873,7 +1100,15 @@ fn update_object(state: &mut State, rp: &ResourcePath, ctx: &Ctx, old: &Value, m
         if new.get("metadata").is_none_or(|m| !m.is_object()) {
             new["metadata"] = json!({});
         }
-        for key in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace", "name"] {
+        for key in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "namespace",
+            "name",
+        ] {
             match old["metadata"].get(key) {
                 Some(v) => new["metadata"][key] = v.clone(),
                 None => {
@@ -883,7 +1118,10 @@ fn update_object(state: &mut State, rp: &ResourcePath, ctx: &Ctx, old: &Value, m
                 }
             }
         }
-        if old.pointer("/metadata/managedFields").is_some() && new.pointer("/metadata/managedFields").is_none() && !applied {
+        if old.pointer("/metadata/managedFields").is_some()
+            && new.pointer("/metadata/managedFields").is_none()
+            && !applied
+        {
             new["metadata"]["managedFields"] = old["metadata"]["managedFields"].clone();
         }
         if rt.kind == "Namespace" {
@@ -897,12 +1135,28 @@ fn update_object(state: &mut State, rp: &ResourcePath, ctx: &Ctx, old: &Value, m
     }
     let warnings = admit_custom(rt, &mut new, Some(old), ctx)?;
     if rt.tracks_generation() && spec_part(rt, old) != spec_part(rt, &new) {
-        let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+        let g = old
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         new["metadata"]["generation"] = json!(g + 1);
     }
     if !applied {
-        let scope = if status_write { Scope::Status } else { Scope::Main { status_subresource: rt.status_subresource } };
-        patch::track_update(Some(old), &mut new, &ctx.field_manager(), rt.schema.as_ref(), scope, &rt.api_version());
+        let scope = if status_write {
+            Scope::Status
+        } else {
+            Scope::Main {
+                status_subresource: rt.status_subresource,
+            }
+        };
+        patch::track_update(
+            Some(old),
+            &mut new,
+            &ctx.field_manager(),
+            rt.schema.as_ref(),
+            scope,
+            &rt.api_version(),
+        );
     }
     new["metadata"]["resourceVersion"] = json!(current_rv);
     let mut unchanged = new == *old;
@@ -916,12 +1170,19 @@ fn update_object(state: &mut State, rp: &ResourcePath, ctx: &Ctx, old: &Value, m
     let rv = state.store.next_rv();
     new["metadata"]["resourceVersion"] = json!(rv.to_string());
     let finalizing = new.pointer("/metadata/deletionTimestamp").is_some()
-        && new.pointer("/metadata/finalizers").and_then(Value::as_array).is_none_or(|f| f.is_empty());
+        && new
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_none_or(|f| f.is_empty());
     if finalizing && rt.kind != "Namespace" {
-        state.store.remove(&rt.storage_key(), &ns, &name, new.clone(), rv);
+        state
+            .store
+            .remove(&rt.storage_key(), &ns, &name, new.clone(), rv);
         after_delete(state, rt, &new);
     } else {
-        state.store.put(&rt.storage_key(), &ns, &name, new.clone(), rv);
+        state
+            .store
+            .put(&rt.storage_key(), &ns, &name, new.clone(), rv);
         if rt.kind == "CustomResourceDefinition" {
             state.registry.register_crd(&new);
         }
@@ -935,7 +1196,11 @@ fn update(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> Reply {
     let name = rp.name.clone().unwrap_or_default();
     let old = state
         .store
-        .get(&rp.rt.storage_key(), rp.namespace.as_deref().unwrap_or_default(), &name)
+        .get(
+            &rp.rt.storage_key(),
+            rp.namespace.as_deref().unwrap_or_default(),
+            &name,
+        )
         .cloned()
         .ok_or_else(|| ApiError::not_found(&rp.rt, &name))?;
     update_object(&mut state, rp, ctx, &old, new, false, true)
@@ -946,34 +1211,73 @@ fn patch_request(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> 
     let rt = &rp.rt;
     let name = rp.name.clone().unwrap_or_default();
     let ns = rp.namespace.clone().unwrap_or_default();
-    let unsupported = || ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml{}", if rt.crd_name.is_none() { ", application/strategic-merge-patch+json" } else { "" }));
+    let unsupported = || {
+        ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml{}",
+                if rt.crd_name.is_none() {
+                    ", application/strategic-merge-patch+json"
+                } else {
+                    ""
+                }
+            ),
+        )
+    };
     let patch_body: Value = if kind == "apply" {
-        serde_yaml::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
+        serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
     } else {
-        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?
     };
     let mut state = lock(&shared.state);
     let existing = state.store.get(&rt.storage_key(), &ns, &name).cloned();
     match kind {
         "apply" => {
             let Some(manager) = ctx.q("fieldManager") else {
-                let errors = [schema::FieldError { field: "fieldManager".into(), reason: "FieldValueRequired", detail: "Required value: is required for apply patch".into() }];
+                let errors = [schema::FieldError {
+                    field: "fieldManager".into(),
+                    reason: "FieldValueRequired",
+                    detail: "Required value: is required for apply patch".into(),
+                }];
                 let mut e = ApiError::invalid(rt, "", &errors);
                 e.message = "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into();
                 return Err(e);
             };
             let force = ctx.q("force") == Some("true");
-            let scope = if rp.sub.as_deref() == Some("status") { Scope::Status } else { Scope::Main { status_subresource: rt.status_subresource } };
+            let scope = if rp.sub.as_deref() == Some("status") {
+                Scope::Status
+            } else {
+                Scope::Main {
+                    status_subresource: rt.status_subresource,
+                }
+            };
             if !patch_body.is_object() {
                 return Err(ApiError::bad_request("apply patch must be an object"));
             }
             if let Some(existing) = &existing
-                && let Some(rv) = patch_body.pointer("/metadata/resourceVersion").and_then(Value::as_str)
-                && Some(rv) != existing.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+                && let Some(rv) = patch_body
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                && Some(rv)
+                    != existing
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
             {
                 return Err(ApiError::conflict(rt, &name));
             }
-            let merged = patch::apply(existing.as_ref(), &patch_body, manager, force, rt.schema.as_ref(), scope, &rt.api_version()).map_err(|conflicts| apply_conflict(rt, &name, &conflicts))?;
+            let merged = patch::apply(
+                existing.as_ref(),
+                &patch_body,
+                manager,
+                force,
+                rt.schema.as_ref(),
+                scope,
+                &rt.api_version(),
+            )
+            .map_err(|conflicts| apply_conflict(rt, &name, &conflicts))?;
             match existing {
                 Some(old) => update_object(&mut state, rp, ctx, &old, merged, true, false),
                 None => {
@@ -985,7 +1289,10 @@ fn patch_request(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> 
                     if rt.namespaced {
                         obj["metadata"]["namespace"] = json!(ns);
                     }
-                    let create_rp = ResourcePath { name: Some(name.clone()), ..rp.clone() };
+                    let create_rp = ResourcePath {
+                        name: Some(name.clone()),
+                        ..rp.clone()
+                    };
                     create_object(shared, &mut state, &create_rp, ctx, obj, true)
                 }
             }
@@ -998,7 +1305,8 @@ fn patch_request(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> 
             let mut patched = old.clone();
             match kind {
                 "merge" => patch::merge_patch(&mut patched, &patch_body),
-                "json" => patch::json_patch(&mut patched, &patch_body).map_err(|e| ApiError::new(422, "Invalid", e))?,
+                "json" => patch::json_patch(&mut patched, &patch_body)
+                    .map_err(|e| ApiError::new(422, "Invalid", e))?,
                 _ => patch::strategic_merge(&mut patched, &patch_body),
             }
             update_object(&mut state, rp, ctx, &old, patched, false, true)
@@ -1011,11 +1319,17 @@ fn apply_conflict(rt: &ResourceType, name: &str, conflicts: &[patch::Conflict]) 
     // Same grouping and wording as structured-merge-diff's `Conflicts.Error()`.
     let api_version = rt.api_version();
     let message = if conflicts.len() == 1 {
-        format!("Apply failed with 1 conflict: conflict with \"{}\" using {api_version}: {}", conflicts[0].manager, conflicts[0].field)
+        format!(
+            "Apply failed with 1 conflict: conflict with \"{}\" using {api_version}: {}",
+            conflicts[0].manager, conflicts[0].field
+        )
     } else {
         let mut by_manager: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
         for c in conflicts {
-            by_manager.entry(c.manager.as_str()).or_default().push(c.field.as_str());
+            by_manager
+                .entry(c.manager.as_str())
+                .or_default()
+                .push(c.field.as_str());
         }
         let parts: Vec<String> = by_manager
             .iter()
@@ -1023,17 +1337,25 @@ fn apply_conflict(rt: &ResourceType, name: &str, conflicts: &[patch::Conflict]) 
                 if fields.len() == 1 {
                     format!("conflicts with \"{m}\" using {api_version}: {}", fields[0])
                 } else {
-                    format!("conflicts with \"{m}\" using {api_version}:\n- {}", fields.join("\n- "))
+                    format!(
+                        "conflicts with \"{m}\" using {api_version}:\n- {}",
+                        fields.join("\n- ")
+                    )
                 }
             })
             .collect();
-        format!("Apply failed with {} conflicts: {}", conflicts.len(), parts.join("\n"))
+        format!(
+            "Apply failed with {} conflicts: {}",
+            conflicts.len(),
+            parts.join("\n")
+        )
     };
     let causes: Vec<Value> = conflicts
         .iter()
         .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\" using {api_version}", c.manager), "field": c.field}))
         .collect();
-    ApiError::new(409, "Conflict", message).details(json!({"name": name, "group": rt.group, "kind": rt.plural, "causes": causes}))
+    ApiError::new(409, "Conflict", message)
+        .details(json!({"name": name, "group": rt.group, "kind": rt.plural, "causes": causes}))
 }
 
 /// Side effects of an object leaving the store: CRDs take their objects and types along.
@@ -1041,25 +1363,50 @@ fn after_delete(state: &mut State, rt: &ResourceType, obj: &Value) {
     if rt.kind == "CustomResourceDefinition" {
         let name = obj_name(obj).to_string();
         let key = {
-            let group = obj.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default();
-            let plural = obj.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default();
+            let group = obj
+                .pointer("/spec/group")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let plural = obj
+                .pointer("/spec/names/plural")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             format!("{plural}.{group}")
         };
         for o in state.store.list(&key).cloned().collect::<Vec<_>>() {
             let rv = state.store.next_rv();
             let mut o = o;
             o["metadata"]["resourceVersion"] = json!(rv.to_string());
-            state.store.remove(&key, obj_ns(&o).to_string().as_str(), obj_name(&o).to_string().as_str(), o.clone(), rv);
+            state.store.remove(
+                &key,
+                obj_ns(&o).to_string().as_str(),
+                obj_name(&o).to_string().as_str(),
+                o.clone(),
+                rv,
+            );
         }
         state.registry.unregister_crd(&name);
     }
 }
 
 /// Deletes (or starts deleting, when finalizers remain) one object.
-pub fn delete_object(state: &mut State, rt: &ResourceType, ns: &str, name: &str, dry_run: bool) -> Result<(u16, Value), ApiError> {
+pub fn delete_object(
+    state: &mut State,
+    rt: &ResourceType,
+    ns: &str,
+    name: &str,
+    dry_run: bool,
+) -> Result<(u16, Value), ApiError> {
     let key = rt.storage_key();
-    let mut obj = state.store.get(&key, ns, name).cloned().ok_or_else(|| ApiError::not_found(rt, name))?;
-    let has_finalizers = obj.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+    let mut obj = state
+        .store
+        .get(&key, ns, name)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(rt, name))?;
+    let has_finalizers = obj
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty());
     if dry_run {
         return Ok((200, present(rt, obj)));
     }
@@ -1074,7 +1421,10 @@ pub fn delete_object(state: &mut State, rt: &ResourceType, ns: &str, name: &str,
             obj["metadata"]["resourceVersion"] = json!(rv.to_string());
             state.store.put(&key, ns, name, obj.clone(), rv);
         }
-        return Ok((if rt.kind == "Namespace" { 200 } else { 202 }, present(rt, obj)));
+        return Ok((
+            if rt.kind == "Namespace" { 200 } else { 202 },
+            present(rt, obj),
+        ));
     }
     let rv = state.store.next_rv();
     obj["metadata"]["resourceVersion"] = json!(rv.to_string());
@@ -1084,20 +1434,39 @@ pub fn delete_object(state: &mut State, rt: &ResourceType, ns: &str, name: &str,
 }
 
 fn delete(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> Reply {
-    let opts = if body.is_empty() { Value::Null } else { parse_body(ctx, body)? };
+    let opts = if body.is_empty() {
+        Value::Null
+    } else {
+        parse_body(ctx, body)?
+    };
     let mut state = lock(&shared.state);
     let name = rp.name.clone().unwrap_or_default();
     let ns = rp.namespace.clone().unwrap_or_default();
     if let Some(pre) = opts.get("preconditions")
         && let Some(existing) = state.store.get(&rp.rt.storage_key(), &ns, &name)
     {
-        let rv_ok = pre.get("resourceVersion").and_then(Value::as_str).is_none_or(|rv| Some(rv) == existing.pointer("/metadata/resourceVersion").and_then(Value::as_str));
-        let uid_ok = pre.get("uid").and_then(Value::as_str).is_none_or(|u| Some(u) == existing.pointer("/metadata/uid").and_then(Value::as_str));
+        let rv_ok = pre
+            .get("resourceVersion")
+            .and_then(Value::as_str)
+            .is_none_or(|rv| {
+                Some(rv)
+                    == existing
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+            });
+        let uid_ok = pre
+            .get("uid")
+            .and_then(Value::as_str)
+            .is_none_or(|u| Some(u) == existing.pointer("/metadata/uid").and_then(Value::as_str));
         if !rv_ok || !uid_ok {
             return Err(ApiError::conflict(&rp.rt, &name));
         }
     }
-    let dry = ctx.dry_run() || opts.get("dryRun").and_then(Value::as_array).is_some_and(|d| d.iter().any(|x| x == "All"));
+    let dry = ctx.dry_run()
+        || opts
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|d| d.iter().any(|x| x == "All"));
     let (code, obj) = delete_object(&mut state, &rp.rt, &ns, &name, dry)?;
     Ok((code, obj, vec![]))
 }
@@ -1118,19 +1487,32 @@ fn delete_collection(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
             items.push(o);
         }
     }
-    Ok((200, json!({"kind": rp.rt.list_kind, "apiVersion": rp.rt.api_version(), "metadata": {"resourceVersion": state.store.current_rv().to_string()}, "items": items}), vec![]))
+    Ok((
+        200,
+        json!({"kind": rp.rt.list_kind, "apiVersion": rp.rt.api_version(), "metadata": {"resourceVersion": state.store.current_rv().to_string()}, "items": items}),
+        vec![],
+    ))
 }
 
 /// Garbage collection and namespace termination, run periodically in the background.
 pub fn collect_garbage(state: &mut State) {
     let types: Vec<ResourceType> = {
         let mut seen = std::collections::HashSet::new();
-        state.registry.all().filter(|rt| seen.insert(rt.storage_key())).cloned().collect()
+        state
+            .registry
+            .all()
+            .filter(|rt| seen.insert(rt.storage_key()))
+            .cloned()
+            .collect()
     };
     let uids: std::collections::HashSet<String> = types
         .iter()
         .flat_map(|rt| state.store.list(&rt.storage_key()))
-        .filter_map(|o| o.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_string))
+        .filter_map(|o| {
+            o.pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
         .collect();
     let terminating: Vec<String> = state
         .store
@@ -1144,8 +1526,15 @@ pub fn collect_garbage(state: &mut State) {
             if o.pointer("/metadata/deletionTimestamp").is_some() {
                 continue;
             }
-            let owners = o.pointer("/metadata/ownerReferences").and_then(Value::as_array);
-            let orphaned = owners.is_some_and(|os| !os.is_empty() && os.iter().all(|r| r["uid"].as_str().is_none_or(|u| !uids.contains(u))));
+            let owners = o
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array);
+            let orphaned = owners.is_some_and(|os| {
+                !os.is_empty()
+                    && os
+                        .iter()
+                        .all(|r| r["uid"].as_str().is_none_or(|u| !uids.contains(u)))
+            });
             let in_terminating = rt.namespaced && terminating.iter().any(|ns| ns == obj_ns(o));
             if orphaned || in_terminating {
                 doomed.push((rt.clone(), obj_ns(o).to_string(), obj_name(o).to_string()));
@@ -1157,7 +1546,10 @@ pub fn collect_garbage(state: &mut State) {
         let _ = delete_object(state, &rt, &ns, &name, false);
     }
     for ns in terminating {
-        let empty = types.iter().filter(|rt| rt.namespaced).all(|rt| state.store.list(&rt.storage_key()).all(|o| obj_ns(o) != ns));
+        let empty = types
+            .iter()
+            .filter(|rt| rt.namespaced)
+            .all(|rt| state.store.list(&rt.storage_key()).all(|o| obj_ns(o) != ns));
         if empty && let Some(mut obj) = state.store.get("namespaces", "", &ns).cloned() {
             let rv = state.store.next_rv();
             obj["metadata"]["resourceVersion"] = json!(rv.to_string());
@@ -1178,7 +1570,9 @@ struct WatchFilter {
 
 impl WatchFilter {
     fn matches(&self, obj: &Value) -> bool {
-        self.namespace.as_deref().is_none_or(|ns| obj_ns(obj) == ns) && self.labels.matches(obj) && self.fields.matches(obj)
+        self.namespace.as_deref().is_none_or(|ns| obj_ns(obj) == ns)
+            && self.labels.matches(obj)
+            && self.fields.matches(obj)
     }
 
     /// The event a watcher sees for a change, after selector transitions.
@@ -1200,7 +1594,11 @@ impl WatchFilter {
 }
 
 fn expired_event(rv: &str, compacted: u64) -> Value {
-    let e = ApiError::new(410, "Expired", format!("too old resource version: {rv} ({compacted})"));
+    let e = ApiError::new(
+        410,
+        "Expired",
+        format!("too old resource version: {rv} ({compacted})"),
+    );
     json!({"type": "ERROR", "object": e.status_json()})
 }
 
@@ -1218,7 +1616,11 @@ fn watch_response(shared: std::sync::Arc<Shared>, rp: ResourcePath, ctx: &Ctx) -
     let single_name = rp.name.clone();
     let bookmarks = ctx.q("allowWatchBookmarks") == Some("true");
     let send_initial = ctx.q("sendInitialEvents") == Some("true");
-    let timeout = ctx.q("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).map(Duration::from_secs).unwrap_or(Duration::from_secs(1800));
+    let timeout = ctx
+        .q("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(1800));
     let as_table = ctx.wants_table();
     let rt = rp.rt.clone();
     let rv_param = ctx.q("resourceVersion").map(str::to_string);
@@ -1229,9 +1631,16 @@ fn watch_response(shared: std::sync::Arc<Shared>, rp: ResourcePath, ctx: &Ctx) -
     let (mut sub, mut last_rv) = {
         let state = lock(&shared.state);
         let current = state.store.current_rv();
-        let from_rv = rv_param.as_deref().filter(|r| *r != "0").and_then(|r| r.parse::<u64>().ok());
+        let from_rv = rv_param
+            .as_deref()
+            .filter(|r| *r != "0")
+            .and_then(|r| r.parse::<u64>().ok());
         if send_initial || from_rv.is_none() {
-            for o in state.store.list(&filter.key).filter(|o| filter.matches(o) && name_ok(o)) {
+            for o in state
+                .store
+                .list(&filter.key)
+                .filter(|o| filter.matches(o) && name_ok(o))
+            {
                 initial.push(json!({"type": "ADDED", "object": present(&rt, o.clone())}));
             }
             if send_initial {
@@ -1242,7 +1651,10 @@ fn watch_response(shared: std::sync::Arc<Shared>, rp: ResourcePath, ctx: &Ctx) -
             let from = from_rv.unwrap_or(current);
             match state.store.since(&filter.key, from) {
                 None => {
-                    initial.push(expired_event(rv_param.as_deref().unwrap_or_default(), state.store.compacted_rv()));
+                    initial.push(expired_event(
+                        rv_param.as_deref().unwrap_or_default(),
+                        state.store.compacted_rv(),
+                    ));
                     let body = initial.iter().map(|e| format!("{e}\n")).collect::<String>();
                     return stream_response(full(body));
                 }
@@ -1251,7 +1663,8 @@ fn watch_response(shared: std::sync::Arc<Shared>, rp: ResourcePath, ctx: &Ctx) -
                         if let Some(t) = filter.event_for(c)
                             && name_ok(&c.object)
                         {
-                            initial.push(json!({"type": t, "object": present(&rt, c.object.clone())}));
+                            initial
+                                .push(json!({"type": t, "object": present(&rt, c.object.clone())}));
                         }
                     }
                     (state.store.subscribe(), current.max(from))
@@ -1266,7 +1679,11 @@ fn watch_response(shared: std::sync::Arc<Shared>, rp: ResourcePath, ctx: &Ctx) -
             let mut ev = ev.clone();
             if as_table && ev["type"] != "ERROR" && ev["type"] != "BOOKMARK" {
                 let obj = ev["object"].clone();
-                let rv = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default().to_string();
+                let rv = obj
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
                 ev["object"] = table::table(&rt, &[obj], &rv, IncludeObject::Metadata, None);
             }
             Bytes::from(format!("{ev}\n"))
@@ -1329,14 +1746,22 @@ fn watch_response(shared: std::sync::Arc<Shared>, rp: ResourcePath, ctx: &Ctx) -
     });
 
     let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
     });
     stream_response(BodyExt::boxed(StreamBody::new(stream)))
 }
 
 fn stream_response(body: Body) -> Response<Body> {
     let mut resp = Response::new(body);
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
     resp
 }

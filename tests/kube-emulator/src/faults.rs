@@ -79,11 +79,23 @@ impl RequestFilter {
     pub fn matches(&self, r: &RequestRecord) -> bool {
         self.verb.as_ref().is_none_or(|v| *v == r.verb)
             && self.resource.as_ref().is_none_or(|v| *v == r.resource)
-            && self.subresource.as_ref().is_none_or(|v| *v == r.subresource)
-            && self.namespace.as_ref().is_none_or(|v| Some(v) == r.namespace.as_ref())
-            && self.name.as_ref().is_none_or(|v| Some(v) == r.name.as_ref())
+            && self
+                .subresource
+                .as_ref()
+                .is_none_or(|v| *v == r.subresource)
+            && self
+                .namespace
+                .as_ref()
+                .is_none_or(|v| Some(v) == r.namespace.as_ref())
+            && self
+                .name
+                .as_ref()
+                .is_none_or(|v| Some(v) == r.name.as_ref())
             && self.caller.as_ref().is_none_or(|v| *v == r.caller)
-            && self.patch_type.as_ref().is_none_or(|v| Some(v) == r.patch_type.as_ref())
+            && self
+                .patch_type
+                .as_ref()
+                .is_none_or(|v| Some(v) == r.patch_type.as_ref())
     }
 }
 

@@ -66,7 +66,9 @@ pub struct Emulator {
 
 impl std::fmt::Debug for Emulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Emulator").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("Emulator")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -84,11 +86,20 @@ impl Emulator {
     /// Starts an emulator on 127.0.0.1 with a random port, a fresh CA and admin token, and the
     /// `default`, `kube-system` and `kube-public` namespaces.
     pub async fn start() -> Result<Emulator, EmulatorError> {
-        Self::start_on("127.0.0.1:0".parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))), None).await
+        Self::start_on(
+            "127.0.0.1:0"
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
+            None,
+        )
+        .await
     }
 
     /// Like [`Emulator::start`], on a given address and optionally with a fixed admin token.
-    pub async fn start_on(addr: SocketAddr, admin_token: Option<String>) -> Result<Emulator, EmulatorError> {
+    pub async fn start_on(
+        addr: SocketAddr,
+        admin_token: Option<String>,
+    ) -> Result<Emulator, EmulatorError> {
         let material = tls::generate()?;
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -162,7 +173,9 @@ impl Emulator {
 
     async fn client_from(&self, kubeconfig: &str) -> Result<kube::Client, EmulatorError> {
         let kc = kube::config::Kubeconfig::from_yaml(kubeconfig)?;
-        let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await?;
         Ok(kube::Client::try_from(config)?)
     }
 
@@ -172,8 +185,13 @@ impl Emulator {
     }
 
     /// A `kube::Client` for ServiceAccount `namespace/name` (subject to RBAC).
-    pub async fn client_for_service_account(&self, namespace: &str, name: &str) -> Result<kube::Client, EmulatorError> {
-        self.client_from(&self.kubeconfig_for_service_account(namespace, name)).await
+    pub async fn client_for_service_account(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<kube::Client, EmulatorError> {
+        self.client_from(&self.kubeconfig_for_service_account(namespace, name))
+            .await
     }
 
     /// Hangs every request (and stalls open watches) until [`Emulator::resume`].
@@ -227,12 +245,19 @@ impl Emulator {
     /// Reads an object straight from storage (not counted, no RBAC): `resource` is the plural
     /// with its group (`webhookintegrations.hookwarden.dev`, or `secrets` for the core group).
     pub fn object(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
-        lock(&self.shared.state).store.get(resource, namespace, name).cloned()
+        lock(&self.shared.state)
+            .store
+            .get(resource, namespace, name)
+            .cloned()
     }
 
     /// All stored objects of a resource (`secrets`, `leases.coordination.k8s.io`, …).
     pub fn objects(&self, resource: &str) -> Vec<Value> {
-        lock(&self.shared.state).store.list(resource).cloned().collect()
+        lock(&self.shared.state)
+            .store
+            .list(resource)
+            .cloned()
+            .collect()
     }
 
     /// Stops the server (also done on drop).
@@ -247,7 +272,12 @@ impl Drop for Emulator {
     }
 }
 
-async fn serve(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn serve(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -262,7 +292,9 @@ async fn serve(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, share
         let acceptor = acceptor.clone();
         let shared = shared.clone();
         connections.spawn(async move {
-            let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else {
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+            else {
                 return;
             };
             let service = hyper::service::service_fn(move |req| {
@@ -290,7 +322,11 @@ async fn garbage_collector(shared: Arc<Shared>, mut stop: watch::Receiver<bool>)
 }
 
 /// `/_emulator/<action>` (admin token only): the fault API over HTTP, for manual sessions.
-fn control(shared: &Shared, action: &str, query: &HashMap<String, String>) -> http::Response<api::Body> {
+fn control(
+    shared: &Shared,
+    action: &str,
+    query: &HashMap<String, String>,
+) -> http::Response<api::Body> {
     let q = |k: &str| query.get(k).map(String::as_str);
     match action {
         "pause" => shared.faults.pause(),
@@ -329,7 +365,13 @@ fn control(shared: &Shared, action: &str, query: &HashMap<String, String>) -> ht
             return json_response(200, &json!(counts));
         }
         _ => {
-            return error_response(&api::ApiError::new(404, "NotFound", format!("unknown emulator action {action:?}; try pause, resume, compact, fail, clear-failures, requests")));
+            return error_response(&api::ApiError::new(
+                404,
+                "NotFound",
+                format!(
+                    "unknown emulator action {action:?}; try pause, resume, compact, fail, clear-failures, requests"
+                ),
+            ));
         }
     }
     json_response(200, &json!({"ok": action}))

@@ -94,9 +94,7 @@ fn component(rt: &ResourceType) -> Value {
         })
     });
     if let Some(m) = schema.as_object_mut() {
-        let props = m
-            .entry("properties")
-            .or_insert_with(|| json!({}));
+        let props = m.entry("properties").or_insert_with(|| json!({}));
         if let Some(p) = props.as_object_mut() {
             p.insert("apiVersion".into(), json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}));
             p.insert("kind".into(), json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}));

@@ -72,9 +72,14 @@ pub fn strategic_merge(target: &mut Value, patch: &Value) {
                     continue;
                 }
                 match t.get_mut(k) {
-                    Some(existing) if existing.is_object() && v.is_object() => strategic_merge(existing, v),
+                    Some(existing) if existing.is_object() && v.is_object() => {
+                        strategic_merge(existing, v)
+                    }
                     Some(Value::Array(existing)) if v.is_array() => {
-                        if let Some(merged) = merge_list(existing, v.as_array().map(Vec::as_slice).unwrap_or_default()) {
+                        if let Some(merged) = merge_list(
+                            existing,
+                            v.as_array().map(Vec::as_slice).unwrap_or_default(),
+                        ) {
                             *existing = merged;
                         } else {
                             t.insert(k.clone(), strip_directives(v));
@@ -106,8 +111,12 @@ fn strip_directives(v: &Value) -> Value {
 fn merge_list(existing: &[Value], patch: &[Value]) -> Option<Vec<Value>> {
     let key = ["name", "type"].into_iter().find(|k| {
         !patch.is_empty()
-            && patch.iter().all(|i| i.get(*k).is_some_and(Value::is_string))
-            && existing.iter().all(|i| i.get(*k).is_some_and(Value::is_string))
+            && patch
+                .iter()
+                .all(|i| i.get(*k).is_some_and(Value::is_string))
+            && existing
+                .iter()
+                .all(|i| i.get(*k).is_some_and(Value::is_string))
     })?;
     let mut out = existing.to_vec();
     for item in patch {
@@ -139,9 +148,11 @@ fn list_map_keys(schema: Option<&Value>) -> Option<Vec<String>> {
     if s.get("x-kubernetes-list-type").and_then(Value::as_str) != Some("map") {
         return None;
     }
-    s.get("x-kubernetes-list-map-keys")?
-        .as_array()
-        .map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_string)).collect())
+    s.get("x-kubernetes-list-map-keys")?.as_array().map(|a| {
+        a.iter()
+            .filter_map(|k| k.as_str().map(str::to_string))
+            .collect()
+    })
 }
 
 fn is_set(schema: Option<&Value>) -> bool {
@@ -181,7 +192,12 @@ pub fn field_set(object: &Value, schema: Option<&Value>, scope: Scope) -> FieldS
             if let Some(meta) = v.as_object() {
                 for mk in ["labels", "annotations", "finalizers", "ownerReferences"] {
                     if let Some(mv) = meta.get(mk) {
-                        collect(mv, None, vec!["f:metadata".into(), format!("f:{mk}")], &mut out);
+                        collect(
+                            mv,
+                            None,
+                            vec!["f:metadata".into(), format!("f:{mk}")],
+                            &mut out,
+                        );
                     }
                 }
             }
@@ -194,7 +210,13 @@ pub fn field_set(object: &Value, schema: Option<&Value>, scope: Scope) -> FieldS
 
 fn collect(value: &Value, schema: Option<&Value>, prefix: FieldPath, out: &mut FieldSet) {
     match value {
-        Value::Object(m) if !m.is_empty() && schema.and_then(|s| s.get("x-kubernetes-map-type")).and_then(Value::as_str) != Some("atomic") => {
+        Value::Object(m)
+            if !m.is_empty()
+                && schema
+                    .and_then(|s| s.get("x-kubernetes-map-type"))
+                    .and_then(Value::as_str)
+                    != Some("atomic") =>
+        {
             for (k, v) in m {
                 let mut p = prefix.clone();
                 p.push(format!("f:{k}"));
@@ -287,7 +309,10 @@ pub fn remove_at(object: &mut Value, path: &[String]) {
             m.remove(name);
         }
     } else if let Some(k) = last.strip_prefix("k:") {
-        if let (Ok(want), Some(a)) = (serde_json::from_str::<Map<String, Value>>(k), cur.as_array_mut()) {
+        if let (Ok(want), Some(a)) = (
+            serde_json::from_str::<Map<String, Value>>(k),
+            cur.as_array_mut(),
+        ) {
             a.retain(|i| !want.iter().all(|(wk, wv)| i.get(wk) == Some(wv)));
         }
     } else if let Some(v) = last.strip_prefix("v:")
@@ -328,8 +353,12 @@ fn merge_applied(live: &mut Value, applied: &Value, schema: Option<&Value>) {
             for (k, v) in a {
                 let sub = child_schema(schema, k);
                 match l.get_mut(k) {
-                    Some(existing) if existing.is_object() && v.is_object() => merge_applied(existing, v, sub),
-                    Some(Value::Array(existing)) if v.is_array() && list_map_keys(sub).is_some() => {
+                    Some(existing) if existing.is_object() && v.is_object() => {
+                        merge_applied(existing, v, sub)
+                    }
+                    Some(Value::Array(existing))
+                        if v.is_array() && list_map_keys(sub).is_some() =>
+                    {
                         let keys = list_map_keys(sub).unwrap_or_default();
                         let item_schema = sub.and_then(|s| s.get("items"));
                         for item in v.as_array().into_iter().flatten() {
@@ -478,9 +507,9 @@ pub fn apply(
 ) -> Result<Value, Vec<Conflict>> {
     let new_set = field_set(applied, schema, scope);
     let mut entries = live.map(read_managed).unwrap_or_default();
-    let mut result = live.cloned().unwrap_or_else(|| {
-        json!({"apiVersion": applied["apiVersion"], "kind": applied["kind"], "metadata": {}})
-    });
+    let mut result = live.cloned().unwrap_or_else(
+        || json!({"apiVersion": applied["apiVersion"], "kind": applied["kind"], "metadata": {}}),
+    );
 
     let mut conflicts = Vec::new();
     for e in entries.iter().filter(|e| {
@@ -505,7 +534,9 @@ pub fn apply(
         }
         for e in entries.iter_mut() {
             if !(e.manager == manager && e.operation == "Apply") {
-                e.fields.retain(|p| !new_set.contains(p) || value_at(&result, p) == value_at(applied, p));
+                e.fields.retain(|p| {
+                    !new_set.contains(p) || value_at(&result, p) == value_at(applied, p)
+                });
             }
         }
     }
@@ -536,7 +567,12 @@ pub fn apply(
                     m.remove("status");
                 }
                 if let Some(meta) = m.get_mut("metadata").and_then(Value::as_object_mut) {
-                    meta.retain(|k, _| matches!(k.as_str(), "labels" | "annotations" | "finalizers" | "ownerReferences"));
+                    meta.retain(|k, _| {
+                        matches!(
+                            k.as_str(),
+                            "labels" | "annotations" | "finalizers" | "ownerReferences"
+                        )
+                    });
                 }
             }
         }
@@ -617,7 +653,9 @@ pub fn track_update(
 mod tests {
     use super::*;
 
-    const MAIN: Scope = Scope::Main { status_subresource: true };
+    const MAIN: Scope = Scope::Main {
+        status_subresource: true,
+    };
 
     #[test]
     fn two_managers_keep_their_own_fields() {
@@ -638,10 +676,19 @@ mod tests {
         let obj = apply(None, &a, "alice", false, None, MAIN, "v1").expect("first apply");
         let b = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"a": "2"}});
         let err = apply(Some(&obj), &b, "bob", false, None, MAIN, "v1").expect_err("conflict");
-        assert_eq!(err, vec![Conflict { manager: "alice".into(), field: ".data.a".into() }]);
+        assert_eq!(
+            err,
+            vec![Conflict {
+                manager: "alice".into(),
+                field: ".data.a".into()
+            }]
+        );
         let forced = apply(Some(&obj), &b, "bob", true, None, MAIN, "v1").expect("forced");
         assert_eq!(forced["data"]["a"], "2");
-        let managers: Vec<_> = read_managed(&forced).into_iter().map(|e| e.manager).collect();
+        let managers: Vec<_> = read_managed(&forced)
+            .into_iter()
+            .map(|e| e.manager)
+            .collect();
         assert_eq!(managers, vec!["bob".to_string()]);
     }
 
@@ -649,16 +696,40 @@ mod tests {
     fn list_map_items_merge_by_key() {
         let schema = json!({"properties": {"status": {"properties": {"conditions": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"], "items": {"type": "object"}}}}}});
         let a = json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}});
-        let obj = apply(Some(&json!({"metadata": {}})), &a, "ctl", false, Some(&schema), Scope::Status, "v1").expect("apply");
+        let obj = apply(
+            Some(&json!({"metadata": {}})),
+            &a,
+            "ctl",
+            false,
+            Some(&schema),
+            Scope::Status,
+            "v1",
+        )
+        .expect("apply");
         let b = json!({"status": {"conditions": [{"type": "Degraded", "status": "False"}]}});
-        let obj = apply(Some(&obj), &b, "rcv", false, Some(&schema), Scope::Status, "v1").expect("apply");
-        assert_eq!(obj["status"]["conditions"].as_array().map(Vec::len), Some(2));
+        let obj = apply(
+            Some(&obj),
+            &b,
+            "rcv",
+            false,
+            Some(&schema),
+            Scope::Status,
+            "v1",
+        )
+        .expect("apply");
+        assert_eq!(
+            obj["status"]["conditions"].as_array().map(Vec::len),
+            Some(2)
+        );
     }
 
     #[test]
     fn strategic_merge_merges_named_lists() {
         let mut t = json!({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]}});
-        strategic_merge(&mut t, &json!({"spec": {"containers": [{"name": "b", "image": "z"}]}}));
+        strategic_merge(
+            &mut t,
+            &json!({"spec": {"containers": [{"name": "b", "image": "z"}]}}),
+        );
         assert_eq!(t["spec"]["containers"][1]["image"], "z");
         assert_eq!(t["spec"]["containers"][0]["image"], "x");
     }

@@ -80,8 +80,14 @@ fn subject_matches(subject: &Value, user: &User, binding_ns: Option<&str>) -> bo
     let name = subject["name"].as_str().unwrap_or_default();
     match kind {
         "ServiceAccount" => match user {
-            User::ServiceAccount { namespace, name: sa } => {
-                let ns = subject["namespace"].as_str().or(binding_ns).unwrap_or_default();
+            User::ServiceAccount {
+                namespace,
+                name: sa,
+            } => {
+                let ns = subject["namespace"]
+                    .as_str()
+                    .or(binding_ns)
+                    .unwrap_or_default();
                 ns == namespace && name == sa
             }
             User::Admin => false,
@@ -96,7 +102,9 @@ fn role_rules<'s>(store: &'s Store, role_ref: &Value, binding_ns: Option<&str>) 
     let name = role_ref["name"].as_str().unwrap_or_default();
     let role = match role_ref["kind"].as_str() {
         Some("ClusterRole") => store.get("clusterroles.rbac.authorization.k8s.io", "", name),
-        Some("Role") => binding_ns.and_then(|ns| store.get("roles.rbac.authorization.k8s.io", ns, name)),
+        Some("Role") => {
+            binding_ns.and_then(|ns| store.get("roles.rbac.authorization.k8s.io", ns, name))
+        }
         _ => None,
     };
     role.and_then(|r| r["rules"].as_array())
@@ -112,7 +120,9 @@ pub fn allowed(store: &Store, user: &User, a: &Attributes<'_>) -> bool {
     for crb in store.list("clusterrolebindings.rbac.authorization.k8s.io") {
         let subjects = crb["subjects"].as_array().into_iter().flatten();
         if subjects.clone().any(|s| subject_matches(s, user, None))
-            && role_rules(store, &crb["roleRef"], None).iter().any(|r| rule_allows(r, a))
+            && role_rules(store, &crb["roleRef"], None)
+                .iter()
+                .any(|r| rule_allows(r, a))
         {
             return true;
         }
@@ -124,7 +134,9 @@ pub fn allowed(store: &Store, user: &User, a: &Attributes<'_>) -> bool {
             }
             let subjects = rb["subjects"].as_array().into_iter().flatten();
             if subjects.clone().any(|s| subject_matches(s, user, Some(ns)))
-                && role_rules(store, &rb["roleRef"], Some(ns)).iter().any(|r| rule_allows(r, a))
+                && role_rules(store, &rb["roleRef"], Some(ns))
+                    .iter()
+                    .any(|r| rule_allows(r, a))
             {
                 return true;
             }
@@ -166,8 +178,18 @@ mod tests {
         let rv = store.next_rv();
         store.put("roles.rbac.authorization.k8s.io", "apps", "status-writer", json!({"rules": [{"apiGroups": ["hookwarden.dev"], "resources": ["webhookintegrations/status"], "verbs": ["patch"]}]}), rv);
         store.put("rolebindings.rbac.authorization.k8s.io", "apps", "b", json!({"metadata": {"namespace": "apps"}, "roleRef": {"kind": "Role", "name": "status-writer"}, "subjects": [{"kind": "ServiceAccount", "name": "rcv"}]}), rv);
-        let user = User::ServiceAccount { namespace: "apps".into(), name: "rcv".into() };
-        let mut a = Attributes { verb: "patch", group: "hookwarden.dev", resource: "webhookintegrations", subresource: Some("status"), namespace: Some("apps"), name: Some("x") };
+        let user = User::ServiceAccount {
+            namespace: "apps".into(),
+            name: "rcv".into(),
+        };
+        let mut a = Attributes {
+            verb: "patch",
+            group: "hookwarden.dev",
+            resource: "webhookintegrations",
+            subresource: Some("status"),
+            namespace: Some("apps"),
+            name: Some("x"),
+        };
         assert!(allowed(&store, &user, &a));
         a.subresource = None;
         assert!(!allowed(&store, &user, &a));

@@ -125,45 +125,282 @@ struct Builtin {
 }
 
 const BUILTINS: &[Builtin] = &[
-    Builtin { group: "", version: "v1", kind: "Namespace", plural: "namespaces", short: &["ns"], namespaced: false, status: true, categories: &[] },
-    Builtin { group: "", version: "v1", kind: "Secret", plural: "secrets", short: &[], namespaced: true, status: false, categories: &[] },
-    Builtin { group: "", version: "v1", kind: "ConfigMap", plural: "configmaps", short: &["cm"], namespaced: true, status: false, categories: &[] },
-    Builtin { group: "", version: "v1", kind: "Event", plural: "events", short: &["ev"], namespaced: true, status: false, categories: &[] },
-    Builtin { group: "", version: "v1", kind: "ServiceAccount", plural: "serviceaccounts", short: &["sa"], namespaced: true, status: false, categories: &[] },
-    Builtin { group: "", version: "v1", kind: "Service", plural: "services", short: &["svc"], namespaced: true, status: true, categories: &["all"] },
-    Builtin { group: "", version: "v1", kind: "Pod", plural: "pods", short: &["po"], namespaced: true, status: true, categories: &["all"] },
-    Builtin { group: "", version: "v1", kind: "Endpoints", plural: "endpoints", short: &["ep"], namespaced: true, status: false, categories: &[] },
-    Builtin { group: "events.k8s.io", version: "v1", kind: "Event", plural: "events", short: &["ev"], namespaced: true, status: false, categories: &[] },
-    Builtin { group: "coordination.k8s.io", version: "v1", kind: "Lease", plural: "leases", short: &[], namespaced: true, status: false, categories: &[] },
-    Builtin { group: "apiextensions.k8s.io", version: "v1", kind: "CustomResourceDefinition", plural: "customresourcedefinitions", short: &["crd", "crds"], namespaced: false, status: true, categories: &["api-extensions"] },
-    Builtin { group: "rbac.authorization.k8s.io", version: "v1", kind: "Role", plural: "roles", short: &[], namespaced: true, status: false, categories: &[] },
-    Builtin { group: "rbac.authorization.k8s.io", version: "v1", kind: "ClusterRole", plural: "clusterroles", short: &[], namespaced: false, status: false, categories: &[] },
-    Builtin { group: "rbac.authorization.k8s.io", version: "v1", kind: "RoleBinding", plural: "rolebindings", short: &[], namespaced: true, status: false, categories: &[] },
-    Builtin { group: "rbac.authorization.k8s.io", version: "v1", kind: "ClusterRoleBinding", plural: "clusterrolebindings", short: &[], namespaced: false, status: false, categories: &[] },
-    Builtin { group: "apps", version: "v1", kind: "Deployment", plural: "deployments", short: &["deploy"], namespaced: true, status: true, categories: &["all"] },
-    Builtin { group: "apps", version: "v1", kind: "StatefulSet", plural: "statefulsets", short: &["sts"], namespaced: true, status: true, categories: &["all"] },
-    Builtin { group: "apps", version: "v1", kind: "DaemonSet", plural: "daemonsets", short: &["ds"], namespaced: true, status: true, categories: &["all"] },
-    Builtin { group: "apps", version: "v1", kind: "ReplicaSet", plural: "replicasets", short: &["rs"], namespaced: true, status: true, categories: &["all"] },
-    Builtin { group: "policy", version: "v1", kind: "PodDisruptionBudget", plural: "poddisruptionbudgets", short: &["pdb"], namespaced: true, status: true, categories: &[] },
-    Builtin { group: "networking.k8s.io", version: "v1", kind: "NetworkPolicy", plural: "networkpolicies", short: &["netpol"], namespaced: true, status: false, categories: &[] },
-    Builtin { group: "networking.k8s.io", version: "v1", kind: "Ingress", plural: "ingresses", short: &["ing"], namespaced: true, status: true, categories: &[] },
-    Builtin { group: "autoscaling", version: "v2", kind: "HorizontalPodAutoscaler", plural: "horizontalpodautoscalers", short: &["hpa"], namespaced: true, status: true, categories: &["all"] },
+    Builtin {
+        group: "",
+        version: "v1",
+        kind: "Namespace",
+        plural: "namespaces",
+        short: &["ns"],
+        namespaced: false,
+        status: true,
+        categories: &[],
+    },
+    Builtin {
+        group: "",
+        version: "v1",
+        kind: "Secret",
+        plural: "secrets",
+        short: &[],
+        namespaced: true,
+        status: false,
+        categories: &[],
+    },
+    Builtin {
+        group: "",
+        version: "v1",
+        kind: "ConfigMap",
+        plural: "configmaps",
+        short: &["cm"],
+        namespaced: true,
+        status: false,
+        categories: &[],
+    },
+    Builtin {
+        group: "",
+        version: "v1",
+        kind: "Event",
+        plural: "events",
+        short: &["ev"],
+        namespaced: true,
+        status: false,
+        categories: &[],
+    },
+    Builtin {
+        group: "",
+        version: "v1",
+        kind: "ServiceAccount",
+        plural: "serviceaccounts",
+        short: &["sa"],
+        namespaced: true,
+        status: false,
+        categories: &[],
+    },
+    Builtin {
+        group: "",
+        version: "v1",
+        kind: "Service",
+        plural: "services",
+        short: &["svc"],
+        namespaced: true,
+        status: true,
+        categories: &["all"],
+    },
+    Builtin {
+        group: "",
+        version: "v1",
+        kind: "Pod",
+        plural: "pods",
+        short: &["po"],
+        namespaced: true,
+        status: true,
+        categories: &["all"],
+    },
+    Builtin {
+        group: "",
+        version: "v1",
+        kind: "Endpoints",
+        plural: "endpoints",
+        short: &["ep"],
+        namespaced: true,
+        status: false,
+        categories: &[],
+    },
+    Builtin {
+        group: "events.k8s.io",
+        version: "v1",
+        kind: "Event",
+        plural: "events",
+        short: &["ev"],
+        namespaced: true,
+        status: false,
+        categories: &[],
+    },
+    Builtin {
+        group: "coordination.k8s.io",
+        version: "v1",
+        kind: "Lease",
+        plural: "leases",
+        short: &[],
+        namespaced: true,
+        status: false,
+        categories: &[],
+    },
+    Builtin {
+        group: "apiextensions.k8s.io",
+        version: "v1",
+        kind: "CustomResourceDefinition",
+        plural: "customresourcedefinitions",
+        short: &["crd", "crds"],
+        namespaced: false,
+        status: true,
+        categories: &["api-extensions"],
+    },
+    Builtin {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "Role",
+        plural: "roles",
+        short: &[],
+        namespaced: true,
+        status: false,
+        categories: &[],
+    },
+    Builtin {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "ClusterRole",
+        plural: "clusterroles",
+        short: &[],
+        namespaced: false,
+        status: false,
+        categories: &[],
+    },
+    Builtin {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "RoleBinding",
+        plural: "rolebindings",
+        short: &[],
+        namespaced: true,
+        status: false,
+        categories: &[],
+    },
+    Builtin {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "ClusterRoleBinding",
+        plural: "clusterrolebindings",
+        short: &[],
+        namespaced: false,
+        status: false,
+        categories: &[],
+    },
+    Builtin {
+        group: "apps",
+        version: "v1",
+        kind: "Deployment",
+        plural: "deployments",
+        short: &["deploy"],
+        namespaced: true,
+        status: true,
+        categories: &["all"],
+    },
+    Builtin {
+        group: "apps",
+        version: "v1",
+        kind: "StatefulSet",
+        plural: "statefulsets",
+        short: &["sts"],
+        namespaced: true,
+        status: true,
+        categories: &["all"],
+    },
+    Builtin {
+        group: "apps",
+        version: "v1",
+        kind: "DaemonSet",
+        plural: "daemonsets",
+        short: &["ds"],
+        namespaced: true,
+        status: true,
+        categories: &["all"],
+    },
+    Builtin {
+        group: "apps",
+        version: "v1",
+        kind: "ReplicaSet",
+        plural: "replicasets",
+        short: &["rs"],
+        namespaced: true,
+        status: true,
+        categories: &["all"],
+    },
+    Builtin {
+        group: "policy",
+        version: "v1",
+        kind: "PodDisruptionBudget",
+        plural: "poddisruptionbudgets",
+        short: &["pdb"],
+        namespaced: true,
+        status: true,
+        categories: &[],
+    },
+    Builtin {
+        group: "networking.k8s.io",
+        version: "v1",
+        kind: "NetworkPolicy",
+        plural: "networkpolicies",
+        short: &["netpol"],
+        namespaced: true,
+        status: false,
+        categories: &[],
+    },
+    Builtin {
+        group: "networking.k8s.io",
+        version: "v1",
+        kind: "Ingress",
+        plural: "ingresses",
+        short: &["ing"],
+        namespaced: true,
+        status: true,
+        categories: &[],
+    },
+    Builtin {
+        group: "autoscaling",
+        version: "v2",
+        kind: "HorizontalPodAutoscaler",
+        plural: "horizontalpodautoscalers",
+        short: &["hpa"],
+        namespaced: true,
+        status: true,
+        categories: &["all"],
+    },
 ];
 
 fn default_columns(kind: &str) -> Vec<PrinterColumn> {
-    let mut cols = vec![column("Name", "string", ".metadata.name", "Name must be unique within a namespace.")];
+    let mut cols = vec![column(
+        "Name",
+        "string",
+        ".metadata.name",
+        "Name must be unique within a namespace.",
+    )];
     cols[0].format = "name".to_string();
     match kind {
-        "Namespace" => cols.push(column("Status", "string", ".status.phase", "The status of the namespace")),
+        "Namespace" => cols.push(column(
+            "Status",
+            "string",
+            ".status.phase",
+            "The status of the namespace",
+        )),
         "Secret" => {
             cols.push(column("Type", "string", ".type", "The type of the secret"));
-            cols.push(column("Data", "integer", "#data", "The number of keys in the secret"));
+            cols.push(column(
+                "Data",
+                "integer",
+                "#data",
+                "The number of keys in the secret",
+            ));
         }
-        "ConfigMap" => cols.push(column("Data", "integer", "#data", "Number of keys in the config map")),
+        "ConfigMap" => cols.push(column(
+            "Data",
+            "integer",
+            "#data",
+            "Number of keys in the config map",
+        )),
         "ServiceAccount" => {}
-        "Lease" => cols.push(column("Holder", "string", ".spec.holderIdentity", "The holder of the lease")),
+        "Lease" => cols.push(column(
+            "Holder",
+            "string",
+            ".spec.holderIdentity",
+            "The holder of the lease",
+        )),
         "CustomResourceDefinition" => {
-            cols.push(column("Created At", "string", ".metadata.creationTimestamp", ""));
+            cols.push(column(
+                "Created At",
+                "string",
+                ".metadata.creationTimestamp",
+                "",
+            ));
             return cols;
         }
         _ => {}
@@ -198,7 +435,10 @@ impl Registry {
                 printer_columns: default_columns(b.kind),
                 crd_name: None,
             };
-            types.insert((rt.group.clone(), rt.version.clone(), rt.plural.clone()), rt);
+            types.insert(
+                (rt.group.clone(), rt.version.clone(), rt.plural.clone()),
+                rt,
+            );
         }
         Registry { types }
     }
@@ -258,7 +498,11 @@ impl Registry {
             .unwrap_or_else(|| format!("{kind}List"));
         let strings = |v: &Value| -> Vec<String> {
             v.as_array()
-                .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let namespaced = spec["scope"].as_str() != Some("Cluster");
@@ -268,7 +512,12 @@ impl Registry {
             }
             let vname = version["name"].as_str().unwrap_or_default().to_string();
             let mut columns = Vec::new();
-            let mut name_col = column("Name", "string", ".metadata.name", "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names");
+            let mut name_col = column(
+                "Name",
+                "string",
+                ".metadata.name",
+                "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names",
+            );
             name_col.format = "name".to_string();
             columns.push(name_col);
             let extra = version["additionalPrinterColumns"].as_array();
@@ -300,7 +549,8 @@ impl Registry {
                 printer_columns: columns,
                 crd_name: Some(name.to_string()),
             };
-            self.types.insert((group.clone(), vname, plural.clone()), rt);
+            self.types
+                .insert((group.clone(), vname, plural.clone()), rt);
         }
     }
 

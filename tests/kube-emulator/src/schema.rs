@@ -72,7 +72,8 @@ pub fn prune(schema: &Value, object: &mut Value) -> Vec<String> {
             match props.and_then(|p| p.get(&key)) {
                 Some(sub) => {
                     if let Some(v) = map.get_mut(&key) {
-                        if v.is_null() && sub.get("nullable").and_then(Value::as_bool) != Some(true) {
+                        if v.is_null() && sub.get("nullable").and_then(Value::as_bool) != Some(true)
+                        {
                             map.remove(&key);
                         } else {
                             prune_node(sub, v, &key, &mut unknown);
@@ -103,7 +104,9 @@ fn prune_node(schema: &Value, value: &mut Value, path: &str, unknown: &mut Vec<S
             let props = schema.get("properties").and_then(Value::as_object);
             let additional = schema.get("additionalProperties").filter(|a| a.is_object());
             if props.is_none() && additional.is_none() {
-                if !preserves(schema) && schema.get("type").and_then(Value::as_str) == Some("object") {
+                if !preserves(schema)
+                    && schema.get("type").and_then(Value::as_str) == Some("object")
+                {
                     for k in map.keys() {
                         unknown.push(join(path, k));
                     }
@@ -207,15 +210,26 @@ fn validate_node(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fie
             errors.push(FieldError::invalid(
                 path,
                 &Value::String("null".into()),
-                format!("{path} in body must be of type {}: \"null\"", schema.get("type").and_then(Value::as_str).unwrap_or("object")),
+                format!(
+                    "{path} in body must be of type {}: \"null\"",
+                    schema
+                        .get("type")
+                        .and_then(Value::as_str)
+                        .unwrap_or("object")
+                ),
             ));
         }
         return;
     }
-    let int_or_string = schema.get("x-kubernetes-int-or-string").and_then(Value::as_bool) == Some(true);
+    let int_or_string = schema
+        .get("x-kubernetes-int-or-string")
+        .and_then(Value::as_bool)
+        == Some(true);
     if let Some(t) = schema.get("type").and_then(Value::as_str) {
         let have = type_name(value);
-        let ok = have == t || (t == "number" && have == "integer") || int_or_string && (have == "integer" || have == "string");
+        let ok = have == t
+            || (t == "number" && have == "integer")
+            || int_or_string && (have == "integer" || have == "string");
         if !ok {
             errors.push(FieldError::invalid(
                 path,
@@ -239,7 +253,10 @@ fn validate_node(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fie
         errors.push(FieldError {
             field: path.to_string(),
             reason: "FieldValueNotSupported",
-            detail: format!("Unsupported value: {}: supported values: {list}", display_value(value)),
+            detail: format!(
+                "Unsupported value: {}: supported values: {list}",
+                display_value(value)
+            ),
         });
     }
     match value {
@@ -248,21 +265,41 @@ fn validate_node(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fie
             if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
                 let excl = schema.get("exclusiveMinimum").and_then(Value::as_bool) == Some(true);
                 if x < min || (excl && x == min) {
-                    let rel = if excl { "greater than" } else { "greater than or equal to" };
-                    errors.push(FieldError::invalid(path, value, format!("{path} in body should be {rel} {}", num_text(min))));
+                    let rel = if excl {
+                        "greater than"
+                    } else {
+                        "greater than or equal to"
+                    };
+                    errors.push(FieldError::invalid(
+                        path,
+                        value,
+                        format!("{path} in body should be {rel} {}", num_text(min)),
+                    ));
                 }
             }
             if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
                 let excl = schema.get("exclusiveMaximum").and_then(Value::as_bool) == Some(true);
                 if x > max || (excl && x == max) {
-                    let rel = if excl { "less than" } else { "less than or equal to" };
-                    errors.push(FieldError::invalid(path, value, format!("{path} in body should be {rel} {}", num_text(max))));
+                    let rel = if excl {
+                        "less than"
+                    } else {
+                        "less than or equal to"
+                    };
+                    errors.push(FieldError::invalid(
+                        path,
+                        value,
+                        format!("{path} in body should be {rel} {}", num_text(max)),
+                    ));
                 }
             }
             if schema.get("format").and_then(Value::as_str) == Some("int32")
                 && (x > i32::MAX as f64 || x < i32::MIN as f64)
             {
-                errors.push(FieldError::invalid(path, value, format!("{path} in body must be of type int32: \"{}\"", num_text(x))));
+                errors.push(FieldError::invalid(
+                    path,
+                    value,
+                    format!("{path} in body must be of type int32: \"{}\"", num_text(x)),
+                ));
             }
         }
         Value::String(s) => {
@@ -279,12 +316,20 @@ fn validate_node(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fie
             if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
                 && len < min
             {
-                errors.push(FieldError::invalid(path, value, format!("{path} in body should be at least {min} chars long")));
+                errors.push(FieldError::invalid(
+                    path,
+                    value,
+                    format!("{path} in body should be at least {min} chars long"),
+                ));
             }
             if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
                 match regex_lite_match(pattern, s) {
                     Some(true) | None => {}
-                    Some(false) => errors.push(FieldError::invalid(path, value, format!("{path} in body should match '{pattern}'"))),
+                    Some(false) => errors.push(FieldError::invalid(
+                        path,
+                        value,
+                        format!("{path} in body should match '{pattern}'"),
+                    )),
                 }
             }
             if let Some(format) = schema.get("format").and_then(Value::as_str) {
@@ -301,7 +346,11 @@ fn validate_node(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fie
                     _ => true,
                 };
                 if !ok {
-                    errors.push(FieldError::invalid(path, value, format!("{path} in body must be of type {format}: {s:?}")));
+                    errors.push(FieldError::invalid(
+                        path,
+                        value,
+                        format!("{path} in body must be of type {format}: {s:?}"),
+                    ));
                 }
             }
         }
@@ -318,7 +367,11 @@ fn validate_node(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fie
             if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
                 && (items.len() as u64) < min
             {
-                errors.push(FieldError::invalid(path, value, format!("{path} in body should have at least {min} items")));
+                errors.push(FieldError::invalid(
+                    path,
+                    value,
+                    format!("{path} in body should have at least {min} items"),
+                ));
             }
             if let Some(item_schema) = schema.get("items") {
                 for (i, item) in items.iter().enumerate() {
@@ -394,39 +447,42 @@ pub fn validate_cel(
     let validator = kube_cel::Validator::new();
     match validator.validate_with_context(schema, object, old, Some(&root)) {
         Ok(()) => Vec::new(),
-        Err(errs) => errs
-            .into_vec()
-            .into_iter()
-            .map(|e| {
-                let field = e.field_path.trim_start_matches('.').to_string();
-                let pointer = field_to_pointer(&field);
-                // A rule's fieldPath may name an absent field; the server then shows the type
-                // of the node that declares the rule, an object.
-                let at = object.pointer(&pointer).cloned().unwrap_or(Value::Object(Default::default()));
-                let shown = Value::String(
-                    match &at {
-                        Value::Object(_) => "object",
-                        Value::Array(_) => "array",
-                        Value::String(_) => "string",
-                        Value::Number(_) => "number",
-                        Value::Bool(_) => "boolean",
-                        Value::Null => "null",
+        Err(errs) => {
+            errs.into_vec()
+                .into_iter()
+                .map(|e| {
+                    let field = e.field_path.trim_start_matches('.').to_string();
+                    let pointer = field_to_pointer(&field);
+                    // A rule's fieldPath may name an absent field; the server then shows the type
+                    // of the node that declares the rule, an object.
+                    let at = object
+                        .pointer(&pointer)
+                        .cloned()
+                        .unwrap_or(Value::Object(Default::default()));
+                    let shown = Value::String(
+                        match &at {
+                            Value::Object(_) => "object",
+                            Value::Array(_) => "array",
+                            Value::String(_) => "string",
+                            Value::Number(_) => "number",
+                            Value::Bool(_) => "boolean",
+                            Value::Null => "null",
+                        }
+                        .to_string(),
+                    );
+                    let message = match e.kind {
+                        kube_cel::ErrorKind::ValidationFailure
+                        | kube_cel::ErrorKind::InvalidResult => e.message.clone(),
+                        _ => format!("rule {:?} could not be evaluated: {}", e.rule, e.message),
+                    };
+                    FieldError {
+                        field,
+                        reason: "FieldValueInvalid",
+                        detail: format!("Invalid value: {}: {message}", display_value(&shown)),
                     }
-                    .to_string(),
-                );
-                let message = match e.kind {
-                    kube_cel::ErrorKind::ValidationFailure | kube_cel::ErrorKind::InvalidResult => {
-                        e.message.clone()
-                    }
-                    _ => format!("rule {:?} could not be evaluated: {}", e.rule, e.message),
-                };
-                FieldError {
-                    field,
-                    reason: "FieldValueInvalid",
-                    detail: format!("Invalid value: {}: {message}", display_value(&shown)),
-                }
-            })
-            .collect(),
+                })
+                .collect()
+        }
     }
 }
 
@@ -480,9 +536,29 @@ mod tests {
     #[test]
     fn cel_is_cidr_rejects_bad_ranges() {
         let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {"r": {"type": "array", "items": {"type": "string"}, "x-kubernetes-validations": [{"rule": "self.all(c, isCIDR(c))", "message": "must be CIDRs"}]}}}}});
-        let errs = validate_cel(&schema, &json!({"spec": {"r": ["10.0.0.0/8", "nope"]}}), None, "x/v1", "x", "K");
+        let errs = validate_cel(
+            &schema,
+            &json!({"spec": {"r": ["10.0.0.0/8", "nope"]}}),
+            None,
+            "x/v1",
+            "x",
+            "K",
+        );
         assert_eq!(errs.len(), 1);
-        assert_eq!(errs[0].rendered(), "spec.r: Invalid value: \"array\": must be CIDRs");
-        assert!(validate_cel(&schema, &json!({"spec": {"r": ["10.0.0.0/8"]}}), None, "x/v1", "x", "K").is_empty());
+        assert_eq!(
+            errs[0].rendered(),
+            "spec.r: Invalid value: \"array\": must be CIDRs"
+        );
+        assert!(
+            validate_cel(
+                &schema,
+                &json!({"spec": {"r": ["10.0.0.0/8"]}}),
+                None,
+                "x/v1",
+                "x",
+                "K"
+            )
+            .is_empty()
+        );
     }
 }

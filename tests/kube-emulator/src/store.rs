@@ -295,7 +295,9 @@ impl FieldSelector {
             } else if let Some((k, v)) = part.split_once('=') {
                 terms.push((k.to_string(), true, v.to_string()));
             } else {
-                return Err(format!("invalid selector: '{part}'; can't understand '{part}'"));
+                return Err(format!(
+                    "invalid selector: '{part}'; can't understand '{part}'"
+                ));
             }
         }
         Ok(FieldSelector { terms })

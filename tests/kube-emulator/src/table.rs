@@ -81,7 +81,11 @@ fn select(current: &[Value], inner: &str) -> Vec<Value> {
                 let got = json_path(item, field);
                 let equal = got.first().is_some_and(|g| match g {
                     Value::String(s) => s == want,
-                    other => other.to_string() == want,
+                    other => {
+                        // Numbers and booleans compare by their JSON text (`@.n==1`).
+                        let text = other.to_string();
+                        text == want
+                    }
                 });
                 equal != negate
             })
@@ -111,7 +115,11 @@ pub fn human_duration(seconds: i64) -> String {
     let m = s / 60;
     if m < 10 {
         let rem = s % 60;
-        return if rem == 0 { format!("{m}m") } else { format!("{m}m{rem}s") };
+        return if rem == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{rem}s")
+        };
     }
     if m < 180 {
         return format!("{m}m");
@@ -119,7 +127,11 @@ pub fn human_duration(seconds: i64) -> String {
     let h = m / 60;
     if h < 8 {
         let rem = m % 60;
-        return if rem == 0 { format!("{h}h") } else { format!("{h}h{rem}m") };
+        return if rem == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{rem}m")
+        };
     }
     if h < 48 {
         return format!("{h}h");
@@ -127,7 +139,11 @@ pub fn human_duration(seconds: i64) -> String {
     let d = h / 24;
     if d < 8 {
         let rem = h % 24;
-        return if rem == 0 { format!("{d}d") } else { format!("{d}d{rem}h") };
+        return if rem == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{rem}h")
+        };
     }
     if d < 365 * 2 {
         return format!("{d}d");
@@ -137,15 +153,26 @@ pub fn human_duration(seconds: i64) -> String {
 
 fn cell(object: &Value, col: &PrinterColumn) -> Value {
     if let Some(field) = col.json_path.strip_prefix('#') {
-        return json!(object.get(field).and_then(Value::as_object).map(|m| m.len()).unwrap_or(0));
+        return json!(
+            object
+                .get(field)
+                .and_then(Value::as_object)
+                .map(|m| m.len())
+                .unwrap_or(0)
+        );
     }
     let values = json_path(object, &col.json_path);
     let Some(first) = values.first() else {
         return Value::Null;
     };
     match col.type_.as_str() {
-        "date" => match first.as_str().and_then(|s| s.parse::<jiff::Timestamp>().ok()) {
-            Some(ts) => json!(human_duration(jiff::Timestamp::now().as_second() - ts.as_second())),
+        "date" => match first
+            .as_str()
+            .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+        {
+            Some(ts) => json!(human_duration(
+                jiff::Timestamp::now().as_second() - ts.as_second()
+            )),
             None => json!("<unknown>"),
         },
         "integer" | "number" | "boolean" => first.clone(),
@@ -177,7 +204,13 @@ fn row_object(object: &Value, include: IncludeObject) -> Value {
 }
 
 /// A Table of `objects` with the type's columns.
-pub fn table(rt: &ResourceType, objects: &[Value], resource_version: &str, include: IncludeObject, cont: Option<&str>) -> Value {
+pub fn table(
+    rt: &ResourceType,
+    objects: &[Value],
+    resource_version: &str,
+    include: IncludeObject,
+    cont: Option<&str>,
+) -> Value {
     let columns: Vec<Value> = rt
         .printer_columns
         .iter()
@@ -223,7 +256,10 @@ mod tests {
     #[test]
     fn condition_filter_picks_the_ready_status() {
         let obj = json!({"status": {"conditions": [{"type": "Degraded", "status": "False"}, {"type": "Ready", "status": "True"}]}});
-        assert_eq!(json_path(&obj, r#".status.conditions[?(@.type=="Ready")].status"#), vec![json!("True")]);
+        assert_eq!(
+            json_path(&obj, r#".status.conditions[?(@.type=="Ready")].status"#),
+            vec![json!("True")]
+        );
         assert!(json_path(&obj, ".status.missing").is_empty());
     }
 
