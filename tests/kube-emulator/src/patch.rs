@@ -41,11 +41,25 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     json_patch::merge(target, patch);
 }
 
-/// JSON patch (RFC 6902).
+/// JSON patch (RFC 6902), with the API server's leniency: a `test` for `null` passes when the
+/// path does not exist (kube-runtime's finalizer helper relies on it).
 pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), String> {
-    let ops: json_patch::Patch =
-        serde_json::from_value(patch.clone()).map_err(|e| format!("invalid JSON patch: {e}"))?;
-    json_patch::patch(target, &ops).map_err(|e| e.to_string())
+    let ops: Vec<Value> = serde_json::from_value(patch.clone()).map_err(|e| format!("invalid JSON patch: {e}"))?;
+    for op in ops {
+        if op.get("op").and_then(Value::as_str) == Some("test")
+            && op.get("value").is_none_or(Value::is_null)
+            && op
+                .get("path")
+                .and_then(Value::as_str)
+                .is_some_and(|p| target.pointer(p).is_none_or(Value::is_null))
+        {
+            continue;
+        }
+        let one: json_patch::Patch =
+            serde_json::from_value(Value::Array(vec![op])).map_err(|e| format!("invalid JSON patch: {e}"))?;
+        json_patch::patch(target, &one).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Strategic merge patch for built-in kinds (no schema metadata: lists of objects that carry
@@ -721,6 +735,16 @@ mod tests {
             obj["status"]["conditions"].as_array().map(Vec::len),
             Some(2)
         );
+    }
+
+    #[test]
+    fn json_patch_test_for_null_passes_on_a_missing_field() {
+        let mut obj = json!({"metadata": {"name": "x"}});
+        let p = json!([{"op": "test", "path": "/metadata/finalizers", "value": null}, {"op": "add", "path": "/metadata/finalizers", "value": ["f"]}]);
+        json_patch(&mut obj, &p).expect("patch");
+        assert_eq!(obj["metadata"]["finalizers"], json!(["f"]));
+        let stale = json!([{"op": "test", "path": "/metadata/finalizers/0", "value": "other"}]);
+        assert!(json_patch(&mut obj, &stale).is_err());
     }
 
     #[test]
