@@ -660,3 +660,59 @@ async fn finalizers_owner_references_and_namespace_deletion() {
     .await
     .expect("test finished in time");
 }
+
+fn helm_binary() -> PathBuf {
+    match std::env::var("HOOKWARDEN_HELM") {
+        Ok(path) => PathBuf::from(path),
+        Err(_) => kubectl_binary().with_file_name("helm"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_kubectl_commands_and_helm_releases_work() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let emu = Emulator::start().await.expect("start emulator");
+        let kubectl = Kubectl::admin(&emu);
+        // These typed commands send protobuf bodies.
+        kubectl.ok(&["create", "namespace", "payments"]).await;
+        kubectl.ok(&["-n", "payments", "create", "secret", "generic", "token", "--from-literal=token=abc"]).await;
+        kubectl.ok(&["-n", "payments", "create", "serviceaccount", "bot"]).await;
+        kubectl.ok(&["-n", "payments", "create", "role", "read-secrets", "--verb=get,list", "--resource=secrets"]).await;
+        kubectl.ok(&["-n", "payments", "create", "rolebinding", "bot", "--role=read-secrets", "--serviceaccount=payments:bot"]).await;
+        let secret = emu.object("secrets", "payments", "token").expect("secret stored");
+        assert_eq!(secret["data"]["token"], "YWJj");
+        assert_eq!(secret["type"], "Opaque");
+        let bot = Kubectl::with_kubeconfig(&emu.kubeconfig_for_service_account("payments", "bot"));
+        assert_eq!(bot.ok(&["get", "secret", "token", "-o", "jsonpath={.data.token}"]).await, "YWJj");
+
+        // Helm 4 (server-side apply, release Secrets through the typed client).
+        let chart = kubectl.dir.path().join("chart");
+        std::fs::create_dir_all(chart.join("templates")).expect("chart dir");
+        std::fs::write(chart.join("Chart.yaml"), "apiVersion: v2\nname: demo\nversion: 0.1.0\n").expect("Chart.yaml");
+        std::fs::write(
+            chart.join("templates/all.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: demo\ndata:\n  replicas: \"{{ .Values.replicas | default 1 }}\"\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: demo\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: demo}}\n  template:\n    metadata: {labels: {app: demo}}\n    spec:\n      containers: [{name: demo, image: busybox}]\n",
+        )
+        .expect("template");
+        let helm = |args: Vec<String>| {
+            let mut cmd = Command::new(helm_binary());
+            cmd.arg("--kubeconfig").arg(kubectl.dir.path().join("kubeconfig")).args(args).env_remove("KUBECONFIG").env("HELM_CACHE_HOME", kubectl.dir.path().join("helm-cache")).env("HELM_CONFIG_HOME", kubectl.dir.path().join("helm-config")).env("HELM_DATA_HOME", kubectl.dir.path().join("helm-data"));
+            async move {
+                let out = tokio::task::spawn_blocking(move || cmd.output()).await.expect("join").expect("run helm");
+                assert!(out.status.success(), "helm failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            }
+        };
+        let chart_path = chart.to_string_lossy().into_owned();
+        helm(vec!["install".into(), "demo".into(), chart_path.clone(), "-n".into(), "payments".into(), "--timeout".into(), "30s".into()]).await;
+        assert!(emu.object("deployments.apps", "payments", "demo").is_some());
+        helm(vec!["upgrade".into(), "demo".into(), chart_path, "-n".into(), "payments".into(), "--set".into(), "replicas=3".into()]).await;
+        assert_eq!(emu.object("configmaps", "payments", "demo").expect("cm")["data"]["replicas"], "3");
+        let list = helm(vec!["list".into(), "-n".into(), "payments".into()]).await;
+        assert!(list.contains("demo") && list.contains("deployed"), "{list}");
+        helm(vec!["uninstall".into(), "demo".into(), "-n".into(), "payments".into()]).await;
+        assert!(emu.object("deployments.apps", "payments", "demo").is_none());
+    })
+    .await
+    .expect("test finished in time");
+}

@@ -509,6 +509,13 @@ fn parse_body(ctx: &Ctx, body: &[u8]) -> Result<Value, ApiError> {
     if body.is_empty() {
         return Ok(Value::Null);
     }
+    if ctx
+        .content_type
+        .starts_with("application/vnd.kubernetes.protobuf")
+    {
+        return crate::protobuf::decode(body)
+            .map_err(|e| ApiError::new(415, "UnsupportedMediaType", e));
+    }
     if ctx.content_type.contains("yaml") {
         serde_yaml::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
@@ -826,7 +833,11 @@ fn admit_builtin(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
                 m.remove("stringData");
             }
         }
-        if obj.get("type").is_none() {
+        if obj
+            .get("type")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
             obj["type"] = json!("Opaque");
         }
     }
@@ -1434,7 +1445,8 @@ pub fn delete_object(
 }
 
 fn delete(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> Reply {
-    let opts = if body.is_empty() {
+    // Typed clients send DeleteOptions as protobuf; their defaults are what the emulator does anyway.
+    let opts = if body.is_empty() || ctx.content_type.contains("protobuf") {
         Value::Null
     } else {
         parse_body(ctx, body)?

@@ -20,6 +20,7 @@ mod api;
 mod faults;
 mod openapi;
 mod patch;
+mod protobuf;
 mod rbac;
 mod registry;
 mod schema;

@@ -44,7 +44,8 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 /// JSON patch (RFC 6902), with the API server's leniency: a `test` for `null` passes when the
 /// path does not exist (kube-runtime's finalizer helper relies on it).
 pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), String> {
-    let ops: Vec<Value> = serde_json::from_value(patch.clone()).map_err(|e| format!("invalid JSON patch: {e}"))?;
+    let ops: Vec<Value> =
+        serde_json::from_value(patch.clone()).map_err(|e| format!("invalid JSON patch: {e}"))?;
     for op in ops {
         if op.get("op").and_then(Value::as_str) == Some("test")
             && op.get("value").is_none_or(Value::is_null)
@@ -55,8 +56,8 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), String> {
         {
             continue;
         }
-        let one: json_patch::Patch =
-            serde_json::from_value(Value::Array(vec![op])).map_err(|e| format!("invalid JSON patch: {e}"))?;
+        let one: json_patch::Patch = serde_json::from_value(Value::Array(vec![op]))
+            .map_err(|e| format!("invalid JSON patch: {e}"))?;
         json_patch::patch(target, &one).map_err(|e| e.to_string())?;
     }
     Ok(())
