@@ -309,6 +309,19 @@ fn patch_kind(content_type: &str) -> &'static str {
 
 /// Entry point for one HTTP request.
 pub async fn handle(shared: std::sync::Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let mut slot = None;
+    let resp = handle_counted(shared.clone(), req, &mut slot).await;
+    if let Some(index) = slot {
+        shared.counters.set_code(index, resp.status().as_u16());
+    }
+    resp
+}
+
+async fn handle_counted(
+    shared: std::sync::Arc<Shared>,
+    req: Request<Incoming>,
+    slot: &mut Option<usize>,
+) -> Response<Body> {
     let Some(user) = authenticate(&shared, &req) else {
         return error_response(&ApiError::new(401, "Unauthorized", "Unauthorized"));
     };
@@ -364,6 +377,7 @@ pub async fn handle(shared: std::sync::Arc<Shared>, req: Request<Incoming>) -> R
             caller: user.username(),
             patch_type: (method == Method::PATCH)
                 .then(|| patch_kind(&ctx.content_type).to_string()),
+            code: None,
         },
         None => RequestRecord {
             verb: method.as_str().to_ascii_lowercase(),
@@ -373,9 +387,10 @@ pub async fn handle(shared: std::sync::Arc<Shared>, req: Request<Incoming>) -> R
             name: None,
             caller: user.username(),
             patch_type: None,
+            code: None,
         },
     };
-    shared.counters.record(record.clone());
+    *slot = Some(shared.counters.record(record.clone()));
     if shared.faults.is_paused() {
         shared.faults.wait_unpaused().await;
     }

@@ -22,6 +22,9 @@ pub struct RequestRecord {
     pub caller: String,
     /// For patches: `apply`, `merge`, `strategic` or `json`.
     pub patch_type: Option<String>,
+    /// The HTTP status answered (`None` while the request is still being served; 200 for
+    /// watches once their stream started).
+    pub code: Option<u16>,
 }
 
 /// Selects requests by any combination of fields; unset fields match everything.
@@ -34,6 +37,7 @@ pub struct RequestFilter {
     name: Option<String>,
     caller: Option<String>,
     patch_type: Option<String>,
+    code: Option<u16>,
 }
 
 impl RequestFilter {
@@ -73,6 +77,11 @@ impl RequestFilter {
     }
     pub fn patch_type(mut self, t: &str) -> Self {
         self.patch_type = Some(t.to_string());
+        self
+    }
+    /// Only requests answered with this HTTP status (e.g. 403).
+    pub fn code(mut self, code: u16) -> Self {
+        self.code = Some(code);
         self
     }
 
@@ -195,28 +204,52 @@ impl Faults {
 /// Every request served, for assertions.
 #[derive(Default)]
 pub struct Counters {
-    records: Mutex<Vec<RequestRecord>>,
+    inner: Mutex<Records>,
+}
+
+#[derive(Default)]
+struct Records {
+    list: Vec<RequestRecord>,
+    /// Records dropped from the front so far, so indexes stay stable.
+    offset: usize,
 }
 
 /// Requests kept for counting; older ones are dropped so a long manual session stays bounded.
 const MAX_RECORDS: usize = 1_000_000;
 
 impl Counters {
-    pub fn record(&self, r: RequestRecord) {
-        let mut recs = lock(&self.records);
-        if recs.len() >= MAX_RECORDS {
-            recs.drain(..MAX_RECORDS / 2);
+    /// Stores a request; returns its index for [`Counters::set_code`].
+    pub fn record(&self, r: RequestRecord) -> usize {
+        let mut recs = lock(&self.inner);
+        if recs.list.len() >= MAX_RECORDS {
+            recs.list.drain(..MAX_RECORDS / 2);
+            recs.offset += MAX_RECORDS / 2;
         }
-        recs.push(r);
+        recs.list.push(r);
+        recs.offset + recs.list.len() - 1
+    }
+    /// Notes the HTTP status a recorded request was answered with.
+    pub fn set_code(&self, index: usize, code: u16) {
+        let mut recs = lock(&self.inner);
+        let offset = recs.offset;
+        if let Some(r) = index.checked_sub(offset).and_then(|i| recs.list.get_mut(i)) {
+            r.code = Some(code);
+        }
     }
     pub fn count(&self, f: &RequestFilter) -> usize {
-        lock(&self.records).iter().filter(|r| f.matches(r)).count()
+        lock(&self.inner)
+            .list
+            .iter()
+            .filter(|r| f.matches(r))
+            .count()
     }
     pub fn records(&self) -> Vec<RequestRecord> {
-        lock(&self.records).clone()
+        lock(&self.inner).list.clone()
     }
     pub fn reset(&self) {
-        lock(&self.records).clear();
+        let mut recs = lock(&self.inner);
+        recs.offset += recs.list.len();
+        recs.list.clear();
     }
 }
 
