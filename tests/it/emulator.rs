@@ -716,3 +716,114 @@ async fn typed_kubectl_commands_and_helm_releases_work() {
     .await
     .expect("test finished in time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_events_show_in_kubectl_and_streaming_lists_work() {
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    tokio::time::timeout(TEST_LIMIT, async {
+        let emu = Emulator::start().await.expect("start emulator");
+        install_crd(&emu).await;
+        let client = emu.client().await.expect("client");
+        let api: Api<WebhookIntegration> = Api::namespaced(client.clone(), "default");
+        let raw: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), "default", &whi_resource());
+        raw.create(
+            &PostParams::default(),
+            &whi("ev", json!({"provider": "github"})),
+        )
+        .await
+        .expect("create");
+        let obj = api.get("ev").await.expect("get typed");
+
+        // kube-rs' Recorder writes events.k8s.io/v1; kubectl reads core/v1: one resource.
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "hookwarden-controller".into(),
+                instance: None,
+            },
+        );
+        let reference = kube::Resource::object_ref(&obj, &());
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "SecretMissing".into(),
+            note: Some("Secret default/nope not found".into()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        recorder.publish(&event, &reference).await.expect("publish");
+        recorder
+            .publish(&event, &reference)
+            .await
+            .expect("publish again (series)");
+        let kubectl = Kubectl::admin(&emu);
+        let events = kubectl.ok(&["get", "events"]).await;
+        let header: Vec<&str> = events
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            header,
+            ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+            "{events}"
+        );
+        assert!(
+            events.contains("Warning")
+                && events.contains("SecretMissing")
+                && events.contains("webhookintegration/ev")
+                && events.contains("Secret default/nope not found"),
+            "{events}"
+        );
+        let describe = kubectl.ok(&["describe", "whi", "ev"]).await;
+        assert!(
+            describe.contains("SecretMissing"),
+            "kubectl describe lists the object's events:\n{describe}"
+        );
+
+        // A watcher using streaming lists (sendInitialEvents + initial-events-end bookmark).
+        let (reader, writer) = reflector::store();
+        let stream = reflector(
+            writer,
+            watcher(
+                api,
+                watcher::Config::default().streaming_lists().timeout(30),
+            ),
+        )
+        .applied_objects();
+        let task = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while stream.next().await.is_some() {}
+        });
+        eventually("streaming list delivers the object", || {
+            reader
+                .get(&reflector::ObjectRef::new("ev").within("default"))
+                .is_some()
+        })
+        .await;
+        assert!(
+            emu.count(
+                &RequestFilter::new()
+                    .verb("list")
+                    .resource("webhookintegrations")
+            ) == 0,
+            "no list call with streaming lists"
+        );
+        raw.create(
+            &PostParams::default(),
+            &whi("ev2", json!({"provider": "github"})),
+        )
+        .await
+        .expect("create ev2");
+        eventually("watch after the initial events", || {
+            reader
+                .get(&reflector::ObjectRef::new("ev2").within("default"))
+                .is_some()
+        })
+        .await;
+        task.abort();
+    })
+    .await
+    .expect("test finished in time");
+}

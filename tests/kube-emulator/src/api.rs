@@ -629,8 +629,50 @@ fn resource_list(registry: &Registry, group: &str, version: &str) -> Value {
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
 }
 
+/// Field renames between core/v1 Events (storage shape) and events.k8s.io/v1 Events.
+const EVENT_FIELDS: &[(&str, &str)] = &[
+    ("involvedObject", "regarding"),
+    ("message", "note"),
+    ("source", "deprecatedSource"),
+    ("firstTimestamp", "deprecatedFirstTimestamp"),
+    ("lastTimestamp", "deprecatedLastTimestamp"),
+    ("count", "deprecatedCount"),
+    ("reportingComponent", "reportingController"),
+];
+
+fn rename_fields(mut obj: Value, to_v1: bool) -> Value {
+    if let Some(m) = obj.as_object_mut() {
+        for (core, v1) in EVENT_FIELDS {
+            let (from, to) = if to_v1 { (core, v1) } else { (v1, core) };
+            if let Some(v) = m.remove(*from) {
+                m.insert(to.to_string(), v);
+            }
+        }
+    }
+    obj
+}
+
+/// An object as the requested API version shows it (only Events differ between versions).
+fn to_view(rt: &ResourceType, obj: Value) -> Value {
+    if rt.kind == "Event" && rt.group == "events.k8s.io" {
+        rename_fields(obj, true)
+    } else {
+        obj
+    }
+}
+
+/// An object as sent to a version, in its storage shape.
+fn to_storage(rt: &ResourceType, obj: Value) -> Value {
+    if rt.kind == "Event" && rt.group == "events.k8s.io" {
+        rename_fields(obj, false)
+    } else {
+        obj
+    }
+}
+
 /// Sets the output `apiVersion`/`kind` of an object to the requested version's.
-fn present(rt: &ResourceType, mut obj: Value) -> Value {
+fn present(rt: &ResourceType, obj: Value) -> Value {
+    let mut obj = to_view(rt, obj);
     obj["apiVersion"] = json!(rt.api_version());
     obj["kind"] = json!(rt.kind);
     obj
@@ -728,8 +770,8 @@ fn list(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
         .store
         .list(&rp.rt.storage_key())
         .filter(|o| rp.namespace.as_deref().is_none_or(|ns| obj_ns(o) == ns))
+        .map(|o| present(&rp.rt, o.clone()))
         .filter(|o| labels.matches(o) && fields.matches(o))
-        .cloned()
         .collect();
     let limit = ctx
         .q("limit")
@@ -741,9 +783,7 @@ fn list(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
     let page: Vec<Value> = matching
         .get(offset.min(matching.len())..end)
         .unwrap_or_default()
-        .iter()
-        .map(|o| present(&rp.rt, o.clone()))
-        .collect();
+        .to_vec();
     let cont = (end < matching.len()).then(|| format!("{current}:{end}"));
     if ctx.wants_table() {
         return Ok((
@@ -917,10 +957,11 @@ fn create_object(
     state: &mut State,
     rp: &ResourcePath,
     ctx: &Ctx,
-    mut obj: Value,
+    obj: Value,
     applied: bool,
 ) -> Reply {
     let rt = &rp.rt;
+    let mut obj = to_storage(rt, obj);
     if !obj.is_object() {
         return Err(ApiError::bad_request(
             "the body of the request must be an object",
@@ -1058,11 +1099,12 @@ fn update_object(
     rp: &ResourcePath,
     ctx: &Ctx,
     old: &Value,
-    mut new: Value,
+    new: Value,
     applied: bool,
     check_rv: bool,
 ) -> Reply {
     let rt = &rp.rt;
+    let mut new = to_storage(rt, new);
     let name = rp.name.clone().unwrap_or_default();
     let ns = rp.namespace.clone().unwrap_or_default();
     let current_rv = old
@@ -1259,7 +1301,8 @@ fn patch_request(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> 
             .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?
     };
     let mut state = lock(&shared.state);
-    let existing = state.store.get(&rt.storage_key(), &ns, &name).cloned();
+    let stored = state.store.get(&rt.storage_key(), &ns, &name).cloned();
+    let existing = stored.clone().map(|o| to_view(rt, o));
     match kind {
         "apply" => {
             let Some(manager) = ctx.q("fieldManager") else {
@@ -1304,7 +1347,7 @@ fn patch_request(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> 
                 &rt.api_version(),
             )
             .map_err(|conflicts| apply_conflict(rt, &name, &conflicts))?;
-            match existing {
+            match stored {
                 Some(old) => update_object(&mut state, rp, ctx, &old, merged, true, false),
                 None => {
                     if scope == Scope::Status {
@@ -1327,8 +1370,8 @@ fn patch_request(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> 
             if kind == "strategic" && rt.crd_name.is_some() {
                 return Err(unsupported());
             }
-            let old = existing.ok_or_else(|| ApiError::not_found(rt, &name))?;
-            let mut patched = old.clone();
+            let old = stored.ok_or_else(|| ApiError::not_found(rt, &name))?;
+            let mut patched = existing.unwrap_or_default();
             match kind {
                 "merge" => patch::merge_patch(&mut patched, &patch_body),
                 "json" => patch::json_patch(&mut patched, &patch_body)

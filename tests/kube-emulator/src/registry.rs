@@ -50,7 +50,8 @@ impl ResourceType {
 
     /// Storage key shared by all versions of one resource.
     pub fn storage_key(&self) -> String {
-        if self.group.is_empty() {
+        // core/v1 and events.k8s.io/v1 Events are one resource in two shapes, as on a real server.
+        if self.group.is_empty() || self.kind == "Event" {
             self.plural.clone()
         } else {
             format!("{}.{}", self.plural, self.group)
@@ -388,6 +389,32 @@ fn default_columns(kind: &str) -> Vec<PrinterColumn> {
             "Number of keys in the config map",
         )),
         "ServiceAccount" => {}
+        "Event" => {
+            cols.remove(0);
+            let mut last = column(
+                "Last Seen",
+                "date",
+                "#lastSeen",
+                "Time of the last occurrence",
+            );
+            last.format = String::new();
+            cols.push(last);
+            cols.push(column("Type", "string", ".type", "Normal or Warning"));
+            cols.push(column(
+                "Reason",
+                "string",
+                ".reason",
+                "Why the event happened",
+            ));
+            cols.push(column(
+                "Object",
+                "string",
+                "#object",
+                "The object the event is about",
+            ));
+            cols.push(column("Message", "string", "#message", "What happened"));
+            return cols;
+        }
         "Lease" => cols.push(column(
             "Holder",
             "string",

@@ -152,6 +152,49 @@ pub fn human_duration(seconds: i64) -> String {
 }
 
 fn cell(object: &Value, col: &PrinterColumn) -> Value {
+    match col.json_path.as_str() {
+        "#lastSeen" => {
+            let when = [
+                "/lastTimestamp",
+                "/series/lastObservedTime",
+                "/deprecatedLastTimestamp",
+                "/eventTime",
+                "/metadata/creationTimestamp",
+            ]
+            .iter()
+            .find_map(|p| {
+                object
+                    .pointer(p)
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+            });
+            return match when.and_then(|s| s.parse::<jiff::Timestamp>().ok()) {
+                Some(ts) => json!(human_duration(
+                    jiff::Timestamp::now().as_second() - ts.as_second()
+                )),
+                None => json!("<unknown>"),
+            };
+        }
+        "#object" => {
+            let r = object
+                .get("involvedObject")
+                .or_else(|| object.get("regarding"));
+            let kind = r
+                .and_then(|r| r["kind"].as_str())
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            let name = r.and_then(|r| r["name"].as_str()).unwrap_or_default();
+            return json!(format!("{kind}/{name}"));
+        }
+        "#message" => {
+            return object
+                .get("message")
+                .or_else(|| object.get("note"))
+                .cloned()
+                .unwrap_or(json!(""));
+        }
+        _ => {}
+    }
     if let Some(field) = col.json_path.strip_prefix('#') {
         return json!(
             object
