@@ -527,6 +527,14 @@ async fn rbac_forbids_service_accounts_until_a_role_allows_them() {
         let out = sa_kubectl.run(&["get", "secrets"]).await;
         assert!(!out.ok && out.stderr.contains("Error from server (Forbidden): secrets is forbidden"), "{}", out.stderr);
         assert!(emu.count(&RequestFilter::new().caller("system:serviceaccount:default:hookwarden-receiver").verb("patch").subresource("status")) == 1);
+
+        // `kubectl auth can-i` and `--as` impersonation answer from the same rules.
+        let sa = "--as=system:serviceaccount:default:hookwarden-receiver";
+        assert_eq!(kubectl.run(&["auth", "can-i", "patch", "webhookintegrations", "--subresource=status", sa]).await.stdout.trim(), "yes");
+        assert_eq!(kubectl.run(&["auth", "can-i", "delete", "webhookintegrations", sa]).await.stdout.trim(), "no");
+        assert_eq!(kubectl.run(&["auth", "can-i", "list", "webhookintegrations", "-n", "kube-system", sa]).await.stdout.trim(), "no");
+        let out = kubectl.run(&["get", "secrets", sa]).await;
+        assert!(!out.ok && out.stderr.contains("cannot list resource \"secrets\""), "{}", out.stderr);
     })
     .await
     .expect("test finished in time");

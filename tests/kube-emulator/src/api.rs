@@ -185,6 +185,7 @@ pub fn error_response(e: &ApiError) -> Response<Body> {
 
 /// The parts of a request every handler needs.
 struct Ctx {
+    user: User,
     query: HashMap<String, String>,
     accept: String,
     content_type: String,
@@ -231,6 +232,20 @@ fn authenticate(shared: &Shared, req: &Request<Incoming>) -> Option<User> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let token = value.strip_prefix("Bearer ")?.trim();
     if token == shared.admin_token {
+        // `kubectl --as`: only the admin may impersonate (it holds the impersonate verb).
+        if let Some(name) = req
+            .headers()
+            .get("impersonate-user")
+            .and_then(|v| v.to_str().ok())
+        {
+            let groups = req
+                .headers()
+                .get_all("impersonate-group")
+                .iter()
+                .filter_map(|v| v.to_str().ok().map(str::to_string))
+                .collect();
+            return Some(User::impersonated(name, groups));
+        }
         return Some(User::Admin);
     }
     let rest = token.strip_prefix("sa:")?;
@@ -343,6 +358,7 @@ async fn handle_counted(
             .to_string()
     };
     let ctx = Ctx {
+        user: user.clone(),
         query,
         accept: header_str(header::ACCEPT),
         content_type: header_str(header::CONTENT_TYPE),
@@ -460,7 +476,9 @@ async fn handle_counted(
             namespace: rp.namespace.as_deref(),
             name: rp.name.as_deref(),
         };
-        if !rbac::allowed(&state.store, &user, &attrs) {
+        // Every authenticated user may ask what it may do (system:basic-user).
+        let self_review = rp.rt.kind == "SelfSubjectAccessReview";
+        if !self_review && !rbac::allowed(&state.store, &user, &attrs) {
             let msg = rbac::forbidden_message(&user, &attrs, &rp.rt.qualified_resource());
             let mut details = json!({"group": rp.rt.group, "kind": rp.rt.plural});
             if let Some(n) = &rp.name {
@@ -1088,6 +1106,12 @@ fn create(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> Reply {
     }
     let obj = parse_body(ctx, body)?;
     let mut state = lock(&shared.state);
+    if matches!(
+        rp.rt.kind.as_str(),
+        "SelfSubjectAccessReview" | "SubjectAccessReview"
+    ) {
+        return Ok((201, access_review(&state, &rp.rt, &ctx.user, obj), vec![]));
+    }
     create_object(shared, &mut state, rp, ctx, obj, false)
 }
 
@@ -1425,6 +1449,44 @@ fn apply_conflict(rt: &ResourceType, name: &str, conflicts: &[patch::Conflict]) 
         .collect();
     ApiError::new(409, "Conflict", message)
         .details(json!({"name": name, "group": rt.group, "kind": rt.plural, "causes": causes}))
+}
+
+/// Answers a (Self)SubjectAccessReview with the same RBAC evaluation requests get.
+fn access_review(state: &State, rt: &ResourceType, caller: &User, mut review: Value) -> Value {
+    let spec = review["spec"].clone();
+    let user = if rt.kind == "SubjectAccessReview" {
+        let groups = spec["groups"]
+            .as_array()
+            .map(|g| {
+                g.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        User::impersonated(spec["user"].as_str().unwrap_or_default(), groups)
+    } else {
+        caller.clone()
+    };
+    let allowed = match spec.get("resourceAttributes") {
+        Some(ra) => {
+            let s = |k: &str| ra.get(k).and_then(Value::as_str).filter(|v| !v.is_empty());
+            let attrs = Attributes {
+                verb: s("verb").unwrap_or_default(),
+                group: s("group").unwrap_or_default(),
+                resource: s("resource").unwrap_or_default(),
+                subresource: s("subresource"),
+                namespace: s("namespace"),
+                name: s("name"),
+            };
+            rbac::allowed(&state.store, &user, &attrs)
+        }
+        // Non-resource URLs (discovery, /version, /healthz) are open to authenticated users.
+        None => true,
+    };
+    review["apiVersion"] = json!(rt.api_version());
+    review["kind"] = json!(rt.kind);
+    review["status"] = json!({"allowed": allowed});
+    review
 }
 
 /// Side effects of an object leaving the store: CRDs take their objects and types along.

@@ -169,6 +169,39 @@ fn object_meta(b: &[u8]) -> Result<Value, String> {
     Ok(meta)
 }
 
+fn access_review_spec(b: &[u8]) -> Result<Value, String> {
+    let mut spec = json!({});
+    for (f, w) in fields(b)? {
+        let Wire::Bytes(x) = w else {
+            continue;
+        };
+        match f {
+            1 => {
+                spec["resourceAttributes"] = simple(
+                    x,
+                    &[
+                        (1, "namespace", Kind::Str),
+                        (2, "verb", Kind::Str),
+                        (3, "group", Kind::Str),
+                        (4, "version", Kind::Str),
+                        (5, "resource", Kind::Str),
+                        (6, "subresource", Kind::Str),
+                        (7, "name", Kind::Str),
+                    ],
+                )?
+            }
+            2 => {
+                spec["nonResourceAttributes"] =
+                    simple(x, &[(1, "path", Kind::Str), (2, "verb", Kind::Str)])?
+            }
+            3 => spec["user"] = text(x),
+            4 => push(&mut spec, "groups", text(x)),
+            _ => {}
+        }
+    }
+    Ok(spec)
+}
+
 const POLICY_RULE: &[(u64, &str, Kind)] = &[
     (1, "verbs", Kind::Strs),
     (2, "apiGroups", Kind::Strs),
@@ -241,6 +274,9 @@ fn body(kind: &str, raw: &[u8]) -> Result<Value, String> {
                     ],
                 )?
             }
+            ("SelfSubjectAccessReview" | "SubjectAccessReview", 2) => {
+                obj["spec"] = access_review_spec(x)?
+            }
             ("Lease", 2) => {
                 obj["spec"] = simple(
                     x,
@@ -292,6 +328,8 @@ pub fn decode(buf: &[u8]) -> Result<Value, String> {
         "RoleBinding",
         "ClusterRoleBinding",
         "Lease",
+        "SelfSubjectAccessReview",
+        "SubjectAccessReview",
     ];
     if !supported.contains(&kind.as_str()) {
         return Err(format!(

@@ -13,6 +13,28 @@ pub enum User {
     Admin,
     /// A ServiceAccount token.
     ServiceAccount { namespace: String, name: String },
+    /// Any other user, reached by impersonation (`kubectl --as NAME --as-group G`).
+    Named { name: String, groups: Vec<String> },
+}
+
+impl User {
+    /// The user for an impersonated user name (`system:serviceaccount:<ns>:<name>` becomes
+    /// that ServiceAccount).
+    pub fn impersonated(name: &str, groups: Vec<String>) -> User {
+        if let Some((ns, sa)) = name
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|rest| rest.split_once(':'))
+        {
+            return User::ServiceAccount {
+                namespace: ns.to_string(),
+                name: sa.to_string(),
+            };
+        }
+        User::Named {
+            name: name.to_string(),
+            groups,
+        }
+    }
 }
 
 impl User {
@@ -22,6 +44,7 @@ impl User {
             User::ServiceAccount { namespace, name } => {
                 format!("system:serviceaccount:{namespace}:{name}")
             }
+            User::Named { name, .. } => name.clone(),
         }
     }
 
@@ -33,6 +56,11 @@ impl User {
                 format!("system:serviceaccounts:{namespace}"),
                 "system:authenticated".into(),
             ],
+            User::Named { groups, .. } => {
+                let mut g = groups.clone();
+                g.push("system:authenticated".into());
+                g
+            }
         }
     }
 }
@@ -90,7 +118,7 @@ fn subject_matches(subject: &Value, user: &User, binding_ns: Option<&str>) -> bo
                     .unwrap_or_default();
                 ns == namespace && name == sa
             }
-            User::Admin => false,
+            _ => false,
         },
         "User" => name == user.username(),
         "Group" => user.groups().iter().any(|g| g == name),
@@ -114,7 +142,7 @@ fn role_rules<'s>(store: &'s Store, role_ref: &Value, binding_ns: Option<&str>) 
 
 /// Whether `user` may do `a`. Discovery and OpenAPI are open to every authenticated caller.
 pub fn allowed(store: &Store, user: &User, a: &Attributes<'_>) -> bool {
-    if *user == User::Admin {
+    if *user == User::Admin || user.groups().iter().any(|g| g == "system:masters") {
         return true;
     }
     for crb in store.list("clusterrolebindings.rbac.authorization.k8s.io") {
