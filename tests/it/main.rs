@@ -1,6 +1,8 @@
 //! All integration tests in one binary (one link step instead of one per file).
 
 mod controller;
+mod e2e;
+mod emulator;
 mod journal;
 mod receiver_http;
 mod route_watch;

@@ -1,0 +1,1899 @@
+//! The HTTP side: authentication, fault injection, counting, RBAC, routing, and every verb of
+//! the Kubernetes REST API the emulator supports.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::faults::{Counters, Faults, RequestRecord, lock};
+use crate::patch::{self, Scope};
+use crate::rbac::{self, Attributes, User};
+use crate::registry::{Registry, ResourceType, crd_status};
+use crate::store::{Change, EventType, FieldSelector, LabelSelector, Store, now_rfc3339};
+use crate::table::{self, IncludeObject};
+use crate::{openapi, schema};
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Largest request body accepted (the real server's limit is 3 MiB for most requests).
+const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// Everything behind the lock: objects and the types they belong to.
+pub struct State {
+    pub store: Store,
+    pub registry: Registry,
+}
+
+/// State shared by all connections and the handle tests hold.
+pub struct Shared {
+    pub state: Mutex<State>,
+    pub admin_token: String,
+    pub faults: Faults,
+    pub counters: Counters,
+    pub address: String,
+    uid_counter: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(admin_token: String, address: String) -> Self {
+        let mut state = State {
+            store: Store::new(),
+            registry: Registry::with_builtins(),
+        };
+        for ns in ["default", "kube-system", "kube-public"] {
+            let rv = state.store.next_rv();
+            let obj = json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": ns, "uid": format!("00000000-0000-4000-8000-{rv:012x}"), "resourceVersion": rv.to_string(), "creationTimestamp": now_rfc3339(), "labels": {"kubernetes.io/metadata.name": ns}},
+                "spec": {"finalizers": ["kubernetes"]},
+                "status": {"phase": "Active"},
+            });
+            state.store.put("namespaces", "", ns, obj, rv);
+        }
+        Shared {
+            state: Mutex::new(state),
+            admin_token,
+            faults: Faults::default(),
+            counters: Counters::default(),
+            address,
+            uid_counter: AtomicU64::new(1),
+        }
+    }
+
+    fn new_uid(&self) -> String {
+        let n = self.uid_counter.fetch_add(1, Ordering::Relaxed);
+        let nanos = jiff::Timestamp::now().as_nanosecond() as u64;
+        format!(
+            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+            (nanos >> 16) as u32,
+            (n >> 32) as u16,
+            (n >> 20) & 0xfff,
+            (n >> 8) & 0xfff,
+            (n & 0xff) | ((nanos & 0xffff_ffff) << 8)
+        )
+    }
+}
+
+/// An error answered as a `Status` object.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+    pub details: Option<Value>,
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+            retry_after: None,
+        }
+    }
+    fn details(mut self, d: Value) -> Self {
+        self.details = Some(d);
+        self
+    }
+    pub fn status_json(&self) -> Value {
+        let mut s = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": self.message, "reason": self.reason, "code": self.code,
+        });
+        if let Some(d) = &self.details {
+            s["details"] = d.clone();
+        }
+        if self.reason.is_empty()
+            && let Some(m) = s.as_object_mut()
+        {
+            m.remove("reason");
+        }
+        s
+    }
+    fn not_found(rt: &ResourceType, name: &str) -> Self {
+        ApiError::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", rt.qualified_resource()),
+        )
+        .details(json!({"name": name, "group": rt.group, "kind": rt.plural}))
+    }
+    fn conflict(rt: &ResourceType, name: &str) -> Self {
+        ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", rt.qualified_resource()))
+            .details(json!({"name": name, "group": rt.group, "kind": rt.plural}))
+    }
+    fn bad_request(msg: impl Into<String>) -> Self {
+        ApiError::new(400, "BadRequest", msg)
+    }
+    fn invalid(rt: &ResourceType, name: &str, errors: &[schema::FieldError]) -> Self {
+        let rendered: Vec<String> = errors.iter().map(|e| e.rendered()).collect();
+        let joined = if rendered.len() == 1 {
+            rendered[0].clone()
+        } else {
+            format!("[{}]", rendered.join(", "))
+        };
+        let causes: Vec<Value> = errors
+            .iter()
+            .map(|e| json!({"reason": e.reason, "message": e.detail, "field": e.field}))
+            .collect();
+        ApiError::new(
+            422,
+            "Invalid",
+            format!("{} \"{name}\" is invalid: {joined}", rt.qualified_kind()),
+        )
+        .details(json!({"name": name, "group": rt.group, "kind": rt.kind, "causes": causes}))
+    }
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn json_response(code: u16, value: &Value) -> Response<Body> {
+    let mut resp = Response::new(full(value.to_string()));
+    *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+pub fn error_response(e: &ApiError) -> Response<Body> {
+    let mut resp = json_response(e.code, &e.status_json());
+    if let Some(secs) = e.retry_after
+        && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+    {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
+}
+
+/// The parts of a request every handler needs.
+struct Ctx {
+    user: User,
+    query: HashMap<String, String>,
+    accept: String,
+    content_type: String,
+    user_agent: String,
+}
+
+impl Ctx {
+    fn q(&self, k: &str) -> Option<&str> {
+        self.query
+            .get(k)
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+    }
+    fn wants_table(&self) -> bool {
+        self.accept.contains("as=Table")
+    }
+    fn field_manager(&self) -> String {
+        self.q("fieldManager")
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                self.user_agent
+                    .split('/')
+                    .next()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("unknown")
+                    .to_string()
+            })
+    }
+    fn dry_run(&self) -> bool {
+        self.q("dryRun") == Some("All")
+    }
+}
+
+/// A request for objects of one type.
+#[derive(Clone, Debug)]
+struct ResourcePath {
+    rt: ResourceType,
+    namespace: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+fn authenticate(shared: &Shared, req: &Request<Incoming>) -> Option<User> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = value.strip_prefix("Bearer ")?.trim();
+    if token == shared.admin_token {
+        // `kubectl --as`: only the admin may impersonate (it holds the impersonate verb).
+        if let Some(name) = req
+            .headers()
+            .get("impersonate-user")
+            .and_then(|v| v.to_str().ok())
+        {
+            let groups = req
+                .headers()
+                .get_all("impersonate-group")
+                .iter()
+                .filter_map(|v| v.to_str().ok().map(str::to_string))
+                .collect();
+            return Some(User::impersonated(name, groups));
+        }
+        return Some(User::Admin);
+    }
+    let rest = token.strip_prefix("sa:")?;
+    let (ns, name) = rest.split_once(':')?;
+    if ns.is_empty() || name.is_empty() {
+        return None;
+    }
+    Some(User::ServiceAccount {
+        namespace: ns.to_string(),
+        name: name.to_string(),
+    })
+}
+
+fn parse_resource_path(registry: &Registry, segs: &[&str]) -> Option<ResourcePath> {
+    let (group, version, rest) = match segs {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, plural, tail @ ..]
+            if registry
+                .get(group, version, plural)
+                .is_some_and(|rt| rt.namespaced) =>
+        {
+            (Some(ns.to_string()), {
+                let mut v = vec![*plural];
+                v.extend_from_slice(tail);
+                v
+            })
+        }
+        other => (None, other.to_vec()),
+    };
+    let (plural, name, sub) = match rest.as_slice() {
+        [p] => (*p, None, None),
+        [p, n] => (*p, Some(n.to_string()), None),
+        [p, n, s] => (*p, Some(n.to_string()), Some(s.to_string())),
+        _ => return None,
+    };
+    let rt = registry.get(group, version, plural)?.clone();
+    Some(ResourcePath {
+        rt,
+        namespace,
+        name,
+        sub,
+    })
+}
+
+fn verb_for(method: &Method, path: &ResourcePath, watch: bool) -> &'static str {
+    match *method {
+        Method::GET if watch => "watch",
+        Method::GET if path.name.is_some() => "get",
+        Method::GET => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if path.name.is_some() => "delete",
+        Method::DELETE => "deletecollection",
+        _ => "unknown",
+    }
+}
+
+fn patch_kind(content_type: &str) -> &'static str {
+    if content_type.starts_with("application/apply-patch") {
+        "apply"
+    } else if content_type.starts_with("application/merge-patch+json") {
+        "merge"
+    } else if content_type.starts_with("application/strategic-merge-patch+json") {
+        "strategic"
+    } else if content_type.starts_with("application/json-patch+json") {
+        "json"
+    } else {
+        "unknown"
+    }
+}
+
+/// Entry point for one HTTP request.
+pub async fn handle(shared: std::sync::Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let mut slot = None;
+    let resp = handle_counted(shared.clone(), req, &mut slot).await;
+    if let Some(index) = slot {
+        shared.counters.set_code(index, resp.status().as_u16());
+    }
+    resp
+}
+
+async fn handle_counted(
+    shared: std::sync::Arc<Shared>,
+    req: Request<Incoming>,
+    slot: &mut Option<usize>,
+) -> Response<Body> {
+    let Some(user) = authenticate(&shared, &req) else {
+        return error_response(&ApiError::new(401, "Unauthorized", "Unauthorized"));
+    };
+    let uri = req.uri().clone();
+    let path = uri.path().to_string();
+    let query: HashMap<String, String> = uri
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let header_str = |h: header::HeaderName| {
+        req.headers()
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let ctx = Ctx {
+        user: user.clone(),
+        query,
+        accept: header_str(header::ACCEPT),
+        content_type: header_str(header::CONTENT_TYPE),
+        user_agent: header_str(header::USER_AGENT),
+    };
+    let method = req.method().clone();
+
+    if let Some(action) = path.strip_prefix("/_emulator/") {
+        if user != User::Admin {
+            return error_response(&ApiError::new(
+                403,
+                "Forbidden",
+                "the emulator control API is for the admin token only",
+            ));
+        }
+        return crate::control(&shared, action, &ctx.query);
+    }
+
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let resource = {
+        let state = lock(&shared.state);
+        parse_resource_path(&state.registry, &segs)
+    };
+    let watch = ctx.q("watch").is_some_and(|w| w == "true" || w == "1");
+    let record = match &resource {
+        Some(rp) => RequestRecord {
+            verb: verb_for(&method, rp, watch).to_string(),
+            resource: rp.rt.plural.clone(),
+            subresource: rp.sub.clone(),
+            namespace: rp.namespace.clone(),
+            name: rp.name.clone(),
+            caller: user.username(),
+            patch_type: (method == Method::PATCH)
+                .then(|| patch_kind(&ctx.content_type).to_string()),
+            code: None,
+        },
+        None => RequestRecord {
+            verb: method.as_str().to_ascii_lowercase(),
+            resource: String::new(),
+            subresource: None,
+            namespace: None,
+            name: None,
+            caller: user.username(),
+            patch_type: None,
+            code: None,
+        },
+    };
+    *slot = Some(shared.counters.record(record.clone()));
+    if shared.faults.is_paused() {
+        shared.faults.wait_unpaused().await;
+    }
+    if let Some((code, retry_after)) = shared.faults.take_failure(&record) {
+        let (reason, message) = match code {
+            429 => (
+                "TooManyRequests",
+                "the server has received too many requests and has asked us to try again later",
+            ),
+            503 => (
+                "ServiceUnavailable",
+                "the server is currently unable to handle the request",
+            ),
+            504 => (
+                "Timeout",
+                "the server was unable to return a response in the time allotted",
+            ),
+            _ => (
+                "InternalError",
+                "Internal error occurred: injected by the emulator",
+            ),
+        };
+        let mut e = ApiError::new(code, reason, message);
+        e.retry_after = retry_after;
+        if let Some(secs) = retry_after {
+            e.details = Some(json!({"retryAfterSeconds": secs}));
+        }
+        return error_response(&e);
+    }
+
+    let Some(rp) = resource else {
+        return non_resource(&shared, &method, &segs, &ctx);
+    };
+
+    if let Some(ns) = &rp.namespace
+        && !rp.rt.namespaced
+    {
+        return error_response(
+            &ApiError::new(
+                404,
+                "NotFound",
+                format!(
+                    "the server could not find the requested resource ({} {})",
+                    method, path
+                ),
+            )
+            .details(json!({ "namespace": ns })),
+        );
+    }
+    if let Some(sub) = &rp.sub
+        && !(sub == "status" && rp.rt.status_subresource)
+    {
+        return error_response(&ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ));
+    }
+    let verb = verb_for(&method, &rp, watch);
+    {
+        let state = lock(&shared.state);
+        let attrs = Attributes {
+            verb,
+            group: &rp.rt.group,
+            resource: &rp.rt.plural,
+            subresource: rp.sub.as_deref(),
+            namespace: rp.namespace.as_deref(),
+            name: rp.name.as_deref(),
+        };
+        // Every authenticated user may ask what it may do (system:basic-user).
+        let self_review = rp.rt.kind == "SelfSubjectAccessReview";
+        if !self_review && !rbac::allowed(&state.store, &user, &attrs) {
+            let msg = rbac::forbidden_message(&user, &attrs, &rp.rt.qualified_resource());
+            let mut details = json!({"group": rp.rt.group, "kind": rp.rt.plural});
+            if let Some(n) = &rp.name {
+                details["name"] = json!(n);
+            }
+            return error_response(&ApiError::new(403, "Forbidden", msg).details(details));
+        }
+    }
+
+    let body = if matches!(
+        method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    ) {
+        match read_body(req).await {
+            Ok(b) => b,
+            Err(e) => return error_response(&e),
+        }
+    } else {
+        Bytes::new()
+    };
+
+    let result = match verb {
+        "watch" => return watch_response(shared.clone(), rp, &ctx),
+        "get" => get(&shared, &rp, &ctx),
+        "list" => list(&shared, &rp, &ctx),
+        "create" => create(&shared, &rp, &ctx, &body),
+        "update" => update(&shared, &rp, &ctx, &body),
+        "patch" => patch_request(&shared, &rp, &ctx, &body),
+        "delete" => delete(&shared, &rp, &ctx, &body),
+        "deletecollection" => delete_collection(&shared, &rp, &ctx),
+        _ => Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource".to_string(),
+        )),
+    };
+    match result {
+        Ok((code, value, warnings)) => {
+            let mut resp = json_response(code, &value);
+            for w in warnings {
+                if let Ok(v) = HeaderValue::from_str(&format!("299 - {:?}", w)) {
+                    resp.headers_mut().append(header::WARNING, v);
+                }
+            }
+            resp
+        }
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY);
+    limited
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| ApiError::new(413, "RequestEntityTooLarge", format!("request body: {e}")))
+}
+
+fn parse_body(ctx: &Ctx, body: &[u8]) -> Result<Value, ApiError> {
+    if body.is_empty() {
+        return Ok(Value::Null);
+    }
+    if ctx
+        .content_type
+        .starts_with("application/vnd.kubernetes.protobuf")
+    {
+        return crate::protobuf::decode(body)
+            .map_err(|e| ApiError::new(415, "UnsupportedMediaType", e));
+    }
+    if ctx.content_type.contains("yaml") {
+        serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+    } else {
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the body of the request was in an unknown format - accepted media types include: application/json ({e})")))
+    }
+}
+
+type Reply = Result<(u16, Value, Vec<String>), ApiError>;
+
+fn non_resource(shared: &Shared, method: &Method, segs: &[&str], _ctx: &Ctx) -> Response<Body> {
+    if *method != Method::GET {
+        return error_response(&ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ));
+    }
+    let state = lock(&shared.state);
+    let registry = &state.registry;
+    let found = match segs {
+        ["version"] => Some(json!({
+            "major": "1", "minor": "34", "gitVersion": "v1.34.0-kube-emulator", "gitCommit": "0000000000000000000000000000000000000000",
+            "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24.0", "compiler": "gc", "platform": "linux/amd64",
+        })),
+        ["healthz"] | ["readyz"] | ["livez"] => {
+            let mut resp = Response::new(full("ok"));
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            return resp;
+        }
+        ["api"] => Some(json!({
+            "kind": "APIVersions", "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": shared.address}],
+        })),
+        ["apis"] => {
+            let groups: Vec<Value> = registry
+                .groups()
+                .into_iter()
+                .map(|(g, vs)| api_group(&g, &vs))
+                .collect();
+            Some(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+        }
+        ["apis", g] => registry.groups().get(*g).map(|vs| api_group(g, vs)),
+        ["api", "v1"] => Some(resource_list(registry, "", "v1")),
+        ["apis", g, v] => registry
+            .groups()
+            .get(*g)
+            .filter(|vs| vs.iter().any(|x| x == v))
+            .map(|_| resource_list(registry, g, v)),
+        ["openapi", "v3"] => Some(openapi::index(registry)),
+        ["openapi", "v3", rest @ ..] => openapi::document(registry, &rest.join("/")),
+        _ => None,
+    };
+    match found {
+        Some(v) => json_response(200, &v),
+        None => error_response(&ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )),
+    }
+}
+
+fn api_group(g: &str, versions: &[String]) -> Value {
+    let vs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+        .collect();
+    json!({"kind": "APIGroup", "apiVersion": "v1", "name": g, "versions": vs, "preferredVersion": vs.first().cloned().unwrap_or(Value::Null)})
+}
+
+fn resource_list(registry: &Registry, group: &str, version: &str) -> Value {
+    let mut resources = Vec::new();
+    for rt in registry.in_group_version(group, version) {
+        let mut r = json!({
+            "name": rt.plural, "singularName": rt.singular, "namespaced": rt.namespaced,
+            "kind": rt.kind, "verbs": rt.verbs(),
+        });
+        if !rt.short_names.is_empty() {
+            r["shortNames"] = json!(rt.short_names);
+        }
+        if !rt.categories.is_empty() {
+            r["categories"] = json!(rt.categories);
+        }
+        resources.push(r);
+        if rt.status_subresource {
+            resources.push(json!({"name": format!("{}/status", rt.plural), "singularName": "", "namespaced": rt.namespaced, "kind": rt.kind, "verbs": ["get", "patch", "update"]}));
+        }
+    }
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
+}
+
+/// Field renames between core/v1 Events (storage shape) and events.k8s.io/v1 Events.
+const EVENT_FIELDS: &[(&str, &str)] = &[
+    ("involvedObject", "regarding"),
+    ("message", "note"),
+    ("source", "deprecatedSource"),
+    ("firstTimestamp", "deprecatedFirstTimestamp"),
+    ("lastTimestamp", "deprecatedLastTimestamp"),
+    ("count", "deprecatedCount"),
+    ("reportingComponent", "reportingController"),
+];
+
+fn rename_fields(mut obj: Value, to_v1: bool) -> Value {
+    if let Some(m) = obj.as_object_mut() {
+        for (core, v1) in EVENT_FIELDS {
+            let (from, to) = if to_v1 { (core, v1) } else { (v1, core) };
+            if let Some(v) = m.remove(*from) {
+                m.insert(to.to_string(), v);
+            }
+        }
+    }
+    obj
+}
+
+/// An object as the requested API version shows it (only Events differ between versions).
+fn to_view(rt: &ResourceType, obj: Value) -> Value {
+    if rt.kind == "Event" && rt.group == "events.k8s.io" {
+        rename_fields(obj, true)
+    } else {
+        obj
+    }
+}
+
+/// An object as sent to a version, in its storage shape.
+fn to_storage(rt: &ResourceType, obj: Value) -> Value {
+    if rt.kind == "Event" && rt.group == "events.k8s.io" {
+        rename_fields(obj, false)
+    } else {
+        obj
+    }
+}
+
+/// Sets the output `apiVersion`/`kind` of an object to the requested version's.
+fn present(rt: &ResourceType, obj: Value) -> Value {
+    let mut obj = to_view(rt, obj);
+    obj["apiVersion"] = json!(rt.api_version());
+    obj["kind"] = json!(rt.kind);
+    obj
+}
+
+fn obj_ns(obj: &Value) -> &str {
+    obj.pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+fn obj_name(obj: &Value) -> &str {
+    obj.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+fn include_object(ctx: &Ctx) -> IncludeObject {
+    match ctx.q("includeObject") {
+        Some("None") => IncludeObject::None,
+        Some("Object") => IncludeObject::Object,
+        _ => IncludeObject::Metadata,
+    }
+}
+
+fn get(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
+    let state = lock(&shared.state);
+    let name = rp.name.as_deref().unwrap_or_default();
+    let obj = state
+        .store
+        .get(
+            &rp.rt.storage_key(),
+            rp.namespace.as_deref().unwrap_or_default(),
+            name,
+        )
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(&rp.rt, name))?;
+    let obj = present(&rp.rt, obj);
+    if ctx.wants_table() {
+        let rv = obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        return Ok((
+            200,
+            table::table(&rp.rt, &[obj], &rv, include_object(ctx), None),
+            vec![],
+        ));
+    }
+    Ok((200, obj, vec![]))
+}
+
+fn selectors(ctx: &Ctx) -> Result<(LabelSelector, FieldSelector), ApiError> {
+    let labels = LabelSelector::parse(ctx.q("labelSelector").unwrap_or_default())
+        .map_err(ApiError::bad_request)?;
+    let fields = FieldSelector::parse(ctx.q("fieldSelector").unwrap_or_default())
+        .map_err(ApiError::bad_request)?;
+    Ok((labels, fields))
+}
+
+fn list(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
+    let (labels, fields) = selectors(ctx)?;
+    let state = lock(&shared.state);
+    let current = state.store.current_rv();
+    if let (Some(rv), Some("Exact")) = (ctx.q("resourceVersion"), ctx.q("resourceVersionMatch"))
+        && rv
+            .parse::<u64>()
+            .is_ok_and(|rv| rv < state.store.compacted_rv())
+    {
+        return Err(ApiError::new(
+            410,
+            "Expired",
+            "The resourceVersion for the provided list is too old.",
+        ));
+    }
+    let offset: usize = match ctx.q("continue") {
+        Some(token) => {
+            let (rv, off) = token
+                .split_once(':')
+                .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<usize>().ok()?)))
+                .ok_or_else(|| ApiError::bad_request("invalid continue token"))?;
+            if rv < state.store.compacted_rv() {
+                return Err(ApiError::new(
+                    410,
+                    "Expired",
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                ));
+            }
+            off
+        }
+        None => 0,
+    };
+    let matching: Vec<Value> = state
+        .store
+        .list(&rp.rt.storage_key())
+        .filter(|o| rp.namespace.as_deref().is_none_or(|ns| obj_ns(o) == ns))
+        .map(|o| present(&rp.rt, o.clone()))
+        .filter(|o| labels.matches(o) && fields.matches(o))
+        .collect();
+    let limit = ctx
+        .q("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
+    let end = limit
+        .map(|l| (offset + l).min(matching.len()))
+        .unwrap_or(matching.len());
+    let page: Vec<Value> = matching
+        .get(offset.min(matching.len())..end)
+        .unwrap_or_default()
+        .to_vec();
+    let cont = (end < matching.len()).then(|| format!("{current}:{end}"));
+    if ctx.wants_table() {
+        return Ok((
+            200,
+            table::table(
+                &rp.rt,
+                &page,
+                &current.to_string(),
+                include_object(ctx),
+                cont.as_deref(),
+            ),
+            vec![],
+        ));
+    }
+    let mut metadata = json!({"resourceVersion": current.to_string()});
+    if let Some(c) = cont {
+        metadata["continue"] = json!(c);
+        metadata["remainingItemCount"] = json!(matching.len() - end);
+    }
+    Ok((
+        200,
+        json!({"kind": rp.rt.list_kind, "apiVersion": rp.rt.api_version(), "metadata": metadata, "items": page}),
+        vec![],
+    ))
+}
+
+/// Spec-like content: everything except metadata (and status when it is a subresource).
+fn spec_part(rt: &ResourceType, obj: &Value) -> Value {
+    let mut v = obj.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("metadata");
+        m.remove("apiVersion");
+        m.remove("kind");
+        if rt.status_subresource {
+            m.remove("status");
+        }
+    }
+    v
+}
+
+/// Validation, pruning and defaulting for CRD-backed objects; returns unknown-field warnings.
+fn admit_custom(
+    rt: &ResourceType,
+    obj: &mut Value,
+    old: Option<&Value>,
+    ctx: &Ctx,
+) -> Result<Vec<String>, ApiError> {
+    let Some(schema) = &rt.schema else {
+        return Ok(Vec::new());
+    };
+    let name = obj_name(obj).to_string();
+    let unknown = schema::prune(schema, obj);
+    let mut warnings = Vec::new();
+    if !unknown.is_empty() {
+        match ctx.q("fieldValidation") {
+            Some("Strict") => {
+                let list = unknown
+                    .iter()
+                    .map(|u| format!("unknown field \"{u}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(ApiError::bad_request(format!(
+                    "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {list}",
+                    rt.kind, rt.version, rt.kind
+                )));
+            }
+            Some("Ignore") => {}
+            _ => warnings.extend(unknown.iter().map(|u| format!("unknown field \"{u}\""))),
+        }
+    }
+    *obj = schema::apply_defaults(schema, obj);
+    let mut errors = schema::validate(schema, obj);
+    if errors.is_empty() {
+        errors = schema::validate_cel(schema, obj, old, &rt.api_version(), &rt.group, &rt.kind);
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(rt, &name, &errors));
+    }
+    Ok(warnings)
+}
+
+/// Built-in validation the real server does that clients notice.
+fn admit_builtin(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
+    if rt.kind == "Secret" {
+        let data = obj.get("data").cloned();
+        if let Some(string_data) = obj.get("stringData").and_then(Value::as_object).cloned() {
+            use base64::Engine;
+            let mut d = data
+                .and_then(|d| d.as_object().cloned())
+                .unwrap_or_default();
+            for (k, v) in string_data {
+                d.insert(
+                    k,
+                    json!(
+                        base64::engine::general_purpose::STANDARD
+                            .encode(v.as_str().unwrap_or_default())
+                    ),
+                );
+            }
+            obj["data"] = Value::Object(d);
+            if let Some(m) = obj.as_object_mut() {
+                m.remove("stringData");
+            }
+        }
+        if obj
+            .get("type")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            obj["type"] = json!("Opaque");
+        }
+    }
+    if rt.kind == "CustomResourceDefinition" {
+        let group = obj
+            .pointer("/spec/group")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let plural = obj
+            .pointer("/spec/names/plural")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if obj_name(obj) != format!("{plural}.{group}") {
+            let errors = [schema::FieldError::invalid(
+                "metadata.name",
+                &json!(obj_name(obj)),
+                "must be spec.names.plural+\".\"+spec.group",
+            )];
+            return Err(ApiError::invalid(rt, obj_name(obj), &errors));
+        }
+    }
+    Ok(())
+}
+
+fn check_namespace(state: &State, rt: &ResourceType, ns: &str) -> Result<(), ApiError> {
+    if !rt.namespaced {
+        return Ok(());
+    }
+    match state.store.get("namespaces", "", ns) {
+        None => Err(
+            ApiError::new(404, "NotFound", format!("namespaces \"{ns}\" not found"))
+                .details(json!({"name": ns, "kind": "namespaces"})),
+        ),
+        Some(n) if n.pointer("/metadata/deletionTimestamp").is_some() => Err(ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                rt.qualified_resource(),
+                ""
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+fn generated_name(prefix: &str, seed: u64) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut x =
+        seed.wrapping_mul(0x9E3779B97F4A7C15) ^ (jiff::Timestamp::now().as_nanosecond() as u64);
+    let mut s = prefix.to_string();
+    for _ in 0..5 {
+        s.push(ALPHABET[(x % ALPHABET.len() as u64) as usize] as char);
+        x /= ALPHABET.len() as u64;
+    }
+    s
+}
+
+/// Creates `obj` (already merged/applied) for `rp`; used by POST and by apply-create.
+fn create_object(
+    shared: &Shared,
+    state: &mut State,
+    rp: &ResourcePath,
+    ctx: &Ctx,
+    obj: Value,
+    applied: bool,
+) -> Reply {
+    let rt = &rp.rt;
+    let mut obj = to_storage(rt, obj);
+    if !obj.is_object() {
+        return Err(ApiError::bad_request(
+            "the body of the request must be an object",
+        ));
+    }
+    let ns = if rt.namespaced {
+        let url_ns = rp.namespace.clone().unwrap_or_default();
+        let body_ns = obj_ns(&obj).to_string();
+        if !body_ns.is_empty() && body_ns != url_ns {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        url_ns
+    } else {
+        String::new()
+    };
+    if obj.get("metadata").is_none_or(|m| !m.is_object()) {
+        obj["metadata"] = json!({});
+    }
+    let mut name = obj_name(&obj).to_string();
+    if name.is_empty() {
+        if let Some(prefix) = obj
+            .pointer("/metadata/generateName")
+            .and_then(Value::as_str)
+        {
+            name = generated_name(prefix, shared.uid_counter.fetch_add(1, Ordering::Relaxed));
+        } else {
+            let errors = [schema::FieldError::required("metadata.name")];
+            return Err(ApiError::invalid(rt, "", &errors));
+        }
+    }
+    if let Some(url_name) = &rp.name
+        && *url_name != name
+    {
+        return Err(ApiError::bad_request(
+            "the name of the object does not match the name on the URL",
+        ));
+    }
+    check_namespace(state, rt, &ns)?;
+    if state.store.get(&rt.storage_key(), &ns, &name).is_some() {
+        return Err(ApiError::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", rt.qualified_resource()),
+        )
+        .details(json!({"name": name, "group": rt.group, "kind": rt.plural})));
+    }
+    obj["apiVersion"] = json!(rt.api_version());
+    obj["kind"] = json!(rt.kind);
+    {
+        let meta = &mut obj["metadata"];
+        meta["name"] = json!(name);
+        if rt.namespaced {
+            meta["namespace"] = json!(ns);
+        } else if let Some(m) = meta.as_object_mut() {
+            m.remove("namespace");
+        }
+        if let Some(m) = meta.as_object_mut() {
+            m.remove("deletionTimestamp");
+            m.remove("deletionGracePeriodSeconds");
+            m.remove("resourceVersion");
+            m.remove("selfLink");
+        }
+        meta["uid"] = json!(shared.new_uid());
+        meta["creationTimestamp"] = json!(now_rfc3339());
+        if rt.tracks_generation() {
+            meta["generation"] = json!(1);
+        }
+    }
+    if rt.status_subresource
+        && rt.crd_name.is_some()
+        && let Some(m) = obj.as_object_mut()
+    {
+        m.remove("status");
+    }
+    match rt.kind.as_str() {
+        "Namespace" => {
+            obj["status"] = json!({"phase": "Active"});
+            obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
+            if obj.pointer("/spec/finalizers").is_none() {
+                obj["spec"]["finalizers"] = json!(["kubernetes"]);
+            }
+        }
+        "CustomResourceDefinition" => obj["status"] = crd_status(&obj),
+        _ => {}
+    }
+    admit_builtin(rt, &mut obj)?;
+    let warnings = admit_custom(rt, &mut obj, None, ctx)?;
+    if !applied {
+        let scope = Scope::Main {
+            status_subresource: rt.status_subresource,
+        };
+        patch::track_update(
+            None,
+            &mut obj,
+            &ctx.field_manager(),
+            rt.schema.as_ref(),
+            scope,
+            &rt.api_version(),
+        );
+    }
+    if ctx.dry_run() {
+        return Ok((201, obj, warnings));
+    }
+    let rv = state.store.next_rv();
+    obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+    state
+        .store
+        .put(&rt.storage_key(), &ns, &name, obj.clone(), rv);
+    if rt.kind == "CustomResourceDefinition" {
+        state.registry.register_crd(&obj);
+    }
+    Ok((201, present(rt, obj), warnings))
+}
+
+fn create(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> Reply {
+    if rp.name.is_some() {
+        return Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        ));
+    }
+    let obj = parse_body(ctx, body)?;
+    let mut state = lock(&shared.state);
+    if matches!(
+        rp.rt.kind.as_str(),
+        "SelfSubjectAccessReview" | "SubjectAccessReview"
+    ) {
+        return Ok((201, access_review(&state, &rp.rt, &ctx.user, obj), vec![]));
+    }
+    create_object(shared, &mut state, rp, ctx, obj, false)
+}
+
+/// Stores `new` as the next version of `old`, applying subresource separation, immutable
+/// metadata, generation, validation, managedFields bookkeeping and finalizer completion.
+#[allow(clippy::too_many_arguments)]
+fn update_object(
+    state: &mut State,
+    rp: &ResourcePath,
+    ctx: &Ctx,
+    old: &Value,
+    new: Value,
+    applied: bool,
+    check_rv: bool,
+) -> Reply {
+    let rt = &rp.rt;
+    let mut new = to_storage(rt, new);
+    let name = rp.name.clone().unwrap_or_default();
+    let ns = rp.namespace.clone().unwrap_or_default();
+    let current_rv = old
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if check_rv
+        && let Some(rv) = new
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+        && !rv.is_empty()
+        && rv != current_rv
+    {
+        return Err(ApiError::conflict(rt, &name));
+    }
+    if !new.is_object() {
+        return Err(ApiError::bad_request(
+            "the body of the request must be an object",
+        ));
+    }
+    if obj_name(&new) != name && !obj_name(&new).is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({}) does not match the name on the URL ({name})",
+            obj_name(&new)
+        )));
+    }
+    let status_write = rp.sub.as_deref() == Some("status");
+    if status_write {
+        let status = new.get("status").cloned();
+        let managed = new.pointer("/metadata/managedFields").cloned();
+        new = old.clone();
+        if applied {
+            match managed {
+                Some(m) => new["metadata"]["managedFields"] = m,
+                None => {
+                    if let Some(meta) = new["metadata"].as_object_mut() {
+                        meta.remove("managedFields");
+                    }
+                }
+            }
+        }
+        match status {
+            Some(s) => new["status"] = s,
+            None => {
+                if let Some(m) = new.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+    } else {
+        if rt.status_subresource {
+            match old.get("status") {
+                Some(s) => new["status"] = s.clone(),
+                None => {
+                    if let Some(m) = new.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
+        }
+        if new.get("metadata").is_none_or(|m| !m.is_object()) {
+            new["metadata"] = json!({});
+        }
+        for key in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "namespace",
+            "name",
+        ] {
+            match old["metadata"].get(key) {
+                Some(v) => new["metadata"][key] = v.clone(),
+                None => {
+                    if let Some(m) = new["metadata"].as_object_mut() {
+                        m.remove(key);
+                    }
+                }
+            }
+        }
+        if old.pointer("/metadata/managedFields").is_some()
+            && new.pointer("/metadata/managedFields").is_none()
+            && !applied
+        {
+            new["metadata"]["managedFields"] = old["metadata"]["managedFields"].clone();
+        }
+        if rt.kind == "Namespace" {
+            new["status"] = old["status"].clone();
+        }
+    }
+    new["apiVersion"] = json!(rt.api_version());
+    new["kind"] = json!(rt.kind);
+    if !status_write {
+        admit_builtin(rt, &mut new)?;
+    }
+    let warnings = admit_custom(rt, &mut new, Some(old), ctx)?;
+    if rt.tracks_generation() && spec_part(rt, old) != spec_part(rt, &new) {
+        let g = old
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        new["metadata"]["generation"] = json!(g + 1);
+    }
+    if !applied {
+        let scope = if status_write {
+            Scope::Status
+        } else {
+            Scope::Main {
+                status_subresource: rt.status_subresource,
+            }
+        };
+        patch::track_update(
+            Some(old),
+            &mut new,
+            &ctx.field_manager(),
+            rt.schema.as_ref(),
+            scope,
+            &rt.api_version(),
+        );
+    }
+    new["metadata"]["resourceVersion"] = json!(current_rv);
+    let mut unchanged = new == *old;
+    if rt.kind == "CustomResourceDefinition" && !status_write {
+        new["status"] = crd_status(&new);
+        unchanged = new == *old;
+    }
+    if ctx.dry_run() || unchanged {
+        return Ok((200, present(rt, new), warnings));
+    }
+    let rv = state.store.next_rv();
+    new["metadata"]["resourceVersion"] = json!(rv.to_string());
+    let finalizing = new.pointer("/metadata/deletionTimestamp").is_some()
+        && new
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_none_or(|f| f.is_empty());
+    if finalizing && rt.kind != "Namespace" {
+        state
+            .store
+            .remove(&rt.storage_key(), &ns, &name, new.clone(), rv);
+        after_delete(state, rt, &new);
+    } else {
+        state
+            .store
+            .put(&rt.storage_key(), &ns, &name, new.clone(), rv);
+        if rt.kind == "CustomResourceDefinition" {
+            state.registry.register_crd(&new);
+        }
+    }
+    Ok((200, present(rt, new), warnings))
+}
+
+fn update(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> Reply {
+    let new = parse_body(ctx, body)?;
+    let mut state = lock(&shared.state);
+    let name = rp.name.clone().unwrap_or_default();
+    let old = state
+        .store
+        .get(
+            &rp.rt.storage_key(),
+            rp.namespace.as_deref().unwrap_or_default(),
+            &name,
+        )
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(&rp.rt, &name))?;
+    update_object(&mut state, rp, ctx, &old, new, false, true)
+}
+
+fn patch_request(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> Reply {
+    let kind = patch_kind(&ctx.content_type);
+    let rt = &rp.rt;
+    let name = rp.name.clone().unwrap_or_default();
+    let ns = rp.namespace.clone().unwrap_or_default();
+    let unsupported = || {
+        ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml{}",
+                if rt.crd_name.is_none() {
+                    ", application/strategic-merge-patch+json"
+                } else {
+                    ""
+                }
+            ),
+        )
+    };
+    let patch_body: Value = if kind == "apply" {
+        serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?
+    };
+    let mut state = lock(&shared.state);
+    let stored = state.store.get(&rt.storage_key(), &ns, &name).cloned();
+    let existing = stored.clone().map(|o| to_view(rt, o));
+    match kind {
+        "apply" => {
+            let Some(manager) = ctx.q("fieldManager") else {
+                let errors = [schema::FieldError {
+                    field: "fieldManager".into(),
+                    reason: "FieldValueRequired",
+                    detail: "Required value: is required for apply patch".into(),
+                }];
+                let mut e = ApiError::invalid(rt, "", &errors);
+                e.message = "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into();
+                return Err(e);
+            };
+            let force = ctx.q("force") == Some("true");
+            let scope = if rp.sub.as_deref() == Some("status") {
+                Scope::Status
+            } else {
+                Scope::Main {
+                    status_subresource: rt.status_subresource,
+                }
+            };
+            if !patch_body.is_object() {
+                return Err(ApiError::bad_request("apply patch must be an object"));
+            }
+            if let Some(existing) = &existing
+                && let Some(rv) = patch_body
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                && Some(rv)
+                    != existing
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+            {
+                return Err(ApiError::conflict(rt, &name));
+            }
+            let merged = patch::apply(
+                existing.as_ref(),
+                &patch_body,
+                manager,
+                force,
+                rt.schema.as_ref(),
+                scope,
+                &rt.api_version(),
+            )
+            .map_err(|conflicts| apply_conflict(rt, &name, &conflicts))?;
+            match stored {
+                Some(old) => update_object(&mut state, rp, ctx, &old, merged, true, false),
+                None => {
+                    if scope == Scope::Status {
+                        return Err(ApiError::not_found(rt, &name));
+                    }
+                    let mut obj = merged;
+                    obj["metadata"]["name"] = json!(name);
+                    if rt.namespaced {
+                        obj["metadata"]["namespace"] = json!(ns);
+                    }
+                    let create_rp = ResourcePath {
+                        name: Some(name.clone()),
+                        ..rp.clone()
+                    };
+                    create_object(shared, &mut state, &create_rp, ctx, obj, true)
+                }
+            }
+        }
+        "merge" | "json" | "strategic" => {
+            if kind == "strategic" && rt.crd_name.is_some() {
+                return Err(unsupported());
+            }
+            let old = stored.ok_or_else(|| ApiError::not_found(rt, &name))?;
+            let mut patched = existing.unwrap_or_default();
+            match kind {
+                "merge" => patch::merge_patch(&mut patched, &patch_body),
+                "json" => patch::json_patch(&mut patched, &patch_body)
+                    .map_err(|e| ApiError::new(422, "Invalid", e))?,
+                _ => patch::strategic_merge(&mut patched, &patch_body),
+            }
+            update_object(&mut state, rp, ctx, &old, patched, false, true)
+        }
+        _ => Err(unsupported()),
+    }
+}
+
+fn apply_conflict(rt: &ResourceType, name: &str, conflicts: &[patch::Conflict]) -> ApiError {
+    // Same grouping and wording as structured-merge-diff's `Conflicts.Error()`.
+    let api_version = rt.api_version();
+    let message = if conflicts.len() == 1 {
+        format!(
+            "Apply failed with 1 conflict: conflict with \"{}\" using {api_version}: {}",
+            conflicts[0].manager, conflicts[0].field
+        )
+    } else {
+        let mut by_manager: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for c in conflicts {
+            by_manager
+                .entry(c.manager.as_str())
+                .or_default()
+                .push(c.field.as_str());
+        }
+        let parts: Vec<String> = by_manager
+            .iter()
+            .map(|(m, fields)| {
+                if fields.len() == 1 {
+                    format!("conflicts with \"{m}\" using {api_version}: {}", fields[0])
+                } else {
+                    format!(
+                        "conflicts with \"{m}\" using {api_version}:\n- {}",
+                        fields.join("\n- ")
+                    )
+                }
+            })
+            .collect();
+        format!(
+            "Apply failed with {} conflicts: {}",
+            conflicts.len(),
+            parts.join("\n")
+        )
+    };
+    let causes: Vec<Value> = conflicts
+        .iter()
+        .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\" using {api_version}", c.manager), "field": c.field}))
+        .collect();
+    ApiError::new(409, "Conflict", message)
+        .details(json!({"name": name, "group": rt.group, "kind": rt.plural, "causes": causes}))
+}
+
+/// Answers a (Self)SubjectAccessReview with the same RBAC evaluation requests get.
+fn access_review(state: &State, rt: &ResourceType, caller: &User, mut review: Value) -> Value {
+    let spec = review["spec"].clone();
+    let user = if rt.kind == "SubjectAccessReview" {
+        let groups = spec["groups"]
+            .as_array()
+            .map(|g| {
+                g.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        User::impersonated(spec["user"].as_str().unwrap_or_default(), groups)
+    } else {
+        caller.clone()
+    };
+    let allowed = match spec.get("resourceAttributes") {
+        Some(ra) => {
+            let s = |k: &str| ra.get(k).and_then(Value::as_str).filter(|v| !v.is_empty());
+            let attrs = Attributes {
+                verb: s("verb").unwrap_or_default(),
+                group: s("group").unwrap_or_default(),
+                resource: s("resource").unwrap_or_default(),
+                subresource: s("subresource"),
+                namespace: s("namespace"),
+                name: s("name"),
+            };
+            rbac::allowed(&state.store, &user, &attrs)
+        }
+        // Non-resource URLs (discovery, /version, /healthz) are open to authenticated users.
+        None => true,
+    };
+    review["apiVersion"] = json!(rt.api_version());
+    review["kind"] = json!(rt.kind);
+    review["status"] = json!({"allowed": allowed});
+    review
+}
+
+/// Side effects of an object leaving the store: CRDs take their objects and types along.
+fn after_delete(state: &mut State, rt: &ResourceType, obj: &Value) {
+    if rt.kind == "CustomResourceDefinition" {
+        let name = obj_name(obj).to_string();
+        let key = {
+            let group = obj
+                .pointer("/spec/group")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let plural = obj
+                .pointer("/spec/names/plural")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            format!("{plural}.{group}")
+        };
+        for o in state.store.list(&key).cloned().collect::<Vec<_>>() {
+            let rv = state.store.next_rv();
+            let mut o = o;
+            o["metadata"]["resourceVersion"] = json!(rv.to_string());
+            state.store.remove(
+                &key,
+                obj_ns(&o).to_string().as_str(),
+                obj_name(&o).to_string().as_str(),
+                o.clone(),
+                rv,
+            );
+        }
+        state.registry.unregister_crd(&name);
+    }
+}
+
+/// Deletes (or starts deleting, when finalizers remain) one object.
+pub fn delete_object(
+    state: &mut State,
+    rt: &ResourceType,
+    ns: &str,
+    name: &str,
+    dry_run: bool,
+) -> Result<(u16, Value), ApiError> {
+    let key = rt.storage_key();
+    let mut obj = state
+        .store
+        .get(&key, ns, name)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(rt, name))?;
+    let has_finalizers = obj
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty());
+    if dry_run {
+        return Ok((200, present(rt, obj)));
+    }
+    if has_finalizers || rt.kind == "Namespace" {
+        if obj.pointer("/metadata/deletionTimestamp").is_none() {
+            let rv = state.store.next_rv();
+            obj["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+            obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            if rt.kind == "Namespace" {
+                obj["status"] = json!({"phase": "Terminating"});
+            }
+            obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+            state.store.put(&key, ns, name, obj.clone(), rv);
+        }
+        return Ok((
+            if rt.kind == "Namespace" { 200 } else { 202 },
+            present(rt, obj),
+        ));
+    }
+    let rv = state.store.next_rv();
+    obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+    state.store.remove(&key, ns, name, obj.clone(), rv);
+    after_delete(state, rt, &obj);
+    Ok((200, present(rt, obj)))
+}
+
+fn delete(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> Reply {
+    // Typed clients send DeleteOptions as protobuf; their defaults are what the emulator does anyway.
+    let opts = if body.is_empty() || ctx.content_type.contains("protobuf") {
+        Value::Null
+    } else {
+        parse_body(ctx, body)?
+    };
+    let mut state = lock(&shared.state);
+    let name = rp.name.clone().unwrap_or_default();
+    let ns = rp.namespace.clone().unwrap_or_default();
+    if let Some(pre) = opts.get("preconditions")
+        && let Some(existing) = state.store.get(&rp.rt.storage_key(), &ns, &name)
+    {
+        let rv_ok = pre
+            .get("resourceVersion")
+            .and_then(Value::as_str)
+            .is_none_or(|rv| {
+                Some(rv)
+                    == existing
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+            });
+        let uid_ok = pre
+            .get("uid")
+            .and_then(Value::as_str)
+            .is_none_or(|u| Some(u) == existing.pointer("/metadata/uid").and_then(Value::as_str));
+        if !rv_ok || !uid_ok {
+            return Err(ApiError::conflict(&rp.rt, &name));
+        }
+    }
+    let dry = ctx.dry_run()
+        || opts
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|d| d.iter().any(|x| x == "All"));
+    let (code, obj) = delete_object(&mut state, &rp.rt, &ns, &name, dry)?;
+    Ok((code, obj, vec![]))
+}
+
+fn delete_collection(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
+    let (labels, fields) = selectors(ctx)?;
+    let mut state = lock(&shared.state);
+    let targets: Vec<(String, String)> = state
+        .store
+        .list(&rp.rt.storage_key())
+        .filter(|o| rp.namespace.as_deref().is_none_or(|ns| obj_ns(o) == ns))
+        .filter(|o| labels.matches(o) && fields.matches(o))
+        .map(|o| (obj_ns(o).to_string(), obj_name(o).to_string()))
+        .collect();
+    let mut items = Vec::new();
+    for (ns, name) in targets {
+        if let Ok((_, o)) = delete_object(&mut state, &rp.rt, &ns, &name, ctx.dry_run()) {
+            items.push(o);
+        }
+    }
+    Ok((
+        200,
+        json!({"kind": rp.rt.list_kind, "apiVersion": rp.rt.api_version(), "metadata": {"resourceVersion": state.store.current_rv().to_string()}, "items": items}),
+        vec![],
+    ))
+}
+
+/// Garbage collection and namespace termination, run periodically in the background.
+pub fn collect_garbage(state: &mut State) {
+    let types: Vec<ResourceType> = {
+        let mut seen = std::collections::HashSet::new();
+        state
+            .registry
+            .all()
+            .filter(|rt| seen.insert(rt.storage_key()))
+            .cloned()
+            .collect()
+    };
+    let uids: std::collections::HashSet<String> = types
+        .iter()
+        .flat_map(|rt| state.store.list(&rt.storage_key()))
+        .filter_map(|o| {
+            o.pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .collect();
+    let terminating: Vec<String> = state
+        .store
+        .list("namespaces")
+        .filter(|n| n.pointer("/metadata/deletionTimestamp").is_some())
+        .map(|n| obj_name(n).to_string())
+        .collect();
+    let mut doomed = Vec::new();
+    for rt in &types {
+        for o in state.store.list(&rt.storage_key()) {
+            if o.pointer("/metadata/deletionTimestamp").is_some() {
+                continue;
+            }
+            let owners = o
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array);
+            let orphaned = owners.is_some_and(|os| {
+                !os.is_empty()
+                    && os
+                        .iter()
+                        .all(|r| r["uid"].as_str().is_none_or(|u| !uids.contains(u)))
+            });
+            let in_terminating = rt.namespaced && terminating.iter().any(|ns| ns == obj_ns(o));
+            if orphaned || in_terminating {
+                doomed.push((rt.clone(), obj_ns(o).to_string(), obj_name(o).to_string()));
+            }
+        }
+    }
+    for (rt, ns, name) in doomed {
+        // Already gone (a CRD deletion took it along) is fine.
+        let _ = delete_object(state, &rt, &ns, &name, false);
+    }
+    for ns in terminating {
+        let empty = types
+            .iter()
+            .filter(|rt| rt.namespaced)
+            .all(|rt| state.store.list(&rt.storage_key()).all(|o| obj_ns(o) != ns));
+        if empty && let Some(mut obj) = state.store.get("namespaces", "", &ns).cloned() {
+            let rv = state.store.next_rv();
+            obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+            state.store.remove("namespaces", "", &ns, obj, rv);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Watch
+
+struct WatchFilter {
+    key: String,
+    namespace: Option<String>,
+    labels: LabelSelector,
+    fields: FieldSelector,
+}
+
+impl WatchFilter {
+    fn matches(&self, obj: &Value) -> bool {
+        self.namespace.as_deref().is_none_or(|ns| obj_ns(obj) == ns)
+            && self.labels.matches(obj)
+            && self.fields.matches(obj)
+    }
+
+    /// The event a watcher sees for a change, after selector transitions.
+    fn event_for(&self, change: &Change) -> Option<&'static str> {
+        if change.storage_key != self.key {
+            return None;
+        }
+        let now = self.matches(&change.object);
+        let before = change.old.as_ref().is_some_and(|o| self.matches(o));
+        match change.type_ {
+            EventType::Added if now => Some("ADDED"),
+            EventType::Modified if now && before => Some("MODIFIED"),
+            EventType::Modified if now => Some("ADDED"),
+            EventType::Modified if before => Some("DELETED"),
+            EventType::Deleted if before || now => Some("DELETED"),
+            _ => None,
+        }
+    }
+}
+
+fn expired_event(rv: &str, compacted: u64) -> Value {
+    let e = ApiError::new(
+        410,
+        "Expired",
+        format!("too old resource version: {rv} ({compacted})"),
+    );
+    json!({"type": "ERROR", "object": e.status_json()})
+}
+
+fn watch_response(shared: std::sync::Arc<Shared>, rp: ResourcePath, ctx: &Ctx) -> Response<Body> {
+    let (labels, fields) = match selectors(ctx) {
+        Ok(s) => s,
+        Err(e) => return error_response(&e),
+    };
+    let filter = WatchFilter {
+        key: rp.rt.storage_key(),
+        namespace: rp.namespace.clone(),
+        labels,
+        fields,
+    };
+    let single_name = rp.name.clone();
+    let bookmarks = ctx.q("allowWatchBookmarks") == Some("true");
+    let send_initial = ctx.q("sendInitialEvents") == Some("true");
+    let timeout = ctx
+        .q("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(1800));
+    let as_table = ctx.wants_table();
+    let rt = rp.rt.clone();
+    let rv_param = ctx.q("resourceVersion").map(str::to_string);
+    let name_ok = move |o: &Value| single_name.as_deref().is_none_or(|n| obj_name(o) == n);
+
+    let (tx, rx) = mpsc::channel::<Bytes>(1024);
+    let mut initial: Vec<Value> = Vec::new();
+    let (mut sub, mut last_rv) = {
+        let state = lock(&shared.state);
+        let current = state.store.current_rv();
+        let from_rv = rv_param
+            .as_deref()
+            .filter(|r| *r != "0")
+            .and_then(|r| r.parse::<u64>().ok());
+        if send_initial || from_rv.is_none() {
+            for o in state
+                .store
+                .list(&filter.key)
+                .filter(|o| filter.matches(o) && name_ok(o))
+            {
+                initial.push(json!({"type": "ADDED", "object": present(&rt, o.clone())}));
+            }
+            if send_initial {
+                initial.push(json!({"type": "BOOKMARK", "object": {"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": {"resourceVersion": current.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}}}));
+            }
+            (state.store.subscribe(), current)
+        } else {
+            let from = from_rv.unwrap_or(current);
+            match state.store.since(&filter.key, from) {
+                None => {
+                    initial.push(expired_event(
+                        rv_param.as_deref().unwrap_or_default(),
+                        state.store.compacted_rv(),
+                    ));
+                    let body = initial.iter().map(|e| format!("{e}\n")).collect::<String>();
+                    return stream_response(full(body));
+                }
+                Some(changes) => {
+                    for c in &changes {
+                        if let Some(t) = filter.event_for(c)
+                            && name_ok(&c.object)
+                        {
+                            initial
+                                .push(json!({"type": t, "object": present(&rt, c.object.clone())}));
+                        }
+                    }
+                    (state.store.subscribe(), current.max(from))
+                }
+            }
+        }
+    };
+
+    let encode = {
+        let rt = rt.clone();
+        move |ev: &Value| -> Bytes {
+            let mut ev = ev.clone();
+            if as_table && ev["type"] != "ERROR" && ev["type"] != "BOOKMARK" {
+                let obj = ev["object"].clone();
+                let rv = obj
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                ev["object"] = table::table(&rt, &[obj], &rv, IncludeObject::Metadata, None);
+            }
+            Bytes::from(format!("{ev}\n"))
+        }
+    };
+
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for ev in &initial {
+            if tx.send(encode(ev)).await.is_err() {
+                return;
+            }
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return,
+                _ = tx.closed() => return,
+                _ = tick.tick(), if bookmarks => {
+                    let bm = json!({"type": "BOOKMARK", "object": {"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": {"resourceVersion": last_rv.to_string()}}});
+                    if !shared.faults.is_paused() && tx.send(encode(&bm)).await.is_err() {
+                        return;
+                    }
+                }
+                msg = sub.recv() => {
+                    match msg {
+                        Ok(change) => {
+                            if change.storage_key == crate::store::EXPIRE_WATCHES {
+                                let _ = tx.send(encode(&expired_event(&last_rv.to_string(), change.rv))).await;
+                                return;
+                            }
+                            if change.rv <= last_rv && change.storage_key == filter.key {
+                                continue;
+                            }
+                            if change.storage_key != filter.key {
+                                continue;
+                            }
+                            last_rv = change.rv;
+                            if shared.faults.is_paused() {
+                                shared.faults.wait_unpaused().await;
+                            }
+                            if let Some(t) = filter.event_for(&change)
+                                && name_ok(&change.object)
+                            {
+                                let ev = json!({"type": t, "object": present(&rt, change.object.clone())});
+                                if tx.send(encode(&ev)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            let _ = tx.send(encode(&expired_event(&last_rv.to_string(), last_rv))).await;
+                            return;
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            }
+        }
+    });
+
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    stream_response(BodyExt::boxed(StreamBody::new(stream)))
+}
+
+fn stream_response(body: Body) -> Response<Body> {
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
+    resp
+}
