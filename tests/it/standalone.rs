@@ -186,7 +186,7 @@ fn incidents(object: &serde_json::Value) -> BTreeMap<String, String> {
 
 /// One HTTP/1.1 POST over a fresh connection: the status code and the raw response,
 /// or None when the connection failed (the process is gone).
-fn post_raw(url: &str, headers: &[(&str, &str)], body: &str) -> Option<(u16, String)> {
+pub(crate) fn post_raw(url: &str, headers: &[(&str, &str)], body: &str) -> Option<(u16, String)> {
     let rest = url.strip_prefix("http://").expect("http URL");
     let (authority, path) = rest.split_at(rest.find('/').expect("path"));
     let mut stream = TcpStream::connect(authority).ok()?;
@@ -209,11 +209,16 @@ fn post_raw(url: &str, headers: &[(&str, &str)], body: &str) -> Option<(u16, Str
     Some((code, response))
 }
 
-fn datadog(url: &str, id: &str, key: &str, transition: &str) -> Option<u16> {
+pub(crate) fn datadog(url: &str, id: &str, key: &str, transition: &str) -> Option<u16> {
     datadog_raw(url, id, key, transition).map(|(code, _)| code)
 }
 
-fn datadog_raw(url: &str, id: &str, key: &str, transition: &str) -> Option<(u16, String)> {
+pub(crate) fn datadog_raw(
+    url: &str,
+    id: &str,
+    key: &str,
+    transition: &str,
+) -> Option<(u16, String)> {
     let body = serde_json::json!({
         "id": id,
         "aggreg_key": key,

@@ -1,0 +1,251 @@
+//! `hookwarden receiver` in a cluster (the API-server emulator) next to the real
+//! controller: routes from route Secrets, acknowledged deliveries survive `kill -9`,
+//! status catches up after an API outage without a write storm, Degraded after repeated
+//! authentication failures, Events on incident opens.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hookwarden::crd::WebhookIntegration;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt as _;
+use kube::api::{Api, PostParams};
+use kube_emulator::{Emulator, Failure, RequestFilter};
+use serde_json::Value;
+
+use crate::standalone::{datadog, datadog_raw};
+
+const TOKEN: &str = "example-datadog-token-change-me";
+const TEST_LIMIT: Duration = Duration::from_secs(150);
+
+/// A child process killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn start_receiver(kubeconfig: &Path, journal: &Path, port: u16, log: &Path) -> Process {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_hookwarden"))
+        .args([
+            "receiver",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--namespace",
+            "hookwarden",
+            "--status-interval",
+            "200ms",
+            "--log-format",
+            "text",
+        ])
+        .arg("--journal-dir")
+        .arg(journal)
+        .env("KUBECONFIG", kubeconfig)
+        .env("POD_NAME", "receiver-0")
+        .stdout(Stdio::from(log.try_clone().expect("log clone")))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("start hookwarden receiver");
+    Process(child)
+}
+
+async fn eventually(what: &str, limit: Duration, log: &Path, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}\nlogs:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn incident_ids(obj: &Value) -> BTreeSet<String> {
+    ["recent", "tracked"]
+        .iter()
+        .flat_map(|l| {
+            obj["status"]["incidents"][l]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|i| i["id"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn accepted(obj: &Value) -> i64 {
+    obj["status"]["deliveries"]["accepted"]
+        .as_i64()
+        .unwrap_or(0)
+}
+
+fn degraded(obj: &Value) -> Option<(String, String)> {
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_keeps_acknowledged_deliveries_through_kill_9_and_an_api_outage() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let emu = Emulator::start().await.expect("emulator");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kubeconfig = dir.path().join("admin.kubeconfig");
+        std::fs::write(&kubeconfig, emu.kubeconfig()).expect("kubeconfig");
+        let log = dir.path().join("processes.log");
+        let client = emu.client().await.expect("client");
+        let pp = PostParams::default();
+        Api::<CustomResourceDefinition>::all(client.clone()).create(&pp, &WebhookIntegration::crd()).await.expect("CRD");
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": "hookwarden"}})).expect("ns");
+        Api::<Namespace>::all(client.clone()).create(&pp, &ns).await.expect("namespace");
+        let secret: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "datadog-webhook", "namespace": "default"},
+            "stringData": {"token": TOKEN}
+        }))
+        .expect("secret");
+        Api::<Secret>::namespaced(client.clone(), "default").create(&pp, &secret).await.expect("secret");
+        let whi: WebhookIntegration = serde_json::from_value(serde_json::json!({
+            "apiVersion": "hookwarden.dev/v1alpha1", "kind": "WebhookIntegration",
+            "metadata": {"name": "datadog-prod", "namespace": "default"},
+            "spec": {"provider": "datadog", "secretRef": {"name": "datadog-webhook", "key": "token"}}
+        }))
+        .expect("whi");
+        Api::<WebhookIntegration>::namespaced(client.clone(), "default").create(&pp, &whi).await.expect("whi");
+
+        let controller_log = std::fs::File::create(dir.path().join("controller.log")).expect("log");
+        let _controller = Process(
+            Command::new(env!("CARGO_BIN_EXE_hookwarden"))
+                .args(["controller", "--metrics-addr", "127.0.0.1:0", "--log-format", "text", "--namespace", "hookwarden"])
+                .args(["--identity", "controller-0", "--lease-duration-seconds", "5"])
+                .env("KUBECONFIG", &kubeconfig)
+                .stdout(Stdio::from(controller_log.try_clone().expect("clone")))
+                .stderr(Stdio::from(controller_log))
+                .spawn()
+                .expect("start controller"),
+        );
+        let port = free_port();
+        let journal = dir.path().join("journal");
+        let receiver = start_receiver(&kubeconfig, &journal, port, &log);
+
+        let object = || emu.object("webhookintegrations.hookwarden.dev", "default", "datadog-prod").unwrap_or(Value::Null);
+        eventually("the controller to assign a path", Duration::from_secs(30), &log, || object()["status"]["path"].is_string()).await;
+        let url = format!("http://127.0.0.1:{port}{}", object()["status"]["path"].as_str().unwrap_or_default());
+        let probe = url.clone();
+        eventually("the receiver to serve the route", Duration::from_secs(30), &log, move || {
+            datadog(&probe, "probe", "probe", "Recovered") == Some(202)
+        })
+        .await;
+
+        // A burst from 8 senders; kill -9 once 100 are acknowledged.
+        let acked: Arc<Mutex<Vec<usize>>> = Arc::default();
+        let next = Arc::new(AtomicUsize::new(0));
+        let senders: Vec<_> = (0..8)
+            .map(|_| {
+                let (acked, next, url) = (acked.clone(), next.clone(), url.clone());
+                std::thread::spawn(move || loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= 1000 {
+                        return;
+                    }
+                    match datadog(&url, &format!("evt-{i}"), &format!("k-{}", i % 25), "Triggered") {
+                        Some(202) => acked.lock().expect("lock").push(i),
+                        Some(_) => {}
+                        None => return,
+                    }
+                })
+            })
+            .collect();
+        eventually("100 acknowledged deliveries", Duration::from_secs(30), &log, || acked.lock().expect("lock").len() >= 100).await;
+        drop(receiver); // SIGKILL
+        for s in senders {
+            s.join().expect("sender");
+        }
+        let acked = acked.lock().expect("lock").clone();
+        assert!(acked.len() < 1000, "the kill should land mid-burst");
+        let keys: BTreeSet<String> = acked.iter().map(|i| format!("k-{}", i % 25)).collect();
+
+        let _receiver = start_receiver(&kubeconfig, &journal, port, &log);
+        let want = acked.len() as i64 + 1; // + the probe
+        eventually("every acknowledged delivery on the status", Duration::from_secs(30), &log, || {
+            let o = object();
+            accepted(&o) >= want && keys.is_subset(&incident_ids(&o))
+        })
+        .await;
+
+        // API outage on status writes for 4 s while deliveries keep coming.
+        let before = accepted(&object());
+        let status_filter = || RequestFilter::new().resource("webhookintegrations").subresource("status").caller("kubernetes-admin");
+        let writes_before = emu.count(&status_filter());
+        emu.fail(Failure::status(503).for_duration(Duration::from_secs(4)).matching(RequestFilter::new().resource("webhookintegrations").subresource("status")));
+        let mut sent = 0;
+        for i in 0..40 {
+            assert_eq!(datadog(&url, &format!("outage-{i}"), "outage", "Triggered"), Some(202), "deliveries are acknowledged during an API outage");
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let during = emu.count(&status_filter()) - writes_before;
+        assert!(during <= 30, "{during} status requests during a 4 s outage at a 200 ms interval: a write storm");
+        eventually("the status to catch up after the outage", Duration::from_secs(40), &log, || accepted(&object()) >= before + sent).await;
+
+        // Many authentication failures: Degraded=True (SignatureFailures); a success clears it.
+        for _ in 0..25 {
+            let (code, _) = crate::standalone::post_raw(&url, &[("Content-Type", "application/json"), ("Authorization", "Bearer wrong")], "{}").expect("answered");
+            assert_eq!(code, 401);
+        }
+        eventually("Degraded=True", Duration::from_secs(10), &log, || {
+            degraded(&object()) == Some(("True".into(), "SignatureFailures".into()))
+        })
+        .await;
+        assert_eq!(object()["status"]["deliveries"]["lastRejectReason"].as_str().map(|r| !r.is_empty()), Some(true));
+        assert_eq!(datadog_raw(&url, "after-failures", "x", "Triggered").map(|(c, _)| c), Some(202));
+        eventually("Degraded=False after a success", Duration::from_secs(10), &log, || {
+            degraded(&object()).is_some_and(|(s, _)| s == "False")
+        })
+        .await;
+
+        // The controller's conditions survive the receiver's writes (separate field managers).
+        let ready = object()["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        assert!(ready.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"), "{ready:?}");
+        // Incident opens were announced as Events on the integration.
+        let events = emu.objects("events");
+        assert!(
+            events.iter().any(|e| e["reason"] == "IncidentOpened" && (e["regarding"]["name"] == "datadog-prod" || e["involvedObject"]["name"] == "datadog-prod")),
+            "no IncidentOpened event among {} events",
+            events.len()
+        );
+    })
+    .await
+    .expect("test finished in time");
+}
