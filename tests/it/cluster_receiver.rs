@@ -117,55 +117,108 @@ fn degraded(obj: &Value) -> Option<(String, String)> {
         })
 }
 
+/// An emulated cluster with the CRD, the `hookwarden` namespace, a Datadog integration
+/// with its token Secret, and the real controller running.
+async fn cluster() -> (Emulator, tempfile::TempDir, std::path::PathBuf, Process) {
+    let emu = Emulator::start().await.expect("emulator");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("admin.kubeconfig");
+    std::fs::write(&kubeconfig, emu.kubeconfig()).expect("kubeconfig");
+    let client = emu.client().await.expect("client");
+    let pp = PostParams::default();
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .create(&pp, &WebhookIntegration::crd())
+        .await
+        .expect("CRD");
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "hookwarden"}}))
+            .expect("ns");
+    Api::<Namespace>::all(client.clone())
+        .create(&pp, &ns)
+        .await
+        .expect("namespace");
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "datadog-webhook", "namespace": "default"},
+        "stringData": {"token": TOKEN}
+    }))
+    .expect("secret");
+    Api::<Secret>::namespaced(client.clone(), "default")
+        .create(&pp, &secret)
+        .await
+        .expect("secret");
+    let whi: WebhookIntegration = serde_json::from_value(serde_json::json!({
+        "apiVersion": "hookwarden.dev/v1alpha1", "kind": "WebhookIntegration",
+        "metadata": {"name": "datadog-prod", "namespace": "default"},
+        "spec": {"provider": "datadog", "secretRef": {"name": "datadog-webhook", "key": "token"}}
+    }))
+    .expect("whi");
+    Api::<WebhookIntegration>::namespaced(client.clone(), "default")
+        .create(&pp, &whi)
+        .await
+        .expect("whi");
+
+    let controller_log = std::fs::File::create(dir.path().join("controller.log")).expect("log");
+    let controller = Process(
+        Command::new(env!("CARGO_BIN_EXE_hookwarden"))
+            .args([
+                "controller",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "text",
+                "--namespace",
+                "hookwarden",
+            ])
+            .args([
+                "--identity",
+                "controller-0",
+                "--lease-duration-seconds",
+                "5",
+            ])
+            .env("KUBECONFIG", &kubeconfig)
+            .stdout(Stdio::from(controller_log.try_clone().expect("clone")))
+            .stderr(Stdio::from(controller_log))
+            .spawn()
+            .expect("start controller"),
+    );
+    (emu, dir, kubeconfig, controller)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiver_keeps_acknowledged_deliveries_through_kill_9_and_an_api_outage() {
     tokio::time::timeout(TEST_LIMIT, async {
-        let emu = Emulator::start().await.expect("emulator");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let kubeconfig = dir.path().join("admin.kubeconfig");
-        std::fs::write(&kubeconfig, emu.kubeconfig()).expect("kubeconfig");
+        let (emu, dir, kubeconfig, _controller) = cluster().await;
         let log = dir.path().join("processes.log");
-        let client = emu.client().await.expect("client");
-        let pp = PostParams::default();
-        Api::<CustomResourceDefinition>::all(client.clone()).create(&pp, &WebhookIntegration::crd()).await.expect("CRD");
-        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": "hookwarden"}})).expect("ns");
-        Api::<Namespace>::all(client.clone()).create(&pp, &ns).await.expect("namespace");
-        let secret: Secret = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "datadog-webhook", "namespace": "default"},
-            "stringData": {"token": TOKEN}
-        }))
-        .expect("secret");
-        Api::<Secret>::namespaced(client.clone(), "default").create(&pp, &secret).await.expect("secret");
-        let whi: WebhookIntegration = serde_json::from_value(serde_json::json!({
-            "apiVersion": "hookwarden.dev/v1alpha1", "kind": "WebhookIntegration",
-            "metadata": {"name": "datadog-prod", "namespace": "default"},
-            "spec": {"provider": "datadog", "secretRef": {"name": "datadog-webhook", "key": "token"}}
-        }))
-        .expect("whi");
-        Api::<WebhookIntegration>::namespaced(client.clone(), "default").create(&pp, &whi).await.expect("whi");
-
-        let controller_log = std::fs::File::create(dir.path().join("controller.log")).expect("log");
-        let _controller = Process(
-            Command::new(env!("CARGO_BIN_EXE_hookwarden"))
-                .args(["controller", "--metrics-addr", "127.0.0.1:0", "--log-format", "text", "--namespace", "hookwarden"])
-                .args(["--identity", "controller-0", "--lease-duration-seconds", "5"])
-                .env("KUBECONFIG", &kubeconfig)
-                .stdout(Stdio::from(controller_log.try_clone().expect("clone")))
-                .stderr(Stdio::from(controller_log))
-                .spawn()
-                .expect("start controller"),
-        );
         let port = free_port();
         let journal = dir.path().join("journal");
         let receiver = start_receiver(&kubeconfig, &journal, port, &log);
 
-        let object = || emu.object("webhookintegrations.hookwarden.dev", "default", "datadog-prod").unwrap_or(Value::Null);
-        eventually("the controller to assign a path", Duration::from_secs(30), &log, || object()["status"]["path"].is_string()).await;
-        let url = format!("http://127.0.0.1:{port}{}", object()["status"]["path"].as_str().unwrap_or_default());
+        let object = || {
+            emu.object(
+                "webhookintegrations.hookwarden.dev",
+                "default",
+                "datadog-prod",
+            )
+            .unwrap_or(Value::Null)
+        };
+        eventually(
+            "the controller to assign a path",
+            Duration::from_secs(30),
+            &log,
+            || object()["status"]["path"].is_string(),
+        )
+        .await;
+        let url = format!(
+            "http://127.0.0.1:{port}{}",
+            object()["status"]["path"].as_str().unwrap_or_default()
+        );
         let probe = url.clone();
-        eventually("the receiver to serve the route", Duration::from_secs(30), &log, move || {
-            datadog(&probe, "probe", "probe", "Recovered") == Some(202)
-        })
+        eventually(
+            "the receiver to serve the route",
+            Duration::from_secs(30),
+            &log,
+            move || datadog(&probe, "probe", "probe", "Recovered") == Some(202),
+        )
         .await;
 
         // A burst from 8 senders; kill -9 once 100 are acknowledged.
@@ -174,20 +227,33 @@ async fn receiver_keeps_acknowledged_deliveries_through_kill_9_and_an_api_outage
         let senders: Vec<_> = (0..8)
             .map(|_| {
                 let (acked, next, url) = (acked.clone(), next.clone(), url.clone());
-                std::thread::spawn(move || loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= 1000 {
-                        return;
-                    }
-                    match datadog(&url, &format!("evt-{i}"), &format!("k-{}", i % 25), "Triggered") {
-                        Some(202) => acked.lock().expect("lock").push(i),
-                        Some(_) => {}
-                        None => return,
+                std::thread::spawn(move || {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        if i >= 1000 {
+                            return;
+                        }
+                        match datadog(
+                            &url,
+                            &format!("evt-{i}"),
+                            &format!("k-{}", i % 25),
+                            "Triggered",
+                        ) {
+                            Some(202) => acked.lock().expect("lock").push(i),
+                            Some(_) => {}
+                            None => return,
+                        }
                     }
                 })
             })
             .collect();
-        eventually("100 acknowledged deliveries", Duration::from_secs(30), &log, || acked.lock().expect("lock").len() >= 100).await;
+        eventually(
+            "100 acknowledged deliveries",
+            Duration::from_secs(30),
+            &log,
+            || acked.lock().expect("lock").len() >= 100,
+        )
+        .await;
         drop(receiver); // SIGKILL
         for s in senders {
             s.join().expect("sender");
@@ -198,52 +264,218 @@ async fn receiver_keeps_acknowledged_deliveries_through_kill_9_and_an_api_outage
 
         let _receiver = start_receiver(&kubeconfig, &journal, port, &log);
         let want = acked.len() as i64 + 1; // + the probe
-        eventually("every acknowledged delivery on the status", Duration::from_secs(30), &log, || {
-            let o = object();
-            accepted(&o) >= want && keys.is_subset(&incident_ids(&o))
-        })
+        eventually(
+            "every acknowledged delivery on the status",
+            Duration::from_secs(30),
+            &log,
+            || {
+                let o = object();
+                accepted(&o) >= want && keys.is_subset(&incident_ids(&o))
+            },
+        )
         .await;
 
         // API outage on status writes for 4 s while deliveries keep coming.
         let before = accepted(&object());
-        let status_filter = || RequestFilter::new().resource("webhookintegrations").subresource("status").caller("kubernetes-admin");
+        let status_filter = || {
+            RequestFilter::new()
+                .resource("webhookintegrations")
+                .subresource("status")
+                .caller("kubernetes-admin")
+        };
         let writes_before = emu.count(&status_filter());
-        emu.fail(Failure::status(503).for_duration(Duration::from_secs(4)).matching(RequestFilter::new().resource("webhookintegrations").subresource("status")));
+        emu.fail(
+            Failure::status(503)
+                .for_duration(Duration::from_secs(4))
+                .matching(
+                    RequestFilter::new()
+                        .resource("webhookintegrations")
+                        .subresource("status"),
+                ),
+        );
         let mut sent = 0;
         for i in 0..40 {
-            assert_eq!(datadog(&url, &format!("outage-{i}"), "outage", "Triggered"), Some(202), "deliveries are acknowledged during an API outage");
+            assert_eq!(
+                datadog(&url, &format!("outage-{i}"), "outage", "Triggered"),
+                Some(202),
+                "deliveries are acknowledged during an API outage"
+            );
             sent += 1;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let during = emu.count(&status_filter()) - writes_before;
-        assert!(during <= 30, "{during} status requests during a 4 s outage at a 200 ms interval: a write storm");
-        eventually("the status to catch up after the outage", Duration::from_secs(40), &log, || accepted(&object()) >= before + sent).await;
+        assert!(
+            during <= 30,
+            "{during} status requests during a 4 s outage at a 200 ms interval: a write storm"
+        );
+        eventually(
+            "the status to catch up after the outage",
+            Duration::from_secs(40),
+            &log,
+            || accepted(&object()) >= before + sent,
+        )
+        .await;
 
         // Many authentication failures: Degraded=True (SignatureFailures); a success clears it.
         for _ in 0..25 {
-            let (code, _) = crate::standalone::post_raw(&url, &[("Content-Type", "application/json"), ("Authorization", "Bearer wrong")], "{}").expect("answered");
+            let (code, _) = crate::standalone::post_raw(
+                &url,
+                &[
+                    ("Content-Type", "application/json"),
+                    ("Authorization", "Bearer wrong"),
+                ],
+                "{}",
+            )
+            .expect("answered");
             assert_eq!(code, 401);
         }
         eventually("Degraded=True", Duration::from_secs(10), &log, || {
             degraded(&object()) == Some(("True".into(), "SignatureFailures".into()))
         })
         .await;
-        assert_eq!(object()["status"]["deliveries"]["lastRejectReason"].as_str().map(|r| !r.is_empty()), Some(true));
-        assert_eq!(datadog_raw(&url, "after-failures", "x", "Triggered").map(|(c, _)| c), Some(202));
-        eventually("Degraded=False after a success", Duration::from_secs(10), &log, || {
-            degraded(&object()).is_some_and(|(s, _)| s == "False")
-        })
+        assert_eq!(
+            object()["status"]["deliveries"]["lastRejectReason"]
+                .as_str()
+                .map(|r| !r.is_empty()),
+            Some(true)
+        );
+        assert_eq!(
+            datadog_raw(&url, "after-failures", "x", "Triggered").map(|(c, _)| c),
+            Some(202)
+        );
+        eventually(
+            "Degraded=False after a success",
+            Duration::from_secs(10),
+            &log,
+            || degraded(&object()).is_some_and(|(s, _)| s == "False"),
+        )
         .await;
 
         // The controller's conditions survive the receiver's writes (separate field managers).
-        let ready = object()["status"]["conditions"].as_array().cloned().unwrap_or_default();
-        assert!(ready.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"), "{ready:?}");
+        let ready = object()["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            ready
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True"),
+            "{ready:?}"
+        );
         // Incident opens were announced as Events on the integration.
         let events = emu.objects("events");
         assert!(
-            events.iter().any(|e| e["reason"] == "IncidentOpened" && (e["regarding"]["name"] == "datadog-prod" || e["involvedObject"]["name"] == "datadog-prod")),
+            events.iter().any(|e| e["reason"] == "IncidentOpened"
+                && (e["regarding"]["name"] == "datadog-prod"
+                    || e["involvedObject"]["name"] == "datadog-prod")),
             "no IncidentOpened event among {} events",
             events.len()
+        );
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_receiver_replicas_converge_on_one_status() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let (emu, dir, kubeconfig, _controller) = cluster().await;
+        let log = dir.path().join("processes.log");
+        let ports = [free_port(), free_port()];
+        let _replicas: Vec<Process> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                start_receiver(
+                    &kubeconfig,
+                    &dir.path().join(format!("journal-{i}")),
+                    *port,
+                    &log,
+                )
+            })
+            .collect();
+        let object = || {
+            emu.object(
+                "webhookintegrations.hookwarden.dev",
+                "default",
+                "datadog-prod",
+            )
+            .unwrap_or(Value::Null)
+        };
+        eventually(
+            "the controller to assign a path",
+            Duration::from_secs(30),
+            &log,
+            || object()["status"]["path"].is_string(),
+        )
+        .await;
+        let path = object()["status"]["path"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let urls: Vec<String> = ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}{path}"))
+            .collect();
+        for (i, url) in urls.iter().enumerate() {
+            let probe = url.clone();
+            eventually(
+                "each replica to serve the route",
+                Duration::from_secs(30),
+                &log,
+                move || datadog(&probe, &format!("probe-{i}"), "shared", "Triggered") == Some(202),
+            )
+            .await;
+        }
+        // Each replica sees half of the deliveries, interleaved, for overlapping incidents;
+        // the shared incident's recovery goes to replica 1, later than its triggers.
+        for i in 0..60 {
+            let url = &urls[i % 2];
+            assert_eq!(
+                datadog(url, &format!("d-{i}"), &format!("k-{}", i % 6), "Triggered"),
+                Some(202)
+            );
+        }
+        assert_eq!(
+            datadog(&urls[1], "resolve-shared", "shared", "Recovered"),
+            Some(202)
+        );
+        eventually(
+            "both replicas' counts and incidents on one status",
+            Duration::from_secs(30),
+            &log,
+            || {
+                let o = object();
+                let states: Vec<(String, String)> = ["recent", "tracked"]
+                    .iter()
+                    .flat_map(|l| {
+                        o["status"]["incidents"][l]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default()
+                    })
+                    .map(|i| {
+                        (
+                            i["id"].as_str().unwrap_or_default().to_string(),
+                            i["state"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect();
+                accepted(&o) == 63
+                    && o["status"]["incidents"]["open"] == 6
+                    && states.contains(&("shared".to_string(), "resolved".to_string()))
+                    && (0..6).all(|k| states.contains(&(format!("k-{k}"), "open".to_string())))
+            },
+        )
+        .await;
+        // And it stays that way: neither replica overwrites the other with its own view.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let o = object();
+        assert_eq!(
+            (accepted(&o), o["status"]["incidents"]["open"].as_i64()),
+            (63, Some(6)),
+            "{}",
+            o["status"]
         );
     })
     .await
