@@ -279,6 +279,58 @@ fn standalone_round_trip_send_test_get_restart() {
         String::from_utf8_lossy(&sent.stderr)
     );
 
+    // Every shipped example accepts what its provider would send.
+    let github_secret = std::fs::read_to_string(
+        dir.path()
+            .join(".hookwarden-state/secrets/default/github-repo"),
+    )
+    .expect("generated GitHub secret");
+    let generic_spec = dir.path().join("generic.yaml");
+    let examples: [(&str, Vec<&str>); 4] = [
+        (
+            "default/alertmanager",
+            vec![
+                "--provider",
+                "alertmanager",
+                "--secret",
+                "example-alertmanager-token-change-me",
+            ],
+        ),
+        (
+            "default/github-repo",
+            vec!["--provider", "github", "--secret", github_secret.trim()],
+        ),
+        (
+            "default/stripe-payments",
+            vec![
+                "--provider",
+                "stripe",
+                "--secret",
+                "whsec_example_stripe_signing_secret_change_me",
+            ],
+        ),
+        (
+            "default/internal-alerts",
+            vec![
+                "--spec",
+                generic_spec.to_str().expect("utf-8"),
+                "--secret",
+                "example-generic-secret-change-me",
+            ],
+        ),
+    ];
+    for (key, args) in &examples {
+        let mut all = vec!["send-test", first.url(key)];
+        all.extend(args.iter().copied());
+        let out = hookwarden(&all);
+        assert!(
+            out.status.success(),
+            "send-test to {key}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     let object = wait_for_status(dir.path(), "datadog-prod", "an open incident", |o| {
         open(o) == 1
     });
