@@ -87,7 +87,7 @@ crd_drift() {
   local ok=0 f
   for f in crds/*.yaml; do
     if ! diff -u "$f" "$CHART/crds/$(basename "$f")"; then
-      echo "$CHART/crds/$(basename "$f") differs from $f; run: cp $f $CHART/crds/" >&2
+      echo "$CHART/crds/$(basename "$f") differs from $f; run: scripts/sync-chart.sh" >&2
       ok=1
     fi
   done
@@ -138,7 +138,7 @@ if [[ -n "$HELM" ]]; then
   install_drift() {
     HOOKWARDEN_HELM="$HELM" HOOKWARDEN_KUBE_VERSION="$KUBE_VERSION" scripts/render-install.sh - >"$work/install.yaml" || return 1
     diff -u manifests/install.yaml "$work/install.yaml" || {
-      echo "manifests/install.yaml is stale; run: scripts/render-install.sh" >&2; return 1; }
+      echo "manifests/install.yaml is stale; run: scripts/sync-chart.sh" >&2; return 1; }
   }
   check "manifests/install.yaml is a fresh render of the default values (no drift)" install_drift
 else

@@ -27,5 +27,11 @@ if ! diff -u crds/webhookintegrations.yaml <(target/debug/hookwarden crdgen); th
   exit 1
 fi
 
+step "chart, manifests and examples (scripts/check-chart.sh)"
+scripts/check-chart.sh
+
+step "container image: Dockerfile and static build (scripts/check-image.sh)"
+scripts/check-image.sh
+
 step "cargo test"
 cargo test --workspace --all-targets 2>&1 | tee target/test-output.txt
