@@ -4,8 +4,8 @@
 #   set, Kubernetes schema validation of every rendered object (kubernetes-validate
 #   --strict), the RBAC each component gets (scripts/check-rbac.py), workload hardening
 #   (scripts/check-workloads.py), example WebhookIntegrations against our CRD schema
-#   (scripts/validate-examples.py), and drift of charts/hookwarden/crds and
-#   manifests/install.yaml.
+#   (scripts/validate-examples.py), and drift of charts/hookwarden/crds,
+#   manifests/install.yaml and the values table in the docs.
 # Tools: helm (HOOKWARDEN_HELM, PATH, or scripts/install-kube-tools.sh) and a Python venv
 # (HOOKWARDEN_VENV, default ~/.cache/hookwarden/venv) with pinned packages, installed here.
 # Under CI=true a tool that cannot be installed fails the run; otherwise the checks that
@@ -166,6 +166,8 @@ if [[ -n "$PY" ]]; then
   check "kubernetes-validate --strict: examples (custom resources only warn)" kv $(find "${example_dirs[@]}" -name '*.yaml' | sort)
   check "example WebhookIntegrations match the CRD schema" \
     "$PY" scripts/validate-examples.py --crd crds/webhookintegrations.yaml "${example_dirs[@]}"
+  check "values table in the docs is current and every value is documented" \
+    "$PY" scripts/values-table.py --check README.md docs/*.md
   rejects_all() {
     local docs out
     docs="$(grep -c '^kind: WebhookIntegration' tests/chart/invalid-integrations.yaml)"
