@@ -17,7 +17,7 @@ KUBE_VERSION="${HOOKWARDEN_KUBE_VERSION:-1.34.0}"
 VENV="${HOOKWARDEN_VENV:-$HOME/.cache/hookwarden/venv}"
 # Pinned: kubernetes-validate carries the Kubernetes schemas, so its version decides
 # which API versions exist. 1.37.0 ships schemas for 1.33 to 1.37.
-PY_REQUIREMENTS="kubernetes-validate==1.37.0 jsonschema==4.26.0 PyYAML==6.0.3"
+PY_REQUIREMENTS="kubernetes-validate==1.37.0 jsonschema==4.26.0 PyYAML==6.0.3 cel-python==0.5.0"
 CHART=charts/hookwarden
 RELEASE=hookwarden
 NAMESPACE=hookwarden
@@ -168,15 +168,8 @@ if [[ -n "$PY" ]]; then
     "$PY" scripts/validate-examples.py --crd crds/webhookintegrations.yaml "${example_dirs[@]}"
   check "values table in the docs is current and every value is documented" \
     "$PY" scripts/values-table.py --check README.md docs/*.md
-  rejects_all() {
-    local docs out
-    docs="$(grep -c '^kind: WebhookIntegration' tests/chart/invalid-integrations.yaml)"
-    out="$("$PY" scripts/validate-examples.py --crd crds/webhookintegrations.yaml tests/chart/invalid-integrations.yaml)" && {
-      echo "validate-examples.py accepted invalid integrations" >&2; return 1; }
-    [[ "$(grep -c '^FAIL' <<<"$out")" == "$docs" ]] || { echo "$out"; echo "expected all $docs documents rejected" >&2; return 1; }
-    echo "all $docs invalid integrations rejected"
-  }
-  check "the example validator rejects each broken integration" rejects_all
+  check "the example validator rejects each broken integration, for the expected reason" \
+    "$PY" scripts/validate-examples.py --expect-invalid --crd crds/webhookintegrations.yaml tests/chart/invalid-integrations.yaml
 else
   skip "kubernetes-validate, RBAC, hardening and example validation" "$py_missing"
 fi
@@ -186,5 +179,4 @@ echo
 echo "check-chart: $passed check(s) passed, $failed failed, $skipped skipped"
 for s in "${skips[@]}"; do echo "  skipped: $s"; done
 for f in "${failures[@]}"; do echo "  failed:  $f"; done
-echo "  not checked anywhere here: CEL rules (x-kubernetes-validations) of the CRD; the API server evaluates them"
 [[ "$failed" == 0 ]]
