@@ -135,6 +135,23 @@ if [[ -n "$HELM" ]]; then
     '"$1" template x "$2" --kube-version "$3" --set receiver.ingress.enabled=true 2>&1 >/dev/null | grep -q "receiver.ingress.host is required"' \
     _ "$HELM" "$CHART" "$KUBE_VERSION"
 
+  # notes_contain "TEXT|TEXT|..." helm-args...: the post-install notes show each TEXT.
+  notes_contain() {
+    local wants="$1"; shift
+    local out want
+    out="$("$HELM" install "$RELEASE" "$CHART" -n "$NAMESPACE" --dry-run=client "$@" 2>&1)" || { echo "$out"; return 1; }
+    out="${out#*NOTES:}"
+    IFS='|' read -ra wants <<<"$wants"
+    for want in "${wants[@]}"; do
+      grep -qF -- "$want" <<<"$out" || { echo "NOTES.txt lacks '$want'" >&2; return 1; }
+    done
+  }
+  check "NOTES: how to create a first integration and read its URL; warns when no public URL" \
+    notes_contain "kind: WebhookIntegration|get whi -o wide|secret github-webhook|WARNING: no public base URL|docs/helm.md"
+  check "NOTES: names the public endpoint when an Ingress host is set" \
+    notes_contain "Public endpoint: https://in.example.com/hooks/" \
+      --set receiver.ingress.enabled=true,receiver.ingress.host=in.example.com
+
   install_drift() {
     HOOKWARDEN_HELM="$HELM" HOOKWARDEN_KUBE_VERSION="$KUBE_VERSION" scripts/render-install.sh - >"$work/install.yaml" || return 1
     diff -u manifests/install.yaml "$work/install.yaml" || {
