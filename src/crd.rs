@@ -58,7 +58,11 @@ pub struct WebhookIntegrationSpec {
 
     /// After the referenced secret changes, the previous value is still accepted for this
     /// long (Go duration, e.g. 24h, 90m). Default 24h; 0s drops it at once.
-    #[serde(default, rename = "previousSecretTTL", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "previousSecretTTL",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
     pub previous_secret_ttl: Option<String>,
 

@@ -1,1 +1,3 @@
+//! All integration tests in one binary (one link step instead of one per file).
 
+mod controller;
