@@ -346,6 +346,12 @@ pub struct IncidentsStatus {
     /// The most recently updated incidents, newest first (at most incidents.keepRecent).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent: Vec<IncidentSummary>,
+    /// The other incidents the receivers still track (same shape, newest first; at most
+    /// 100 incidents in recent and tracked together, oldest resolved dropped first).
+    /// Receiver replicas merge each other's view through these entries, so they agree on
+    /// the open count and never let an older event win; not meant for reading.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tracked: Vec<IncidentSummary>,
 }
 
 /// One incident as shown on the status.
@@ -374,4 +380,15 @@ pub struct IncidentSummary {
     /// Link to the incident at the sender.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
+    /// When the newest event applied to this incident happened at the sender.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_time: Option<Time>,
+    /// When the incident last resolved before the episode that openedAt starts (set once
+    /// it has re-opened). Lets receiver replicas agree on openedAt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_resolved_at: Option<Time>,
+    /// Ordering key of the newest event applied (`<unix ms>:<tiebreak>`): an event that
+    /// sorts lower never overwrites this incident. Written by the receivers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<String>,
 }

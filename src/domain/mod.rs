@@ -3,4 +3,6 @@
 pub mod duration;
 pub mod incident;
 pub mod provider;
+pub mod sample;
 pub mod secret;
+pub mod signature;

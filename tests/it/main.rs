@@ -1,3 +1,5 @@
 //! All integration tests in one binary (one link step instead of one per file).
 
 mod controller;
+mod journal;
+mod signatures;

@@ -1,6 +1,32 @@
 //! Payload → incident mapping and the incident state machine (pure, clock passed in).
+//!
+//! [`mapping::Mapping`] turns one authenticated delivery body into [`IncidentEvent`]s
+//! (provider presets, or JSON pointers / CEL for `generic`); [`state::IncidentBook`]
+//! folds those events, and other receiver replicas' views read back from the resource
+//! status, into the incident list written to `status.incidents`.
+
+pub mod mapping;
+pub mod state;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use mapping::{DATADOG_TEMPLATE, Mapping, MappingError};
+pub use state::{DEFAULT_CAPACITY, Incident, IncidentBook, IncidentState, Order, Transition};
+
+/// Incidents listed on `status.incidents.recent` when `spec.incidents.keepRecent` is
+/// not set.
+pub const DEFAULT_KEEP_RECENT: usize = 20;
+
+/// How many incidents `status.incidents.recent` lists for this integration
+/// (`spec.incidents.keepRecent`, default 20, at most [`DEFAULT_CAPACITY`]).
+pub fn keep_recent(spec: &crate::crd::WebhookIntegrationSpec) -> usize {
+    spec.incidents
+        .as_ref()
+        .and_then(|i| i.keep_recent)
+        .map_or(DEFAULT_KEEP_RECENT, |n| usize::try_from(n).unwrap_or(0))
+        .min(DEFAULT_CAPACITY)
+}
 
 /// Normalised severity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -23,6 +49,56 @@ impl Severity {
             Severity::Info => "info",
         }
     }
+
+    /// Reads one of the five normalised names exactly (`critical` … `info`), as written
+    /// on the status and accepted as `severityMap` values.
+    pub fn from_name(name: &str) -> Option<Severity> {
+        match name {
+            "critical" => Some(Severity::Critical),
+            "high" => Some(Severity::High),
+            "medium" => Some(Severity::Medium),
+            "low" => Some(Severity::Low),
+            "info" => Some(Severity::Info),
+            _ => None,
+        }
+    }
+
+    /// Translates the severity words monitoring tools send into the five levels, shared
+    /// by every preset. Case and surrounding blanks are ignored.
+    ///
+    /// | level | raw values |
+    /// |---|---|
+    /// | critical | critical, crit, fatal, emergency, emerg, alert, page, disaster, p0, p1, sev0, sev1 |
+    /// | high | high, error, err, major, severe, p2, sev2 |
+    /// | medium | medium, moderate, average, warning, warn, p3, sev3 |
+    /// | low | low, minor, notice, ticket, p4, sev4 |
+    /// | info | info, informational, information, debug, trace, none, ok, success, p5, sev5 |
+    ///
+    /// Anything else is `None`: the caller falls back to the next source the preset knows
+    /// and finally to [`Severity::Info`]. Info is the floor on purpose: an alert whose
+    /// severity nobody can read still opens an incident (state is what matters), and
+    /// guessing "medium" would page-rank it above alerts that really said info.
+    /// `spec.incidents.severityMap` translates any other vocabulary.
+    pub fn normalise(raw: &str) -> Option<Severity> {
+        let lower = raw.trim().to_ascii_lowercase();
+        let compact: String = lower
+            .chars()
+            .filter(|c| !matches!(c, '-' | '_' | ' '))
+            .collect();
+        let severity = match compact.as_str() {
+            "critical" | "crit" | "fatal" | "emergency" | "emerg" | "alert" | "page"
+            | "disaster" | "p0" | "p1" | "sev0" | "sev1" => Severity::Critical,
+            "high" | "error" | "err" | "major" | "severe" | "p2" | "sev2" => Severity::High,
+            "medium" | "moderate" | "average" | "warning" | "warn" | "p3" | "sev3" => {
+                Severity::Medium
+            }
+            "low" | "minor" | "notice" | "ticket" | "p4" | "sev4" => Severity::Low,
+            "info" | "informational" | "information" | "debug" | "trace" | "none" | "ok"
+            | "success" | "p5" | "sev5" => Severity::Info,
+            _ => return None,
+        };
+        Some(severity)
+    }
 }
 
 /// What one delivery says about one incident.
@@ -40,4 +116,95 @@ pub struct IncidentEvent {
     /// When the event happened at the sender, Unix milliseconds (arrival time when the
     /// payload carries none). Orders events: an older event never overwrites a newer one.
     pub event_time_ms: i64,
+}
+
+impl IncidentEvent {
+    /// A tiebreak derived from the event's content alone (hex SHA-256 prefix), for callers
+    /// that have no delivery id. Every replica computes the same value for the same event,
+    /// so two events with the same time are ordered the same way everywhere, and a
+    /// replayed event is recognised as the one already applied.
+    pub fn content_tiebreak(&self) -> String {
+        let mut hash = Sha256::new();
+        for part in [
+            self.id.as_bytes(),
+            self.title.as_bytes(),
+            self.severity.as_str().as_bytes(),
+            self.link.as_deref().unwrap_or("").as_bytes(),
+            if self.resolve { b"resolve" } else { b"trigger" },
+            &self.event_time_ms.to_be_bytes(),
+        ] {
+            // Length-prefix each part so that ("ab", "c") and ("a", "bc") differ.
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part);
+        }
+        hex::encode(&hash.finalize()[..16])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalise_covers_provider_vocabularies() {
+        let table = [
+            ("P1", Some(Severity::Critical)),
+            ("p2", Some(Severity::High)),
+            ("P3", Some(Severity::Medium)),
+            ("P4", Some(Severity::Low)),
+            ("P5", Some(Severity::Info)),
+            ("fatal", Some(Severity::Critical)),
+            ("error", Some(Severity::High)),
+            ("warning", Some(Severity::Medium)),
+            (" Warning ", Some(Severity::Medium)),
+            ("SEV-2", Some(Severity::High)),
+            ("sev_4", Some(Severity::Low)),
+            ("informational", Some(Severity::Info)),
+            ("success", Some(Severity::Info)),
+            ("", None),
+            ("spicy", None),
+        ];
+        for (raw, want) in table {
+            assert_eq!(Severity::normalise(raw), want, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn keep_recent_defaults_and_bounds() {
+        let spec = |yaml: &str| -> crate::crd::WebhookIntegrationSpec {
+            serde_yaml::from_str(yaml).expect("spec")
+        };
+        assert_eq!(keep_recent(&spec("provider: datadog")), 20);
+        assert_eq!(
+            keep_recent(&spec("provider: datadog\nincidents: {keepRecent: 5}")),
+            5
+        );
+        assert_eq!(
+            keep_recent(&spec("provider: datadog\nincidents: {keepRecent: -1}")),
+            0
+        );
+        assert_eq!(
+            keep_recent(&spec("provider: datadog\nincidents: {keepRecent: 500}")),
+            100
+        );
+    }
+
+    #[test]
+    fn content_tiebreak_is_stable_and_content_sensitive() {
+        let ev = IncidentEvent {
+            id: "a".into(),
+            title: "t".into(),
+            severity: Severity::High,
+            link: None,
+            resolve: false,
+            event_time_ms: 5,
+        };
+        assert_eq!(ev.content_tiebreak(), ev.clone().content_tiebreak());
+        let resolved = IncidentEvent {
+            resolve: true,
+            ..ev.clone()
+        };
+        assert_ne!(ev.content_tiebreak(), resolved.content_tiebreak());
+        assert_eq!(ev.content_tiebreak().len(), 32);
+    }
 }

@@ -1,0 +1,705 @@
+//! Provider signature schemes: deciding from the raw bytes of a delivery whether it really
+//! comes from the sender it claims, and producing the exact headers that sender would send.
+//!
+//! Everything here is pure: no I/O, the clock is passed in as Unix seconds. The receiver
+//! and `hookwarden verify` call the same [`verify`], so one can never accept what the
+//! other rejects.
+//!
+//! Rules every scheme follows:
+//! - the MAC is computed over the raw body bytes, never over re-serialised JSON;
+//! - comparisons are constant-time over decoded bytes (hex case and base64 padding do not
+//!   matter, the MAC bytes do);
+//! - any of the given secrets is accepted (current first, then unexpired previous ones),
+//!   and [`Verified::secret_index`] says which one matched;
+//! - the signature is checked before the timestamp window, so a forged delivery reports
+//!   `signature_mismatch` and an authentic but replayed one `timestamp_stale`;
+//! - a [`Rejection`] says why, and never contains the expected signature or a secret.
+
+mod crypto;
+mod generic;
+mod hmac_presets;
+mod slack;
+mod standard;
+mod stripe;
+mod token;
+mod twilio;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+
+use http::HeaderMap;
+
+pub use crate::crd::{HmacAlgorithm, SignatureEncoding};
+pub use crate::domain::provider::ProviderKind;
+pub use generic::{GenericScheme, Segment};
+pub use twilio::url_with_body_hash as twilio_url_with_body_hash;
+
+/// Default window for signed timestamps, both directions (stale and future).
+pub const DEFAULT_TOLERANCE_SECONDS: i64 = 300;
+/// Linear's SDK rejects `webhookTimestamp` more than one minute away from now.
+pub const LINEAR_TOLERANCE_SECONDS: i64 = 60;
+
+/// One incoming request, as raw as the receiver got it.
+#[derive(Clone, Copy)]
+pub struct Delivery<'a> {
+    /// HTTP method (Twilio signs GET parameters differently from POST form fields).
+    pub method: &'a str,
+    /// Full URL as the sender called it, query included (Twilio signs it). Empty when
+    /// unknown; only Twilio needs it.
+    pub url: &'a str,
+    pub headers: &'a HeaderMap,
+    /// The body exactly as received.
+    pub body: &'a [u8],
+}
+
+/// Header values can carry tokens (`Authorization`, `X-Gitlab-Token`): only names and
+/// sizes are shown.
+impl fmt::Debug for Delivery<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field(
+                "headers",
+                &self.headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            )
+            .field("body_bytes", &self.body.len())
+            .finish()
+    }
+}
+
+/// How one integration authenticates deliveries: the preset plus the spec fields that
+/// refine it. Built once per route by [`Scheme::from_spec`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scheme {
+    pub provider: ProviderKind,
+    /// The configurable HMAC, for provider `generic` only.
+    pub generic: Option<GenericScheme>,
+    /// Token presets: an extra header carrying the token as its whole value (lower case).
+    pub token_header: Option<String>,
+}
+
+/// A spec that cannot be turned into a scheme: permanent until the spec changes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchemeError {
+    #[error("provider generic needs spec.signature (header, algorithm, encoding, signedContent)")]
+    MissingGenericSignature,
+    #[error("spec.signature is only used by provider generic; remove it or set provider: generic")]
+    UnexpectedSignature,
+    #[error("spec.tokenHeader only applies to the token presets datadog, alertmanager and gitlab")]
+    UnexpectedTokenHeader,
+    #[error("{field}: {value:?} is not a valid HTTP header name")]
+    InvalidHeaderName { field: &'static str, value: String },
+    #[error("spec.signature.signedContent: {0}")]
+    InvalidSignedContent(String),
+}
+
+impl Scheme {
+    /// A preset with no spec refinements (what `hookwarden verify --provider` uses).
+    pub fn preset(provider: ProviderKind) -> Scheme {
+        Scheme {
+            provider,
+            generic: None,
+            token_header: None,
+        }
+    }
+
+    /// Validates the authentication-related parts of a spec.
+    pub fn from_spec(spec: &crate::crd::WebhookIntegrationSpec) -> Result<Scheme, SchemeError> {
+        let generic = match (spec.provider, &spec.signature) {
+            (ProviderKind::Generic, Some(sig)) => Some(GenericScheme::from_spec(sig)?),
+            (ProviderKind::Generic, None) => return Err(SchemeError::MissingGenericSignature),
+            (_, Some(_)) => return Err(SchemeError::UnexpectedSignature),
+            (_, None) => None,
+        };
+        let token_header = match &spec.token_header {
+            None => None,
+            Some(h) => {
+                if !uses_tokens(spec.provider) {
+                    return Err(SchemeError::UnexpectedTokenHeader);
+                }
+                Some(valid_header_name("spec.tokenHeader", h)?)
+            }
+        };
+        Ok(Scheme {
+            provider: spec.provider,
+            generic,
+            token_header,
+        })
+    }
+}
+
+/// Presets that authenticate with a shared token rather than (only) a signature.
+pub fn uses_tokens(provider: ProviderKind) -> bool {
+    matches!(
+        provider,
+        ProviderKind::Datadog | ProviderKind::Alertmanager | ProviderKind::Gitlab
+    )
+}
+
+pub(crate) fn valid_header_name(field: &'static str, value: &str) -> Result<String, SchemeError> {
+    match http::HeaderName::from_bytes(value.as_bytes()) {
+        Ok(name) => Ok(name.as_str().to_string()),
+        Err(_) => Err(SchemeError::InvalidHeaderName {
+            field,
+            value: value.to_string(),
+        }),
+    }
+}
+
+/// The outcome of [`verify`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Valid(Verified),
+    Invalid(Rejection),
+}
+
+impl Verdict {
+    pub fn is_valid(&self) -> bool {
+        matches!(self, Verdict::Valid(_))
+    }
+}
+
+/// What an authentic delivery proved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// Index into the `secrets` given to [`verify`] of the secret that matched.
+    pub secret_index: usize,
+    /// The signed timestamp (Unix seconds) that passed the window check, if the scheme
+    /// has one.
+    pub timestamp: Option<i64>,
+}
+
+/// Why a delivery was refused. [`Rejection::code`] is stable (metrics label,
+/// `status.deliveries.lastRejectReason`); `Display` is for humans and never shows the
+/// expected signature or a secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// No usable secret is configured (empty list or only empty values).
+    NoSecret,
+    /// Every configured secret is unusable for this scheme (e.g. not `whsec_` base64).
+    InvalidSecret { reason: &'static str },
+    /// The header that carries the signature (or token) is absent.
+    MissingSignature { header: String },
+    /// The signature header is present but cannot be parsed.
+    MalformedSignature {
+        header: String,
+        reason: &'static str,
+    },
+    /// The scheme signs a delivery id, and the id header is absent.
+    MissingId { header: String },
+    /// The scheme signs a timestamp, and it is absent.
+    MissingTimestamp { source: String },
+    /// The timestamp is present but not a number/date.
+    MalformedTimestamp { source: String },
+    /// The signed timestamp is older than the window allows (likely a replay).
+    TimestampStale {
+        age_seconds: i64,
+        tolerance_seconds: i64,
+    },
+    /// The signed timestamp is further in the future than the window allows.
+    TimestampFuture {
+        ahead_seconds: i64,
+        tolerance_seconds: i64,
+    },
+    /// Signatures were present and well-formed but none matched any secret.
+    SignatureMismatch { secrets: usize },
+    /// A token was presented but matched no secret.
+    TokenMismatch { secrets: usize },
+    /// Twilio: the body does not hash to the URL's `bodySHA256`.
+    BodyHashMismatch,
+    /// Twilio signs the URL; the receiver could not tell which URL was called.
+    MissingUrl,
+    /// The body is needed to verify (Linear's `webhookTimestamp`) and is not JSON.
+    MalformedBody { reason: &'static str },
+}
+
+impl Rejection {
+    /// Stable snake_case code for metrics and status.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::NoSecret => "no_secret",
+            Rejection::InvalidSecret { .. } => "invalid_secret",
+            Rejection::MissingSignature { .. } => "missing_signature",
+            Rejection::MalformedSignature { .. } => "malformed_signature",
+            Rejection::MissingId { .. } => "missing_id",
+            Rejection::MissingTimestamp { .. } => "missing_timestamp",
+            Rejection::MalformedTimestamp { .. } => "malformed_timestamp",
+            Rejection::TimestampStale { .. } => "timestamp_stale",
+            Rejection::TimestampFuture { .. } => "timestamp_future",
+            Rejection::SignatureMismatch { .. } => "signature_mismatch",
+            Rejection::TokenMismatch { .. } => "token_mismatch",
+            Rejection::BodyHashMismatch => "body_hash_mismatch",
+            Rejection::MissingUrl => "missing_url",
+            Rejection::MalformedBody { .. } => "malformed_body",
+        }
+    }
+
+    /// Every code [`Rejection::code`] can return (bounded metric label values).
+    pub const CODES: [&'static str; 14] = [
+        "no_secret",
+        "invalid_secret",
+        "missing_signature",
+        "malformed_signature",
+        "missing_id",
+        "missing_timestamp",
+        "malformed_timestamp",
+        "timestamp_stale",
+        "timestamp_future",
+        "signature_mismatch",
+        "token_mismatch",
+        "body_hash_mismatch",
+        "missing_url",
+        "malformed_body",
+    ];
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::NoSecret => f.write_str("no secret is configured"),
+            Rejection::InvalidSecret { reason } => {
+                write!(f, "the configured secret cannot be used: {reason}")
+            }
+            Rejection::MissingSignature { header } => write!(f, "missing {header} header"),
+            Rejection::MalformedSignature { header, reason } => {
+                write!(f, "malformed {header} header: {reason}")
+            }
+            Rejection::MissingId { header } => {
+                write!(f, "missing {header} header (the delivery id is signed)")
+            }
+            Rejection::MissingTimestamp { source } => write!(f, "missing timestamp ({source})"),
+            Rejection::MalformedTimestamp { source } => write!(f, "malformed timestamp ({source})"),
+            Rejection::TimestampStale {
+                age_seconds,
+                tolerance_seconds,
+            } => write!(
+                f,
+                "timestamp is {age_seconds}s old, outside the ±{tolerance_seconds}s window (replayed or delayed delivery, or clock skew)"
+            ),
+            Rejection::TimestampFuture {
+                ahead_seconds,
+                tolerance_seconds,
+            } => write!(
+                f,
+                "timestamp is {ahead_seconds}s in the future, outside the ±{tolerance_seconds}s window (clock skew?)"
+            ),
+            Rejection::SignatureMismatch { secrets } => write!(
+                f,
+                "signature does not match the body with any of the {secrets} configured secret(s) (wrong secret, or the body was altered)"
+            ),
+            Rejection::TokenMismatch { secrets } => {
+                write!(
+                    f,
+                    "token does not match any of the {secrets} configured secret(s)"
+                )
+            }
+            Rejection::BodyHashMismatch => {
+                f.write_str("body does not match the bodySHA256 query parameter")
+            }
+            Rejection::MissingUrl => {
+                f.write_str("the request URL is needed to verify this provider and is unknown")
+            }
+            Rejection::MalformedBody { reason } => write!(f, "body cannot be read: {reason}"),
+        }
+    }
+}
+
+/// The secrets a scheme may try: non-empty ones, with their index in the caller's list.
+/// An empty secret would let anyone compute a valid MAC or present an empty token.
+pub(crate) struct Keys<'a> {
+    list: Vec<(usize, &'a str)>,
+}
+
+impl<'a> Keys<'a> {
+    fn new(secrets: &[&'a str]) -> Keys<'a> {
+        Keys {
+            list: secrets
+                .iter()
+                .copied()
+                .enumerate()
+                .filter(|(_, s)| !s.is_empty())
+                .collect(),
+        }
+    }
+
+    /// The secrets satisfying `keep`, original indexes preserved.
+    pub(crate) fn subset(&self, mut keep: impl FnMut(&str) -> bool) -> Keys<'a> {
+        Keys {
+            list: self.list.iter().copied().filter(|(_, s)| keep(s)).collect(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, &'a str)> + '_ {
+        self.list.iter().copied()
+    }
+
+    /// Index of the first secret for which `matches` holds.
+    pub(crate) fn find(&self, mut matches: impl FnMut(&str) -> bool) -> Option<usize> {
+        self.list.iter().find(|(_, s)| matches(s)).map(|(i, _)| *i)
+    }
+}
+
+/// A header's value as text. Values that are not visible ASCII cannot carry a signature.
+pub(crate) fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Rejection> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => match v.to_str() {
+            Ok(s) => Ok(Some(s.trim())),
+            Err(_) => Err(Rejection::MalformedSignature {
+                header: name.to_string(),
+                reason: "not ASCII text",
+            }),
+        },
+    }
+}
+
+/// The window check shared by every timestamped scheme: stale *and* future rejected.
+pub(crate) fn check_window(timestamp: i64, now: i64, tolerance: i64) -> Result<(), Rejection> {
+    let age = now.saturating_sub(timestamp);
+    if age > tolerance {
+        Err(Rejection::TimestampStale {
+            age_seconds: age,
+            tolerance_seconds: tolerance,
+        })
+    } else if -age > tolerance {
+        Err(Rejection::TimestampFuture {
+            ahead_seconds: -age,
+            tolerance_seconds: tolerance,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// A Unix-seconds timestamp as senders write it: ASCII digits, optional leading minus.
+pub(crate) fn parse_unix(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if s.is_empty()
+        || !s
+            .trim_start_matches('-')
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Verifies one delivery against `secrets` (current first, then unexpired previous
+/// ones) at `now_unix`.
+pub fn verify(
+    scheme: &Scheme,
+    secrets: &[&str],
+    delivery: &Delivery<'_>,
+    now_unix: i64,
+) -> Verdict {
+    let keys = Keys::new(secrets);
+    if keys.len() == 0 {
+        return Verdict::Invalid(Rejection::NoSecret);
+    }
+    let outcome = match scheme.provider {
+        ProviderKind::Github => hmac_presets::verify_github(&keys, delivery),
+        ProviderKind::Jira | ProviderKind::Bitbucket => {
+            hmac_presets::verify_hub_sha256(&keys, delivery)
+        }
+        ProviderKind::Shopify => hmac_presets::verify_shopify(&keys, delivery),
+        ProviderKind::Pagerduty => hmac_presets::verify_pagerduty(&keys, delivery),
+        ProviderKind::Sentry => hmac_presets::verify_sentry(&keys, delivery),
+        ProviderKind::Linear => hmac_presets::verify_linear(&keys, delivery, now_unix),
+        ProviderKind::Grafana => hmac_presets::verify_grafana(&keys, delivery, now_unix),
+        ProviderKind::Zendesk => hmac_presets::verify_zendesk(&keys, delivery, now_unix),
+        ProviderKind::Stripe => stripe::verify(&keys, delivery, now_unix),
+        ProviderKind::Slack => slack::verify(&keys, delivery, now_unix),
+        ProviderKind::StandardWebhooks => {
+            standard::verify(&keys, delivery, now_unix, standard::Branding::Unbranded)
+        }
+        ProviderKind::Svix => standard::verify(&keys, delivery, now_unix, standard::Branding::Svix),
+        ProviderKind::Twilio => twilio::verify(&keys, delivery),
+        ProviderKind::Gitlab => {
+            token::verify_gitlab(&keys, delivery, scheme.token_header.as_deref(), now_unix)
+        }
+        ProviderKind::Datadog | ProviderKind::Alertmanager => {
+            token::verify_token(&keys, delivery.headers, scheme.token_header.as_deref())
+        }
+        ProviderKind::Generic => match &scheme.generic {
+            Some(g) => generic::verify(g, &keys, delivery, now_unix),
+            // from_spec never builds this; a hand-built Scheme without settings verifies nothing.
+            None => Err(Rejection::InvalidSecret {
+                reason: "provider generic has no signature settings",
+            }),
+        },
+    };
+    match outcome {
+        Ok(v) => Verdict::Valid(v),
+        Err(r) => Verdict::Invalid(r),
+    }
+}
+
+/// What the sender's inputs to [`sign`] are.
+#[derive(Clone, Copy, Debug)]
+pub struct SignInput<'a> {
+    pub body: &'a [u8],
+    /// The URL the delivery goes to (Twilio signs it; others ignore it).
+    pub url: &'a str,
+    /// Unix seconds.
+    pub timestamp: i64,
+    /// Delivery id, for schemes that sign or send one.
+    pub id: &'a str,
+    /// Content type of the body (Twilio signs form fields, not JSON bodies).
+    pub content_type: &'a str,
+}
+
+/// Why headers could not be produced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignError {
+    #[error("the secret is empty")]
+    EmptySecret,
+    #[error("the secret cannot be used: {0}")]
+    InvalidSecret(&'static str),
+    #[error("{0} signs the request URL: give the URL the delivery is sent to")]
+    MissingUrl(ProviderKind),
+    #[error(
+        "Twilio sends JSON bodies to the URL with ?bodySHA256=<hex sha256 of the body> appended, and signs that URL: use {0}"
+    )]
+    TwilioNeedsBodyHash(String),
+    #[error("provider generic needs its signature settings (spec.signature)")]
+    MissingGenericSignature,
+}
+
+/// The exact authentication headers the provider would send for this body (plus the
+/// delivery id / timestamp headers that belong to the scheme), in sending order.
+pub fn sign(
+    scheme: &Scheme,
+    secret: &str,
+    input: &SignInput<'_>,
+) -> Result<Vec<(String, String)>, SignError> {
+    if secret.is_empty() {
+        return Err(SignError::EmptySecret);
+    }
+    match scheme.provider {
+        ProviderKind::Github => Ok(hmac_presets::sign_github(secret, input)),
+        ProviderKind::Jira => Ok(hmac_presets::sign_hub_sha256(
+            secret,
+            input,
+            "X-Atlassian-Webhook-Identifier",
+        )),
+        ProviderKind::Bitbucket => Ok(hmac_presets::sign_hub_sha256(
+            secret,
+            input,
+            "X-Request-UUID",
+        )),
+        ProviderKind::Shopify => Ok(hmac_presets::sign_shopify(secret, input)),
+        ProviderKind::Pagerduty => Ok(hmac_presets::sign_pagerduty(secret, input)),
+        ProviderKind::Sentry => Ok(hmac_presets::sign_sentry(secret, input)),
+        ProviderKind::Linear => Ok(hmac_presets::sign_linear(secret, input)),
+        ProviderKind::Grafana => Ok(hmac_presets::sign_grafana(secret, input)),
+        ProviderKind::Zendesk => Ok(hmac_presets::sign_zendesk(secret, input)),
+        ProviderKind::Stripe => Ok(stripe::sign(secret, input)),
+        ProviderKind::Slack => Ok(slack::sign(secret, input)),
+        ProviderKind::StandardWebhooks => {
+            standard::sign(secret, input, standard::Branding::Unbranded)
+        }
+        ProviderKind::Svix => standard::sign(secret, input, standard::Branding::Svix),
+        ProviderKind::Twilio => twilio::sign(secret, input),
+        ProviderKind::Gitlab => token::sign_gitlab(secret, input, scheme.token_header.as_deref()),
+        ProviderKind::Datadog | ProviderKind::Alertmanager => {
+            Ok(token::sign_token(secret, scheme.token_header.as_deref()))
+        }
+        ProviderKind::Generic => match &scheme.generic {
+            Some(g) => Ok(generic::sign(g, secret, input)),
+            None => Err(SignError::MissingGenericSignature),
+        },
+    }
+}
+
+/// Whether `secret` can be used by `provider` at all (Standard Webhooks and Svix keys
+/// must be base64, optionally after `whsec_`). For a controller condition; never echoes
+/// the secret.
+pub fn check_secret(provider: ProviderKind, secret: &str) -> Result<(), SignError> {
+    if secret.is_empty() {
+        return Err(SignError::EmptySecret);
+    }
+    match provider {
+        ProviderKind::StandardWebhooks | ProviderKind::Svix => {
+            standard::decode_key(secret).map(|_| ())
+        }
+        ProviderKind::Gitlab if secret.starts_with(standard::SECRET_PREFIX) => {
+            standard::decode_key(secret).map(|_| ())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Identity and type of a delivery, as the provider states them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeliveryMeta {
+    /// Deduplication key: the provider's delivery/event id, stable across its retries.
+    pub id: Option<String>,
+    /// Provider event type, matched against `spec.events`.
+    pub event_type: Option<String>,
+}
+
+/// Longest id or event type taken from a delivery (they end up in memory and logs).
+const META_MAX_LEN: usize = 256;
+
+fn bounded(s: &str) -> Option<String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let mut end = s.len().min(META_MAX_LEN);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(s[..end].to_string())
+}
+
+fn header_meta(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bounded)
+}
+
+fn json_meta(body: Option<&serde_json::Value>, pointer: &str) -> Option<String> {
+    match body?.pointer(pointer)? {
+        serde_json::Value::String(s) => bounded(s),
+        serde_json::Value::Number(n) => bounded(&n.to_string()),
+        _ => None,
+    }
+}
+
+/// The provider's delivery id and event type. `body` is the parsed JSON body when the
+/// delivery is JSON (after authentication).
+pub fn delivery_meta(
+    scheme: &Scheme,
+    headers: &HeaderMap,
+    body: Option<&serde_json::Value>,
+) -> DeliveryMeta {
+    let h = |name: &str| header_meta(headers, name);
+    let j = |pointer: &str| json_meta(body, pointer);
+    let (id, event_type) = match scheme.provider {
+        ProviderKind::Github => (h("X-GitHub-Delivery"), h("X-GitHub-Event")),
+        ProviderKind::Gitlab => (
+            h("webhook-id")
+                .or_else(|| h("Idempotency-Key"))
+                .or_else(|| h("X-Gitlab-Event-UUID")),
+            h("X-Gitlab-Event").or_else(|| j("/object_kind")),
+        ),
+        ProviderKind::Stripe => (j("/id"), j("/type")),
+        ProviderKind::Slack => {
+            let event_type = match j("/type").as_deref() {
+                Some("event_callback") => {
+                    j("/event/type").or_else(|| Some("event_callback".to_string()))
+                }
+                Some(t) => Some(t.to_string()),
+                None => None,
+            };
+            (j("/event_id"), event_type)
+        }
+        ProviderKind::StandardWebhooks => (h("webhook-id"), j("/type")),
+        ProviderKind::Svix => (
+            h("svix-id").or_else(|| h("webhook-id")),
+            j("/type").or_else(|| j("/eventType")),
+        ),
+        ProviderKind::Shopify => (
+            h("X-Shopify-Webhook-Id").or_else(|| h("X-Shopify-Event-Id")),
+            h("X-Shopify-Topic"),
+        ),
+        ProviderKind::Pagerduty => (j("/event/id"), j("/event/event_type")),
+        ProviderKind::Twilio => (h("I-Twilio-Idempotency-Token"), None),
+        ProviderKind::Sentry => (h("Request-ID"), h("Sentry-Hook-Resource")),
+        ProviderKind::Linear => (
+            h("Linear-Delivery"),
+            h("Linear-Event").or_else(|| j("/type")),
+        ),
+        ProviderKind::Grafana => (None, j("/status")),
+        ProviderKind::Zendesk => (h("X-Zendesk-Webhook-Invocation-Id"), j("/type")),
+        ProviderKind::Jira => (h("X-Atlassian-Webhook-Identifier"), j("/webhookEvent")),
+        ProviderKind::Bitbucket => (
+            h("X-Request-UUID").or_else(|| h("X-Request-Id")),
+            h("X-Event-Key"),
+        ),
+        // Datadog's template is user-written: `id` may be the alert id, shared by the
+        // trigger and its recovery, so the transition and date are part of the key.
+        ProviderKind::Datadog => {
+            let id = j("/id").map(|id| {
+                let mut key = id;
+                for p in ["/alert_transition", "/date", "/last_updated"] {
+                    if let Some(v) = j(p) {
+                        key.push(':');
+                        key.push_str(&v);
+                    }
+                }
+                key
+            });
+            (
+                id.and_then(|k| bounded(&k)),
+                j("/event_type").or_else(|| j("/alert_transition")),
+            )
+        }
+        ProviderKind::Alertmanager => (None, j("/status")),
+        ProviderKind::Generic => (
+            scheme
+                .generic
+                .as_ref()
+                .and_then(|g| g.id_header.as_deref())
+                .and_then(h),
+            j("/type"),
+        ),
+    };
+    DeliveryMeta { id, event_type }
+}
+
+/// Media types a provider sends. Anything else gets 415; a missing Content-Type is let
+/// through (some senders omit it, and the signature still decides).
+pub fn accepts_content_type(provider: ProviderKind, content_type: Option<&str>) -> bool {
+    let Some(ct) = content_type else { return true };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let json =
+        essence == "application/json" || essence == "text/json" || essence.ends_with("+json");
+    let form = essence == "application/x-www-form-urlencoded";
+    let xml = essence == "application/xml" || essence == "text/xml";
+    match provider {
+        ProviderKind::Generic => true,
+        // GitHub and Datadog offer "form" encoding; Slack slash commands and interactivity
+        // are form posts; Twilio posts forms (JSON with bodySHA256 for some products).
+        ProviderKind::Github
+        | ProviderKind::Slack
+        | ProviderKind::Twilio
+        | ProviderKind::Datadog => json || form,
+        // Shopify subscriptions can be XML; Zendesk trigger webhooks JSON, XML or form.
+        ProviderKind::Shopify => json || xml,
+        ProviderKind::Zendesk => json || xml || form,
+        _ => json,
+    }
+}
+
+/// The answer a provider's handshake needs instead of 202, if this body is one: Slack's
+/// `url_verification` wants the `challenge` echoed back.
+pub fn handshake(
+    provider: ProviderKind,
+    body: &serde_json::Value,
+) -> Option<(&'static str, Vec<u8>)> {
+    match provider {
+        ProviderKind::Slack
+            if body.get("type").and_then(|t| t.as_str()) == Some("url_verification") =>
+        {
+            let challenge = body.get("challenge")?.as_str()?;
+            Some(("text/plain", challenge.as_bytes().to_vec()))
+        }
+        _ => None,
+    }
+}
