@@ -66,11 +66,27 @@ if [[ -n "$reason" ]]; then
   skip "building for $TARGET: $reason. Checked only the Dockerfile above."
 else
   ok "Rust target $TARGET installed ($(rustc --version))"
+  # Build from a copy of what `docker build` would send (the work tree minus
+  # .dockerignore), so a file the build needs but the context lacks fails here too.
+  context="$(mktemp -d)"
+  trap 'rm -rf "$context"' EXIT
+  git ls-files -co --exclude-standard -z | python3 -c '
+import fnmatch, sys
+patterns = [l.strip() for l in open(".dockerignore") if l.strip() and not l.startswith("#")]
+for path in sys.stdin.read().split("\0"):
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    if path and not any(fnmatch.fnmatch(p, pat) for p in prefixes for pat in patterns):
+        print(path)
+' | tar -cf - -T - | tar -xf - -C "$context"
+  ok "build context: $(find "$context" -type f | wc -l) files after .dockerignore"
   # Debug profile: the same target, linker and static linking as the image's release
-  # build, at a fraction of the compile time.
-  if TARGET_CC=musl-gcc cargo build --locked --quiet --target "$TARGET" --bin hookwarden; then
-    bin="${CARGO_TARGET_DIR:-target}/$TARGET/debug/hookwarden"
-    ok "cargo build --target $TARGET"
+  # build, at a fraction of the compile time. Dependencies are shared with the target dir.
+  target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+  if (cd "$context" && TARGET_CC=musl-gcc CARGO_TARGET_DIR="$target_dir" \
+        cargo build --locked --quiet --target "$TARGET" --bin hookwarden); then
+    bin="$target_dir/$TARGET/debug/hookwarden"
+    ok "cargo build --locked --target $TARGET in the build context"
     if readelf -l "$bin" 2>/dev/null | grep -q 'INTERP'; then
       fail "$bin is dynamically linked; distroless/static has no libc"
     else
@@ -82,7 +98,7 @@ else
       fail "the static binary's 'hookwarden crdgen' differs from crds/webhookintegrations.yaml or did not run"
     fi
   else
-    fail "cargo build --target $TARGET failed"
+    fail "cargo build --locked --target $TARGET failed in the build context (does .dockerignore drop a file the build needs?)"
   fi
 fi
 echo "not checked here: pulling the base images and 'docker build' (no container engine on this machine)"
