@@ -61,6 +61,10 @@ struct Options {
     /// Skip the half-rate latency pass.
     #[arg(long)]
     no_half_rate: bool,
+    /// Instead of loading: build N routes and remember M delivery ids in-process, then
+    /// print the resident memory (DESIGN target: 10,000 routes + 100,000 ids ≤ 64 MiB).
+    #[arg(long, value_names = ["ROUTES", "IDS"], num_args = 2)]
+    memory: Option<Vec<u64>>,
     /// Ignored (cargo bench passes it).
     #[arg(long, hide = true)]
     bench: bool,
@@ -402,8 +406,70 @@ impl Drop for Nginx {
     }
 }
 
+/// Resident set size of this process, from /proc (Linux).
+fn rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+fn memory(routes: u64, ids: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let before = rss_mib().unwrap_or(f64::NAN);
+    let table = RouteTable::new();
+    let providers = [
+        ProviderKind::Github,
+        ProviderKind::Datadog,
+        ProviderKind::Stripe,
+        ProviderKind::Alertmanager,
+    ];
+    let batch: Vec<Route> = (0..routes)
+        .map(|i| {
+            let provider = providers[(i % providers.len() as u64) as usize];
+            let spec = serde_json::json!({"provider": provider.as_str(), "allowedSourceRanges": ["10.0.0.0/8"]});
+            Ok(Route {
+                namespace: format!("team-{}", i % 100),
+                name: format!("integration-{i}"),
+                uid: format!("00000000-0000-0000-0000-{i:012}"),
+                generation: 1,
+                path: generate_path(),
+                secrets: vec![RouteSecret { value: SecretValue(format!("{i:064x}")), expires_at: None }],
+                spec: serde_json::from_value(spec)?,
+            })
+        })
+        .collect::<Result<_, serde_json::Error>>()?;
+    let errors = table.replace_all(batch);
+    if let Some(e) = errors.first() {
+        return Err(e.to_string().into());
+    }
+    let dedup = Dedup::new(ids.max(1), hookwarden::receiver::system_clock());
+    let far = i64::MAX / 2;
+    for i in 0..ids {
+        dedup.remember(
+            &format!("team-{}/integration-{}", i % 100, i % routes.max(1)),
+            &format!("{:08x}-7c1e-4b6a-9f0e-{i:012}", i),
+            far,
+        );
+    }
+    let after = rss_mib().unwrap_or(f64::NAN);
+    println!(
+        "memory: {} routes + {} remembered ids: RSS {after:.1} MiB (process before building them: {before:.1} MiB)",
+        table.len(),
+        dedup.len()
+    );
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let options = Options::parse();
+    if let Some(sizes) = &options.memory {
+        return memory(sizes[0], sizes.get(1).copied().unwrap_or(0));
+    }
     let provider = options.provider;
     let (target, label) = match &options.url {
         Some(url) => {

@@ -1,31 +1,35 @@
-//! Delivery-id deduplication: bounded memory, per-entry TTL (the route's dedup window),
-//! and exactly one winner among concurrent copies of the same delivery.
+//! Delivery-id deduplication: bounded memory, per-entry expiry (the route's dedup
+//! window), and exactly one winner among concurrent copies of the same delivery.
 //!
 //! Senders retry on timeouts, so two copies of one delivery can be in flight at once.
 //! The first copy *claims* the id; later copies wait for its outcome instead of being
 //! answered at once: when the claim ends in a durable accept they are duplicates (2xx);
 //! when it fails (sink overloaded, client gone) the id is forgotten and they are told to
 //! retry, so a 2xx never stands for a delivery that was not kept.
+//!
+//! Memory is the design constraint (DESIGN.md: 100,000 remembered ids within the
+//! receiver's 64 MiB), so ids are kept as 128-bit digests of (integration, id) in
+//! sharded hash maps with an insertion-ordered eviction queue: about 100 bytes per id,
+//! against ~500 for a general-purpose cache with string keys and timer wheels. Expiry is
+//! judged with the injected clock on every lookup; expired and surplus entries are
+//! dropped oldest first as new ones arrive.
 
-use std::time::{Duration, Instant};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
-use moka::ops::compute::Op;
-use moka::policy::Expiry;
-use moka::sync::Cache;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::Clock;
 
-/// Default number of remembered ids across all integrations (about 200 bytes each).
+/// Default number of remembered ids across all integrations.
 pub const DEFAULT_MAX_ENTRIES: u64 = 200_000;
 
 /// Default dedup window when `spec.dedupWindow` is absent.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
-/// Ids longer than this are keyed by their SHA-256, so a sender cannot make one entry
-/// arbitrarily large.
-const MAX_ID_BYTES: usize = 128;
+const SHARDS: usize = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Outcome {
@@ -34,28 +38,71 @@ enum Outcome {
     Failed,
 }
 
-#[derive(Clone)]
-struct Mark {
-    ttl: Duration,
+struct Slot {
+    expires_at_ms: i64,
     /// Present while the first copy is still being made durable.
     pending: Option<watch::Receiver<Outcome>>,
 }
 
-struct MarkExpiry;
+#[derive(Default)]
+struct Shard {
+    slots: HashMap<u128, Slot>,
+    /// Insertion order, for eviction. An entry whose expiry no longer matches its slot is
+    /// stale (the id was re-inserted) and is skipped.
+    order: VecDeque<(u128, i64)>,
+}
 
-impl Expiry<String, Mark> for MarkExpiry {
-    fn expire_after_create(&self, _key: &String, value: &Mark, _at: Instant) -> Option<Duration> {
-        Some(value.ttl)
+impl Shard {
+    /// Drops expired entries from the front, then the oldest while over `cap`.
+    fn trim(&mut self, now_ms: i64, cap: usize) {
+        while let Some(&(key, expires)) = self.order.front() {
+            let live = self
+                .slots
+                .get(&key)
+                .is_some_and(|s| s.expires_at_ms == expires);
+            if live && expires > now_ms && self.slots.len() < cap {
+                break;
+            }
+            self.order.pop_front();
+            if live && self.slots.get(&key).is_some_and(|s| s.pending.is_some()) {
+                // In flight: its claim decides; look at it again later.
+                self.order.push_back((key, expires));
+                break;
+            }
+            if live {
+                self.slots.remove(&key);
+            }
+            if self.order.len() > self.slots.len().saturating_mul(2) + 64 {
+                // Too many stale queue entries: rebuild the queue from the live slots.
+                let mut live: Vec<(u128, i64)> = self
+                    .slots
+                    .iter()
+                    .map(|(k, s)| (*k, s.expires_at_ms))
+                    .collect();
+                live.sort_unstable_by_key(|(_, e)| *e);
+                self.order = live.into();
+            }
+        }
     }
 
-    fn expire_after_update(
-        &self,
-        _key: &String,
-        value: &Mark,
-        _at: Instant,
-        _left: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.ttl)
+    fn insert(&mut self, key: u128, slot: Slot) {
+        self.order.push_back((key, slot.expires_at_ms));
+        self.slots.insert(key, slot);
+    }
+}
+
+struct Inner {
+    shards: Vec<Mutex<Shard>>,
+    per_shard_cap: usize,
+    clock: Clock,
+}
+
+impl Inner {
+    fn shard(&self, key: u128) -> MutexGuard<'_, Shard> {
+        let index = (key as usize) % SHARDS;
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -63,8 +110,7 @@ impl Expiry<String, Mark> for MarkExpiry {
 /// Cloning is cheap and shares the memory.
 #[derive(Clone)]
 pub struct Dedup {
-    cache: Cache<String, Mark>,
-    clock: Clock,
+    inner: Arc<Inner>,
 }
 
 /// What [`Dedup::claim`] found.
@@ -78,47 +124,68 @@ pub enum Check {
     RetryLater,
 }
 
-impl Dedup {
-    /// At most `max_entries` ids are remembered; beyond that the least useful are evicted
-    /// early (a bounded cache trades a rare late duplicate for bounded memory).
-    pub fn new(max_entries: u64, clock: Clock) -> Dedup {
-        let cache = Cache::builder()
-            .max_capacity(max_entries)
-            .expire_after(MarkExpiry)
-            .build();
-        Dedup { cache, clock }
-    }
+fn digest(integration: &str, id: &str) -> u128 {
+    let mut h = Sha256::new();
+    h.update(integration.as_bytes());
+    h.update([0u8]);
+    h.update(id.as_bytes());
+    let out = h.finalize();
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&out[..16]);
+    u128::from_le_bytes(first)
+}
 
-    fn key(integration: &str, id: &str) -> String {
-        if id.len() <= MAX_ID_BYTES {
-            format!("{integration}\n{id}")
-        } else {
-            format!(
-                "{integration}\n#{}",
-                hex::encode(Sha256::digest(id.as_bytes()))
-            )
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Dedup {
+    /// At most about `max_entries` ids are remembered; beyond that the oldest are
+    /// forgotten early (bounded memory over a rare late duplicate).
+    pub fn new(max_entries: u64, clock: Clock) -> Dedup {
+        let per_shard_cap = usize::try_from(max_entries.div_ceil(SHARDS as u64))
+            .unwrap_or(usize::MAX)
+            .max(1);
+        let shards = (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect();
+        Dedup {
+            inner: Arc::new(Inner {
+                shards,
+                per_shard_cap,
+                clock,
+            }),
         }
     }
 
     /// Claims `id` for `integration` (`namespace/name`) for `window`, waiting for a
     /// concurrent copy's outcome when there is one.
     pub async fn claim(&self, integration: &str, id: &str, window: Duration) -> Check {
-        let key = Self::key(integration, id);
-        let (tx, rx) = watch::channel(Outcome::Pending);
-        let entry = self.cache.entry(key.clone()).or_insert_with(|| Mark {
-            ttl: window,
-            pending: Some(rx),
-        });
-        if entry.is_fresh() {
-            return Check::Fresh(Claim {
-                cache: self.cache.clone(),
-                key,
-                window,
-                tx: Some(tx),
-            });
-        }
-        let Some(mut other) = entry.into_value().pending else {
-            return Check::Duplicate;
+        let key = digest(integration, id);
+        let now = (self.inner.clock)();
+        let mut other = {
+            let mut shard = self.inner.shard(key);
+            match shard.slots.get(&key) {
+                Some(slot) if slot.expires_at_ms > now => match &slot.pending {
+                    None => return Check::Duplicate,
+                    Some(rx) => rx.clone(),
+                },
+                _ => {
+                    shard.trim(now, self.inner.per_shard_cap);
+                    let (tx, rx) = watch::channel(Outcome::Pending);
+                    let expires_at_ms = now.saturating_add(millis(window));
+                    shard.insert(
+                        key,
+                        Slot {
+                            expires_at_ms,
+                            pending: Some(rx),
+                        },
+                    );
+                    return Check::Fresh(Claim {
+                        inner: self.inner.clone(),
+                        key,
+                        tx: Some(tx),
+                    });
+                }
+            }
         };
         match other.wait_for(|o| *o != Outcome::Pending).await.map(|o| *o) {
             Ok(Outcome::Accepted) => Check::Duplicate,
@@ -129,24 +196,44 @@ impl Dedup {
     /// Marks `id` as accepted until `expires_at_ms` (Unix ms): how the runtime re-seeds
     /// the memory from the journal after a restart. Past expiries are ignored.
     pub fn remember(&self, integration: &str, id: &str, expires_at_ms: i64) {
-        let left_ms = expires_at_ms.saturating_sub((self.clock)());
-        if left_ms <= 0 {
+        let now = (self.inner.clock)();
+        if expires_at_ms <= now {
             return;
         }
-        let ttl = Duration::from_millis(left_ms.unsigned_abs());
-        self.cache
-            .insert(Self::key(integration, id), Mark { ttl, pending: None });
+        let key = digest(integration, id);
+        let mut shard = self.inner.shard(key);
+        if shard.slots.get(&key).is_some_and(|s| s.pending.is_some()) {
+            // A copy is in flight right now; its outcome decides.
+            return;
+        }
+        shard.trim(now, self.inner.per_shard_cap);
+        shard.insert(
+            key,
+            Slot {
+                expires_at_ms,
+                pending: None,
+            },
+        );
     }
 
     /// Whether `id` is currently remembered (accepted or in flight).
     pub fn contains(&self, integration: &str, id: &str) -> bool {
-        self.cache.contains_key(&Self::key(integration, id))
+        let key = digest(integration, id);
+        let now = (self.inner.clock)();
+        self.inner
+            .shard(key)
+            .slots
+            .get(&key)
+            .is_some_and(|s| s.expires_at_ms > now)
     }
 
-    /// Remembered ids (approximate: pending evictions may still be counted).
+    /// Remembered ids, expired ones not yet dropped included.
     pub fn len(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        self.inner
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).slots.len() as u64)
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -157,16 +244,15 @@ impl Dedup {
 impl std::fmt::Debug for Dedup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dedup")
-            .field("entries", &self.cache.entry_count())
+            .field("entries", &self.len())
             .finish()
     }
 }
 
 /// The right to deliver one id. See [`Check::Fresh`].
 pub struct Claim {
-    cache: Cache<String, Mark>,
-    key: String,
-    window: Duration,
+    inner: Arc<Inner>,
+    key: u128,
     tx: Option<watch::Sender<Outcome>>,
 }
 
@@ -174,16 +260,19 @@ impl Claim {
     /// The sink kept the delivery: remember the id for the window and release waiters
     /// as duplicates.
     pub fn accepted(mut self) {
-        self.cache.insert(
-            self.key.clone(),
-            Mark {
-                ttl: self.window,
-                pending: None,
-            },
-        );
-        if let Some(tx) = self.tx.take() {
-            tx.send_replace(Outcome::Accepted);
+        let Some(tx) = self.tx.take() else { return };
+        {
+            let mut shard = self.inner.shard(self.key);
+            if let Some(slot) = shard.slots.get_mut(&self.key)
+                && slot
+                    .pending
+                    .as_ref()
+                    .is_some_and(|rx| rx.same_channel(&tx.subscribe()))
+            {
+                slot.pending = None;
+            }
         }
+        tx.send_replace(Outcome::Accepted);
     }
 }
 
@@ -192,34 +281,32 @@ impl Drop for Claim {
     /// the retry is accepted, and tell waiting copies to retry too.
     fn drop(&mut self) {
         let Some(tx) = self.tx.take() else { return };
-        // Remove only our own pending mark, never a newer one (e.g. a re-seed).
-        let _ = self
-            .cache
-            .entry(self.key.clone())
-            .and_compute_with(|current| match current {
-                Some(entry)
-                    if entry
-                        .value()
-                        .pending
-                        .as_ref()
-                        .is_some_and(|rx| rx.same_channel(&tx.subscribe())) =>
-                {
-                    Op::Remove
-                }
-                _ => Op::Nop,
-            });
+        {
+            let mut shard = self.inner.shard(self.key);
+            if shard.slots.get(&self.key).is_some_and(|s| {
+                s.pending
+                    .as_ref()
+                    .is_some_and(|rx| rx.same_channel(&tx.subscribe()))
+            }) {
+                shard.slots.remove(&self.key);
+            }
+        }
         tx.send_replace(Outcome::Failed);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
 
     use super::*;
 
+    fn dedup_at(now: Arc<AtomicI64>, cap: u64) -> Dedup {
+        Dedup::new(cap, Arc::new(move || now.load(Ordering::SeqCst)))
+    }
+
     fn dedup(now_ms: i64) -> Dedup {
-        Dedup::new(1_000, Arc::new(move || now_ms))
+        dedup_at(Arc::new(AtomicI64::new(now_ms)), 1_000)
     }
 
     #[tokio::test]
@@ -306,12 +393,18 @@ mod tests {
 
     #[tokio::test]
     async fn entries_expire_after_the_window() {
-        let d = dedup(0);
-        let Check::Fresh(claim) = d.claim("ns/a", "z", Duration::from_millis(50)).await else {
+        let now = Arc::new(AtomicI64::new(0));
+        let d = dedup_at(now.clone(), 1_000);
+        let Check::Fresh(claim) = d.claim("ns/a", "z", Duration::from_secs(60)).await else {
             panic!("fresh")
         };
         claim.accepted();
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        now.store(59_999, Ordering::SeqCst);
+        assert!(matches!(
+            d.claim("ns/a", "z", DEFAULT_WINDOW).await,
+            Check::Duplicate
+        ));
+        now.store(60_000, Ordering::SeqCst);
         assert!(matches!(
             d.claim("ns/a", "z", DEFAULT_WINDOW).await,
             Check::Fresh(_)
@@ -319,17 +412,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn long_ids_are_hashed() {
+    async fn memory_stays_bounded_oldest_forgotten_first() {
+        let d = dedup_at(Arc::new(AtomicI64::new(0)), 160);
+        for i in 0..10_000 {
+            d.remember("ns/a", &format!("id-{i}"), 1_000_000);
+        }
+        assert!(d.len() <= 160, "{}", d.len());
+        assert!(d.contains("ns/a", "id-9999"), "the newest ids are kept");
+        assert!(!d.contains("ns/a", "id-0"), "the oldest ids went first");
+    }
+
+    #[tokio::test]
+    async fn long_ids_cost_no_more_than_short_ones() {
         let d = dedup(0);
         let long = "x".repeat(10_000);
         let Check::Fresh(claim) = d.claim("ns/a", &long, DEFAULT_WINDOW).await else {
             panic!("fresh")
         };
         claim.accepted();
-        assert!(Dedup::key("ns/a", &long).len() < 100);
         assert!(matches!(
             d.claim("ns/a", &long, DEFAULT_WINDOW).await,
             Check::Duplicate
+        ));
+        assert!(matches!(
+            d.claim("ns/a", &long[1..], DEFAULT_WINDOW).await,
+            Check::Fresh(_)
         ));
     }
 }

@@ -874,8 +874,10 @@ fn admit_custom(
     }
     *obj = schema::apply_defaults(schema, obj);
     let mut errors = schema::validate(schema, obj);
-    if errors.is_empty() {
-        errors = schema::validate_cel(schema, obj, old, &rt.api_version(), &rt.group, &rt.kind);
+    if errors.is_empty()
+        && let Some(compiled) = &rt.cel
+    {
+        errors = schema::validate_cel(compiled, obj, old, &rt.api_version(), &rt.group, &rt.kind);
     }
     if !errors.is_empty() {
         return Err(ApiError::invalid(rt, &name, &errors));
@@ -1077,7 +1079,7 @@ fn create_object(
             None,
             &mut obj,
             &ctx.field_manager(),
-            rt.schema.as_ref(),
+            rt.schema.as_deref(),
             scope,
             &rt.api_version(),
         );
@@ -1245,7 +1247,7 @@ fn update_object(
             Some(old),
             &mut new,
             &ctx.field_manager(),
-            rt.schema.as_ref(),
+            rt.schema.as_deref(),
             scope,
             &rt.api_version(),
         );
@@ -1366,7 +1368,7 @@ fn patch_request(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> 
                 &patch_body,
                 manager,
                 force,
-                rt.schema.as_ref(),
+                rt.schema.as_deref(),
                 scope,
                 &rt.api_version(),
             )

@@ -86,7 +86,7 @@ fn gvk(rt: &ResourceType) -> Value {
 }
 
 fn component(rt: &ResourceType) -> Value {
-    let mut schema = rt.schema.clone().unwrap_or_else(|| {
+    let mut schema = rt.schema.as_deref().cloned().unwrap_or_else(|| {
         json!({
             "description": format!("{} (stored as sent by the emulator).", rt.kind),
             "type": "object",

@@ -32,8 +32,10 @@ pub struct ResourceType {
     /// Whether writes to the main resource ignore `status` (and status writes ignore the rest).
     pub status_subresource: bool,
     /// `openAPIV3Schema` of a CRD version; `None` for built-ins (stored as sent).
-    pub schema: Option<Value>,
+    pub schema: Option<std::sync::Arc<Value>>,
     pub printer_columns: Vec<PrinterColumn>,
+    /// The CEL rules of `schema`, compiled once when the CRD is registered.
+    pub cel: Option<std::sync::Arc<kube_cel::CompiledSchema>>,
     /// Set for types registered by a CRD: the CRD's name.
     pub crd_name: Option<String>,
 }
@@ -479,6 +481,7 @@ impl Registry {
                 namespaced: b.namespaced,
                 status_subresource: b.status,
                 schema: None,
+                cel: None,
                 printer_columns: default_columns(b.kind),
                 crd_name: None,
             };
@@ -592,7 +595,13 @@ impl Registry {
                 categories: strings(&names["categories"]),
                 namespaced,
                 status_subresource: version.pointer("/subresources/status").is_some(),
-                schema: version.pointer("/schema/openAPIV3Schema").cloned(),
+                schema: version
+                    .pointer("/schema/openAPIV3Schema")
+                    .cloned()
+                    .map(std::sync::Arc::new),
+                cel: version
+                    .pointer("/schema/openAPIV3Schema")
+                    .map(|s| std::sync::Arc::new(kube_cel::compile_schema(s))),
                 printer_columns: columns,
                 crd_name: Some(name.to_string()),
             };

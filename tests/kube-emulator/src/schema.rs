@@ -430,9 +430,15 @@ pub fn is_cidr(s: &str) -> bool {
     }
 }
 
-/// Runs every `x-kubernetes-validations` rule (transition rules see `old`).
+thread_local! {
+    /// Registering Kubernetes' CEL libraries is costly; one validator per server thread.
+    static VALIDATOR: kube_cel::Validator = kube_cel::Validator::new();
+}
+
+/// Runs every `x-kubernetes-validations` rule (transition rules see `old`), from rules compiled
+/// once per CRD version.
 pub fn validate_cel(
-    schema: &Value,
+    compiled: &kube_cel::CompiledSchema,
     object: &Value,
     old: Option<&Value>,
     api_version: &str,
@@ -444,8 +450,9 @@ pub fn validate_cel(
         api_group: group.to_string(),
         kind: kind.to_string(),
     };
-    let validator = kube_cel::Validator::new();
-    match validator.validate_with_context(schema, object, old, Some(&root)) {
+    let result =
+        VALIDATOR.with(|v| v.validate_compiled_with_context(compiled, object, old, Some(&root)));
+    match result {
         Ok(()) => Vec::new(),
         Err(errs) => {
             errs.into_vec()
@@ -536,8 +543,9 @@ mod tests {
     #[test]
     fn cel_is_cidr_rejects_bad_ranges() {
         let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {"r": {"type": "array", "items": {"type": "string"}, "x-kubernetes-validations": [{"rule": "self.all(c, isCIDR(c))", "message": "must be CIDRs"}]}}}}});
+        let compiled = kube_cel::compile_schema(&schema);
         let errs = validate_cel(
-            &schema,
+            &compiled,
             &json!({"spec": {"r": ["10.0.0.0/8", "nope"]}}),
             None,
             "x/v1",
@@ -551,7 +559,7 @@ mod tests {
         );
         assert!(
             validate_cel(
-                &schema,
+                &compiled,
                 &json!({"spec": {"r": ["10.0.0.0/8"]}}),
                 None,
                 "x/v1",
