@@ -29,12 +29,8 @@ pub struct ReceiverArgs {
     #[arg(long, env = "HOOKWARDEN_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
     /// Address serving /metrics.
-    #[arg(
-        long,
-        env = "HOOKWARDEN_METRICS_LISTEN",
-        default_value = "0.0.0.0:9090"
-    )]
-    pub metrics_listen: SocketAddr,
+    #[arg(long, env = "HOOKWARDEN_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
     /// hookwarden's own namespace, where the controller writes route Secrets.
     #[arg(long, env = "POD_NAMESPACE")]
     pub namespace: String,
@@ -42,8 +38,8 @@ pub struct ReceiverArgs {
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
     /// Public base URL senders call (e.g. https://hooks.example.com); Twilio signs it.
-    #[arg(long, env = "HOOKWARDEN_EXTERNAL_URL")]
-    pub external_url: Option<String>,
+    #[arg(long, env = "HOOKWARDEN_EXTERNAL_BASE_URL")]
+    pub external_base_url: Option<String>,
     /// Folder of the durable delivery journal (a volume that survives container restarts).
     #[arg(
         long,
@@ -104,7 +100,7 @@ pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
         journal_dir: args.journal_dir.clone(),
         journal_max_bytes: args.journal_max_bytes,
         trusted_proxies: args.trusted_proxies.clone(),
-        external_base_url: args.external_url.clone(),
+        external_base_url: args.external_base_url.clone(),
         runtime: crate::receiver::runtime::RuntimeConfig {
             status_interval: args.status_interval,
             degraded_after: args.degraded_after,
@@ -115,9 +111,9 @@ pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
-        .with_context(|| format!("cannot listen on {}", args.metrics_listen))?;
+        .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
 
     let shutdown = CancellationToken::new();
     let metrics_stop = shutdown.clone();

@@ -46,7 +46,7 @@ pub struct StandaloneArgs {
     pub state: Option<PathBuf>,
     /// Base URL senders use, when not http://LISTEN (e.g. behind a tunnel).
     #[arg(long)]
-    pub external_url: Option<String>,
+    pub external_base_url: Option<String>,
     /// At most one status write per integration per this interval.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub status_interval: Duration,
@@ -166,7 +166,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
     let base_url = args
-        .external_url
+        .external_base_url
         .clone()
         .unwrap_or_else(|| display_base_url(local));
 
@@ -182,7 +182,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
         journal_dir: state.journal_dir(),
         journal_max_bytes: args.journal_max_bytes,
         trusted_proxies: Vec::new(),
-        external_base_url: args.external_url.clone(),
+        external_base_url: args.external_base_url.clone(),
         runtime: config,
     };
     let receiver = Receiver::start(options, Arc::new(state.status_writer()), None).await?;

@@ -51,7 +51,7 @@ fn start_receiver(kubeconfig: &Path, journal: &Path, port: u16, log: &Path) -> P
             "receiver",
             "--listen",
             &format!("127.0.0.1:{port}"),
-            "--metrics-listen",
+            "--metrics-addr",
             "127.0.0.1:0",
         ])
         .args([
