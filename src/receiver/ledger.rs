@@ -334,6 +334,15 @@ impl Ledger {
         }
     }
 
+    /// Records that the stored status shows everything this ledger counted (see
+    /// `runtime::replay`: the journal's applied mark passed the checkpoint).
+    pub fn mark_all_written(&mut self) {
+        for entry in self.integrations.values_mut() {
+            entry.written = entry.totals;
+            entry.written_version = entry.version;
+        }
+    }
+
     /// Forgets an integration (it was deleted).
     pub fn remove(&mut self, integration: &str) {
         self.integrations.remove(integration);

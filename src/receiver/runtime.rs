@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::journal::{Journal, Recovered};
+use crate::journal::{Journal, JournalStats, Recovered};
 use crate::receiver::ledger::Ledger;
 use crate::receiver::metrics::{ReceiverMetrics, WriteLabels};
 use crate::receiver::sink::{Accepted, DeliverySink, Duplicate, Rejected, SinkError};
@@ -239,8 +239,14 @@ pub struct ReplayReport {
 
 /// Rebuilds the ledger from a checkpoint and the entries after it. Idempotent: entries
 /// the checkpoint covers are skipped, so replaying twice gives the same ledger.
+///
+/// `snapshot_written`: the journal's applied mark lies beyond the checkpoint. A mark is
+/// only set after a status write built later than every fold in the checkpoint, so
+/// everything the checkpoint counted is already on the status: its counts must not be
+/// added again (the entries between checkpoint and mark are not replayed at all).
 pub fn replay(
     snapshot: Option<&[u8]>,
+    snapshot_written: bool,
     entries: impl IntoIterator<Item = (u64, Vec<u8>)>,
     settings: &SettingsLookup,
 ) -> (Ledger, ReplayReport) {
@@ -251,6 +257,9 @@ pub fn replay(
         }),
         None => Ledger::default(),
     };
+    if snapshot_written {
+        ledger.mark_all_written();
+    }
     let mut report = ReplayReport {
         max_seq: ledger.covered_seq(),
         ..ReplayReport::default()
@@ -277,10 +286,16 @@ pub fn replay(
     (ledger, report)
 }
 
-/// Convenience for [`replay`] over what [`Journal::open`] recovered.
-pub fn replay_recovered(recovered: Recovered, settings: &SettingsLookup) -> (Ledger, ReplayReport) {
+/// [`replay`] over what [`Journal::open`] recovered; `stats` is the journal's right
+/// after opening (its applied mark and checkpoint position).
+pub fn replay_recovered(
+    recovered: Recovered,
+    stats: &JournalStats,
+    settings: &SettingsLookup,
+) -> (Ledger, ReplayReport) {
     let Recovered { snapshot, entries } = recovered;
-    replay(snapshot.as_deref(), entries, settings)
+    let snapshot_written = stats.applied_seq > stats.snapshot_seq;
+    replay(snapshot.as_deref(), snapshot_written, entries, settings)
 }
 
 /// The background half: owns the ledger; folds queued entries; once per interval writes
@@ -622,4 +637,60 @@ async fn write_all<W: StatusWriter>(
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64) -> (u64, Vec<u8>) {
+        let accepted = Accepted {
+            integration: "ns/dd".into(),
+            uid: "u".into(),
+            delivery_id: Some(format!("d{seq}")),
+            event_type: None,
+            received_at_ms: 1_000 * seq as i64,
+            ignored: false,
+            incidents: Vec::new(),
+        };
+        (seq, serde_json::to_vec(&accepted).expect("json"))
+    }
+
+    fn settings() -> SettingsLookup {
+        Arc::new(|_: &str| IntegrationSettings::default())
+    }
+
+    fn delta(ledger: &Ledger) -> u64 {
+        let e = ledger.get("ns/dd").expect("entry");
+        e.totals.since(&e.written).accepted
+    }
+
+    #[test]
+    fn replay_adds_only_what_the_status_does_not_show() {
+        // Checkpoint after 3 entries, none written yet.
+        let (at_checkpoint, _) = replay(None, false, (1..=3).map(entry), &settings());
+        let snapshot = at_checkpoint.to_snapshot().expect("snapshot");
+
+        // Applied mark not past the checkpoint: the checkpoint's 3 are still to write,
+        // plus the 2 replayed entries.
+        let (ledger, report) = replay(Some(&snapshot), false, (4..=5).map(entry), &settings());
+        assert_eq!((delta(&ledger), report.replayed), (5, 2));
+
+        // Applied mark past the checkpoint (the journal then skips entries up to it, here
+        // 4): everything the checkpoint counted is on the status already.
+        let (ledger, _) = replay(Some(&snapshot), true, (5..=5).map(entry), &settings());
+        assert_eq!(delta(&ledger), 1);
+        assert_eq!(ledger.covered_seq(), 5);
+    }
+
+    #[test]
+    fn undecodable_entries_are_skipped_and_reported() {
+        let entries = vec![entry(1), (2, b"not json".to_vec()), entry(3)];
+        let (ledger, report) = replay(None, false, entries, &settings());
+        assert_eq!(
+            (report.replayed, report.undecodable, report.max_seq),
+            (2, 1, 3)
+        );
+        assert_eq!(ledger.covered_seq(), 3);
+    }
 }

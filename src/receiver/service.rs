@@ -172,7 +172,7 @@ impl<W: StatusWriter> Receiver<W> {
             })?;
         let handle = ReceiverHandle::new();
         let lookup = handle.lookup();
-        let (mut ledger, report) = runtime::replay_recovered(recovered, &lookup);
+        let (mut ledger, report) = runtime::replay_recovered(recovered, &journal.stats(), &lookup);
         // Entries the journal skipped (marked applied, their counts already on the
         // status) leave a gap below its last sequence number: close it, so the
         // ledger's covered prefix keeps growing with new appends.

@@ -434,6 +434,11 @@ impl KubeStatusWriter {
 
     async fn announce(&self, object: &WebhookIntegration, notices: &[IncidentNotice]) {
         let reference = object.object_ref(&());
+        let integration = format!(
+            "{}/{}",
+            object.metadata.namespace.as_deref().unwrap_or_default(),
+            object.metadata.name.as_deref().unwrap_or_default()
+        );
         for notice in notices {
             let (reason, type_, verb) = if notice.resolved {
                 ("IncidentResolved", EventType::Normal, "resolved")
@@ -454,7 +459,8 @@ impl KubeStatusWriter {
                 secondary: None,
             };
             if let Err(e) = self.recorder.publish(&event, &reference).await {
-                tracing::warn!(integration = %format!("{}/{}", object.metadata.namespace.as_deref().unwrap_or(""), object.metadata.name.as_deref().unwrap_or("")), error = %e, "cannot publish incident event");
+                // Events are best effort: the status already shows the incident.
+                tracing::warn!(integration = %integration, error = %e, "cannot publish incident event");
             }
         }
     }
