@@ -70,7 +70,9 @@ pub struct RuntimeConfig {
     pub degraded_after: u64,
     /// Accepted deliveries waiting to be folded; full → 503.
     pub queue_capacity: usize,
-    /// Minimum time between journal checkpoints.
+    /// Minimum time between journal checkpoints (each writes the whole ledger, with up to
+    /// [`crate::receiver::ledger::MAX_REMEMBERED_IDS`] delivery ids, so not too often; a
+    /// refused append makes the next one due at once).
     pub checkpoint_interval: Duration,
     /// Concurrent status writes in one pass.
     pub write_concurrency: usize,
@@ -86,7 +88,7 @@ impl Default for RuntimeConfig {
             status_interval: Duration::from_secs(2),
             degraded_after: 20,
             queue_capacity: 65_536,
-            checkpoint_interval: Duration::from_secs(10),
+            checkpoint_interval: Duration::from_secs(30),
             write_concurrency: 16,
             flush_timeout: Duration::from_secs(10),
             metrics: ReceiverMetrics::default(),
