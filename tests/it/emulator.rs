@@ -687,6 +687,8 @@ async fn typed_kubectl_commands_and_helm_releases_work() {
         kubectl.ok(&["-n", "payments", "create", "serviceaccount", "bot"]).await;
         kubectl.ok(&["-n", "payments", "create", "role", "read-secrets", "--verb=get,list", "--resource=secrets"]).await;
         kubectl.ok(&["-n", "payments", "create", "rolebinding", "bot", "--role=read-secrets", "--serviceaccount=payments:bot"]).await;
+        let bad = kubectl.run(&["create", "namespace", "Bad_Name"]).await;
+        assert!(!bad.ok && bad.stderr.contains("The Namespace \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 label"), "{}", bad.stderr);
         let secret = emu.object("secrets", "payments", "token").expect("secret stored");
         assert_eq!(secret["data"]["token"], "YWJj");
         assert_eq!(secret["type"], "Opaque");
@@ -716,6 +718,9 @@ async fn typed_kubectl_commands_and_helm_releases_work() {
         assert!(emu.object("deployments.apps", "payments", "demo").is_some());
         helm(vec!["upgrade".into(), "demo".into(), chart_path, "-n".into(), "payments".into(), "--set".into(), "replicas=3".into()]).await;
         assert_eq!(emu.object("configmaps", "payments", "demo").expect("cm")["data"]["replicas"], "3");
+        assert!(kubectl.ok(&["-n", "payments", "scale", "deployment", "demo", "--replicas=4"]).await.contains("scaled"));
+        assert_eq!(emu.object("deployments.apps", "payments", "demo").expect("deployment")["spec"]["replicas"], 4);
+        // As on a real cluster, helm's next server-side apply of replicas now conflicts with kubectl's scale.
         let list = helm(vec!["list".into(), "-n".into(), "payments".into()]).await;
         assert!(list.contains("demo") && list.contains("deployed"), "{list}");
         helm(vec!["uninstall".into(), "demo".into(), "-n".into(), "payments".into()]).await;
