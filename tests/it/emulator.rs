@@ -572,8 +572,19 @@ async fn faults_fail_pause_and_counters() {
         emu.resume();
         pending.await.expect("join").expect("served after resume");
 
+        // Pausing one caller leaves the others served.
+        emu.pause_matching(RequestFilter::new().caller("system:serviceaccount:default:stuck"));
+        let stuck: Api<DynamicObject> = Api::namespaced_with(emu.client_for_service_account("default", "stuck").await.expect("sa client"), "default", &ApiResource::from_gvk(&GroupVersionKind::gvk("", "v1", "ConfigMap")));
+        let hanging = tokio::spawn(async move { stuck.get("c").await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!hanging.is_finished(), "the paused caller hangs");
+        cms.get("c").await.expect("other callers are served during a targeted pause");
+        emu.resume();
+        let answer = hanging.await.expect("join");
+        assert_eq!(api_error(answer.expect_err("no RBAC for the stuck SA")).0, 403, "served (and judged) after resume");
+
         let gets = emu.count(&RequestFilter::new().verb("get").resource("configmaps").caller("kubernetes-admin"));
-        assert_eq!(gets, 7, "500 + ok + 503 + 503 + ok + 429 + after pause: {:?}", emu.requests());
+        assert_eq!(gets, 8, "500 + ok + 503 + 503 + ok + 429 + after pause + during targeted pause: {:?}", emu.requests());
         assert_eq!(emu.count(&RequestFilter::new().verb("create").resource("configmaps")), 1);
     })
     .await

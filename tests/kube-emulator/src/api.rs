@@ -407,8 +407,8 @@ async fn handle_counted(
         },
     };
     *slot = Some(shared.counters.record(record.clone()));
-    if shared.faults.is_paused() {
-        shared.faults.wait_unpaused().await;
+    if shared.faults.is_paused_for(&record) {
+        shared.faults.wait_unpaused_for(&record).await;
     }
     if let Some((code, retry_after)) = shared.faults.take_failure(&record) {
         let (reason, message) = match code {
@@ -509,7 +509,7 @@ async fn handle_counted(
         };
     }
     let result = match verb {
-        "watch" => return watch_response(shared.clone(), rp, &ctx),
+        "watch" => return watch_response(shared.clone(), rp, &ctx, record),
         "get" => get(&shared, &rp, &ctx),
         "list" => list(&shared, &rp, &ctx),
         "create" => create(&shared, &rp, &ctx, &body),
@@ -1872,7 +1872,12 @@ fn expired_event(rv: &str, compacted: u64) -> Value {
     json!({"type": "ERROR", "object": e.status_json()})
 }
 
-fn watch_response(shared: std::sync::Arc<Shared>, rp: ResourcePath, ctx: &Ctx) -> Response<Body> {
+fn watch_response(
+    shared: std::sync::Arc<Shared>,
+    rp: ResourcePath,
+    ctx: &Ctx,
+    record: RequestRecord,
+) -> Response<Body> {
     let (labels, fields) = match selectors(ctx) {
         Ok(s) => s,
         Err(e) => return error_response(&e),
@@ -1974,7 +1979,7 @@ fn watch_response(shared: std::sync::Arc<Shared>, rp: ResourcePath, ctx: &Ctx) -
                 _ = tx.closed() => return,
                 _ = tick.tick(), if bookmarks => {
                     let bm = json!({"type": "BOOKMARK", "object": {"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": {"resourceVersion": last_rv.to_string()}}});
-                    if !shared.faults.is_paused() && tx.send(encode(&bm)).await.is_err() {
+                    if !shared.faults.is_paused_for(&record) && tx.send(encode(&bm)).await.is_err() {
                         return;
                     }
                 }
@@ -1992,8 +1997,8 @@ fn watch_response(shared: std::sync::Arc<Shared>, rp: ResourcePath, ctx: &Ctx) -
                                 continue;
                             }
                             last_rv = change.rv;
-                            if shared.faults.is_paused() {
-                                shared.faults.wait_unpaused().await;
+                            if shared.faults.is_paused_for(&record) {
+                                shared.faults.wait_unpaused_for(&record).await;
                             }
                             if let Some(t) = filter.event_for(&change)
                                 && name_ok(&change.object)

@@ -200,6 +200,12 @@ impl Emulator {
         self.shared.faults.pause();
     }
 
+    /// Hangs only requests (and watch streams) matching `filter`, e.g. one component's
+    /// ServiceAccount, until [`Emulator::resume`]; a later pause replaces this one.
+    pub fn pause_matching(&self, filter: RequestFilter) {
+        self.shared.faults.pause_matching(filter);
+    }
+
     pub fn resume(&self) {
         self.shared.faults.resume();
     }
