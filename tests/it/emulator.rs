@@ -315,6 +315,12 @@ async fn optimistic_concurrency_generation_and_status_separation() {
             "{message}"
         );
 
+        // kubectl replace with the stale copy says the same.
+        let kubectl = Kubectl::admin(&emu);
+        let stale = kubectl.file("stale.json", &serde_json::to_string(&first).expect("json"));
+        let out = kubectl.run(&["replace", "-f", &stale]).await;
+        assert!(!out.ok && out.stderr.contains("Operation cannot be fulfilled on webhookintegrations.hookwarden.dev \"a\": the object has been modified; please apply your changes to the latest version and try again"), "{}", out.stderr);
+
         // Status writes do not bump generation and main writes cannot touch status.
         let status = Patch::Merge(json!({"status": {"observedGeneration": 2}}));
         let after_status = api
