@@ -21,11 +21,19 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "CRD drift: hookwarden crdgen vs crds/"
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 cargo build --bin hookwarden
-if ! diff -u crds/webhookintegrations.yaml <(target/debug/hookwarden crdgen); then
+if ! diff -u crds/webhookintegrations.yaml <("$TARGET_DIR/debug/hookwarden" crdgen); then
   echo "crds/webhookintegrations.yaml differs from 'hookwarden crdgen'; run: cargo run -- crdgen > crds/webhookintegrations.yaml" >&2
   exit 1
 fi
 
+step "chart, manifests and examples (scripts/check-chart.sh)"
+scripts/check-chart.sh
+
+step "container image: Dockerfile and static build (scripts/check-image.sh)"
+scripts/check-image.sh
+
 step "cargo test"
-cargo test --workspace --all-targets 2>&1 | tee target/test-output.txt
+mkdir -p "$TARGET_DIR"
+cargo test --workspace --all-targets 2>&1 | tee "$TARGET_DIR/test-output.txt"

@@ -1,0 +1,189 @@
+{{/* Names ------------------------------------------------------------------ */}}
+
+{{- define "hookwarden.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "hookwarden.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Object names get a component suffix; keep room for it within 63 characters. */}}
+{{- define "hookwarden.controller.fullname" -}}
+{{- printf "%s-controller" (include "hookwarden.fullname" . | trunc 52 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "hookwarden.receiver.fullname" -}}
+{{- printf "%s-receiver" (include "hookwarden.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "hookwarden.controller.serviceAccountName" -}}
+{{- if .Values.controller.serviceAccount.create }}
+{{- default (include "hookwarden.controller.fullname" .) .Values.controller.serviceAccount.name }}
+{{- else }}
+{{- required "controller.serviceAccount.name is required when controller.serviceAccount.create is false" .Values.controller.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "hookwarden.receiver.serviceAccountName" -}}
+{{- if .Values.receiver.serviceAccount.create }}
+{{- default (include "hookwarden.receiver.fullname" .) .Values.receiver.serviceAccount.name }}
+{{- else }}
+{{- required "receiver.serviceAccount.name is required when receiver.serviceAccount.create is false" .Values.receiver.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Labels ----------------------------------------------------------------- */}}
+
+{{- define "hookwarden.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "hookwarden.labels" -}}
+helm.sh/chart: {{ include "hookwarden.chart" . }}
+{{ include "hookwarden.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: hookwarden
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "hookwarden.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "hookwarden.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Call with (dict "root" $ "component" "controller"). */}}
+{{- define "hookwarden.componentLabels" -}}
+{{ include "hookwarden.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "hookwarden.componentSelectorLabels" -}}
+{{ include "hookwarden.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Image ------------------------------------------------------------------ */}}
+
+{{- define "hookwarden.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Public endpoint ---------------------------------------------------------
+The base URL senders use. An explicit externalBaseURL wins; otherwise it follows
+from how the receiver is exposed. Empty when nothing exposes it. */}}
+{{- define "hookwarden.externalBaseURL" -}}
+{{- if .Values.externalBaseURL }}
+{{- trimSuffix "/" .Values.externalBaseURL }}
+{{- else if .Values.receiver.ingress.enabled }}
+{{- printf "%s://%s" (ternary "https" "http" .Values.receiver.ingress.tls.enabled) .Values.receiver.ingress.host }}
+{{- else if and .Values.receiver.httpRoute.enabled .Values.receiver.httpRoute.hostnames }}
+{{- printf "%s://%s" .Values.receiver.httpRoute.scheme (first .Values.receiver.httpRoute.hostnames) }}
+{{- end }}
+{{- end }}
+
+{{- define "hookwarden.bindAddr" -}}
+{{- $host := .root.Values.bindAddress }}
+{{- if contains ":" $host }}
+{{- printf "[%s]:%v" $host .port }}
+{{- else }}
+{{- printf "%s:%v" $host .port }}
+{{- end }}
+{{- end }}
+
+{{/* Command lines -------------------------------------------------------------
+The only place flags are spelled: values -> args. */}}
+
+{{- define "hookwarden.controller.args" -}}
+- controller
+- --namespace=$(POD_NAMESPACE)
+- --metrics-addr={{ include "hookwarden.bindAddr" (dict "root" . "port" .Values.controller.metricsPort) }}
+- --log-format={{ .Values.logFormat }}
+{{- with include "hookwarden.externalBaseURL" . }}
+- --external-base-url={{ . }}
+{{- end }}
+{{- range .Values.controller.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "hookwarden.receiver.args" -}}
+- receiver
+- --namespace=$(POD_NAMESPACE)
+- --listen={{ include "hookwarden.bindAddr" (dict "root" . "port" .Values.receiver.port) }}
+- --metrics-addr={{ include "hookwarden.bindAddr" (dict "root" . "port" .Values.receiver.metricsPort) }}
+- --journal-dir={{ .Values.receiver.journal.mountPath }}
+- --status-interval={{ .Values.receiver.statusInterval }}
+- --log-format={{ .Values.logFormat }}
+{{- with include "hookwarden.externalBaseURL" . }}
+- --external-base-url={{ . }}
+{{- end }}
+{{- with .Values.receiver.trustedProxies }}
+- --trusted-proxies={{ join "," . }}
+{{- end }}
+{{- range .Values.receiver.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Environment shared by both components. */}}
+{{- define "hookwarden.env" -}}
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: RUST_LOG
+  value: {{ .Values.logLevel | quote }}
+{{- end }}
+
+{{/* Topology spread: the component's own list, else the chart default. */}}
+{{- define "hookwarden.topologySpread" -}}
+{{- $values := index .root.Values .component }}
+{{- if $values.topologySpreadConstraints }}
+{{- toYaml $values.topologySpreadConstraints }}
+{{- else if .root.Values.defaultTopologySpread }}
+{{- range list "kubernetes.io/hostname" "topology.kubernetes.io/zone" }}
+- maxSkew: 1
+  topologyKey: {{ . }}
+  whenUnsatisfiable: ScheduleAnyway
+  labelSelector:
+    matchLabels:
+      {{- include "hookwarden.componentSelectorLabels" $ | nindent 6 }}
+  matchLabelKeys:
+    - pod-template-hash
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* PodDisruptionBudget spec. Call with (dict "root" $ "component" "receiver"). */}}
+{{- define "hookwarden.pdbSpec" -}}
+{{- $pdb := (index .root.Values .component).pdb }}
+{{- if not (eq (toString $pdb.minAvailable) "") }}
+minAvailable: {{ $pdb.minAvailable }}
+{{- else }}
+maxUnavailable: {{ $pdb.maxUnavailable }}
+{{- end }}
+selector:
+  matchLabels:
+    {{- include "hookwarden.componentSelectorLabels" . | nindent 4 }}
+{{- end }}
