@@ -434,6 +434,19 @@ async fn reflector_relists_after_410_and_watcher_resumes() {
                 .is_some()
         })
         .await;
+        // An object created now can only arrive through the watch: after this, a watch is open.
+        raw.create(
+            &PostParams::default(),
+            &whi("zero", json!({"provider": "github"})),
+        )
+        .await
+        .expect("create zero");
+        eventually("watch established", || {
+            reader
+                .get(&reflector::ObjectRef::new("zero").within("default"))
+                .is_some()
+        })
+        .await;
         let lists_before = emu.count(
             &RequestFilter::new()
                 .verb("list")
