@@ -315,6 +315,12 @@ async fn optimistic_concurrency_generation_and_status_separation() {
             "{message}"
         );
 
+        // kubectl replace with the stale copy says the same.
+        let kubectl = Kubectl::admin(&emu);
+        let stale = kubectl.file("stale.json", &serde_json::to_string(&first).expect("json"));
+        let out = kubectl.run(&["replace", "-f", &stale]).await;
+        assert!(!out.ok && out.stderr.contains("Operation cannot be fulfilled on webhookintegrations.hookwarden.dev \"a\": the object has been modified; please apply your changes to the latest version and try again"), "{}", out.stderr);
+
         // Status writes do not bump generation and main writes cannot touch status.
         let status = Patch::Merge(json!({"status": {"observedGeneration": 2}}));
         let after_status = api
@@ -425,6 +431,19 @@ async fn reflector_relists_after_410_and_watcher_resumes() {
         eventually("initial list", || {
             reader
                 .get(&reflector::ObjectRef::new("one").within("default"))
+                .is_some()
+        })
+        .await;
+        // An object created now can only arrive through the watch: after this, a watch is open.
+        raw.create(
+            &PostParams::default(),
+            &whi("zero", json!({"provider": "github"})),
+        )
+        .await
+        .expect("create zero");
+        eventually("watch established", || {
+            reader
+                .get(&reflector::ObjectRef::new("zero").within("default"))
                 .is_some()
         })
         .await;
@@ -572,8 +591,19 @@ async fn faults_fail_pause_and_counters() {
         emu.resume();
         pending.await.expect("join").expect("served after resume");
 
+        // Pausing one caller leaves the others served.
+        emu.pause_matching(RequestFilter::new().caller("system:serviceaccount:default:stuck"));
+        let stuck: Api<DynamicObject> = Api::namespaced_with(emu.client_for_service_account("default", "stuck").await.expect("sa client"), "default", &ApiResource::from_gvk(&GroupVersionKind::gvk("", "v1", "ConfigMap")));
+        let hanging = tokio::spawn(async move { stuck.get("c").await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!hanging.is_finished(), "the paused caller hangs");
+        cms.get("c").await.expect("other callers are served during a targeted pause");
+        emu.resume();
+        let answer = hanging.await.expect("join");
+        assert_eq!(api_error(answer.expect_err("no RBAC for the stuck SA")).0, 403, "served (and judged) after resume");
+
         let gets = emu.count(&RequestFilter::new().verb("get").resource("configmaps").caller("kubernetes-admin"));
-        assert_eq!(gets, 7, "500 + ok + 503 + 503 + ok + 429 + after pause: {:?}", emu.requests());
+        assert_eq!(gets, 8, "500 + ok + 503 + 503 + ok + 429 + after pause + during targeted pause: {:?}", emu.requests());
         assert_eq!(emu.count(&RequestFilter::new().verb("create").resource("configmaps")), 1);
     })
     .await
@@ -687,6 +717,8 @@ async fn typed_kubectl_commands_and_helm_releases_work() {
         kubectl.ok(&["-n", "payments", "create", "serviceaccount", "bot"]).await;
         kubectl.ok(&["-n", "payments", "create", "role", "read-secrets", "--verb=get,list", "--resource=secrets"]).await;
         kubectl.ok(&["-n", "payments", "create", "rolebinding", "bot", "--role=read-secrets", "--serviceaccount=payments:bot"]).await;
+        let bad = kubectl.run(&["create", "namespace", "Bad_Name"]).await;
+        assert!(!bad.ok && bad.stderr.contains("The Namespace \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 label"), "{}", bad.stderr);
         let secret = emu.object("secrets", "payments", "token").expect("secret stored");
         assert_eq!(secret["data"]["token"], "YWJj");
         assert_eq!(secret["type"], "Opaque");
@@ -716,6 +748,9 @@ async fn typed_kubectl_commands_and_helm_releases_work() {
         assert!(emu.object("deployments.apps", "payments", "demo").is_some());
         helm(vec!["upgrade".into(), "demo".into(), chart_path, "-n".into(), "payments".into(), "--set".into(), "replicas=3".into()]).await;
         assert_eq!(emu.object("configmaps", "payments", "demo").expect("cm")["data"]["replicas"], "3");
+        assert!(kubectl.ok(&["-n", "payments", "scale", "deployment", "demo", "--replicas=4"]).await.contains("scaled"));
+        assert_eq!(emu.object("deployments.apps", "payments", "demo").expect("deployment")["spec"]["replicas"], 4);
+        // As on a real cluster, helm's next server-side apply of replicas now conflicts with kubectl's scale.
         let list = helm(vec!["list".into(), "-n".into(), "payments".into()]).await;
         assert!(list.contains("demo") && list.contains("deployed"), "{list}");
         helm(vec!["uninstall".into(), "demo".into(), "-n".into(), "payments".into()]).await;

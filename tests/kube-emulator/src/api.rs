@@ -407,8 +407,8 @@ async fn handle_counted(
         },
     };
     *slot = Some(shared.counters.record(record.clone()));
-    if shared.faults.is_paused() {
-        shared.faults.wait_unpaused().await;
+    if shared.faults.is_paused_for(&record) {
+        shared.faults.wait_unpaused_for(&record).await;
     }
     if let Some((code, retry_after)) = shared.faults.take_failure(&record) {
         let (reason, message) = match code {
@@ -458,6 +458,7 @@ async fn handle_counted(
     }
     if let Some(sub) = &rp.sub
         && !(sub == "status" && rp.rt.status_subresource)
+        && !(sub == "scale" && has_scale(&rp.rt))
     {
         return error_response(&ApiError::new(
             404,
@@ -500,8 +501,15 @@ async fn handle_counted(
         Bytes::new()
     };
 
+    if rp.sub.as_deref() == Some("scale") {
+        let result = scale(&shared, &rp, &ctx, verb, &body);
+        return match result {
+            Ok((code, value, _)) => json_response(code, &value),
+            Err(e) => error_response(&e),
+        };
+    }
     let result = match verb {
-        "watch" => return watch_response(shared.clone(), rp, &ctx),
+        "watch" => return watch_response(shared.clone(), rp, &ctx, record),
         "get" => get(&shared, &rp, &ctx),
         "list" => list(&shared, &rp, &ctx),
         "create" => create(&shared, &rp, &ctx, &body),
@@ -635,6 +643,9 @@ fn resource_list(registry: &Registry, group: &str, version: &str) -> Value {
             r["categories"] = json!(rt.categories);
         }
         resources.push(r);
+        if has_scale(rt) {
+            resources.push(json!({"name": format!("{}/scale", rt.plural), "singularName": "", "namespaced": rt.namespaced, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
+        }
         if rt.status_subresource {
             resources.push(json!({"name": format!("{}/status", rt.plural), "singularName": "", "namespaced": rt.namespaced, "kind": rt.kind, "verbs": ["get", "patch", "update"]}));
         }
@@ -937,6 +948,130 @@ fn admit_builtin(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+fn has_scale(rt: &ResourceType) -> bool {
+    rt.group == "apps"
+        && matches!(
+            rt.kind.as_str(),
+            "Deployment" | "StatefulSet" | "ReplicaSet"
+        )
+}
+
+fn scale_view(obj: &Value) -> Value {
+    let selector = obj
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    json!({
+        "kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": obj_name(obj), "namespace": obj_ns(obj),
+            "uid": obj["metadata"]["uid"], "resourceVersion": obj["metadata"]["resourceVersion"],
+            "creationTimestamp": obj["metadata"]["creationTimestamp"],
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(1))},
+        "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector},
+    })
+}
+
+/// The `scale` subresource of Deployments, StatefulSets and ReplicaSets (`kubectl scale`).
+fn scale(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, verb: &str, body: &[u8]) -> Reply {
+    let rt = &rp.rt;
+    let name = rp.name.clone().unwrap_or_default();
+    let ns = rp.namespace.clone().unwrap_or_default();
+    let mut state = lock(&shared.state);
+    let old = state
+        .store
+        .get(&rt.storage_key(), &ns, &name)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(rt, &name))?;
+    let view = scale_view(&old);
+    let new_view = match verb {
+        "get" => return Ok((200, view, vec![])),
+        "update" => parse_body(ctx, body)?,
+        "patch" => {
+            let patch_body: Value = serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+            let mut v = view.clone();
+            match patch_kind(&ctx.content_type) {
+                "json" => patch::json_patch(&mut v, &patch_body)
+                    .map_err(|e| ApiError::new(422, "Invalid", e))?,
+                _ => patch::merge_patch(&mut v, &patch_body),
+            }
+            v
+        }
+        _ => {
+            return Err(ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            ));
+        }
+    };
+    let mut new = old.clone();
+    new["spec"]["replicas"] = new_view
+        .pointer("/spec/replicas")
+        .cloned()
+        .unwrap_or(json!(1));
+    let main = ResourcePath {
+        sub: None,
+        ..rp.clone()
+    };
+    let (code, stored, _) = update_object(&mut state, &main, ctx, &old, new, false, false)?;
+    Ok((code, scale_view(&stored), vec![]))
+}
+
+/// RFC 1123 subdomain (most names) or label (namespaces), as the real server requires.
+fn validate_name(rt: &ResourceType, name: &str) -> Result<(), ApiError> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let (ok, what) = if rt.kind == "Namespace" {
+        (
+            label_ok(name),
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')",
+        )
+    } else if matches!(
+        rt.kind.as_str(),
+        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding"
+    ) {
+        // RBAC names are path segments: anything but '/', '%' and '..'.
+        (
+            !name.is_empty()
+                && !name.contains('/')
+                && !name.contains('%')
+                && name != ".."
+                && name != ".",
+            "may not contain '/' or '%'",
+        )
+    } else {
+        (
+            name.len() <= 253 && name.split('.').all(label_ok),
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+        )
+    };
+    if ok {
+        Ok(())
+    } else {
+        let errors = [schema::FieldError::invalid(
+            "metadata.name",
+            &json!(name),
+            what,
+        )];
+        Err(ApiError::invalid(rt, name, &errors))
+    }
+}
+
 fn check_namespace(state: &State, rt: &ResourceType, ns: &str) -> Result<(), ApiError> {
     if !rt.namespaced {
         return Ok(());
@@ -1021,6 +1156,7 @@ fn create_object(
             "the name of the object does not match the name on the URL",
         ));
     }
+    validate_name(rt, &name)?;
     check_namespace(state, rt, &ns)?;
     if state.store.get(&rt.storage_key(), &ns, &name).is_some() {
         return Err(ApiError::new(
@@ -1736,7 +1872,12 @@ fn expired_event(rv: &str, compacted: u64) -> Value {
     json!({"type": "ERROR", "object": e.status_json()})
 }
 
-fn watch_response(shared: std::sync::Arc<Shared>, rp: ResourcePath, ctx: &Ctx) -> Response<Body> {
+fn watch_response(
+    shared: std::sync::Arc<Shared>,
+    rp: ResourcePath,
+    ctx: &Ctx,
+    record: RequestRecord,
+) -> Response<Body> {
     let (labels, fields) = match selectors(ctx) {
         Ok(s) => s,
         Err(e) => return error_response(&e),
@@ -1838,7 +1979,7 @@ fn watch_response(shared: std::sync::Arc<Shared>, rp: ResourcePath, ctx: &Ctx) -
                 _ = tx.closed() => return,
                 _ = tick.tick(), if bookmarks => {
                     let bm = json!({"type": "BOOKMARK", "object": {"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": {"resourceVersion": last_rv.to_string()}}});
-                    if !shared.faults.is_paused() && tx.send(encode(&bm)).await.is_err() {
+                    if !shared.faults.is_paused_for(&record) && tx.send(encode(&bm)).await.is_err() {
                         return;
                     }
                 }
@@ -1856,8 +1997,8 @@ fn watch_response(shared: std::sync::Arc<Shared>, rp: ResourcePath, ctx: &Ctx) -
                                 continue;
                             }
                             last_rv = change.rv;
-                            if shared.faults.is_paused() {
-                                shared.faults.wait_unpaused().await;
+                            if shared.faults.is_paused_for(&record) {
+                                shared.faults.wait_unpaused_for(&record).await;
                             }
                             if let Some(t) = filter.event_for(&change)
                                 && name_ok(&change.object)

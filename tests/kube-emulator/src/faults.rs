@@ -153,14 +153,15 @@ impl Failure {
 
 /// What the emulator does to requests right now.
 pub struct Faults {
-    paused: watch::Sender<bool>,
+    /// `Some(filter)`: requests matching `filter` hang (and so do their watch streams).
+    paused: watch::Sender<Option<RequestFilter>>,
     failures: Mutex<Vec<Failure>>,
 }
 
 impl Default for Faults {
     fn default() -> Self {
         Faults {
-            paused: watch::channel(false).0,
+            paused: watch::channel(None).0,
             failures: Mutex::new(Vec::new()),
         }
     }
@@ -168,19 +169,24 @@ impl Default for Faults {
 
 impl Faults {
     pub fn pause(&self) {
-        self.paused.send_replace(true);
+        self.paused.send_replace(Some(RequestFilter::new()));
+    }
+    pub fn pause_matching(&self, filter: RequestFilter) {
+        self.paused.send_replace(Some(filter));
     }
     pub fn resume(&self) {
-        self.paused.send_replace(false);
+        self.paused.send_replace(None);
     }
-    pub fn is_paused(&self) -> bool {
-        *self.paused.borrow()
+    pub fn is_paused_for(&self, r: &RequestRecord) -> bool {
+        self.paused.borrow().as_ref().is_some_and(|f| f.matches(r))
     }
-    /// Waits while paused (requests and watch streams hang, like an unreachable server).
-    pub async fn wait_unpaused(&self) {
+    /// Waits while `r` is paused (requests and watch streams hang, like an unreachable server).
+    pub async fn wait_unpaused_for(&self, r: &RequestRecord) {
         let mut rx = self.paused.subscribe();
         // An error means the sender is gone: the emulator is shutting down.
-        let _ = rx.wait_for(|p| !*p).await;
+        let _ = rx
+            .wait_for(|p| p.as_ref().is_none_or(|f| !f.matches(r)))
+            .await;
     }
     pub fn add_failure(&self, f: Failure) {
         lock(&self.failures).push(f);

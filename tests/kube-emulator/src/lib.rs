@@ -200,6 +200,12 @@ impl Emulator {
         self.shared.faults.pause();
     }
 
+    /// Hangs only requests (and watch streams) matching `filter`, e.g. one component's
+    /// ServiceAccount, until [`Emulator::resume`]; a later pause replaces this one.
+    pub fn pause_matching(&self, filter: RequestFilter) {
+        self.shared.faults.pause_matching(filter);
+    }
+
     pub fn resume(&self) {
         self.shared.faults.resume();
     }
@@ -243,8 +249,11 @@ impl Emulator {
         lock(&self.shared.state).store.current_rv()
     }
 
-    /// Reads an object straight from storage (not counted, no RBAC): `resource` is the plural
-    /// with its group (`webhookintegrations.hookwarden.dev`, or `secrets` for the core group).
+    /// Reads an object straight from storage (not counted, no RBAC, works while paused):
+    /// `resource` is the plural with its group (`webhookintegrations.hookwarden.dev`,
+    /// `leases.coordination.k8s.io`), the bare plural for the core group (`secrets`), and
+    /// `events` for Events of both APIs (stored in the core/v1 shape: `involvedObject`,
+    /// `message`). Cluster-scoped objects have namespace `""`.
     pub fn object(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
         lock(&self.shared.state)
             .store
