@@ -170,9 +170,6 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| display_base_url(local));
 
-    let synced = sync::sync(&dir, &state, &base_url, jiff::Timestamp::now())?;
-    report(&synced);
-
     let config = RuntimeConfig {
         status_interval: args.status_interval,
         degraded_after: args.degraded_after,
@@ -185,7 +182,11 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
         external_base_url: args.external_base_url.clone(),
         runtime: config,
     };
+    // The journal's lock comes first: a second standalone on the same state stops here,
+    // before it touches assignments or status.
     let receiver = Receiver::start(options, Arc::new(state.status_writer()), None).await?;
+    let synced = sync::sync(&dir, &state, &base_url, jiff::Timestamp::now())?;
+    report(&synced);
     for error in receiver.handle().replace_all(synced.routes.clone()) {
         tracing::warn!(%error, "route not served");
     }

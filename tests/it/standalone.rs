@@ -612,3 +612,22 @@ fn a_full_journal_answers_503_and_the_retry_is_accepted_after_compaction() {
     assert_eq!(open(&object), 1);
     receiver.stop();
 }
+
+#[test]
+fn a_second_standalone_on_the_same_state_refuses_to_start() {
+    let dir = folder_with(&["datadog.yaml"]);
+    let first = Standalone::start(dir.path());
+    let second = Command::new(BIN)
+        .args(["standalone", "--dir"])
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .expect("run a second standalone");
+    assert!(
+        !second.status.success(),
+        "two processes must never share one journal"
+    );
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("journal"), "{stderr}");
+    first.stop();
+}
