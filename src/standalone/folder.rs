@@ -20,6 +20,8 @@ pub struct Folder {
     pub integrations: BTreeMap<String, WebhookIntegration>,
     /// Secrets by `namespace/name`.
     pub secrets: BTreeMap<String, Secret>,
+    /// The file each Secret was read from, by `namespace/name` (to tell users where).
+    pub secret_files: BTreeMap<String, PathBuf>,
     /// Problems found (file and what is wrong); the rest of the folder still loads.
     pub problems: Vec<String>,
 }
@@ -163,6 +165,9 @@ fn load_document(folder: &mut Folder, path: &Path, index: usize, value: serde_ya
                         .push(format!("{}: Secret without metadata.name", where_()));
                     return;
                 };
+                folder
+                    .secret_files
+                    .insert(format!("{namespace}/{name}"), path.to_path_buf());
                 folder.secrets.insert(format!("{namespace}/{name}"), secret);
             }
             Err(e) => folder

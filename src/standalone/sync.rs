@@ -160,13 +160,13 @@ pub fn sync(
             url: planned.status.url.clone().unwrap_or_default(),
             secret_hint: match &integration.spec.secret_ref {
                 None => format!("cat {}", secret_file.display()),
-                Some(r) => format!(
-                    "key {} of Secret {}/{} in {}",
-                    r.key,
-                    namespace,
-                    r.name,
-                    dir.display()
-                ),
+                Some(r) => {
+                    let file = folder
+                        .secret_files
+                        .get(&format!("{namespace}/{}", r.name))
+                        .map_or_else(|| dir.display().to_string(), |f| f.display().to_string());
+                    format!("key {} of Secret {} in {file}", r.key, r.name)
+                }
             },
             ready: ready.is_some_and(|c| c.status == "True"),
             problem: ready
