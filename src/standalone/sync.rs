@@ -207,3 +207,128 @@ pub fn sync(
     state.save_assignments(&assignments)?;
     Ok(synced)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "http://127.0.0.1:8080";
+
+    fn write(dir: &Path, file: &str, text: &str) {
+        std::fs::write(dir.join(file), text).expect("write");
+    }
+
+    fn datadog(token: &str) -> String {
+        format!(
+            "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata: {{name: dd}}\nspec: {{provider: datadog, secretRef: {{name: tok, key: token}}}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: tok}}\nstringData: {{token: {token}}}\n"
+        )
+    }
+
+    fn now(offset: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_second(1_800_000_000 + offset).expect("ts")
+    }
+
+    #[test]
+    fn paths_uids_and_generations_behave_like_a_cluster() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::create(&dir.path().join(".state")).expect("state");
+        write(dir.path(), "dd.yaml", &datadog("one"));
+        let first = sync(dir.path(), &state, BASE, now(0)).expect("sync");
+        let route = first.routes[0].clone();
+        assert!(first.rows[0].ready);
+        assert_eq!(first.rows[0].url, format!("{BASE}{}", route.path));
+        assert_eq!(route.generation, 1);
+
+        // Unchanged folder: same path, uid and generation.
+        let again = sync(dir.path(), &state, BASE, now(10)).expect("sync");
+        assert_eq!(again.routes[0], route);
+
+        // Secret rotated: the old value stays accepted for previousSecretTTL (24 h default).
+        write(dir.path(), "dd.yaml", &datadog("two"));
+        let rotated = sync(dir.path(), &state, BASE, now(20))
+            .expect("sync")
+            .routes[0]
+            .clone();
+        assert_eq!(
+            (rotated.path.as_str(), rotated.uid.as_str()),
+            (route.path.as_str(), route.uid.as_str())
+        );
+        let live: Vec<&str> = rotated
+            .live_secrets(1_800_000_030)
+            .map(|s| s.expose())
+            .collect();
+        assert_eq!(live, ["two", "one"]);
+
+        // Spec change: generation bumps, path stays.
+        write(
+            dir.path(),
+            "dd.yaml",
+            &datadog("two").replace("provider: datadog,", "provider: datadog, suspend: true,"),
+        );
+        let suspended = sync(dir.path(), &state, BASE, now(30)).expect("sync");
+        assert_eq!(suspended.routes[0].generation, 2);
+        assert_eq!(suspended.routes[0].path, route.path);
+        assert!(!suspended.rows[0].ready, "suspended is not Ready");
+
+        // Deleted and re-created: a new integration (new uid, new path).
+        std::fs::remove_file(dir.path().join("dd.yaml")).expect("rm");
+        assert!(
+            sync(dir.path(), &state, BASE, now(40))
+                .expect("sync")
+                .routes
+                .is_empty()
+        );
+        write(dir.path(), "dd.yaml", &datadog("two"));
+        let recreated = sync(dir.path(), &state, BASE, now(50))
+            .expect("sync")
+            .routes[0]
+            .clone();
+        assert_ne!(recreated.uid, route.uid);
+        assert_ne!(recreated.path, route.path);
+    }
+
+    #[test]
+    fn a_missing_secret_is_a_condition_and_a_generated_one_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::create(&dir.path().join(".state")).expect("state");
+        write(
+            dir.path(),
+            "x.yaml",
+            "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata: {name: dd}\nspec: {provider: datadog, secretRef: {name: nope, key: token}}\n---\napiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata: {name: gh, namespace: dev}\nspec: {provider: github}\n",
+        );
+        let synced = sync(dir.path(), &state, BASE, now(0)).expect("sync");
+        let dd = synced.rows.iter().find(|r| r.name == "dd").expect("dd");
+        assert!(!dd.ready);
+        assert!(
+            dd.problem
+                .as_deref()
+                .is_some_and(|p| p.contains("default/nope")),
+            "{:?}",
+            dd.problem
+        );
+        assert_eq!(synced.routes.len(), 1, "no route without a secret");
+        let generated = state.read_generated_secret("dev", "gh").expect("generated");
+        assert_eq!(synced.routes[0].secrets[0].value.expose(), generated);
+        let again = sync(dir.path(), &state, BASE, now(5)).expect("sync");
+        assert_eq!(
+            again.routes[0].secrets[0].value.expose(),
+            generated,
+            "the generated secret is stable"
+        );
+        // The object `get` prints carries the controller's conditions.
+        let objects = state.read_objects().expect("objects");
+        let dd = objects
+            .iter()
+            .find(|o| o.metadata.name.as_deref() == Some("dd"))
+            .expect("dd object");
+        let ready = dd
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .expect("Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "SecretNotFound")
+        );
+    }
+}
