@@ -125,11 +125,17 @@ pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
         .await
     });
     let watch_stop = shutdown.clone();
-    let state = receiver.state().clone();
+    // Weak: the watch must not keep the pipeline (and so the journal) alive at shutdown,
+    // or the journal could not be closed cleanly.
+    let state = Arc::downgrade(receiver.state());
     let watch_task = tokio::spawn(watch_routes(
         Api::namespaced(client, &args.namespace),
         receiver.handle(),
-        move || state.set_ready(true),
+        move || {
+            if let Some(state) = state.upgrade() {
+                state.set_ready(true);
+            }
+        },
         watch_stop,
     ));
     let signal = shutdown.clone();

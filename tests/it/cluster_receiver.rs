@@ -346,7 +346,7 @@ async fn receiver_keeps_acknowledged_deliveries_through_kill_9_and_an_api_outage
         assert!(acked.len() < 1000, "the kill should land mid-burst");
         let keys: BTreeSet<String> = acked.iter().map(|i| format!("k-{}", i % 25)).collect();
 
-        let _receiver = start_receiver(&kubeconfig, &journal, port, &log);
+        let mut receiver = start_receiver(&kubeconfig, &journal, port, &log);
         let want = acked.len() as i64 + 1; // + the probe
         eventually(
             "every acknowledged delivery on the status",
@@ -460,6 +460,25 @@ async fn receiver_keeps_acknowledged_deliveries_through_kill_9_and_an_api_outage
             "the chart's RBAC refused: {:?}",
             denied(&emu)
         );
+
+        // SIGTERM right after a delivery: the receiver stops accepting, drains, flushes the
+        // status and closes the journal before it exits.
+        let before = accepted(&object());
+        assert_eq!(datadog(&url, "last-before-sigterm", "x", "Triggered"), Some(202));
+        let pid = receiver.0.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = receiver.0.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline, "the receiver did not stop on SIGTERM");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(status.success(), "receiver exited with {status}");
+        assert_eq!(accepted(&object()), before + 1, "the final flush wrote the last delivery");
+        let logs = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(!logs.contains("did not close cleanly") && !logs.contains("still in use"), "{logs}");
     })
     .await
     .expect("test finished in time");
