@@ -870,3 +870,46 @@ async fn kube_rs_events_show_in_kubectl_and_streaming_lists_work() {
     .await
     .expect("test finished in time");
 }
+
+/// Every invalid example the README lists (tests/fixtures/invalid/*.yaml, each with an
+/// `# expect:` line) is refused by `kubectl apply` with that message, and a valid example
+/// next to it is accepted — so the table in the README stays true.
+#[tokio::test]
+async fn readme_invalid_examples_are_rejected_by_the_crd() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let emu = Emulator::start().await.expect("emulator");
+        install_crd(&emu).await;
+        let kubectl = Kubectl::admin(&emu);
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/invalid");
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .expect("fixtures dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+        files.sort();
+        assert!(files.len() >= 7, "fixtures missing: {files:?}");
+        for file in files {
+            let text = std::fs::read_to_string(&file).expect("fixture");
+            let expect = text
+                .lines()
+                .find_map(|l| l.strip_prefix("# expect: "))
+                .unwrap_or_else(|| panic!("{} has no '# expect:' line", file.display()));
+            let path = file.to_string_lossy().into_owned();
+            let out = kubectl.run(&["apply", "-n", "default", "-f", &path]).await;
+            assert!(!out.ok, "{} was accepted:\n{}", file.display(), out.stdout);
+            assert!(
+                out.stderr.contains(expect),
+                "{}: expected {expect:?} in:\n{}",
+                file.display(),
+                out.stderr
+            );
+        }
+        let valid = kubectl.file(
+            "valid.yaml",
+            "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata: {name: ok}\nspec:\n  provider: generic\n  allowedSourceRanges: [10.0.0.0/8, \"2001:db8::/32\"]\n  signature: {header: X-Sig, algorithm: sha256, encoding: hex, signedContent: \"{timestamp}.{body}\", timestampHeader: X-Ts}\n",
+        );
+        kubectl.ok(&["apply", "-n", "default", "-f", &valid]).await;
+    })
+    .await
+    .expect("test finished in time");
+}
