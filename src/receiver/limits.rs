@@ -19,51 +19,11 @@ pub const DEFAULT_BURST: u32 = 200;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// A Go duration string (`24h`, `90m`, `1h30m`, `1.5s`, `0s`) that cannot be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {0:?}: expected a Go duration such as 24h, 90m or 1h30m")]
-pub struct DurationError(pub String);
+pub use crate::domain::duration::InvalidDuration as DurationError;
 
-/// Parses the Go duration subset the CRD accepts: one or more `<number><unit>` groups,
-/// units `ns`, `us`/`µs`, `ms`, `s`, `m`, `h`, decimals allowed.
+/// Parses the Go duration subset the CRD accepts (one parser for the whole crate).
 pub fn parse_go_duration(text: &str) -> Result<Duration, DurationError> {
-    let err = || DurationError(text.to_string());
-    if text.is_empty() {
-        return Err(err());
-    }
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut rest = text;
-    let mut total_nanos: f64 = 0.0;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(err)?;
-        if num_len == 0 {
-            return Err(err());
-        }
-        let value: f64 = rest[..num_len].parse().map_err(|_| err())?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let nanos_per_unit = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return Err(err()),
-        };
-        rest = &rest[unit_len..];
-        total_nanos += value * nanos_per_unit;
-    }
-    // Bounded: a duration beyond ~292 years is a typo, not a window.
-    if !total_nanos.is_finite() || total_nanos > u64::MAX as f64 {
-        return Err(err());
-    }
-    Ok(Duration::from_nanos(total_nanos as u64))
+    crate::domain::duration::parse(text)
 }
 
 /// The address the delivery came from.
