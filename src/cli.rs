@@ -57,7 +57,10 @@ pub fn main() -> ExitCode {
         Command::Verify(args) => crate::tools::verify(args),
         Command::Sign(args) => crate::tools::sign(args),
         command => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: cannot start the async runtime: {e}");
@@ -71,7 +74,9 @@ pub fn main() -> ExitCode {
                     Command::Standalone(args) => crate::standalone::run(args).await,
                     Command::Get(args) => crate::standalone::get(args).await,
                     Command::SendTest(args) => crate::tools::send_test(args).await,
-                    Command::Crdgen | Command::Verify(_) | Command::Sign(_) => unreachable_command(),
+                    Command::Crdgen | Command::Verify(_) | Command::Sign(_) => {
+                        unreachable_command()
+                    }
                 }
             });
             match result {

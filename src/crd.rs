@@ -58,7 +58,11 @@ pub struct WebhookIntegrationSpec {
 
     /// After the referenced secret changes, the previous value is still accepted for this
     /// long (Go duration, e.g. 24h, 90m). Default 24h; 0s drops it at once.
-    #[serde(default, rename = "previousSecretTTL", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "previousSecretTTL",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
     pub previous_secret_ttl: Option<String>,
 
@@ -379,8 +383,8 @@ pub struct IncidentSummary {
     /// When the newest event applied to this incident happened at the sender.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_event_time: Option<Time>,
-    /// For an incident that re-opened (or resolved again): when it last resolved before
-    /// its current episode began. Lets receiver replicas agree on openedAt.
+    /// When the incident last resolved before the episode that openedAt starts (set once
+    /// it has re-opened). Lets receiver replicas agree on openedAt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_resolved_at: Option<Time>,
     /// Ordering key of the newest event applied (`<unix ms>:<tiebreak>`): an event that

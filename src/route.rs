@@ -95,9 +95,15 @@ impl Route {
                 namespace: Some(route_namespace.to_string()),
                 labels: Some(BTreeMap::from([
                     (ROUTE_LABEL.to_string(), "true".to_string()),
-                    ("app.kubernetes.io/managed-by".to_string(), "hookwarden".to_string()),
+                    (
+                        "app.kubernetes.io/managed-by".to_string(),
+                        "hookwarden".to_string(),
+                    ),
                 ])),
-                annotations: Some(BTreeMap::from([(INTEGRATION_ANNOTATION.to_string(), self.key())])),
+                annotations: Some(BTreeMap::from([(
+                    INTEGRATION_ANNOTATION.to_string(),
+                    self.key(),
+                )])),
                 ..ObjectMeta::default()
             },
             type_: Some("hookwarden.dev/route".to_string()),

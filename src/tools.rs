@@ -1,27 +1,668 @@
-//! `hookwarden verify`, `sign` and `send-test`.
+//! `hookwarden verify`, `sign` and `send-test`: thin command-line shells around
+//! [`crate::domain::signature`], the same code the receiver runs.
+//!
+//! Exit codes: 0 valid / sent and answered 2xx; 1 invalid / non-2xx answer or
+//! connection failure; 2 usage error (unknown provider, unreadable file, malformed
+//! `--header`, inconsistent settings).
 
+use std::fmt;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::crd::{HmacAlgorithm, SignatureEncoding, SignatureSpec, WebhookIntegrationSpec};
+use crate::domain::provider::ProviderKind;
+use crate::domain::sample::{self, SampleOptions};
+use crate::domain::signature::{self, Delivery, Scheme, SignInput, Verdict};
+
+/// Exit code for usage errors, like clap's own.
+const USAGE: u8 = 2;
+
+/// Largest response body `send-test` prints.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Settings for provider `generic` given as flags instead of `--spec`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct GenericFlags {
+    /// generic: header carrying the signature (spec.signature.header).
+    #[arg(long, value_name = "NAME")]
+    pub signature_header: Option<String>,
+    /// generic: sha1, sha256 or sha512.
+    #[arg(long, value_name = "ALG", value_parser = parse_algorithm)]
+    pub algorithm: Option<HmacAlgorithm>,
+    /// generic: hex or base64.
+    #[arg(long, value_name = "ENC", value_parser = parse_encoding)]
+    pub encoding: Option<SignatureEncoding>,
+    /// generic: text before the signature, e.g. `sha256=`.
+    #[arg(long, value_name = "TEXT")]
+    pub prefix: Option<String>,
+    /// generic: signed content template over {body}, {timestamp}, {id}; default {body}.
+    #[arg(long, value_name = "TEMPLATE")]
+    pub signed_content: Option<String>,
+    /// generic: header carrying the signed Unix timestamp.
+    #[arg(long, value_name = "NAME")]
+    pub timestamp_header: Option<String>,
+    /// generic: header carrying the delivery id.
+    #[arg(long, value_name = "NAME")]
+    pub id_header: Option<String>,
+    /// generic: timestamp window in seconds, both directions (default 300).
+    #[arg(long, value_name = "SECONDS")]
+    pub tolerance_seconds: Option<i32>,
+}
+
+impl GenericFlags {
+    fn is_empty(&self) -> bool {
+        self.signature_header.is_none()
+            && self.algorithm.is_none()
+            && self.encoding.is_none()
+            && self.prefix.is_none()
+            && self.signed_content.is_none()
+            && self.timestamp_header.is_none()
+            && self.id_header.is_none()
+            && self.tolerance_seconds.is_none()
+    }
+}
+
+fn parse_algorithm(s: &str) -> Result<HmacAlgorithm, String> {
+    serde_yaml::from_str(&s.to_ascii_lowercase())
+        .map_err(|_| format!("{s:?}: expected sha1, sha256 or sha512"))
+}
+
+fn parse_encoding(s: &str) -> Result<SignatureEncoding, String> {
+    serde_yaml::from_str(&s.to_ascii_lowercase())
+        .map_err(|_| format!("{s:?}: expected hex or base64"))
+}
+
+fn parse_provider(s: &str) -> Result<ProviderKind, String> {
+    s.parse()
+        .map_err(|e: crate::domain::provider::UnknownProvider| e.to_string())
+}
+
+/// Which scheme a command uses: a preset, refined by `--spec` or flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SchemeArgs {
+    /// Provider preset (github, stripe, slack, …). Optional when --spec names one.
+    #[arg(long, value_name = "NAME", value_parser = parse_provider, required_unless_present = "spec")]
+    pub provider: Option<ProviderKind>,
+    /// A WebhookIntegration YAML (or just its spec) supplying provider, signature and
+    /// tokenHeader settings.
+    #[arg(long, value_name = "FILE")]
+    pub spec: Option<PathBuf>,
+    /// Token presets: extra header carrying the token (spec.tokenHeader).
+    #[arg(long, value_name = "NAME")]
+    pub token_header: Option<String>,
+    #[command(flatten)]
+    pub generic: GenericFlags,
+}
 
 /// Flags of `hookwarden verify`.
-#[derive(Debug, clap::Args)]
-pub struct VerifyArgs {}
+#[derive(Clone, clap::Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub scheme: SchemeArgs,
+    /// A secret to try; repeat for rotation (current, then previous).
+    #[arg(
+        long = "secret",
+        value_name = "VALUE",
+        required = true,
+        allow_hyphen_values = true
+    )]
+    pub secrets: Vec<String>,
+    /// The raw body exactly as received (`-` for stdin).
+    #[arg(long, value_name = "PATH")]
+    pub body_file: PathBuf,
+    /// A request header as `Name: value`; repeat for each header.
+    #[arg(
+        long = "header",
+        value_name = "'Name: value'",
+        allow_hyphen_values = true
+    )]
+    pub headers: Vec<String>,
+    /// The full URL the sender called, query included (Twilio signs it).
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// HTTP method of the delivery.
+    #[arg(long, default_value = "POST")]
+    pub method: String,
+    /// Judge timestamps at this Unix time (seconds) instead of the clock.
+    #[arg(long, value_name = "UNIX_SECONDS", allow_negative_numbers = true)]
+    pub now: Option<i64>,
+}
+
+impl fmt::Debug for VerifyArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyArgs")
+            .field("scheme", &self.scheme)
+            .field(
+                "secrets",
+                &format_args!("<{} redacted>", self.secrets.len()),
+            )
+            .field("body_file", &self.body_file)
+            .field("headers", &self.headers.len())
+            .field("url", &self.url)
+            .field("method", &self.method)
+            .field("now", &self.now)
+            .finish()
+    }
+}
+
 /// Flags of `hookwarden sign`.
-#[derive(Debug, clap::Args)]
-pub struct SignArgs {}
+#[derive(Clone, clap::Args)]
+pub struct SignArgs {
+    #[command(flatten)]
+    pub scheme: SchemeArgs,
+    /// The shared secret or token.
+    #[arg(long, value_name = "VALUE", allow_hyphen_values = true)]
+    pub secret: String,
+    /// The body to sign (`-` for stdin).
+    #[arg(long, value_name = "PATH")]
+    pub body_file: PathBuf,
+    /// Unix seconds to sign with (default: now).
+    #[arg(long, value_name = "UNIX_SECONDS", allow_negative_numbers = true)]
+    pub timestamp: Option<i64>,
+    /// Delivery id to sign or send (default: a random msg_… id).
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+    /// URL the delivery is sent to (Twilio signs it).
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Content type of the body (default: application/json; Twilio and Slack: form
+    /// unless the body looks like JSON).
+    #[arg(long, value_name = "TYPE")]
+    pub content_type: Option<String>,
+}
+
+impl fmt::Debug for SignArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignArgs")
+            .field("scheme", &self.scheme)
+            .field("secret", &"<redacted>")
+            .field("body_file", &self.body_file)
+            .field("timestamp", &self.timestamp)
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("content_type", &self.content_type)
+            .finish()
+    }
+}
+
 /// Flags of `hookwarden send-test`.
-#[derive(Debug, clap::Args)]
-pub struct SendTestArgs {}
-
-pub fn verify(_args: VerifyArgs) -> ExitCode {
-    eprintln!("hookwarden verify is not built yet");
-    ExitCode::from(2)
+#[derive(Clone, clap::Args)]
+pub struct SendTestArgs {
+    /// Endpoint URL (http or https), e.g. the integration's status.url.
+    pub url: String,
+    #[command(flatten)]
+    pub scheme: SchemeArgs,
+    /// The shared secret or token the integration expects.
+    #[arg(long, value_name = "VALUE", allow_hyphen_values = true)]
+    pub secret: String,
+    /// Monitoring providers: send the recovery of the incident instead of its trigger.
+    #[arg(long)]
+    pub resolve: bool,
+    /// The sender's incident id (default hookwarden-send-test), so a trigger and a
+    /// --resolve hit the same incident.
+    #[arg(long, value_name = "ID")]
+    pub incident_id: Option<String>,
+    /// Delivery id (default: random).
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+    /// Send this body (JSON) instead of the provider's sample.
+    #[arg(long, value_name = "PATH")]
+    pub body_file: Option<PathBuf>,
+    /// Give up after this many seconds (connect + answer).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub timeout_seconds: u64,
 }
 
-pub fn sign(_args: SignArgs) -> ExitCode {
-    eprintln!("hookwarden sign is not built yet");
-    ExitCode::from(2)
+impl fmt::Debug for SendTestArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendTestArgs")
+            .field("url", &self.url)
+            .field("scheme", &self.scheme)
+            .field("secret", &"<redacted>")
+            .field("resolve", &self.resolve)
+            .field("incident_id", &self.incident_id)
+            .field("id", &self.id)
+            .field("body_file", &self.body_file)
+            .field("timeout_seconds", &self.timeout_seconds)
+            .finish()
+    }
 }
 
-pub async fn send_test(_args: SendTestArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("hookwarden send-test is not built yet")
+/// A usage error: printed, exit 2.
+#[derive(Debug)]
+struct Usage(String);
+
+impl<E: fmt::Display> From<E> for Usage {
+    fn from(e: E) -> Self {
+        Usage(e.to_string())
+    }
+}
+
+fn usage_exit(e: Usage) -> ExitCode {
+    eprintln!("error: {}", e.0);
+    ExitCode::from(USAGE)
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn read_body(path: &Path) -> Result<Vec<u8>, Usage> {
+    if path.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .map_err(|e| Usage(format!("cannot read the body from stdin: {e}")))?;
+        return Ok(buf);
+    }
+    std::fs::read(path)
+        .map_err(|e| Usage(format!("cannot read --body-file {}: {e}", path.display())))
+}
+
+/// The spec inside a WebhookIntegration YAML file (first WebhookIntegration document),
+/// or a file holding just a spec.
+fn load_spec(path: &Path) -> Result<WebhookIntegrationSpec, Usage> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Usage(format!("cannot read --spec {}: {e}", path.display())))?;
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value = serde_yaml::Value::deserialize(doc)
+            .map_err(|e| Usage(format!("{}: {e}", path.display())))?;
+        let spec = match value.get("kind").and_then(|k| k.as_str()) {
+            Some("WebhookIntegration") => value.get("spec").cloned(),
+            Some(_) => None,
+            None if value.get("provider").is_some() => Some(value),
+            None => None,
+        };
+        if let Some(spec) = spec {
+            return serde_yaml::from_value(spec)
+                .map_err(|e| Usage(format!("{}: invalid spec: {e}", path.display())));
+        }
+    }
+    Err(Usage(format!(
+        "{}: no WebhookIntegration document found",
+        path.display()
+    )))
+}
+
+use serde::Deserialize as _;
+
+fn build_scheme(args: &SchemeArgs) -> Result<Scheme, Usage> {
+    let mut spec = match &args.spec {
+        Some(path) => {
+            let spec = load_spec(path)?;
+            if let Some(p) = args.provider
+                && p != spec.provider
+            {
+                return Err(Usage(format!(
+                    "--provider {p} contradicts provider {} in {}",
+                    spec.provider,
+                    path.display()
+                )));
+            }
+            spec
+        }
+        None => {
+            let provider = args
+                .provider
+                .ok_or_else(|| Usage("--provider is required".to_string()))?;
+            serde_yaml::from_str::<WebhookIntegrationSpec>(&format!("provider: {provider}"))?
+        }
+    };
+    if let Some(h) = &args.token_header {
+        spec.token_header = Some(h.clone());
+    }
+    if !args.generic.is_empty() {
+        if spec.provider != ProviderKind::Generic {
+            return Err(Usage(
+                "--signature-header, --algorithm, … only apply to --provider generic".to_string(),
+            ));
+        }
+        let g = &args.generic;
+        let base = spec.signature.take();
+        let header = g
+            .signature_header
+            .clone()
+            .or_else(|| base.as_ref().map(|b| b.header.clone()))
+            .ok_or_else(|| Usage("provider generic needs --signature-header".to_string()))?;
+        spec.signature = Some(SignatureSpec {
+            header,
+            algorithm: g
+                .algorithm
+                .or(base.as_ref().map(|b| b.algorithm))
+                .unwrap_or(HmacAlgorithm::Sha256),
+            encoding: g
+                .encoding
+                .or(base.as_ref().map(|b| b.encoding))
+                .unwrap_or(SignatureEncoding::Hex),
+            prefix: g
+                .prefix
+                .clone()
+                .or_else(|| base.as_ref().map(|b| b.prefix.clone()))
+                .unwrap_or_default(),
+            signed_content: g
+                .signed_content
+                .clone()
+                .or_else(|| base.as_ref().map(|b| b.signed_content.clone()))
+                .unwrap_or_else(|| "{body}".to_string()),
+            timestamp_header: g
+                .timestamp_header
+                .clone()
+                .or_else(|| base.as_ref().and_then(|b| b.timestamp_header.clone())),
+            id_header: g
+                .id_header
+                .clone()
+                .or_else(|| base.as_ref().and_then(|b| b.id_header.clone())),
+            tolerance_seconds: g
+                .tolerance_seconds
+                .or_else(|| base.as_ref().and_then(|b| b.tolerance_seconds)),
+        });
+    }
+    Ok(Scheme::from_spec(&spec)?)
+}
+
+fn parse_headers(raw: &[String]) -> Result<HeaderMap, Usage> {
+    let mut map = HeaderMap::new();
+    for h in raw {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| Usage(format!("--header {h:?} is not of the form 'Name: value'")))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+            Usage(format!(
+                "--header {h:?}: {:?} is not a valid header name",
+                name.trim()
+            ))
+        })?;
+        let value = HeaderValue::from_bytes(value.trim().as_bytes()).map_err(|_| {
+            Usage(format!(
+                "--header {:?}: the value is not a valid header value",
+                name.as_str()
+            ))
+        })?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// `hookwarden verify`.
+pub fn verify(args: VerifyArgs) -> ExitCode {
+    match run_verify(&args) {
+        Ok(code) => code,
+        Err(e) => usage_exit(e),
+    }
+}
+
+fn run_verify(args: &VerifyArgs) -> Result<ExitCode, Usage> {
+    let scheme = build_scheme(&args.scheme)?;
+    let body = read_body(&args.body_file)?;
+    let headers = parse_headers(&args.headers)?;
+    let url = args.url.as_deref().unwrap_or("");
+    if scheme.provider == ProviderKind::Twilio && url.is_empty() {
+        return Err(Usage(
+            "twilio signs the URL it called: pass --url with the full URL, query included"
+                .to_string(),
+        ));
+    }
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    if !signature::accepts_content_type(scheme.provider, content_type) {
+        eprintln!(
+            "note: {} never sends Content-Type {:?}; the receiver answers such deliveries 415",
+            scheme.provider,
+            content_type.unwrap_or("")
+        );
+    }
+    let now = args.now.unwrap_or_else(now_unix);
+    let secrets: Vec<&str> = args.secrets.iter().map(String::as_str).collect();
+    let delivery = Delivery {
+        method: &args.method,
+        url,
+        headers: &headers,
+        body: &body,
+    };
+    match signature::verify(&scheme, &secrets, &delivery, now) {
+        Verdict::Valid(ok) => {
+            let mut line = format!(
+                "valid: {} delivery authenticated by secret #{} of {}",
+                scheme.provider,
+                ok.secret_index + 1,
+                secrets.len()
+            );
+            if let Some(ts) = ok.timestamp {
+                line.push_str(&format!(", timestamp {ts} ({}s from now)", ts - now));
+            }
+            println!("{line}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Verdict::Invalid(r) => {
+            println!("invalid: {r} [{}]", r.code());
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn random_id() -> String {
+    let mut bytes = [0u8; 12];
+    rand::fill(&mut bytes);
+    format!("msg_{}", hex::encode(bytes))
+}
+
+fn looks_like_json(body: &[u8]) -> bool {
+    matches!(
+        body.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'{') | Some(b'[')
+    )
+}
+
+fn default_content_type(provider: ProviderKind, body: &[u8]) -> &'static str {
+    match provider {
+        ProviderKind::Twilio | ProviderKind::Slack if !looks_like_json(body) => {
+            "application/x-www-form-urlencoded"
+        }
+        _ => "application/json",
+    }
+}
+
+/// `hookwarden sign`.
+pub fn sign(args: SignArgs) -> ExitCode {
+    match run_sign(&args) {
+        Ok(lines) => {
+            for (name, value) in lines {
+                println!("{name}: {value}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => usage_exit(e),
+    }
+}
+
+fn run_sign(args: &SignArgs) -> Result<Vec<(String, String)>, Usage> {
+    let scheme = build_scheme(&args.scheme)?;
+    let body = read_body(&args.body_file)?;
+    let id = args.id.clone().unwrap_or_else(random_id);
+    let content_type = args
+        .content_type
+        .clone()
+        .unwrap_or_else(|| default_content_type(scheme.provider, &body).to_string());
+    let input = SignInput {
+        body: &body,
+        url: args.url.as_deref().unwrap_or(""),
+        timestamp: args.timestamp.unwrap_or_else(now_unix),
+        id: &id,
+        content_type: &content_type,
+    };
+    Ok(signature::sign(&scheme, &args.secret, &input)?)
+}
+
+/// `hookwarden send-test`.
+pub async fn send_test(args: SendTestArgs) -> anyhow::Result<ExitCode> {
+    let prepared = match prepare_send(&args) {
+        Ok(p) => p,
+        Err(e) => return Ok(usage_exit(e)),
+    };
+    let timeout = Duration::from_secs(args.timeout_seconds.max(1));
+    match tokio::time::timeout(timeout, deliver(prepared)).await {
+        Err(_) => {
+            eprintln!(
+                "error: no answer from {} within {}s",
+                args.url,
+                timeout.as_secs()
+            );
+            Ok(ExitCode::from(1))
+        }
+        Ok(Err(e)) => {
+            eprintln!("error: cannot deliver to {}: {e:#}", args.url);
+            Ok(ExitCode::from(1))
+        }
+        Ok(Ok((status, body))) => {
+            println!(
+                "{} {}",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("")
+            );
+            if !body.is_empty() {
+                println!("{}", String::from_utf8_lossy(&body));
+            }
+            Ok(if status.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+/// Everything to send, decided before any network I/O.
+struct Prepared {
+    request: http::Request<http_body_util::Full<bytes::Bytes>>,
+}
+
+fn prepare_send(args: &SendTestArgs) -> Result<Prepared, Usage> {
+    let scheme = build_scheme(&args.scheme)?;
+    let uri: http::Uri = args
+        .url
+        .parse()
+        .map_err(|e| Usage(format!("{:?} is not a URL: {e}", args.url)))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => {
+            return Err(Usage(format!(
+                "{:?}: only http:// and https:// URLs can be sent to",
+                args.url
+            )));
+        }
+    }
+    let now = now_unix();
+    let id = args.id.clone().unwrap_or_else(random_id);
+    let opts = SampleOptions {
+        resolve: args.resolve,
+        incident_id: args.incident_id.clone(),
+    };
+    let mut sample = sample::sample_with(scheme.provider, now, &id, &opts);
+    if let Some(path) = &args.body_file {
+        sample.body = read_body(path)?;
+        sample.content_type = default_content_type(scheme.provider, &sample.body);
+    }
+    // Twilio calls JSON webhooks with the body's hash in the URL, and signs that URL.
+    let target =
+        if scheme.provider == ProviderKind::Twilio && sample.content_type == "application/json" {
+            signature::twilio_url_with_body_hash(&args.url, &sample.body)
+        } else {
+            args.url.clone()
+        };
+    let input = SignInput {
+        body: &sample.body,
+        url: &target,
+        timestamp: now,
+        id: &id,
+        content_type: sample.content_type,
+    };
+    let auth = signature::sign(&scheme, &args.secret, &input)?;
+    let mut builder = http::Request::post(&target)
+        .header(http::header::CONTENT_TYPE, sample.content_type)
+        .header(
+            http::header::USER_AGENT,
+            concat!("hookwarden-send-test/", env!("CARGO_PKG_VERSION")),
+        );
+    for (name, value) in sample.headers.iter().chain(auth.iter()) {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    let request = builder
+        .body(http_body_util::Full::new(bytes::Bytes::from(sample.body)))
+        .map_err(|e| Usage(format!("cannot build the request: {e}")))?;
+    Ok(Prepared { request })
+}
+
+async fn deliver(prepared: Prepared) -> anyhow::Result<(http::StatusCode, Vec<u8>)> {
+    use http_body_util::BodyExt as _;
+
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector);
+    let response = client.request(prepared.request).await?;
+    let status = response.status();
+    let mut body = response.into_body();
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            let room = MAX_RESPONSE_BYTES.saturating_sub(out.len());
+            out.extend_from_slice(&data[..data.len().min(room)]);
+            if out.len() >= MAX_RESPONSE_BYTES {
+                break;
+            }
+        }
+    }
+    Ok((status, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_parse_as_name_colon_value() {
+        let map = parse_headers(&[
+            "X-Hub-Signature-256: sha256=ab".to_string(),
+            "x-a:b".to_string(),
+        ])
+        .expect("headers");
+        assert_eq!(
+            map.get("x-hub-signature-256").and_then(|v| v.to_str().ok()),
+            Some("sha256=ab")
+        );
+        assert_eq!(map.get("X-A").and_then(|v| v.to_str().ok()), Some("b"));
+        assert!(parse_headers(&["no colon".to_string()]).is_err());
+        assert!(parse_headers(&["bad name: v".to_string()]).is_err());
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let args = SignArgs {
+            scheme: SchemeArgs {
+                provider: Some(ProviderKind::Github),
+                spec: None,
+                token_header: None,
+                generic: GenericFlags::default(),
+            },
+            secret: "s3cr3t-value".to_string(),
+            body_file: PathBuf::from("b"),
+            timestamp: None,
+            id: None,
+            url: None,
+            content_type: None,
+        };
+        assert!(!format!("{args:?}").contains("s3cr3t-value"));
+    }
 }

@@ -1,11 +1,303 @@
-//! `hookwarden controller`.
+//! `hookwarden controller`: reconciles WebhookIntegrations into route Secrets, generated
+//! Secrets and conditions. Several replicas may run; only the holder of the
+//! `hookwarden-controller` Lease reconciles.
 
+pub mod metrics;
+pub mod plan;
+pub mod reconcile;
+
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt as _};
+use kube_lease_manager::LeaseManagerBuilder;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::crd::WebhookIntegration;
+use crate::route::{INTEGRATION_ANNOTATION, ROUTE_LABEL};
+use crate::telemetry::{LogFormat, init_logging};
+use metrics::ControllerMetrics;
+use reconcile::{Context, GENERATED_LABEL};
+
+/// Name of the leader-election Lease in hookwarden's namespace.
+pub const LEASE_NAME: &str = "hookwarden-controller";
 
 /// Flags of `hookwarden controller`.
-#[derive(Debug, clap::Args)]
-pub struct ControllerArgs {}
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControllerArgs {
+    /// hookwarden's own namespace: route Secrets and the leader Lease live here.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "hookwarden")]
+    pub namespace: String,
+    /// Public base URL of the receivers (e.g. https://hooks.example.com); status.url is
+    /// this plus the integration's path.
+    #[arg(long, env = "HOOKWARDEN_EXTERNAL_BASE_URL")]
+    pub external_base_url: Option<String>,
+    /// Address serving /metrics, /healthz and /readyz.
+    #[arg(long, env = "HOOKWARDEN_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+    /// Identity in the leader Lease (default: the pod name from POD_NAME, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Lease duration in seconds; a new leader takes over this long after the old one died.
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+    /// Reconcile without leader election (a single replica, or tests).
+    #[arg(long)]
+    pub no_leader_election: bool,
+    /// Log format.
+    #[arg(
+        long,
+        value_enum,
+        env = "HOOKWARDEN_LOG_FORMAT",
+        default_value = "json"
+    )]
+    pub log_format: LogFormat,
+}
 
-pub async fn run(_args: ControllerArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("hookwarden controller is not built yet")
+#[derive(Clone)]
+struct Health {
+    registry: Arc<Registry>,
+    ready: Arc<AtomicBool>,
+}
+
+async fn metrics_handler(State(h): State<Health>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &h.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn readyz(State(h): State<Health>) -> impl IntoResponse {
+    if h.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: API server not reached yet",
+        )
+    }
+}
+
+/// Router of the metrics/health port.
+fn health_router(health: Health) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(health)
+}
+
+fn default_identity() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("hookwarden-controller-{}", std::process::id()))
+}
+
+/// Runs the controller until SIGTERM/SIGINT.
+pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    init_logging(args.log_format);
+    let client = Client::try_default().await?;
+    let mut registry = Registry::default();
+    let metrics = Arc::new(ControllerMetrics::register(&mut registry));
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = Health {
+        registry: Arc::new(registry),
+        ready: ready.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
+    info!(addr = %args.metrics_addr, "serving /metrics, /healthz, /readyz");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, health_router(health)).await {
+            error!(error = %e, "metrics server stopped");
+        }
+    });
+
+    // Readiness: the API server answers. A standby replica is ready too: it can take over.
+    client.apiserver_version().await?;
+    ready.store(true, Ordering::Relaxed);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutdown signal received");
+        let _ = stop_tx.send(true);
+    });
+
+    if args.no_leader_election {
+        metrics.leader.set(1);
+        run_controller(client, &args, metrics, stop_rx).await;
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let leases = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+        .with_namespace(&args.namespace)
+        .with_identity(&identity)
+        .with_duration(args.lease_duration_seconds)
+        .with_grace(args.lease_duration_seconds.div_ceil(3).max(1))
+        .with_field_manager("hookwarden-controller-lease")
+        .build()
+        .await?;
+    let (mut leader, lease_task) = leases.watch().await;
+    info!(%identity, lease = LEASE_NAME, namespace = %args.namespace, "waiting for leadership");
+    let mut stop = stop_rx.clone();
+    loop {
+        // Wait to become leader (or to be told to stop).
+        while !*leader.borrow_and_update() {
+            tokio::select! {
+                changed = leader.changed() => if changed.is_err() { anyhow::bail!("leader election stopped") },
+                _ = stop.changed() => { drop(leader); let _ = lease_task.await; return Ok(ExitCode::SUCCESS) }
+            }
+        }
+        info!(%identity, "became leader");
+        metrics.leader.set(1);
+        // Run until leadership is lost or shutdown is requested.
+        let (lost_tx, lost_rx) = watch::channel(false);
+        let mut leader_watch = leader.clone();
+        let mut stop_watch = stop_rx.clone();
+        let relay = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = leader_watch.changed() => {
+                        if changed.is_err() || !*leader_watch.borrow() { break; }
+                    }
+                    _ = stop_watch.changed() => break,
+                }
+            }
+            let _ = lost_tx.send(true);
+        });
+        run_controller(client.clone(), &args, metrics.clone(), lost_rx).await;
+        relay.abort();
+        metrics.leader.set(0);
+        if *stop_rx.borrow() {
+            info!("releasing the leader lease");
+            drop(leader);
+            let _ = lease_task.await;
+            return Ok(ExitCode::SUCCESS);
+        }
+        warn!(%identity, "lost leadership; standing by");
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Runs `kube::runtime::Controller` until `stop` turns true.
+pub async fn run_controller(
+    client: Client,
+    args: &ControllerArgs,
+    metrics: Arc<ControllerMetrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let reporter = Reporter {
+        controller: "hookwarden-controller".to_string(),
+        instance: args
+            .identity
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok()),
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        args.namespace.clone(),
+        args.external_base_url.clone(),
+        recorder,
+        metrics,
+    ));
+    let integrations: Api<WebhookIntegration> = Api::all(client.clone());
+    let controller = Controller::new(integrations, watcher::Config::default().any_semantic())
+        .with_config(ControllerConfig::default().debounce(std::time::Duration::from_millis(200)));
+    let store = controller.store();
+    let route_namespace = args.namespace.clone();
+    let controller = controller
+        // Generated `<name>-webhook` Secrets, owned by their integration.
+        .owns(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default()
+                .labels(&format!("{GENERATED_LABEL}=true"))
+                .any_semantic(),
+        )
+        // Referenced Secrets: rotation and late creation take effect at once. RBAC already
+        // lets the controller read Secrets cluster-wide to resolve secretRef.
+        .watches(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+            move |secret: Secret| {
+                let namespace = secret.namespace();
+                let name = secret.name_any();
+                let mut refs: Vec<ObjectRef<WebhookIntegration>> = store
+                    .state()
+                    .iter()
+                    .filter(|wi| {
+                        wi.namespace() == namespace
+                            && wi.spec.secret_ref.as_ref().is_some_and(|r| r.name == name)
+                    })
+                    .map(|wi| ObjectRef::from_obj(&**wi))
+                    .collect();
+                // A route Secret changed or vanished: put it back if someone else touched it.
+                if namespace.as_deref() == Some(route_namespace.as_str())
+                    && secret.labels().get(ROUTE_LABEL).map(String::as_str) == Some("true")
+                    && let Some((ns, n)) = secret
+                        .annotations()
+                        .get(INTEGRATION_ANNOTATION)
+                        .and_then(|k| k.split_once('/'))
+                {
+                    refs.push(ObjectRef::new(n).within(ns));
+                }
+                refs
+            },
+        );
+    controller
+        .graceful_shutdown_on(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(integration = %obj.name, namespace = ?obj.namespace, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
 }

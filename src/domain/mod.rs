@@ -1,5 +1,6 @@
 //! The pure core: no Kubernetes, no network, no files, no clock of its own.
 
+pub mod duration;
 pub mod incident;
 pub mod provider;
 pub mod sample;

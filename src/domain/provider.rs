@@ -7,7 +7,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A sender preset: how deliveries are authenticated and how they map to incidents.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProviderKind {
     /// GitHub: `X-Hub-Signature-256` (HMAC-SHA256, hex, `sha256=` prefix).
@@ -120,7 +122,11 @@ impl fmt::Display for ProviderKind {
 pub struct UnknownProvider(pub String);
 
 fn known_list() -> String {
-    ProviderKind::ALL.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
+    ProviderKind::ALL
+        .iter()
+        .map(|p| p.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl FromStr for ProviderKind {

@@ -40,7 +40,9 @@ pub fn sample(provider: ProviderKind, now_unix: i64, id: &str) -> Sample {
 }
 
 fn rfc3339(unix: i64) -> String {
-    jiff::Timestamp::from_second(unix).map(|t| t.to_string()).unwrap_or_else(|_| unix.to_string())
+    jiff::Timestamp::from_second(unix)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| unix.to_string())
 }
 
 fn json_sample(body: Value, event_type: Option<&str>, headers: Vec<(&str, String)>) -> Sample {
@@ -48,19 +50,34 @@ fn json_sample(body: Value, event_type: Option<&str>, headers: Vec<(&str, String
         content_type: "application/json",
         body: serde_json::to_vec(&body).unwrap_or_default(),
         event_type: event_type.map(str::to_string),
-        headers: headers.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        headers: headers
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
     }
 }
 
 /// A sample with explicit options.
-pub fn sample_with(provider: ProviderKind, now_unix: i64, id: &str, opts: &SampleOptions) -> Sample {
-    let incident = opts.incident_id.clone().unwrap_or_else(|| DEFAULT_INCIDENT_ID.to_string());
+pub fn sample_with(
+    provider: ProviderKind,
+    now_unix: i64,
+    id: &str,
+    opts: &SampleOptions,
+) -> Sample {
+    let incident = opts
+        .incident_id
+        .clone()
+        .unwrap_or_else(|| DEFAULT_INCIDENT_ID.to_string());
     let resolve = opts.resolve;
     let now = rfc3339(now_unix);
     let started = rfc3339(now_unix - 600);
     match provider {
         ProviderKind::Datadog => {
-            let (transition, alert_type) = if resolve { ("Recovered", "success") } else { ("Triggered", "error") };
+            let (transition, alert_type) = if resolve {
+                ("Recovered", "success")
+            } else {
+                ("Triggered", "error")
+            };
             let body = json!({
                 "id": id,
                 "alert_name": "[P1] High error rate on checkout",
@@ -81,7 +98,11 @@ pub fn sample_with(provider: ProviderKind, now_unix: i64, id: &str, opts: &Sampl
         }
         ProviderKind::Alertmanager => {
             let status = if resolve { "resolved" } else { "firing" };
-            let ends = if resolve { now.clone() } else { "0001-01-01T00:00:00Z".to_string() };
+            let ends = if resolve {
+                now.clone()
+            } else {
+                "0001-01-01T00:00:00Z".to_string()
+            };
             let alert = |fingerprint: String, instance: &str| {
                 json!({
                     "status": status,
@@ -109,7 +130,11 @@ pub fn sample_with(provider: ProviderKind, now_unix: i64, id: &str, opts: &Sampl
         }
         ProviderKind::Grafana => {
             let status = if resolve { "resolved" } else { "firing" };
-            let ends = if resolve { now.clone() } else { "0001-01-01T00:00:00Z".to_string() };
+            let ends = if resolve {
+                now.clone()
+            } else {
+                "0001-01-01T00:00:00Z".to_string()
+            };
             let alert = |fingerprint: String, instance: &str| {
                 json!({
                     "status": status,
@@ -145,8 +170,11 @@ pub fn sample_with(provider: ProviderKind, now_unix: i64, id: &str, opts: &Sampl
             json_sample(body, Some(status), vec![])
         }
         ProviderKind::Pagerduty => {
-            let (event_type, status) =
-                if resolve { ("incident.resolved", "resolved") } else { ("incident.triggered", "triggered") };
+            let (event_type, status) = if resolve {
+                ("incident.resolved", "resolved")
+            } else {
+                ("incident.triggered", "triggered")
+            };
             let body = json!({
                 "event": {
                     "id": id,
@@ -179,7 +207,11 @@ pub fn sample_with(provider: ProviderKind, now_unix: i64, id: &str, opts: &Sampl
             json_sample(body, Some(event_type), vec![])
         }
         ProviderKind::Sentry => {
-            let (action, status) = if resolve { ("resolved", "resolved") } else { ("created", "unresolved") };
+            let (action, status) = if resolve {
+                ("resolved", "resolved")
+            } else {
+                ("created", "unresolved")
+            };
             let body = json!({
                 "action": action,
                 "installation": {"uuid": "7a485448-a9e2-4c85-8a3c-4f44175783c9"},
@@ -204,10 +236,18 @@ pub fn sample_with(provider: ProviderKind, now_unix: i64, id: &str, opts: &Sampl
                 },
                 "actor": {"type": "application", "id": "sentry", "name": "Sentry"}
             });
-            json_sample(body, Some("issue"), vec![("Sentry-Hook-Resource", "issue".to_string())])
+            json_sample(
+                body,
+                Some("issue"),
+                vec![("Sentry-Hook-Resource", "issue".to_string())],
+            )
         }
         ProviderKind::Github => {
-            let (action, state) = if resolve { ("closed", "closed") } else { ("opened", "open") };
+            let (action, state) = if resolve {
+                ("closed", "closed")
+            } else {
+                ("opened", "open")
+            };
             let body = json!({
                 "action": action,
                 "issue": {
@@ -231,11 +271,18 @@ pub fn sample_with(provider: ProviderKind, now_unix: i64, id: &str, opts: &Sampl
             json_sample(
                 body,
                 Some("issues"),
-                vec![("X-GitHub-Event", "issues".to_string()), ("X-GitHub-Hook-ID", "292430182".to_string())],
+                vec![
+                    ("X-GitHub-Event", "issues".to_string()),
+                    ("X-GitHub-Hook-ID", "292430182".to_string()),
+                ],
             )
         }
         ProviderKind::Gitlab => {
-            let (action, state) = if resolve { ("close", "closed") } else { ("open", "opened") };
+            let (action, state) = if resolve {
+                ("close", "closed")
+            } else {
+                ("open", "opened")
+            };
             let body = json!({
                 "object_kind": "issue",
                 "event_type": "issue",
@@ -248,7 +295,11 @@ pub fn sample_with(provider: ProviderKind, now_unix: i64, id: &str, opts: &Sampl
                 },
                 "labels": [{"title": "bug"}]
             });
-            json_sample(body, Some("Issue Hook"), vec![("X-Gitlab-Event", "Issue Hook".to_string())])
+            json_sample(
+                body,
+                Some("Issue Hook"),
+                vec![("X-Gitlab-Event", "Issue Hook".to_string())],
+            )
         }
         ProviderKind::Stripe => {
             let body = json!({
@@ -339,7 +390,11 @@ pub fn sample_with(provider: ProviderKind, now_unix: i64, id: &str, opts: &Sampl
                 "webhookTimestamp": now_unix * 1000,
                 "webhookId": "000042e3-d123-4980-b49f-8e140eef9329"
             });
-            json_sample(body, Some("Issue"), vec![("Linear-Event", "Issue".to_string())])
+            json_sample(
+                body,
+                Some("Issue"),
+                vec![("Linear-Event", "Issue".to_string())],
+            )
         }
         ProviderKind::Zendesk => {
             let body = json!({
@@ -355,7 +410,11 @@ pub fn sample_with(provider: ProviderKind, now_unix: i64, id: &str, opts: &Sampl
             json_sample(body, Some("zen:event-type:ticket.created"), vec![])
         }
         ProviderKind::Jira => {
-            let event = if resolve { "jira:issue_updated" } else { "jira:issue_created" };
+            let event = if resolve {
+                "jira:issue_updated"
+            } else {
+                "jira:issue_created"
+            };
             let body = json!({
                 "timestamp": now_unix * 1000,
                 "webhookEvent": event,
@@ -366,7 +425,11 @@ pub fn sample_with(provider: ProviderKind, now_unix: i64, id: &str, opts: &Sampl
             json_sample(body, Some(event), vec![])
         }
         ProviderKind::Bitbucket => {
-            let event = if resolve { "issue:updated" } else { "issue:created" };
+            let event = if resolve {
+                "issue:updated"
+            } else {
+                "issue:created"
+            };
             let body = json!({
                 "actor": {"display_name": "Emma", "uuid": "{d301aafa-d676-4ee0-88be-962be7417567}", "type": "user"},
                 "repository": {"full_name": "example/checkout", "name": "checkout", "uuid": "{b2c4d6e8-0000-4000-8000-123456789abc}", "type": "repository"},
@@ -409,23 +472,49 @@ mod tests {
 
     #[test]
     fn datadog_sample_has_the_documented_fields_and_a_recovery() {
-        let opts = SampleOptions { resolve: false, incident_id: Some("inc-7".to_string()) };
-        let trigger: Value = serde_json::from_slice(&sample_with(ProviderKind::Datadog, 1, "d", &opts).body).expect("json");
-        for f in ["id", "alert_name", "alert_type", "severity", "message", "host", "tags", "link", "alert_transition", "aggreg_key"] {
+        let opts = SampleOptions {
+            resolve: false,
+            incident_id: Some("inc-7".to_string()),
+        };
+        let trigger: Value =
+            serde_json::from_slice(&sample_with(ProviderKind::Datadog, 1, "d", &opts).body)
+                .expect("json");
+        for f in [
+            "id",
+            "alert_name",
+            "alert_type",
+            "severity",
+            "message",
+            "host",
+            "tags",
+            "link",
+            "alert_transition",
+            "aggreg_key",
+        ] {
             assert!(trigger.get(f).is_some(), "missing {f}");
         }
         assert_eq!(trigger["alert_transition"], "Triggered");
         assert_eq!(trigger["aggreg_key"], "inc-7");
-        let opts = SampleOptions { resolve: true, ..opts };
-        let recovery: Value = serde_json::from_slice(&sample_with(ProviderKind::Datadog, 2, "e", &opts).body).expect("json");
+        let opts = SampleOptions {
+            resolve: true,
+            ..opts
+        };
+        let recovery: Value =
+            serde_json::from_slice(&sample_with(ProviderKind::Datadog, 2, "e", &opts).body)
+                .expect("json");
         assert_eq!(recovery["alert_transition"], "Recovered");
         assert_eq!(recovery["aggreg_key"], "inc-7");
     }
 
     #[test]
     fn alertmanager_group_carries_several_fingerprinted_alerts_that_resolve_together() {
-        let opts = SampleOptions { resolve: true, incident_id: Some("fp1".to_string()) };
-        let v: Value = serde_json::from_slice(&sample_with(ProviderKind::Alertmanager, 1, "d", &opts).body).expect("json");
+        let opts = SampleOptions {
+            resolve: true,
+            incident_id: Some("fp1".to_string()),
+        };
+        let v: Value =
+            serde_json::from_slice(&sample_with(ProviderKind::Alertmanager, 1, "d", &opts).body)
+                .expect("json");
         let alerts = v["alerts"].as_array().expect("alerts");
         assert!(alerts.len() >= 2);
         assert_eq!(alerts[0]["fingerprint"], "fp1");

@@ -26,7 +26,9 @@ pub fn is_valid_path(path: &str) -> bool {
         Some(rest) => {
             rest.len() >= 22
                 && rest.len() <= 128
-                && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         }
         None => false,
     }
@@ -66,7 +68,13 @@ mod tests {
 
     #[test]
     fn invalid_paths_are_refused() {
-        for p in ["", "/hooks/", "/hooks/short", "/other/AAAAAAAAAAAAAAAAAAAAAAAA", "/hooks/AAAAAAAAAAAAAAAAAAAAAAA/.."] {
+        for p in [
+            "",
+            "/hooks/",
+            "/hooks/short",
+            "/other/AAAAAAAAAAAAAAAAAAAAAAAA",
+            "/hooks/AAAAAAAAAAAAAAAAAAAAAAA/..",
+        ] {
             assert!(!is_valid_path(p), "{p}");
         }
     }

@@ -14,7 +14,9 @@
 //! `eventType` (the provider's event type, or null). JSON pointers are resolved against
 //! `alert`, so `/labels/team` works for Alertmanager as `/team` does for a flat body.
 //! A field set in the spec replaces the preset's; an expression that finds nothing
-//! (missing key) counts as absent, so the next default applies. `resolvedWhen` is CEL
+//! (missing key) counts as absent, so the next default applies (for title, severity,
+//! link and time also an expression that fails on a payload; for the id and
+//! `resolvedWhen` that refuses the delivery). `resolvedWhen` is CEL
 //! returning a bool; `severityMap` translates raw severities before the shared
 //! normalisation ([`Severity::normalise`]).
 //!
@@ -44,12 +46,14 @@ use crate::crd::{IncidentMapping, ProviderKind, WebhookIntegrationSpec};
 ///   "aggreg_key": "$AGGREG_KEY",
 ///   "alert_name": "$EVENT_TITLE",
 ///   "alert_type": "$ALERT_TYPE",
+///   "alert_status": "$ALERT_STATUS",
 ///   "alert_transition": "$ALERT_TRANSITION",
 ///   "severity": "$ALERT_PRIORITY",
 ///   "message": "$EVENT_MSG",
 ///   "host": "$HOSTNAME",
 ///   "tags": "$TAGS",
 ///   "link": "$LINK",
+///   "snapshot": "$SNAPSHOT",
 ///   "date": "$DATE",
 ///   "last_updated": "$LAST_UPDATED",
 ///   "alert_id": "$ALERT_ID",
@@ -69,12 +73,14 @@ pub const DATADOG_TEMPLATE: &str = r#"{
   "aggreg_key": "$AGGREG_KEY",
   "alert_name": "$EVENT_TITLE",
   "alert_type": "$ALERT_TYPE",
+  "alert_status": "$ALERT_STATUS",
   "alert_transition": "$ALERT_TRANSITION",
   "severity": "$ALERT_PRIORITY",
   "message": "$EVENT_MSG",
   "host": "$HOSTNAME",
   "tags": "$TAGS",
   "link": "$LINK",
+  "snapshot": "$SNAPSHOT",
   "date": "$DATE",
   "last_updated": "$LAST_UPDATED",
   "alert_id": "$ALERT_ID",
@@ -94,15 +100,25 @@ pub const MAX_LINK_BYTES: usize = 2048;
 pub enum MappingError {
     /// A `…From` or `resolvedWhen` expression does not parse.
     #[error("spec.incidents.{field}: {expr:?} is not a valid CEL expression: {message}")]
-    InvalidExpression { field: &'static str, expr: String, message: String },
+    InvalidExpression {
+        field: &'static str,
+        expr: String,
+        message: String,
+    },
     /// A JSON pointer with a bad escape.
-    #[error("spec.incidents.{field}: JSON pointer {expr:?} is invalid: `~` must be followed by 0 or 1")]
+    #[error(
+        "spec.incidents.{field}: JSON pointer {expr:?} is invalid: `~` must be followed by 0 or 1"
+    )]
     InvalidPointer { field: &'static str, expr: String },
     /// The provider has no preset, so the spec must say where the incident id is.
-    #[error("spec.incidents.idFrom is required: provider {provider} has no preset incident mapping")]
+    #[error(
+        "spec.incidents.idFrom is required: provider {provider} has no preset incident mapping"
+    )]
     MissingIdFrom { provider: &'static str },
     /// A severityMap value outside the five levels.
-    #[error("spec.incidents.severityMap[{key:?}] is {value:?}: use critical, high, medium, low or info")]
+    #[error(
+        "spec.incidents.severityMap[{key:?}] is {value:?}: use critical, high, medium, low or info"
+    )]
     InvalidSeverityMap { key: String, value: String },
     /// The delivery has no usable incident id where the mapping looks for it.
     #[error("payload has no incident id at {from} (a non-empty string or number is required)")]
@@ -112,13 +128,19 @@ pub enum MappingError {
     IdTooLong { from: String },
     /// An expression failed on this payload for another reason than a missing key.
     #[error("spec.incidents.{field} failed on this payload: {message}")]
-    Evaluation { field: &'static str, message: String },
+    Evaluation {
+        field: &'static str,
+        message: String,
+    },
     /// `resolvedWhen` returned something else than a bool.
     #[error("spec.incidents.resolvedWhen must return a bool, it returned a {got}")]
     NotBool { got: String },
     /// The body does not have the shape the provider always sends.
     #[error("payload is not a {provider} webhook: {reason}")]
-    Malformed { provider: &'static str, reason: &'static str },
+    Malformed {
+        provider: &'static str,
+        reason: &'static str,
+    },
 }
 
 impl MappingError {
@@ -166,10 +188,17 @@ struct Overrides {
 
 impl Overrides {
     fn uses_cel(&self) -> bool {
-        [&self.id, &self.title, &self.severity, &self.link, &self.time, &self.resolved_when]
-            .into_iter()
-            .flatten()
-            .any(|e| matches!(e.source, Source::Cel(_)))
+        [
+            &self.id,
+            &self.title,
+            &self.severity,
+            &self.link,
+            &self.time,
+            &self.resolved_when,
+        ]
+        .into_iter()
+        .flatten()
+        .any(|e| matches!(e.source, Source::Cel(_)))
     }
 }
 
@@ -204,38 +233,67 @@ impl Expr {
         let text = text.trim();
         let source = if text.starts_with('/') {
             if !valid_pointer(text) {
-                return Err(MappingError::InvalidPointer { field, expr: text.to_string() });
+                return Err(MappingError::InvalidPointer {
+                    field,
+                    expr: text.to_string(),
+                });
             }
             Source::Pointer
         } else {
-            let program = CEL_ENV.compile(text).map_err(|e| MappingError::InvalidExpression {
-                field,
-                expr: text.to_string(),
-                message: e.to_string(),
-            })?;
+            let program = CEL_ENV
+                .compile(text)
+                .map_err(|e| MappingError::InvalidExpression {
+                    field,
+                    expr: text.to_string(),
+                    message: e.to_string(),
+                })?;
             Source::Cel(Arc::new(program))
         };
-        Ok(Expr { field, text: text.to_string(), source })
+        Ok(Expr {
+            field,
+            text: text.to_string(),
+            source,
+        })
+    }
+
+    /// For fields that only decorate an incident (title, severity, link, time): an
+    /// expression that fails on one payload (e.g. a field of the wrong type) leaves the
+    /// default in place rather than refusing the delivery; the incident still opens, and
+    /// its title or severity shows the spec needs a look. The id and `resolvedWhen`
+    /// decide which incident changes how, so their failures refuse the delivery.
+    fn eval_display(&self, scope: &Scope<'_, '_>) -> Option<Value> {
+        self.eval(scope).ok().flatten()
     }
 
     /// The value the expression selects; `None` when it selects nothing (missing key,
     /// null).
     fn eval(&self, scope: &Scope<'_, '_>) -> Result<Option<Value>, MappingError> {
         match &self.source {
-            Source::Pointer => Ok(scope.alert.pointer(&self.text).filter(|v| !v.is_null()).cloned()),
+            Source::Pointer => Ok(scope
+                .alert
+                .pointer(&self.text)
+                .filter(|v| !v.is_null())
+                .cloned()),
             Source::Cel(program) => {
                 let Some(context) = scope.cel else {
-                    return Err(MappingError::Evaluation { field: self.field, message: "CEL context missing".into() });
+                    return Err(MappingError::Evaluation {
+                        field: self.field,
+                        message: "CEL context missing".into(),
+                    });
                 };
                 match program.execute(context) {
                     Ok(value) => {
-                        let json = value
-                            .json()
-                            .map_err(|e| MappingError::Evaluation { field: self.field, message: e.to_string() })?;
+                        let json = value.json().map_err(|e| MappingError::Evaluation {
+                            field: self.field,
+                            message: e.to_string(),
+                        })?;
                         Ok(Some(json).filter(|v| !v.is_null()))
                     }
                     Err(ExecutionError::NoSuchKey(_)) => Ok(None),
-                    Err(e) => Err(MappingError::Evaluation { field: self.field, message: e.to_string() }),
+                    Err(e) => Err(MappingError::Evaluation {
+                        field: self.field,
+                        message: e.to_string(),
+                    }),
                 }
             }
         }
@@ -294,16 +352,23 @@ impl Mapping {
         };
         let empty = IncidentMapping::default();
         let spec_mapping = spec.incidents.as_ref().unwrap_or(&empty);
-        let configured = IncidentMapping { keep_recent: None, ..spec_mapping.clone() } != empty;
+        let configured = IncidentMapping {
+            keep_recent: None,
+            ..spec_mapping.clone()
+        } != empty;
         if let Preset::None(provider) = preset {
             if !configured {
                 return Ok(None);
             }
             if spec_mapping.id_from.is_none() {
-                return Err(MappingError::MissingIdFrom { provider: provider.as_str() });
+                return Err(MappingError::MissingIdFrom {
+                    provider: provider.as_str(),
+                });
             }
         }
-        let compile = |field: &'static str, text: &Option<String>| text.as_deref().map(|t| Expr::compile(field, t)).transpose();
+        let compile = |field: &'static str, text: &Option<String>| {
+            text.as_deref().map(|t| Expr::compile(field, t)).transpose()
+        };
         let overrides = Overrides {
             id: compile("idFrom", &spec_mapping.id_from)?,
             title: compile("titleFrom", &spec_mapping.title_from)?,
@@ -325,11 +390,18 @@ impl Mapping {
         };
         let mut severity_map = BTreeMap::new();
         for (key, value) in &spec_mapping.severity_map {
-            let severity = Severity::from_name(value)
-                .ok_or_else(|| MappingError::InvalidSeverityMap { key: key.clone(), value: value.clone() })?;
+            let severity =
+                Severity::from_name(value).ok_or_else(|| MappingError::InvalidSeverityMap {
+                    key: key.clone(),
+                    value: value.clone(),
+                })?;
             severity_map.insert(key.clone(), severity);
         }
-        Ok(Some(Mapping { preset, overrides, severity_map }))
+        Ok(Some(Mapping {
+            preset,
+            overrides,
+            severity_map,
+        }))
     }
 
     /// Events carried by one authenticated delivery body. `event_type` is the provider
@@ -350,7 +422,10 @@ impl Mapping {
             Preset::Grafana => alerts(body, "grafana", true)?,
             Preset::Pagerduty => pagerduty(body, event_type)?,
             Preset::Sentry => sentry(body, event_type)?,
-            Preset::None(_) => vec![Draft { id_from: "idFrom", ..Draft::default() }],
+            Preset::None(_) => vec![Draft {
+                id_from: "idFrom",
+                ..Draft::default()
+            }],
         };
         if drafts.is_empty() {
             return Ok(Vec::new());
@@ -359,10 +434,16 @@ impl Mapping {
             let mut context = Context::with_env(CEL_ENV.clone());
             context
                 .add_variable("body", body)
-                .map_err(|e| MappingError::Evaluation { field: "body", message: e.to_string() })?;
-            context
-                .add_variable("eventType", event_type)
-                .map_err(|e| MappingError::Evaluation { field: "eventType", message: e.to_string() })?;
+                .map_err(|e| MappingError::Evaluation {
+                    field: "body",
+                    message: e.to_string(),
+                })?;
+            context.add_variable("eventType", event_type).map_err(|e| {
+                MappingError::Evaluation {
+                    field: "eventType",
+                    message: e.to_string(),
+                }
+            })?;
             Some(context)
         } else {
             None
@@ -374,10 +455,20 @@ impl Mapping {
                 match &root {
                     Some(root) => {
                         let mut inner = root.new_inner_scope();
-                        inner
-                            .add_variable("alert", alert)
-                            .map_err(|e| MappingError::Evaluation { field: "alert", message: e.to_string() })?;
-                        self.finish(draft, &Scope { alert, cel: Some(&inner) }, received_at_ms)
+                        inner.add_variable("alert", alert).map_err(|e| {
+                            MappingError::Evaluation {
+                                field: "alert",
+                                message: e.to_string(),
+                            }
+                        })?;
+                        self.finish(
+                            draft,
+                            &Scope {
+                                alert,
+                                cel: Some(&inner),
+                            },
+                            received_at_ms,
+                        )
                     }
                     None => self.finish(draft, &Scope { alert, cel: None }, received_at_ms),
                 }
@@ -386,41 +477,57 @@ impl Mapping {
     }
 
     /// Applies the overrides to one preset draft and normalises it into an event.
-    fn finish(&self, mut draft: Draft<'_>, scope: &Scope<'_, '_>, received_at_ms: i64) -> Result<IncidentEvent, MappingError> {
+    fn finish(
+        &self,
+        mut draft: Draft<'_>,
+        scope: &Scope<'_, '_>,
+        received_at_ms: i64,
+    ) -> Result<IncidentEvent, MappingError> {
         let o = &self.overrides;
         let mut id_from = draft.id_from.to_string();
         if let Some(expr) = &o.id {
             draft.id = expr.eval(scope)?.as_ref().and_then(scalar_text);
             id_from = format!("idFrom {:?}", expr.text);
         }
-        if let Some(expr) = &o.title {
-            if let Some(title) = expr.eval(scope)?.as_ref().and_then(scalar_text) {
-                draft.title = Some(title);
-            }
+        if let Some(expr) = &o.title
+            && let Some(title) = expr.eval_display(scope).as_ref().and_then(scalar_text)
+        {
+            draft.title = Some(title);
         }
         if let Some(expr) = &o.severity {
-            draft.severities = expr.eval(scope)?.as_ref().and_then(scalar_text).into_iter().collect();
+            draft.severities = expr
+                .eval_display(scope)
+                .as_ref()
+                .and_then(scalar_text)
+                .into_iter()
+                .collect();
             draft.severity_fallback = None;
         }
-        if let Some(expr) = &o.link {
-            if let Some(link) = expr.eval(scope)?.as_ref().and_then(scalar_text) {
-                draft.link = Some(link);
-            }
+        if let Some(expr) = &o.link
+            && let Some(link) = expr.eval_display(scope).as_ref().and_then(scalar_text)
+        {
+            draft.link = Some(link);
         }
-        if let Some(expr) = &o.time {
-            if let Some(time) = expr.eval(scope)?.as_ref().and_then(time_ms) {
-                draft.time_ms = Some(time);
-            }
+        if let Some(expr) = &o.time
+            && let Some(time) = expr.eval_display(scope).as_ref().and_then(time_ms)
+        {
+            draft.time_ms = Some(time);
         }
         if let Some(expr) = &o.resolved_when {
             draft.resolve = match expr.eval(scope)? {
                 None => false,
                 Some(Value::Bool(b)) => b,
-                Some(other) => return Err(MappingError::NotBool { got: json_type(&other).to_string() }),
+                Some(other) => {
+                    return Err(MappingError::NotBool {
+                        got: json_type(&other).to_string(),
+                    });
+                }
             };
         }
 
-        let id = draft.id.ok_or(MappingError::MissingId { from: id_from.clone() })?;
+        let id = draft.id.ok_or(MappingError::MissingId {
+            from: id_from.clone(),
+        })?;
         if id.len() > MAX_ID_BYTES {
             return Err(MappingError::IdTooLong { from: id_from });
         }
@@ -445,7 +552,10 @@ impl Mapping {
     fn severity(&self, raw: &str) -> Option<Severity> {
         let mapped = self.severity_map.get(raw).copied().or_else(|| {
             let trimmed = raw.trim();
-            self.severity_map.iter().find(|(k, _)| k.trim().eq_ignore_ascii_case(trimmed)).map(|(_, s)| *s)
+            self.severity_map
+                .iter()
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case(trimmed))
+                .map(|(_, s)| *s)
         });
         mapped.or_else(|| Severity::normalise(raw))
     }
@@ -458,21 +568,31 @@ fn datadog(body: &Value) -> Draft<'_> {
     let alert_type = text(body, "/alert_type");
     let resolve = match transition.as_deref() {
         Some(t) => t.eq_ignore_ascii_case("recovered"),
-        None => alert_type.as_deref().is_some_and(|t| t.eq_ignore_ascii_case("success")),
+        None => alert_type
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case("success")),
     };
     let (id, id_from) = match text(body, "/aggreg_key") {
         Some(key) => (Some(key), "aggreg_key"),
         None => (text(body, "/id"), "aggreg_key or id"),
     };
-    let title = text(body, "/alert_name").or_else(|| text(body, "/title")).map(|t| strip_datadog_tags(&t).to_string());
+    let title = text(body, "/alert_name")
+        .or_else(|| text(body, "/title"))
+        .map(|t| strip_datadog_tags(&t).to_string());
     Draft {
         id,
         id_from,
         title,
-        severities: text(body, "/severity").into_iter().chain(alert_type).collect(),
+        severities: text(body, "/severity")
+            .into_iter()
+            .chain(alert_type)
+            .collect(),
         link: text(body, "/link"),
         resolve,
-        time_ms: body.pointer("/date").and_then(time_ms).or_else(|| body.pointer("/last_updated").and_then(time_ms)),
+        time_ms: body
+            .pointer("/date")
+            .and_then(time_ms)
+            .or_else(|| body.pointer("/last_updated").and_then(time_ms)),
         ..Draft::default()
     }
 }
@@ -508,19 +628,29 @@ fn strip_datadog_tags(title: &str) -> &str {
 
 /// Alertmanager webhook v4 and Grafana unified alerting: one event per alert, keyed by
 /// fingerprint.
-fn alerts<'a>(body: &'a Value, provider: &'static str, grafana: bool) -> Result<Vec<Draft<'a>>, MappingError> {
+fn alerts<'a>(
+    body: &'a Value,
+    provider: &'static str,
+    grafana: bool,
+) -> Result<Vec<Draft<'a>>, MappingError> {
     let alerts = body
         .get("alerts")
         .and_then(Value::as_array)
-        .ok_or(MappingError::Malformed { provider, reason: "no alerts array" })?;
+        .ok_or(MappingError::Malformed {
+            provider,
+            reason: "no alerts array",
+        })?;
     Ok(alerts
         .iter()
         .map(|alert| {
-            let resolve = text(alert, "/status").is_some_and(|s| s.eq_ignore_ascii_case("resolved"));
+            let resolve =
+                text(alert, "/status").is_some_and(|s| s.eq_ignore_ascii_case("resolved"));
             let time = if resolve { "/endsAt" } else { "/startsAt" };
             let mut link = text(alert, "/generatorURL");
             if grafana {
-                link = link.or_else(|| text(alert, "/panelURL")).or_else(|| text(alert, "/dashboardURL"));
+                link = link
+                    .or_else(|| text(alert, "/panelURL"))
+                    .or_else(|| text(alert, "/dashboardURL"));
             }
             Draft {
                 alert: Some(alert),
@@ -529,7 +659,10 @@ fn alerts<'a>(body: &'a Value, provider: &'static str, grafana: bool) -> Result<
                 title: text(alert, "/annotations/summary")
                     .or_else(|| text(alert, "/labels/alertname"))
                     .or_else(|| text(body, "/commonLabels/alertname")),
-                severities: text(alert, "/labels/severity").into_iter().chain(text(alert, "/labels/priority")).collect(),
+                severities: text(alert, "/labels/severity")
+                    .into_iter()
+                    .chain(text(alert, "/labels/priority"))
+                    .collect(),
                 link,
                 resolve,
                 time_ms: alert.pointer(time).and_then(time_ms),
@@ -554,17 +687,28 @@ const PAGERDUTY_LIFECYCLE: [&str; 9] = [
     "incident.resolved",
 ];
 
-fn pagerduty<'a>(body: &'a Value, event_type: Option<&str>) -> Result<Vec<Draft<'a>>, MappingError> {
-    let event = body.get("event").filter(|e| e.is_object()).ok_or(MappingError::Malformed {
-        provider: "pagerduty",
-        reason: "no event object (only v3 webhooks are supported)",
-    })?;
-    let kind = text(event, "/event_type").or_else(|| event_type.map(str::to_string)).unwrap_or_default();
+fn pagerduty<'a>(
+    body: &'a Value,
+    event_type: Option<&str>,
+) -> Result<Vec<Draft<'a>>, MappingError> {
+    let event = body
+        .get("event")
+        .filter(|e| e.is_object())
+        .ok_or(MappingError::Malformed {
+            provider: "pagerduty",
+            reason: "no event object (only v3 webhooks are supported)",
+        })?;
+    let kind = text(event, "/event_type")
+        .or_else(|| event_type.map(str::to_string))
+        .unwrap_or_default();
     if !PAGERDUTY_LIFECYCLE.contains(&kind.as_str()) {
         return Ok(Vec::new());
     }
     let Some(data) = event.get("data").filter(|d| d.is_object()) else {
-        return Err(MappingError::Malformed { provider: "pagerduty", reason: "event has no data object" });
+        return Err(MappingError::Malformed {
+            provider: "pagerduty",
+            reason: "event has no data object",
+        });
     };
     if text(data, "/type").is_some_and(|t| t != "incident") {
         return Ok(Vec::new());
@@ -574,7 +718,10 @@ fn pagerduty<'a>(body: &'a Value, event_type: Option<&str>) -> Result<Vec<Draft<
         id: text(data, "/id"),
         id_from: "event.data.id",
         title: text(data, "/title").or_else(|| text(data, "/summary")),
-        severities: text(data, "/priority/summary").into_iter().chain(text(data, "/urgency")).collect(),
+        severities: text(data, "/priority/summary")
+            .into_iter()
+            .chain(text(data, "/urgency"))
+            .collect(),
         link: text(data, "/html_url"),
         resolve: kind == "incident.resolved",
         time_ms: event.pointer("/occurred_at").and_then(time_ms),
@@ -593,14 +740,29 @@ fn sentry<'a>(body: &'a Value, event_type: Option<&str>) -> Result<Vec<Draft<'a>
         ["metric_alert", "event", "issue"]
             .into_iter()
             .find(|k| data.get(*k).is_some())
-            .map(|k| if k == "event" { "event_alert".to_string() } else { k.to_string() })
+            .map(|k| {
+                if k == "event" {
+                    "event_alert".to_string()
+                } else {
+                    k.to_string()
+                }
+            })
     });
-    let action = text(body, "/action").unwrap_or_default().to_ascii_lowercase();
-    let Some(resource) = resource else { return Ok(Vec::new()) };
-    let malformed = |reason| MappingError::Malformed { provider: "sentry", reason };
+    let action = text(body, "/action")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let Some(resource) = resource else {
+        return Ok(Vec::new());
+    };
+    let malformed = |reason| MappingError::Malformed {
+        provider: "sentry",
+        reason,
+    };
     let draft = match resource.as_str() {
         "metric_alert" => {
-            let alert = body.pointer("/data/metric_alert").ok_or(malformed("metric_alert hook without data.metric_alert"))?;
+            let alert = body
+                .pointer("/data/metric_alert")
+                .ok_or(malformed("metric_alert hook without data.metric_alert"))?;
             let resolve = action == "resolved";
             let severity_fallback = match action.as_str() {
                 "critical" => Some(Severity::Critical),
@@ -621,7 +783,9 @@ fn sentry<'a>(body: &'a Value, event_type: Option<&str>) -> Result<Vec<Draft<'a>
             }
         }
         "event_alert" => {
-            let event = body.pointer("/data/event").ok_or(malformed("event_alert hook without data.event"))?;
+            let event = body
+                .pointer("/data/event")
+                .ok_or(malformed("event_alert hook without data.event"))?;
             Draft {
                 id: text(event, "/issue_id").map(|id| format!("issue:{id}")),
                 id_from: "data.event.issue_id",
@@ -638,7 +802,9 @@ fn sentry<'a>(body: &'a Value, event_type: Option<&str>) -> Result<Vec<Draft<'a>
                 "resolved" | "archived" | "ignored" => true,
                 _ => return Ok(Vec::new()),
             };
-            let issue = body.pointer("/data/issue").ok_or(malformed("issue hook without data.issue"))?;
+            let issue = body
+                .pointer("/data/issue")
+                .ok_or(malformed("issue hook without data.issue"))?;
             Draft {
                 id: text(issue, "/id").map(|id| format!("issue:{id}")),
                 id_from: "data.issue.id",
@@ -651,7 +817,10 @@ fn sentry<'a>(body: &'a Value, event_type: Option<&str>) -> Result<Vec<Draft<'a>
         }
         _ => return Ok(Vec::new()),
     };
-    Ok(vec![Draft { alert: Some(body), ..draft }])
+    Ok(vec![Draft {
+        alert: Some(body),
+        ..draft
+    }])
 }
 
 fn worst_trigger(alert: &Value) -> Option<Severity> {

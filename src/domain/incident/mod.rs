@@ -14,6 +14,20 @@ use sha2::{Digest, Sha256};
 pub use mapping::{DATADOG_TEMPLATE, Mapping, MappingError};
 pub use state::{DEFAULT_CAPACITY, Incident, IncidentBook, IncidentState, Order, Transition};
 
+/// Incidents listed on `status.incidents.recent` when `spec.incidents.keepRecent` is
+/// not set.
+pub const DEFAULT_KEEP_RECENT: usize = 20;
+
+/// How many incidents `status.incidents.recent` lists for this integration
+/// (`spec.incidents.keepRecent`, default 20, at most [`DEFAULT_CAPACITY`]).
+pub fn keep_recent(spec: &crate::crd::WebhookIntegrationSpec) -> usize {
+    spec.incidents
+        .as_ref()
+        .and_then(|i| i.keep_recent)
+        .map_or(DEFAULT_KEEP_RECENT, |n| usize::try_from(n).unwrap_or(0))
+        .min(DEFAULT_CAPACITY)
+}
+
 /// Normalised severity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -67,15 +81,20 @@ impl Severity {
     /// `spec.incidents.severityMap` translates any other vocabulary.
     pub fn normalise(raw: &str) -> Option<Severity> {
         let lower = raw.trim().to_ascii_lowercase();
-        let compact: String = lower.chars().filter(|c| !matches!(c, '-' | '_' | ' ')).collect();
+        let compact: String = lower
+            .chars()
+            .filter(|c| !matches!(c, '-' | '_' | ' '))
+            .collect();
         let severity = match compact.as_str() {
-            "critical" | "crit" | "fatal" | "emergency" | "emerg" | "alert" | "page" | "disaster" | "p0" | "p1"
-            | "sev0" | "sev1" => Severity::Critical,
+            "critical" | "crit" | "fatal" | "emergency" | "emerg" | "alert" | "page"
+            | "disaster" | "p0" | "p1" | "sev0" | "sev1" => Severity::Critical,
             "high" | "error" | "err" | "major" | "severe" | "p2" | "sev2" => Severity::High,
-            "medium" | "moderate" | "average" | "warning" | "warn" | "p3" | "sev3" => Severity::Medium,
+            "medium" | "moderate" | "average" | "warning" | "warn" | "p3" | "sev3" => {
+                Severity::Medium
+            }
             "low" | "minor" | "notice" | "ticket" | "p4" | "sev4" => Severity::Low,
-            "info" | "informational" | "information" | "debug" | "trace" | "none" | "ok" | "success" | "p5"
-            | "sev5" => Severity::Info,
+            "info" | "informational" | "information" | "debug" | "trace" | "none" | "ok"
+            | "success" | "p5" | "sev5" => Severity::Info,
             _ => return None,
         };
         Some(severity)
@@ -151,6 +170,26 @@ mod tests {
     }
 
     #[test]
+    fn keep_recent_defaults_and_bounds() {
+        let spec = |yaml: &str| -> crate::crd::WebhookIntegrationSpec {
+            serde_yaml::from_str(yaml).expect("spec")
+        };
+        assert_eq!(keep_recent(&spec("provider: datadog")), 20);
+        assert_eq!(
+            keep_recent(&spec("provider: datadog\nincidents: {keepRecent: 5}")),
+            5
+        );
+        assert_eq!(
+            keep_recent(&spec("provider: datadog\nincidents: {keepRecent: -1}")),
+            0
+        );
+        assert_eq!(
+            keep_recent(&spec("provider: datadog\nincidents: {keepRecent: 500}")),
+            100
+        );
+    }
+
+    #[test]
     fn content_tiebreak_is_stable_and_content_sensitive() {
         let ev = IncidentEvent {
             id: "a".into(),
@@ -161,7 +200,10 @@ mod tests {
             event_time_ms: 5,
         };
         assert_eq!(ev.content_tiebreak(), ev.clone().content_tiebreak());
-        let resolved = IncidentEvent { resolve: true, ..ev.clone() };
+        let resolved = IncidentEvent {
+            resolve: true,
+            ..ev.clone()
+        };
         assert_ne!(ev.content_tiebreak(), resolved.content_tiebreak());
         assert_eq!(ev.content_tiebreak().len(), 32);
     }

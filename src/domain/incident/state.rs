@@ -79,7 +79,10 @@ pub struct Order {
 
 impl Order {
     pub fn new(event_time_ms: i64, tiebreak: impl Into<String>) -> Order {
-        Order { event_time_ms, tiebreak: tiebreak.into() }
+        Order {
+            event_time_ms,
+            tiebreak: tiebreak.into(),
+        }
     }
 
     /// The form written to `status.incidents.*.order`: `<unix ms>:<tiebreak>`.
@@ -90,7 +93,10 @@ impl Order {
     /// Reads [`Order::encode`]'s form; the tiebreak may itself contain `:`.
     pub fn parse(encoded: &str) -> Option<Order> {
         let (ms, tiebreak) = encoded.split_once(':')?;
-        Some(Order { event_time_ms: ms.parse().ok()?, tiebreak: tiebreak.to_string() })
+        Some(Order {
+            event_time_ms: ms.parse().ok()?,
+            tiebreak: tiebreak.to_string(),
+        })
     }
 }
 
@@ -108,7 +114,7 @@ pub struct Incident {
     pub updated_at_ms: i64,
     /// When it resolved (the newest recovery, whole seconds), while resolved.
     pub resolved_at_ms: Option<i64>,
-    /// Last recovery before the current episode began (whole seconds).
+    /// Last recovery before the episode that `opened_at_ms` starts (whole seconds).
     pub previous_resolved_at_ms: Option<i64>,
     pub link: Option<String>,
     /// The newest event's time, full precision.
@@ -152,7 +158,11 @@ impl Default for IncidentBook {
 impl IncidentBook {
     /// A book keeping at most `capacity` incidents (at least 1).
     pub fn new(capacity: usize) -> IncidentBook {
-        IncidentBook { incidents: HashMap::new(), capacity: capacity.max(1), revision: 0 }
+        IncidentBook {
+            incidents: HashMap::new(),
+            capacity: capacity.max(1),
+            revision: 0,
+        }
     }
 
     /// Folds one event in. `tiebreak` orders events with the same time; pass the same
@@ -173,10 +183,13 @@ impl IncidentBook {
     /// Folds in another replica's view as read from the resource status. Idempotent and
     /// commutative with [`IncidentBook::apply`]: replicas that merge each other's status
     /// end with the same incidents. Entries that cannot be read (unknown state, no time)
-    /// are skipped.
+    /// are skipped. The capacity is enforced once, after everything is folded in, so the
+    /// result does not depend on the order of the entries.
     pub fn merge(&mut self, other: &IncidentsStatus) {
         for summary in other.recent.iter().chain(&other.tracked) {
-            let Some(theirs) = Incident::from_summary(summary) else { continue };
+            let Some(theirs) = Incident::from_summary(summary) else {
+                continue;
+            };
             let merged = match self.incidents.get(&theirs.id) {
                 Some(ours) => join(ours, &theirs),
                 None => theirs,
@@ -194,12 +207,19 @@ impl IncidentBook {
         let mut summaries = all.into_iter().map(Incident::to_summary);
         let recent = summaries.by_ref().take(keep_recent).collect();
         let tracked = summaries.collect();
-        IncidentsStatus { open: self.open_count() as i64, recent, tracked }
+        IncidentsStatus {
+            open: self.open_count() as i64,
+            recent,
+            tracked,
+        }
     }
 
     /// Incidents currently open.
     pub fn open_count(&self) -> usize {
-        self.incidents.values().filter(|i| i.state == IncidentState::Open).count()
+        self.incidents
+            .values()
+            .filter(|i| i.state == IncidentState::Open)
+            .count()
     }
 
     /// One incident by id.
@@ -234,30 +254,29 @@ impl IncidentBook {
     /// open) the oldest open ones. Deterministic, so replicas holding the same incidents
     /// drop the same ones.
     fn evict(&mut self) {
-        while self.incidents.len() > self.capacity {
-            let victim = self
-                .incidents
-                .values()
-                .min_by(|a, b| {
-                    (a.state == IncidentState::Open)
-                        .cmp(&(b.state == IncidentState::Open))
-                        .then_with(|| a.last_order.cmp(&b.last_order))
-                        .then_with(|| a.id.cmp(&b.id))
-                })
-                .map(|i| i.id.clone());
-            match victim {
-                Some(id) => {
-                    self.incidents.remove(&id);
-                    self.revision += 1;
-                }
-                None => break,
-            }
+        let excess = self.incidents.len().saturating_sub(self.capacity);
+        if excess == 0 {
+            return;
         }
+        let mut by_priority: Vec<&Incident> = self.incidents.values().collect();
+        by_priority.sort_by(|a, b| {
+            (a.state == IncidentState::Open)
+                .cmp(&(b.state == IncidentState::Open))
+                .then_with(|| a.last_order.cmp(&b.last_order))
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        let victims: Vec<String> = by_priority[..excess].iter().map(|i| i.id.clone()).collect();
+        for id in victims {
+            self.incidents.remove(&id);
+        }
+        self.revision += 1;
     }
 }
 
 fn newest_first(a: &Incident, b: &Incident) -> Ordering {
-    b.last_order.cmp(&a.last_order).then_with(|| a.id.cmp(&b.id))
+    b.last_order
+        .cmp(&a.last_order)
+        .then_with(|| a.id.cmp(&b.id))
 }
 
 fn classify(before: Option<&Incident>, after: &Incident) -> Transition {
@@ -273,7 +292,9 @@ fn classify(before: Option<&Incident>, after: &Incident) -> Transition {
     match (before.state, after.state) {
         (IncidentState::Open, IncidentState::Open) => Transition::Updated,
         (IncidentState::Open, IncidentState::Resolved) => Transition::Resolved,
-        (IncidentState::Resolved, IncidentState::Open) if before.opened_at_ms.is_none() => Transition::Opened,
+        (IncidentState::Resolved, IncidentState::Open) if before.opened_at_ms.is_none() => {
+            Transition::Opened
+        }
         (IncidentState::Resolved, IncidentState::Open) => Transition::Reopened,
         (IncidentState::Resolved, IncidentState::Resolved) => Transition::Unchanged,
     }
@@ -282,7 +303,13 @@ fn classify(before: Option<&Incident>, after: &Incident) -> Transition {
 /// The winner among two versions of an incident: newest event first; the remaining keys
 /// only make the choice deterministic should two versions ever share an order.
 fn rank(i: &Incident) -> (&Order, IncidentState, &str, Severity, Option<&str>) {
-    (&i.last_order, i.state, &i.title, i.severity, i.link.as_deref())
+    (
+        &i.last_order,
+        i.state,
+        &i.title,
+        i.severity,
+        i.link.as_deref(),
+    )
 }
 
 fn join(a: &Incident, b: &Incident) -> Incident {
@@ -300,7 +327,11 @@ fn whole_seconds(ms: i64) -> i64 {
 
 impl Incident {
     fn from_event(ev: &IncidentEvent, tiebreak: &str) -> Incident {
-        let state = if ev.resolve { IncidentState::Resolved } else { IncidentState::Open };
+        let state = if ev.resolve {
+            IncidentState::Resolved
+        } else {
+            IncidentState::Open
+        };
         Incident {
             id: ev.id.clone(),
             title: ev.title.clone(),
@@ -344,18 +375,24 @@ impl Incident {
                     .unwrap_or(last);
                 (Some(opened), previous)
             }
-            IncidentState::Resolved => match triggers.iter().copied().filter(|&t| t <= last).max() {
-                None => (None, None),
-                Some(newest_trigger) => {
-                    let previous = resolves.iter().copied().filter(|&r| r < newest_trigger).max();
-                    let opened = triggers
-                        .iter()
-                        .copied()
-                        .filter(|&t| t <= newest_trigger && previous.is_none_or(|p| t > p))
-                        .min();
-                    (opened, previous)
+            IncidentState::Resolved => {
+                match triggers.iter().copied().filter(|&t| t <= last).max() {
+                    None => (None, None),
+                    Some(newest_trigger) => {
+                        let previous = resolves
+                            .iter()
+                            .copied()
+                            .filter(|&r| r < newest_trigger)
+                            .max();
+                        let opened = triggers
+                            .iter()
+                            .copied()
+                            .filter(|&t| t <= newest_trigger && previous.is_none_or(|p| t > p))
+                            .min();
+                        (opened, previous)
+                    }
                 }
-            },
+            }
         };
         Incident {
             opened_at_ms: opened,
@@ -387,10 +424,17 @@ impl Incident {
     /// tiebreak, so any event of that second that carries a tiebreak wins over them.
     pub fn from_summary(summary: &IncidentSummary) -> Option<Incident> {
         let state = IncidentState::from_name(&summary.state)?;
-        let order = summary.order.as_deref().and_then(Order::parse).or_else(|| {
-            let time = summary.last_event_time.as_ref().or(summary.updated_at.as_ref())?;
-            Some(Order::new(from_time(time), ""))
-        })?;
+        let order = summary
+            .order
+            .as_deref()
+            .and_then(Order::parse)
+            .or_else(|| {
+                let time = summary
+                    .last_event_time
+                    .as_ref()
+                    .or(summary.updated_at.as_ref())?;
+                Some(Order::new(from_time(time), ""))
+            })?;
         let severity = Severity::from_name(&summary.severity)
             .or_else(|| Severity::normalise(&summary.severity))
             .unwrap_or(Severity::Info);
@@ -399,10 +443,16 @@ impl Incident {
             title: summary.title.clone(),
             severity,
             state,
-            opened_at_ms: summary.opened_at.as_ref().map(|t| whole_seconds(from_time(t))),
+            opened_at_ms: summary
+                .opened_at
+                .as_ref()
+                .map(|t| whole_seconds(from_time(t))),
             updated_at_ms: whole_seconds(order.event_time_ms),
             resolved_at_ms: None,
-            previous_resolved_at_ms: summary.previous_resolved_at.as_ref().map(|t| whole_seconds(from_time(t))),
+            previous_resolved_at_ms: summary
+                .previous_resolved_at
+                .as_ref()
+                .map(|t| whole_seconds(from_time(t))),
             link: summary.link.clone(),
             last_event_ms: order.event_time_ms,
             last_order: order,

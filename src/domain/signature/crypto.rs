@@ -1,7 +1,7 @@
 //! HMAC, encodings and constant-time comparison: the primitives every scheme shares.
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, STANDARD_PAD_INDIFFERENT, URL_SAFE_PAD_INDIFFERENT};
+use base64::engine::general_purpose::{STANDARD, STANDARD_PAD_INDIFFERENT};
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use sha2::{Sha256, Sha512};
@@ -55,14 +55,10 @@ pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
     hex::decode(s.trim()).ok()
 }
 
-/// Standard base64, padding optional; URL-safe alphabet accepted too, since some
-/// senders' libraries emit it.
+/// Standard base64, padding optional (non-canonical trailing bits are refused, so
+/// two different strings never decode to the same MAC).
 pub fn decode_base64(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim();
-    STANDARD_PAD_INDIFFERENT
-        .decode(s)
-        .or_else(|_| URL_SAFE_PAD_INDIFFERENT.decode(s))
-        .ok()
+    STANDARD_PAD_INDIFFERENT.decode(s.trim()).ok()
 }
 
 /// Standard base64 with padding, as every provider sends it.
@@ -82,8 +78,15 @@ mod tests {
 
     #[test]
     fn hmac_sha256_matches_rfc4231_case_2() {
-        let out = mac(Algorithm::Sha256, b"Jefe", &[b"what do ya want ", b"for nothing?"]);
-        assert_eq!(hex::encode(out), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        let out = mac(
+            Algorithm::Sha256,
+            b"Jefe",
+            &[b"what do ya want ", b"for nothing?"],
+        );
+        assert_eq!(
+            hex::encode(out),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 
     #[test]
@@ -94,10 +97,11 @@ mod tests {
     }
 
     #[test]
-    fn base64_accepts_missing_padding_and_url_alphabet() {
+    fn base64_accepts_missing_padding_but_not_other_alphabets() {
         assert_eq!(decode_base64("YQ==").as_deref(), Some(&b"a"[..]));
         assert_eq!(decode_base64("YQ").as_deref(), Some(&b"a"[..]));
-        assert_eq!(decode_base64("-_8=").as_deref(), Some(&[0xfb, 0xff][..]));
+        assert_eq!(decode_base64("-_8="), None);
+        assert_eq!(decode_base64("YR=="), None, "non-canonical trailing bits");
         assert_eq!(decode_base64("not base64!"), None);
     }
 }

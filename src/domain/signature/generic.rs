@@ -4,8 +4,8 @@
 use super::crypto::{Algorithm, decode_base64, decode_hex, encode_base64, mac};
 use super::hmac_presets::{match_any, parse_rfc3339_or_unix, strip_prefix_ci};
 use super::{
-    DEFAULT_TOLERANCE_SECONDS, Delivery, Keys, Rejection, SchemeError, SignInput, Verified, check_window, header,
-    valid_header_name,
+    DEFAULT_TOLERANCE_SECONDS, Delivery, Keys, Rejection, SchemeError, SignInput, Verified,
+    check_window, header, valid_header_name,
 };
 use crate::crd::{HmacAlgorithm, SignatureEncoding, SignatureSpec};
 
@@ -63,7 +63,9 @@ pub fn parse_template(template: &str) -> Result<Vec<Segment>, SchemeError> {
         out.push(Segment::Literal(literal));
     }
     if !out.contains(&Segment::Body) {
-        return Err(SchemeError::InvalidSignedContent("must include {body}".to_string()));
+        return Err(SchemeError::InvalidSignedContent(
+            "must include {body}".to_string(),
+        ));
     }
     Ok(out)
 }
@@ -71,14 +73,25 @@ pub fn parse_template(template: &str) -> Result<Vec<Segment>, SchemeError> {
 impl GenericScheme {
     pub fn from_spec(spec: &SignatureSpec) -> Result<GenericScheme, SchemeError> {
         let signed_content = parse_template(&spec.signed_content)?;
-        let timestamp_header =
-            spec.timestamp_header.as_deref().map(|h| valid_header_name("spec.signature.timestampHeader", h)).transpose()?;
-        let id_header = spec.id_header.as_deref().map(|h| valid_header_name("spec.signature.idHeader", h)).transpose()?;
+        let timestamp_header = spec
+            .timestamp_header
+            .as_deref()
+            .map(|h| valid_header_name("spec.signature.timestampHeader", h))
+            .transpose()?;
+        let id_header = spec
+            .id_header
+            .as_deref()
+            .map(|h| valid_header_name("spec.signature.idHeader", h))
+            .transpose()?;
         if signed_content.contains(&Segment::Timestamp) && timestamp_header.is_none() {
-            return Err(SchemeError::InvalidSignedContent("uses {timestamp}, so timestampHeader must be set".to_string()));
+            return Err(SchemeError::InvalidSignedContent(
+                "uses {timestamp}, so timestampHeader must be set".to_string(),
+            ));
         }
         if signed_content.contains(&Segment::Id) && id_header.is_none() {
-            return Err(SchemeError::InvalidSignedContent("uses {id}, so idHeader must be set".to_string()));
+            return Err(SchemeError::InvalidSignedContent(
+                "uses {id}, so idHeader must be set".to_string(),
+            ));
         }
         Ok(GenericScheme {
             header: valid_header_name("spec.signature.header", &spec.header)?,
@@ -88,7 +101,10 @@ impl GenericScheme {
             signed_content,
             timestamp_header,
             id_header,
-            tolerance_seconds: spec.tolerance_seconds.map(i64::from).unwrap_or(DEFAULT_TOLERANCE_SECONDS),
+            tolerance_seconds: spec
+                .tolerance_seconds
+                .map(i64::from)
+                .unwrap_or(DEFAULT_TOLERANCE_SECONDS),
         })
     }
 
@@ -113,13 +129,21 @@ impl GenericScheme {
     }
 }
 
-pub(crate) fn verify(g: &GenericScheme, keys: &Keys<'_>, d: &Delivery<'_>, now: i64) -> Result<Verified, Rejection> {
+pub(crate) fn verify(
+    g: &GenericScheme,
+    keys: &Keys<'_>,
+    d: &Delivery<'_>,
+    now: i64,
+) -> Result<Verified, Rejection> {
     let alg = g.alg();
-    let value = header(d.headers, &g.header)?.ok_or_else(|| Rejection::MissingSignature { header: g.header.clone() })?;
-    let encoded = strip_prefix_ci(value, &g.prefix).ok_or_else(|| Rejection::MalformedSignature {
+    let value = header(d.headers, &g.header)?.ok_or_else(|| Rejection::MissingSignature {
         header: g.header.clone(),
-        reason: "value does not start with the configured prefix",
     })?;
+    let encoded =
+        strip_prefix_ci(value, &g.prefix).ok_or_else(|| Rejection::MalformedSignature {
+            header: g.header.clone(),
+            reason: "value does not start with the configured prefix",
+        })?;
     let sig = match g.encoding {
         SignatureEncoding::Hex => decode_hex(encoded),
         SignatureEncoding::Base64 => decode_base64(encoded),
@@ -130,32 +154,47 @@ pub(crate) fn verify(g: &GenericScheme, keys: &Keys<'_>, d: &Delivery<'_>, now: 
         reason: "not an HMAC of the configured algorithm and encoding",
     })?;
     let timestamp = match &g.timestamp_header {
-        Some(name) => Some(
-            header(d.headers, name)?.ok_or_else(|| Rejection::MissingTimestamp { source: format!("{name} header") })?,
-        ),
+        Some(name) => {
+            Some(
+                header(d.headers, name)?.ok_or_else(|| Rejection::MissingTimestamp {
+                    source: format!("{name} header"),
+                })?,
+            )
+        }
         None => None,
     };
     let id = match &g.id_header {
-        Some(name) if g.signed_content.contains(&Segment::Id) => {
-            header(d.headers, name)?.ok_or_else(|| Rejection::MissingId { header: name.clone() })?
-        }
+        Some(name) if g.signed_content.contains(&Segment::Id) => header(d.headers, name)?
+            .ok_or_else(|| Rejection::MissingId {
+                header: name.clone(),
+            })?,
         _ => "",
     };
     let parts = g.parts(d.body, timestamp.unwrap_or(""), id);
-    let index = match_any(keys, alg, &[sig], &parts).ok_or(Rejection::SignatureMismatch { secrets: keys.len() })?;
+    let index = match_any(keys, alg, &[sig], &parts).ok_or(Rejection::SignatureMismatch {
+        secrets: keys.len(),
+    })?;
     let checked = match (timestamp, &g.timestamp_header) {
         (Some(raw), Some(name)) => {
-            let ts = parse_rfc3339_or_unix(raw)
-                .ok_or_else(|| Rejection::MalformedTimestamp { source: format!("{name} header") })?;
+            let ts = parse_rfc3339_or_unix(raw).ok_or_else(|| Rejection::MalformedTimestamp {
+                source: format!("{name} header"),
+            })?;
             check_window(ts, now, g.tolerance_seconds)?;
             Some(ts)
         }
         _ => None,
     };
-    Ok(Verified { secret_index: index, timestamp: checked })
+    Ok(Verified {
+        secret_index: index,
+        timestamp: checked,
+    })
 }
 
-pub(crate) fn sign(g: &GenericScheme, secret: &str, input: &SignInput<'_>) -> Vec<(String, String)> {
+pub(crate) fn sign(
+    g: &GenericScheme,
+    secret: &str,
+    input: &SignInput<'_>,
+) -> Vec<(String, String)> {
     let ts = input.timestamp.to_string();
     let parts = g.parts(input.body, &ts, input.id);
     let raw = mac(g.alg(), secret.as_bytes(), &parts);

@@ -4,8 +4,8 @@
 
 use super::crypto::{Algorithm, ct_eq, decode_base64, decode_hex, encode_base64, mac};
 use super::{
-    DEFAULT_TOLERANCE_SECONDS, Delivery, Keys, LINEAR_TOLERANCE_SECONDS, Rejection, SignInput, Verified, check_window,
-    header, parse_unix,
+    DEFAULT_TOLERANCE_SECONDS, Delivery, Keys, LINEAR_TOLERANCE_SECONDS, Rejection, SignInput,
+    Verified, check_window, header, parse_unix,
 };
 
 type Headers = Vec<(String, String)>;
@@ -13,29 +13,44 @@ type Headers = Vec<(String, String)>;
 /// The first secret whose MAC over `parts` equals one of `candidates`. Every candidate
 /// is compared (no early exit inside one secret) so timing says nothing about which
 /// candidate was close.
-pub(crate) fn match_any(keys: &Keys<'_>, alg: Algorithm, candidates: &[Vec<u8>], parts: &[&[u8]]) -> Option<usize> {
+pub(crate) fn match_any(
+    keys: &Keys<'_>,
+    alg: Algorithm,
+    candidates: &[Vec<u8>],
+    parts: &[&[u8]],
+) -> Option<usize> {
     keys.find(|secret| {
         let expected = mac(alg, secret.as_bytes(), parts);
-        candidates.iter().fold(false, |acc, c| acc | ct_eq(&expected, c))
+        candidates
+            .iter()
+            .fold(false, |acc, c| acc | ct_eq(&expected, c))
     })
 }
 
 /// `prefix` at the start of `value`, ASCII case-insensitively (`SHA256=` is seen in the wild).
 pub(crate) fn strip_prefix_ci<'v>(value: &'v str, prefix: &str) -> Option<&'v str> {
     let head = value.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &value[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &value[prefix.len()..])
 }
 
 fn malformed(header: &str, reason: &'static str) -> Rejection {
-    Rejection::MalformedSignature { header: header.to_string(), reason }
+    Rejection::MalformedSignature {
+        header: header.to_string(),
+        reason,
+    }
 }
 
 fn missing(header: &str) -> Rejection {
-    Rejection::MissingSignature { header: header.to_string() }
+    Rejection::MissingSignature {
+        header: header.to_string(),
+    }
 }
 
 fn mismatch(keys: &Keys<'_>) -> Rejection {
-    Rejection::SignatureMismatch { secrets: keys.len() }
+    Rejection::SignatureMismatch {
+        secrets: keys.len(),
+    }
 }
 
 fn hex_of_len(header: &str, value: &str, alg: Algorithm) -> Result<Vec<u8>, Rejection> {
@@ -47,11 +62,19 @@ fn hex_of_len(header: &str, value: &str, alg: Algorithm) -> Result<Vec<u8>, Reje
 fn base64_of_len(header: &str, value: &str, alg: Algorithm) -> Result<Vec<u8>, Rejection> {
     decode_base64(value)
         .filter(|b| b.len() == alg.output_len())
-        .ok_or_else(|| malformed(header, "signature is not a base64 HMAC of the expected length"))
+        .ok_or_else(|| {
+            malformed(
+                header,
+                "signature is not a base64 HMAC of the expected length",
+            )
+        })
 }
 
 fn verified(index: usize, timestamp: Option<i64>) -> Verified {
-    Verified { secret_index: index, timestamp }
+    Verified {
+        secret_index: index,
+        timestamp,
+    }
 }
 
 fn push_id(out: &mut Headers, name: &str, id: &str) {
@@ -69,9 +92,12 @@ fn verify_prefixed_hex(
     alg: Algorithm,
 ) -> Result<Verified, Rejection> {
     let value = header(d.headers, name)?.ok_or_else(|| missing(name))?;
-    let hex = strip_prefix_ci(value, prefix).ok_or_else(|| malformed(name, "value does not start with the expected prefix"))?;
+    let hex = strip_prefix_ci(value, prefix)
+        .ok_or_else(|| malformed(name, "value does not start with the expected prefix"))?;
     let sig = hex_of_len(name, hex, alg)?;
-    match_any(keys, alg, &[sig], &[d.body]).map(|i| verified(i, None)).ok_or_else(|| mismatch(keys))
+    match_any(keys, alg, &[sig], &[d.body])
+        .map(|i| verified(i, None))
+        .ok_or_else(|| mismatch(keys))
 }
 
 const GITHUB_SHA256: &str = "X-Hub-Signature-256";
@@ -93,8 +119,20 @@ pub(crate) fn verify_github(keys: &Keys<'_>, d: &Delivery<'_>) -> Result<Verifie
 pub(crate) fn sign_github(secret: &str, input: &SignInput<'_>) -> Headers {
     let key = secret.as_bytes();
     let mut out = vec![
-        (GITHUB_SHA1.to_string(), format!("sha1={}", hex::encode(mac(Algorithm::Sha1, key, &[input.body])))),
-        (GITHUB_SHA256.to_string(), format!("sha256={}", hex::encode(mac(Algorithm::Sha256, key, &[input.body])))),
+        (
+            GITHUB_SHA1.to_string(),
+            format!(
+                "sha1={}",
+                hex::encode(mac(Algorithm::Sha1, key, &[input.body]))
+            ),
+        ),
+        (
+            GITHUB_SHA256.to_string(),
+            format!(
+                "sha256={}",
+                hex::encode(mac(Algorithm::Sha256, key, &[input.body]))
+            ),
+        ),
     ];
     push_id(&mut out, "X-GitHub-Delivery", input.id);
     out
@@ -125,7 +163,9 @@ const SHOPIFY: &str = "X-Shopify-Hmac-Sha256";
 pub(crate) fn verify_shopify(keys: &Keys<'_>, d: &Delivery<'_>) -> Result<Verified, Rejection> {
     let value = header(d.headers, SHOPIFY)?.ok_or_else(|| missing(SHOPIFY))?;
     let sig = base64_of_len(SHOPIFY, value, Algorithm::Sha256)?;
-    match_any(keys, Algorithm::Sha256, &[sig], &[d.body]).map(|i| verified(i, None)).ok_or_else(|| mismatch(keys))
+    match_any(keys, Algorithm::Sha256, &[sig], &[d.body])
+        .map(|i| verified(i, None))
+        .ok_or_else(|| mismatch(keys))
 }
 
 pub(crate) fn sign_shopify(secret: &str, input: &SignInput<'_>) -> Headers {
@@ -149,7 +189,9 @@ pub(crate) fn verify_pagerduty(keys: &Keys<'_>, d: &Delivery<'_>) -> Result<Veri
     if candidates.is_empty() {
         return Err(malformed(PAGERDUTY, "no v1=<hex> signature"));
     }
-    match_any(keys, Algorithm::Sha256, &candidates, &[d.body]).map(|i| verified(i, None)).ok_or_else(|| mismatch(keys))
+    match_any(keys, Algorithm::Sha256, &candidates, &[d.body])
+        .map(|i| verified(i, None))
+        .ok_or_else(|| mismatch(keys))
 }
 
 pub(crate) fn sign_pagerduty(secret: &str, input: &SignInput<'_>) -> Headers {
@@ -171,7 +213,10 @@ pub(crate) fn sign_sentry(secret: &str, input: &SignInput<'_>) -> Headers {
     let sig = hex::encode(mac(Algorithm::Sha256, secret.as_bytes(), &[input.body]));
     let mut out = vec![
         (SENTRY.to_string(), sig),
-        ("Sentry-Hook-Timestamp".to_string(), input.timestamp.to_string()),
+        (
+            "Sentry-Hook-Timestamp".to_string(),
+            input.timestamp.to_string(),
+        ),
     ];
     push_id(&mut out, "Request-ID", input.id);
     out
@@ -183,7 +228,11 @@ const LINEAR_TS: &str = "Linear-Timestamp";
 /// Linear: hex HMAC-SHA256 of the body; the replay window is the body's signed
 /// `webhookTimestamp` (Unix milliseconds), ±60 s like Linear's SDK. The unsigned
 /// `Linear-Timestamp` header is only used when the body has no `webhookTimestamp`.
-pub(crate) fn verify_linear(keys: &Keys<'_>, d: &Delivery<'_>, now: i64) -> Result<Verified, Rejection> {
+pub(crate) fn verify_linear(
+    keys: &Keys<'_>,
+    d: &Delivery<'_>,
+    now: i64,
+) -> Result<Verified, Rejection> {
     let value = header(d.headers, LINEAR)?.ok_or_else(|| missing(LINEAR))?;
     let sig = hex_of_len(LINEAR, value, Algorithm::Sha256)?;
     let index =
@@ -191,17 +240,22 @@ pub(crate) fn verify_linear(keys: &Keys<'_>, d: &Delivery<'_>, now: i64) -> Resu
     let from_body = match serde_json::from_slice::<serde_json::Value>(d.body) {
         Ok(v) => match v.get("webhookTimestamp") {
             None | Some(serde_json::Value::Null) => None,
-            Some(t) => Some(t.as_i64().or_else(|| t.as_f64().map(|f| f as i64)).ok_or_else(|| {
-                Rejection::MalformedTimestamp { source: "webhookTimestamp in the body".to_string() }
-            })?),
+            Some(t) => Some(
+                t.as_i64()
+                    .or_else(|| t.as_f64().map(|f| f as i64))
+                    .ok_or_else(|| Rejection::MalformedTimestamp {
+                        source: "webhookTimestamp in the body".to_string(),
+                    })?,
+            ),
         },
         Err(_) => None,
     };
     let ts_ms = match from_body {
         Some(ms) => ms,
         None => match header(d.headers, LINEAR_TS)? {
-            Some(h) => parse_unix(h)
-                .ok_or_else(|| Rejection::MalformedTimestamp { source: format!("{LINEAR_TS} header") })?,
+            Some(h) => parse_unix(h).ok_or_else(|| Rejection::MalformedTimestamp {
+                source: format!("{LINEAR_TS} header"),
+            })?,
             None => {
                 return Err(Rejection::MissingTimestamp {
                     source: "webhookTimestamp in the body or Linear-Timestamp header".to_string(),
@@ -213,7 +267,10 @@ pub(crate) fn verify_linear(keys: &Keys<'_>, d: &Delivery<'_>, now: i64) -> Resu
     let tol_ms = LINEAR_TOLERANCE_SECONDS * 1000;
     let age_ms = now_ms.saturating_sub(ts_ms);
     if age_ms > tol_ms {
-        return Err(Rejection::TimestampStale { age_seconds: age_ms / 1000, tolerance_seconds: LINEAR_TOLERANCE_SECONDS });
+        return Err(Rejection::TimestampStale {
+            age_seconds: age_ms / 1000,
+            tolerance_seconds: LINEAR_TOLERANCE_SECONDS,
+        });
     }
     if -age_ms > tol_ms {
         return Err(Rejection::TimestampFuture {
@@ -228,7 +285,10 @@ pub(crate) fn sign_linear(secret: &str, input: &SignInput<'_>) -> Headers {
     let sig = hex::encode(mac(Algorithm::Sha256, secret.as_bytes(), &[input.body]));
     let mut out = vec![(LINEAR.to_string(), sig)];
     push_id(&mut out, "Linear-Delivery", input.id);
-    out.push((LINEAR_TS.to_string(), input.timestamp.saturating_mul(1000).to_string()));
+    out.push((
+        LINEAR_TS.to_string(),
+        input.timestamp.saturating_mul(1000).to_string(),
+    ));
     out
 }
 
@@ -237,7 +297,11 @@ const GRAFANA_TS: &str = "X-Grafana-Alerting-Timestamp";
 
 /// Grafana alerting HMAC: hex HMAC-SHA256 of `{timestamp}:{body}` when the timestamp
 /// header is sent (then checked ±300 s), else of the body.
-pub(crate) fn verify_grafana(keys: &Keys<'_>, d: &Delivery<'_>, now: i64) -> Result<Verified, Rejection> {
+pub(crate) fn verify_grafana(
+    keys: &Keys<'_>,
+    d: &Delivery<'_>,
+    now: i64,
+) -> Result<Verified, Rejection> {
     let value = header(d.headers, GRAFANA)?.ok_or_else(|| missing(GRAFANA))?;
     let sig = hex_of_len(GRAFANA, value, Algorithm::Sha256)?;
     match header(d.headers, GRAFANA_TS)? {
@@ -245,10 +309,16 @@ pub(crate) fn verify_grafana(keys: &Keys<'_>, d: &Delivery<'_>, now: i64) -> Res
             .map(|i| verified(i, None))
             .ok_or_else(|| mismatch(keys)),
         Some(ts_raw) => {
-            let index = match_any(keys, Algorithm::Sha256, &[sig], &[ts_raw.as_bytes(), b":", d.body])
-                .ok_or_else(|| mismatch(keys))?;
-            let ts = parse_unix(ts_raw)
-                .ok_or_else(|| Rejection::MalformedTimestamp { source: format!("{GRAFANA_TS} header") })?;
+            let index = match_any(
+                keys,
+                Algorithm::Sha256,
+                &[sig],
+                &[ts_raw.as_bytes(), b":", d.body],
+            )
+            .ok_or_else(|| mismatch(keys))?;
+            let ts = parse_unix(ts_raw).ok_or_else(|| Rejection::MalformedTimestamp {
+                source: format!("{GRAFANA_TS} header"),
+            })?;
             check_window(ts, now, DEFAULT_TOLERANCE_SECONDS)?;
             Ok(verified(index, Some(ts)))
         }
@@ -257,7 +327,11 @@ pub(crate) fn verify_grafana(keys: &Keys<'_>, d: &Delivery<'_>, now: i64) -> Res
 
 pub(crate) fn sign_grafana(secret: &str, input: &SignInput<'_>) -> Headers {
     let ts = input.timestamp.to_string();
-    let sig = hex::encode(mac(Algorithm::Sha256, secret.as_bytes(), &[ts.as_bytes(), b":", input.body]));
+    let sig = hex::encode(mac(
+        Algorithm::Sha256,
+        secret.as_bytes(),
+        &[ts.as_bytes(), b":", input.body],
+    ));
     vec![(GRAFANA.to_string(), sig), (GRAFANA_TS.to_string(), ts)]
 }
 
@@ -268,30 +342,57 @@ const ZENDESK_TS: &str = "X-Zendesk-Webhook-Signature-Timestamp";
 /// in its own header, checked ±300 s. Zendesk's event-connector page publishes an
 /// example signed as `body + timestamp`; both orders are accepted (neither can be
 /// produced without the secret).
-pub(crate) fn verify_zendesk(keys: &Keys<'_>, d: &Delivery<'_>, now: i64) -> Result<Verified, Rejection> {
+pub(crate) fn verify_zendesk(
+    keys: &Keys<'_>,
+    d: &Delivery<'_>,
+    now: i64,
+) -> Result<Verified, Rejection> {
     let value = header(d.headers, ZENDESK)?.ok_or_else(|| missing(ZENDESK))?;
     let sig = base64_of_len(ZENDESK, value, Algorithm::Sha256)?;
-    let ts_raw = header(d.headers, ZENDESK_TS)?
-        .ok_or_else(|| Rejection::MissingTimestamp { source: format!("{ZENDESK_TS} header") })?;
+    let ts_raw = header(d.headers, ZENDESK_TS)?.ok_or_else(|| Rejection::MissingTimestamp {
+        source: format!("{ZENDESK_TS} header"),
+    })?;
     let candidates = [sig];
-    let index = match_any(keys, Algorithm::Sha256, &candidates, &[ts_raw.as_bytes(), d.body])
-        .or_else(|| match_any(keys, Algorithm::Sha256, &candidates, &[d.body, ts_raw.as_bytes()]))
-        .ok_or_else(|| mismatch(keys))?;
-    let ts = parse_rfc3339_or_unix(ts_raw)
-        .ok_or_else(|| Rejection::MalformedTimestamp { source: format!("{ZENDESK_TS} header") })?;
+    let index = match_any(
+        keys,
+        Algorithm::Sha256,
+        &candidates,
+        &[ts_raw.as_bytes(), d.body],
+    )
+    .or_else(|| {
+        match_any(
+            keys,
+            Algorithm::Sha256,
+            &candidates,
+            &[d.body, ts_raw.as_bytes()],
+        )
+    })
+    .ok_or_else(|| mismatch(keys))?;
+    let ts = parse_rfc3339_or_unix(ts_raw).ok_or_else(|| Rejection::MalformedTimestamp {
+        source: format!("{ZENDESK_TS} header"),
+    })?;
     check_window(ts, now, DEFAULT_TOLERANCE_SECONDS)?;
     Ok(verified(index, Some(ts)))
 }
 
 pub(crate) fn parse_rfc3339_or_unix(s: &str) -> Option<i64> {
-    parse_unix(s).or_else(|| s.trim().parse::<jiff::Timestamp>().ok().map(|t| t.as_second()))
+    parse_unix(s).or_else(|| {
+        s.trim()
+            .parse::<jiff::Timestamp>()
+            .ok()
+            .map(|t| t.as_second())
+    })
 }
 
 pub(crate) fn sign_zendesk(secret: &str, input: &SignInput<'_>) -> Headers {
     let ts = jiff::Timestamp::from_second(input.timestamp)
         .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
         .unwrap_or_else(|_| input.timestamp.to_string());
-    let sig = encode_base64(&mac(Algorithm::Sha256, secret.as_bytes(), &[ts.as_bytes(), input.body]));
+    let sig = encode_base64(&mac(
+        Algorithm::Sha256,
+        secret.as_bytes(),
+        &[ts.as_bytes(), input.body],
+    ));
     let mut out = vec![(ZENDESK.to_string(), sig), (ZENDESK_TS.to_string(), ts)];
     push_id(&mut out, "X-Zendesk-Webhook-Invocation-Id", input.id);
     out

@@ -42,7 +42,7 @@ pub const DEFAULT_TOLERANCE_SECONDS: i64 = 300;
 pub const LINEAR_TOLERANCE_SECONDS: i64 = 60;
 
 /// One incoming request, as raw as the receiver got it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct Delivery<'a> {
     /// HTTP method (Twilio signs GET parameters differently from POST form fields).
     pub method: &'a str,
@@ -52,6 +52,22 @@ pub struct Delivery<'a> {
     pub headers: &'a HeaderMap,
     /// The body exactly as received.
     pub body: &'a [u8],
+}
+
+/// Header values can carry tokens (`Authorization`, `X-Gitlab-Token`): only names and
+/// sizes are shown.
+impl fmt::Debug for Delivery<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field(
+                "headers",
+                &self.headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            )
+            .field("body_bytes", &self.body.len())
+            .finish()
+    }
 }
 
 /// How one integration authenticates deliveries: the preset plus the spec fields that
@@ -83,7 +99,11 @@ pub enum SchemeError {
 impl Scheme {
     /// A preset with no spec refinements (what `hookwarden verify --provider` uses).
     pub fn preset(provider: ProviderKind) -> Scheme {
-        Scheme { provider, generic: None, token_header: None }
+        Scheme {
+            provider,
+            generic: None,
+            token_header: None,
+        }
     }
 
     /// Validates the authentication-related parts of a spec.
@@ -103,19 +123,29 @@ impl Scheme {
                 Some(valid_header_name("spec.tokenHeader", h)?)
             }
         };
-        Ok(Scheme { provider: spec.provider, generic, token_header })
+        Ok(Scheme {
+            provider: spec.provider,
+            generic,
+            token_header,
+        })
     }
 }
 
 /// Presets that authenticate with a shared token rather than (only) a signature.
 pub fn uses_tokens(provider: ProviderKind) -> bool {
-    matches!(provider, ProviderKind::Datadog | ProviderKind::Alertmanager | ProviderKind::Gitlab)
+    matches!(
+        provider,
+        ProviderKind::Datadog | ProviderKind::Alertmanager | ProviderKind::Gitlab
+    )
 }
 
 pub(crate) fn valid_header_name(field: &'static str, value: &str) -> Result<String, SchemeError> {
     match http::HeaderName::from_bytes(value.as_bytes()) {
         Ok(name) => Ok(name.as_str().to_string()),
-        Err(_) => Err(SchemeError::InvalidHeaderName { field, value: value.to_string() }),
+        Err(_) => Err(SchemeError::InvalidHeaderName {
+            field,
+            value: value.to_string(),
+        }),
     }
 }
 
@@ -154,7 +184,10 @@ pub enum Rejection {
     /// The header that carries the signature (or token) is absent.
     MissingSignature { header: String },
     /// The signature header is present but cannot be parsed.
-    MalformedSignature { header: String, reason: &'static str },
+    MalformedSignature {
+        header: String,
+        reason: &'static str,
+    },
     /// The scheme signs a delivery id, and the id header is absent.
     MissingId { header: String },
     /// The scheme signs a timestamp, and it is absent.
@@ -162,9 +195,15 @@ pub enum Rejection {
     /// The timestamp is present but not a number/date.
     MalformedTimestamp { source: String },
     /// The signed timestamp is older than the window allows (likely a replay).
-    TimestampStale { age_seconds: i64, tolerance_seconds: i64 },
+    TimestampStale {
+        age_seconds: i64,
+        tolerance_seconds: i64,
+    },
     /// The signed timestamp is further in the future than the window allows.
-    TimestampFuture { ahead_seconds: i64, tolerance_seconds: i64 },
+    TimestampFuture {
+        ahead_seconds: i64,
+        tolerance_seconds: i64,
+    },
     /// Signatures were present and well-formed but none matched any secret.
     SignatureMismatch { secrets: usize },
     /// A token was presented but matched no secret.
@@ -221,17 +260,29 @@ impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Rejection::NoSecret => f.write_str("no secret is configured"),
-            Rejection::InvalidSecret { reason } => write!(f, "the configured secret cannot be used: {reason}"),
+            Rejection::InvalidSecret { reason } => {
+                write!(f, "the configured secret cannot be used: {reason}")
+            }
             Rejection::MissingSignature { header } => write!(f, "missing {header} header"),
-            Rejection::MalformedSignature { header, reason } => write!(f, "malformed {header} header: {reason}"),
-            Rejection::MissingId { header } => write!(f, "missing {header} header (the delivery id is signed)"),
+            Rejection::MalformedSignature { header, reason } => {
+                write!(f, "malformed {header} header: {reason}")
+            }
+            Rejection::MissingId { header } => {
+                write!(f, "missing {header} header (the delivery id is signed)")
+            }
             Rejection::MissingTimestamp { source } => write!(f, "missing timestamp ({source})"),
             Rejection::MalformedTimestamp { source } => write!(f, "malformed timestamp ({source})"),
-            Rejection::TimestampStale { age_seconds, tolerance_seconds } => write!(
+            Rejection::TimestampStale {
+                age_seconds,
+                tolerance_seconds,
+            } => write!(
                 f,
                 "timestamp is {age_seconds}s old, outside the ±{tolerance_seconds}s window (replayed or delayed delivery, or clock skew)"
             ),
-            Rejection::TimestampFuture { ahead_seconds, tolerance_seconds } => write!(
+            Rejection::TimestampFuture {
+                ahead_seconds,
+                tolerance_seconds,
+            } => write!(
                 f,
                 "timestamp is {ahead_seconds}s in the future, outside the ±{tolerance_seconds}s window (clock skew?)"
             ),
@@ -240,10 +291,17 @@ impl fmt::Display for Rejection {
                 "signature does not match the body with any of the {secrets} configured secret(s) (wrong secret, or the body was altered)"
             ),
             Rejection::TokenMismatch { secrets } => {
-                write!(f, "token does not match any of the {secrets} configured secret(s)")
+                write!(
+                    f,
+                    "token does not match any of the {secrets} configured secret(s)"
+                )
             }
-            Rejection::BodyHashMismatch => f.write_str("body does not match the bodySHA256 query parameter"),
-            Rejection::MissingUrl => f.write_str("the request URL is needed to verify this provider and is unknown"),
+            Rejection::BodyHashMismatch => {
+                f.write_str("body does not match the bodySHA256 query parameter")
+            }
+            Rejection::MissingUrl => {
+                f.write_str("the request URL is needed to verify this provider and is unknown")
+            }
             Rejection::MalformedBody { reason } => write!(f, "body cannot be read: {reason}"),
         }
     }
@@ -257,12 +315,21 @@ pub(crate) struct Keys<'a> {
 
 impl<'a> Keys<'a> {
     fn new(secrets: &[&'a str]) -> Keys<'a> {
-        Keys { list: secrets.iter().copied().enumerate().filter(|(_, s)| !s.is_empty()).collect() }
+        Keys {
+            list: secrets
+                .iter()
+                .copied()
+                .enumerate()
+                .filter(|(_, s)| !s.is_empty())
+                .collect(),
+        }
     }
 
     /// The secrets satisfying `keep`, original indexes preserved.
     pub(crate) fn subset(&self, mut keep: impl FnMut(&str) -> bool) -> Keys<'a> {
-        Keys { list: self.list.iter().copied().filter(|(_, s)| keep(s)).collect() }
+        Keys {
+            list: self.list.iter().copied().filter(|(_, s)| keep(s)).collect(),
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -285,7 +352,10 @@ pub(crate) fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'
         None => Ok(None),
         Some(v) => match v.to_str() {
             Ok(s) => Ok(Some(s.trim())),
-            Err(_) => Err(Rejection::MalformedSignature { header: name.to_string(), reason: "not ASCII text" }),
+            Err(_) => Err(Rejection::MalformedSignature {
+                header: name.to_string(),
+                reason: "not ASCII text",
+            }),
         },
     }
 }
@@ -294,9 +364,15 @@ pub(crate) fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'
 pub(crate) fn check_window(timestamp: i64, now: i64, tolerance: i64) -> Result<(), Rejection> {
     let age = now.saturating_sub(timestamp);
     if age > tolerance {
-        Err(Rejection::TimestampStale { age_seconds: age, tolerance_seconds: tolerance })
+        Err(Rejection::TimestampStale {
+            age_seconds: age,
+            tolerance_seconds: tolerance,
+        })
     } else if -age > tolerance {
-        Err(Rejection::TimestampFuture { ahead_seconds: -age, tolerance_seconds: tolerance })
+        Err(Rejection::TimestampFuture {
+            ahead_seconds: -age,
+            tolerance_seconds: tolerance,
+        })
     } else {
         Ok(())
     }
@@ -305,7 +381,12 @@ pub(crate) fn check_window(timestamp: i64, now: i64, tolerance: i64) -> Result<(
 /// A Unix-seconds timestamp as senders write it: ASCII digits, optional leading minus.
 pub(crate) fn parse_unix(s: &str) -> Option<i64> {
     let s = s.trim();
-    if s.is_empty() || !s.trim_start_matches('-').bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty()
+        || !s
+            .trim_start_matches('-')
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     s.parse().ok()
@@ -313,14 +394,21 @@ pub(crate) fn parse_unix(s: &str) -> Option<i64> {
 
 /// Verifies one delivery against `secrets` (current first, then unexpired previous
 /// ones) at `now_unix`.
-pub fn verify(scheme: &Scheme, secrets: &[&str], delivery: &Delivery<'_>, now_unix: i64) -> Verdict {
+pub fn verify(
+    scheme: &Scheme,
+    secrets: &[&str],
+    delivery: &Delivery<'_>,
+    now_unix: i64,
+) -> Verdict {
     let keys = Keys::new(secrets);
     if keys.len() == 0 {
         return Verdict::Invalid(Rejection::NoSecret);
     }
     let outcome = match scheme.provider {
         ProviderKind::Github => hmac_presets::verify_github(&keys, delivery),
-        ProviderKind::Jira | ProviderKind::Bitbucket => hmac_presets::verify_hub_sha256(&keys, delivery),
+        ProviderKind::Jira | ProviderKind::Bitbucket => {
+            hmac_presets::verify_hub_sha256(&keys, delivery)
+        }
         ProviderKind::Shopify => hmac_presets::verify_shopify(&keys, delivery),
         ProviderKind::Pagerduty => hmac_presets::verify_pagerduty(&keys, delivery),
         ProviderKind::Sentry => hmac_presets::verify_sentry(&keys, delivery),
@@ -329,17 +417,23 @@ pub fn verify(scheme: &Scheme, secrets: &[&str], delivery: &Delivery<'_>, now_un
         ProviderKind::Zendesk => hmac_presets::verify_zendesk(&keys, delivery, now_unix),
         ProviderKind::Stripe => stripe::verify(&keys, delivery, now_unix),
         ProviderKind::Slack => slack::verify(&keys, delivery, now_unix),
-        ProviderKind::StandardWebhooks => standard::verify(&keys, delivery, now_unix, standard::Branding::Unbranded),
+        ProviderKind::StandardWebhooks => {
+            standard::verify(&keys, delivery, now_unix, standard::Branding::Unbranded)
+        }
         ProviderKind::Svix => standard::verify(&keys, delivery, now_unix, standard::Branding::Svix),
         ProviderKind::Twilio => twilio::verify(&keys, delivery),
-        ProviderKind::Gitlab => token::verify_gitlab(&keys, delivery, scheme.token_header.as_deref(), now_unix),
+        ProviderKind::Gitlab => {
+            token::verify_gitlab(&keys, delivery, scheme.token_header.as_deref(), now_unix)
+        }
         ProviderKind::Datadog | ProviderKind::Alertmanager => {
             token::verify_token(&keys, delivery.headers, scheme.token_header.as_deref())
         }
         ProviderKind::Generic => match &scheme.generic {
             Some(g) => generic::verify(g, &keys, delivery, now_unix),
             // from_spec never builds this; a hand-built Scheme without settings verifies nothing.
-            None => Err(Rejection::InvalidSecret { reason: "provider generic has no signature settings" }),
+            None => Err(Rejection::InvalidSecret {
+                reason: "provider generic has no signature settings",
+            }),
         },
     };
     match outcome {
@@ -371,7 +465,9 @@ pub enum SignError {
     InvalidSecret(&'static str),
     #[error("{0} signs the request URL: give the URL the delivery is sent to")]
     MissingUrl(ProviderKind),
-    #[error("Twilio sends JSON bodies to the URL with ?bodySHA256=<hex sha256 of the body> appended, and signs that URL: use {0}")]
+    #[error(
+        "Twilio sends JSON bodies to the URL with ?bodySHA256=<hex sha256 of the body> appended, and signs that URL: use {0}"
+    )]
     TwilioNeedsBodyHash(String),
     #[error("provider generic needs its signature settings (spec.signature)")]
     MissingGenericSignature,
@@ -379,14 +475,26 @@ pub enum SignError {
 
 /// The exact authentication headers the provider would send for this body (plus the
 /// delivery id / timestamp headers that belong to the scheme), in sending order.
-pub fn sign(scheme: &Scheme, secret: &str, input: &SignInput<'_>) -> Result<Vec<(String, String)>, SignError> {
+pub fn sign(
+    scheme: &Scheme,
+    secret: &str,
+    input: &SignInput<'_>,
+) -> Result<Vec<(String, String)>, SignError> {
     if secret.is_empty() {
         return Err(SignError::EmptySecret);
     }
     match scheme.provider {
         ProviderKind::Github => Ok(hmac_presets::sign_github(secret, input)),
-        ProviderKind::Jira => Ok(hmac_presets::sign_hub_sha256(secret, input, "X-Atlassian-Webhook-Identifier")),
-        ProviderKind::Bitbucket => Ok(hmac_presets::sign_hub_sha256(secret, input, "X-Request-UUID")),
+        ProviderKind::Jira => Ok(hmac_presets::sign_hub_sha256(
+            secret,
+            input,
+            "X-Atlassian-Webhook-Identifier",
+        )),
+        ProviderKind::Bitbucket => Ok(hmac_presets::sign_hub_sha256(
+            secret,
+            input,
+            "X-Request-UUID",
+        )),
         ProviderKind::Shopify => Ok(hmac_presets::sign_shopify(secret, input)),
         ProviderKind::Pagerduty => Ok(hmac_presets::sign_pagerduty(secret, input)),
         ProviderKind::Sentry => Ok(hmac_presets::sign_sentry(secret, input)),
@@ -395,7 +503,9 @@ pub fn sign(scheme: &Scheme, secret: &str, input: &SignInput<'_>) -> Result<Vec<
         ProviderKind::Zendesk => Ok(hmac_presets::sign_zendesk(secret, input)),
         ProviderKind::Stripe => Ok(stripe::sign(secret, input)),
         ProviderKind::Slack => Ok(slack::sign(secret, input)),
-        ProviderKind::StandardWebhooks => standard::sign(secret, input, standard::Branding::Unbranded),
+        ProviderKind::StandardWebhooks => {
+            standard::sign(secret, input, standard::Branding::Unbranded)
+        }
         ProviderKind::Svix => standard::sign(secret, input, standard::Branding::Svix),
         ProviderKind::Twilio => twilio::sign(secret, input),
         ProviderKind::Gitlab => token::sign_gitlab(secret, input, scheme.token_header.as_deref()),
@@ -417,7 +527,9 @@ pub fn check_secret(provider: ProviderKind, secret: &str) -> Result<(), SignErro
         return Err(SignError::EmptySecret);
     }
     match provider {
-        ProviderKind::StandardWebhooks | ProviderKind::Svix => standard::decode_key(secret).map(|_| ()),
+        ProviderKind::StandardWebhooks | ProviderKind::Svix => {
+            standard::decode_key(secret).map(|_| ())
+        }
         ProviderKind::Gitlab if secret.starts_with(standard::SECRET_PREFIX) => {
             standard::decode_key(secret).map(|_| ())
         }
@@ -450,7 +562,10 @@ fn bounded(s: &str) -> Option<String> {
 }
 
 fn header_meta(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers.get(name).and_then(|v| v.to_str().ok()).and_then(bounded)
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bounded)
 }
 
 fn json_meta(body: Option<&serde_json::Value>, pointer: &str) -> Option<String> {
@@ -463,26 +578,37 @@ fn json_meta(body: Option<&serde_json::Value>, pointer: &str) -> Option<String> 
 
 /// The provider's delivery id and event type. `body` is the parsed JSON body when the
 /// delivery is JSON (after authentication).
-pub fn delivery_meta(scheme: &Scheme, headers: &HeaderMap, body: Option<&serde_json::Value>) -> DeliveryMeta {
+pub fn delivery_meta(
+    scheme: &Scheme,
+    headers: &HeaderMap,
+    body: Option<&serde_json::Value>,
+) -> DeliveryMeta {
     let h = |name: &str| header_meta(headers, name);
     let j = |pointer: &str| json_meta(body, pointer);
     let (id, event_type) = match scheme.provider {
         ProviderKind::Github => (h("X-GitHub-Delivery"), h("X-GitHub-Event")),
         ProviderKind::Gitlab => (
-            h("webhook-id").or_else(|| h("Idempotency-Key")).or_else(|| h("X-Gitlab-Event-UUID")),
+            h("webhook-id")
+                .or_else(|| h("Idempotency-Key"))
+                .or_else(|| h("X-Gitlab-Event-UUID")),
             h("X-Gitlab-Event").or_else(|| j("/object_kind")),
         ),
         ProviderKind::Stripe => (j("/id"), j("/type")),
         ProviderKind::Slack => {
             let event_type = match j("/type").as_deref() {
-                Some("event_callback") => j("/event/type").or_else(|| Some("event_callback".to_string())),
+                Some("event_callback") => {
+                    j("/event/type").or_else(|| Some("event_callback".to_string()))
+                }
                 Some(t) => Some(t.to_string()),
                 None => None,
             };
             (j("/event_id"), event_type)
         }
         ProviderKind::StandardWebhooks => (h("webhook-id"), j("/type")),
-        ProviderKind::Svix => (h("svix-id").or_else(|| h("webhook-id")), j("/type").or_else(|| j("/eventType"))),
+        ProviderKind::Svix => (
+            h("svix-id").or_else(|| h("webhook-id")),
+            j("/type").or_else(|| j("/eventType")),
+        ),
         ProviderKind::Shopify => (
             h("X-Shopify-Webhook-Id").or_else(|| h("X-Shopify-Event-Id")),
             h("X-Shopify-Topic"),
@@ -497,7 +623,10 @@ pub fn delivery_meta(scheme: &Scheme, headers: &HeaderMap, body: Option<&serde_j
         ProviderKind::Grafana => (None, j("/status")),
         ProviderKind::Zendesk => (h("X-Zendesk-Webhook-Invocation-Id"), j("/type")),
         ProviderKind::Jira => (h("X-Atlassian-Webhook-Identifier"), j("/webhookEvent")),
-        ProviderKind::Bitbucket => (h("X-Request-UUID").or_else(|| h("X-Request-Id")), h("X-Event-Key")),
+        ProviderKind::Bitbucket => (
+            h("X-Request-UUID").or_else(|| h("X-Request-Id")),
+            h("X-Event-Key"),
+        ),
         // Datadog's template is user-written: `id` may be the alert id, shared by the
         // trigger and its recovery, so the transition and date are part of the key.
         ProviderKind::Datadog => {
@@ -511,11 +640,18 @@ pub fn delivery_meta(scheme: &Scheme, headers: &HeaderMap, body: Option<&serde_j
                 }
                 key
             });
-            (id.and_then(|k| bounded(&k)), j("/event_type").or_else(|| j("/alert_transition")))
+            (
+                id.and_then(|k| bounded(&k)),
+                j("/event_type").or_else(|| j("/alert_transition")),
+            )
         }
         ProviderKind::Alertmanager => (None, j("/status")),
         ProviderKind::Generic => (
-            scheme.generic.as_ref().and_then(|g| g.id_header.as_deref()).and_then(h),
+            scheme
+                .generic
+                .as_ref()
+                .and_then(|g| g.id_header.as_deref())
+                .and_then(h),
             j("/type"),
         ),
     };
@@ -526,15 +662,24 @@ pub fn delivery_meta(scheme: &Scheme, headers: &HeaderMap, body: Option<&serde_j
 /// through (some senders omit it, and the signature still decides).
 pub fn accepts_content_type(provider: ProviderKind, content_type: Option<&str>) -> bool {
     let Some(ct) = content_type else { return true };
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    let json = essence == "application/json" || essence == "text/json" || essence.ends_with("+json");
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let json =
+        essence == "application/json" || essence == "text/json" || essence.ends_with("+json");
     let form = essence == "application/x-www-form-urlencoded";
     let xml = essence == "application/xml" || essence == "text/xml";
     match provider {
         ProviderKind::Generic => true,
         // GitHub and Datadog offer "form" encoding; Slack slash commands and interactivity
         // are form posts; Twilio posts forms (JSON with bodySHA256 for some products).
-        ProviderKind::Github | ProviderKind::Slack | ProviderKind::Twilio | ProviderKind::Datadog => json || form,
+        ProviderKind::Github
+        | ProviderKind::Slack
+        | ProviderKind::Twilio
+        | ProviderKind::Datadog => json || form,
         // Shopify subscriptions can be XML; Zendesk trigger webhooks JSON, XML or form.
         ProviderKind::Shopify => json || xml,
         ProviderKind::Zendesk => json || xml || form,
@@ -544,9 +689,14 @@ pub fn accepts_content_type(provider: ProviderKind, content_type: Option<&str>) 
 
 /// The answer a provider's handshake needs instead of 202, if this body is one: Slack's
 /// `url_verification` wants the `challenge` echoed back.
-pub fn handshake(provider: ProviderKind, body: &serde_json::Value) -> Option<(&'static str, Vec<u8>)> {
+pub fn handshake(
+    provider: ProviderKind,
+    body: &serde_json::Value,
+) -> Option<(&'static str, Vec<u8>)> {
     match provider {
-        ProviderKind::Slack if body.get("type").and_then(|t| t.as_str()) == Some("url_verification") => {
+        ProviderKind::Slack
+            if body.get("type").and_then(|t| t.as_str()) == Some("url_verification") =>
+        {
             let challenge = body.get("challenge")?.as_str()?;
             Some(("text/plain", challenge.as_bytes().to_vec()))
         }

@@ -3,31 +3,59 @@
 
 use super::crypto::{Algorithm, mac};
 use super::hmac_presets::{match_any, strip_prefix_ci};
-use super::{DEFAULT_TOLERANCE_SECONDS, Delivery, Keys, Rejection, SignInput, Verified, check_window, header, parse_unix};
+use super::{
+    DEFAULT_TOLERANCE_SECONDS, Delivery, Keys, Rejection, SignInput, Verified, check_window,
+    header, parse_unix,
+};
 
 const SIGNATURE: &str = "X-Slack-Signature";
 const TIMESTAMP: &str = "X-Slack-Request-Timestamp";
 
 pub(crate) fn verify(keys: &Keys<'_>, d: &Delivery<'_>, now: i64) -> Result<Verified, Rejection> {
-    let value =
-        header(d.headers, SIGNATURE)?.ok_or_else(|| Rejection::MissingSignature { header: SIGNATURE.to_string() })?;
-    let ts_raw = header(d.headers, TIMESTAMP)?
-        .ok_or_else(|| Rejection::MissingTimestamp { source: format!("{TIMESTAMP} header") })?;
-    let hex = strip_prefix_ci(value, "v0=")
-        .ok_or(Rejection::MalformedSignature { header: SIGNATURE.to_string(), reason: "expected v0=<hex>" })?;
+    let value = header(d.headers, SIGNATURE)?.ok_or_else(|| Rejection::MissingSignature {
+        header: SIGNATURE.to_string(),
+    })?;
+    let ts_raw = header(d.headers, TIMESTAMP)?.ok_or_else(|| Rejection::MissingTimestamp {
+        source: format!("{TIMESTAMP} header"),
+    })?;
+    let hex = strip_prefix_ci(value, "v0=").ok_or(Rejection::MalformedSignature {
+        header: SIGNATURE.to_string(),
+        reason: "expected v0=<hex>",
+    })?;
     let sig = super::crypto::decode_hex(hex)
         .filter(|s| s.len() == Algorithm::Sha256.output_len())
-        .ok_or(Rejection::MalformedSignature { header: SIGNATURE.to_string(), reason: "signature is not 64 hex digits" })?;
-    let index = match_any(keys, Algorithm::Sha256, &[sig], &[b"v0:", ts_raw.as_bytes(), b":", d.body])
-        .ok_or(Rejection::SignatureMismatch { secrets: keys.len() })?;
-    let ts =
-        parse_unix(ts_raw).ok_or_else(|| Rejection::MalformedTimestamp { source: format!("{TIMESTAMP} header") })?;
+        .ok_or(Rejection::MalformedSignature {
+            header: SIGNATURE.to_string(),
+            reason: "signature is not 64 hex digits",
+        })?;
+    let index = match_any(
+        keys,
+        Algorithm::Sha256,
+        &[sig],
+        &[b"v0:", ts_raw.as_bytes(), b":", d.body],
+    )
+    .ok_or(Rejection::SignatureMismatch {
+        secrets: keys.len(),
+    })?;
+    let ts = parse_unix(ts_raw).ok_or_else(|| Rejection::MalformedTimestamp {
+        source: format!("{TIMESTAMP} header"),
+    })?;
     check_window(ts, now, DEFAULT_TOLERANCE_SECONDS)?;
-    Ok(Verified { secret_index: index, timestamp: Some(ts) })
+    Ok(Verified {
+        secret_index: index,
+        timestamp: Some(ts),
+    })
 }
 
 pub(crate) fn sign(secret: &str, input: &SignInput<'_>) -> Vec<(String, String)> {
     let ts = input.timestamp.to_string();
-    let sig = hex::encode(mac(Algorithm::Sha256, secret.as_bytes(), &[b"v0:", ts.as_bytes(), b":", input.body]));
-    vec![(TIMESTAMP.to_string(), ts), (SIGNATURE.to_string(), format!("v0={sig}"))]
+    let sig = hex::encode(mac(
+        Algorithm::Sha256,
+        secret.as_bytes(),
+        &[b"v0:", ts.as_bytes(), b":", input.body],
+    ));
+    vec![
+        (TIMESTAMP.to_string(), ts),
+        (SIGNATURE.to_string(), format!("v0={sig}")),
+    ]
 }

@@ -12,20 +12,27 @@ use super::{Delivery, Keys, Rejection, SignError, SignInput, Verified, header};
 const GITLAB_TOKEN: &str = "X-Gitlab-Token";
 
 /// Tokens the request presents, in every accepted place.
-fn presented_tokens<'h>(headers: &'h http::HeaderMap, extra: &[&str]) -> Result<Vec<String>, Rejection> {
+fn presented_tokens(headers: &http::HeaderMap, extra: &[&str]) -> Result<Vec<String>, Rejection> {
     let mut out = Vec::new();
-    if let Some(auth) = header(headers, "Authorization")? {
-        if let Some((scheme, rest)) = auth.split_once(' ') {
-            let rest = rest.trim();
-            if scheme.eq_ignore_ascii_case("bearer") {
-                out.push(rest.to_string());
-            } else if scheme.eq_ignore_ascii_case("basic")
-                && let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest)
-                && let Ok(text) = String::from_utf8(decoded)
-                && let Some((_, password)) = text.split_once(':')
-            {
-                out.push(password.to_string());
-            }
+    let auth = header(headers, "Authorization")?;
+    // Some senders (Datadog custom headers, hand-written curl) put the bare token there.
+    if let Some(raw) = auth
+        && !raw.contains(' ')
+    {
+        out.push(raw.to_string());
+    }
+    if let Some(auth) = auth
+        && let Some((scheme, rest)) = auth.split_once(' ')
+    {
+        let rest = rest.trim();
+        if scheme.eq_ignore_ascii_case("bearer") {
+            out.push(rest.to_string());
+        } else if scheme.eq_ignore_ascii_case("basic")
+            && let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest)
+            && let Ok(text) = String::from_utf8(decoded)
+            && let Some((_, password)) = text.split_once(':')
+        {
+            out.push(password.to_string());
         }
     }
     for name in extra {
@@ -37,7 +44,11 @@ fn presented_tokens<'h>(headers: &'h http::HeaderMap, extra: &[&str]) -> Result<
 }
 
 fn match_tokens(keys: &Keys<'_>, tokens: &[String]) -> Option<usize> {
-    keys.find(|secret| tokens.iter().fold(false, |acc, t| acc | ct_eq(t.as_bytes(), secret.as_bytes())))
+    keys.find(|secret| {
+        tokens
+            .iter()
+            .fold(false, |acc, t| acc | ct_eq(t.as_bytes(), secret.as_bytes()))
+    })
 }
 
 /// Datadog, Alertmanager: Bearer, Basic password, or `spec.tokenHeader`.
@@ -56,8 +67,13 @@ pub(crate) fn verify_token(
         return Err(Rejection::MissingSignature { header });
     }
     match_tokens(keys, &tokens)
-        .map(|i| Verified { secret_index: i, timestamp: None })
-        .ok_or(Rejection::TokenMismatch { secrets: keys.len() })
+        .map(|i| Verified {
+            secret_index: i,
+            timestamp: None,
+        })
+        .ok_or(Rejection::TokenMismatch {
+            secrets: keys.len(),
+        })
 }
 
 pub(crate) fn sign_token(secret: &str, token_header: Option<&str>) -> Vec<(String, String)> {
@@ -86,16 +102,31 @@ pub(crate) fn verify_gitlab(
     }
     let mut extra = vec![GITLAB_TOKEN];
     extra.extend(token_header);
-    let tokens = if plain.len() > 0 { presented_tokens(d.headers, &extra)? } else { Vec::new() };
+    let tokens = if plain.len() > 0 {
+        presented_tokens(d.headers, &extra)?
+    } else {
+        Vec::new()
+    };
     if !tokens.is_empty() {
         if let Some(i) = match_tokens(&plain, &tokens) {
-            return Ok(Verified { secret_index: i, timestamp: None });
+            return Ok(Verified {
+                secret_index: i,
+                timestamp: None,
+            });
         }
-        return Err(signing_error.unwrap_or(Rejection::TokenMismatch { secrets: plain.len() }));
+        return Err(signing_error.unwrap_or(Rejection::TokenMismatch {
+            secrets: plain.len(),
+        }));
     }
-    Err(signing_error.unwrap_or_else(|| Rejection::MissingSignature {
-        header: if plain.len() > 0 { GITLAB_TOKEN.to_string() } else { "webhook-signature".to_string() },
-    }))
+    Err(
+        signing_error.unwrap_or_else(|| Rejection::MissingSignature {
+            header: if plain.len() > 0 {
+                GITLAB_TOKEN.to_string()
+            } else {
+                "webhook-signature".to_string()
+            },
+        }),
+    )
 }
 
 pub(crate) fn sign_gitlab(
@@ -106,7 +137,10 @@ pub(crate) fn sign_gitlab(
     let mut out = if secret.starts_with(SECRET_PREFIX) {
         standard::sign(secret, input, Branding::Unbranded)?
     } else {
-        vec![(token_header.unwrap_or(GITLAB_TOKEN).to_string(), secret.to_string())]
+        vec![(
+            token_header.unwrap_or(GITLAB_TOKEN).to_string(),
+            secret.to_string(),
+        )]
     };
     if !input.id.is_empty() {
         out.push(("Idempotency-Key".to_string(), input.id.to_string()));

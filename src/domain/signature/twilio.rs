@@ -20,12 +20,19 @@ const BODY_HASH: &str = "bodySHA256";
 fn query_param(url: &str, name: &str) -> Option<String> {
     let query = url.split_once('?')?.1;
     let query = query.split('#').next().unwrap_or(query);
-    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 fn is_json(content_type: Option<&str>) -> bool {
     content_type.is_some_and(|ct| {
-        let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         essence == "application/json" || essence.ends_with("+json")
     })
 }
@@ -45,7 +52,10 @@ fn signed_data(url: &str, params: &BTreeMap<String, Vec<String>>) -> String {
 fn form_params(body: &[u8]) -> BTreeMap<String, Vec<String>> {
     let mut params: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (k, v) in form_urlencoded::parse(body) {
-        params.entry(k.into_owned()).or_default().push(v.into_owned());
+        params
+            .entry(k.into_owned())
+            .or_default()
+            .push(v.into_owned());
     }
     for values in params.values_mut() {
         values.sort();
@@ -54,10 +64,82 @@ fn form_params(body: &[u8]) -> BTreeMap<String, Vec<String>> {
     params
 }
 
-/// `url` as given, without its explicit port, and with the scheme's default port.
+/// Every spelling of `url` Twilio may have signed: as given, without its explicit port,
+/// with the scheme's default port, and each of those with the query re-encoded the
+/// ways twilio-node tries (Node `querystring` legacy encoding; WHATWG encoding of `'`),
+/// since Twilio's back end is not consistent about either.
 pub(crate) fn url_variants(url: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for base in port_variants(url) {
+        let legacy = legacy_query(&base);
+        let whatwg = whatwg_quote(&base);
+        for candidate in [Some(base), legacy, whatwg].into_iter().flatten() {
+            if !out.contains(&candidate) {
+                out.push(candidate);
+            }
+        }
+    }
+    out
+}
+
+/// `(before '?', query, from '#')` of a URL with a query.
+fn split_query(url: &str) -> Option<(&str, &str, &str)> {
+    let q = url.find('?')?;
+    let (base, rest) = url.split_at(q);
+    let rest = &rest[1..];
+    let frag = rest.find('#').unwrap_or(rest.len());
+    Some((base, &rest[..frag], &rest[frag..]))
+}
+
+/// Node's `querystring.escape`: everything but `A-Za-z0-9-_.!~*'()` percent-encoded.
+fn node_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The query decoded and re-encoded by Node's `querystring` (repeated names grouped at
+/// their first occurrence, as `querystring.parse` + `stringify` do).
+fn legacy_query(url: &str) -> Option<String> {
+    let (base, query, fragment) = split_query(url)?;
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match groups.iter_mut().find(|(name, _)| *name == k) {
+            Some((_, values)) => values.push(v.into_owned()),
+            None => groups.push((k.into_owned(), vec![v.into_owned()])),
+        }
+    }
+    let encoded: Vec<String> = groups
+        .iter()
+        .flat_map(|(k, values)| {
+            values
+                .iter()
+                .map(move |v| format!("{}={}", node_escape(k), node_escape(v)))
+        })
+        .collect();
+    Some(format!("{base}?{}{fragment}", encoded.join("&")))
+}
+
+/// WHATWG URL serialisation percent-encodes `'` in the query of http(s) URLs.
+fn whatwg_quote(url: &str) -> Option<String> {
+    let (base, query, fragment) = split_query(url)?;
+    query
+        .contains('\'')
+        .then(|| format!("{base}?{}{fragment}", query.replace('\'', "%27")))
+}
+
+/// `url` as given, without its explicit port, and with the scheme's default port.
+fn port_variants(url: &str) -> Vec<String> {
     let mut out = vec![url.to_string()];
-    let Some((scheme, rest)) = url.split_once("://") else { return out };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return out;
+    };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
     let (userinfo, hostport) = match authority.rfind('@') {
@@ -92,35 +174,61 @@ pub(crate) fn url_variants(url: &str) -> Vec<String> {
 }
 
 pub(crate) fn verify(keys: &Keys<'_>, d: &Delivery<'_>) -> Result<Verified, Rejection> {
-    let value = header(d.headers, HEADER)?.ok_or_else(|| Rejection::MissingSignature { header: HEADER.to_string() })?;
+    let value = header(d.headers, HEADER)?.ok_or_else(|| Rejection::MissingSignature {
+        header: HEADER.to_string(),
+    })?;
     let sig = decode_base64(value)
         .filter(|s| s.len() == Algorithm::Sha1.output_len())
-        .ok_or(Rejection::MalformedSignature { header: HEADER.to_string(), reason: "not a base64 HMAC-SHA1" })?;
+        .ok_or(Rejection::MalformedSignature {
+            header: HEADER.to_string(),
+            reason: "not a base64 HMAC-SHA1",
+        })?;
     if d.url.is_empty() {
         return Err(Rejection::MissingUrl);
     }
     let body_hash = query_param(d.url, BODY_HASH);
-    let content_type = d.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let params = if body_hash.is_some() || d.method.eq_ignore_ascii_case("GET") || is_json(content_type) {
-        BTreeMap::new()
-    } else {
-        form_params(d.body)
-    };
+    let content_type = d
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let mut param_sets =
+        if body_hash.is_some() || d.method.eq_ignore_ascii_case("GET") || is_json(content_type) {
+            vec![BTreeMap::new()]
+        } else {
+            vec![form_params(d.body)]
+        };
+    // Twilio encodes `+` as %2B; a hand-made body with a literal `+` (a phone number
+    // pasted as is) was most likely signed with the `+`, not with a space.
+    if param_sets.len() == 1 && !param_sets[0].is_empty() && d.body.contains(&b'+') {
+        let literal: Vec<u8> = d
+            .body
+            .iter()
+            .flat_map(|&b| if b == b'+' { b"%2B".to_vec() } else { vec![b] })
+            .collect();
+        param_sets.push(form_params(&literal));
+    }
     let candidates = [sig];
-    let index = url_variants(d.url)
+    let urls = url_variants(d.url);
+    let index = param_sets
         .iter()
-        .find_map(|url| {
-            let data = signed_data(url, &params);
-            match_any(keys, Algorithm::Sha1, &candidates, &[data.as_bytes()])
-        })
-        .ok_or(Rejection::SignatureMismatch { secrets: keys.len() })?;
+        .flat_map(|params| urls.iter().map(move |url| signed_data(url, params)))
+        .find_map(|data| match_any(keys, Algorithm::Sha1, &candidates, &[data.as_bytes()]))
+        .ok_or(Rejection::SignatureMismatch {
+            secrets: keys.len(),
+        })?;
     if let Some(expected) = body_hash {
         let actual = sha256_hex(d.body);
-        if !ct_eq(actual.as_bytes(), expected.trim().to_ascii_lowercase().as_bytes()) {
+        if !ct_eq(
+            actual.as_bytes(),
+            expected.trim().to_ascii_lowercase().as_bytes(),
+        ) {
             return Err(Rejection::BodyHashMismatch);
         }
     }
-    Ok(Verified { secret_index: index, timestamp: None })
+    Ok(Verified {
+        secret_index: index,
+        timestamp: None,
+    })
 }
 
 /// `url` with `bodySHA256=<hex sha256 of body>` appended, as Twilio calls it for a JSON body.
@@ -138,13 +246,18 @@ pub fn url_with_body_hash(url: &str, body: &[u8]) -> String {
     out
 }
 
-pub(crate) fn sign(secret: &str, input: &SignInput<'_>) -> Result<Vec<(String, String)>, SignError> {
+pub(crate) fn sign(
+    secret: &str,
+    input: &SignInput<'_>,
+) -> Result<Vec<(String, String)>, SignError> {
     if input.url.is_empty() {
         return Err(SignError::MissingUrl(ProviderKind::Twilio));
     }
     let params = if is_json(Some(input.content_type)) {
         if query_param(input.url, BODY_HASH).is_none() {
-            return Err(SignError::TwilioNeedsBodyHash(url_with_body_hash(input.url, input.body)));
+            return Err(SignError::TwilioNeedsBodyHash(url_with_body_hash(
+                input.url, input.body,
+            )));
         }
         BTreeMap::new()
     } else {
@@ -154,7 +267,10 @@ pub(crate) fn sign(secret: &str, input: &SignInput<'_>) -> Result<Vec<(String, S
     let sig = encode_base64(&mac(Algorithm::Sha1, secret.as_bytes(), &[data.as_bytes()]));
     let mut out = vec![(HEADER.to_string(), sig)];
     if !input.id.is_empty() {
-        out.push(("I-Twilio-Idempotency-Token".to_string(), input.id.to_string()));
+        out.push((
+            "I-Twilio-Idempotency-Token".to_string(),
+            input.id.to_string(),
+        ));
     }
     Ok(out)
 }

@@ -16,7 +16,11 @@ fn trigger(id: &str, at_s: i64, title: &str) -> IncidentEvent {
 }
 
 fn recovery(id: &str, at_s: i64) -> IncidentEvent {
-    IncidentEvent { resolve: true, title: "recovered".to_string(), ..trigger(id, at_s, "") }
+    IncidentEvent {
+        resolve: true,
+        title: "recovered".to_string(),
+        ..trigger(id, at_s, "")
+    }
 }
 
 fn ms(at_s: i64) -> i64 {
@@ -62,7 +66,10 @@ fn state_machine_table() {
         },
         Case {
             name: "recovery resolves",
-            steps: vec![(trigger("a", 1, "disk full"), "d1", Opened), (recovery("a", 3), "d2", Resolved)],
+            steps: vec![
+                (trigger("a", 1, "disk full"), "d1", Opened),
+                (recovery("a", 3), "d2", Resolved),
+            ],
             state: Some(IncidentState::Resolved),
             title: "recovered",
             opened_at: Some(ms(1)),
@@ -110,7 +117,10 @@ fn state_machine_table() {
         },
         Case {
             name: "same event twice is a no-op",
-            steps: vec![(trigger("a", 1, "x"), "d1", Opened), (trigger("a", 1, "x"), "d1", Unchanged)],
+            steps: vec![
+                (trigger("a", 1, "x"), "d1", Opened),
+                (trigger("a", 1, "x"), "d1", Unchanged),
+            ],
             state: Some(IncidentState::Open),
             title: "x",
             opened_at: Some(ms(1)),
@@ -119,7 +129,10 @@ fn state_machine_table() {
         },
         Case {
             name: "same time: the higher tiebreak wins, whatever the arrival order",
-            steps: vec![(trigger("a", 1, "x"), "d2", Opened), (recovery("a", 1), "d1", Unchanged)],
+            steps: vec![
+                (trigger("a", 1, "x"), "d2", Opened),
+                (recovery("a", 1), "d1", Unchanged),
+            ],
             state: Some(IncidentState::Open),
             title: "x",
             opened_at: Some(ms(1)),
@@ -128,7 +141,10 @@ fn state_machine_table() {
         },
         Case {
             name: "same time, other arrival order",
-            steps: vec![(recovery("a", 1), "d1", Unchanged), (trigger("a", 1, "x"), "d2", Opened)],
+            steps: vec![
+                (recovery("a", 1), "d1", Unchanged),
+                (trigger("a", 1, "x"), "d2", Opened),
+            ],
             state: Some(IncidentState::Open),
             title: "x",
             opened_at: Some(ms(1)),
@@ -137,7 +153,10 @@ fn state_machine_table() {
         },
         Case {
             name: "recovery of an unknown incident is remembered, not opened",
-            steps: vec![(recovery("a", 5), "d1", Unchanged), (trigger("a", 3, "late"), "d2", Unchanged)],
+            steps: vec![
+                (recovery("a", 5), "d1", Unchanged),
+                (trigger("a", 3, "late"), "d2", Unchanged),
+            ],
             state: Some(IncidentState::Resolved),
             title: "recovered",
             opened_at: Some(ms(3)),
@@ -146,7 +165,10 @@ fn state_machine_table() {
         },
         Case {
             name: "newer trigger after a recovery-only incident opens it",
-            steps: vec![(recovery("a", 1), "d1", Unchanged), (trigger("a", 3, "now"), "d2", Opened)],
+            steps: vec![
+                (recovery("a", 1), "d1", Unchanged),
+                (trigger("a", 3, "now"), "d2", Opened),
+            ],
             state: Some(IncidentState::Open),
             title: "now",
             opened_at: Some(ms(3)),
@@ -168,7 +190,10 @@ fn state_machine_table() {
         },
         Case {
             name: "other incidents are independent",
-            steps: vec![(trigger("b", 1, "other"), "d1", Opened), (recovery("a", 2), "d2", Unchanged)],
+            steps: vec![
+                (trigger("b", 1, "other"), "d1", Opened),
+                (recovery("a", 2), "d2", Unchanged),
+            ],
             state: Some(IncidentState::Resolved),
             title: "recovered",
             opened_at: None,
@@ -183,7 +208,12 @@ fn state_machine_table() {
             let got = book.apply(ev, tiebreak);
             assert_eq!(got, *want, "{}: step {i}", case.name);
             if i > 0 && case.steps[i - 1].0 == *ev && case.steps[i - 1].1 == *tiebreak {
-                assert_eq!(book.revision(), revision, "{}: duplicate must not change the book", case.name);
+                assert_eq!(
+                    book.revision(),
+                    revision,
+                    "{}: duplicate must not change the book",
+                    case.name
+                );
             }
         }
         let a = book.get("a");
@@ -191,10 +221,19 @@ fn state_machine_table() {
         if let Some(a) = a {
             assert_eq!(a.title, case.title, "{}", case.name);
             assert_eq!(a.opened_at_ms, case.opened_at, "{}: openedAt", case.name);
-            assert_eq!(a.resolved_at_ms, case.resolved_at, "{}: resolvedAt", case.name);
+            assert_eq!(
+                a.resolved_at_ms, case.resolved_at,
+                "{}: resolvedAt",
+                case.name
+            );
         }
         assert_eq!(book.open_count(), case.open, "{}: open count", case.name);
-        assert_eq!(book.to_status(20).open, case.open as i64, "{}: status open", case.name);
+        assert_eq!(
+            book.to_status(20).open,
+            case.open as i64,
+            "{}: status open",
+            case.name
+        );
     }
 }
 
@@ -225,7 +264,10 @@ fn summary_round_trips_through_status_yaml() {
     let status = book.to_status(5);
     let yaml = serde_yaml::to_string(&status).expect("serialise");
     assert!(yaml.contains("order: 1700000004000:d:3"), "{yaml}");
-    assert!(yaml.contains("previousResolvedAt: 2023-11-14T22:13:22Z"), "{yaml}");
+    assert!(
+        yaml.contains("previousResolvedAt: 2023-11-14T22:13:22Z"),
+        "{yaml}"
+    );
     let back: IncidentsStatus = serde_yaml::from_str(&yaml).expect("parse");
     let mut copy = IncidentBook::default();
     copy.merge(&back);
@@ -266,6 +308,37 @@ fn capacity_drops_oldest_resolved_first() {
 }
 
 #[test]
+fn merging_a_larger_view_keeps_every_open_incident_it_can() {
+    let mut big = IncidentBook::new(1000);
+    for i in 0..150 {
+        let id = format!("i{i:03}");
+        big.apply(&trigger(&id, i, "x"), "d");
+        if i % 3 != 0 {
+            big.apply(&recovery(&id, i + 1000), "d");
+        }
+    }
+    assert_eq!(big.open_count(), 50);
+    let status = big.to_status(20);
+    let mut small = IncidentBook::new(100);
+    small.merge(&status);
+    assert_eq!(small.len(), 100);
+    assert_eq!(small.open_count(), 50, "resolved incidents go first");
+    // The 50 resolved ones kept are the newest resolved.
+    assert!(small.get("i149").is_some() && small.get("i001").is_none());
+    let mut reversed = status.clone();
+    reversed.recent.reverse();
+    reversed.tracked.reverse();
+    std::mem::swap(&mut reversed.recent, &mut reversed.tracked);
+    let mut other = IncidentBook::new(100);
+    other.merge(&reversed);
+    assert_eq!(
+        other.to_status(20),
+        small.to_status(20),
+        "entry order does not matter"
+    );
+}
+
+#[test]
 fn merge_is_idempotent_and_commutative() {
     let mut a = IncidentBook::default();
     let mut b = IncidentBook::default();
@@ -281,19 +354,34 @@ fn merge_is_idempotent_and_commutative() {
     let revision = a.revision();
     a.merge(&sb);
     a.merge(&a.to_status(20));
-    assert_eq!(a.revision(), revision, "merging what is already known changes nothing");
+    assert_eq!(
+        a.revision(),
+        revision,
+        "merging what is already known changes nothing"
+    );
     assert_eq!(a.get("x").map(|i| i.state), Some(IncidentState::Resolved));
     assert_eq!(a.get("y").map(|i| i.title.as_str()), Some("y3"));
     assert_eq!(a.open_count(), 1);
 }
 
 /// Fields fixed by the newest event only, which must match exactly whatever the split.
-fn newest_fields(status: &IncidentsStatus) -> Vec<(String, String, String, String, Option<Time>, Option<Time>)> {
+type NewestFields = (String, String, String, String, Option<Time>, Option<Time>);
+
+fn newest_fields(status: &IncidentsStatus) -> Vec<NewestFields> {
     let mut rows: Vec<_> = status
         .recent
         .iter()
         .chain(&status.tracked)
-        .map(|s| (s.id.clone(), s.state.clone(), s.title.clone(), s.order.clone().unwrap_or_default(), s.updated_at.clone(), s.resolved_at.clone()))
+        .map(|s| {
+            (
+                s.id.clone(),
+                s.state.clone(),
+                s.title.clone(),
+                s.order.clone().unwrap_or_default(),
+                s.updated_at.clone(),
+                s.resolved_at.clone(),
+            )
+        })
         .collect();
     rows.sort();
     rows
@@ -309,12 +397,14 @@ struct Ev {
 
 fn events() -> impl Strategy<Value = Vec<Ev>> {
     prop::collection::vec(
-        (0usize..3, 0i64..20_000, any::<bool>(), any::<bool>()).prop_map(|(id, at_ms, resolve, replica_a)| Ev {
-            id,
-            at_ms,
-            resolve,
-            replica_a,
-        }),
+        (0usize..3, 0i64..20_000, any::<bool>(), any::<bool>()).prop_map(
+            |(id, at_ms, resolve, replica_a)| Ev {
+                id,
+                at_ms,
+                resolve,
+                replica_a,
+            },
+        ),
         0..40,
     )
 }
@@ -323,7 +413,11 @@ fn to_event(n: usize, e: &Ev) -> (IncidentEvent, String) {
     let ev = IncidentEvent {
         id: format!("i{}", e.id),
         title: format!("event {n}"),
-        severity: if e.resolve { Severity::Info } else { Severity::Critical },
+        severity: if e.resolve {
+            Severity::Info
+        } else {
+            Severity::Critical
+        },
         link: None,
         resolve: e.resolve,
         event_time_ms: S + e.at_ms,

@@ -1,0 +1,1033 @@
+//! What the controller wants the world to look like for one integration — a pure function
+//! of the integration, what was found for its secret, the route written last time and the
+//! clock. The reconciler (and standalone mode) gather those inputs, call [`plan`], and
+//! apply the result; no I/O happens here, so every rule is unit-tested with plain data.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt as _;
+
+use crate::crd::{ProviderKind, WebhookIntegration, WebhookIntegrationSpec};
+use crate::domain::duration;
+use crate::domain::secret::is_valid_path;
+use crate::route::{Route, RouteSecret, SecretValue};
+
+/// Condition types the controller owns.
+pub const READY: &str = "Ready";
+pub const SECRET_RESOLVED: &str = "SecretResolved";
+pub const ROUTE_READY: &str = "RouteReady";
+
+/// Default for `spec.previousSecretTTL`.
+pub const DEFAULT_PREVIOUS_SECRET_TTL: Duration = Duration::from_secs(24 * 3600);
+/// At most this many previous secrets stay accepted at once (rapid rotations).
+pub const MAX_PREVIOUS_SECRETS: usize = 3;
+/// Key of the generated secret inside `<name>-webhook`.
+pub const GENERATED_SECRET_KEY: &str = "secret";
+/// Key of the endpoint URL inside `<name>-webhook`.
+pub const GENERATED_URL_KEY: &str = "url";
+
+/// Condition reasons a user can act on.
+pub mod reason {
+    pub const READY: &str = "Ready";
+    pub const SECRET_RESOLVED: &str = "SecretResolved";
+    pub const SECRET_GENERATED: &str = "SecretGenerated";
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
+    pub const SECRET_EMPTY: &str = "SecretEmpty";
+    pub const GENERATED_SECRET_CONFLICT: &str = "GeneratedSecretConflict";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const ROUTE_WRITTEN: &str = "RouteWritten";
+    pub const WAITING_FOR_SECRET: &str = "WaitingForSecret";
+    pub const SUSPENDED: &str = "Suspended";
+}
+
+/// Name of the Secret holding a generated secret: `<integration>-webhook`.
+pub fn generated_secret_name(integration: &str) -> String {
+    format!("{integration}-webhook")
+}
+
+/// What was found for the integration's shared secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `spec.secretRef` is set.
+    Referenced(RefLookup),
+    /// `spec.secretRef` is absent: the generated Secret `<name>-webhook`.
+    Generated(GeneratedLookup),
+}
+
+/// The referenced Secret as found.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RefLookup {
+    SecretMissing,
+    KeyMissing { available: Vec<String> },
+    Empty,
+    Value(String),
+}
+
+impl std::fmt::Debug for RefLookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RefLookup::SecretMissing => f.write_str("SecretMissing"),
+            RefLookup::KeyMissing { available } => write!(f, "KeyMissing({available:?})"),
+            RefLookup::Empty => f.write_str("Empty"),
+            RefLookup::Value(_) => f.write_str("Value(<redacted>)"),
+        }
+    }
+}
+
+/// The generated Secret as found.
+#[derive(Clone, PartialEq, Eq)]
+pub enum GeneratedLookup {
+    /// No `<name>-webhook` Secret yet: one will be created.
+    Absent,
+    /// It exists and this integration owns it; the value when it has a usable one.
+    Owned(Option<String>),
+    /// A Secret of that name exists but belongs to someone else: never overwrite it.
+    NotOwned,
+}
+
+impl std::fmt::Debug for GeneratedLookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GeneratedLookup::Absent => f.write_str("Absent"),
+            GeneratedLookup::Owned(Some(_)) => f.write_str("Owned(<redacted>)"),
+            GeneratedLookup::Owned(None) => f.write_str("Owned(None)"),
+            GeneratedLookup::NotOwned => f.write_str("NotOwned"),
+        }
+    }
+}
+
+/// Everything [`plan`] looks at.
+#[derive(Debug)]
+pub struct PlanInput<'a> {
+    pub integration: &'a WebhookIntegration,
+    pub secret: SecretSource,
+    /// The route written last time, read back from its route Secret.
+    pub previous_route: Option<&'a Route>,
+    /// Public base URL of the receivers, e.g. `https://hooks.example.com`.
+    pub external_base_url: Option<&'a str>,
+    /// Unix seconds.
+    pub now: i64,
+    /// A freshly generated path, used only when the integration has none yet.
+    pub fresh_path: String,
+    /// A freshly generated secret, used only when one must be generated.
+    pub fresh_secret: String,
+}
+
+/// The desired content of the generated `<name>-webhook` Secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GeneratedSecret {
+    pub name: String,
+    pub value: SecretValue,
+    /// Full URL (or the path when no external base URL is configured).
+    pub url: String,
+}
+
+impl std::fmt::Debug for GeneratedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GeneratedSecret")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The controller-owned part of the status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DesiredStatus {
+    pub observed_generation: Option<i64>,
+    pub url: Option<String>,
+    pub path: Option<String>,
+    pub secret_name: Option<String>,
+    pub conditions: Vec<Condition>,
+}
+
+/// A Kubernetes Event the reconciler should emit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedEvent {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The outcome of planning one integration.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The route to serve. `None`: nothing can be served yet (no usable secret or an
+    /// invalid spec and no earlier good route).
+    pub route: Option<Route>,
+    /// The generated Secret to create or update (only when hookwarden owns the secret).
+    pub generated_secret: Option<GeneratedSecret>,
+    pub status: DesiredStatus,
+    /// Re-plan after this long (the next previous-secret expiry), if anything expires.
+    pub requeue_after: Option<Duration>,
+    /// Events describing failures and notable changes.
+    pub events: Vec<PlannedEvent>,
+}
+
+/// Checks a spec for what the CRD schema cannot (or, for objects that bypassed it,
+/// did not) enforce. Each message says what to fix.
+pub fn validate(spec: &WebhookIntegrationSpec) -> Vec<String> {
+    let mut problems = Vec::new();
+    for cidr in &spec.allowed_source_ranges {
+        if cidr.parse::<ipnet::IpNet>().is_err() {
+            problems.push(format!(
+                "spec.allowedSourceRanges: {cidr:?} is not a CIDR (use e.g. 10.0.0.0/8 or 2001:db8::/32)"
+            ));
+        }
+    }
+    if let Some(ttl) = &spec.previous_secret_ttl
+        && let Err(e) = duration::parse(ttl)
+    {
+        problems.push(format!("spec.previousSecretTTL: {e}"));
+    }
+    if let Some(window) = &spec.dedup_window
+        && let Err(e) = duration::parse(window)
+    {
+        problems.push(format!("spec.dedupWindow: {e}"));
+    }
+    match (spec.provider == ProviderKind::Generic, spec.signature.is_some()) {
+        (true, false) => problems.push("spec.signature is required when provider is generic".to_string()),
+        (false, true) => problems.push(format!(
+            "spec.signature is only used with provider generic; remove it (provider {} has its own scheme)",
+            spec.provider
+        )),
+        _ => {}
+    }
+    if let Some(sig) = &spec.signature {
+        if sig.signed_content.contains("{timestamp}") && sig.timestamp_header.is_none() {
+            problems.push(
+                "spec.signature.signedContent uses {timestamp}: set spec.signature.timestampHeader"
+                    .to_string(),
+            );
+        }
+        if sig.signed_content.contains("{id}") && sig.id_header.is_none() {
+            problems.push(
+                "spec.signature.signedContent uses {id}: set spec.signature.idHeader".to_string(),
+            );
+        }
+        if !sig.signed_content.contains("{body}") {
+            problems.push("spec.signature.signedContent must include {body}".to_string());
+        }
+    }
+    if let Some(limits) = &spec.limits {
+        let positive = |name: &str, v: Option<i64>, problems: &mut Vec<String>| {
+            if v.is_some_and(|v| v <= 0) {
+                problems.push(format!("spec.limits.{name} must be greater than 0"));
+            }
+        };
+        positive("maxBodyBytes", limits.max_body_bytes, &mut problems);
+        positive(
+            "requestsPerSecond",
+            limits.requests_per_second.map(i64::from),
+            &mut problems,
+        );
+        positive("burst", limits.burst.map(i64::from), &mut problems);
+    }
+    if let Some(map) = spec.incidents.as_ref().map(|i| &i.severity_map) {
+        for (raw, normalised) in map {
+            if !["critical", "high", "medium", "low", "info"].contains(&normalised.as_str()) {
+                problems.push(format!(
+                    "spec.incidents.severityMap[{raw:?}]: {normalised:?} is not one of critical, high, medium, low, info"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// The TTL after which a replaced secret stops being accepted.
+pub fn previous_secret_ttl(spec: &WebhookIntegrationSpec) -> Duration {
+    spec.previous_secret_ttl
+        .as_deref()
+        .and_then(|s| duration::parse(s).ok())
+        .unwrap_or(DEFAULT_PREVIOUS_SECRET_TTL)
+}
+
+/// The accepted secrets after (possibly) a rotation: `current` first, then previous
+/// values that have not expired, newest first, at most [`MAX_PREVIOUS_SECRETS`].
+pub fn rotate(
+    previous: &[RouteSecret],
+    current: &str,
+    ttl: Duration,
+    now: i64,
+) -> Vec<RouteSecret> {
+    let mut out = vec![RouteSecret {
+        value: SecretValue(current.to_string()),
+        expires_at: None,
+    }];
+    let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+    for old in previous {
+        if old.value.expose() == current {
+            continue;
+        }
+        let expires_at = match old.expires_at {
+            Some(t) => t,
+            // The old current secret: its grace period starts now.
+            None => now.saturating_add(ttl_secs),
+        };
+        if expires_at > now && out.len() <= MAX_PREVIOUS_SECRETS {
+            out.push(RouteSecret {
+                value: old.value.clone(),
+                expires_at: Some(expires_at),
+            });
+        }
+    }
+    out
+}
+
+/// The URL of a path under the external base URL.
+pub fn endpoint_url(external_base_url: Option<&str>, path: &str) -> Option<String> {
+    external_base_url.map(|base| format!("{}{}", base.trim_end_matches('/'), path))
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    Condition {
+        type_: type_.to_string(),
+        status: if ok { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time: now.clone(),
+    }
+}
+
+/// Keeps `lastTransitionTime` from the existing condition when the status did not flip,
+/// so an unchanged world produces a byte-identical status (and no write).
+fn keep_transition_times(mut desired: Vec<Condition>, existing: &[Condition]) -> Vec<Condition> {
+    for c in &mut desired {
+        if let Some(old) = existing.iter().find(|o| o.type_ == c.type_)
+            && old.status == c.status
+        {
+            c.last_transition_time = old.last_transition_time.clone();
+        }
+    }
+    desired
+}
+
+/// Plans one integration.
+pub fn plan(input: PlanInput<'_>) -> Plan {
+    let wi = input.integration;
+    let name = wi.name_any();
+    let namespace = wi.namespace().unwrap_or_default();
+    let generation = wi.metadata.generation;
+    let now_time =
+        Time(jiff::Timestamp::from_second(input.now).unwrap_or(jiff::Timestamp::UNIX_EPOCH));
+    let existing_status = wi.status.as_ref();
+    let mut events = Vec::new();
+
+    // The path is assigned once and never changes: previous route, then status, then new.
+    let path = input
+        .previous_route
+        .map(|r| r.path.clone())
+        .filter(|p| is_valid_path(p))
+        .or_else(|| {
+            existing_status
+                .and_then(|s| s.path.clone())
+                .filter(|p| is_valid_path(p))
+        })
+        .unwrap_or(input.fresh_path);
+    let url = endpoint_url(input.external_base_url, &path);
+
+    // Which secret value is current, and what to tell the user about it.
+    let mut generated_secret = None;
+    let mut secret_name = None;
+    let secret_outcome: Result<(String, &'static str, String), (&'static str, String)> =
+        match &input.secret {
+            SecretSource::Referenced(lookup) => {
+                let r = wi.spec.secret_ref.as_ref();
+                let sname = r.map(|r| r.name.as_str()).unwrap_or_default();
+                let key = r.map(|r| r.key.as_str()).unwrap_or_default();
+                match lookup {
+                    RefLookup::Value(v) => Ok((
+                        v.clone(),
+                        reason::SECRET_RESOLVED,
+                        format!("using key {key:?} of Secret {namespace}/{sname}"),
+                    )),
+                    RefLookup::SecretMissing => Err((
+                        reason::SECRET_NOT_FOUND,
+                        format!(
+                            "Secret {namespace}/{sname} not found: create it with key {key:?}, or remove spec.secretRef to let hookwarden generate a secret"
+                        ),
+                    )),
+                    RefLookup::KeyMissing { available } => Err((
+                        reason::SECRET_KEY_MISSING,
+                        format!(
+                            "Secret {namespace}/{sname} has no key {key:?} (keys: {}); fix spec.secretRef.key or add the key",
+                            if available.is_empty() {
+                                "none".to_string()
+                            } else {
+                                available.join(", ")
+                            }
+                        ),
+                    )),
+                    RefLookup::Empty => Err((
+                        reason::SECRET_EMPTY,
+                        format!(
+                            "key {key:?} of Secret {namespace}/{sname} is empty; put the sender's secret or token there"
+                        ),
+                    )),
+                }
+            }
+            SecretSource::Generated(lookup) => {
+                let gname = generated_secret_name(&name);
+                match lookup {
+                GeneratedLookup::NotOwned => Err((
+                    reason::GENERATED_SECRET_CONFLICT,
+                    format!("Secret {namespace}/{gname} exists but is not owned by this integration; delete or rename it, or point spec.secretRef at it"),
+                )),
+                GeneratedLookup::Owned(Some(v)) => Ok((
+                    v.clone(),
+                    reason::SECRET_GENERATED,
+                    format!("generated secret in Secret {namespace}/{gname} (key {GENERATED_SECRET_KEY:?})"),
+                )),
+                GeneratedLookup::Owned(None) | GeneratedLookup::Absent => {
+                    events.push(PlannedEvent {
+                        warning: false,
+                        reason: reason::SECRET_GENERATED,
+                        message: format!("generated a new secret into Secret {gname}; configure the sender with it"),
+                    });
+                    Ok((
+                        input.fresh_secret.clone(),
+                        reason::SECRET_GENERATED,
+                        format!("generated secret in Secret {namespace}/{gname} (key {GENERATED_SECRET_KEY:?})"),
+                    ))
+                }
+            }
+            .inspect(|(value, _, _)| {
+                secret_name = Some(gname.clone());
+                generated_secret = Some(GeneratedSecret {
+                    name: gname.clone(),
+                    value: SecretValue(value.clone()),
+                    url: url.clone().unwrap_or_else(|| path.clone()),
+                });
+            })
+            }
+        };
+
+    let problems = validate(&wi.spec);
+    let spec_ok = problems.is_empty();
+    let ttl = previous_secret_ttl(&wi.spec);
+
+    let mut conditions = Vec::new();
+    let route;
+    let ready_reason;
+    let ready_message;
+    match (&secret_outcome, spec_ok) {
+        (Ok((current, reason_code, message)), true) => {
+            let previous = input
+                .previous_route
+                .map(|r| r.secrets.as_slice())
+                .unwrap_or_default();
+            let rotated = input.previous_route.is_some_and(|r| {
+                r.secrets
+                    .first()
+                    .is_some_and(|s| s.value.expose() != current)
+            });
+            if rotated {
+                events.push(PlannedEvent {
+                    warning: false,
+                    reason: "SecretRotated",
+                    message: format!(
+                        "secret changed; the previous one stays accepted for {}",
+                        humanize(ttl)
+                    ),
+                });
+            }
+            let secrets = rotate(previous, current, ttl, input.now);
+            conditions.push(condition(
+                SECRET_RESOLVED,
+                true,
+                reason_code,
+                message.clone(),
+                generation,
+                &now_time,
+            ));
+            let route_message = match &url {
+                Some(u) => format!("serving {u}"),
+                None => format!(
+                    "serving path {path}; set the controller's external base URL to publish a full URL"
+                ),
+            };
+            conditions.push(condition(
+                ROUTE_READY,
+                true,
+                reason::ROUTE_WRITTEN,
+                route_message,
+                generation,
+                &now_time,
+            ));
+            if wi.spec.suspend {
+                ready_reason = reason::SUSPENDED;
+                ready_message = "spec.suspend is true: deliveries are answered 503 with Retry-After so senders retry later".to_string();
+            } else {
+                ready_reason = reason::READY;
+                ready_message = "endpoint verifies and accepts deliveries".to_string();
+            }
+            route = Some(Route {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                uid: wi.uid().unwrap_or_default(),
+                generation: generation.unwrap_or_default(),
+                path: path.clone(),
+                secrets,
+                spec: wi.spec.clone(),
+            });
+        }
+        (Ok((_, reason_code, message)), false) => {
+            let joined = problems.join("; ");
+            events.push(PlannedEvent {
+                warning: true,
+                reason: reason::INVALID_SPEC,
+                message: joined.clone(),
+            });
+            conditions.push(condition(
+                SECRET_RESOLVED,
+                true,
+                reason_code,
+                message.clone(),
+                generation,
+                &now_time,
+            ));
+            let keep = input.previous_route.cloned();
+            let suffix = match &keep {
+                Some(r) => format!(" (still serving generation {})", r.generation),
+                None => String::new(),
+            };
+            conditions.push(condition(
+                ROUTE_READY,
+                false,
+                reason::INVALID_SPEC,
+                format!("{joined}{suffix}"),
+                generation,
+                &now_time,
+            ));
+            ready_reason = reason::INVALID_SPEC;
+            ready_message = format!("{joined}{suffix}");
+            route = keep;
+        }
+        (Err((reason_code, message)), _) => {
+            events.push(PlannedEvent {
+                warning: true,
+                reason: reason_code,
+                message: message.clone(),
+            });
+            conditions.push(condition(
+                SECRET_RESOLVED,
+                false,
+                reason_code,
+                message.clone(),
+                generation,
+                &now_time,
+            ));
+            // Keep serving the last known secret: a deleted or edited Secret should not turn
+            // into an outage that makes senders drop deliveries.
+            let keep = input.previous_route.cloned();
+            let (route_reason, route_message) = if !spec_ok {
+                (reason::INVALID_SPEC, problems.join("; "))
+            } else if keep.is_some() {
+                (
+                    reason::WAITING_FOR_SECRET,
+                    "still accepting the last known secret until the Secret is fixed".to_string(),
+                )
+            } else {
+                (
+                    reason::WAITING_FOR_SECRET,
+                    "no route until the secret resolves".to_string(),
+                )
+            };
+            conditions.push(condition(
+                ROUTE_READY,
+                keep.is_some() && spec_ok,
+                route_reason,
+                route_message,
+                generation,
+                &now_time,
+            ));
+            ready_reason = reason_code;
+            ready_message = message.clone();
+            route = keep;
+        }
+    }
+    let ready = spec_ok && secret_outcome.is_ok() && !wi.spec.suspend;
+    conditions.insert(
+        0,
+        condition(
+            READY,
+            ready,
+            ready_reason,
+            ready_message,
+            generation,
+            &now_time,
+        ),
+    );
+    let existing_conditions = existing_status
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let conditions = keep_transition_times(conditions, existing_conditions);
+
+    let requeue_after = route.as_ref().and_then(|r| {
+        r.secrets
+            .iter()
+            .filter_map(|s| s.expires_at)
+            .filter(|t| *t > input.now)
+            .min()
+            .map(|t| Duration::from_secs(u64::try_from(t - input.now).unwrap_or(0) + 1))
+    });
+
+    Plan {
+        route,
+        generated_secret: if matches!(
+            input.secret,
+            SecretSource::Generated(GeneratedLookup::NotOwned)
+        ) {
+            None
+        } else {
+            generated_secret
+        },
+        status: DesiredStatus {
+            observed_generation: generation,
+            url,
+            path: Some(path),
+            secret_name,
+            conditions,
+        },
+        requeue_after,
+        events,
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "0s".to_string(),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// Whether the controller-owned part of `status` already matches `desired`.
+pub fn status_matches(
+    current: Option<&crate::crd::WebhookIntegrationStatus>,
+    desired: &DesiredStatus,
+) -> bool {
+    let Some(current) = current else { return false };
+    let controller_conditions: Vec<&Condition> = current
+        .conditions
+        .iter()
+        .filter(|c| [READY, SECRET_RESOLVED, ROUTE_READY].contains(&c.type_.as_str()))
+        .collect();
+    current.observed_generation == desired.observed_generation
+        && current.url == desired.url
+        && current.path == desired.path
+        && current.secret_name == desired.secret_name
+        && controller_conditions.len() == desired.conditions.len()
+        && desired
+            .conditions
+            .iter()
+            .all(|d| controller_conditions.contains(&d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{
+        HmacAlgorithm, SecretKeyRef, SignatureEncoding, SignatureSpec, WebhookIntegrationStatus,
+    };
+    use kube::api::ObjectMeta;
+
+    const NOW: i64 = 1_800_000_000;
+    const PATH: &str = "/hooks/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+    fn integration(spec: WebhookIntegrationSpec) -> WebhookIntegration {
+        let mut wi = WebhookIntegration::new("datadog-prod", spec);
+        wi.metadata = ObjectMeta {
+            name: Some("datadog-prod".into()),
+            namespace: Some("payments".into()),
+            uid: Some("uid-1".into()),
+            generation: Some(3),
+            ..ObjectMeta::default()
+        };
+        wi
+    }
+
+    fn spec(provider: ProviderKind) -> WebhookIntegrationSpec {
+        serde_json::from_value(serde_json::json!({ "provider": provider })).expect("spec")
+    }
+
+    fn with_ref(mut s: WebhookIntegrationSpec) -> WebhookIntegrationSpec {
+        s.secret_ref = Some(SecretKeyRef {
+            name: "dd".into(),
+            key: "token".into(),
+        });
+        s
+    }
+
+    fn input<'a>(
+        wi: &'a WebhookIntegration,
+        secret: SecretSource,
+        prev: Option<&'a Route>,
+    ) -> PlanInput<'a> {
+        PlanInput {
+            integration: wi,
+            secret,
+            previous_route: prev,
+            external_base_url: Some("https://hooks.example.com/"),
+            now: NOW,
+            fresh_path: PATH.to_string(),
+            fresh_secret: "fresh-secret".to_string(),
+        }
+    }
+
+    fn cond<'a>(p: &'a Plan, t: &str) -> &'a Condition {
+        p.status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .expect("condition")
+    }
+
+    #[test]
+    fn generates_secret_and_route_when_no_secret_ref() {
+        let wi = integration(spec(ProviderKind::Datadog));
+        let p = plan(input(
+            &wi,
+            SecretSource::Generated(GeneratedLookup::Absent),
+            None,
+        ));
+        let route = p.route.clone().expect("route");
+        assert_eq!(route.path, PATH);
+        assert_eq!(route.secrets.len(), 1);
+        assert_eq!(route.secrets[0].value.expose(), "fresh-secret");
+        let generated = p.generated_secret.clone().expect("generated");
+        assert_eq!(generated.name, "datadog-prod-webhook");
+        assert_eq!(generated.url, format!("https://hooks.example.com{PATH}"));
+        assert_eq!(p.status.url.as_deref(), Some(generated.url.as_str()));
+        assert_eq!(
+            p.status.secret_name.as_deref(),
+            Some("datadog-prod-webhook")
+        );
+        assert_eq!(p.status.observed_generation, Some(3));
+        assert_eq!(cond(&p, READY).status, "True");
+        assert_eq!(cond(&p, SECRET_RESOLVED).reason, reason::SECRET_GENERATED);
+        assert!(
+            p.events
+                .iter()
+                .any(|e| e.reason == reason::SECRET_GENERATED)
+        );
+    }
+
+    #[test]
+    fn existing_generated_secret_is_reused_not_regenerated() {
+        let wi = integration(spec(ProviderKind::Datadog));
+        let p = plan(input(
+            &wi,
+            SecretSource::Generated(GeneratedLookup::Owned(Some("kept".into()))),
+            None,
+        ));
+        assert_eq!(p.route.expect("route").secrets[0].value.expose(), "kept");
+        assert!(p.events.is_empty());
+    }
+
+    #[test]
+    fn foreign_secret_with_generated_name_is_never_overwritten() {
+        let wi = integration(spec(ProviderKind::Datadog));
+        let p = plan(input(
+            &wi,
+            SecretSource::Generated(GeneratedLookup::NotOwned),
+            None,
+        ));
+        assert!(p.generated_secret.is_none());
+        assert!(p.route.is_none());
+        assert_eq!(cond(&p, READY).reason, reason::GENERATED_SECRET_CONFLICT);
+    }
+
+    #[test]
+    fn path_is_stable_across_plans_and_rotation() {
+        let wi = integration(with_ref(spec(ProviderKind::Datadog)));
+        let first = plan(input(
+            &wi,
+            SecretSource::Referenced(RefLookup::Value("one".into())),
+            None,
+        ));
+        let route = first.route.expect("route");
+        let mut again = input(
+            &wi,
+            SecretSource::Referenced(RefLookup::Value("two".into())),
+            Some(&route),
+        );
+        again.fresh_path = "/hooks/BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB".into();
+        let second = plan(again);
+        assert_eq!(second.route.expect("route").path, PATH);
+    }
+
+    #[test]
+    fn path_comes_from_status_after_route_secret_loss() {
+        let mut wi = integration(with_ref(spec(ProviderKind::Github)));
+        wi.status = Some(WebhookIntegrationStatus {
+            path: Some(PATH.into()),
+            ..Default::default()
+        });
+        let mut i = input(
+            &wi,
+            SecretSource::Referenced(RefLookup::Value("s".into())),
+            None,
+        );
+        i.fresh_path = "/hooks/BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB".into();
+        assert_eq!(plan(i).status.path.as_deref(), Some(PATH));
+    }
+
+    #[test]
+    fn rotation_keeps_previous_secret_for_ttl_then_drops_it() {
+        let mut s = with_ref(spec(ProviderKind::Github));
+        s.previous_secret_ttl = Some("1h".into());
+        let wi = integration(s);
+        let first = plan(input(
+            &wi,
+            SecretSource::Referenced(RefLookup::Value("old".into())),
+            None,
+        ))
+        .route
+        .expect("route");
+        let rotated = plan(input(
+            &wi,
+            SecretSource::Referenced(RefLookup::Value("new".into())),
+            Some(&first),
+        ));
+        let route = rotated.route.clone().expect("route");
+        assert_eq!(route.secrets.len(), 2);
+        assert_eq!(route.secrets[0].value.expose(), "new");
+        assert_eq!(route.secrets[1].value.expose(), "old");
+        assert_eq!(route.secrets[1].expires_at, Some(NOW + 3600));
+        assert_eq!(rotated.requeue_after, Some(Duration::from_secs(3601)));
+        assert!(rotated.events.iter().any(|e| e.reason == "SecretRotated"));
+        assert_eq!(route.live_secrets(NOW + 3599).count(), 2);
+        assert_eq!(route.live_secrets(NOW + 3600).count(), 1);
+        // Re-planning later with the same value keeps the expiry (no restart of the window)
+        // and drops the old value once it expired.
+        let mut later = input(
+            &wi,
+            SecretSource::Referenced(RefLookup::Value("new".into())),
+            Some(&route),
+        );
+        later.now = NOW + 1800;
+        assert_eq!(
+            plan(later).route.expect("route").secrets[1].expires_at,
+            Some(NOW + 3600)
+        );
+        let mut expired = input(
+            &wi,
+            SecretSource::Referenced(RefLookup::Value("new".into())),
+            Some(&route),
+        );
+        expired.now = NOW + 3600;
+        let p = plan(expired);
+        assert_eq!(p.route.expect("route").secrets.len(), 1);
+        assert_eq!(p.requeue_after, None);
+    }
+
+    #[test]
+    fn zero_ttl_drops_previous_secret_at_once() {
+        let mut s = with_ref(spec(ProviderKind::Github));
+        s.previous_secret_ttl = Some("0s".into());
+        let wi = integration(s);
+        let first = plan(input(
+            &wi,
+            SecretSource::Referenced(RefLookup::Value("old".into())),
+            None,
+        ))
+        .route
+        .expect("route");
+        let p = plan(input(
+            &wi,
+            SecretSource::Referenced(RefLookup::Value("new".into())),
+            Some(&first),
+        ));
+        assert_eq!(p.route.expect("route").secrets.len(), 1);
+    }
+
+    #[test]
+    fn rapid_rotations_keep_a_bounded_number_of_previous_secrets() {
+        let mut secrets = vec![RouteSecret {
+            value: SecretValue("s0".into()),
+            expires_at: None,
+        }];
+        for i in 1..10 {
+            secrets = rotate(&secrets, &format!("s{i}"), Duration::from_secs(3600), NOW);
+        }
+        assert_eq!(secrets.len(), 1 + MAX_PREVIOUS_SECRETS);
+        assert_eq!(secrets[0].value.expose(), "s9");
+        assert_eq!(secrets[1].value.expose(), "s8");
+    }
+
+    #[test]
+    fn missing_secret_is_a_condition_not_a_route() {
+        let wi = integration(with_ref(spec(ProviderKind::Datadog)));
+        let p = plan(input(
+            &wi,
+            SecretSource::Referenced(RefLookup::SecretMissing),
+            None,
+        ));
+        assert!(p.route.is_none());
+        let ready = cond(&p, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", reason::SECRET_NOT_FOUND)
+        );
+        assert!(ready.message.contains("payments/dd"), "{}", ready.message);
+        assert_eq!(cond(&p, ROUTE_READY).reason, reason::WAITING_FOR_SECRET);
+        assert!(
+            p.events
+                .iter()
+                .any(|e| e.warning && e.reason == reason::SECRET_NOT_FOUND)
+        );
+    }
+
+    #[test]
+    fn missing_key_names_the_keys_that_exist() {
+        let wi = integration(with_ref(spec(ProviderKind::Datadog)));
+        let p = plan(input(
+            &wi,
+            SecretSource::Referenced(RefLookup::KeyMissing {
+                available: vec!["tokn".into()],
+            }),
+            None,
+        ));
+        let c = cond(&p, SECRET_RESOLVED);
+        assert_eq!(c.reason, reason::SECRET_KEY_MISSING);
+        assert!(c.message.contains("tokn"));
+        assert!(
+            !format!("{p:?}").contains("fresh-secret"),
+            "secrets leak into Debug"
+        );
+    }
+
+    #[test]
+    fn deleted_secret_keeps_serving_the_last_known_one() {
+        let wi = integration(with_ref(spec(ProviderKind::Datadog)));
+        let first = plan(input(
+            &wi,
+            SecretSource::Referenced(RefLookup::Value("v".into())),
+            None,
+        ))
+        .route
+        .expect("route");
+        let p = plan(input(
+            &wi,
+            SecretSource::Referenced(RefLookup::SecretMissing),
+            Some(&first),
+        ));
+        assert_eq!(p.route.as_ref(), Some(&first));
+        assert_eq!(cond(&p, READY).status, "False");
+        assert_eq!(cond(&p, ROUTE_READY).status, "True");
+    }
+
+    #[test]
+    fn invalid_spec_is_reported_and_last_good_route_kept() {
+        let mut s = with_ref(spec(ProviderKind::Datadog));
+        s.allowed_source_ranges = vec!["10.0.0.0/33".into()];
+        let wi = integration(s);
+        let p = plan(input(
+            &wi,
+            SecretSource::Referenced(RefLookup::Value("v".into())),
+            None,
+        ));
+        assert!(p.route.is_none());
+        let ready = cond(&p, READY);
+        assert_eq!(ready.reason, reason::INVALID_SPEC);
+        assert!(ready.message.contains("10.0.0.0/33"));
+    }
+
+    #[test]
+    fn validate_catches_what_the_schema_cannot() {
+        let mut s = spec(ProviderKind::Generic);
+        assert!(
+            validate(&s)
+                .iter()
+                .any(|m| m.contains("spec.signature is required"))
+        );
+        s.signature = Some(SignatureSpec {
+            header: "X-Sig".into(),
+            algorithm: HmacAlgorithm::Sha256,
+            encoding: SignatureEncoding::Hex,
+            prefix: String::new(),
+            signed_content: "{timestamp}.{body}".into(),
+            timestamp_header: None,
+            id_header: None,
+            tolerance_seconds: None,
+        });
+        assert_eq!(validate(&s).len(), 1, "{:?}", validate(&s));
+        let mut g = spec(ProviderKind::Github);
+        g.previous_secret_ttl = Some("1 day".into());
+        assert_eq!(validate(&g).len(), 1);
+    }
+
+    #[test]
+    fn suspended_integration_is_routed_but_not_ready() {
+        let mut s = with_ref(spec(ProviderKind::Datadog));
+        s.suspend = true;
+        let wi = integration(s);
+        let p = plan(input(
+            &wi,
+            SecretSource::Referenced(RefLookup::Value("v".into())),
+            None,
+        ));
+        assert!(p.route.as_ref().expect("route").spec.suspend);
+        assert_eq!(cond(&p, READY).reason, reason::SUSPENDED);
+    }
+
+    #[test]
+    fn unchanged_world_matches_current_status() {
+        let mut wi = integration(with_ref(spec(ProviderKind::Datadog)));
+        let p = plan(input(
+            &wi,
+            SecretSource::Referenced(RefLookup::Value("v".into())),
+            None,
+        ));
+        let route = p.route.clone().expect("route");
+        wi.status = Some(WebhookIntegrationStatus {
+            observed_generation: p.status.observed_generation,
+            url: p.status.url.clone(),
+            path: p.status.path.clone(),
+            secret_name: p.status.secret_name.clone(),
+            conditions: p.status.conditions.clone(),
+            ..Default::default()
+        });
+        let mut later = input(
+            &wi,
+            SecretSource::Referenced(RefLookup::Value("v".into())),
+            Some(&route),
+        );
+        later.now = NOW + 600;
+        let again = plan(later);
+        assert!(status_matches(wi.status.as_ref(), &again.status));
+        assert_eq!(again.route.as_ref(), Some(&route));
+        // A spec change (new generation) no longer matches.
+        wi.metadata.generation = Some(4);
+        let changed = plan(input(
+            &wi,
+            SecretSource::Referenced(RefLookup::Value("v".into())),
+            Some(&route),
+        ));
+        assert!(!status_matches(wi.status.as_ref(), &changed.status));
+    }
+
+    #[test]
+    fn without_external_base_url_the_status_has_the_path_only() {
+        let wi = integration(spec(ProviderKind::Github));
+        let mut i = input(&wi, SecretSource::Generated(GeneratedLookup::Absent), None);
+        i.external_base_url = None;
+        let p = plan(i);
+        assert_eq!(p.status.url, None);
+        assert_eq!(p.generated_secret.expect("generated").url, PATH);
+    }
+}

@@ -1,0 +1,472 @@
+//! The reconcile pipeline for one integration: gather inputs → [`plan`] → apply the
+//! generated Secret, the route Secret and the status, each only when it changed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Client, Resource, ResourceExt as _};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use super::metrics::ControllerMetrics;
+use super::plan::{
+    self, GENERATED_SECRET_KEY, GENERATED_URL_KEY, GeneratedLookup, Plan, PlanInput, RefLookup,
+    SecretSource,
+};
+use crate::crd::{FINALIZER, WebhookIntegration};
+use crate::domain::secret::{generate_path, generate_secret};
+use crate::route::Route;
+
+/// Server-side apply field manager of the controller.
+pub const FIELD_MANAGER: &str = "hookwarden-controller";
+/// Label on generated `<name>-webhook` Secrets (the controller watches them by it).
+pub const GENERATED_LABEL: &str = "hookwarden.dev/generated";
+/// Periodic re-check when nothing else triggers a reconcile.
+const RESYNC: Duration = Duration::from_secs(3600);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Shared state handed to every reconcile.
+pub struct Context {
+    pub client: Client,
+    /// hookwarden's own namespace, where route Secrets live.
+    pub route_namespace: String,
+    pub external_base_url: Option<String>,
+    pub recorder: Recorder,
+    pub metrics: Arc<ControllerMetrics>,
+    /// Unix seconds; replaceable in tests.
+    pub clock: Arc<dyn Fn() -> i64 + Send + Sync>,
+    /// Consecutive transient failures per object, for exponential backoff.
+    pub failures: Mutex<HashMap<ObjectRef<WebhookIntegration>, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        route_namespace: String,
+        external_base_url: Option<String>,
+        recorder: Recorder,
+        metrics: Arc<ControllerMetrics>,
+    ) -> Context {
+        Context {
+            client,
+            route_namespace,
+            external_base_url,
+            recorder,
+            metrics,
+            clock: Arc::new(|| jiff::Timestamp::now().as_second()),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Reconcile failures. Permanent problems with the user's objects are not errors: they
+/// become conditions and Events and the reconcile waits for a change. What remains here
+/// is transient (the API server) and is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("cannot encode the route: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("the integration has no namespace")]
+    NoNamespace,
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// Short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Encode(_) => "encode",
+            Error::NoNamespace => "no_namespace",
+            Error::Finalizer(_) => "finalizer",
+        }
+    }
+}
+
+/// Entry point called by `kube::runtime::Controller`.
+pub async fn reconcile(wi: Arc<WebhookIntegration>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let namespace = wi.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<WebhookIntegration> = Api::namespaced(ctx.client.clone(), &namespace);
+    let key = ObjectRef::from_obj(&*wi);
+    let result = finalizer(&api, FINALIZER, wi, |event| async {
+        match event {
+            finalizer::Event::Apply(wi) => apply(&wi, &ctx).await,
+            finalizer::Event::Cleanup(wi) => cleanup(&wi, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => inner,
+        other => Error::Finalizer(Box::new(other)),
+    });
+    ctx.metrics.observe(
+        started.elapsed(),
+        result.as_ref().err().map(Error::metric_label),
+    );
+    if result.is_ok()
+        && let Ok(mut failures) = ctx.failures.lock()
+    {
+        failures.remove(&key);
+    }
+    result
+}
+
+/// Requeue policy after a transient error: exponential per object, capped, with jitter so
+/// many integrations failing together (API server down) do not retry in lockstep.
+pub fn error_policy(wi: Arc<WebhookIntegration>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = ObjectRef::from_obj(&*wi);
+    let attempt = match ctx.failures.lock() {
+        Ok(mut failures) => {
+            let n = failures.entry(key).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        }
+        Err(_) => 1,
+    };
+    let delay = backoff(attempt);
+    warn!(integration = %wi.name_any(), namespace = ?wi.namespace(), %error, attempt, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// 1 s, 2 s, 4 s, … capped at 5 min, plus up to 10% jitter.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_secs(1u64 << attempt.saturating_sub(1).min(9)).min(MAX_BACKOFF);
+    let jitter_ms = u64::from(rand::random::<u16>()) % (base.as_millis() as u64 / 10 + 1);
+    base + Duration::from_millis(jitter_ms)
+}
+
+/// What was found for the secret, plus the generated Secret's current data (so it is not
+/// read twice).
+async fn find_secret(
+    ctx: &Context,
+    wi: &WebhookIntegration,
+    namespace: &str,
+) -> Result<(SecretSource, Option<BTreeMap<String, ByteString>>), Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    match &wi.spec.secret_ref {
+        Some(r) => {
+            let Some(secret) = secrets.get_opt(&r.name).await? else {
+                return Ok((SecretSource::Referenced(RefLookup::SecretMissing), None));
+            };
+            Ok((SecretSource::Referenced(lookup_key(&secret, &r.key)), None))
+        }
+        None => {
+            let name = plan::generated_secret_name(&wi.name_any());
+            let Some(secret) = secrets.get_opt(&name).await? else {
+                return Ok((SecretSource::Generated(GeneratedLookup::Absent), None));
+            };
+            let uid = wi.uid().unwrap_or_default();
+            let owned = secret.owner_references().iter().any(|o| o.uid == uid);
+            if !owned {
+                return Ok((SecretSource::Generated(GeneratedLookup::NotOwned), None));
+            }
+            let value = match lookup_key(&secret, GENERATED_SECRET_KEY) {
+                RefLookup::Value(v) => Some(v),
+                _ => None,
+            };
+            Ok((
+                SecretSource::Generated(GeneratedLookup::Owned(value)),
+                secret.data,
+            ))
+        }
+    }
+}
+
+/// A key of a Secret as text. Surrounding whitespace is trimmed: a trailing newline from
+/// `kubectl create secret --from-file` is never part of a provider's secret.
+fn lookup_key(secret: &Secret, key: &str) -> RefLookup {
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .cloned()
+        });
+    match value {
+        None => {
+            let mut available: Vec<String> =
+                secret.data.iter().flat_map(|d| d.keys().cloned()).collect();
+            available.extend(secret.string_data.iter().flat_map(|d| d.keys().cloned()));
+            available.sort();
+            available.dedup();
+            RefLookup::KeyMissing { available }
+        }
+        Some(v) if v.trim().is_empty() => RefLookup::Empty,
+        Some(v) => RefLookup::Value(v.trim().to_string()),
+    }
+}
+
+async fn apply(wi: &WebhookIntegration, ctx: &Context) -> Result<Action, Error> {
+    let namespace = wi.namespace().ok_or(Error::NoNamespace)?;
+    let name = wi.name_any();
+    let uid = wi.uid().unwrap_or_default();
+    let routes: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.route_namespace);
+    let route_secret_name = Route::secret_name(&namespace, &name);
+
+    // A route of an earlier integration with the same name (different uid) is not ours.
+    let previous_route = routes
+        .get_opt(&route_secret_name)
+        .await?
+        .and_then(|s| Route::from_secret(&s).ok())
+        .filter(|r| r.uid == uid);
+    let (secret, generated_data) = find_secret(ctx, wi, &namespace).await?;
+    let plan = plan::plan(PlanInput {
+        integration: wi,
+        secret,
+        previous_route: previous_route.as_ref(),
+        external_base_url: ctx.external_base_url.as_deref(),
+        now: (ctx.clock)(),
+        fresh_path: generate_path(),
+        fresh_secret: generate_secret(wi.spec.provider),
+    });
+
+    let mut changed = Vec::new();
+    if let Some(generated) = &plan.generated_secret
+        && write_generated_secret(ctx, wi, &namespace, generated, generated_data.as_ref()).await?
+    {
+        changed.push("generated secret");
+    }
+    if let Some(route) = &plan.route
+        && previous_route.as_ref() != Some(route)
+    {
+        let secret = route.to_secret(&ctx.route_namespace)?;
+        routes
+            .patch(
+                &route_secret_name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await?;
+        changed.push("route");
+        info!(integration = %name, %namespace, path = %route.path, generation = route.generation, "route written");
+    }
+    let status_changed = !plan::status_matches(wi.status.as_ref(), &plan.status);
+    if status_changed {
+        write_status(ctx, &namespace, &name, &plan).await?;
+        changed.push("status");
+    }
+    if status_changed || !changed.is_empty() {
+        publish_events(ctx, wi, &plan, &changed).await;
+    } else {
+        debug!(integration = %name, %namespace, "up to date");
+    }
+    Ok(match plan.requeue_after {
+        Some(d) => Action::requeue(d.min(RESYNC)),
+        None => Action::requeue(RESYNC),
+    })
+}
+
+/// Creates or updates `<name>-webhook`; true when something was written.
+async fn write_generated_secret(
+    ctx: &Context,
+    wi: &WebhookIntegration,
+    namespace: &str,
+    generated: &plan::GeneratedSecret,
+    existing: Option<&BTreeMap<String, ByteString>>,
+) -> Result<bool, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let desired = BTreeMap::from([
+        (
+            GENERATED_SECRET_KEY.to_string(),
+            ByteString(generated.value.expose().as_bytes().to_vec()),
+        ),
+        (
+            GENERATED_URL_KEY.to_string(),
+            ByteString(generated.url.as_bytes().to_vec()),
+        ),
+    ]);
+    if existing == Some(&desired) {
+        return Ok(false);
+    }
+    let owner = OwnerReference {
+        api_version: WebhookIntegration::api_version(&()).into_owned(),
+        kind: WebhookIntegration::kind(&()).into_owned(),
+        name: wi.name_any(),
+        uid: wi.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: None,
+    };
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(generated.name.clone()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(BTreeMap::from([
+                (GENERATED_LABEL.to_string(), "true".to_string()),
+                (
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "hookwarden".to_string(),
+                ),
+            ])),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_string()),
+        data: Some(desired),
+        ..Secret::default()
+    };
+    secrets
+        .patch(
+            &generated.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
+    Ok(true)
+}
+
+async fn write_status(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    plan: &Plan,
+) -> Result<(), Error> {
+    let api: Api<WebhookIntegration> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut status = serde_json::Map::new();
+    if let Some(g) = plan.status.observed_generation {
+        status.insert("observedGeneration".into(), json!(g));
+    }
+    if let Some(url) = &plan.status.url {
+        status.insert("url".into(), json!(url));
+    }
+    if let Some(path) = &plan.status.path {
+        status.insert("path".into(), json!(path));
+    }
+    if let Some(secret_name) = &plan.status.secret_name {
+        status.insert("secretName".into(), json!(secret_name));
+    }
+    status.insert(
+        "conditions".into(),
+        serde_json::to_value(&plan.status.conditions)?,
+    );
+    let patch = json!({
+        "apiVersion": WebhookIntegration::api_version(&()),
+        "kind": WebhookIntegration::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn publish_events(ctx: &Context, wi: &WebhookIntegration, plan: &Plan, changed: &[&str]) {
+    let reference = wi.object_ref(&());
+    let mut events: Vec<Event> = plan
+        .events
+        .iter()
+        .map(|e| Event {
+            type_: if e.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: e.reason.to_string(),
+            note: Some(e.message.clone()),
+            action: "Reconcile".to_string(),
+            secondary: None,
+        })
+        .collect();
+    if changed.contains(&"route") {
+        events.push(Event {
+            type_: EventType::Normal,
+            reason: "RouteWritten".to_string(),
+            note: Some(match &plan.status.url {
+                Some(url) => format!(
+                    "endpoint {url} serves generation {}",
+                    wi.metadata.generation.unwrap_or_default()
+                ),
+                None => format!(
+                    "path {} serves generation {}",
+                    plan.status.path.as_deref().unwrap_or_default(),
+                    wi.metadata.generation.unwrap_or_default()
+                ),
+            }),
+            action: "WriteRoute".to_string(),
+            secondary: None,
+        });
+    }
+    for event in events {
+        // Events are best effort: failing to record one must not fail the reconcile.
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            warn!(error = %e, reason = %event.reason, "cannot publish event");
+        }
+    }
+}
+
+async fn cleanup(wi: &WebhookIntegration, ctx: &Context) -> Result<Action, Error> {
+    let namespace = wi.namespace().ok_or(Error::NoNamespace)?;
+    let routes: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.route_namespace);
+    let route_secret_name = Route::secret_name(&namespace, &wi.name_any());
+    match routes
+        .delete(&route_secret_name, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => info!(integration = %wi.name_any(), %namespace, "route removed"),
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "RouteRemoved".to_string(),
+        note: Some("integration deleted: its endpoint now answers 404".to_string()),
+        action: "Cleanup".to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &wi.object_ref(&())).await {
+        warn!(error = %e, "cannot publish event");
+    }
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert!(backoff(1) >= Duration::from_secs(1) && backoff(1) < Duration::from_millis(1200));
+        assert!(backoff(3) >= Duration::from_secs(4));
+        assert!(backoff(30) <= MAX_BACKOFF + MAX_BACKOFF / 10);
+        assert!(backoff(30) >= MAX_BACKOFF);
+    }
+
+    #[test]
+    fn secret_values_are_trimmed_and_missing_keys_listed() {
+        let secret = Secret {
+            data: Some(BTreeMap::from([
+                ("token".to_string(), ByteString(b"abc\n".to_vec())),
+                ("blank".to_string(), ByteString(b"  \n".to_vec())),
+            ])),
+            ..Secret::default()
+        };
+        assert_eq!(lookup_key(&secret, "token"), RefLookup::Value("abc".into()));
+        assert_eq!(lookup_key(&secret, "blank"), RefLookup::Empty);
+        assert_eq!(
+            lookup_key(&secret, "nope"),
+            RefLookup::KeyMissing {
+                available: vec!["blank".into(), "token".into()]
+            }
+        );
+    }
+}

@@ -1,0 +1,708 @@
+//! The single writer: recovery on open, then one dedicated OS thread that owns the
+//! segment files and turns queued appends into group commits.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::format::{self, BatchEncoder, Scan};
+use super::{JournalConfig, JournalError, Recovered, Seq, Shared};
+
+/// How often a changed applied marker is written out (it is cheap but not free).
+const APPLIED_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+/// How long `open` waits for a previous writer in this process to let go of the lock.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+pub(super) struct Append {
+    pub record: Vec<u8>,
+    pub enqueued: Instant,
+    pub reply: oneshot::Sender<Result<Seq, JournalError>>,
+}
+
+pub(super) enum Request {
+    Append(Append),
+    Checkpoint {
+        snapshot: Vec<u8>,
+        covers_seq: Seq,
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
+    Close {
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
+}
+
+struct Segment {
+    first_seq: Seq,
+    last_seq: Option<Seq>,
+    len: u64,
+    path: PathBuf,
+}
+
+/// Why the journal stopped accepting writes (kept as kind + text: `io::Error` is not
+/// `Clone`, and every later caller gets its own copy).
+struct Failure {
+    kind: io::ErrorKind,
+    message: String,
+}
+
+impl Failure {
+    fn to_error(&self) -> JournalError {
+        JournalError::Io(io::Error::new(self.kind, self.message.clone()))
+    }
+}
+
+pub(super) struct Writer {
+    config: JournalConfig,
+    shared: Arc<Shared>,
+    /// Held for the writer's lifetime: two processes appending to one directory would
+    /// interleave batches and corrupt each other.
+    _lock: File,
+    /// Oldest first; the last one is the active segment.
+    segments: VecDeque<Segment>,
+    active: File,
+    next_seq: Seq,
+    snapshot_seq: Seq,
+    snapshot_len: u64,
+    persisted_applied: Seq,
+    last_applied_persist: Instant,
+    failed: Option<Failure>,
+    last_batch_len: usize,
+    buf: Vec<u8>,
+}
+
+fn corrupt(path: &Path, damage: format::Damage) -> JournalError {
+    JournalError::Corrupt {
+        path: path.to_path_buf(),
+        offset: damage.offset,
+        reason: damage.reason,
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn lock_dir(dir: &Path) -> Result<File, JournalError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(format::LOCK_FILE))
+        .map_err(at(dir, "cannot open the lock file in"))?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(JournalError::Io(io::Error::new(
+                    io::ErrorKind::ResourceBusy,
+                    format!(
+                        "journal directory {} is in use by another writer",
+                        dir.display()
+                    ),
+                )));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Adds the path to an I/O error: "Is a directory (os error 21)" alone does not tell an
+/// operator which file to look at.
+fn at(path: &Path, what: &str) -> impl FnOnce(io::Error) -> io::Error {
+    let context = format!("{what} {}", path.display());
+    move |e| io::Error::new(e.kind(), format!("{context}: {e}"))
+}
+
+fn remove_if_exists(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+impl Writer {
+    /// Recovers the directory: validates the snapshot, scans every segment, truncates
+    /// a torn tail, finishes an interrupted compaction, and returns what to replay.
+    pub(super) fn open(
+        config: JournalConfig,
+        shared: Arc<Shared>,
+    ) -> Result<(Self, Recovered), JournalError> {
+        let dir = config.dir.clone();
+        let created = !dir.exists();
+        fs::create_dir_all(&dir).map_err(at(&dir, "cannot create journal directory"))?;
+        if created && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+        let lock = lock_dir(&dir)?;
+        remove_if_exists(&dir.join(format::SNAPSHOT_TMP_FILE))?;
+        remove_if_exists(&dir.join(format::APPLIED_TMP_FILE))?;
+
+        let snapshot_path = dir.join(format::SNAPSHOT_FILE);
+        let snapshot = match fs::read(&snapshot_path) {
+            Ok(bytes) => {
+                let len = bytes.len() as u64;
+                Some((
+                    format::decode_snapshot(&bytes).map_err(|d| corrupt(&snapshot_path, d))?,
+                    len,
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+        let applied_path = dir.join(format::APPLIED_FILE);
+        let applied_file = match fs::read(&applied_path) {
+            Ok(bytes) => {
+                let seq = format::decode_applied(&bytes);
+                if seq.is_none() {
+                    tracing::warn!(path = %applied_path.display(), "journal applied marker unreadable; replaying from the snapshot");
+                }
+                seq
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+        let (snapshot_seq, snapshot_applied, snapshot_len) = snapshot
+            .as_ref()
+            .map_or((0, 0, 0), |(s, len)| (s.covers_seq, s.applied_seq, *len));
+        let applied = snapshot_applied.max(applied_file.unwrap_or(0));
+        let replay_after = snapshot_seq.max(applied);
+
+        let mut names: Vec<(Seq, PathBuf)> = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(at(&dir, "cannot list"))? {
+            let entry = entry.map_err(at(&dir, "cannot list"))?;
+            if let Some(first) = entry
+                .file_name()
+                .to_str()
+                .and_then(format::parse_segment_name)
+            {
+                names.push((first, entry.path()));
+            }
+        }
+        names.sort_by_key(|(first, _)| *first);
+
+        let mut segments: VecDeque<Segment> = VecDeque::new();
+        let mut entries: Vec<(Seq, Vec<u8>)> = Vec::new();
+        let mut dir_changed = false;
+        let count = names.len();
+        for (i, (first_seq, path)) in names.into_iter().enumerate() {
+            let is_last = i + 1 == count;
+            let bytes = fs::read(&path).map_err(at(&path, "cannot read journal segment"))?;
+            let mut first_entry = None;
+            let scan = format::scan_segment(&bytes, first_seq, is_last, |seq, payload| {
+                first_entry.get_or_insert(seq);
+                if seq > replay_after {
+                    entries.push((seq, payload.to_vec()));
+                }
+            })
+            .map_err(|d| corrupt(&path, d))?;
+            match scan {
+                Scan::Unborn => {
+                    tracing::warn!(path = %path.display(), "removing journal segment whose creation was interrupted");
+                    fs::remove_file(&path)?;
+                    dir_changed = true;
+                }
+                Scan::Valid {
+                    valid_len,
+                    last_seq,
+                    torn,
+                } => {
+                    if let Some(damage) = torn {
+                        tracing::warn!(
+                            path = %path.display(),
+                            offset = damage.offset,
+                            dropped_bytes = bytes.len() as u64 - valid_len,
+                            reason = %damage.reason,
+                            "truncating the journal's torn tail (a write cut short by a crash; never acknowledged)"
+                        );
+                        let truncate = || {
+                            let file = OpenOptions::new().write(true).open(&path)?;
+                            file.set_len(valid_len)?;
+                            file.sync_all()
+                        };
+                        truncate().map_err(at(&path, "cannot truncate the torn tail of"))?;
+                    }
+                    let prev_last = segments.iter().rev().find_map(|s| s.last_seq);
+                    if let (Some(prev), Some(first)) = (prev_last, first_entry)
+                        && first > prev + 1
+                    {
+                        tracing::error!(
+                            path = %path.display(),
+                            missing_from = prev + 1,
+                            missing_to = first - 1,
+                            "journal entries are missing between segments (a segment file was removed); continuing without them"
+                        );
+                    }
+                    segments.push_back(Segment {
+                        first_seq,
+                        last_seq,
+                        len: valid_len,
+                        path,
+                    });
+                }
+            }
+        }
+
+        // Segments wholly covered by the snapshot: a compaction was interrupted.
+        while segments.len() > 1 && segments[0].last_seq.is_none_or(|last| last <= snapshot_seq) {
+            if let Some(seg) = segments.pop_front() {
+                fs::remove_file(&seg.path)?;
+                dir_changed = true;
+            }
+        }
+
+        let last_frame = segments
+            .iter()
+            .filter_map(|s| s.last_seq)
+            .max()
+            .unwrap_or(0);
+        let last_named = segments.back().map_or(0, |s| s.first_seq.saturating_sub(1));
+        let next_seq = last_frame.max(snapshot_seq).max(applied).max(last_named) + 1;
+
+        let active = match segments.back() {
+            Some(seg) => OpenOptions::new()
+                .append(true)
+                .open(&seg.path)
+                .map_err(at(&seg.path, "cannot open journal segment"))?,
+            None => {
+                let (file, seg) = create_segment(&dir, next_seq)?;
+                segments.push_back(seg);
+                dir_changed = false;
+                file
+            }
+        };
+        if dir_changed {
+            sync_dir(&dir)?;
+        }
+
+        let last_seq = next_seq - 1;
+        shared.last_seq.store(last_seq, Ordering::Release);
+        shared
+            .applied_seq
+            .store(applied.min(last_seq), Ordering::Release);
+        shared.snapshot_seq.store(snapshot_seq, Ordering::Release);
+        shared.metrics.replayed.inc_by(entries.len() as u64);
+
+        let writer = Writer {
+            shared,
+            _lock: lock,
+            segments,
+            active,
+            next_seq,
+            snapshot_seq,
+            snapshot_len,
+            persisted_applied: applied,
+            last_applied_persist: Instant::now(),
+            failed: None,
+            last_batch_len: 0,
+            buf: Vec::new(),
+            config,
+        };
+        writer.publish_sizes();
+        let recovered = Recovered {
+            snapshot: snapshot.map(|(s, _)| s.payload),
+            entries,
+        };
+        Ok((writer, recovered))
+    }
+
+    /// The writer thread's loop; returns when closed or when every handle is gone.
+    pub(super) fn run(mut self, rx: Receiver<Request>) {
+        let mut carried: Option<Request> = None;
+        loop {
+            let request = match carried.take() {
+                Some(request) => request,
+                None => match rx.recv_timeout(APPLIED_PERSIST_INTERVAL) {
+                    Ok(request) => request,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.persist_applied();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        self.persist_applied();
+                        return;
+                    }
+                },
+            };
+            match request {
+                Request::Append(first) => {
+                    let mut batch = vec![first];
+                    carried = self.collect(&rx, &mut batch);
+                    self.commit(batch);
+                    if self.last_applied_persist.elapsed() >= APPLIED_PERSIST_INTERVAL {
+                        self.persist_applied();
+                    }
+                }
+                Request::Checkpoint {
+                    snapshot,
+                    covers_seq,
+                    reply,
+                } => {
+                    let result = self.checkpoint(&snapshot, covers_seq);
+                    let _ = reply.send(result);
+                }
+                Request::Close { reply } => {
+                    self.persist_applied();
+                    let result = match &self.failed {
+                        Some(failure) => Err(failure.to_error()),
+                        None => Ok(()),
+                    };
+                    // Release the files and the lock before the caller may reopen.
+                    drop(self);
+                    let _ = reply.send(result);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Gathers more appends into `batch`: everything already queued, then — only while
+    /// the batch is smaller than the previous one — waits for more until the oldest
+    /// waiter has waited `group_commit_window`. The previous batch's size is the best
+    /// estimate of how many appenders are active: under steady load the wait ends as
+    /// soon as they are all back instead of always sitting out the window, and a lone
+    /// append after a quiet period (previous batch of one) is written at once. Returns
+    /// a non-append request that ended the batch, to be handled next.
+    fn collect(&self, rx: &Receiver<Request>, batch: &mut Vec<Append>) -> Option<Request> {
+        let deadline = batch[0].enqueued + self.config.group_commit_window;
+        let mut bytes = batch[0].record.len();
+        while batch.len() < self.config.max_batch && bytes < format::MAX_BATCH_BYTES {
+            let request = match rx.try_recv() {
+                Ok(request) => request,
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {
+                    let now = Instant::now();
+                    if batch.len() >= self.last_batch_len || now >= deadline {
+                        break;
+                    }
+                    match rx.recv_timeout(deadline - now) {
+                        Ok(request) => request,
+                        Err(_) => break,
+                    }
+                }
+            };
+            match request {
+                Request::Append(append) => {
+                    bytes += append.record.len();
+                    batch.push(append);
+                }
+                other => return Some(other),
+            }
+        }
+        None
+    }
+
+    fn bytes_on_disk(&self) -> u64 {
+        self.segments.iter().map(|s| s.len).sum::<u64>() + self.snapshot_len
+    }
+
+    fn publish_sizes(&self) {
+        let bytes = self.bytes_on_disk();
+        self.shared.bytes.store(bytes, Ordering::Release);
+        self.shared
+            .segments
+            .store(self.segments.len() as u64, Ordering::Release);
+        self.shared
+            .metrics
+            .bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.shared.update_pending();
+    }
+
+    fn fail(&mut self, failure: Failure) {
+        tracing::error!(error = %failure.message, "journal failed; refusing writes until it is reopened");
+        self.shared.failed.store(true, Ordering::Release);
+        self.failed = Some(failure);
+    }
+
+    /// One group commit: frames every append that fits, writes them with one `write`,
+    /// `sync_data`s the segment, and only then wakes the waiters.
+    fn commit(&mut self, batch: Vec<Append>) {
+        if let Some(failure) = &self.failed {
+            for append in batch {
+                let _ = append.reply.send(Err(failure.to_error()));
+            }
+            return;
+        }
+        let active_has_entries = self.segments.back().is_some_and(|s| s.last_seq.is_some());
+        let active_len = self.segments.back().map_or(0, |s| s.len);
+        if active_has_entries
+            && active_len >= self.config.segment_bytes
+            && let Err(e) = self.roll()
+        {
+            let message = format!("cannot start a new journal segment: {e}");
+            for append in batch {
+                let _ = append.reply.send(Err(JournalError::Io(io::Error::new(
+                    e.kind(),
+                    message.clone(),
+                ))));
+            }
+            return;
+        }
+
+        let used = self.bytes_on_disk();
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut encoder = BatchEncoder::begin(&mut buf, self.next_seq);
+        let mut waiters = Vec::with_capacity(batch.len());
+        let mut size = format::BATCH_HEADER_LEN as u64;
+        let mut seq = self.next_seq;
+        for append in batch {
+            if append.record.len() > format::MAX_RECORD_BYTES {
+                let _ = append.reply.send(Err(JournalError::Io(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "journal record of {} bytes exceeds the {} byte limit",
+                        append.record.len(),
+                        format::MAX_RECORD_BYTES
+                    ),
+                ))));
+                continue;
+            }
+            let frame = format::frame_len(append.record.len()) as u64;
+            if used + size + frame > self.config.max_bytes {
+                let _ = append.reply.send(Err(JournalError::Full));
+                continue;
+            }
+            encoder.push(seq, &append.record);
+            waiters.push((seq, append.reply));
+            seq += 1;
+            size += frame;
+        }
+        if encoder.count() == 0 {
+            self.buf = buf;
+            return;
+        }
+        encoder.finish();
+        self.last_batch_len = waiters.len();
+
+        let result = self.write_and_sync(&buf);
+        self.buf = buf;
+        if let Err(error) = result {
+            for (_, reply) in waiters {
+                let _ = reply.send(Err(JournalError::Io(io::Error::new(
+                    error.kind(),
+                    error.to_string(),
+                ))));
+            }
+            return;
+        }
+
+        self.next_seq = seq;
+        let last = seq - 1;
+        if let Some(active) = self.segments.back_mut() {
+            active.len += size;
+            active.last_seq = Some(last);
+        }
+        self.shared.last_seq.store(last, Ordering::Release);
+        self.shared
+            .appended
+            .fetch_add(waiters.len() as u64, Ordering::Relaxed);
+        self.shared
+            .metrics
+            .batch_entries
+            .observe(waiters.len() as f64);
+        self.publish_sizes();
+        for (seq, reply) in waiters {
+            let _ = reply.send(Ok(seq));
+        }
+    }
+
+    /// Writes one batch and makes it durable. A failed `write` is undone by truncating
+    /// back (the journal stays usable: disk full is usually temporary); a failed fsync
+    /// fails the journal (see the module docs on the fsync gate).
+    fn write_and_sync(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let synced_len = self.segments.back().map_or(0, |s| s.len);
+        let path = self
+            .segments
+            .back()
+            .map(|s| s.path.clone())
+            .unwrap_or_default();
+        if let Err(error) = self.write_active(bytes) {
+            if let Err(undo) = self.active.set_len(synced_len) {
+                self.fail(Failure {
+                    kind: undo.kind(),
+                    message: format!(
+                        "journal write to {} failed ({error}) and could not be undone ({undo})",
+                        path.display()
+                    ),
+                });
+            }
+            return Err(io::Error::new(
+                error.kind(),
+                format!("journal write to {} failed: {error}", path.display()),
+            ));
+        }
+        let started = Instant::now();
+        let synced = self.sync_active();
+        self.shared
+            .metrics
+            .fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+        if let Err(error) = synced {
+            // Cut the never-acknowledged batch off (best effort, no fsync): otherwise a
+            // reopen in this process could read it back from the page cache although it
+            // may never reach the disk, and write new batches after it.
+            let _ = self.active.set_len(synced_len);
+            let message = format!(
+                "journal fsync of {} failed ({error}); the journal refuses writes until it is reopened",
+                path.display()
+            );
+            self.fail(Failure {
+                kind: error.kind(),
+                message: message.clone(),
+            });
+            return Err(io::Error::new(error.kind(), message));
+        }
+        Ok(())
+    }
+
+    fn write_active(&mut self, bytes: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        if self.shared.faults.fail_write.load(Ordering::Acquire) {
+            // A disk that fills up halfway through the batch.
+            self.active.write_all(&bytes[..bytes.len() / 2])?;
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
+        }
+        self.active.write_all(bytes)
+    }
+
+    fn sync_active(&self) -> io::Result<()> {
+        #[cfg(test)]
+        if self.shared.faults.fail_sync.load(Ordering::Acquire) {
+            return Err(io::Error::other("injected fsync failure"));
+        }
+        self.active.sync_data()
+    }
+
+    /// Starts a new active segment. The old one is complete and already fsync'd.
+    fn roll(&mut self) -> io::Result<()> {
+        let (file, segment) = create_segment(&self.config.dir, self.next_seq)?;
+        self.active = file;
+        self.segments.push_back(segment);
+        self.publish_sizes();
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, snapshot: &[u8], covers_seq: Seq) -> Result<(), JournalError> {
+        if let Some(failure) = &self.failed {
+            return Err(failure.to_error());
+        }
+        let last = self.next_seq - 1;
+        if covers_seq > last || covers_seq < self.snapshot_seq {
+            return Err(JournalError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "checkpoint must cover a seq between the previous checkpoint ({}) and the last appended entry ({last}), got {covers_seq}",
+                    self.snapshot_seq
+                ),
+            )));
+        }
+        let dir = self.config.dir.clone();
+        let applied = self.shared.applied_seq.load(Ordering::Acquire);
+        let bytes = format::encode_snapshot(covers_seq, applied, snapshot);
+        let tmp = dir.join(format::SNAPSHOT_TMP_FILE);
+        let written = (|| {
+            let mut file = File::create(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_data()?;
+            fs::rename(&tmp, dir.join(format::SNAPSHOT_FILE))?;
+            sync_dir(&dir)
+        })();
+        if let Err(error) = written {
+            // Segments are untouched, so whichever snapshot is on disk is consistent
+            // with them; the next checkpoint simply tries again.
+            let _ = remove_if_exists(&tmp);
+            return Err(error.into());
+        }
+        self.snapshot_seq = covers_seq;
+        self.snapshot_len = bytes.len() as u64;
+        self.persisted_applied = self.persisted_applied.max(applied);
+        self.shared
+            .snapshot_seq
+            .store(covers_seq, Ordering::Release);
+
+        // Compaction. An active segment wholly covered is retired by rolling first.
+        let active_covered = self
+            .segments
+            .back()
+            .and_then(|s| s.last_seq)
+            .is_some_and(|l| l <= covers_seq);
+        if active_covered && let Err(error) = self.roll() {
+            tracing::warn!(%error, "journal checkpoint written, but starting a new segment failed; compaction postponed");
+        }
+        let mut removed = false;
+        while self.segments.len() > 1 && self.segments[0].last_seq.is_none_or(|l| l <= covers_seq) {
+            let path = self.segments[0].path.clone();
+            if let Err(error) = fs::remove_file(&path) {
+                tracing::warn!(%error, path = %path.display(), "cannot delete a compacted journal segment");
+                break;
+            }
+            self.segments.pop_front();
+            removed = true;
+        }
+        if removed && let Err(error) = sync_dir(&dir) {
+            tracing::warn!(%error, "journal directory fsync after compaction failed");
+        }
+        self.publish_sizes();
+        Ok(())
+    }
+
+    /// Writes the applied marker when it moved. Deliberately without fsync: a marker
+    /// lost or torn by a crash only means entries are replayed again, which consumers
+    /// tolerate; a marker can never claim more than was really marked applied.
+    fn persist_applied(&mut self) {
+        let applied = self.shared.applied_seq.load(Ordering::Acquire);
+        self.last_applied_persist = Instant::now();
+        if applied <= self.persisted_applied {
+            return;
+        }
+        let dir = &self.config.dir;
+        let tmp = dir.join(format::APPLIED_TMP_FILE);
+        let written = fs::write(&tmp, format::encode_applied(applied))
+            .and_then(|()| fs::rename(&tmp, dir.join(format::APPLIED_FILE)));
+        match written {
+            Ok(()) => self.persisted_applied = applied,
+            Err(error) => {
+                tracing::warn!(%error, "cannot write the journal applied marker; more entries will be replayed after a restart")
+            }
+        }
+    }
+}
+
+/// Creates a segment durably: header written and fsync'd, directory entry fsync'd.
+/// `create_new`, so an existing file is never overwritten.
+fn create_segment(dir: &Path, first_seq: Seq) -> io::Result<(File, Segment)> {
+    let path = dir.join(format::segment_file_name(first_seq));
+    let mut file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)
+        .map_err(at(&path, "cannot create"))?;
+    let made = file
+        .write_all(&format::encode_segment_header(first_seq))
+        .and_then(|()| file.sync_data())
+        .and_then(|()| sync_dir(dir));
+    if let Err(error) = made {
+        drop(file);
+        let _ = fs::remove_file(&path);
+        return Err(at(&path, "cannot initialise")(error));
+    }
+    let segment = Segment {
+        first_seq,
+        last_seq: None,
+        len: format::SEGMENT_HEADER_LEN as u64,
+        path,
+    };
+    Ok((file, segment))
+}

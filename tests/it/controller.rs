@@ -1,0 +1,451 @@
+//! Reconcile against a mocked API server: every request the controller makes is asserted,
+//! in order (kube-rs controller-rs "scenario" style).
+
+use std::sync::Arc;
+
+use hookwarden::controller::metrics::ControllerMetrics;
+use hookwarden::controller::reconcile::{Context, reconcile};
+use hookwarden::crd::WebhookIntegration;
+use hookwarden::route::Route;
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use serde_json::{Value, json};
+use tower_test::mock;
+
+const NOW: i64 = 1_800_000_000;
+const ROUTE_NS: &str = "hookwarden";
+
+type Handle = mock::Handle<Request<Body>, Response<Body>>;
+
+/// One expected request and the answer the fake API server gives.
+struct Step {
+    method: Method,
+    path: String,
+    /// Substrings the query must contain (e.g. the field manager).
+    query: Vec<&'static str>,
+    status: StatusCode,
+    answer: Value,
+}
+
+impl Step {
+    fn new(method: Method, path: impl Into<String>, status: StatusCode, answer: Value) -> Step {
+        Step {
+            method,
+            path: path.into(),
+            query: Vec::new(),
+            status,
+            answer,
+        }
+    }
+    fn query(mut self, q: &'static str) -> Step {
+        self.query.push(q);
+        self
+    }
+}
+
+fn not_found() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+}
+
+/// Serves `steps` in order, returning the request bodies; panics on any unexpected request.
+fn serve(mut handle: Handle, steps: Vec<Step>) -> tokio::task::JoinHandle<Vec<Value>> {
+    tokio::spawn(async move {
+        let mut bodies = Vec::new();
+        for (i, step) in steps.into_iter().enumerate() {
+            let (request, send) = handle.next_request().await.unwrap_or_else(|| {
+                panic!(
+                    "step {i}: no request, expected {} {}",
+                    step.method, step.path
+                )
+            });
+            let uri = request.uri().clone();
+            assert_eq!(
+                (request.method(), uri.path()),
+                (&step.method, step.path.as_str()),
+                "step {i}: unexpected request {} {uri}",
+                request.method()
+            );
+            for q in &step.query {
+                assert!(
+                    uri.query().unwrap_or_default().contains(q),
+                    "step {i}: {uri} lacks {q}"
+                );
+            }
+            let bytes = http_body_util::BodyExt::collect(request.into_body())
+                .await
+                .expect("body")
+                .to_bytes();
+            bodies.push(if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).expect("json body")
+            });
+            let answer = serde_json::to_vec(&step.answer).expect("answer");
+            send.send_response(
+                Response::builder()
+                    .status(step.status)
+                    .body(Body::from(answer))
+                    .expect("response"),
+            );
+        }
+        bodies
+    })
+}
+
+fn context(handle_client: kube::Client) -> Arc<Context> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let recorder = Recorder::new(
+        handle_client.clone(),
+        Reporter {
+            controller: "hookwarden-controller".into(),
+            instance: None,
+        },
+    );
+    let mut ctx = Context::new(
+        handle_client,
+        ROUTE_NS.to_string(),
+        Some("https://hooks.example.com".to_string()),
+        recorder,
+        Arc::new(ControllerMetrics::register(&mut registry)),
+    );
+    ctx.clock = Arc::new(|| NOW);
+    Arc::new(ctx)
+}
+
+fn integration(spec: Value, finalizer: bool) -> WebhookIntegration {
+    let mut obj = json!({
+        "apiVersion": "hookwarden.dev/v1alpha1",
+        "kind": "WebhookIntegration",
+        "metadata": {"name": "datadog-prod", "namespace": "payments", "uid": "uid-1", "generation": 1, "resourceVersion": "10"},
+        "spec": spec,
+    });
+    if finalizer {
+        obj["metadata"]["finalizers"] = json!(["hookwarden.dev/route"]);
+    }
+    serde_json::from_value(obj).expect("integration")
+}
+
+const WI_PATH: &str =
+    "/apis/hookwarden.dev/v1alpha1/namespaces/payments/webhookintegrations/datadog-prod";
+const WI_STATUS_PATH: &str =
+    "/apis/hookwarden.dev/v1alpha1/namespaces/payments/webhookintegrations/datadog-prod/status";
+const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/payments/events";
+
+fn route_path() -> String {
+    format!(
+        "/api/v1/namespaces/{ROUTE_NS}/secrets/{}",
+        Route::secret_name("payments", "datadog-prod")
+    )
+}
+
+fn event_answer() -> Value {
+    json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "payments"}, "eventTime": "2027-01-15T08:00:00.000000Z"})
+}
+
+fn mock_client() -> (kube::Client, Handle) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    (kube::Client::new(service, "default"), handle)
+}
+
+#[tokio::test]
+async fn adds_the_finalizer_first() {
+    let (client, handle) = mock_client();
+    let wi = integration(json!({"provider": "datadog"}), false);
+    let mut with_finalizer = serde_json::to_value(&wi).expect("json");
+    with_finalizer["metadata"]["finalizers"] = json!(["hookwarden.dev/route"]);
+    let server = serve(
+        handle,
+        vec![Step::new(
+            Method::PATCH,
+            WI_PATH,
+            StatusCode::OK,
+            with_finalizer,
+        )],
+    );
+    let action = reconcile(Arc::new(wi), context(client))
+        .await
+        .expect("reconcile");
+    assert_eq!(action, Action::await_change());
+    let bodies = server.await.expect("server");
+    let patch = bodies[0].to_string();
+    assert!(
+        patch.contains("/metadata/finalizers") && patch.contains("hookwarden.dev/route"),
+        "{patch}"
+    );
+}
+
+#[tokio::test]
+async fn new_integration_gets_generated_secret_route_and_status() {
+    let (client, handle) = mock_client();
+    let wi = integration(json!({"provider": "datadog"}), true);
+    let server = serve(
+        handle,
+        vec![
+            Step::new(Method::GET, route_path(), StatusCode::NOT_FOUND, not_found()),
+            Step::new(Method::GET, "/api/v1/namespaces/payments/secrets/datadog-prod-webhook", StatusCode::NOT_FOUND, not_found()),
+            Step::new(Method::PATCH, "/api/v1/namespaces/payments/secrets/datadog-prod-webhook", StatusCode::OK, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "datadog-prod-webhook"}}))
+                .query("fieldManager=hookwarden-controller")
+                .query("force=true"),
+            Step::new(Method::PATCH, route_path(), StatusCode::OK, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "r"}}))
+                .query("fieldManager=hookwarden-controller"),
+            Step::new(Method::PATCH, WI_STATUS_PATH, StatusCode::OK, serde_json::to_value(&wi).expect("json"))
+                .query("fieldManager=hookwarden-controller"),
+            Step::new(Method::POST, EVENTS_PATH, StatusCode::CREATED, event_answer()),
+            Step::new(Method::POST, EVENTS_PATH, StatusCode::CREATED, event_answer()),
+        ],
+    );
+    let action = reconcile(Arc::new(wi), context(client))
+        .await
+        .expect("reconcile");
+    assert_eq!(
+        action,
+        Action::requeue(std::time::Duration::from_secs(3600))
+    );
+    let bodies = server.await.expect("server");
+
+    // The generated Secret: owned by the integration, holding the secret and the URL.
+    let generated = &bodies[2];
+    assert_eq!(generated["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+    let b64 = |v: &Value| {
+        use base64::Engine as _;
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().expect("str"))
+                .expect("b64"),
+        )
+        .expect("utf8")
+    };
+    let secret = b64(&generated["data"]["secret"]);
+    assert_eq!(secret.len(), 64, "hex secret");
+    let url = b64(&generated["data"]["url"]);
+    assert!(url.starts_with("https://hooks.example.com/hooks/"), "{url}");
+
+    // The route Secret carries the same secret and path, labelled for the receivers.
+    let route_secret = &bodies[3];
+    assert_eq!(route_secret["metadata"]["namespace"], ROUTE_NS);
+    assert_eq!(
+        route_secret["metadata"]["labels"]["hookwarden.dev/route"],
+        "true"
+    );
+    let route: Route =
+        serde_json::from_str(&b64(&route_secret["data"]["route.json"])).expect("route json");
+    assert_eq!(route.secrets[0].value.expose(), secret);
+    assert!(url.ends_with(&route.path));
+
+    // Status: path, URL, secretName and the three conditions, nothing owned by receivers.
+    let status = &bodies[4]["status"];
+    assert_eq!(status["path"], route.path.as_str());
+    assert_eq!(status["url"], url.as_str());
+    assert_eq!(status["secretName"], "datadog-prod-webhook");
+    assert_eq!(status["observedGeneration"], 1);
+    let types: Vec<&str> = status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .filter_map(|c| c["type"].as_str())
+        .collect();
+    assert_eq!(types, ["Ready", "SecretResolved", "RouteReady"]);
+    assert!(status.get("deliveries").is_none() && status.get("incidents").is_none());
+    // Never a secret in an Event.
+    assert!(!bodies[5].to_string().contains(&secret) && !bodies[6].to_string().contains(&secret));
+}
+
+#[tokio::test]
+async fn unchanged_integration_causes_no_write() {
+    // First reconcile to learn what the controller would write.
+    let (client, handle) = mock_client();
+    let wi = integration(
+        json!({"provider": "github", "secretRef": {"name": "gh", "key": "token"}}),
+        true,
+    );
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gh", "namespace": "payments"}, "data": {"token": "czNjcjN0"}});
+    let server = serve(
+        handle,
+        vec![
+            Step::new(
+                Method::GET,
+                route_path(),
+                StatusCode::NOT_FOUND,
+                not_found(),
+            ),
+            Step::new(
+                Method::GET,
+                "/api/v1/namespaces/payments/secrets/gh",
+                StatusCode::OK,
+                secret.clone(),
+            ),
+            Step::new(
+                Method::PATCH,
+                route_path(),
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "r"}}),
+            ),
+            Step::new(
+                Method::PATCH,
+                WI_STATUS_PATH,
+                StatusCode::OK,
+                serde_json::to_value(&wi).expect("json"),
+            ),
+            Step::new(
+                Method::POST,
+                EVENTS_PATH,
+                StatusCode::CREATED,
+                event_answer(),
+            ),
+        ],
+    );
+    reconcile(Arc::new(wi.clone()), context(client))
+        .await
+        .expect("reconcile");
+    let bodies = server.await.expect("server");
+    let route_secret = bodies[2].clone();
+    let mut current = serde_json::to_value(&wi).expect("json");
+    current["status"] = bodies[3]["status"].clone();
+    let current: WebhookIntegration = serde_json::from_value(current).expect("wi");
+
+    // Second reconcile with the world as written: reads only.
+    let (client, handle) = mock_client();
+    let server = serve(
+        handle,
+        vec![
+            Step::new(Method::GET, route_path(), StatusCode::OK, route_secret),
+            Step::new(
+                Method::GET,
+                "/api/v1/namespaces/payments/secrets/gh",
+                StatusCode::OK,
+                secret,
+            ),
+        ],
+    );
+    let action = reconcile(Arc::new(current), context(client.clone()))
+        .await
+        .expect("reconcile");
+    assert_eq!(
+        action,
+        Action::requeue(std::time::Duration::from_secs(3600))
+    );
+    server.await.expect("server");
+}
+
+#[tokio::test]
+async fn missing_secret_is_a_condition_and_waits_instead_of_failing() {
+    let (client, handle) = mock_client();
+    let wi = integration(
+        json!({"provider": "datadog", "secretRef": {"name": "dd", "key": "token"}}),
+        true,
+    );
+    let server = serve(
+        handle,
+        vec![
+            Step::new(
+                Method::GET,
+                route_path(),
+                StatusCode::NOT_FOUND,
+                not_found(),
+            ),
+            Step::new(
+                Method::GET,
+                "/api/v1/namespaces/payments/secrets/dd",
+                StatusCode::NOT_FOUND,
+                not_found(),
+            ),
+            Step::new(
+                Method::PATCH,
+                WI_STATUS_PATH,
+                StatusCode::OK,
+                serde_json::to_value(&wi).expect("json"),
+            ),
+            Step::new(
+                Method::POST,
+                EVENTS_PATH,
+                StatusCode::CREATED,
+                event_answer(),
+            ),
+        ],
+    );
+    // Ok (not Err): no error-policy retry loop; the Secret watch brings it back.
+    let action = reconcile(Arc::new(wi), context(client))
+        .await
+        .expect("reconcile");
+    assert_eq!(
+        action,
+        Action::requeue(std::time::Duration::from_secs(3600))
+    );
+    let bodies = server.await.expect("server");
+    let ready = &bodies[2]["status"]["conditions"][0];
+    assert_eq!(
+        (
+            ready["type"].as_str(),
+            ready["status"].as_str(),
+            ready["reason"].as_str()
+        ),
+        (Some("Ready"), Some("False"), Some("SecretNotFound"))
+    );
+    assert_eq!(bodies[3]["type"], "Warning");
+    assert_eq!(bodies[3]["reason"], "SecretNotFound");
+}
+
+#[tokio::test]
+async fn delete_removes_the_route_then_the_finalizer() {
+    let (client, handle) = mock_client();
+    let mut wi = integration(json!({"provider": "datadog"}), true);
+    wi.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        jiff::Timestamp::from_second(NOW).expect("ts"),
+    ));
+    let server = serve(
+        handle,
+        vec![
+            Step::new(
+                Method::DELETE,
+                route_path(),
+                StatusCode::OK,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+            ),
+            Step::new(
+                Method::POST,
+                EVENTS_PATH,
+                StatusCode::CREATED,
+                event_answer(),
+            ),
+            Step::new(
+                Method::PATCH,
+                WI_PATH,
+                StatusCode::OK,
+                serde_json::to_value(&wi).expect("json"),
+            ),
+        ],
+    );
+    let action = reconcile(Arc::new(wi), context(client))
+        .await
+        .expect("reconcile");
+    assert_eq!(action, Action::await_change());
+    let bodies = server.await.expect("server");
+    assert_eq!(bodies[1]["reason"], "RouteRemoved");
+    assert!(
+        bodies[2].to_string().contains("remove"),
+        "finalizer removal patch: {}",
+        bodies[2]
+    );
+}
+
+#[tokio::test]
+async fn api_errors_are_returned_for_backoff() {
+    let (client, handle) = mock_client();
+    let wi = integration(json!({"provider": "datadog"}), true);
+    let server = serve(
+        handle,
+        vec![Step::new(
+            Method::GET,
+            route_path(),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError", "code": 500, "message": "etcd down"}),
+        )],
+    );
+    let err = reconcile(Arc::new(wi), context(client))
+        .await
+        .expect_err("transient error");
+    assert_eq!(err.metric_label(), "kube");
+    server.await.expect("server");
+}
