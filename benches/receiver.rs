@@ -19,7 +19,7 @@ use clap::Parser;
 use hookwarden::domain::provider::ProviderKind;
 use hookwarden::domain::secret::generate_path;
 use hookwarden::domain::signature::{Scheme, SignInput, sign};
-use hookwarden::receiver::dedup::Dedup;
+use hookwarden::receiver::dedup::{DEFAULT_MAX_ENTRIES, Dedup};
 use hookwarden::receiver::http::{PipelineConfig, ReceiverState, app};
 use hookwarden::receiver::metrics::ReceiverMetrics;
 use hookwarden::receiver::routes::RouteTable;
@@ -58,6 +58,9 @@ struct Options {
     /// Skip the nginx comparison.
     #[arg(long)]
     no_nginx: bool,
+    /// Receiver/nginx pass pairs; the median ratio is printed.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Skip the half-rate latency pass.
     #[arg(long)]
     no_half_rate: bool,
@@ -250,8 +253,9 @@ impl Pass {
     }
 }
 
-/// Closed loop over `connections` keep-alive connections for `seconds`; with
-/// `rate` set, each connection paces itself so the total is that many requests/s.
+/// Closed loop over `connections` keep-alive connections for `seconds`; with `rate` set,
+/// a pacer thread releases that many requests per second in 100 µs steps (tokio timers
+/// tick per millisecond, which would send the load in bursts and measure the bursts).
 async fn load(
     target: Arc<Target>,
     provider: ProviderKind,
@@ -267,10 +271,28 @@ async fn load(
     let seq = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
+    let permits = rate.map(|r| {
+        let permits = Arc::new(tokio::sync::Semaphore::new(0));
+        let pacer = permits.clone();
+        std::thread::spawn(move || {
+            let mut released = 0u64;
+            while Instant::now() < deadline {
+                let due = (started.elapsed().as_secs_f64() * r) as u64;
+                if due > released {
+                    pacer.add_permits(usize::try_from(due - released).unwrap_or(usize::MAX));
+                    released = due;
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            pacer.close();
+        });
+        permits
+    });
     let tasks: Vec<_> = (0..connections)
         .map(|_| {
             let target = target.clone();
             let seq = seq.clone();
+            let permits = permits.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;
@@ -284,15 +306,12 @@ async fn load(
                     return (latencies, 1);
                 };
                 tokio::spawn(conn);
-                let mut pace = rate.map(|r| {
-                    let mut i =
-                        tokio::time::interval(Duration::from_secs_f64(connections as f64 / r));
-                    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    i
-                });
                 while Instant::now() < deadline {
-                    if let Some(p) = pace.as_mut() {
-                        p.tick().await;
+                    if let Some(p) = &permits {
+                        match p.acquire().await {
+                            Ok(permit) => permit.forget(),
+                            Err(_) => break,
+                        }
                     }
                     let request =
                         delivery(provider, &target, run, seq.fetch_add(1, Ordering::Relaxed));
@@ -400,10 +419,24 @@ impl Nginx {
 }
 
 impl Drop for Nginx {
+    /// SIGTERM to the master, which stops its workers; SIGKILL would orphan them.
     fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Resident set size of this process, from /proc (Linux).
@@ -447,7 +480,10 @@ fn memory(routes: u64, ids: u64) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(e) = errors.first() {
         return Err(e.to_string().into());
     }
-    let dedup = Dedup::new(ids.max(1), hookwarden::receiver::system_clock());
+    let dedup = Dedup::new(
+        DEFAULT_MAX_ENTRIES.max(ids),
+        hookwarden::receiver::system_clock(),
+    );
     let far = i64::MAX / 2;
     for i in 0..ids {
         dedup.remember(
@@ -490,10 +526,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     println!(
-        "load: {} keep-alive connections, {} s per pass, {} client thread(s), unique signed {provider} deliveries",
-        options.connections, options.seconds, options.client_threads
+        "load: {} keep-alive connections, {} s per pass, {} round(s), {} client thread(s), unique signed {provider} deliveries",
+        options.connections, options.seconds, options.rounds, options.client_threads
     );
-    // Warm-up: connection setup, allocator, branch predictors.
+    let nginx = if options.no_nginx {
+        None
+    } else {
+        Nginx::start(options.workers)
+    };
+    if !options.no_nginx && nginx.is_none() {
+        println!(
+            "nginx: not installed or failed to start; no comparison (apt-get install -y nginx-light)"
+        );
+    }
+    let nginx_target = nginx.as_ref().map(|n| {
+        Arc::new(Target {
+            addr: n.addr,
+            host: n.addr.to_string(),
+            path: target.path.clone(),
+            secret: target.secret.clone(),
+        })
+    });
+    // Warm-up: connection setup, allocator, caches.
     client.block_on(load(
         target.clone(),
         provider,
@@ -502,56 +556,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None,
         202,
     ));
-    let full = client.block_on(load(
-        target.clone(),
-        provider,
-        options.connections,
-        options.seconds,
-        None,
-        202,
-    ));
-    println!("{}", full.line(&label));
-    if !options.no_half_rate && full.rate() > 0.0 {
-        let half = client.block_on(load(
+    if let Some(t) = &nginx_target {
+        client.block_on(load(t.clone(), provider, options.connections, 1, None, 200));
+    }
+    // Alternate receiver and nginx passes so a noisy neighbour hits both alike; the
+    // median of the per-round ratios is the figure.
+    let mut rates = Vec::new();
+    let mut ratios = Vec::new();
+    for _ in 0..options.rounds.max(1) {
+        let pass = client.block_on(load(
             target.clone(),
             provider,
             options.connections,
             options.seconds,
-            Some(full.rate() / 2.0),
+            None,
             202,
         ));
-        println!(
-            "{}",
-            half.line(&format!(
-                "  same at half rate ({:.0} req/s offered)",
-                full.rate() / 2.0
-            ))
-        );
-    }
-    if options.no_nginx {
-        return Ok(());
-    }
-    match Nginx::start(options.workers) {
-        None => println!(
-            "nginx: not installed or failed to start; no comparison (apt-get install nginx)"
-        ),
-        Some(nginx) => {
-            let nginx_target = Arc::new(Target {
-                addr: nginx.addr,
-                host: nginx.addr.to_string(),
-                path: target.path.clone(),
-                secret: target.secret.clone(),
-            });
-            client.block_on(load(
-                nginx_target.clone(),
-                provider,
-                options.connections,
-                1,
-                None,
-                200,
-            ));
-            let pass = client.block_on(load(
-                nginx_target,
+        println!("{}", pass.line(&label));
+        rates.push(pass.rate());
+        if let Some(t) = &nginx_target {
+            let reference = client.block_on(load(
+                t.clone(),
                 provider,
                 options.connections,
                 options.seconds,
@@ -560,10 +585,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ));
             println!(
                 "{}",
-                pass.line(&format!("nginx return 200 ({} workers)", options.workers))
+                reference.line(&format!("nginx return 200 ({} workers)", options.workers))
             );
-            println!("ratio receiver / nginx: {:.2}", full.rate() / pass.rate());
+            ratios.push(pass.rate() / reference.rate());
         }
+    }
+    let rate = median(&mut rates);
+    if !ratios.is_empty() {
+        println!(
+            "ratio receiver / nginx (median of {} rounds): {:.2}",
+            ratios.len(),
+            median(&mut ratios)
+        );
+    }
+    if !options.no_half_rate && rate > 0.0 {
+        let half = client.block_on(load(
+            target.clone(),
+            provider,
+            options.connections,
+            options.seconds,
+            Some(rate / 2.0),
+            202,
+        ));
+        println!(
+            "{}",
+            half.line(&format!(
+                "receiver at half rate ({:.0} req/s offered)",
+                rate / 2.0
+            ))
+        );
     }
     Ok(())
 }

@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use tokio::sync::Notify;
 
 use super::Clock;
 
@@ -31,17 +33,41 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 const SHARDS: usize = 16;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Outcome {
-    Pending,
-    Accepted,
-    Failed,
+const PENDING: u8 = 0;
+const ACCEPTED: u8 = 1;
+const FAILED: u8 = 2;
+
+/// The outcome of the first copy of a delivery, for copies that arrive meanwhile.
+struct InFlight {
+    state: AtomicU8,
+    done: Notify,
+}
+
+impl InFlight {
+    fn finish(&self, outcome: u8) {
+        self.state.store(outcome, Ordering::Release);
+        self.done.notify_waiters();
+    }
+
+    async fn outcome(&self) -> u8 {
+        loop {
+            let notified = self.done.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the state is read, so a finish in between still wakes us.
+            notified.as_mut().enable();
+            let state = self.state.load(Ordering::Acquire);
+            if state != PENDING {
+                return state;
+            }
+            notified.await;
+        }
+    }
 }
 
 struct Slot {
     expires_at_ms: i64,
     /// Present while the first copy is still being made durable.
-    pending: Option<watch::Receiver<Outcome>>,
+    pending: Option<Arc<InFlight>>,
 }
 
 #[derive(Default)]
@@ -161,34 +187,37 @@ impl Dedup {
     pub async fn claim(&self, integration: &str, id: &str, window: Duration) -> Check {
         let key = digest(integration, id);
         let now = (self.inner.clock)();
-        let mut other = {
+        let other = {
             let mut shard = self.inner.shard(key);
             match shard.slots.get(&key) {
                 Some(slot) if slot.expires_at_ms > now => match &slot.pending {
                     None => return Check::Duplicate,
-                    Some(rx) => rx.clone(),
+                    Some(flight) => flight.clone(),
                 },
                 _ => {
                     shard.trim(now, self.inner.per_shard_cap);
-                    let (tx, rx) = watch::channel(Outcome::Pending);
+                    let flight = Arc::new(InFlight {
+                        state: AtomicU8::new(PENDING),
+                        done: Notify::new(),
+                    });
                     let expires_at_ms = now.saturating_add(millis(window));
                     shard.insert(
                         key,
                         Slot {
                             expires_at_ms,
-                            pending: Some(rx),
+                            pending: Some(flight.clone()),
                         },
                     );
                     return Check::Fresh(Claim {
                         inner: self.inner.clone(),
                         key,
-                        tx: Some(tx),
+                        flight: Some(flight),
                     });
                 }
             }
         };
-        match other.wait_for(|o| *o != Outcome::Pending).await.map(|o| *o) {
-            Ok(Outcome::Accepted) => Check::Duplicate,
+        match other.outcome().await {
+            ACCEPTED => Check::Duplicate,
             _ => Check::RetryLater,
         }
     }
@@ -253,26 +282,30 @@ impl std::fmt::Debug for Dedup {
 pub struct Claim {
     inner: Arc<Inner>,
     key: u128,
-    tx: Option<watch::Sender<Outcome>>,
+    flight: Option<Arc<InFlight>>,
+}
+
+fn is_ours(slot: Option<&Slot>, flight: &Arc<InFlight>) -> bool {
+    slot.and_then(|s| s.pending.as_ref())
+        .is_some_and(|p| Arc::ptr_eq(p, flight))
 }
 
 impl Claim {
     /// The sink kept the delivery: remember the id for the window and release waiters
     /// as duplicates.
     pub fn accepted(mut self) {
-        let Some(tx) = self.tx.take() else { return };
+        let Some(flight) = self.flight.take() else {
+            return;
+        };
         {
             let mut shard = self.inner.shard(self.key);
-            if let Some(slot) = shard.slots.get_mut(&self.key)
-                && slot
-                    .pending
-                    .as_ref()
-                    .is_some_and(|rx| rx.same_channel(&tx.subscribe()))
+            if is_ours(shard.slots.get(&self.key), &flight)
+                && let Some(slot) = shard.slots.get_mut(&self.key)
             {
                 slot.pending = None;
             }
         }
-        tx.send_replace(Outcome::Accepted);
+        flight.finish(ACCEPTED);
     }
 }
 
@@ -280,24 +313,22 @@ impl Drop for Claim {
     /// Not accepted (sink failed, or the client went away mid-request): forget the id so
     /// the retry is accepted, and tell waiting copies to retry too.
     fn drop(&mut self) {
-        let Some(tx) = self.tx.take() else { return };
+        let Some(flight) = self.flight.take() else {
+            return;
+        };
         {
             let mut shard = self.inner.shard(self.key);
-            if shard.slots.get(&self.key).is_some_and(|s| {
-                s.pending
-                    .as_ref()
-                    .is_some_and(|rx| rx.same_channel(&tx.subscribe()))
-            }) {
+            if is_ours(shard.slots.get(&self.key), &flight) {
                 shard.slots.remove(&self.key);
             }
         }
-        tx.send_replace(Outcome::Failed);
+        flight.finish(FAILED);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::atomic::AtomicI64;
 
     use super::*;
 
