@@ -1015,9 +1015,16 @@ async fn delivery_scenario(cluster: Cluster) {
                 eprintln!("{r:?}");
             }
         }
+        // Bounds: a few status writes (one per replica per interval while catching up), and
+        // all requests together at most one Event per incident opened during the pause (20)
+        // plus a handful of reads, writes and watch restarts per replica.
         assert!(
             during <= 4 && after <= 8,
-            "status requests: {during} while paused, {after} after resume"
+            "status writes: {during} while paused, {after} after resume"
+        );
+        assert!(
+            requests_during <= 20 && requests_after <= 20 + 20,
+            "receiver requests: {requests_during} while paused, {requests_after} after resume"
         );
     }
 
@@ -1116,6 +1123,9 @@ async fn delivery_scenario(cluster: Cluster) {
     for r in &replicas {
         let log = r.process.log();
         assert!(!log.contains("panicked"), "{log}");
+    }
+    if std::env::var_os("HOOKWARDEN_E2E_DUMP").is_some() {
+        eprintln!("{}", logs());
     }
     cluster
         .kubectl_ok(&[
