@@ -152,6 +152,10 @@ impl Cluster {
     }
 }
 
+/// The real-cluster scenarios share the `hookwarden` namespace and the controller's leader
+/// Lease, so they take turns.
+static REAL_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn whi_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("hookwarden.dev", "v1alpha1", "WebhookIntegration"),
@@ -348,6 +352,7 @@ async fn controller_serves_an_integration_from_apply_to_delete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a real cluster: set KUBECONFIG and pass --ignored"]
 async fn real_cluster_controller_serves_an_integration_from_apply_to_delete() {
+    let _one_at_a_time = REAL_CLUSTER.lock().await;
     tokio::time::timeout(TEST_LIMIT, controller_scenario(Cluster::real().await))
         .await
         .expect("test finished in time");
@@ -675,6 +680,7 @@ async fn deliveries_from_send_test_to_kubectl_through_controller_and_two_receive
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a real cluster: set KUBECONFIG and pass --ignored"]
 async fn real_cluster_deliveries_from_send_test_to_kubectl_through_controller_and_two_receivers() {
+    let _one_at_a_time = REAL_CLUSTER.lock().await;
     tokio::time::timeout(SCENARIO_LIMIT, delivery_scenario(Cluster::real().await))
         .await
         .expect("test finished in time");
@@ -905,19 +911,24 @@ async fn delivery_scenario(cluster: Cluster) {
 
     // 6. 1,000 concurrent deliveries with unique ids over both replicas: all accepted,
     // counted exactly, for a handful of status writes.
-    let status_writes = || {
-        cluster.emu.as_ref().map(|emu| {
-            emu.count(
-                &RequestFilter::new()
-                    .verb("patch")
-                    .resource("webhookintegrations")
-                    .subresource("status")
-                    .caller(&ids.receiver_caller),
-            )
-        })
+    let status_filter = || {
+        RequestFilter::new()
+            .verb("patch")
+            .resource("webhookintegrations")
+            .subresource("status")
+            .caller(&ids.receiver_caller)
+    };
+    let status_writes = || cluster.emu.as_ref().map(|emu| emu.count(&status_filter()));
+    // Writes that landed; the rest are 409s of replicas racing each other, each retried.
+    let landed_writes = || {
+        cluster
+            .emu
+            .as_ref()
+            .map(|emu| emu.count(&status_filter().code(200)))
     };
     let before = whi().await;
     let writes_before = status_writes();
+    let landed_before = landed_writes();
     let burst_started = tokio::time::Instant::now();
     let answers = burst(&urls, ("burst", "burst"), 1000, 16);
     assert_eq!(answers.get(&202), Some(&1000), "answers: {answers:?}");
@@ -937,17 +948,25 @@ async fn delivery_scenario(cluster: Cluster) {
         (0..20).all(|k| keys.contains(&format!("burst-k-{k}"))),
         "{keys:?}"
     );
-    if let (Some(before), Some(now)) = (writes_before, status_writes()) {
-        let writes = now - before;
-        // Each replica writes at most once per interval (plus the write already due).
-        let bound = 2 * (burst_took.as_millis() / STATUS_INTERVAL.as_millis() + 2);
+    if let (Some(before), Some(now), Some(landed_before), Some(landed_now)) = (
+        writes_before,
+        status_writes(),
+        landed_before,
+        landed_writes(),
+    ) {
+        let (writes, landed) = (now - before, landed_now - landed_before);
+        // Each replica writes at most once per interval (plus the write already due), and
+        // retries a write the other replica's write made stale.
+        let intervals = burst_took.as_millis() / STATUS_INTERVAL.as_millis() + 2;
         eprintln!(
-            "[{:?}] 6. 1,000 deliveries in {burst_took:?}: {writes} status writes (bound {bound})",
-            started.elapsed()
+            "[{:?}] 6. 1,000 deliveries in {burst_took:?}: {writes} status writes, {landed} landed (bound {} landed, {} in all)",
+            started.elapsed(),
+            2 * intervals,
+            4 * intervals
         );
         assert!(
-            writes as u128 <= bound,
-            "{writes} status writes for 1,000 deliveries in {burst_took:?}"
+            landed as u128 <= 2 * intervals && writes as u128 <= 4 * intervals,
+            "{writes} status writes ({landed} landed) for 1,000 deliveries in {burst_took:?}"
         );
     }
 
