@@ -866,11 +866,33 @@ async fn delivery_scenario(cluster: Cluster) {
         open_incidents(&before) + 3,
         "dup-incident, marker-0, marker-1"
     );
+    // The open is announced as an Event (best effort, after the status write).
+    let opened_events = || {
+        cluster.emu.as_ref().map(|emu| {
+            emu.objects("events")
+                .iter()
+                .filter(|e| {
+                    e["reason"] == "IncidentOpened"
+                        && e["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("incident dup-incident opened"))
+                })
+                .count()
+        })
+    };
+    wait_for(
+        "an IncidentOpened Event",
+        Duration::from_secs(10),
+        &logs,
+        || async { opened_events() != Some(0) },
+    )
+    .await;
     let dup_accepted = counter(&after, "accepted") - counter(&before, "accepted") - 2;
     eprintln!(
-        "[{:?}] 8. one delivery id sent to both replicas: 1 incident, accepted +{dup_accepted}, duplicates +{}",
+        "[{:?}] 8. one delivery id sent to both replicas: 1 incident, accepted +{dup_accepted}, duplicates +{}, IncidentOpened Events: {:?}",
         started.elapsed(),
-        counter(&after, "duplicates") - counter(&before, "duplicates")
+        counter(&after, "duplicates") - counter(&before, "duplicates"),
+        opened_events()
     );
     // Pinned so that a change is noticed: cross-replica copies are counted once per replica
     // (see the report / README "HTTP answers": "no second effect" holds per replica).
@@ -955,9 +977,11 @@ async fn delivery_scenario(cluster: Cluster) {
         landed_writes(),
     ) {
         let (writes, landed) = (now - before, landed_now - landed_before);
-        // Each replica writes at most once per interval (plus the write already due), and
+        // Each replica writes at most once per tick of its interval (ticks at 0, 1×, 2×, …
+        // of the window up to the count just taken, plus one for the tick boundaries), and
         // retries a write the other replica's write made stale.
-        let intervals = burst_took.as_millis() / STATUS_INTERVAL.as_millis() + 2;
+        let window = burst_started.elapsed();
+        let intervals = window.as_millis() / STATUS_INTERVAL.as_millis() + 2;
         eprintln!(
             "[{:?}] 6. 1,000 deliveries in {burst_took:?}: {writes} status writes, {landed} landed (bound {} landed, {} in all)",
             started.elapsed(),
@@ -1126,7 +1150,11 @@ async fn delivery_scenario(cluster: Cluster) {
         },
     )
     .await;
-    eprintln!("[{:?}] 5. deleted", started.elapsed());
+    eprintln!(
+        "[{:?}] 5. deleted (IncidentOpened Events for dup-incident by now: {:?})",
+        started.elapsed(),
+        opened_events()
+    );
 
     if let Some(emu) = &cluster.emu {
         let denied: Vec<_> = emu
