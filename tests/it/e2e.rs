@@ -1,10 +1,11 @@
-//! End to end through the API-server emulator: the real `hookwarden controller` binary and the
-//! real `kubectl`, the way a platform team meets the product. (The receiver scenarios join here
-//! once `hookwarden receiver` serves routes from the cluster.)
+//! End to end through the API-server emulator: the real `hookwarden controller`, two real
+//! `hookwarden receiver` processes, `hookwarden send-test` and the real `kubectl`, the way a
+//! platform team and a sender meet the product.
 //!
 //! When the repository carries the rendered install manifest (`manifests/install.yaml`), the
-//! controller runs as its ServiceAccount with exactly the RBAC that manifest grants; otherwise
-//! with the admin token.
+//! controller and the receivers run as their ServiceAccounts with exactly the RBAC that
+//! manifest grants; otherwise with the admin token. Every wait is a bounded poll; a timeout
+//! prints the processes' logs (`HOOKWARDEN_E2E_DUMP=1` prints them on success too).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
