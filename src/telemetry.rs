@@ -14,8 +14,12 @@ pub enum LogFormat {
 /// Installs the global tracing subscriber; `RUST_LOG` overrides the default `info` filter.
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour codes only for a terminal: redirected to a file or a log collector they are
+    // noise around every field.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     // A second init (tests start several components in one process) keeps the first.
     let _ = match format {

@@ -108,7 +108,7 @@ impl Drop for Process {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -160,7 +160,7 @@ async fn eventually(what: &str, limit: Duration, log: &Path, mut check: impl FnM
     }
 }
 
-fn incident_ids(obj: &Value) -> BTreeSet<String> {
+pub(crate) fn incident_ids(obj: &Value) -> BTreeSet<String> {
     ["recent", "tracked"]
         .iter()
         .flat_map(|l| {
@@ -173,7 +173,7 @@ fn incident_ids(obj: &Value) -> BTreeSet<String> {
         .collect()
 }
 
-fn accepted(obj: &Value) -> i64 {
+pub(crate) fn accepted(obj: &Value) -> i64 {
     obj["status"]["deliveries"]["accepted"]
         .as_i64()
         .unwrap_or(0)

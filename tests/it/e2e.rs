@@ -1,10 +1,11 @@
-//! End to end through the API-server emulator: the real `hookwarden controller` binary and the
-//! real `kubectl`, the way a platform team meets the product. (The receiver scenarios join here
-//! once `hookwarden receiver` serves routes from the cluster.)
+//! End to end through the API-server emulator: the real `hookwarden controller`, two real
+//! `hookwarden receiver` processes, `hookwarden send-test` and the real `kubectl`, the way a
+//! platform team and a sender meet the product.
 //!
 //! When the repository carries the rendered install manifest (`manifests/install.yaml`), the
-//! controller runs as its ServiceAccount with exactly the RBAC that manifest grants; otherwise
-//! with the admin token.
+//! controller and the receivers run as their ServiceAccounts with exactly the RBAC that
+//! manifest grants; otherwise with the admin token. Every wait is a bounded poll; a timeout
+//! prints the processes' logs (`HOOKWARDEN_E2E_DUMP=1` prints them on success too).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -152,6 +153,10 @@ impl Cluster {
     }
 }
 
+/// The real-cluster scenarios share the `hookwarden` namespace and the controller's leader
+/// Lease, so they take turns.
+static REAL_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn whi_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("hookwarden.dev", "v1alpha1", "WebhookIntegration"),
@@ -167,27 +172,38 @@ fn lease_resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk("coordination.k8s.io", "v1", "Lease"))
 }
 
-/// The controller's ServiceAccount and RBAC from the rendered install manifest, if present:
-/// (namespace, service account, YAML of the RBAC objects).
-fn install_rbac(manifest: &Path) -> Option<(String, String, String)> {
+/// The components' ServiceAccounts and RBAC from the rendered install manifest.
+struct InstallRbac {
+    namespace: String,
+    controller_sa: String,
+    receiver_sa: String,
+    /// The Namespace, ServiceAccounts, (Cluster)Roles and bindings, as YAML for `kubectl apply`.
+    yaml: String,
+}
+
+/// The RBAC part of the rendered install manifest, if present.
+fn install_rbac(manifest: &Path) -> Option<InstallRbac> {
     let text = std::fs::read_to_string(manifest).ok()?;
     let mut keep = Vec::new();
+    let mut namespace = None;
     let mut controller_sa = None;
+    let mut receiver_sa = None;
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let Ok(value) = <Value as serde::Deserialize>::deserialize(doc) else {
             continue;
         };
         let kind = value["kind"].as_str().unwrap_or_default();
         let name = value["metadata"]["name"].as_str().unwrap_or_default();
-        if kind == "Deployment" && name.contains("controller") {
-            let ns = value["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or("hookwarden")
-                .to_string();
+        if kind == "Deployment" || kind == "StatefulSet" {
             let sa = value["spec"]["template"]["spec"]["serviceAccountName"]
-                .as_str()?
-                .to_string();
-            controller_sa = Some((ns, sa));
+                .as_str()
+                .map(str::to_string);
+            if name.contains("controller") {
+                namespace = value["metadata"]["namespace"].as_str().map(str::to_string);
+                controller_sa = sa;
+            } else if name.contains("receiver") {
+                receiver_sa = sa;
+            }
         }
         if matches!(
             kind,
@@ -201,8 +217,103 @@ fn install_rbac(manifest: &Path) -> Option<(String, String, String)> {
             keep.push(serde_yaml::to_string(&value).ok()?);
         }
     }
-    let (ns, sa) = controller_sa?;
-    Some((ns, sa, keep.join("---\n")))
+    Some(InstallRbac {
+        namespace: namespace.unwrap_or_else(|| "hookwarden".to_string()),
+        controller_sa: controller_sa?,
+        receiver_sa: receiver_sa?,
+        yaml: keep.join("---\n"),
+    })
+}
+
+/// Who the components run as: on the emulator, their ServiceAccounts with exactly the RBAC
+/// of `manifests/install.yaml`; on a real cluster, the current kubeconfig's credentials.
+struct Identities {
+    namespace: String,
+    controller_kubeconfig: PathBuf,
+    receiver_kubeconfig: PathBuf,
+    controller_caller: String,
+    receiver_caller: String,
+}
+
+/// Applies the CRD and hookwarden's namespace (with the chart's RBAC on the emulator) and
+/// writes one kubeconfig per component.
+async fn install(cluster: &Cluster) -> Identities {
+    cluster.apply("crd.yaml", CRD).await;
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/install.yaml");
+    let rbac = cluster.emu.as_ref().and(install_rbac(&manifest));
+    let (namespace, controller, receiver) = match (&cluster.emu, rbac) {
+        (Some(emu), Some(rbac)) => {
+            cluster.apply("rbac.yaml", &rbac.yaml).await;
+            let ns = rbac.namespace;
+            (
+                ns.clone(),
+                (
+                    emu.kubeconfig_for_service_account(&ns, &rbac.controller_sa),
+                    format!("system:serviceaccount:{ns}:{}", rbac.controller_sa),
+                ),
+                (
+                    emu.kubeconfig_for_service_account(&ns, &rbac.receiver_sa),
+                    format!("system:serviceaccount:{ns}:{}", rbac.receiver_sa),
+                ),
+            )
+        }
+        (emu, _) => {
+            cluster
+                .apply(
+                    "ns.yaml",
+                    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: hookwarden\n",
+                )
+                .await;
+            let kubeconfig = match emu {
+                Some(emu) => emu.kubeconfig(),
+                None => {
+                    std::fs::read_to_string(cluster.path("admin.kubeconfig")).expect("kubeconfig")
+                }
+            };
+            let admin = (kubeconfig, "kubernetes-admin".to_string());
+            ("hookwarden".to_string(), admin.clone(), admin)
+        }
+    };
+    let controller_kubeconfig = cluster.path("controller.kubeconfig");
+    std::fs::write(&controller_kubeconfig, controller.0).expect("controller kubeconfig");
+    let receiver_kubeconfig = cluster.path("receiver.kubeconfig");
+    std::fs::write(&receiver_kubeconfig, receiver.0).expect("receiver kubeconfig");
+    Identities {
+        namespace,
+        controller_kubeconfig,
+        receiver_kubeconfig,
+        controller_caller: controller.1,
+        receiver_caller: receiver.1,
+    }
+}
+
+/// `hookwarden controller` as `ids` says, logging to `controller.log`.
+fn start_controller(cluster: &Cluster, ids: &Identities) -> Process {
+    let log = cluster.path("controller.log");
+    let log_file = std::fs::File::create(&log).expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_hookwarden"))
+        .args([
+            "controller",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--external-base-url",
+            "https://hooks.example.com",
+            "--log-format",
+            "text",
+            "--namespace",
+            &ids.namespace,
+            "--identity",
+            "controller-0",
+            "--lease-duration-seconds",
+            "5",
+        ])
+        .env("KUBECONFIG", &ids.controller_kubeconfig)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::from(log_file.try_clone().expect("log clone")))
+        .stderr(Stdio::from(log_file))
+        .spawn()
+        .expect("start hookwarden controller");
+    Process { child, log }
 }
 
 async fn wait_for<F, Fut>(what: &str, limit: Duration, logs: &dyn Fn() -> String, mut check: F)
@@ -214,7 +325,7 @@ where
     while !check().await {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}\ncontroller log:\n{}",
+            "timed out waiting for {what}\nlogs:\n{}",
             logs()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -242,76 +353,20 @@ async fn controller_serves_an_integration_from_apply_to_delete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a real cluster: set KUBECONFIG and pass --ignored"]
 async fn real_cluster_controller_serves_an_integration_from_apply_to_delete() {
+    let _one_at_a_time = REAL_CLUSTER.lock().await;
     tokio::time::timeout(TEST_LIMIT, controller_scenario(Cluster::real().await))
         .await
         .expect("test finished in time");
 }
 
 async fn controller_scenario(cluster: Cluster) {
-    cluster.apply("crd.yaml", CRD).await;
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/install.yaml");
-    let rbac = cluster.emu.as_ref().and(install_rbac(&manifest));
-    let (namespace, kubeconfig, caller) = match (&cluster.emu, rbac) {
-        (Some(emu), Some((ns, sa, rbac))) => {
-            cluster.apply("rbac.yaml", &rbac).await;
-            (
-                ns.clone(),
-                emu.kubeconfig_for_service_account(&ns, &sa),
-                format!("system:serviceaccount:{ns}:{sa}"),
-            )
-        }
-        (emu, _) => {
-            cluster
-                .apply(
-                    "ns.yaml",
-                    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: hookwarden\n",
-                )
-                .await;
-            let kubeconfig = match emu {
-                Some(emu) => emu.kubeconfig(),
-                None => {
-                    std::fs::read_to_string(cluster.path("admin.kubeconfig")).expect("kubeconfig")
-                }
-            };
-            (
-                "hookwarden".to_string(),
-                kubeconfig,
-                "kubernetes-admin".to_string(),
-            )
-        }
-    };
-    let kubeconfig_path = cluster.path("controller.kubeconfig");
-    std::fs::write(&kubeconfig_path, kubeconfig).expect("controller kubeconfig");
-
+    let ids = install(&cluster).await;
+    let namespace = ids.namespace.clone();
+    let caller = ids.controller_caller.clone();
     cluster
         .apply("whi.yaml", "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata:\n  name: datadog-prod\n  namespace: default\nspec:\n  provider: datadog\n")
         .await;
-
-    let log = cluster.path("controller.log");
-    let log_file = std::fs::File::create(&log).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_hookwarden"))
-        .args([
-            "controller",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--external-base-url",
-            "https://hooks.example.com",
-            "--log-format",
-            "text",
-            "--namespace",
-            &namespace,
-            "--identity",
-            "controller-0",
-            "--lease-duration-seconds",
-            "5",
-        ])
-        .env("KUBECONFIG", &kubeconfig_path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::from(log_file.try_clone().expect("log clone")))
-        .stderr(Stdio::from(log_file))
-        .spawn()
-        .expect("start hookwarden controller");
-    let controller = Process { child, log };
+    let controller = start_controller(&cluster, &ids);
     let logs = || controller.log();
     let whi = || async {
         cluster
@@ -463,4 +518,717 @@ async fn controller_scenario(cluster: Cluster) {
         )
         .await;
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The whole product: controller + two receivers + send-test + kubectl.
+// ---------------------------------------------------------------------------------------
+
+/// The integration the delivery scenario uses: `manifests/examples/datadog.yaml` with a
+/// `secretRef` and limits that let a 1,000-delivery burst through (the example's 50/s,
+/// burst 100 would answer most of it 429, which is its own, separately tested behaviour).
+const INTEGRATION: &str = "datadog-e2e";
+const SECRET_NAME: &str = "datadog-e2e-webhook";
+const TOKEN: &str = "example-datadog-token-change-me";
+const ROTATED_TOKEN: &str = "rotated-datadog-token-0123456789";
+const STATUS_INTERVAL: Duration = Duration::from_millis(500);
+const SCENARIO_LIMIT: Duration = Duration::from_secs(300);
+
+fn example_integration() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/examples/datadog.yaml");
+    let text = std::fs::read_to_string(path).expect("manifests/examples/datadog.yaml");
+    let mut whi: Value = serde_yaml::from_str(&text).expect("example YAML");
+    assert_eq!(whi["spec"]["provider"], "datadog", "{whi}");
+    whi["metadata"]["name"] = INTEGRATION.into();
+    whi["metadata"]["namespace"] = "default".into();
+    whi["spec"]["secretRef"] = serde_json::json!({"name": SECRET_NAME, "key": "token"});
+    whi["spec"]["limits"] = serde_json::json!({"requestsPerSecond": 5000, "burst": 2000});
+    serde_yaml::to_string(&whi).expect("YAML")
+}
+
+/// One `hookwarden receiver` process and where it listens.
+struct Receiver {
+    process: Process,
+    port: u16,
+}
+
+fn start_receiver(cluster: &Cluster, ids: &Identities, replica: usize) -> Receiver {
+    let port = crate::cluster_receiver::free_port();
+    let log = cluster.path(&format!("receiver-{replica}.log"));
+    let log_file = std::fs::File::create(&log).expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_hookwarden"))
+        .args([
+            "receiver",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--namespace",
+            &ids.namespace,
+            "--status-interval",
+            "500ms",
+            "--log-format",
+            "text",
+        ])
+        .arg("--journal-dir")
+        .arg(cluster.path(&format!("journal-{replica}")))
+        .env("KUBECONFIG", &ids.receiver_kubeconfig)
+        .env("POD_NAME", format!("receiver-{replica}"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::from(log_file.try_clone().expect("log clone")))
+        .stderr(Stdio::from(log_file))
+        .spawn()
+        .expect("start hookwarden receiver");
+    Receiver {
+        process: Process { child, log },
+        port,
+    }
+}
+
+/// `hookwarden send-test URL --provider datadog --secret SECRET EXTRA…`: (exit success,
+/// first line of the output, e.g. `202 Accepted`).
+async fn send_test(url: &str, secret: &str, extra: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookwarden"));
+    cmd.args([
+        "send-test",
+        url,
+        "--provider",
+        "datadog",
+        "--secret",
+        secret,
+    ])
+    .args(["--timeout-seconds", "10"])
+    .args(extra);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("run hookwarden send-test");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        out.status.success(),
+        text.lines().next().unwrap_or_default().to_string(),
+    )
+}
+
+/// Every incident on the status (`recent` and `tracked`) as (id, state), duplicates kept.
+fn incidents(obj: &Value) -> Vec<(String, String)> {
+    ["recent", "tracked"]
+        .iter()
+        .flat_map(|l| {
+            obj["status"]["incidents"][l]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|i| {
+            (
+                i["id"].as_str().unwrap_or_default().to_string(),
+                i["state"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn counter(obj: &Value, name: &str) -> i64 {
+    obj["status"]["deliveries"][name].as_i64().unwrap_or(0)
+}
+
+fn open_incidents(obj: &Value) -> i64 {
+    obj["status"]["incidents"]["open"].as_i64().unwrap_or(0)
+}
+
+/// A kubectl age (`7s`, `2m5s`, `3h`, `4d`).
+fn is_age(cell: &str) -> bool {
+    cell.starts_with(|c: char| c.is_ascii_digit())
+        && cell
+            .chars()
+            .all(|c| c.is_ascii_digit() || "smhdy".contains(c))
+}
+
+/// The row of `kubectl get whi NAME` (default Table columns), as cells.
+async fn table_row(cluster: &Cluster) -> (String, Vec<String>) {
+    let table = cluster
+        .kubectl_ok(&["get", "whi", INTEGRATION, "-n", "default"])
+        .await;
+    let row = table
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    (table, row)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_from_send_test_to_kubectl_through_controller_and_two_receivers() {
+    tokio::time::timeout(SCENARIO_LIMIT, delivery_scenario(Cluster::emulated().await))
+        .await
+        .expect("test finished in time");
+}
+
+/// The delivery scenario against a real cluster:
+/// `KUBECONFIG=… cargo test --test it real_cluster -- --ignored`. The controller and both
+/// receivers run on this machine with the kubeconfig's credentials (not in the cluster), so
+/// the test reaches the receivers on 127.0.0.1; it needs permission to create CRDs, Secrets
+/// and Leases, and hookwarden must not also be installed in the cluster (its in-cluster
+/// controller would hold the leader Lease). The API-pause and request-count checks exist only
+/// on the emulator and are skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real cluster: set KUBECONFIG and pass --ignored"]
+async fn real_cluster_deliveries_from_send_test_to_kubectl_through_controller_and_two_receivers() {
+    let _one_at_a_time = REAL_CLUSTER.lock().await;
+    tokio::time::timeout(SCENARIO_LIMIT, delivery_scenario(Cluster::real().await))
+        .await
+        .expect("test finished in time");
+}
+
+async fn delivery_scenario(cluster: Cluster) {
+    let started = tokio::time::Instant::now();
+    let ids = install(&cluster).await;
+    // The Secret the integration references, created the way a user would.
+    let (ok, _, stderr) = cluster
+        .kubectl(&[
+            "delete",
+            "secret",
+            SECRET_NAME,
+            "-n",
+            "default",
+            "--ignore-not-found",
+        ])
+        .await;
+    assert!(ok, "{stderr}");
+    cluster
+        .kubectl_ok(&[
+            "create",
+            "secret",
+            "generic",
+            SECRET_NAME,
+            "-n",
+            "default",
+            &format!("--from-literal=token={TOKEN}"),
+        ])
+        .await;
+    cluster
+        .apply("integration.yaml", &example_integration())
+        .await;
+
+    let controller = start_controller(&cluster, &ids);
+    let replicas = [
+        start_receiver(&cluster, &ids, 0),
+        start_receiver(&cluster, &ids, 1),
+    ];
+    let logs = || {
+        let mut all = format!("--- controller ---\n{}", controller.log());
+        for (i, r) in replicas.iter().enumerate() {
+            all.push_str(&format!("--- receiver-{i} ---\n{}", r.process.log()));
+        }
+        all
+    };
+    // Reads of the integration: on the emulator straight from storage (not counted, works
+    // while the API is paused), else through the API.
+    let whi = || async {
+        match &cluster.emu {
+            Some(emu) => emu.object("webhookintegrations.hookwarden.dev", "default", INTEGRATION),
+            None => cluster.get(&whi_resource(), "default", INTEGRATION).await,
+        }
+        .unwrap_or(Value::Null)
+    };
+
+    // 1. The route appears; a signed Datadog trigger → 202 → `kubectl get whi` shows it.
+    wait_for("status.path", Duration::from_secs(30), &logs, || async {
+        whi().await["status"]["path"].is_string()
+    })
+    .await;
+    let path = whi().await["status"]["path"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let url_before = whi().await["status"]["url"].clone();
+    let urls: Vec<String> = replicas
+        .iter()
+        .map(|r| format!("http://127.0.0.1:{}{path}", r.port))
+        .collect();
+    // Until the receiver has loaded the route it answers 404, which counts nowhere; the
+    // same delivery id is retried, so at most one copy is accepted.
+    let trigger = ["--id", "e2e-trigger", "--incident-id", "disk-full"];
+    wait_for(
+        "receiver-0 to accept the first delivery",
+        Duration::from_secs(30),
+        &logs,
+        || async {
+            let (ok, line) = send_test(&urls[0], TOKEN, &trigger).await;
+            assert!(ok || line.starts_with("404"), "send-test: {line}");
+            ok && line.starts_with("202")
+        },
+    )
+    .await;
+    wait_for(
+        "kubectl get whi: Ready True, Open 1, a Last Delivery",
+        Duration::from_secs(20),
+        &logs,
+        || async {
+            let (_, row) = table_row(&cluster).await;
+            row.len() == 6 && row[..4] == [INTEGRATION, "datadog", "True", "1"] && is_age(&row[4])
+        },
+    )
+    .await;
+    let (table, _) = table_row(&cluster).await;
+    assert!(
+        table.starts_with("NAME") && table.contains("LAST DELIVERY"),
+        "{table}"
+    );
+    eprintln!("[{:?}] 1. delivered:\n{table}", started.elapsed());
+
+    // 2. The recovery resolves the incident.
+    let (ok, line) = send_test(
+        &urls[0],
+        TOKEN,
+        &["--resolve", "--incident-id", "disk-full"],
+    )
+    .await;
+    assert!(ok && line.starts_with("202"), "send-test --resolve: {line}");
+    wait_for(
+        "the incident resolved",
+        Duration::from_secs(20),
+        &logs,
+        || async {
+            let o = cluster
+                .kubectl_ok(&["get", "whi", INTEGRATION, "-n", "default", "-o", "json"])
+                .await;
+            let o: Value = serde_json::from_str(&o).unwrap_or(Value::Null);
+            open_incidents(&o) == 0
+                && incidents(&o) == [("disk-full".to_string(), "resolved".to_string())]
+                && counter(&o, "accepted") == 2
+        },
+    )
+    .await;
+    let (_, row) = table_row(&cluster).await;
+    assert_eq!(row.get(3).map(String::as_str), Some("0"), "{row:?}");
+    eprintln!("[{:?}] 2. resolved", started.elapsed());
+
+    // 8. The same delivery to both replicas: one incident. Deduplication is per replica
+    // (in memory and in each replica's journal), so each replica accepts its copy once.
+    let before = whi().await;
+    let dup = ["--id", "dup-1", "--incident-id", "dup-incident"];
+    let (ok, line) = send_test(&urls[0], TOKEN, &dup).await;
+    assert!(ok && line.starts_with("202"), "{line}");
+    wait_for(
+        "receiver-1 to serve the route",
+        Duration::from_secs(30),
+        &logs,
+        || async {
+            let (ok, line) = send_test(&urls[1], TOKEN, &dup).await;
+            assert!(ok || line.starts_with("404"), "send-test: {line}");
+            ok
+        },
+    )
+    .await;
+    // A repeat to the same replica is a duplicate: 2xx, no second effect.
+    let (ok, line) = send_test(&urls[0], TOKEN, &dup).await;
+    assert!(ok && line.starts_with("20"), "{line}");
+    // One marker incident per replica, sent after the copies: once both markers are on the
+    // status, both replicas have written everything they counted before them.
+    for (i, url) in urls.iter().enumerate() {
+        let marker = format!("marker-{i}");
+        let (ok, line) = send_test(url, TOKEN, &["--id", &marker, "--incident-id", &marker]).await;
+        assert!(ok && line.starts_with("202"), "{line}");
+    }
+    wait_for(
+        "both replicas' writes",
+        Duration::from_secs(20),
+        &logs,
+        || async {
+            let o = whi().await;
+            let ids: Vec<String> = incidents(&o).into_iter().map(|(id, _)| id).collect();
+            ids.iter().any(|i| i == "marker-0")
+                && ids.iter().any(|i| i == "marker-1")
+                && counter(&o, "duplicates") > counter(&before, "duplicates")
+        },
+    )
+    .await;
+    let after = whi().await;
+    let dup_incidents: Vec<_> = incidents(&after)
+        .into_iter()
+        .filter(|(id, _)| id == "dup-incident")
+        .collect();
+    assert_eq!(
+        dup_incidents,
+        [("dup-incident".to_string(), "open".to_string())],
+        "one incident for one delivery sent to both replicas: {}",
+        after["status"]
+    );
+    assert_eq!(
+        open_incidents(&after),
+        open_incidents(&before) + 3,
+        "dup-incident, marker-0, marker-1"
+    );
+    // The open is announced as an Event (best effort, after the status write).
+    let opened_events = || {
+        cluster.emu.as_ref().map(|emu| {
+            emu.objects("events")
+                .iter()
+                .filter(|e| {
+                    e["reason"] == "IncidentOpened"
+                        && e["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("incident dup-incident opened"))
+                })
+                .count()
+        })
+    };
+    wait_for(
+        "an IncidentOpened Event",
+        Duration::from_secs(10),
+        &logs,
+        || async { opened_events() != Some(0) },
+    )
+    .await;
+    let dup_accepted = counter(&after, "accepted") - counter(&before, "accepted") - 2;
+    eprintln!(
+        "[{:?}] 8. one delivery id sent to both replicas: 1 incident, accepted +{dup_accepted}, duplicates +{}, IncidentOpened Events: {:?}",
+        started.elapsed(),
+        counter(&after, "duplicates") - counter(&before, "duplicates"),
+        opened_events()
+    );
+    // Pinned so that a change is noticed: cross-replica copies are counted once per replica
+    // (see the report / README "HTTP answers": "no second effect" holds per replica).
+    assert_eq!(
+        dup_accepted, 2,
+        "accepted counts a delivery once per replica that received it"
+    );
+
+    // 3. A bad token → 401 and the reason on the status.
+    assert!(
+        before["status"]["deliveries"]["lastRejectReason"].is_null(),
+        "no rejection yet: {}",
+        before["status"]
+    );
+    let (ok, line) = send_test(&urls[1], "not-the-token", &[]).await;
+    assert!(
+        !ok && line.starts_with("401"),
+        "send-test with a wrong token: {line}"
+    );
+    wait_for(
+        "lastRejectReason",
+        Duration::from_secs(20),
+        &logs,
+        || async {
+            let o = whi().await;
+            o["status"]["deliveries"]["lastRejectReason"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty())
+                && counter(&o, "rejected") == 1
+        },
+    )
+    .await;
+    eprintln!(
+        "[{:?}] 3. rejected: {}",
+        started.elapsed(),
+        whi().await["status"]["deliveries"]["lastRejectReason"]
+    );
+
+    // 6. 1,000 concurrent deliveries with unique ids over both replicas: all accepted,
+    // counted exactly, for a handful of status writes.
+    let status_filter = || {
+        RequestFilter::new()
+            .verb("patch")
+            .resource("webhookintegrations")
+            .subresource("status")
+            .caller(&ids.receiver_caller)
+    };
+    let status_writes = || cluster.emu.as_ref().map(|emu| emu.count(&status_filter()));
+    // Writes that landed; the rest are 409s of replicas racing each other, each retried.
+    let landed_writes = || {
+        cluster
+            .emu
+            .as_ref()
+            .map(|emu| emu.count(&status_filter().code(200)))
+    };
+    let before = whi().await;
+    let writes_before = status_writes();
+    let landed_before = landed_writes();
+    let burst_started = tokio::time::Instant::now();
+    let answers = burst(&urls, ("burst", "burst"), 1000, 16);
+    assert_eq!(answers.get(&202), Some(&1000), "answers: {answers:?}");
+    let want = counter(&before, "accepted") + 1000;
+    wait_for(
+        "the burst counted",
+        Duration::from_secs(30),
+        &logs,
+        || async { counter(&whi().await, "accepted") >= want },
+    )
+    .await;
+    let burst_took = burst_started.elapsed();
+    let after = whi().await;
+    assert_eq!(counter(&after, "accepted"), want, "{}", after["status"]);
+    let keys: Vec<String> = incidents(&after).into_iter().map(|(id, _)| id).collect();
+    assert!(
+        (0..20).all(|k| keys.contains(&format!("burst-k-{k}"))),
+        "{keys:?}"
+    );
+    if let (Some(before), Some(now), Some(landed_before), Some(landed_now)) = (
+        writes_before,
+        status_writes(),
+        landed_before,
+        landed_writes(),
+    ) {
+        let (writes, landed) = (now - before, landed_now - landed_before);
+        // Each replica writes about once per interval over the window up to the count just
+        // taken (one more for a tick at each end of it and one of slack for a late tick),
+        // and retries a write the other replica's write made stale. For a burst of about a
+        // second at 500 ms that is at most 10 landed writes for 1,000 deliveries.
+        let window = burst_started.elapsed();
+        let intervals = window.as_millis() / STATUS_INTERVAL.as_millis() + 3;
+        eprintln!(
+            "[{:?}] 6. 1,000 deliveries in {burst_took:?}: {writes} status writes, {landed} landed (bound {} landed, {} in all)",
+            started.elapsed(),
+            2 * intervals,
+            4 * intervals
+        );
+        assert!(
+            landed as u128 <= 2 * intervals && writes as u128 <= 4 * intervals,
+            "{writes} status writes ({landed} landed) for 1,000 deliveries in {burst_took:?}"
+        );
+    }
+
+    // 7. A 30 s API-server pause while deliveries arrive: every acknowledged delivery is
+    // counted once it resumes, and the backlog does not turn into a write storm.
+    if let Some(emu) = &cluster.emu {
+        let before = whi().await;
+        let writes_before = status_writes().unwrap_or_default();
+        // Every request of the receivers (reads, watches and writes): none may loop.
+        let receiver_requests = || emu.count(&RequestFilter::new().caller(&ids.receiver_caller));
+        let requests_before = receiver_requests();
+        emu.pause();
+        let paused = tokio::time::Instant::now();
+        let mut acked = 0;
+        for round in 0..10 {
+            let answers = burst(&urls, (&format!("pause-{round}"), "pause"), 20, 4);
+            acked += answers.get(&202).copied().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert_eq!(
+            acked, 200,
+            "deliveries are acknowledged while the API hangs"
+        );
+        // The pause lasts 30 s by design, not as synchronisation.
+        tokio::time::sleep_until(paused + Duration::from_secs(30)).await;
+        let during = status_writes().unwrap_or_default() - writes_before;
+        let requests_during = receiver_requests() - requests_before;
+        emu.resume();
+        let resumed = tokio::time::Instant::now();
+        let want = counter(&before, "accepted") + acked as i64;
+        wait_for(
+            "the paused deliveries counted",
+            Duration::from_secs(60),
+            &logs,
+            || async {
+                let o = whi().await;
+                let keys: Vec<String> = incidents(&o).into_iter().map(|(id, _)| id).collect();
+                counter(&o, "accepted") >= want
+                    && (0..20).all(|k| keys.contains(&format!("pause-k-{k}")))
+            },
+        )
+        .await;
+        let caught_up = resumed.elapsed();
+        // Settled: nothing left to write, so no more writes.
+        tokio::time::sleep(STATUS_INTERVAL * 4).await;
+        let o = whi().await;
+        assert_eq!(
+            counter(&o, "accepted"),
+            want,
+            "counted once: {}",
+            o["status"]
+        );
+        let after = status_writes().unwrap_or_default() - writes_before - during;
+        let requests_after = receiver_requests() - requests_before - requests_during;
+        eprintln!(
+            "[{:?}] 7. 200 deliveries during a 30 s pause: caught up {caught_up:?} after resume, {during} status writes while paused, {after} after; all receiver requests: {requests_during} while paused, {requests_after} after",
+            started.elapsed()
+        );
+        if std::env::var_os("HOOKWARDEN_E2E_DUMP").is_some() {
+            for r in emu
+                .requests()
+                .iter()
+                .filter(|r| r.caller == ids.receiver_caller)
+            {
+                eprintln!("{r:?}");
+            }
+        }
+        // Bounds: a few status writes (one per replica per interval while catching up), and
+        // all requests together at most one Event per incident opened during the pause (20)
+        // plus a handful of reads, writes and watch restarts per replica.
+        assert!(
+            during <= 4 && after <= 8,
+            "status writes: {during} while paused, {after} after resume"
+        );
+        assert!(
+            requests_during <= 20 && requests_after <= 20 + 20,
+            "receiver requests: {requests_during} while paused, {requests_after} after resume"
+        );
+    }
+
+    // 4. Secret rotation: same URL; old and new accepted within previousSecretTTL; a wrong
+    // one is not. A merge patch of the Secret, as `kubectl edit` would save it.
+    let patch = format!(
+        r#"{{"data":{{"token":"{}"}}}}"#,
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, ROTATED_TOKEN)
+    );
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "secret",
+            SECRET_NAME,
+            "-n",
+            "default",
+            "--type",
+            "merge",
+            "-p",
+            &patch,
+        ])
+        .await;
+    for (i, url) in urls.iter().enumerate() {
+        let id = format!("rotated-{i}");
+        wait_for(
+            "the rotated secret accepted",
+            Duration::from_secs(30),
+            &logs,
+            || async {
+                let (ok, line) = send_test(url, ROTATED_TOKEN, &["--id", &id]).await;
+                assert!(ok || line.starts_with("401"), "send-test: {line}");
+                ok
+            },
+        )
+        .await;
+        let (ok, line) = send_test(url, TOKEN, &[]).await;
+        assert!(ok && line.starts_with("202"), "the previous secret: {line}");
+        let (ok, line) = send_test(url, "a-third-wrong-token", &[]).await;
+        assert!(!ok && line.starts_with("401"), "a wrong secret: {line}");
+    }
+    let o = whi().await;
+    assert_eq!(
+        o["status"]["path"],
+        path.as_str(),
+        "the path survives rotation"
+    );
+    assert_eq!(o["status"]["url"], url_before, "the URL survives rotation");
+    eprintln!("[{:?}] 4. rotated", started.elapsed());
+
+    // 5. Delete: the finalizer removes the route; both replicas answer 404.
+    cluster
+        .kubectl_ok(&[
+            "delete",
+            "whi",
+            INTEGRATION,
+            "-n",
+            "default",
+            "--wait=false",
+        ])
+        .await;
+    wait_for(
+        "404 on both replicas, integration and route gone",
+        Duration::from_secs(30),
+        &logs,
+        || async {
+            urls.iter().all(|url| {
+                crate::standalone::datadog(url, "after-delete", "x", "Triggered") == Some(404)
+            }) && cluster
+                .get(&whi_resource(), "default", INTEGRATION)
+                .await
+                .is_none()
+                && cluster
+                    .list(
+                        &secret_resource(),
+                        &ids.namespace,
+                        "hookwarden.dev/route=true",
+                    )
+                    .await
+                    .is_empty()
+        },
+    )
+    .await;
+    eprintln!(
+        "[{:?}] 5. deleted (IncidentOpened Events for dup-incident by now: {:?})",
+        started.elapsed(),
+        opened_events()
+    );
+
+    if let Some(emu) = &cluster.emu {
+        let denied: Vec<_> = emu
+            .requests()
+            .into_iter()
+            .filter(|r| {
+                (r.caller == ids.receiver_caller || r.caller == ids.controller_caller)
+                    && r.code == Some(403)
+            })
+            .collect();
+        assert!(denied.is_empty(), "the chart's RBAC refused: {denied:?}");
+    }
+    for r in &replicas {
+        let log = r.process.log();
+        assert!(!log.contains("panicked"), "{log}");
+    }
+    if std::env::var_os("HOOKWARDEN_E2E_DUMP").is_some() {
+        eprintln!("{}", logs());
+    }
+    cluster
+        .kubectl_ok(&[
+            "delete",
+            "secret",
+            SECRET_NAME,
+            "-n",
+            "default",
+            "--ignore-not-found",
+        ])
+        .await;
+}
+
+/// `count` Datadog triggers with ids `PREFIX-i` (incident keys `KEYS-k-(i % 20)`) from
+/// `senders` threads, alternating over `urls`: how many got each status code (0: no answer).
+fn burst(
+    urls: &[String],
+    (prefix, keys): (&str, &str),
+    count: usize,
+    senders: usize,
+) -> std::collections::BTreeMap<u16, usize> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let next = Arc::new(AtomicUsize::new(0));
+    let answers: Arc<Mutex<std::collections::BTreeMap<u16, usize>>> = Arc::default();
+    let threads: Vec<_> = (0..senders)
+        .map(|_| {
+            let (next, answers, urls, prefix, keys) = (
+                next.clone(),
+                answers.clone(),
+                urls.to_vec(),
+                prefix.to_string(),
+                keys.to_string(),
+            );
+            std::thread::spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= count {
+                        return;
+                    }
+                    let code = crate::standalone::datadog(
+                        &urls[i % urls.len()],
+                        &format!("{prefix}-{i}"),
+                        &format!("{keys}-k-{}", i % 20),
+                        "Triggered",
+                    )
+                    .unwrap_or(0);
+                    *answers.lock().expect("lock").entry(code).or_default() += 1;
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("sender thread");
+    }
+    answers.lock().expect("lock").clone()
 }
