@@ -117,6 +117,10 @@ pub struct Recovered {
     pub snapshot: Option<Vec<u8>>,
     /// Entries appended after the snapshot and not marked applied, in seq order.
     pub entries: Vec<(Seq, Vec<u8>)>,
+    /// Entries after the snapshot that were already marked applied, in seq order: their
+    /// effects are on the status, but what they carry (delivery ids for deduplication)
+    /// is not yet in any snapshot, so consumers may re-learn it without re-applying.
+    pub applied: Vec<(Seq, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for Recovered {
@@ -125,6 +129,7 @@ impl std::fmt::Debug for Recovered {
         f.debug_struct("Recovered")
             .field("snapshot_bytes", &self.snapshot.as_ref().map(Vec::len))
             .field("entries", &self.entries.len())
+            .field("applied", &self.applied.len())
             .field("first_seq", &self.entries.first().map(|(s, _)| *s))
             .field("last_seq", &self.entries.last().map(|(s, _)| *s))
             .finish()

@@ -193,6 +193,7 @@ impl Writer {
 
         let mut segments: VecDeque<Segment> = VecDeque::new();
         let mut entries: Vec<(Seq, Vec<u8>)> = Vec::new();
+        let mut applied_entries: Vec<(Seq, Vec<u8>)> = Vec::new();
         let mut dir_changed = false;
         let count = names.len();
         for (i, (first_seq, path)) in names.into_iter().enumerate() {
@@ -203,6 +204,8 @@ impl Writer {
                 first_entry.get_or_insert(seq);
                 if seq > replay_after {
                     entries.push((seq, payload.to_vec()));
+                } else if seq > snapshot_seq {
+                    applied_entries.push((seq, payload.to_vec()));
                 }
             })
             .map_err(|d| corrupt(&path, d))?;
@@ -312,6 +315,7 @@ impl Writer {
         let recovered = Recovered {
             snapshot: snapshot.map(|(s, _)| s.payload),
             entries,
+            applied: applied_entries,
         };
         Ok((writer, recovered))
     }

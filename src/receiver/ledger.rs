@@ -240,6 +240,12 @@ impl Ledger {
         entry
     }
 
+    /// Remembers a delivery id without counting anything: for journal entries whose
+    /// effects already reached the status but whose ids no snapshot holds yet.
+    pub fn remember_id(&mut self, integration: &str, id: &str, expires_at_ms: i64) {
+        self.remember(integration, id, expires_at_ms);
+    }
+
     fn remember(&mut self, integration: &str, id: &str, expires_at_ms: i64) {
         let ids = self.remembered.entry(integration.to_string()).or_default();
         match ids.get_mut(id) {

@@ -295,9 +295,26 @@ pub fn replay_recovered(
     stats: &JournalStats,
     settings: &SettingsLookup,
 ) -> (Ledger, ReplayReport) {
-    let Recovered { snapshot, entries } = recovered;
+    let Recovered {
+        snapshot,
+        entries,
+        applied,
+    } = recovered;
     let snapshot_written = stats.applied_seq > stats.snapshot_seq;
-    replay(snapshot.as_deref(), snapshot_written, entries, settings)
+    let (mut ledger, report) = replay(snapshot.as_deref(), snapshot_written, entries, settings);
+    // Entries already on the status (applied after the last checkpoint): not counted
+    // again, but their delivery ids must still be caught as duplicates after a restart.
+    for (_, bytes) in applied {
+        if let Ok(accepted) = serde_json::from_slice::<Accepted>(&bytes)
+            && let Some(id) = &accepted.delivery_id
+        {
+            let expires = accepted
+                .received_at_ms
+                .saturating_add(settings(&accepted.integration).dedup_window_ms);
+            ledger.remember_id(&accepted.integration, id, expires);
+        }
+    }
+    (ledger, report)
 }
 
 /// The background half: owns the ledger; folds queued entries; once per interval writes
@@ -683,6 +700,30 @@ mod tests {
         let (ledger, _) = replay(Some(&snapshot), true, (5..=5).map(entry), &settings());
         assert_eq!(delta(&ledger), 1);
         assert_eq!(ledger.covered_seq(), 5);
+    }
+
+    #[test]
+    fn applied_entries_after_the_checkpoint_reseed_dedup_without_counting() {
+        let (at_checkpoint, _) = replay(None, false, (1..=3).map(entry), &settings());
+        let snapshot = at_checkpoint.to_snapshot().expect("snapshot");
+        let recovered = Recovered {
+            snapshot: Some(snapshot),
+            entries: vec![entry(6)],
+            applied: vec![entry(4), entry(5)],
+        };
+        let stats = JournalStats {
+            applied_seq: 5,
+            snapshot_seq: 3,
+            ..JournalStats::default()
+        };
+        let (ledger, report) = replay_recovered(recovered, &stats, &settings());
+        // Only entry 6 is counted again; 4 and 5 are on the status already.
+        assert_eq!((delta(&ledger), report.replayed), (1, 1));
+        // …but a retry of delivery d4 or d5 after the restart is still a duplicate.
+        let ids: Vec<String> = ledger.remembered_ids(0).map(|r| r.id).collect();
+        for id in ["d1", "d4", "d5", "d6"] {
+            assert!(ids.iter().any(|i| i == id), "{id} not remembered: {ids:?}");
+        }
     }
 
     #[test]

@@ -248,6 +248,10 @@ async fn entries_marked_applied_are_not_replayed() {
         .expect("reopen");
     let seqs: Vec<Seq> = recovered.entries.iter().map(|(s, _)| *s).collect();
     assert_eq!(seqs, vec![7, 8, 9, 10]);
+    // Applied but not yet in a checkpoint: handed back apart, so a consumer can re-learn
+    // what they carry (delivery ids for dedup) without applying them twice.
+    let applied: Vec<Seq> = recovered.applied.iter().map(|(s, _)| *s).collect();
+    assert_eq!(applied, vec![4, 5, 6]);
 
     // A mark made after the last checkpoint is kept by close.
     journal.mark_applied(8);
@@ -258,6 +262,8 @@ async fn entries_marked_applied_are_not_replayed() {
         .await
         .expect("reopen");
     assert!(recovered.entries.is_empty(), "{recovered:?}");
+    let applied: Vec<Seq> = recovered.applied.iter().map(|(s, _)| *s).collect();
+    assert_eq!(applied, (4..=10).collect::<Vec<Seq>>());
     assert_eq!(journal.append(record(10)).await.expect("append"), 11);
     journal.close().await.expect("close");
 }
