@@ -376,7 +376,7 @@ async fn controller_scenario(cluster: Cluster) {
     };
 
     // Route appears: Ready, URL, generated Secret owned by the integration, route Secret.
-    wait_for("Ready=True", Duration::from_secs(20), &logs, || async {
+    wait_for("Ready=True", Duration::from_secs(60), &logs, || async {
         condition(&whi().await, "Ready").as_deref() == Some("True")
     })
     .await;
@@ -473,7 +473,7 @@ async fn controller_scenario(cluster: Cluster) {
         .await;
     wait_for(
         "observedGeneration 2",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         &logs,
         || async { whi().await["status"]["observedGeneration"] == 2 },
     )
@@ -490,7 +490,7 @@ async fn controller_scenario(cluster: Cluster) {
         .await;
     wait_for(
         "integration and route gone",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         &logs,
         || async {
             cluster
@@ -507,7 +507,7 @@ async fn controller_scenario(cluster: Cluster) {
     if let Some(generated) = &generated {
         wait_for(
             "generated Secret garbage-collected",
-            Duration::from_secs(10),
+            Duration::from_secs(30),
             &logs,
             || async {
                 cluster
@@ -740,7 +740,7 @@ async fn delivery_scenario(cluster: Cluster) {
     };
 
     // 1. The route appears; a signed Datadog trigger → 202 → `kubectl get whi` shows it.
-    wait_for("status.path", Duration::from_secs(30), &logs, || async {
+    wait_for("status.path", Duration::from_secs(90), &logs, || async {
         whi().await["status"]["path"].is_string()
     })
     .await;
@@ -758,7 +758,7 @@ async fn delivery_scenario(cluster: Cluster) {
     let trigger = ["--id", "e2e-trigger", "--incident-id", "disk-full"];
     wait_for(
         "receiver-0 to accept the first delivery",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         &logs,
         || async {
             let (ok, line) = send_test(&urls[0], TOKEN, &trigger).await;
@@ -769,7 +769,7 @@ async fn delivery_scenario(cluster: Cluster) {
     .await;
     wait_for(
         "kubectl get whi: Ready True, Open 1, a Last Delivery",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         &logs,
         || async {
             let (_, row) = table_row(&cluster).await;
@@ -794,7 +794,7 @@ async fn delivery_scenario(cluster: Cluster) {
     assert!(ok && line.starts_with("202"), "send-test --resolve: {line}");
     wait_for(
         "the incident resolved",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         &logs,
         || async {
             let o = cluster
@@ -819,7 +819,7 @@ async fn delivery_scenario(cluster: Cluster) {
     assert!(ok && line.starts_with("202"), "{line}");
     wait_for(
         "receiver-1 to serve the route",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         &logs,
         || async {
             let (ok, line) = send_test(&urls[1], TOKEN, &dup).await;
@@ -840,7 +840,7 @@ async fn delivery_scenario(cluster: Cluster) {
     }
     wait_for(
         "both replicas' writes",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         &logs,
         || async {
             let o = whi().await;
@@ -883,7 +883,7 @@ async fn delivery_scenario(cluster: Cluster) {
     };
     wait_for(
         "an IncidentOpened Event",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         &logs,
         || async { opened_events() != Some(0) },
     )
@@ -915,7 +915,7 @@ async fn delivery_scenario(cluster: Cluster) {
     );
     wait_for(
         "lastRejectReason",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         &logs,
         || async {
             let o = whi().await;
@@ -958,7 +958,7 @@ async fn delivery_scenario(cluster: Cluster) {
     let want = counter(&before, "accepted") + 1000;
     wait_for(
         "the burst counted",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         &logs,
         || async { counter(&whi().await, "accepted") >= want },
     )
@@ -1025,7 +1025,7 @@ async fn delivery_scenario(cluster: Cluster) {
         let want = counter(&before, "accepted") + acked as i64;
         wait_for(
             "the paused deliveries counted",
-            Duration::from_secs(60),
+            Duration::from_secs(120),
             &logs,
             || async {
                 let o = whi().await;
@@ -1096,7 +1096,7 @@ async fn delivery_scenario(cluster: Cluster) {
         let id = format!("rotated-{i}");
         wait_for(
             "the rotated secret accepted",
-            Duration::from_secs(30),
+            Duration::from_secs(90),
             &logs,
             || async {
                 let (ok, line) = send_test(url, ROTATED_TOKEN, &["--id", &id]).await;
@@ -1132,7 +1132,7 @@ async fn delivery_scenario(cluster: Cluster) {
         .await;
     wait_for(
         "404 on both replicas, integration and route gone",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         &logs,
         || async {
             urls.iter().all(|url| {
