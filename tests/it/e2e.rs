@@ -19,22 +19,7 @@ use serde_json::Value;
 const CRD: &str = include_str!("../../crds/webhookintegrations.yaml");
 const TEST_LIMIT: Duration = Duration::from_secs(120);
 
-fn kubectl_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("HOOKWARDEN_KUBECTL") {
-        return PathBuf::from(path);
-    }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install-kube-tools.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .output()
-        .expect("run scripts/install-kube-tools.sh");
-    assert!(
-        out.status.success(),
-        "install-kube-tools.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("kubectl")
-}
+use crate::emulator::kubectl_binary;
 
 /// A child process killed when the test ends, whatever happens.
 struct Process {

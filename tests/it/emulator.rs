@@ -20,7 +20,9 @@ const CRD: &str = include_str!("../../crds/webhookintegrations.yaml");
 /// Every test finishes well within this, even when the emulator misbehaves.
 const TEST_LIMIT: Duration = Duration::from_secs(90);
 
-fn kubectl_binary() -> PathBuf {
+/// The pinned kubectl: `HOOKWARDEN_KUBECTL` (set by the test command), else installed by
+/// `scripts/install-kube-tools.sh`.
+pub(crate) fn kubectl_binary() -> PathBuf {
     if let Ok(path) = std::env::var("HOOKWARDEN_KUBECTL") {
         return PathBuf::from(path);
     }
