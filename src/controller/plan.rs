@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt as _;
 
@@ -164,6 +165,37 @@ pub struct Plan {
     pub requeue_after: Option<Duration>,
     /// Events describing failures and notable changes.
     pub events: Vec<PlannedEvent>,
+}
+
+/// A key of a Secret as text, for the controller (Secrets read from the API server) and
+/// standalone mode (Secrets written as YAML) alike. `stringData` wins over `data`, as it
+/// does when the API server stores a Secret. Surrounding whitespace is trimmed: a trailing
+/// newline from `kubectl create secret --from-file` is never part of a provider's secret.
+pub fn lookup_key(secret: &Secret, key: &str) -> RefLookup {
+    let value = secret
+        .string_data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .cloned()
+        .or_else(|| {
+            secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        });
+    match value {
+        None => {
+            let mut available: Vec<String> =
+                secret.data.iter().flat_map(|d| d.keys().cloned()).collect();
+            available.extend(secret.string_data.iter().flat_map(|d| d.keys().cloned()));
+            available.sort();
+            available.dedup();
+            RefLookup::KeyMissing { available }
+        }
+        Some(v) if v.trim().is_empty() => RefLookup::Empty,
+        Some(v) => RefLookup::Value(v.trim().to_string()),
+    }
 }
 
 /// Checks a spec for what the CRD schema cannot (or, for objects that bypassed it,

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 use super::metrics::ControllerMetrics;
 use super::plan::{
     self, GENERATED_SECRET_KEY, GENERATED_URL_KEY, GeneratedLookup, Plan, PlanInput, RefLookup,
-    SecretSource,
+    SecretSource, lookup_key,
 };
 use crate::crd::{FINALIZER, WebhookIntegration};
 use crate::domain::secret::{generate_path, generate_secret};
@@ -182,35 +182,6 @@ async fn find_secret(
                 secret.data,
             ))
         }
-    }
-}
-
-/// A key of a Secret as text. Surrounding whitespace is trimmed: a trailing newline from
-/// `kubectl create secret --from-file` is never part of a provider's secret.
-fn lookup_key(secret: &Secret, key: &str) -> RefLookup {
-    let value = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(key))
-                .cloned()
-        });
-    match value {
-        None => {
-            let mut available: Vec<String> =
-                secret.data.iter().flat_map(|d| d.keys().cloned()).collect();
-            available.extend(secret.string_data.iter().flat_map(|d| d.keys().cloned()));
-            available.sort();
-            available.dedup();
-            RefLookup::KeyMissing { available }
-        }
-        Some(v) if v.trim().is_empty() => RefLookup::Empty,
-        Some(v) => RefLookup::Value(v.trim().to_string()),
     }
 }
 

@@ -178,19 +178,10 @@ fn load_document(folder: &mut Folder, path: &Path, index: usize, value: serde_ya
     }
 }
 
-/// The value of `key` in a Secret: `stringData` wins over `data`, as the API server
-/// merges them. `None` when the key is absent or not UTF-8.
-pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
-    if let Some(v) = secret.string_data.as_ref().and_then(|d| d.get(key)) {
-        return Some(v.clone());
-    }
-    let bytes = secret.data.as_ref().and_then(|d| d.get(key))?;
-    String::from_utf8(bytes.0.clone()).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::plan::{RefLookup, lookup_key};
 
     #[test]
     fn loads_multi_document_files_and_defaults_the_namespace() {
@@ -210,9 +201,9 @@ mod tests {
             vec!["default/dd"]
         );
         let tok = folder.secret("default", "tok").expect("secret");
-        assert_eq!(secret_value(tok, "token").as_deref(), Some("s3cret"));
+        assert_eq!(lookup_key(tok, "token"), RefLookup::Value("s3cret".into()));
         let b64 = folder.secret("ops", "b64").expect("secret");
-        assert_eq!(secret_value(b64, "token").as_deref(), Some("hello"));
+        assert_eq!(lookup_key(b64, "token"), RefLookup::Value("hello".into()));
     }
 
     #[test]

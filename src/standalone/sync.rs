@@ -6,10 +6,10 @@ use std::path::Path;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use sha2::{Digest, Sha256};
 
-use super::folder::{self, Folder, secret_value};
+use super::folder::{self, Folder};
 use super::state::{Assignment, StateDir, StateError, new_uid};
 use crate::controller::plan::{
-    self, GeneratedLookup, PlanInput, RefLookup, SECRET_RESOLVED, SecretSource,
+    self, GeneratedLookup, PlanInput, RefLookup, SECRET_RESOLVED, SecretSource, lookup_key,
 };
 use crate::crd::{WebhookIntegration, WebhookIntegrationStatus};
 use crate::domain::provider::ProviderKind;
@@ -59,18 +59,7 @@ fn lookup_ref(folder: &Folder, namespace: &str, integration: &WebhookIntegration
     let Some(secret) = folder.secret(namespace, &reference.name) else {
         return RefLookup::SecretMissing;
     };
-    match secret_value(secret, &reference.key) {
-        Some(v) if v.trim().is_empty() => RefLookup::Empty,
-        Some(v) => RefLookup::Value(v.trim_end_matches(['\r', '\n']).to_string()),
-        None => {
-            let mut available: Vec<String> =
-                secret.data.iter().flat_map(|d| d.keys().cloned()).collect();
-            available.extend(secret.string_data.iter().flat_map(|d| d.keys().cloned()));
-            available.sort();
-            available.dedup();
-            RefLookup::KeyMissing { available }
-        }
-    }
+    lookup_key(secret, &reference.key)
 }
 
 /// Reads `dir`, plans every integration, stores paths/UIDs/generated secrets and the
