@@ -658,16 +658,22 @@ pub fn delivery_meta(
     DeliveryMeta { id, event_type }
 }
 
-/// Media types a provider sends. Anything else gets 415; a missing Content-Type is let
-/// through (some senders omit it, and the signature still decides).
-pub fn accepts_content_type(provider: ProviderKind, content_type: Option<&str>) -> bool {
-    let Some(ct) = content_type else { return true };
-    let essence = ct
+/// The media type of a Content-Type value, lower case, without parameters
+/// (`Application/JSON; charset=utf-8` → `application/json`).
+pub(crate) fn media_type(content_type: &str) -> String {
+    content_type
         .split(';')
         .next()
         .unwrap_or("")
         .trim()
-        .to_ascii_lowercase();
+        .to_ascii_lowercase()
+}
+
+/// Media types a provider sends. Anything else gets 415; a missing Content-Type is let
+/// through (some senders omit it, and the signature still decides).
+pub fn accepts_content_type(provider: ProviderKind, content_type: Option<&str>) -> bool {
+    let Some(ct) = content_type else { return true };
+    let essence = media_type(ct);
     let json =
         essence == "application/json" || essence == "text/json" || essence.ends_with("+json");
     let form = essence == "application/x-www-form-urlencoded";

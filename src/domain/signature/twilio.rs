@@ -27,12 +27,7 @@ fn query_param(url: &str, name: &str) -> Option<String> {
 
 fn is_json(content_type: Option<&str>) -> bool {
     content_type.is_some_and(|ct| {
-        let essence = ct
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let essence = super::media_type(ct);
         essence == "application/json" || essence.ends_with("+json")
     })
 }
