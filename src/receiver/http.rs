@@ -271,12 +271,12 @@ fn body_kind(content_type: Option<&str>) -> BodyKind {
     let Some(ct) = content_type else {
         return BodyKind::Json;
     };
-    let essence = ct.split(';').next().unwrap_or("").trim();
-    if essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+    let essence = crate::domain::signature::media_type(ct);
+    if essence == "application/x-www-form-urlencoded" {
         BodyKind::Form
-    } else if essence.eq_ignore_ascii_case("application/json")
-        || essence.eq_ignore_ascii_case("text/json")
-        || essence.to_ascii_lowercase().ends_with("+json")
+    } else if essence == "application/json"
+        || essence == "text/json"
+        || essence.ends_with("+json")
         || essence.is_empty()
     {
         BodyKind::Json

@@ -660,7 +660,7 @@ pub fn delivery_meta(
 
 /// The media type of a Content-Type value, lower case, without parameters
 /// (`Application/JSON; charset=utf-8` → `application/json`).
-pub(crate) fn media_type(content_type: &str) -> String {
+pub fn media_type(content_type: &str) -> String {
     content_type
         .split(';')
         .next()
