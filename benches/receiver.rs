@@ -6,7 +6,7 @@
 //! answering a fixed 200 with the same worker count and prints the ratio.
 //!
 //! cargo bench --bench receiver -- [--connections 32] [--seconds 5] [--workers 1] \
-//!     [--provider github|datadog] [--url URL --secret S] [--no-nginx]
+//!     [--provider github|datadog] [--url URL --secret S | --standalone] [--no-nginx]
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -55,6 +55,15 @@ struct Options {
     /// The endpoint's secret (with --url).
     #[arg(long)]
     secret: Option<String>,
+    /// Start `hookwarden standalone` (this build's binary) on one bench integration and
+    /// load it: the whole product path, durable journal with fsync included. Its tokio
+    /// runtime gets --workers threads (TOKIO_WORKER_THREADS), like nginx.
+    #[arg(long, conflicts_with = "url")]
+    standalone: bool,
+    /// Parent folder of the standalone run's YAML and state (the journal's disk matters:
+    /// tmpfs makes fsync free). Default: cargo's target/tmp.
+    #[arg(long, requires = "standalone")]
+    state_dir: Option<std::path::PathBuf>,
     /// Skip the nginx comparison.
     #[arg(long)]
     no_nginx: bool,
@@ -147,6 +156,96 @@ fn start_in_process(provider: ProviderKind, workers: usize) -> std::io::Result<T
         path,
         secret,
     })
+}
+
+/// A `hookwarden standalone` child process serving one bench integration; killed on drop.
+struct Standalone {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const BENCH_TOKEN: &str = "bench-token-0123456789abcdef";
+
+fn start_standalone(
+    provider: ProviderKind,
+    workers: usize,
+    parent: Option<&std::path::Path>,
+) -> Result<(Target, Standalone), Box<dyn std::error::Error>> {
+    use std::io::BufRead as _;
+    let dir = match parent {
+        Some(p) => tempfile::tempdir_in(p)?,
+        None => tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?,
+    };
+    let limits = "  limits:\n    requestsPerSecond: 1000000\n    burst: 1000000\n";
+    let yaml = match provider {
+        ProviderKind::Github => format!(
+            "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata:\n  name: bench\nspec:\n  provider: github\n{limits}"
+        ),
+        ProviderKind::Datadog => format!(
+            "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata:\n  name: bench\nspec:\n  provider: datadog\n  secretRef:\n    name: bench\n    key: token\n{limits}---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: bench\nstringData:\n  token: {BENCH_TOKEN}\n"
+        ),
+        other => {
+            return Err(format!("--standalone supports github and datadog, not {other}").into());
+        }
+    };
+    std::fs::write(dir.path().join("bench.yaml"), yaml)?;
+    let log = std::fs::File::create(dir.path().join("standalone.log"))?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hookwarden"))
+        .args([
+            "standalone",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .env("TOKIO_WORKER_THREADS", workers.to_string())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut url = None;
+    for line in lines.by_ref() {
+        let line = line?;
+        if let Some(found) = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://") && w.contains("/hooks/"))
+        {
+            url = Some(found.to_string());
+            break;
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let running = Standalone { child, dir };
+    let Some(url) = url else {
+        let log =
+            std::fs::read_to_string(running.dir.path().join("standalone.log")).unwrap_or_default();
+        return Err(
+            format!("hookwarden standalone printed no endpoint URL; its log:\n{log}").into(),
+        );
+    };
+    let secret = match provider {
+        ProviderKind::Datadog => BENCH_TOKEN.to_string(),
+        _ => std::fs::read_to_string(
+            running
+                .dir
+                .path()
+                .join(".hookwarden-state/secrets/default/bench"),
+        )?
+        .trim()
+        .to_string(),
+    };
+    Ok((parse_url(&url, secret)?, running))
 }
 
 fn parse_url(url: &str, secret: String) -> Result<Target, String> {
@@ -501,16 +600,33 @@ fn memory(routes: u64, ids: u64) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The allocator the `hookwarden` binary uses, so the in-process pipeline is measured as
+/// shipped.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let options = Options::parse();
     if let Some(sizes) = &options.memory {
         return memory(sizes[0], sizes.get(1).copied().unwrap_or(0));
     }
     let provider = options.provider;
+    let mut standalone = None;
     let (target, label) = match &options.url {
         Some(url) => {
             let secret = options.secret.clone().ok_or("--url needs --secret")?;
             (parse_url(url, secret)?, format!("receiver at {url}"))
+        }
+        None if options.standalone => {
+            let (target, running) =
+                start_standalone(provider, options.workers, options.state_dir.as_deref())?;
+            let label = format!(
+                "hookwarden standalone, journal in {} ({} workers)",
+                running.dir.path().display(),
+                options.workers
+            );
+            standalone = Some(running);
+            (target, label)
         }
         None => (
             start_in_process(provider, options.workers)?,
@@ -615,5 +731,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ))
         );
     }
+    // The child is stopped (and its folder removed) only now, after every pass.
+    drop(standalone);
     Ok(())
 }

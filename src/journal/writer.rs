@@ -28,9 +28,12 @@ pub(super) struct Append {
 
 pub(super) enum Request {
     Append(Append),
-    Checkpoint {
-        snapshot: Vec<u8>,
+    /// A snapshot covering `covers_seq` is durable on disk (written by
+    /// [`write_snapshot`] off this thread): adopt it and delete the segments it covers.
+    Compact {
         covers_seq: Seq,
+        snapshot_len: u64,
+        applied: Seq,
         reply: oneshot::Sender<Result<(), JournalError>>,
     },
     Close {
@@ -347,13 +350,14 @@ impl Writer {
                         self.persist_applied();
                     }
                 }
-                Request::Checkpoint {
-                    snapshot,
+                Request::Compact {
                     covers_seq,
+                    snapshot_len,
+                    applied,
                     reply,
                 } => {
-                    let result = self.checkpoint(&snapshot, covers_seq);
-                    let _ = reply.send(result);
+                    self.compact(covers_seq, snapshot_len, applied);
+                    let _ = reply.send(Ok(()));
                 }
                 Request::Close { reply } => {
                     self.persist_applied();
@@ -598,39 +602,18 @@ impl Writer {
         Ok(())
     }
 
-    fn checkpoint(&mut self, snapshot: &[u8], covers_seq: Seq) -> Result<(), JournalError> {
-        if let Some(failure) = &self.failed {
-            return Err(failure.to_error());
-        }
-        let last = self.next_seq - 1;
-        if covers_seq > last || covers_seq < self.snapshot_seq {
-            return Err(JournalError::Io(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "checkpoint must cover a seq between the previous checkpoint ({}) and the last appended entry ({last}), got {covers_seq}",
-                    self.snapshot_seq
-                ),
-            )));
+    /// Adopts a snapshot that [`write_snapshot`] made durable, then deletes the segments
+    /// it wholly covers. The snapshot was written off this thread, so a large ledger never
+    /// holds up group commits; until this runs, the older segments simply stay.
+    fn compact(&mut self, covers_seq: Seq, snapshot_len: u64, applied: Seq) {
+        // A failed journal is reopened before it is used again, and reopening adopts the
+        // snapshot on disk (and removes what it covers) anyway.
+        if self.failed.is_some() || covers_seq < self.snapshot_seq {
+            return;
         }
         let dir = self.config.dir.clone();
-        let applied = self.shared.applied_seq.load(Ordering::Acquire);
-        let bytes = format::encode_snapshot(covers_seq, applied, snapshot);
-        let tmp = dir.join(format::SNAPSHOT_TMP_FILE);
-        let written = (|| {
-            let mut file = File::create(&tmp)?;
-            file.write_all(&bytes)?;
-            file.sync_data()?;
-            fs::rename(&tmp, dir.join(format::SNAPSHOT_FILE))?;
-            sync_dir(&dir)
-        })();
-        if let Err(error) = written {
-            // Segments are untouched, so whichever snapshot is on disk is consistent
-            // with them; the next checkpoint simply tries again.
-            let _ = remove_if_exists(&tmp);
-            return Err(error.into());
-        }
         self.snapshot_seq = covers_seq;
-        self.snapshot_len = bytes.len() as u64;
+        self.snapshot_len = snapshot_len;
         self.persisted_applied = self.persisted_applied.max(applied);
         self.shared
             .snapshot_seq
@@ -659,7 +642,6 @@ impl Writer {
             tracing::warn!(%error, "journal directory fsync after compaction failed");
         }
         self.publish_sizes();
-        Ok(())
     }
 
     /// Writes the applied marker when it moved. Deliberately without fsync: a marker
@@ -682,6 +664,31 @@ impl Writer {
             }
         }
     }
+}
+
+/// Writes a checkpoint snapshot durably (temp file, fsync, atomic rename, directory
+/// fsync) and returns its size. Runs off the writer thread; the segments are untouched,
+/// so whichever snapshot is on disk when a crash strikes is consistent with them.
+pub(super) fn write_snapshot(
+    dir: &Path,
+    covers_seq: Seq,
+    applied: Seq,
+    payload: &[u8],
+) -> io::Result<u64> {
+    let bytes = format::encode_snapshot(covers_seq, applied, payload);
+    let tmp = dir.join(format::SNAPSHOT_TMP_FILE);
+    let written = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_data()?;
+        fs::rename(&tmp, dir.join(format::SNAPSHOT_FILE))?;
+        sync_dir(dir)
+    })();
+    if let Err(error) = written {
+        let _ = remove_if_exists(&tmp);
+        return Err(at(dir, "cannot write the journal checkpoint in")(error));
+    }
+    Ok(bytes.len() as u64)
 }
 
 /// Creates a segment durably: header written and fsync'd, directory entry fsync'd.

@@ -150,7 +150,9 @@ pub enum Check {
     RetryLater,
 }
 
-fn digest(integration: &str, id: &str) -> u128 {
+/// The key an id is remembered under: the first 128 bits of SHA-256 over
+/// `integration \0 id` (also what journal checkpoints store).
+pub fn digest(integration: &str, id: &str) -> u128 {
     let mut h = Sha256::new();
     h.update(integration.as_bytes());
     h.update([0u8]);
@@ -225,15 +227,22 @@ impl Dedup {
     /// Marks `id` as accepted until `expires_at_ms` (Unix ms): how the runtime re-seeds
     /// the memory from the journal after a restart. Past expiries are ignored.
     pub fn remember(&self, integration: &str, id: &str, expires_at_ms: i64) {
+        self.remember_digest(digest(integration, id), expires_at_ms);
+    }
+
+    /// [`Dedup::remember`] by [`digest`], as journal checkpoints store ids.
+    pub fn remember_digest(&self, key: u128, expires_at_ms: i64) {
         let now = (self.inner.clock)();
         if expires_at_ms <= now {
             return;
         }
-        let key = digest(integration, id);
         let mut shard = self.inner.shard(key);
-        if shard.slots.get(&key).is_some_and(|s| s.pending.is_some()) {
+        match shard.slots.get_mut(&key) {
             // A copy is in flight right now; its outcome decides.
-            return;
+            Some(slot) if slot.pending.is_some() => return,
+            // Seen twice (a checkpoint and a replayed entry): keep the later expiry.
+            Some(slot) if slot.expires_at_ms >= expires_at_ms => return,
+            _ => {}
         }
         shard.trim(now, self.inner.per_shard_cap);
         shard.insert(

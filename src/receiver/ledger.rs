@@ -7,7 +7,7 @@
 //! checkpoint does not cover and skips the ones it does, so replaying twice never counts
 //! twice or re-opens a resolved incident.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -105,13 +105,37 @@ impl IntegrationLedger {
     }
 }
 
-/// A delivery id remembered for deduplication across restarts.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// A delivery id remembered for deduplication across restarts: the dedup digest of
+/// (integration, id) (see [`crate::receiver::dedup::digest`]) and when it expires.
+/// 24 bytes, so 200,000 of them cost under 5 MiB in memory and in a checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RememberedId {
-    pub integration: String,
-    pub id: String,
+    digest: [u8; 16],
     pub expires_at_ms: i64,
+}
+
+impl RememberedId {
+    const ENCODED_LEN: usize = 24;
+
+    pub fn new(digest: u128, expires_at_ms: i64) -> RememberedId {
+        RememberedId {
+            digest: digest.to_le_bytes(),
+            expires_at_ms,
+        }
+    }
+
+    pub fn digest(&self) -> u128 {
+        u128::from_le_bytes(self.digest)
+    }
+}
+
+/// Why a checkpoint snapshot cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("ledger is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("remembered delivery ids section is {0} bytes, not a multiple of 24")]
+    Ids(usize),
 }
 
 /// The folded state of every integration, plus which journal entries it contains.
@@ -125,13 +149,15 @@ pub struct Ledger {
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     extra: BTreeSet<u64>,
     integrations: BTreeMap<String, IntegrationLedger>,
-    /// Delivery ids accepted recently (integration → id → expiry, Unix ms), so dedup
-    /// survives a restart.
-    #[serde(default)]
-    remembered: BTreeMap<String, BTreeMap<String, i64>>,
-    /// Number of ids in `remembered`.
-    #[serde(default)]
-    remembered_count: usize,
+    /// Delivery ids accepted recently, oldest first, so dedup survives a restart. Not
+    /// part of the JSON: a checkpoint stores them as a packed binary section after it
+    /// (see [`Ledger::to_snapshot`]).
+    #[serde(skip)]
+    remembered: VecDeque<RememberedId>,
+    /// Checkpoints written before 0.1.0 kept the ids as strings (integration → id →
+    /// expiry); read for upgrades, never written.
+    #[serde(default, rename = "remembered", skip_serializing)]
+    legacy_remembered: BTreeMap<String, BTreeMap<String, i64>>,
 }
 
 /// At most this many delivery ids are kept for re-seeding dedup (oldest expiry dropped).
@@ -139,13 +165,46 @@ pub const MAX_REMEMBERED_IDS: usize = 200_000;
 
 impl Ledger {
     /// Restores a ledger from a checkpoint snapshot.
-    pub fn from_snapshot(bytes: &[u8]) -> Result<Ledger, serde_json::Error> {
-        serde_json::from_slice(bytes)
+    pub fn from_snapshot(bytes: &[u8]) -> Result<Ledger, SnapshotError> {
+        // Compact JSON never contains a raw newline, so the first one ends it.
+        let (json, ids) = match bytes.iter().position(|b| *b == b'\n') {
+            Some(at) => (&bytes[..at], &bytes[at + 1..]),
+            None => (bytes, &[][..]),
+        };
+        let mut ledger: Ledger = serde_json::from_slice(json)?;
+        if ids.len() % RememberedId::ENCODED_LEN != 0 {
+            return Err(SnapshotError::Ids(ids.len()));
+        }
+        ledger.remembered = ids
+            .chunks_exact(RememberedId::ENCODED_LEN)
+            .map(|chunk| {
+                let (digest, expires) = chunk.split_at(16);
+                RememberedId {
+                    digest: digest.try_into().unwrap_or_default(),
+                    expires_at_ms: i64::from_le_bytes(expires.try_into().unwrap_or_default()),
+                }
+            })
+            .collect();
+        for (integration, ids) in std::mem::take(&mut ledger.legacy_remembered) {
+            for (id, expires_at_ms) in ids {
+                ledger.remember(&integration, &id, expires_at_ms);
+            }
+        }
+        Ok(ledger)
     }
 
-    /// The checkpoint form of this ledger.
+    /// The checkpoint form of this ledger: compact JSON, a newline, then every
+    /// remembered id as 16 digest bytes + 8 expiry bytes (little endian). Megabytes of
+    /// ids are copied, not formatted.
     pub fn to_snapshot(&self) -> Result<Vec<u8>, serde_json::Error> {
-        serde_json::to_vec(self)
+        let mut bytes = serde_json::to_vec(self)?;
+        bytes.reserve(1 + self.remembered.len() * RememberedId::ENCODED_LEN);
+        bytes.push(b'\n');
+        for id in &self.remembered {
+            bytes.extend_from_slice(&id.digest);
+            bytes.extend_from_slice(&id.expires_at_ms.to_le_bytes());
+        }
+        Ok(bytes)
     }
 
     /// Highest sequence number below which every entry is folded: what a checkpoint of
@@ -230,10 +289,15 @@ impl Ledger {
     }
 
     fn entry(&mut self, integration: &str, uid: &str) -> &mut IntegrationLedger {
-        let entry = self
-            .integrations
-            .entry(integration.to_string())
-            .or_insert_with(|| IntegrationLedger::for_uid(uid));
+        // Looked up before inserting: the key is allocated once per integration, not
+        // once per delivery.
+        if !self.integrations.contains_key(integration) {
+            self.integrations
+                .insert(integration.to_string(), IntegrationLedger::for_uid(uid));
+        }
+        let Some(entry) = self.integrations.get_mut(integration) else {
+            unreachable!("inserted above")
+        };
         if entry.uid != uid {
             *entry = IntegrationLedger::for_uid(uid);
         }
@@ -247,64 +311,28 @@ impl Ledger {
     }
 
     fn remember(&mut self, integration: &str, id: &str, expires_at_ms: i64) {
-        let ids = self.remembered.entry(integration.to_string()).or_default();
-        match ids.get_mut(id) {
-            Some(slot) => *slot = (*slot).max(expires_at_ms),
-            None => {
-                ids.insert(id.to_string(), expires_at_ms);
-                self.remembered_count += 1;
-            }
-        }
-        if self.remembered_count > MAX_REMEMBERED_IDS {
-            self.forget_oldest(self.remembered_count - MAX_REMEMBERED_IDS);
+        let digest = crate::receiver::dedup::digest(integration, id);
+        self.remembered
+            .push_back(RememberedId::new(digest, expires_at_ms));
+        // The oldest go first; an id remembered twice (re-accepted after it expired)
+        // simply appears twice until the older copy ages out.
+        while self.remembered.len() > MAX_REMEMBERED_IDS {
+            self.remembered.pop_front();
         }
     }
 
-    /// Drops the `count` ids that expire first (amortised: drops 1% extra so this runs
-    /// rarely under sustained load).
-    fn forget_oldest(&mut self, count: usize) {
-        let count = count + MAX_REMEMBERED_IDS / 100;
-        let mut expiries: Vec<i64> = self
-            .remembered
-            .values()
-            .flat_map(|ids| ids.values().copied())
-            .collect();
-        if count >= expiries.len() {
-            self.remembered.clear();
-            self.remembered_count = 0;
-            return;
-        }
-        let (_, cutoff, _) = expiries.select_nth_unstable(count);
-        let cutoff = *cutoff;
-        self.retain_ids(|expires| expires > cutoff);
-    }
-
-    fn retain_ids(&mut self, keep: impl Fn(i64) -> bool) {
-        let mut count = 0;
-        self.remembered.retain(|_, ids| {
-            ids.retain(|_, e| keep(*e));
-            count += ids.len();
-            !ids.is_empty()
-        });
-        self.remembered_count = count;
-    }
-
-    /// Drops remembered ids that expired at `now_ms`.
+    /// Drops remembered ids that expired at `now_ms` (once per checkpoint: windows
+    /// differ per integration, so expiry is not in insertion order).
     pub fn prune(&mut self, now_ms: i64) {
-        self.retain_ids(|expires| expires > now_ms);
+        self.remembered.retain(|id| id.expires_at_ms > now_ms);
     }
 
     /// Remembered delivery ids still valid at `now_ms`, to re-seed dedup after a restart.
     pub fn remembered_ids(&self, now_ms: i64) -> impl Iterator<Item = RememberedId> + '_ {
-        self.remembered.iter().flat_map(move |(integration, ids)| {
-            ids.iter()
-                .filter(move |(_, e)| **e > now_ms)
-                .map(move |(id, e)| RememberedId {
-                    integration: integration.clone(),
-                    id: id.clone(),
-                    expires_at_ms: *e,
-                })
-        })
+        self.remembered
+            .iter()
+            .filter(move |id| id.expires_at_ms > now_ms)
+            .copied()
     }
 
     pub fn get(&self, integration: &str) -> Option<&IntegrationLedger> {
@@ -351,10 +379,9 @@ impl Ledger {
 
     /// Forgets an integration (it was deleted).
     pub fn remove(&mut self, integration: &str) {
+        // Its remembered ids stay until they expire: they are keyed by digest, and a
+        // re-created integration of the same name keeps the same dedup keys in memory too.
         self.integrations.remove(integration);
-        if let Some(ids) = self.remembered.remove(integration) {
-            self.remembered_count -= ids.len();
-        }
     }
 }
 
@@ -629,9 +656,61 @@ mod tests {
         fold_all(&mut ledger, &history());
         let restored =
             Ledger::from_snapshot(&ledger.to_snapshot().expect("snapshot")).expect("restore");
-        let ids: Vec<String> = restored.remembered_ids(0).map(|r| r.id).collect();
-        assert_eq!(ids, vec!["d1", "d2", "d3", "d4"]);
+        let ids: Vec<u128> = restored.remembered_ids(0).map(|r| r.digest()).collect();
+        let expected: Vec<u128> = ["d1", "d2", "d3", "d4"]
+            .iter()
+            .map(|d| crate::receiver::dedup::digest(KEY, d))
+            .collect();
+        assert_eq!(ids, expected);
         // d1 expires at 1_000 + DAY_MS.
         assert_eq!(restored.remembered_ids(1_000 + DAY_MS).count(), 3);
+    }
+
+    #[test]
+    fn snapshots_with_ids_as_json_strings_are_still_read() {
+        // The layout before the binary id section: ids inside the JSON.
+        let legacy = format!(
+            r#"{{"covered":4,"integrations":{{}},"remembered":{{"{KEY}":{{"d1":{}}}}},"rememberedCount":1}}"#,
+            1_000 + DAY_MS
+        );
+        let restored = Ledger::from_snapshot(legacy.as_bytes()).expect("legacy snapshot");
+        assert_eq!(restored.covered_seq(), 4);
+        let ids: Vec<RememberedId> = restored.remembered_ids(0).collect();
+        assert_eq!(
+            ids,
+            vec![RememberedId::new(
+                crate::receiver::dedup::digest(KEY, "d1"),
+                1_000 + DAY_MS
+            )]
+        );
+        // Written back in the current layout, and read again the same.
+        let again =
+            Ledger::from_snapshot(&restored.to_snapshot().expect("snapshot")).expect("restore");
+        assert_eq!(again.remembered_ids(0).collect::<Vec<_>>(), ids);
+    }
+
+    #[test]
+    fn a_cut_id_section_is_an_error_not_a_silent_loss() {
+        let mut ledger = Ledger::default();
+        fold_all(&mut ledger, &history());
+        let mut snapshot = ledger.to_snapshot().expect("snapshot");
+        snapshot.truncate(snapshot.len() - 5);
+        assert!(matches!(
+            Ledger::from_snapshot(&snapshot),
+            Err(SnapshotError::Ids(_))
+        ));
+    }
+
+    #[test]
+    fn remembered_ids_are_bounded_oldest_first() {
+        let mut ledger = Ledger::default();
+        for i in 0..(MAX_REMEMBERED_IDS + 10) {
+            ledger.remember_id(KEY, &format!("d{i}"), DAY_MS);
+        }
+        let ids: Vec<u128> = ledger.remembered_ids(0).map(|r| r.digest()).collect();
+        assert_eq!(ids.len(), MAX_REMEMBERED_IDS);
+        assert_eq!(ids[0], crate::receiver::dedup::digest(KEY, "d10"));
+        ledger.prune(DAY_MS);
+        assert_eq!(ledger.remembered_ids(0).count(), 0);
     }
 }

@@ -192,7 +192,7 @@ impl<W: StatusWriter> Receiver<W> {
         let dedup = Dedup::new(DEDUP_CAPACITY, config.clock.clone());
         let now = (config.clock)();
         for id in ledger.remembered_ids(now) {
-            dedup.remember(&id.integration, &id.id, id.expires_at_ms);
+            dedup.remember_digest(id.digest(), id.expires_at_ms);
         }
         let journal = Arc::new(journal);
         let (sink, status_loop) = runtime::build(
