@@ -32,6 +32,9 @@ LABEL org.opencontainers.image.title="hookwarden" \
       org.opencontainers.image.description="Kubernetes operator for incoming webhooks" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /out/hookwarden /usr/local/bin/hookwarden
+# mimalloc (the binary's allocator) commits arena memory lazily: RSS after 10,000 routes and
+# 100,000 ids is 38 MiB instead of 46 (docs/bench.md), at no measurable cost in speed.
+ENV MIMALLOC_ARENA_EAGER_COMMIT=0
 # Numeric, so the kubelet can verify runAsNonRoot without reading /etc/passwd.
 USER 65532:65532
 EXPOSE 8080 9090
