@@ -26,6 +26,8 @@ use hookwarden::receiver::routes::RouteTable;
 use hookwarden::receiver::server::serve;
 use hookwarden::receiver::sink::{Accepted, DeliverySink, Duplicate, Rejected, SinkError};
 use hookwarden::route::{Route, RouteSecret, SecretValue};
+use hookwarden::standalone::DEFAULT_STATE_DIR;
+use hookwarden::standalone::state::StateDir;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
 
@@ -236,14 +238,9 @@ fn start_standalone(
     };
     let secret = match provider {
         ProviderKind::Datadog => BENCH_TOKEN.to_string(),
-        _ => std::fs::read_to_string(
-            running
-                .dir
-                .path()
-                .join(".hookwarden-state/secrets/default/bench"),
-        )?
-        .trim()
-        .to_string(),
+        _ => StateDir::existing(&running.dir.path().join(DEFAULT_STATE_DIR))
+            .read_generated_secret("default", "bench")
+            .ok_or("hookwarden standalone stored no generated secret for the bench")?,
     };
     Ok((parse_url(&url, secret)?, running))
 }

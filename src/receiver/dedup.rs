@@ -237,7 +237,7 @@ impl Dedup {
             return;
         }
         let mut shard = self.inner.shard(key);
-        match shard.slots.get_mut(&key) {
+        match shard.slots.get(&key) {
             // A copy is in flight right now; its outcome decides.
             Some(slot) if slot.pending.is_some() => return,
             // Seen twice (a checkpoint and a replayed entry): keep the later expiry.
