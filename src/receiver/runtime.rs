@@ -230,6 +230,14 @@ impl<J: DeliveryJournal> DeliverySink for JournaledSink<J> {
     }
 }
 
+/// Until when an accepted delivery's id is remembered: its arrival plus its
+/// integration's dedup window (live folds and replay must agree).
+fn dedup_expiry(accepted: &Accepted, settings: &SettingsLookup) -> i64 {
+    accepted
+        .received_at_ms
+        .saturating_add(settings(&accepted.integration).dedup_window_ms)
+}
+
 /// What replaying the journal at start found.
 #[derive(Debug, Default)]
 pub struct ReplayReport {
@@ -272,9 +280,7 @@ pub fn replay(
         report.max_seq = report.max_seq.max(seq);
         match serde_json::from_slice::<Accepted>(&bytes) {
             Ok(accepted) => {
-                let expires = accepted
-                    .received_at_ms
-                    .saturating_add(settings(&accepted.integration).dedup_window_ms);
+                let expires = dedup_expiry(&accepted, settings);
                 if ledger.fold(seq, &accepted, expires) {
                     report.replayed += 1;
                 }
@@ -310,9 +316,7 @@ pub fn replay_recovered(
         if let Ok(accepted) = serde_json::from_slice::<Accepted>(&bytes)
             && let Some(id) = &accepted.delivery_id
         {
-            let expires = accepted
-                .received_at_ms
-                .saturating_add(settings(&accepted.integration).dedup_window_ms);
+            let expires = dedup_expiry(&accepted, settings);
             ledger.remember_id(&accepted.integration, id, expires);
         }
     }
@@ -480,9 +484,7 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
             .set(i64::try_from(self.queue.len()).unwrap_or(i64::MAX));
         match message {
             Queued::Accepted(seq, accepted) => {
-                let expires = accepted
-                    .received_at_ms
-                    .saturating_add((self.settings)(&accepted.integration).dedup_window_ms);
+                let expires = dedup_expiry(&accepted, &self.settings);
                 self.ledger.fold(seq, &accepted, expires);
             }
             Queued::Rejected(rejected) => self.ledger.record_reject(&rejected),
