@@ -13,6 +13,11 @@
 //! with one `write` + `fsync`; the batch header is what lets recovery tell a write cut
 //! short by a crash (only the last batch of the newest segment can be one) from damage
 //! to data that had been fsync'd (anything else).
+//!
+//! A segment file may be longer than its batches: the writer preallocates space ahead of
+//! the write position (see `writer.rs`), which reads back as zeros. A run of zeros where
+//! the next batch would start is the clean end of the segment; a batch never starts with
+//! a zero byte (its marker is `HWJB`).
 
 use super::Seq;
 
@@ -171,7 +176,9 @@ pub(super) fn scan_segment(
         && bytes[..8] == SEGMENT_MAGIC
         && read_u64(bytes, 8) == name_first_seq;
     if !header_ok {
-        if is_last && bytes.len() <= SEGMENT_HEADER_LEN {
+        // Short, or nothing but zeros: the header was never made durable, so no record
+        // can have been acknowledged from this file.
+        if is_last && (bytes.len() <= SEGMENT_HEADER_LEN || all_zero(bytes)) {
             return Ok(Scan::Unborn);
         }
         return Err(Damage {
@@ -182,6 +189,10 @@ pub(super) fn scan_segment(
     let mut pos = SEGMENT_HEADER_LEN;
     let mut last_seq: Option<Seq> = None;
     while pos < bytes.len() {
+        if all_zero(&bytes[pos..]) {
+            // Preallocated space that was never written: the clean end.
+            break;
+        }
         let min_seq = last_seq.map_or(name_first_seq, |s| s + 1);
         let exact = last_seq.is_some();
         match parse_batch(bytes, pos, min_seq, exact) {
@@ -202,9 +213,15 @@ pub(super) fn scan_segment(
             }
             Err(error) => {
                 let (damage, torn) = match error {
-                    // Nothing follows the damaged batch: it is the one that was being
-                    // written when the process died, never acknowledged.
-                    BatchError::Body { damage, end } => (damage, end >= bytes.len()),
+                    // Nothing intact follows the damaged batch (the file ends, or only
+                    // preallocated zeros or debris of the same write follow): it is the
+                    // one that was being written when the process died, never
+                    // acknowledged.
+                    BatchError::Body { damage, end } => {
+                        let torn =
+                            end >= bytes.len() || !later_batch_exists(bytes, pos + 1, min_seq);
+                        (damage, torn)
+                    }
                     // Unknown extent: it is a torn write unless an intact batch with
                     // later entries follows, which would prove this one was fsync'd.
                     BatchError::Header(damage) => {
@@ -228,6 +245,10 @@ pub(super) fn scan_segment(
         last_seq,
         torn: None,
     })
+}
+
+fn all_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
 }
 
 /// Validates the batch at `pos`: returns (end offset, first seq, count).
@@ -582,6 +603,97 @@ mod tests {
         );
         assert!(
             scan(&header, 8, false).0.is_err(),
+            "older segments must be whole"
+        );
+    }
+
+    /// Space the writer preallocated and never wrote reads back as zeros.
+    fn preallocated(mut bytes: Vec<u8>, zeros: usize) -> Vec<u8> {
+        bytes.resize(bytes.len() + zeros, 0);
+        bytes
+    }
+
+    #[test]
+    fn preallocated_zero_tail_is_the_clean_end_of_any_segment() {
+        let batches = segment(1, &[batch(1, &[b"one"]), batch(2, &[b"two", b"three"])]);
+        let bytes = preallocated(batches.clone(), 4096);
+        for is_last in [true, false] {
+            let (result, seen) = scan(&bytes, 1, is_last);
+            assert_eq!(
+                result,
+                Ok(Scan::Valid {
+                    valid_len: batches.len() as u64,
+                    last_seq: Some(3),
+                    torn: None
+                }),
+                "is_last {is_last}"
+            );
+            assert_eq!(seen.len(), 3);
+        }
+        // A header and nothing written after it yet.
+        let empty = preallocated(encode_segment_header(7).to_vec(), 4096);
+        assert_eq!(
+            scan(&empty, 7, false).0,
+            Ok(Scan::Valid {
+                valid_len: SEGMENT_HEADER_LEN as u64,
+                last_seq: None,
+                torn: None
+            })
+        );
+    }
+
+    #[test]
+    fn batch_cut_short_in_preallocated_space_is_a_torn_tail_only_when_newest() {
+        let good = segment(1, &[batch(1, &[b"kept"])]);
+        let next = batch(2, &[b"lost-1", b"lost-2"]);
+        for cut in [1, BATCH_HEADER_LEN + 3, next.len() - 1] {
+            let mut bytes = good.clone();
+            bytes.extend_from_slice(&next[..cut]);
+            let bytes = preallocated(bytes, 4096);
+            let (result, seen) = scan(&bytes, 1, true);
+            match result {
+                Ok(Scan::Valid {
+                    valid_len,
+                    last_seq: Some(1),
+                    torn: Some(_),
+                }) => assert_eq!(valid_len, good.len() as u64, "cut at {cut}"),
+                other => panic!("cut at {cut}: {other:?}"),
+            }
+            assert_eq!(seen, vec![(1, b"kept".to_vec())]);
+            assert!(scan(&bytes, 1, false).0.is_err(), "cut at {cut}, older");
+        }
+        // Header persisted, body still zeros (its blocks never reached the disk).
+        let mut bytes = good.clone();
+        bytes.extend_from_slice(&next[..BATCH_HEADER_LEN]);
+        let bytes = preallocated(bytes, next.len() + 4096);
+        assert!(matches!(
+            scan(&bytes, 1, true).0,
+            Ok(Scan::Valid {
+                torn: Some(_),
+                last_seq: Some(1),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn damage_before_an_intact_batch_stays_corruption_with_a_zero_tail() {
+        let first = batch(1, &[b"one"]);
+        let mut bytes = segment(1, &[first.clone(), batch(2, &[b"two"])]);
+        bytes[SEGMENT_HEADER_LEN + BATCH_HEADER_LEN + FRAME_HEADER_LEN] ^= 0xff;
+        let bytes = preallocated(bytes, 4096);
+        assert_eq!(
+            scan(&bytes, 1, true).0.map_err(|d| d.offset),
+            Err((SEGMENT_HEADER_LEN + BATCH_HEADER_LEN) as u64)
+        );
+    }
+
+    #[test]
+    fn all_zero_newest_segment_is_unborn() {
+        let zeros = vec![0u8; 4096];
+        assert_eq!(scan(&zeros, 5, true).0, Ok(Scan::Unborn));
+        assert!(
+            scan(&zeros, 5, false).0.is_err(),
             "older segments must be whole"
         );
     }

@@ -35,6 +35,11 @@
 //!   while damage followed by an intact batch, or in an older segment, is data that had
 //!   been fsync'd and acknowledged: [`Journal::open`] fails with [`JournalError::Corrupt`]
 //!   naming the file and byte offset and leaves the file untouched for the operator.
+//! * **Zeros written ahead.** When a batch reaches past the end of the active segment's
+//!   file, the writer also writes zeros up to the next 256 KiB boundary, so the following
+//!   batches overwrite zeros in place and their `fdatasync` need not write the inode too
+//!   (2 device requests per commit instead of 3 on ext4). Recovery reads zeros where a
+//!   batch would start as the segment's end; sealed segments are trimmed.
 //! * **Durability.** New segment files and the snapshot rename are followed by an fsync of
 //!   the directory, so a file that holds acknowledged records cannot vanish in a crash.
 //! * **Fsync gate.** After a failed fsync Linux may have dropped the dirty pages and a

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,6 +20,12 @@ use super::{JournalConfig, JournalError, Recovered, Seq, Shared};
 const APPLIED_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 /// How long `open` waits for a previous writer in this process to let go of the lock.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
+/// The active segment's file is extended with zeros this much at a time, ahead of the
+/// batches (see [`Writer::write_active`]). Measured on the virtio disk of docs/bench.md:
+/// writing and syncing 256 KiB of zeros takes 0.55 ms, 1 MiB 1.4 ms, 4 MiB 24 ms; a
+/// commit that extends the file pays that once per 256 KiB of journal.
+const PREALLOCATE_CHUNK: u64 = 256 << 10;
+static ZEROS: [u8; PREALLOCATE_CHUNK as usize] = [0; PREALLOCATE_CHUNK as usize];
 
 pub(super) struct Append {
     pub record: Vec<u8>,
@@ -70,6 +77,8 @@ pub(super) struct Writer {
     /// Oldest first; the last one is the active segment.
     segments: VecDeque<Segment>,
     active: File,
+    /// Size of the active segment's file: its batches, then zeros written ahead of them.
+    allocated: u64,
     next_seq: Seq,
     snapshot_seq: Seq,
     snapshot_len: u64,
@@ -277,7 +286,7 @@ impl Writer {
 
         let active = match segments.back() {
             Some(seg) => OpenOptions::new()
-                .append(true)
+                .write(true)
                 .open(&seg.path)
                 .map_err(at(&seg.path, "cannot open journal segment"))?,
             None => {
@@ -290,6 +299,12 @@ impl Writer {
         if dir_changed {
             sync_dir(&dir)?;
         }
+        // After a crash the active segment still ends in the zeros written ahead of its
+        // batches: the next batches go over them.
+        let allocated = active
+            .metadata()
+            .map_err(at(&dir, "cannot read the active segment's size in"))?
+            .len();
 
         let last_seq = next_seq - 1;
         shared.last_seq.store(last_seq, Ordering::Release);
@@ -304,6 +319,7 @@ impl Writer {
             _lock: lock,
             segments,
             active,
+            allocated,
             next_seq,
             snapshot_seq,
             snapshot_len,
@@ -361,6 +377,7 @@ impl Writer {
                 }
                 Request::Close { reply } => {
                     self.persist_applied();
+                    self.trim_active();
                     let result = match &self.failed {
                         Some(failure) => Err(failure.to_error()),
                         None => Ok(()),
@@ -536,6 +553,7 @@ impl Writer {
             .map(|s| s.path.clone())
             .unwrap_or_default();
         if let Err(error) = self.write_active(bytes) {
+            self.allocated = synced_len;
             if let Err(undo) = self.active.set_len(synced_len) {
                 self.fail(Failure {
                     kind: undo.kind(),
@@ -562,6 +580,7 @@ impl Writer {
             // reopen in this process could read it back from the page cache although it
             // may never reach the disk, and write new batches after it.
             let _ = self.active.set_len(synced_len);
+            self.allocated = synced_len;
             let message = format!(
                 "journal fsync of {} failed ({error}); the journal refuses writes until it is reopened",
                 path.display()
@@ -575,14 +594,53 @@ impl Writer {
         Ok(())
     }
 
+    /// Writes a batch where the active segment's batches end. When it reaches past the
+    /// end of the file, zeros up to the next [`PREALLOCATE_CHUNK`] boundary are written
+    /// after it, so that the next batches land inside the file: a write that does not
+    /// change the file's size needs no inode update, and its `fdatasync` is then one data
+    /// write and one cache flush instead of three device requests (measured with
+    /// `/proc/diskstats` on ext4). Recovery reads the zeros as the segment's end
+    /// (`format.rs`). The zeros are best effort: if they cannot be written (a full
+    /// disk), the batch stands alone.
     fn write_active(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let at = self.segments.back().map_or(0, |s| s.len);
+        let end = at + bytes.len() as u64;
         #[cfg(test)]
         if self.shared.faults.fail_write.load(Ordering::Acquire) {
             // A disk that fills up halfway through the batch.
-            self.active.write_all(&bytes[..bytes.len() / 2])?;
+            self.active.write_all_at(&bytes[..bytes.len() / 2], at)?;
             return Err(io::Error::from(io::ErrorKind::StorageFull));
         }
-        self.active.write_all(bytes)
+        self.active.write_all_at(bytes, at)?;
+        if end > self.allocated {
+            let target = end.next_multiple_of(PREALLOCATE_CHUNK);
+            // `target - end` < PREALLOCATE_CHUNK, the length of ZEROS.
+            let zeros = &ZEROS[..usize::try_from(target - end).unwrap_or(0)];
+            self.allocated = match self.active.write_all_at(zeros, end) {
+                Ok(()) => target,
+                Err(error) => {
+                    tracing::debug!(%error, "cannot write zeros ahead of the journal's batches");
+                    end
+                }
+            };
+        }
+        Ok(())
+    }
+
+    /// Gives back the zeros written ahead of the active segment's batches (at close and
+    /// when the segment is sealed). Best effort and without fsync: a crash before the
+    /// trim reaches the disk leaves zeros, which recovery reads as the end.
+    fn trim_active(&mut self) {
+        let len = self.segments.back().map_or(0, |s| s.len);
+        if self.failed.is_some() || self.allocated <= len {
+            return;
+        }
+        match self.active.set_len(len) {
+            Ok(()) => self.allocated = len,
+            Err(error) => {
+                tracing::debug!(%error, "cannot trim the zeros after the journal's batches")
+            }
+        }
     }
 
     fn sync_active(&self) -> io::Result<()> {
@@ -596,7 +654,9 @@ impl Writer {
     /// Starts a new active segment. The old one is complete and already fsync'd.
     fn roll(&mut self) -> io::Result<()> {
         let (file, segment) = create_segment(&self.config.dir, self.next_seq)?;
+        self.trim_active();
         self.active = file;
+        self.allocated = segment.len;
         self.segments.push_back(segment);
         self.publish_sizes();
         Ok(())
@@ -695,9 +755,10 @@ pub(super) fn write_snapshot(
 /// `create_new`, so an existing file is never overwritten.
 fn create_segment(dir: &Path, first_seq: Seq) -> io::Result<(File, Segment)> {
     let path = dir.join(format::segment_file_name(first_seq));
+    // Not `append`: batches are positioned writes, which Linux ignores on `O_APPEND`.
     let mut file = OpenOptions::new()
         .create_new(true)
-        .append(true)
+        .write(true)
         .open(&path)
         .map_err(at(&path, "cannot create"))?;
     let made = file

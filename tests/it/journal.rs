@@ -279,6 +279,46 @@ fn crash_image(from: &Path, to: &Path) {
 }
 
 #[tokio::test]
+async fn active_segment_is_zero_filled_ahead_while_open_and_trimmed_at_close() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path());
+    let (journal, _) = Journal::open(cfg.clone(), None).await.expect("open");
+    append_all(&journal, 0..3).await;
+    let segment = segment_files(&cfg.dir).pop().expect("a segment");
+    let logical = journal.stats().bytes_on_disk;
+    let size = std::fs::metadata(&segment).expect("stat").len();
+    // Zeros are written ahead of the batches, 256 KiB at a time.
+    assert!(
+        size >= 256 << 10 && size > logical,
+        "segment of {size} bytes for {logical} bytes of batches: nothing written ahead"
+    );
+
+    // A crash now leaves the zeros behind: they read as the segment's end,
+    // and new batches go where the old ones ended.
+    let image = dir.path().join("image");
+    crash_image(&cfg.dir, &image);
+    let (copy, recovered) = Journal::open(JournalConfig::new(&image), None)
+        .await
+        .expect("open crash image");
+    let want: Vec<(Seq, Vec<u8>)> = (0..3).map(|i| (i as Seq + 1, record(i))).collect();
+    assert_eq!(recovered.entries, want);
+    assert_eq!(copy.append(record(3)).await.expect("append"), 4);
+    copy.close().await.expect("close copy");
+    let (copy, recovered) = Journal::open(JournalConfig::new(&image), None)
+        .await
+        .expect("reopen crash image");
+    assert_eq!(recovered.entries.len(), 4);
+    copy.close().await.expect("close copy");
+
+    journal.close().await.expect("close");
+    assert_eq!(
+        std::fs::metadata(&segment).expect("stat").len(),
+        logical,
+        "trimmed to its batches at close"
+    );
+}
+
+#[tokio::test]
 async fn applied_mark_reaches_disk_within_seconds_without_close_or_checkpoint() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(dir.path());
