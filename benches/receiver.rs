@@ -75,6 +75,10 @@ struct Options {
     /// Skip the half-rate latency pass.
     #[arg(long)]
     no_half_rate: bool,
+    /// Offer this many requests per second in the latency pass instead of half the
+    /// measured rate: compares configurations (disks, builds) at the same load.
+    #[arg(long, conflicts_with = "no_half_rate")]
+    latency_rate: Option<f64>,
     /// Instead of loading: build N routes and remember M delivery ids in-process, then
     /// print the resident memory (DESIGN target: 10,000 routes + 100,000 ids ≤ 64 MiB).
     #[arg(long, value_names = ["ROUTES", "IDS"], num_args = 2)]
@@ -720,22 +724,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             median(&mut ratios)
         );
     }
-    if !options.no_half_rate && rate > 0.0 {
-        let half = client.block_on(load(
+    let offered = options.latency_rate.unwrap_or(rate / 2.0);
+    if !options.no_half_rate && offered > 0.0 {
+        let paced = client.block_on(load(
             target.clone(),
             provider,
             options.connections,
             options.seconds,
-            Some(rate / 2.0),
+            Some(offered),
             202,
         ));
-        println!(
-            "{}",
-            half.line(&format!(
-                "receiver at half rate ({:.0} req/s offered)",
-                rate / 2.0
-            ))
-        );
+        let label = match options.latency_rate {
+            Some(_) => format!("receiver at a set rate ({offered:.0} req/s offered)"),
+            None => format!("receiver at half rate ({offered:.0} req/s offered)"),
+        };
+        println!("{}", paced.line(&label));
     }
     // The child is stopped (and its folder removed) only now, after every pass.
     drop(standalone);
