@@ -42,6 +42,21 @@ fn helm() -> Option<PathBuf> {
 
 /// `helm template` of the chart with an optional values file, as YAML documents.
 fn render(helm: &Path, values: Option<&str>) -> Vec<serde_yaml::Value> {
+    let out = template(helm, values, &[]);
+    assert!(
+        out.status.success(),
+        "helm template failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("helm prints UTF-8");
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| serde_yaml::Value::deserialize(doc).expect("helm renders valid YAML"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// Runs `helm template` with an optional values file and `--set` assignments.
+fn template(helm: &Path, values: Option<&str>, set: &[&str]) -> std::process::Output {
     let mut cmd = Process::new(helm);
     cmd.current_dir(repo())
         .args([
@@ -55,17 +70,10 @@ fn render(helm: &Path, values: Option<&str>) -> Vec<serde_yaml::Value> {
     if let Some(v) = values {
         cmd.args(["-f", v]);
     }
-    let out = cmd.output().expect("run helm template");
-    assert!(
-        out.status.success(),
-        "helm template failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).expect("helm prints UTF-8");
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| serde_yaml::Value::deserialize(doc).expect("helm renders valid YAML"))
-        .filter(|v| !v.is_null())
-        .collect()
+    for assignment in set {
+        cmd.args(["--set", assignment]);
+    }
+    cmd.output().expect("run helm template")
 }
 
 /// (component label, args) of every container of every workload.
@@ -149,15 +157,68 @@ fn check_values(values: Option<&str>) -> Vec<Cli> {
 #[test]
 fn default_values_start_components_with_accepted_flags() {
     for cli in check_values(None) {
-        if let Command::Controller(args) = cli.command {
-            assert_eq!(args.namespace, RELEASE_NAMESPACE);
-            assert_eq!(args.metrics_addr.to_string(), "0.0.0.0:9090");
-            assert_eq!(
-                args.external_base_url, None,
-                "no public URL is configured by default"
-            );
+        match cli.command {
+            Command::Controller(args) => {
+                assert_eq!(args.namespace, RELEASE_NAMESPACE);
+                assert_eq!(args.metrics_addr.to_string(), "0.0.0.0:9090");
+                assert_eq!(
+                    args.external_base_url, None,
+                    "no public URL is configured by default"
+                );
+            }
+            Command::Receiver(args) => assert_eq!(
+                args.journal_max_bytes,
+                768 << 20,
+                "the journal cap is 75% of the 1Gi emptyDir, not all of it"
+            ),
+            _ => {}
         }
     }
+}
+
+#[test]
+fn journal_cap_follows_the_volume_and_an_oversized_cap_is_refused() {
+    let Some(helm) = helm() else {
+        return;
+    };
+    let cap = |values: Option<&str>, set: &[&str]| -> u64 {
+        let out = template(&helm, values, set);
+        assert!(
+            out.status.success(),
+            "helm template {set:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let flag = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("- --journal-max-bytes="))
+            .unwrap_or_else(|| panic!("no --journal-max-bytes for {set:?}"));
+        flag.parse().expect("a byte count")
+    };
+    // StatefulSet mode: 75% of the claim (5Gi in the CI values).
+    assert_eq!(
+        cap(Some("charts/hookwarden/ci/full-values.yaml"), &[]),
+        3840 << 20
+    );
+    assert_eq!(cap(None, &["receiver.journal.sizeLimit=1.5Gi"]), 1152 << 20);
+    assert_eq!(cap(None, &["receiver.journal.maxBytes=700Mi"]), 700 << 20);
+    assert_eq!(
+        cap(None, &["receiver.journal.maxBytes=524288000"]),
+        524_288_000
+    );
+
+    let refused = template(&helm, None, &["receiver.journal.maxBytes=1Gi"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("receiver.journal.maxBytes"),
+        "a cap as large as the emptyDir must be refused with the value's name: {stderr}"
+    );
+    let unreadable = template(&helm, None, &["receiver.journal.sizeLimit=2e9"]);
+    let stderr = String::from_utf8_lossy(&unreadable.stderr);
+    assert!(
+        !unreadable.status.success() && stderr.contains("receiver.journal.sizeLimit"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -129,6 +129,9 @@ The only place flags are spelled: values -> args. */}}
 - --listen={{ include "hookwarden.bindAddr" (dict "root" . "port" .Values.receiver.port) }}
 - --metrics-addr={{ include "hookwarden.bindAddr" (dict "root" . "port" .Values.receiver.metricsPort) }}
 - --journal-dir={{ .Values.receiver.journal.mountPath }}
+{{- with include "hookwarden.receiver.journalMaxBytes" . }}
+- --journal-max-bytes={{ . }}
+{{- end }}
 - --status-interval={{ .Values.receiver.statusInterval }}
 - --log-format={{ .Values.logFormat }}
 {{- with include "hookwarden.externalBaseURL" . }}
@@ -187,3 +190,51 @@ selector:
   matchLabels:
     {{- include "hookwarden.componentSelectorLabels" . | nindent 4 }}
 {{- end }}
+
+{{/*
+Bytes in a size given as a number, optionally with a binary or decimal suffix ("1Gi",
+"1.5Gi", "500M", 1073741824). Input: dict "quantity" and "what" (the value's name, for the
+error). Other forms (exponents, milli) are refused with a message rather than misread.
+*/}}
+{{- define "hookwarden.quantityBytes" -}}
+{{- $q := .quantity -}}
+{{- if or (kindIs "float64" $q) (kindIs "int" $q) (kindIs "int64" $q) -}}
+{{- int64 $q -}}
+{{- else -}}
+{{- $s := toString $q -}}
+{{- $number := regexFind "^[0-9]+([.][0-9]+)?" $s -}}
+{{- $suffix := trimPrefix $number $s -}}
+{{- $units := dict "" 1 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 -}}
+{{- if or (not $number) (not (hasKey $units $suffix)) -}}
+{{- fail (printf "%s: %q is not a size this chart can read; write a number with an optional Ki, Mi, Gi, Ti, k, M, G or T suffix, or set receiver.journal.maxBytes explicitly" .what $s) -}}
+{{- end -}}
+{{- mulf (float64 $number) (get $units $suffix) | int64 -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The receiver's journal cap in bytes: receiver.journal.maxBytes, else 75% of the journal
+volume. Empty when neither is known (an emptyDir without sizeLimit): the binary's default.
+*/}}
+{{- define "hookwarden.receiver.journalMaxBytes" -}}
+{{- $j := .Values.receiver.journal -}}
+{{- $what := "receiver.journal.sizeLimit" -}}
+{{- $size := $j.sizeLimit -}}
+{{- if $j.persistence.enabled -}}
+{{- $what = "receiver.journal.persistence.size" -}}
+{{- $size = $j.persistence.size -}}
+{{- end -}}
+{{- $volume := 0 -}}
+{{- if $size -}}
+{{- $volume = include "hookwarden.quantityBytes" (dict "quantity" $size "what" $what) | int64 -}}
+{{- end -}}
+{{- if $j.maxBytes -}}
+{{- $max := include "hookwarden.quantityBytes" (dict "quantity" $j.maxBytes "what" "receiver.journal.maxBytes") | int64 -}}
+{{- if and (gt $volume 0) (gt $max (div (mul $volume 9) 10)) -}}
+{{- fail (printf "receiver.journal.maxBytes (%d bytes) must stay within 90%% of %s (%d bytes): a checkpoint needs room for a second snapshot and the filesystem for itself, and a full emptyDir gets the pod evicted with its journal" $max $what $volume) -}}
+{{- end -}}
+{{- $max -}}
+{{- else if gt $volume 0 -}}
+{{- div (mul $volume 3) 4 -}}
+{{- end -}}
+{{- end -}}
