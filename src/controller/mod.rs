@@ -142,8 +142,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     ready.store(true, Ordering::Relaxed);
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_signal = crate::receiver::cluster::shutdown_signal();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        stop_signal.await;
         info!("shutdown signal received");
         let _ = stop_tx.send(true);
     });
@@ -201,25 +202,6 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         warn!(%identity, "lost leadership; standing by");
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
     }
 }
 

@@ -64,28 +64,40 @@ pub struct ReceiverArgs {
     pub log_format: LogFormat,
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT (Ctrl-C) handlers at once and returns a future that
+/// resolves on the first of them. Installing them before the future is first polled
+/// matters: a SIGTERM that arrives without a handler kills the process on the spot,
+/// without draining requests or flushing the journal to the status.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the process");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            match (term, interrupt) {
+                (Ok(mut term), Ok(mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
+                }
+                (Ok(mut only), Err(e)) | (Err(e), Ok(mut only)) => {
+                    tracing::warn!(error = %e, "cannot watch one of SIGTERM and SIGINT; only the other stops the process cleanly");
+                    only.recv().await;
+                }
+                (Err(e), Err(_)) => {
+                    tracing::error!(error = %e, "cannot watch SIGTERM or SIGINT; the process cannot be stopped cleanly");
+                    std::future::pending::<()>().await;
+                }
             }
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -139,8 +151,9 @@ pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
         watch_stop,
     ));
     let signal = shutdown.clone();
+    let stop_signal = shutdown_signal();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        stop_signal.await;
         tracing::info!("shutting down: no new deliveries, draining the queue, flushing status");
         signal.cancel();
     });

@@ -195,13 +195,14 @@ impl<W: StatusWriter> Receiver<W> {
             dedup.remember_digest(id.digest(), id.expires_at_ms);
         }
         let journal = Arc::new(journal);
-        let (sink, status_loop) = runtime::build(
-            journal.clone(),
-            writer,
-            ledger,
-            lookup,
-            options.runtime.clone(),
-        );
+        // The runtime counts journal appends, queue depth and status writes into the
+        // same (registered) metrics as the pipeline.
+        let runtime_config = RuntimeConfig {
+            metrics: metrics.clone(),
+            ..options.runtime.clone()
+        };
+        let (sink, status_loop) =
+            runtime::build(journal.clone(), writer, ledger, lookup, runtime_config);
         let state = Arc::new(ReceiverState::new(
             config,
             handle.routes.clone(),

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use self::get::OutputFormat;
@@ -40,6 +41,12 @@ pub struct StandaloneArgs {
     /// Address to serve /hooks/… on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Also serve Prometheus /metrics (deliveries, journal size, fsync latency, pending
+    /// and replayed entries: the cluster receiver's series) on this address. Off unless
+    /// given; port 0 picks a free port. Kept off the --listen address, which may be
+    /// exposed to senders through a tunnel.
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
     /// Where paths, generated secrets, the journal and status are kept
     /// (default DIR/.hookwarden-state).
     #[arg(long)]
@@ -182,9 +189,21 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
         external_base_url: args.external_base_url.clone(),
         runtime: config,
     };
+    let metrics_listener = match args.metrics_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics"))?,
+        ),
+        None => None,
+    };
+    let mut registry = metrics_listener.as_ref().map(|_| Registry::default());
     // The journal's lock comes first: a second standalone on the same state stops here,
     // before it touches assignments or status.
-    let receiver = Receiver::start(options, Arc::new(state.status_writer()), None).await?;
+    let receiver =
+        Receiver::start(options, Arc::new(state.status_writer()), registry.as_mut()).await?;
+    // Before the table is printed: whoever reads it may stop us right away.
+    let stop_signal = crate::receiver::cluster::shutdown_signal();
     let synced = sync::sync(&dir, &state, &base_url, jiff::Timestamp::now())?;
     report(&synced);
     for error in receiver.handle().replace_all(synced.routes.clone()) {
@@ -198,9 +217,21 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
         state_root.display()
     );
     print_table(&synced.rows);
+    let shutdown = CancellationToken::new();
+    let metrics_task = match (metrics_listener, registry) {
+        (Some(listener), Some(registry)) => {
+            println!("Metrics: http://{}/metrics", listener.local_addr()?);
+            let app = crate::receiver::metrics::metrics_router(Arc::new(registry));
+            let stop = shutdown.clone();
+            Some(tokio::spawn(async move {
+                crate::receiver::server::serve(listener, app, async move { stop.cancelled().await })
+                    .await
+            }))
+        }
+        _ => None,
+    };
     println!("Status: hookwarden get --state {}", state_root.display());
 
-    let shutdown = CancellationToken::new();
     let reload = tokio::spawn(reload_loop(
         dir.clone(),
         state.clone(),
@@ -210,12 +241,15 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
     ));
     let signal = shutdown.clone();
     tokio::spawn(async move {
-        crate::receiver::cluster::shutdown_signal().await;
+        stop_signal.await;
         signal.cancel();
     });
     receiver.serve(listener, shutdown.clone()).await?;
     shutdown.cancel();
     let _ = reload.await;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

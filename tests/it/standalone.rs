@@ -30,6 +30,8 @@ struct Standalone {
     child: Child,
     /// `namespace/name` → URL, from the startup table.
     urls: BTreeMap<String, String>,
+    /// The `Metrics:` URL it printed (with `--metrics-addr`).
+    metrics: Option<String>,
 }
 
 impl Standalone {
@@ -51,6 +53,7 @@ impl Standalone {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut urls = BTreeMap::new();
+            let mut metrics = None;
             let mut sent = false;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
@@ -58,16 +61,23 @@ impl Standalone {
                 if cells.len() >= 3 && cells[2].contains("/hooks/") {
                     urls.insert(cells[0].to_string(), cells[2].to_string());
                 }
+                if let Some(url) = line.strip_prefix("Metrics: ") {
+                    metrics = Some(url.trim().to_string());
+                }
                 if line.starts_with("Status:") && !sent {
-                    let _ = tx.send(urls.clone());
+                    let _ = tx.send((urls.clone(), metrics.clone()));
                     sent = true;
                 }
             }
         });
-        let urls = rx
+        let (urls, metrics) = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("standalone printed its table");
-        Standalone { child, urls }
+        Standalone {
+            child,
+            urls,
+            metrics,
+        }
     }
 
     fn url(&self, key: &str) -> &str {
@@ -610,6 +620,64 @@ fn a_full_journal_answers_503_and_the_retry_is_accepted_after_compaction() {
         accepted(o) == accepted_count
     });
     assert_eq!(open(&object), 1);
+    receiver.stop();
+}
+
+/// `GET url` over a fresh connection: the body, or None when the connection failed.
+fn get_body(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (authority, path) = rest.split_at(rest.find('/').expect("path"));
+    let mut stream = TcpStream::connect(authority).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// The value of the first sample of `series` (a full name, labels included or not).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn metrics_addr_serves_the_receiver_and_journal_series() {
+    let dir = folder_with(&["datadog.yaml"]);
+    let plain = Standalone::start(dir.path());
+    assert_eq!(plain.metrics, None, "metrics are off unless asked for");
+    plain.stop();
+
+    let receiver = Standalone::start_with(dir.path(), &["--metrics-addr", "127.0.0.1:0"]);
+    let url = receiver.url("default/datadog-prod").to_string();
+    for i in 0..3 {
+        assert_eq!(
+            datadog(&url, &format!("metrics-{i}"), "disk", "Triggered"),
+            Some(202)
+        );
+    }
+    let metrics = receiver.metrics.clone().expect("a Metrics: line");
+    let text = get_body(&metrics).expect("GET /metrics answers 200");
+    let fsyncs = sample(&text, "hookwarden_journal_fsync_seconds_count").expect(&text);
+    assert!(
+        fsyncs >= 1.0,
+        "each acknowledged delivery was fsync'd: {fsyncs}"
+    );
+    assert!(
+        sample(&text, "hookwarden_journal_bytes").is_some_and(|b| b > 0.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "hookwarden_receiver_journal_appends_total").is_some_and(|n| n >= 3.0),
+        "{text}"
+    );
     receiver.stop();
 }
 
