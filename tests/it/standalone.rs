@@ -197,6 +197,16 @@ fn incidents(object: &serde_json::Value) -> BTreeMap<String, String> {
 /// One HTTP/1.1 POST over a fresh connection: the status code and the raw response,
 /// or None when the connection failed (the process is gone).
 pub(crate) fn post_raw(url: &str, headers: &[(&str, &str)], body: &str) -> Option<(u16, String)> {
+    request_raw("POST", url, headers, body)
+}
+
+/// One HTTP/1.1 request over a fresh connection (`Connection: close`).
+fn request_raw(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<(u16, String)> {
     let rest = url.strip_prefix("http://").expect("http URL");
     let (authority, path) = rest.split_at(rest.find('/').expect("path"));
     let mut stream = TcpStream::connect(authority).ok()?;
@@ -204,7 +214,7 @@ pub(crate) fn post_raw(url: &str, headers: &[(&str, &str)], body: &str) -> Optio
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
     let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
     for (name, value) in headers {
@@ -623,20 +633,11 @@ fn a_full_journal_answers_503_and_the_retry_is_accepted_after_compaction() {
     receiver.stop();
 }
 
-/// `GET url` over a fresh connection: the body, or None when the connection failed.
+/// The body of `GET url` when it answers 200.
 fn get_body(url: &str) -> Option<String> {
-    let rest = url.strip_prefix("http://").expect("http URL");
-    let (authority, path) = rest.split_at(rest.find('/').expect("path"));
-    let mut stream = TcpStream::connect(authority).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    let (code, response) = request_raw("GET", url, &[], "")?;
+    let (_, body) = response.split_once("\r\n\r\n")?;
+    (code == 200).then(|| body.to_string())
 }
 
 /// The value of the first sample of `series` (a full name, labels included or not).
