@@ -8,6 +8,7 @@ pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod domain;
+pub mod events;
 pub mod journal;
 pub mod receiver;
 pub mod route;

@@ -19,7 +19,7 @@ use axum::routing::get;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt as _};
@@ -219,7 +219,7 @@ pub async fn run_controller(
             .clone()
             .or_else(|| std::env::var("HOSTNAME").ok()),
     };
-    let recorder = Recorder::new(client.clone(), reporter);
+    let recorder = crate::events::EventRecorder::new(client.clone(), reporter);
     let ctx = Arc::new(Context::new(
         client.clone(),
         args.namespace.clone(),

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt as _};
@@ -24,6 +24,7 @@ use super::plan::{
 };
 use crate::crd::{FINALIZER, WebhookIntegration};
 use crate::domain::secret::{generate_path, generate_secret};
+use crate::events::EventRecorder;
 use crate::route::Route;
 
 /// Server-side apply field manager of the controller.
@@ -40,7 +41,7 @@ pub struct Context {
     /// hookwarden's own namespace, where route Secrets live.
     pub route_namespace: String,
     pub external_base_url: Option<String>,
-    pub recorder: Recorder,
+    pub recorder: EventRecorder,
     pub metrics: Arc<ControllerMetrics>,
     /// Unix seconds; replaceable in tests.
     pub clock: Arc<dyn Fn() -> i64 + Send + Sync>,
@@ -53,7 +54,7 @@ impl Context {
         client: Client,
         route_namespace: String,
         external_base_url: Option<String>,
-        recorder: Recorder,
+        recorder: EventRecorder,
         metrics: Arc<ControllerMetrics>,
     ) -> Context {
         Context {

@@ -14,12 +14,14 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Reporter};
 use kube::{Client, Resource as _};
 use serde::{Deserialize, Serialize};
 
 use crate::crd::{DeliveryStatus, IncidentsStatus, WebhookIntegration, WebhookIntegrationStatus};
+use crate::domain::incident::IncidentState;
 use crate::domain::incident::state::IncidentBook;
+use crate::events::EventRecorder;
 use crate::receiver::ledger::{Counters, IncidentNotice};
 
 /// Field manager of every receiver status write.
@@ -359,7 +361,7 @@ const API_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct KubeStatusWriter {
     client: Client,
-    recorder: Recorder,
+    recorder: EventRecorder,
 }
 
 impl KubeStatusWriter {
@@ -370,7 +372,7 @@ impl KubeStatusWriter {
             instance,
         };
         KubeStatusWriter {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: EventRecorder::new(client.clone(), reporter),
             client,
         }
     }
@@ -432,7 +434,7 @@ impl KubeStatusWriter {
         }
     }
 
-    async fn announce(&self, object: &WebhookIntegration, notices: &[IncidentNotice]) {
+    async fn announce(&self, object: &WebhookIntegration, notices: &[&IncidentNotice]) {
         let reference = object.object_ref(&());
         let integration = format!(
             "{}/{}",
@@ -471,6 +473,32 @@ enum Attempt {
     Failed(StatusWriteError),
 }
 
+/// The notices no other writer announced yet. Every replica announces the opens and
+/// resolves it saw, and with several replicas the same incident reaches more than one of
+/// them; the status this write was merged into (read under optimistic concurrency, so a
+/// concurrent writer forces a re-read) says which changes are already there: an open of
+/// an incident it shows open, or a resolve of one it shows resolved, was announced by the
+/// replica that wrote it first. An incident the status does not know is announced.
+fn unannounced<'a>(
+    before: &ReceiverStatus,
+    notices: &'a [IncidentNotice],
+) -> Vec<&'a IncidentNotice> {
+    let mut open: std::collections::HashMap<&str, bool> = before
+        .incidents
+        .recent
+        .iter()
+        .chain(&before.incidents.tracked)
+        .map(|i| (i.id.as_str(), i.state == IncidentState::Open.as_str()))
+        .collect();
+    notices
+        .iter()
+        .filter(|notice| {
+            let was_open = open.insert(notice.id.as_str(), !notice.resolved);
+            was_open != Some(!notice.resolved)
+        })
+        .collect()
+}
+
 fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
@@ -488,7 +516,11 @@ impl StatusWriter for KubeStatusWriter {
         for _ in 0..CONFLICT_RETRIES {
             match self.try_write(&api, update).await {
                 Ok(object) => {
-                    self.announce(&object, &update.notices).await;
+                    // `object` is the status this write was merged into: what other
+                    // replicas wrote (and announced) before it.
+                    let before = ReceiverStatus::from_status(object.status.as_ref());
+                    self.announce(&object, &unannounced(&before, &update.notices))
+                        .await;
                     return Ok(());
                 }
                 Err(Attempt::Conflict) => continue,
@@ -635,5 +667,61 @@ mod tests {
         assert_eq!(read.deliveries.accepted, 3);
         assert_eq!(read.incidents.open, 1);
         assert!(writer.read("ns", "dd", "other-uid").is_none());
+    }
+
+    fn on_status(incidents: &[(&str, &str)]) -> ReceiverStatus {
+        let summary = |(id, state): &(&str, &str)| {
+            serde_json::from_value::<crate::crd::IncidentSummary>(
+                serde_json::json!({"id": id, "state": state}),
+            )
+            .expect("summary")
+        };
+        let mut status = ReceiverStatus::default();
+        // One in `recent`, the rest in `tracked`: both count.
+        status.incidents.recent = incidents.iter().take(1).map(summary).collect();
+        status.incidents.tracked = incidents.iter().skip(1).map(summary).collect();
+        status
+    }
+
+    fn notice(id: &str, resolved: bool) -> IncidentNotice {
+        IncidentNotice {
+            id: id.into(),
+            title: "t".into(),
+            severity: "high".into(),
+            resolved,
+        }
+    }
+
+    #[test]
+    fn changes_another_replica_already_wrote_are_not_announced_again() {
+        let before = on_status(&[
+            ("open-1", "open"),
+            ("done-1", "resolved"),
+            ("open-2", "open"),
+        ]);
+        let notices = vec![
+            notice("open-1", false), // the other replica opened it: skip
+            notice("done-1", true),  // already resolved there: skip
+            notice("open-2", true),  // resolved only here: announce
+            notice("done-1", false), // re-opened: announce
+            notice("new", false),    // unknown to the status: announce
+            notice("new", true),     // opened and resolved within one interval: both
+            notice("gone", true),    // status no longer tracks it: announce, never lose one
+        ];
+        let announced: Vec<(&str, bool)> = unannounced(&before, &notices)
+            .into_iter()
+            .map(|n| (n.id.as_str(), n.resolved))
+            .collect();
+        assert_eq!(
+            announced,
+            [
+                ("open-2", true),
+                ("done-1", false),
+                ("new", false),
+                ("new", true),
+                ("gone", true)
+            ]
+        );
+        assert!(unannounced(&ReceiverStatus::default(), &[]).is_empty());
     }
 }

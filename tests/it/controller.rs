@@ -6,11 +6,12 @@ use std::sync::Arc;
 use hookwarden::controller::metrics::ControllerMetrics;
 use hookwarden::controller::reconcile::{Context, reconcile};
 use hookwarden::crd::WebhookIntegration;
+use hookwarden::events::EventRecorder;
 use hookwarden::route::Route;
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
 use tower_test::mock;
 
@@ -96,7 +97,7 @@ fn serve(mut handle: Handle, steps: Vec<Step>) -> tokio::task::JoinHandle<Vec<Va
 
 fn context(handle_client: kube::Client) -> Arc<Context> {
     let mut registry = prometheus_client::registry::Registry::default();
-    let recorder = Recorder::new(
+    let recorder = EventRecorder::new(
         handle_client.clone(),
         Reporter {
             controller: "hookwarden-controller".into(),

@@ -1032,6 +1032,25 @@ async fn delivery_scenario(cluster: Cluster) {
         );
         let after = status_writes().unwrap_or_default() - writes_before - during;
         let requests_after = receiver_requests() - requests_before - requests_during;
+        // Each incident opened during the pause is announced by one Event of its own,
+        // whichever replicas saw it: not folded into another incident's series, not
+        // twice.
+        let events = emu.objects("events");
+        for k in 0..20 {
+            let opened = format!("incident pause-k-{k} opened");
+            let announced: Vec<&Value> = events
+                .iter()
+                .filter(|e| {
+                    e["reason"] == "IncidentOpened"
+                        && e["message"].as_str().is_some_and(|m| m.contains(&opened))
+                })
+                .collect();
+            assert_eq!(
+                announced.len(),
+                1,
+                "IncidentOpened Events for pause-k-{k}: {announced:?}"
+            );
+        }
         eprintln!(
             "[{:?}] 7. 200 deliveries during a 30 s pause: caught up {caught_up:?} after resume, {during} status writes while paused, {after} after; all receiver requests: {requests_during} while paused, {requests_after} after",
             started.elapsed()
