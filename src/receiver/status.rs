@@ -381,7 +381,7 @@ impl KubeStatusWriter {
         &self,
         api: &Api<WebhookIntegration>,
         update: &StatusUpdate,
-    ) -> Result<WebhookIntegration, Attempt> {
+    ) -> Result<(WebhookIntegration, ReceiverStatus), Attempt> {
         let object = match tokio::time::timeout(API_TIMEOUT, api.get_status(&update.name)).await {
             Err(_) => {
                 return Err(Attempt::Failed(StatusWriteError::Transient(
@@ -412,7 +412,7 @@ impl KubeStatusWriter {
             "status": {
                 "deliveries": merged.deliveries,
                 "incidents": merged.incidents,
-                "conditions": merged.degraded.into_iter().collect::<Vec<_>>(),
+                "conditions": merged.degraded.iter().collect::<Vec<_>>(),
             }
         });
         let params = PatchParams::apply(FIELD_MANAGER).force();
@@ -430,7 +430,7 @@ impl KubeStatusWriter {
                 Err(Attempt::Failed(StatusWriteError::Gone(update.key())))
             }
             Ok(Err(e)) => Err(Attempt::Failed(StatusWriteError::Transient(e.to_string()))),
-            Ok(Ok(_)) => Ok(object),
+            Ok(Ok(_)) => Ok((object, merged)),
         }
     }
 
@@ -473,29 +473,46 @@ enum Attempt {
     Failed(StatusWriteError),
 }
 
-/// The notices no other writer announced yet. Every replica announces the opens and
-/// resolves it saw, and with several replicas the same incident reaches more than one of
-/// them; the status this write was merged into (read under optimistic concurrency, so a
-/// concurrent writer forces a re-read) says which changes are already there: an open of
-/// an incident it shows open, or a resolve of one it shows resolved, was announced by the
-/// replica that wrote it first. An incident the status does not know is announced.
+/// The notices to announce as Events. Every replica announces the opens and resolves it
+/// saw, and with several replicas the same incident reaches more than one of them. Two
+/// statuses decide:
+/// - `before`, the status this write was merged into (read under optimistic concurrency,
+///   so a concurrent writer forces a re-read): an open of an incident it shows open, or a
+///   resolve of one it shows resolved, was announced by the replica that wrote it first;
+/// - `written`, the merged status: the last change of an incident in this write is
+///   announced only if the incident ended up in that state (an open that reached this
+///   replica late, after another replica wrote a newer resolve, is not news).
+///
+/// An incident neither status shows (dropped for space) is announced.
 fn unannounced<'a>(
     before: &ReceiverStatus,
+    written: &ReceiverStatus,
     notices: &'a [IncidentNotice],
 ) -> Vec<&'a IncidentNotice> {
-    let mut open: std::collections::HashMap<&str, bool> = before
+    let mut open = incident_states(before);
+    let written = incident_states(written);
+    notices
+        .iter()
+        .enumerate()
+        .filter(|(i, notice)| {
+            let opens = !notice.resolved;
+            let was_open = open.insert(notice.id.as_str(), opens);
+            let last = !notices[i + 1..].iter().any(|n| n.id == notice.id);
+            let outcome = written.get(notice.id.as_str()).copied();
+            was_open != Some(opens) && (!last || outcome.is_none_or(|o| o == opens))
+        })
+        .map(|(_, notice)| notice)
+        .collect()
+}
+
+/// Incident id → whether the status shows it open.
+fn incident_states(status: &ReceiverStatus) -> std::collections::HashMap<&str, bool> {
+    status
         .incidents
         .recent
         .iter()
-        .chain(&before.incidents.tracked)
+        .chain(&status.incidents.tracked)
         .map(|i| (i.id.as_str(), i.state == IncidentState::Open.as_str()))
-        .collect();
-    notices
-        .iter()
-        .filter(|notice| {
-            let was_open = open.insert(notice.id.as_str(), !notice.resolved);
-            was_open != Some(!notice.resolved)
-        })
         .collect()
 }
 
@@ -515,12 +532,12 @@ impl StatusWriter for KubeStatusWriter {
         let api: Api<WebhookIntegration> = Api::namespaced(self.client.clone(), &update.namespace);
         for _ in 0..CONFLICT_RETRIES {
             match self.try_write(&api, update).await {
-                Ok(object) => {
+                Ok((object, written)) => {
                     // `object` is the status this write was merged into: what other
                     // replicas wrote (and announced) before it.
                     let before = ReceiverStatus::from_status(object.status.as_ref());
-                    self.announce(&object, &unannounced(&before, &update.notices))
-                        .await;
+                    let fresh = unannounced(&before, &written, &update.notices);
+                    self.announce(&object, &fresh).await;
                     return Ok(());
                 }
                 Err(Attempt::Conflict) => continue,
@@ -698,6 +715,14 @@ mod tests {
             ("open-1", "open"),
             ("done-1", "resolved"),
             ("open-2", "open"),
+            ("late", "resolved"),
+        ]);
+        let written = on_status(&[
+            ("open-1", "open"),
+            ("done-1", "open"),
+            ("open-2", "resolved"),
+            ("late", "resolved"),
+            ("new", "resolved"),
         ]);
         let notices = vec![
             notice("open-1", false), // the other replica opened it: skip
@@ -706,9 +731,10 @@ mod tests {
             notice("done-1", false), // re-opened: announce
             notice("new", false),    // unknown to the status: announce
             notice("new", true),     // opened and resolved within one interval: both
-            notice("gone", true),    // status no longer tracks it: announce, never lose one
+            notice("gone", true),    // no longer on the status: announce, never lose one
+            notice("late", false),   // older than the resolve another replica wrote: skip
         ];
-        let announced: Vec<(&str, bool)> = unannounced(&before, &notices)
+        let announced: Vec<(&str, bool)> = unannounced(&before, &written, &notices)
             .into_iter()
             .map(|n| (n.id.as_str(), n.resolved))
             .collect();
@@ -722,6 +748,7 @@ mod tests {
                 ("gone", true)
             ]
         );
-        assert!(unannounced(&ReceiverStatus::default(), &[]).is_empty());
+        let nothing = ReceiverStatus::default();
+        assert!(unannounced(&nothing, &nothing, &[]).is_empty());
     }
 }

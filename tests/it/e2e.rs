@@ -1055,6 +1055,30 @@ async fn delivery_scenario(cluster: Cluster) {
             "[{:?}] 7. 200 deliveries during a 30 s pause: caught up {caught_up:?} after resume, {during} status writes while paused, {after} after; all receiver requests: {requests_during} while paused, {requests_after} after",
             started.elapsed()
         );
+        {
+            // What the receivers asked after the resume, by verb and resource (for the
+            // bound below).
+            let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
+            for r in emu
+                .requests()
+                .iter()
+                .filter(|r| r.caller == ids.receiver_caller)
+                .skip(requests_before + requests_during)
+            {
+                let kind = format!(
+                    "{} {}{} {}",
+                    r.verb,
+                    r.resource,
+                    r.subresource
+                        .as_deref()
+                        .map(|s| format!("/{s}"))
+                        .unwrap_or_default(),
+                    r.code.unwrap_or(0)
+                );
+                *kinds.entry(kind).or_default() += 1;
+            }
+            eprintln!("    receiver requests after resume: {kinds:?}");
+        }
         if std::env::var_os("HOOKWARDEN_E2E_DUMP").is_some() {
             for r in emu
                 .requests()
