@@ -460,7 +460,7 @@ impl Writer {
             return;
         }
         let active_has_entries = self.segments.back().is_some_and(|s| s.last_seq.is_some());
-        let active_len = self.segments.back().map_or(0, |s| s.len);
+        let active_len = self.active_len();
         if active_has_entries
             && active_len >= self.config.segment_bytes
             && let Err(e) = self.roll()
@@ -546,15 +546,13 @@ impl Writer {
     /// back (the journal stays usable: disk full is usually temporary); a failed fsync
     /// fails the journal (see the module docs on the fsync gate).
     fn write_and_sync(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let synced_len = self.segments.back().map_or(0, |s| s.len);
         let path = self
             .segments
             .back()
             .map(|s| s.path.clone())
             .unwrap_or_default();
         if let Err(error) = self.write_active(bytes) {
-            self.allocated = synced_len;
-            if let Err(undo) = self.active.set_len(synced_len) {
+            if let Err(undo) = self.cut_to_batches() {
                 self.fail(Failure {
                     kind: undo.kind(),
                     message: format!(
@@ -579,8 +577,7 @@ impl Writer {
             // Cut the never-acknowledged batch off (best effort, no fsync): otherwise a
             // reopen in this process could read it back from the page cache although it
             // may never reach the disk, and write new batches after it.
-            let _ = self.active.set_len(synced_len);
-            self.allocated = synced_len;
+            let _ = self.cut_to_batches();
             let message = format!(
                 "journal fsync of {} failed ({error}); the journal refuses writes until it is reopened",
                 path.display()
@@ -603,7 +600,7 @@ impl Writer {
     /// (`format.rs`). The zeros are best effort: if they cannot be written (a full
     /// disk), the batch stands alone.
     fn write_active(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let at = self.segments.back().map_or(0, |s| s.len);
+        let at = self.active_len();
         let end = at + bytes.len() as u64;
         #[cfg(test)]
         if self.shared.faults.fail_write.load(Ordering::Acquire) {
@@ -631,16 +628,27 @@ impl Writer {
     /// when the segment is sealed). Best effort and without fsync: a crash before the
     /// trim reaches the disk leaves zeros, which recovery reads as the end.
     fn trim_active(&mut self) {
-        let len = self.segments.back().map_or(0, |s| s.len);
-        if self.failed.is_some() || self.allocated <= len {
+        if self.failed.is_some() || self.allocated <= self.active_len() {
             return;
         }
-        match self.active.set_len(len) {
-            Ok(()) => self.allocated = len,
-            Err(error) => {
-                tracing::debug!(%error, "cannot trim the zeros after the journal's batches")
-            }
+        if let Err(error) = self.cut_to_batches() {
+            tracing::debug!(%error, "cannot trim the zeros after the journal's batches");
         }
+    }
+
+    /// End of the active segment's batches: everything written and fsync'd (a batch
+    /// counts only once its commit succeeded).
+    fn active_len(&self) -> u64 {
+        self.segments.back().map_or(0, |s| s.len)
+    }
+
+    /// Truncates the active segment's file to its batches: drops a batch whose write or
+    /// fsync failed, and the zeros written ahead.
+    fn cut_to_batches(&mut self) -> io::Result<()> {
+        let len = self.active_len();
+        self.active.set_len(len)?;
+        self.allocated = len;
+        Ok(())
     }
 
     fn sync_active(&self) -> io::Result<()> {
