@@ -128,14 +128,11 @@ pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
 
     let shutdown = CancellationToken::new();
-    let metrics_stop = shutdown.clone();
-    let metrics_app = crate::receiver::metrics::metrics_router(Arc::new(registry));
-    let metrics_task = tokio::spawn(async move {
-        crate::receiver::server::serve(metrics_listener, metrics_app, async move {
-            metrics_stop.cancelled().await
-        })
-        .await
-    });
+    let metrics_task = crate::receiver::metrics::spawn_metrics_server(
+        metrics_listener,
+        registry,
+        shutdown.clone(),
+    );
     let watch_stop = shutdown.clone();
     // Weak: the watch must not keep the pipeline (and so the journal) alive at shutdown,
     // or the journal could not be closed cleanly.

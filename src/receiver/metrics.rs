@@ -156,6 +156,19 @@ impl ReceiverMetrics {
     }
 }
 
+/// Serves [`metrics_router`] on its own listener until `stop` is cancelled (the cluster
+/// receiver's `--metrics-addr`, and standalone's).
+pub fn spawn_metrics_server(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    let app = metrics_router(Arc::new(registry));
+    tokio::spawn(async move {
+        super::server::serve(listener, app, async move { stop.cancelled().await }).await
+    })
+}
+
 /// `GET /metrics` in the OpenMetrics text format, for a separate port or the main one.
 pub fn metrics_router(registry: Arc<Registry>) -> Router {
     Router::new()

@@ -189,19 +189,24 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
         external_base_url: args.external_base_url.clone(),
         runtime: config,
     };
-    let metrics_listener = match args.metrics_addr {
-        Some(addr) => Some(
+    // With --metrics-addr: its listener and the registry the receiver fills.
+    let mut metrics = match args.metrics_addr {
+        Some(addr) => Some((
             tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} for metrics"))?,
-        ),
+            Registry::default(),
+        )),
         None => None,
     };
-    let mut registry = metrics_listener.as_ref().map(|_| Registry::default());
     // The journal's lock comes first: a second standalone on the same state stops here,
     // before it touches assignments or status.
-    let receiver =
-        Receiver::start(options, Arc::new(state.status_writer()), registry.as_mut()).await?;
+    let receiver = Receiver::start(
+        options,
+        Arc::new(state.status_writer()),
+        metrics.as_mut().map(|(_, registry)| registry),
+    )
+    .await?;
     // Before the table is printed: whoever reads it may stop us right away.
     let stop_signal = crate::receiver::cluster::shutdown_signal();
     let synced = sync::sync(&dir, &state, &base_url, jiff::Timestamp::now())?;
@@ -218,17 +223,16 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
     );
     print_table(&synced.rows);
     let shutdown = CancellationToken::new();
-    let metrics_task = match (metrics_listener, registry) {
-        (Some(listener), Some(registry)) => {
+    let metrics_task = match metrics {
+        Some((listener, registry)) => {
             println!("Metrics: http://{}/metrics", listener.local_addr()?);
-            let app = crate::receiver::metrics::metrics_router(Arc::new(registry));
-            let stop = shutdown.clone();
-            Some(tokio::spawn(async move {
-                crate::receiver::server::serve(listener, app, async move { stop.cancelled().await })
-                    .await
-            }))
+            Some(crate::receiver::metrics::spawn_metrics_server(
+                listener,
+                registry,
+                shutdown.clone(),
+            ))
         }
-        _ => None,
+        None => None,
     };
     println!("Status: hookwarden get --state {}", state_root.display());
 
