@@ -66,6 +66,10 @@ struct Options {
     /// tmpfs makes fsync free). Default: cargo's target/tmp.
     #[arg(long, requires = "standalone")]
     state_dir: Option<std::path::PathBuf>,
+    /// Pass `--journal-commit-window` to the standalone receiver (e.g. 0, 400us, 1ms).
+    /// Default: the binary's own default.
+    #[arg(long, requires = "standalone")]
+    journal_commit_window: Option<String>,
     /// Skip the nginx comparison.
     #[arg(long)]
     no_nginx: bool,
@@ -183,6 +187,7 @@ fn start_standalone(
     provider: ProviderKind,
     workers: usize,
     parent: Option<&std::path::Path>,
+    commit_window: Option<&str>,
 ) -> Result<(Target, Standalone), Box<dyn std::error::Error>> {
     use std::io::BufRead as _;
     let dir = match parent {
@@ -203,7 +208,10 @@ fn start_standalone(
     };
     std::fs::write(dir.path().join("bench.yaml"), yaml)?;
     let log = std::fs::File::create(dir.path().join("standalone.log"))?;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hookwarden"))
+    // HOOKWARDEN_BENCH_BIN runs another build's binary with this client (A/B comparisons).
+    let binary = std::env::var_os("HOOKWARDEN_BENCH_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_hookwarden").into());
+    let mut child = Command::new(binary)
         .args([
             "standalone",
             "--listen",
@@ -213,6 +221,7 @@ fn start_standalone(
             "--dir",
         ])
         .arg(dir.path())
+        .args(commit_window.map(|w| format!("--journal-commit-window={w}")))
         .env("TOKIO_WORKER_THREADS", workers.to_string())
         .stdout(Stdio::piped())
         .stderr(log)
@@ -628,12 +637,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             (parse_url(url, secret)?, format!("receiver at {url}"))
         }
         None if options.standalone => {
-            let (target, running) =
-                start_standalone(provider, options.workers, options.state_dir.as_deref())?;
+            let (target, running) = start_standalone(
+                provider,
+                options.workers,
+                options.state_dir.as_deref(),
+                options.journal_commit_window.as_deref(),
+            )?;
             let label = format!(
-                "hookwarden standalone, journal in {} ({} workers)",
+                "hookwarden standalone, journal in {} ({} workers, commit window {})",
                 running.dir.path().display(),
-                options.workers
+                options.workers,
+                options
+                    .journal_commit_window
+                    .as_deref()
+                    .unwrap_or("default")
             );
             standalone = Some(running);
             (target, label)

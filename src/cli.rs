@@ -93,3 +93,51 @@ pub fn main() -> ExitCode {
 fn unreachable_command() -> anyhow::Result<ExitCode> {
     anyhow::bail!("command handled before the runtime started")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser as _;
+
+    use super::{Cli, Command};
+    use crate::receiver::service::DEFAULT_JOURNAL_COMMIT_WINDOW;
+
+    fn commit_window(args: &[&str]) -> Result<Duration, clap::Error> {
+        Ok(match Cli::try_parse_from(args)?.command {
+            Command::Standalone(a) => a.journal_commit_window,
+            Command::Receiver(a) => a.journal_commit_window,
+            other => panic!("unexpected command {other:?}"),
+        })
+    }
+
+    #[test]
+    fn journal_commit_window_defaults_parses_and_refuses_long_waits() {
+        for command in [
+            &["hookwarden", "standalone", "--dir", "."][..],
+            &["hookwarden", "receiver", "--namespace", "ns"][..],
+        ] {
+            assert_eq!(
+                commit_window(command).expect("defaults"),
+                DEFAULT_JOURNAL_COMMIT_WINDOW,
+                "{command:?}"
+            );
+        }
+        let with = |value: &str| {
+            commit_window(&[
+                "hookwarden",
+                "standalone",
+                "--dir",
+                ".",
+                "--journal-commit-window",
+                value,
+            ])
+        };
+        assert_eq!(with("0").expect("none"), Duration::ZERO);
+        assert_eq!(with("1.5ms").expect("ms"), Duration::from_micros(1500));
+        assert_eq!(with("250us").expect("us"), Duration::from_micros(250));
+        let long = with("2s").expect_err("a 2 s wait is refused").to_string();
+        assert!(long.contains("longer than 100ms"), "{long}");
+        assert!(with("soon").is_err());
+    }
+}

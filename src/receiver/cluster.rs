@@ -50,6 +50,10 @@ pub struct ReceiverArgs {
     /// Cap on the journal's size on disk; beyond it deliveries get 503 + Retry-After.
     #[arg(long, env = "HOOKWARDEN_JOURNAL_MAX_BYTES", default_value_t = crate::receiver::service::DEFAULT_JOURNAL_MAX_BYTES)]
     pub journal_max_bytes: u64,
+    /// How long a journal commit may wait for deliveries still on their way, so more of
+    /// them share one fsync (0: commit as soon as the previous fsync is done).
+    #[arg(long, env = "HOOKWARDEN_JOURNAL_COMMIT_WINDOW", default_value = "400us", value_parser = crate::receiver::service::parse_commit_window)]
+    pub journal_commit_window: Duration,
     /// At most one status write per integration per this interval.
     #[arg(long, env = "HOOKWARDEN_STATUS_INTERVAL", default_value = "2s", value_parser = crate::standalone::parse_duration)]
     pub status_interval: Duration,
@@ -111,6 +115,7 @@ pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
     let options = ReceiverOptions {
         journal_dir: args.journal_dir.clone(),
         journal_max_bytes: args.journal_max_bytes,
+        journal_commit_window: args.journal_commit_window,
         trusted_proxies: args.trusted_proxies.clone(),
         external_base_url: args.external_base_url.clone(),
         runtime: crate::receiver::runtime::RuntimeConfig {

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use prometheus_client::registry::Registry;
@@ -30,12 +31,36 @@ pub const DEDUP_CAPACITY: u64 = 200_000;
 /// Default cap on the journal's size on disk (1 GiB).
 pub const DEFAULT_JOURNAL_MAX_BYTES: u64 = 1 << 30;
 
+/// Default group commit window: how long a journal commit may wait for the deliveries
+/// that are still on their way when it is smaller than the one before (see
+/// [`JournalConfig::group_commit_window`]). Measured on a virtio disk (docs/bench.md): a
+/// third of the fsyncs, +18% deliveries/s and a lower p99 at the same offered load.
+pub const DEFAULT_JOURNAL_COMMIT_WINDOW: Duration = Duration::from_micros(400);
+
+/// Longest accepted commit window: every acknowledgement may wait this long.
+pub const MAX_JOURNAL_COMMIT_WINDOW: Duration = Duration::from_millis(100);
+
+/// Parses `--journal-commit-window` (`400us`, `0.5ms`, `0` for none), at most
+/// [`MAX_JOURNAL_COMMIT_WINDOW`].
+pub fn parse_commit_window(s: &str) -> Result<Duration, String> {
+    let window = crate::domain::duration::parse(s).map_err(|e| e.to_string())?;
+    if window > MAX_JOURNAL_COMMIT_WINDOW {
+        return Err(format!(
+            "{s} is longer than {}ms: every acknowledgement could wait that long; 0 to 2ms suits local disks",
+            MAX_JOURNAL_COMMIT_WINDOW.as_millis()
+        ));
+    }
+    Ok(window)
+}
+
 /// How to start a receiver.
 #[derive(Clone, Debug)]
 pub struct ReceiverOptions {
     pub journal_dir: PathBuf,
     /// Cap on the journal's size on disk; beyond it deliveries get 503 until compaction.
     pub journal_max_bytes: u64,
+    /// How long a journal commit may wait for company (group commit window).
+    pub journal_commit_window: Duration,
     pub trusted_proxies: Vec<IpNet>,
     pub external_base_url: Option<String>,
     pub runtime: RuntimeConfig,
@@ -158,6 +183,7 @@ impl<W: StatusWriter> Receiver<W> {
     ) -> Result<Receiver<W>, StartError> {
         let journal_config = JournalConfig {
             max_bytes: options.journal_max_bytes,
+            group_commit_window: options.journal_commit_window,
             ..JournalConfig::new(options.journal_dir.clone())
         };
         let (metrics, journal_registry) = match registry {

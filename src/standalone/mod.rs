@@ -64,6 +64,10 @@ pub struct StandaloneArgs {
     /// Retry-After until status catches up and the journal compacts.
     #[arg(long, default_value_t = crate::receiver::service::DEFAULT_JOURNAL_MAX_BYTES)]
     pub journal_max_bytes: u64,
+    /// How long a journal commit may wait for deliveries still on their way, so more of
+    /// them share one fsync (0: commit as soon as the previous fsync is done).
+    #[arg(long, default_value = "400us", value_parser = crate::receiver::service::parse_commit_window)]
+    pub journal_commit_window: Duration,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -185,6 +189,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
     let options = ReceiverOptions {
         journal_dir: state.journal_dir(),
         journal_max_bytes: args.journal_max_bytes,
+        journal_commit_window: args.journal_commit_window,
         trusted_proxies: Vec::new(),
         external_base_url: args.external_base_url.clone(),
         runtime: config,

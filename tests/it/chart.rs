@@ -166,11 +166,18 @@ fn default_values_start_components_with_accepted_flags() {
                     "no public URL is configured by default"
                 );
             }
-            Command::Receiver(args) => assert_eq!(
-                args.journal_max_bytes,
-                768 << 20,
-                "the journal cap is 75% of the 1Gi emptyDir, not all of it"
-            ),
+            Command::Receiver(args) => {
+                assert_eq!(
+                    args.journal_max_bytes,
+                    768 << 20,
+                    "the journal cap is 75% of the 1Gi emptyDir, not all of it"
+                );
+                assert_eq!(
+                    args.journal_commit_window,
+                    hookwarden::receiver::service::DEFAULT_JOURNAL_COMMIT_WINDOW,
+                    "the chart's default commit window is the binary's"
+                );
+            }
             _ => {}
         }
     }
@@ -224,6 +231,12 @@ fn journal_cap_follows_the_volume_and_an_oversized_cap_is_refused() {
 #[test]
 fn non_default_values_reach_the_components() {
     for cli in check_values(Some("charts/hookwarden/ci/full-values.yaml")) {
+        if let Command::Receiver(args) = &cli.command {
+            assert_eq!(
+                args.journal_commit_window,
+                std::time::Duration::from_micros(1500)
+            );
+        }
         if let Command::Controller(args) = cli.command {
             assert_eq!(
                 args.external_base_url.as_deref(),

@@ -132,6 +132,7 @@ The only place flags are spelled: values -> args. */}}
 {{- with include "hookwarden.receiver.journalMaxBytes" . }}
 - --journal-max-bytes={{ . }}
 {{- end }}
+- --journal-commit-window={{ .Values.receiver.journal.commitWindow }}
 - --status-interval={{ .Values.receiver.statusInterval }}
 - --log-format={{ .Values.logFormat }}
 {{- with include "hookwarden.externalBaseURL" . }}
