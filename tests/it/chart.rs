@@ -220,6 +220,17 @@ fn journal_cap_follows_the_volume_and_an_oversized_cap_is_refused() {
         !refused.status.success() && stderr.contains("receiver.journal.maxBytes"),
         "a cap as large as the emptyDir must be refused with the value's name: {stderr}"
     );
+    // No size limit: an emptyDir without one (not an empty `sizeLimit:`), and no cap
+    // passed, so the binary's default applies.
+    let unlimited = template(&helm, None, &["receiver.journal.sizeLimit=null"]);
+    let text = String::from_utf8_lossy(&unlimited.stdout);
+    assert!(unlimited.status.success(), "{text}");
+    assert!(
+        text.contains("emptyDir: {}") && !text.contains("sizeLimit:"),
+        "an unlimited journal volume renders as emptyDir: {{}}:\n{text}"
+    );
+    assert!(!text.contains("--journal-max-bytes"), "{text}");
+
     let unreadable = template(&helm, None, &["receiver.journal.sizeLimit=2e9"]);
     let stderr = String::from_utf8_lossy(&unreadable.stderr);
     assert!(
