@@ -277,6 +277,11 @@ struct Shared {
     segments: AtomicU64,
     fsyncs: AtomicU64,
     appended: AtomicU64,
+    /// Appends put on the channel so far (counted after each send).
+    sent: AtomicU64,
+    /// While the writer waits for company: the `sent` count that completes its batch, at
+    /// which the appender unparks it (`u64::MAX`: not waiting that way).
+    wake_at: AtomicU64,
     failed: AtomicBool,
     metrics: JournalMetrics,
     #[cfg(test)]
@@ -301,6 +306,8 @@ impl Shared {
 
 struct Inner {
     requests: mpsc::Sender<Request>,
+    /// The writer thread, to unpark it (see `Writer::collect`).
+    writer: std::thread::Thread,
     shared: Arc<Shared>,
     dir: PathBuf,
     checkpointing: tokio::sync::Mutex<()>,
@@ -363,6 +370,8 @@ impl Journal {
             segments: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
             appended: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            wake_at: AtomicU64::new(u64::MAX),
             failed: AtomicBool::new(false),
             metrics,
             #[cfg(test)]
@@ -379,9 +388,11 @@ impl Journal {
                     )))
                 })??;
         let (requests, rx) = mpsc::channel();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("hookwarden-journal".into())
-            .spawn(move || writer.run(rx))?;
+            .spawn(move || writer.run(rx))?
+            .thread()
+            .clone();
         tracing::info!(
             replayed = recovered.entries.len(),
             snapshot = recovered.snapshot.is_some(),
@@ -391,6 +402,7 @@ impl Journal {
             Journal {
                 inner: Arc::new(Inner {
                     requests,
+                    writer,
                     shared,
                     dir,
                     checkpointing: tokio::sync::Mutex::new(()),
@@ -414,6 +426,17 @@ impl Journal {
             .requests
             .send(Request::Append(append))
             .map_err(|_| JournalError::Closed)?;
+        let shared = &self.inner.shared;
+        let sent = shared.sent.fetch_add(1, Ordering::SeqCst) + 1;
+        let wake_at = shared.wake_at.load(Ordering::SeqCst);
+        if sent >= wake_at
+            && shared
+                .wake_at
+                .compare_exchange(wake_at, u64::MAX, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            self.inner.writer.unpark();
+        }
         done.await.map_err(|_| JournalError::Closed)?
     }
 
@@ -475,6 +498,7 @@ impl Journal {
                 reply,
             })
             .map_err(|_| JournalError::Closed)?;
+        self.inner.writer.unpark();
         done.await.map_err(|_| JournalError::Closed)?
     }
 
@@ -503,6 +527,7 @@ impl Journal {
             .requests
             .send(Request::Close { reply })
             .map_err(|_| JournalError::Closed)?;
+        self.inner.writer.unpark();
         done.await.map_err(|_| JournalError::Closed)?
     }
 }

@@ -86,6 +86,8 @@ pub(super) struct Writer {
     last_applied_persist: Instant,
     failed: Option<Failure>,
     last_batch_len: usize,
+    /// Appends taken from the channel so far (compared with [`Shared::sent`]).
+    received: u64,
     buf: Vec<u8>,
 }
 
@@ -327,6 +329,7 @@ impl Writer {
             last_applied_persist: Instant::now(),
             failed: None,
             last_batch_len: 0,
+            received: 0,
             buf: Vec::new(),
             config,
         };
@@ -359,6 +362,7 @@ impl Writer {
             };
             match request {
                 Request::Append(first) => {
+                    self.received += 1;
                     let mut batch = vec![first];
                     carried = self.collect(&rx, &mut batch);
                     self.commit(batch);
@@ -398,7 +402,13 @@ impl Writer {
     /// soon as they are all back instead of always sitting out the window, and a lone
     /// append after a quiet period (previous batch of one) is written at once. Returns
     /// a non-append request that ended the batch, to be handled next.
-    fn collect(&self, rx: &Receiver<Request>, batch: &mut Vec<Append>) -> Option<Request> {
+    ///
+    /// While it waits the thread is parked, not blocked on the channel: appends do not
+    /// wake it one by one (a futex wake and, on a VM, an inter-processor interrupt each,
+    /// paid by the async worker that appends). The append that makes the batch as large
+    /// as the previous one unparks it ([`Shared::wake_at`]); the window's end is the
+    /// park's timeout; checkpoints and close unpark it at once.
+    fn collect(&mut self, rx: &Receiver<Request>, batch: &mut Vec<Append>) -> Option<Request> {
         let deadline = batch[0].enqueued + self.config.group_commit_window;
         let mut bytes = batch[0].record.len();
         while batch.len() < self.config.max_batch && bytes < format::MAX_BATCH_BYTES {
@@ -410,14 +420,20 @@ impl Writer {
                     if batch.len() >= self.last_batch_len || now >= deadline {
                         break;
                     }
-                    match rx.recv_timeout(deadline - now) {
-                        Ok(request) => request,
-                        Err(_) => break,
+                    let target = self.received + (self.last_batch_len - batch.len()) as u64;
+                    // SeqCst pairs with `Journal::append`: either this load sees the
+                    // append that reaches the target, or that append sees `wake_at`.
+                    self.shared.wake_at.store(target, Ordering::SeqCst);
+                    if self.shared.sent.load(Ordering::SeqCst) < target {
+                        std::thread::park_timeout(deadline - now);
                     }
+                    self.shared.wake_at.store(u64::MAX, Ordering::SeqCst);
+                    continue;
                 }
             };
             match request {
                 Request::Append(append) => {
+                    self.received += 1;
                     bytes += append.record.len();
                     batch.push(append);
                 }

@@ -655,13 +655,37 @@ async fn commit_window_gathers_appenders_and_never_waits_beyond_it() {
         "{} appends took {gathered} fsyncs: the window did not gather them",
         APPENDERS * ROUNDS
     );
+    // The append that completes a batch wakes the writer at once (measured: 2–3 ms for
+    // all 128); only a batch left short by a task that finished early sits out the
+    // window. Writers woken only by the window's end take ROUNDS windows.
     assert!(
-        took < window * 8,
-        "the closed loop must not sit out the window on every commit: took {took:?}"
+        took < window * 4,
+        "the append completing a batch must wake the writer, not the window's end: took {took:?}"
     );
 
+    // A lone append after a batch of APPENDERS waits for company. Which batch came last
+    // depends on scheduling, so first make sure: bursts of APPENDERS until one commit
+    // took a whole burst.
+    let mut whole = false;
+    for attempt in 0..20 {
+        let before = journal.stats().fsyncs;
+        let burst: Vec<_> = (0..APPENDERS)
+            .map(|i| {
+                let journal = journal.clone();
+                tokio::spawn(async move { journal.append(record(1000 + attempt * 100 + i)).await })
+            })
+            .collect();
+        for append in burst {
+            append.await.expect("burst task").expect("burst append");
+        }
+        if journal.stats().fsyncs - before == 1 {
+            whole = true;
+            break;
+        }
+    }
+    assert!(whole, "no burst of {APPENDERS} appends was committed whole");
     let started = Instant::now();
-    journal.append(record(999)).await.expect("lone append");
+    journal.append(record(9999)).await.expect("lone append");
     let lone = started.elapsed();
     assert!(
         lone >= window.mul_f64(0.9) && lone < window + Duration::from_secs(2),
