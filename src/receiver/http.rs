@@ -118,7 +118,8 @@ impl<S: DeliverySink> ReceiverState<S> {
         }
     }
 
-    /// `/readyz` answers 200 only after this is set (routes synced).
+    /// `/readyz` answers 200 only after this is set (routes synced); until then a path
+    /// without a route is answered 503 + Retry-After, not 404.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
     }
@@ -214,6 +215,21 @@ async fn deliver<S: DeliverySink>(
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     let Some(route) = state.routes.get(parts.uri.path()) else {
+        if !state.is_ready() {
+            // Before its first full list of routes (just started) the receiver cannot
+            // tell an unknown path from one it has not loaded yet. A 404 would make many
+            // senders give up on a valid endpoint for good (Alertmanager and Grafana do not
+            // retry 4xx); 503 + Retry-After has them come back.
+            state.metrics.reject("none", "routes_not_synced");
+            return with_retry_after(
+                answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "rejected",
+                    Some("routes_not_synced"),
+                ),
+                1,
+            );
+        }
         state.metrics.reject("none", "not_found");
         // Same answer for every unknown path: nothing tells a prober how close it got.
         return answer(StatusCode::NOT_FOUND, "rejected", Some("not_found"));

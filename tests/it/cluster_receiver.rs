@@ -347,6 +347,17 @@ async fn receiver_keeps_acknowledged_deliveries_through_kill_9_and_an_api_outage
         let keys: BTreeSet<String> = acked.iter().map(|i| format!("k-{}", i % 25)).collect();
 
         let mut receiver = start_receiver(&kubeconfig, &journal, port, &log);
+        // Replay can bring the status up to date before the restarted receiver has listed
+        // its routes; until then it answers 503 (not 404), so wait for /readyz before
+        // sending again.
+        let ready = format!("http://127.0.0.1:{port}/readyz");
+        eventually(
+            "the restarted receiver to list its routes",
+            Duration::from_secs(30),
+            &log,
+            || crate::standalone::get_body(&ready).is_some(),
+        )
+        .await;
         let want = acked.len() as i64 + 1; // + the probe
         eventually(
             "every acknowledged delivery on the status",

@@ -738,8 +738,9 @@ async fn delivery_scenario(cluster: Cluster) {
         .iter()
         .map(|r| format!("http://127.0.0.1:{}{path}", r.port))
         .collect();
-    // Until the receiver has loaded the route it answers 404, which counts nowhere; the
-    // same delivery id is retried, so at most one copy is accepted.
+    // Until the receiver has loaded the route it answers 404 (or 503 before its first
+    // list of routes), which counts nowhere; the same delivery id is retried, so at most
+    // one copy is accepted.
     let trigger = ["--id", "e2e-trigger", "--incident-id", "disk-full"];
     wait_for(
         "receiver-0 to accept the first delivery",
@@ -747,7 +748,10 @@ async fn delivery_scenario(cluster: Cluster) {
         &logs,
         || async {
             let (ok, line) = send_test(&urls[0], TOKEN, &trigger).await;
-            assert!(ok || line.starts_with("404"), "send-test: {line}");
+            assert!(
+                ok || line.starts_with("404") || line.starts_with("503"),
+                "send-test: {line}"
+            );
             ok && line.starts_with("202")
         },
     )
@@ -808,7 +812,10 @@ async fn delivery_scenario(cluster: Cluster) {
         &logs,
         || async {
             let (ok, line) = send_test(&urls[1], TOKEN, &dup).await;
-            assert!(ok || line.starts_with("404"), "send-test: {line}");
+            assert!(
+                ok || line.starts_with("404") || line.starts_with("503"),
+                "send-test: {line}"
+            );
             ok
         },
     )
@@ -1095,16 +1102,19 @@ async fn delivery_scenario(cluster: Cluster) {
             }
         }
         // Bounds: a few status writes (one per replica per interval while catching up);
-        // Event requests about one per incident opened during the pause (20, each checked
-        // above) plus a few other announcements; everything else a handful of reads,
-        // writes, conflict retries and watch restarts per replica (typically 4), never
-        // one per delivery (200).
+        // Event requests at most one per incident change still unannounced: the 20
+        // incidents opened during the pause (each checked above) and, when the pause
+        // caught a replica before its last write of step 6, some of step 6's 20 (one run:
+        // 31 in all); everything else a handful of reads, writes, conflict retries and
+        // watch restarts per replica (typically 4), never one per delivery (200).
         assert!(
             during <= 4 && after <= 8,
             "status writes: {during} while paused, {after} after resume"
         );
         assert!(
-            requests_during <= 20 && event_requests_after <= 20 + 10 && other_requests_after <= 20,
+            requests_during <= 20
+                && event_requests_after <= 20 + 20 + 5
+                && other_requests_after <= 20,
             "receiver requests: {requests_during} while paused; after resume {event_requests_after} on Events and {other_requests_after} others"
         );
     }

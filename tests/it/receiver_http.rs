@@ -150,6 +150,7 @@ fn fixture_with(
         sink.clone(),
         ReceiverMetrics::default(),
     ));
+    state.set_ready(true);
     Fixture {
         router: app(state.clone()),
         sink,
@@ -259,6 +260,27 @@ async fn unknown_paths_get_the_same_404() {
     assert_eq!((s1, s2), (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND));
     assert_eq!(b1, b2, "every unknown path gets the identical body");
     assert_nothing_kept(&f);
+}
+
+#[tokio::test]
+async fn before_the_routes_are_synced_an_unknown_path_is_503_not_404() {
+    let f = fixture(json!({"provider": "github"}));
+    f.state.set_ready(false);
+    let unknown = "/hooks/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let (status, headers, body) = send(&f.router, github(unknown, b"{}", "x")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("routes_not_synced"), "{body}");
+    assert_eq!(
+        headers.get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..]),
+        "a sender is told to come back, not that the endpoint is gone"
+    );
+    // A route it already has is served meanwhile.
+    let (status, _, _) = send(&f.router, github(&f.path, b"{}", "y")).await;
+    assert_ne!(status, StatusCode::SERVICE_UNAVAILABLE);
+    f.state.set_ready(true);
+    let (status, _, _) = send(&f.router, github(unknown, b"{}", "z")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]

@@ -634,7 +634,7 @@ fn a_full_journal_answers_503_and_the_retry_is_accepted_after_compaction() {
 }
 
 /// The body of `GET url` when it answers 200.
-fn get_body(url: &str) -> Option<String> {
+pub(crate) fn get_body(url: &str) -> Option<String> {
     let (code, response) = request_raw("GET", url, &[], "")?;
     let (_, body) = response.split_once("\r\n\r\n")?;
     (code == 200).then(|| body.to_string())
