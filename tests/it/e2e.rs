@@ -712,6 +712,12 @@ async fn delivery_scenario(cluster: Cluster) {
         for (i, r) in replicas.iter().enumerate() {
             all.push_str(&format!("--- receiver-{i} ---\n{}", r.process.log()));
         }
+        // What a timed-out wait was looking at (on the emulator: straight from storage).
+        if let Some(object) = cluster.emu.as_ref().and_then(|emu| {
+            emu.object("webhookintegrations.hookwarden.dev", "default", INTEGRATION)
+        }) {
+            all.push_str(&format!("--- status ---\n{:#}\n", object["status"]));
+        }
         all
     };
     // Reads of the integration: on the emulator straight from storage (not counted, works
