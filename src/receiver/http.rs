@@ -301,6 +301,16 @@ fn body_kind(content_type: Option<&str>) -> BodyKind {
     }
 }
 
+/// Whether `body` is one JSON value, judged as strictly as parsing it into a
+/// [`Value`] would, without building one: UTF-8 throughout (skipping a string does not
+/// check it), nothing but whitespace after the value. Two things the JSON grammar allows
+/// pass here and fail there: an unpaired surrogate escape (`"\ud800"`, which a Rust
+/// string cannot hold) and nesting deeper than 128 levels (skipping does not recurse).
+fn is_json(body: &[u8]) -> bool {
+    std::str::from_utf8(body).is_ok()
+        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+}
+
 /// A form body as a JSON object of its fields. GitHub's and Slack's form encodings put
 /// the real JSON payload in a `payload` field: that payload is the body then.
 fn parse_form(body: &[u8]) -> Value {
@@ -444,14 +454,20 @@ async fn run<S: DeliverySink>(
         });
     }
 
-    // Authentic from here on: only now is the body worth parsing.
+    // Authentic from here on: only now is the body worth parsing, and only into a tree
+    // when something reads one (a schema, a mapping, the provider's id or type fields).
+    let needs_value = route.schema.is_some()
+        || route.mapping.is_some()
+        || signature::meta_reads_body(route.provider);
     let value: Option<Value> = match body_kind(declared_type) {
-        BodyKind::Json => match serde_json::from_slice::<Value>(&bytes) {
+        BodyKind::Json if needs_value => match serde_json::from_slice::<Value>(&bytes) {
             Ok(v) => Some(v),
             Err(_) => return Err(Refusal::new(StatusCode::BAD_REQUEST, "malformed_payload")),
         },
-        BodyKind::Form => Some(parse_form(&bytes)),
-        BodyKind::Opaque => None,
+        BodyKind::Json if is_json(&bytes) => None,
+        BodyKind::Json => return Err(Refusal::new(StatusCode::BAD_REQUEST, "malformed_payload")),
+        BodyKind::Form if needs_value => Some(parse_form(&bytes)),
+        BodyKind::Form | BodyKind::Opaque => None,
     };
     if let Some(schema) = &route.schema {
         let valid = value.as_ref().is_some_and(|v| schema.is_valid(v));
@@ -551,6 +567,42 @@ mod tests {
         assert_eq!(plain["Body"], "hi there");
         let wrapped = parse_form(b"payload=%7B%22type%22%3A%22block_actions%22%7D");
         assert_eq!(wrapped, serde_json::json!({"type": "block_actions"}));
+    }
+
+    #[test]
+    fn json_validation_agrees_with_parsing_into_a_tree() {
+        let cases: &[&[u8]] = &[
+            br#"{"a": [1, 2.5e3, -0, true, null, "x\u00e9\n"], "b": {}}"#,
+            b" [] \n",
+            b"\"just a string\"",
+            b"",
+            b"{",
+            b"{} x",
+            b"{}{}",
+            br#"{"a": 1,}"#,
+            br#"{"a": "\q"}"#,
+            b"{\"a\": \"\xff\"}",
+            b"{\"a\": \"tab\there\"}",
+            b"[01]",
+            b"NaN",
+        ];
+        for case in cases {
+            assert_eq!(
+                is_json(case),
+                serde_json::from_slice::<Value>(case).is_ok(),
+                "{}",
+                String::from_utf8_lossy(case)
+            );
+        }
+        // The two differences, both JSON by the grammar: an unpaired surrogate escape
+        // (RFC 8259 §8.2 leaves its meaning open; a `String` cannot hold it), and nesting
+        // deeper than the tree parser's recursion limit of 128 (skipping does not recurse).
+        assert!(is_json(br#"{"a": "\ud800"}"#));
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert!(is_json(deep.as_bytes()));
+        assert!(!is_json(
+            format!("{}{}", "[".repeat(200), "]".repeat(199)).as_bytes()
+        ));
     }
 
     #[test]

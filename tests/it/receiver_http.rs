@@ -562,6 +562,11 @@ async fn authentic_but_malformed_json_is_400() {
     let (status, _, body) = send(&f.router, github(&f.path, b"{not json", "d-1")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains("malformed_payload"), "{body}");
+    // GitHub's id and event come from headers, so its body is only validated, not
+    // parsed into a tree: bytes that are not UTF-8 inside a string are still refused.
+    let (status, _, body) = send(&f.router, github(&f.path, b"{\"a\": \"\xff\"}", "d-2")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("malformed_payload"), "{body}");
     assert_nothing_kept(&f);
 }
 

@@ -658,6 +658,33 @@ pub fn delivery_meta(
     DeliveryMeta { id, event_type }
 }
 
+/// Whether [`delivery_meta`] or [`handshake`] may read this provider's parsed body. When
+/// neither does (and no schema or mapping needs it), the receiver only validates the JSON
+/// instead of building a tree it would throw away. No wildcard arm: a new provider has
+/// to decide.
+pub fn meta_reads_body(provider: ProviderKind) -> bool {
+    match provider {
+        ProviderKind::Github
+        | ProviderKind::Shopify
+        | ProviderKind::Twilio
+        | ProviderKind::Sentry
+        | ProviderKind::Bitbucket => false,
+        ProviderKind::Gitlab
+        | ProviderKind::Stripe
+        | ProviderKind::Slack
+        | ProviderKind::StandardWebhooks
+        | ProviderKind::Svix
+        | ProviderKind::Pagerduty
+        | ProviderKind::Linear
+        | ProviderKind::Grafana
+        | ProviderKind::Zendesk
+        | ProviderKind::Jira
+        | ProviderKind::Datadog
+        | ProviderKind::Alertmanager
+        | ProviderKind::Generic => true,
+    }
+}
+
 /// The media type of a Content-Type value, lower case, without parameters
 /// (`Application/JSON; charset=utf-8` → `application/json`).
 pub fn media_type(content_type: &str) -> String {

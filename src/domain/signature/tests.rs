@@ -1352,6 +1352,48 @@ fn delivery_meta_finds_ids_and_event_types() {
     assert_ne!(t.id, r.id);
 }
 
+/// The receiver skips building the JSON tree for providers `meta_reads_body` says never
+/// read it: for those, a body full of every field any provider reads must change nothing.
+#[test]
+fn providers_said_not_to_read_the_body_do_not() {
+    let rich = serde_json::json!({
+        "id": "body-id", "type": "url_verification", "challenge": "c",
+        "event_id": "Ev1", "eventType": "t", "object_kind": "push",
+        "status": "firing", "webhookEvent": "jira:issue_created",
+        "event_type": "e", "alert_transition": "Triggered", "date": 1, "last_updated": 2,
+        "event": {"id": "ev", "type": "app_mention", "event_type": "incident.triggered"},
+    });
+    let hdrs = headers(&[
+        ("X-GitHub-Delivery", "d1"),
+        ("X-GitHub-Event", "push"),
+        ("X-Shopify-Webhook-Id", "s1"),
+        ("X-Shopify-Topic", "orders/create"),
+        ("I-Twilio-Idempotency-Token", "tw1"),
+        ("Request-ID", "r1"),
+        ("Sentry-Hook-Resource", "issue"),
+        ("X-Request-UUID", "b1"),
+        ("X-Event-Key", "repo:push"),
+    ]);
+    let mut header_only = 0;
+    for p in ProviderKind::ALL {
+        if meta_reads_body(p) {
+            continue;
+        }
+        header_only += 1;
+        let scheme = Scheme::preset(p);
+        assert_eq!(
+            delivery_meta(&scheme, &hdrs, Some(&rich)),
+            delivery_meta(&scheme, &hdrs, None),
+            "{p:?} reads the body"
+        );
+        assert!(handshake(p, &rich).is_none(), "{p:?} has a handshake");
+    }
+    assert_eq!(header_only, 5);
+    // And the check itself can fail: Slack answers this body's handshake.
+    assert!(meta_reads_body(ProviderKind::Slack));
+    assert!(handshake(ProviderKind::Slack, &rich).is_some());
+}
+
 #[test]
 fn content_types_providers_never_send_are_refused() {
     assert!(accepts_content_type(
