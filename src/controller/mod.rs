@@ -2,6 +2,7 @@
 //! Secrets and conditions. Several replicas may run; only the holder of the
 //! `hookwarden-controller` Lease reconciles.
 
+pub mod lease;
 pub mod metrics;
 pub mod plan;
 pub mod reconcile;
@@ -17,6 +18,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use futures::StreamExt as _;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::Reporter;
@@ -156,53 +158,108 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     }
 
     let identity = args.identity.clone().unwrap_or_else(default_identity);
-    let leases = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
-        .with_namespace(&args.namespace)
-        .with_identity(&identity)
-        .with_duration(args.lease_duration_seconds)
-        .with_grace(args.lease_duration_seconds.div_ceil(3).max(1))
-        .with_field_manager("hookwarden-controller-lease")
-        .build()
-        .await?;
-    let (mut leader, lease_task) = leases.watch().await;
-    info!(%identity, lease = LEASE_NAME, namespace = %args.namespace, "waiting for leadership");
+    let grace = args.lease_duration_seconds.div_ceil(3).max(1);
+    let timing = lease::GuardTiming::new(args.lease_duration_seconds, grace);
+    let lease_api: Api<Lease> = Api::namespaced(client.clone(), &args.namespace);
     let mut stop = stop_rx.clone();
-    loop {
-        // Wait to become leader (or to be told to stop).
-        while !*leader.borrow_and_update() {
-            tokio::select! {
-                changed = leader.changed() => if changed.is_err() { anyhow::bail!("leader election stopped") },
-                _ = stop.changed() => { drop(leader); let _ = lease_task.await; return Ok(ExitCode::SUCCESS) }
-            }
-        }
-        info!(%identity, "became leader");
-        metrics.leader.set(1);
-        // Run until leadership is lost or shutdown is requested.
-        let (lost_tx, lost_rx) = watch::channel(false);
-        let mut leader_watch = leader.clone();
-        let mut stop_watch = stop_rx.clone();
-        let relay = tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    changed = leader_watch.changed() => {
-                        if changed.is_err() || !*leader_watch.borrow() { break; }
+    // One lease manager per round: after the guard stood the controller down, the old
+    // manager still believes it leads, so a fresh one rejoins the election.
+    'manager: loop {
+        let leases = loop {
+            let built = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+                .with_namespace(&args.namespace)
+                .with_identity(&identity)
+                .with_duration(args.lease_duration_seconds)
+                .with_grace(grace)
+                .with_field_manager("hookwarden-controller-lease")
+                .build()
+                .await;
+            match built {
+                Ok(leases) => break leases,
+                Err(e) => {
+                    warn!(error = %e, "cannot set up leader election yet; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                        _ = stop.changed() => return Ok(ExitCode::SUCCESS),
                     }
-                    _ = stop_watch.changed() => break,
                 }
             }
-            let _ = lost_tx.send(true);
-        });
-        run_controller(client.clone(), &args, metrics.clone(), lost_rx).await;
-        relay.abort();
-        metrics.leader.set(0);
-        if *stop_rx.borrow() {
-            info!("releasing the leader lease");
-            drop(leader);
-            let _ = lease_task.await;
-            return Ok(ExitCode::SUCCESS);
+        };
+        let (mut leader, lease_task) = leases.watch().await;
+        info!(%identity, lease = LEASE_NAME, namespace = %args.namespace, "waiting for leadership");
+        loop {
+            // Wait to become leader (or to be told to stop).
+            while !*leader.borrow_and_update() {
+                tokio::select! {
+                    changed = leader.changed() => if changed.is_err() { anyhow::bail!("leader election stopped") },
+                    _ = stop.changed() => { drop(leader); let _ = lease_task.await; return Ok(ExitCode::SUCCESS) }
+                }
+            }
+            // Lead while the library says so, the Lease itself confirms it, and no
+            // shutdown was asked for; whichever ends first says why.
+            let (lost_tx, lost_rx) = watch::channel(false);
+            let (confirmed_tx, mut confirmed_rx) = watch::channel(false);
+            let mut leader_watch = leader.clone();
+            let mut stop_watch = stop_rx.clone();
+            let guard = lease::guard(
+                lease_api.clone(),
+                LEASE_NAME,
+                identity.clone(),
+                timing,
+                confirmed_tx,
+            );
+            let watch_leadership = async move {
+                tokio::pin!(guard);
+                let why = tokio::select! {
+                    reason = &mut guard => Ended::Guard(reason),
+                    _ = async {
+                        while leader_watch.changed().await.is_ok() && *leader_watch.borrow() {}
+                    } => Ended::Library,
+                    _ = stop_watch.changed() => Ended::Stop,
+                };
+                let _ = lost_tx.send(true);
+                why
+            };
+            let relay = tokio::spawn(watch_leadership);
+            let mut lost = lost_rx.clone();
+            let confirmed = tokio::select! {
+                c = confirmed_rx.wait_for(|c| *c) => c.is_ok(),
+                _ = lost.wait_for(|l| *l) => false,
+            };
+            if confirmed {
+                info!(%identity, "became leader");
+                metrics.leader.set(1);
+                run_controller(client.clone(), &args, metrics.clone(), lost_rx).await;
+                metrics.leader.set(0);
+            }
+            let why = relay.await.unwrap_or(Ended::Stop);
+            if *stop_rx.borrow() || why == Ended::Stop {
+                info!("releasing the leader lease");
+                drop(leader);
+                let _ = lease_task.await;
+                return Ok(ExitCode::SUCCESS);
+            }
+            match why {
+                Ended::Guard(reason) => {
+                    error!(%identity, %reason, "cannot confirm the leader Lease: stood down before it could lapse; rejoining the election");
+                    lease_task.abort();
+                    continue 'manager;
+                }
+                _ => warn!(%identity, "lost leadership; standing by"),
+            }
         }
-        warn!(%identity, "lost leadership; standing by");
     }
+}
+
+/// What ended a term as leader.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// The lease guard: another holder, or no renewal seen in time.
+    Guard(String),
+    /// kube-lease-manager reported the lease lost.
+    Library,
+    /// Shutdown.
+    Stop,
 }
 
 /// Runs `kube::runtime::Controller` until `stop` turns true.

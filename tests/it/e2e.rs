@@ -274,6 +274,11 @@ async fn install(cluster: &Cluster) -> Identities {
 
 /// `hookwarden controller` as `ids` says, logging to `controller.log`.
 fn start_controller(cluster: &Cluster, ids: &Identities) -> Process {
+    start_controller_with_lease(cluster, ids, 5)
+}
+
+fn start_controller_with_lease(cluster: &Cluster, ids: &Identities, lease_seconds: u64) -> Process {
+    let lease_seconds = lease_seconds.to_string();
     let log = cluster.path("controller.log");
     let log_file = std::fs::File::create(&log).expect("log file");
     let child = Command::new(env!("CARGO_BIN_EXE_hookwarden"))
@@ -290,7 +295,7 @@ fn start_controller(cluster: &Cluster, ids: &Identities) -> Process {
             "--identity",
             "controller-0",
             "--lease-duration-seconds",
-            "5",
+            &lease_seconds,
         ])
         .env("KUBECONFIG", &ids.controller_kubeconfig)
         .env("RUST_LOG", "info")
@@ -323,6 +328,106 @@ fn condition(obj: &Value, type_: &str) -> Option<String> {
         .iter()
         .find(|c| c["type"] == type_)
         .and_then(|c| c["status"].as_str().map(str::to_string))
+}
+
+/// kube-lease-manager keeps saying "leader" while its renewals fail; the controller's own
+/// check of the Lease must stand it down before the lease lapses for the other replicas,
+/// and it must lead again once it can renew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_refused_its_renewals_stands_down_before_its_lease_lapses() {
+    const LEASE_SECONDS: u64 = 6;
+    let scenario = async {
+        let cluster = Cluster::emulated().await;
+        let emu = cluster.emu.as_ref().expect("emulator");
+        let ids = install(&cluster).await;
+        let controller = start_controller_with_lease(&cluster, &ids, LEASE_SECONDS);
+        let logs = || controller.log();
+        let terms = || logs().matches("became leader").count();
+        wait_for("leadership", Duration::from_secs(30), &logs, || async {
+            terms() == 1
+        })
+        .await;
+        let renewed = || {
+            emu.object(
+                "leases.coordination.k8s.io",
+                &ids.namespace,
+                "hookwarden-controller",
+            )
+            .and_then(|l| l["spec"]["renewTime"].as_str().map(str::to_string))
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .expect("the Lease has a renewTime")
+        };
+        // A few renewals on time: no false alarm.
+        let first = renewed();
+        wait_for(
+            "a renewal",
+            Duration::from_secs(LEASE_SECONDS),
+            &logs,
+            || async { renewed() > first },
+        )
+        .await;
+        assert!(
+            !logs().contains("cannot confirm the leader Lease"),
+            "{}",
+            logs()
+        );
+
+        // Renewals refused from now on; reads still work.
+        emu.fail(
+            kube_emulator::Failure::status(503).matching(
+                RequestFilter::new()
+                    .verb("patch")
+                    .resource("leases")
+                    .caller(&ids.controller_caller),
+            ),
+        );
+        wait_for(
+            "the stand-down",
+            Duration::from_secs(2 * LEASE_SECONDS),
+            &logs,
+            || async { logs().contains("cannot confirm the leader Lease") },
+        )
+        .await;
+        let stood_down = jiff::Timestamp::now();
+        let last_renewal = renewed();
+        let lapses = last_renewal + jiff::SignedDuration::from_secs(LEASE_SECONDS as i64);
+        assert!(
+            stood_down < lapses,
+            "stood down at {stood_down}, after the lease lapsed at {lapses}\n{}",
+            logs()
+        );
+        // Not long before it had to, either: the renewal was due a grace (2 s) before then.
+        assert!(
+            stood_down > last_renewal + jiff::SignedDuration::from_secs(LEASE_SECONDS as i64 - 2),
+            "stood down at {stood_down}, the last renewal was at {last_renewal}\n{}",
+            logs()
+        );
+        assert_eq!(terms(), 1, "{}", logs());
+
+        // Renewals work again: it leads again, and reconciles.
+        emu.clear_failures();
+        wait_for(
+            "leadership again",
+            Duration::from_secs(4 * LEASE_SECONDS),
+            &logs,
+            || async { terms() == 2 && renewed() > last_renewal },
+        )
+        .await;
+        cluster
+            .apply("whi.yaml", "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata:\n  name: after-stand-down\n  namespace: default\nspec:\n  provider: datadog\n")
+            .await;
+        wait_for("Ready=True", Duration::from_secs(30), &logs, || async {
+            let obj = cluster
+                .get(&whi_resource(), "default", "after-stand-down")
+                .await
+                .unwrap_or(Value::Null);
+            condition(&obj, "Ready").as_deref() == Some("True")
+        })
+        .await;
+    };
+    tokio::time::timeout(TEST_LIMIT, scenario)
+        .await
+        .expect("test finished in time");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
