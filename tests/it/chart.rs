@@ -239,6 +239,41 @@ fn journal_cap_follows_the_volume_and_an_oversized_cap_is_refused() {
     );
 }
 
+/// The receiver refuses a commit window above 100 ms at start (a CrashLoop after a
+/// successful install); the chart's schema refuses it at install instead.
+#[test]
+fn commit_windows_the_receiver_would_refuse_are_refused_at_install() {
+    let Some(helm) = helm() else {
+        return;
+    };
+    for window in ["0", "100ms", "1.5ms", "400us", "250µs", "100000ns"] {
+        let assignment = format!("receiver.journal.commitWindow={window}");
+        let out = template(&helm, None, &[assignment.as_str()]);
+        assert!(
+            out.status.success(),
+            "{window}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            hookwarden::receiver::service::parse_commit_window(window).is_ok(),
+            "the chart accepts {window}, the receiver does not"
+        );
+    }
+    for window in ["101ms", "100.5ms", "2s", "1m", "100001us", "soon"] {
+        let assignment = format!("receiver.journal.commitWindow={window}");
+        let out = template(&helm, None, &[assignment.as_str()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("commitWindow"),
+            "{window} must be refused with the value's name: {stderr}"
+        );
+        assert!(
+            hookwarden::receiver::service::parse_commit_window(window).is_err(),
+            "{window} is refused by the chart only"
+        );
+    }
+}
+
 #[test]
 fn non_default_values_reach_the_components() {
     for cli in check_values(Some("charts/hookwarden/ci/full-values.yaml")) {
