@@ -398,10 +398,13 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pass: Option<JoinHandle<PassResult>> = None;
         let mut inbox = Vec::with_capacity(FOLD_BATCH);
+        // One waiter for the whole run, not one registered and dropped per wake-up.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         loop {
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => break,
+                () = &mut cancelled => break,
                 Some(result) = async { match pass.as_mut() { Some(h) => Some(h.await), None => None } } => {
                     pass = None;
                     match result {

@@ -87,9 +87,26 @@ mod tests {
 
     #[test]
     fn hex_decoding_matches_the_hex_crate() {
-        for s in [
-            "", "00ff", "DEADbeef", " ab ", "abc", "zz", "0x12", "é1", "1é",
-        ] {
+        let every_byte: Vec<String> = (0..=255u8)
+            .map(|b| String::from_utf8_lossy(&[b'a', b]).into_owned())
+            .collect();
+        let cases = [
+            "",
+            "00ff",
+            "DEADbeef",
+            " ab ",
+            "abc",
+            "zz",
+            "0x12",
+            "é1",
+            "1é",
+            "0123456789abcdefABCDEF",
+        ];
+        for s in cases
+            .iter()
+            .copied()
+            .chain(every_byte.iter().map(String::as_str))
+        {
             assert_eq!(decode_hex(s), hex::decode(s.trim()).ok(), "{s:?}");
         }
     }
