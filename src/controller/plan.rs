@@ -669,6 +669,19 @@ pub fn status_matches(
             .all(|d| controller_conditions.contains(&d))
 }
 
+/// Equal statuses, but for the conditions' `lastTransitionTime`s (a plan made a second
+/// later stamps a transition it did not see written a second later).
+pub fn same_status_but_transition_times(a: &DesiredStatus, b: &DesiredStatus) -> bool {
+    let untimed = |s: &DesiredStatus| {
+        let mut s = s.clone();
+        for c in &mut s.conditions {
+            c.last_transition_time = Time(jiff::Timestamp::UNIX_EPOCH);
+        }
+        s
+    };
+    untimed(a) == untimed(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

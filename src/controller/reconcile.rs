@@ -47,6 +47,47 @@ pub struct Context {
     pub clock: Arc<dyn Fn() -> i64 + Send + Sync>,
     /// Consecutive transient failures per object, for exponential backoff.
     pub failures: Mutex<HashMap<ObjectRef<WebhookIntegration>, u32>>,
+    /// The status this controller wrote last per integration (see [`StatusWritten`]).
+    pub status_written: Mutex<HashMap<ObjectRef<WebhookIntegration>, StatusWritten>>,
+}
+
+/// A status write and the copy of the integration it was planned from. Our own writes
+/// trigger reconciles (the generated and route Secrets come back as watch events) that can
+/// run before the watch has brought the status write back: such a reconcile still sees
+/// exactly the copy the write was planned from, plans the same status, and need not write
+/// it (and announce it) a second time. Any other change to the object changes its
+/// resourceVersion, and the status is judged afresh.
+#[derive(Clone, Debug)]
+pub struct StatusWritten {
+    uid: String,
+    planned_from: Option<String>,
+    status: plan::DesiredStatus,
+}
+
+impl Context {
+    fn already_written(&self, wi: &WebhookIntegration, desired: &plan::DesiredStatus) -> bool {
+        let Ok(written) = self.status_written.lock() else {
+            return false;
+        };
+        written.get(&ObjectRef::from_obj(wi)).is_some_and(|w| {
+            Some(&w.uid) == wi.uid().as_ref()
+                && w.planned_from == wi.resource_version()
+                && plan::same_status_but_transition_times(&w.status, desired)
+        })
+    }
+
+    fn remember_written(&self, wi: &WebhookIntegration, status: &plan::DesiredStatus) {
+        if let Ok(mut written) = self.status_written.lock() {
+            written.insert(
+                ObjectRef::from_obj(wi),
+                StatusWritten {
+                    uid: wi.uid().unwrap_or_default(),
+                    planned_from: wi.resource_version(),
+                    status: status.clone(),
+                },
+            );
+        }
+    }
 }
 
 impl Context {
@@ -65,6 +106,7 @@ impl Context {
             metrics,
             clock: Arc::new(|| jiff::Timestamp::now().as_second()),
             failures: Mutex::new(HashMap::new()),
+            status_written: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -230,9 +272,11 @@ async fn apply(wi: &WebhookIntegration, ctx: &Context) -> Result<Action, Error> 
         changed.push("route");
         info!(integration = %name, %namespace, path = %route.path, generation = route.generation, "route written");
     }
-    let status_changed = !plan::status_matches(wi.status.as_ref(), &plan.status);
+    let status_changed = !plan::status_matches(wi.status.as_ref(), &plan.status)
+        && !ctx.already_written(wi, &plan.status);
     if status_changed {
         write_status(ctx, &namespace, &name, &plan).await?;
+        ctx.remember_written(wi, &plan.status);
         changed.push("status");
     }
     if status_changed || !changed.is_empty() {
@@ -388,6 +432,9 @@ async fn publish_events(ctx: &Context, wi: &WebhookIntegration, plan: &Plan, cha
 
 async fn cleanup(wi: &WebhookIntegration, ctx: &Context) -> Result<Action, Error> {
     let namespace = wi.namespace().ok_or(Error::NoNamespace)?;
+    if let Ok(mut written) = ctx.status_written.lock() {
+        written.remove(&ObjectRef::from_obj(wi));
+    }
     let routes: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.route_namespace);
     let route_secret_name = Route::secret_name(&namespace, &wi.name_any());
     match routes

@@ -330,6 +330,106 @@ async fn unchanged_integration_causes_no_write() {
     server.await.expect("server");
 }
 
+/// Our own writes trigger reconciles that can run before the watch brings the status write
+/// back. Such a reconcile, on the very copy the write was planned from, reads but does not
+/// write the same status (or announce it) again; a newer copy is judged afresh.
+#[tokio::test]
+async fn a_reconcile_on_the_copy_our_status_write_was_planned_from_does_not_repeat_it() {
+    let (client, handle) = mock_client();
+    let wi = integration(
+        json!({"provider": "github", "secretRef": {"name": "gh", "key": "token"}}),
+        true,
+    );
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gh", "namespace": "payments"}, "data": {"token": "czNjcjN0"}});
+    let written = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "r"}});
+    let wi_json = serde_json::to_value(&wi).expect("json");
+    let server = serve(
+        handle,
+        vec![
+            Step::new(
+                Method::GET,
+                route_path(),
+                StatusCode::NOT_FOUND,
+                not_found(),
+            ),
+            Step::new(
+                Method::GET,
+                "/api/v1/namespaces/payments/secrets/gh",
+                StatusCode::OK,
+                secret.clone(),
+            ),
+            Step::new(Method::PATCH, route_path(), StatusCode::OK, written),
+            Step::new(
+                Method::PATCH,
+                WI_STATUS_PATH,
+                StatusCode::OK,
+                wi_json.clone(),
+            ),
+            Step::new(
+                Method::POST,
+                EVENTS_PATH,
+                StatusCode::CREATED,
+                event_answer(),
+            ),
+        ],
+    );
+    let ctx = context(client);
+    reconcile(Arc::new(wi.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
+    let bodies = server.await.expect("server");
+    let route_secret = bodies[2].clone();
+
+    // The same copy again (resourceVersion 10, no status yet): reads only.
+    let (client, handle) = mock_client();
+    let stale = context(client);
+    let memo = std::mem::take(&mut *ctx.status_written.lock().expect("lock"));
+    *stale.status_written.lock().expect("lock") = memo.clone();
+    let server = serve(
+        handle,
+        vec![
+            Step::new(
+                Method::GET,
+                route_path(),
+                StatusCode::OK,
+                route_secret.clone(),
+            ),
+            Step::new(
+                Method::GET,
+                "/api/v1/namespaces/payments/secrets/gh",
+                StatusCode::OK,
+                secret.clone(),
+            ),
+        ],
+    );
+    reconcile(Arc::new(wi.clone()), stale)
+        .await
+        .expect("reconcile");
+    server.await.expect("server");
+
+    // A newer copy without that status (someone cleared it): written again.
+    let mut newer = wi.clone();
+    newer.metadata.resource_version = Some("11".into());
+    let (client, handle) = mock_client();
+    let fresh = context(client);
+    *fresh.status_written.lock().expect("lock") = memo;
+    let server = serve(
+        handle,
+        vec![
+            Step::new(Method::GET, route_path(), StatusCode::OK, route_secret),
+            Step::new(
+                Method::GET,
+                "/api/v1/namespaces/payments/secrets/gh",
+                StatusCode::OK,
+                secret,
+            ),
+            Step::new(Method::PATCH, WI_STATUS_PATH, StatusCode::OK, wi_json),
+        ],
+    );
+    reconcile(Arc::new(newer), fresh).await.expect("reconcile");
+    server.await.expect("server");
+}
+
 #[tokio::test]
 async fn missing_secret_is_a_condition_and_waits_instead_of_failing() {
     let (client, handle) = mock_client();
