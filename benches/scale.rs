@@ -59,52 +59,8 @@ impl Drop for Process {
     }
 }
 
-/// The install manifest's RBAC documents and the components' ServiceAccounts.
-struct Rbac {
-    namespace: String,
-    controller_sa: String,
-    receiver_sa: String,
-    docs: Vec<Value>,
-}
-
-fn install_rbac(manifest: &Path) -> Result<Rbac, Box<dyn std::error::Error>> {
-    let text = std::fs::read_to_string(manifest)?;
-    let (mut namespace, mut controller_sa, mut receiver_sa) = (None, None, None);
-    let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let value: Value = serde::Deserialize::deserialize(doc)?;
-        let kind = value["kind"].as_str().unwrap_or_default();
-        let name = value["metadata"]["name"].as_str().unwrap_or_default();
-        if kind == "Deployment" || kind == "StatefulSet" {
-            let sa = value["spec"]["template"]["spec"]["serviceAccountName"]
-                .as_str()
-                .map(str::to_string);
-            if name.contains("controller") {
-                namespace = value["metadata"]["namespace"].as_str().map(str::to_string);
-                controller_sa = sa;
-            } else if name.contains("receiver") {
-                receiver_sa = sa;
-            }
-        }
-        if matches!(
-            kind,
-            "Namespace"
-                | "ServiceAccount"
-                | "ClusterRole"
-                | "ClusterRoleBinding"
-                | "Role"
-                | "RoleBinding"
-        ) {
-            docs.push(value);
-        }
-    }
-    Ok(Rbac {
-        namespace: namespace.ok_or("no controller Deployment in the manifest")?,
-        controller_sa: controller_sa.ok_or("no controller ServiceAccount")?,
-        receiver_sa: receiver_sa.ok_or("no receiver ServiceAccount")?,
-        docs,
-    })
-}
+#[path = "../tests/support/install_rbac.rs"]
+mod install_rbac;
 
 /// Server-side applies a document whose kind's plural is its lowercase name plus "s"
 /// (true of every kind applied here).
@@ -268,7 +224,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         repo.join("crds/webhookintegrations.yaml"),
     )?)?;
     apply(&admin, &crd).await?;
-    let rbac = install_rbac(&repo.join("manifests/install.yaml"))?;
+    let rbac = install_rbac::install_rbac(&repo.join("manifests/install.yaml"))
+        .ok_or("manifests/install.yaml names no controller or receiver ServiceAccount")?;
     for doc in &rbac.docs {
         apply(&admin, doc).await?;
     }

@@ -157,57 +157,17 @@ fn lease_resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk("coordination.k8s.io", "v1", "Lease"))
 }
 
-/// The components' ServiceAccounts and RBAC from the rendered install manifest.
-struct InstallRbac {
-    namespace: String,
-    controller_sa: String,
-    receiver_sa: String,
-    /// The Namespace, ServiceAccounts, (Cluster)Roles and bindings, as YAML for `kubectl apply`.
-    yaml: String,
-}
+#[path = "../support/install_rbac.rs"]
+mod install_rbac;
+use install_rbac::install_rbac;
 
-/// The RBAC part of the rendered install manifest, if present.
-fn install_rbac(manifest: &Path) -> Option<InstallRbac> {
-    let text = std::fs::read_to_string(manifest).ok()?;
-    let mut keep = Vec::new();
-    let mut namespace = None;
-    let mut controller_sa = None;
-    let mut receiver_sa = None;
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let Ok(value) = <Value as serde::Deserialize>::deserialize(doc) else {
-            continue;
-        };
-        let kind = value["kind"].as_str().unwrap_or_default();
-        let name = value["metadata"]["name"].as_str().unwrap_or_default();
-        if kind == "Deployment" || kind == "StatefulSet" {
-            let sa = value["spec"]["template"]["spec"]["serviceAccountName"]
-                .as_str()
-                .map(str::to_string);
-            if name.contains("controller") {
-                namespace = value["metadata"]["namespace"].as_str().map(str::to_string);
-                controller_sa = sa;
-            } else if name.contains("receiver") {
-                receiver_sa = sa;
-            }
-        }
-        if matches!(
-            kind,
-            "Namespace"
-                | "ServiceAccount"
-                | "ClusterRole"
-                | "ClusterRoleBinding"
-                | "Role"
-                | "RoleBinding"
-        ) {
-            keep.push(serde_yaml::to_string(&value).ok()?);
-        }
-    }
-    Some(InstallRbac {
-        namespace: namespace.unwrap_or_else(|| "hookwarden".to_string()),
-        controller_sa: controller_sa?,
-        receiver_sa: receiver_sa?,
-        yaml: keep.join("---\n"),
-    })
+/// The RBAC documents as one multi-document YAML, for `kubectl apply -f`.
+fn rbac_yaml(rbac: &install_rbac::InstallRbac) -> String {
+    rbac.docs
+        .iter()
+        .filter_map(|d| serde_yaml::to_string(d).ok())
+        .collect::<Vec<_>>()
+        .join("---\n")
 }
 
 /// Who the components run as: on the emulator, their ServiceAccounts with exactly the RBAC
@@ -228,7 +188,7 @@ async fn install(cluster: &Cluster) -> Identities {
     let rbac = cluster.emu.as_ref().and(install_rbac(&manifest));
     let (namespace, controller, receiver) = match (&cluster.emu, rbac) {
         (Some(emu), Some(rbac)) => {
-            cluster.apply("rbac.yaml", &rbac.yaml).await;
+            cluster.apply("rbac.yaml", &rbac_yaml(&rbac)).await;
             let ns = rbac.namespace;
             (
                 ns.clone(),
