@@ -112,6 +112,27 @@ mod tests {
     }
 
     #[test]
+    fn lease_durations_too_short_to_renew_in_are_refused() {
+        let lease = |value: &str| {
+            Cli::try_parse_from([
+                "hookwarden",
+                "controller",
+                "--lease-duration-seconds",
+                value,
+            ])
+            .map(|cli| match cli.command {
+                Command::Controller(a) => a.lease_duration_seconds,
+                other => panic!("unexpected command {other:?}"),
+            })
+        };
+        assert_eq!(lease("3").expect("3 s"), 3);
+        assert_eq!(lease("15").expect("15 s"), 15);
+        for refused in ["0", "1", "2", "3601"] {
+            assert!(lease(refused).is_err(), "{refused}");
+        }
+    }
+
+    #[test]
     fn journal_commit_window_defaults_parses_and_refuses_long_waits() {
         for command in [
             &["hookwarden", "standalone", "--dir", "."][..],

@@ -56,7 +56,9 @@ pub struct ControllerArgs {
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
     /// Lease duration in seconds; a new leader takes over this long after the old one died.
-    #[arg(long, default_value_t = 15)]
+    /// At least 3: the leader renews a third of it before expiry and stands down a ninth
+    /// before, and shorter leases leave no room for a renewal's own latency.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=3600))]
     pub lease_duration_seconds: u64,
     /// Reconcile without leader election (a single replica, or tests).
     #[arg(long)]
