@@ -65,6 +65,25 @@ pub struct StatusWritten {
 }
 
 impl Context {
+    pub fn new(
+        client: Client,
+        route_namespace: String,
+        external_base_url: Option<String>,
+        recorder: EventRecorder,
+        metrics: Arc<ControllerMetrics>,
+    ) -> Context {
+        Context {
+            client,
+            route_namespace,
+            external_base_url,
+            recorder,
+            metrics,
+            clock: Arc::new(|| jiff::Timestamp::now().as_second()),
+            failures: Mutex::new(HashMap::new()),
+            status_written: Mutex::new(HashMap::new()),
+        }
+    }
+
     fn already_written(&self, wi: &WebhookIntegration, desired: &plan::DesiredStatus) -> bool {
         let Ok(written) = self.status_written.lock() else {
             return false;
@@ -88,25 +107,10 @@ impl Context {
             );
         }
     }
-}
 
-impl Context {
-    pub fn new(
-        client: Client,
-        route_namespace: String,
-        external_base_url: Option<String>,
-        recorder: EventRecorder,
-        metrics: Arc<ControllerMetrics>,
-    ) -> Context {
-        Context {
-            client,
-            route_namespace,
-            external_base_url,
-            recorder,
-            metrics,
-            clock: Arc::new(|| jiff::Timestamp::now().as_second()),
-            failures: Mutex::new(HashMap::new()),
-            status_written: Mutex::new(HashMap::new()),
+    fn forget_written(&self, wi: &WebhookIntegration) {
+        if let Ok(mut written) = self.status_written.lock() {
+            written.remove(&ObjectRef::from_obj(wi));
         }
     }
 }
@@ -432,9 +436,7 @@ async fn publish_events(ctx: &Context, wi: &WebhookIntegration, plan: &Plan, cha
 
 async fn cleanup(wi: &WebhookIntegration, ctx: &Context) -> Result<Action, Error> {
     let namespace = wi.namespace().ok_or(Error::NoNamespace)?;
-    if let Ok(mut written) = ctx.status_written.lock() {
-        written.remove(&ObjectRef::from_obj(wi));
-    }
+    ctx.forget_written(wi);
     let routes: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.route_namespace);
     let route_secret_name = Route::secret_name(&namespace, &wi.name_any());
     match routes
