@@ -38,6 +38,8 @@ use reconcile::{Context, GENERATED_LABEL};
 
 /// Name of the leader-election Lease in hookwarden's namespace.
 pub const LEASE_NAME: &str = "hookwarden-controller";
+/// Tries at checking a missing integration's route (1 s, 2 s, … backoff: ~17 min in all).
+const MISSING_ATTEMPTS: u32 = 11;
 
 /// Flags of `hookwarden controller`.
 #[derive(Debug, Clone, clap::Args)]
@@ -333,12 +335,33 @@ pub async fn run_controller(
         .graceful_shutdown_on(async move {
             let _ = stop.wait_for(|s| *s).await;
         })
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|result| async move {
+        .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+        .for_each(|result| {
             match result {
                 Ok((obj, _)) => tracing::debug!(integration = %obj.name, namespace = ?obj.namespace, "reconciled"),
+                // A reconcile was due for an integration the cache no longer holds (see
+                // `forget_missing`). Off the result stream, which drives every reconcile.
+                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                    if let Some(namespace) = obj.namespace.clone() {
+                        let ctx = ctx.clone();
+                        tokio::spawn(async move {
+                            let mut attempt = 0;
+                            while let Err(e) = reconcile::forget_missing(&ctx, &namespace, &obj.name).await {
+                                attempt += 1;
+                                if attempt == MISSING_ATTEMPTS {
+                                    tracing::error!(integration = %obj.name, %namespace, error = %e, "gave up checking whether a deleted integration left its route behind; a controller restart checks again");
+                                    return;
+                                }
+                                let delay = reconcile::backoff(attempt);
+                                tracing::warn!(integration = %obj.name, %namespace, error = %e, attempt, retry_in = ?delay, "cannot check whether a deleted integration left its route behind");
+                                tokio::time::sleep(delay).await;
+                            }
+                        });
+                    }
+                }
                 Err(e) => tracing::debug!(error = %e, "reconcile error"),
             }
+            std::future::ready(())
         })
         .await;
 }

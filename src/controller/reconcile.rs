@@ -113,6 +113,85 @@ impl Context {
             written.remove(&ObjectRef::from_obj(wi));
         }
     }
+
+    /// Drops everything kept per integration (backoff count, status memo) for one that is
+    /// gone.
+    fn forget(&self, key: &ObjectRef<WebhookIntegration>) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.remove(key);
+        }
+        if let Ok(mut written) = self.status_written.lock() {
+            written.remove(key);
+        }
+    }
+
+    /// How many integrations this controller keeps per-object memory for (tests).
+    pub fn remembered(&self) -> usize {
+        let failures = self.failures.lock().map(|f| f.len()).unwrap_or(0);
+        let written = self.status_written.lock().map(|w| w.len()).unwrap_or(0);
+        failures.max(written)
+    }
+}
+
+/// What [`forget_missing`] did about a missing integration's route.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MissingRoute {
+    /// No route Secret: the finalizer removed it (the usual deletion).
+    None,
+    /// The integration exists after all (the cache lags): its own reconcile owns the route.
+    IntegrationExists,
+    /// The integration is gone and its route Secret was deleted.
+    Removed,
+    /// The route Secret changed or vanished between the read and the delete: left to the
+    /// next event.
+    Changed,
+}
+
+/// A reconcile came due for an integration that is not in the controller's cache: it was
+/// deleted (after its finalizer ran, or with the finalizer removed by hand so cleanup never
+/// ran), or a route Secret names an integration that no longer exists (deleted while no
+/// controller ran). Forgets what the controller kept about it and, when a live read
+/// confirms the integration is gone, deletes its route Secret, guarded by that Secret's
+/// uid and resourceVersion: a route left behind would keep a deleted integration's endpoint
+/// answering 202 to deliveries that can reach no status. The usual deletion costs one GET
+/// (the route Secret is already gone).
+pub async fn forget_missing(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<MissingRoute, kube::Error> {
+    ctx.forget(&ObjectRef::new(name).within(namespace));
+    let routes: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.route_namespace);
+    let route_secret_name = Route::secret_name(namespace, name);
+    let Some(secret) = routes.get_opt(&route_secret_name).await? else {
+        return Ok(MissingRoute::None);
+    };
+    let integrations: Api<WebhookIntegration> = Api::namespaced(ctx.client.clone(), namespace);
+    if integrations.get_opt(name).await?.is_some() {
+        return Ok(MissingRoute::IntegrationExists);
+    }
+    let guard = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: secret.metadata.uid.clone(),
+            resource_version: secret.metadata.resource_version.clone(),
+        }),
+        ..DeleteParams::default()
+    };
+    match routes.delete(&route_secret_name, &guard).await {
+        Ok(_) => {
+            warn!(
+                integration = %name,
+                %namespace,
+                route = %route_secret_name,
+                "removed the route of an integration that no longer exists (its finalizer did not run): its endpoint now answers 404"
+            );
+            Ok(MissingRoute::Removed)
+        }
+        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {
+            Ok(MissingRoute::Changed)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Reconcile failures. Permanent problems with the user's objects are not errors: they

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use hookwarden::controller::metrics::ControllerMetrics;
-use hookwarden::controller::reconcile::{Context, reconcile};
+use hookwarden::controller::reconcile::{Context, MissingRoute, forget_missing, reconcile};
 use hookwarden::crd::WebhookIntegration;
 use hookwarden::events::EventRecorder;
 use hookwarden::route::Route;
@@ -548,5 +548,137 @@ async fn api_errors_are_returned_for_backoff() {
         .await
         .expect_err("transient error");
     assert_eq!(err.metric_label(), "kube");
+    server.await.expect("server");
+}
+
+fn route_secret_answer() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {
+            "name": Route::secret_name("payments", "datadog-prod"), "namespace": ROUTE_NS,
+            "uid": "route-uid-7", "resourceVersion": "42",
+            "labels": {"hookwarden.dev/route": "true"},
+            "annotations": {"hookwarden.dev/integration": "payments/datadog-prod"},
+        },
+    })
+}
+
+#[tokio::test]
+async fn a_missing_integration_without_a_route_costs_one_read() {
+    let (client, handle) = mock_client();
+    let ctx = context(client);
+    // A failed reconcile left a backoff count behind.
+    let wi = integration(json!({"provider": "datadog"}), true);
+    let error = hookwarden::controller::reconcile::Error::NoNamespace;
+    hookwarden::controller::reconcile::error_policy(Arc::new(wi), &error, ctx.clone());
+    assert_eq!(ctx.remembered(), 1);
+    let server = serve(
+        handle,
+        vec![Step::new(
+            Method::GET,
+            route_path(),
+            StatusCode::NOT_FOUND,
+            not_found(),
+        )],
+    );
+    let outcome = forget_missing(&ctx, "payments", "datadog-prod")
+        .await
+        .expect("forget");
+    assert_eq!(outcome, MissingRoute::None);
+    assert_eq!(
+        ctx.remembered(),
+        0,
+        "nothing kept for a deleted integration"
+    );
+    server.await.expect("server");
+}
+
+#[tokio::test]
+async fn a_route_whose_integration_still_exists_is_left_to_its_reconcile() {
+    let (client, handle) = mock_client();
+    let wi = integration(json!({"provider": "datadog"}), true);
+    let server = serve(
+        handle,
+        vec![
+            Step::new(
+                Method::GET,
+                route_path(),
+                StatusCode::OK,
+                route_secret_answer(),
+            ),
+            Step::new(
+                Method::GET,
+                WI_PATH,
+                StatusCode::OK,
+                serde_json::to_value(&wi).expect("json"),
+            ),
+        ],
+    );
+    // A DELETE after the two reads would find the mock server gone and fail the call.
+    let outcome = forget_missing(&context(client), "payments", "datadog-prod")
+        .await
+        .expect("forget");
+    assert_eq!(outcome, MissingRoute::IntegrationExists);
+    server.await.expect("server");
+}
+
+#[tokio::test]
+async fn the_route_of_an_integration_deleted_past_its_finalizer_is_removed_guarded() {
+    let (client, handle) = mock_client();
+    let server = serve(
+        handle,
+        vec![
+            Step::new(
+                Method::GET,
+                route_path(),
+                StatusCode::OK,
+                route_secret_answer(),
+            ),
+            Step::new(Method::GET, WI_PATH, StatusCode::NOT_FOUND, not_found()),
+            Step::new(
+                Method::DELETE,
+                route_path(),
+                StatusCode::OK,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+            ),
+        ],
+    );
+    let outcome = forget_missing(&context(client), "payments", "datadog-prod")
+        .await
+        .expect("forget");
+    assert_eq!(outcome, MissingRoute::Removed);
+    let bodies = server.await.expect("server");
+    assert_eq!(
+        bodies[2]["preconditions"],
+        json!({"uid": "route-uid-7", "resourceVersion": "42"}),
+        "the delete is guarded by the route Secret it read"
+    );
+}
+
+#[tokio::test]
+async fn a_route_rewritten_between_the_read_and_the_delete_survives() {
+    let (client, handle) = mock_client();
+    let server = serve(
+        handle,
+        vec![
+            Step::new(
+                Method::GET,
+                route_path(),
+                StatusCode::OK,
+                route_secret_answer(),
+            ),
+            Step::new(Method::GET, WI_PATH, StatusCode::NOT_FOUND, not_found()),
+            Step::new(
+                Method::DELETE,
+                route_path(),
+                StatusCode::CONFLICT,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "precondition failed"}),
+            ),
+        ],
+    );
+    let outcome = forget_missing(&context(client), "payments", "datadog-prod")
+        .await
+        .expect("a conflict is not an error");
+    assert_eq!(outcome, MissingRoute::Changed);
     server.await.expect("server");
 }

@@ -570,6 +570,120 @@ async fn controller_scenario(cluster: Cluster) {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_left_behind_by_a_deleted_integration_is_removed() {
+    tokio::time::timeout(TEST_LIMIT, left_behind_scenario(Cluster::emulated().await))
+        .await
+        .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real cluster: set KUBECONFIG and pass --ignored"]
+async fn real_cluster_a_route_left_behind_by_a_deleted_integration_is_removed() {
+    let _one_at_a_time = REAL_CLUSTER.lock().await;
+    tokio::time::timeout(TEST_LIMIT, left_behind_scenario(Cluster::real().await))
+        .await
+        .expect("test finished in time");
+}
+
+/// Routes whose integration went without its finalizer running: one deleted while no
+/// controller ran (found at start), one whose finalizer was removed by hand before
+/// `kubectl delete` (found on the delete). Both stop serving; a live integration's route
+/// is never touched.
+async fn left_behind_scenario(cluster: Cluster) {
+    use hookwarden::route::Route;
+    let ids = install(&cluster).await;
+    let namespace = ids.namespace.clone();
+    let ghost = Route {
+        namespace: "default".into(),
+        name: "ghost".into(),
+        uid: "0b7c6f2e-deleted-long-ago".into(),
+        generation: 1,
+        path: "/hooks/ghost-route-left-behind".into(),
+        secrets: Vec::new(),
+        spec: serde_json::from_value(serde_json::json!({"provider": "datadog"})).expect("spec"),
+    };
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(cluster.client.clone(), &namespace);
+    secrets
+        .create(
+            &kube::api::PostParams::default(),
+            &ghost.to_secret(&namespace).expect("route secret"),
+        )
+        .await
+        .expect("create the left-behind route");
+    cluster
+        .apply("kept.yaml", "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata:\n  name: kept\n  namespace: default\nspec:\n  provider: datadog\n")
+        .await;
+    let controller = start_controller(&cluster, &ids);
+    let logs = || controller.log();
+    let route_names = || async {
+        let mut names: Vec<String> = cluster
+            .list(&secret_resource(), &namespace, "hookwarden.dev/route=true")
+            .await
+            .iter()
+            .filter_map(|s| s["metadata"]["annotations"]["hookwarden.dev/integration"].as_str())
+            .map(str::to_string)
+            .collect();
+        names.sort();
+        names
+    };
+    wait_for(
+        "the left-behind route removed, the live one kept",
+        Duration::from_secs(60),
+        &logs,
+        || async {
+            condition(
+                &cluster
+                    .get(&whi_resource(), "default", "kept")
+                    .await
+                    .unwrap_or(Value::Null),
+                "Ready",
+            )
+            .as_deref()
+                == Some("True")
+                && route_names().await == ["default/kept"]
+        },
+    )
+    .await;
+    assert!(
+        logs().contains("no longer exists"),
+        "the removal is logged:\n{}",
+        logs()
+    );
+
+    // The finalizer removed by hand, then deleted: cleanup never runs.
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "whi",
+            "kept",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ])
+        .await;
+    cluster
+        .kubectl_ok(&["delete", "whi", "kept", "--wait=false"])
+        .await;
+    wait_for(
+        "the route of the integration deleted past its finalizer removed",
+        Duration::from_secs(60),
+        &logs,
+        || async { route_names().await.is_empty() },
+    )
+    .await;
+    if let Some(emu) = &cluster.emu {
+        let denied: Vec<_> = emu
+            .requests()
+            .into_iter()
+            .filter(|r| r.caller == ids.controller_caller && r.code == Some(403))
+            .collect();
+        assert!(denied.is_empty(), "the controller's RBAC lacks: {denied:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The whole product: controller + two receivers + send-test + kubectl.
 // ---------------------------------------------------------------------------------------
