@@ -6,7 +6,7 @@
 //! answering a fixed 200 with the same worker count and prints the ratio.
 //!
 //! cargo bench --bench receiver -- [--connections 32] [--seconds 5] [--workers 1] \
-//!     [--provider github|datadog] [--url URL --secret S | --standalone] [--no-nginx]
+//!     [--provider github|datadog] [--url URL --secret S | --standalone | --fsync-floor DIR] [--no-nginx]
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -87,6 +87,18 @@ struct Options {
     /// print the resident memory (DESIGN target: 10,000 routes + 100,000 ids ≤ 64 MiB).
     #[arg(long, value_names = ["ROUTES", "IDS"], num_args = 2)]
     memory: Option<Vec<u64>>,
+    /// Diagnostic: the in-process pipeline with a sink that only appends 64 bytes per
+    /// delivery to a preallocated file in DIR and answers after one shared `fdatasync`
+    /// (group commit: every append queued while the previous flush ran shares the next).
+    /// No journal format, status or ledger: the floor any receiver that flushes before
+    /// its 2xx pays on this disk.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["url", "standalone"])]
+    fsync_floor: Option<std::path::PathBuf>,
+    /// With --fsync-floor: wait up to this many microseconds for a batch as large as the
+    /// previous one before flushing (the journal's commit window policy); 0 flushes
+    /// whatever queued behind the previous flush.
+    #[arg(long, default_value_t = 0, requires = "fsync_floor")]
+    fsync_floor_window_us: u64,
     /// Ignored (cargo bench passes it).
     #[arg(long, hide = true)]
     bench: bool,
@@ -107,6 +119,93 @@ impl DeliverySink for CountingSink {
     fn duplicate(&self, _duplicate: Duplicate) {}
 }
 
+/// Answers once the delivery's 64 bytes are flushed to disk by a writer thread that
+/// flushes everything queued behind the previous flush at once (see `--fsync-floor`).
+struct FsyncFloorSink {
+    queue: std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl FsyncFloorSink {
+    const FILE_BYTES: u64 = 64 << 20;
+
+    /// Starts the writer thread on a file in a new temporary folder under `dir`; the
+    /// folder goes when the returned guard is dropped.
+    fn start(
+        dir: &std::path::Path,
+        window: Duration,
+    ) -> std::io::Result<(FsyncFloorSink, tempfile::TempDir)> {
+        use std::io::Write as _;
+        use std::os::unix::fs::FileExt as _;
+        let folder = tempfile::tempdir_in(dir)?;
+        let path = folder.path().join("fsync-floor.bin");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)?;
+        // Written zeros: a flush of an overwrite need not touch the inode.
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..(Self::FILE_BYTES >> 20) {
+            file.write_all(&zeros)?;
+        }
+        file.sync_all()?;
+        let (tx, rx) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<()>>();
+        std::thread::spawn(move || {
+            let mut offset = 0u64;
+            let mut buffer = Vec::new();
+            let mut previous = 1;
+            while let Ok(first) = rx.recv() {
+                let deadline = Instant::now() + window;
+                let mut batch = vec![first];
+                batch.extend(rx.try_iter());
+                while batch.len() < previous {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    match rx.recv_timeout(deadline - now) {
+                        Ok(waiter) => batch.push(waiter),
+                        Err(_) => break,
+                    }
+                }
+                previous = batch.len();
+                buffer.clear();
+                buffer.resize(batch.len() * 64, 0xa5);
+                if offset + buffer.len() as u64 > Self::FILE_BYTES {
+                    offset = 0;
+                }
+                if file
+                    .write_all_at(&buffer, offset)
+                    .and_then(|()| file.sync_data())
+                    .is_err()
+                {
+                    return;
+                }
+                offset += buffer.len() as u64;
+                for waiter in batch {
+                    let _ = waiter.send(());
+                }
+            }
+        });
+        let sink = FsyncFloorSink { queue: tx };
+        Ok((sink, folder))
+    }
+}
+
+impl DeliverySink for FsyncFloorSink {
+    async fn accept(&self, _delivery: Accepted) -> Result<(), SinkError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue
+            .send(tx)
+            .map_err(|_| SinkError::Unavailable("fsync floor writer gone".into()))?;
+        rx.await
+            .map_err(|_| SinkError::Unavailable("fsync floor flush failed".into()))
+    }
+    fn reject(&self, _rejected: Rejected) {}
+    fn duplicate(&self, _duplicate: Duplicate) {}
+}
+
 struct Target {
     addr: SocketAddr,
     host: String,
@@ -114,8 +213,12 @@ struct Target {
     secret: String,
 }
 
-/// Starts the receiver app with a memory sink on its own runtime; returns its target.
-fn start_in_process(provider: ProviderKind, workers: usize) -> std::io::Result<Target> {
+/// Starts the receiver app with `sink` on its own runtime; returns its target.
+fn start_in_process<S: DeliverySink>(
+    provider: ProviderKind,
+    workers: usize,
+    sink: S,
+) -> std::io::Result<Target> {
     let secret = "bench-secret-0123456789abcdef".to_string();
     let path = generate_path();
     let spec = serde_json::json!({
@@ -142,7 +245,7 @@ fn start_in_process(provider: ProviderKind, workers: usize) -> std::io::Result<T
         config,
         routes,
         dedup,
-        Arc::new(CountingSink::default()),
+        Arc::new(sink),
         ReceiverMetrics::default(),
     ));
     state.set_ready(true);
@@ -631,6 +734,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let provider = options.provider;
     let mut standalone = None;
+    let mut floor_folder = None;
     let (target, label) = match &options.url {
         Some(url) => {
             let secret = options.secret.clone().ok_or("--url needs --secret")?;
@@ -655,8 +759,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             standalone = Some(running);
             (target, label)
         }
+        None if options.fsync_floor.is_some() => {
+            let dir = options
+                .fsync_floor
+                .as_deref()
+                .unwrap_or(std::path::Path::new("."));
+            let window = Duration::from_micros(options.fsync_floor_window_us);
+            let (sink, folder) = FsyncFloorSink::start(dir, window)?;
+            let label = format!(
+                "receiver in-process ({provider}, fsync floor in {}, window {} us, {} workers)",
+                folder.path().display(),
+                options.fsync_floor_window_us,
+                options.workers
+            );
+            floor_folder = Some(folder);
+            (start_in_process(provider, options.workers, sink)?, label)
+        }
         None => (
-            start_in_process(provider, options.workers)?,
+            start_in_process(provider, options.workers, CountingSink::default())?,
             format!(
                 "receiver in-process ({provider}, memory sink, {} workers)",
                 options.workers
@@ -759,5 +879,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // The child is stopped (and its folder removed) only now, after every pass.
     drop(standalone);
+    drop(floor_folder);
     Ok(())
 }
