@@ -22,6 +22,9 @@ pub struct ControllerMetrics {
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Histogram,
     pub leader: Gauge,
+    /// Route Secrets removed because their integration went without its finalizer's
+    /// cleanup (see `reconcile::forget_missing`).
+    pub routes_left_behind_removed: Counter,
 }
 
 impl ControllerMetrics {
@@ -32,6 +35,7 @@ impl ControllerMetrics {
             errors: Family::default(),
             duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             leader: Gauge::default(),
+            routes_left_behind_removed: Counter::default(),
         };
         let sub = registry.sub_registry_with_prefix("hookwarden_controller");
         sub.register("reconciles", "Reconciles run", m.reconciles.clone());
@@ -49,6 +53,11 @@ impl ControllerMetrics {
             "leader",
             "1 while this replica holds the leader lease",
             m.leader.clone(),
+        );
+        sub.register(
+            "routes_left_behind_removed",
+            "Route Secrets removed because their integration was deleted without the finalizer's cleanup",
+            m.routes_left_behind_removed.clone(),
         );
         m
     }

@@ -40,6 +40,8 @@ use reconcile::{Context, GENERATED_LABEL};
 pub const LEASE_NAME: &str = "hookwarden-controller";
 /// Tries at checking a missing integration's route (1 s, 2 s, … backoff: ~17 min in all).
 const MISSING_ATTEMPTS: u32 = 11;
+/// Missing-integration route checks in flight at once (each is a GET or two and a DELETE).
+const MISSING_CONCURRENCY: usize = 4;
 
 /// Flags of `hookwarden controller`.
 #[derive(Debug, Clone, clap::Args)]
@@ -331,6 +333,9 @@ pub async fn run_controller(
                 refs
             },
         );
+    // Checks of missing integrations run beside the result stream (which drives every
+    // reconcile) and end with this leadership: dropping the set aborts them.
+    let mut missing = MissingChecks::default();
     controller
         .graceful_shutdown_on(async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -339,24 +344,10 @@ pub async fn run_controller(
         .for_each(|result| {
             match result {
                 Ok((obj, _)) => tracing::debug!(integration = %obj.name, namespace = ?obj.namespace, "reconciled"),
-                // A reconcile was due for an integration the cache no longer holds (see
-                // `forget_missing`). Off the result stream, which drives every reconcile.
+                // A reconcile was due for an integration the cache no longer holds.
                 Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
                     if let Some(namespace) = obj.namespace.clone() {
-                        let ctx = ctx.clone();
-                        tokio::spawn(async move {
-                            let mut attempt = 0;
-                            while let Err(e) = reconcile::forget_missing(&ctx, &namespace, &obj.name).await {
-                                attempt += 1;
-                                if attempt == MISSING_ATTEMPTS {
-                                    tracing::error!(integration = %obj.name, %namespace, error = %e, "gave up checking whether a deleted integration left its route behind; a controller restart checks again");
-                                    return;
-                                }
-                                let delay = reconcile::backoff(attempt);
-                                tracing::warn!(integration = %obj.name, %namespace, error = %e, attempt, retry_in = ?delay, "cannot check whether a deleted integration left its route behind");
-                                tokio::time::sleep(delay).await;
-                            }
-                        });
+                        check_missing(&mut missing, &ctx, namespace, obj.name.clone());
                     }
                 }
                 Err(e) => tracing::debug!(error = %e, "reconcile error"),
@@ -364,4 +355,44 @@ pub async fn run_controller(
             std::future::ready(())
         })
         .await;
+}
+
+/// The route checks of integrations missing from the cache (see
+/// [`reconcile::forget_missing`]): a few at a time, aborted when dropped.
+struct MissingChecks {
+    tasks: tokio::task::JoinSet<()>,
+    limit: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for MissingChecks {
+    fn default() -> MissingChecks {
+        MissingChecks {
+            tasks: tokio::task::JoinSet::new(),
+            limit: Arc::new(tokio::sync::Semaphore::new(MISSING_CONCURRENCY)),
+        }
+    }
+}
+
+/// Checks whether missing integration `namespace/name` left its route behind, retrying API
+/// errors with the reconcile backoff.
+fn check_missing(checks: &mut MissingChecks, ctx: &Arc<Context>, namespace: String, name: String) {
+    while checks.tasks.try_join_next().is_some() {}
+    let ctx = ctx.clone();
+    let limit = checks.limit.clone();
+    checks.tasks.spawn(async move {
+        let Ok(_permit) = limit.acquire_owned().await else {
+            return;
+        };
+        let mut attempt = 0;
+        while let Err(e) = reconcile::forget_missing(&ctx, &namespace, &name).await {
+            attempt += 1;
+            if attempt == MISSING_ATTEMPTS {
+                tracing::error!(integration = %name, %namespace, error = %e, "gave up checking whether a deleted integration left its route behind; a controller restart checks again");
+                return;
+            }
+            let delay = reconcile::backoff(attempt);
+            tracing::warn!(integration = %name, %namespace, error = %e, attempt, retry_in = ?delay, "cannot check whether a deleted integration left its route behind");
+            tokio::time::sleep(delay).await;
+        }
+    });
 }

@@ -179,6 +179,7 @@ pub async fn forget_missing(
     };
     match routes.delete(&route_secret_name, &guard).await {
         Ok(_) => {
+            ctx.metrics.routes_left_behind_removed.inc();
             warn!(
                 integration = %name,
                 %namespace,

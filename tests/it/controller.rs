@@ -643,10 +643,12 @@ async fn the_route_of_an_integration_deleted_past_its_finalizer_is_removed_guard
             ),
         ],
     );
-    let outcome = forget_missing(&context(client), "payments", "datadog-prod")
+    let ctx = context(client);
+    let outcome = forget_missing(&ctx, "payments", "datadog-prod")
         .await
         .expect("forget");
     assert_eq!(outcome, MissingRoute::Removed);
+    assert_eq!(ctx.metrics.routes_left_behind_removed.get(), 1);
     let bodies = server.await.expect("server");
     assert_eq!(
         bodies[2]["preconditions"],
@@ -676,9 +678,11 @@ async fn a_route_rewritten_between_the_read_and_the_delete_survives() {
             ),
         ],
     );
-    let outcome = forget_missing(&context(client), "payments", "datadog-prod")
+    let ctx = context(client);
+    let outcome = forget_missing(&ctx, "payments", "datadog-prod")
         .await
         .expect("a conflict is not an error");
     assert_eq!(outcome, MissingRoute::Changed);
+    assert_eq!(ctx.metrics.routes_left_behind_removed.get(), 0);
     server.await.expect("server");
 }
