@@ -11,7 +11,9 @@ use kube::ResourceExt as _;
 
 use crate::crd::{ProviderKind, WebhookIntegration, WebhookIntegrationSpec};
 use crate::domain::duration;
+use crate::domain::incident::mapping::{Mapping, MappingError};
 use crate::domain::secret::is_valid_path;
+use crate::domain::signature::Scheme;
 use crate::route::{Route, RouteSecret, SecretValue};
 
 /// Condition types the controller owns.
@@ -265,6 +267,31 @@ pub fn validate(spec: &WebhookIntegrationSpec) -> Vec<String> {
                 ));
             }
         }
+    }
+    // What the receivers find only by compiling the route (header names, the generic
+    // template, CEL and JSON-pointer expressions, a preset-less idFrom, the schema). A
+    // spec they would refuse must be InvalidSpec here, so the last good route keeps
+    // serving instead of the endpoint going dark behind Ready=True.
+    let reported = |prefix: &str| problems.iter().any(|p| p.starts_with(prefix));
+    let scheme = Scheme::from_spec(spec).err();
+    let mapping = Mapping::for_spec(spec).err();
+    let schema = spec
+        .schema
+        .as_ref()
+        .and_then(|s| jsonschema::validator_for(s).err());
+    if let Some(e) = scheme
+        && !reported("spec.signature")
+    {
+        problems.push(format!("{e}"));
+    }
+    // The severityMap values are already checked above, with the same rule.
+    if let Some(e) = mapping
+        && !matches!(e, MappingError::InvalidSeverityMap { .. })
+    {
+        problems.push(format!("{e}"));
+    }
+    if let Some(e) = schema {
+        problems.push(format!("spec.schema is not a usable JSON Schema: {e}"));
     }
     problems
 }
@@ -685,6 +712,133 @@ pub fn same_status_but_transition_times(a: &DesiredStatus, b: &DesiredStatus) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One spec field's alternatives for [`the_controller_refuses_every_spec_the_receivers_would`]:
+    /// valid and invalid values, `None` leaves the field out.
+    fn field_choices() -> Vec<(&'static str, Vec<Option<serde_json::Value>>)> {
+        use serde_json::json;
+        vec![
+            (
+                "signature",
+                vec![
+                    None,
+                    Some(
+                        json!({"header": "X-Sig", "algorithm": "sha256", "encoding": "hex", "signedContent": "{body}"}),
+                    ),
+                    Some(
+                        json!({"header": "X Sig", "algorithm": "sha256", "encoding": "hex", "signedContent": "{body}"}),
+                    ),
+                    Some(
+                        json!({"header": "X-Sig", "algorithm": "sha256", "encoding": "hex", "signedContent": "{body}{nope}"}),
+                    ),
+                    Some(
+                        json!({"header": "X-Sig", "algorithm": "sha1", "encoding": "base64", "signedContent": "{timestamp}.{body}", "timestampHeader": "X-Ts"}),
+                    ),
+                    Some(
+                        json!({"header": "X-Sig", "algorithm": "sha1", "encoding": "base64", "signedContent": "{id}.{body}", "idHeader": "bad header"}),
+                    ),
+                ],
+            ),
+            (
+                "tokenHeader",
+                vec![None, Some(json!("X-Token")), Some(json!("bad header"))],
+            ),
+            (
+                "incidents",
+                vec![
+                    None,
+                    Some(json!({"idFrom": "/alert/id", "titleFrom": "body.title"})),
+                    Some(json!({"idFrom": "body.alert.id", "resolvedWhen": "body.state == 'ok'"})),
+                    Some(json!({"idFrom": "body.alert.(", "titleFrom": "/t"})),
+                    Some(json!({"idFrom": "/a~2b"})),
+                    Some(json!({"titleFrom": "/title"})),
+                    Some(
+                        json!({"idFrom": "/id", "resolvedWhen": "body.state ==", "severityMap": {"P1": "critical"}}),
+                    ),
+                    Some(json!({"idFrom": "/id", "severityMap": {"P1": "urgent"}})),
+                ],
+            ),
+            (
+                "schema",
+                vec![
+                    None,
+                    Some(json!({"type": "object", "required": ["id"]})),
+                    Some(json!({"type": 12})),
+                ],
+            ),
+            (
+                "allowedSourceRanges",
+                vec![
+                    None,
+                    Some(json!(["10.0.0.0/8", "2001:db8::/32"])),
+                    Some(json!(["10.0.0.0/33"])),
+                ],
+            ),
+            (
+                "limits",
+                vec![
+                    None,
+                    Some(json!({"maxBodyBytes": 4096, "requestsPerSecond": 5, "burst": 10})),
+                    Some(json!({"burst": 0})),
+                ],
+            ),
+            (
+                "dedupWindow",
+                vec![None, Some(json!("1h30m")), Some(json!("an hour"))],
+            ),
+        ]
+    }
+
+    /// The controller and the receivers judge a spec alike: whatever the controller
+    /// accepts (no InvalidSpec), a receiver compiles. Otherwise the controller would write
+    /// the route with Ready=True and the receivers would drop it: the endpoint answers 404.
+    #[test]
+    fn the_controller_refuses_every_spec_the_receivers_would() {
+        use crate::receiver::routes::RouteTable;
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+        let fields = field_choices();
+        let picks: Vec<_> = fields.iter().map(|(_, c)| 0..c.len()).collect();
+        let mut runner = TestRunner::new(Config {
+            cases: 3000,
+            ..Config::default()
+        });
+        let refused = std::cell::Cell::new(0u32);
+        let strategy = (prop::sample::select(ProviderKind::ALL.to_vec()), picks);
+        runner
+            .run(&strategy, |(provider, picked)| {
+                let mut spec = serde_json::json!({"provider": provider});
+                for ((name, choices), i) in fields.iter().zip(&picked) {
+                    if let Some(value) = &choices[*i] {
+                        spec[*name] = value.clone();
+                    }
+                }
+                let spec: WebhookIntegrationSpec =
+                    serde_json::from_value(spec.clone()).expect("spec shape");
+                let problems = validate(&spec);
+                let route = Route {
+                    namespace: "payments".into(),
+                    name: "agree".into(),
+                    uid: "uid-1".into(),
+                    generation: 1,
+                    path: PATH.into(),
+                    secrets: Vec::new(),
+                    spec: spec.clone(),
+                };
+                let compiled = RouteTable::new().upsert(route);
+                if problems.is_empty() {
+                    prop_assert!(
+                        compiled.is_ok(),
+                        "the controller accepts {spec:?} but a receiver refuses it: {compiled:?}"
+                    );
+                } else {
+                    refused.set(refused.get() + 1);
+                }
+                Ok(())
+            })
+            .expect("controller and receiver agree");
+        assert!(refused.get() > 0, "the cases include invalid specs");
+    }
     use crate::crd::{
         HmacAlgorithm, SecretKeyRef, SignatureEncoding, SignatureSpec, WebhookIntegrationStatus,
     };
@@ -990,6 +1144,29 @@ mod tests {
         let ready = cond(&p, READY);
         assert_eq!(ready.reason, reason::INVALID_SPEC);
         assert!(ready.message.contains("10.0.0.0/33"));
+    }
+
+    #[test]
+    fn what_only_compiling_the_route_finds_is_invalid_spec_with_each_problem_named() {
+        let mut s = with_ref(spec(ProviderKind::Linear));
+        s.token_header = Some("X-Token".into());
+        s.schema = Some(serde_json::json!({"type": 12}));
+        s.incidents = Some(crate::crd::IncidentMapping {
+            title_from: Some("/title".into()),
+            ..Default::default()
+        });
+        let wi = integration(s);
+        let p = plan(input(
+            &wi,
+            SecretSource::Referenced(RefLookup::Value("v".into())),
+            None,
+        ));
+        assert!(p.route.is_none(), "the last good route keeps serving");
+        let ready = cond(&p, READY);
+        assert_eq!(ready.reason, reason::INVALID_SPEC);
+        for named in ["spec.tokenHeader", "spec.schema", "spec.incidents.idFrom"] {
+            assert!(ready.message.contains(named), "{named}: {}", ready.message);
+        }
     }
 
     #[test]
