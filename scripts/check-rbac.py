@@ -28,7 +28,6 @@ EXPECTED = {
     ],
     "receiver": [
         ("namespace", "", "secrets", "", "get list watch"),
-        ("cluster", "hookwarden.dev", "webhookintegrations", "", "get"),
         ("cluster", "hookwarden.dev", "webhookintegrations/status", "", "get patch"),
         ("cluster", "", "events", "", "create patch"),
         ("cluster", "events.k8s.io", "events", "", "create patch"),
