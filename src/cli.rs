@@ -161,4 +161,32 @@ mod tests {
         assert!(long.contains("longer than 100ms"), "{long}");
         assert!(with("soon").is_err());
     }
+
+    #[test]
+    fn dedup_max_ids_defaults_to_the_documented_capacity_and_is_bounded() {
+        let ids = |extra: &[&str]| {
+            let mut standalone = vec!["hookwarden", "standalone", "--dir", "."];
+            standalone.extend(extra);
+            let mut receiver = vec!["hookwarden", "receiver", "--namespace", "ns"];
+            receiver.extend(extra);
+            [standalone, receiver].map(|args| {
+                Cli::try_parse_from(args).map(|cli| match cli.command {
+                    Command::Standalone(a) => a.dedup_max_ids,
+                    Command::Receiver(a) => a.dedup_max_ids,
+                    other => panic!("unexpected command {other:?}"),
+                })
+            })
+        };
+        for parsed in ids(&[]) {
+            assert_eq!(parsed.expect("default"), 200_000);
+        }
+        for parsed in ids(&["--dedup-max-ids", "2000000"]) {
+            assert_eq!(parsed.expect("set"), 2_000_000);
+        }
+        for refused in ["0", "999", "100000001", "many"] {
+            for parsed in ids(&["--dedup-max-ids", refused]) {
+                assert!(parsed.is_err(), "{refused}");
+            }
+        }
+    }
 }

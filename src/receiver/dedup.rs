@@ -21,6 +21,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Notify;
 
 use super::Clock;
@@ -128,8 +129,10 @@ struct Shard {
 }
 
 impl Shard {
-    /// Drops expired entries from the front, then the oldest while over `cap`.
-    fn trim(&mut self, now_ms: i64, cap: usize) {
+    /// Drops expired entries from the front, then the oldest while over `cap`. Returns how
+    /// many of those were still within their window (forgotten early for lack of room).
+    fn trim(&mut self, now_ms: i64, cap: usize) -> u64 {
+        let mut early = 0;
         while let Some(&(key, expires)) = self.order.front() {
             let slot = self.slots.get(&key).filter(|s| s.expires_at_ms == expires);
             let live = slot.is_some();
@@ -145,6 +148,9 @@ impl Shard {
             }
             if live {
                 self.slots.remove(&key);
+                if expires > now_ms {
+                    early += 1;
+                }
             }
             if self.order.len() > self.slots.len().saturating_mul(2) + 64 {
                 // Too many stale queue entries: rebuild the queue from the live slots.
@@ -157,6 +163,7 @@ impl Shard {
                 self.order = live.into();
             }
         }
+        early
     }
 
     fn insert(&mut self, key: u128, slot: Slot) {
@@ -169,6 +176,8 @@ struct Inner {
     shards: Vec<Mutex<Shard>>,
     per_shard_cap: usize,
     clock: Clock,
+    /// Ids forgotten before their window ended because the memory was full.
+    evicted_early: Counter,
 }
 
 impl Inner {
@@ -219,6 +228,12 @@ impl Dedup {
     /// At most about `max_entries` ids are remembered; beyond that the oldest are
     /// forgotten early (bounded memory over a rare late duplicate).
     pub fn new(max_entries: u64, clock: Clock) -> Dedup {
+        Dedup::with_counter(max_entries, clock, Counter::default())
+    }
+
+    /// [`Dedup::new`], counting ids forgotten early in `evicted_early` (a registered
+    /// metric).
+    pub fn with_counter(max_entries: u64, clock: Clock, evicted_early: Counter) -> Dedup {
         let per_shard_cap = usize::try_from(max_entries.div_ceil(SHARDS as u64))
             .unwrap_or(usize::MAX)
             .max(1);
@@ -228,8 +243,15 @@ impl Dedup {
                 shards,
                 per_shard_cap,
                 clock,
+                evicted_early,
             }),
         }
+    }
+
+    /// Counts ids forgotten before their window ended because `max_entries` was reached:
+    /// a copy of such a delivery arriving later is accepted again.
+    pub fn evicted_early(&self) -> Counter {
+        self.inner.evicted_early.clone()
     }
 
     /// Claims `id` for `integration` (`namespace/name`) for `window`, waiting for a
@@ -245,7 +267,10 @@ impl Dedup {
                     Some(flight) => flight.clone(),
                 },
                 _ => {
-                    shard.trim(now, self.inner.per_shard_cap);
+                    let early = shard.trim(now, self.inner.per_shard_cap);
+                    if early > 0 {
+                        self.inner.evicted_early.inc_by(early);
+                    }
                     let flight = Arc::new(InFlight {
                         state: AtomicU8::new(PENDING),
                         done: Notify::new(),
@@ -292,7 +317,10 @@ impl Dedup {
             Some(slot) if slot.expires_at_ms >= expires_at_ms => return,
             _ => {}
         }
-        shard.trim(now, self.inner.per_shard_cap);
+        let early = shard.trim(now, self.inner.per_shard_cap);
+        if early > 0 {
+            self.inner.evicted_early.inc_by(early);
+        }
         shard.insert(
             key,
             Slot {
@@ -395,6 +423,34 @@ mod tests {
 
     fn dedup(now_ms: i64) -> Dedup {
         dedup_at(Arc::new(AtomicI64::new(now_ms)), 1_000)
+    }
+
+    #[tokio::test]
+    async fn ids_forgotten_within_their_window_are_counted_expired_ones_are_not() {
+        let now = Arc::new(AtomicI64::new(0));
+        let d = dedup_at(now.clone(), 1_000);
+        let window = Duration::from_secs(60);
+        // 400 ids fit in 1,000 (16 shards of 63) however the digests fall.
+        for i in 0..400 {
+            d.remember("ns/a", &format!("old-{i}"), 60_000);
+        }
+        assert_eq!(d.evicted_early().get(), 0, "within the cap");
+        // A minute later every one of them has expired: making room for new ones
+        // forgets nothing early.
+        now.store(60_000, Ordering::SeqCst);
+        for i in 0..400 {
+            let Check::Fresh(claim) = d.claim("ns/a", &format!("new-{i}"), window).await else {
+                panic!("fresh")
+            };
+            claim.accepted();
+        }
+        assert_eq!(d.evicted_early().get(), 0, "only expired ids made room");
+        // 2,400 ids within their window in room for 1,008: the rest is forgotten early.
+        for i in 0..2_000 {
+            d.remember("ns/a", &format!("more-{i}"), 120_000);
+        }
+        let early = d.evicted_early().get();
+        assert!((1_392..=1_600).contains(&early), "{early}");
     }
 
     #[tokio::test]

@@ -158,9 +158,13 @@ pub struct Ledger {
     /// expiry); read for upgrades, never written.
     #[serde(default, rename = "remembered", skip_serializing)]
     legacy_remembered: BTreeMap<String, BTreeMap<String, i64>>,
+    /// Cap on `remembered` (`--dedup-max-ids`); `None`: [`MAX_REMEMBERED_IDS`].
+    #[serde(skip)]
+    max_remembered: Option<usize>,
 }
 
-/// At most this many delivery ids are kept for re-seeding dedup (oldest expiry dropped).
+/// By default at most this many delivery ids are kept for re-seeding dedup (oldest
+/// dropped first); `--dedup-max-ids` sets it with the dedup memory's own cap.
 pub const MAX_REMEMBERED_IDS: usize = 200_000;
 
 impl Ledger {
@@ -304,6 +308,19 @@ impl Ledger {
         entry
     }
 
+    /// Keeps at most `max` delivery ids from now on (the oldest go first).
+    pub fn set_max_remembered(&mut self, max: usize) {
+        self.max_remembered = Some(max.max(1));
+        self.trim_remembered();
+    }
+
+    fn trim_remembered(&mut self) {
+        let max = self.max_remembered.unwrap_or(MAX_REMEMBERED_IDS);
+        while self.remembered.len() > max {
+            self.remembered.pop_front();
+        }
+    }
+
     /// Remembers a delivery id without counting anything: for journal entries whose
     /// effects already reached the status but whose ids no snapshot holds yet.
     pub fn remember_id(&mut self, integration: &str, id: &str, expires_at_ms: i64) {
@@ -316,9 +333,7 @@ impl Ledger {
             .push_back(RememberedId::new(digest, expires_at_ms));
         // The oldest go first; an id remembered twice (re-accepted after it expired)
         // simply appears twice until the older copy ages out.
-        while self.remembered.len() > MAX_REMEMBERED_IDS {
-            self.remembered.pop_front();
-        }
+        self.trim_remembered();
     }
 
     /// Drops remembered ids that expired at `now_ms` (once per checkpoint: windows
@@ -699,6 +714,20 @@ mod tests {
             Ledger::from_snapshot(&snapshot),
             Err(SnapshotError::Ids(_))
         ));
+    }
+
+    #[test]
+    fn the_remembered_id_cap_can_be_set() {
+        let mut ledger = Ledger::default();
+        for i in 0..100 {
+            ledger.remember_id(KEY, &format!("d{i}"), DAY_MS);
+        }
+        ledger.set_max_remembered(30);
+        let ids: Vec<u128> = ledger.remembered_ids(0).map(|r| r.digest()).collect();
+        assert_eq!(ids.len(), 30);
+        assert_eq!(ids[0], crate::receiver::dedup::digest(KEY, "d70"));
+        ledger.remember_id(KEY, "d100", DAY_MS);
+        assert_eq!(ledger.remembered_ids(0).count(), 30);
     }
 
     #[test]

@@ -61,6 +61,8 @@ pub struct ReceiverMetrics {
     pub latency: HistogramFamily,
     /// Deliveries answered as duplicates of an already accepted id.
     pub dedup_hits: Family<ProviderLabels, Counter>,
+    /// Delivery ids forgotten before their dedup window ended (memory full).
+    pub dedup_evicted_early: Counter,
     /// Deliveries accepted but whose effects are not yet applied (runtime).
     pub queue_depth: Gauge,
     /// Status patches by outcome (runtime).
@@ -78,6 +80,7 @@ impl Default for ReceiverMetrics {
             rejects: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             dedup_hits: Family::default(),
+            dedup_evicted_early: Counter::default(),
             queue_depth: Gauge::default(),
             status_writes: Family::default(),
             journal_appends: Family::default(),
@@ -110,6 +113,11 @@ impl ReceiverMetrics {
             "dedup_hits",
             "Deliveries answered as duplicates",
             m.dedup_hits.clone(),
+        );
+        r.register(
+            "dedup_evicted_early",
+            "Delivery ids forgotten before their dedup window ended because --dedup-max-ids was reached (a later copy would be accepted again)",
+            m.dedup_evicted_early.clone(),
         );
         r.register(
             "queue_depth",

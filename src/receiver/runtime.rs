@@ -261,6 +261,7 @@ pub fn replay(
     snapshot_written: bool,
     entries: impl IntoIterator<Item = (u64, Vec<u8>)>,
     settings: &SettingsLookup,
+    max_ids: usize,
 ) -> (Ledger, ReplayReport) {
     let mut ledger = match snapshot {
         Some(bytes) => Ledger::from_snapshot(bytes).unwrap_or_else(|e| {
@@ -269,6 +270,7 @@ pub fn replay(
         }),
         None => Ledger::default(),
     };
+    ledger.set_max_remembered(max_ids);
     if snapshot_written {
         ledger.mark_all_written();
     }
@@ -302,6 +304,7 @@ pub fn replay_recovered(
     recovered: Recovered,
     stats: &JournalStats,
     settings: &SettingsLookup,
+    max_ids: usize,
 ) -> (Ledger, ReplayReport) {
     let Recovered {
         snapshot,
@@ -309,7 +312,13 @@ pub fn replay_recovered(
         applied,
     } = recovered;
     let snapshot_written = stats.applied_seq > stats.snapshot_seq;
-    let (mut ledger, report) = replay(snapshot.as_deref(), snapshot_written, entries, settings);
+    let (mut ledger, report) = replay(
+        snapshot.as_deref(),
+        snapshot_written,
+        entries,
+        settings,
+        max_ids,
+    );
     // Entries already on the status (applied after the last checkpoint): not counted
     // again, but their delivery ids must still be caught as duplicates after a restart.
     for (_, bytes) in applied {
@@ -674,6 +683,7 @@ async fn write_all<W: StatusWriter>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::receiver::ledger::MAX_REMEMBERED_IDS;
 
     fn entry(seq: u64) -> (u64, Vec<u8>) {
         let accepted = Accepted {
@@ -700,24 +710,48 @@ mod tests {
     #[test]
     fn replay_adds_only_what_the_status_does_not_show() {
         // Checkpoint after 3 entries, none written yet.
-        let (at_checkpoint, _) = replay(None, false, (1..=3).map(entry), &settings());
+        let (at_checkpoint, _) = replay(
+            None,
+            false,
+            (1..=3).map(entry),
+            &settings(),
+            MAX_REMEMBERED_IDS,
+        );
         let snapshot = at_checkpoint.to_snapshot().expect("snapshot");
 
         // Applied mark not past the checkpoint: the checkpoint's 3 are still to write,
         // plus the 2 replayed entries.
-        let (ledger, report) = replay(Some(&snapshot), false, (4..=5).map(entry), &settings());
+        let (ledger, report) = replay(
+            Some(&snapshot),
+            false,
+            (4..=5).map(entry),
+            &settings(),
+            MAX_REMEMBERED_IDS,
+        );
         assert_eq!((delta(&ledger), report.replayed), (5, 2));
 
         // Applied mark past the checkpoint (the journal then skips entries up to it, here
         // 4): everything the checkpoint counted is on the status already.
-        let (ledger, _) = replay(Some(&snapshot), true, (5..=5).map(entry), &settings());
+        let (ledger, _) = replay(
+            Some(&snapshot),
+            true,
+            (5..=5).map(entry),
+            &settings(),
+            MAX_REMEMBERED_IDS,
+        );
         assert_eq!(delta(&ledger), 1);
         assert_eq!(ledger.covered_seq(), 5);
     }
 
     #[test]
     fn applied_entries_after_the_checkpoint_reseed_dedup_without_counting() {
-        let (at_checkpoint, _) = replay(None, false, (1..=3).map(entry), &settings());
+        let (at_checkpoint, _) = replay(
+            None,
+            false,
+            (1..=3).map(entry),
+            &settings(),
+            MAX_REMEMBERED_IDS,
+        );
         let snapshot = at_checkpoint.to_snapshot().expect("snapshot");
         let recovered = Recovered {
             snapshot: Some(snapshot),
@@ -729,7 +763,7 @@ mod tests {
             snapshot_seq: 3,
             ..JournalStats::default()
         };
-        let (ledger, report) = replay_recovered(recovered, &stats, &settings());
+        let (ledger, report) = replay_recovered(recovered, &stats, &settings(), MAX_REMEMBERED_IDS);
         // Only entry 6 is counted again; 4 and 5 are on the status already.
         assert_eq!((delta(&ledger), report.replayed), (1, 1));
         // …but a retry of delivery d4 or d5 after the restart is still a duplicate.
@@ -743,7 +777,7 @@ mod tests {
     #[test]
     fn undecodable_entries_are_skipped_and_reported() {
         let entries = vec![entry(1), (2, b"not json".to_vec()), entry(3)];
-        let (ledger, report) = replay(None, false, entries, &settings());
+        let (ledger, report) = replay(None, false, entries, &settings(), MAX_REMEMBERED_IDS);
         assert_eq!(
             (report.replayed, report.undecodable, report.max_seq),
             (2, 1, 3)

@@ -25,8 +25,9 @@ use crate::receiver::runtime::{
 use crate::receiver::status::StatusWriter;
 use crate::route::Route;
 
-/// Delivery ids remembered at most (DESIGN.md: 100,000 within 64 MiB).
-pub const DEDUP_CAPACITY: u64 = 200_000;
+/// Delivery ids remembered at most by default (`--dedup-max-ids`; DESIGN.md: 100,000
+/// within 64 MiB).
+pub const DEDUP_CAPACITY: u64 = crate::receiver::ledger::MAX_REMEMBERED_IDS as u64;
 
 /// Default cap on the journal's size on disk (1 GiB).
 pub const DEFAULT_JOURNAL_MAX_BYTES: u64 = 1 << 30;
@@ -61,6 +62,9 @@ pub struct ReceiverOptions {
     pub journal_max_bytes: u64,
     /// How long a journal commit may wait for company (group commit window).
     pub journal_commit_window: Duration,
+    /// Delivery ids remembered for deduplication, across all integrations
+    /// (`--dedup-max-ids`).
+    pub dedup_max_ids: u64,
     pub trusted_proxies: Vec<IpNet>,
     pub external_base_url: Option<String>,
     pub runtime: RuntimeConfig,
@@ -198,7 +202,9 @@ impl<W: StatusWriter> Receiver<W> {
             })?;
         let handle = ReceiverHandle::new();
         let lookup = handle.lookup();
-        let (mut ledger, report) = runtime::replay_recovered(recovered, &journal.stats(), &lookup);
+        let max_ids = usize::try_from(options.dedup_max_ids).unwrap_or(usize::MAX);
+        let (mut ledger, report) =
+            runtime::replay_recovered(recovered, &journal.stats(), &lookup, max_ids);
         // Entries the journal skipped (marked applied, their counts already on the
         // status) leave a gap below its last sequence number: close it, so the
         // ledger's covered prefix keeps growing with new appends.
@@ -215,7 +221,11 @@ impl<W: StatusWriter> Receiver<W> {
             trusted_proxies: options.trusted_proxies.clone(),
             ..PipelineConfig::default()
         };
-        let dedup = Dedup::new(DEDUP_CAPACITY, config.clock.clone());
+        let dedup = Dedup::with_counter(
+            options.dedup_max_ids,
+            config.clock.clone(),
+            metrics.dedup_evicted_early.clone(),
+        );
         let now = (config.clock)();
         for id in ledger.remembered_ids(now) {
             dedup.remember_digest(id.digest(), id.expires_at_ms);

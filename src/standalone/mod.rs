@@ -68,6 +68,13 @@ pub struct StandaloneArgs {
     /// them share one fsync (0: commit as soon as the previous fsync is done).
     #[arg(long, default_value = "400us", value_parser = crate::receiver::service::parse_commit_window)]
     pub journal_commit_window: Duration,
+    /// Delivery ids remembered for deduplication, across all integrations (about 130
+    /// bytes of memory each). When full, the oldest are forgotten before their dedup
+    /// window ends (counted in hookwarden_receiver_dedup_evicted_early_total) and a late
+    /// copy of such a delivery is accepted again. The default covers 24 h at an average of
+    /// 2.3 accepted deliveries per second.
+    #[arg(long, default_value_t = crate::receiver::service::DEDUP_CAPACITY, value_parser = clap::value_parser!(u64).range(1_000..=100_000_000))]
+    pub dedup_max_ids: u64,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -190,6 +197,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
         journal_dir: state.journal_dir(),
         journal_max_bytes: args.journal_max_bytes,
         journal_commit_window: args.journal_commit_window,
+        dedup_max_ids: args.dedup_max_ids,
         trusted_proxies: Vec::new(),
         external_base_url: args.external_base_url.clone(),
         runtime: config,

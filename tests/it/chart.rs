@@ -177,6 +177,11 @@ fn default_values_start_components_with_accepted_flags() {
                     hookwarden::receiver::service::DEFAULT_JOURNAL_COMMIT_WINDOW,
                     "the chart's default commit window is the binary's"
                 );
+                assert_eq!(
+                    args.dedup_max_ids,
+                    hookwarden::receiver::service::DEDUP_CAPACITY,
+                    "the chart's default dedup capacity is the binary's"
+                );
             }
             _ => {}
         }
@@ -281,6 +286,10 @@ fn non_default_values_reach_the_components() {
             assert_eq!(
                 args.journal_commit_window,
                 std::time::Duration::from_micros(1500)
+            );
+            assert_eq!(
+                args.dedup_max_ids, 2_000_000,
+                "a large count is rendered as an integer, not 2e+06"
             );
         }
         if let Command::Controller(args) = cli.command {

@@ -682,6 +682,57 @@ fn metrics_addr_serves_the_receiver_and_journal_series() {
     receiver.stop();
 }
 
+/// `--dedup-max-ids` bounds the memory: past it the oldest ids are forgotten before their
+/// window ends, a late copy of one is accepted again, and the metric counts them; recent
+/// ids are still caught.
+#[test]
+fn a_full_dedup_memory_forgets_the_oldest_ids_and_counts_them() {
+    let dir = folder_with(&["datadog.yaml"]);
+    let yaml = dir.path().join("datadog.yaml");
+    let text = std::fs::read_to_string(&yaml).expect("example");
+    let raised = text.replacen(
+        "  provider: datadog\n",
+        "  provider: datadog\n  limits: {requestsPerSecond: 100000, burst: 100000}\n",
+        1,
+    );
+    assert_ne!(raised, text, "the example's spec was found");
+    std::fs::write(&yaml, raised).expect("write");
+    let receiver = Standalone::start_with(
+        dir.path(),
+        &["--metrics-addr", "127.0.0.1:0", "--dedup-max-ids", "1000"],
+    );
+    let url = receiver.url("default/datadog-prod").to_string();
+    let metrics = receiver.metrics.clone().expect("a Metrics: line");
+    let series = |name: &str| {
+        let text = get_body(&metrics).expect("GET /metrics answers 200");
+        sample(&text, name).unwrap_or(0.0)
+    };
+    for i in 0..1_500 {
+        assert_eq!(
+            datadog(&url, &format!("cap-{i}"), "disk", "Triggered"),
+            Some(202),
+            "delivery {i}"
+        );
+    }
+    let early = series("hookwarden_receiver_dedup_evicted_early_total");
+    assert!(
+        (492.0..=1_000.0).contains(&early),
+        "1,500 ids in room for about 1,000: {early}"
+    );
+    let hits = |provider: &str| {
+        series(&format!(
+            "hookwarden_receiver_dedup_hits_total{{provider=\"{provider}\"}}"
+        ))
+    };
+    // The newest id is remembered: a copy is a duplicate (200, no second effect).
+    assert_eq!(datadog(&url, "cap-1499", "disk", "Triggered"), Some(200));
+    assert_eq!(hits("datadog"), 1.0);
+    // The oldest was forgotten: a copy is taken as a new delivery (202).
+    assert_eq!(datadog(&url, "cap-0", "disk", "Triggered"), Some(202));
+    assert_eq!(hits("datadog"), 1.0, "cap-0 was forgotten, not caught");
+    receiver.stop();
+}
+
 #[test]
 fn a_second_standalone_on_the_same_state_refuses_to_start() {
     let dir = folder_with(&["datadog.yaml"]);

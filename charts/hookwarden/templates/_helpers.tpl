@@ -134,6 +134,7 @@ The only place flags are spelled: values -> args. */}}
 {{- end }}
 - --journal-commit-window={{ .Values.receiver.journal.commitWindow }}
 - --status-interval={{ .Values.receiver.statusInterval }}
+- --dedup-max-ids={{ .Values.receiver.dedupMaxIds | int64 }}
 - --log-format={{ .Values.logFormat }}
 {{- with include "hookwarden.externalBaseURL" . }}
 - --external-base-url={{ . }}
