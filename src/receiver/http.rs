@@ -133,18 +133,28 @@ impl<S: DeliverySink> ReceiverState<S> {
 /// `/healthz`, `/readyz`. Metrics are separate: [`super::metrics::metrics_router`].
 pub fn app<S: DeliverySink>(state: Arc<ReceiverState<S>>) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(healthz::<S>))
         .route("/readyz", get(readyz::<S>))
         .fallback(deliver::<S>)
         .with_state(state)
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// Live unless the sink is broken beyond what a retry fixes (a failed journal fsync):
+/// then the liveness probe fails and the container restarts, which reopens and validates
+/// the journal and replays it.
+async fn healthz<S: DeliverySink>(State(state): State<Arc<ReceiverState<S>>>) -> Response {
+    match state.sink.health() {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+    }
 }
 
+/// Ready once routes are synced, and while the sink can keep what it acknowledges (so a
+/// receiver with a failed journal leaves the Service before its restart).
 async fn readyz<S: DeliverySink>(State(state): State<Arc<ReceiverState<S>>>) -> Response {
-    if state.is_ready() {
+    if let Err(why) = state.sink.health() {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response()
+    } else if state.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "routes not synced yet\n").into_response()

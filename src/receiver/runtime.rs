@@ -38,6 +38,10 @@ pub trait DeliveryJournal: Send + Sync + 'static {
     fn append(&self, record: Vec<u8>) -> impl Future<Output = Result<u64, SinkError>> + Send;
     /// Records that every entry up to `seq` reached the status.
     fn mark_applied(&self, seq: u64);
+    /// True once the journal refuses every write until it is reopened (a failed fsync).
+    fn failed(&self) -> bool {
+        false
+    }
     /// Stores `snapshot` as the state covering every entry up to `covers`, so those
     /// entries can be dropped.
     fn checkpoint(
@@ -55,6 +59,9 @@ impl DeliveryJournal for Journal {
     }
     fn mark_applied(&self, seq: u64) {
         Journal::mark_applied(self, seq);
+    }
+    fn failed(&self) -> bool {
+        self.stats().failed
     }
     async fn checkpoint(&self, snapshot: Vec<u8>, covers: u64) -> Result<(), String> {
         Journal::checkpoint(self, snapshot, covers)
@@ -227,6 +234,16 @@ impl<J: DeliveryJournal> DeliverySink for JournaledSink<J> {
 
     fn duplicate(&self, duplicate: Duplicate) {
         self.push_side(Queued::Duplicate(duplicate));
+    }
+
+    fn health(&self) -> Result<(), &'static str> {
+        if self.journal.failed() {
+            Err(
+                "journal failed after an fsync error: it refuses writes until the receiver restarts and reopens it",
+            )
+        } else {
+            Ok(())
+        }
     }
 }
 

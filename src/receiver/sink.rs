@@ -77,4 +77,10 @@ pub trait DeliverySink: Send + Sync + 'static {
     fn reject(&self, rejected: Rejected);
     /// Records a duplicate delivery.
     fn duplicate(&self, duplicate: Duplicate);
+    /// `Err(why)` when the sink is broken until the process restarts (its journal failed
+    /// an fsync): `/healthz` and `/readyz` then answer 503 with `why`. Transient refusals
+    /// (journal full, queue full) are not unhealthy: they are answered 503 per request.
+    fn health(&self) -> Result<(), &'static str> {
+        Ok(())
+    }
 }

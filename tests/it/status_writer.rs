@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 struct MemJournal {
     next: AtomicU64,
     fail: AtomicBool,
+    /// Failed for good (an fsync error): refused until reopened.
+    broken: AtomicBool,
     applied: AtomicU64,
     records: Mutex<Vec<(u64, Vec<u8>)>>,
     checkpoints: Mutex<Vec<(Vec<u8>, u64)>>,
@@ -38,6 +40,9 @@ impl DeliveryJournal for MemJournal {
     }
     fn mark_applied(&self, seq: u64) {
         self.applied.fetch_max(seq, Ordering::SeqCst);
+    }
+    fn failed(&self) -> bool {
+        self.broken.load(Ordering::SeqCst)
     }
     async fn checkpoint(&self, snapshot: Vec<u8>, covers: u64) -> Result<(), String> {
         self.checkpoints
@@ -283,6 +288,71 @@ async fn an_unwritable_journal_refuses_and_a_later_retry_is_accepted() {
         1,
         "the refused attempt left no trace"
     );
+}
+
+/// A journal that failed an fsync takes the receiver out of service: /readyz and /healthz
+/// answer 503 (the Service stops sending it deliveries, the liveness probe restarts it and
+/// the restart reopens the journal); a full journal is only answered per request.
+#[tokio::test]
+async fn a_failed_journal_fails_the_probes_a_full_one_does_not() {
+    use hookwarden::receiver::dedup::Dedup;
+    use hookwarden::receiver::http::{PipelineConfig, ReceiverState, app};
+    use hookwarden::receiver::metrics::ReceiverMetrics;
+    use hookwarden::receiver::routes::RouteTable;
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    let journal = Arc::new(MemJournal::default());
+    let (sink, status_loop) = runtime::build(
+        journal.clone(),
+        Arc::new(RecordingWriter::default()),
+        Ledger::default(),
+        settings(),
+        config(Duration::from_secs(60)),
+    );
+    let pipeline = PipelineConfig::default();
+    let dedup = Dedup::new(1_000, pipeline.clock.clone());
+    let state = Arc::new(ReceiverState::new(
+        pipeline,
+        Arc::new(RouteTable::new()),
+        dedup,
+        sink,
+        ReceiverMetrics::default(),
+    ));
+    state.set_ready(true);
+    let probe = |path: &'static str| {
+        let router = app(state.clone());
+        async move {
+            let response = router
+                .oneshot(
+                    http::Request::get(path)
+                        .body(axum::body::Body::empty())
+                        .expect("request"),
+                )
+                .await
+                .expect("answer");
+            let status = response.status().as_u16();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    assert_eq!(probe("/healthz").await.0, 200);
+    assert_eq!(probe("/readyz").await.0, 200);
+    journal.fail.store(true, Ordering::SeqCst);
+    assert_eq!(probe("/healthz").await.0, 200, "a full disk is transient");
+    assert_eq!(probe("/readyz").await.0, 200);
+    journal.broken.store(true, Ordering::SeqCst);
+    for path in ["/healthz", "/readyz"] {
+        let (status, body) = probe(path).await;
+        assert_eq!(status, 503, "{path}");
+        assert!(body.contains("fsync"), "{path}: {body}");
+    }
+    drop(status_loop);
 }
 
 #[tokio::test]
