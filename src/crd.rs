@@ -142,11 +142,13 @@ pub struct Limits {
     #[schemars(range(min = 1, max = 67108864))]
     pub max_body_bytes: Option<i64>,
     /// Sustained requests per second from all sources; over it: 429 + Retry-After.
-    /// Default 100.
+    /// Each receiver replica enforces it on the requests it serves, so with N replicas
+    /// behind a load balancer the integration takes up to N times this. Default 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub requests_per_second: Option<i32>,
-    /// Requests allowed in a burst above the sustained rate. Default 200.
+    /// Requests allowed in a burst above the sustained rate (per receiver replica, like
+    /// requestsPerSecond). Default 200.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub burst: Option<i32>,
