@@ -78,6 +78,16 @@ fn datadog_template_is_the_json_the_preset_reads() {
         .map(|l| l.strip_prefix("/// ").unwrap_or(""))
         .collect();
     assert_eq!(documented, DATADOG_TEMPLATE.lines().collect::<Vec<_>>());
+    // And so does the README's Datadog section, the copy users paste.
+    let readme = include_str!("../../../../README.md");
+    let pasted: Vec<&str> = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("*Payload* — paste this template"))
+        .skip_while(|l| *l != "```json")
+        .skip(1)
+        .take_while(|l| *l != "```")
+        .collect();
+    assert_eq!(pasted, DATADOG_TEMPLATE.lines().collect::<Vec<_>>());
     assert_eq!(template["alert_transition"], "$ALERT_TRANSITION");
 }
 
