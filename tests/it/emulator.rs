@@ -156,8 +156,10 @@ async fn kubectl_applies_lists_with_printer_columns_and_explains() {
         let emu = Emulator::start().await.expect("start emulator");
         let kubectl = Kubectl::admin(&emu);
 
-        let ns = kubectl.ok(&["get", "namespaces"]).await;
-        assert!(ns.contains("default") && ns.contains("kube-system"), "fresh cluster namespaces: {ns}");
+        let ns = kubectl.ok(&["get", "namespaces", "-o", "name"]).await;
+        let mut names: Vec<&str> = ns.lines().collect();
+        names.sort_unstable();
+        assert_eq!(names, ["namespace/default", "namespace/kube-system"], "fresh cluster namespaces: {ns}");
 
         let crd = kubectl.file("crd.yaml", CRD);
         let out = kubectl.ok(&["apply", "-f", &crd]).await;

@@ -49,7 +49,7 @@ impl Shared {
             store: Store::new(),
             registry: Registry::with_builtins(),
         };
-        for ns in ["default", "kube-system", "kube-public"] {
+        for ns in ["default", "kube-system"] {
             let rv = state.store.next_rv();
             let obj = json!({
                 "apiVersion": "v1", "kind": "Namespace",

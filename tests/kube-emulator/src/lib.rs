@@ -85,7 +85,7 @@ fn fresh_token() -> String {
 
 impl Emulator {
     /// Starts an emulator on 127.0.0.1 with a random port, a fresh CA and admin token, and the
-    /// `default`, `kube-system` and `kube-public` namespaces.
+    /// `default` and `kube-system` namespaces.
     pub async fn start() -> Result<Emulator, EmulatorError> {
         Self::start_on(
             "127.0.0.1:0"
