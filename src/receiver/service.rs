@@ -308,3 +308,45 @@ impl<W: StatusWriter> Receiver<W> {
         served
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The defaults the CRD documents (and the README's spec table) are the ones a
+    /// receiver applies when a field is left out, in literal numbers so a changed constant
+    /// shows up here.
+    #[test]
+    fn a_spec_without_optional_fields_gets_the_documented_defaults() {
+        let route = Route {
+            namespace: "payments".into(),
+            name: "defaults".into(),
+            uid: "uid-1".into(),
+            generation: 1,
+            path: crate::domain::secret::generate_path(),
+            secrets: Vec::new(),
+            spec: serde_json::from_value(serde_json::json!({"provider": "datadog"})).expect("spec"),
+        };
+        let settings = settings_of(&route);
+        assert_eq!(settings.keep_recent, 20, "incidents.keepRecent");
+        assert_eq!(settings.dedup_window_ms, 24 * 3600 * 1000, "dedupWindow");
+        let table = RouteTable::new();
+        table.upsert(route).expect("compiles");
+        let compiled = table.by_key("payments", "defaults").expect("served");
+        assert_eq!(compiled.max_body_bytes, 1_048_576, "limits.maxBodyBytes");
+        assert_eq!(
+            compiled.rate.params,
+            (100, 200),
+            "limits.requestsPerSecond, burst"
+        );
+        assert_eq!(compiled.dedup_window, Duration::from_secs(24 * 3600));
+        assert!(compiled.include.is_empty() && compiled.exclude.is_empty());
+        assert!(compiled.source_ranges.is_empty(), "any source");
+        let spec = &compiled.route.spec;
+        assert_eq!(
+            crate::controller::plan::previous_secret_ttl(spec),
+            Duration::from_secs(24 * 3600),
+            "previousSecretTTL"
+        );
+    }
+}

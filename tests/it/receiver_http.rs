@@ -427,6 +427,19 @@ async fn body_over_the_limit_is_413_declared_or_chunked() {
     let (status, _, _) = send(&f.router, github(&f.path, &big, "d-1")).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 
+    // Not only JSON: a form-encoded (Twilio) body over the limit is 413 too.
+    let form = fixture(json!({"provider": "twilio", "limits": {"maxBodyBytes": 64}}));
+    let body = format!("CallSid=CA123&Body={}", "x".repeat(64));
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(&form.path)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-twilio-signature", "c2lnbmF0dXJl")
+        .body(Body::from(body))
+        .expect("request");
+    let (status, _, _) = send(&form.router, request).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
     // Chunked: no Content-Length, and the stream never ends on its own — a buffered
     // reader would hang or eat memory; the limit must cut it.
     let pulled = Arc::new(AtomicUsize::new(0));
@@ -623,6 +636,19 @@ async fn filtered_event_types_are_acknowledged_and_marked_ignored() {
     assert_eq!(kept.len(), 1);
     assert!(kept[0].ignored);
     assert!(kept[0].incidents.is_empty());
+
+    // An include list keeps only the listed types; exclude wins over include.
+    for (events, ignored) in [
+        (json!({"include": ["issues"]}), true),
+        (json!({"include": ["issues", "push"]}), false),
+        (json!({"include": ["push"], "exclude": ["push"]}), true),
+    ] {
+        let f = fixture(json!({"provider": "github", "events": events.clone()}));
+        let (status, _, body) = send(&f.router, github(&f.path, b"{}", "d-2")).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{events}: {body}");
+        assert_eq!(body.contains("ignored"), ignored, "{events}: {body}");
+        assert_eq!(f.sink.accepted()[0].ignored, ignored, "{events}");
+    }
 }
 
 fn datadog(path: &str, body: &Value) -> Request<Body> {

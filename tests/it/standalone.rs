@@ -405,6 +405,32 @@ fn standalone_round_trip_send_test_get_restart() {
     .expect("json");
     assert_eq!(list["kind"], "List");
     assert_eq!(list["items"].as_array().map(Vec::len), Some(5));
+    // -o yaml prints the same objects.
+    let yaml = hookwarden(&[
+        "get",
+        "-o",
+        "yaml",
+        "--dir",
+        dir.path().to_str().expect("utf-8"),
+    ]);
+    assert!(yaml.status.success());
+    let from_yaml: serde_json::Value =
+        serde_yaml::from_slice(&yaml.stdout).expect("get -o yaml prints YAML");
+    assert_eq!(from_yaml["kind"], "List");
+    let names = |list: &serde_json::Value| -> Vec<String> {
+        list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["metadata"]["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(
+        names(&from_yaml),
+        names(&list),
+        "yaml and json list the same"
+    );
+    assert_eq!(names(&list).len(), 5);
 
     // Edits to the folder are picked up while running: a new integration gets a URL and
     // a generated secret, a removed one disappears.
