@@ -563,6 +563,21 @@ fn route_secret_answer() -> Value {
     })
 }
 
+/// The route Secret is there, the integration is not, then the guarded DELETE answers
+/// `status` with `answer`.
+fn read_then_delete(status: StatusCode, answer: Value) -> Vec<Step> {
+    vec![
+        Step::new(
+            Method::GET,
+            route_path(),
+            StatusCode::OK,
+            route_secret_answer(),
+        ),
+        Step::new(Method::GET, WI_PATH, StatusCode::NOT_FOUND, not_found()),
+        Step::new(Method::DELETE, route_path(), status, answer),
+    ]
+}
+
 #[tokio::test]
 async fn a_missing_integration_without_a_route_costs_one_read() {
     let (client, handle) = mock_client();
@@ -627,21 +642,10 @@ async fn the_route_of_an_integration_deleted_past_its_finalizer_is_removed_guard
     let (client, handle) = mock_client();
     let server = serve(
         handle,
-        vec![
-            Step::new(
-                Method::GET,
-                route_path(),
-                StatusCode::OK,
-                route_secret_answer(),
-            ),
-            Step::new(Method::GET, WI_PATH, StatusCode::NOT_FOUND, not_found()),
-            Step::new(
-                Method::DELETE,
-                route_path(),
-                StatusCode::OK,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
-            ),
-        ],
+        read_then_delete(
+            StatusCode::OK,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+        ),
     );
     let ctx = context(client);
     let outcome = forget_missing(&ctx, "payments", "datadog-prod")
@@ -662,21 +666,10 @@ async fn a_route_rewritten_between_the_read_and_the_delete_survives() {
     let (client, handle) = mock_client();
     let server = serve(
         handle,
-        vec![
-            Step::new(
-                Method::GET,
-                route_path(),
-                StatusCode::OK,
-                route_secret_answer(),
-            ),
-            Step::new(Method::GET, WI_PATH, StatusCode::NOT_FOUND, not_found()),
-            Step::new(
-                Method::DELETE,
-                route_path(),
-                StatusCode::CONFLICT,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "precondition failed"}),
-            ),
-        ],
+        read_then_delete(
+            StatusCode::CONFLICT,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "precondition failed"}),
+        ),
     );
     let ctx = context(client);
     let outcome = forget_missing(&ctx, "payments", "datadog-prod")
