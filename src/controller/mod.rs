@@ -38,7 +38,7 @@ use reconcile::{Context, GENERATED_LABEL};
 
 /// Name of the leader-election Lease in hookwarden's namespace.
 pub const LEASE_NAME: &str = "hookwarden-controller";
-/// Tries at checking a missing integration's route (1 s, 2 s, … backoff: ~17 min in all).
+/// Tries at checking a missing integration's route (1 s, 2 s, … backoff: ~14 min in all).
 const MISSING_ATTEMPTS: u32 = 11;
 /// Missing-integration route checks in flight at once (each is a GET or two and a DELETE).
 const MISSING_CONCURRENCY: usize = 4;

@@ -14,6 +14,7 @@ use crate::domain::duration;
 use crate::domain::incident::mapping::{Mapping, MappingError};
 use crate::domain::secret::is_valid_path;
 use crate::domain::signature::Scheme;
+use crate::receiver::routes::RouteProblem;
 use crate::route::{Route, RouteSecret, SecretValue};
 
 /// Condition types the controller owns.
@@ -291,7 +292,7 @@ pub fn validate(spec: &WebhookIntegrationSpec) -> Vec<String> {
         problems.push(format!("{e}"));
     }
     if let Some(e) = schema {
-        problems.push(format!("spec.schema is not a usable JSON Schema: {e}"));
+        problems.push(RouteProblem::Schema(e.to_string()).to_string());
     }
     problems
 }

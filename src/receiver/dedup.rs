@@ -181,6 +181,14 @@ struct Inner {
 }
 
 impl Inner {
+    /// Trims `shard` before an insert, counting the ids forgotten within their window.
+    fn make_room(&self, shard: &mut Shard, now_ms: i64) {
+        let early = shard.trim(now_ms, self.per_shard_cap);
+        if early > 0 {
+            self.evicted_early.inc_by(early);
+        }
+    }
+
     fn shard(&self, key: u128) -> MutexGuard<'_, Shard> {
         let index = (key as usize) % SHARDS;
         self.shards[index]
@@ -267,10 +275,7 @@ impl Dedup {
                     Some(flight) => flight.clone(),
                 },
                 _ => {
-                    let early = shard.trim(now, self.inner.per_shard_cap);
-                    if early > 0 {
-                        self.inner.evicted_early.inc_by(early);
-                    }
+                    self.inner.make_room(&mut shard, now);
                     let flight = Arc::new(InFlight {
                         state: AtomicU8::new(PENDING),
                         done: Notify::new(),
@@ -317,10 +322,7 @@ impl Dedup {
             Some(slot) if slot.expires_at_ms >= expires_at_ms => return,
             _ => {}
         }
-        let early = shard.trim(now, self.inner.per_shard_cap);
-        if early > 0 {
-            self.inner.evicted_early.inc_by(early);
-        }
+        self.inner.make_room(&mut shard, now);
         shard.insert(
             key,
             Slot {
