@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use hookwarden::domain::provider::ProviderKind;
+use hookwarden::crd::ProviderKind;
 use hookwarden::domain::secret::generate_path;
 use hookwarden::domain::signature::{Scheme, SignInput, sign};
 use hookwarden::receiver::dedup::{DEFAULT_MAX_ENTRIES, Dedup};

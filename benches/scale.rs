@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::StreamExt as _;
+use hookwarden::crd::ProviderKind;
 use hookwarden::crd::WebhookIntegration;
-use hookwarden::domain::provider::ProviderKind;
 use hookwarden::domain::signature::{Scheme, SignInput, sign};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};

@@ -5,6 +5,7 @@
 //! in; [`controller`], [`receiver`] and [`standalone`] are the adapters around it.
 
 pub mod cli;
+pub mod clock;
 pub mod controller;
 pub mod crd;
 pub mod domain;
@@ -12,6 +13,7 @@ pub mod events;
 pub mod journal;
 pub mod receiver;
 pub mod route;
+pub mod signal;
 pub mod standalone;
 pub mod telemetry;
 pub mod tools;

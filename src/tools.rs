@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::crd::ProviderKind;
 use crate::crd::{HmacAlgorithm, SignatureEncoding, SignatureSpec, WebhookIntegrationSpec};
-use crate::domain::provider::ProviderKind;
 use crate::domain::sample::{self, SampleOptions};
 use crate::domain::signature::{self, Delivery, Scheme, SignInput, Verdict};
 
@@ -78,7 +78,7 @@ fn parse_encoding(s: &str) -> Result<SignatureEncoding, String> {
 
 fn parse_provider(s: &str) -> Result<ProviderKind, String> {
     s.parse()
-        .map_err(|e: crate::domain::provider::UnknownProvider| e.to_string())
+        .map_err(|e: crate::crd::UnknownProvider| e.to_string())
 }
 
 /// Which scheme a command uses: a preset, refined by `--spec` or flags.

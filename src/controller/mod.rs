@@ -4,7 +4,6 @@
 
 pub mod lease;
 pub mod metrics;
-pub mod plan;
 pub mod reconcile;
 
 use std::net::SocketAddr;
@@ -150,7 +149,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     ready.store(true, Ordering::Relaxed);
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stop_signal = crate::receiver::cluster::shutdown_signal();
+    let stop_signal = crate::signal::shutdown_signal();
     tokio::spawn(async move {
         stop_signal.await;
         info!("shutdown signal received");

@@ -18,11 +18,12 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use super::metrics::ControllerMetrics;
-use super::plan::{
+use crate::clock::Clock;
+use crate::crd::{FINALIZER, WebhookIntegration};
+use crate::domain::plan::{
     self, GENERATED_SECRET_KEY, GENERATED_URL_KEY, GeneratedLookup, Plan, PlanInput, RefLookup,
     SecretSource, lookup_key,
 };
-use crate::crd::{FINALIZER, WebhookIntegration};
 use crate::domain::secret::{generate_path, generate_secret};
 use crate::events::EventRecorder;
 use crate::route::Route;
@@ -43,8 +44,8 @@ pub struct Context {
     pub external_base_url: Option<String>,
     pub recorder: EventRecorder,
     pub metrics: Arc<ControllerMetrics>,
-    /// Unix seconds; replaceable in tests.
-    pub clock: Arc<dyn Fn() -> i64 + Send + Sync>,
+    /// Wall-clock time (Unix ms, the crate's one convention); replaceable in tests.
+    pub clock: Clock,
     /// Consecutive transient failures per object, for exponential backoff.
     pub failures: Mutex<HashMap<ObjectRef<WebhookIntegration>, u32>>,
     /// The status this controller wrote last per integration (see [`StatusWritten`]).
@@ -78,7 +79,7 @@ impl Context {
             external_base_url,
             recorder,
             metrics,
-            clock: Arc::new(|| jiff::Timestamp::now().as_second()),
+            clock: crate::clock::system_clock(),
             failures: Mutex::new(HashMap::new()),
             status_written: Mutex::new(HashMap::new()),
         }
@@ -331,7 +332,7 @@ async fn apply(wi: &WebhookIntegration, ctx: &Context) -> Result<Action, Error> 
         secret,
         previous_route: previous_route.as_ref(),
         external_base_url: ctx.external_base_url.as_deref(),
-        now: (ctx.clock)(),
+        now: (ctx.clock)().div_euclid(1000),
         fresh_path: generate_path(),
         fresh_secret: generate_secret(wi.spec.provider),
     });

@@ -7,6 +7,11 @@ use std::time::Duration;
 #[error("invalid duration {0:?}: use a number and unit such as 30s, 90m, 24h or 1h30m")]
 pub struct InvalidDuration(pub String);
 
+/// [`parse`] for command-line flags (clap's `value_parser`): `2s`, `500ms`, `1m`.
+pub fn parse_arg(s: &str) -> Result<Duration, String> {
+    parse(s).map_err(|e| e.to_string())
+}
+
 /// Parses a Go duration: one or more `<number><unit>` groups, units ns, us, µs, ms, s, m, h.
 /// Negative durations are refused (no spec field here means "in the past").
 pub fn parse(input: &str) -> Result<Duration, InvalidDuration> {

@@ -2,7 +2,8 @@
 
 pub mod duration;
 pub mod incident;
-pub mod provider;
+pub mod plan;
 pub mod sample;
 pub mod secret;
 pub mod signature;
+pub mod spec;

@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 
-use super::provider::ProviderKind;
+use crate::crd::ProviderKind;
 
 /// Incident id used when none is given: trigger and `--resolve` then hit the same incident.
 pub const DEFAULT_INCIDENT_ID: &str = "hookwarden-send-test";

@@ -4,7 +4,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 
-use super::provider::ProviderKind;
+use crate::crd::ProviderKind;
 
 /// Prefix of every endpoint path.
 pub const PATH_PREFIX: &str = "/hooks/";

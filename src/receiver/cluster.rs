@@ -62,7 +62,7 @@ pub struct ReceiverArgs {
     #[arg(long, env = "HOOKWARDEN_DEDUP_MAX_IDS", default_value_t = crate::receiver::service::DEDUP_CAPACITY, value_parser = clap::value_parser!(u64).range(1_000..=100_000_000))]
     pub dedup_max_ids: u64,
     /// At most one status write per integration per this interval.
-    #[arg(long, env = "HOOKWARDEN_STATUS_INTERVAL", default_value = "2s", value_parser = crate::standalone::parse_duration)]
+    #[arg(long, env = "HOOKWARDEN_STATUS_INTERVAL", default_value = "2s", value_parser = crate::domain::duration::parse_arg)]
     pub status_interval: Duration,
     /// Consecutive authentication failures that set Degraded (SignatureFailures).
     #[arg(long, env = "HOOKWARDEN_DEGRADED_AFTER", default_value_t = 20)]
@@ -73,43 +73,6 @@ pub struct ReceiverArgs {
     /// Log format.
     #[arg(long, env = "HOOKWARDEN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
-}
-
-/// Installs the SIGTERM and SIGINT (Ctrl-C) handlers at once and returns a future that
-/// resolves on the first of them. Installing them before the future is first polled
-/// matters: a SIGTERM that arrives without a handler kills the process on the spot,
-/// without draining requests or flushing the journal to the status.
-pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let term = signal(SignalKind::terminate());
-        let interrupt = signal(SignalKind::interrupt());
-        async move {
-            match (term, interrupt) {
-                (Ok(mut term), Ok(mut interrupt)) => {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = interrupt.recv() => {}
-                    }
-                }
-                (Ok(mut only), Err(e)) | (Err(e), Ok(mut only)) => {
-                    tracing::warn!(error = %e, "cannot watch one of SIGTERM and SIGINT; only the other stops the process cleanly");
-                    only.recv().await;
-                }
-                (Err(e), Err(_)) => {
-                    tracing::error!(error = %e, "cannot watch SIGTERM or SIGINT; the process cannot be stopped cleanly");
-                    std::future::pending::<()>().await;
-                }
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        async {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
@@ -161,7 +124,7 @@ pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
         watch_stop,
     ));
     let signal = shutdown.clone();
-    let stop_signal = shutdown_signal();
+    let stop_signal = crate::signal::shutdown_signal();
     tokio::spawn(async move {
         stop_signal.await;
         tracing::info!("shutting down: no new deliveries, draining the queue, flushing status");

@@ -29,9 +29,6 @@ use super::Clock;
 /// Default number of remembered ids across all integrations.
 pub const DEFAULT_MAX_ENTRIES: u64 = 200_000;
 
-/// Default dedup window when `spec.dedupWindow` is absent.
-pub const DEFAULT_WINDOW: Duration = Duration::from_secs(24 * 3600);
-
 const SHARDS: usize = 16;
 
 const PENDING: u8 = 0;
@@ -458,17 +455,22 @@ mod tests {
     #[tokio::test]
     async fn second_copy_is_a_duplicate_after_accept() {
         let d = dedup(0);
-        let Check::Fresh(claim) = d.claim("ns/a", "id-1", DEFAULT_WINDOW).await else {
+        let Check::Fresh(claim) = d
+            .claim("ns/a", "id-1", crate::domain::spec::defaults::DEDUP_WINDOW)
+            .await
+        else {
             panic!("first copy is fresh")
         };
         claim.accepted();
         assert!(matches!(
-            d.claim("ns/a", "id-1", DEFAULT_WINDOW).await,
+            d.claim("ns/a", "id-1", crate::domain::spec::defaults::DEDUP_WINDOW)
+                .await,
             Check::Duplicate
         ));
         // Same id on another integration is unrelated.
         assert!(matches!(
-            d.claim("ns/b", "id-1", DEFAULT_WINDOW).await,
+            d.claim("ns/b", "id-1", crate::domain::spec::defaults::DEDUP_WINDOW)
+                .await,
             Check::Fresh(_)
         ));
     }
@@ -476,13 +478,17 @@ mod tests {
     #[tokio::test]
     async fn a_failed_claim_forgets_the_id() {
         let d = dedup(0);
-        let Check::Fresh(claim) = d.claim("ns/a", "id-1", DEFAULT_WINDOW).await else {
+        let Check::Fresh(claim) = d
+            .claim("ns/a", "id-1", crate::domain::spec::defaults::DEDUP_WINDOW)
+            .await
+        else {
             panic!("fresh")
         };
         drop(claim);
         assert!(!d.contains("ns/a", "id-1"));
         assert!(matches!(
-            d.claim("ns/a", "id-1", DEFAULT_WINDOW).await,
+            d.claim("ns/a", "id-1", crate::domain::spec::defaults::DEDUP_WINDOW)
+                .await,
             Check::Fresh(_)
         ));
     }
@@ -490,13 +496,17 @@ mod tests {
     #[tokio::test]
     async fn waiters_follow_the_first_copy() {
         let d = dedup(0);
-        let Check::Fresh(claim) = d.claim("ns/a", "x", DEFAULT_WINDOW).await else {
+        let Check::Fresh(claim) = d
+            .claim("ns/a", "x", crate::domain::spec::defaults::DEDUP_WINDOW)
+            .await
+        else {
             panic!("fresh")
         };
         let d2 = d.clone();
         let waiter = tokio::spawn(async move {
             matches!(
-                d2.claim("ns/a", "x", DEFAULT_WINDOW).await,
+                d2.claim("ns/a", "x", crate::domain::spec::defaults::DEDUP_WINDOW)
+                    .await,
                 Check::RetryLater
             )
         });
@@ -507,13 +517,17 @@ mod tests {
             "a copy waiting on a failed claim is told to retry"
         );
 
-        let Check::Fresh(claim) = d.claim("ns/a", "y", DEFAULT_WINDOW).await else {
+        let Check::Fresh(claim) = d
+            .claim("ns/a", "y", crate::domain::spec::defaults::DEDUP_WINDOW)
+            .await
+        else {
             panic!("fresh")
         };
         let d2 = d.clone();
         let waiter = tokio::spawn(async move {
             matches!(
-                d2.claim("ns/a", "y", DEFAULT_WINDOW).await,
+                d2.claim("ns/a", "y", crate::domain::spec::defaults::DEDUP_WINDOW)
+                    .await,
                 Check::Duplicate
             )
         });
@@ -532,7 +546,8 @@ mod tests {
         d.remember("ns/a", "live", 60_000);
         assert!(!d.contains("ns/a", "old"));
         assert!(matches!(
-            d.claim("ns/a", "live", DEFAULT_WINDOW).await,
+            d.claim("ns/a", "live", crate::domain::spec::defaults::DEDUP_WINDOW)
+                .await,
             Check::Duplicate
         ));
     }
@@ -547,12 +562,14 @@ mod tests {
         claim.accepted();
         now.store(59_999, Ordering::SeqCst);
         assert!(matches!(
-            d.claim("ns/a", "z", DEFAULT_WINDOW).await,
+            d.claim("ns/a", "z", crate::domain::spec::defaults::DEDUP_WINDOW)
+                .await,
             Check::Duplicate
         ));
         now.store(60_000, Ordering::SeqCst);
         assert!(matches!(
-            d.claim("ns/a", "z", DEFAULT_WINDOW).await,
+            d.claim("ns/a", "z", crate::domain::spec::defaults::DEDUP_WINDOW)
+                .await,
             Check::Fresh(_)
         ));
     }
@@ -572,16 +589,25 @@ mod tests {
     async fn long_ids_cost_no_more_than_short_ones() {
         let d = dedup(0);
         let long = "x".repeat(10_000);
-        let Check::Fresh(claim) = d.claim("ns/a", &long, DEFAULT_WINDOW).await else {
+        let Check::Fresh(claim) = d
+            .claim("ns/a", &long, crate::domain::spec::defaults::DEDUP_WINDOW)
+            .await
+        else {
             panic!("fresh")
         };
         claim.accepted();
         assert!(matches!(
-            d.claim("ns/a", &long, DEFAULT_WINDOW).await,
+            d.claim("ns/a", &long, crate::domain::spec::defaults::DEDUP_WINDOW)
+                .await,
             Check::Duplicate
         ));
         assert!(matches!(
-            d.claim("ns/a", &long[1..], DEFAULT_WINDOW).await,
+            d.claim(
+                "ns/a",
+                &long[1..],
+                crate::domain::spec::defaults::DEDUP_WINDOW
+            )
+            .await,
             Check::Fresh(_)
         ));
     }

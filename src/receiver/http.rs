@@ -1,13 +1,17 @@
-//! The receiver's HTTP pipeline: one handler that runs the checks of DESIGN.md's HTTP
-//! table cheapest first, and answers honestly at the first that fails.
+//! The receiver's HTTP pipeline: the checks of DESIGN.md's HTTP table, cheapest first,
+//! as typed stages; the first that fails answers with its [`Refusal`].
 //!
-//! Order: route lookup (404) → method (405) → suspended (503) → content type (415) →
-//! source range (403) → rate limit (429) → bounded body read (413/408) → signature,
-//! token and timestamp window (401) → parse (400) → JSON Schema (400) → provider
-//! handshake → event filter (ignored) → incident mapping (400) → dedup (duplicate) →
-//! [`DeliverySink::accept`] (durable) → 202. Nothing reaches the sink before every
-//! check passed; a sink that cannot make the delivery durable turns into 503 +
-//! `Retry-After`, never a 2xx.
+//! route lookup (404) → [`admit`]: method (405), suspended (503), content type (415),
+//! source range (403), rate (429) → [`read_body`] (413/408) → [`authenticate`]:
+//! signature, token, timestamp window (401), the only way to an `Authentic` delivery →
+//! [`parse`]: JSON/form, schema (400) → [`classify`]: handshake, event filter (ignored),
+//! incident mapping (400) → dedup (duplicate) → [`DeliverySink::accept`] (journaled,
+//! fsync'd) → 202. A sink that cannot make the delivery durable turns into 503 +
+//! `Retry-After`, never a 2xx. Every refusal's status, reason and headers are decided by
+//! [`Refusal`] alone.
+//!
+//! Forwarding (DESIGN.md "Forwarding") is to branch off at the journal: the forwards of
+//! a delivery are to be journaled with it, in the same commit, before the answer.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -25,6 +29,7 @@ use http::request::Parts;
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use ipnet::IpNet;
 use serde_json::Value;
+use tracing::Instrument as _;
 
 use super::Clock;
 use super::dedup::{Check, Dedup};
@@ -33,7 +38,7 @@ use super::metrics::ReceiverMetrics;
 use super::routes::{CompiledRoute, RouteTable};
 use super::server::{ServerOptions, peer_addr};
 use super::sink::{Accepted, DeliverySink, Duplicate, Rejected, SinkError};
-use crate::domain::provider::ProviderKind;
+use crate::crd::ProviderKind;
 use crate::domain::signature::{self, Delivery, Verdict};
 
 /// Settings of the pipeline that do not come from routes.
@@ -179,41 +184,190 @@ fn answer(status: StatusCode, outcome: &'static str, reason: Option<&'static str
         .into_response()
 }
 
-fn with_retry_after(mut response: Response, seconds: u64) -> Response {
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-    response
-}
-
-fn closing(mut response: Response) -> Response {
-    // The rest of the body is unread: the connection cannot carry another request.
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
-}
-
-/// How a refused request is answered and reported.
-struct Refusal {
-    status: StatusCode,
-    reason: &'static str,
-    auth_failure: bool,
-    retry_after: Option<u64>,
-    close: bool,
-    /// 405: say which method works.
-    allow_post: bool,
+/// Every way the receiver refuses a request. Status code, reason string (the
+/// `lastRejectReason` and the `reason` metric label), `Retry-After`, `Allow` and
+/// `Connection: close` are decided here and nowhere else: the README's "HTTP answers"
+/// table reads off [`Refusal::status`] and [`Refusal::reason`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A path without a route before the first full list of routes arrived: 503, since
+    /// the receiver cannot tell unknown from not loaded yet, and a 404 would make many
+    /// senders give up on a valid endpoint for good (Alertmanager and Grafana do not
+    /// retry 4xx).
+    RoutesNotSynced,
+    /// Unknown path: the same 404 for every one, so nothing tells a prober how close it got.
+    NotFound,
+    MethodNotAllowed,
+    Suspended,
+    UnsupportedMediaType,
+    SourceNotAllowed,
+    RateLimited {
+        retry_after_seconds: u64,
+    },
+    BodyTooLarge,
+    BodyIncomplete,
+    BodyTimeout,
+    /// Missing or invalid signature or token, or a timestamp outside the window; the
+    /// reason is the verifier's code (`signature_mismatch`, `timestamp_stale`, …).
+    Unauthenticated(&'static str),
+    MalformedPayload,
+    SchemaMismatch,
+    MappingFailed,
+    /// The same delivery id is being journaled by a request still in flight.
+    RetryInFlight,
+    /// The queue of accepted deliveries waiting for the status writer is full.
+    Overloaded,
+    /// The journal cannot keep the delivery (cap reached, disk full, failed fsync).
+    JournalUnavailable,
 }
 
 impl Refusal {
-    fn new(status: StatusCode, reason: &'static str) -> Refusal {
-        Refusal {
-            status,
-            reason,
-            auth_failure: false,
-            retry_after: None,
-            close: false,
-            allow_post: false,
+    /// Every refusal, for the table test (payload-carrying variants with a sample).
+    pub const ALL: [Refusal; 17] = [
+        Refusal::RoutesNotSynced,
+        Refusal::NotFound,
+        Refusal::MethodNotAllowed,
+        Refusal::Suspended,
+        Refusal::UnsupportedMediaType,
+        Refusal::SourceNotAllowed,
+        Refusal::RateLimited {
+            retry_after_seconds: 1,
+        },
+        Refusal::BodyTooLarge,
+        Refusal::BodyIncomplete,
+        Refusal::BodyTimeout,
+        Refusal::Unauthenticated("signature_mismatch"),
+        Refusal::MalformedPayload,
+        Refusal::SchemaMismatch,
+        Refusal::MappingFailed,
+        Refusal::RetryInFlight,
+        Refusal::Overloaded,
+        Refusal::JournalUnavailable,
+    ];
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Refusal::NotFound => StatusCode::NOT_FOUND,
+            Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Refusal::SourceNotAllowed => StatusCode::FORBIDDEN,
+            Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Refusal::BodyIncomplete
+            | Refusal::MalformedPayload
+            | Refusal::SchemaMismatch
+            | Refusal::MappingFailed => StatusCode::BAD_REQUEST,
+            Refusal::RoutesNotSynced
+            | Refusal::Suspended
+            | Refusal::RetryInFlight
+            | Refusal::Overloaded
+            | Refusal::JournalUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Stable snake_case reason: the answer's `reason`, `lastRejectReason`, and the
+    /// `reason` label of `hookwarden_rejected_total`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::RoutesNotSynced => "routes_not_synced",
+            Refusal::NotFound => "not_found",
+            Refusal::MethodNotAllowed => "method_not_allowed",
+            Refusal::Suspended => "suspended",
+            Refusal::UnsupportedMediaType => "unsupported_media_type",
+            Refusal::SourceNotAllowed => "source_not_allowed",
+            Refusal::RateLimited { .. } => "rate_limited",
+            Refusal::BodyTooLarge => "body_too_large",
+            Refusal::BodyIncomplete => "body_incomplete",
+            Refusal::BodyTimeout => "body_timeout",
+            Refusal::Unauthenticated(code) => code,
+            Refusal::MalformedPayload => "malformed_payload",
+            Refusal::SchemaMismatch => "schema_mismatch",
+            Refusal::MappingFailed => "mapping_failed",
+            Refusal::RetryInFlight => "retry_in_flight",
+            Refusal::Overloaded => "overloaded",
+            Refusal::JournalUnavailable => "journal_unavailable",
+        }
+    }
+
+    /// Authentication failures feed `Degraded`.
+    pub fn is_auth_failure(self) -> bool {
+        matches!(self, Refusal::Unauthenticated(_))
+    }
+
+    /// `Retry-After` seconds; `default` is the configured answer for 503s.
+    pub fn retry_after(self, default: u64) -> Option<u64> {
+        match self {
+            Refusal::RoutesNotSynced => Some(1),
+            Refusal::RateLimited {
+                retry_after_seconds,
+            } => Some(retry_after_seconds),
+            Refusal::Suspended
+            | Refusal::RetryInFlight
+            | Refusal::Overloaded
+            | Refusal::JournalUnavailable => Some(default),
+            _ => None,
+        }
+    }
+
+    /// The rest of the body is unread: the connection cannot carry another request.
+    pub fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            Refusal::BodyTooLarge | Refusal::BodyIncomplete | Refusal::BodyTimeout
+        )
+    }
+
+    /// The answer, with every header the refusal calls for.
+    pub fn response(self, retry_after_default: u64) -> Response {
+        let mut response = answer(self.status(), "rejected", Some(self.reason()));
+        let headers = response.headers_mut();
+        if let Some(seconds) = self.retry_after(retry_after_default) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
+        if self.closes_connection() {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if self == Refusal::MethodNotAllowed {
+            headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
+        }
+        response
+    }
+}
+
+/// What an admitted delivery came to, when it was not refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Journaled: 202.
+    Accepted,
+    /// Journaled, but `spec.events` filters its type out: 202, counted as ignored.
+    Ignored,
+    /// Seen within the dedup window: 200, no second effect.
+    Duplicate,
+    /// A provider handshake (e.g. Slack `url_verification`) answered with its body.
+    Handshake,
+}
+
+impl Outcome {
+    /// The `outcome` metric label and span field.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Ignored => "ignored",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Handshake => "handshake",
+        }
+    }
+
+    fn response(self) -> Response {
+        match self {
+            Outcome::Accepted | Outcome::Ignored => {
+                answer(StatusCode::ACCEPTED, self.label(), None)
+            }
+            Outcome::Duplicate => answer(StatusCode::OK, self.label(), None),
+            // The handshake's own body is built where it is recognised.
+            Outcome::Handshake => StatusCode::OK.into_response(),
         }
     }
 }
@@ -225,51 +379,43 @@ async fn deliver<S: DeliverySink>(
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     let Some(route) = state.routes.get(parts.uri.path()) else {
-        if !state.is_ready() {
-            // Before its first full list of routes (just started) the receiver cannot
-            // tell an unknown path from one it has not loaded yet. A 404 would make many
-            // senders give up on a valid endpoint for good (Alertmanager and Grafana do not
-            // retry 4xx); 503 + Retry-After has them come back.
-            state.metrics.reject("none", "routes_not_synced");
-            return with_retry_after(
-                answer(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "rejected",
-                    Some("routes_not_synced"),
-                ),
-                1,
-            );
-        }
-        state.metrics.reject("none", "not_found");
-        // Same answer for every unknown path: nothing tells a prober how close it got.
-        return answer(StatusCode::NOT_FOUND, "rejected", Some("not_found"));
+        let refusal = if state.is_ready() {
+            Refusal::NotFound
+        } else {
+            Refusal::RoutesNotSynced
+        };
+        state.metrics.reject("none", refusal.reason());
+        return refusal.response(state.config.retry_after_seconds);
     };
-    let provider = route.provider.as_str();
-    let response = match run(&state, &route, parts, body).await {
-        Ok(response) => response,
+    let provider = route.spec.provider.as_str();
+    let span = tracing::info_span!(
+        "delivery",
+        integration = %route.key,
+        provider,
+        delivery_id = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    let response = match run(&state, &route, parts, body)
+        .instrument(span.clone())
+        .await
+    {
+        Ok((outcome, response)) => {
+            span.record("outcome", outcome.label());
+            state.metrics.outcome(provider, outcome.label());
+            response
+        }
         Err(refusal) => {
-            state.metrics.reject(provider, refusal.reason);
+            span.record("outcome", refusal.reason());
+            state.metrics.reject(provider, refusal.reason());
             state.sink.reject(Rejected {
                 integration: route.key.clone(),
                 uid: route.route.uid.clone(),
-                reason: refusal.reason,
-                auth_failure: refusal.auth_failure,
+                reason: refusal.reason(),
+                auth_failure: refusal.is_auth_failure(),
                 at_ms: (state.config.clock)(),
             });
-            tracing::debug!(integration = %route.key, reason = refusal.reason, status = refusal.status.as_u16(), "delivery refused");
-            let mut response = answer(refusal.status, "rejected", Some(refusal.reason));
-            if let Some(seconds) = refusal.retry_after {
-                response = with_retry_after(response, seconds);
-            }
-            if refusal.close {
-                response = closing(response);
-            }
-            if refusal.allow_post {
-                response
-                    .headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("POST"));
-            }
-            response
+            tracing::debug!(parent: &span, status = refusal.status().as_u16(), "delivery refused");
+            refusal.response(state.config.retry_after_seconds)
         }
     };
     state
@@ -356,87 +502,84 @@ fn twilio_url(config: &PipelineConfig, parts: &Parts) -> String {
     }
 }
 
+/// The checks that need no body, cheapest first: method (405), suspended (503), content
+/// type (415), source range (403), rate (429).
+fn admit(config: &PipelineConfig, route: &CompiledRoute, parts: &Parts) -> Result<(), Refusal> {
+    if parts.method != Method::POST {
+        return Err(Refusal::MethodNotAllowed);
+    }
+    if route.spec.suspend {
+        return Err(Refusal::Suspended);
+    }
+    if !signature::accepts_content_type(route.spec.provider, content_type(&parts.headers)) {
+        return Err(Refusal::UnsupportedMediaType);
+    }
+    if !source_allowed(config, route, parts) {
+        return Err(Refusal::SourceNotAllowed);
+    }
+    route
+        .rate
+        .check()
+        .map_err(|retry_after_seconds| Refusal::RateLimited {
+            retry_after_seconds,
+        })
+}
+
+/// The body, never buffered past `maxBodyBytes` (413) nor waited for past the body
+/// timeout (408).
 async fn read_body(
     route: &CompiledRoute,
     parts: &Parts,
     body: Body,
     timeout: Duration,
 ) -> Result<Bytes, Refusal> {
-    let too_large = || Refusal {
-        close: true,
-        ..Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
-    };
+    let max = route.spec.limits.max_body_bytes;
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > route.max_body_bytes as u64) {
-        return Err(too_large());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(Refusal::BodyTooLarge);
     }
-    match tokio::time::timeout(timeout, Limited::new(body, route.max_body_bytes).collect()).await {
+    match tokio::time::timeout(timeout, Limited::new(body, max).collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Ok(Err(_)) => Err(Refusal {
-            close: true,
-            ..Refusal::new(StatusCode::BAD_REQUEST, "body_incomplete")
-        }),
-        Err(_) => Err(Refusal {
-            close: true,
-            ..Refusal::new(StatusCode::REQUEST_TIMEOUT, "body_timeout")
-        }),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Refusal::BodyTooLarge),
+        Ok(Err(_)) => Err(Refusal::BodyIncomplete),
+        Err(_) => Err(Refusal::BodyTimeout),
     }
 }
 
 fn source_allowed(state_config: &PipelineConfig, route: &CompiledRoute, parts: &Parts) -> bool {
-    if route.source_ranges.is_empty() {
+    let ranges = &route.spec.source_ranges;
+    if ranges.is_empty() {
         return true;
     }
     let peer: Option<IpAddr> = peer_addr(&parts.extensions).map(|a| a.ip());
     match limits::client_ip(peer, &parts.headers, &state_config.trusted_proxies) {
-        Some(ip) => limits::contains(&route.source_ranges, ip),
+        Some(ip) => limits::contains(ranges, ip),
         // No peer address known: fail closed.
         None => false,
     }
 }
 
-async fn run<S: DeliverySink>(
-    state: &ReceiverState<S>,
+/// A delivery whose signature or token verified against one of the route's live
+/// secrets. Its fields are private to this module and [`authenticate`] is the only
+/// constructor: nothing can parse, map or journal a body that did not verify.
+struct Authentic {
+    parts: Parts,
+    body: Bytes,
+    /// The clock reading the verification judged the timestamp window at.
+    now_ms: i64,
+}
+
+/// Signature, token and timestamp window (401).
+fn authenticate(
+    config: &PipelineConfig,
     route: &CompiledRoute,
     parts: Parts,
-    body: Body,
-) -> Result<Response, Refusal> {
-    let config = &state.config;
-    if parts.method != Method::POST {
-        return Err(Refusal {
-            allow_post: true,
-            ..Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
-        });
-    }
-    if route.route.spec.suspend {
-        return Err(Refusal {
-            retry_after: Some(config.retry_after_seconds),
-            ..Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "suspended")
-        });
-    }
-    let declared_type = content_type(&parts.headers);
-    if !signature::accepts_content_type(route.provider, declared_type) {
-        return Err(Refusal::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-        ));
-    }
-    if !source_allowed(config, route, &parts) {
-        return Err(Refusal::new(StatusCode::FORBIDDEN, "source_not_allowed"));
-    }
-    if let Err(seconds) = route.rate.check() {
-        return Err(Refusal {
-            retry_after: Some(seconds),
-            ..Refusal::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited")
-        });
-    }
-    let bytes = read_body(route, &parts, body, config.body_timeout).await?;
-
+    body: Bytes,
+) -> Result<Authentic, Refusal> {
     let now_ms = (config.clock)();
     let now_s = now_ms.div_euclid(1000);
     let secrets: Vec<&str> = route
@@ -444,7 +587,7 @@ async fn run<S: DeliverySink>(
         .live_secrets(now_s)
         .map(|s| s.expose())
         .collect();
-    let url = if route.provider == ProviderKind::Twilio {
+    let url = if route.spec.provider == ProviderKind::Twilio {
         twilio_url(config, &parts)
     } else {
         String::new()
@@ -453,119 +596,157 @@ async fn run<S: DeliverySink>(
         method: parts.method.as_str(),
         url: &url,
         headers: &parts.headers,
-        body: &bytes,
+        body: &body,
     };
-    if let Verdict::Invalid(rejection) =
-        signature::verify(&route.scheme, &secrets, &delivery, now_s)
-    {
-        return Err(Refusal {
-            auth_failure: true,
-            ..Refusal::new(StatusCode::UNAUTHORIZED, rejection.code())
-        });
+    match signature::verify(&route.spec.scheme, &secrets, &delivery, now_s) {
+        Verdict::Invalid(rejection) => Err(Refusal::Unauthenticated(rejection.code())),
+        Verdict::Valid(_) => Ok(Authentic {
+            parts,
+            body,
+            now_ms,
+        }),
     }
+}
 
-    // Authentic from here on: only now is the body worth parsing, and only into a tree
-    // when something reads one (a schema, a mapping, the provider's id or type fields).
-    let needs_value = route.schema.is_some()
-        || route.mapping.is_some()
-        || signature::meta_reads_body(route.provider);
-    let value: Option<Value> = match body_kind(declared_type) {
-        BodyKind::Json if needs_value => match serde_json::from_slice::<Value>(&bytes) {
+/// An authentic delivery, parsed as far as anything reads it and checked against the
+/// schema (400).
+struct Parsed {
+    authentic: Authentic,
+    /// The body as a tree, only when something reads one (a schema, a mapping, the
+    /// provider's id or type fields); otherwise it was validated without building one.
+    value: Option<Value>,
+}
+
+fn parse(route: &CompiledRoute, authentic: Authentic) -> Result<Parsed, Refusal> {
+    let spec = &route.spec;
+    let needs_value = spec.schema.is_some()
+        || spec.mapping.is_some()
+        || signature::meta_reads_body(spec.provider);
+    let bytes = &authentic.body;
+    let value = match body_kind(content_type(&authentic.parts.headers)) {
+        BodyKind::Json if needs_value => match serde_json::from_slice::<Value>(bytes) {
             Ok(v) => Some(v),
-            Err(_) => return Err(Refusal::new(StatusCode::BAD_REQUEST, "malformed_payload")),
+            Err(_) => return Err(Refusal::MalformedPayload),
         },
-        BodyKind::Json if is_json(&bytes) => None,
-        BodyKind::Json => return Err(Refusal::new(StatusCode::BAD_REQUEST, "malformed_payload")),
-        BodyKind::Form if needs_value => Some(parse_form(&bytes)),
+        BodyKind::Json if is_json(bytes) => None,
+        BodyKind::Json => return Err(Refusal::MalformedPayload),
+        BodyKind::Form if needs_value => Some(parse_form(bytes)),
         BodyKind::Form | BodyKind::Opaque => None,
     };
-    if let Some(schema) = &route.schema {
-        let valid = value.as_ref().is_some_and(|v| schema.is_valid(v));
-        if !valid {
-            return Err(Refusal::new(StatusCode::BAD_REQUEST, "schema_mismatch"));
-        }
-    }
-    if let Some(v) = &value
-        && let Some((media_type, payload)) = signature::handshake(route.provider, v)
+    if let Some(schema) = &spec.schema
+        && !value.as_ref().is_some_and(|v| schema.is_valid(v))
     {
-        state.metrics.outcome(route.provider.as_str(), "handshake");
-        return Ok((
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, media_type)],
-            payload,
-        )
-            .into_response());
+        return Err(Refusal::SchemaMismatch);
     }
+    Ok(Parsed { authentic, value })
+}
 
-    let meta = signature::delivery_meta(&route.scheme, &parts.headers, value.as_ref());
-    let ignored = route.ignores(meta.event_type.as_deref());
-    let incidents = match (&route.mapping, ignored) {
+/// What a parsed delivery is: a handshake to answer, or a delivery to journal.
+enum Classified {
+    Handshake(Response),
+    Delivery(Accepted),
+}
+
+/// Provider handshake, event filter (ignored), incident mapping (400).
+fn classify(route: &CompiledRoute, parsed: Parsed) -> Result<Classified, Refusal> {
+    let spec = &route.spec;
+    let Parsed { authentic, value } = parsed;
+    if let Some(v) = &value
+        && let Some((media_type, payload)) = signature::handshake(spec.provider, v)
+    {
+        return Ok(Classified::Handshake(
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, media_type)],
+                payload,
+            )
+                .into_response(),
+        ));
+    }
+    let meta = signature::delivery_meta(&spec.scheme, &authentic.parts.headers, value.as_ref());
+    let ignored = spec.events.ignores(meta.event_type.as_deref());
+    let incidents = match (&spec.mapping, ignored) {
         (Some(mapping), false) => match &value {
             Some(v) => mapping
-                .extract(v, meta.event_type.as_deref(), now_ms)
-                .map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "mapping_failed"))?,
-            None => return Err(Refusal::new(StatusCode::BAD_REQUEST, "mapping_failed")),
+                .extract(v, meta.event_type.as_deref(), authentic.now_ms)
+                .map_err(|_| Refusal::MappingFailed)?,
+            None => return Err(Refusal::MappingFailed),
         },
         _ => Vec::new(),
     };
-
-    let claim = match (&meta.id, route.dedup_window.is_zero()) {
-        (Some(id), false) => match state.dedup.claim(&route.key, id, route.dedup_window).await {
-            Check::Fresh(claim) => Some(claim),
-            Check::Duplicate => {
-                state.metrics.dedup_hit(route.provider.as_str());
-                state.metrics.outcome(route.provider.as_str(), "duplicate");
-                state.sink.duplicate(Duplicate {
-                    integration: route.key.clone(),
-                    uid: route.route.uid.clone(),
-                    at_ms: now_ms,
-                });
-                return Ok(answer(StatusCode::OK, "duplicate", None));
-            }
-            Check::RetryLater => {
-                return Err(Refusal {
-                    retry_after: Some(config.retry_after_seconds),
-                    ..Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "retry_in_flight")
-                });
-            }
-        },
-        _ => None,
-    };
-
-    let accepted = Accepted {
+    Ok(Classified::Delivery(Accepted {
         integration: route.key.clone(),
         uid: route.route.uid.clone(),
         delivery_id: meta.id,
         event_type: meta.event_type,
-        received_at_ms: now_ms,
+        received_at_ms: authentic.now_ms,
         ignored,
         incidents,
+    }))
+}
+
+/// The stages of DESIGN.md's HTTP table, in order; each refuses with one [`Refusal`].
+async fn run<S: DeliverySink>(
+    state: &ReceiverState<S>,
+    route: &CompiledRoute,
+    parts: Parts,
+    body: Body,
+) -> Result<(Outcome, Response), Refusal> {
+    let config = &state.config;
+    admit(config, route, &parts)?;
+    let bytes = read_body(route, &parts, body, config.body_timeout).await?;
+    let authentic = authenticate(config, route, parts, bytes)?;
+    let parsed = parse(route, authentic)?;
+    let accepted = match classify(route, parsed)? {
+        Classified::Handshake(response) => return Ok((Outcome::Handshake, response)),
+        Classified::Delivery(accepted) => accepted,
+    };
+    if let Some(id) = &accepted.delivery_id {
+        tracing::Span::current().record("delivery_id", id.as_str());
+    }
+    let claim = match (&accepted.delivery_id, route.spec.dedup_window.is_zero()) {
+        (Some(id), false) => match state
+            .dedup
+            .claim(&route.key, id, route.spec.dedup_window)
+            .await
+        {
+            Check::Fresh(claim) => Some(claim),
+            Check::Duplicate => {
+                state.metrics.dedup_hit(route.spec.provider.as_str());
+                state.sink.duplicate(Duplicate {
+                    integration: route.key.clone(),
+                    uid: route.route.uid.clone(),
+                    at_ms: accepted.received_at_ms,
+                });
+                return Ok((Outcome::Duplicate, Outcome::Duplicate.response()));
+            }
+            Check::RetryLater => return Err(Refusal::RetryInFlight),
+        },
+        _ => None,
+    };
+    let outcome = if accepted.ignored {
+        Outcome::Ignored
+    } else {
+        Outcome::Accepted
     };
     match state.sink.accept(accepted).await {
         Ok(()) => {
             if let Some(claim) = claim {
                 claim.accepted();
             }
-            let outcome = if ignored { "ignored" } else { "accepted" };
-            state.metrics.outcome(route.provider.as_str(), outcome);
-            Ok(answer(StatusCode::ACCEPTED, outcome, None))
+            Ok((outcome, outcome.response()))
         }
         Err(e) => {
             // Dropping the claim forgets the id, so the sender's retry is accepted.
             drop(claim);
-            tracing::warn!(integration = %route.key, error = %e, "delivery not kept; answering 503");
-            let reason = match e {
-                SinkError::Overloaded => "overloaded",
-                SinkError::Unavailable(_) => "journal_unavailable",
-            };
-            Err(Refusal {
-                retry_after: Some(config.retry_after_seconds),
-                ..Refusal::new(StatusCode::SERVICE_UNAVAILABLE, reason)
+            tracing::warn!(error = %e, "delivery not kept; answering 503");
+            Err(match e {
+                SinkError::Overloaded => Refusal::Overloaded,
+                SinkError::Unavailable(_) => Refusal::JournalUnavailable,
             })
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

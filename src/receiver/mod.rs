@@ -23,20 +23,5 @@ pub mod service;
 pub mod sink;
 pub mod status;
 
-use std::sync::Arc;
-
+pub use crate::clock::{Clock, system_clock};
 pub use cluster::{ReceiverArgs, run};
-
-/// Current time in Unix milliseconds. Injected so tests can pin timestamp windows,
-/// secret expiries and dedup re-seeding.
-pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
-
-/// The system clock as a [`Clock`].
-pub fn system_clock() -> Clock {
-    Arc::new(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0)
-    })
-}

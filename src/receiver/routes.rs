@@ -9,53 +9,24 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use ipnet::IpNet;
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::dedup::DEFAULT_WINDOW;
-use super::limits::{
-    self, DEFAULT_BURST, DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUESTS_PER_SECOND, RateLimit,
-};
-use crate::domain::incident::mapping::{Mapping, MappingError};
-use crate::domain::provider::ProviderKind;
+use super::limits::RateLimit;
 use crate::domain::secret::is_valid_path;
-use crate::domain::signature::{Scheme, SchemeError};
+use crate::domain::spec::{self, EffectiveSpec, SpecProblems};
 use crate::route::Route;
 
-/// One served integration, compiled once per route update.
+/// One served integration: its route and its spec as [`spec::resolve`] made it, compiled
+/// once per route update.
 pub struct CompiledRoute {
     pub route: Route,
     /// `namespace/name`, precomputed for the hot path.
     pub key: String,
-    pub provider: ProviderKind,
-    pub scheme: Scheme,
-    /// Payload → incidents (monitoring presets, or `spec.incidents`).
-    pub mapping: Option<Mapping>,
+    /// Defaults applied; scheme, mapping and schema compiled.
+    pub spec: EffectiveSpec,
     pub rate: Arc<RateLimit>,
-    /// Empty: any source.
-    pub source_ranges: Vec<IpNet>,
-    pub schema: Option<jsonschema::Validator>,
-    /// Zero: no deduplication.
-    pub dedup_window: Duration,
-    pub max_body_bytes: usize,
-    pub include: Vec<String>,
-    pub exclude: Vec<String>,
-}
-
-impl CompiledRoute {
-    /// Whether `spec.events` filters this event type out (it is then acknowledged and
-    /// counted as ignored). Exclude wins over include; with an include list, a delivery
-    /// whose type is unknown is not one of the listed types.
-    pub fn ignores(&self, event_type: Option<&str>) -> bool {
-        match event_type {
-            Some(t) if self.exclude.iter().any(|e| e == t) => true,
-            Some(t) => !self.include.is_empty() && !self.include.iter().any(|i| i == t),
-            None => !self.include.is_empty(),
-        }
-    }
 }
 
 impl std::fmt::Debug for CompiledRoute {
@@ -63,33 +34,21 @@ impl std::fmt::Debug for CompiledRoute {
         f.debug_struct("CompiledRoute")
             .field("key", &self.key)
             .field("path", &self.route.path)
-            .field("provider", &self.provider)
+            .field("spec", &self.spec)
             .field("rate", &self.rate)
-            .field("dedup_window", &self.dedup_window)
-            .field("max_body_bytes", &self.max_body_bytes)
             .finish_non_exhaustive()
     }
 }
 
-/// Why a route is not served; each says what to fix in the spec.
+/// Why a route is not served; each says what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum RouteProblem {
     #[error("path {0:?} is not a hookwarden endpoint path (/hooks/ + at least 128 random bits)")]
     InvalidPath(String),
     #[error("path is already served by integration {0}")]
     PathConflict(String),
-    #[error("signature settings: {0}")]
-    Scheme(#[from] SchemeError),
-    #[error("incident mapping: {0}")]
-    Mapping(#[from] MappingError),
-    #[error("spec.allowedSourceRanges: {0:?} is not a CIDR")]
-    SourceRange(String),
-    #[error("spec.limits.{field} must be at least 1, got {value}")]
-    Limit { field: &'static str, value: i64 },
-    #[error("spec.dedupWindow: {0}")]
-    DedupWindow(#[from] limits::DurationError),
-    #[error("spec.schema is not a usable JSON Schema: {0}")]
-    Schema(String),
+    #[error("{0}")]
+    Spec(#[from] SpecProblems),
 }
 
 /// A route that could not be compiled.
@@ -151,6 +110,13 @@ impl RouteTable {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Every served route.
+    pub fn all(&self) -> impl Iterator<Item = Arc<CompiledRoute>> {
+        let map = self.by_path.load_full();
+        let routes: Vec<Arc<CompiledRoute>> = map.values().cloned().collect();
+        routes.into_iter()
     }
 
     /// The served route of integration `namespace/name`.
@@ -231,14 +197,6 @@ fn take_integration(map: &mut PathMap, namespace: &str, name: &str) -> Option<Ar
     map.remove(&path)
 }
 
-fn positive(field: &'static str, value: Option<i64>, default: u64) -> Result<u64, RouteProblem> {
-    match value {
-        None => Ok(default),
-        Some(v) if v >= 1 => Ok(v.unsigned_abs()),
-        Some(v) => Err(RouteProblem::Limit { field, value: v }),
-    }
-}
-
 /// Compiles `route`. `previous` is the integration's currently served route (its rate
 /// limiter is kept when uid and limits are unchanged); `others` are the routes already
 /// in the new table (path conflicts).
@@ -258,64 +216,187 @@ fn compile(
     if let Some(owner) = others.get(&route.path) {
         return Err(fail(RouteProblem::PathConflict(owner.key.clone())));
     }
-    let spec = &route.spec;
-    let scheme = Scheme::from_spec(spec).map_err(|e| fail(e.into()))?;
-    let mapping = Mapping::for_spec(spec).map_err(|e| fail(e.into()))?;
-    let source_ranges = limits::parse_ranges(&spec.allowed_source_ranges)
-        .map_err(|c| fail(RouteProblem::SourceRange(c)))?;
-    let lim = spec.limits.as_ref();
-    let max_body = positive(
-        "maxBodyBytes",
-        lim.and_then(|l| l.max_body_bytes),
-        DEFAULT_MAX_BODY_BYTES as u64,
-    )
-    .map_err(fail)?;
-    let rps = positive(
-        "requestsPerSecond",
-        lim.and_then(|l| l.requests_per_second).map(i64::from),
-        DEFAULT_REQUESTS_PER_SECOND.into(),
-    )
-    .map_err(fail)?;
-    let burst = positive(
-        "burst",
-        lim.and_then(|l| l.burst).map(i64::from),
-        DEFAULT_BURST.into(),
-    )
-    .map_err(fail)?;
-    let params = (
-        u32::try_from(rps).unwrap_or(u32::MAX),
-        u32::try_from(burst).unwrap_or(u32::MAX),
-    );
+    let spec = spec::resolve(&route.spec).map_err(|p| fail(p.into()))?;
+    let params = (spec.limits.requests_per_second, spec.limits.burst);
     let rate = match previous {
         Some(p) if p.route.uid == route.uid && p.rate.params == params => p.rate.clone(),
         _ => Arc::new(RateLimit::new(params.0, params.1)),
     };
-    let dedup_window = match &spec.dedup_window {
-        None => DEFAULT_WINDOW,
-        Some(text) => limits::parse_go_duration(text).map_err(|e| fail(e.into()))?,
-    };
-    let schema = match &spec.schema {
-        None => None,
-        Some(s) => Some(
-            jsonschema::validator_for(s).map_err(|e| fail(RouteProblem::Schema(e.to_string())))?,
-        ),
-    };
-    let (include, exclude) = match &spec.events {
-        Some(f) => (f.include.clone(), f.exclude.clone()),
-        None => (Vec::new(), Vec::new()),
-    };
     Ok(CompiledRoute {
-        key: integration.clone(),
-        provider: spec.provider,
-        scheme,
-        mapping,
+        key: integration,
+        spec,
         rate,
-        source_ranges,
-        schema,
-        dedup_window,
-        max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
-        include,
-        exclude,
         route,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ProviderKind, WebhookIntegration, WebhookIntegrationSpec};
+
+    /// One spec field's alternatives for [`the_controller_refuses_every_spec_the_receivers_would`]:
+    /// valid and invalid values, `None` leaves the field out.
+    fn field_choices() -> Vec<(&'static str, Vec<Option<serde_json::Value>>)> {
+        use serde_json::json;
+        vec![
+            (
+                "signature",
+                vec![
+                    None,
+                    Some(
+                        json!({"header": "X-Sig", "algorithm": "sha256", "encoding": "hex", "signedContent": "{body}"}),
+                    ),
+                    Some(
+                        json!({"header": "X Sig", "algorithm": "sha256", "encoding": "hex", "signedContent": "{body}"}),
+                    ),
+                    Some(
+                        json!({"header": "X-Sig", "algorithm": "sha256", "encoding": "hex", "signedContent": "{body}{nope}"}),
+                    ),
+                    Some(
+                        json!({"header": "X-Sig", "algorithm": "sha1", "encoding": "base64", "signedContent": "{timestamp}.{body}", "timestampHeader": "X-Ts"}),
+                    ),
+                    Some(
+                        json!({"header": "X-Sig", "algorithm": "sha1", "encoding": "base64", "signedContent": "{id}.{body}", "idHeader": "bad header"}),
+                    ),
+                ],
+            ),
+            (
+                "tokenHeader",
+                vec![None, Some(json!("X-Token")), Some(json!("bad header"))],
+            ),
+            (
+                "incidents",
+                vec![
+                    None,
+                    Some(json!({"idFrom": "/alert/id", "titleFrom": "body.title"})),
+                    Some(json!({"idFrom": "body.alert.id", "resolvedWhen": "body.state == 'ok'"})),
+                    Some(json!({"idFrom": "body.alert.(", "titleFrom": "/t"})),
+                    Some(json!({"idFrom": "/a~2b"})),
+                    Some(json!({"titleFrom": "/title"})),
+                    Some(
+                        json!({"idFrom": "/id", "resolvedWhen": "body.state ==", "severityMap": {"P1": "critical"}}),
+                    ),
+                    Some(json!({"idFrom": "/id", "severityMap": {"P1": "urgent"}})),
+                ],
+            ),
+            (
+                "schema",
+                vec![
+                    None,
+                    Some(json!({"type": "object", "required": ["id"]})),
+                    Some(json!({"type": 12})),
+                ],
+            ),
+            (
+                "allowedSourceRanges",
+                vec![
+                    None,
+                    Some(json!(["10.0.0.0/8", "2001:db8::/32"])),
+                    Some(json!(["10.0.0.0/33"])),
+                ],
+            ),
+            (
+                "limits",
+                vec![
+                    None,
+                    Some(json!({"maxBodyBytes": 4096, "requestsPerSecond": 5, "burst": 10})),
+                    Some(json!({"burst": 0})),
+                ],
+            ),
+            (
+                "dedupWindow",
+                vec![None, Some(json!("1h30m")), Some(json!("an hour"))],
+            ),
+        ]
+    }
+
+    /// The controller and the receivers judge a spec alike: whatever the controller
+    /// accepts (no InvalidSpec), a receiver compiles. Otherwise the controller would write
+    /// the route with Ready=True and the receivers would drop it: the endpoint answers 404.
+    #[test]
+    fn the_controller_refuses_every_spec_the_receivers_would() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+        let fields = field_choices();
+        let picks: Vec<_> = fields.iter().map(|(_, c)| 0..c.len()).collect();
+        let mut runner = TestRunner::new(Config {
+            cases: 3000,
+            ..Config::default()
+        });
+        let refused = std::cell::Cell::new(0u32);
+        let strategy = (prop::sample::select(ProviderKind::ALL.to_vec()), picks);
+        runner
+            .run(&strategy, |(provider, picked)| {
+                let mut spec = serde_json::json!({"provider": provider});
+                for ((name, choices), i) in fields.iter().zip(&picked) {
+                    if let Some(value) = &choices[*i] {
+                        spec[*name] = value.clone();
+                    }
+                }
+                let spec: WebhookIntegrationSpec =
+                    serde_json::from_value(spec.clone()).expect("spec shape");
+                let problems = crate::domain::plan::validate(&spec);
+                let route = Route {
+                    namespace: "payments".into(),
+                    name: "agree".into(),
+                    uid: "uid-1".into(),
+                    generation: 1,
+                    path: "/hooks/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+                    secrets: Vec::new(),
+                    spec: spec.clone(),
+                };
+                let compiled = RouteTable::new().upsert(route);
+                if problems.is_empty() {
+                    prop_assert!(
+                        compiled.is_ok(),
+                        "the controller accepts {spec:?} but a receiver refuses it: {compiled:?}"
+                    );
+                } else {
+                    refused.set(refused.get() + 1);
+                }
+                Ok(())
+            })
+            .expect("controller and receiver agree");
+        assert!(refused.get() > 0, "the cases include invalid specs");
+    }
+
+    /// Every invalid example the README lists that the API server's schema lets through
+    /// (standalone has no API server) is refused alike by the controller's check and the
+    /// route compiler, with the same problems.
+    #[test]
+    fn the_invalid_fixtures_are_refused_alike() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/invalid");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir).expect("fixtures") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("read");
+            let Ok(wi) = serde_yaml::from_str::<WebhookIntegration>(&text) else {
+                continue; // not even the shape (e.g. an unknown provider)
+            };
+            let problems = crate::domain::plan::validate(&wi.spec);
+            let route = Route {
+                namespace: "default".into(),
+                name: "fixture".into(),
+                uid: "uid-1".into(),
+                generation: 1,
+                path: "/hooks/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+                secrets: Vec::new(),
+                spec: wi.spec.clone(),
+            };
+            match RouteTable::new().upsert(route) {
+                Err(RouteError {
+                    problem: RouteProblem::Spec(SpecProblems(found)),
+                    ..
+                }) => assert_eq!(found, problems, "{}", path.display()),
+                other => {
+                    // A fixture only the CRD's own schema refuses (e.g. an empty key).
+                    assert!(problems.is_empty(), "{}: {other:?}", path.display());
+                    continue;
+                }
+            }
+            checked += 1;
+        }
+        assert!(checked >= 4, "only {checked} fixtures reached the resolver");
+    }
 }

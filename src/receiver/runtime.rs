@@ -17,18 +17,16 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
+use crate::domain::spec;
 use crate::journal::{Journal, JournalStats, Recovered};
 use crate::receiver::ledger::Ledger;
 use crate::receiver::metrics::{ReceiverMetrics, WriteLabels};
 use crate::receiver::sink::{Accepted, DeliverySink, Duplicate, Rejected, SinkError};
 use crate::receiver::status::{StatusUpdate, StatusWriteError, StatusWriter};
 
-/// Default dedup window when an integration sets none (DESIGN.md: 24 h).
-pub const DEFAULT_DEDUP_WINDOW_MS: i64 = 24 * 3600 * 1000;
 /// Queued messages the status loop folds per wake-up.
 const FOLD_BATCH: usize = 256;
-/// Default number of incidents on `status.incidents.recent`.
-pub const DEFAULT_KEEP_RECENT: usize = 20;
 
 /// The durable log the sink appends to. Implemented by [`Journal`]; a trait so the
 /// runtime does not depend on how the journal stores bytes.
@@ -71,7 +69,7 @@ impl DeliveryJournal for Journal {
 }
 
 /// Tuning of the background half.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RuntimeConfig {
     /// At most one status write per integration per interval.
     pub status_interval: Duration,
@@ -89,6 +87,21 @@ pub struct RuntimeConfig {
     pub flush_timeout: Duration,
     /// Where queue depth, journal appends and status writes are counted.
     pub metrics: ReceiverMetrics,
+    /// Wall-clock time for status and pruning.
+    pub clock: Clock,
+}
+
+impl std::fmt::Debug for RuntimeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeConfig")
+            .field("status_interval", &self.status_interval)
+            .field("degraded_after", &self.degraded_after)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("write_concurrency", &self.write_concurrency)
+            .field("flush_timeout", &self.flush_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -101,6 +114,7 @@ impl Default for RuntimeConfig {
             write_concurrency: 16,
             flush_timeout: Duration::from_secs(10),
             metrics: ReceiverMetrics::default(),
+            clock: crate::clock::system_clock(),
         }
     }
 }
@@ -114,9 +128,11 @@ pub struct IntegrationSettings {
 
 impl Default for IntegrationSettings {
     fn default() -> Self {
+        // A route that is not served (any more): the spec defaults.
         IntegrationSettings {
-            keep_recent: DEFAULT_KEEP_RECENT,
-            dedup_window_ms: DEFAULT_DEDUP_WINDOW_MS,
+            keep_recent: spec::defaults::KEEP_RECENT,
+            dedup_window_ms: i64::try_from(spec::defaults::DEDUP_WINDOW.as_millis())
+                .unwrap_or(i64::MAX),
         }
     }
 }
@@ -537,6 +553,7 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
     fn build_updates(&mut self, now: Instant) -> Vec<(StatusUpdate, u64)> {
         let covered = self.ledger.covered_seq();
         let degraded_after = self.config.degraded_after;
+        let now_ms = (self.config.clock)();
         let mut updates = Vec::new();
         for key in self.ledger.unwritten() {
             if self.backoff.get(&key).is_some_and(|(_, next)| *next > now) {
@@ -563,6 +580,7 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                 degraded: entry.degraded(degraded_after),
                 consecutive_auth_failures: entry.consecutive_auth_failures,
                 notices: std::mem::take(&mut entry.notices),
+                built_at_ms: now_ms,
             };
             updates.push((update, entry.version));
         }
@@ -648,7 +666,7 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
         if !force && !due {
             return;
         }
-        self.ledger.prune(jiff::Timestamp::now().as_millisecond());
+        self.ledger.prune((self.config.clock)());
         let snapshot = match self.ledger.to_snapshot() {
             Ok(s) => s,
             Err(e) => {

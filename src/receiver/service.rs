@@ -13,14 +13,14 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::spec::EffectiveSpec;
 use crate::journal::{Journal, JournalConfig, JournalError};
 use crate::receiver::dedup::Dedup;
 use crate::receiver::http::{PipelineConfig, ReceiverState, app};
 use crate::receiver::metrics::ReceiverMetrics;
 use crate::receiver::routes::{RouteError, RouteTable};
 use crate::receiver::runtime::{
-    self, DEFAULT_DEDUP_WINDOW_MS, DEFAULT_KEEP_RECENT, IntegrationSettings, JournaledSink,
-    RuntimeConfig, SettingsLookup, StatusLoop,
+    self, IntegrationSettings, JournaledSink, RuntimeConfig, SettingsLookup, StatusLoop,
 };
 use crate::receiver::status::StatusWriter;
 use crate::route::Route;
@@ -85,24 +85,10 @@ pub struct ReceiverHandle {
     settings: Arc<RwLock<HashMap<String, IntegrationSettings>>>,
 }
 
-fn settings_of(route: &Route) -> IntegrationSettings {
-    let keep_recent = route
-        .spec
-        .incidents
-        .as_ref()
-        .and_then(|i| i.keep_recent)
-        .and_then(|k| usize::try_from(k).ok())
-        .unwrap_or(DEFAULT_KEEP_RECENT);
-    let dedup_window_ms = route
-        .spec
-        .dedup_window
-        .as_deref()
-        .and_then(|w| crate::domain::duration::parse(w).ok())
-        .and_then(|d| i64::try_from(d.as_millis()).ok())
-        .unwrap_or(DEFAULT_DEDUP_WINDOW_MS);
+fn settings_of(spec: &EffectiveSpec) -> IntegrationSettings {
     IntegrationSettings {
-        keep_recent,
-        dedup_window_ms,
+        keep_recent: spec.keep_recent,
+        dedup_window_ms: i64::try_from(spec.dedup_window.as_millis()).unwrap_or(i64::MAX),
     }
 }
 
@@ -127,9 +113,12 @@ impl ReceiverHandle {
 
     /// Serves exactly `routes`; returns the ones that could not be served.
     pub fn replace_all(&self, routes: Vec<Route>) -> Vec<RouteError> {
-        let settings: HashMap<String, IntegrationSettings> =
-            routes.iter().map(|r| (r.key(), settings_of(r))).collect();
         let errors = self.routes.replace_all(routes);
+        let settings: HashMap<String, IntegrationSettings> = self
+            .routes
+            .all()
+            .map(|r| (r.key.clone(), settings_of(&r.spec)))
+            .collect();
         *self
             .settings
             .write()
@@ -139,11 +128,18 @@ impl ReceiverHandle {
 
     /// Adds or replaces one route.
     pub fn upsert(&self, route: Route) -> Result<(), RouteError> {
-        self.settings
+        let (namespace, name) = (route.namespace.clone(), route.name.clone());
+        let outcome = self.routes.upsert(route);
+        let mut settings = self
+            .settings
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(route.key(), settings_of(&route));
-        self.routes.upsert(route)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = format!("{namespace}/{name}");
+        match self.routes.by_key(&namespace, &name) {
+            Some(served) => settings.insert(key, settings_of(&served.spec)),
+            None => settings.remove(&key),
+        };
+        outcome
     }
 
     /// Stops serving one integration.
@@ -235,6 +231,7 @@ impl<W: StatusWriter> Receiver<W> {
         // same (registered) metrics as the pipeline.
         let runtime_config = RuntimeConfig {
             metrics: metrics.clone(),
+            clock: config.clock.clone(),
             ..options.runtime.clone()
         };
         let (sink, status_loop) =
@@ -313,40 +310,38 @@ impl<W: StatusWriter> Receiver<W> {
 mod tests {
     use super::*;
 
-    /// The defaults the CRD documents (and the README's spec table) are the ones a
-    /// receiver applies when a field is left out, in literal numbers so a changed constant
-    /// shows up here.
+    /// The runtime's per-integration settings are the resolver's, and follow the served
+    /// route; a route that is not served gets the defaults.
     #[test]
-    fn a_spec_without_optional_fields_gets_the_documented_defaults() {
-        let route = Route {
+    fn settings_follow_the_served_routes() {
+        let route = |keep: i32| Route {
             namespace: "payments".into(),
-            name: "defaults".into(),
+            name: "a".into(),
             uid: "uid-1".into(),
             generation: 1,
             path: crate::domain::secret::generate_path(),
             secrets: Vec::new(),
-            spec: serde_json::from_value(serde_json::json!({"provider": "datadog"})).expect("spec"),
+            spec: serde_json::from_value(serde_json::json!({
+                "provider": "datadog",
+                "dedupWindow": "1h",
+                "incidents": {"keepRecent": keep},
+            }))
+            .expect("spec"),
         };
-        let settings = settings_of(&route);
-        assert_eq!(settings.keep_recent, 20, "incidents.keepRecent");
-        assert_eq!(settings.dedup_window_ms, 24 * 3600 * 1000, "dedupWindow");
-        let table = RouteTable::new();
-        table.upsert(route).expect("compiles");
-        let compiled = table.by_key("payments", "defaults").expect("served");
-        assert_eq!(compiled.max_body_bytes, 1_048_576, "limits.maxBodyBytes");
+        let handle = ReceiverHandle::new();
+        let lookup = handle.lookup();
+        handle.upsert(route(5)).expect("compiles");
         assert_eq!(
-            compiled.rate.params,
-            (100, 200),
-            "limits.requestsPerSecond, burst"
+            lookup("payments/a"),
+            IntegrationSettings {
+                keep_recent: 5,
+                dedup_window_ms: 3_600_000
+            }
         );
-        assert_eq!(compiled.dedup_window, Duration::from_secs(24 * 3600));
-        assert!(compiled.include.is_empty() && compiled.exclude.is_empty());
-        assert!(compiled.source_ranges.is_empty(), "any source");
-        let spec = &compiled.route.spec;
-        assert_eq!(
-            crate::controller::plan::previous_secret_ttl(spec),
-            Duration::from_secs(24 * 3600),
-            "previousSecretTTL"
-        );
+        // keepRecent: -1 is refused (the route is not served), not read as 0 or 20.
+        assert!(handle.upsert(route(-1)).is_err());
+        assert_eq!(lookup("payments/a"), IntegrationSettings::default());
+        assert!(handle.replace_all(vec![route(7)]).is_empty());
+        assert_eq!(lookup("payments/a").keep_recent, 7);
     }
 }

@@ -93,6 +93,9 @@ pub struct StatusUpdate {
     pub consecutive_auth_failures: u64,
     /// Opens/resolves to announce as Events once the write succeeded.
     pub notices: Vec<IncidentNotice>,
+    /// When the update was built (Unix ms, the receiver's clock): the time of any
+    /// condition transition it writes.
+    pub built_at_ms: i64,
 }
 
 impl StatusUpdate {
@@ -336,7 +339,7 @@ impl StatusWriter for FileStatusWriter {
                 &current,
                 &update,
                 CounterMode::Absolute,
-                jiff::Timestamp::now(),
+                crate::clock::timestamp(update.built_at_ms),
             );
             let stored = StoredStatus {
                 uid: update.uid.clone(),
@@ -398,7 +401,12 @@ impl KubeStatusWriter {
             return Err(Attempt::Failed(StatusWriteError::Gone(update.key())));
         }
         let current = ReceiverStatus::from_status(object.status.as_ref());
-        let merged = merge_status(&current, update, CounterMode::Delta, jiff::Timestamp::now());
+        let merged = merge_status(
+            &current,
+            update,
+            CounterMode::Delta,
+            crate::clock::timestamp(update.built_at_ms),
+        );
         let patch = serde_json::json!({
             "apiVersion": "hookwarden.dev/v1alpha1",
             "kind": "WebhookIntegration",
@@ -590,6 +598,7 @@ mod tests {
             degraded,
             consecutive_auth_failures: if degraded { 25 } else { 0 },
             notices: Vec::new(),
+            built_at_ms: 1_700_000_001_000,
         }
     }
 

@@ -181,7 +181,7 @@ fn load_document(folder: &mut Folder, path: &Path, index: usize, value: serde_ya
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::plan::{RefLookup, lookup_key};
+    use crate::domain::plan::{RefLookup, lookup_key};
 
     #[test]
     fn loads_multi_document_files_and_defaults_the_namespace() {

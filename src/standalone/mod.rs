@@ -55,7 +55,7 @@ pub struct StandaloneArgs {
     #[arg(long)]
     pub external_base_url: Option<String>,
     /// At most one status write per integration per this interval.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = crate::domain::duration::parse_arg)]
     pub status_interval: Duration,
     /// Consecutive authentication failures that set Degraded.
     #[arg(long, default_value_t = 20)]
@@ -101,11 +101,6 @@ pub struct GetArgs {
     /// List integrations in every namespace.
     #[arg(short = 'A', long = "all-namespaces")]
     pub all_namespaces: bool,
-}
-
-/// Parses `2s`, `500ms`, `1m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::domain::duration::parse(s).map_err(|e| e.to_string())
 }
 
 fn display_base_url(addr: SocketAddr) -> String {
@@ -221,7 +216,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
     )
     .await?;
     // Before the table is printed: whoever reads it may stop us right away.
-    let stop_signal = crate::receiver::cluster::shutdown_signal();
+    let stop_signal = crate::signal::shutdown_signal();
     let synced = sync::sync(&dir, &state, &base_url, jiff::Timestamp::now())?;
     report(&synced);
     for error in receiver.handle().replace_all(synced.routes.clone()) {

@@ -8,11 +8,11 @@ use sha2::{Digest, Sha256};
 
 use super::folder::{self, Folder};
 use super::state::{Assignment, StateDir, StateError, new_uid};
-use crate::controller::plan::{
+use crate::crd::ProviderKind;
+use crate::crd::{WebhookIntegration, WebhookIntegrationStatus};
+use crate::domain::plan::{
     self, GeneratedLookup, PlanInput, RefLookup, SECRET_RESOLVED, SecretSource, lookup_key,
 };
-use crate::crd::{WebhookIntegration, WebhookIntegrationStatus};
-use crate::domain::provider::ProviderKind;
 use crate::domain::secret::{generate_path, generate_secret};
 use crate::route::Route;
 

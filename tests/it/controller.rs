@@ -15,6 +15,7 @@ use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
 use tower_test::mock;
 
+/// Unix seconds (the controller's clock reads milliseconds: `NOW * 1000`).
 const NOW: i64 = 1_800_000_000;
 const ROUTE_NS: &str = "hookwarden";
 
@@ -111,7 +112,7 @@ fn context(handle_client: kube::Client) -> Arc<Context> {
         recorder,
         Arc::new(ControllerMetrics::register(&mut registry)),
     );
-    ctx.clock = Arc::new(|| NOW);
+    ctx.clock = Arc::new(|| NOW * 1000);
     Arc::new(ctx)
 }
 

@@ -11,7 +11,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Method, Request, Response, StatusCode};
-use hookwarden::domain::provider::ProviderKind;
+use hookwarden::crd::ProviderKind;
 use hookwarden::domain::secret::generate_path;
 use hookwarden::domain::signature::{Scheme, SignInput, sign};
 use hookwarden::receiver::dedup::Dedup;

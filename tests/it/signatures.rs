@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use hookwarden::domain::provider::ProviderKind;
+use hookwarden::crd::ProviderKind;
 use hookwarden::domain::signature::{self, Delivery, Scheme};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 

@@ -511,6 +511,7 @@ fn update(delta_accepted: u64) -> StatusUpdate {
         degraded: false,
         consecutive_auth_failures: 0,
         notices: Vec::new(),
+        built_at_ms: 1_700_000_001_000,
     }
 }
 

@@ -14,20 +14,6 @@ use sha2::{Digest, Sha256};
 pub use mapping::{DATADOG_TEMPLATE, Mapping, MappingError};
 pub use state::{DEFAULT_CAPACITY, Incident, IncidentBook, IncidentState, Order, Transition};
 
-/// Incidents listed on `status.incidents.recent` when `spec.incidents.keepRecent` is
-/// not set.
-pub const DEFAULT_KEEP_RECENT: usize = 20;
-
-/// How many incidents `status.incidents.recent` lists for this integration
-/// (`spec.incidents.keepRecent`, default 20, at most [`DEFAULT_CAPACITY`]).
-pub fn keep_recent(spec: &crate::crd::WebhookIntegrationSpec) -> usize {
-    spec.incidents
-        .as_ref()
-        .and_then(|i| i.keep_recent)
-        .map_or(DEFAULT_KEEP_RECENT, |n| usize::try_from(n).unwrap_or(0))
-        .min(DEFAULT_CAPACITY)
-}
-
 /// Normalised severity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -167,26 +153,6 @@ mod tests {
         for (raw, want) in table {
             assert_eq!(Severity::normalise(raw), want, "{raw:?}");
         }
-    }
-
-    #[test]
-    fn keep_recent_defaults_and_bounds() {
-        let spec = |yaml: &str| -> crate::crd::WebhookIntegrationSpec {
-            serde_yaml::from_str(yaml).expect("spec")
-        };
-        assert_eq!(keep_recent(&spec("provider: datadog")), 20);
-        assert_eq!(
-            keep_recent(&spec("provider: datadog\nincidents: {keepRecent: 5}")),
-            5
-        );
-        assert_eq!(
-            keep_recent(&spec("provider: datadog\nincidents: {keepRecent: -1}")),
-            0
-        );
-        assert_eq!(
-            keep_recent(&spec("provider: datadog\nincidents: {keepRecent: 500}")),
-            100
-        );
     }
 
     #[test]

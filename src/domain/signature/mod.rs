@@ -31,8 +31,8 @@ use std::fmt;
 
 use http::HeaderMap;
 
+pub use crate::crd::ProviderKind;
 pub use crate::crd::{HmacAlgorithm, SignatureEncoding};
-pub use crate::domain::provider::ProviderKind;
 pub use generic::{GenericScheme, Segment};
 pub use twilio::url_with_body_hash as twilio_url_with_body_hash;
 

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use super::crypto::{Algorithm, ct_eq, decode_base64, encode_base64, mac, sha256_hex};
 use super::hmac_presets::match_any;
 use super::{Delivery, Keys, Rejection, SignError, SignInput, Verified, header};
-use crate::domain::provider::ProviderKind;
+use crate::crd::ProviderKind;
 
 const HEADER: &str = "X-Twilio-Signature";
 const BODY_HASH: &str = "bodySHA256";

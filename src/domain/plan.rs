@@ -9,12 +9,9 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt as _;
 
-use crate::crd::{ProviderKind, WebhookIntegration, WebhookIntegrationSpec};
-use crate::domain::duration;
-use crate::domain::incident::mapping::{Mapping, MappingError};
+use crate::crd::{WebhookIntegration, WebhookIntegrationSpec};
 use crate::domain::secret::is_valid_path;
-use crate::domain::signature::Scheme;
-use crate::receiver::routes::RouteProblem;
+use crate::domain::spec::{self, SpecProblems};
 use crate::route::{Route, RouteSecret, SecretValue};
 
 /// Condition types the controller owns.
@@ -22,8 +19,6 @@ pub const READY: &str = "Ready";
 pub const SECRET_RESOLVED: &str = "SecretResolved";
 pub const ROUTE_READY: &str = "RouteReady";
 
-/// Default for `spec.previousSecretTTL`.
-pub const DEFAULT_PREVIOUS_SECRET_TTL: Duration = Duration::from_secs(24 * 3600);
 /// At most this many previous secrets stay accepted at once (rapid rotations).
 pub const MAX_PREVIOUS_SECRETS: usize = 3;
 /// Key of the generated secret inside `<name>-webhook`.
@@ -201,108 +196,13 @@ pub fn lookup_key(secret: &Secret, key: &str) -> RefLookup {
     }
 }
 
-/// Checks a spec for what the CRD schema cannot (or, for objects that bypassed it,
-/// did not) enforce. Each message says what to fix.
-pub fn validate(spec: &WebhookIntegrationSpec) -> Vec<String> {
-    let mut problems = Vec::new();
-    for cidr in &spec.allowed_source_ranges {
-        if cidr.parse::<ipnet::IpNet>().is_err() {
-            problems.push(format!(
-                "spec.allowedSourceRanges: {cidr:?} is not a CIDR (use e.g. 10.0.0.0/8 or 2001:db8::/32)"
-            ));
-        }
+/// Every problem [`spec::resolve`] finds in a spec (empty: valid). The receivers compile
+/// routes with the same function, so a spec they would refuse is `InvalidSpec` here.
+pub fn validate(spec: &WebhookIntegrationSpec) -> Vec<spec::SpecProblem> {
+    match spec::resolve(spec) {
+        Ok(_) => Vec::new(),
+        Err(SpecProblems(problems)) => problems,
     }
-    if let Some(ttl) = &spec.previous_secret_ttl
-        && let Err(e) = duration::parse(ttl)
-    {
-        problems.push(format!("spec.previousSecretTTL: {e}"));
-    }
-    if let Some(window) = &spec.dedup_window
-        && let Err(e) = duration::parse(window)
-    {
-        problems.push(format!("spec.dedupWindow: {e}"));
-    }
-    match (spec.provider == ProviderKind::Generic, spec.signature.is_some()) {
-        (true, false) => problems.push("spec.signature is required when provider is generic".to_string()),
-        (false, true) => problems.push(format!(
-            "spec.signature is only used with provider generic; remove it (provider {} has its own scheme)",
-            spec.provider
-        )),
-        _ => {}
-    }
-    if let Some(sig) = &spec.signature {
-        if sig.signed_content.contains("{timestamp}") && sig.timestamp_header.is_none() {
-            problems.push(
-                "spec.signature.signedContent uses {timestamp}: set spec.signature.timestampHeader"
-                    .to_string(),
-            );
-        }
-        if sig.signed_content.contains("{id}") && sig.id_header.is_none() {
-            problems.push(
-                "spec.signature.signedContent uses {id}: set spec.signature.idHeader".to_string(),
-            );
-        }
-        if !sig.signed_content.contains("{body}") {
-            problems.push("spec.signature.signedContent must include {body}".to_string());
-        }
-    }
-    if let Some(limits) = &spec.limits {
-        let positive = |name: &str, v: Option<i64>, problems: &mut Vec<String>| {
-            if v.is_some_and(|v| v <= 0) {
-                problems.push(format!("spec.limits.{name} must be greater than 0"));
-            }
-        };
-        positive("maxBodyBytes", limits.max_body_bytes, &mut problems);
-        positive(
-            "requestsPerSecond",
-            limits.requests_per_second.map(i64::from),
-            &mut problems,
-        );
-        positive("burst", limits.burst.map(i64::from), &mut problems);
-    }
-    if let Some(map) = spec.incidents.as_ref().map(|i| &i.severity_map) {
-        for (raw, normalised) in map {
-            if !["critical", "high", "medium", "low", "info"].contains(&normalised.as_str()) {
-                problems.push(format!(
-                    "spec.incidents.severityMap[{raw:?}]: {normalised:?} is not one of critical, high, medium, low, info"
-                ));
-            }
-        }
-    }
-    // What the receivers find only by compiling the route (header names, the generic
-    // template, CEL and JSON-pointer expressions, a preset-less idFrom, the schema). A
-    // spec they would refuse must be InvalidSpec here, so the last good route keeps
-    // serving instead of the endpoint going dark behind Ready=True.
-    let reported = |prefix: &str| problems.iter().any(|p| p.starts_with(prefix));
-    let scheme = Scheme::from_spec(spec).err();
-    let mapping = Mapping::for_spec(spec).err();
-    let schema = spec
-        .schema
-        .as_ref()
-        .and_then(|s| jsonschema::validator_for(s).err());
-    if let Some(e) = scheme
-        && !reported("spec.signature")
-    {
-        problems.push(format!("{e}"));
-    }
-    // The severityMap values are already checked above, with the same rule.
-    if let Some(e) = mapping
-        && !matches!(e, MappingError::InvalidSeverityMap { .. })
-    {
-        problems.push(format!("{e}"));
-    }
-    if let Some(e) = schema {
-        problems.push(RouteProblem::Schema(e.to_string()).to_string());
-    }
-    problems
-}
-
-/// The TTL after which a replaced secret stops being accepted.
-pub fn previous_secret_ttl(spec: &WebhookIntegrationSpec) -> Duration {
-    spec.previous_secret_ttl
-        .as_deref()
-        .and_then(|s| duration::parse(s).ok())
-        .unwrap_or(DEFAULT_PREVIOUS_SECRET_TTL)
 }
 
 /// The accepted secrets after (possibly) a rotation: `current` first, then previous
@@ -373,6 +273,38 @@ fn keep_transition_times(mut desired: Vec<Condition>, existing: &[Condition]) ->
     desired
 }
 
+/// The integration's current secret, with the `SecretResolved` condition's reason and
+/// message.
+#[derive(Clone, PartialEq, Eq)]
+struct SecretResolved {
+    value: String,
+    reason: &'static str,
+    message: String,
+}
+
+impl SecretResolved {
+    fn new(value: String, reason: &'static str, message: String) -> Self {
+        SecretResolved {
+            value,
+            reason,
+            message,
+        }
+    }
+}
+
+/// Why the integration has no usable secret: the condition's reason and message.
+#[derive(Clone, PartialEq, Eq)]
+struct SecretUnresolved {
+    reason: &'static str,
+    message: String,
+}
+
+impl SecretUnresolved {
+    fn new(reason: &'static str, message: String) -> Self {
+        SecretUnresolved { reason, message }
+    }
+}
+
 /// Plans one integration.
 pub fn plan(input: PlanInput<'_>) -> Plan {
     let wi = input.integration;
@@ -400,51 +332,50 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
     // Which secret value is current, and what to tell the user about it.
     let mut generated_secret = None;
     let mut secret_name = None;
-    let secret_outcome: Result<(String, &'static str, String), (&'static str, String)> =
-        match &input.secret {
-            SecretSource::Referenced(lookup) => {
-                let r = wi.spec.secret_ref.as_ref();
-                let sname = r.map(|r| r.name.as_str()).unwrap_or_default();
-                let key = r.map(|r| r.key.as_str()).unwrap_or_default();
-                match lookup {
-                    RefLookup::Value(v) => Ok((
-                        v.clone(),
-                        reason::SECRET_RESOLVED,
-                        format!("using key {key:?} of Secret {namespace}/{sname}"),
-                    )),
-                    RefLookup::SecretMissing => Err((
-                        reason::SECRET_NOT_FOUND,
-                        format!(
-                            "Secret {namespace}/{sname} not found: create it with key {key:?}, or remove spec.secretRef to let hookwarden generate a secret"
-                        ),
-                    )),
-                    RefLookup::KeyMissing { available } => Err((
-                        reason::SECRET_KEY_MISSING,
-                        format!(
-                            "Secret {namespace}/{sname} has no key {key:?} (keys: {}); fix spec.secretRef.key or add the key",
-                            if available.is_empty() {
-                                "none".to_string()
-                            } else {
-                                available.join(", ")
-                            }
-                        ),
-                    )),
-                    RefLookup::Empty => Err((
-                        reason::SECRET_EMPTY,
-                        format!(
-                            "key {key:?} of Secret {namespace}/{sname} is empty; put the sender's secret or token there"
-                        ),
-                    )),
-                }
+    let secret_outcome: Result<SecretResolved, SecretUnresolved> = match &input.secret {
+        SecretSource::Referenced(lookup) => {
+            let r = wi.spec.secret_ref.as_ref();
+            let sname = r.map(|r| r.name.as_str()).unwrap_or_default();
+            let key = r.map(|r| r.key.as_str()).unwrap_or_default();
+            match lookup {
+                RefLookup::Value(v) => Ok(SecretResolved::new(
+                    v.clone(),
+                    reason::SECRET_RESOLVED,
+                    format!("using key {key:?} of Secret {namespace}/{sname}"),
+                )),
+                RefLookup::SecretMissing => Err(SecretUnresolved::new(
+                    reason::SECRET_NOT_FOUND,
+                    format!(
+                        "Secret {namespace}/{sname} not found: create it with key {key:?}, or remove spec.secretRef to let hookwarden generate a secret"
+                    ),
+                )),
+                RefLookup::KeyMissing { available } => Err(SecretUnresolved::new(
+                    reason::SECRET_KEY_MISSING,
+                    format!(
+                        "Secret {namespace}/{sname} has no key {key:?} (keys: {}); fix spec.secretRef.key or add the key",
+                        if available.is_empty() {
+                            "none".to_string()
+                        } else {
+                            available.join(", ")
+                        }
+                    ),
+                )),
+                RefLookup::Empty => Err(SecretUnresolved::new(
+                    reason::SECRET_EMPTY,
+                    format!(
+                        "key {key:?} of Secret {namespace}/{sname} is empty; put the sender's secret or token there"
+                    ),
+                )),
             }
-            SecretSource::Generated(lookup) => {
-                let gname = generated_secret_name(&name);
-                match lookup {
-                GeneratedLookup::NotOwned => Err((
+        }
+        SecretSource::Generated(lookup) => {
+            let gname = generated_secret_name(&name);
+            match lookup {
+                GeneratedLookup::NotOwned => Err(SecretUnresolved::new(
                     reason::GENERATED_SECRET_CONFLICT,
                     format!("Secret {namespace}/{gname} exists but is not owned by this integration; delete or rename it, or point spec.secretRef at it"),
                 )),
-                GeneratedLookup::Owned(Some(v)) => Ok((
+                GeneratedLookup::Owned(Some(v)) => Ok(SecretResolved::new(
                     v.clone(),
                     reason::SECRET_GENERATED,
                     format!("generated secret in Secret {namespace}/{gname} (key {GENERATED_SECRET_KEY:?})"),
@@ -455,14 +386,14 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
                         reason: reason::SECRET_GENERATED,
                         message: format!("generated a new secret into Secret {gname}; configure the sender with it"),
                     });
-                    Ok((
+                    Ok(SecretResolved::new(
                         input.fresh_secret.clone(),
                         reason::SECRET_GENERATED,
                         format!("generated secret in Secret {namespace}/{gname} (key {GENERATED_SECRET_KEY:?})"),
                     ))
                 }
             }
-            .inspect(|(value, _, _)| {
+            .inspect(|SecretResolved { value, .. }| {
                 secret_name = Some(gname.clone());
                 generated_secret = Some(GeneratedSecret {
                     name: gname.clone(),
@@ -470,19 +401,31 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
                     url: url.clone().unwrap_or_else(|| path.clone()),
                 });
             })
-            }
-        };
+        }
+    };
 
-    let problems = validate(&wi.spec);
-    let spec_ok = problems.is_empty();
-    let ttl = previous_secret_ttl(&wi.spec);
+    let resolved = spec::resolve(&wi.spec);
+    let spec_ok = resolved.is_ok();
+    let ttl = resolved
+        .as_ref()
+        .map_or(spec::defaults::PREVIOUS_SECRET_TTL, |e| {
+            e.previous_secret_ttl
+        });
+    let problems = resolved.err().map(|p| p.to_string()).unwrap_or_default();
 
     let mut conditions = Vec::new();
     let route;
     let ready_reason;
     let ready_message;
     match (&secret_outcome, spec_ok) {
-        (Ok((current, reason_code, message)), true) => {
+        (
+            Ok(SecretResolved {
+                value: current,
+                reason: reason_code,
+                message,
+            }),
+            true,
+        ) => {
             let previous = input
                 .previous_route
                 .map(|r| r.secrets.as_slice())
@@ -542,8 +485,15 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
                 spec: wi.spec.clone(),
             });
         }
-        (Ok((_, reason_code, message)), false) => {
-            let joined = problems.join("; ");
+        (
+            Ok(SecretResolved {
+                reason: reason_code,
+                message,
+                ..
+            }),
+            false,
+        ) => {
+            let joined = problems.clone();
             events.push(PlannedEvent {
                 warning: true,
                 reason: reason::INVALID_SPEC,
@@ -574,7 +524,13 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
             ready_message = format!("{joined}{suffix}");
             route = keep;
         }
-        (Err((reason_code, message)), _) => {
+        (
+            Err(SecretUnresolved {
+                reason: reason_code,
+                message,
+            }),
+            _,
+        ) => {
             events.push(PlannedEvent {
                 warning: true,
                 reason: reason_code,
@@ -592,7 +548,7 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
             // into an outage that makes senders drop deliveries.
             let keep = input.previous_route.cloned();
             let (route_reason, route_message) = if !spec_ok {
-                (reason::INVALID_SPEC, problems.join("; "))
+                (reason::INVALID_SPEC, problems.clone())
             } else if keep.is_some() {
                 (
                     reason::WAITING_FOR_SECRET,
@@ -713,133 +669,8 @@ pub fn same_status_but_transition_times(a: &DesiredStatus, b: &DesiredStatus) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::ProviderKind;
 
-    /// One spec field's alternatives for [`the_controller_refuses_every_spec_the_receivers_would`]:
-    /// valid and invalid values, `None` leaves the field out.
-    fn field_choices() -> Vec<(&'static str, Vec<Option<serde_json::Value>>)> {
-        use serde_json::json;
-        vec![
-            (
-                "signature",
-                vec![
-                    None,
-                    Some(
-                        json!({"header": "X-Sig", "algorithm": "sha256", "encoding": "hex", "signedContent": "{body}"}),
-                    ),
-                    Some(
-                        json!({"header": "X Sig", "algorithm": "sha256", "encoding": "hex", "signedContent": "{body}"}),
-                    ),
-                    Some(
-                        json!({"header": "X-Sig", "algorithm": "sha256", "encoding": "hex", "signedContent": "{body}{nope}"}),
-                    ),
-                    Some(
-                        json!({"header": "X-Sig", "algorithm": "sha1", "encoding": "base64", "signedContent": "{timestamp}.{body}", "timestampHeader": "X-Ts"}),
-                    ),
-                    Some(
-                        json!({"header": "X-Sig", "algorithm": "sha1", "encoding": "base64", "signedContent": "{id}.{body}", "idHeader": "bad header"}),
-                    ),
-                ],
-            ),
-            (
-                "tokenHeader",
-                vec![None, Some(json!("X-Token")), Some(json!("bad header"))],
-            ),
-            (
-                "incidents",
-                vec![
-                    None,
-                    Some(json!({"idFrom": "/alert/id", "titleFrom": "body.title"})),
-                    Some(json!({"idFrom": "body.alert.id", "resolvedWhen": "body.state == 'ok'"})),
-                    Some(json!({"idFrom": "body.alert.(", "titleFrom": "/t"})),
-                    Some(json!({"idFrom": "/a~2b"})),
-                    Some(json!({"titleFrom": "/title"})),
-                    Some(
-                        json!({"idFrom": "/id", "resolvedWhen": "body.state ==", "severityMap": {"P1": "critical"}}),
-                    ),
-                    Some(json!({"idFrom": "/id", "severityMap": {"P1": "urgent"}})),
-                ],
-            ),
-            (
-                "schema",
-                vec![
-                    None,
-                    Some(json!({"type": "object", "required": ["id"]})),
-                    Some(json!({"type": 12})),
-                ],
-            ),
-            (
-                "allowedSourceRanges",
-                vec![
-                    None,
-                    Some(json!(["10.0.0.0/8", "2001:db8::/32"])),
-                    Some(json!(["10.0.0.0/33"])),
-                ],
-            ),
-            (
-                "limits",
-                vec![
-                    None,
-                    Some(json!({"maxBodyBytes": 4096, "requestsPerSecond": 5, "burst": 10})),
-                    Some(json!({"burst": 0})),
-                ],
-            ),
-            (
-                "dedupWindow",
-                vec![None, Some(json!("1h30m")), Some(json!("an hour"))],
-            ),
-        ]
-    }
-
-    /// The controller and the receivers judge a spec alike: whatever the controller
-    /// accepts (no InvalidSpec), a receiver compiles. Otherwise the controller would write
-    /// the route with Ready=True and the receivers would drop it: the endpoint answers 404.
-    #[test]
-    fn the_controller_refuses_every_spec_the_receivers_would() {
-        use crate::receiver::routes::RouteTable;
-        use proptest::prelude::*;
-        use proptest::test_runner::{Config, TestRunner};
-        let fields = field_choices();
-        let picks: Vec<_> = fields.iter().map(|(_, c)| 0..c.len()).collect();
-        let mut runner = TestRunner::new(Config {
-            cases: 3000,
-            ..Config::default()
-        });
-        let refused = std::cell::Cell::new(0u32);
-        let strategy = (prop::sample::select(ProviderKind::ALL.to_vec()), picks);
-        runner
-            .run(&strategy, |(provider, picked)| {
-                let mut spec = serde_json::json!({"provider": provider});
-                for ((name, choices), i) in fields.iter().zip(&picked) {
-                    if let Some(value) = &choices[*i] {
-                        spec[*name] = value.clone();
-                    }
-                }
-                let spec: WebhookIntegrationSpec =
-                    serde_json::from_value(spec.clone()).expect("spec shape");
-                let problems = validate(&spec);
-                let route = Route {
-                    namespace: "payments".into(),
-                    name: "agree".into(),
-                    uid: "uid-1".into(),
-                    generation: 1,
-                    path: PATH.into(),
-                    secrets: Vec::new(),
-                    spec: spec.clone(),
-                };
-                let compiled = RouteTable::new().upsert(route);
-                if problems.is_empty() {
-                    prop_assert!(
-                        compiled.is_ok(),
-                        "the controller accepts {spec:?} but a receiver refuses it: {compiled:?}"
-                    );
-                } else {
-                    refused.set(refused.get() + 1);
-                }
-                Ok(())
-            })
-            .expect("controller and receiver agree");
-        assert!(refused.get() > 0, "the cases include invalid specs");
-    }
     use crate::crd::{
         HmacAlgorithm, SecretKeyRef, SignatureEncoding, SignatureSpec, WebhookIntegrationStatus,
     };
@@ -1173,11 +1004,10 @@ mod tests {
     #[test]
     fn validate_catches_what_the_schema_cannot() {
         let mut s = spec(ProviderKind::Generic);
-        assert!(
-            validate(&s)
-                .iter()
-                .any(|m| m.contains("spec.signature is required"))
-        );
+        assert!(validate(&s).iter().any(|m| {
+            m.to_string()
+                .contains("provider generic needs spec.signature")
+        }));
         s.signature = Some(SignatureSpec {
             header: "X-Sig".into(),
             algorithm: HmacAlgorithm::Sha256,
