@@ -20,6 +20,9 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "layers: the import rules of docs/architecture.md (scripts/check-layers.sh)"
+scripts/check-layers.sh
+
 step "CRD drift: hookwarden crdgen vs crds/"
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 cargo build --bin hookwarden

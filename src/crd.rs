@@ -238,6 +238,8 @@ pub enum SignatureEncoding {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!self.signedContent.contains('{timestamp}') || has(self.timestampHeader)").message("signedContent uses {timestamp}, so timestampHeader must be set"))]
 #[x_kube(validation = Rule::new("!self.signedContent.contains('{id}') || has(self.idHeader)").message("signedContent uses {id}, so idHeader must be set"))]
+#[x_kube(validation = Rule::new("!has(self.timestampHeader) || self.signedContent.contains('{timestamp}')").message("timestampHeader is set but signedContent does not sign {timestamp}: an unsigned timestamp can be rewritten; add {timestamp} to signedContent or remove timestampHeader"))]
+#[x_kube(validation = Rule::new("!has(self.idHeader) || self.signedContent.contains('{id}')").message("idHeader is set but signedContent does not sign {id}: an unsigned id can be rewritten; add {id} to signedContent or remove idHeader"))]
 pub struct SignatureSpec {
     /// Request header carrying the signature, e.g. X-Signature.
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9-]+$"))]
@@ -257,12 +259,12 @@ pub struct SignatureSpec {
     #[x_kube(validation = Rule::new("self.contains('{body}')").message("signedContent must include {body}"))]
     pub signed_content: String,
     /// Header carrying the Unix timestamp (seconds) that is signed and checked against
-    /// toleranceSeconds.
+    /// toleranceSeconds; signedContent must use `{timestamp}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9-]+$"))]
     pub timestamp_header: Option<String>,
-    /// Header carrying the delivery id, signed when signedContent uses `{id}` and used for
-    /// deduplication.
+    /// Header carrying the delivery id, used for deduplication; signedContent must use
+    /// `{id}` (an unsigned id could be rewritten to replay a captured delivery).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9-]+$"))]
     pub id_header: Option<String>,

@@ -17,6 +17,7 @@ use crate::crd::ProviderKind;
 use crate::crd::{HmacAlgorithm, SignatureEncoding, SignatureSpec, WebhookIntegrationSpec};
 use crate::domain::sample::{self, SampleOptions};
 use crate::domain::signature::{self, Delivery, Scheme, SignInput, Verdict};
+use crate::domain::spec;
 
 /// Exit code for usage errors, like clap's own.
 const USAGE: u8 = 2;
@@ -232,19 +233,26 @@ impl fmt::Debug for SendTestArgs {
     }
 }
 
-/// A usage error: printed, exit 2.
+/// Why a command stopped before its answer: a usage error (bad flags, unreadable file:
+/// exit 2), or the thing it was asked about is itself invalid (a spec the receivers would
+/// refuse: exit 1, like a delivery that does not verify).
 #[derive(Debug)]
-struct Usage(String);
-
-impl<E: fmt::Display> From<E> for Usage {
-    fn from(e: E) -> Self {
-        Usage(e.to_string())
-    }
+enum CliError {
+    Usage(String),
+    Invalid(String),
 }
 
-fn usage_exit(e: Usage) -> ExitCode {
-    eprintln!("error: {}", e.0);
-    ExitCode::from(USAGE)
+fn usage_exit(e: CliError) -> ExitCode {
+    match e {
+        CliError::Usage(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(USAGE)
+        }
+        CliError::Invalid(message) => {
+            eprintln!("invalid: {message}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn now_unix() -> i64 {
@@ -254,26 +262,26 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-fn read_body(path: &Path) -> Result<Vec<u8>, Usage> {
+fn read_body(path: &Path) -> Result<Vec<u8>, CliError> {
     if path.as_os_str() == "-" {
         let mut buf = Vec::new();
         std::io::stdin()
             .read_to_end(&mut buf)
-            .map_err(|e| Usage(format!("cannot read the body from stdin: {e}")))?;
+            .map_err(|e| CliError::Usage(format!("cannot read the body from stdin: {e}")))?;
         return Ok(buf);
     }
     std::fs::read(path)
-        .map_err(|e| Usage(format!("cannot read --body-file {}: {e}", path.display())))
+        .map_err(|e| CliError::Usage(format!("cannot read --body-file {}: {e}", path.display())))
 }
 
 /// The spec inside a WebhookIntegration YAML file (first WebhookIntegration document),
 /// or a file holding just a spec.
-fn load_spec(path: &Path) -> Result<WebhookIntegrationSpec, Usage> {
+fn load_spec(path: &Path) -> Result<WebhookIntegrationSpec, CliError> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| Usage(format!("cannot read --spec {}: {e}", path.display())))?;
+        .map_err(|e| CliError::Usage(format!("cannot read --spec {}: {e}", path.display())))?;
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let value = serde_yaml::Value::deserialize(doc)
-            .map_err(|e| Usage(format!("{}: {e}", path.display())))?;
+            .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
         let spec = match value.get("kind").and_then(|k| k.as_str()) {
             Some("WebhookIntegration") => value.get("spec").cloned(),
             Some(_) => None,
@@ -282,10 +290,10 @@ fn load_spec(path: &Path) -> Result<WebhookIntegrationSpec, Usage> {
         };
         if let Some(spec) = spec {
             return serde_yaml::from_value(spec)
-                .map_err(|e| Usage(format!("{}: invalid spec: {e}", path.display())));
+                .map_err(|e| CliError::Usage(format!("{}: invalid spec: {e}", path.display())));
         }
     }
-    Err(Usage(format!(
+    Err(CliError::Usage(format!(
         "{}: no WebhookIntegration document found",
         path.display()
     )))
@@ -293,14 +301,14 @@ fn load_spec(path: &Path) -> Result<WebhookIntegrationSpec, Usage> {
 
 use serde::Deserialize as _;
 
-fn build_scheme(args: &SchemeArgs) -> Result<Scheme, Usage> {
+fn build_scheme(args: &SchemeArgs) -> Result<Scheme, CliError> {
     let mut spec = match &args.spec {
         Some(path) => {
             let spec = load_spec(path)?;
             if let Some(p) = args.provider
                 && p != spec.provider
             {
-                return Err(Usage(format!(
+                return Err(CliError::Usage(format!(
                     "--provider {p} contradicts provider {} in {}",
                     spec.provider,
                     path.display()
@@ -311,8 +319,9 @@ fn build_scheme(args: &SchemeArgs) -> Result<Scheme, Usage> {
         None => {
             let provider = args
                 .provider
-                .ok_or_else(|| Usage("--provider is required".to_string()))?;
-            serde_yaml::from_str::<WebhookIntegrationSpec>(&format!("provider: {provider}"))?
+                .ok_or_else(|| CliError::Usage("--provider is required".to_string()))?;
+            serde_yaml::from_str::<WebhookIntegrationSpec>(&format!("provider: {provider}"))
+                .map_err(|e| CliError::Usage(e.to_string()))?
         }
     };
     if let Some(h) = &args.token_header {
@@ -320,7 +329,7 @@ fn build_scheme(args: &SchemeArgs) -> Result<Scheme, Usage> {
     }
     if !args.generic.is_empty() {
         if spec.provider != ProviderKind::Generic {
-            return Err(Usage(
+            return Err(CliError::Usage(
                 "--signature-header, --algorithm, … only apply to --provider generic".to_string(),
             ));
         }
@@ -330,7 +339,9 @@ fn build_scheme(args: &SchemeArgs) -> Result<Scheme, Usage> {
             .signature_header
             .clone()
             .or_else(|| base.as_ref().map(|b| b.header.clone()))
-            .ok_or_else(|| Usage("provider generic needs --signature-header".to_string()))?;
+            .ok_or_else(|| {
+                CliError::Usage("provider generic needs --signature-header".to_string())
+            })?;
         spec.signature = Some(SignatureSpec {
             header,
             algorithm: g
@@ -364,23 +375,26 @@ fn build_scheme(args: &SchemeArgs) -> Result<Scheme, Usage> {
                 .or_else(|| base.as_ref().and_then(|b| b.tolerance_seconds)),
         });
     }
-    Ok(Scheme::from_spec(&spec)?)
+    // The receivers' resolver: a spec they would refuse is refused here the same way.
+    spec::resolve(&spec)
+        .map(|effective| effective.scheme)
+        .map_err(|problems| CliError::Invalid(format!("spec: {problems}")))
 }
 
-fn parse_headers(raw: &[String]) -> Result<HeaderMap, Usage> {
+fn parse_headers(raw: &[String]) -> Result<HeaderMap, CliError> {
     let mut map = HeaderMap::new();
     for h in raw {
-        let (name, value) = h
-            .split_once(':')
-            .ok_or_else(|| Usage(format!("--header {h:?} is not of the form 'Name: value'")))?;
+        let (name, value) = h.split_once(':').ok_or_else(|| {
+            CliError::Usage(format!("--header {h:?} is not of the form 'Name: value'"))
+        })?;
         let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
-            Usage(format!(
+            CliError::Usage(format!(
                 "--header {h:?}: {:?} is not a valid header name",
                 name.trim()
             ))
         })?;
         let value = HeaderValue::from_bytes(value.trim().as_bytes()).map_err(|_| {
-            Usage(format!(
+            CliError::Usage(format!(
                 "--header {:?}: the value is not a valid header value",
                 name.as_str()
             ))
@@ -398,13 +412,13 @@ pub fn verify(args: VerifyArgs) -> ExitCode {
     }
 }
 
-fn run_verify(args: &VerifyArgs) -> Result<ExitCode, Usage> {
+fn run_verify(args: &VerifyArgs) -> Result<ExitCode, CliError> {
     let scheme = build_scheme(&args.scheme)?;
     let body = read_body(&args.body_file)?;
     let headers = parse_headers(&args.headers)?;
     let url = args.url.as_deref().unwrap_or("");
     if scheme.provider == ProviderKind::Twilio && url.is_empty() {
-        return Err(Usage(
+        return Err(CliError::Usage(
             "twilio signs the URL it called: pass --url with the full URL, query included"
                 .to_string(),
         ));
@@ -483,7 +497,7 @@ pub fn sign(args: SignArgs) -> ExitCode {
     }
 }
 
-fn run_sign(args: &SignArgs) -> Result<Vec<(String, String)>, Usage> {
+fn run_sign(args: &SignArgs) -> Result<Vec<(String, String)>, CliError> {
     let scheme = build_scheme(&args.scheme)?;
     let body = read_body(&args.body_file)?;
     let id = args.id.clone().unwrap_or_else(random_id);
@@ -498,7 +512,7 @@ fn run_sign(args: &SignArgs) -> Result<Vec<(String, String)>, Usage> {
         id: &id,
         content_type: &content_type,
     };
-    Ok(signature::sign(&scheme, &args.secret, &input)?)
+    signature::sign(&scheme, &args.secret, &input).map_err(|e| CliError::Usage(e.to_string()))
 }
 
 /// `hookwarden send-test`.
@@ -544,16 +558,16 @@ struct Prepared {
     request: http::Request<http_body_util::Full<bytes::Bytes>>,
 }
 
-fn prepare_send(args: &SendTestArgs) -> Result<Prepared, Usage> {
+fn prepare_send(args: &SendTestArgs) -> Result<Prepared, CliError> {
     let scheme = build_scheme(&args.scheme)?;
     let uri: http::Uri = args
         .url
         .parse()
-        .map_err(|e| Usage(format!("{:?} is not a URL: {e}", args.url)))?;
+        .map_err(|e| CliError::Usage(format!("{:?} is not a URL: {e}", args.url)))?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
         _ => {
-            return Err(Usage(format!(
+            return Err(CliError::Usage(format!(
                 "{:?}: only http:// and https:// URLs can be sent to",
                 args.url
             )));
@@ -584,7 +598,8 @@ fn prepare_send(args: &SendTestArgs) -> Result<Prepared, Usage> {
         id: &id,
         content_type: sample.content_type,
     };
-    let auth = signature::sign(&scheme, &args.secret, &input)?;
+    let auth = signature::sign(&scheme, &args.secret, &input)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     let mut builder = http::Request::post(&target)
         .header(http::header::CONTENT_TYPE, sample.content_type)
         .header(
@@ -596,7 +611,7 @@ fn prepare_send(args: &SendTestArgs) -> Result<Prepared, Usage> {
     }
     let request = builder
         .body(http_body_util::Full::new(bytes::Bytes::from(sample.body)))
-        .map_err(|e| Usage(format!("cannot build the request: {e}")))?;
+        .map_err(|e| CliError::Usage(format!("cannot build the request: {e}")))?;
     Ok(Prepared { request })
 }
 

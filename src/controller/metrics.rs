@@ -41,7 +41,7 @@ impl ControllerMetrics {
         sub.register("reconciles", "Reconciles run", m.reconciles.clone());
         sub.register(
             "reconcile_errors",
-            "Reconciles that failed, by error kind",
+            "Reconciles that failed, by the step that failed (read_route, resolve_secret, write_generated_secret, write_route, apply_status, remove_route, finalizer, …)",
             m.errors.clone(),
         );
         sub.register(

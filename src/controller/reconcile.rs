@@ -15,7 +15,7 @@ use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt as _};
 use serde_json::json;
-use tracing::{debug, info, warn};
+use tracing::{Instrument as _, debug, info, warn};
 
 use super::metrics::ControllerMetrics;
 use crate::clock::Clock;
@@ -201,22 +201,53 @@ pub async fn forget_missing(
 /// is transient (the API server) and is retried with backoff.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API request failed: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("cannot encode the route: {0}")]
-    Encode(#[from] serde_json::Error),
+    #[error("reading the route Secret {name}: {source}")]
+    ReadRoute { name: String, source: kube::Error },
+    #[error("reading Secret {namespace}/{name} for the integration's secret: {source}")]
+    ResolveSecret {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("writing the generated Secret {namespace}/{name}: {source}")]
+    WriteGeneratedSecret {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("encoding the route: {0}")]
+    EncodeRoute(serde_json::Error),
+    #[error("writing the route Secret {name}: {source}")]
+    WriteRoute { name: String, source: kube::Error },
+    #[error("encoding the status: {0}")]
+    EncodeStatus(serde_json::Error),
+    #[error("applying the status of {namespace}/{name}: {source}")]
+    ApplyStatus {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("removing the route Secret {name}: {source}")]
+    RemoveRoute { name: String, source: kube::Error },
     #[error("the integration has no namespace")]
     NoNamespace,
+    /// Adding or removing the finalizer on the integration itself.
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
 }
 
 impl Error {
-    /// Short label for metrics.
+    /// The step that failed: the `step` label of the reconcile error metric.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::Kube(_) => "kube",
-            Error::Encode(_) => "encode",
+            Error::ReadRoute { .. } => "read_route",
+            Error::ResolveSecret { .. } => "resolve_secret",
+            Error::WriteGeneratedSecret { .. } => "write_generated_secret",
+            Error::EncodeRoute(_) => "encode_route",
+            Error::WriteRoute { .. } => "write_route",
+            Error::EncodeStatus(_) => "encode_status",
+            Error::ApplyStatus { .. } => "apply_status",
+            Error::RemoveRoute { .. } => "remove_route",
             Error::NoNamespace => "no_namespace",
             Error::Finalizer(_) => "finalizer",
         }
@@ -229,12 +260,20 @@ pub async fn reconcile(wi: Arc<WebhookIntegration>, ctx: Arc<Context>) -> Result
     let namespace = wi.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<WebhookIntegration> = Api::namespaced(ctx.client.clone(), &namespace);
     let key = ObjectRef::from_obj(&*wi);
+    // One span per reconcile, so every line it logs carries the object and generation.
+    let span = tracing::info_span!(
+        "reconcile",
+        namespace = %namespace,
+        integration = %wi.name_any(),
+        generation = wi.metadata.generation.unwrap_or_default(),
+    );
     let result = finalizer(&api, FINALIZER, wi, |event| async {
         match event {
             finalizer::Event::Apply(wi) => apply(&wi, &ctx).await,
             finalizer::Event::Cleanup(wi) => cleanup(&wi, &ctx).await,
         }
     })
+    .instrument(span)
     .await
     .map_err(|e| match e {
         finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => inner,
@@ -286,14 +325,32 @@ async fn find_secret(
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     match &wi.spec.secret_ref {
         Some(r) => {
-            let Some(secret) = secrets.get_opt(&r.name).await? else {
+            let Some(secret) =
+                secrets
+                    .get_opt(&r.name)
+                    .await
+                    .map_err(|source| Error::ResolveSecret {
+                        namespace: namespace.to_string(),
+                        name: r.name.clone(),
+                        source,
+                    })?
+            else {
                 return Ok((SecretSource::Referenced(RefLookup::SecretMissing), None));
             };
             Ok((SecretSource::Referenced(lookup_key(&secret, &r.key)), None))
         }
         None => {
             let name = plan::generated_secret_name(&wi.name_any());
-            let Some(secret) = secrets.get_opt(&name).await? else {
+            let Some(secret) =
+                secrets
+                    .get_opt(&name)
+                    .await
+                    .map_err(|source| Error::ResolveSecret {
+                        namespace: namespace.to_string(),
+                        name: name.clone(),
+                        source,
+                    })?
+            else {
                 return Ok((SecretSource::Generated(GeneratedLookup::Absent), None));
             };
             let uid = wi.uid().unwrap_or_default();
@@ -323,7 +380,11 @@ async fn apply(wi: &WebhookIntegration, ctx: &Context) -> Result<Action, Error> 
     // A route of an earlier integration with the same name (different uid) is not ours.
     let previous_route = routes
         .get_opt(&route_secret_name)
-        .await?
+        .await
+        .map_err(|source| Error::ReadRoute {
+            name: route_secret_name.clone(),
+            source,
+        })?
         .and_then(|s| Route::from_secret(&s).ok())
         .filter(|r| r.uid == uid);
     let (secret, generated_data) = find_secret(ctx, wi, &namespace).await?;
@@ -346,14 +407,20 @@ async fn apply(wi: &WebhookIntegration, ctx: &Context) -> Result<Action, Error> 
     if let Some(route) = &plan.route
         && previous_route.as_ref() != Some(route)
     {
-        let secret = route.to_secret(&ctx.route_namespace)?;
+        let secret = route
+            .to_secret(&ctx.route_namespace)
+            .map_err(Error::EncodeRoute)?;
         routes
             .patch(
                 &route_secret_name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(&secret),
             )
-            .await?;
+            .await
+            .map_err(|source| Error::WriteRoute {
+                name: route_secret_name.clone(),
+                source,
+            })?;
         changed.push("route");
         info!(integration = %name, %namespace, path = %route.path, generation = route.generation, "route written");
     }
@@ -429,7 +496,12 @@ async fn write_generated_secret(
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&secret),
         )
-        .await?;
+        .await
+        .map_err(|source| Error::WriteGeneratedSecret {
+            namespace: namespace.to_string(),
+            name: generated.name.clone(),
+            source,
+        })?;
     Ok(true)
 }
 
@@ -455,7 +527,7 @@ async fn write_status(
     }
     status.insert(
         "conditions".into(),
-        serde_json::to_value(&plan.status.conditions)?,
+        serde_json::to_value(&plan.status.conditions).map_err(Error::EncodeStatus)?,
     );
     let patch = json!({
         "apiVersion": WebhookIntegration::api_version(&()),
@@ -467,7 +539,12 @@ async fn write_status(
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(&patch),
     )
-    .await?;
+    .await
+    .map_err(|source| Error::ApplyStatus {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        source,
+    })?;
     Ok(())
 }
 
@@ -526,7 +603,12 @@ async fn cleanup(wi: &WebhookIntegration, ctx: &Context) -> Result<Action, Error
     {
         Ok(_) => info!(integration = %wi.name_any(), %namespace, "route removed"),
         Err(kube::Error::Api(status)) if status.code == 404 => {}
-        Err(e) => return Err(e.into()),
+        Err(source) => {
+            return Err(Error::RemoveRoute {
+                name: route_secret_name,
+                source,
+            });
+        }
     }
     let event = Event {
         type_: EventType::Normal,

@@ -651,3 +651,45 @@ fn verify_checks_twilio_against_the_url_it_called() {
         stdout(&other)
     );
 }
+
+/// Exit 1 is "the thing checked is invalid": a spec the receivers would refuse is refused
+/// by `verify --spec` with the resolver's own words; exit 2 stays for usage errors.
+#[test]
+fn a_spec_the_receivers_would_refuse_exits_1_and_an_unreadable_one_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = body_file(
+        dir.path(),
+        "whi.yaml",
+        b"kind: WebhookIntegration\nspec:\n  provider: generic\n  signature: {header: X-Sig, algorithm: sha256, encoding: hex, idHeader: X-Id}\n",
+    );
+    let body = body_file(dir.path(), "body", b"{}");
+    let (spec, body) = (spec.to_str().expect("path"), body.to_str().expect("path"));
+    let out = hookwarden(&[
+        "verify",
+        "--spec",
+        spec,
+        "--secret",
+        "s",
+        "--body-file",
+        body,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "invalid: spec: spec.signature.idHeader is set but signedContent does not use {id}"
+        ),
+        "{stderr}"
+    );
+    let missing = dir.path().join("nope.yaml");
+    let out = hookwarden(&[
+        "verify",
+        "--spec",
+        missing.to_str().expect("path"),
+        "--secret",
+        "s",
+        "--body-file",
+        body,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
