@@ -825,3 +825,47 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod refusal_table {
+    use super::*;
+
+    /// The README's "HTTP answers" table is read off [`Refusal`]: every refusal has a row
+    /// with its status code and reason, and its headers are the ones the row names.
+    #[test]
+    fn the_readme_table_matches_the_refusals() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("## HTTP answers").expect("section");
+        let table: Vec<&str> = readme[start..]
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        for refusal in Refusal::ALL {
+            let reason = match refusal {
+                Refusal::Unauthenticated(_) => "signature_mismatch",
+                other => other.reason(),
+            };
+            let row = table
+                .iter()
+                .find(|l| l.contains(&format!("`{reason}`")))
+                .unwrap_or_else(|| panic!("no README row for {refusal:?} ({reason})"));
+            let code = refusal.status().as_u16().to_string();
+            assert!(row.contains(&code), "{refusal:?}: {row}");
+            let response = refusal.response(5);
+            assert_eq!(response.status(), refusal.status());
+            let has = |h: header::HeaderName| response.headers().contains_key(h);
+            assert_eq!(
+                has(header::RETRY_AFTER),
+                row.contains("Retry-After"),
+                "{refusal:?}"
+            );
+            assert_eq!(has(header::ALLOW), row.contains("Allow"), "{refusal:?}");
+            assert_eq!(
+                has(header::CONNECTION),
+                row.contains("connection closed"),
+                "{refusal:?}"
+            );
+        }
+    }
+}
