@@ -24,6 +24,8 @@ pub enum TransportFailure {
     Timeout,
     /// The connection broke after it was established (reset, closed mid-answer).
     Reset,
+    /// The target answered something that is not HTTP/1.1 (or a malformed head).
+    Protocol,
     /// The egress policy (SSRF guard) refused every address of the target: hookwarden
     /// would not connect at all.
     RefusedByPolicy,
@@ -37,6 +39,7 @@ impl TransportFailure {
             TransportFailure::Tls => "tls_error",
             TransportFailure::Timeout => "timeout",
             TransportFailure::Reset => "connection_reset",
+            TransportFailure::Protocol => "protocol_error",
             TransportFailure::RefusedByPolicy => "refused_by_policy",
         }
     }
@@ -96,6 +99,7 @@ pub struct Classification {
 /// | 5xx | retryable | `server_error` |
 /// | 3xx (never followed) | retryable | `redirect_not_followed` |
 /// | timeout, connect, TLS, reset | retryable | `timeout`, `connect_error`, `tls_error`, `connection_reset` |
+/// | **not an HTTP answer** | retryable | `protocol_error` |
 /// | **any other 4xx** (402, 405, 409, 415, 423, 451, …) | retryable | `client_error` |
 /// | **1xx, or outside 100..=599** | retryable | `unexpected_status` |
 ///
@@ -215,6 +219,10 @@ mod tests {
         assert_eq!(
             f(TransportFailure::Reset),
             (Outcome::Retryable, "connection_reset")
+        );
+        assert_eq!(
+            f(TransportFailure::Protocol),
+            (Outcome::Retryable, "protocol_error")
         );
     }
 
