@@ -16,8 +16,10 @@ cd "$(dirname "$0")/.."
 KUBE_VERSION="${HOOKWARDEN_KUBE_VERSION:-1.34.0}"
 VENV="${HOOKWARDEN_VENV:-$HOME/.cache/hookwarden/venv}"
 # Pinned: kubernetes-validate carries the Kubernetes schemas, so its version decides
-# which API versions exist. 1.37.0 ships schemas for 1.33 to 1.37.
-PY_REQUIREMENTS="kubernetes-validate==1.37.0 jsonschema==4.26.0 PyYAML==6.0.3 cel-python==0.5.0"
+# which API versions exist. 1.37.0 ships schemas for 1.33 to 1.37. standardwebhooks is the
+# official library tests/it/forward_sdk.rs verifies forwarded signatures with (cargo test
+# runs after this script in scripts/test.sh, so the venv is ready by then).
+PY_REQUIREMENTS="kubernetes-validate==1.37.0 jsonschema==4.26.0 PyYAML==6.0.3 cel-python==0.5.0 standardwebhooks==1.3.0"
 CHART=charts/hookwarden
 RELEASE=hookwarden
 NAMESPACE=hookwarden

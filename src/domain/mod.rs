@@ -1,6 +1,7 @@
 //! The pure core: no Kubernetes, no network, no files, no clock of its own.
 
 pub mod duration;
+pub mod forward;
 pub mod incident;
 pub mod plan;
 pub mod sample;

@@ -5,6 +5,7 @@ mod cluster_receiver;
 mod controller;
 mod e2e;
 mod emulator;
+mod forward_sdk;
 mod journal;
 mod receiver_http;
 mod route_watch;

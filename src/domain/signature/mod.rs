@@ -15,7 +15,7 @@
 //!   `signature_mismatch` and an authentic but replayed one `timestamp_stale`;
 //! - a [`Rejection`] says why, and never contains the expected signature or a secret.
 
-mod crypto;
+pub(crate) mod crypto;
 mod generic;
 mod hmac_presets;
 mod slack;
