@@ -105,6 +105,13 @@ pub struct WebhookIntegrationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
     pub dedup_window: Option<String>,
+
+    /// Where verified deliveries, or the incidents they open, update and resolve, are
+    /// sent after the 202: durably, with retries, a circuit breaker and dead letters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(t, self.exists_one(u, u.name == t.name))").message("forward target names must be unique"))]
+    pub forward: Vec<ForwardTarget>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -279,6 +286,177 @@ fn default_signed_content() -> String {
     "{body}".to_string()
 }
 
+/// One forward target: where verified deliveries, or the incidents they open, update and
+/// resolve, are sent after the 202 (DESIGN.md "Forwarding").
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.url), has(self.urlFrom), has(self.service)].filter(x, x).size() == 1").message("set exactly one of url, urlFrom and service"))]
+#[x_kube(validation = Rule::new("!has(self.format) || self.format != 'raw' || !has(self.send) || self.send.all(e, e == 'delivery')").message("format raw forwards the original request: send may only list delivery"))]
+#[x_kube(validation = Rule::new("!has(self.format) || self.format != 'slack' || (has(self.send) && !self.send.exists(e, e == 'delivery'))").message("format slack posts incident events: send must list incident events only (the default, delivery, does not fit)"))]
+pub struct ForwardTarget {
+    /// Name of the target: a DNS label, unique in the integration; used in status,
+    /// metrics, the replay-target annotation and the generated signing key's key.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// URL to POST to (http or https).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("url must start with https:// or http://"))]
+    pub url: Option<String>,
+    /// The URL from a Secret key in this namespace (chat webhook URLs are credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_from: Option<SecretSelector>,
+    /// A Service in the integration's own namespace: `http://NAME.NAMESPACE.svc:PORT/PATH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceTarget>,
+    /// Events sent to this target: delivery (every verified delivery), incident.opened,
+    /// incident.updated, incident.resolved. Default [delivery].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4))]
+    #[x_kube(validation = Rule::new("self.all(e, e in ['delivery', 'incident.opened', 'incident.updated', 'incident.resolved'])").message("send entries must be delivery, incident.opened, incident.updated or incident.resolved"))]
+    pub send: Option<Vec<String>>,
+    /// standard-webhooks (default: JSON envelope with Standard Webhooks signature
+    /// headers), raw (the original body and content type; delivery only), cloudevents
+    /// (structured mode), slack (`{"text": …}` for incident events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in ['standard-webhooks', 'raw', 'cloudevents', 'slack']").message("format must be standard-webhooks, raw, cloudevents or slack"))]
+    pub format: Option<String>,
+    /// Standard Webhooks signing key (`whsec_…`) from a Secret key in this namespace.
+    /// Absent: hookwarden generates one into the Secret `<integration>-forward`, under
+    /// this target's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret_ref: Option<SecretKeyRef>,
+    /// Extra request headers: every key of that Secret is a header name, its value the
+    /// header value (e.g. Authorization for the target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_from: Option<HeadersFrom>,
+    /// Per-attempt timeout (Go duration). Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub timeout: Option<String>,
+    /// Retry schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// Per-target circuit breaker (per receiver replica).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreakerPolicy>,
+    /// How long a dead-lettered forward is kept, with its body, for replay (Go
+    /// duration). Default 168h (7 days).
+    #[serde(
+        default,
+        rename = "deadLetterTTL",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub dead_letter_ttl: Option<String>,
+}
+
+/// A Secret key in the integration's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretSelector {
+    /// The Secret and key holding the value.
+    pub secret_ref: SecretKeyRef,
+}
+
+/// A Secret in the integration's namespace whose keys are header names.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeadersFrom {
+    /// The Secret.
+    pub secret_ref: SecretName,
+}
+
+/// A Secret in the integration's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretName {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// A Service in the integration's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceTarget {
+    /// Name of the Service.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Port number.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Request path, starting with `/`. Default `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("service.path must start with /"))]
+    pub path: Option<String>,
+}
+
+/// When failed attempts are retried.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// Delays before attempts 2..N (Go durations, each 1s to 24h, at most 20), with ±10 %
+    /// jitter; a longer Retry-After from the target wins. After the last: dead letter.
+    /// Default [1m, 5m, 30m, 2h, 6h].
+    #[schemars(
+        length(min = 1, max = 20),
+        inner(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))
+    )]
+    pub schedule: Vec<String>,
+}
+
+/// Per-target circuit breaker.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitBreakerPolicy {
+    /// Consecutive retryable failures that open the circuit. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub failures: Option<i32>,
+    /// How long an open circuit refuses attempts before one probe (Go duration).
+    /// Default 60s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub open_for: Option<String>,
+}
+
+/// Forwarding to one target, as the receivers last wrote it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ForwardStatus {
+    /// The target's name in spec.forward.
+    pub name: String,
+    /// Forwards the target answered 2xx (running total).
+    #[serde(default)]
+    pub delivered: i64,
+    /// Failed attempts (running total).
+    #[serde(default)]
+    pub failed: i64,
+    /// Forwards waiting for an attempt, those held by an open circuit included.
+    #[serde(default)]
+    pub pending: i64,
+    /// Dead letters not yet replayed or expired.
+    #[serde(default)]
+    pub dead_lettered: i64,
+    /// closed, open or halfOpen (of the replica that wrote last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit: Option<String>,
+    /// When a forward to this target last succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_delivered_time: Option<Time>,
+    /// When an attempt last failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_time: Option<Time>,
+    /// Why the last attempt failed (e.g. `503 Service Unavailable`, `timeout`, `refused: …`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
+}
+
 /// Observed state, written by the controller (conditions, URL) and the receiver
 /// (deliveries, incidents), each with its own server-side apply field manager.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
@@ -308,6 +486,10 @@ pub struct WebhookIntegrationStatus {
     /// Incidents opened from deliveries, written by the receivers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incidents: Option<IncidentsStatus>,
+    /// One entry per spec.forward target, written by the receivers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub forwarding: Vec<ForwardStatus>,
 }
 
 /// Delivery counters since the integration was created.

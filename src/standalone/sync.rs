@@ -170,6 +170,7 @@ pub fn sync(
             conditions,
             deliveries: None,
             incidents: None,
+            forwarding: Vec::new(),
         });
         state.write_object(&integration)?;
         assignment.route = planned.route.clone();
