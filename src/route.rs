@@ -63,6 +63,39 @@ pub struct Route {
     /// Current secret first, then unexpired previous ones.
     pub secrets: Vec<RouteSecret>,
     pub spec: WebhookIntegrationSpec,
+    /// What the receivers need to send to each `spec.forward` target, resolved by the
+    /// controller from the Secrets the spec names (the receivers read no Secret but their
+    /// routes). Same order as `spec.forward`; a target whose Secrets do not resolve is
+    /// absent (its forwards wait, see the controller's condition).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forward: Vec<RouteForward>,
+}
+
+/// One forward target's resolved material. `Debug` shows names only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteForward {
+    /// `spec.forward[].name`.
+    pub name: String,
+    /// The URL to POST to (from `url`, the `urlFrom` Secret, or the Service's cluster DNS
+    /// name). A credential for chat webhooks.
+    pub url: SecretValue,
+    /// The Standard Webhooks signing key (`whsec_…`), absent for unsigned formats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<SecretValue>,
+    /// `headersFrom`: header name → value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, SecretValue>,
+}
+
+impl fmt::Debug for RouteForward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteForward")
+            .field("name", &self.name)
+            .field("signed", &self.signing_key.is_some())
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Route {

@@ -483,6 +483,7 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
                 path: path.clone(),
                 secrets,
                 spec: wi.spec.clone(),
+                forward: Vec::new(),
             });
         }
         (

@@ -345,6 +345,7 @@ mod tests {
                     path: "/hooks/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
                     secrets: Vec::new(),
                     spec: spec.clone(),
+                    forward: Vec::new(),
                 };
                 let compiled = RouteTable::new().upsert(route);
                 if problems.is_empty() {
@@ -383,6 +384,7 @@ mod tests {
                 path: "/hooks/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
                 secrets: Vec::new(),
                 spec: wi.spec.clone(),
+                forward: Vec::new(),
             };
             match RouteTable::new().upsert(route) {
                 Err(RouteError {

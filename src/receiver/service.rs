@@ -327,6 +327,7 @@ mod tests {
                 "incidents": {"keepRecent": keep},
             }))
             .expect("spec"),
+            forward: Vec::new(),
         };
         let handle = ReceiverHandle::new();
         let lookup = handle.lookup();

@@ -121,6 +121,7 @@ fn route(spec: Value, secrets: Vec<RouteSecret>) -> Route {
         path: generate_path(),
         secrets,
         spec: serde_json::from_value(spec).expect("spec"),
+        forward: Vec::new(),
     }
 }
 

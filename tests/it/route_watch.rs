@@ -27,6 +27,7 @@ fn route(name: &str) -> Route {
             expires_at: None,
         }],
         spec: serde_json::from_value(serde_json::json!({"provider": "datadog"})).expect("spec"),
+        forward: Vec::new(),
     }
 }
 
