@@ -236,6 +236,7 @@ fn start_in_process<S: DeliverySink>(
             expires_at: None,
         }],
         spec: serde_json::from_value(spec).map_err(std::io::Error::other)?,
+        forward: Vec::new(),
     };
     let routes = Arc::new(RouteTable::new());
     routes.upsert(route).map_err(std::io::Error::other)?;
@@ -685,6 +686,7 @@ fn memory(routes: u64, ids: u64) -> Result<(), Box<dyn std::error::Error>> {
                 path: generate_path(),
                 secrets: vec![RouteSecret { value: SecretValue(format!("{i:064x}")), expires_at: None }],
                 spec: serde_json::from_value(spec)?,
+                forward: Vec::new(),
             })
         })
         .collect::<Result<_, serde_json::Error>>()?;
