@@ -6,6 +6,7 @@ mod controller;
 mod e2e;
 mod emulator;
 mod forward_sdk;
+mod forward_sender;
 mod journal;
 mod receiver_http;
 mod route_watch;
