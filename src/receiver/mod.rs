@@ -16,6 +16,7 @@ pub mod http;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;
+pub mod outbox;
 pub mod routes;
 pub mod runtime;
 pub mod server;
