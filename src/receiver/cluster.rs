@@ -17,6 +17,7 @@ use kube::runtime::watcher::{self, Event};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use crate::forwarder::EgressPolicy;
 use crate::receiver::service::{Receiver, ReceiverHandle, ReceiverOptions};
 use crate::receiver::status::KubeStatusWriter;
 use crate::route::{INTEGRATION_ANNOTATION, ROUTE_LABEL, Route};
@@ -70,16 +71,43 @@ pub struct ReceiverArgs {
     /// Proxies whose X-Forwarded-For is trusted (CIDRs, comma-separated). Empty: none.
     #[arg(long, env = "HOOKWARDEN_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<IpNet>,
+    /// Forwards never connect to these CIDRs (comma-separated), besides loopback,
+    /// link-local/cloud metadata and the API server's addresses, which are always refused.
+    #[arg(long, env = "HOOKWARDEN_FORWARD_DENY_CIDRS", value_delimiter = ',')]
+    pub forward_deny_cidrs: Vec<IpNet>,
+    /// When set, forwards connect only to these CIDRs (comma-separated; the refusals
+    /// above still apply).
+    #[arg(long, env = "HOOKWARDEN_FORWARD_ALLOW_CIDRS", value_delimiter = ',')]
+    pub forward_allow_cidrs: Vec<IpNet>,
     /// Log format.
     #[arg(long, env = "HOOKWARDEN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
 }
 
+/// The egress policy of a cluster receiver: the flags' CIDRs plus the API server's
+/// addresses (the in-cluster Service address and the kubeconfig's, when they are IPs).
+pub fn cluster_egress(args: &ReceiverArgs, api_server: Option<&http::Uri>) -> EgressPolicy {
+    let mut deny = args.forward_deny_cidrs.clone();
+    let hosts = std::env::var("KUBERNETES_SERVICE_HOST")
+        .ok()
+        .into_iter()
+        .chain(api_server.and_then(|u| u.host()).map(str::to_string));
+    for host in hosts {
+        if let Ok(ip) = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+            deny.push(IpNet::from(ip));
+        }
+    }
+    let allow = (!args.forward_allow_cidrs.is_empty()).then(|| args.forward_allow_cidrs.clone());
+    EgressPolicy::cluster(deny, allow)
+}
+
 pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
     crate::telemetry::init_logging(args.log_format);
-    let client = kube::Client::try_default()
+    let kube_config = kube::Config::infer()
         .await
-        .context("cannot reach the Kubernetes API")?;
+        .context("cannot find a Kubernetes API configuration")?;
+    let api_server = kube_config.cluster_url.clone();
+    let client = kube::Client::try_from(kube_config).context("cannot reach the Kubernetes API")?;
     let mut registry = Registry::default();
     let writer = Arc::new(KubeStatusWriter::new(client.clone(), args.pod_name.clone()));
     let options = ReceiverOptions {
@@ -94,6 +122,7 @@ pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
             degraded_after: args.degraded_after,
             ..Default::default()
         },
+        forward_egress: cluster_egress(&args, Some(&api_server)),
     };
     let receiver = Receiver::start(options, writer, Some(&mut registry)).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -33,6 +33,7 @@ use tracing::Instrument as _;
 
 use super::Clock;
 use super::dedup::{Check, Dedup};
+use super::forward::ForwardedBody;
 use super::limits;
 use super::metrics::ReceiverMetrics;
 use super::routes::{CompiledRoute, RouteTable};
@@ -674,6 +675,26 @@ fn classify(route: &CompiledRoute, parsed: Parsed) -> Result<Classified, Refusal
         },
         _ => Vec::new(),
     };
+    // A target sent every delivery: the body is journaled with the delivery.
+    let forward = (!ignored
+        && spec
+            .forward
+            .iter()
+            .any(|t| t.sends(crate::domain::forward::EventKind::Delivery)))
+    .then(|| {
+        let headers = &authentic.parts.headers;
+        ForwardedBody {
+            content_type: content_type(headers).map(str::to_string),
+            meta_headers: crate::domain::forward::meta_header_names(&spec.scheme)
+                .into_iter()
+                .filter_map(|name| {
+                    let value = headers.get(name)?.to_str().ok()?;
+                    Some((name.to_string(), value.to_string()))
+                })
+                .collect(),
+            body: authentic.body.to_vec(),
+        }
+    });
     Ok(Classified::Delivery(Accepted {
         integration: route.key.clone(),
         uid: route.route.uid.clone(),
@@ -682,6 +703,7 @@ fn classify(route: &CompiledRoute, parsed: Parsed) -> Result<Classified, Refusal
         received_at_ms: authentic.now_ms,
         ignored,
         incidents,
+        forward,
     }))
 }
 

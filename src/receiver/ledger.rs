@@ -269,6 +269,14 @@ impl Ledger {
         true
     }
 
+    /// Marks an integration's status as behind (something outside the ledger changed,
+    /// e.g. its forwarding), so the next pass writes it.
+    pub fn touch(&mut self, integration: &str) {
+        if let Some(entry) = self.integrations.get_mut(integration) {
+            entry.version += 1;
+        }
+    }
+
     /// Counts a refused request (not journaled: best effort).
     pub fn record_reject(&mut self, rejected: &Rejected) {
         let entry = self.entry(&rejected.integration, &rejected.uid);
@@ -467,6 +475,7 @@ mod tests {
             received_at_ms: at_ms,
             ignored: false,
             incidents,
+            forward: None,
         }
     }
 

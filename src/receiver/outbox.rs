@@ -150,7 +150,10 @@ fn segment_name(id: u64) -> String {
 }
 
 fn parse_segment_name(name: &str) -> Option<u64> {
-    name.strip_prefix("out-")?.strip_suffix(".log")?.parse().ok()
+    name.strip_prefix("out-")?
+        .strip_suffix(".log")?
+        .parse()
+        .ok()
 }
 
 fn encode(kind: u8, meta: &[u8], body: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
@@ -353,6 +356,28 @@ impl Outbox {
         Ok(())
     }
 
+    /// Moves a forward's next attempt without a record (a deferral that need not survive
+    /// a restart).
+    pub fn set_next_in_memory(&mut self, id: &str, at_ms: i64) {
+        if let Some(l) = self.live.get_mut(id) {
+            l.state.next_at_ms = at_ms;
+        }
+    }
+
+    /// Sets a forward's state in the index after its record was appended.
+    pub fn set_state_in_memory(&mut self, id: &str, state: JobState) {
+        if let Some(l) = self.live.get_mut(id) {
+            l.state = state;
+        }
+    }
+
+    /// Drops a forward from the index (its tombstone is appended separately).
+    pub fn forget_in_memory(&mut self, id: &str) {
+        if let Some(old) = self.live.remove(id) {
+            self.live_bytes -= live_record_bytes(&old);
+        }
+    }
+
     /// The body of a live forward, read from disk.
     pub fn read_body(&self, id: &str) -> io::Result<Vec<u8>> {
         let live = self
@@ -421,8 +446,7 @@ fn live_record_bytes(l: &Live) -> u64 {
 fn apply_record(live: &mut HashMap<String, Live>, segment: u64, record: &Decoded<'_>) {
     match record.kind {
         KIND_JOB => {
-            if let Ok((meta, state)) = serde_json::from_slice::<(JobMeta, JobState)>(record.meta)
-            {
+            if let Ok((meta, state)) = serde_json::from_slice::<(JobMeta, JobState)>(record.meta) {
                 let entry = Live {
                     meta,
                     state,
@@ -573,7 +597,11 @@ mod tests {
         }
         let before = o.disk_bytes();
         assert!(o.compact_if_worth_it().expect("compact"));
-        assert!(o.disk_bytes() < before / 5, "{} vs {before}", o.disk_bytes());
+        assert!(
+            o.disk_bytes() < before / 5,
+            "{} vs {before}",
+            o.disk_bytes()
+        );
         assert_eq!(o.len(), 20);
         drop(o);
         let o = Outbox::open(dir.path()).expect("reopen");

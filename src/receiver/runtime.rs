@@ -18,8 +18,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::domain::incident::state::Incident;
 use crate::domain::spec;
 use crate::journal::{Journal, JournalStats, Recovered};
+use crate::receiver::forward::{Folded, ForwardLookup, Forwarder, NewJob, jobs_for};
 use crate::receiver::ledger::Ledger;
 use crate::receiver::metrics::{ReceiverMetrics, WriteLabels};
 use crate::receiver::sink::{Accepted, DeliverySink, Duplicate, Rejected, SinkError};
@@ -280,6 +282,9 @@ pub struct ReplayReport {
     pub undecodable: usize,
     /// Highest sequence number seen.
     pub max_seq: u64,
+    /// What the replayed entries may forward, for the status loop to import once routes
+    /// are loaded (the outbox skips the forwards it already has).
+    pub forwards: Vec<Folded>,
 }
 
 /// Rebuilds the ledger from a checkpoint and the entries after it. Idempotent: entries
@@ -316,8 +321,12 @@ pub fn replay(
         match serde_json::from_slice::<Accepted>(&bytes) {
             Ok(accepted) => {
                 let expires = dedup_expiry(&accepted, settings);
-                if ledger.fold(seq, &accepted, expires) {
-                    report.replayed += 1;
+                if ledger.contains(seq) {
+                    continue;
+                }
+                report.replayed += 1;
+                if let Some(folded) = fold_accepted(&mut ledger, seq, &accepted, expires) {
+                    report.forwards.push(folded);
                 }
             }
             Err(e) => {
@@ -384,6 +393,51 @@ pub struct StatusLoop<J, W> {
     /// `append_failures` at the last checkpoint: more failures since (a full journal)
     /// make the next checkpoint due at once, since it is what frees space.
     failures_at_checkpoint: u64,
+    /// Forwarding, when the receiver forwards: jobs of folded entries wait here until the
+    /// outbox has them; no checkpoint covers an entry whose jobs are not imported.
+    forwarding: Option<Forwarding>,
+    /// Folded deliveries not yet turned into jobs (routes not loaded yet).
+    unrendered: Vec<Folded>,
+    unimported: Vec<NewJob>,
+}
+
+/// What the status loop needs to hand folded deliveries to the forwarder.
+#[derive(Clone)]
+pub struct Forwarding {
+    pub forwarder: Forwarder,
+    pub lookup: ForwardLookup,
+    /// Whether the routes are loaded: before that, what an integration forwards is not
+    /// known, so folded deliveries wait (and so does the checkpoint).
+    pub routes_ready: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+/// Folds `accepted` into `ledger`; returns what it may forward (`None` when it was folded
+/// before or can forward nothing). Live folds and replay share it.
+pub fn fold_accepted(
+    ledger: &mut Ledger,
+    seq: u64,
+    accepted: &Accepted,
+    expires_at_ms: i64,
+) -> Option<Folded> {
+    let notices_before = ledger
+        .get(&accepted.integration)
+        .map_or(0, |e| e.notices.len());
+    if !ledger.fold(seq, accepted, expires_at_ms) {
+        return None;
+    }
+    let entry = ledger.get(&accepted.integration)?;
+    let changes: Vec<(Incident, bool)> = entry
+        .notices
+        .get(notices_before..)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|n| entry.incidents.get(&n.id).map(|i| (i.clone(), n.resolved)))
+        .collect();
+    let folded = Folded {
+        accepted: accepted.clone(),
+        changes,
+    };
+    folded.forwards_anything().then_some(folded)
 }
 
 /// Builds the sink (for the HTTP pipeline) and the loop (to spawn) around a replayed ledger.
@@ -421,6 +475,9 @@ pub fn build<J: DeliveryJournal, W: StatusWriter>(
         backoff: HashMap::new(),
         pass_covers: 0,
         failures_at_checkpoint: 0,
+        forwarding: None,
+        unrendered: Vec::new(),
+        unimported: Vec::new(),
     };
     (sink, status_loop)
 }
@@ -428,6 +485,44 @@ pub fn build<J: DeliveryJournal, W: StatusWriter>(
 type PassResult = Vec<(StatusUpdate, u64, Result<(), StatusWriteError>)>;
 
 impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
+    /// Hands folded deliveries' forwards to `forwarding`; `replayed` are the replayed
+    /// entries' (from [`ReplayReport::forwards`]).
+    pub fn with_forwarding(mut self, forwarding: Forwarding, replayed: Vec<Folded>) -> Self {
+        self.forwarding = Some(forwarding);
+        self.unrendered = replayed;
+        self
+    }
+
+    /// Imports the jobs of folded entries into the outbox. False while some are not
+    /// imported (the outbox cannot write): the checkpoint waits.
+    async fn import_forwards(&mut self) -> bool {
+        let Some(f) = &self.forwarding else {
+            return true;
+        };
+        if !self.unrendered.is_empty() {
+            if !(f.routes_ready)() {
+                return false;
+            }
+            for folded in std::mem::take(&mut self.unrendered) {
+                if let Some(config) = (f.lookup)(&folded.accepted.integration) {
+                    self.unimported.extend(jobs_for(&config, &folded));
+                }
+            }
+        }
+        if self.unimported.is_empty() {
+            return true;
+        }
+        let jobs = std::mem::take(&mut self.unimported);
+        match f.forwarder.import(jobs.clone()).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot add forwards to the outbox; the journal keeps them and this is retried");
+                self.unimported = jobs;
+                false
+            }
+        }
+    }
+
     /// Read access for tests and `get`.
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
@@ -463,6 +558,7 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                     for message in inbox.drain(..) {
                         self.fold(message);
                     }
+                    self.import_forwards().await;
                 }
                 _ = tick.tick() => {
                     self.settle();
@@ -530,7 +626,11 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
         match message {
             Queued::Accepted(seq, accepted) => {
                 let expires = dedup_expiry(&accepted, &self.settings);
-                self.ledger.fold(seq, &accepted, expires);
+                if let Some(folded) = fold_accepted(&mut self.ledger, seq, &accepted, expires)
+                    && self.forwarding.is_some()
+                {
+                    self.unrendered.push(folded);
+                }
             }
             Queued::Rejected(rejected) => self.ledger.record_reject(&rejected),
             Queued::Duplicate(duplicate) => self.ledger.record_duplicate(&duplicate),
@@ -551,6 +651,11 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
     }
 
     fn build_updates(&mut self, now: Instant) -> Vec<(StatusUpdate, u64)> {
+        if let Some(f) = &self.forwarding {
+            for key in f.forwarder.board.take_dirty() {
+                self.ledger.touch(&key);
+            }
+        }
         let covered = self.ledger.covered_seq();
         let degraded_after = self.config.degraded_after;
         let now_ms = (self.config.clock)();
@@ -581,6 +686,11 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                 consecutive_auth_failures: entry.consecutive_auth_failures,
                 notices: std::mem::take(&mut entry.notices),
                 built_at_ms: now_ms,
+                forwarding: self
+                    .forwarding
+                    .as_ref()
+                    .map(|f| f.forwarder.board.of(&key))
+                    .filter(|v| !v.is_empty()),
             };
             updates.push((update, entry.version));
         }
@@ -666,6 +776,9 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
         if !force && !due {
             return;
         }
+        if !self.import_forwards().await {
+            return;
+        }
         self.ledger.prune((self.config.clock)());
         let snapshot = match self.ledger.to_snapshot() {
             Ok(s) => s,
@@ -729,6 +842,7 @@ mod tests {
             received_at_ms: 1_000 * seq as i64,
             ignored: false,
             incidents: Vec::new(),
+            forward: None,
         };
         (seq, serde_json::to_vec(&accepted).expect("json"))
     }

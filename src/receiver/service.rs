@@ -14,11 +14,17 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::spec::EffectiveSpec;
+use crate::forwarder::{EgressPolicy, Sender, SenderOptions};
 use crate::journal::{Journal, JournalConfig, JournalError};
 use crate::receiver::dedup::Dedup;
+use crate::receiver::forward::{
+    self, ForwardConfig, ForwardConfigs, ForwardMetrics, Forwarder, ForwarderOptions, TargetConfig,
+};
 use crate::receiver::http::{PipelineConfig, ReceiverState, app};
 use crate::receiver::metrics::ReceiverMetrics;
+use crate::receiver::routes::CompiledRoute;
 use crate::receiver::routes::{RouteError, RouteTable};
+use crate::receiver::runtime::Forwarding;
 use crate::receiver::runtime::{
     self, IntegrationSettings, JournaledSink, RuntimeConfig, SettingsLookup, StatusLoop,
 };
@@ -68,6 +74,9 @@ pub struct ReceiverOptions {
     pub trusted_proxies: Vec<IpNet>,
     pub external_base_url: Option<String>,
     pub runtime: RuntimeConfig,
+    /// Where forwards may connect (cluster: no loopback, link-local, metadata or denied
+    /// CIDRs; standalone: loopback allowed).
+    pub forward_egress: EgressPolicy,
 }
 
 /// Why a receiver could not start.
@@ -75,6 +84,8 @@ pub struct ReceiverOptions {
 pub enum StartError {
     #[error("cannot open the delivery journal in {dir}: {source}")]
     Journal { dir: PathBuf, source: JournalError },
+    #[error("cannot start forwarding: {0}")]
+    Forwarder(String),
 }
 
 /// Route changes go through here so the runtime's per-integration settings (dedup window,
@@ -83,6 +94,34 @@ pub enum StartError {
 pub struct ReceiverHandle {
     routes: Arc<RouteTable>,
     settings: Arc<RwLock<HashMap<String, IntegrationSettings>>>,
+    forward: ForwardConfigs,
+}
+
+/// The forward targets of a served route: its resolved spec and the route's material.
+fn forward_config_of(route: &CompiledRoute) -> Option<ForwardConfig> {
+    if route.spec.forward.is_empty() {
+        return None;
+    }
+    Some(ForwardConfig {
+        namespace: route.route.namespace.clone(),
+        name: route.route.name.clone(),
+        uid: route.route.uid.clone(),
+        provider: route.spec.provider,
+        targets: route
+            .spec
+            .forward
+            .iter()
+            .map(|t| TargetConfig {
+                spec: t.clone(),
+                material: route
+                    .route
+                    .forward
+                    .iter()
+                    .find(|m| m.name == t.name)
+                    .cloned(),
+            })
+            .collect(),
+    })
 }
 
 fn settings_of(spec: &EffectiveSpec) -> IntegrationSettings {
@@ -104,6 +143,7 @@ impl ReceiverHandle {
         ReceiverHandle {
             routes: Arc::new(RouteTable::new()),
             settings: Arc::default(),
+            forward: ForwardConfigs::default(),
         }
     }
 
@@ -114,11 +154,17 @@ impl ReceiverHandle {
     /// Serves exactly `routes`; returns the ones that could not be served.
     pub fn replace_all(&self, routes: Vec<Route>) -> Vec<RouteError> {
         let errors = self.routes.replace_all(routes);
-        let settings: HashMap<String, IntegrationSettings> = self
-            .routes
-            .all()
+        let served: Vec<Arc<CompiledRoute>> = self.routes.all().collect();
+        let settings: HashMap<String, IntegrationSettings> = served
+            .iter()
             .map(|r| (r.key.clone(), settings_of(&r.spec)))
             .collect();
+        self.forward.replace_all(
+            served
+                .iter()
+                .filter_map(|r| Some((r.key.clone(), Arc::new(forward_config_of(r)?))))
+                .collect(),
+        );
         *self
             .settings
             .write()
@@ -136,8 +182,14 @@ impl ReceiverHandle {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let key = format!("{namespace}/{name}");
         match self.routes.by_key(&namespace, &name) {
-            Some(served) => settings.insert(key, settings_of(&served.spec)),
-            None => settings.remove(&key),
+            Some(served) => {
+                self.forward.set(key.clone(), forward_config_of(&served));
+                settings.insert(key, settings_of(&served.spec))
+            }
+            None => {
+                self.forward.set(key.clone(), None);
+                settings.remove(&key)
+            }
         };
         outcome
     }
@@ -148,6 +200,7 @@ impl ReceiverHandle {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&format!("{namespace}/{name}"));
+        self.forward.set(format!("{namespace}/{name}"), None);
         self.routes.remove(namespace, name)
     }
 
@@ -170,6 +223,9 @@ pub struct Receiver<W> {
     state: Arc<ReceiverState<JournaledSink<Journal>>>,
     journal: Arc<Journal>,
     status_loop: StatusLoop<Journal, W>,
+    forwarder: Forwarder,
+    forwarder_task: tokio::task::JoinHandle<()>,
+    forwarder_stop: CancellationToken,
     /// Journal entries replayed at start.
     pub replayed: usize,
 }
@@ -186,8 +242,12 @@ impl<W: StatusWriter> Receiver<W> {
             group_commit_window: options.journal_commit_window,
             ..JournalConfig::new(options.journal_dir.clone())
         };
+        let forward_metrics = ForwardMetrics::new();
         let (metrics, journal_registry) = match registry {
-            Some(r) => (ReceiverMetrics::register(r), Some(r)),
+            Some(r) => {
+                forward_metrics.register(r);
+                (ReceiverMetrics::register(r), Some(r))
+            }
             None => (ReceiverMetrics::default(), None),
         };
         let (journal, recovered) = Journal::open(journal_config, journal_registry)
@@ -234,6 +294,7 @@ impl<W: StatusWriter> Receiver<W> {
             clock: config.clock.clone(),
             ..options.runtime.clone()
         };
+        let clock = config.clock.clone();
         let (sink, status_loop) =
             runtime::build(journal.clone(), writer, ledger, lookup, runtime_config);
         let state = Arc::new(ReceiverState::new(
@@ -243,17 +304,50 @@ impl<W: StatusWriter> Receiver<W> {
             sink,
             metrics,
         ));
+        let sender = Sender::new(options.forward_egress.clone(), SenderOptions::default())
+            .map_err(|e| StartError::Forwarder(e.to_string()))?;
+        let forwarder_stop = CancellationToken::new();
+        let (forwarder, forwarder_task) = forward::start(
+            ForwarderOptions {
+                dir: options.journal_dir.join("outbox"),
+                max_in_flight: 256,
+                per_target_in_flight: 32,
+            },
+            sender,
+            handle.forward.lookup(),
+            clock,
+            forward_metrics,
+            forwarder_stop.clone(),
+        )
+        .map_err(|e| StartError::Forwarder(format!("cannot open the outbox: {e}")))?;
+        let ready_state = state.clone();
+        let status_loop = status_loop.with_forwarding(
+            Forwarding {
+                forwarder: forwarder.clone(),
+                lookup: handle.forward.lookup(),
+                routes_ready: Arc::new(move || ready_state.is_ready()),
+            },
+            report.forwards,
+        );
         Ok(Receiver {
             handle,
             state,
             journal,
             status_loop,
+            forwarder,
+            forwarder_task,
+            forwarder_stop,
             replayed: report.replayed,
         })
     }
 
     pub fn handle(&self) -> ReceiverHandle {
         self.handle.clone()
+    }
+
+    /// The forwarder (replay of dead letters, its status board).
+    pub fn forwarder(&self) -> Forwarder {
+        self.forwarder.clone()
     }
 
     /// The shared pipeline state (ready flag, metrics, sink).
@@ -271,6 +365,9 @@ impl<W: StatusWriter> Receiver<W> {
             state,
             journal,
             status_loop,
+            forwarder,
+            forwarder_task,
+            forwarder_stop,
             ..
         } = self;
         let loop_stop = CancellationToken::new();
@@ -290,6 +387,13 @@ impl<W: StatusWriter> Receiver<W> {
         loop_stop.cancel();
         if let Err(e) = status_task.await {
             tracing::error!(error = %e, "status loop failed during shutdown");
+        }
+        // After the status loop: its last imports into the outbox are done. Attempts in
+        // flight are abandoned; their forwards stay pending for the next start.
+        forwarder_stop.cancel();
+        drop(forwarder);
+        if let Err(e) = forwarder_task.await {
+            tracing::error!(error = %e, "forwarder failed during shutdown");
         }
         drop(state);
         match Arc::try_unwrap(journal) {

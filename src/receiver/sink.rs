@@ -34,6 +34,10 @@ pub struct Accepted {
     /// Incident changes this delivery carries (empty for non-monitoring events).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub incidents: Vec<IncidentEvent>,
+    /// The body, when a forward target is sent every delivery: journaled with the
+    /// delivery so the forward is as durable as the 202.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward: Option<crate::receiver::forward::ForwardedBody>,
 }
 
 /// A refused request, for counters and `lastRejectReason` (best effort, not journaled).

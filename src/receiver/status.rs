@@ -43,6 +43,8 @@ pub struct ReceiverStatus {
     pub incidents: IncidentsStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded: Option<Condition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forwarding: Vec<crate::crd::ForwardStatus>,
 }
 
 impl ReceiverStatus {
@@ -59,6 +61,7 @@ impl ReceiverStatus {
                 .iter()
                 .find(|c| c.type_ == DEGRADED)
                 .cloned(),
+            forwarding: status.forwarding.clone(),
         }
     }
 
@@ -66,6 +69,7 @@ impl ReceiverStatus {
     pub fn apply_to(&self, status: &mut WebhookIntegrationStatus) {
         status.deliveries = Some(self.deliveries.clone());
         status.incidents = Some(self.incidents.clone());
+        status.forwarding = self.forwarding.clone();
         status.conditions.retain(|c| c.type_ != DEGRADED);
         if let Some(degraded) = &self.degraded {
             status.conditions.push(degraded.clone());
@@ -96,6 +100,8 @@ pub struct StatusUpdate {
     /// When the update was built (Unix ms, the receiver's clock): the time of any
     /// condition transition it writes.
     pub built_at_ms: i64,
+    /// `status.forwarding` as this replica sees it, when the integration forwards.
+    pub forwarding: Option<Vec<crate::crd::ForwardStatus>>,
 }
 
 impl StatusUpdate {
@@ -227,6 +233,11 @@ pub fn merge_status(
         deliveries,
         incidents,
         degraded: Some(degraded_condition(current.degraded.as_ref(), update, now)),
+        // This replica's view of its targets; without forwarding news, what is stored.
+        forwarding: update
+            .forwarding
+            .clone()
+            .unwrap_or_else(|| current.forwarding.clone()),
     }
 }
 
@@ -421,6 +432,7 @@ impl KubeStatusWriter {
                 "deliveries": merged.deliveries,
                 "incidents": merged.incidents,
                 "conditions": merged.degraded.iter().collect::<Vec<_>>(),
+                "forwarding": merged.forwarding,
             }
         });
         let params = PatchParams::apply(FIELD_MANAGER).force();
@@ -599,6 +611,7 @@ mod tests {
             consecutive_auth_failures: if degraded { 25 } else { 0 },
             notices: Vec::new(),
             built_at_ms: 1_700_000_001_000,
+            forwarding: None,
         }
     }
 
@@ -625,6 +638,7 @@ mod tests {
             },
             incidents: other.to_status(20),
             degraded: None,
+            forwarding: Vec::new(),
         }
     }
 

@@ -57,6 +57,13 @@ pub struct StandaloneArgs {
     /// At most one status write per integration per this interval.
     #[arg(long, default_value = "2s", value_parser = crate::domain::duration::parse_arg)]
     pub status_interval: Duration,
+    /// Forwards never connect to these CIDRs (comma-separated). Loopback is allowed in
+    /// standalone (a laptop forwards to localhost); link-local/metadata never is.
+    #[arg(long, value_delimiter = ',')]
+    pub forward_deny_cidrs: Vec<ipnet::IpNet>,
+    /// When set, forwards connect only to these CIDRs (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub forward_allow_cidrs: Vec<ipnet::IpNet>,
     /// Consecutive authentication failures that set Degraded.
     #[arg(long, default_value_t = 20)]
     pub degraded_after: u64,
@@ -196,6 +203,10 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
         trusted_proxies: Vec::new(),
         external_base_url: args.external_base_url.clone(),
         runtime: config,
+        forward_egress: crate::forwarder::EgressPolicy::standalone(
+            args.forward_deny_cidrs.clone(),
+            (!args.forward_allow_cidrs.is_empty()).then(|| args.forward_allow_cidrs.clone()),
+        ),
     };
     // With --metrics-addr: its listener and the registry the receiver fills.
     let mut metrics = match args.metrics_addr {

@@ -5,6 +5,7 @@ mod cluster_receiver;
 mod controller;
 mod e2e;
 mod emulator;
+mod forward_e2e;
 mod forward_sdk;
 mod forward_sender;
 mod journal;

@@ -92,6 +92,7 @@ fn delivery(i: usize) -> Accepted {
             resolve: false,
             event_time_ms: 1_700_000_000_000 + i as i64,
         }],
+        forward: None,
     }
 }
 
@@ -512,6 +513,7 @@ fn update(delta_accepted: u64) -> StatusUpdate {
         consecutive_auth_failures: 0,
         notices: Vec::new(),
         built_at_ms: 1_700_000_001_000,
+        forwarding: None,
     }
 }
 

@@ -1,0 +1,1066 @@
+//! Forwarding after the 202 (DESIGN.md "Forwarding"): the receiver-side runtime.
+//!
+//! 1. The pipeline puts a delivery's body into its journal record when one of the
+//!    route's targets is sent `delivery` events ([`ForwardedBody`]): the forward is
+//!    durable in the same group commit as the delivery, before the 2xx.
+//! 2. The status loop folds the record; [`jobs_for`] turns it (and the incidents it
+//!    opened or resolved) into one rendered job per target, and [`Forwarder::import`]
+//!    appends them to the [`Outbox`] (fsync'd) before the status loop's checkpoint may
+//!    cover the journal entry. After a crash, replay re-imports whatever the checkpoint
+//!    did not cover; job ids (stable `webhook-id` + target) make that idempotent.
+//! 3. The [`Forwarder`] task schedules attempts (retry schedule with jitter,
+//!    `Retry-After`, a circuit breaker per target), sends them with
+//!    [`crate::forwarder::Sender`] (SSRF guard on every connection), journals each
+//!    outcome in the outbox, dead-letters what is terminal or exhausted, and keeps dead
+//!    letters for `deadLetterTTL`. Bodies stay on disk.
+//!
+//! Delivery is at least once: a crash between an attempt's 2xx and its tombstone, or
+//! before the checkpoint that follows an import, sends again with the same
+//! `webhook-id`, so the receiving side can drop the copy.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::outbox::{Change, JobMeta, JobState, Outbox};
+use super::sink::Accepted;
+use crate::clock::Clock;
+use crate::crd::{ForwardStatus, ProviderKind};
+use crate::domain::forward::{
+    CircuitBreaker, DeliveryFacts, Event, EventKind, IncidentChange, IncidentFacts, IntegrationRef,
+    Outcome, Permit, SigningKey, next_attempt_at, render, sign_request,
+};
+use crate::domain::incident::state::Incident;
+use crate::domain::spec::EffectiveForward;
+use crate::forwarder::{Request, Sender};
+use crate::route::RouteForward;
+
+/// The body of a delivery that is to be forwarded, kept in its journal record.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForwardedBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(with = "base64_bytes")]
+    pub body: Vec<u8>,
+    /// The provider's delivery-id and event-type headers (for `raw`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub meta_headers: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for ForwardedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForwardedBody")
+            .field("content_type", &self.content_type)
+            .field("body_bytes", &self.body.len())
+            .finish_non_exhaustive()
+    }
+}
+
+mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// One integration's forward targets, as its served route has them.
+#[derive(Debug)]
+pub struct ForwardConfig {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub provider: ProviderKind,
+    pub targets: Vec<TargetConfig>,
+}
+
+/// One target: its resolved spec and the material the controller put in the route
+/// (`None` while its Secrets do not resolve: its forwards wait).
+#[derive(Debug)]
+pub struct TargetConfig {
+    pub spec: EffectiveForward,
+    pub material: Option<RouteForward>,
+}
+
+impl ForwardConfig {
+    /// Whether any target is sent every delivery (the pipeline then journals the body).
+    pub fn wants_deliveries(&self) -> bool {
+        self.targets
+            .iter()
+            .any(|t| t.spec.sends(EventKind::Delivery))
+    }
+
+    fn target(&self, name: &str) -> Option<&TargetConfig> {
+        self.targets.iter().find(|t| t.spec.name == name)
+    }
+}
+
+/// `namespace/name` → the integration's forward targets (absent: none).
+pub type ForwardLookup = Arc<dyn Fn(&str) -> Option<Arc<ForwardConfig>> + Send + Sync>;
+
+/// A forward to import: its outbox metadata and rendered (unsigned) body.
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    pub meta: JobMeta,
+    pub body: Bytes,
+}
+
+fn digest_id(prefix: &str, parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    format!("{prefix}{}", &hex::encode(h.finalize())[..32])
+}
+
+/// What one folded delivery may forward: the delivery (its journaled body) and the
+/// incidents it opened (or re-opened) and resolved, as they stood after the fold.
+#[derive(Clone, Debug)]
+pub struct Folded {
+    pub accepted: Accepted,
+    /// (incident after the change, resolved?)
+    pub changes: Vec<(Incident, bool)>,
+}
+
+impl Folded {
+    /// Whether it could cause any forward at all.
+    pub fn forwards_anything(&self) -> bool {
+        self.accepted.forward.is_some() || !self.changes.is_empty()
+    }
+}
+
+/// The jobs one folded delivery causes: one per target and event it is sent, rendered.
+pub fn jobs_for(config: &ForwardConfig, folded: &Folded) -> Vec<NewJob> {
+    let accepted = &folded.accepted;
+    let mut jobs = Vec::new();
+    let integration = IntegrationRef {
+        namespace: &config.namespace,
+        name: &config.name,
+    };
+    let mut push = |kind: EventKind, webhook_id: &str, event: &Event<'_>| {
+        for target in &config.targets {
+            if !target.spec.sends(kind) {
+                continue;
+            }
+            match render(event, target.spec.format, integration, webhook_id) {
+                Ok(rendered) => jobs.push(NewJob {
+                    meta: JobMeta {
+                        id: format!("{webhook_id}/{}", target.spec.name),
+                        webhook_id: webhook_id.to_string(),
+                        integration: accepted.integration.clone(),
+                        uid: accepted.uid.clone(),
+                        target: target.spec.name.clone(),
+                        event: kind.as_str().to_string(),
+                        content_type: rendered.content_type.clone(),
+                        headers: rendered.headers.clone(),
+                        created_ms: accepted.received_at_ms,
+                    },
+                    body: rendered.body,
+                }),
+                Err(e) => {
+                    tracing::warn!(target = %target.spec.name, error = %e, "cannot render a forward; not queued")
+                }
+            }
+        }
+    };
+    if !accepted.ignored
+        && let Some(fb) = &accepted.forward
+    {
+        let own_id;
+        let delivery_id = match &accepted.delivery_id {
+            Some(id) => id.as_str(),
+            None => {
+                own_id = digest_id(
+                    "hw_",
+                    &[
+                        accepted.uid.as_bytes(),
+                        &accepted.received_at_ms.to_le_bytes(),
+                        &fb.body,
+                    ],
+                );
+                own_id.as_str()
+            }
+        };
+        let webhook_id = digest_id(
+            "msg_",
+            &[accepted.uid.as_bytes(), b"d", delivery_id.as_bytes()],
+        );
+        let event = Event::Delivery(DeliveryFacts {
+            id: delivery_id,
+            event: accepted.event_type.as_deref(),
+            provider: config.provider.as_str(),
+            received_at_ms: accepted.received_at_ms,
+            content_type: fb.content_type.as_deref(),
+            body: &fb.body,
+            meta_headers: &fb.meta_headers,
+        });
+        push(EventKind::Delivery, &webhook_id, &event);
+    }
+    for (incident, resolved) in &folded.changes {
+        let id = &incident.id;
+        let change = if *resolved {
+            IncidentChange::Resolved
+        } else {
+            IncidentChange::Opened
+        };
+        let order = incident.last_order.encode();
+        let webhook_id = digest_id(
+            "msg_",
+            &[
+                accepted.uid.as_bytes(),
+                b"i",
+                id.as_bytes(),
+                change.kind().as_str().as_bytes(),
+                order.as_bytes(),
+            ],
+        );
+        let event = Event::Incident {
+            change,
+            at_ms: incident.last_event_ms,
+            incident: IncidentFacts {
+                id,
+                title: &incident.title,
+                severity: incident.severity,
+                state: incident.state,
+                opened_at_ms: incident.opened_at_ms,
+                resolved_at_ms: incident.resolved_at_ms,
+                link: incident.link.as_deref(),
+                order: Some(&order),
+            },
+        };
+        push(change.kind(), &webhook_id, &event);
+    }
+    jobs
+}
+
+/// Tuning of the forwarder.
+#[derive(Clone, Debug)]
+pub struct ForwarderOptions {
+    /// Where the outbox lives (under the journal's folder).
+    pub dir: PathBuf,
+    /// Attempts in flight across all targets.
+    pub max_in_flight: usize,
+    /// Attempts in flight to one target.
+    pub per_target_in_flight: usize,
+}
+
+/// Prometheus handles of forwarding (DESIGN "Forwarding": observable).
+#[derive(Clone, Debug)]
+pub struct ForwardMetrics {
+    pub attempts: Family<TargetOutcome, prometheus_client::metrics::counter::Counter>,
+    pub duration: Histogram,
+    pub pending: Family<TargetLabels, Gauge>,
+    pub dead_letters: Family<TargetLabels, Gauge>,
+}
+
+impl Default for ForwardMetrics {
+    fn default() -> Self {
+        ForwardMetrics::new()
+    }
+}
+
+impl ForwardMetrics {
+    pub fn new() -> ForwardMetrics {
+        ForwardMetrics {
+            attempts: Family::default(),
+            duration: Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            pending: Family::default(),
+            dead_letters: Family::default(),
+        }
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "hookwarden_forward_attempts",
+            "Forward attempts by integration, target and outcome (delivered, retryable, terminal)",
+            self.attempts.clone(),
+        );
+        registry.register(
+            "hookwarden_forward_duration_seconds",
+            "Time of one forward attempt, connect to answer",
+            self.duration.clone(),
+        );
+        registry.register(
+            "hookwarden_forward_pending",
+            "Forwards waiting for an attempt (held by an open circuit included)",
+            self.pending.clone(),
+        );
+        registry.register(
+            "hookwarden_forward_dead_letters",
+            "Dead-lettered forwards kept for replay",
+            self.dead_letters.clone(),
+        );
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub namespace: String,
+    pub integration: String,
+    pub target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetOutcome {
+    pub namespace: String,
+    pub integration: String,
+    pub target: String,
+    pub outcome: &'static str,
+}
+
+/// What this replica knows of each target, for `status.forwarding`.
+#[derive(Default)]
+pub struct ForwardBoard {
+    targets: Mutex<HashMap<String, BTreeMap<String, ForwardStatus>>>,
+    dirty: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for ForwardBoard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForwardBoard").finish_non_exhaustive()
+    }
+}
+
+impl ForwardBoard {
+    /// The entries of one integration, in target-name order.
+    pub fn of(&self, integration: &str) -> Vec<ForwardStatus> {
+        self.targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(integration)
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Integrations whose entries changed since the last call.
+    pub fn take_dirty(&self) -> Vec<String> {
+        let mut dirty = self.dirty.lock().unwrap_or_else(PoisonError::into_inner);
+        dirty.drain().collect()
+    }
+
+    fn update(&self, integration: &str, target: &str, f: impl FnOnce(&mut ForwardStatus)) {
+        let mut all = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = all
+            .entry(integration.to_string())
+            .or_default()
+            .entry(target.to_string())
+            .or_insert_with(|| ForwardStatus {
+                name: target.to_string(),
+                circuit: Some("closed".to_string()),
+                ..ForwardStatus::default()
+            });
+        f(entry);
+        self.dirty
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(integration.to_string());
+    }
+}
+
+enum Command {
+    Import(Vec<NewJob>, oneshot::Sender<std::io::Result<()>>),
+    Replay {
+        integration: String,
+        target: Option<String>,
+        reply: oneshot::Sender<usize>,
+    },
+}
+
+/// Handle to the forwarder task.
+#[derive(Clone, Debug)]
+pub struct Forwarder {
+    tx: mpsc::Sender<Command>,
+    pub board: Arc<ForwardBoard>,
+}
+
+impl Forwarder {
+    /// Appends `jobs` to the outbox (durably) and schedules them. Jobs the outbox already
+    /// has are skipped (replay after a restart).
+    pub async fn import(&self, jobs: Vec<NewJob>) -> std::io::Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Import(jobs, tx))
+            .await
+            .map_err(|_| std::io::Error::other("forwarder stopped"))?;
+        rx.await
+            .map_err(|_| std::io::Error::other("forwarder stopped"))?
+    }
+
+    /// Re-queues the dead letters of `integration` (of one target, or all). Returns how
+    /// many.
+    pub async fn replay(&self, integration: &str, target: Option<&str>) -> usize {
+        let (reply, rx) = oneshot::channel();
+        let sent = self
+            .tx
+            .send(Command::Replay {
+                integration: integration.to_string(),
+                target: target.map(str::to_string),
+                reply,
+            })
+            .await;
+        if sent.is_err() {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
+    }
+}
+
+/// Opens the outbox and starts the forwarder task (stopped by `stop`).
+pub fn start(
+    options: ForwarderOptions,
+    sender: Sender,
+    lookup: ForwardLookup,
+    clock: Clock,
+    metrics: ForwardMetrics,
+    stop: CancellationToken,
+) -> std::io::Result<(Forwarder, tokio::task::JoinHandle<()>)> {
+    let outbox = Outbox::open(&options.dir)?;
+    let (tx, rx) = mpsc::channel(64);
+    let board = Arc::new(ForwardBoard::default());
+    let mut task = ForwardTask {
+        outbox: Arc::new(Mutex::new(outbox)),
+        queue: BinaryHeap::new(),
+        sender,
+        lookup,
+        clock,
+        metrics,
+        board: board.clone(),
+        circuits: HashMap::new(),
+        in_flight: HashMap::new(),
+        running: JoinSet::new(),
+        options,
+    };
+    task.load();
+    let handle = tokio::spawn(task.run(rx, stop));
+    Ok((Forwarder { tx, board }, handle))
+}
+
+struct AttemptDone {
+    id: String,
+    permit: Permit,
+    result: Result<crate::forwarder::AttemptResult, String>,
+}
+
+struct ForwardTask {
+    outbox: Arc<Mutex<Outbox>>,
+    /// (due, id): the next attempt of each pending forward. Stale entries (the forward
+    /// moved on) are skipped when popped.
+    queue: BinaryHeap<Reverse<(i64, String)>>,
+    sender: Sender,
+    lookup: ForwardLookup,
+    clock: Clock,
+    metrics: ForwardMetrics,
+    board: Arc<ForwardBoard>,
+    circuits: HashMap<(String, String), CircuitBreaker>,
+    in_flight: HashMap<(String, String), usize>,
+    running: JoinSet<AttemptDone>,
+    options: ForwarderOptions,
+}
+
+fn split_key(integration: &str) -> (&str, &str) {
+    integration.split_once('/').unwrap_or(("", integration))
+}
+
+fn labels(integration: &str, target: &str) -> TargetLabels {
+    let (namespace, name) = split_key(integration);
+    TargetLabels {
+        namespace: namespace.to_string(),
+        integration: name.to_string(),
+        target: target.to_string(),
+    }
+}
+
+impl ForwardTask {
+    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Schedules what the outbox holds after a restart; counts pending and dead letters.
+    fn load(&mut self) {
+        let entries: Vec<(String, String, String, JobState)> = self
+            .outbox()
+            .live()
+            .map(|l| {
+                (
+                    l.meta.id.clone(),
+                    l.meta.integration.clone(),
+                    l.meta.target.clone(),
+                    l.state.clone(),
+                )
+            })
+            .collect();
+        for (id, integration, target, state) in entries {
+            if state.dead_at_ms.is_some() {
+                self.count(&integration, &target, 0, 1);
+            } else {
+                self.count(&integration, &target, 1, 0);
+                self.queue.push(Reverse((state.next_at_ms, id)));
+            }
+        }
+    }
+
+    /// Adjusts the pending and dead-letter gauges and the board.
+    fn count(&self, integration: &str, target: &str, pending: i64, dead: i64) {
+        let l = labels(integration, target);
+        if pending != 0 {
+            self.metrics.pending.get_or_create(&l).inc_by(pending);
+        }
+        if dead != 0 {
+            self.metrics.dead_letters.get_or_create(&l).inc_by(dead);
+        }
+        self.board.update(integration, target, |s| {
+            s.pending = (s.pending + pending).max(0);
+            s.dead_lettered = (s.dead_lettered + dead).max(0);
+        });
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, stop: CancellationToken) {
+        let mut sweep = tokio::time::interval(Duration::from_secs(30));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.start_due();
+            let next_due = self.queue.peek().map(|Reverse((at, _))| *at);
+            let wait = match next_due {
+                Some(at) => {
+                    let now = (self.clock)();
+                    Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(0))
+                        .min(Duration::from_secs(1))
+                }
+                None => Duration::from_secs(1),
+            };
+            tokio::select! {
+                () = stop.cancelled() => break,
+                command = rx.recv() => match command {
+                    Some(Command::Import(jobs, reply)) => {
+                        let _ = reply.send(self.import(jobs).await);
+                    }
+                    Some(Command::Replay { integration, target, reply }) => {
+                        let _ = reply.send(self.replay(&integration, target.as_deref()).await);
+                    }
+                    None => break,
+                },
+                Some(done) = self.running.join_next(), if !self.running.is_empty() => {
+                    match done {
+                        Ok(done) => self.finish(done).await,
+                        Err(e) => tracing::error!(error = %e, "forward attempt task failed"),
+                    }
+                }
+                _ = sweep.tick() => self.expire_dead_letters().await,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        // Attempts still running are abandoned: their forwards stay pending in the outbox
+        // and are attempted again at the next start (same webhook-id).
+        self.running.abort_all();
+    }
+
+    async fn write(&self, changes: Vec<OwnedChange>) -> std::io::Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let outbox = self.outbox.clone();
+        tokio::task::spawn_blocking(move || {
+            let borrowed: Vec<Change<'_>> = changes.iter().map(OwnedChange::borrow).collect();
+            let mut outbox = outbox.lock().unwrap_or_else(PoisonError::into_inner);
+            outbox.append(&borrowed)?;
+            if let Err(e) = outbox.compact_if_worth_it() {
+                tracing::warn!(error = %e, "outbox compaction failed; it is retried later");
+            }
+            Ok(())
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
+    async fn import(&mut self, jobs: Vec<NewJob>) -> std::io::Result<()> {
+        let now = (self.clock)();
+        let fresh: Vec<NewJob> = {
+            let outbox = self.outbox();
+            let mut seen = HashSet::new();
+            jobs.into_iter()
+                .filter(|j| !outbox.contains(&j.meta.id) && seen.insert(j.meta.id.clone()))
+                .collect()
+        };
+        let changes = fresh
+            .iter()
+            .map(|j| OwnedChange::Job {
+                meta: Box::new(j.meta.clone()),
+                state: JobState {
+                    next_at_ms: now,
+                    ..JobState::default()
+                },
+                body: j.body.clone(),
+            })
+            .collect();
+        self.write(changes).await?;
+        for job in fresh {
+            self.count(&job.meta.integration, &job.meta.target, 1, 0);
+            self.queue.push(Reverse((now, job.meta.id)));
+        }
+        Ok(())
+    }
+
+    /// Starts every due attempt the limits and circuits allow.
+    fn start_due(&mut self) {
+        let now = (self.clock)();
+        let mut deferred = Vec::new();
+        while self.running.len() < self.options.max_in_flight {
+            let Some(Reverse((at, _))) = self.queue.peek() else {
+                break;
+            };
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, id))) = self.queue.pop() else {
+                break;
+            };
+            let Some(live) = self.outbox().get(&id).cloned() else {
+                continue;
+            };
+            if live.state.dead_at_ms.is_some() || live.state.next_at_ms != at {
+                continue; // dead, or rescheduled since this entry was pushed
+            }
+            let key = (live.meta.integration.clone(), live.meta.target.clone());
+            let config = (self.lookup)(&live.meta.integration);
+            let target = config.as_ref().and_then(|c| c.target(&live.meta.target));
+            let Some(target) = target else {
+                // The integration or the target is gone: its forwards go with it.
+                tracing::info!(integration = %live.meta.integration, target = %live.meta.target, id = %id, "dropping a forward whose target no longer exists");
+                self.drop_job(&live.meta.integration, &live.meta.target, &id);
+                continue;
+            };
+            let Some(material) = target.material.clone() else {
+                deferred.push(Reverse((now + 5_000, id)));
+                continue;
+            };
+            if self.in_flight.get(&key).copied().unwrap_or(0) >= self.options.per_target_in_flight {
+                deferred.push(Reverse((now + 50, id)));
+                continue;
+            }
+            let circuit = self
+                .circuits
+                .entry(key.clone())
+                .or_insert_with(|| CircuitBreaker::new(target.spec.circuit, target.spec.timeout));
+            let permit = circuit.permit(now);
+            if let Permit::Wait { until_ms } = permit {
+                // Held by the open circuit: not charged an attempt.
+                deferred.push(Reverse((until_ms, id)));
+                continue;
+            }
+            *self.in_flight.entry(key).or_insert(0) += 1;
+            let timeout = target.spec.timeout;
+            let body = match self.outbox().read_body(&id) {
+                Ok(b) => Bytes::from(b),
+                Err(e) => {
+                    tracing::error!(id = %id, error = %e, "cannot read a forward's body from the outbox");
+                    deferred.push(Reverse((now + 60_000, id)));
+                    continue;
+                }
+            };
+            let sender = self.sender.clone();
+            let meta = live.meta.clone();
+            self.running.spawn(async move {
+                let result = attempt(&sender, &meta, &material, body, timeout, now).await;
+                AttemptDone { id, permit, result }
+            });
+        }
+        for d in deferred {
+            self.requeue_at(d);
+        }
+    }
+
+    /// Defers a forward without charging it an attempt (circuit open, target busy,
+    /// material missing). Only the in-memory schedule moves: after a restart the
+    /// forward is simply due at once.
+    fn requeue_at(&mut self, Reverse((at, id)): Reverse<(i64, String)>) {
+        self.outbox().set_next_in_memory(&id, at);
+        self.queue.push(Reverse((at, id)));
+    }
+
+    async fn finish(&mut self, done: AttemptDone) {
+        let now = (self.clock)();
+        let Some(live) = self.outbox().get(&done.id).cloned() else {
+            return;
+        };
+        let (integration, target) = (live.meta.integration.clone(), live.meta.target.clone());
+        let key = (integration.clone(), target.clone());
+        if let Some(n) = self.in_flight.get_mut(&key) {
+            *n = n.saturating_sub(1);
+        }
+        let config = (self.lookup)(&integration);
+        let spec = config
+            .as_ref()
+            .and_then(|c| c.target(&target))
+            .map(|t| t.spec.clone());
+        let result = match done.result {
+            Ok(r) => r,
+            Err(e) => {
+                // The request could not even be built (a bad key or header): permanent.
+                self.dead_letter(
+                    &live.meta.integration,
+                    &target,
+                    &done.id,
+                    live.state,
+                    e,
+                    now,
+                )
+                .await;
+                return;
+            }
+        };
+        let outcome = result.classification.outcome;
+        let l = labels(&integration, &target);
+        self.metrics
+            .attempts
+            .get_or_create(&TargetOutcome {
+                namespace: l.namespace.clone(),
+                integration: l.integration.clone(),
+                target: target.clone(),
+                outcome: outcome.label(),
+            })
+            .inc();
+        self.metrics.duration.observe(result.elapsed.as_secs_f64());
+        if let Some(c) = self.circuits.get_mut(&key) {
+            c.record(done.permit, outcome, now);
+            let state = c.state(now).as_str();
+            self.board.update(&integration, &target, |s| {
+                s.circuit = Some(state.to_string());
+            });
+        }
+        let mut state = live.state.clone();
+        state.attempts = state.attempts.saturating_add(1);
+        match outcome {
+            Outcome::Delivered => {
+                let _ = self
+                    .write(vec![OwnedChange::Gone {
+                        id: done.id.clone(),
+                    }])
+                    .await;
+                self.count(&integration, &target, -1, 0);
+                self.board.update(&integration, &target, |s| {
+                    s.delivered += 1;
+                    s.last_delivered_time = time(now);
+                });
+            }
+            Outcome::Terminal => {
+                self.note_failure(&integration, &target, &result.detail, now);
+                self.dead_letter(&integration, &target, &done.id, state, result.detail, now)
+                    .await;
+            }
+            Outcome::Retryable => {
+                self.note_failure(&integration, &target, &result.detail, now);
+                let schedule = spec.map(|s| s.schedule).unwrap_or_default();
+                let jitter = rand::random::<f64>() * 2.0 - 1.0;
+                match next_attempt_at(&schedule, state.attempts, now, jitter, result.retry_after) {
+                    Some(at) => {
+                        state.next_at_ms = at;
+                        state.last_failure = Some(result.detail);
+                        let _ = self
+                            .write(vec![OwnedChange::State {
+                                id: done.id.clone(),
+                                state: state.clone(),
+                            }])
+                            .await;
+                        self.set_state(&done.id, state);
+                        self.queue.push(Reverse((at, done.id)));
+                    }
+                    None => {
+                        self.dead_letter(
+                            &integration,
+                            &target,
+                            &done.id,
+                            state,
+                            result.detail,
+                            now,
+                        )
+                        .await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_state(&self, id: &str, state: JobState) {
+        self.outbox().set_state_in_memory(id, state);
+    }
+
+    fn note_failure(&self, integration: &str, target: &str, detail: &str, now: i64) {
+        self.board.update(integration, target, |s| {
+            s.failed += 1;
+            s.last_failure_time = time(now);
+            s.last_failure = Some(detail.to_string());
+        });
+    }
+
+    async fn dead_letter(
+        &mut self,
+        integration: &str,
+        target: &str,
+        id: &str,
+        mut state: JobState,
+        why: String,
+        now: i64,
+    ) {
+        tracing::warn!(%integration, %target, id, reason = %why, "forward dead-lettered");
+        state.dead_at_ms = Some(now);
+        state.last_failure = Some(why);
+        let _ = self
+            .write(vec![OwnedChange::State {
+                id: id.to_string(),
+                state: state.clone(),
+            }])
+            .await;
+        self.set_state(id, state);
+        self.count(integration, target, -1, 1);
+    }
+
+    fn drop_job(&mut self, integration: &str, target: &str, id: &str) {
+        let dead = self
+            .outbox()
+            .get(id)
+            .is_some_and(|l| l.state.dead_at_ms.is_some());
+        let outbox = self.outbox.clone();
+        let id_owned = id.to_string();
+        // Best effort: a forward whose target is gone is dropped again at the next start.
+        tokio::task::spawn_blocking(move || {
+            let mut o = outbox.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Err(e) = o.append(&[Change::Gone { id: &id_owned }]) {
+                tracing::warn!(error = %e, "cannot record a dropped forward");
+            }
+        });
+        self.outbox().forget_in_memory(id);
+        if dead {
+            self.count(integration, target, 0, -1);
+        } else {
+            self.count(integration, target, -1, 0);
+        }
+    }
+
+    async fn replay(&mut self, integration: &str, target: Option<&str>) -> usize {
+        let now = (self.clock)();
+        let dead: Vec<(String, String, JobState)> = self
+            .outbox()
+            .live()
+            .filter(|l| {
+                l.meta.integration == integration
+                    && l.state.dead_at_ms.is_some()
+                    && target.is_none_or(|t| t == l.meta.target)
+            })
+            .map(|l| (l.meta.id.clone(), l.meta.target.clone(), l.state.clone()))
+            .collect();
+        let changes = dead
+            .iter()
+            .map(|(id, _, _)| OwnedChange::State {
+                id: id.clone(),
+                state: JobState {
+                    attempts: 0,
+                    next_at_ms: now,
+                    dead_at_ms: None,
+                    last_failure: None,
+                },
+            })
+            .collect();
+        if let Err(e) = self.write(changes).await {
+            tracing::error!(error = %e, "cannot record a replay; dead letters stay");
+            return 0;
+        }
+        for (id, target, _) in &dead {
+            self.set_state(
+                id,
+                JobState {
+                    next_at_ms: now,
+                    ..JobState::default()
+                },
+            );
+            self.count(integration, target, 1, -1);
+            self.queue.push(Reverse((now, id.clone())));
+        }
+        dead.len()
+    }
+
+    async fn expire_dead_letters(&mut self) {
+        let now = (self.clock)();
+        let expired: Vec<(String, String, String)> = self
+            .outbox()
+            .live()
+            .filter_map(|l| {
+                let dead_at = l.state.dead_at_ms?;
+                let ttl = (self.lookup)(&l.meta.integration)
+                    .and_then(|c| c.target(&l.meta.target).map(|t| t.spec.dead_letter_ttl))
+                    .unwrap_or(crate::domain::forward::DEFAULT_DEAD_LETTER_TTL);
+                let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+                (dead_at.saturating_add(ttl_ms) <= now).then(|| {
+                    (
+                        l.meta.id.clone(),
+                        l.meta.integration.clone(),
+                        l.meta.target.clone(),
+                    )
+                })
+            })
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        let changes = expired
+            .iter()
+            .map(|(id, _, _)| OwnedChange::Gone { id: id.clone() })
+            .collect();
+        if self.write(changes).await.is_ok() {
+            for (_, integration, target) in expired {
+                self.count(&integration, &target, 0, -1);
+            }
+        }
+    }
+}
+
+fn time(ms: i64) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
+    jiff::Timestamp::from_millisecond(ms)
+        .ok()
+        .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time)
+}
+
+/// An outbox change that owns its data (for `spawn_blocking`).
+enum OwnedChange {
+    Job {
+        meta: Box<JobMeta>,
+        state: JobState,
+        body: Bytes,
+    },
+    State {
+        id: String,
+        state: JobState,
+    },
+    Gone {
+        id: String,
+    },
+}
+
+impl OwnedChange {
+    fn borrow(&self) -> Change<'_> {
+        match self {
+            OwnedChange::Job { meta, state, body } => Change::Job { meta, state, body },
+            OwnedChange::State { id, state } => Change::State { id, state },
+            OwnedChange::Gone { id } => Change::Gone { id },
+        }
+    }
+}
+
+/// One attempt: sign (this attempt's timestamp), send, classify.
+async fn attempt(
+    sender: &Sender,
+    meta: &JobMeta,
+    material: &RouteForward,
+    body: Bytes,
+    timeout: Duration,
+    now_ms: i64,
+) -> Result<crate::forwarder::AttemptResult, String> {
+    let rendered = crate::domain::forward::Rendered {
+        format: crate::domain::forward::Format::StandardWebhooks,
+        content_type: meta.content_type.clone(),
+        body,
+        headers: meta.headers.clone(),
+    };
+    let key = match &material.signing_key {
+        Some(k) => Some(SigningKey::parse(k.expose()).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let extra: Vec<(String, String)> = material
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.expose().to_string()))
+        .collect();
+    let request = sign_request(
+        &rendered,
+        key.as_ref(),
+        &meta.webhook_id,
+        now_ms.div_euclid(1000),
+        &extra,
+    )
+    .map_err(|e| e.to_string())?;
+    let url = material
+        .url
+        .expose()
+        .parse()
+        .map_err(|_| "the target URL does not parse".to_string())?;
+    Ok(sender
+        .send(
+            Request {
+                url,
+                headers: request.headers,
+                body: request.body,
+            },
+            timeout,
+        )
+        .await)
+}
+
+/// Keeps [`ForwardConfig`]s by integration for the status loop and the forwarder.
+#[derive(Clone, Default)]
+pub struct ForwardConfigs {
+    inner: Arc<RwLock<HashMap<String, Arc<ForwardConfig>>>>,
+}
+
+impl std::fmt::Debug for ForwardConfigs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForwardConfigs").finish_non_exhaustive()
+    }
+}
+
+impl ForwardConfigs {
+    pub fn set(&self, key: String, config: Option<ForwardConfig>) {
+        let mut map = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        match config {
+            Some(c) if !c.targets.is_empty() => {
+                map.insert(key, Arc::new(c));
+            }
+            _ => {
+                map.remove(&key);
+            }
+        }
+    }
+
+    pub fn replace_all(&self, configs: HashMap<String, Arc<ForwardConfig>>) {
+        *self.inner.write().unwrap_or_else(PoisonError::into_inner) = configs;
+    }
+
+    pub fn lookup(&self) -> ForwardLookup {
+        let inner = self.inner.clone();
+        Arc::new(move |key: &str| {
+            inner
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(key)
+                .cloned()
+        })
+    }
+}

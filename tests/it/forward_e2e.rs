@@ -1,0 +1,343 @@
+//! Forwarding end to end through a real receiver on 127.0.0.1: verified deliveries and
+//! the incidents they open and resolve reach a local target, signed as Standard Webhooks;
+//! failures are retried on the schedule, terminal answers dead-lettered and replayed,
+//! and pending forwards survive a restart of the receiver (they live in the outbox).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use hookwarden::crd::ProviderKind;
+use hookwarden::domain::secret::generate_path;
+use hookwarden::domain::signature::{self, Delivery, Scheme, Verdict};
+use hookwarden::forwarder::EgressPolicy;
+use hookwarden::receiver::service::{Receiver, ReceiverOptions};
+use hookwarden::receiver::status::FileStatusWriter;
+use hookwarden::route::{Route, RouteForward, RouteSecret, SecretValue};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "forward-test-token";
+/// A Standard Webhooks key (whsec_ + base64 of 24 bytes).
+const KEY: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const BOUND: Duration = Duration::from_secs(20);
+
+/// What the target saw: headers and body of each request, and what it answers next.
+#[derive(Default)]
+struct Target {
+    seen: Mutex<Vec<(HeaderMap, Bytes)>>,
+    /// Answers to give, in order; 200 once empty.
+    script: Mutex<VecDeque<u16>>,
+}
+
+async fn record(State(t): State<Arc<Target>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    t.seen.lock().expect("lock").push((headers, body));
+    let code = t.script.lock().expect("lock").pop_front().unwrap_or(200);
+    StatusCode::from_u16(code).expect("status")
+}
+
+async fn start_target(target: Arc<Target>) -> SocketAddr {
+    let app = axum::Router::new()
+        .fallback(axum::routing::post(record))
+        .with_state(target);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+fn route(path: &str, target_url: &str, schedule: &[&str]) -> Route {
+    Route {
+        namespace: "payments".into(),
+        name: "dd".into(),
+        uid: "uid-fwd".into(),
+        generation: 1,
+        path: path.to_string(),
+        secrets: vec![RouteSecret {
+            value: SecretValue(TOKEN.into()),
+            expires_at: None,
+        }],
+        spec: serde_json::from_value(json!({
+            "provider": "datadog",
+            "forward": [{
+                "name": "tickets",
+                "url": target_url,
+                "send": ["delivery", "incident.opened", "incident.resolved"],
+                "retry": {"schedule": schedule},
+                "circuitBreaker": {"failures": 100},
+            }],
+        }))
+        .expect("spec"),
+        forward: vec![RouteForward {
+            name: "tickets".into(),
+            url: SecretValue(target_url.into()),
+            signing_key: Some(SecretValue(KEY.into())),
+            headers: BTreeMap::from([(
+                "authorization".to_string(),
+                SecretValue("Bearer to-the-target".into()),
+            )]),
+        }],
+    }
+}
+
+struct Running {
+    url: String,
+    stop: CancellationToken,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
+    forwarder: hookwarden::receiver::forward::Forwarder,
+}
+
+async fn start_receiver(dir: &Path, route: Route) -> Running {
+    let options = ReceiverOptions {
+        journal_dir: dir.join("journal"),
+        journal_max_bytes: 64 << 20,
+        journal_commit_window: Duration::ZERO,
+        dedup_max_ids: 10_000,
+        trusted_proxies: Vec::new(),
+        external_base_url: None,
+        runtime: hookwarden::receiver::runtime::RuntimeConfig {
+            status_interval: Duration::from_millis(100),
+            ..Default::default()
+        },
+        forward_egress: EgressPolicy::standalone(Vec::new(), None),
+    };
+    let writer = Arc::new(FileStatusWriter::new(dir));
+    let receiver: Receiver<FileStatusWriter> = Receiver::start(options, writer, None)
+        .await
+        .expect("receiver starts");
+    let path = route.path.clone();
+    receiver.handle().upsert(route).expect("route compiles");
+    receiver.state().set_ready(true);
+    let forwarder = receiver.forwarder();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}{path}", listener.local_addr().expect("addr"));
+    let stop = CancellationToken::new();
+    let served = tokio::spawn(receiver.serve(listener, stop.clone()));
+    Running {
+        url,
+        stop,
+        served,
+        forwarder,
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(BOUND, self.served).await;
+    }
+}
+
+async fn send_datadog(url: &str, id: &str, transition: &str) -> u16 {
+    let body = json!({
+        "id": id, "aggreg_key": "disk-db-1", "alert_name": "disk full on db-1",
+        "alert_transition": transition, "severity": "high",
+        "link": "https://app.datadoghq.com/monitors/1",
+    })
+    .to_string();
+    let url = url.to_string();
+    tokio::task::spawn_blocking(move || {
+        let rest = url.strip_prefix("http://").expect("http");
+        let (authority, path) = rest.split_at(rest.find('/').expect("path"));
+        let mut stream = std::net::TcpStream::connect(authority).expect("connect");
+        use std::io::{Read as _, Write as _};
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Type: application/json\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read");
+        response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    })
+    .await
+    .expect("join")
+}
+
+async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + BOUND;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn types(target: &Target) -> Vec<String> {
+    target
+        .seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(_, body)| {
+            serde_json::from_slice::<Value>(body).expect("json")["type"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
+/// Checks a forwarded request's Standard Webhooks signature with the receiver's own
+/// verifier (the official library's check is tests/it/forward_sdk.rs).
+fn assert_signed(headers: &HeaderMap, body: &[u8]) {
+    let delivery = Delivery {
+        method: "POST",
+        url: "",
+        headers,
+        body,
+    };
+    let now = jiff::Timestamp::now().as_second();
+    let verdict = signature::verify(
+        &Scheme::preset(ProviderKind::StandardWebhooks),
+        &[KEY],
+        &delivery,
+        now,
+    );
+    assert!(matches!(verdict, Verdict::Valid(_)), "{verdict:?}");
+}
+
+fn forwarding_status(dir: &Path) -> Value {
+    let text = std::fs::read_to_string(dir.join("status/payments/dd.json")).unwrap_or_default();
+    serde_json::from_str::<Value>(&text).unwrap_or(Value::Null)["forwarding"][0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_and_incidents_reach_the_target_signed_and_failures_are_retried() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = Arc::new(Target::default());
+    let addr = start_target(target.clone()).await;
+    let running = start_receiver(
+        dir.path(),
+        route(&generate_path(), &format!("http://{addr}/in"), &["1s"]),
+    )
+    .await;
+
+    assert_eq!(send_datadog(&running.url, "evt-1", "Triggered").await, 202);
+    wait_for("the delivery and incident.opened", || {
+        types(&target).len() >= 2
+    })
+    .await;
+    let mut seen = types(&target);
+    seen.sort();
+    assert_eq!(seen, ["delivery", "incident.opened"]);
+    for (headers, body) in target.seen.lock().expect("lock").iter() {
+        assert_signed(headers, body);
+        assert_eq!(headers["authorization"], "Bearer to-the-target");
+        let payload: Value = serde_json::from_slice(body).expect("json");
+        assert_eq!(
+            payload["integration"],
+            json!({"namespace": "payments", "name": "dd"})
+        );
+    }
+
+    // The target fails twice (503), then takes it: retried on the 1 s schedule.
+    target.script.lock().expect("lock").extend([503, 503]);
+    assert_eq!(send_datadog(&running.url, "evt-2", "Recovered").await, 202);
+    let started = Instant::now();
+    wait_for("incident.resolved delivered after retries", || {
+        types(&target)
+            .iter()
+            .filter(|t| *t == "incident.resolved")
+            .count()
+            >= 1
+            && types(&target).iter().filter(|t| *t == "delivery").count() >= 2
+            && target.script.lock().expect("lock").is_empty()
+            && forwarding_status(dir.path())["delivered"].as_i64() == Some(4)
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "retried before the schedule's delay"
+    );
+    let status = forwarding_status(dir.path());
+    assert_eq!(status["name"], "tickets");
+    assert_eq!(status["failed"], 2, "{status}");
+    assert_eq!(status["pending"], 0, "{status}");
+    assert!(
+        status["lastFailure"]
+            .as_str()
+            .is_some_and(|f| f.contains("503")),
+        "{status}"
+    );
+
+    // A terminal answer dead-letters at once; replay sends it again.
+    target.script.lock().expect("lock").push_back(410);
+    let before = types(&target).len();
+    assert_eq!(send_datadog(&running.url, "evt-3", "Triggered").await, 202);
+    wait_for("the dead letter", || {
+        forwarding_status(dir.path())["deadLettered"].as_i64() == Some(1)
+    })
+    .await;
+    let replayed = running
+        .forwarder
+        .replay("payments/dd", Some("tickets"))
+        .await;
+    assert_eq!(replayed, 1);
+    wait_for("the replayed forward", || {
+        let s = forwarding_status(dir.path());
+        s["deadLettered"].as_i64() == Some(0) && types(&target).len() >= before + 2
+    })
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_forwards_survive_a_restart_and_go_out_with_the_same_webhook_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = Arc::new(Target::default());
+    let addr = start_target(target.clone()).await;
+    let path = generate_path();
+    // The target refuses the first attempt of each forward.
+    target.script.lock().expect("lock").extend([503, 503]);
+    let running = start_receiver(
+        dir.path(),
+        route(&path, &format!("http://{addr}/in"), &["2s"]),
+    )
+    .await;
+    assert_eq!(send_datadog(&running.url, "evt-1", "Triggered").await, 202);
+    wait_for("two refused attempts", || types(&target).len() >= 2).await;
+    let first_ids: Vec<String> = target
+        .seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(h, _)| h["webhook-id"].to_str().expect("id").to_string())
+        .collect();
+    running.stop().await;
+
+    // A new receiver over the same folder: the outbox still has both forwards.
+    let running = start_receiver(
+        dir.path(),
+        route(&path, &format!("http://{addr}/in"), &["2s"]),
+    )
+    .await;
+    wait_for("both forwards delivered after the restart", || {
+        types(&target).len() >= 4
+    })
+    .await;
+    let later_ids: Vec<String> = target.seen.lock().expect("lock")[2..]
+        .iter()
+        .map(|(h, _)| h["webhook-id"].to_str().expect("id").to_string())
+        .collect();
+    let mut a = first_ids.clone();
+    let mut b = later_ids.clone();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "the same events, with the same webhook-ids");
+    running.stop().await;
+}
