@@ -335,10 +335,14 @@ pub struct TargetOutcome {
     pub outcome: &'static str,
 }
 
-/// What this replica knows of each target, for `status.forwarding`.
+/// What this replica knows of each target, for `status.forwarding`. `delivered` and
+/// `failed` count since the process started; the part already added to the stored
+/// status is kept apart, so each write adds only the rest (several replicas, and
+/// restarts, add up instead of overwriting each other).
 #[derive(Default)]
 pub struct ForwardBoard {
     targets: Mutex<HashMap<String, BTreeMap<String, ForwardStatus>>>,
+    written: Mutex<HashMap<(String, String), (i64, i64)>>,
     dirty: Mutex<HashSet<String>>,
 }
 
@@ -349,14 +353,41 @@ impl std::fmt::Debug for ForwardBoard {
 }
 
 impl ForwardBoard {
-    /// The entries of one integration, in target-name order.
+    /// The entries of one integration, in target-name order, with `delivered` and
+    /// `failed` as what is not yet on the stored status.
     pub fn of(&self, integration: &str) -> Vec<ForwardStatus> {
-        self.targets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        let targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
+        let written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        targets
             .get(integration)
-            .map(|t| t.values().cloned().collect())
+            .map(|t| {
+                t.values()
+                    .map(|s| {
+                        let (d, f) = written
+                            .get(&(integration.to_string(), s.name.clone()))
+                            .copied()
+                            .unwrap_or_default();
+                        ForwardStatus {
+                            delivered: s.delivered - d,
+                            failed: s.failed - f,
+                            ..s.clone()
+                        }
+                    })
+                    .collect()
+            })
             .unwrap_or_default()
+    }
+
+    /// Records that `sent` (from [`ForwardBoard::of`]) reached the stored status.
+    pub fn mark_written(&self, integration: &str, sent: &[ForwardStatus]) {
+        let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        for s in sent {
+            let w = written
+                .entry((integration.to_string(), s.name.clone()))
+                .or_default();
+            w.0 += s.delivered;
+            w.1 += s.failed;
+        }
     }
 
     /// Integrations whose entries changed since the last call.

@@ -691,6 +691,13 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                     .as_ref()
                     .map(|f| f.forwarder.board.of(&key))
                     .filter(|v| !v.is_empty()),
+                forward_targets: self.forwarding.as_ref().and_then(|f| {
+                    (f.routes_ready)().then(|| {
+                        (f.lookup)(&key)
+                            .map(|c| c.targets.iter().map(|t| t.spec.name.clone()).collect())
+                            .unwrap_or_default()
+                    })
+                }),
             };
             updates.push((update, entry.version));
         }
@@ -714,6 +721,9 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                     self.backoff.remove(&key);
                     self.ledger
                         .mark_written(&key, &update.uid, update.totals, version);
+                    if let (Some(f), Some(sent)) = (&self.forwarding, &update.forwarding) {
+                        f.forwarder.board.mark_written(&key, sent);
+                    }
                 }
                 Err(StatusWriteError::Gone(_)) => {
                     self.config

@@ -18,6 +18,7 @@ use kube::runtime::events::{Event, EventType, Reporter};
 use kube::{Client, Resource as _};
 use serde::{Deserialize, Serialize};
 
+use crate::crd::ForwardStatus;
 use crate::crd::{DeliveryStatus, IncidentsStatus, WebhookIntegration, WebhookIntegrationStatus};
 use crate::domain::incident::IncidentState;
 use crate::domain::incident::state::IncidentBook;
@@ -100,8 +101,11 @@ pub struct StatusUpdate {
     /// When the update was built (Unix ms, the receiver's clock): the time of any
     /// condition transition it writes.
     pub built_at_ms: i64,
-    /// `status.forwarding` as this replica sees it, when the integration forwards.
+    /// `status.forwarding` news from this replica (see `merge_forwarding`).
     pub forwarding: Option<Vec<crate::crd::ForwardStatus>>,
+    /// The spec's forward targets: `status.forwarding` lists exactly these (`None`:
+    /// not known, e.g. routes not loaded yet: the stored entries stay).
+    pub forward_targets: Option<Vec<String>>,
 }
 
 impl StatusUpdate {
@@ -233,12 +237,73 @@ pub fn merge_status(
         deliveries,
         incidents,
         degraded: Some(degraded_condition(current.degraded.as_ref(), update, now)),
-        // This replica's view of its targets; without forwarding news, what is stored.
-        forwarding: update
-            .forwarding
-            .clone()
-            .unwrap_or_else(|| current.forwarding.clone()),
+        forwarding: merge_forwarding(&current.forwarding, update),
     }
+}
+
+/// `status.forwarding`: one entry per target of the spec. `delivered`/`failed` in the
+/// update are what this replica has not written yet, added to what is stored; the rest
+/// (pending, dead letters, circuit, last failure) is this replica's current view, and the
+/// later of the two times wins.
+fn merge_forwarding(stored: &[ForwardStatus], update: &StatusUpdate) -> Vec<ForwardStatus> {
+    let ours = update.forwarding.as_deref().unwrap_or_default();
+    let later_time = |a: &Option<Time>, b: &Option<Time>| match (a, b) {
+        (Some(x), Some(y)) => Some(if y.0 > x.0 { y.clone() } else { x.clone() }),
+        (x, y) => x.clone().or_else(|| y.clone()),
+    };
+    let names: Vec<String> = match &update.forward_targets {
+        Some(names) => names.clone(),
+        None => {
+            let mut names: Vec<String> = stored.iter().map(|s| s.name.clone()).collect();
+            names.extend(ours.iter().map(|s| s.name.clone()));
+            names.sort();
+            names.dedup();
+            names
+        }
+    };
+    names
+        .iter()
+        .map(|name| {
+            let old = stored.iter().find(|s| &s.name == name);
+            match (old, ours.iter().find(|s| &s.name == name)) {
+                (Some(old), Some(new)) => {
+                    let newer_failure = match (&old.last_failure_time, &new.last_failure_time) {
+                        (Some(o), Some(n)) => n.0 >= o.0,
+                        (None, Some(_)) => true,
+                        _ => false,
+                    };
+                    ForwardStatus {
+                        name: name.clone(),
+                        delivered: old.delivered.saturating_add(new.delivered),
+                        failed: old.failed.saturating_add(new.failed),
+                        pending: new.pending,
+                        dead_lettered: new.dead_lettered,
+                        circuit: new.circuit.clone(),
+                        last_delivered_time: later_time(
+                            &old.last_delivered_time,
+                            &new.last_delivered_time,
+                        ),
+                        last_failure_time: later_time(
+                            &old.last_failure_time,
+                            &new.last_failure_time,
+                        ),
+                        last_failure: if newer_failure {
+                            new.last_failure.clone()
+                        } else {
+                            old.last_failure.clone()
+                        },
+                    }
+                }
+                (Some(old), None) => old.clone(),
+                (None, Some(new)) => new.clone(),
+                (None, None) => ForwardStatus {
+                    name: name.clone(),
+                    circuit: Some("closed".into()),
+                    ..ForwardStatus::default()
+                },
+            }
+        })
+        .collect()
 }
 
 fn degraded_condition(
@@ -612,6 +677,7 @@ mod tests {
             notices: Vec::new(),
             built_at_ms: 1_700_000_001_000,
             forwarding: None,
+            forward_targets: None,
         }
     }
 

@@ -318,6 +318,10 @@ async fn pending_forwards_survive_a_restart_and_go_out_with_the_same_webhook_id(
         .iter()
         .map(|(h, _)| h["webhook-id"].to_str().expect("id").to_string())
         .collect();
+    wait_for("the refusals on the status", || {
+        forwarding_status(dir.path())["failed"].as_i64() == Some(2)
+    })
+    .await;
     running.stop().await;
 
     // A new receiver over the same folder: the outbox still has both forwards.
@@ -339,5 +343,11 @@ async fn pending_forwards_survive_a_restart_and_go_out_with_the_same_webhook_id(
     a.sort();
     b.sort();
     assert_eq!(a, b, "the same events, with the same webhook-ids");
+    // The running totals add up across the restart instead of starting again.
+    wait_for("status totals across the restart", || {
+        let s = forwarding_status(dir.path());
+        s["delivered"].as_i64() == Some(2) && s["failed"].as_i64() == Some(2)
+    })
+    .await;
     running.stop().await;
 }
