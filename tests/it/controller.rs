@@ -548,7 +548,7 @@ async fn api_errors_are_returned_for_backoff() {
     let err = reconcile(Arc::new(wi), context(client))
         .await
         .expect_err("transient error");
-    assert_eq!(err.metric_label(), "kube");
+    assert_eq!(err.metric_label(), "read_route");
     server.await.expect("server");
 }
 
