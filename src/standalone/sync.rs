@@ -354,4 +354,48 @@ mod tests {
             ("False", "SecretNotFound")
         );
     }
+
+    #[test]
+    fn generated_forward_keys_follow_the_targets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::create(&dir.path().join(".state")).expect("state");
+        let with = |targets: &str| {
+            format!(
+                "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata: {{name: gh}}\nspec:\n  provider: github\n  forward: {targets}\n"
+            )
+        };
+        write(
+            dir.path(),
+            "gh.yaml",
+            &with(
+                "[{name: a, url: 'http://127.0.0.1:9/a'}, {name: b, url: 'http://127.0.0.1:9/b'}]",
+            ),
+        );
+        let first = sync(dir.path(), &state, BASE, now(0)).expect("sync");
+        let keys = state.read_forward_keys("default", "gh").expect("keys");
+        assert_eq!(keys.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            first.routes[0].forward[0]
+                .signing_key
+                .as_ref()
+                .map(|k| k.expose()),
+            Some(keys["a"].as_str())
+        );
+
+        // Target b removed: its key goes, a's stays.
+        write(
+            dir.path(),
+            "gh.yaml",
+            &with("[{name: a, url: 'http://127.0.0.1:9/a'}]"),
+        );
+        sync(dir.path(), &state, BASE, now(10)).expect("sync");
+        let after = state.read_forward_keys("default", "gh").expect("keys");
+        assert_eq!(after.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(after["a"], keys["a"]);
+
+        // The integration removed: its keys go with it.
+        std::fs::remove_file(dir.path().join("gh.yaml")).expect("rm");
+        sync(dir.path(), &state, BASE, now(20)).expect("sync");
+        assert!(state.read_forward_keys("default", "gh").is_none());
+    }
 }
