@@ -725,6 +725,10 @@ fn forward_condition(
                 .iter()
                 .map(|p| p.message.as_str())
                 .collect();
+            // A target's problems are consecutive: dedup names each target once.
+            let mut targets: Vec<&str> =
+                forward.problems.iter().map(|p| p.target.as_str()).collect();
+            targets.dedup();
             condition(
                 FORWARD_READY,
                 false,
@@ -732,12 +736,7 @@ fn forward_condition(
                 format!(
                     "{} (forwards to {} wait; other targets and inbound deliveries are not affected)",
                     messages.join("; "),
-                    {
-                        let mut targets: Vec<&str> =
-                            forward.problems.iter().map(|p| p.target.as_str()).collect();
-                        targets.dedup();
-                        targets.join(", ")
-                    }
+                    targets.join(", ")
                 ),
                 generation,
                 now,
