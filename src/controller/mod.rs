@@ -30,6 +30,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::crd::WebhookIntegration;
+use crate::domain::plan::names_secret;
 use crate::route::{INTEGRATION_ANNOTATION, ROUTE_LABEL};
 use crate::telemetry::{LogFormat, init_logging};
 use metrics::ControllerMetrics;
@@ -295,15 +296,16 @@ pub async fn run_controller(
     let store = controller.store();
     let route_namespace = args.namespace.clone();
     let controller = controller
-        // Generated `<name>-webhook` Secrets, owned by their integration.
+        // Generated `<name>-webhook` and `<name>-forward` Secrets, owned by their integration.
         .owns(
             Api::<Secret>::all(client.clone()),
             watcher::Config::default()
                 .labels(&format!("{GENERATED_LABEL}=true"))
                 .any_semantic(),
         )
-        // Referenced Secrets: rotation and late creation take effect at once. RBAC already
-        // lets the controller read Secrets cluster-wide to resolve secretRef.
+        // Referenced Secrets (secretRef, and spec.forward's urlFrom, signingSecretRef and
+        // headersFrom): rotation and late creation take effect at once. RBAC already lets
+        // the controller read Secrets cluster-wide to resolve them.
         .watches(
             Api::<Secret>::all(client.clone()),
             watcher::Config::default().any_semantic(),
@@ -313,10 +315,7 @@ pub async fn run_controller(
                 let mut refs: Vec<ObjectRef<WebhookIntegration>> = store
                     .state()
                     .iter()
-                    .filter(|wi| {
-                        wi.namespace() == namespace
-                            && wi.spec.secret_ref.as_ref().is_some_and(|r| r.name == name)
-                    })
+                    .filter(|wi| wi.namespace() == namespace && names_secret(&wi.spec, &name))
                     .map(|wi| ObjectRef::from_obj(&**wi))
                     .collect();
                 // A route Secret changed or vanished: put it back if someone else touched it.

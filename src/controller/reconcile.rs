@@ -21,16 +21,17 @@ use super::metrics::ControllerMetrics;
 use crate::clock::Clock;
 use crate::crd::{FINALIZER, WebhookIntegration};
 use crate::domain::plan::{
-    self, GENERATED_SECRET_KEY, GENERATED_URL_KEY, GeneratedLookup, Plan, PlanInput, RefLookup,
-    SecretSource, lookup_key,
+    self, GENERATED_SECRET_KEY, GENERATED_URL_KEY, GeneratedForwardLookup, GeneratedLookup, Plan,
+    PlanInput, RefLookup, SecretData, SecretSource, lookup_key,
 };
-use crate::domain::secret::{generate_path, generate_secret};
+use crate::domain::secret::{generate_forward_signing_keys, generate_path, generate_secret};
 use crate::events::EventRecorder;
 use crate::route::Route;
 
 /// Server-side apply field manager of the controller.
 pub const FIELD_MANAGER: &str = "hookwarden-controller";
-/// Label on generated `<name>-webhook` Secrets (the controller watches them by it).
+/// Label on the generated `<name>-webhook` and `<name>-forward` Secrets (the controller
+/// watches them by it).
 pub const GENERATED_LABEL: &str = "hookwarden.dev/generated";
 /// Periodic re-check when nothing else triggers a reconcile.
 const RESYNC: Duration = Duration::from_secs(3600);
@@ -203,7 +204,7 @@ pub async fn forget_missing(
 pub enum Error {
     #[error("reading the route Secret {name}: {source}")]
     ReadRoute { name: String, source: kube::Error },
-    #[error("reading Secret {namespace}/{name} for the integration's secret: {source}")]
+    #[error("reading Secret {namespace}/{name}, which the integration names: {source}")]
     ResolveSecret {
         namespace: String,
         name: String,
@@ -370,6 +371,67 @@ async fn find_secret(
     }
 }
 
+/// What was found for `spec.forward`: the Secrets it names and the generated
+/// `<name>-forward` Secret.
+struct ForwardFound {
+    secrets: BTreeMap<String, Option<SecretData>>,
+    generated: GeneratedForwardLookup,
+    /// `<name>-forward`'s current data when owned (so it is not read twice).
+    generated_data: Option<BTreeMap<String, ByteString>>,
+}
+
+/// Reads the Secrets `spec.forward` names, one GET each, and `<name>-forward` when the
+/// integration forwards or did last time (so a removed target's key is dropped). An
+/// integration that never forwarded costs no request.
+async fn find_forward_secrets(
+    ctx: &Context,
+    wi: &WebhookIntegration,
+    namespace: &str,
+    previous_route: Option<&Route>,
+) -> Result<ForwardFound, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let get = |name: String| {
+        let secrets = secrets.clone();
+        async move {
+            secrets
+                .get_opt(&name)
+                .await
+                .map_err(|source| Error::ResolveSecret {
+                    namespace: namespace.to_string(),
+                    name: name.clone(),
+                    source,
+                })
+        }
+    };
+    let mut found = ForwardFound {
+        secrets: BTreeMap::new(),
+        generated: GeneratedForwardLookup::Absent,
+        generated_data: None,
+    };
+    for name in plan::forward_secret_names(&wi.spec) {
+        let secret = get(name.clone()).await?;
+        found
+            .secrets
+            .insert(name, secret.as_ref().map(SecretData::from_secret));
+    }
+    let forwarded = previous_route.is_some_and(|r| !r.spec.forward.is_empty());
+    if wi.spec.forward.is_empty() && !forwarded {
+        return Ok(found);
+    }
+    let name = plan::generated_forward_secret_name(&wi.name_any());
+    if let Some(secret) = get(name).await? {
+        let uid = wi.uid().unwrap_or_default();
+        if secret.owner_references().iter().any(|o| o.uid == uid) {
+            found.generated = GeneratedForwardLookup::Owned(SecretData::from_secret(&secret));
+            // The API server leaves `data` out of a Secret without keys.
+            found.generated_data = Some(secret.data.unwrap_or_default());
+        } else {
+            found.generated = GeneratedForwardLookup::NotOwned;
+        }
+    }
+    Ok(found)
+}
+
 async fn apply(wi: &WebhookIntegration, ctx: &Context) -> Result<Action, Error> {
     let namespace = wi.namespace().ok_or(Error::NoNamespace)?;
     let name = wi.name_any();
@@ -388,6 +450,7 @@ async fn apply(wi: &WebhookIntegration, ctx: &Context) -> Result<Action, Error> 
         .and_then(|s| Route::from_secret(&s).ok())
         .filter(|r| r.uid == uid);
     let (secret, generated_data) = find_secret(ctx, wi, &namespace).await?;
+    let forward = find_forward_secrets(ctx, wi, &namespace, previous_route.as_ref()).await?;
     let plan = plan::plan(PlanInput {
         integration: wi,
         secret,
@@ -396,13 +459,48 @@ async fn apply(wi: &WebhookIntegration, ctx: &Context) -> Result<Action, Error> 
         now: (ctx.clock)().div_euclid(1000),
         fresh_path: generate_path(),
         fresh_secret: generate_secret(wi.spec.provider),
+        forward_secrets: forward.secrets,
+        generated_forward: forward.generated,
+        fresh_forward_keys: generate_forward_signing_keys(&wi.spec),
     });
 
     let mut changed = Vec::new();
-    if let Some(generated) = &plan.generated_secret
-        && write_generated_secret(ctx, wi, &namespace, generated, generated_data.as_ref()).await?
-    {
-        changed.push("generated secret");
+    if let Some(generated) = &plan.generated_secret {
+        let desired = BTreeMap::from([
+            (GENERATED_SECRET_KEY.to_string(), generated.value.expose()),
+            (GENERATED_URL_KEY.to_string(), generated.url.as_str()),
+        ]);
+        if write_generated_secret(
+            ctx,
+            wi,
+            &namespace,
+            &generated.name,
+            desired,
+            generated_data.as_ref(),
+        )
+        .await?
+        {
+            changed.push("generated secret");
+        }
+    }
+    if let Some(generated) = &plan.generated_forward_secret {
+        let desired = generated
+            .keys
+            .iter()
+            .map(|(target, key)| (target.clone(), key.expose()))
+            .collect();
+        if write_generated_secret(
+            ctx,
+            wi,
+            &namespace,
+            &generated.name,
+            desired,
+            forward.generated_data.as_ref(),
+        )
+        .await?
+        {
+            changed.push("generated forward secret");
+        }
     }
     if let Some(route) = &plan.route
         && previous_route.as_ref() != Some(route)
@@ -442,25 +540,23 @@ async fn apply(wi: &WebhookIntegration, ctx: &Context) -> Result<Action, Error> 
     })
 }
 
-/// Creates or updates `<name>-webhook`; true when something was written.
+/// Creates or updates a generated Secret the integration owns (`<name>-webhook`,
+/// `<name>-forward`) with exactly `desired` as its data: keys this field manager wrote
+/// before and `desired` lacks are dropped by the server-side apply. True when something
+/// was written.
 async fn write_generated_secret(
     ctx: &Context,
     wi: &WebhookIntegration,
     namespace: &str,
-    generated: &plan::GeneratedSecret,
+    name: &str,
+    desired: BTreeMap<String, &str>,
     existing: Option<&BTreeMap<String, ByteString>>,
 ) -> Result<bool, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let desired = BTreeMap::from([
-        (
-            GENERATED_SECRET_KEY.to_string(),
-            ByteString(generated.value.expose().as_bytes().to_vec()),
-        ),
-        (
-            GENERATED_URL_KEY.to_string(),
-            ByteString(generated.url.as_bytes().to_vec()),
-        ),
-    ]);
+    let desired: BTreeMap<String, ByteString> = desired
+        .into_iter()
+        .map(|(k, v)| (k, ByteString(v.as_bytes().to_vec())))
+        .collect();
     if existing == Some(&desired) {
         return Ok(false);
     }
@@ -474,7 +570,7 @@ async fn write_generated_secret(
     };
     let secret = Secret {
         metadata: ObjectMeta {
-            name: Some(generated.name.clone()),
+            name: Some(name.to_string()),
             namespace: Some(namespace.to_string()),
             labels: Some(BTreeMap::from([
                 (GENERATED_LABEL.to_string(), "true".to_string()),
@@ -492,14 +588,14 @@ async fn write_generated_secret(
     };
     secrets
         .patch(
-            &generated.name,
+            name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&secret),
         )
         .await
         .map_err(|source| Error::WriteGeneratedSecret {
             namespace: namespace.to_string(),
-            name: generated.name.clone(),
+            name: name.to_string(),
             source,
         })?;
     Ok(true)

@@ -3,6 +3,9 @@
 //! clock. The reconciler (and standalone mode) gather those inputs, call [`plan`], and
 //! apply the result; no I/O happens here, so every rule is unit-tested with plain data.
 
+mod forward;
+
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -14,10 +17,21 @@ use crate::domain::secret::is_valid_path;
 use crate::domain::spec::{self, SpecProblems};
 use crate::route::{Route, RouteSecret, SecretValue};
 
+pub use self::forward::{
+    ForwardProblem, GeneratedForwardLookup, GeneratedForwardSecret, SecretData,
+    forward_secret_names, names_secret,
+};
+pub use crate::domain::spec::generated_forward_secret_name;
+
 /// Condition types the controller owns.
 pub const READY: &str = "Ready";
 pub const SECRET_RESOLVED: &str = "SecretResolved";
 pub const ROUTE_READY: &str = "RouteReady";
+/// Whether every `spec.forward` target resolved (absent when there are none). Separate
+/// from `Ready`: a forward target's missing Secret does not stop the endpoint.
+pub const FORWARD_READY: &str = "ForwardReady";
+/// Every condition type the controller owns (the receivers own `Degraded`).
+pub const CONTROLLER_CONDITIONS: [&str; 4] = [READY, SECRET_RESOLVED, ROUTE_READY, FORWARD_READY];
 
 /// At most this many previous secrets stay accepted at once (rapid rotations).
 pub const MAX_PREVIOUS_SECRETS: usize = 3;
@@ -39,6 +53,22 @@ pub mod reason {
     pub const ROUTE_WRITTEN: &str = "RouteWritten";
     pub const WAITING_FOR_SECRET: &str = "WaitingForSecret";
     pub const SUSPENDED: &str = "Suspended";
+    /// `ForwardReady` True.
+    pub const FORWARD_RESOLVED: &str = "ForwardResolved";
+    /// A forward target's `urlFrom`, `signingSecretRef` or `headersFrom` Secret is missing.
+    pub const FORWARD_SECRET_NOT_FOUND: &str = "ForwardSecretNotFound";
+    pub const FORWARD_SECRET_KEY_MISSING: &str = "ForwardSecretKeyMissing";
+    pub const FORWARD_SECRET_EMPTY: &str = "ForwardSecretEmpty";
+    /// The `urlFrom` value is not an http(s) URL.
+    pub const FORWARD_URL_INVALID: &str = "ForwardUrlInvalid";
+    /// The `signingSecretRef` value is not a Standard Webhooks key.
+    pub const FORWARD_SIGNING_KEY_INVALID: &str = "ForwardSigningKeyInvalid";
+    /// A `headersFrom` key is a reserved or invalid header.
+    pub const FORWARD_HEADER_INVALID: &str = "ForwardHeaderInvalid";
+    /// `<name>-forward` exists but is not owned by the integration.
+    pub const GENERATED_FORWARD_SECRET_CONFLICT: &str = "GeneratedForwardSecretConflict";
+    /// Event: a signing key was generated into `<name>-forward`.
+    pub const FORWARD_KEY_GENERATED: &str = "ForwardKeyGenerated";
 }
 
 /// Name of the Secret holding a generated secret: `<integration>-webhook`.
@@ -112,6 +142,15 @@ pub struct PlanInput<'a> {
     pub fresh_path: String,
     /// A freshly generated secret, used only when one must be generated.
     pub fresh_secret: String,
+    /// The Secrets `spec.forward` names ([`forward_secret_names`]) as found in the
+    /// integration's namespace, by name: `None` (or no entry) when there is no such Secret.
+    pub forward_secrets: BTreeMap<String, Option<SecretData>>,
+    /// The generated `<name>-forward` Secret as found.
+    pub generated_forward: GeneratedForwardLookup,
+    /// Fresh signing keys by target name
+    /// ([`crate::domain::secret::generate_forward_signing_keys`]), used only for a target
+    /// without `signingSecretRef` whose generated key does not exist yet.
+    pub fresh_forward_keys: BTreeMap<String, SecretValue>,
 }
 
 /// The desired content of the generated `<name>-webhook` Secret.
@@ -158,6 +197,10 @@ pub struct Plan {
     pub route: Option<Route>,
     /// The generated Secret to create or update (only when hookwarden owns the secret).
     pub generated_secret: Option<GeneratedSecret>,
+    /// The generated `<name>-forward` Secret to create or update: when a target uses a
+    /// generated signing key, or the Secret exists and is owned (to drop removed targets'
+    /// keys). Never when it belongs to someone else or the spec is invalid.
+    pub generated_forward_secret: Option<GeneratedForwardSecret>,
     pub status: DesiredStatus,
     /// Re-plan after this long (the next previous-secret expiry), if anything expires.
     pub requeue_after: Option<Duration>,
@@ -170,30 +213,7 @@ pub struct Plan {
 /// does when the API server stores a Secret. Surrounding whitespace is trimmed: a trailing
 /// newline from `kubectl create secret --from-file` is never part of a provider's secret.
 pub fn lookup_key(secret: &Secret, key: &str) -> RefLookup {
-    let value = secret
-        .string_data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .cloned()
-        .or_else(|| {
-            secret
-                .data
-                .as_ref()
-                .and_then(|d| d.get(key))
-                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-        });
-    match value {
-        None => {
-            let mut available: Vec<String> =
-                secret.data.iter().flat_map(|d| d.keys().cloned()).collect();
-            available.extend(secret.string_data.iter().flat_map(|d| d.keys().cloned()));
-            available.sort();
-            available.dedup();
-            RefLookup::KeyMissing { available }
-        }
-        Some(v) if v.trim().is_empty() => RefLookup::Empty,
-        Some(v) => RefLookup::Value(v.trim().to_string()),
-    }
+    SecretData::from_secret(secret).lookup(key)
 }
 
 /// Every problem [`spec::resolve`] finds in a spec (empty: valid). The receivers compile
@@ -406,6 +426,20 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
 
     let resolved = spec::resolve(&wi.spec);
     let spec_ok = resolved.is_ok();
+    // Forward targets resolve independently of the inbound secret; with an invalid spec
+    // there are no targets to resolve (the last good route keeps its own).
+    let forward = resolved.as_ref().ok().map(|effective| {
+        forward::plan_forward(
+            &effective.forward,
+            &forward::ForwardInputs {
+                namespace: &namespace,
+                integration: &name,
+                secrets: &input.forward_secrets,
+                generated: &input.generated_forward,
+                fresh_keys: &input.fresh_forward_keys,
+            },
+        )
+    });
     let ttl = resolved
         .as_ref()
         .map_or(spec::defaults::PREVIOUS_SECRET_TTL, |e| {
@@ -483,7 +517,10 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
                 path: path.clone(),
                 secrets,
                 spec: wi.spec.clone(),
-                forward: Vec::new(),
+                forward: forward
+                    .as_ref()
+                    .map(|f| f.entries.clone())
+                    .unwrap_or_default(),
             });
         }
         (
@@ -586,6 +623,15 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
             &now_time,
         ),
     );
+    if !wi.spec.forward.is_empty() {
+        conditions.push(forward_condition(
+            forward.as_ref(),
+            &namespace,
+            &name,
+            generation,
+            &now_time,
+        ));
+    }
     let existing_conditions = existing_status
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
@@ -600,6 +646,9 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
             .map(|t| Duration::from_secs(u64::try_from(t - input.now).unwrap_or(0) + 1))
     });
 
+    let generated_forward_secret = forward.as_ref().and_then(|f| f.generated.clone());
+    events.extend(forward.into_iter().flat_map(|f| f.events));
+
     Plan {
         route,
         generated_secret: if matches!(
@@ -610,6 +659,7 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         } else {
             generated_secret
         },
+        generated_forward_secret,
         status: DesiredStatus {
             observed_generation: generation,
             url,
@@ -619,6 +669,79 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         },
         requeue_after,
         events,
+    }
+}
+
+/// `ForwardReady`: True when every target resolved, else False naming each unresolved
+/// target and what to fix (reason: the first problem's).
+fn forward_condition(
+    forward: Option<&forward::ForwardPlan>,
+    namespace: &str,
+    name: &str,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let Some(forward) = forward else {
+        return condition(
+            FORWARD_READY,
+            false,
+            reason::INVALID_SPEC,
+            "the spec is invalid (see Ready); forward targets are resolved again once it is fixed"
+                .to_string(),
+            generation,
+            now,
+        );
+    };
+    match forward.problems.first() {
+        None => {
+            let names: Vec<&str> = forward.entries.iter().map(|e| e.name.as_str()).collect();
+            let mut message = format!(
+                "{} forward target{} resolved: {}",
+                names.len(),
+                if names.len() == 1 { "" } else { "s" },
+                names.join(", ")
+            );
+            if !forward.generated_keys.is_empty() {
+                message.push_str(&format!(
+                    "; the signing key{} of {} {} generated in Secret {namespace}/{} (key = target name)",
+                    if forward.generated_keys.len() == 1 { "" } else { "s" },
+                    forward.generated_keys.join(", "),
+                    if forward.generated_keys.len() == 1 { "is" } else { "are" },
+                    generated_forward_secret_name(name),
+                ));
+            }
+            condition(
+                FORWARD_READY,
+                true,
+                reason::FORWARD_RESOLVED,
+                message,
+                generation,
+                now,
+            )
+        }
+        Some(first) => {
+            let messages: Vec<&str> = forward
+                .problems
+                .iter()
+                .map(|p| p.message.as_str())
+                .collect();
+            // A target's problems are consecutive: dedup names each target once.
+            let mut targets: Vec<&str> =
+                forward.problems.iter().map(|p| p.target.as_str()).collect();
+            targets.dedup();
+            condition(
+                FORWARD_READY,
+                false,
+                first.reason,
+                format!(
+                    "{} (forwards to {} wait; other targets and inbound deliveries are not affected)",
+                    messages.join("; "),
+                    targets.join(", ")
+                ),
+                generation,
+                now,
+            )
+        }
     }
 }
 
@@ -641,7 +764,7 @@ pub fn status_matches(
     let controller_conditions: Vec<&Condition> = current
         .conditions
         .iter()
-        .filter(|c| [READY, SECRET_RESOLVED, ROUTE_READY].contains(&c.type_.as_str()))
+        .filter(|c| CONTROLLER_CONDITIONS.contains(&c.type_.as_str()))
         .collect();
     current.observed_generation == desired.observed_generation
         && current.url == desired.url
@@ -717,6 +840,9 @@ mod tests {
             now: NOW,
             fresh_path: PATH.to_string(),
             fresh_secret: "fresh-secret".to_string(),
+            forward_secrets: BTreeMap::new(),
+            generated_forward: GeneratedForwardLookup::Absent,
+            fresh_forward_keys: BTreeMap::new(),
         }
     }
 
@@ -1083,5 +1209,446 @@ mod tests {
         let p = plan(i);
         assert_eq!(p.status.url, None);
         assert_eq!(p.generated_secret.expect("generated").url, PATH);
+    }
+
+    // --- spec.forward -------------------------------------------------------------
+
+    fn whsec(byte: u8) -> String {
+        use base64::Engine as _;
+        format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode([byte; 32])
+        )
+    }
+
+    fn forwarding(targets: serde_json::Value) -> WebhookIntegration {
+        let mut s = with_ref(spec(ProviderKind::Datadog));
+        s.forward = serde_json::from_value(targets).expect("forward targets");
+        integration(s)
+    }
+
+    fn data(pairs: &[(&str, &str)]) -> Option<SecretData> {
+        Some(pairs.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    /// A plan of `wi` with a resolved inbound secret and the given forward inputs.
+    fn forward_input<'a>(
+        wi: &'a WebhookIntegration,
+        secrets: &[(&str, Option<SecretData>)],
+        generated: GeneratedForwardLookup,
+    ) -> PlanInput<'a> {
+        let mut i = input(
+            wi,
+            SecretSource::Referenced(RefLookup::Value("v".into())),
+            None,
+        );
+        i.forward_secrets = secrets
+            .iter()
+            .map(|(n, d)| (n.to_string(), d.clone()))
+            .collect();
+        i.generated_forward = generated;
+        i.fresh_forward_keys = crate::domain::secret::generate_forward_signing_keys(&wi.spec)
+            .into_keys()
+            .map(|t| (t, SecretValue(whsec(7))))
+            .collect();
+        i
+    }
+
+    fn entry<'a>(p: &'a Plan, target: &str) -> Option<&'a crate::route::RouteForward> {
+        p.route
+            .as_ref()
+            .expect("route")
+            .forward
+            .iter()
+            .find(|f| f.name == target)
+    }
+
+    #[test]
+    fn url_target_gets_a_generated_key_into_the_forward_secret() {
+        let wi = forwarding(serde_json::json!([
+            {"name": "tickets", "url": "https://tickets.example.com/in"}
+        ]));
+        let p = plan(forward_input(&wi, &[], GeneratedForwardLookup::Absent));
+        let e = entry(&p, "tickets").expect("tickets");
+        assert_eq!(e.url.expose(), "https://tickets.example.com/in");
+        assert_eq!(
+            e.signing_key.as_ref().map(SecretValue::expose),
+            Some(whsec(7).as_str())
+        );
+        assert!(e.headers.is_empty());
+        let g = p.generated_forward_secret.clone().expect("<name>-forward");
+        assert_eq!(g.name, "datadog-prod-forward");
+        assert_eq!(
+            g.keys.get("tickets").map(SecretValue::expose),
+            Some(whsec(7).as_str())
+        );
+        let c = cond(&p, FORWARD_READY);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", reason::FORWARD_RESOLVED)
+        );
+        assert!(
+            c.message.contains("payments/datadog-prod-forward"),
+            "{}",
+            c.message
+        );
+        assert!(
+            p.events
+                .iter()
+                .any(|e| !e.warning && e.reason == reason::FORWARD_KEY_GENERATED)
+        );
+        assert!(
+            !format!("{p:?}").contains(&whsec(7)),
+            "a key leaks into Debug"
+        );
+    }
+
+    #[test]
+    fn url_from_and_signing_secret_ref_resolve_from_their_secrets() {
+        let wi = forwarding(serde_json::json!([{
+            "name": "chat",
+            "urlFrom": {"secretRef": {"name": "slack", "key": "url"}},
+            "signingSecretRef": {"name": "keys", "key": "chat"},
+        }]));
+        let p = plan(forward_input(
+            &wi,
+            &[
+                (
+                    "slack",
+                    data(&[("url", "https://hooks.slack.com/services/T/B/x\n")]),
+                ),
+                ("keys", data(&[("chat", &whsec(1))])),
+            ],
+            GeneratedForwardLookup::Absent,
+        ));
+        let e = entry(&p, "chat").expect("chat");
+        assert_eq!(e.url.expose(), "https://hooks.slack.com/services/T/B/x");
+        assert_eq!(
+            e.signing_key.as_ref().map(SecretValue::expose),
+            Some(whsec(1).as_str())
+        );
+        assert!(
+            p.generated_forward_secret.is_none(),
+            "no generated key needed"
+        );
+        assert_eq!(cond(&p, FORWARD_READY).status, "True");
+        let text = format!("{p:?}");
+        assert!(
+            !text.contains("hooks.slack.com") && !text.contains(&whsec(1)),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_missing_url_from_secret_drops_that_target_only_and_inbound_stays_ready() {
+        let wi = forwarding(serde_json::json!([
+            {"name": "chat", "urlFrom": {"secretRef": {"name": "slack", "key": "url"}}, "format": "slack", "send": ["incident.opened"]},
+            {"name": "tickets", "url": "https://tickets.example.com/in"},
+        ]));
+        let p = plan(forward_input(
+            &wi,
+            &[("slack", None)],
+            GeneratedForwardLookup::Absent,
+        ));
+        assert!(entry(&p, "chat").is_none());
+        assert!(entry(&p, "tickets").is_some());
+        assert_eq!(cond(&p, READY).status, "True", "inbound keeps working");
+        assert_eq!(cond(&p, ROUTE_READY).status, "True");
+        let c = cond(&p, FORWARD_READY);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reason::FORWARD_SECRET_NOT_FOUND)
+        );
+        assert!(
+            c.message
+                .contains("spec.forward[chat].urlFrom.secretRef: Secret payments/slack not found")
+                && c.message.contains("\"url\""),
+            "{}",
+            c.message
+        );
+        assert!(!c.message.contains("tickets"), "{}", c.message);
+        assert!(p.events.iter().any(|e| e.warning
+            && e.reason == reason::FORWARD_SECRET_NOT_FOUND
+            && e.message.contains("spec.forward[chat]")));
+        // The key, the missing key and the empty value say so.
+        let missing_key = plan(forward_input(
+            &wi,
+            &[("slack", data(&[("webhook", "https://x")]))],
+            GeneratedForwardLookup::Absent,
+        ));
+        let c = cond(&missing_key, FORWARD_READY);
+        assert_eq!(c.reason, reason::FORWARD_SECRET_KEY_MISSING);
+        assert!(c.message.contains("keys: webhook"), "{}", c.message);
+        let empty = plan(forward_input(
+            &wi,
+            &[("slack", data(&[("url", " \n")]))],
+            GeneratedForwardLookup::Absent,
+        ));
+        assert_eq!(
+            cond(&empty, FORWARD_READY).reason,
+            reason::FORWARD_SECRET_EMPTY
+        );
+    }
+
+    #[test]
+    fn a_url_from_value_that_is_no_url_is_refused_without_showing_it() {
+        let wi = forwarding(serde_json::json!([
+            {"name": "chat", "urlFrom": {"secretRef": {"name": "slack", "key": "url"}}}
+        ]));
+        let p = plan(forward_input(
+            &wi,
+            &[("slack", data(&[("url", "ftp://s3cr3t.example.com/T/B")]))],
+            GeneratedForwardLookup::Absent,
+        ));
+        assert!(entry(&p, "chat").is_none());
+        let c = cond(&p, FORWARD_READY);
+        assert_eq!(c.reason, reason::FORWARD_URL_INVALID);
+        assert!(!c.message.contains("s3cr3t"), "{}", c.message);
+        assert!(p.events.iter().all(|e| !e.message.contains("s3cr3t")));
+    }
+
+    #[test]
+    fn a_generated_key_is_created_once_and_stays_across_plans() {
+        let wi = forwarding(serde_json::json!([
+            {"name": "tickets", "url": "https://tickets.example.com/in"}
+        ]));
+        let first = plan(forward_input(&wi, &[], GeneratedForwardLookup::Absent));
+        let keys = first.generated_forward_secret.expect("generated").keys;
+        let stored: SecretData = keys
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_string()))
+            .collect();
+        let mut again = forward_input(&wi, &[], GeneratedForwardLookup::Owned(stored));
+        again.fresh_forward_keys = BTreeMap::from([("tickets".into(), SecretValue(whsec(9)))]);
+        let second = plan(again);
+        assert_eq!(
+            entry(&second, "tickets").and_then(|e| e.signing_key.clone()),
+            Some(SecretValue(whsec(7))),
+            "the stored key, not the fresh one"
+        );
+        assert_eq!(
+            second.generated_forward_secret.expect("generated").keys,
+            keys
+        );
+        assert!(
+            !second
+                .events
+                .iter()
+                .any(|e| e.reason == reason::FORWARD_KEY_GENERATED),
+            "{:?}",
+            second.events
+        );
+        // A stored key edited into something unusable is replaced.
+        let broken: SecretData = [("tickets", "not base64!")].into_iter().collect();
+        let mut replaced = forward_input(&wi, &[], GeneratedForwardLookup::Owned(broken));
+        replaced.fresh_forward_keys = BTreeMap::from([("tickets".into(), SecretValue(whsec(9)))]);
+        let p = plan(replaced);
+        assert_eq!(
+            entry(&p, "tickets").and_then(|e| e.signing_key.clone()),
+            Some(SecretValue(whsec(9)))
+        );
+    }
+
+    #[test]
+    fn removed_targets_keys_are_dropped_and_others_kept() {
+        let wi = forwarding(serde_json::json!([
+            {"name": "tickets", "url": "https://tickets.example.com/in"},
+            {"name": "signed", "url": "https://p.example.com/", "signingSecretRef": {"name": "keys", "key": "k"}},
+        ]));
+        let stored: SecretData = [("tickets", whsec(1)), ("gone", whsec(2))]
+            .into_iter()
+            .collect();
+        let p = plan(forward_input(
+            &wi,
+            &[("keys", data(&[("k", &whsec(3))]))],
+            GeneratedForwardLookup::Owned(stored),
+        ));
+        let keys = p.generated_forward_secret.expect("generated").keys;
+        assert_eq!(keys.keys().collect::<Vec<_>>(), ["tickets"]);
+        assert_eq!(keys["tickets"].expose(), whsec(1));
+
+        // Every target gone: the owned Secret is applied without keys.
+        let none = forwarding(serde_json::json!([]));
+        let stored: SecretData = [("tickets", whsec(1))].into_iter().collect();
+        let p = plan(forward_input(
+            &none,
+            &[],
+            GeneratedForwardLookup::Owned(stored),
+        ));
+        assert_eq!(
+            p.generated_forward_secret.expect("generated").keys,
+            BTreeMap::new()
+        );
+        assert!(
+            !p.status.conditions.iter().any(|c| c.type_ == FORWARD_READY),
+            "no ForwardReady without spec.forward"
+        );
+        assert!(p.route.expect("route").forward.is_empty());
+    }
+
+    #[test]
+    fn service_targets_use_the_cluster_dns_name_in_the_integrations_namespace() {
+        let wi = forwarding(serde_json::json!([
+            {"name": "svc", "service": {"name": "intake", "port": 8080, "path": "/hooks"}, "format": "raw"}
+        ]));
+        let p = plan(forward_input(&wi, &[], GeneratedForwardLookup::Absent));
+        assert_eq!(
+            entry(&p, "svc").expect("svc").url.expose(),
+            "http://intake.payments.svc:8080/hooks"
+        );
+    }
+
+    #[test]
+    fn headers_from_maps_every_key_to_a_header_and_refuses_reserved_ones() {
+        let wi = forwarding(serde_json::json!([
+            {"name": "tickets", "url": "https://tickets.example.com/in", "headersFrom": {"secretRef": {"name": "auth"}}}
+        ]));
+        let p = plan(forward_input(
+            &wi,
+            &[(
+                "auth",
+                data(&[("Authorization", "Bearer t0k3n\n"), ("X-Team", "payments")]),
+            )],
+            GeneratedForwardLookup::Absent,
+        ));
+        let headers = &entry(&p, "tickets").expect("tickets").headers;
+        assert_eq!(headers["Authorization"].expose(), "Bearer t0k3n");
+        assert_eq!(headers["X-Team"].expose(), "payments");
+        assert!(!format!("{p:?}").contains("t0k3n"));
+
+        let reserved = plan(forward_input(
+            &wi,
+            &[(
+                "auth",
+                data(&[("webhook-signature", "v1,x"), ("Bad Name", "x")]),
+            )],
+            GeneratedForwardLookup::Absent,
+        ));
+        assert!(entry(&reserved, "tickets").is_none());
+        let c = cond(&reserved, FORWARD_READY);
+        assert_eq!(c.reason, reason::FORWARD_HEADER_INVALID);
+        assert!(
+            c.message.contains("webhook-signature") && c.message.contains("Bad Name"),
+            "{}",
+            c.message
+        );
+        let missing = plan(forward_input(
+            &wi,
+            &[("auth", None)],
+            GeneratedForwardLookup::Absent,
+        ));
+        assert_eq!(
+            cond(&missing, FORWARD_READY).reason,
+            reason::FORWARD_SECRET_NOT_FOUND
+        );
+    }
+
+    #[test]
+    fn a_forward_secret_owned_by_someone_else_is_a_conflict_never_overwritten() {
+        let wi = forwarding(serde_json::json!([
+            {"name": "tickets", "url": "https://tickets.example.com/in"},
+            {"name": "signed", "url": "https://p.example.com/", "signingSecretRef": {"name": "keys", "key": "k"}},
+        ]));
+        let p = plan(forward_input(
+            &wi,
+            &[("keys", data(&[("k", &whsec(3))]))],
+            GeneratedForwardLookup::NotOwned,
+        ));
+        assert!(p.generated_forward_secret.is_none());
+        assert!(entry(&p, "tickets").is_none());
+        assert!(
+            entry(&p, "signed").is_some(),
+            "a referenced key needs no generated Secret"
+        );
+        let c = cond(&p, FORWARD_READY);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reason::GENERATED_FORWARD_SECRET_CONFLICT)
+        );
+        assert!(
+            c.message.contains("payments/datadog-prod-forward"),
+            "{}",
+            c.message
+        );
+        assert_eq!(cond(&p, READY).status, "True");
+    }
+
+    #[test]
+    fn an_invalid_signing_key_is_named() {
+        let wi = forwarding(serde_json::json!([
+            {"name": "signed", "url": "https://p.example.com/", "signingSecretRef": {"name": "keys", "key": "k"}},
+        ]));
+        let p = plan(forward_input(
+            &wi,
+            &[("keys", data(&[("k", "not base64!")]))],
+            GeneratedForwardLookup::Absent,
+        ));
+        assert_eq!(
+            cond(&p, FORWARD_READY).reason,
+            reason::FORWARD_SIGNING_KEY_INVALID
+        );
+        assert!(entry(&p, "signed").is_none());
+    }
+
+    #[test]
+    fn an_invalid_spec_reports_forward_ready_false_and_writes_no_forward_secret() {
+        let mut wi = forwarding(serde_json::json!([
+            {"name": "tickets", "url": "https://tickets.example.com/in"}
+        ]));
+        wi.spec.allowed_source_ranges = vec!["10.0.0.0/33".into()];
+        let p = plan(forward_input(&wi, &[], GeneratedForwardLookup::Absent));
+        assert_eq!(cond(&p, FORWARD_READY).reason, reason::INVALID_SPEC);
+        assert!(p.generated_forward_secret.is_none());
+    }
+
+    #[test]
+    fn forward_ready_takes_part_in_status_matching() {
+        let mut wi = forwarding(serde_json::json!([
+            {"name": "chat", "urlFrom": {"secretRef": {"name": "slack", "key": "url"}}}
+        ]));
+        let first = plan(forward_input(
+            &wi,
+            &[("slack", None)],
+            GeneratedForwardLookup::Absent,
+        ));
+        wi.status = Some(WebhookIntegrationStatus {
+            observed_generation: first.status.observed_generation,
+            url: first.status.url.clone(),
+            path: first.status.path.clone(),
+            secret_name: first.status.secret_name.clone(),
+            conditions: first.status.conditions.clone(),
+            ..Default::default()
+        });
+        let same = plan(forward_input(
+            &wi,
+            &[("slack", None)],
+            GeneratedForwardLookup::Absent,
+        ));
+        assert!(status_matches(wi.status.as_ref(), &same.status));
+        let fixed = plan(forward_input(
+            &wi,
+            &[("slack", data(&[("url", "https://hooks.slack.com/x")]))],
+            GeneratedForwardLookup::Absent,
+        ));
+        assert!(!status_matches(wi.status.as_ref(), &fixed.status));
+        assert_eq!(cond(&fixed, FORWARD_READY).status, "True");
+    }
+
+    #[test]
+    fn the_secrets_a_spec_names_include_the_forward_ones() {
+        let wi = forwarding(serde_json::json!([
+            {"name": "a", "urlFrom": {"secretRef": {"name": "slack", "key": "url"}}, "headersFrom": {"secretRef": {"name": "auth"}}},
+            {"name": "b", "url": "https://x.example.com/", "signingSecretRef": {"name": "keys", "key": "b"}},
+        ]));
+        assert_eq!(
+            forward_secret_names(&wi.spec)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["auth", "keys", "slack"]
+        );
+        for name in ["dd", "slack", "auth", "keys"] {
+            assert!(names_secret(&wi.spec, name), "{name}");
+        }
+        assert!(!names_secret(&wi.spec, "other"));
     }
 }

@@ -4,7 +4,10 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 
-use crate::crd::ProviderKind;
+use std::collections::BTreeMap;
+
+use crate::crd::{ProviderKind, WebhookIntegrationSpec};
+use crate::route::SecretValue;
 
 /// Prefix of every endpoint path.
 pub const PATH_PREFIX: &str = "/hooks/";
@@ -52,6 +55,28 @@ pub fn generate_secret(provider: ProviderKind) -> String {
     }
 }
 
+/// A new Standard Webhooks signing key for a forward target: `whsec_` + base64 of 32
+/// random bytes, the form the official `standardwebhooks` libraries (and
+/// [`crate::domain::forward::payload::SigningKey::parse`]) accept.
+pub fn generate_forward_signing_key() -> String {
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    format!("whsec_{}", STANDARD.encode(bytes))
+}
+
+/// A fresh signing key for every `spec.forward` target without `signingSecretRef`: the
+/// planner's `fresh_forward_keys`, used only for a target whose generated key does not
+/// exist yet (the planner draws no randomness itself).
+pub fn generate_forward_signing_keys(
+    spec: &WebhookIntegrationSpec,
+) -> BTreeMap<String, SecretValue> {
+    spec.forward
+        .iter()
+        .filter(|t| t.signing_secret_ref.is_none())
+        .map(|t| (t.name.clone(), SecretValue(generate_forward_signing_key())))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +119,15 @@ mod tests {
         assert_eq!(s.len(), 64);
         assert!(s.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_ne!(s, generate_secret(ProviderKind::Github));
+    }
+
+    #[test]
+    fn forward_signing_keys_parse_as_standard_webhooks_keys() {
+        let a = generate_forward_signing_key();
+        let b = generate_forward_signing_key();
+        assert_ne!(a, b);
+        let key = a.strip_prefix("whsec_").expect("prefix");
+        assert_eq!(STANDARD.decode(key).expect("base64").len(), 32);
+        assert!(crate::domain::forward::payload::SigningKey::parse(&a).is_ok());
     }
 }

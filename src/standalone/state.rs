@@ -3,6 +3,8 @@
 //! ```text
 //! assignments.json          per integration: uid, creation time, generation, last route (0600)
 //! secrets/<ns>/<name>       generated secrets, one value per file (0600), for `cat`
+//! forward-keys/<ns>/<name>/<target>  generated forward signing keys (the cluster's
+//!                           `<name>-forward` Secret), one per file (0600), for `cat`
 //! objects/<ns>/<name>.json  the integration as the controller sees it (metadata, spec, controller status)
 //! status/<ns>/<name>.json   the receiver-owned status (deliveries, incidents)
 //! journal/                  the delivery journal
@@ -17,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crd::WebhookIntegration;
 use crate::receiver::status::{FileStatusWriter, write_atomic};
-use crate::route::Route;
+use crate::route::{Route, SecretValue};
 
 /// What standalone mode assigned to one integration, kept across restarts.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -161,6 +163,68 @@ impl StateDir {
     /// Deletes the generated secret of an integration that was removed.
     pub fn remove_generated_secret(&self, namespace: &str, name: &str) {
         let _ = std::fs::remove_file(self.secret_path(namespace, name));
+    }
+
+    /// Where the generated forward signing keys of an integration are kept, one file per
+    /// target (named after it).
+    pub fn forward_keys_dir(&self, namespace: &str, name: &str) -> PathBuf {
+        self.root.join("forward-keys").join(namespace).join(name)
+    }
+
+    /// The generated forward signing keys of an integration by target name; `None` when
+    /// none were ever stored (or all were dropped).
+    pub fn read_forward_keys(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<BTreeMap<String, String>> {
+        let entries = std::fs::read_dir(self.forward_keys_dir(namespace, name)).ok()?;
+        let keys = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let target = e.file_name().into_string().ok()?;
+                let value = std::fs::read_to_string(e.path()).ok()?;
+                Some((target, value.trim().to_string()))
+            })
+            .collect();
+        Some(keys)
+    }
+
+    /// Stores exactly `keys` (target name → signing key) as the generated forward keys of
+    /// an integration: changed files rewritten (owner-only), removed targets' files
+    /// deleted, the folder removed when no key is left.
+    pub fn write_forward_keys(
+        &self,
+        namespace: &str,
+        name: &str,
+        keys: &BTreeMap<String, SecretValue>,
+    ) -> Result<(), StateError> {
+        let dir = self.forward_keys_dir(namespace, name);
+        let existing = self.read_forward_keys(namespace, name).unwrap_or_default();
+        for target in existing.keys().filter(|t| !keys.contains_key(*t)) {
+            let path = dir.join(target);
+            std::fs::remove_file(&path).map_err(io(&path))?;
+        }
+        if keys.is_empty() {
+            self.remove_forward_keys(namespace, name);
+            return Ok(());
+        }
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        restrict(&dir, 0o700).map_err(io(&dir))?;
+        for (target, key) in keys {
+            if existing.get(target).map(String::as_str) == Some(key.expose()) {
+                continue;
+            }
+            let path = dir.join(target);
+            write_atomic(&path, format!("{}\n", key.expose()).as_bytes()).map_err(io(&path))?;
+            restrict(&path, 0o600).map_err(io(&path))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the generated forward keys of an integration that was removed.
+    pub fn remove_forward_keys(&self, namespace: &str, name: &str) {
+        let _ = std::fs::remove_dir_all(self.forward_keys_dir(namespace, name));
     }
 
     fn object_path(&self, namespace: &str, name: &str) -> PathBuf {

@@ -11,9 +11,10 @@ use super::state::{Assignment, StateDir, StateError, new_uid};
 use crate::crd::ProviderKind;
 use crate::crd::{WebhookIntegration, WebhookIntegrationStatus};
 use crate::domain::plan::{
-    self, GeneratedLookup, PlanInput, RefLookup, SECRET_RESOLVED, SecretSource, lookup_key,
+    self, FORWARD_READY, GeneratedForwardLookup, GeneratedLookup, PlanInput, RefLookup,
+    SECRET_RESOLVED, SecretData, SecretSource, lookup_key,
 };
-use crate::domain::secret::{generate_path, generate_secret};
+use crate::domain::secret::{generate_forward_signing_keys, generate_path, generate_secret};
 use crate::route::Route;
 
 /// One integration as the startup table shows it.
@@ -116,6 +117,19 @@ pub fn sync(
         } else {
             SecretSource::Referenced(lookup_ref(&folder, &namespace, &integration))
         };
+        // The folder's Secret documents are the cluster's Secrets; the state folder holds
+        // what the cluster's generated `<name>-forward` Secret would.
+        let forward_secrets = plan::forward_secret_names(&integration.spec)
+            .into_iter()
+            .map(|n| {
+                let found = folder.secret(&namespace, &n).map(SecretData::from_secret);
+                (n, found)
+            })
+            .collect();
+        let generated_forward = match state.read_forward_keys(&namespace, &name) {
+            Some(keys) => GeneratedForwardLookup::Owned(keys.into_iter().collect()),
+            None => GeneratedForwardLookup::Absent,
+        };
         let planned = plan::plan(PlanInput {
             integration: &integration,
             secret,
@@ -124,11 +138,17 @@ pub fn sync(
             now: now.as_second(),
             fresh_path: generate_path(),
             fresh_secret: generate_secret(integration.spec.provider),
+            forward_secrets,
+            generated_forward,
+            fresh_forward_keys: generate_forward_signing_keys(&integration.spec),
         });
         if let Some(g) = &planned.generated_secret
             && state.read_generated_secret(&namespace, &name).as_deref() != Some(g.value.expose())
         {
             state.write_generated_secret(&namespace, &name, g.value.expose())?;
+        }
+        if let Some(g) = &planned.generated_forward_secret {
+            state.write_forward_keys(&namespace, &name, &g.keys)?;
         }
         let secret_file = state.secret_path(&namespace, &name);
         let mut conditions = planned.status.conditions.clone();
@@ -140,6 +160,18 @@ pub fn sync(
             {
                 c.message = format!("generated secret in {}", secret_file.display());
             }
+        }
+        // Likewise for generated forward keys: files, not the Secret `<name>-forward`.
+        let forward_secret = format!(
+            "Secret {namespace}/{} (key = target name)",
+            plan::generated_forward_secret_name(&name)
+        );
+        let forward_dir = format!(
+            "{} (one file per target)",
+            state.forward_keys_dir(&namespace, &name).display()
+        );
+        for c in conditions.iter_mut().filter(|c| c.type_ == FORWARD_READY) {
+            c.message = c.message.replace(&forward_secret, &forward_dir);
         }
         let ready = conditions.iter().find(|c| c.type_ == plan::READY);
         let row = Row {
@@ -191,6 +223,7 @@ pub fn sync(
             // secret goes with it.
             state.remove_object(namespace, name);
             state.remove_generated_secret(namespace, name);
+            state.remove_forward_keys(namespace, name);
         }
         assignments.remove(&key);
     }
@@ -320,5 +353,49 @@ mod tests {
             (ready.status.as_str(), ready.reason.as_str()),
             ("False", "SecretNotFound")
         );
+    }
+
+    #[test]
+    fn generated_forward_keys_follow_the_targets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::create(&dir.path().join(".state")).expect("state");
+        let with = |targets: &str| {
+            format!(
+                "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata: {{name: gh}}\nspec:\n  provider: github\n  forward: {targets}\n"
+            )
+        };
+        write(
+            dir.path(),
+            "gh.yaml",
+            &with(
+                "[{name: a, url: 'http://127.0.0.1:9/a'}, {name: b, url: 'http://127.0.0.1:9/b'}]",
+            ),
+        );
+        let first = sync(dir.path(), &state, BASE, now(0)).expect("sync");
+        let keys = state.read_forward_keys("default", "gh").expect("keys");
+        assert_eq!(keys.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            first.routes[0].forward[0]
+                .signing_key
+                .as_ref()
+                .map(|k| k.expose()),
+            Some(keys["a"].as_str())
+        );
+
+        // Target b removed: its key goes, a's stays.
+        write(
+            dir.path(),
+            "gh.yaml",
+            &with("[{name: a, url: 'http://127.0.0.1:9/a'}]"),
+        );
+        sync(dir.path(), &state, BASE, now(10)).expect("sync");
+        let after = state.read_forward_keys("default", "gh").expect("keys");
+        assert_eq!(after.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(after["a"], keys["a"]);
+
+        // The integration removed: its keys go with it.
+        std::fs::remove_file(dir.path().join("gh.yaml")).expect("rm");
+        sync(dir.path(), &state, BASE, now(20)).expect("sync");
+        assert!(state.read_forward_keys("default", "gh").is_none());
     }
 }

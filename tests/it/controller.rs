@@ -548,7 +548,7 @@ async fn api_errors_are_returned_for_backoff() {
     let err = reconcile(Arc::new(wi), context(client))
         .await
         .expect_err("transient error");
-    assert_eq!(err.metric_label(), "kube");
+    assert_eq!(err.metric_label(), "read_route");
     server.await.expect("server");
 }
 
@@ -679,4 +679,283 @@ async fn a_route_rewritten_between_the_read_and_the_delete_survives() {
     assert_eq!(outcome, MissingRoute::Changed);
     assert_eq!(ctx.metrics.routes_left_behind_removed.get(), 0);
     server.await.expect("server");
+}
+
+fn b64(v: &Value) -> String {
+    use base64::Engine as _;
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().expect("str"))
+            .expect("b64"),
+    )
+    .expect("utf8")
+}
+
+const SLACK_URL: &str = "https://hooks.slack.com/services/T0/B0/s3cr3tpart";
+const FORWARD_SECRET_PATH: &str = "/api/v1/namespaces/payments/secrets/datadog-prod-forward";
+
+fn forwarding_spec() -> Value {
+    json!({
+        "provider": "github",
+        "secretRef": {"name": "gh", "key": "token"},
+        "forward": [
+            {"name": "tickets", "url": "https://tickets.example.com/in"},
+            {"name": "chat", "urlFrom": {"secretRef": {"name": "slack", "key": "url"}}, "format": "slack", "send": ["incident.opened"]},
+        ],
+    })
+}
+
+/// spec.forward: the Secrets it names are read one by one in the integration's
+/// namespace, the generated signing key lands in `<name>-forward` (owned, applied), and
+/// the route carries each target's URL and key.
+#[tokio::test]
+async fn forward_targets_are_resolved_into_the_route_and_a_generated_forward_secret() {
+    let (client, handle) = mock_client();
+    let wi = integration(forwarding_spec(), true);
+    let gh = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gh", "namespace": "payments"}, "data": {"token": "czNjcjN0"}});
+    let slack = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "slack", "namespace": "payments"}, "stringData": {"url": SLACK_URL}});
+    let written = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "w"}});
+    let server = serve(
+        handle,
+        vec![
+            Step::new(
+                Method::GET,
+                route_path(),
+                StatusCode::NOT_FOUND,
+                not_found(),
+            ),
+            Step::new(
+                Method::GET,
+                "/api/v1/namespaces/payments/secrets/gh",
+                StatusCode::OK,
+                gh.clone(),
+            ),
+            Step::new(
+                Method::GET,
+                "/api/v1/namespaces/payments/secrets/slack",
+                StatusCode::OK,
+                slack.clone(),
+            ),
+            Step::new(
+                Method::GET,
+                FORWARD_SECRET_PATH,
+                StatusCode::NOT_FOUND,
+                not_found(),
+            ),
+            Step::new(
+                Method::PATCH,
+                FORWARD_SECRET_PATH,
+                StatusCode::OK,
+                written.clone(),
+            )
+            .query("fieldManager=hookwarden-controller")
+            .query("force=true"),
+            Step::new(Method::PATCH, route_path(), StatusCode::OK, written),
+            Step::new(
+                Method::PATCH,
+                WI_STATUS_PATH,
+                StatusCode::OK,
+                serde_json::to_value(&wi).expect("json"),
+            ),
+            Step::new(
+                Method::POST,
+                EVENTS_PATH,
+                StatusCode::CREATED,
+                event_answer(),
+            ),
+            Step::new(
+                Method::POST,
+                EVENTS_PATH,
+                StatusCode::CREATED,
+                event_answer(),
+            ),
+        ],
+    );
+    reconcile(Arc::new(wi), context(client))
+        .await
+        .expect("reconcile");
+    let bodies = server.await.expect("server");
+
+    let forward_secret = &bodies[4];
+    assert_eq!(
+        forward_secret["metadata"]["ownerReferences"][0]["uid"],
+        "uid-1"
+    );
+    assert_eq!(
+        forward_secret["metadata"]["labels"]["hookwarden.dev/generated"],
+        "true"
+    );
+    let keys: Vec<&String> = forward_secret["data"]
+        .as_object()
+        .expect("data")
+        .keys()
+        .collect();
+    assert_eq!(keys, ["tickets"], "one key per target with a generated key");
+    let key = b64(&forward_secret["data"]["tickets"]);
+    assert!(key.starts_with("whsec_"), "a Standard Webhooks key");
+
+    let route: Route =
+        serde_json::from_str(&b64(&bodies[5]["data"]["route.json"])).expect("route json");
+    let [tickets, chat] = &route.forward[..] else {
+        panic!("{:?}", route.forward)
+    };
+    assert_eq!(tickets.name, "tickets");
+    assert_eq!(tickets.url.expose(), "https://tickets.example.com/in");
+    assert_eq!(
+        tickets.signing_key.as_ref().map(|k| k.expose()),
+        Some(key.as_str())
+    );
+    assert_eq!((chat.name.as_str(), chat.url.expose()), ("chat", SLACK_URL));
+    assert!(chat.signing_key.is_none(), "slack is not signed");
+
+    let conditions = &bodies[6]["status"]["conditions"];
+    let forward_ready = conditions
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "ForwardReady")
+        .expect("ForwardReady");
+    assert_eq!(forward_ready["status"], "True");
+    assert_eq!(forward_ready["reason"], "ForwardResolved");
+    for event in &bodies[7..] {
+        let text = event.to_string();
+        assert!(
+            !text.contains(&key) && !text.contains("s3cr3tpart"),
+            "{text}"
+        );
+    }
+    assert!(
+        bodies[7..]
+            .iter()
+            .any(|e| e["reason"] == "ForwardKeyGenerated")
+    );
+
+    // The world as written: reads only (the generated key is kept, nothing is rewritten).
+    let mut current = serde_json::to_value(integration(forwarding_spec(), true)).expect("json");
+    current["status"] = bodies[6]["status"].clone();
+    let current: WebhookIntegration = serde_json::from_value(current).expect("wi");
+    let (client, handle) = mock_client();
+    let server = serve(
+        handle,
+        vec![
+            Step::new(Method::GET, route_path(), StatusCode::OK, bodies[5].clone()),
+            Step::new(
+                Method::GET,
+                "/api/v1/namespaces/payments/secrets/gh",
+                StatusCode::OK,
+                gh,
+            ),
+            Step::new(
+                Method::GET,
+                "/api/v1/namespaces/payments/secrets/slack",
+                StatusCode::OK,
+                slack,
+            ),
+            Step::new(
+                Method::GET,
+                FORWARD_SECRET_PATH,
+                StatusCode::OK,
+                bodies[4].clone(),
+            ),
+        ],
+    );
+    reconcile(Arc::new(current), context(client))
+        .await
+        .expect("reconcile");
+    server.await.expect("server");
+}
+
+/// A forward target whose Secret is missing: no route entry for it, ForwardReady False
+/// naming it, a Warning Event; the endpoint itself is Ready and routed.
+#[tokio::test]
+async fn a_missing_forward_secret_is_a_forward_condition_not_an_outage() {
+    let (client, handle) = mock_client();
+    let mut spec = forwarding_spec();
+    spec["forward"] = json!([spec["forward"][1].clone()]);
+    let wi = integration(spec, true);
+    let gh = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gh", "namespace": "payments"}, "data": {"token": "czNjcjN0"}});
+    let written = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "w"}});
+    let server = serve(
+        handle,
+        vec![
+            Step::new(
+                Method::GET,
+                route_path(),
+                StatusCode::NOT_FOUND,
+                not_found(),
+            ),
+            Step::new(
+                Method::GET,
+                "/api/v1/namespaces/payments/secrets/gh",
+                StatusCode::OK,
+                gh,
+            ),
+            Step::new(
+                Method::GET,
+                "/api/v1/namespaces/payments/secrets/slack",
+                StatusCode::NOT_FOUND,
+                not_found(),
+            ),
+            // No generated key is needed and none exists: nothing to write.
+            Step::new(
+                Method::GET,
+                FORWARD_SECRET_PATH,
+                StatusCode::NOT_FOUND,
+                not_found(),
+            ),
+            Step::new(Method::PATCH, route_path(), StatusCode::OK, written),
+            Step::new(
+                Method::PATCH,
+                WI_STATUS_PATH,
+                StatusCode::OK,
+                serde_json::to_value(&wi).expect("json"),
+            ),
+            Step::new(
+                Method::POST,
+                EVENTS_PATH,
+                StatusCode::CREATED,
+                event_answer(),
+            ),
+            Step::new(
+                Method::POST,
+                EVENTS_PATH,
+                StatusCode::CREATED,
+                event_answer(),
+            ),
+        ],
+    );
+    reconcile(Arc::new(wi), context(client))
+        .await
+        .expect("reconcile");
+    let bodies = server.await.expect("server");
+    let route: Route =
+        serde_json::from_str(&b64(&bodies[4]["data"]["route.json"])).expect("route json");
+    assert!(route.forward.is_empty(), "{:?}", route.forward);
+    let conditions = bodies[5]["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .clone();
+    let find = |t: &str| {
+        conditions
+            .iter()
+            .find(|c| c["type"] == t)
+            .unwrap_or_else(|| panic!("{t}"))
+            .clone()
+    };
+    assert_eq!(find("Ready")["status"], "True");
+    let forward_ready = find("ForwardReady");
+    assert_eq!(
+        (&forward_ready["status"], &forward_ready["reason"]),
+        (&json!("False"), &json!("ForwardSecretNotFound"))
+    );
+    let message = forward_ready["message"].as_str().expect("message");
+    assert!(
+        message.contains("spec.forward[chat].urlFrom.secretRef: Secret payments/slack not found"),
+        "{message}"
+    );
+    let warning = bodies[6..]
+        .iter()
+        .find(|e| e["reason"] == "ForwardSecretNotFound")
+        .expect("a Warning Event");
+    assert_eq!(warning["type"], "Warning");
 }

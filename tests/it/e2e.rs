@@ -1467,3 +1467,122 @@ fn burst(
     }
     answers.lock().expect("lock").clone()
 }
+
+fn data_keys(secret: &Value) -> Vec<String> {
+    secret["data"]
+        .as_object()
+        .map(|d| d.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn forward_integration(targets: &str) -> String {
+    format!(
+        "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata:\n  name: fwd\n  namespace: default\nspec:\n  provider: datadog\n  forward:\n{targets}"
+    )
+}
+
+/// spec.forward against the API-server emulator: a target waits on ForwardReady until the
+/// Secret its urlFrom names appears (the controller's Secret watch maps it back to the
+/// integration, no resync needed), generated keys land in `<name>-forward`, and a removed
+/// target's key leaves that Secret (server-side apply drops what it no longer sets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_secrets_are_watched_and_generated_keys_follow_the_targets() {
+    tokio::time::timeout(TEST_LIMIT, forward_scenario(Cluster::emulated().await))
+        .await
+        .expect("test finished in time");
+}
+
+async fn forward_scenario(cluster: Cluster) {
+    let ids = install(&cluster).await;
+    cluster
+        .apply(
+            "fwd.yaml",
+            &forward_integration(
+                "  - {name: tickets, url: 'https://tickets.example.com/in'}\n  - name: chat\n    urlFrom: {secretRef: {name: slack, key: url}}\n    format: slack\n    send: [incident.opened]\n",
+            ),
+        )
+        .await;
+    let controller = start_controller(&cluster, &ids);
+    let logs = || controller.log();
+    let whi = || async {
+        cluster
+            .get(&whi_resource(), "default", "fwd")
+            .await
+            .unwrap_or(Value::Null)
+    };
+    wait_for(
+        "ForwardReady=False",
+        Duration::from_secs(60),
+        &logs,
+        || async { condition(&whi().await, "ForwardReady").as_deref() == Some("False") },
+    )
+    .await;
+    assert_eq!(condition(&whi().await, "Ready").as_deref(), Some("True"));
+    let forward_secret = cluster
+        .get(&secret_resource(), "default", "fwd-forward")
+        .await
+        .expect("fwd-forward");
+    assert_eq!(data_keys(&forward_secret), ["tickets"]);
+    let tickets_key = forward_secret["data"]["tickets"].clone();
+
+    // The missing Secret appears: only the watch can bring the reconcile this soon.
+    cluster
+        .apply(
+            "slack.yaml",
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: slack, namespace: default}\nstringData: {url: 'https://hooks.slack.com/services/T/B/x'}\n",
+        )
+        .await;
+    wait_for(
+        "ForwardReady=True",
+        Duration::from_secs(30),
+        &logs,
+        || async { condition(&whi().await, "ForwardReady").as_deref() == Some("True") },
+    )
+    .await;
+    let routes = cluster
+        .list(
+            &secret_resource(),
+            &ids.namespace,
+            "hookwarden.dev/route=true",
+        )
+        .await;
+    let route_json = routes[0]["data"]["route.json"]
+        .as_str()
+        .expect("route.json");
+    use base64::Engine as _;
+    let route: hookwarden::route::Route = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(route_json)
+            .expect("base64"),
+    )
+    .expect("route");
+    let names: Vec<&str> = route.forward.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["tickets", "chat"]);
+
+    // tickets replaced by partner: its key goes, partner's comes.
+    cluster
+        .apply(
+            "fwd.yaml",
+            &forward_integration(
+                "  - {name: partner, url: 'https://partner.example.com/in'}\n  - name: chat\n    urlFrom: {secretRef: {name: slack, key: url}}\n    format: slack\n    send: [incident.opened]\n",
+            ),
+        )
+        .await;
+    wait_for(
+        "tickets' key dropped",
+        Duration::from_secs(30),
+        &logs,
+        || async {
+            cluster
+                .get(&secret_resource(), "default", "fwd-forward")
+                .await
+                .is_some_and(|s| data_keys(&s) == ["partner"])
+        },
+    )
+    .await;
+    let forward_secret = cluster
+        .get(&secret_resource(), "default", "fwd-forward")
+        .await
+        .expect("fwd-forward");
+    assert_ne!(forward_secret["data"]["partner"], tickets_key);
+}

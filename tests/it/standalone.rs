@@ -777,3 +777,131 @@ fn a_second_standalone_on_the_same_state_refuses_to_start() {
     assert!(stderr.contains("journal"), "{stderr}");
     first.stop();
 }
+
+/// The route standalone serves for `namespace/name`, as stored in its state folder.
+fn stored_route(state: &Path, key: &str) -> serde_json::Value {
+    let bytes = std::fs::read(state.join("assignments.json")).expect("assignments.json");
+    let assignments: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+    assignments[key]["route"].clone()
+}
+
+fn forward_ready(object: &serde_json::Value) -> Option<(String, String)> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "ForwardReady")
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+}
+
+/// spec.forward in standalone: the folder's Secrets play the cluster's, the generated
+/// signing key is kept in the state folder (stable across restarts), a target whose Secret
+/// is missing waits on ForwardReady while the endpoint serves, and `get` shows no secret.
+#[test]
+fn standalone_resolves_forward_targets_from_the_folder_and_keeps_generated_keys() {
+    const PARTNER_URL: &str = "http://127.0.0.1:9/partner-s3cr3t";
+    const TICKETS_URL: &str = "http://127.0.0.1:9/tickets-s3cr3t";
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("gh.yaml"),
+        format!(
+            "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata: {{name: gh}}\nspec:\n  provider: github\n  forward:\n  - name: partner\n    urlFrom: {{secretRef: {{name: partner, key: url}}}}\n  - name: tickets\n    urlFrom: {{secretRef: {{name: tickets, key: url}}}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: partner}}\nstringData: {{url: \"{PARTNER_URL}\"}}\n"
+        ),
+    )
+    .expect("write");
+    let state = dir.path().join(".hookwarden-state");
+    let key_file = state.join("forward-keys/default/gh/partner");
+
+    let running = Standalone::start(dir.path());
+    let route = stored_route(&state, "default/gh");
+    let forward = route["forward"].as_array().expect("route.forward").clone();
+    assert_eq!(
+        forward.len(),
+        1,
+        "tickets waits for its Secret: {forward:?}"
+    );
+    assert_eq!(forward[0]["name"], "partner");
+    assert_eq!(forward[0]["url"], PARTNER_URL);
+    let key = std::fs::read_to_string(&key_file).expect("generated key file");
+    let key = key.trim().to_string();
+    assert!(key.starts_with("whsec_"), "{key}");
+    assert_eq!(forward[0]["signingKey"], key.as_str());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key_file)
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "owner-only key file");
+    }
+    let object = get_json(dir.path(), "gh").expect("get gh");
+    let ready = object["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .expect("Ready");
+    assert_eq!(ready["status"], "True", "the endpoint serves meanwhile");
+    let (status, message) = forward_ready(&object).expect("ForwardReady");
+    assert_eq!(status, "False");
+    assert!(
+        message
+            .contains("spec.forward[tickets].urlFrom.secretRef: Secret default/tickets not found"),
+        "{message}"
+    );
+
+    // The missing Secret appears: the running standalone picks it up.
+    std::fs::write(
+        dir.path().join("tickets.yaml"),
+        format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: tickets}}\nstringData: {{url: \"{TICKETS_URL}\"}}\n"),
+    )
+    .expect("write");
+    let object = wait_for_status(dir.path(), "gh", "ForwardReady True", |o| {
+        forward_ready(o).is_some_and(|(s, _)| s == "True")
+    });
+    let (_, message) = forward_ready(&object).expect("ForwardReady");
+    assert!(
+        message.contains("forward-keys"),
+        "points at the key files: {message}"
+    );
+    // The status is written before the assignments (with the route) at the end of a sync.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let forward = loop {
+        let forward = stored_route(&state, "default/gh")["forward"].clone();
+        if forward.as_array().is_some_and(|f| f.len() == 2) || Instant::now() > deadline {
+            break forward;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(forward[1]["name"], "tickets");
+    assert_eq!(forward[1]["url"], TICKETS_URL);
+    assert_ne!(forward[1]["signingKey"], key.as_str(), "one key per target");
+    running.stop();
+
+    // A restart keeps every generated key.
+    let running = Standalone::start(dir.path());
+    let forward = stored_route(&state, "default/gh")["forward"].clone();
+    assert_eq!(forward[0]["signingKey"], key.as_str());
+    running.stop();
+
+    // `get` never prints a URL from a Secret or a key.
+    for format in ["json", "yaml", "wide"] {
+        let out = hookwarden(&[
+            "get",
+            "--dir",
+            dir.path().to_str().expect("utf-8"),
+            "-o",
+            format,
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !text.contains("s3cr3t") && !text.contains("whsec_"),
+            "get -o {format} shows a secret:\n{text}"
+        );
+    }
+}
