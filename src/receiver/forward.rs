@@ -177,6 +177,7 @@ pub fn jobs_for(config: &ForwardConfig, folded: &Folded) -> Vec<NewJob> {
                         target: target.spec.name.clone(),
                         event: kind.as_str().to_string(),
                         content_type: rendered.content_type.clone(),
+                        format: rendered.format.as_str().to_string(),
                         headers: rendered.headers.clone(),
                         created_ms: accepted.received_at_ms,
                     },
@@ -1016,7 +1017,7 @@ async fn attempt(
     now_ms: i64,
 ) -> Result<crate::forwarder::AttemptResult, String> {
     let rendered = crate::domain::forward::Rendered {
-        format: crate::domain::forward::Format::StandardWebhooks,
+        format: crate::domain::forward::Format::parse(&meta.format).unwrap_or_default(),
         content_type: meta.content_type.clone(),
         body,
         headers: meta.headers.clone(),

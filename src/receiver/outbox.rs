@@ -55,6 +55,10 @@ pub struct JobMeta {
     /// `delivery`, `incident.opened`, …
     pub event: String,
     pub content_type: String,
+    /// The target's format when the job was rendered (`standard-webhooks`, `slack`, …):
+    /// decides whether attempts are signed.
+    #[serde(default)]
+    pub format: String,
     /// Headers that belong to the body (`raw`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<(String, String)>,
@@ -503,6 +507,7 @@ mod tests {
             target: "t".into(),
             event: "delivery".into(),
             content_type: "application/json".into(),
+            format: "standard-webhooks".into(),
             headers: Vec::new(),
             created_ms: 1,
         }

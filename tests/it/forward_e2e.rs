@@ -31,11 +31,22 @@ const BOUND: Duration = Duration::from_secs(20);
 #[derive(Default)]
 struct Target {
     seen: Mutex<Vec<(HeaderMap, Bytes)>>,
+    /// Requests to the `/slack` path (the slack-format target).
+    slack: Mutex<Vec<(HeaderMap, Bytes)>>,
     /// Answers to give, in order; 200 once empty.
     script: Mutex<VecDeque<u16>>,
 }
 
-async fn record(State(t): State<Arc<Target>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn record(
+    State(t): State<Arc<Target>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    if uri.path().ends_with("/slack") {
+        t.slack.lock().expect("lock").push((headers, body));
+        return StatusCode::OK;
+    }
     t.seen.lock().expect("lock").push((headers, body));
     let code = t.script.lock().expect("lock").pop_front().unwrap_or(200);
     StatusCode::from_u16(code).expect("status")
@@ -74,18 +85,31 @@ fn route(path: &str, target_url: &str, schedule: &[&str]) -> Route {
                 "send": ["delivery", "incident.opened", "incident.resolved"],
                 "retry": {"schedule": schedule},
                 "circuitBreaker": {"failures": 100},
+            }, {
+                "name": "chat",
+                "url": format!("{target_url}/slack"),
+                "format": "slack",
+                "send": ["incident.opened"],
             }],
         }))
         .expect("spec"),
-        forward: vec![RouteForward {
-            name: "tickets".into(),
-            url: SecretValue(target_url.into()),
-            signing_key: Some(SecretValue(KEY.into())),
-            headers: BTreeMap::from([(
-                "authorization".to_string(),
-                SecretValue("Bearer to-the-target".into()),
-            )]),
-        }],
+        forward: vec![
+            RouteForward {
+                name: "tickets".into(),
+                url: SecretValue(target_url.into()),
+                signing_key: Some(SecretValue(KEY.into())),
+                headers: BTreeMap::from([(
+                    "authorization".to_string(),
+                    SecretValue("Bearer to-the-target".into()),
+                )]),
+            },
+            RouteForward {
+                name: "chat".into(),
+                url: SecretValue(format!("{target_url}/slack")),
+                signing_key: None,
+                headers: BTreeMap::new(),
+            },
+        ],
     }
 }
 
@@ -211,9 +235,14 @@ fn assert_signed(headers: &HeaderMap, body: &[u8]) {
     assert!(matches!(verdict, Verdict::Valid(_)), "{verdict:?}");
 }
 
+/// The `tickets` target's entry of `status.forwarding`.
 fn forwarding_status(dir: &Path) -> Value {
     let text = std::fs::read_to_string(dir.join("status/payments/dd.json")).unwrap_or_default();
-    serde_json::from_str::<Value>(&text).unwrap_or(Value::Null)["forwarding"][0].clone()
+    let status = serde_json::from_str::<Value>(&text).unwrap_or(Value::Null);
+    status["forwarding"]
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["name"] == "tickets").cloned())
+        .unwrap_or(Value::Null)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,6 +272,24 @@ async fn deliveries_and_incidents_reach_the_target_signed_and_failures_are_retri
             payload["integration"],
             json!({"namespace": "payments", "name": "dd"})
         );
+    }
+
+    // The slack-format target got the opened incident as a message, unsigned.
+    wait_for("the slack message", || {
+        !target.slack.lock().expect("lock").is_empty()
+    })
+    .await;
+    {
+        let slack = target.slack.lock().expect("lock");
+        let (headers, body) = &slack[0];
+        let text: Value = serde_json::from_slice(body).expect("json");
+        assert!(
+            text["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("disk full on db-1")),
+            "{text}"
+        );
+        assert!(!headers.contains_key("webhook-signature"));
     }
 
     // The target fails twice (503), then takes it: retried on the 1 s schedule.
