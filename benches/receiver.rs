@@ -237,6 +237,7 @@ fn start_in_process<S: DeliverySink>(
         }],
         spec: serde_json::from_value(spec).map_err(std::io::Error::other)?,
         forward: Vec::new(),
+        replay: None,
     };
     let routes = Arc::new(RouteTable::new());
     routes.upsert(route).map_err(std::io::Error::other)?;
@@ -687,6 +688,7 @@ fn memory(routes: u64, ids: u64) -> Result<(), Box<dyn std::error::Error>> {
                 secrets: vec![RouteSecret { value: SecretValue(format!("{i:064x}")), expires_at: None }],
                 spec: serde_json::from_value(spec)?,
                 forward: Vec::new(),
+                replay: None,
             })
         })
         .collect::<Result<_, serde_json::Error>>()?;

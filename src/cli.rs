@@ -33,6 +33,9 @@ pub enum Command {
     Sign(crate::tools::SignArgs),
     /// Send a signed, realistic sample delivery to a URL and print the answer.
     SendTest(crate::tools::SendTestArgs),
+    /// Re-queue an integration's dead-lettered forwards (cluster: sets the
+    /// hookwarden.dev/replay annotation; standalone with --dir/--state: directly).
+    Replay(crate::standalone::ReplayArgs),
 }
 
 /// The CRD as YAML, exactly as committed under `crds/`.
@@ -74,6 +77,7 @@ pub fn main() -> ExitCode {
                     Command::Standalone(args) => crate::standalone::run(args).await,
                     Command::Get(args) => crate::standalone::get(args).await,
                     Command::SendTest(args) => crate::tools::send_test(args).await,
+                    Command::Replay(args) => crate::standalone::replay(args).await,
                     Command::Crdgen | Command::Verify(_) | Command::Sign(_) => {
                         unreachable_command()
                     }

@@ -69,6 +69,43 @@ pub struct Route {
     /// absent (its forwards wait, see the controller's condition).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forward: Vec<RouteForward>,
+    /// The integration's replay request (annotation [`REPLAY_ANNOTATION`]): every
+    /// receiver re-queues the integration's dead letters once per new value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayRequest>,
+}
+
+/// Annotation whose every new value re-queues an integration's dead letters.
+pub const REPLAY_ANNOTATION: &str = "hookwarden.dev/replay";
+/// Optional annotation naming the one target to replay.
+pub const REPLAY_TARGET_ANNOTATION: &str = "hookwarden.dev/replay-target";
+
+/// A request to re-queue dead letters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayRequest {
+    /// The annotation's value: a new value is a new request.
+    pub value: String,
+    /// Only this target's dead letters; all targets when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+impl ReplayRequest {
+    /// The request an integration's annotations make, if any.
+    pub fn from_annotations(annotations: &BTreeMap<String, String>) -> Option<ReplayRequest> {
+        let value = annotations.get(REPLAY_ANNOTATION)?.trim();
+        if value.is_empty() {
+            return None;
+        }
+        Some(ReplayRequest {
+            value: value.to_string(),
+            target: annotations
+                .get(REPLAY_TARGET_ANNOTATION)
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty()),
+        })
+    }
 }
 
 /// One forward target's resolved material. `Debug` shows names only.

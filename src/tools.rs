@@ -642,6 +642,62 @@ async fn deliver(prepared: Prepared) -> anyhow::Result<(http::StatusCode, Vec<u8
     Ok((status, out))
 }
 
+/// `hookwarden replay` against a cluster: sets the replay annotations through the
+/// kubeconfig (merge patch), so every receiver re-queues the dead letters once.
+pub async fn replay_in_cluster(
+    name: &str,
+    namespace: Option<&str>,
+    request: &crate::route::ReplayRequest,
+) -> anyhow::Result<ExitCode> {
+    use kube::api::{Api, Patch, PatchParams};
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: no cluster to talk to ({e}); for standalone pass --dir or --state");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let namespace = namespace
+        .map(str::to_string)
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let api: Api<crate::crd::WebhookIntegration> = Api::namespaced(client, &namespace);
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        crate::route::REPLAY_ANNOTATION: request.value,
+        crate::route::REPLAY_TARGET_ANNOTATION: request.target,
+    }}});
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {
+            println!(
+                "replay requested for {namespace}/{name}{}: every receiver re-queues its dead letters (Event ForwardReplayed)",
+                request
+                    .target
+                    .as_deref()
+                    .map(|t| format!(" (target {t})"))
+                    .unwrap_or_default()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            eprintln!("error: webhookintegration {namespace}/{name} not found");
+            Ok(ExitCode::from(1))
+        }
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            eprintln!(
+                "error: not allowed to patch webhookintegration {namespace}/{name}: {} (ask for patch on webhookintegrations.hookwarden.dev)",
+                e.message
+            );
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => {
+            eprintln!("error: cannot set the replay annotation: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -521,6 +521,7 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
                     .as_ref()
                     .map(|f| f.entries.clone())
                     .unwrap_or_default(),
+                replay: crate::route::ReplayRequest::from_annotations(wi.annotations()),
             });
         }
         (

@@ -47,7 +47,7 @@ use crate::domain::forward::{
 use crate::domain::incident::state::Incident;
 use crate::domain::spec::EffectiveForward;
 use crate::forwarder::{Request, Sender};
-use crate::route::RouteForward;
+use crate::route::{ReplayRequest, RouteForward};
 
 /// The body of a delivery that is to be forwarded, kept in its journal record.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,18 +89,20 @@ mod base64_bytes {
 }
 
 /// One integration's forward targets, as its served route has them.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct ForwardConfig {
     pub namespace: String,
     pub name: String,
     pub uid: String,
     pub provider: ProviderKind,
     pub targets: Vec<TargetConfig>,
+    /// The integration's replay request, if its route carries one.
+    pub replay: Option<ReplayRequest>,
 }
 
 /// One target: its resolved spec and the material the controller put in the route
 /// (`None` while its Secrets do not resolve: its forwards wait).
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct TargetConfig {
     pub spec: EffectiveForward,
     pub material: Option<RouteForward>,
@@ -344,7 +346,18 @@ pub struct TargetOutcome {
 pub struct ForwardBoard {
     targets: Mutex<HashMap<String, BTreeMap<String, ForwardStatus>>>,
     written: Mutex<HashMap<(String, String), (i64, i64)>>,
+    events: Mutex<HashMap<String, Vec<ForwardEvent>>>,
     dirty: Mutex<HashSet<String>>,
+}
+
+/// An Event about forwarding, published with the integration's next status write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForwardEvent {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub message: String,
+    /// How many occurrences the message sums up.
+    pub count: u32,
 }
 
 impl std::fmt::Debug for ForwardBoard {
@@ -389,6 +402,53 @@ impl ForwardBoard {
             w.0 += s.delivered;
             w.1 += s.failed;
         }
+    }
+
+    /// Records an Event to publish with the integration's next status write.
+    pub fn event(&self, integration: &str, warning: bool, reason: &'static str, message: String) {
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(integration.to_string())
+            .or_default()
+            .push(ForwardEvent {
+                warning,
+                reason,
+                message,
+                count: 1,
+            });
+        self.dirty
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(integration.to_string());
+    }
+
+    /// A dead letter: one Warning per target per status write, however many.
+    fn dead_lettered(&self, integration: &str, target: &str, why: &str) {
+        let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = events.entry(integration.to_string()).or_default();
+        let prefix = format!("forwards to target {target} dead-lettered");
+        match list.iter_mut().find(|e| e.message.starts_with(&prefix)) {
+            Some(e) => {
+                e.count += 1;
+                e.message = format!("{prefix} ({}; last: {why})", e.count);
+            }
+            None => list.push(ForwardEvent {
+                warning: true,
+                reason: "ForwardDeadLettered",
+                message: format!("{prefix} (1; last: {why})"),
+                count: 1,
+            }),
+        }
+    }
+
+    /// The Events to publish with a status write of `integration`.
+    pub fn take_events(&self, integration: &str) -> Vec<ForwardEvent> {
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(integration)
+            .unwrap_or_default()
     }
 
     /// Integrations whose entries changed since the last call.
@@ -471,12 +531,22 @@ impl Forwarder {
 pub fn start(
     options: ForwarderOptions,
     sender: Sender,
-    lookup: ForwardLookup,
+    configs: &ForwardConfigs,
     clock: Clock,
     metrics: ForwardMetrics,
     stop: CancellationToken,
 ) -> std::io::Result<(Forwarder, tokio::task::JoinHandle<()>)> {
     let outbox = Outbox::open(&options.dir)?;
+    let replays_file = options.dir.join(REPLAYS_FILE);
+    let handled_replays = match std::fs::read(&replays_file) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "outbox: unreadable replay record; replay requests may run once more");
+            HashMap::new()
+        }),
+        Err(_) => HashMap::new(),
+    };
+    let changes = configs.subscribe();
+    let lookup = configs.lookup();
     let (tx, rx) = mpsc::channel(64);
     let board = Arc::new(ForwardBoard::default());
     let mut task = ForwardTask {
@@ -490,10 +560,12 @@ pub fn start(
         circuits: HashMap::new(),
         in_flight: HashMap::new(),
         running: JoinSet::new(),
+        by_integration: HashMap::new(),
+        handled_replays,
         options,
     };
     task.load();
-    let handle = tokio::spawn(task.run(rx, stop));
+    let handle = tokio::spawn(task.run(rx, changes, stop));
     Ok((Forwarder { tx, board }, handle))
 }
 
@@ -516,8 +588,15 @@ struct ForwardTask {
     circuits: HashMap<(String, String), CircuitBreaker>,
     in_flight: HashMap<(String, String), usize>,
     running: JoinSet<AttemptDone>,
+    /// Integration → ids of its live forwards (pending and dead).
+    by_integration: HashMap<String, HashSet<String>>,
+    /// Integration → the replay annotation value already acted on (persisted).
+    handled_replays: HashMap<String, String>,
     options: ForwarderOptions,
 }
+
+/// Where the handled replay requests are kept, in the outbox folder.
+const REPLAYS_FILE: &str = "replays.json";
 
 fn split_key(integration: &str) -> (&str, &str) {
     integration.split_once('/').unwrap_or(("", integration))
@@ -552,6 +631,10 @@ impl ForwardTask {
             })
             .collect();
         for (id, integration, target, state) in entries {
+            self.by_integration
+                .entry(integration.clone())
+                .or_default()
+                .insert(id.clone());
             if state.dead_at_ms.is_some() {
                 self.count(&integration, &target, 0, 1);
             } else {
@@ -576,7 +659,12 @@ impl ForwardTask {
         });
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>, stop: CancellationToken) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        mut changes: mpsc::UnboundedReceiver<ConfigChange>,
+        stop: CancellationToken,
+    ) {
         let mut sweep = tokio::time::interval(Duration::from_secs(30));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -607,6 +695,7 @@ impl ForwardTask {
                         Err(e) => tracing::error!(error = %e, "forward attempt task failed"),
                     }
                 }
+                Some(change) = changes.recv() => self.on_change(change).await,
                 _ = sweep.tick() => self.expire_dead_letters().await,
                 () = tokio::time::sleep(wait) => {}
             }
@@ -656,6 +745,10 @@ impl ForwardTask {
             .collect();
         self.write(changes).await?;
         for job in fresh {
+            self.by_integration
+                .entry(job.meta.integration.clone())
+                .or_default()
+                .insert(job.meta.id.clone());
             self.count(&job.meta.integration, &job.meta.target, 1, 0);
             self.queue.push(Reverse((now, job.meta.id)));
         }
@@ -798,6 +891,7 @@ impl ForwardTask {
                         id: done.id.clone(),
                     }])
                     .await;
+                self.unindex(&integration, &done.id);
                 self.count(&integration, &target, -1, 0);
                 self.board.update(&integration, &target, |s| {
                     s.delivered += 1;
@@ -864,6 +958,7 @@ impl ForwardTask {
         now: i64,
     ) {
         tracing::warn!(%integration, %target, id, reason = %why, "forward dead-lettered");
+        self.board.dead_lettered(integration, target, &why);
         state.dead_at_ms = Some(now);
         state.last_failure = Some(why);
         let _ = self
@@ -891,6 +986,7 @@ impl ForwardTask {
             }
         });
         self.outbox().forget_in_memory(id);
+        self.unindex(integration, id);
         if dead {
             self.count(integration, target, 0, -1);
         } else {
@@ -898,18 +994,102 @@ impl ForwardTask {
         }
     }
 
+    fn unindex(&mut self, integration: &str, id: &str) {
+        if let Some(ids) = self.by_integration.get_mut(integration) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_integration.remove(integration);
+            }
+        }
+    }
+
+    /// A served route changed or an integration went away: drop the forwards of targets
+    /// that no longer exist, and act on a new replay request.
+    async fn on_change(&mut self, change: ConfigChange) {
+        let (key, config) = match change {
+            ConfigChange::Updated(key) => {
+                let config = (self.lookup)(&key);
+                (key, config)
+            }
+            ConfigChange::Removed(key) => {
+                if self.handled_replays.remove(&key).is_some() {
+                    self.save_replays();
+                }
+                (key, None)
+            }
+        };
+        let ids: Vec<String> = self
+            .by_integration
+            .get(&key)
+            .map(|ids| ids.iter().cloned().collect())
+            .unwrap_or_default();
+        let mut dropped = 0;
+        for id in ids {
+            let Some(target) = self.outbox().get(&id).map(|l| l.meta.target.clone()) else {
+                continue;
+            };
+            if config.as_ref().and_then(|c| c.target(&target)).is_none() {
+                self.drop_job(&key, &target, &id);
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            tracing::info!(integration = %key, dropped, "dropped the forwards and dead letters of targets that were removed");
+        }
+        let Some(request) = config.as_ref().and_then(|c| c.replay.clone()) else {
+            return;
+        };
+        if self.handled_replays.get(&key) == Some(&request.value) {
+            return;
+        }
+        let n = self.replay(&key, request.target.as_deref()).await;
+        tracing::info!(integration = %key, target = ?request.target, replayed = n, value = %request.value, "replay requested");
+        self.board.event(
+            &key,
+            false,
+            "ForwardReplayed",
+            match &request.target {
+                Some(t) => format!("replayed {n} dead letters of target {t}"),
+                None => format!("replayed {n} dead letters"),
+            },
+        );
+        self.handled_replays.insert(key, request.value);
+        self.save_replays();
+    }
+
+    fn save_replays(&self) {
+        let path = self.options.dir.join(REPLAYS_FILE);
+        let tmp = self.options.dir.join(format!("{REPLAYS_FILE}.tmp"));
+        let write = || -> std::io::Result<()> {
+            let bytes = serde_json::to_vec(&self.handled_replays).map_err(std::io::Error::other)?;
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, &bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&self.options.dir)?.sync_all()
+        };
+        if let Err(e) = write() {
+            tracing::warn!(error = %e, "cannot record handled replay requests; a restart may replay once more");
+        }
+    }
+
     async fn replay(&mut self, integration: &str, target: Option<&str>) -> usize {
         let now = (self.clock)();
-        let dead: Vec<(String, String, JobState)> = self
-            .outbox()
-            .live()
-            .filter(|l| {
-                l.meta.integration == integration
-                    && l.state.dead_at_ms.is_some()
-                    && target.is_none_or(|t| t == l.meta.target)
-            })
-            .map(|l| (l.meta.id.clone(), l.meta.target.clone(), l.state.clone()))
-            .collect();
+        let ids: Vec<String> = self
+            .by_integration
+            .get(integration)
+            .map(|ids| ids.iter().cloned().collect())
+            .unwrap_or_default();
+        let dead: Vec<(String, String, JobState)> = {
+            let outbox = self.outbox();
+            ids.iter()
+                .filter_map(|id| outbox.get(id))
+                .filter(|l| {
+                    l.state.dead_at_ms.is_some() && target.is_none_or(|t| t == l.meta.target)
+                })
+                .map(|l| (l.meta.id.clone(), l.meta.target.clone(), l.state.clone()))
+                .collect()
+        };
         let changes = dead
             .iter()
             .map(|(id, _, _)| OwnedChange::State {
@@ -968,7 +1148,8 @@ impl ForwardTask {
             .map(|(id, _, _)| OwnedChange::Gone { id: id.clone() })
             .collect();
         if self.write(changes).await.is_ok() {
-            for (_, integration, target) in expired {
+            for (id, integration, target) in expired {
+                self.unindex(&integration, &id);
                 self.count(&integration, &target, 0, -1);
             }
         }
@@ -1056,10 +1237,21 @@ async fn attempt(
         .await)
 }
 
-/// Keeps [`ForwardConfig`]s by integration for the status loop and the forwarder.
+/// A change the forwarder must act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigChange {
+    /// The integration's served route changed (targets, material, replay request).
+    Updated(String),
+    /// The integration is gone: its forwards and dead letters go too.
+    Removed(String),
+}
+
+/// Keeps [`ForwardConfig`]s by integration for the status loop and the forwarder, and
+/// tells the forwarder what changed.
 #[derive(Clone, Default)]
 pub struct ForwardConfigs {
     inner: Arc<RwLock<HashMap<String, Arc<ForwardConfig>>>>,
+    changes: Arc<Mutex<Option<mpsc::UnboundedSender<ConfigChange>>>>,
 }
 
 impl std::fmt::Debug for ForwardConfigs {
@@ -1069,20 +1261,81 @@ impl std::fmt::Debug for ForwardConfigs {
 }
 
 impl ForwardConfigs {
-    pub fn set(&self, key: String, config: Option<ForwardConfig>) {
-        let mut map = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-        match config {
-            Some(c) if !c.targets.is_empty() => {
-                map.insert(key, Arc::new(c));
-            }
-            _ => {
-                map.remove(&key);
-            }
+    fn notify(&self, change: ConfigChange) {
+        if let Some(tx) = self
+            .changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            let _ = tx.send(change);
         }
     }
 
-    pub fn replace_all(&self, configs: HashMap<String, Arc<ForwardConfig>>) {
-        *self.inner.write().unwrap_or_else(PoisonError::into_inner) = configs;
+    /// Where changes go from now on (the forwarder).
+    pub(crate) fn subscribe(&self) -> mpsc::UnboundedReceiver<ConfigChange> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.changes.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
+        rx
+    }
+
+    /// The served route of `key` now forwards as `config` (`None`: to no target).
+    pub fn set(&self, key: String, config: Option<ForwardConfig>) {
+        {
+            let mut map = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+            match config {
+                Some(c) if !c.targets.is_empty() => {
+                    if map.get(&key).is_some_and(|old| **old == c) {
+                        return;
+                    }
+                    map.insert(key.clone(), Arc::new(c));
+                }
+                _ => {
+                    if map.remove(&key).is_none() {
+                        return;
+                    }
+                }
+            }
+        }
+        self.notify(ConfigChange::Updated(key));
+    }
+
+    /// `key` is not served for now (its spec does not compile): its forwards wait, they
+    /// are not dropped.
+    pub fn suspend(&self, key: &str) {
+        self.inner
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+    }
+
+    /// The integration was deleted.
+    pub fn remove(&self, key: &str) {
+        self.suspend(key);
+        self.notify(ConfigChange::Removed(key.to_string()));
+    }
+
+    /// Every served route at once; `unserved` are keys whose routes failed to compile
+    /// (their forwards wait).
+    pub fn replace_all(
+        &self,
+        configs: HashMap<String, Arc<ForwardConfig>>,
+        unserved: &HashSet<String>,
+    ) {
+        let previous = {
+            let mut map = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+            std::mem::replace(&mut *map, configs.clone())
+        };
+        for key in previous.keys() {
+            if !configs.contains_key(key) && !unserved.contains(key) {
+                self.notify(ConfigChange::Updated(key.clone()));
+            }
+        }
+        for (key, config) in configs {
+            if previous.get(&key) != Some(&config) {
+                self.notify(ConfigChange::Updated(key));
+            }
+        }
     }
 
     pub fn lookup(&self) -> ForwardLookup {

@@ -346,6 +346,7 @@ mod tests {
                     secrets: Vec::new(),
                     spec: spec.clone(),
                     forward: Vec::new(),
+                    replay: None,
                 };
                 let compiled = RouteTable::new().upsert(route);
                 if problems.is_empty() {
@@ -385,6 +386,7 @@ mod tests {
                 secrets: Vec::new(),
                 spec: wi.spec.clone(),
                 forward: Vec::new(),
+                replay: None,
             };
             match RouteTable::new().upsert(route) {
                 Err(RouteError {

@@ -691,6 +691,11 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                     .as_ref()
                     .map(|f| f.forwarder.board.of(&key))
                     .filter(|v| !v.is_empty()),
+                forward_events: self
+                    .forwarding
+                    .as_ref()
+                    .map(|f| f.forwarder.board.take_events(&key))
+                    .unwrap_or_default(),
                 forward_targets: self.forwarding.as_ref().and_then(|f| {
                     (f.routes_ready)().then(|| {
                         (f.lookup)(&key)

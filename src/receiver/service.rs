@@ -121,6 +121,7 @@ fn forward_config_of(route: &CompiledRoute) -> Option<ForwardConfig> {
                     .cloned(),
             })
             .collect(),
+        replay: route.route.replay.clone(),
     })
 }
 
@@ -159,11 +160,14 @@ impl ReceiverHandle {
             .iter()
             .map(|r| (r.key.clone(), settings_of(&r.spec)))
             .collect();
+        let unserved: std::collections::HashSet<String> =
+            errors.iter().map(|e| e.integration.clone()).collect();
         self.forward.replace_all(
             served
                 .iter()
                 .filter_map(|r| Some((r.key.clone(), Arc::new(forward_config_of(r)?))))
                 .collect(),
+            &unserved,
         );
         *self
             .settings
@@ -187,7 +191,8 @@ impl ReceiverHandle {
                 settings.insert(key, settings_of(&served.spec))
             }
             None => {
-                self.forward.set(key.clone(), None);
+                // Not served (its spec does not compile): its forwards wait.
+                self.forward.suspend(&key);
                 settings.remove(&key)
             }
         };
@@ -200,7 +205,7 @@ impl ReceiverHandle {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&format!("{namespace}/{name}"));
-        self.forward.set(format!("{namespace}/{name}"), None);
+        self.forward.remove(&format!("{namespace}/{name}"));
         self.routes.remove(namespace, name)
     }
 
@@ -314,7 +319,7 @@ impl<W: StatusWriter> Receiver<W> {
                 per_target_in_flight: 32,
             },
             sender,
-            handle.forward.lookup(),
+            &handle.forward,
             clock,
             forward_metrics,
             forwarder_stop.clone(),
@@ -432,6 +437,7 @@ mod tests {
             }))
             .expect("spec"),
             forward: Vec::new(),
+            replay: None,
         };
         let handle = ReceiverHandle::new();
         let lookup = handle.lookup();

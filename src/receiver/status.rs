@@ -103,6 +103,8 @@ pub struct StatusUpdate {
     pub built_at_ms: i64,
     /// `status.forwarding` news from this replica (see `merge_forwarding`).
     pub forwarding: Option<Vec<crate::crd::ForwardStatus>>,
+    /// Forwarding Events to publish once the write succeeded (replays, dead letters).
+    pub forward_events: Vec<crate::receiver::forward::ForwardEvent>,
     /// The spec's forward targets: `status.forwarding` lists exactly these (`None`:
     /// not known, e.g. routes not loaded yet: the stored entries stay).
     pub forward_targets: Option<Vec<String>>,
@@ -405,6 +407,14 @@ impl StatusWriter for FileStatusWriter {
     }
 
     async fn write(&self, update: &StatusUpdate) -> Result<(), StatusWriteError> {
+        // Standalone has no Events: what a cluster would announce is logged.
+        for e in &update.forward_events {
+            if e.warning {
+                tracing::warn!(integration = %update.key(), reason = e.reason, "{}", e.message);
+            } else {
+                tracing::info!(integration = %update.key(), reason = e.reason, "{}", e.message);
+            }
+        }
         let this = self.clone();
         let update = update.clone();
         tokio::task::spawn_blocking(move || {
@@ -553,6 +563,32 @@ impl KubeStatusWriter {
     }
 }
 
+impl KubeStatusWriter {
+    async fn announce_forwarding(
+        &self,
+        object: &WebhookIntegration,
+        events: &[crate::receiver::forward::ForwardEvent],
+    ) {
+        let reference = object.object_ref(&());
+        for e in events {
+            let event = Event {
+                type_: if e.warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: e.reason.to_string(),
+                note: Some(truncate(&e.message, 1000)),
+                action: "Forward".to_string(),
+                secondary: None,
+            };
+            if let Err(err) = self.recorder.publish(&event, &reference).await {
+                tracing::warn!(reason = e.reason, error = %err, "cannot publish forwarding event");
+            }
+        }
+    }
+}
+
 enum Attempt {
     Conflict,
     Failed(StatusWriteError),
@@ -623,6 +659,8 @@ impl StatusWriter for KubeStatusWriter {
                     let before = ReceiverStatus::from_status(object.status.as_ref());
                     let fresh = unannounced(&before, &written, &update.notices);
                     self.announce(&object, &fresh).await;
+                    self.announce_forwarding(&object, &update.forward_events)
+                        .await;
                     return Ok(());
                 }
                 Err(Attempt::Conflict) => continue,
@@ -677,6 +715,7 @@ mod tests {
             notices: Vec::new(),
             built_at_ms: 1_700_000_001_000,
             forwarding: None,
+            forward_events: Vec::new(),
             forward_targets: None,
         }
     }

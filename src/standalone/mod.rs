@@ -283,14 +283,14 @@ async fn reload_loop(
     receiver: ReceiverHandle,
     shutdown: CancellationToken,
 ) {
-    let mut seen = folder::fingerprint(&dir);
+    let mut seen = (folder::fingerprint(&dir), state.replay_fingerprint());
     let mut tick = tokio::time::interval(RELOAD_EVERY);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now = folder::fingerprint(&dir);
+        let now = (folder::fingerprint(&dir), state.replay_fingerprint());
         if now == seen {
             continue;
         }
@@ -389,4 +389,63 @@ pub async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `hookwarden replay`: re-queue an integration's dead-lettered forwards.
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// The integration.
+    pub name: String,
+    /// Its namespace (default "default" in standalone; the kubeconfig's in a cluster).
+    #[arg(short = 'n', long = "namespace")]
+    pub namespace: Option<String>,
+    /// Only this forward target's dead letters.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// State folder of a standalone run (acts there instead of on a cluster).
+    #[arg(long, conflicts_with = "dir")]
+    pub state: Option<PathBuf>,
+    /// Folder a standalone run serves (its state is DIR/.hookwarden-state).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// A new replay value: the time, to the millisecond (each request differs).
+fn replay_value() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let request = crate::route::ReplayRequest {
+        value: replay_value(),
+        target: args.target.clone(),
+    };
+    let root = match (&args.state, &args.dir) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Some(d)) => Some(d.join(DEFAULT_STATE_DIR)),
+        (None, None) => None,
+    };
+    if let Some(root) = root {
+        let namespace = args.namespace.clone().unwrap_or_else(|| "default".into());
+        let state = StateDir::existing(&root);
+        if !state.has_object(&namespace, &args.name) {
+            eprintln!(
+                "error: no integration {namespace}/{} in the standalone state at {}",
+                args.name,
+                root.display()
+            );
+            return Ok(ExitCode::from(1));
+        }
+        state.write_replay_request(&namespace, &args.name, &request)?;
+        println!(
+            "replay requested for {namespace}/{}{}: a running standalone re-queues its dead letters within 2 s, a stopped one at its next start",
+            args.name,
+            args.target
+                .as_deref()
+                .map(|t| format!(" (target {t})"))
+                .unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    crate::tools::replay_in_cluster(&args.name, args.namespace.as_deref(), &request).await
 }

@@ -222,9 +222,71 @@ impl StateDir {
         Ok(())
     }
 
+    /// Where `hookwarden replay` leaves a replay request for a running (or the next)
+    /// standalone: it plays the `hookwarden.dev/replay` annotation's part.
+    pub fn replay_request_path(&self, namespace: &str, name: &str) -> PathBuf {
+        self.root
+            .join("replay")
+            .join(namespace)
+            .join(format!("{name}.json"))
+    }
+
+    /// The replay request of an integration, if `hookwarden replay` left one.
+    pub fn read_replay_request(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<crate::route::ReplayRequest> {
+        let bytes = std::fs::read(self.replay_request_path(namespace, name)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Leaves a replay request (a new value each time).
+    pub fn write_replay_request(
+        &self,
+        namespace: &str,
+        name: &str,
+        request: &crate::route::ReplayRequest,
+    ) -> Result<(), StateError> {
+        let path = self.replay_request_path(namespace, name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        let bytes = serde_json::to_vec(request).map_err(|e| StateError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        write_atomic(&path, &bytes).map_err(io(&path))
+    }
+
+    /// A cheap fingerprint of the replay requests (names and modification times), so a
+    /// running standalone notices a new one.
+    pub fn replay_fingerprint(&self) -> Vec<(PathBuf, Option<std::time::SystemTime>)> {
+        let mut out = Vec::new();
+        let Ok(namespaces) = std::fs::read_dir(self.root.join("replay")) else {
+            return out;
+        };
+        for ns in namespaces.filter_map(Result::ok) {
+            let Ok(files) = std::fs::read_dir(ns.path()) else {
+                continue;
+            };
+            for f in files.filter_map(Result::ok) {
+                let modified = f.metadata().ok().and_then(|m| m.modified().ok());
+                out.push((f.path(), modified));
+            }
+        }
+        out.sort();
+        out
+    }
+
     /// Deletes the generated forward keys of an integration that was removed.
     pub fn remove_forward_keys(&self, namespace: &str, name: &str) {
         let _ = std::fs::remove_dir_all(self.forward_keys_dir(namespace, name));
+    }
+
+    /// Whether the state knows the integration (it was synced at least once).
+    pub fn has_object(&self, namespace: &str, name: &str) -> bool {
+        self.object_path(namespace, name).is_file()
     }
 
     fn object_path(&self, namespace: &str, name: &str) -> PathBuf {

@@ -130,7 +130,7 @@ pub fn sync(
             Some(keys) => GeneratedForwardLookup::Owned(keys.into_iter().collect()),
             None => GeneratedForwardLookup::Absent,
         };
-        let planned = plan::plan(PlanInput {
+        let mut planned = plan::plan(PlanInput {
             integration: &integration,
             secret,
             previous_route: assignment.route.as_ref(),
@@ -205,6 +205,12 @@ pub fn sync(
             forwarding: Vec::new(),
         });
         state.write_object(&integration)?;
+        // `hookwarden replay --dir` plays the replay annotation's part in standalone.
+        if let Some(route) = planned.route.as_mut()
+            && route.replay.is_none()
+        {
+            route.replay = state.read_replay_request(&route.namespace, &route.name);
+        }
         assignment.route = planned.route.clone();
         if let Some(route) = planned.route {
             synced.routes.push(route);

@@ -603,6 +603,7 @@ async fn left_behind_scenario(cluster: Cluster) {
         secrets: Vec::new(),
         spec: serde_json::from_value(serde_json::json!({"provider": "datadog"})).expect("spec"),
         forward: Vec::new(),
+        replay: None,
     };
     let secrets: Api<k8s_openapi::api::core::v1::Secret> =
         Api::namespaced(cluster.client.clone(), &namespace);

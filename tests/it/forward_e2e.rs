@@ -110,6 +110,7 @@ fn route(path: &str, target_url: &str, schedule: &[&str]) -> Route {
                 headers: BTreeMap::new(),
             },
         ],
+        replay: None,
     }
 }
 

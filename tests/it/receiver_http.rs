@@ -122,6 +122,7 @@ fn route(spec: Value, secrets: Vec<RouteSecret>) -> Route {
         secrets,
         spec: serde_json::from_value(spec).expect("spec"),
         forward: Vec::new(),
+        replay: None,
     }
 }
 

@@ -905,3 +905,171 @@ fn standalone_resolves_forward_targets_from_the_folder_and_keeps_generated_keys(
         );
     }
 }
+
+/// A forward target on 127.0.0.1 (std threads): records each request's head and body
+/// and answers from a script of status codes (200 once it runs out).
+struct ForwardTarget {
+    port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    script: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<u16>>>,
+}
+
+impl ForwardTarget {
+    fn start(port: u16, script: &[u16]) -> ForwardTarget {
+        use std::io::{BufRead as _, Read as _, Write as _};
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind target");
+        let port = listener.local_addr().expect("addr").port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let script = std::sync::Arc::new(std::sync::Mutex::new(
+            script
+                .iter()
+                .copied()
+                .collect::<std::collections::VecDeque<u16>>(),
+        ));
+        let (s, q) = (seen.clone(), script.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { break };
+                let (s, q) = (s.clone(), q.clone());
+                std::thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut reader = BufReader::new(stream);
+                    loop {
+                        let mut head = String::new();
+                        let mut length = 0usize;
+                        loop {
+                            let mut line = String::new();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            if let Some(v) =
+                                line.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                            head.push_str(&line);
+                        }
+                        let mut body = vec![0u8; length];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        s.lock()
+                            .expect("lock")
+                            .push(format!("{head}\r\n{}", String::from_utf8_lossy(&body)));
+                        let code = q.lock().expect("lock").pop_front().unwrap_or(200);
+                        let answer = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
+                        if reader.get_mut().write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        ForwardTarget { port, seen, script }
+    }
+
+    fn bodies(&self) -> Vec<String> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+fn forwarding_folder(port: u16, schedule: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("dd.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: dd-token}}\nstringData: {{token: {DATADOG_TOKEN}}}\n---\napiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata: {{name: dd}}\nspec:\n  provider: datadog\n  secretRef: {{name: dd-token, key: token}}\n  forward:\n  - name: tickets\n    url: http://127.0.0.1:{port}/in\n    send: [delivery]\n    retry: {{schedule: [{schedule}]}}\n"
+        ),
+    )
+    .expect("write yaml");
+    dir
+}
+
+fn tickets(object: &serde_json::Value) -> serde_json::Value {
+    object["status"]["forwarding"]
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["name"] == "tickets").cloned())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// A target that answers 410 dead-letters the forward; `hookwarden replay --dir` has the
+/// running standalone send it again.
+#[test]
+fn standalone_forwards_dead_letters_and_replays_them_on_request() {
+    let target = ForwardTarget::start(0, &[410]);
+    let dir = forwarding_folder(target.port, "1s");
+    let standalone = Standalone::start(dir.path());
+    let url = standalone.url("default/dd").to_string();
+    assert_eq!(datadog(&url, "evt-1", "disk-1", "Triggered"), Some(202));
+    wait_for_status(dir.path(), "dd", "a dead letter", |o| {
+        tickets(o)["deadLettered"] == 1 && tickets(o)["failed"] == 1
+    });
+    let out = hookwarden(&[
+        "replay",
+        "dd",
+        "--dir",
+        dir.path().to_str().expect("utf-8"),
+        "--target",
+        "tickets",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for_status(dir.path(), "dd", "the replayed forward delivered", |o| {
+        tickets(o)["deadLettered"] == 0 && tickets(o)["delivered"] == 1
+    });
+    let bodies = target.bodies();
+    assert_eq!(bodies.len(), 2, "the refused attempt and the replay");
+    let id = |r: &str| {
+        r.lines()
+            .find_map(|l| l.strip_prefix("webhook-id: "))
+            .map(str::to_string)
+    };
+    assert_eq!(
+        id(&bodies[0]),
+        id(&bodies[1]),
+        "a replay keeps the webhook-id"
+    );
+    assert!(bodies[1].contains("\"type\":\"delivery\""), "{}", bodies[1]);
+    standalone.stop();
+    // An unknown integration is a clear error.
+    let out = hookwarden(&[
+        "replay",
+        "nope",
+        "--dir",
+        dir.path().to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+/// `kill -9` with a forward pending (the target is down): after a restart it goes out,
+/// once the target is up, with the same webhook-id.
+#[test]
+fn a_pending_forward_survives_kill_9() {
+    // Reserve a port for the target, then leave it closed: connection refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let dir = forwarding_folder(port, "1s");
+    let standalone = Standalone::start(dir.path());
+    let url = standalone.url("default/dd").to_string();
+    assert_eq!(datadog(&url, "evt-1", "disk-1", "Triggered"), Some(202));
+    wait_for_status(dir.path(), "dd", "a failed attempt", |o| {
+        tickets(o)["failed"].as_i64().is_some_and(|n| n >= 1) && tickets(o)["pending"] == 1
+    });
+    standalone.crash();
+    let target = ForwardTarget::start(port, &[]);
+    let standalone = Standalone::start(dir.path());
+    wait_for_status(
+        dir.path(),
+        "dd",
+        "the forward delivered after the crash",
+        |o| tickets(o)["delivered"] == 1 && tickets(o)["pending"] == 0,
+    );
+    assert_eq!(target.bodies().len(), 1);
+    assert!(target.script.lock().expect("lock").is_empty());
+    standalone.stop();
+}

@@ -514,6 +514,7 @@ fn update(delta_accepted: u64) -> StatusUpdate {
         notices: Vec::new(),
         built_at_ms: 1_700_000_001_000,
         forwarding: None,
+        forward_events: Vec::new(),
         forward_targets: None,
     }
 }
