@@ -63,6 +63,35 @@ fn age_of(time: Option<&jiff::Timestamp>, now: jiff::Timestamp) -> String {
     }
 }
 
+/// One cell for `status.forwarding`: each target with what needs attention (dead
+/// letters, pending forwards, an open circuit), else `ok`.
+fn forwarding_summary(targets: &[crate::crd::ForwardStatus]) -> String {
+    if targets.is_empty() {
+        return "<none>".to_string();
+    }
+    targets
+        .iter()
+        .map(|t| {
+            let mut notes = Vec::new();
+            if t.dead_lettered > 0 {
+                notes.push(format!("{} dead", t.dead_lettered));
+            }
+            if t.pending > 0 {
+                notes.push(format!("{} pending", t.pending));
+            }
+            if let Some(c) = t.circuit.as_deref().filter(|c| *c != "closed") {
+                notes.push(format!("circuit {c}"));
+            }
+            if notes.is_empty() {
+                format!("{}:ok", t.name)
+            } else {
+                format!("{}:{}", t.name, notes.join("/"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The table `kubectl get whi` prints (`wide` adds URL; `all_namespaces` adds NAMESPACE).
 pub fn table(
     objects: &[WebhookIntegration],
@@ -77,6 +106,7 @@ pub fn table(
     header.extend(["NAME", "PROVIDER", "READY", "OPEN", "LAST DELIVERY"]);
     if wide {
         header.push("URL");
+        header.push("FORWARDING");
     }
     header.push("AGE");
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
@@ -110,6 +140,9 @@ pub fn table(
                     .and_then(|s| s.url.clone())
                     .unwrap_or_else(|| "<none>".to_string()),
             );
+            row.push(forwarding_summary(
+                status.map(|s| s.forwarding.as_slice()).unwrap_or_default(),
+            ));
         }
         row.push(age_of(
             o.metadata.creation_timestamp.as_ref().map(|t| &t.0),

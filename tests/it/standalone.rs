@@ -1007,6 +1007,18 @@ fn standalone_forwards_dead_letters_and_replays_them_on_request() {
     wait_for_status(dir.path(), "dd", "a dead letter", |o| {
         tickets(o)["deadLettered"] == 1 && tickets(o)["failed"] == 1
     });
+    let wide = hookwarden(&[
+        "get",
+        "--dir",
+        dir.path().to_str().expect("utf-8"),
+        "-o",
+        "wide",
+    ]);
+    let wide = String::from_utf8_lossy(&wide.stdout);
+    assert!(
+        wide.contains("FORWARDING") && wide.contains("tickets:1 dead"),
+        "{wide}"
+    );
     let out = hookwarden(&[
         "replay",
         "dd",
