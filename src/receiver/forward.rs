@@ -532,11 +532,13 @@ pub fn start(
     options: ForwarderOptions,
     sender: Sender,
     configs: &ForwardConfigs,
+    outbox_bytes: Arc<std::sync::atomic::AtomicU64>,
     clock: Clock,
     metrics: ForwardMetrics,
     stop: CancellationToken,
 ) -> std::io::Result<(Forwarder, tokio::task::JoinHandle<()>)> {
     let outbox = Outbox::open(&options.dir)?;
+    outbox_bytes.store(outbox.disk_bytes(), std::sync::atomic::Ordering::Relaxed);
     let replays_file = options.dir.join(REPLAYS_FILE);
     let handled_replays = match std::fs::read(&replays_file) {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
@@ -561,6 +563,7 @@ pub fn start(
         in_flight: HashMap::new(),
         running: JoinSet::new(),
         by_integration: HashMap::new(),
+        outbox_bytes,
         handled_replays,
         options,
     };
@@ -590,6 +593,8 @@ struct ForwardTask {
     running: JoinSet<AttemptDone>,
     /// Integration → ids of its live forwards (pending and dead).
     by_integration: HashMap<String, HashSet<String>>,
+    /// The outbox's size on disk, shared with the journal's sink (the cap counts both).
+    outbox_bytes: Arc<std::sync::atomic::AtomicU64>,
     /// Integration → the replay annotation value already acted on (persisted).
     handled_replays: HashMap<String, String>,
     options: ForwarderOptions,
@@ -710,14 +715,18 @@ impl ForwardTask {
             return Ok(());
         }
         let outbox = self.outbox.clone();
+        let bytes = self.outbox_bytes.clone();
         tokio::task::spawn_blocking(move || {
             let borrowed: Vec<Change<'_>> = changes.iter().map(OwnedChange::borrow).collect();
             let mut outbox = outbox.lock().unwrap_or_else(PoisonError::into_inner);
-            outbox.append(&borrowed)?;
-            if let Err(e) = outbox.compact_if_worth_it() {
+            let appended = outbox.append(&borrowed);
+            if appended.is_ok()
+                && let Err(e) = outbox.compact_if_worth_it()
+            {
                 tracing::warn!(error = %e, "outbox compaction failed; it is retried later");
             }
-            Ok(())
+            bytes.store(outbox.disk_bytes(), std::sync::atomic::Ordering::Relaxed);
+            appended
         })
         .await
         .map_err(std::io::Error::other)?

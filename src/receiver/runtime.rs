@@ -42,6 +42,10 @@ pub trait DeliveryJournal: Send + Sync + 'static {
     fn failed(&self) -> bool {
         false
     }
+    /// Bytes the journal holds on disk (for the cap it shares with the forward outbox).
+    fn bytes_on_disk(&self) -> u64 {
+        0
+    }
     /// Stores `snapshot` as the state covering every entry up to `covers`, so those
     /// entries can be dropped.
     fn checkpoint(
@@ -62,6 +66,9 @@ impl DeliveryJournal for Journal {
     }
     fn failed(&self) -> bool {
         self.stats().failed
+    }
+    fn bytes_on_disk(&self) -> u64 {
+        self.stats().bytes_on_disk
     }
     async fn checkpoint(&self, snapshot: Vec<u8>, covers: u64) -> Result<(), String> {
         Journal::checkpoint(self, snapshot, covers)
@@ -91,6 +98,8 @@ pub struct RuntimeConfig {
     pub metrics: ReceiverMetrics,
     /// Wall-clock time for status and pruning.
     pub clock: Clock,
+    /// Cap on the journal and the forward outbox together (`--journal-max-bytes`).
+    pub journal_cap: u64,
 }
 
 impl std::fmt::Debug for RuntimeConfig {
@@ -117,6 +126,7 @@ impl Default for RuntimeConfig {
             flush_timeout: Duration::from_secs(10),
             metrics: ReceiverMetrics::default(),
             clock: crate::clock::system_clock(),
+            journal_cap: u64::MAX,
         }
     }
 }
@@ -173,6 +183,10 @@ pub struct JournaledSink<J> {
     capacity: usize,
     counters: Arc<RuntimeCounters>,
     metrics: ReceiverMetrics,
+    /// Bytes of the forward outbox (pending forwards and dead letters), kept up to date
+    /// by the forwarder; with the journal's own bytes it counts against `config.journal_cap`.
+    pub(crate) outbox_bytes: Arc<AtomicU64>,
+    journal_cap: u64,
 }
 
 impl<J> JournaledSink<J> {
@@ -215,6 +229,15 @@ impl<J: DeliveryJournal> DeliverySink for JournaledSink<J> {
                 SinkError::Unavailable("receiver is shutting down".into())
             }
         })?;
+        // Pending forwards and dead letters count against the journal's cap: when the two
+        // together reach it, new deliveries wait (503); a pending forward never gives up
+        // its place for them.
+        let outbox = self.outbox_bytes.load(Ordering::Relaxed);
+        if outbox > 0 && self.journal.bytes_on_disk().saturating_add(outbox) >= self.journal_cap {
+            return Err(SinkError::Unavailable(
+                "the journal and the forward outbox reached --journal-max-bytes together".into(),
+            ));
+        }
         let record = serde_json::to_vec(&delivery)
             .map_err(|e| SinkError::Unavailable(format!("cannot encode journal record: {e}")))?;
         self.counters.inflight.fetch_add(1, Ordering::SeqCst);
@@ -460,6 +483,8 @@ pub fn build<J: DeliveryJournal, W: StatusWriter>(
         capacity,
         counters: counters.clone(),
         metrics: config.metrics.clone(),
+        outbox_bytes: Arc::new(AtomicU64::new(0)),
+        journal_cap: config.journal_cap,
     });
     let checkpointed_seq = ledger.covered_seq();
     let status_loop = StatusLoop {

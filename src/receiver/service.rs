@@ -297,11 +297,13 @@ impl<W: StatusWriter> Receiver<W> {
         let runtime_config = RuntimeConfig {
             metrics: metrics.clone(),
             clock: config.clock.clone(),
+            journal_cap: options.journal_max_bytes,
             ..options.runtime.clone()
         };
         let clock = config.clock.clone();
         let (sink, status_loop) =
             runtime::build(journal.clone(), writer, ledger, lookup, runtime_config);
+        let outbox_bytes = sink.outbox_bytes.clone();
         let state = Arc::new(ReceiverState::new(
             config,
             handle.routes.clone(),
@@ -320,6 +322,7 @@ impl<W: StatusWriter> Receiver<W> {
             },
             sender,
             &handle.forward,
+            outbox_bytes,
             clock,
             forward_metrics,
             forwarder_stop.clone(),

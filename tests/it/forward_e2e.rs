@@ -122,9 +122,13 @@ struct Running {
 }
 
 async fn start_receiver(dir: &Path, route: Route) -> Running {
+    start_receiver_capped(dir, route, 64 << 20).await
+}
+
+async fn start_receiver_capped(dir: &Path, route: Route, cap: u64) -> Running {
     let options = ReceiverOptions {
         journal_dir: dir.join("journal"),
-        journal_max_bytes: 64 << 20,
+        journal_max_bytes: cap,
         journal_commit_window: Duration::ZERO,
         dedup_max_ids: 10_000,
         trusted_proxies: Vec::new(),
@@ -165,10 +169,16 @@ impl Running {
 }
 
 async fn send_datadog(url: &str, id: &str, transition: &str) -> u16 {
+    send_datadog_padded(url, id, transition, 0).await
+}
+
+/// A Datadog delivery with `padding` bytes of message text.
+async fn send_datadog_padded(url: &str, id: &str, transition: &str, padding: usize) -> u16 {
     let body = json!({
         "id": id, "aggreg_key": "disk-db-1", "alert_name": "disk full on db-1",
         "alert_transition": transition, "severity": "high",
         "link": "https://app.datadoghq.com/monitors/1",
+        "message": "x".repeat(padding),
     })
     .to_string();
     let url = url.to_string();
@@ -395,6 +405,53 @@ async fn pending_forwards_survive_a_restart_and_go_out_with_the_same_webhook_id(
     wait_for("status totals across the restart", || {
         let s = forwarding_status(dir.path());
         s["delivered"].as_i64() == Some(2) && s["failed"].as_i64() == Some(2)
+    })
+    .await;
+    running.stop().await;
+}
+
+/// Pending forwards count against the journal cap: once the journal and the outbox
+/// together reach it, new deliveries get 503 and every pending forward keeps its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_turns_new_deliveries_away_and_keeps_every_pending_forward() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A closed port: every attempt is refused, the forwards stay pending (long schedule).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let running = start_receiver_capped(
+        dir.path(),
+        route(
+            &generate_path(),
+            &format!("http://127.0.0.1:{port}/in"),
+            &["1h"],
+        ),
+        1 << 20,
+    )
+    .await;
+    let mut accepted = 0;
+    let mut refused = None;
+    for i in 0..400 {
+        match send_datadog_padded(&running.url, &format!("evt-{i}"), "Triggered", 16 * 1024).await {
+            202 => accepted += 1,
+            code => {
+                refused = Some(code);
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        refused,
+        Some(503),
+        "the cap was reached after {accepted} deliveries"
+    );
+    assert!(accepted > 10, "only {accepted} accepted");
+    // Every accepted delivery's forward is pending (and the incident the first one
+    // opened): none was dropped to make room.
+    wait_for("every forward pending", || {
+        forwarding_status(dir.path())["pending"].as_i64() == Some(accepted + 1)
     })
     .await;
     running.stop().await;
