@@ -563,6 +563,7 @@ pub fn start(
         in_flight: HashMap::new(),
         running: JoinSet::new(),
         by_integration: HashMap::new(),
+        staged: Vec::new(),
         outbox_bytes,
         handled_replays,
         options,
@@ -593,6 +594,10 @@ struct ForwardTask {
     running: JoinSet<AttemptDone>,
     /// Integration → ids of its live forwards (pending and dead).
     by_integration: HashMap<String, HashSet<String>>,
+    /// Outcome records not yet appended: written together, one fsync for every attempt
+    /// that finished meanwhile (the index already reflects them; a crash before the
+    /// write only means an attempt is made again).
+    staged: Vec<OwnedChange>,
     /// The outbox's size on disk, shared with the journal's sink (the cap counts both).
     outbox_bytes: Arc<std::sync::atomic::AtomicU64>,
     /// Integration → the replay annotation value already acted on (persisted).
@@ -673,6 +678,7 @@ impl ForwardTask {
         let mut sweep = tokio::time::interval(Duration::from_secs(30));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.flush().await;
             self.start_due();
             let next_due = self.queue.peek().map(|Reverse((at, _))| *at);
             let wait = match next_due {
@@ -695,9 +701,14 @@ impl ForwardTask {
                     None => break,
                 },
                 Some(done) = self.running.join_next(), if !self.running.is_empty() => {
-                    match done {
-                        Ok(done) => self.finish(done).await,
-                        Err(e) => tracing::error!(error = %e, "forward attempt task failed"),
+                    // Everything that finished meanwhile, recorded with one append.
+                    let mut next = Some(done);
+                    while let Some(done) = next {
+                        match done {
+                            Ok(done) => self.finish(done),
+                            Err(e) => tracing::error!(error = %e, "forward attempt task failed"),
+                        }
+                        next = self.running.try_join_next();
                     }
                 }
                 Some(change) = changes.recv() => self.on_change(change).await,
@@ -708,6 +719,7 @@ impl ForwardTask {
         // Attempts still running are abandoned: their forwards stay pending in the outbox
         // and are attempted again at the next start (same webhook-id).
         self.running.abort_all();
+        self.flush().await;
     }
 
     async fn write(&self, changes: Vec<OwnedChange>) -> std::io::Result<()> {
@@ -730,6 +742,17 @@ impl ForwardTask {
         })
         .await
         .map_err(std::io::Error::other)?
+    }
+
+    /// Appends the staged outcome records.
+    async fn flush(&mut self) {
+        if self.staged.is_empty() {
+            return;
+        }
+        let changes = std::mem::take(&mut self.staged);
+        if let Err(e) = self.write(changes).await {
+            tracing::error!(error = %e, "cannot record forward outcomes in the outbox; after a restart those attempts are made again");
+        }
     }
 
     async fn import(&mut self, jobs: Vec<NewJob>) -> std::io::Result<()> {
@@ -841,7 +864,7 @@ impl ForwardTask {
         self.queue.push(Reverse((at, id)));
     }
 
-    async fn finish(&mut self, done: AttemptDone) {
+    fn finish(&mut self, done: AttemptDone) {
         let now = (self.clock)();
         let Some(live) = self.outbox().get(&done.id).cloned() else {
             return;
@@ -867,8 +890,7 @@ impl ForwardTask {
                     live.state,
                     e,
                     now,
-                )
-                .await;
+                );
                 return;
             }
         };
@@ -895,11 +917,10 @@ impl ForwardTask {
         state.attempts = state.attempts.saturating_add(1);
         match outcome {
             Outcome::Delivered => {
-                let _ = self
-                    .write(vec![OwnedChange::Gone {
-                        id: done.id.clone(),
-                    }])
-                    .await;
+                self.staged.push(OwnedChange::Gone {
+                    id: done.id.clone(),
+                });
+                self.outbox().forget_in_memory(&done.id);
                 self.unindex(&integration, &done.id);
                 self.count(&integration, &target, -1, 0);
                 self.board.update(&integration, &target, |s| {
@@ -909,8 +930,7 @@ impl ForwardTask {
             }
             Outcome::Terminal => {
                 self.note_failure(&integration, &target, &result.detail, now);
-                self.dead_letter(&integration, &target, &done.id, state, result.detail, now)
-                    .await;
+                self.dead_letter(&integration, &target, &done.id, state, result.detail, now);
             }
             Outcome::Retryable => {
                 self.note_failure(&integration, &target, &result.detail, now);
@@ -920,12 +940,10 @@ impl ForwardTask {
                     Some(at) => {
                         state.next_at_ms = at;
                         state.last_failure = Some(result.detail);
-                        let _ = self
-                            .write(vec![OwnedChange::State {
-                                id: done.id.clone(),
-                                state: state.clone(),
-                            }])
-                            .await;
+                        self.staged.push(OwnedChange::State {
+                            id: done.id.clone(),
+                            state: state.clone(),
+                        });
                         self.set_state(&done.id, state);
                         self.queue.push(Reverse((at, done.id)));
                     }
@@ -937,8 +955,7 @@ impl ForwardTask {
                             state,
                             result.detail,
                             now,
-                        )
-                        .await;
+                        );
                     }
                 }
             }
@@ -957,7 +974,7 @@ impl ForwardTask {
         });
     }
 
-    async fn dead_letter(
+    fn dead_letter(
         &mut self,
         integration: &str,
         target: &str,
@@ -970,12 +987,10 @@ impl ForwardTask {
         self.board.dead_lettered(integration, target, &why);
         state.dead_at_ms = Some(now);
         state.last_failure = Some(why);
-        let _ = self
-            .write(vec![OwnedChange::State {
-                id: id.to_string(),
-                state: state.clone(),
-            }])
-            .await;
+        self.staged.push(OwnedChange::State {
+            id: id.to_string(),
+            state: state.clone(),
+        });
         self.set_state(id, state);
         self.count(integration, target, -1, 1);
     }
@@ -985,15 +1000,9 @@ impl ForwardTask {
             .outbox()
             .get(id)
             .is_some_and(|l| l.state.dead_at_ms.is_some());
-        let outbox = self.outbox.clone();
-        let id_owned = id.to_string();
-        // Best effort: a forward whose target is gone is dropped again at the next start.
-        tokio::task::spawn_blocking(move || {
-            let mut o = outbox.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Err(e) = o.append(&[Change::Gone { id: &id_owned }]) {
-                tracing::warn!(error = %e, "cannot record a dropped forward");
-            }
-        });
+        // Written with the next flush; if that is lost, the forward is dropped again at
+        // the next start.
+        self.staged.push(OwnedChange::Gone { id: id.to_string() });
         self.outbox().forget_in_memory(id);
         self.unindex(integration, id);
         if dead {
