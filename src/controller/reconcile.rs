@@ -316,6 +316,23 @@ pub fn backoff(attempt: u32) -> Duration {
     base + Duration::from_millis(jitter_ms)
 }
 
+/// One Secret of the integration's namespace, `None` when it does not exist; an API
+/// failure is the `resolve_secret` step's error, naming the Secret.
+async fn get_secret(
+    secrets: &Api<Secret>,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Secret>, Error> {
+    secrets
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::ResolveSecret {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            source,
+        })
+}
+
 /// What was found for the secret, plus the generated Secret's current data (so it is not
 /// read twice).
 async fn find_secret(
@@ -326,32 +343,14 @@ async fn find_secret(
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     match &wi.spec.secret_ref {
         Some(r) => {
-            let Some(secret) =
-                secrets
-                    .get_opt(&r.name)
-                    .await
-                    .map_err(|source| Error::ResolveSecret {
-                        namespace: namespace.to_string(),
-                        name: r.name.clone(),
-                        source,
-                    })?
-            else {
+            let Some(secret) = get_secret(&secrets, namespace, &r.name).await? else {
                 return Ok((SecretSource::Referenced(RefLookup::SecretMissing), None));
             };
             Ok((SecretSource::Referenced(lookup_key(&secret, &r.key)), None))
         }
         None => {
             let name = plan::generated_secret_name(&wi.name_any());
-            let Some(secret) =
-                secrets
-                    .get_opt(&name)
-                    .await
-                    .map_err(|source| Error::ResolveSecret {
-                        namespace: namespace.to_string(),
-                        name: name.clone(),
-                        source,
-                    })?
-            else {
+            let Some(secret) = get_secret(&secrets, namespace, &name).await? else {
                 return Ok((SecretSource::Generated(GeneratedLookup::Absent), None));
             };
             let uid = wi.uid().unwrap_or_default();
@@ -390,26 +389,13 @@ async fn find_forward_secrets(
     previous_route: Option<&Route>,
 ) -> Result<ForwardFound, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let get = |name: String| {
-        let secrets = secrets.clone();
-        async move {
-            secrets
-                .get_opt(&name)
-                .await
-                .map_err(|source| Error::ResolveSecret {
-                    namespace: namespace.to_string(),
-                    name: name.clone(),
-                    source,
-                })
-        }
-    };
     let mut found = ForwardFound {
         secrets: BTreeMap::new(),
         generated: GeneratedForwardLookup::Absent,
         generated_data: None,
     };
     for name in plan::forward_secret_names(&wi.spec) {
-        let secret = get(name.clone()).await?;
+        let secret = get_secret(&secrets, namespace, &name).await?;
         found
             .secrets
             .insert(name, secret.as_ref().map(SecretData::from_secret));
@@ -419,7 +405,7 @@ async fn find_forward_secrets(
         return Ok(found);
     }
     let name = plan::generated_forward_secret_name(&wi.name_any());
-    if let Some(secret) = get(name).await? {
+    if let Some(secret) = get_secret(&secrets, namespace, &name).await? {
         let uid = wi.uid().unwrap_or_default();
         if secret.owner_references().iter().any(|o| o.uid == uid) {
             found.generated = GeneratedForwardLookup::Owned(SecretData::from_secret(&secret));
