@@ -605,6 +605,10 @@ struct ForwardTask {
     options: ForwarderOptions,
 }
 
+/// Forwards a scheduling pass may put back (no route yet, target busy) before it stops:
+/// the rest stay due for the next pass.
+const MAX_DEFERRALS_PER_PASS: usize = 1024;
+
 /// Where the handled replay requests are kept, in the outbox folder.
 const REPLAYS_FILE: &str = "replays.json";
 
@@ -808,10 +812,17 @@ impl ForwardTask {
                 continue; // dead, or rescheduled since this entry was pushed
             }
             let key = (live.meta.integration.clone(), live.meta.target.clone());
-            let config = (self.lookup)(&live.meta.integration);
-            let target = config.as_ref().and_then(|c| c.target(&live.meta.target));
-            let Some(target) = target else {
-                // The integration or the target is gone: its forwards go with it.
+            let Some(config) = (self.lookup)(&live.meta.integration) else {
+                // No route for it (yet: just started, or its spec does not compile). Only
+                // a route change or the first full sync may drop it (`on_change`).
+                deferred.push(Reverse((now + 1_000, id)));
+                if deferred.len() >= MAX_DEFERRALS_PER_PASS {
+                    break;
+                }
+                continue;
+            };
+            let Some(target) = config.target(&live.meta.target) else {
+                // The route is there and the target is not: it was removed.
                 tracing::info!(integration = %live.meta.integration, target = %live.meta.target, id = %id, "dropping a forward whose target no longer exists");
                 self.drop_job(&live.meta.integration, &live.meta.target, &id);
                 continue;
@@ -821,7 +832,13 @@ impl ForwardTask {
                 continue;
             };
             if self.in_flight.get(&key).copied().unwrap_or(0) >= self.options.per_target_in_flight {
+                // Its target is busy: it waits a moment, behind other targets' due
+                // forwards. Bounded per pass, so a backlog of one busy target is not
+                // re-queued whole on every wake-up.
                 deferred.push(Reverse((now + 50, id)));
+                if deferred.len() >= MAX_DEFERRALS_PER_PASS {
+                    break;
+                }
                 continue;
             }
             let circuit = self
@@ -1025,6 +1042,18 @@ impl ForwardTask {
     /// that no longer exist, and act on a new replay request.
     async fn on_change(&mut self, change: ConfigChange) {
         let (key, config) = match change {
+            ConfigChange::Synced { unserved } => {
+                let gone: Vec<String> = self
+                    .by_integration
+                    .keys()
+                    .filter(|k| !unserved.contains(*k) && (self.lookup)(k).is_none())
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    Box::pin(self.on_change(ConfigChange::Removed(key))).await;
+                }
+                return;
+            }
             ConfigChange::Updated(key) => {
                 let config = (self.lookup)(&key);
                 (key, config)
@@ -1262,6 +1291,10 @@ pub enum ConfigChange {
     Updated(String),
     /// The integration is gone: its forwards and dead letters go too.
     Removed(String),
+    /// A full list of routes was loaded: forwards of integrations that are not in it
+    /// (deleted while this receiver was down) go; `unserved` are integrations whose
+    /// routes did not compile (their forwards wait).
+    Synced { unserved: HashSet<String> },
 }
 
 /// Keeps [`ForwardConfig`]s by integration for the status loop and the forwarder, and
@@ -1354,6 +1387,9 @@ impl ForwardConfigs {
                 self.notify(ConfigChange::Updated(key));
             }
         }
+        self.notify(ConfigChange::Synced {
+            unserved: unserved.clone(),
+        });
     }
 
     pub fn lookup(&self) -> ForwardLookup {

@@ -126,6 +126,12 @@ async fn start_receiver(dir: &Path, route: Route) -> Running {
 }
 
 async fn start_receiver_capped(dir: &Path, route: Route, cap: u64) -> Running {
+    start_receiver_with(dir, route, cap, Duration::ZERO).await
+}
+
+/// `route_after`: how long the receiver runs before its route arrives (a cluster
+/// receiver's route watch takes a moment after a restart).
+async fn start_receiver_with(dir: &Path, route: Route, cap: u64, route_after: Duration) -> Running {
     let options = ReceiverOptions {
         journal_dir: dir.join("journal"),
         journal_max_bytes: cap,
@@ -144,8 +150,18 @@ async fn start_receiver_capped(dir: &Path, route: Route, cap: u64) -> Running {
         .await
         .expect("receiver starts");
     let path = route.path.clone();
-    receiver.handle().upsert(route).expect("route compiles");
-    receiver.state().set_ready(true);
+    let handle = receiver.handle();
+    let state = receiver.state().clone();
+    let load_route = async move {
+        tokio::time::sleep(route_after).await;
+        handle.replace_all(vec![route]);
+        state.set_ready(true);
+    };
+    if route_after.is_zero() {
+        load_route.await;
+    } else {
+        tokio::spawn(load_route);
+    }
     let forwarder = receiver.forwarder();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -454,5 +470,53 @@ async fn a_full_outbox_turns_new_deliveries_away_and_keeps_every_pending_forward
         forwarding_status(dir.path())["pending"].as_i64() == Some(accepted + 1)
     })
     .await;
+    running.stop().await;
+}
+
+/// After a restart, forwards that are due before the receiver has its routes wait for
+/// them instead of being taken for forwards of a deleted integration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_due_before_the_routes_arrive_wait_for_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let path = generate_path();
+    let url = format!("http://127.0.0.1:{port}/in");
+    let running = start_receiver(dir.path(), route(&path, &url, &["1s"])).await;
+    assert_eq!(send_datadog(&running.url, "evt-1", "Triggered").await, 202);
+    wait_for("a refused attempt", || {
+        forwarding_status(dir.path())["failed"].as_i64() >= Some(1)
+    })
+    .await;
+    running.stop().await;
+
+    // The target comes up; the receiver restarts and gets its route only after the
+    // forwards' next attempts are due.
+    let target = Arc::new(Target::default());
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the target's port again");
+    let app = axum::Router::new()
+        .fallback(axum::routing::post(record))
+        .with_state(target.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let running = start_receiver_with(
+        dir.path(),
+        route(&path, &url, &["1s"]),
+        64 << 20,
+        Duration::from_millis(2500),
+    )
+    .await;
+    wait_for("both forwards delivered once the route arrived", || {
+        let s = forwarding_status(dir.path());
+        s["delivered"].as_i64() == Some(2) && s["pending"].as_i64() == Some(0)
+    })
+    .await;
+    assert_eq!(types(&target).len(), 2);
     running.stop().await;
 }
