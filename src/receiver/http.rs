@@ -2,8 +2,10 @@
 //! as typed stages; the first that fails answers with its [`Refusal`].
 //!
 //! route lookup (404) → [`admit`]: method (405), suspended (503), content type (415),
-//! source range (403), rate (429) → [`read_body`] (413/408) → [`authenticate`]:
-//! signature, token, timestamp window (401), the only way to an `Authentic` delivery →
+//! source range (403) → [`read_body`] (413/408) → [`authenticate`]: signature, token,
+//! timestamp window (401), the only way to an `Authentic` delivery → rate (429: only
+//! authentic deliveries spend the integration's budget, so unsigned floods cannot starve
+//! its real sender) →
 //! [`parse`]: JSON/form, schema (400) → [`classify`]: handshake, event filter (ignored),
 //! incident mapping (400) → dedup (duplicate) → [`DeliverySink::accept`] (journaled,
 //! fsync'd) → 202. A sink that cannot make the delivery durable turns into 503 +
@@ -504,7 +506,8 @@ fn twilio_url(config: &PipelineConfig, parts: &Parts) -> String {
 }
 
 /// The checks that need no body, cheapest first: method (405), suspended (503), content
-/// type (415), source range (403), rate (429).
+/// type (415), source range (403). The rate is checked after authentication: requests
+/// that do not verify must not spend the budget of the sender that signs correctly.
 fn admit(config: &PipelineConfig, route: &CompiledRoute, parts: &Parts) -> Result<(), Refusal> {
     if parts.method != Method::POST {
         return Err(Refusal::MethodNotAllowed);
@@ -518,12 +521,7 @@ fn admit(config: &PipelineConfig, route: &CompiledRoute, parts: &Parts) -> Resul
     if !source_allowed(config, route, parts) {
         return Err(Refusal::SourceNotAllowed);
     }
-    route
-        .rate
-        .check()
-        .map_err(|retry_after_seconds| Refusal::RateLimited {
-            retry_after_seconds,
-        })
+    Ok(())
 }
 
 /// The body, never buffered past `maxBodyBytes` (413) nor waited for past the body
@@ -703,6 +701,7 @@ fn classify(route: &CompiledRoute, parsed: Parsed) -> Result<Classified, Refusal
         received_at_ms: authentic.now_ms,
         ignored,
         incidents,
+        replay_key: None,
         forward,
     }))
 }
@@ -718,34 +717,56 @@ async fn run<S: DeliverySink>(
     admit(config, route, &parts)?;
     let bytes = read_body(route, &parts, body, config.body_timeout).await?;
     let authentic = authenticate(config, route, parts, bytes)?;
+    route
+        .rate
+        .check()
+        .map_err(|retry_after_seconds| Refusal::RateLimited {
+            retry_after_seconds,
+        })?;
+    // For presets whose id header is unsigned, a digest of what is signed is a second
+    // dedup key: a captured delivery re-sent with a fresh id is still a duplicate.
+    let replay_key = signature::id_is_unsigned(route.spec.provider).then(|| {
+        use sha2::Digest as _;
+        format!(
+            "signed:{}",
+            hex::encode(&sha2::Sha256::digest(&authentic.body)[..16])
+        )
+    });
     let parsed = parse(route, authentic)?;
-    let accepted = match classify(route, parsed)? {
+    let mut accepted = match classify(route, parsed)? {
         Classified::Handshake(response) => return Ok((Outcome::Handshake, response)),
         Classified::Delivery(accepted) => accepted,
     };
+    accepted.replay_key = replay_key;
     if let Some(id) = &accepted.delivery_id {
         tracing::Span::current().record("delivery_id", id.as_str());
     }
-    let claim = match (&accepted.delivery_id, route.spec.dedup_window.is_zero()) {
-        (Some(id), false) => match state
-            .dedup
-            .claim(&route.key, id, route.spec.dedup_window)
-            .await
+    let mut claims = Vec::new();
+    if !route.spec.dedup_window.is_zero() {
+        for key in accepted
+            .delivery_id
+            .iter()
+            .chain(accepted.replay_key.iter())
         {
-            Check::Fresh(claim) => Some(claim),
-            Check::Duplicate => {
-                state.metrics.dedup_hit(route.spec.provider.as_str());
-                state.sink.duplicate(Duplicate {
-                    integration: route.key.clone(),
-                    uid: route.route.uid.clone(),
-                    at_ms: accepted.received_at_ms,
-                });
-                return Ok((Outcome::Duplicate, Outcome::Duplicate.response()));
+            match state
+                .dedup
+                .claim(&route.key, key, route.spec.dedup_window)
+                .await
+            {
+                Check::Fresh(claim) => claims.push(claim),
+                Check::Duplicate => {
+                    state.metrics.dedup_hit(route.spec.provider.as_str());
+                    state.sink.duplicate(Duplicate {
+                        integration: route.key.clone(),
+                        uid: route.route.uid.clone(),
+                        at_ms: accepted.received_at_ms,
+                    });
+                    return Ok((Outcome::Duplicate, Outcome::Duplicate.response()));
+                }
+                Check::RetryLater => return Err(Refusal::RetryInFlight),
             }
-            Check::RetryLater => return Err(Refusal::RetryInFlight),
-        },
-        _ => None,
-    };
+        }
+    }
     let outcome = if accepted.ignored {
         Outcome::Ignored
     } else {
@@ -753,14 +774,14 @@ async fn run<S: DeliverySink>(
     };
     match state.sink.accept(accepted).await {
         Ok(()) => {
-            if let Some(claim) = claim {
+            for claim in claims {
                 claim.accepted();
             }
             Ok((outcome, outcome.response()))
         }
         Err(e) => {
-            // Dropping the claim forgets the id, so the sender's retry is accepted.
-            drop(claim);
+            // Dropping the claims forgets the keys, so the sender's retry is accepted.
+            drop(claims);
             tracing::warn!(error = %e, "delivery not kept; answering 503");
             Err(match e {
                 SinkError::Overloaded => Refusal::Overloaded,

@@ -263,8 +263,12 @@ impl Ledger {
                 entry.notices.push(notice);
             }
         }
-        if let Some(id) = &accepted.delivery_id {
-            self.remember(&accepted.integration, id, dedup_expires_at_ms);
+        for key in accepted
+            .delivery_id
+            .iter()
+            .chain(accepted.replay_key.iter())
+        {
+            self.remember(&accepted.integration, key, dedup_expires_at_ms);
         }
         true
     }
@@ -475,6 +479,7 @@ mod tests {
             received_at_ms: at_ms,
             ignored: false,
             incidents,
+            replay_key: None,
             forward: None,
         }
     }

@@ -387,11 +387,15 @@ pub fn replay_recovered(
     // Entries already on the status (applied after the last checkpoint): not counted
     // again, but their delivery ids must still be caught as duplicates after a restart.
     for (_, bytes) in applied {
-        if let Ok(accepted) = serde_json::from_slice::<Accepted>(&bytes)
-            && let Some(id) = &accepted.delivery_id
-        {
+        if let Ok(accepted) = serde_json::from_slice::<Accepted>(&bytes) {
             let expires = dedup_expiry(&accepted, settings);
-            ledger.remember_id(&accepted.integration, id, expires);
+            for key in accepted
+                .delivery_id
+                .iter()
+                .chain(accepted.replay_key.iter())
+            {
+                ledger.remember_id(&accepted.integration, key, expires);
+            }
         }
     }
     (ledger, report)
@@ -882,6 +886,7 @@ mod tests {
             received_at_ms: 1_000 * seq as i64,
             ignored: false,
             incidents: Vec::new(),
+            replay_key: None,
             forward: None,
         };
         (seq, serde_json::to_vec(&accepted).expect("json"))

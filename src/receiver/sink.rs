@@ -34,6 +34,10 @@ pub struct Accepted {
     /// Incident changes this delivery carries (empty for non-monitoring events).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub incidents: Vec<IncidentEvent>,
+    /// A second dedup key for presets whose id header is unsigned (a digest of what is
+    /// signed), remembered like the delivery id, across restarts too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_key: Option<String>,
     /// The body, when a forward target is sent every delivery: journaled with the
     /// delivery so the forward is as durable as the 202.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -318,7 +318,7 @@ fn degraded_condition(
         (
             REASON_SIGNATURE_FAILURES,
             format!(
-                "{} consecutive deliveries failed authentication; the sender's secret or token is probably wrong",
+                "{} consecutive deliveries failed authentication: possibly the sender's secret or token is wrong, or someone without it is sending to this URL",
                 update.consecutive_auth_failures
             ),
         )

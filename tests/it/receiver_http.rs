@@ -387,14 +387,18 @@ async fn source_ranges_use_the_peer_and_forwarded_for_only_from_trusted_proxies(
 async fn over_the_rate_is_429_with_retry_after() {
     let f = fixture(json!({"provider": "github", "limits": {"requestsPerSecond": 1, "burst": 2}}));
     assert_eq!(
-        send(&f.router, github(&f.path, b"{}", "d-1")).await.0,
+        send(&f.router, github(&f.path, br#"{"n":1}"#, "d-1"))
+            .await
+            .0,
         StatusCode::ACCEPTED
     );
     assert_eq!(
-        send(&f.router, github(&f.path, b"{}", "d-2")).await.0,
+        send(&f.router, github(&f.path, br#"{"n":2}"#, "d-2"))
+            .await
+            .0,
         StatusCode::ACCEPTED
     );
-    let (status, headers, _) = send(&f.router, github(&f.path, b"{}", "d-3")).await;
+    let (status, headers, _) = send(&f.router, github(&f.path, br#"{"n":3}"#, "d-3")).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert!(retry_after(&headers) >= 1);
     assert_eq!(f.sink.accepted().len(), 2);
@@ -540,8 +544,9 @@ async fn previous_secret_is_accepted_until_it_expires() {
         Duration::ZERO,
     );
     for (secret, id) in [(SECRET, "d-new"), (OLD_SECRET, "d-old")] {
-        let request = signed(ProviderKind::Github, secret, &f.path, b"{}", id)
-            .body(Body::from("{}"))
+        let body = format!("{{\"id\":\"{id}\"}}");
+        let request = signed(ProviderKind::Github, secret, &f.path, body.as_bytes(), id)
+            .body(Body::from(body.clone()))
             .expect("request");
         assert_eq!(
             send(&f.router, request).await.0,
@@ -927,15 +932,18 @@ async fn server_delivers_over_keep_alive_and_shuts_down_gracefully() {
     let (addr, stop) = start_server(&f, Duration::from_secs(5)).await;
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     for id in ["k-1", "k-2"] {
-        let request = github(&f.path, b"{}", id);
+        let body = format!("{{\"id\":\"{id}\"}}");
+        let request = github(&f.path, body.as_bytes(), id);
         let mut raw = format!(
-            "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n",
-            f.path
+            "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n",
+            f.path,
+            body.len()
         );
         for (n, v) in request.headers() {
             raw.push_str(&format!("{}: {}\r\n", n, v.to_str().expect("ascii")));
         }
-        raw.push_str("\r\n{}");
+        raw.push_str("\r\n");
+        raw.push_str(&body);
         stream.write_all(raw.as_bytes()).await.expect("write");
         let mut buf = vec![0u8; 1024];
         let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
@@ -975,4 +983,51 @@ async fn chunked_body_over_the_limit_is_413_on_the_wire() {
     let answer = read_answer(&mut stream).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
     assert_nothing_kept(&f);
+}
+
+/// A captured GitHub delivery re-sent with a fresh (unsigned) `X-GitHub-Delivery` is a
+/// duplicate: GitHub signs neither the id nor a timestamp, so the receiver also
+/// deduplicates on what is signed.
+#[tokio::test]
+async fn a_captured_delivery_with_a_fresh_id_is_a_duplicate() {
+    let f = fixture(json!({"provider": "github"}));
+    let body = br#"{"ref":"refs/heads/main","after":"abc"}"#;
+    assert_eq!(
+        send(&f.router, github(&f.path, body, "orig-1")).await.0,
+        StatusCode::ACCEPTED
+    );
+    let (status, _, answer) = send(&f.router, github(&f.path, body, "forged-2")).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(answer.contains("duplicate"), "{answer}");
+    assert_eq!(f.sink.accepted().len(), 1);
+    // A different body with the same kind of id is a new delivery.
+    assert_eq!(
+        send(&f.router, github(&f.path, br#"{"after":"def"}"#, "orig-3"))
+            .await
+            .0,
+        StatusCode::ACCEPTED
+    );
+}
+
+/// Unsigned floods to a known URL do not spend the integration's rate budget: the
+/// correctly signed delivery after 300 forged ones is accepted, not 429.
+#[tokio::test]
+async fn unsigned_floods_do_not_starve_the_real_sender() {
+    let f = fixture(json!({"provider": "github", "limits": {"requestsPerSecond": 1, "burst": 5}}));
+    for i in 0..300 {
+        let forged = Request::post(&f.path)
+            .header("content-type", "application/json")
+            .header("x-github-event", "push")
+            .header("x-github-delivery", format!("forged-{i}"))
+            .header("x-hub-signature-256", format!("sha256={}", "0".repeat(64)))
+            .body(Body::from("{}"))
+            .expect("request");
+        assert_eq!(send(&f.router, forged).await.0, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        send(&f.router, github(&f.path, br#"{"real":true}"#, "real-1"))
+            .await
+            .0,
+        StatusCode::ACCEPTED
+    );
 }

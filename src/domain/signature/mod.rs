@@ -131,6 +131,22 @@ impl Scheme {
     }
 }
 
+/// Presets whose delivery-id header is not signed and that sign no timestamp (GitHub,
+/// Shopify, Sentry, Jira, Bitbucket, Twilio): a captured delivery re-sent with a fresh id
+/// would verify again, so the receiver also deduplicates them on what is signed (the
+/// body, and for Twilio the URL it was sent to, which is the route's).
+pub fn id_is_unsigned(provider: ProviderKind) -> bool {
+    matches!(
+        provider,
+        ProviderKind::Github
+            | ProviderKind::Shopify
+            | ProviderKind::Sentry
+            | ProviderKind::Jira
+            | ProviderKind::Bitbucket
+            | ProviderKind::Twilio
+    )
+}
+
 /// Presets that authenticate with a shared token rather than (only) a signature.
 pub fn uses_tokens(provider: ProviderKind) -> bool {
     matches!(
