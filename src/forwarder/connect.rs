@@ -100,7 +100,7 @@ async fn connect(policy: &EgressPolicy, uri: &Uri) -> Result<TcpStream, ConnectE
     // to 127.0.0.1 is refused as a whole, so which one the connect loop below reaches
     // first never decides whether the guard applies.
     for addr in &addrs {
-        policy.check(addr.ip()).map_err(ConnectError::Refused)?;
+        policy.check_socket(*addr).map_err(ConnectError::Refused)?;
     }
     let mut last = None;
     for addr in addrs {

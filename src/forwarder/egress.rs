@@ -7,7 +7,7 @@
 //! [`super::connect`]), so a DNS name pointing at a refused address is refused too.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::IpNet;
 
@@ -20,8 +20,14 @@ pub struct EgressPolicy {
     /// When set, only these ranges are allowed (`--forward-allow-cidrs`); it narrows,
     /// never widens: the built-in refusals and `deny` still apply.
     pub allow: Option<Vec<IpNet>>,
-    /// Standalone mode: a laptop forwards to localhost.
+    /// Standalone mode (a laptop forwards to localhost), and a cluster receiver run with
+    /// `--forward-allow-loopback` (tests, single-node dev clusters).
     pub allow_loopback: bool,
+    /// The API server's own socket addresses, refused whatever else allows them. Its
+    /// address is normally refused as a whole (in `deny`); when it is a loopback address
+    /// and loopback is allowed, refusing the whole address would refuse every local
+    /// target, so only its port is.
+    pub api_servers: Vec<SocketAddr>,
 }
 
 /// Why an address is refused.
@@ -40,6 +46,10 @@ pub enum RefusalRule {
     Denied(IpNet),
     /// Outside every `allow` range.
     NotAllowed,
+    /// The API server's own port on an address that is otherwise allowed.
+    ApiServer {
+        port: u16,
+    },
 }
 
 impl RefusalRule {
@@ -54,6 +64,7 @@ impl RefusalRule {
             RefusalRule::Broadcast => "broadcast",
             RefusalRule::Denied(_) => "denied",
             RefusalRule::NotAllowed => "not_allowed",
+            RefusalRule::ApiServer { .. } => "api_server",
         }
     }
 }
@@ -79,6 +90,7 @@ impl fmt::Display for Refusal {
                 "in the denied range {net} (--forward-deny-cidrs or the API server's addresses)"
             ),
             RefusalRule::NotAllowed => "outside --forward-allow-cidrs".to_string(),
+            RefusalRule::ApiServer { port } => format!("the Kubernetes API server (port {port})"),
         };
         write!(
             f,
@@ -94,6 +106,7 @@ impl EgressPolicy {
             deny,
             allow,
             allow_loopback: false,
+            api_servers: Vec::new(),
         }
     }
 
@@ -103,6 +116,7 @@ impl EgressPolicy {
             deny,
             allow,
             allow_loopback: true,
+            api_servers: Vec::new(),
         }
     }
 
@@ -124,6 +138,24 @@ impl EgressPolicy {
             && !allow.iter().any(|n| n.contains(&reached))
         {
             return refuse(RefusalRule::NotAllowed);
+        }
+        Ok(())
+    }
+
+    /// Whether a connection to `addr` (address and port) is allowed: [`Self::check`] on
+    /// its address, then the API server's own ports.
+    pub fn check_socket(&self, addr: SocketAddr) -> Result<(), Refusal> {
+        self.check(addr.ip())?;
+        let reached = reached_address(addr.ip());
+        if self
+            .api_servers
+            .iter()
+            .any(|s| s.port() == addr.port() && reached_address(s.ip()) == reached)
+        {
+            return Err(Refusal {
+                addr: addr.ip(),
+                rule: RefusalRule::ApiServer { port: addr.port() },
+            });
         }
         Ok(())
     }
@@ -271,6 +303,31 @@ mod tests {
         let p = EgressPolicy::cluster(vec![], Some(vec![net("0.0.0.0/0")]));
         assert_eq!(rule(&p, "169.254.169.254"), Some("cloud_metadata"));
         assert_eq!(rule(&p, "127.0.0.1"), Some("loopback"));
+    }
+
+    #[test]
+    fn an_api_server_on_an_allowed_loopback_address_is_refused_on_its_port() {
+        let p = EgressPolicy {
+            allow_loopback: true,
+            api_servers: vec!["127.0.0.1:6443".parse().expect("socket")],
+            ..EgressPolicy::cluster(vec![], None)
+        };
+        let socket = |s: &str| {
+            p.check_socket(s.parse().expect("socket"))
+                .err()
+                .map(|r| r.to_string())
+        };
+        assert_eq!(socket("127.0.0.1:8080"), None);
+        assert_eq!(
+            socket("127.0.0.1:6443").as_deref(),
+            Some(
+                "refused: 127.0.0.1 is the Kubernetes API server (port 6443); forwarding to it is not allowed"
+            )
+        );
+        assert!(socket("[::ffff:127.0.0.1]:6443").is_some());
+        // Loopback allowed never opens metadata or link-local.
+        assert!(socket("169.254.169.254:80").is_some_and(|m| m.contains("cloud metadata")));
+        assert!(socket("169.254.1.1:80").is_some_and(|m| m.contains("link-local")));
     }
 
     #[test]

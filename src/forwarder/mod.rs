@@ -7,7 +7,8 @@
 //! and metrics wire it in.
 //!
 //! - [`EgressPolicy`]: which addresses may be reached (cluster: no loopback, link-local
-//!   or metadata, plus deny/allow CIDRs; standalone: loopback allowed);
+//!   or metadata, plus deny/allow CIDRs; standalone and `--forward-allow-loopback`:
+//!   loopback allowed, the API server's port still refused);
 //! - [`Sender`]: `send(request, timeout)`;
 //! - [`TargetLimits`]: attempts in flight per target.
 

@@ -79,6 +79,11 @@ pub struct ReceiverArgs {
     /// above still apply).
     #[arg(long, env = "HOOKWARDEN_FORWARD_ALLOW_CIDRS", value_delimiter = ',')]
     pub forward_allow_cidrs: Vec<IpNet>,
+    /// Let forwards connect to loopback addresses. Only for tests and single-node dev
+    /// clusters: in a pod, loopback is the receiver's own ports and its sidecars'.
+    /// Link-local and cloud metadata stay refused, and so does the API server's port.
+    #[arg(long, env = "HOOKWARDEN_FORWARD_ALLOW_LOOPBACK", value_parser = clap::builder::BoolishValueParser::new())]
+    pub forward_allow_loopback: bool,
     /// Log format.
     #[arg(long, env = "HOOKWARDEN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -87,18 +92,53 @@ pub struct ReceiverArgs {
 /// The egress policy of a cluster receiver: the flags' CIDRs plus the API server's
 /// addresses (the in-cluster Service address and the kubeconfig's, when they are IPs).
 pub fn cluster_egress(args: &ReceiverArgs, api_server: Option<&http::Uri>) -> EgressPolicy {
+    let service = std::env::var("KUBERNETES_SERVICE_HOST").ok().map(|host| {
+        let port = std::env::var("KUBERNETES_SERVICE_PORT")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(443);
+        (host, port)
+    });
+    let configured = api_server.and_then(|u| {
+        let default_port = if u.scheme_str() == Some("http") {
+            80
+        } else {
+            443
+        };
+        Some((u.host()?.to_string(), u.port_u16().unwrap_or(default_port)))
+    });
+    let api_servers: Vec<(String, u16)> = service.into_iter().chain(configured).collect();
+    egress_policy(args, &api_servers)
+}
+
+/// [`cluster_egress`] with the API server's (host, port)s given.
+fn egress_policy(args: &ReceiverArgs, api_servers: &[(String, u16)]) -> EgressPolicy {
     let mut deny = args.forward_deny_cidrs.clone();
-    let hosts = std::env::var("KUBERNETES_SERVICE_HOST")
-        .ok()
-        .into_iter()
-        .chain(api_server.and_then(|u| u.host()).map(str::to_string));
-    for host in hosts {
-        if let Ok(ip) = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+    let mut sockets = Vec::new();
+    for (host, port) in api_servers {
+        let Ok(ip) = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() else {
+            continue;
+        };
+        sockets.push(SocketAddr::new(ip, *port));
+        // With loopback allowed (the receiver runs next to a local API server: tests,
+        // single-node dev clusters), the whole address would refuse every local target;
+        // its port alone is refused (`EgressPolicy::api_servers`).
+        let loopback = match ip {
+            std::net::IpAddr::V4(v4) => v4.is_loopback(),
+            std::net::IpAddr::V6(v6) => {
+                v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            }
+        };
+        if !(loopback && args.forward_allow_loopback) {
             deny.push(IpNet::from(ip));
         }
     }
     let allow = (!args.forward_allow_cidrs.is_empty()).then(|| args.forward_allow_cidrs.clone());
-    EgressPolicy::cluster(deny, allow)
+    EgressPolicy {
+        allow_loopback: args.forward_allow_loopback,
+        api_servers: sockets,
+        ..EgressPolicy::cluster(deny, allow)
+    }
 }
 
 pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
@@ -239,5 +279,74 @@ fn remove_by_annotation(handle: &ReceiverHandle, secret: &Secret) {
         .and_then(|k| k.split_once('/'))
     {
         handle.remove(namespace, name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ReceiverArgs,
+    }
+
+    fn args(flags: &[&str]) -> ReceiverArgs {
+        let argv = ["receiver", "--namespace", "hookwarden"]
+            .into_iter()
+            .chain(flags.iter().copied());
+        Cli::try_parse_from(argv).expect("flags parse").args
+    }
+
+    fn refused(policy: &EgressPolicy, socket: &str) -> Option<&'static str> {
+        policy
+            .check_socket(socket.parse().expect("socket"))
+            .err()
+            .map(|r| r.rule.as_str())
+    }
+
+    #[test]
+    fn loopback_is_refused_unless_the_flag_allows_it_and_metadata_always_is() {
+        let local_api = [("127.0.0.1".to_string(), 6443)];
+        let default = egress_policy(&args(&[]), &local_api);
+        assert_eq!(refused(&default, "127.0.0.1:8080"), Some("loopback"));
+        assert_eq!(refused(&default, "[::1]:8080"), Some("loopback"));
+
+        let open = egress_policy(&args(&["--forward-allow-loopback"]), &local_api);
+        assert_eq!(refused(&open, "127.0.0.1:8080"), None);
+        assert_eq!(refused(&open, "[::1]:8080"), None);
+        assert_eq!(refused(&open, "127.0.0.1:6443"), Some("api_server"));
+        assert_eq!(refused(&open, "169.254.169.254:80"), Some("cloud_metadata"));
+        assert_eq!(refused(&open, "169.254.10.1:80"), Some("link_local"));
+    }
+
+    #[test]
+    fn the_api_servers_address_is_refused_whole_when_it_is_not_loopback() {
+        let api = [
+            ("10.96.0.1".to_string(), 443),
+            ("[2001:db8::1]".to_string(), 6443),
+            ("kubernetes.default.svc".to_string(), 443),
+        ];
+        let policy = egress_policy(
+            &args(&[
+                "--forward-allow-loopback",
+                "--forward-deny-cidrs=10.200.0.0/16",
+            ]),
+            &api,
+        );
+        assert_eq!(refused(&policy, "10.96.0.1:443"), Some("denied"));
+        assert_eq!(refused(&policy, "10.96.0.1:8080"), Some("denied"));
+        assert_eq!(refused(&policy, "[2001:db8::1]:80"), Some("denied"));
+        assert_eq!(refused(&policy, "10.200.3.4:80"), Some("denied"));
+        assert_eq!(refused(&policy, "10.1.2.3:80"), None);
+    }
+
+    #[test]
+    fn the_flag_defaults_off() {
+        assert!(!args(&[]).forward_allow_loopback);
+        assert!(args(&["--forward-allow-loopback"]).forward_allow_loopback);
     }
 }

@@ -21,6 +21,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -490,9 +491,24 @@ enum Command {
 pub struct Forwarder {
     tx: mpsc::Sender<Command>,
     pub board: Arc<ForwardBoard>,
+    released: Arc<AtomicBool>,
 }
 
 impl Forwarder {
+    /// Lets attempts start: the routes are loaded and the forwards of the journal entries
+    /// replayed at start are in the outbox. Until then the forwarder only queues.
+    ///
+    /// Why it waits: before the routes are loaded every integration looks removed, and a
+    /// forward that fell due during the restart would be dropped as having no target (and
+    /// dead letters expired on the default TTL). And a pending forward sent before its
+    /// journal entry's forwards are re-imported is, once delivered, no longer in the
+    /// outbox, so the import would queue it again and send it twice.
+    pub fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            tracing::debug!("forwarder released: routes loaded, replayed forwards imported");
+        }
+    }
+
     /// Appends `jobs` to the outbox (durably) and schedules them. Jobs the outbox already
     /// has are skipped (replay after a restart).
     pub async fn import(&self, jobs: Vec<NewJob>) -> std::io::Result<()> {
@@ -551,7 +567,9 @@ pub fn start(
     let lookup = configs.lookup();
     let (tx, rx) = mpsc::channel(64);
     let board = Arc::new(ForwardBoard::default());
+    let released = Arc::new(AtomicBool::new(false));
     let mut task = ForwardTask {
+        released: released.clone(),
         outbox: Arc::new(Mutex::new(outbox)),
         queue: BinaryHeap::new(),
         sender,
@@ -570,7 +588,14 @@ pub fn start(
     };
     task.load();
     let handle = tokio::spawn(task.run(rx, changes, stop));
-    Ok((Forwarder { tx, board }, handle))
+    Ok((
+        Forwarder {
+            tx,
+            board,
+            released,
+        },
+        handle,
+    ))
 }
 
 struct AttemptDone {
@@ -603,6 +628,9 @@ struct ForwardTask {
     /// Integration → the replay annotation value already acted on (persisted).
     handled_replays: HashMap<String, String>,
     options: ForwarderOptions,
+    /// Set by [`Forwarder::release`]: until then no attempt starts, nothing is dropped
+    /// for want of a target and no dead letter expires.
+    released: Arc<AtomicBool>,
 }
 
 /// Forwards a scheduling pass may put back (no route yet, target busy) before it stops:
@@ -683,9 +711,13 @@ impl ForwardTask {
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.flush().await;
-            self.start_due();
+            let released = self.released.load(Ordering::Acquire);
+            if released {
+                self.start_due();
+            }
             let next_due = self.queue.peek().map(|Reverse((at, _))| *at);
             let wait = match next_due {
+                _ if !released => Duration::from_millis(50),
                 Some(at) => {
                     let now = (self.clock)();
                     Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(0))
@@ -716,7 +748,7 @@ impl ForwardTask {
                     }
                 }
                 Some(change) = changes.recv() => self.on_change(change).await,
-                _ = sweep.tick() => self.expire_dead_letters().await,
+                _ = sweep.tick(), if released => self.expire_dead_letters().await,
                 () = tokio::time::sleep(wait) => {}
             }
         }

@@ -523,13 +523,16 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
     }
 
     /// Imports the jobs of folded entries into the outbox. False while some are not
-    /// imported (the outbox cannot write): the checkpoint waits.
+    /// imported (the outbox cannot write): the checkpoint waits. Once the routes are
+    /// loaded and everything is imported (the replayed entries' jobs first of all), the
+    /// forwarder is released ([`Forwarder::release`]).
     async fn import_forwards(&mut self) -> bool {
         let Some(f) = &self.forwarding else {
             return true;
         };
+        let routes_ready = (f.routes_ready)();
         if !self.unrendered.is_empty() {
-            if !(f.routes_ready)() {
+            if !routes_ready {
                 return false;
             }
             for folded in std::mem::take(&mut self.unrendered) {
@@ -538,18 +541,18 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                 }
             }
         }
-        if self.unimported.is_empty() {
-            return true;
-        }
-        let jobs = std::mem::take(&mut self.unimported);
-        match f.forwarder.import(jobs.clone()).await {
-            Ok(()) => true,
-            Err(e) => {
+        if !self.unimported.is_empty() {
+            let jobs = std::mem::take(&mut self.unimported);
+            if let Err(e) = f.forwarder.import(jobs.clone()).await {
                 tracing::error!(error = %e, "cannot add forwards to the outbox; the journal keeps them and this is retried");
                 self.unimported = jobs;
-                false
+                return false;
             }
         }
+        if routes_ready {
+            f.forwarder.release();
+        }
+        true
     }
 
     /// Read access for tests and `get`.
@@ -590,6 +593,8 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                     self.import_forwards().await;
                 }
                 _ = tick.tick() => {
+                    // Also what releases the forwarder after a start with no traffic.
+                    self.import_forwards().await;
                     self.settle();
                     if pass.is_none() {
                         let updates = self.build_updates(Instant::now());

@@ -291,6 +291,18 @@ fn non_default_values_reach_the_components() {
                 args.dedup_max_ids, 2_000_000,
                 "a large count is rendered as an integer, not 2e+06"
             );
+            let cidrs = |v: &[ipnet::IpNet]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+            assert_eq!(
+                cidrs(&args.forward_deny_cidrs),
+                ["10.0.0.0/8", "fd00::/8"],
+                "receiver.forward.denyCIDRs"
+            );
+            assert_eq!(
+                cidrs(&args.forward_allow_cidrs),
+                ["0.0.0.0/0"],
+                "receiver.forward.allowCIDRs"
+            );
+            assert!(!args.forward_allow_loopback, "never from the chart");
         }
         if let Command::Controller(args) = cli.command {
             assert_eq!(

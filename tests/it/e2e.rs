@@ -21,6 +21,8 @@ const TEST_LIMIT: Duration = Duration::from_secs(120);
 
 use crate::emulator::kubectl_binary;
 
+mod forward;
+
 /// A child process killed when the test ends, whatever happens.
 struct Process {
     child: Child,
@@ -719,9 +721,25 @@ struct Receiver {
 }
 
 fn start_receiver(cluster: &Cluster, ids: &Identities, replica: usize) -> Receiver {
+    start_receiver_with(cluster, ids, replica, &[])
+}
+
+/// A receiver with `extra` flags. Its journal (`journal-REPLICA`) and log
+/// (`receiver-REPLICA.log`, appended to) are the replica's: starting it again after a
+/// kill is a restart of the same replica.
+fn start_receiver_with(
+    cluster: &Cluster,
+    ids: &Identities,
+    replica: usize,
+    extra: &[&str],
+) -> Receiver {
     let port = crate::cluster_receiver::free_port();
     let log = cluster.path(&format!("receiver-{replica}.log"));
-    let log_file = std::fs::File::create(&log).expect("log file");
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .expect("log file");
     let child = Command::new(env!("CARGO_BIN_EXE_hookwarden"))
         .args([
             "receiver",
@@ -736,6 +754,7 @@ fn start_receiver(cluster: &Cluster, ids: &Identities, replica: usize) -> Receiv
             "--log-format",
             "text",
         ])
+        .args(extra)
         .arg("--journal-dir")
         .arg(cluster.path(&format!("journal-{replica}")))
         .env("KUBECONFIG", &ids.receiver_kubeconfig)

@@ -129,6 +129,11 @@ async fn start_receiver_capped(dir: &Path, route: Route, cap: u64) -> Running {
     start_receiver_with(dir, route, cap, Duration::ZERO).await
 }
 
+/// The same, named for the tests that came with the forwarder's release gate.
+async fn start_receiver_loading(dir: &Path, route: Route, cap: u64, delay: Duration) -> Running {
+    start_receiver_with(dir, route, cap, delay).await
+}
+
 /// `route_after`: how long the receiver runs before its route arrives (a cluster
 /// receiver's route watch takes a moment after a restart).
 async fn start_receiver_with(dir: &Path, route: Route, cap: u64, route_after: Duration) -> Running {
@@ -423,6 +428,42 @@ async fn pending_forwards_survive_a_restart_and_go_out_with_the_same_webhook_id(
         s["delivered"].as_i64() == Some(2) && s["failed"].as_i64() == Some(2)
     })
     .await;
+    running.stop().await;
+}
+
+/// A forward that fell due while the receiver was down is sent once the routes are
+/// loaded: before that every integration looks removed, and the forwarder must neither
+/// drop it for want of a target nor send it early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_due_during_a_restart_waits_for_the_routes_instead_of_being_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = Arc::new(Target::default());
+    let addr = start_target(target.clone()).await;
+    let path = generate_path();
+    let url = format!("http://{addr}/in");
+    target.script.lock().expect("lock").extend([503, 503]);
+    let running = start_receiver(dir.path(), route(&path, &url, &["1s"])).await;
+    assert_eq!(send_datadog(&running.url, "evt-1", "Triggered").await, 202);
+    wait_for("the refusals on the status", || {
+        forwarding_status(dir.path())["failed"].as_i64() == Some(2)
+    })
+    .await;
+    running.stop().await;
+    // Down past the retries' due time; back up with the routes loading slowly.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let running = start_receiver_loading(
+        dir.path(),
+        route(&path, &url, &["1s"]),
+        64 << 20,
+        Duration::from_millis(500),
+    )
+    .await;
+    wait_for("both forwards delivered after the routes loaded", || {
+        let s = forwarding_status(dir.path());
+        s["delivered"].as_i64() == Some(2) && s["pending"].as_i64() == Some(0)
+    })
+    .await;
+    assert_eq!(types(&target).len(), 4, "{:?}", types(&target));
     running.stop().await;
 }
 

@@ -1083,5 +1083,26 @@ fn a_pending_forward_survives_kill_9() {
     );
     assert_eq!(target.bodies().len(), 1);
     assert!(target.script.lock().expect("lock").is_empty());
+    // The journal entry replayed at start is imported again by now (a new delivery's
+    // fold imports whatever waits): the forward already delivered is not sent twice.
+    assert_eq!(
+        datadog(standalone.url("default/dd"), "evt-2", "disk-1", "Triggered"),
+        Some(202)
+    );
+    wait_for_status(dir.path(), "dd", "the second forward delivered", |o| {
+        tickets(o)["delivered"] == 2
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let ids: Vec<String> = target
+        .bodies()
+        .iter()
+        .filter_map(|b| {
+            b.lines()
+                .find_map(|l| l.strip_prefix("webhook-id: "))
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(ids.len(), 2, "evt-1 once, evt-2 once: {ids:?}");
+    assert_ne!(ids[0], ids[1]);
     standalone.stop();
 }

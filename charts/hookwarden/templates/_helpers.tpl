@@ -142,6 +142,12 @@ The only place flags are spelled: values -> args. */}}
 {{- with .Values.receiver.trustedProxies }}
 - --trusted-proxies={{ join "," . }}
 {{- end }}
+{{- with .Values.receiver.forward.denyCIDRs }}
+- --forward-deny-cidrs={{ join "," . }}
+{{- end }}
+{{- with .Values.receiver.forward.allowCIDRs }}
+- --forward-allow-cidrs={{ join "," . }}
+{{- end }}
 {{- range .Values.receiver.extraArgs }}
 - {{ . | quote }}
 {{- end }}
