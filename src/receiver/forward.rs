@@ -1123,15 +1123,19 @@ impl ForwardTask {
         }
         let n = self.replay(&key, request.target.as_deref()).await;
         tracing::info!(integration = %key, target = ?request.target, replayed = n, value = %request.value, "replay requested");
-        self.board.event(
-            &key,
-            false,
-            "ForwardReplayed",
-            match &request.target {
-                Some(t) => format!("replayed {n} dead letters of target {t}"),
-                None => format!("replayed {n} dead letters"),
-            },
-        );
+        // Every replica acts on the request; only those that had dead letters say so
+        // (a fresh replica starting while the annotation is still set says nothing).
+        if n > 0 {
+            self.board.event(
+                &key,
+                false,
+                "ForwardReplayed",
+                match &request.target {
+                    Some(t) => format!("replayed {n} dead letters of target {t}"),
+                    None => format!("replayed {n} dead letters"),
+                },
+            );
+        }
         self.handled_replays.insert(key, request.value);
         self.save_replays();
     }
