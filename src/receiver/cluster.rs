@@ -71,6 +71,11 @@ pub struct ReceiverArgs {
     /// Proxies whose X-Forwarded-For is trusted (CIDRs, comma-separated). Empty: none.
     #[arg(long, env = "HOOKWARDEN_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<IpNet>,
+    /// Request-body bytes the receiver holds at once, across integrations (one
+    /// integration gets at most a quarter); over it deliveries get 503 + Retry-After before
+    /// any byte is read. Size it to the pod's memory limit (a quarter of it).
+    #[arg(long, env = "HOOKWARDEN_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = crate::receiver::limits::DEFAULT_BODY_BUDGET)]
+    pub max_body_bytes_in_flight: u64,
     /// Forwards never connect to these CIDRs (comma-separated), besides loopback,
     /// link-local/cloud metadata and the API server's addresses, which are always refused.
     #[arg(long, env = "HOOKWARDEN_FORWARD_DENY_CIDRS", value_delimiter = ',')]
@@ -163,6 +168,7 @@ pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
             ..Default::default()
         },
         forward_egress: cluster_egress(&args, Some(&api_server)),
+        max_body_bytes_in_flight: args.max_body_bytes_in_flight,
     };
     let receiver = Receiver::start(options, writer, Some(&mut registry)).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -61,6 +61,8 @@ pub struct PipelineConfig {
     pub retry_after_seconds: u64,
     /// Unix milliseconds; injected so tests can pin timestamp windows and expiries.
     pub clock: Clock,
+    /// Request-body bytes held at once, across integrations (`--max-body-bytes-in-flight`).
+    pub body_budget: Arc<limits::BodyBudget>,
 }
 
 impl Default for PipelineConfig {
@@ -72,6 +74,7 @@ impl Default for PipelineConfig {
             body_timeout: Duration::from_secs(30),
             retry_after_seconds: 5,
             clock: super::system_clock(),
+            body_budget: Arc::new(limits::BodyBudget::default()),
         }
     }
 }
@@ -222,11 +225,14 @@ pub enum Refusal {
     Overloaded,
     /// The journal cannot keep the delivery (cap reached, disk full, failed fsync).
     JournalUnavailable,
+    /// The receiver's budget of body bytes in flight, or this integration's fair share
+    /// of it, is spent: shed before reading anything.
+    OverBudget,
 }
 
 impl Refusal {
     /// Every refusal, for the table test (payload-carrying variants with a sample).
-    pub const ALL: [Refusal; 17] = [
+    pub const ALL: [Refusal; 18] = [
         Refusal::RoutesNotSynced,
         Refusal::NotFound,
         Refusal::MethodNotAllowed,
@@ -246,6 +252,7 @@ impl Refusal {
         Refusal::RetryInFlight,
         Refusal::Overloaded,
         Refusal::JournalUnavailable,
+        Refusal::OverBudget,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -266,7 +273,8 @@ impl Refusal {
             | Refusal::Suspended
             | Refusal::RetryInFlight
             | Refusal::Overloaded
-            | Refusal::JournalUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | Refusal::JournalUnavailable
+            | Refusal::OverBudget => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -291,6 +299,7 @@ impl Refusal {
             Refusal::RetryInFlight => "retry_in_flight",
             Refusal::Overloaded => "overloaded",
             Refusal::JournalUnavailable => "journal_unavailable",
+            Refusal::OverBudget => "over_budget",
         }
     }
 
@@ -309,7 +318,8 @@ impl Refusal {
             Refusal::Suspended
             | Refusal::RetryInFlight
             | Refusal::Overloaded
-            | Refusal::JournalUnavailable => Some(default),
+            | Refusal::JournalUnavailable
+            | Refusal::OverBudget => Some(default),
             _ => None,
         }
     }
@@ -318,7 +328,10 @@ impl Refusal {
     pub fn closes_connection(self) -> bool {
         matches!(
             self,
-            Refusal::BodyTooLarge | Refusal::BodyIncomplete | Refusal::BodyTimeout
+            Refusal::BodyTooLarge
+                | Refusal::BodyIncomplete
+                | Refusal::BodyTimeout
+                | Refusal::OverBudget
         )
     }
 
@@ -527,11 +540,11 @@ fn admit(config: &PipelineConfig, route: &CompiledRoute, parts: &Parts) -> Resul
 /// The body, never buffered past `maxBodyBytes` (413) nor waited for past the body
 /// timeout (408).
 async fn read_body(
+    config: &PipelineConfig,
     route: &CompiledRoute,
     parts: &Parts,
     body: Body,
-    timeout: Duration,
-) -> Result<Bytes, Refusal> {
+) -> Result<(Bytes, limits::BodyPermit), Refusal> {
     let max = route.spec.limits.max_body_bytes;
     let declared = parts
         .headers
@@ -541,8 +554,14 @@ async fn read_body(
     if declared.is_some_and(|n| n > max as u64) {
         return Err(Refusal::BodyTooLarge);
     }
-    match tokio::time::timeout(timeout, Limited::new(body, max).collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    // Reserved before a byte is read: the declared length, else (chunked) the most the
+    // route accepts. Held until the request is answered.
+    let permit = config
+        .body_budget
+        .reserve(&route.body_inflight, declared.unwrap_or(max as u64))
+        .ok_or(Refusal::OverBudget)?;
+    match tokio::time::timeout(config.body_timeout, Limited::new(body, max).collect()).await {
+        Ok(Ok(collected)) => Ok((collected.to_bytes(), permit)),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Refusal::BodyTooLarge),
         Ok(Err(_)) => Err(Refusal::BodyIncomplete),
         Err(_) => Err(Refusal::BodyTimeout),
@@ -715,7 +734,7 @@ async fn run<S: DeliverySink>(
 ) -> Result<(Outcome, Response), Refusal> {
     let config = &state.config;
     admit(config, route, &parts)?;
-    let bytes = read_body(route, &parts, body, config.body_timeout).await?;
+    let (bytes, _body_permit) = read_body(config, route, &parts, body).await?;
     let authentic = authenticate(config, route, parts, bytes)?;
     route
         .rate

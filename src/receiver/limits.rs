@@ -3,7 +3,11 @@
 //! from [`crate::domain::spec::resolve`].
 
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use std::num::NonZeroU32;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -108,6 +112,80 @@ impl std::fmt::Debug for RateLimit {
     }
 }
 
+/// The receiver's budget of request-body bytes held at once (being read, verified,
+/// parsed, journaled), shared by every integration, with a fair share each: without it,
+/// a few hundred slow uploads of a maximal body take the pod past its memory limit.
+/// Reserved before any body byte is read (a request's declared length, else its route's
+/// `maxBodyBytes`); over the budget the answer is 503 + `Retry-After`, read nothing.
+#[derive(Debug)]
+pub struct BodyBudget {
+    global: Arc<Semaphore>,
+    /// Units (KiB) one integration may hold while another request of it is in flight.
+    share_units: u32,
+}
+
+/// A reservation of body bytes; released when dropped (the request is answered).
+#[derive(Debug)]
+pub struct BodyPermit {
+    _global: OwnedSemaphorePermit,
+    route: Arc<AtomicU32>,
+    units: u32,
+}
+
+impl Drop for BodyPermit {
+    fn drop(&mut self) {
+        self.route.fetch_sub(self.units, Ordering::AcqRel);
+    }
+}
+
+const BUDGET_UNIT: u64 = 1024;
+
+/// Default `--max-body-bytes-in-flight`: a quarter of the chart's 256 MiB memory limit.
+pub const DEFAULT_BODY_BUDGET: u64 = 64 * 1024 * 1024;
+
+impl BodyBudget {
+    /// `total` bytes in all; one integration holds at most a quarter of them (beyond
+    /// its first request, which is always let through while the total allows).
+    pub fn new(total: u64) -> BodyBudget {
+        let units = u32::try_from(total.div_ceil(BUDGET_UNIT))
+            .unwrap_or(u32::MAX)
+            .min(u32::try_from(Semaphore::MAX_PERMITS).unwrap_or(u32::MAX))
+            .max(1);
+        BodyBudget {
+            global: Arc::new(Semaphore::new(units as usize)),
+            share_units: (units / 4).max(1),
+        }
+    }
+
+    /// Reserves `bytes` for a request of the route whose in-flight counter is `route`;
+    /// `None` when the receiver or the route is over its budget.
+    pub fn reserve(&self, route: &Arc<AtomicU32>, bytes: u64) -> Option<BodyPermit> {
+        let units = u32::try_from(bytes.div_ceil(BUDGET_UNIT).max(1)).unwrap_or(u32::MAX);
+        let held = route.fetch_add(units, Ordering::AcqRel);
+        if held > 0 && held.saturating_add(units) > self.share_units {
+            route.fetch_sub(units, Ordering::AcqRel);
+            return None;
+        }
+        match self.global.clone().try_acquire_many_owned(units) {
+            Ok(global) => Some(BodyPermit {
+                _global: global,
+                route: route.clone(),
+                units,
+            }),
+            Err(_) => {
+                route.fetch_sub(units, Ordering::AcqRel);
+                None
+            }
+        }
+    }
+}
+
+impl Default for BodyBudget {
+    fn default() -> Self {
+        BodyBudget::new(DEFAULT_BODY_BUDGET)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,5 +247,32 @@ mod tests {
             .check()
             .expect_err("third request in the same second is over the burst");
         assert!((1..=2).contains(&retry), "{retry}");
+    }
+
+    #[test]
+    fn the_body_budget_is_shared_fairly_and_released_when_answered() {
+        let budget = BodyBudget::new(8 * 1024 * 1024);
+        let (a, b) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        // One integration: its first request always, then up to a quarter (2 MiB).
+        let first = budget.reserve(&a, 1024 * 1024).expect("first");
+        let second = budget.reserve(&a, 1024 * 1024).expect("within the share");
+        assert!(budget.reserve(&a, 1024 * 1024).is_none(), "over the share");
+        // Another integration still gets its turn.
+        let other = budget.reserve(&b, 1024 * 1024).expect("fair share of b");
+        drop((first, second));
+        assert_eq!(a.load(Ordering::Acquire), 0, "released on drop");
+        assert!(budget.reserve(&a, 1024 * 1024).is_some());
+        drop(other);
+        // The global budget: many integrations together cannot exceed it.
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            held.push(budget.reserve(&Arc::new(AtomicU32::new(0)), 1024 * 1024));
+        }
+        assert!(held.iter().filter(|p| p.is_some()).count() <= 8);
+        assert!(
+            budget
+                .reserve(&Arc::new(AtomicU32::new(0)), 1024 * 1024)
+                .is_none()
+        );
     }
 }

@@ -27,6 +27,9 @@ pub struct CompiledRoute {
     /// Defaults applied; scheme, mapping and schema compiled.
     pub spec: EffectiveSpec,
     pub rate: Arc<RateLimit>,
+    /// Body bytes (KiB) this integration's requests hold now (its share of the
+    /// receiver's body budget); kept across route updates like the rate limiter.
+    pub body_inflight: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl std::fmt::Debug for CompiledRoute {
@@ -222,10 +225,15 @@ fn compile(
         Some(p) if p.route.uid == route.uid && p.rate.params == params => p.rate.clone(),
         _ => Arc::new(RateLimit::new(params.0, params.1)),
     };
+    let body_inflight = match previous {
+        Some(p) if p.route.uid == route.uid => p.body_inflight.clone(),
+        _ => Arc::default(),
+    };
     Ok(CompiledRoute {
         key: integration,
         spec,
         rate,
+        body_inflight,
         route,
     })
 }

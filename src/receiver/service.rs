@@ -74,6 +74,8 @@ pub struct ReceiverOptions {
     pub trusted_proxies: Vec<IpNet>,
     pub external_base_url: Option<String>,
     pub runtime: RuntimeConfig,
+    /// Request-body bytes held at once across integrations (one integration: a quarter).
+    pub max_body_bytes_in_flight: u64,
     /// Where forwards may connect (cluster: no loopback, link-local, metadata or denied
     /// CIDRs; standalone: loopback allowed).
     pub forward_egress: EgressPolicy,
@@ -280,6 +282,9 @@ impl<W: StatusWriter> Receiver<W> {
         let config = PipelineConfig {
             external_base_url: options.external_base_url.clone(),
             trusted_proxies: options.trusted_proxies.clone(),
+            body_budget: Arc::new(crate::receiver::limits::BodyBudget::new(
+                options.max_body_bytes_in_flight,
+            )),
             ..PipelineConfig::default()
         };
         let dedup = Dedup::with_counter(

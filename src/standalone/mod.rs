@@ -57,6 +57,10 @@ pub struct StandaloneArgs {
     /// At most one status write per integration per this interval.
     #[arg(long, default_value = "2s", value_parser = crate::domain::duration::parse_arg)]
     pub status_interval: Duration,
+    /// Request-body bytes held at once across integrations (one integration: at most a
+    /// quarter); over it 503 + Retry-After before any byte is read.
+    #[arg(long, default_value_t = crate::receiver::limits::DEFAULT_BODY_BUDGET)]
+    pub max_body_bytes_in_flight: u64,
     /// Forwards never connect to these CIDRs (comma-separated). Loopback is allowed in
     /// standalone (a laptop forwards to localhost); link-local/metadata never is.
     #[arg(long, value_delimiter = ',')]
@@ -203,6 +207,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
         trusted_proxies: Vec::new(),
         external_base_url: args.external_base_url.clone(),
         runtime: config,
+        max_body_bytes_in_flight: args.max_body_bytes_in_flight,
         forward_egress: crate::forwarder::EgressPolicy::standalone(
             args.forward_deny_cidrs.clone(),
             (!args.forward_allow_cidrs.is_empty()).then(|| args.forward_allow_cidrs.clone()),

@@ -149,6 +149,7 @@ async fn start_receiver_with(dir: &Path, route: Route, cap: u64, route_after: Du
             ..Default::default()
         },
         forward_egress: EgressPolicy::standalone(Vec::new(), None),
+        max_body_bytes_in_flight: hookwarden::receiver::limits::DEFAULT_BODY_BUDGET,
     };
     let writer = Arc::new(FileStatusWriter::new(dir));
     let receiver: Receiver<FileStatusWriter> = Receiver::start(options, writer, None)

@@ -1106,3 +1106,66 @@ fn a_pending_forward_survives_kill_9() {
     assert_ne!(ids[0], ids[1]);
     standalone.stop();
 }
+
+/// Opens a delivery that declares `length` body bytes and sends none of them; returns
+/// the connection (held open) and what the receiver answered within `wait`, if anything.
+fn stalled_upload(url: &str, length: usize, wait: Duration) -> (TcpStream, Option<String>) {
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (authority, path) = rest.split_at(rest.find('/').expect("path"));
+    let mut stream = TcpStream::connect(authority).expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nAuthorization: Bearer {DATADOG_TOKEN}\r\nContent-Length: {length}\r\n\r\n{{"
+    );
+    stream.write_all(head.as_bytes()).expect("write head");
+    stream.set_read_timeout(Some(wait)).expect("timeout");
+    let mut buf = [0u8; 512];
+    let answer = match stream.read(&mut buf) {
+        Ok(n) if n > 0 => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        _ => None,
+    };
+    (stream, answer)
+}
+
+/// Finding 1 of the hardening issue: slow uploads of large bodies cannot take the
+/// receiver's memory. Over the body budget (or one integration's share of it) a delivery
+/// is shed with 503 + Retry-After before a byte of it is read; another integration keeps
+/// its share; the budget comes back when the stalled uploads go away.
+#[test]
+fn slow_large_uploads_are_shed_before_reading_and_others_keep_their_share() {
+    let dir = folder_with(&["datadog.yaml", "alertmanager.yaml"]);
+    let standalone = Standalone::start_with(dir.path(), &["--max-body-bytes-in-flight", "4194304"]);
+    let datadog_url = standalone.url("default/datadog-prod").to_string();
+    let alertmanager_url = standalone
+        .urls
+        .iter()
+        .find(|(k, _)| k.contains("alertmanager"))
+        .map(|(_, v)| v.clone())
+        .expect("alertmanager URL");
+    // The first stalled upload of an integration is let through (it waits for its body).
+    let (held, answer) = stalled_upload(&datadog_url, 1_000_000, Duration::from_millis(300));
+    assert_eq!(answer, None, "the first upload waits for its body");
+    // A second one of the same integration is over its share (a quarter of 4 MiB).
+    let (_, answer) = stalled_upload(&datadog_url, 1_000_000, Duration::from_secs(5));
+    let answer = answer.expect("an immediate answer");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("over_budget"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after"),
+        "{answer}"
+    );
+    // Another integration still has its share.
+    let (other, answer) = stalled_upload(&alertmanager_url, 1_000_000, Duration::from_millis(300));
+    assert_eq!(answer, None, "another integration is not starved");
+    drop(other);
+    // The stalled upload goes away: the budget is back.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if datadog(&datadog_url, "after-1", "disk-1", "Triggered") == Some(202) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the budget did not come back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    standalone.stop();
+}

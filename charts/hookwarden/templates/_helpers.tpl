@@ -135,6 +135,7 @@ The only place flags are spelled: values -> args. */}}
 - --journal-commit-window={{ .Values.receiver.journal.commitWindow }}
 - --status-interval={{ .Values.receiver.statusInterval }}
 - --dedup-max-ids={{ .Values.receiver.dedupMaxIds | int64 }}
+- --max-body-bytes-in-flight={{ .Values.receiver.maxBodyBytesInFlight | int64 }}
 - --log-format={{ .Values.logFormat }}
 {{- with include "hookwarden.externalBaseURL" . }}
 - --external-base-url={{ . }}
