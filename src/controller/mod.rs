@@ -22,6 +22,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
+use kube::core::PartialObjectMeta;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt as _};
 use kube_lease_manager::LeaseManagerBuilder;
@@ -297,19 +298,22 @@ pub async fn run_controller(
     let route_namespace = args.namespace.clone();
     let controller = controller
         // Generated `<name>-webhook` and `<name>-forward` Secrets, owned by their integration.
+        // Metadata only: the reconcile reads the data of the Secrets it needs by name, so
+        // the cache holds no Secret data (a cluster's Helm release Secrets alone can be
+        // hundreds of MiB).
         .owns(
-            Api::<Secret>::all(client.clone()),
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
             watcher::Config::default()
                 .labels(&format!("{GENERATED_LABEL}=true"))
                 .any_semantic(),
         )
         // Referenced Secrets (secretRef, and spec.forward's urlFrom, signingSecretRef and
-        // headersFrom): rotation and late creation take effect at once. RBAC already lets
-        // the controller read Secrets cluster-wide to resolve them.
+        // headersFrom): rotation and late creation take effect at once. Metadata only, as
+        // above: names, labels and annotations are all the mapping reads.
         .watches(
-            Api::<Secret>::all(client.clone()),
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
             watcher::Config::default().any_semantic(),
-            move |secret: Secret| {
+            move |secret: PartialObjectMeta<Secret>| {
                 let namespace = secret.namespace();
                 let name = secret.name_any();
                 let mut refs: Vec<ObjectRef<WebhookIntegration>> = store
