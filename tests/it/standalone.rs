@@ -40,13 +40,18 @@ impl Standalone {
     }
 
     fn start_with(dir: &Path, extra: &[&str]) -> Standalone {
+        Standalone::start_io(dir, extra, Stdio::null())
+    }
+
+    /// [`Standalone::start_with`], its log (stderr) going to `stderr`.
+    fn start_io(dir: &Path, extra: &[&str], stderr: Stdio) -> Standalone {
         let mut child = Command::new(BIN)
             .args(["standalone", "--dir"])
             .arg(dir)
             .args(["--listen", "127.0.0.1:0", "--status-interval", "100ms"])
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start hookwarden standalone");
         let stdout = child.stdout.take().expect("stdout");
@@ -910,4 +915,76 @@ fn twilio_floods_of_parameters_are_refused_before_any_mac() {
     });
     assert!(accepted(&object) == 0, "{object}");
     receiver.stop();
+}
+
+/// Finding 8 of issue 18: `metadata.name: ../../../x` made standalone write the
+/// integration's generated secret and object outside its state folder. The document is
+/// now reported (file and what to fix) and skipped; the other integrations are served.
+#[test]
+fn a_path_like_name_writes_nothing_outside_the_state_folder() {
+    let outer = tempfile::tempdir().expect("tempdir");
+    let dir = outer.path().join("hooks");
+    std::fs::create_dir(&dir).expect("mkdir");
+    std::fs::copy(examples_dir().join("github.yaml"), dir.join("github.yaml")).expect("copy");
+    std::fs::write(
+        dir.join("evil.yaml"),
+        "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata: {name: ../../../x}\nspec: {provider: github}\n---\napiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata: {name: y, namespace: ../../..}\nspec: {provider: github}\n",
+    )
+    .expect("write");
+    let log = outer.path().join("stderr.log");
+    let receiver = Standalone::start_io(
+        &dir,
+        &[],
+        Stdio::from(std::fs::File::create(&log).expect("log file")),
+    );
+    assert_eq!(
+        receiver.urls.keys().collect::<Vec<_>>(),
+        vec!["default/github-repo"],
+        "only the valid integration is served"
+    );
+    let url = receiver.url("default/github-repo").to_string();
+    assert_eq!(
+        post_raw(&url, &[("Content-Type", "application/json")], "{}").map(|(code, _)| code),
+        Some(401),
+        "the valid integration answers"
+    );
+    receiver.stop();
+
+    // Nothing beside the folder, nothing in it but the YAML and the state folder.
+    let names = |p: &Path| -> BTreeSet<String> {
+        std::fs::read_dir(p)
+            .expect("list")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(outer.path()),
+        BTreeSet::from(["hooks".to_string(), "stderr.log".to_string()])
+    );
+    assert_eq!(
+        names(&dir),
+        BTreeSet::from([
+            ".hookwarden-state".to_string(),
+            "evil.yaml".to_string(),
+            "github.yaml".to_string()
+        ])
+    );
+    let secrets = dir.join(".hookwarden-state").join("secrets");
+    assert_eq!(names(&secrets), BTreeSet::from(["default".to_string()]));
+    assert_eq!(
+        names(&secrets.join("default")),
+        BTreeSet::from(["github-repo".to_string()])
+    );
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains("evil.yaml (document 1)")
+            && text.contains("../../../x")
+            && text.contains("DNS-1123 subdomain"),
+        "{text}"
+    );
+    assert!(
+        text.contains("evil.yaml (document 2)") && text.contains("DNS-1123 label"),
+        "{text}"
+    );
 }
