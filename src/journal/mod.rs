@@ -587,6 +587,65 @@ impl Journal {
     }
 }
 
+/// Entry points for the fuzz targets in `fuzz/` (the on-disk decoders are private).
+/// Not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{Seq, format};
+
+    /// What [`scan_segment`] found: the records yielded, then `Ok(Some(valid_len))`,
+    /// `Ok(None)` for an unborn segment, or `Err(offset)` of the corruption.
+    pub type ScanResult = (Vec<(Seq, Vec<u8>)>, Result<Option<u64>, u64>);
+
+    /// Recovery's scan of one segment file.
+    pub fn scan_segment(bytes: &[u8], first_seq: Seq, is_last: bool) -> ScanResult {
+        let mut seen = Vec::new();
+        let result = format::scan_segment(bytes, first_seq, is_last, |seq, payload| {
+            seen.push((seq, payload.to_vec()))
+        });
+        let result = match result {
+            Ok(format::Scan::Unborn) => Ok(None),
+            Ok(format::Scan::Valid { valid_len, .. }) => Ok(Some(valid_len)),
+            Err(damage) => Err(damage.offset),
+        };
+        (seen, result)
+    }
+
+    /// A segment holding `batches` (each a list of records), numbered from `first_seq`,
+    /// exactly as the writer lays it out.
+    pub fn encode_segment(first_seq: Seq, batches: &[Vec<Vec<u8>>]) -> Vec<u8> {
+        let mut out = format::encode_segment_header(first_seq).to_vec();
+        let mut seq = first_seq;
+        let mut buf = Vec::new();
+        for batch in batches {
+            let mut encoder = format::BatchEncoder::begin(&mut buf, seq);
+            for record in batch {
+                encoder.push(seq, record);
+                seq += 1;
+            }
+            encoder.finish();
+            out.extend_from_slice(&buf);
+        }
+        out
+    }
+
+    /// The snapshot file: `(covers_seq, applied_seq, payload)` when it decodes.
+    pub fn decode_snapshot(bytes: &[u8]) -> Option<(Seq, Seq, Vec<u8>)> {
+        format::decode_snapshot(bytes)
+            .ok()
+            .map(|s| (s.covers_seq, s.applied_seq, s.payload))
+    }
+
+    pub fn encode_snapshot(covers_seq: Seq, applied_seq: Seq, payload: &[u8]) -> Vec<u8> {
+        format::encode_snapshot(covers_seq, applied_seq, payload)
+    }
+
+    /// The applied marker file.
+    pub fn decode_applied(bytes: &[u8]) -> Option<Seq> {
+        format::decode_applied(bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

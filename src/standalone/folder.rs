@@ -159,25 +159,30 @@ pub fn load(dir: &Path) -> Result<Folder, FolderError> {
                 continue;
             }
         };
-        for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            let value = match serde_yaml::Value::deserialize(document) {
-                Ok(v) => v,
-                Err(e) => {
-                    folder.problems.push(format!(
-                        "{} (document {}): {e}",
-                        path.display(),
-                        index + 1
-                    ));
-                    break;
-                }
-            };
-            if value.is_null() {
-                continue;
-            }
-            load_document(&mut folder, &path, index, value);
-        }
+        parse_file(&mut folder, &path, &text);
     }
     Ok(folder)
+}
+
+/// Adds the documents of one YAML file (`text`, read from `path`) to `folder`: what
+/// [`load`] does per file, without the file system (and what `fuzz/` drives with
+/// arbitrary text).
+pub fn parse_file(folder: &mut Folder, path: &Path, text: &str) {
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = match serde_yaml::Value::deserialize(document) {
+            Ok(v) => v,
+            Err(e) => {
+                folder
+                    .problems
+                    .push(format!("{} (document {}): {e}", path.display(), index + 1));
+                break;
+            }
+        };
+        if value.is_null() {
+            continue;
+        }
+        load_document(folder, path, index, value);
+    }
 }
 
 fn load_document(folder: &mut Folder, path: &Path, index: usize, value: serde_yaml::Value) {
