@@ -41,6 +41,9 @@ step "cargo test"
 mkdir -p "$TARGET_DIR"
 cargo test --workspace --lib --bins --tests 2>&1 | tee "$TARGET_DIR/test-output.txt"
 
+step "fuzz smoke: every fuzz target briefly over its corpus (scripts/fuzz-smoke.sh)"
+FUZZ_SECONDS="${FUZZ_SECONDS:-10}" scripts/fuzz-smoke.sh
+
 # One closing line over every test binary, so CI reads the total rather than the last
 # binary's count (the last ones are the small bin targets with no tests of their own).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }

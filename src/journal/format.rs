@@ -142,12 +142,68 @@ pub(super) enum Scan {
     /// The file is shorter than its header, or the header never made it to disk, and it
     /// is the newest segment: a crash while creating it. It holds no records.
     Unborn,
-    /// Valid batches up to `valid_len`; `torn` describes a cut-off last batch after it.
+    /// Valid batches up to `valid_len`; `tail` describes a damaged last batch after it
+    /// (newest segment only), which recovery cuts off.
     Valid {
         valid_len: u64,
         last_seq: Option<Seq>,
-        torn: Option<Damage>,
+        tail: Option<Tail>,
     },
+}
+
+/// A damaged last batch of the newest segment with nothing intact after it.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Tail {
+    pub damage: Damage,
+    pub kind: TailKind,
+}
+
+/// Whether a damaged last batch is a write a crash cut short or acknowledged data that
+/// was damaged afterwards. A crash can only leave a batch *incomplete*: shorter than
+/// its header says, or with sectors that never reached the disk, which read as zeros
+/// (the writer only ever writes batches over zeros it wrote ahead, or past the end of
+/// the file, whose unwritten blocks read as zeros). A batch of its full length with no
+/// zero-filled sector whose checksum fails is not that: it was written whole, fsync'd,
+/// and its waiters were answered 2xx, before something changed its bytes (a bit flip
+/// on the medium, a bad copy, a stray write).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum TailKind {
+    /// Short or zero-filled: never acknowledged.
+    Torn,
+    /// Complete and damaged: its deliveries were acknowledged and are lost. `first_seq`
+    /// and `records` are what its header claims, `None` when the header itself is
+    /// damaged.
+    Corrupt {
+        first_seq: Option<Seq>,
+        records: Option<u32>,
+    },
+}
+
+/// Granularity at which a crash can leave parts of a write unwritten (the smallest
+/// device sector; file system blocks and pages are multiples of it, aligned alike).
+pub(super) const SECTOR: usize = 512;
+
+/// Whether `bytes[start..end]` shows parts of a write that never reached the disk: some
+/// sector's share of it (sectors aligned to file offsets) is all zeros, or it ends in
+/// at least `trailing` zero bytes (a write cut short inside a sector: the rest of the
+/// sector kept the zeros under it). A record's payload is the caller's JSON, which
+/// never ends in a zero byte, so a whole batch ends in one only when its end was not
+/// written; a batch header ends in its CRC, four zero bytes by chance once in 2^32.
+fn unwritten_parts(bytes: &[u8], start: usize, end: usize, trailing: usize) -> bool {
+    let end = end.min(bytes.len());
+    if end - start >= trailing && all_zero(&bytes[end - trailing..end]) {
+        return true;
+    }
+    let mut at = start;
+    while at < end {
+        let next = ((at / SECTOR) + 1) * SECTOR;
+        let slice = &bytes[at..next.min(end)];
+        if all_zero(slice) {
+            return true;
+        }
+        at = next;
+    }
+    false
 }
 
 /// Where and why bytes could not be read back.
@@ -212,39 +268,71 @@ pub(super) fn scan_segment(
                 pos = end;
             }
             Err(error) => {
-                let (damage, torn) = match error {
-                    // Nothing intact follows the damaged batch (the file ends, or only
-                    // preallocated zeros or debris of the same write follow): it is the
-                    // one that was being written when the process died, never
-                    // acknowledged.
-                    BatchError::Body { damage, end } => {
-                        let torn =
-                            end >= bytes.len() || !later_batch_exists(bytes, pos + 1, min_seq);
-                        (damage, torn)
+                // Only the last batch of the newest segment can be the one being written
+                // when the process died: damage followed by an intact batch with later
+                // entries, or in an older segment, is in data that had been fsync'd.
+                let last_batch = match &error {
+                    BatchError::Body { end, .. } => {
+                        *end >= bytes.len() || !later_batch_exists(bytes, pos + 1, min_seq)
                     }
-                    // Unknown extent: it is a torn write unless an intact batch with
-                    // later entries follows, which would prove this one was fsync'd.
-                    BatchError::Header(damage) => {
-                        let later = later_batch_exists(bytes, pos + 1, min_seq);
-                        (damage, !later)
-                    }
+                    BatchError::Header(_) => !later_batch_exists(bytes, pos + 1, min_seq),
                 };
-                if is_last && torn {
-                    return Ok(Scan::Valid {
-                        valid_len: pos as u64,
-                        last_seq,
-                        torn: Some(damage),
+                if !(is_last && last_batch) {
+                    return Err(match error {
+                        BatchError::Body { damage, .. } | BatchError::Header(damage) => damage,
                     });
                 }
-                return Err(damage);
+                return Ok(Scan::Valid {
+                    valid_len: pos as u64,
+                    last_seq,
+                    tail: Some(classify_tail(bytes, pos, error)),
+                });
             }
         }
     }
     Ok(Scan::Valid {
         valid_len: pos as u64,
         last_seq,
-        torn: None,
+        tail: None,
     })
+}
+
+/// Torn or corrupt (see [`TailKind`]) for the damaged last batch at `pos`.
+fn classify_tail(bytes: &[u8], pos: usize, error: BatchError) -> Tail {
+    match error {
+        BatchError::Body { damage, end } => {
+            let torn = end > bytes.len() || unwritten_parts(bytes, pos, end, 1);
+            let header = &bytes[pos..pos + BATCH_HEADER_LEN];
+            Tail {
+                damage,
+                kind: if torn {
+                    TailKind::Torn
+                } else {
+                    TailKind::Corrupt {
+                        first_seq: Some(read_u64(header, 12)),
+                        records: Some(read_u32(header, 8)),
+                    }
+                },
+            }
+        }
+        // The extent is unknown; judge the header's own bytes. Cut short or partly
+        // zeros: never written whole.
+        BatchError::Header(damage) => {
+            let header_end = pos + BATCH_HEADER_LEN;
+            let torn = header_end > bytes.len() || unwritten_parts(bytes, pos, header_end, 4);
+            Tail {
+                damage,
+                kind: if torn {
+                    TailKind::Torn
+                } else {
+                    TailKind::Corrupt {
+                        first_seq: None,
+                        records: None,
+                    }
+                },
+            }
+        }
+    }
 }
 
 fn all_zero(bytes: &[u8]) -> bool {
@@ -474,7 +562,7 @@ mod tests {
             Ok(Scan::Valid {
                 valid_len: bytes.len() as u64,
                 last_seq: Some(8),
-                torn: None
+                tail: None
             })
         );
         let want: Vec<(Seq, Vec<u8>)> = vec![
@@ -503,7 +591,11 @@ mod tests {
                 Ok(Scan::Valid {
                     valid_len,
                     last_seq: Some(1),
-                    torn: Some(_),
+                    tail:
+                        Some(Tail {
+                            kind: TailKind::Torn,
+                            ..
+                        }),
                 }) => {
                     assert_eq!(valid_len, good.len() as u64, "cut at {cut}");
                 }
@@ -513,38 +605,113 @@ mod tests {
         }
     }
 
-    #[test]
-    fn zeroed_hole_inside_the_last_batch_is_a_torn_tail() {
-        // A crash can persist a batch's later blocks but not its earlier ones.
+    fn is_torn(result: &Result<Scan, Damage>) -> bool {
+        matches!(
+            result,
+            Ok(Scan::Valid {
+                tail: Some(Tail {
+                    kind: TailKind::Torn,
+                    ..
+                }),
+                last_seq: Some(1),
+                ..
+            })
+        )
+    }
+
+    /// A kept batch, then a last batch of three sectors' worth of records.
+    fn with_long_last_batch() -> (Vec<u8>, usize) {
         let good = segment(1, &[batch(1, &[b"kept"])]);
-        let mut last = batch(2, &[b"x".repeat(100).as_slice(), b"tail"]);
-        for b in &mut last[BATCH_HEADER_LEN..BATCH_HEADER_LEN + 50] {
-            *b = 0;
-        }
+        let payload = b"x".repeat(700);
+        let last = batch(2, &[payload.as_slice(), payload.as_slice(), b"tail"]);
         let mut bytes = good.clone();
         bytes.extend_from_slice(&last);
-        let (result, _) = scan(&bytes, 1, true);
-        assert!(matches!(
-            result,
-            Ok(Scan::Valid {
-                torn: Some(_),
-                last_seq: Some(1),
-                ..
-            })
-        ));
-        // Its header zeroed too: still torn, nothing intact follows.
-        for b in &mut bytes[good.len()..good.len() + 8] {
-            *b = 0;
+        (bytes, good.len())
+    }
+
+    #[test]
+    fn zeroed_sectors_inside_the_last_batch_are_a_torn_tail() {
+        // A crash can persist a batch's later sectors but not its earlier ones (and the
+        // reverse); a sector that never reached the disk reads as the zeros under it.
+        let (clean, at) = with_long_last_batch();
+        for sector in 1..=(clean.len() - 1) / SECTOR {
+            let mut bytes = clean.clone();
+            let end = ((sector + 1) * SECTOR).min(bytes.len());
+            bytes[sector * SECTOR..end].fill(0);
+            assert!(is_torn(&scan(&bytes, 1, true).0), "sector {sector} zeroed");
         }
-        let (result, _) = scan(&bytes, 1, true);
+        // The batch's share of the first sector (its header) never written.
+        let mut bytes = clean.clone();
+        bytes[at..SECTOR].fill(0);
+        assert!(is_torn(&scan(&bytes, 1, true).0), "header zeroed");
+        // Only the header's part of that sector.
+        let mut bytes = clean.clone();
+        bytes[at..at + BATCH_HEADER_LEN].fill(0);
+        assert!(is_torn(&scan(&bytes, 1, true).0), "header zeroed");
+    }
+
+    /// Issue 18, finding 12: a complete last batch whose checksum fails had been
+    /// fsync'd and acknowledged; it must not pass for a torn write.
+    #[test]
+    fn a_complete_last_batch_with_a_bad_checksum_is_corruption_not_a_torn_tail() {
+        let (clean, at) = with_long_last_batch();
+        let payload_at = at + BATCH_HEADER_LEN + FRAME_HEADER_LEN;
+        for flip in [payload_at, payload_at + 600, clean.len() - 1, at + 30] {
+            let mut bytes = clean.clone();
+            bytes[flip] ^= 0x04;
+            match scan(&bytes, 1, true).0 {
+                Ok(Scan::Valid {
+                    valid_len,
+                    last_seq: Some(1),
+                    tail:
+                        Some(Tail {
+                            kind:
+                                TailKind::Corrupt {
+                                    first_seq: Some(2),
+                                    records: Some(3),
+                                },
+                            ..
+                        }),
+                }) => assert_eq!(valid_len, at as u64),
+                other => panic!("flip at {flip}: {other:?}"),
+            }
+        }
+        // A flipped header: its claims cannot be trusted, it is still corruption.
+        for flip in [at + 1, at + 5, at + 21] {
+            let mut bytes = clean.clone();
+            bytes[flip] ^= 0x10;
+            match scan(&bytes, 1, true).0 {
+                Ok(Scan::Valid {
+                    valid_len,
+                    tail:
+                        Some(Tail {
+                            kind:
+                                TailKind::Corrupt {
+                                    first_seq: None,
+                                    records: None,
+                                },
+                            ..
+                        }),
+                    ..
+                }) => assert_eq!(valid_len, at as u64),
+                other => panic!("header flip at {flip}: {other:?}"),
+            }
+        }
+        // Followed by preallocated zeros: the same.
+        let mut bytes = preallocated(clean.clone(), 4096);
+        bytes[payload_at] ^= 0x04;
         assert!(matches!(
-            result,
+            scan(&bytes, 1, true).0,
             Ok(Scan::Valid {
-                torn: Some(_),
-                last_seq: Some(1),
+                tail: Some(Tail {
+                    kind: TailKind::Corrupt { .. },
+                    ..
+                }),
                 ..
             })
         ));
+        // Cut short instead: torn.
+        assert!(is_torn(&scan(&clean[..clean.len() - 1], 1, true).0));
     }
 
     #[test]
@@ -591,7 +758,7 @@ mod tests {
             Ok(Scan::Valid {
                 valid_len: 16,
                 last_seq: None,
-                torn: None
+                tail: None
             })
         );
         // Nothing but a header that is wrong: a crash mid-creation, no records lost.
@@ -624,7 +791,7 @@ mod tests {
                 Ok(Scan::Valid {
                     valid_len: batches.len() as u64,
                     last_seq: Some(3),
-                    torn: None
+                    tail: None
                 }),
                 "is_last {is_last}"
             );
@@ -637,7 +804,7 @@ mod tests {
             Ok(Scan::Valid {
                 valid_len: SEGMENT_HEADER_LEN as u64,
                 last_seq: None,
-                torn: None
+                tail: None
             })
         );
     }
@@ -655,7 +822,11 @@ mod tests {
                 Ok(Scan::Valid {
                     valid_len,
                     last_seq: Some(1),
-                    torn: Some(_),
+                    tail:
+                        Some(Tail {
+                            kind: TailKind::Torn,
+                            ..
+                        }),
                 }) => assert_eq!(valid_len, good.len() as u64, "cut at {cut}"),
                 other => panic!("cut at {cut}: {other:?}"),
             }
@@ -666,14 +837,7 @@ mod tests {
         let mut bytes = good.clone();
         bytes.extend_from_slice(&next[..BATCH_HEADER_LEN]);
         let bytes = preallocated(bytes, next.len() + 4096);
-        assert!(matches!(
-            scan(&bytes, 1, true).0,
-            Ok(Scan::Valid {
-                torn: Some(_),
-                last_seq: Some(1),
-                ..
-            })
-        ));
+        assert!(is_torn(&scan(&bytes, 1, true).0));
     }
 
     #[test]

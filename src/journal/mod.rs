@@ -33,10 +33,16 @@
 //!   checksummed header with its length and first seq (format in `format.rs`). The batch
 //!   header is what makes recovery precise: only the *last batch of the newest segment*
 //!   can be a write cut short by a crash (the writer never starts a batch before the
-//!   previous one was fsync'd), so a damaged final batch is truncated with a warning,
-//!   while damage followed by an intact batch, or in an older segment, is data that had
-//!   been fsync'd and acknowledged: [`Journal::open`] fails with [`JournalError::Corrupt`]
-//!   naming the file and byte offset and leaves the file untouched for the operator.
+//!   previous one was fsync'd). Such a batch is short or has sectors that read as zeros
+//!   (it is only ever written over zeros): it is truncated with a warning. The last batch
+//!   complete but failing its checksum was fsync'd and acknowledged before it was
+//!   damaged: it is cut off too, so the receiver can start, but reported as lost
+//!   deliveries (error log, `hookwarden_journal_corrupt_batches_total`,
+//!   [`JournalStats::corrupt_batches`], [`Journal::lost_at_open`]) with its bytes copied
+//!   beside the segment, and its seqs are never handed out again. Damage followed by an
+//!   intact batch, or in an older segment, is also acknowledged data: [`Journal::open`]
+//!   fails with [`JournalError::Corrupt`] naming the file and byte offset and leaves the
+//!   file untouched for the operator.
 //! * **Zeros written ahead.** When a batch reaches past the end of the active segment's
 //!   file, the writer also writes zeros up to the next 256 KiB boundary, so the following
 //!   batches overwrite zeros in place and their `fdatasync` need not write the inode too
@@ -50,6 +56,10 @@
 //!   until the journal is reopened, which re-reads and validates what is really on disk.
 //!   A failed `write` (typically `ENOSPC`) is different: nothing was acknowledged, the
 //!   segment is truncated back to its last fsync'd length and the journal stays usable.
+//!   So is an fsync that fails with `ENOSPC`/`EDQUOT` (a full volume reported at
+//!   writeback): block allocation failed before any device write, so acknowledged data
+//!   is untouched; the batch is cut off, the cut fsync'd, and the journal stays usable
+//!   (if that fsync fails too, the journal fails as above).
 //! * **Compaction.** [`Journal::checkpoint`] writes the caller's folded state as a
 //!   snapshot (temp file, fsync, rename, directory fsync) covering everything up to a seq,
 //!   on the blocking pool so appends keep committing meanwhile, then has the writer
@@ -150,6 +160,26 @@ impl std::fmt::Debug for Recovered {
     }
 }
 
+/// A batch of acknowledged deliveries that [`Journal::open`] found damaged and cut off:
+/// the newest segment's last batch, complete (so it had been fsync'd and answered 2xx)
+/// but failing its checksum. Its deliveries are lost; the receiver should say so where
+/// an operator looks (a condition, an Event), not only in the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LostBatch {
+    /// The segment it was cut from.
+    pub path: PathBuf,
+    /// Byte offset of the damage in that file.
+    pub offset: u64,
+    pub reason: String,
+    /// First seq of the batch and how many records it held, as its header says (`None`
+    /// when the header itself is damaged).
+    pub first_seq: Option<Seq>,
+    pub records: Option<u32>,
+    /// Where its bytes were copied before the cut (`<segment>.damaged-<offset>`), if
+    /// the copy could be written.
+    pub kept_at: Option<PathBuf>,
+}
+
 /// A point-in-time view of the journal, for `/metrics`, logs and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct JournalStats {
@@ -171,6 +201,9 @@ pub struct JournalStats {
     pub appended_entries: u64,
     /// True after an fsync failure: every write is refused until reopened.
     pub failed: bool,
+    /// Complete batches found damaged by the last open (acknowledged deliveries lost;
+    /// details in [`Journal::lost_at_open`]). Zero unless the disk corrupted data.
+    pub corrupt_batches: u64,
 }
 
 /// Why an append, checkpoint or open did not succeed.
@@ -213,6 +246,7 @@ pub struct JournalMetrics {
     replayed: Counter,
     fsync_seconds: Histogram,
     batch_entries: Histogram,
+    corrupt_batches: Counter,
 }
 
 impl Default for JournalMetrics {
@@ -221,6 +255,7 @@ impl Default for JournalMetrics {
             bytes: Gauge::default(),
             pending: Gauge::default(),
             replayed: Counter::default(),
+            corrupt_batches: Counter::default(),
             // 50 µs .. ~1.6 s
             fsync_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             // 1 .. 4096
@@ -257,6 +292,11 @@ impl JournalMetrics {
             "Entries written per group commit",
             self.batch_entries.clone(),
         );
+        registry.register(
+            "hookwarden_journal_corrupt_batches",
+            "Complete journal batches found damaged when the journal was opened: acknowledged deliveries lost (a torn write cut short by a crash is not counted)",
+            self.corrupt_batches.clone(),
+        );
     }
 }
 
@@ -266,6 +306,8 @@ impl JournalMetrics {
 struct Faults {
     fail_write: AtomicBool,
     fail_sync: AtomicBool,
+    /// Non-zero: every fsync fails with this errno (28 ENOSPC, 122 EDQUOT, 5 EIO).
+    sync_errno: std::sync::atomic::AtomicI32,
 }
 
 /// State the writer thread publishes and the handles read without locking.
@@ -283,6 +325,7 @@ struct Shared {
     /// which the appender unparks it (`u64::MAX`: not waiting that way).
     wake_at: AtomicU64,
     failed: AtomicBool,
+    corrupt_batches: AtomicU64,
     metrics: JournalMetrics,
     #[cfg(test)]
     faults: Faults,
@@ -311,6 +354,7 @@ struct Inner {
     shared: Arc<Shared>,
     dir: PathBuf,
     checkpointing: tokio::sync::Mutex<()>,
+    lost: Option<LostBatch>,
 }
 
 /// Handle to an open journal. Cheap to clone; all clones share one writer thread, which
@@ -330,7 +374,8 @@ impl std::fmt::Debug for Journal {
 
 impl Journal {
     /// Opens (or creates) the journal in `config.dir`, recovering after a crash: a torn
-    /// tail is truncated, a corrupt middle is reported as [`JournalError::Corrupt`].
+    /// tail is truncated, a damaged but complete last batch is cut off and reported (see
+    /// [`Journal::lost_at_open`]), a corrupt middle is [`JournalError::Corrupt`].
     /// Returns the last snapshot and the entries to replay. Metrics are registered on
     /// `registry` when given (see [`JournalMetrics`] for reopening in one process).
     pub async fn open(
@@ -373,13 +418,14 @@ impl Journal {
             sent: AtomicU64::new(0),
             wake_at: AtomicU64::new(u64::MAX),
             failed: AtomicBool::new(false),
+            corrupt_batches: AtomicU64::new(0),
             metrics,
             #[cfg(test)]
             faults: Faults::default(),
         });
         let for_writer = Arc::clone(&shared);
         let dir = config.dir.clone();
-        let (writer, recovered) =
+        let (writer, recovered, lost) =
             tokio::task::spawn_blocking(move || Writer::open(config, for_writer))
                 .await
                 .map_err(|e| {
@@ -406,6 +452,7 @@ impl Journal {
                     shared,
                     dir,
                     checkpointing: tokio::sync::Mutex::new(()),
+                    lost,
                 }),
             },
             recovered,
@@ -515,7 +562,15 @@ impl Journal {
             fsyncs: shared.fsyncs.load(Ordering::Relaxed),
             appended_entries: shared.appended.load(Ordering::Relaxed),
             failed: shared.failed.load(Ordering::Acquire),
+            corrupt_batches: shared.corrupt_batches.load(Ordering::Acquire),
         }
+    }
+
+    /// The batch of acknowledged deliveries that opening found damaged and cut off, if
+    /// any (see [`LostBatch`]; counted in [`JournalStats::corrupt_batches`] and
+    /// `hookwarden_journal_corrupt_batches_total`).
+    pub fn lost_at_open(&self) -> Option<&LostBatch> {
+        self.inner.lost.as_ref()
     }
 
     /// Writes everything queued before this call, persists the applied mark and stops the
@@ -529,6 +584,65 @@ impl Journal {
             .map_err(|_| JournalError::Closed)?;
         self.inner.writer.unpark();
         done.await.map_err(|_| JournalError::Closed)?
+    }
+}
+
+/// Entry points for the fuzz targets in `fuzz/` (the on-disk decoders are private).
+/// Not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{Seq, format};
+
+    /// What [`scan_segment`] found: the records yielded, then `Ok(Some(valid_len))`,
+    /// `Ok(None)` for an unborn segment, or `Err(offset)` of the corruption.
+    pub type ScanResult = (Vec<(Seq, Vec<u8>)>, Result<Option<u64>, u64>);
+
+    /// Recovery's scan of one segment file.
+    pub fn scan_segment(bytes: &[u8], first_seq: Seq, is_last: bool) -> ScanResult {
+        let mut seen = Vec::new();
+        let result = format::scan_segment(bytes, first_seq, is_last, |seq, payload| {
+            seen.push((seq, payload.to_vec()))
+        });
+        let result = match result {
+            Ok(format::Scan::Unborn) => Ok(None),
+            Ok(format::Scan::Valid { valid_len, .. }) => Ok(Some(valid_len)),
+            Err(damage) => Err(damage.offset),
+        };
+        (seen, result)
+    }
+
+    /// A segment holding `batches` (each a list of records), numbered from `first_seq`,
+    /// exactly as the writer lays it out.
+    pub fn encode_segment(first_seq: Seq, batches: &[Vec<Vec<u8>>]) -> Vec<u8> {
+        let mut out = format::encode_segment_header(first_seq).to_vec();
+        let mut seq = first_seq;
+        let mut buf = Vec::new();
+        for batch in batches {
+            let mut encoder = format::BatchEncoder::begin(&mut buf, seq);
+            for record in batch {
+                encoder.push(seq, record);
+                seq += 1;
+            }
+            encoder.finish();
+            out.extend_from_slice(&buf);
+        }
+        out
+    }
+
+    /// The snapshot file: `(covers_seq, applied_seq, payload)` when it decodes.
+    pub fn decode_snapshot(bytes: &[u8]) -> Option<(Seq, Seq, Vec<u8>)> {
+        format::decode_snapshot(bytes)
+            .ok()
+            .map(|s| (s.covers_seq, s.applied_seq, s.payload))
+    }
+
+    pub fn encode_snapshot(covers_seq: Seq, applied_seq: Seq, payload: &[u8]) -> Vec<u8> {
+        format::encode_snapshot(covers_seq, applied_seq, payload)
+    }
+
+    /// The applied marker file.
+    pub fn decode_applied(bytes: &[u8]) -> Option<Seq> {
+        format::decode_applied(bytes)
     }
 }
 
@@ -587,6 +701,73 @@ mod tests {
             .expect("append after reopen");
         assert_eq!(seq, 2);
         journal.close().await.expect("close");
+    }
+
+    /// Issue 18, finding 13: a volume that fills up, reported at fsync (delayed
+    /// allocation, copy-on-write, quotas), must not become a restart loop: the appends
+    /// fail (the receiver answers 503 + Retry-After), `/healthz` stays green, and the
+    /// retry succeeds when space is back. Everything acknowledged stays readable and the
+    /// refused batch never comes back.
+    #[tokio::test]
+    async fn out_of_space_at_fsync_fails_the_appends_not_the_journal() {
+        for errno in [28, 122] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (journal, _) = Journal::open(config(dir.path()), None).await.expect("open");
+            assert_eq!(journal.append(b"one".to_vec()).await.expect("append"), 1);
+            let bytes_before = journal.stats().bytes_on_disk;
+            let faults = &journal.inner.shared.faults;
+            faults.sync_errno.store(errno, Ordering::Release);
+            for _ in 0..3 {
+                match journal.append(b"refused".to_vec()).await {
+                    Err(JournalError::Io(e)) => {
+                        assert_eq!(e.raw_os_error(), None, "{e}");
+                        assert!(
+                            matches!(
+                                e.kind(),
+                                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                            ),
+                            "errno {errno}: {e:?}"
+                        );
+                        assert!(e.to_string().contains("full"), "{e}");
+                    }
+                    other => panic!("errno {errno}: expected a disk-full error, got {other:?}"),
+                }
+                assert!(
+                    !journal.stats().failed,
+                    "errno {errno}: not a failed journal"
+                );
+                assert_eq!(journal.stats().bytes_on_disk, bytes_before);
+            }
+            faults.sync_errno.store(0, Ordering::Release);
+            assert_eq!(journal.append(b"two".to_vec()).await.expect("retry"), 2);
+            journal.close().await.expect("close");
+            let (journal, recovered) = Journal::open(config(dir.path()), None)
+                .await
+                .expect("reopen");
+            assert_eq!(
+                recovered.entries,
+                vec![(1, b"one".to_vec()), (2, b"two".to_vec())]
+            );
+            journal.close().await.expect("close");
+        }
+    }
+
+    /// An I/O error at fsync keeps the fail-stop behaviour (the fsync gate).
+    #[tokio::test]
+    async fn an_io_error_at_fsync_still_fails_the_journal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (journal, _) = Journal::open(config(dir.path()), None).await.expect("open");
+        journal.append(b"one".to_vec()).await.expect("append");
+        let faults = &journal.inner.shared.faults;
+        faults.sync_errno.store(5, Ordering::Release);
+        assert!(journal.append(b"lost".to_vec()).await.is_err());
+        faults.sync_errno.store(0, Ordering::Release);
+        assert!(journal.stats().failed);
+        assert!(matches!(
+            journal.append(b"after".to_vec()).await,
+            Err(JournalError::Io(_))
+        ));
+        assert!(journal.close().await.is_err());
     }
 
     #[tokio::test]

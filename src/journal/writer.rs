@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::format::{self, BatchEncoder, Scan};
-use super::{JournalConfig, JournalError, Recovered, Seq, Shared};
+use super::format::{self, BatchEncoder, Scan, TailKind};
+use super::{JournalConfig, JournalError, LostBatch, Recovered, Seq, Shared};
 
 /// How often a changed applied marker is written out (it is cheap but not free).
 const APPLIED_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
@@ -138,6 +138,16 @@ fn at(path: &Path, what: &str) -> impl FnOnce(io::Error) -> io::Error {
     move |e| io::Error::new(e.kind(), format!("{context}: {e}"))
 }
 
+/// ENOSPC or EDQUOT: the file system had no block to give, and wrote nothing.
+fn is_out_of_space(error: &io::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    matches!(
+        error.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    ) || matches!(error.raw_os_error(), Some(ENOSPC | EDQUOT))
+}
+
 fn remove_if_exists(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -151,7 +161,7 @@ impl Writer {
     pub(super) fn open(
         config: JournalConfig,
         shared: Arc<Shared>,
-    ) -> Result<(Self, Recovered), JournalError> {
+    ) -> Result<(Self, Recovered, Option<LostBatch>), JournalError> {
         let dir = config.dir.clone();
         let created = !dir.exists();
         fs::create_dir_all(&dir).map_err(at(&dir, "cannot create journal directory"))?;
@@ -209,6 +219,7 @@ impl Writer {
         let mut entries: Vec<(Seq, Vec<u8>)> = Vec::new();
         let mut applied_entries: Vec<(Seq, Vec<u8>)> = Vec::new();
         let mut dir_changed = false;
+        let mut lost = None;
         let count = names.len();
         for (i, (first_seq, path)) in names.into_iter().enumerate() {
             let is_last = i + 1 == count;
@@ -232,16 +243,37 @@ impl Writer {
                 Scan::Valid {
                     valid_len,
                     last_seq,
-                    torn,
+                    tail,
                 } => {
-                    if let Some(damage) = torn {
-                        tracing::warn!(
-                            path = %path.display(),
-                            offset = damage.offset,
-                            dropped_bytes = bytes.len() as u64 - valid_len,
-                            reason = %damage.reason,
-                            "truncating the journal's torn tail (a write cut short by a crash; never acknowledged)"
-                        );
+                    if let Some(tail) = tail {
+                        let damage = &tail.damage;
+                        match tail.kind {
+                            TailKind::Torn => tracing::warn!(
+                                path = %path.display(),
+                                offset = damage.offset,
+                                dropped_bytes = bytes.len() as u64 - valid_len,
+                                reason = %damage.reason,
+                                "truncating the journal's torn tail (a write cut short by a crash; never acknowledged)"
+                            ),
+                            TailKind::Corrupt { first_seq, records } => {
+                                let report = keep_damaged_tail(
+                                    &path, &bytes, valid_len, damage, first_seq, records,
+                                );
+                                dir_changed |= report.kept_at.is_some();
+                                tracing::error!(
+                                    path = %path.display(),
+                                    offset = damage.offset,
+                                    reason = %damage.reason,
+                                    first_seq = ?first_seq,
+                                    records = ?records,
+                                    kept_at = ?report.kept_at.as_ref().map(|p| p.display().to_string()),
+                                    "the journal's last batch is complete but damaged: it had been fsync'd and its deliveries acknowledged, which are now lost; the batch is cut off so the journal can start, its bytes are kept beside it for analysis"
+                                );
+                                shared.metrics.corrupt_batches.inc();
+                                shared.corrupt_batches.fetch_add(1, Ordering::AcqRel);
+                                lost = Some(report);
+                            }
+                        }
                         let truncate = || {
                             let file = OpenOptions::new().write(true).open(&path)?;
                             file.set_len(valid_len)?;
@@ -284,14 +316,28 @@ impl Writer {
             .max()
             .unwrap_or(0);
         let last_named = segments.back().map_or(0, |s| s.first_seq.saturating_sub(1));
-        let next_seq = last_frame.max(snapshot_seq).max(applied).max(last_named) + 1;
+        // The seqs of a lost batch were acknowledged, and may be covered by the applied
+        // mark: they are never given to new entries (which would then count as applied).
+        let lost_last = lost
+            .as_ref()
+            .and_then(|l: &LostBatch| Some(l.first_seq?.saturating_add(u64::from(l.records?))))
+            .map_or(0, |end| end.saturating_sub(1));
+        let next_seq = last_frame
+            .max(snapshot_seq)
+            .max(applied)
+            .max(last_named)
+            .max(lost_last)
+            + 1;
 
         let active = match segments.back() {
-            Some(seg) => OpenOptions::new()
+            // Inside a segment seqs are consecutive (recovery checks it): when the next
+            // seq does not follow the active segment's last entry (seqs skipped above),
+            // a new segment starts at it.
+            Some(seg) if seg.last_seq.is_none_or(|last| last + 1 == next_seq) => OpenOptions::new()
                 .write(true)
                 .open(&seg.path)
                 .map_err(at(&seg.path, "cannot open journal segment"))?,
-            None => {
+            Some(_) | None => {
                 let (file, seg) = create_segment(&dir, next_seq)?;
                 segments.push_back(seg);
                 dir_changed = false;
@@ -339,7 +385,7 @@ impl Writer {
             entries,
             applied: applied_entries,
         };
-        Ok((writer, recovered))
+        Ok((writer, recovered, lost))
     }
 
     /// The writer thread's loop; returns when closed or when every handle is gone.
@@ -590,9 +636,48 @@ impl Writer {
             .observe(started.elapsed().as_secs_f64());
         self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         if let Err(error) = synced {
-            // Cut the never-acknowledged batch off (best effort, no fsync): otherwise a
-            // reopen in this process could read it back from the page cache although it
-            // may never reach the disk, and write new batches after it.
+            if is_out_of_space(&error) {
+                // The file system could not allocate blocks for this batch (ENOSPC,
+                // EDQUOT: delayed allocation, copy-on-write, thin provisioning and network
+                // file systems report it at fsync, not at write). That failure happens
+                // before any device write, so the batches fsync'd earlier are untouched
+                // on disk: unlike an I/O error, it says nothing about data already
+                // acknowledged. The batch itself was never acknowledged; it is cut off,
+                // and the cut made durable, so the file on disk and in the page cache is
+                // again exactly its fsync'd batches. Then the journal stays usable: these
+                // appends fail (503 + Retry-After, as for a full journal), and the
+                // sender's retry succeeds once space is back, without a restart loop.
+                let cut = self.cut_to_batches().and_then(|()| self.active.sync_all());
+                match cut {
+                    Ok(()) => {
+                        tracing::warn!(%error, path = %path.display(), "journal fsync found the volume full; the batch was not acknowledged and is cut off, appends fail until space is freed");
+                        return Err(io::Error::new(
+                            error.kind(),
+                            format!(
+                                "journal volume is full (fsync of {}: {error}); retry later",
+                                path.display()
+                            ),
+                        ));
+                    }
+                    Err(undo) => {
+                        let message = format!(
+                            "journal fsync of {} failed ({error}) and the unacknowledged batch could not be cut off durably ({undo}); the journal refuses writes until it is reopened",
+                            path.display()
+                        );
+                        self.fail(Failure {
+                            kind: error.kind(),
+                            message: message.clone(),
+                        });
+                        return Err(io::Error::new(error.kind(), message));
+                    }
+                }
+            }
+            // Any other failure (EIO): the device may have written part of a block that
+            // held acknowledged data, and Linux may have dropped the dirty pages, so a
+            // later fsync could report success for data that is gone. Cut the
+            // never-acknowledged batch off (best effort, no fsync): otherwise a reopen in
+            // this process could read it back from the page cache although it may never
+            // reach the disk, and write new batches after it.
             let _ = self.cut_to_batches();
             let message = format!(
                 "journal fsync of {} failed ({error}); the journal refuses writes until it is reopened",
@@ -672,6 +757,11 @@ impl Writer {
         if self.shared.faults.fail_sync.load(Ordering::Acquire) {
             return Err(io::Error::other("injected fsync failure"));
         }
+        #[cfg(test)]
+        match self.shared.faults.sync_errno.load(Ordering::Acquire) {
+            0 => {}
+            errno => return Err(io::Error::from_raw_os_error(errno)),
+        }
         self.active.sync_data()
     }
 
@@ -747,6 +837,56 @@ impl Writer {
                 tracing::warn!(%error, "cannot write the journal applied marker; more entries will be replayed after a restart")
             }
         }
+    }
+}
+
+/// Copies the damaged tail of `path` (from `valid_len`, without the zeros written ahead
+/// after it) to `<segment>.damaged-<offset>` beside it, durably, before the segment is
+/// cut: the bytes of acknowledged deliveries are evidence, and may be partly readable.
+/// A copy that cannot be written (a full disk) is logged and the start goes on: the
+/// deliveries are lost either way, and refusing to start would only add an outage.
+fn keep_damaged_tail(
+    path: &Path,
+    bytes: &[u8],
+    valid_len: u64,
+    damage: &format::Damage,
+    first_seq: Option<Seq>,
+    records: Option<u32>,
+) -> LostBatch {
+    let start = usize::try_from(valid_len)
+        .unwrap_or(bytes.len())
+        .min(bytes.len());
+    let end = bytes[start..]
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(start, |i| start + i + 1);
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".damaged-{}", damage.offset));
+    let copy = path.with_file_name(name);
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&copy)?;
+        file.write_all(&bytes[start..end])?;
+        file.sync_all()
+    })();
+    let kept_at = match written {
+        Ok(()) => Some(copy),
+        Err(error) => {
+            tracing::error!(%error, path = %copy.display(), "cannot keep a copy of the journal's damaged batch");
+            let _ = fs::remove_file(&copy);
+            None
+        }
+    };
+    LostBatch {
+        path: path.to_path_buf(),
+        offset: damage.offset,
+        reason: damage.reason.clone(),
+        first_seq,
+        records,
+        kept_at,
     }
 }
 

@@ -128,6 +128,7 @@ struct Shard {
 impl Shard {
     /// Drops expired entries from the front, then the oldest while over `cap`. Returns how
     /// many of those were still within their window (forgotten early for lack of room).
+    /// Only the caller knows whether such a loss is news (see [`Inner::make_room`]).
     fn trim(&mut self, now_ms: i64, cap: usize) -> u64 {
         let mut early = 0;
         while let Some(&(key, expires)) = self.order.front() {
@@ -177,11 +178,33 @@ struct Inner {
     evicted_early: Counter,
 }
 
+/// Why an insert needs room: decides whether ids it pushes out count as evicted early.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Insert {
+    /// A delivery seen for the first time while it is running: a live id pushed out now
+    /// is a real loss, counted.
+    New,
+    /// An id already in the map gets a new slot (an expired one re-accepted, or a later
+    /// expiry re-seeded): the map does not grow, so nothing live has to go for it.
+    Replacing,
+    /// Re-seeding after a restart from the journal: the ids pushed out here were pushed
+    /// out of this memory before the restart as well (same cap, same shards: the shard is
+    /// a function of the digest), and were counted then. Counting them again would make
+    /// every rollout look like capacity pressure.
+    Reseed,
+}
+
 impl Inner {
-    /// Trims `shard` before an insert, counting the ids forgotten within their window.
-    fn make_room(&self, shard: &mut Shard, now_ms: i64) {
-        let early = shard.trim(now_ms, self.per_shard_cap);
-        if early > 0 {
+    /// Trims `shard` before an insert; ids forgotten within their window count as evicted
+    /// early only for [`Insert::New`].
+    fn make_room(&self, shard: &mut Shard, now_ms: i64, insert: Insert) {
+        let cap = match insert {
+            // The replaced slot is counted in `slots.len()` and stays one slot.
+            Insert::Replacing => self.per_shard_cap.saturating_add(1),
+            Insert::New | Insert::Reseed => self.per_shard_cap,
+        };
+        let early = shard.trim(now_ms, cap);
+        if early > 0 && insert == Insert::New {
             self.evicted_early.inc_by(early);
         }
     }
@@ -271,8 +294,13 @@ impl Dedup {
                     None => return Check::Duplicate,
                     Some(flight) => flight.clone(),
                 },
-                _ => {
-                    self.inner.make_room(&mut shard, now);
+                replaced => {
+                    let insert = if replaced.is_some() {
+                        Insert::Replacing
+                    } else {
+                        Insert::New
+                    };
+                    self.inner.make_room(&mut shard, now, insert);
                     let flight = Arc::new(InFlight {
                         state: AtomicU8::new(PENDING),
                         done: Notify::new(),
@@ -300,7 +328,10 @@ impl Dedup {
     }
 
     /// Marks `id` as accepted until `expires_at_ms` (Unix ms): how the runtime re-seeds
-    /// the memory from the journal after a restart. Past expiries are ignored.
+    /// the memory from the journal after a restart, oldest first (the cap keeps the
+    /// newest). Past expiries are ignored. Ids pushed out by a re-seed are not counted in
+    /// [`Dedup::evicted_early`]: they were counted when they were pushed out before the
+    /// restart.
     pub fn remember(&self, integration: &str, id: &str, expires_at_ms: i64) {
         self.remember_digest(digest(integration, id), expires_at_ms);
     }
@@ -312,14 +343,15 @@ impl Dedup {
             return;
         }
         let mut shard = self.inner.shard(key);
-        match shard.slots.get(&key) {
+        let insert = match shard.slots.get(&key) {
             // A copy is in flight right now; its outcome decides.
             Some(slot) if slot.pending.is_some() => return,
             // Seen twice (a checkpoint and a replayed entry): keep the later expiry.
             Some(slot) if slot.expires_at_ms >= expires_at_ms => return,
-            _ => {}
-        }
-        self.inner.make_room(&mut shard, now);
+            Some(_) => Insert::Replacing,
+            None => Insert::Reseed,
+        };
+        self.inner.make_room(&mut shard, now, insert);
         shard.insert(
             key,
             Slot {
@@ -446,10 +478,58 @@ mod tests {
         assert_eq!(d.evicted_early().get(), 0, "only expired ids made room");
         // 2,400 ids within their window in room for 1,008: the rest is forgotten early.
         for i in 0..2_000 {
-            d.remember("ns/a", &format!("more-{i}"), 120_000);
+            let Check::Fresh(claim) = d.claim("ns/a", &format!("more-{i}"), window).await else {
+                panic!("fresh")
+            };
+            claim.accepted();
         }
         let early = d.evicted_early().get();
         assert!((1_392..=1_600).contains(&early), "{early}");
+    }
+
+    /// Issue 18, finding 13: the counter is for alerting (`increase() > 0`), so only a
+    /// live id pushed out by a new delivery counts — not an id replaced in place, and not
+    /// the re-seeding at a restart (a rollout is not capacity pressure).
+    #[tokio::test]
+    async fn only_live_ids_pushed_out_by_new_deliveries_count_as_evicted_early() {
+        let now = Arc::new(AtomicI64::new(0));
+        // One slot per shard: every shard is full after its first id.
+        let d = dedup_at(now.clone(), 16);
+        let window = Duration::from_secs(60);
+        // Re-seeding 2,000 ids into room for 16 pushes most of them out: not counted.
+        for i in 0..2_000 {
+            d.remember("ns/a", &format!("seed-{i}"), 60_000);
+        }
+        assert!(d.len() <= 16, "{}", d.len());
+        assert_eq!(d.evicted_early().get(), 0, "re-seeding is not an eviction");
+        assert!(
+            d.contains("ns/a", "seed-1999"),
+            "re-seeding keeps the newest"
+        );
+        // A remembered id re-seeded with a later expiry replaces its own slot.
+        d.remember("ns/a", "seed-1999", 90_000);
+        assert!(d.contains("ns/a", "seed-1999"));
+        assert_eq!(
+            d.evicted_early().get(),
+            0,
+            "a replacement is not an eviction"
+        );
+        // An id whose window ended, re-accepted: it takes its own slot back, pushing no
+        // live neighbour out.
+        now.store(90_000, Ordering::SeqCst);
+        let Check::Fresh(claim) = d.claim("ns/a", "seed-1999", window).await else {
+            panic!("expired id is fresh again")
+        };
+        claim.accepted();
+        assert_eq!(d.evicted_early().get(), 0, "replacing an expired id");
+        // New deliveries over a full memory of live ids: those are real losses.
+        for i in 0..200 {
+            if let Check::Fresh(claim) = d.claim("ns/a", &format!("new-{i}"), window).await {
+                claim.accepted();
+            }
+        }
+        let early = d.evicted_early().get();
+        assert!((150..=200).contains(&early), "{early}");
     }
 
     #[tokio::test]

@@ -228,11 +228,13 @@ pub enum Refusal {
     /// The receiver's budget of body bytes in flight, or this integration's fair share
     /// of it, is spent: shed before reading anything.
     OverBudget,
+    /// More query/form parameters than any sender uses (Twilio): refused before any MAC.
+    TooManyParameters,
 }
 
 impl Refusal {
     /// Every refusal, for the table test (payload-carrying variants with a sample).
-    pub const ALL: [Refusal; 18] = [
+    pub const ALL: [Refusal; 19] = [
         Refusal::RoutesNotSynced,
         Refusal::NotFound,
         Refusal::MethodNotAllowed,
@@ -253,6 +255,7 @@ impl Refusal {
         Refusal::Overloaded,
         Refusal::JournalUnavailable,
         Refusal::OverBudget,
+        Refusal::TooManyParameters,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -268,7 +271,8 @@ impl Refusal {
             Refusal::BodyIncomplete
             | Refusal::MalformedPayload
             | Refusal::SchemaMismatch
-            | Refusal::MappingFailed => StatusCode::BAD_REQUEST,
+            | Refusal::MappingFailed
+            | Refusal::TooManyParameters => StatusCode::BAD_REQUEST,
             Refusal::RoutesNotSynced
             | Refusal::Suspended
             | Refusal::RetryInFlight
@@ -300,6 +304,7 @@ impl Refusal {
             Refusal::Overloaded => "overloaded",
             Refusal::JournalUnavailable => "journal_unavailable",
             Refusal::OverBudget => "over_budget",
+            Refusal::TooManyParameters => "too_many_parameters",
         }
     }
 
@@ -617,6 +622,11 @@ fn authenticate(
         body: &body,
     };
     match signature::verify(&route.spec.scheme, &secrets, &delivery, now_s) {
+        // Refused before any MAC: the request is malformed, not an authentication
+        // failure (it does not feed Degraded).
+        Verdict::Invalid(signature::Rejection::TooManyParameters { .. }) => {
+            Err(Refusal::TooManyParameters)
+        }
         Verdict::Invalid(rejection) => Err(Refusal::Unauthenticated(rejection.code())),
         Verdict::Valid(_) => Ok(Authentic {
             parts,

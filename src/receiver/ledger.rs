@@ -154,6 +154,14 @@ pub struct Ledger {
     /// (see [`Ledger::to_snapshot`]).
     #[serde(skip)]
     remembered: VecDeque<RememberedId>,
+    /// Ids of the entries this ledger folded itself since it was restored, oldest first.
+    /// Kept apart from `remembered` (the checkpoint's ids, then those of entries already
+    /// applied, see [`Ledger::remember_id`]) because replay learns them in the wrong
+    /// order: the applied entries come last but are older than every entry folded. The
+    /// ids read as `remembered` then `recent`, oldest first, so a cap that bites drops
+    /// the oldest and keeps the newest.
+    #[serde(skip)]
+    recent: VecDeque<RememberedId>,
     /// Checkpoints written before 0.1.0 kept the ids as strings (integration → id →
     /// expiry); read for upgrades, never written.
     #[serde(default, rename = "remembered", skip_serializing)]
@@ -191,7 +199,7 @@ impl Ledger {
             .collect();
         for (integration, ids) in std::mem::take(&mut ledger.legacy_remembered) {
             for (id, expires_at_ms) in ids {
-                ledger.remember(&integration, &id, expires_at_ms);
+                ledger.remember_id(&integration, &id, expires_at_ms);
             }
         }
         Ok(ledger)
@@ -202,9 +210,9 @@ impl Ledger {
     /// ids are copied, not formatted.
     pub fn to_snapshot(&self) -> Result<Vec<u8>, serde_json::Error> {
         let mut bytes = serde_json::to_vec(self)?;
-        bytes.reserve(1 + self.remembered.len() * RememberedId::ENCODED_LEN);
+        bytes.reserve(1 + self.remembered_len() * RememberedId::ENCODED_LEN);
         bytes.push(b'\n');
-        for id in &self.remembered {
+        for id in self.remembered.iter().chain(&self.recent) {
             bytes.extend_from_slice(&id.digest);
             bytes.extend_from_slice(&id.expires_at_ms.to_le_bytes());
         }
@@ -326,22 +334,33 @@ impl Ledger {
         self.trim_remembered();
     }
 
+    fn remembered_len(&self) -> usize {
+        self.remembered.len() + self.recent.len()
+    }
+
     fn trim_remembered(&mut self) {
         let max = self.max_remembered.unwrap_or(MAX_REMEMBERED_IDS);
-        while self.remembered.len() > max {
-            self.remembered.pop_front();
+        while self.remembered_len() > max {
+            if self.remembered.pop_front().is_none() {
+                self.recent.pop_front();
+            }
         }
     }
 
     /// Remembers a delivery id without counting anything: for journal entries whose
-    /// effects already reached the status but whose ids no snapshot holds yet.
+    /// effects already reached the status but whose ids no snapshot holds yet. Such an
+    /// entry is older than every entry this ledger folded since it was restored (replay
+    /// folds only the entries after the applied mark), so its id is placed before theirs.
     pub fn remember_id(&mut self, integration: &str, id: &str, expires_at_ms: i64) {
-        self.remember(integration, id, expires_at_ms);
+        let digest = crate::receiver::dedup::digest(integration, id);
+        self.remembered
+            .push_back(RememberedId::new(digest, expires_at_ms));
+        self.trim_remembered();
     }
 
     fn remember(&mut self, integration: &str, id: &str, expires_at_ms: i64) {
         let digest = crate::receiver::dedup::digest(integration, id);
-        self.remembered
+        self.recent
             .push_back(RememberedId::new(digest, expires_at_ms));
         // The oldest go first; an id remembered twice (re-accepted after it expired)
         // simply appears twice until the older copy ages out.
@@ -352,12 +371,15 @@ impl Ledger {
     /// differ per integration, so expiry is not in insertion order).
     pub fn prune(&mut self, now_ms: i64) {
         self.remembered.retain(|id| id.expires_at_ms > now_ms);
+        self.recent.retain(|id| id.expires_at_ms > now_ms);
     }
 
-    /// Remembered delivery ids still valid at `now_ms`, to re-seed dedup after a restart.
+    /// Remembered delivery ids still valid at `now_ms`, oldest first, to re-seed dedup
+    /// after a restart (whose cap then keeps the newest).
     pub fn remembered_ids(&self, now_ms: i64) -> impl Iterator<Item = RememberedId> + '_ {
         self.remembered
             .iter()
+            .chain(&self.recent)
             .filter(move |id| id.expires_at_ms > now_ms)
             .copied()
     }
@@ -742,6 +764,47 @@ mod tests {
         assert_eq!(ids[0], crate::receiver::dedup::digest(KEY, "d70"));
         ledger.remember_id(KEY, "d100", DAY_MS);
         assert_eq!(ledger.remembered_ids(0).count(), 30);
+    }
+
+    /// Issue 18, finding 13: replay learns the ids of already-applied entries after
+    /// folding the newer unapplied ones; a cap that bites must still keep the newest.
+    #[test]
+    fn replayed_ids_read_oldest_first_so_a_biting_cap_keeps_the_newest() {
+        let mut checkpointed = Ledger::default();
+        for i in 0..10 {
+            checkpointed.remember_id(KEY, &format!("snap-{i}"), DAY_MS);
+        }
+        let mut ledger =
+            Ledger::from_snapshot(&checkpointed.to_snapshot().expect("snapshot")).expect("restore");
+        ledger.set_max_remembered(15);
+        // What runtime::replay_recovered does: fold the entries after the applied mark
+        // (the newest), then re-learn the ids of the applied ones (older).
+        for i in 0..10 {
+            ledger.fold(
+                100 + i,
+                &accepted(&format!("new-{i}"), vec![], 5_000),
+                DAY_MS,
+            );
+        }
+        for i in 0..10 {
+            ledger.remember_id(KEY, &format!("applied-{i}"), DAY_MS);
+        }
+        let digest = |id: &str| crate::receiver::dedup::digest(KEY, id);
+        let ids: Vec<u128> = ledger.remembered_ids(0).map(|r| r.digest()).collect();
+        let want: Vec<u128> = (5..10)
+            .map(|i| digest(&format!("applied-{i}")))
+            .chain((0..10).map(|i| digest(&format!("new-{i}"))))
+            .collect();
+        assert_eq!(ids, want);
+        // The order survives a checkpoint, and later folds still come last.
+        let mut restored =
+            Ledger::from_snapshot(&ledger.to_snapshot().expect("snapshot")).expect("restore");
+        restored.fold(200, &accepted("later", vec![], 6_000), DAY_MS);
+        let ids: Vec<u128> = restored.remembered_ids(0).map(|r| r.digest()).collect();
+        assert_eq!(ids[..15], want[..]);
+        assert_eq!(ids[15], digest("later"));
+        restored.prune(DAY_MS);
+        assert_eq!(restored.remembered_ids(0).count(), 0);
     }
 
     #[test]

@@ -62,6 +62,12 @@ pub async fn serve_with(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
+        // `max_buf_size` alone is not a head limit: hyper checks it only while the head is
+        // incomplete, and one read may fill the buffer's spare capacity (it grows by
+        // doubling) past it, so heads of up to ~128 KiB were accepted with a 64 KiB
+        // setting. `max_header_size` is checked against the parsed head's exact length
+        // (431 above it); the buffer bound stays as the per-connection memory cap.
+        .max_header_size(options.max_header_bytes)
         .max_buf_size(options.max_header_bytes.max(8192))
         .keep_alive(true);
     let graceful = GracefulShutdown::new();

@@ -43,6 +43,71 @@ pub enum FolderError {
     },
 }
 
+/// Why a `metadata.name` or `metadata.namespace` is not one Kubernetes would accept.
+/// Standalone mode builds file paths from both (`secrets/<ns>/<name>`,
+/// `objects/<ns>/<name>.json`, `status/…`), so a name like `../../x` must never get
+/// that far: it is refused when the folder is loaded, as the API server would refuse it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("{field} {value:?} is not a valid name: {rule}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        rule: &'static str,
+    },
+}
+
+const SUBDOMAIN_RULE: &str = "use at most 253 characters of lower-case letters, digits, '-' and '.', starting and ending with a letter or digit, with a letter or digit on both sides of every '.' (a DNS-1123 subdomain, as Kubernetes requires for object names)";
+const LABEL_RULE: &str = "use at most 63 characters of lower-case letters, digits and '-', starting and ending with a letter or digit (a DNS-1123 label, as Kubernetes requires for namespaces)";
+
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, the piece both formats are made of.
+fn is_label_shaped(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+fn is_dns1123_label(s: &str) -> bool {
+    s.len() <= 63 && is_label_shaped(s)
+}
+
+/// A DNS-1123 subdomain (Kubernetes' `IsDNS1123Subdomain`): label-shaped pieces joined by
+/// dots, at most 253 characters (like Kubernetes, the pieces have no length limit of
+/// their own). Never `.`, `..`, empty, or anything with `/`.
+pub fn validate_name(field: &'static str, value: &str) -> Result<(), NameError> {
+    if value.len() <= 253 && value.split('.').all(is_label_shaped) {
+        Ok(())
+    } else {
+        Err(NameError::Invalid {
+            field,
+            value: value.to_string(),
+            rule: SUBDOMAIN_RULE,
+        })
+    }
+}
+
+/// A DNS-1123 label (Kubernetes' `IsDNS1123Label`), what a namespace must be.
+pub fn validate_namespace(field: &'static str, value: &str) -> Result<(), NameError> {
+    if is_dns1123_label(value) {
+        Ok(())
+    } else {
+        Err(NameError::Invalid {
+            field,
+            value: value.to_string(),
+            rule: LABEL_RULE,
+        })
+    }
+}
+
+/// Both checks, for a document's `metadata`.
+fn validate_meta(namespace: &str, name: &str) -> Result<(), NameError> {
+    validate_namespace("metadata.namespace", namespace)?;
+    validate_name("metadata.name", name)
+}
+
 #[derive(Deserialize)]
 struct TypeMeta {
     #[serde(default, rename = "apiVersion")]
@@ -94,25 +159,30 @@ pub fn load(dir: &Path) -> Result<Folder, FolderError> {
                 continue;
             }
         };
-        for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            let value = match serde_yaml::Value::deserialize(document) {
-                Ok(v) => v,
-                Err(e) => {
-                    folder.problems.push(format!(
-                        "{} (document {}): {e}",
-                        path.display(),
-                        index + 1
-                    ));
-                    break;
-                }
-            };
-            if value.is_null() {
-                continue;
-            }
-            load_document(&mut folder, &path, index, value);
-        }
+        parse_file(&mut folder, &path, &text);
     }
     Ok(folder)
+}
+
+/// Adds the documents of one YAML file (`text`, read from `path`) to `folder`: what
+/// [`load`] does per file, without the file system (and what `fuzz/` drives with
+/// arbitrary text).
+pub fn parse_file(folder: &mut Folder, path: &Path, text: &str) {
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = match serde_yaml::Value::deserialize(document) {
+            Ok(v) => v,
+            Err(e) => {
+                folder
+                    .problems
+                    .push(format!("{} (document {}): {e}", path.display(), index + 1));
+                break;
+            }
+        };
+        if value.is_null() {
+            continue;
+        }
+        load_document(folder, path, index, value);
+    }
 }
 
 fn load_document(folder: &mut Folder, path: &Path, index: usize, value: serde_yaml::Value) {
@@ -139,6 +209,12 @@ fn load_document(folder: &mut Folder, path: &Path, index: usize, value: serde_ya
                         ));
                         return;
                     };
+                    if let Err(e) = validate_meta(&namespace, &name) {
+                        folder
+                            .problems
+                            .push(format!("{}: WebhookIntegration skipped: {e}", where_()));
+                        return;
+                    }
                     if folder
                         .integrations
                         .insert(format!("{namespace}/{name}"), integration)
@@ -165,6 +241,12 @@ fn load_document(folder: &mut Folder, path: &Path, index: usize, value: serde_ya
                         .push(format!("{}: Secret without metadata.name", where_()));
                     return;
                 };
+                if let Err(e) = validate_meta(&namespace, &name) {
+                    folder
+                        .problems
+                        .push(format!("{}: Secret skipped: {e}", where_()));
+                    return;
+                }
                 folder
                     .secret_files
                     .insert(format!("{namespace}/{name}"), path.to_path_buf());
@@ -204,6 +286,77 @@ mod tests {
         assert_eq!(lookup_key(tok, "token"), RefLookup::Value("s3cret".into()));
         let b64 = folder.secret("ops", "b64").expect("secret");
         assert_eq!(lookup_key(b64, "token"), RefLookup::Value("hello".into()));
+    }
+
+    #[test]
+    fn names_and_namespaces_follow_kubernetes_rules() {
+        for ok in ["a", "gh", "my-hook", "a.b-c.d", "0x", &"a".repeat(253)] {
+            assert_eq!(validate_name("metadata.name", ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../../../x",
+            "a/b",
+            "/etc",
+            "A",
+            "a_b",
+            "-a",
+            "a-",
+            "a..b",
+            ".a",
+            "a.",
+            "é",
+            "a\0",
+        ] {
+            assert!(validate_name("metadata.name", bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_name("metadata.name", &"a".repeat(254)).is_err());
+        assert_eq!(validate_namespace("metadata.namespace", "ops-1"), Ok(()));
+        assert_eq!(
+            validate_namespace("metadata.namespace", &"a".repeat(63)),
+            Ok(())
+        );
+        for bad in ["a.b", "..", "", "Ops", &"a".repeat(64)] {
+            assert!(
+                validate_namespace("metadata.namespace", bad).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    /// Issue 18, finding 8: such a document is reported with its file and what to fix,
+    /// and skipped before any path is built from it; the rest of the folder loads.
+    #[test]
+    fn documents_with_path_like_names_are_reported_and_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("evil.yaml"),
+            "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata: {name: ../../../x}\nspec: {provider: github}\n---\napiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata: {name: ok, namespace: ../up}\nspec: {provider: github}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: ../s}\nstringData: {k: v}\n",
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("good.yaml"), "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata: {name: gh}\nspec: {provider: github}\n").expect("write");
+        let folder = load(dir.path()).expect("load");
+        assert_eq!(
+            folder.integrations.keys().collect::<Vec<_>>(),
+            vec!["default/gh"]
+        );
+        assert!(folder.secrets.is_empty());
+        assert_eq!(folder.problems.len(), 3, "{:?}", folder.problems);
+        assert!(
+            folder.problems[0].contains("evil.yaml (document 1)")
+                && folder.problems[0].contains("metadata.name \"../../../x\"")
+                && folder.problems[0].contains("DNS-1123 subdomain"),
+            "{:?}",
+            folder.problems
+        );
+        assert!(
+            folder.problems[1].contains("metadata.namespace \"../up\"")
+                && folder.problems[1].contains("DNS-1123 label"),
+            "{:?}",
+            folder.problems
+        );
     }
 
     #[test]

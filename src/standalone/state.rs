@@ -49,6 +49,25 @@ pub enum StateError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    /// A name that is not DNS-1123 would make a path outside the state folder. The
+    /// folder loader refuses such documents first; this is the last line of defence.
+    #[error("refusing to store state for {namespace:?}/{name:?}: {source}")]
+    InvalidName {
+        namespace: String,
+        name: String,
+        source: super::folder::NameError,
+    },
+}
+
+/// Names become path components here: only DNS-1123 ones may (see [`StateError::InvalidName`]).
+fn check_names(namespace: &str, name: &str) -> Result<(), StateError> {
+    super::folder::validate_namespace("namespace", namespace)
+        .and_then(|()| super::folder::validate_name("name", name))
+        .map_err(|source| StateError::InvalidName {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            source,
+        })
 }
 
 /// The state folder.
@@ -139,6 +158,7 @@ impl StateDir {
 
     /// The generated secret of an integration, if one was stored.
     pub fn read_generated_secret(&self, namespace: &str, name: &str) -> Option<String> {
+        check_names(namespace, name).ok()?;
         let value = std::fs::read_to_string(self.secret_path(namespace, name)).ok()?;
         let value = value.trim();
         (!value.is_empty()).then(|| value.to_string())
@@ -151,6 +171,7 @@ impl StateDir {
         name: &str,
         value: &str,
     ) -> Result<(), StateError> {
+        check_names(namespace, name)?;
         let path = self.secret_path(namespace, name);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io(dir))?;
@@ -162,7 +183,10 @@ impl StateDir {
 
     /// Deletes the generated secret of an integration that was removed.
     pub fn remove_generated_secret(&self, namespace: &str, name: &str) {
-        let _ = std::fs::remove_file(self.secret_path(namespace, name));
+        // Names may come from an assignments.json written before names were validated.
+        if check_names(namespace, name).is_ok() {
+            let _ = std::fs::remove_file(self.secret_path(namespace, name));
+        }
     }
 
     /// Where the generated forward signing keys of an integration are kept, one file per
@@ -303,6 +327,7 @@ impl StateDir {
             .as_deref()
             .unwrap_or(super::folder::DEFAULT_NAMESPACE);
         let name = object.metadata.name.as_deref().unwrap_or_default();
+        check_names(namespace, name)?;
         let path = self.object_path(namespace, name);
         let bytes = serde_json::to_vec_pretty(object).map_err(|source| StateError::Corrupt {
             path: path.clone(),
@@ -312,7 +337,9 @@ impl StateDir {
     }
 
     pub fn remove_object(&self, namespace: &str, name: &str) {
-        let _ = std::fs::remove_file(self.object_path(namespace, name));
+        if check_names(namespace, name).is_ok() {
+            let _ = std::fs::remove_file(self.object_path(namespace, name));
+        }
     }
 
     /// Every stored integration object, with the receiver-owned status overlaid.
@@ -358,6 +385,7 @@ impl StateDir {
 
     /// The last object written for an integration (to keep condition transition times).
     pub fn read_object(&self, namespace: &str, name: &str) -> Option<WebhookIntegration> {
+        check_names(namespace, name).ok()?;
         let bytes = std::fs::read(self.object_path(namespace, name)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
@@ -376,4 +404,39 @@ pub fn new_uid() -> String {
         &h[16..20],
         &h[20..32]
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_like_names_never_reach_the_file_system() {
+        let outer = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::create(&outer.path().join("state")).expect("state");
+        let err = state
+            .write_generated_secret("default", "../../x", "s3cret")
+            .expect_err("refused");
+        assert!(matches!(err, StateError::InvalidName { .. }), "{err}");
+        assert!(!err.to_string().contains("s3cret"));
+        assert!(state.write_generated_secret("..", "x", "v").is_err());
+        assert_eq!(state.read_generated_secret("default", "../../x"), None);
+        let mut object: WebhookIntegration = serde_json::from_value(serde_json::json!({
+            "apiVersion": "hookwarden.dev/v1alpha1",
+            "kind": "WebhookIntegration",
+            "metadata": {"name": "../../y", "namespace": "default"},
+            "spec": {"provider": "github"}
+        }))
+        .expect("object");
+        assert!(state.write_object(&object).is_err());
+        object.metadata.name = Some("fine".into());
+        state.write_object(&object).expect("a valid name is stored");
+        // Nothing was written next to the state folder.
+        let beside: Vec<_> = std::fs::read_dir(outer.path())
+            .expect("list")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(beside, vec![std::ffi::OsString::from("state")]);
+    }
 }

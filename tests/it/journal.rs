@@ -766,3 +766,128 @@ async fn bench_64_concurrent_appenders() {
     );
     journal.close().await.expect("close");
 }
+
+/// A journal with a small first batch and a last batch of three sectors' worth of JSON,
+/// closed; returns the segment, its bytes and where the last batch starts.
+async fn journal_with_a_long_last_batch(dir: &Path) -> (PathBuf, Vec<u8>, usize, Vec<u8>) {
+    let (journal, _) = Journal::open(config(dir), None).await.expect("open");
+    journal.append(record(0)).await.expect("append");
+    let long = format!("{{\"body\":\"{}\"}}", "x".repeat(1_400)).into_bytes();
+    journal.append(long.clone()).await.expect("append");
+    journal.close().await.expect("close");
+    let segment = segment_files(&config(dir).dir).pop().expect("a segment");
+    let bytes = std::fs::read(&segment).expect("read");
+    // Segment header, then the first batch: its header, one frame header and the record.
+    let last_at = 16 + 24 + 16 + record(0).len();
+    assert_eq!(bytes.len(), last_at + 24 + 16 + long.len());
+    (segment, bytes, last_at, long)
+}
+
+/// Finding 12 of issue 18: the newest segment's last batch, short or with sectors that
+/// read as zeros, is a write a crash cut short (never acknowledged): truncated quietly.
+/// The same batch complete but failing its checksum had been fsync'd and acknowledged:
+/// it is cut off too (the journal must start), but reported as lost — error log, a
+/// metric, `JournalStats::corrupt_batches`, `Journal::lost_at_open` — and its bytes are
+/// kept beside the segment.
+#[tokio::test]
+async fn a_damaged_last_batch_is_torn_when_short_or_zero_filled_and_lost_when_complete() {
+    enum Harm {
+        Truncate,
+        ZeroSector,
+        FlipPayloadBit,
+        FlipHeaderBit,
+    }
+    for harm in [
+        Harm::Truncate,
+        Harm::ZeroSector,
+        Harm::FlipPayloadBit,
+        Harm::FlipHeaderBit,
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (segment, clean, last_at, _) = journal_with_a_long_last_batch(dir.path()).await;
+        let mut bytes = clean.clone();
+        let lost = match harm {
+            Harm::Truncate => {
+                bytes.truncate(bytes.len() - 700);
+                false
+            }
+            Harm::ZeroSector => {
+                bytes[512..1024].fill(0);
+                false
+            }
+            Harm::FlipPayloadBit => {
+                bytes[last_at + 24 + 16 + 700] ^= 0x01;
+                true
+            }
+            Harm::FlipHeaderBit => {
+                bytes[last_at + 9] ^= 0x01;
+                true
+            }
+        };
+        std::fs::write(&segment, &bytes).expect("write");
+
+        let mut registry = prometheus_client::registry::Registry::default();
+        let (journal, recovered) = Journal::open(config(dir.path()), Some(&mut registry))
+            .await
+            .expect("a damaged last batch must not fail open");
+        assert_eq!(recovered.entries, vec![(1, record(0))]);
+        assert_eq!(
+            std::fs::read(&segment).expect("read"),
+            clean[..last_at],
+            "cut to the last whole batch"
+        );
+        let mut metrics = String::new();
+        prometheus_client::encoding::text::encode(&mut metrics, &registry).expect("encode");
+        let copies: Vec<PathBuf> = std::fs::read_dir(&config(dir.path()).dir)
+            .expect("list")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.to_string_lossy().contains(".damaged-"))
+            .collect();
+        if lost {
+            assert_eq!(journal.stats().corrupt_batches, 1);
+            assert!(
+                metrics.contains("hookwarden_journal_corrupt_batches_total 1"),
+                "{metrics}"
+            );
+            let report = journal.lost_at_open().expect("reported").clone();
+            assert_eq!(report.path, segment);
+            assert_eq!(copies, vec![report.kept_at.clone().expect("kept")]);
+            assert_eq!(
+                std::fs::read(&copies[0]).expect("copy"),
+                bytes[last_at..],
+                "the damaged batch's bytes are kept"
+            );
+            if matches!(harm, Harm::FlipPayloadBit) {
+                assert_eq!((report.first_seq, report.records), (Some(2), Some(1)));
+                assert!(report.reason.contains("checksum"), "{}", report.reason);
+            } else {
+                assert_eq!((report.first_seq, report.records), (None, None));
+            }
+        } else {
+            assert_eq!(journal.stats().corrupt_batches, 0);
+            assert!(journal.lost_at_open().is_none());
+            assert!(
+                metrics.contains("hookwarden_journal_corrupt_batches_total 0"),
+                "{metrics}"
+            );
+            assert!(copies.is_empty(), "{copies:?}");
+        }
+
+        // The journal keeps working; an acknowledged seq is never handed out again
+        // (the applied mark may already cover it).
+        let next = journal.append(record(9)).await.expect("append");
+        let expected = if matches!(harm, Harm::FlipPayloadBit) {
+            3
+        } else {
+            2
+        };
+        assert_eq!(next, expected);
+        journal.close().await.expect("close");
+        let (journal, recovered) = Journal::open(config(dir.path()), None)
+            .await
+            .expect("reopen");
+        assert_eq!(recovered.entries, vec![(1, record(0)), (next, record(9))]);
+        assert_eq!(journal.stats().corrupt_batches, 0, "reported once");
+        journal.close().await.expect("close");
+    }
+}

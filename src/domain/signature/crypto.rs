@@ -44,10 +44,29 @@ pub fn mac(alg: Algorithm, key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-/// Constant-time equality of two byte strings. Lengths are public (every MAC of one
-/// algorithm has the same length), contents are compared without early exit.
+/// Constant-time equality of two MACs of one algorithm, whose length is public (every
+/// MAC of an algorithm has the same length, and the caller checked it): contents are
+/// compared without early exit. For values whose length is secret (tokens, anything the
+/// sender chooses the length of), use [`ct_eq_secret`].
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+/// Constant-time equality of two byte strings of any length that reveals neither the
+/// contents nor the length of either: both sides are first reduced to a fixed-length
+/// keyed digest (HMAC-SHA256 under a per-process random key), and the 32-byte digests
+/// are compared without early exit. The work depends only on the lengths of the inputs
+/// (hashing is linear), never on where they differ or whether the lengths match; a
+/// comparison of a 3-byte guess against a 40-byte token takes the same path as a
+/// comparison of two 40-byte strings. The random key means an attacker cannot choose
+/// inputs whose digests collide.
+pub fn ct_eq_secret(a: &[u8], b: &[u8]) -> bool {
+    static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(rand::random);
+    let da = mac(Algorithm::Sha256, key, &[a]);
+    let db = mac(Algorithm::Sha256, key, &[b]);
+    // Both are 32 bytes: `ct_eq`'s length check is not an early exit on secret data.
+    ct_eq(&da, &db)
 }
 
 /// Hex in either case, surrounding whitespace ignored.
@@ -129,6 +148,27 @@ mod tests {
         assert!(ct_eq(b"abc", b"abc"));
         assert!(!ct_eq(b"abc", b"abd"));
         assert!(!ct_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn secret_equality_compares_any_lengths_through_fixed_digests() {
+        let token = b"a-forty-byte-token-0123456789abcdefghijk";
+        assert!(ct_eq_secret(token, token));
+        assert!(ct_eq_secret(b"", b""));
+        assert!(!ct_eq_secret(
+            token,
+            b"a-forty-byte-token-0123456789abcdefghijK"
+        ));
+        // Prefixes, extensions and the empty string differ without a length short cut.
+        assert!(!ct_eq_secret(token, &token[..3]));
+        assert!(!ct_eq_secret(&token[..3], token));
+        let mut longer = token.to_vec();
+        longer.push(b'x');
+        assert!(!ct_eq_secret(token, &longer));
+        assert!(!ct_eq_secret(token, b""));
+        assert!(!ct_eq_secret(b"", token));
+        // Trailing zero bytes are not padding that could make two lengths equal.
+        assert!(!ct_eq_secret(b"abc", b"abc\0"));
     }
 
     #[test]

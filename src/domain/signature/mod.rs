@@ -230,6 +230,9 @@ pub enum Rejection {
     MissingUrl,
     /// The body is needed to verify (Linear's `webhookTimestamp`) and is not JSON.
     MalformedBody { reason: &'static str },
+    /// More query/form parameters than a scheme that signs them verifies (Twilio: the
+    /// work before authentication grows with their number).
+    TooManyParameters { count: usize, limit: usize },
 }
 
 impl Rejection {
@@ -250,11 +253,12 @@ impl Rejection {
             Rejection::BodyHashMismatch => "body_hash_mismatch",
             Rejection::MissingUrl => "missing_url",
             Rejection::MalformedBody { .. } => "malformed_body",
+            Rejection::TooManyParameters { .. } => "too_many_parameters",
         }
     }
 
     /// Every code [`Rejection::code`] can return (bounded metric label values).
-    pub const CODES: [&'static str; 14] = [
+    pub const CODES: [&'static str; 15] = [
         "no_secret",
         "invalid_secret",
         "missing_signature",
@@ -269,6 +273,7 @@ impl Rejection {
         "body_hash_mismatch",
         "missing_url",
         "malformed_body",
+        "too_many_parameters",
     ];
 }
 
@@ -319,6 +324,10 @@ impl fmt::Display for Rejection {
                 f.write_str("the request URL is needed to verify this provider and is unknown")
             }
             Rejection::MalformedBody { reason } => write!(f, "body cannot be read: {reason}"),
+            Rejection::TooManyParameters { count, limit } => write!(
+                f,
+                "{count} query/form parameters, more than the {limit} this provider's signature is checked over"
+            ),
         }
     }
 }

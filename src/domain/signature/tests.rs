@@ -787,6 +787,59 @@ fn twilio_query_quote_encodings_are_equivalent() {
     assert_rejected(verify(&scheme, &["s3cr3t"], &d, 0), "signature_mismatch");
 }
 
+/// Finding 2 of issue 18: thousands of parameters with a bad signature made Twilio
+/// verification quadratic before authentication. Beyond the cap the delivery is refused
+/// before anything is decoded or MAC'd; at the cap a signed delivery still verifies.
+#[test]
+fn twilio_parameter_count_is_bounded_before_any_mac() {
+    let scheme = Scheme::preset(ProviderKind::Twilio);
+    let form = "application/x-www-form-urlencoded";
+    let params = |n: usize| {
+        (0..n)
+            .map(|i| format!("P{i}=v{i}"))
+            .collect::<Vec<_>>()
+            .join("&")
+    };
+    let over = params(8_000);
+    let started = std::time::Instant::now();
+    let v = run_twilio(
+        "0/KCTR6DLpKmkAf8muzZqo1nDgQ=",
+        form,
+        over.as_bytes(),
+        TW_URL,
+    );
+    assert_rejected(v.clone(), "too_many_parameters");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let Verdict::Invalid(r) = v else {
+        panic!("expected invalid")
+    };
+    assert_eq!(
+        r.to_string(),
+        "8002 query/form parameters, more than the 1000 this provider's signature is checked over"
+    );
+    // Parameters in the query count too (GET callbacks carry them there).
+    let url = format!("https://example.com/cb?{}", params(1_001));
+    assert_rejected(
+        run_twilio("0/KCTR6DLpKmkAf8muzZqo1nDgQ=", form, b"", &url),
+        "too_many_parameters",
+    );
+    // At the cap (2 in the URL + 998 in the body): an authentic delivery verifies.
+    let body = params(twilio::MAX_PARAMETERS - 2);
+    let input = SignInput {
+        body: body.as_bytes(),
+        url: TW_URL,
+        timestamp: 0,
+        id: "",
+        content_type: form,
+    };
+    let signed = sign(&scheme, "12345", &input).expect("sign");
+    assert_valid(run_twilio(&signed[0].1, form, body.as_bytes(), TW_URL), 0);
+}
+
 #[test]
 fn twilio_json_bodies_are_checked_through_body_sha256() {
     let url = "https://example.com/myapp?bodySHA256=5ccde7145dfb8f56479710896586cb9d5911809d83afbe34627818790db0aec9";

@@ -5,7 +5,7 @@
 
 use base64::Engine as _;
 
-use super::crypto::ct_eq;
+use super::crypto::ct_eq_secret;
 use super::standard::{self, Branding, SECRET_PREFIX};
 use super::{Delivery, Keys, Rejection, SignError, SignInput, Verified, header};
 
@@ -45,9 +45,9 @@ fn presented_tokens(headers: &http::HeaderMap, extra: &[&str]) -> Result<Vec<Str
 
 fn match_tokens(keys: &Keys<'_>, tokens: &[String]) -> Option<usize> {
     keys.find(|secret| {
-        tokens
-            .iter()
-            .fold(false, |acc, t| acc | ct_eq(t.as_bytes(), secret.as_bytes()))
+        tokens.iter().fold(false, |acc, t| {
+            acc | ct_eq_secret(t.as_bytes(), secret.as_bytes())
+        })
     })
 }
 

@@ -16,6 +16,12 @@ use crate::crd::ProviderKind;
 const HEADER: &str = "X-Twilio-Signature";
 const BODY_HASH: &str = "bodySHA256";
 
+/// Most query + form parameters a Twilio delivery may carry. Twilio's own requests carry
+/// a few dozen (a voice status callback about 40); the cap bounds the work done before
+/// authentication (every URL variant is re-encoded and MAC'd with every parameter), so
+/// one request costs at most a few milliseconds whatever its size.
+pub const MAX_PARAMETERS: usize = 1_000;
+
 /// The value of a query parameter of `url`, percent-decoded.
 fn query_param(url: &str, name: &str) -> Option<String> {
     let query = url.split_once('?')?.1;
@@ -100,14 +106,20 @@ fn node_escape(s: &str) -> String {
 }
 
 /// The query decoded and re-encoded by Node's `querystring` (repeated names grouped at
-/// their first occurrence, as `querystring.parse` + `stringify` do).
+/// their first occurrence, as `querystring.parse` + `stringify` do). The grouping looks
+/// names up in a map (O(n log n)), not by a scan of the groups so far, which was
+/// quadratic in the number of parameters and ran before authentication.
 fn legacy_query(url: &str) -> Option<String> {
     let (base, query, fragment) = split_query(url)?;
     let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    let mut index: BTreeMap<String, usize> = BTreeMap::new();
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        match groups.iter_mut().find(|(name, _)| *name == k) {
-            Some((_, values)) => values.push(v.into_owned()),
-            None => groups.push((k.into_owned(), vec![v.into_owned()])),
+        match index.get(k.as_ref()) {
+            Some(&at) => groups[at].1.push(v.into_owned()),
+            None => {
+                index.insert(k.clone().into_owned(), groups.len());
+                groups.push((k.into_owned(), vec![v.into_owned()]));
+            }
         }
     }
     let encoded: Vec<String> = groups
@@ -186,12 +198,21 @@ pub(crate) fn verify(keys: &Keys<'_>, d: &Delivery<'_>) -> Result<Verified, Reje
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let mut param_sets =
-        if body_hash.is_some() || d.method.eq_ignore_ascii_case("GET") || is_json(content_type) {
-            vec![BTreeMap::new()]
-        } else {
-            vec![form_params(d.body)]
-        };
+    let signs_form =
+        !(body_hash.is_some() || d.method.eq_ignore_ascii_case("GET") || is_json(content_type));
+    // Counted (a linear scan, no allocation) before anything is decoded or MAC'd.
+    let count = count_parameters(d.url, signs_form.then_some(d.body));
+    if count > MAX_PARAMETERS {
+        return Err(Rejection::TooManyParameters {
+            count,
+            limit: MAX_PARAMETERS,
+        });
+    }
+    let mut param_sets = if signs_form {
+        vec![form_params(d.body)]
+    } else {
+        vec![BTreeMap::new()]
+    };
     // Twilio encodes `+` as %2B; a hand-made body with a literal `+` (a phone number
     // pasted as is) was most likely signed with the `+`, not with a space.
     if param_sets.len() == 1 && !param_sets[0].is_empty() && d.body.contains(&b'+') {
@@ -224,6 +245,19 @@ pub(crate) fn verify(keys: &Keys<'_>, d: &Delivery<'_>) -> Result<Verified, Reje
         secret_index: index,
         timestamp: None,
     })
+}
+
+/// Query parameters of `url` plus the form parameters of `body` (when it is signed as
+/// a form), counted as `form_urlencoded` yields them (non-empty `&`-separated pairs).
+fn count_parameters(url: &str, body: Option<&[u8]>) -> usize {
+    let query = split_query(url).map_or("", |(_, query, _)| query);
+    let pairs = |bytes: &[u8]| {
+        bytes
+            .split(|&b| b == b'&')
+            .filter(|p| !p.is_empty())
+            .count()
+    };
+    pairs(query.as_bytes()) + body.map_or(0, pairs)
 }
 
 /// `url` with `bodySHA256=<hex sha256 of body>` appended, as Twilio calls it for a JSON body.
@@ -268,4 +302,66 @@ pub(crate) fn sign(
         ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The grouping before the fix: a linear scan of the groups per parameter.
+    fn legacy_query_quadratic(url: &str) -> Option<String> {
+        let (base, query, fragment) = split_query(url)?;
+        let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match groups.iter_mut().find(|(name, _)| *name == k) {
+                Some((_, values)) => values.push(v.into_owned()),
+                None => groups.push((k.into_owned(), vec![v.into_owned()])),
+            }
+        }
+        let encoded: Vec<String> = groups
+            .iter()
+            .flat_map(|(k, values)| {
+                values
+                    .iter()
+                    .map(move |v| format!("{}={}", node_escape(k), node_escape(v)))
+            })
+            .collect();
+        Some(format!("{base}?{}{fragment}", encoded.join("&")))
+    }
+
+    #[test]
+    fn legacy_grouping_is_unchanged() {
+        for url in [
+            "https://h/p?b=1&a=2&b=3&c=%27x%27&a=4#frag",
+            "https://h/p?x=1",
+            "https://h/p?",
+            "https://h/p?a&a=&=v&%zz=1&b=%2B",
+        ] {
+            assert_eq!(legacy_query(url), legacy_query_quadratic(url), "{url}");
+        }
+    }
+
+    /// Work bound, not a stopwatch race: 100,000 distinct names cost the old grouping
+    /// ~5 billion string comparisons (about 30 s in a debug build) and the map a
+    /// few milliseconds; 5 s leaves a wide margin for a loaded machine.
+    #[test]
+    fn legacy_grouping_is_not_quadratic() {
+        let query: Vec<String> = (0..100_000).map(|i| format!("p{i}=v")).collect();
+        let url = format!("https://h/p?{}", query.join("&"));
+        let started = std::time::Instant::now();
+        let out = legacy_query(&url).expect("query");
+        assert_eq!(out.len(), url.len());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn parameters_are_counted_in_query_and_signed_form() {
+        assert_eq!(count_parameters("https://h/p", None), 0);
+        assert_eq!(count_parameters("https://h/p?a=1&&b=2#x&y", None), 2);
+        assert_eq!(count_parameters("https://h/p?a=1", Some(b"x=1&y=2&")), 3);
+    }
 }
