@@ -76,6 +76,10 @@ pub struct ReceiverArgs {
     /// any byte is read. Size it to the pod's memory limit (a quarter of it).
     #[arg(long, env = "HOOKWARDEN_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = crate::receiver::limits::DEFAULT_BODY_BUDGET)]
     pub max_body_bytes_in_flight: u64,
+    /// Connections served at once; one more is answered 503 + Retry-After and closed
+    /// without reading (each holds buffers and file descriptors).
+    #[arg(long, env = "HOOKWARDEN_MAX_CONNECTIONS", default_value_t = crate::receiver::server::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
     /// Forwards never connect to these CIDRs (comma-separated), besides loopback,
     /// link-local/cloud metadata and the API server's addresses, which are always refused.
     #[arg(long, env = "HOOKWARDEN_FORWARD_DENY_CIDRS", value_delimiter = ',')]
@@ -169,6 +173,7 @@ pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
         },
         forward_egress: cluster_egress(&args, Some(&api_server)),
         max_body_bytes_in_flight: args.max_body_bytes_in_flight,
+        max_connections: args.max_connections,
     };
     let receiver = Receiver::start(options, writer, Some(&mut registry)).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -63,6 +63,8 @@ pub struct PipelineConfig {
     pub clock: Clock,
     /// Request-body bytes held at once, across integrations (`--max-body-bytes-in-flight`).
     pub body_budget: Arc<limits::BodyBudget>,
+    /// Connections served at once (`--max-connections`).
+    pub max_connections: usize,
 }
 
 impl Default for PipelineConfig {
@@ -75,6 +77,7 @@ impl Default for PipelineConfig {
             retry_after_seconds: 5,
             clock: super::system_clock(),
             body_budget: Arc::new(limits::BodyBudget::default()),
+            max_connections: super::server::DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -84,6 +87,7 @@ impl PipelineConfig {
     pub fn server_options(&self) -> ServerOptions {
         ServerOptions {
             header_read_timeout: self.header_read_timeout,
+            max_connections: self.max_connections,
             ..ServerOptions::default()
         }
     }

@@ -157,6 +157,17 @@ impl ReceiverMetrics {
             .observe(seconds);
     }
 
+    /// The counter of connections shed over `--max-connections` (a refusal reason of its
+    /// own, `too_many_connections`, before any route is known).
+    pub(crate) fn shed_counter(&self) -> Counter {
+        self.rejects
+            .get_or_create(&ReasonLabels {
+                provider: "none",
+                reason: "too_many_connections",
+            })
+            .clone()
+    }
+
     pub(crate) fn dedup_hit(&self, provider: &'static str) {
         self.dedup_hits
             .get_or_create(&ProviderLabels { provider })

@@ -18,6 +18,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt as _;
@@ -30,15 +31,35 @@ pub struct ServerOptions {
     pub header_read_timeout: Duration,
     /// Largest request head (request line + headers) in bytes; hyper answers 431 above it.
     pub max_header_bytes: usize,
+    /// Connections served at once. One more is answered 503 + `Retry-After` and closed
+    /// without reading: each connection holds buffers (up to the head limit) and file
+    /// descriptors, so without a cap anyone can take the pod's memory and fds.
+    pub max_connections: usize,
+    /// Counts connections shed over `max_connections`.
+    pub shed: Counter,
 }
+
+/// Default `--max-connections`: with 64 KiB heads, at most ~130 MiB of buffers in the worst
+/// case, within the chart's 256 MiB limit beside the body budget.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            shed: Counter::default(),
         }
     }
+}
+
+/// The answer to a connection over the cap: written without reading the request.
+const SHED_ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 54\r\n\r\n{\"status\":\"rejected\",\"reason\":\"too_many_connections\"}\n";
+
+async fn shed(mut stream: TcpStream) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(SHED_ANSWER)).await;
+    let _ = stream.shutdown().await;
 }
 
 /// Serves `app` on `listener` with [`ServerOptions::default`] until `shutdown` resolves,
@@ -71,6 +92,7 @@ pub async fn serve_with(
         .max_buf_size(options.max_header_bytes.max(8192))
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1)));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -86,6 +108,11 @@ pub async fn serve_with(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            options.shed.inc();
+            tokio::spawn(shed(stream));
+            continue;
+        };
         let Ok((stream, spare)) = with_spare_handle(stream) else {
             continue;
         };
@@ -102,6 +129,7 @@ pub async fn serve_with(
             });
         let conn = graceful.watch(builder.serve_connection(io, TowerToHyperService::new(service)));
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = conn.await
                 && e.is_timeout()
                 && partial.load(Ordering::Relaxed)

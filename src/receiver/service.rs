@@ -28,6 +28,7 @@ use crate::receiver::runtime::Forwarding;
 use crate::receiver::runtime::{
     self, IntegrationSettings, JournaledSink, RuntimeConfig, SettingsLookup, StatusLoop,
 };
+use crate::receiver::server::ServerOptions;
 use crate::receiver::status::StatusWriter;
 use crate::route::Route;
 
@@ -76,6 +77,8 @@ pub struct ReceiverOptions {
     pub runtime: RuntimeConfig,
     /// Request-body bytes held at once across integrations (one integration: a quarter).
     pub max_body_bytes_in_flight: u64,
+    /// Connections served at once; over it 503 + Retry-After, nothing read.
+    pub max_connections: usize,
     /// Where forwards may connect (cluster: no loopback, link-local, metadata or denied
     /// CIDRs; standalone: loopback allowed).
     pub forward_egress: EgressPolicy,
@@ -285,6 +288,7 @@ impl<W: StatusWriter> Receiver<W> {
             body_budget: Arc::new(crate::receiver::limits::BodyBudget::new(
                 options.max_body_bytes_in_flight,
             )),
+            max_connections: options.max_connections,
             ..PipelineConfig::default()
         };
         let dedup = Dedup::with_counter(
@@ -385,7 +389,10 @@ impl<W: StatusWriter> Receiver<W> {
         } = self;
         let loop_stop = CancellationToken::new();
         let status_task = tokio::spawn(status_loop.run(loop_stop.clone()));
-        let server_options = state.config.server_options();
+        let server_options = ServerOptions {
+            shed: state.metrics.shed_counter(),
+            ..state.config.server_options()
+        };
         let stop = shutdown.clone();
         let served = crate::receiver::server::serve_with(
             listener,

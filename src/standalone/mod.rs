@@ -61,6 +61,9 @@ pub struct StandaloneArgs {
     /// quarter); over it 503 + Retry-After before any byte is read.
     #[arg(long, default_value_t = crate::receiver::limits::DEFAULT_BODY_BUDGET)]
     pub max_body_bytes_in_flight: u64,
+    /// Connections served at once; one more gets 503 + Retry-After, nothing read.
+    #[arg(long, default_value_t = crate::receiver::server::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
     /// Forwards never connect to these CIDRs (comma-separated). Loopback is allowed in
     /// standalone (a laptop forwards to localhost); link-local/metadata never is.
     #[arg(long, value_delimiter = ',')]
@@ -208,6 +211,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
         external_base_url: args.external_base_url.clone(),
         runtime: config,
         max_body_bytes_in_flight: args.max_body_bytes_in_flight,
+        max_connections: args.max_connections,
         forward_egress: crate::forwarder::EgressPolicy::standalone(
             args.forward_deny_cidrs.clone(),
             (!args.forward_allow_cidrs.is_empty()).then(|| args.forward_allow_cidrs.clone()),

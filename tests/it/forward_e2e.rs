@@ -150,6 +150,7 @@ async fn start_receiver_with(dir: &Path, route: Route, cap: u64, route_after: Du
         },
         forward_egress: EgressPolicy::standalone(Vec::new(), None),
         max_body_bytes_in_flight: hookwarden::receiver::limits::DEFAULT_BODY_BUDGET,
+        max_connections: hookwarden::receiver::server::DEFAULT_MAX_CONNECTIONS,
     };
     let writer = Arc::new(FileStatusWriter::new(dir));
     let receiver: Receiver<FileStatusWriter> = Receiver::start(options, writer, None)

@@ -1380,3 +1380,38 @@ fn a_path_like_name_writes_nothing_outside_the_state_folder() {
         "{text}"
     );
 }
+
+/// Finding 1 (connections): over `--max-connections` a connection is answered 503 +
+/// Retry-After and closed without reading; a freed slot serves again.
+#[test]
+fn connections_over_the_cap_are_shed_before_reading() {
+    let dir = folder_with(&["datadog.yaml"]);
+    let standalone = Standalone::start_with(dir.path(), &["--max-connections", "4"]);
+    let url = standalone.url("default/datadog-prod").to_string();
+    let authority = url
+        .strip_prefix("http://")
+        .and_then(|r| r.split('/').next())
+        .expect("authority")
+        .to_string();
+    let held: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(&authority).expect("connect"))
+        .collect();
+    // The accept loop takes them in order: give it a moment to count all four.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut fifth = TcpStream::connect(&authority).expect("connect");
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut answer = String::new();
+    let _ = fifth.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("too_many_connections"), "{answer}");
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while datadog(&url, "after-cap", "disk-1", "Triggered") != Some(202) {
+        assert!(Instant::now() < deadline, "no slot came back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    standalone.stop();
+}

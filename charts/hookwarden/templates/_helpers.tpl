@@ -136,6 +136,7 @@ The only place flags are spelled: values -> args. */}}
 - --status-interval={{ .Values.receiver.statusInterval }}
 - --dedup-max-ids={{ .Values.receiver.dedupMaxIds | int64 }}
 - --max-body-bytes-in-flight={{ .Values.receiver.maxBodyBytesInFlight | int64 }}
+- --max-connections={{ .Values.receiver.maxConnections | int64 }}
 - --log-format={{ .Values.logFormat }}
 {{- with include "hookwarden.externalBaseURL" . }}
 - --external-base-url={{ . }}
