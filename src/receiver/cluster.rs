@@ -80,6 +80,11 @@ pub struct ReceiverArgs {
     /// without reading (each holds buffers and file descriptors).
     #[arg(long, env = "HOOKWARDEN_MAX_CONNECTIONS", default_value_t = crate::receiver::server::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// On SIGTERM: how long /readyz fails while deliveries are still served, before the
+    /// receiver stops accepting (so endpoints drop the pod first). Keep it well under the
+    /// pod's terminationGracePeriodSeconds, which must also cover the final status flush.
+    #[arg(long, env = "HOOKWARDEN_SHUTDOWN_DELAY", default_value = "5s", value_parser = crate::domain::duration::parse_arg)]
+    pub shutdown_delay: Duration,
     /// Forwards never connect to these CIDRs (comma-separated), besides loopback,
     /// link-local/cloud metadata and the API server's addresses, which are always refused.
     #[arg(long, env = "HOOKWARDEN_FORWARD_DENY_CIDRS", value_delimiter = ',')]
@@ -174,6 +179,7 @@ pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
         forward_egress: cluster_egress(&args, Some(&api_server)),
         max_body_bytes_in_flight: args.max_body_bytes_in_flight,
         max_connections: args.max_connections,
+        drain_delay: args.shutdown_delay,
     };
     let receiver = Receiver::start(options, writer, Some(&mut registry)).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)

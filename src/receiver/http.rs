@@ -65,6 +65,8 @@ pub struct PipelineConfig {
     pub body_budget: Arc<limits::BodyBudget>,
     /// Connections served at once (`--max-connections`).
     pub max_connections: usize,
+    /// On shutdown, readiness is off this long before the server stops accepting.
+    pub drain_delay: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -78,6 +80,7 @@ impl Default for PipelineConfig {
             clock: super::system_clock(),
             body_budget: Arc::new(limits::BodyBudget::default()),
             max_connections: super::server::DEFAULT_MAX_CONNECTIONS,
+            drain_delay: Duration::ZERO,
         }
     }
 }

@@ -79,6 +79,9 @@ pub struct ReceiverOptions {
     pub max_body_bytes_in_flight: u64,
     /// Connections served at once; over it 503 + Retry-After, nothing read.
     pub max_connections: usize,
+    /// On shutdown, how long readiness is off while requests are still served (so the
+    /// load balancer stops sending here first). Zero in standalone.
+    pub drain_delay: Duration,
     /// Where forwards may connect (cluster: no loopback, link-local, metadata or denied
     /// CIDRs; standalone: loopback allowed).
     pub forward_egress: EgressPolicy,
@@ -289,6 +292,7 @@ impl<W: StatusWriter> Receiver<W> {
                 options.max_body_bytes_in_flight,
             )),
             max_connections: options.max_connections,
+            drain_delay: options.drain_delay,
             ..PipelineConfig::default()
         };
         let dedup = Dedup::with_counter(
@@ -394,12 +398,22 @@ impl<W: StatusWriter> Receiver<W> {
             ..state.config.server_options()
         };
         let stop = shutdown.clone();
+        let draining = state.clone();
+        let drain_delay = draining.config.drain_delay;
         let served = crate::receiver::server::serve_with(
             listener,
             app(state.clone()),
             server_options,
             async move {
                 stop.cancelled().await;
+                // Drain: readiness fails first, so the Service stops sending new
+                // deliveries here, while requests that still arrive meanwhile are served;
+                // then the server stops accepting and lets in-flight requests finish.
+                draining.set_ready(false);
+                if !drain_delay.is_zero() {
+                    tracing::info!(delay = ?drain_delay, "shutting down: not ready; serving what still arrives before closing");
+                    tokio::time::sleep(drain_delay).await;
+                }
             },
         )
         .await;

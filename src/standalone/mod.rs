@@ -212,6 +212,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
         runtime: config,
         max_body_bytes_in_flight: args.max_body_bytes_in_flight,
         max_connections: args.max_connections,
+        drain_delay: Duration::ZERO,
         forward_egress: crate::forwarder::EgressPolicy::standalone(
             args.forward_deny_cidrs.clone(),
             (!args.forward_allow_cidrs.is_empty()).then(|| args.forward_allow_cidrs.clone()),

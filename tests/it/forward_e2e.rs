@@ -151,6 +151,7 @@ async fn start_receiver_with(dir: &Path, route: Route, cap: u64, route_after: Du
         forward_egress: EgressPolicy::standalone(Vec::new(), None),
         max_body_bytes_in_flight: hookwarden::receiver::limits::DEFAULT_BODY_BUDGET,
         max_connections: hookwarden::receiver::server::DEFAULT_MAX_CONNECTIONS,
+        drain_delay: Duration::ZERO,
     };
     let writer = Arc::new(FileStatusWriter::new(dir));
     let receiver: Receiver<FileStatusWriter> = Receiver::start(options, writer, None)
@@ -562,4 +563,65 @@ async fn forwards_due_before_the_routes_arrive_wait_for_them() {
     .await;
     assert_eq!(types(&target).len(), 2);
     running.stop().await;
+}
+
+/// Graceful drain: on shutdown readiness fails at once while deliveries that still arrive
+/// are served for the drain delay; then the receiver stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_shutdown_readiness_fails_first_and_deliveries_are_still_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = ReceiverOptions {
+        journal_dir: dir.path().join("journal"),
+        journal_max_bytes: 64 << 20,
+        journal_commit_window: Duration::ZERO,
+        dedup_max_ids: 10_000,
+        trusted_proxies: Vec::new(),
+        external_base_url: None,
+        runtime: Default::default(),
+        forward_egress: EgressPolicy::standalone(Vec::new(), None),
+        max_body_bytes_in_flight: hookwarden::receiver::limits::DEFAULT_BODY_BUDGET,
+        max_connections: hookwarden::receiver::server::DEFAULT_MAX_CONNECTIONS,
+        drain_delay: Duration::from_millis(1500),
+    };
+    let writer = Arc::new(FileStatusWriter::new(dir.path()));
+    let receiver: Receiver<FileStatusWriter> =
+        Receiver::start(options, writer, None).await.expect("start");
+    let route = route(&generate_path(), "http://127.0.0.1:9/in", &["1h"]);
+    let path = route.path.clone();
+    receiver.handle().upsert(route).expect("route");
+    receiver.state().set_ready(true);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stop = CancellationToken::new();
+    let served = tokio::spawn(receiver.serve(listener, stop.clone()));
+    let readyz = |addr: SocketAddr| async move {
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read as _, Write as _};
+            let mut s = std::net::TcpStream::connect(addr).ok()?;
+            s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .ok()?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).ok()?;
+            out.split_whitespace().nth(1)?.parse::<u16>().ok()
+        })
+        .await
+        .expect("join")
+    };
+    assert_eq!(readyz(addr).await, Some(200));
+    stop.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(readyz(addr).await, Some(503), "not ready once draining");
+    let url = format!("http://{addr}{path}");
+    assert_eq!(
+        send_datadog(&url, "during-drain", "Triggered").await,
+        202,
+        "still served while draining"
+    );
+    tokio::time::timeout(BOUND, served)
+        .await
+        .expect("stops after the drain")
+        .expect("join")
+        .expect("served");
 }
