@@ -118,6 +118,10 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+fn is_zero_i64(n: &i64) -> bool {
+    *n == 0
+}
+
 fn preserve_unknown(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
@@ -212,6 +216,11 @@ pub struct IncidentMapping {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     pub resolved_when: Option<String>,
+    /// Most alerts one delivery may carry (Alertmanager, Grafana group them): the rest are
+    /// not mapped, and counted in status.deliveries.alertsDropped. Default 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_alerts_per_delivery: Option<i32>,
     /// Incidents listed on status.incidents.recent (most recent first). Default 20.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
@@ -517,6 +526,10 @@ pub struct DeliveryStatus {
     /// When the last request was refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rejected_time: Option<Time>,
+    /// Alerts not mapped because a delivery carried more than
+    /// spec.incidents.maxAlertsPerDelivery.
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub alerts_dropped: i64,
     /// Why the last request was refused (e.g. signature_mismatch, timestamp_stale).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reject_reason: Option<String>,

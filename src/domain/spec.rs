@@ -42,6 +42,8 @@ pub mod defaults {
     pub const PREVIOUS_SECRET_TTL: Duration = Duration::from_secs(24 * 3600);
     /// `spec.incidents.keepRecent`.
     pub const KEEP_RECENT: usize = 20;
+    /// `spec.incidents.maxAlertsPerDelivery`.
+    pub const MAX_ALERTS_PER_DELIVERY: usize = 1000;
 }
 
 /// Largest `spec.incidents.keepRecent`: the receivers track at most this many incidents
@@ -97,6 +99,8 @@ pub struct EffectiveSpec {
     pub keep_recent: usize,
     /// `spec.forward`, in spec order.
     pub forward: Vec<EffectiveForward>,
+    /// Most incident events one delivery is mapped to (the rest are counted).
+    pub max_alerts_per_delivery: usize,
 }
 
 impl fmt::Debug for EffectiveSpec {
@@ -325,6 +329,18 @@ pub fn resolve(spec: &WebhookIntegrationSpec) -> Result<EffectiveSpec, SpecProbl
         &mut problems,
     );
 
+    let max_alerts_per_delivery = bounded(
+        "spec.incidents.maxAlertsPerDelivery",
+        spec.incidents
+            .as_ref()
+            .and_then(|i| i.max_alerts_per_delivery)
+            .map(i64::from),
+        defaults::MAX_ALERTS_PER_DELIVERY as i64,
+        1,
+        100_000,
+        &mut problems,
+    );
+
     let schema = match &spec.schema {
         None => None,
         Some(s) => match jsonschema::validator_for(s) {
@@ -365,6 +381,8 @@ pub fn resolve(spec: &WebhookIntegrationSpec) -> Result<EffectiveSpec, SpecProbl
             previous_secret_ttl,
             keep_recent: usize::try_from(keep_recent).unwrap_or(defaults::KEEP_RECENT),
             forward,
+            max_alerts_per_delivery: usize::try_from(max_alerts_per_delivery)
+                .unwrap_or(defaults::MAX_ALERTS_PER_DELIVERY),
         }),
         _ => Err(SpecProblems(problems)),
     }

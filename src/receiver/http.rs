@@ -700,7 +700,7 @@ fn classify(route: &CompiledRoute, parsed: Parsed) -> Result<Classified, Refusal
     }
     let meta = signature::delivery_meta(&spec.scheme, &authentic.parts.headers, value.as_ref());
     let ignored = spec.events.ignores(meta.event_type.as_deref());
-    let incidents = match (&spec.mapping, ignored) {
+    let mut incidents = match (&spec.mapping, ignored) {
         (Some(mapping), false) => match &value {
             Some(v) => mapping
                 .extract(v, meta.event_type.as_deref(), authentic.now_ms)
@@ -709,6 +709,10 @@ fn classify(route: &CompiledRoute, parsed: Parsed) -> Result<Classified, Refusal
         },
         _ => Vec::new(),
     };
+    // Bounded work after the 202 (incident book, status, Events, forwards): at most
+    // maxAlertsPerDelivery events per delivery, the rest counted on the status.
+    let alerts_dropped = incidents.len().saturating_sub(spec.max_alerts_per_delivery);
+    incidents.truncate(spec.max_alerts_per_delivery);
     // A target sent every delivery: the body is journaled with the delivery.
     let forward = (!ignored
         && spec
@@ -737,6 +741,7 @@ fn classify(route: &CompiledRoute, parsed: Parsed) -> Result<Classified, Refusal
         received_at_ms: authentic.now_ms,
         ignored,
         incidents,
+        alerts_dropped: u32::try_from(alerts_dropped).unwrap_or(u32::MAX),
         replay_key: None,
         forward,
     }))

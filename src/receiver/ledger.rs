@@ -22,6 +22,10 @@ pub struct Counters {
     pub rejected: u64,
     pub duplicates: u64,
     pub ignored: u64,
+    /// Alerts beyond `incidents.maxAlertsPerDelivery` in accepted deliveries: counted,
+    /// not mapped.
+    #[serde(default)]
+    pub alerts_dropped: u64,
 }
 
 impl Counters {
@@ -33,6 +37,7 @@ impl Counters {
             rejected: self.rejected.saturating_sub(earlier.rejected),
             duplicates: self.duplicates.saturating_sub(earlier.duplicates),
             ignored: self.ignored.saturating_sub(earlier.ignored),
+            alerts_dropped: self.alerts_dropped.saturating_sub(earlier.alerts_dropped),
         }
     }
 
@@ -264,6 +269,7 @@ impl Ledger {
             entry.totals.accepted += 1;
         }
         entry.consecutive_auth_failures = 0;
+        entry.totals.alerts_dropped += u64::from(accepted.alerts_dropped);
         for event in &accepted.incidents {
             // Zero-padded so the tiebreak sorts like the sequence (delivery order).
             let transition = entry.incidents.apply(event, &format!("{seq:020}"));
@@ -501,6 +507,7 @@ mod tests {
             received_at_ms: at_ms,
             ignored: false,
             incidents,
+            alerts_dropped: 0,
             replay_key: None,
             forward: None,
         }

@@ -891,6 +891,7 @@ mod tests {
             received_at_ms: 1_000 * seq as i64,
             ignored: false,
             incidents: Vec::new(),
+            alerts_dropped: 0,
             replay_key: None,
             forward: None,
         };

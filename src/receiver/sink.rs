@@ -34,6 +34,9 @@ pub struct Accepted {
     /// Incident changes this delivery carries (empty for non-monitoring events).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub incidents: Vec<IncidentEvent>,
+    /// Alerts of this delivery beyond `incidents.maxAlertsPerDelivery` (not mapped).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub alerts_dropped: u32,
     /// A second dedup key for presets whose id header is unsigned (a digest of what is
     /// signed), remembered like the delivery id, across restarts too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -91,4 +94,8 @@ pub trait DeliverySink: Send + Sync + 'static {
     fn health(&self) -> Result<(), &'static str> {
         Ok(())
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

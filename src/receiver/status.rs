@@ -184,13 +184,14 @@ pub fn merge_status(
     now: jiff::Timestamp,
 ) -> ReceiverStatus {
     let stored = &current.deliveries;
-    let (received, accepted, rejected, duplicates, ignored) = match mode {
+    let (received, accepted, rejected, duplicates, ignored, alerts_dropped) = match mode {
         CounterMode::Delta => (
             add(stored.received, update.delta.received),
             add(stored.accepted, update.delta.accepted),
             add(stored.rejected, update.delta.rejected),
             add(stored.duplicates, update.delta.duplicates),
             add(stored.ignored, update.delta.ignored),
+            add(stored.alerts_dropped, update.delta.alerts_dropped),
         ),
         CounterMode::Absolute => (
             as_i64(update.totals.received),
@@ -198,6 +199,7 @@ pub fn merge_status(
             as_i64(update.totals.rejected),
             as_i64(update.totals.duplicates),
             as_i64(update.totals.ignored),
+            as_i64(update.totals.alerts_dropped),
         ),
     };
     let last_rejected_time = later(
@@ -223,6 +225,7 @@ pub fn merge_status(
         rejected,
         duplicates,
         ignored,
+        alerts_dropped,
         last_received_time: later(
             stored.last_received_time.as_ref(),
             update.last_received_ms.and_then(time_from_ms),

@@ -1415,3 +1415,51 @@ fn connections_over_the_cap_are_shed_before_reading() {
     }
     standalone.stop();
 }
+
+/// Finding 4: one Alertmanager delivery carrying 1,500 alerts maps at most
+/// `incidents.maxAlertsPerDelivery` (1,000) of them; the other 500 are counted on the
+/// status (`deliveries.alertsDropped`), not silently lost.
+#[test]
+fn alerts_beyond_the_per_delivery_cap_are_counted_not_mapped() {
+    let dir = folder_with(&["alertmanager.yaml"]);
+    let standalone = Standalone::start(dir.path());
+    let url = standalone.url("default/alertmanager").to_string();
+    let alerts: Vec<serde_json::Value> = (0..1500)
+        .map(|i| {
+            serde_json::json!({
+                "status": "firing",
+                "labels": {"alertname": format!("A{i}"), "severity": "warning"},
+                "annotations": {"summary": "s"},
+                "startsAt": "2026-12-07T00:00:00Z",
+                "endsAt": "0001-01-01T00:00:00Z",
+                "fingerprint": format!("fp{i:05}"),
+            })
+        })
+        .collect();
+    let body =
+        serde_json::json!({"version": "4", "status": "firing", "alerts": alerts}).to_string();
+    let (code, response) = post_raw(
+        &url,
+        &[
+            ("Content-Type", "application/json"),
+            (
+                "Authorization",
+                "Bearer example-alertmanager-token-change-me",
+            ),
+        ],
+        &body,
+    )
+    .expect("answered");
+    assert_eq!(code, 202, "{response}");
+    wait_for_status(
+        dir.path(),
+        "alertmanager",
+        "500 alerts counted as dropped",
+        |o| {
+            o.pointer("/status/deliveries/alertsDropped")
+                .and_then(|v| v.as_i64())
+                == Some(500)
+        },
+    );
+    standalone.stop();
+}

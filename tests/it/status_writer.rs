@@ -92,6 +92,7 @@ fn delivery(i: usize) -> Accepted {
             resolve: false,
             event_time_ms: 1_700_000_000_000 + i as i64,
         }],
+        alerts_dropped: 0,
         replay_key: None,
         forward: None,
     }
