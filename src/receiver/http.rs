@@ -566,11 +566,13 @@ async fn read_body(
     if declared.is_some_and(|n| n > max as u64) {
         return Err(Refusal::BodyTooLarge);
     }
-    // Reserved before a byte is read: the declared length, else (chunked) the most the
-    // route accepts. Held until the request is answered.
+    // Reserved before a byte is read: the declared length (or the body's exact size when
+    // it is already known), else (chunked) the most the route accepts. Held until the
+    // request is answered.
+    let known = declared.or_else(|| hyper::body::Body::size_hint(&body).exact());
     let permit = config
         .body_budget
-        .reserve(&route.body_inflight, declared.unwrap_or(max as u64))
+        .reserve(&route.body_inflight, known.unwrap_or(max as u64))
         .ok_or(Refusal::OverBudget)?;
     match tokio::time::timeout(config.body_timeout, Limited::new(body, max).collect()).await {
         Ok(Ok(collected)) => Ok((collected.to_bytes(), permit)),
