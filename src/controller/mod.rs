@@ -382,11 +382,20 @@ fn check_missing(checks: &mut MissingChecks, ctx: &Arc<Context>, namespace: Stri
     let ctx = ctx.clone();
     let limit = checks.limit.clone();
     checks.tasks.spawn(async move {
-        let Ok(_permit) = limit.acquire_owned().await else {
-            return;
-        };
         let mut attempt = 0;
-        while let Err(e) = reconcile::forget_missing(&ctx, &namespace, &name).await {
+        loop {
+            // A permit per attempt, not across the backoff: a check that keeps failing
+            // must not hold one of the few slots while it sleeps (four failing checks
+            // stalled every other one for their whole backoff).
+            let result = {
+                let Ok(_permit) = limit.clone().acquire_owned().await else {
+                    return;
+                };
+                reconcile::forget_missing(&ctx, &namespace, &name).await
+            };
+            let Err(e) = result else {
+                return;
+            };
             attempt += 1;
             if attempt == MISSING_ATTEMPTS {
                 tracing::error!(integration = %name, %namespace, error = %e, "gave up checking whether a deleted integration left its route behind; a controller restart checks again");
