@@ -5,6 +5,6 @@ set -eu
 cd "$(dirname "$0")/../src"
 for m in crd clock signal route events telemetry domain journal receiver controller standalone tools cli; do
   if [[ -d "$m" ]]; then files=$(find "$m" -name '*.rs'); else files="$m.rs"; fi
-  deps=$(grep -ohE 'crate::[a-z_]+' $files 2>/dev/null | sed 's/crate:://' | sort -u | { grep -vx "$m" || true; } | tr '\n' ' ')
+  deps=$(grep -hvE '^[[:space:]]*//' $files 2>/dev/null | grep -ohE 'crate::[a-z_]+' | sed 's/crate:://' | sort -u | { grep -vx "$m" || true; } | tr '\n' ' ')
   printf '%-11s -> %s\n' "$m" "${deps:-(none)}"
 done
