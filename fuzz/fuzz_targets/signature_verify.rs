@@ -5,7 +5,7 @@
 
 use arbitrary::Arbitrary;
 use hookwarden::crd::WebhookIntegrationSpec;
-use hookwarden::domain::provider::ProviderKind;
+use hookwarden::crd::ProviderKind;
 use hookwarden::domain::signature::{Delivery, Scheme, SignInput, Verdict, sign, verify};
 use libfuzzer_sys::fuzz_target;
 

@@ -5,7 +5,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use hookwarden::domain::provider::ProviderKind;
+use hookwarden::crd::ProviderKind;
 use hookwarden::domain::signature::{
     Delivery, Scheme, SignInput, Verdict, sign, twilio_url_with_body_hash, verify,
 };
