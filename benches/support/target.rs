@@ -1,6 +1,9 @@
 //! A fast local forward target for the benches: answers every request with 200 after
 //! reading its body, counts them and remembers when the last one arrived. Runs on its own
 //! tokio runtime thread(s), so it does not share the receiver's or the client's workers.
+//!
+//! Included by more than one bench (`#[path]`); not every bench uses every method.
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
