@@ -308,13 +308,14 @@ async fn throughput(options: &Options, parent: &Path) -> Result<(), Box<dyn std:
     let got = target.requests();
     println!(
         "throughput: {n} forwards imported in batches of {} in {:.2} s ({:.0}/s, rendered, appended, fsync'd); \
-         the target counted {got} after {:.2} s: {:.0} forwards/s{}; pending 0 on the board after {:.2} s{}",
+         the target counted {got} after {:.2} s: {:.0} forwards/s{} over {} connections; pending 0 on the board after {:.2} s{}",
         options.batch,
         imported.as_secs_f64(),
         n as f64 / imported.as_secs_f64(),
         arrived.as_secs_f64(),
         got as f64 / arrived.as_secs_f64(),
         if all_arrived { "" } else { " (gave up)" },
+        target.connections(),
         recorded.as_secs_f64(),
         if all_recorded { "" } else { " (gave up)" },
     );
@@ -385,13 +386,14 @@ async fn pending(options: &Options, parent: &Path) -> Result<(), Box<dyn std::er
     let recorded = up.elapsed();
     println!(
         "drain: target up; first forward after {:.2} s{}, {got} of {n} after {:.2} s: {:.0} forwards/s \
-         ({:.0}/s from the first arrival){}; pending 0 on the board after {:.2} s{}; RSS then {:.1} MiB",
+         ({:.0}/s from the first arrival){} over {} connections; pending 0 on the board after {:.2} s{}; RSS then {:.1} MiB",
         first_at.as_secs_f64(),
         if first { "" } else { " (none!)" },
         arrived.as_secs_f64(),
         got as f64 / arrived.as_secs_f64(),
         got as f64 / (arrived - first_at).as_secs_f64().max(1e-9),
         if all { "" } else { " (gave up)" },
+        target.connections(),
         recorded.as_secs_f64(),
         if drained { "" } else { " (gave up)" },
         proc_mib("VmRSS:"),

@@ -938,12 +938,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let drained = last.unwrap_or(0.0);
         println!(
             "forwards: {got} of {accepted} accepted deliveries reached the target ({at_end} when the load stopped); \
-             the last arrived {drained:.2} s after the load stopped ({:.0} forwards/s meanwhile)",
+             the last arrived {drained:.2} s after the load stopped ({:.0} forwards/s meanwhile); \
+             {} connections",
             if drained > 0.0 {
                 (got - at_end) as f64 / drained
             } else {
                 0.0
-            }
+            },
+            t.connections()
         );
     }
     // The child is stopped (and its folder removed) only now, after every pass.

@@ -22,6 +22,7 @@ pub struct CountingTarget {
 struct Counts {
     base: Instant,
     requests: AtomicU64,
+    connections: AtomicU64,
     /// Nanoseconds after `base` of the latest arrival (0: none yet).
     last_ns: AtomicU64,
 }
@@ -35,6 +36,7 @@ impl CountingTarget {
         let counts = Arc::new(Counts {
             base: Instant::now(),
             requests: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
             last_ns: AtomicU64::new(0),
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -49,6 +51,7 @@ impl CountingTarget {
                     return;
                 };
                 while let Ok((stream, _)) = listener.accept().await {
+                    shared.connections.fetch_add(1, Ordering::Relaxed);
                     let _ = stream.set_nodelay(true);
                     let counts = shared.clone();
                     tokio::spawn(async move {
@@ -81,6 +84,11 @@ impl CountingTarget {
     /// Requests answered so far.
     pub fn requests(&self) -> u64 {
         self.counts.requests.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted so far (a pooled client reuses them).
+    pub fn connections(&self) -> u64 {
+        self.counts.connections.load(Ordering::Relaxed)
     }
 
     /// When the latest request arrived.
