@@ -6,7 +6,7 @@
 //! answering a fixed 200 with the same worker count and prints the ratio.
 //!
 //! cargo bench --bench receiver -- [--connections 32] [--seconds 5] [--workers 1] \
-//!     [--provider github|datadog] [--url URL --secret S | --standalone | --fsync-floor DIR] [--no-nginx]
+//!     [--provider github|datadog] [--url URL --secret S | --standalone [--forward] | --fsync-floor DIR] [--no-nginx]
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -30,6 +30,10 @@ use hookwarden::standalone::DEFAULT_STATE_DIR;
 use hookwarden::standalone::state::StateDir;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
+
+#[path = "support/target.rs"]
+mod support_target;
+use support_target::CountingTarget;
 
 #[derive(Debug, Parser)]
 #[command(about = "Load the hookwarden receiver with signed unique deliveries; compare with nginx")]
@@ -70,6 +74,11 @@ struct Options {
     /// Default: the binary's own default.
     #[arg(long, requires = "standalone")]
     journal_commit_window: Option<String>,
+    /// With --standalone: the bench integration forwards every delivery (`spec.forward`,
+    /// `send: [delivery]`) to a local target this bench starts (answers 200, counts). After
+    /// the passes it prints how many forwards arrived and when the last one did.
+    #[arg(long, requires = "standalone")]
+    forward: bool,
     /// Skip the nginx comparison.
     #[arg(long)]
     no_nginx: bool,
@@ -293,13 +302,20 @@ fn start_standalone(
     workers: usize,
     parent: Option<&std::path::Path>,
     commit_window: Option<&str>,
+    forward_to: Option<SocketAddr>,
 ) -> Result<(Target, Standalone), Box<dyn std::error::Error>> {
     use std::io::BufRead as _;
     let dir = match parent {
         Some(p) => tempfile::tempdir_in(p)?,
         None => tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?,
     };
-    let limits = "  limits:\n    requestsPerSecond: 1000000\n    burst: 1000000\n";
+    let mut limits = "  limits:\n    requestsPerSecond: 1000000\n    burst: 1000000\n".to_string();
+    if let Some(addr) = forward_to {
+        // Every delivery to one local target (standalone allows loopback targets).
+        limits.push_str(&format!(
+            "  forward:\n    - name: bench\n      url: http://{addr}/\n      send: [delivery]\n"
+        ));
+    }
     let yaml = match provider {
         ProviderKind::Github => format!(
             "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata:\n  name: bench\nspec:\n  provider: github\n{limits}"
@@ -443,6 +459,11 @@ struct Pass {
 }
 
 impl Pass {
+    /// Requests answered with the expected status.
+    fn accepted(&self) -> u64 {
+        self.requests.saturating_sub(self.errors)
+    }
+
     fn rate(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
@@ -739,6 +760,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let provider = options.provider;
     let mut standalone = None;
     let mut floor_folder = None;
+    // The forward target runs on its own runtime thread in this process.
+    let forward_target = if options.forward {
+        Some(CountingTarget::start(([127, 0, 0, 1], 0).into(), 1)?)
+    } else {
+        None
+    };
     let (target, label) = match &options.url {
         Some(url) => {
             let secret = options.secret.clone().ok_or("--url needs --secret")?;
@@ -750,15 +777,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 options.workers,
                 options.state_dir.as_deref(),
                 options.journal_commit_window.as_deref(),
+                forward_target.as_ref().map(|t| t.addr),
             )?;
             let label = format!(
-                "hookwarden standalone, journal in {} ({} workers, commit window {})",
+                "hookwarden standalone, journal in {} ({} workers, commit window {}{})",
                 running.dir.path().display(),
                 options.workers,
                 options
                     .journal_commit_window
                     .as_deref()
-                    .unwrap_or("default")
+                    .unwrap_or("default"),
+                match &forward_target {
+                    Some(t) => format!(", forwarding every delivery to {}", t.addr),
+                    None => String::new(),
+                }
             );
             standalone = Some(running);
             (target, label)
@@ -815,7 +847,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
     });
     // Warm-up: connection setup, allocator, caches.
-    client.block_on(load(
+    let warm = client.block_on(load(
         target.clone(),
         provider,
         options.connections,
@@ -823,6 +855,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None,
         202,
     ));
+    // Deliveries the receiver answered 202 (each is one forward with --forward).
+    let mut accepted = warm.accepted();
     if let Some(t) = &nginx_target {
         client.block_on(load(t.clone(), provider, options.connections, 1, None, 200));
     }
@@ -831,6 +865,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rates = Vec::new();
     let mut ratios = Vec::new();
     for _ in 0..options.rounds.max(1) {
+        let forwarded_before = forward_target.as_ref().map(CountingTarget::requests);
         let pass = client.block_on(load(
             target.clone(),
             provider,
@@ -839,7 +874,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             None,
             202,
         ));
+        accepted += pass.accepted();
         println!("{}", pass.line(&label));
+        if let (Some(t), Some(before)) = (&forward_target, forwarded_before) {
+            let during = t.requests() - before;
+            println!(
+                "  forwards received by the target during the pass: {during} ({:.0}/s; {} accepted so far, {} forwarded)",
+                during as f64 / pass.elapsed.as_secs_f64(),
+                accepted,
+                t.requests()
+            );
+        }
         rates.push(pass.rate());
         if let Some(t) = &nginx_target {
             let reference = client.block_on(load(
@@ -875,11 +920,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Some(offered),
             202,
         ));
+        accepted += paced.accepted();
         let label = match options.latency_rate {
             Some(_) => format!("receiver at a set rate ({offered:.0} req/s offered)"),
             None => format!("receiver at half rate ({offered:.0} req/s offered)"),
         };
         println!("{}", paced.line(&label));
+    }
+    if let Some(t) = &forward_target {
+        // The backlog the passes left: wait for all of it (or 30 s without progress).
+        let load_end = Instant::now();
+        let at_end = t.requests();
+        let got = t.wait_for(accepted, Duration::from_secs(30), Duration::from_secs(900));
+        let last = t
+            .last_arrival()
+            .map(|l| l.saturating_duration_since(load_end).as_secs_f64());
+        let drained = last.unwrap_or(0.0);
+        println!(
+            "forwards: {got} of {accepted} accepted deliveries reached the target ({at_end} when the load stopped); \
+             the last arrived {drained:.2} s after the load stopped ({:.0} forwards/s meanwhile); \
+             {} connections",
+            if drained > 0.0 {
+                (got - at_end) as f64 / drained
+            } else {
+                0.0
+            },
+            t.connections()
+        );
     }
     // The child is stopped (and its folder removed) only now, after every pass.
     drop(standalone);

@@ -19,7 +19,7 @@
 //! `webhook-id`, so the receiving side can drop the copy.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -42,8 +42,8 @@ use super::sink::Accepted;
 use crate::clock::Clock;
 use crate::crd::{ForwardStatus, ProviderKind};
 use crate::domain::forward::{
-    CircuitBreaker, DeliveryFacts, Event, EventKind, IncidentChange, IncidentFacts, IntegrationRef,
-    Outcome, Permit, SigningKey, next_attempt_at, render, sign_request,
+    CircuitBreaker, CircuitState, DeliveryFacts, Event, EventKind, IncidentChange, IncidentFacts,
+    IntegrationRef, Outcome, Permit, SigningKey, next_attempt_at, render, sign_request,
 };
 use crate::domain::incident::state::Incident;
 use crate::domain::spec::EffectiveForward;
@@ -579,6 +579,7 @@ pub fn start(
         board: board.clone(),
         circuits: HashMap::new(),
         in_flight: HashMap::new(),
+        parked: HashMap::new(),
         running: JoinSet::new(),
         by_integration: HashMap::new(),
         staged: Vec::new(),
@@ -616,6 +617,12 @@ struct ForwardTask {
     board: Arc<ForwardBoard>,
     circuits: HashMap<(String, String), CircuitBreaker>,
     in_flight: HashMap<(String, String), usize>,
+    /// Per target, (due, id) of forwards that were due but found the target busy (its
+    /// `per_target_in_flight` attempts running, or its half-open circuit's probe out),
+    /// in due order. Each finished attempt of the target hands back as many as it has
+    /// free slots, so a backlog goes out as fast as the target answers, and is popped
+    /// from the queue once rather than at every wake-up.
+    parked: HashMap<(String, String), VecDeque<(i64, String)>>,
     running: JoinSet<AttemptDone>,
     /// Integration → ids of its live forwards (pending and dead).
     by_integration: HashMap<String, HashSet<String>>,
@@ -826,6 +833,18 @@ impl ForwardTask {
     /// Starts every due attempt the limits and circuits allow.
     fn start_due(&mut self) {
         let now = (self.clock)();
+        // A target with parked forwards and nothing in flight has no attempt left whose
+        // end would hand them back (their first pick was stale, or an attempt task
+        // failed): hand them back here.
+        let idle: Vec<(String, String)> = self
+            .parked
+            .keys()
+            .filter(|k| self.in_flight.get(*k).copied().unwrap_or(0) == 0)
+            .cloned()
+            .collect();
+        for key in idle {
+            self.unpark(&key);
+        }
         let mut deferred = Vec::new();
         while self.running.len() < self.options.max_in_flight {
             let Some(Reverse((at, _))) = self.queue.peek() else {
@@ -864,23 +883,25 @@ impl ForwardTask {
                 continue;
             };
             if self.in_flight.get(&key).copied().unwrap_or(0) >= self.options.per_target_in_flight {
-                // Its target is busy: it waits a moment, behind other targets' due
-                // forwards. Bounded per pass, so a backlog of one busy target is not
-                // re-queued whole on every wake-up.
-                deferred.push(Reverse((now + 50, id)));
-                if deferred.len() >= MAX_DEFERRALS_PER_PASS {
-                    break;
-                }
+                // Handed back when one of the target's attempts ends.
+                self.parked.entry(key).or_default().push_back((at, id));
                 continue;
             }
             let circuit = self
                 .circuits
                 .entry(key.clone())
                 .or_insert_with(|| CircuitBreaker::new(target.spec.circuit, target.spec.timeout));
+            let half_open = circuit.state(now) == CircuitState::HalfOpen;
             let permit = circuit.permit(now);
             if let Permit::Wait { until_ms } = permit {
-                // Held by the open circuit: not charged an attempt.
-                deferred.push(Reverse((until_ms, id)));
+                // Not charged an attempt. Open: wait for the probe's turn. Half-open with
+                // the probe out: its answer decides, and its end hands these back (at
+                // once, not when the probe's lease would run out).
+                if half_open {
+                    self.parked.entry(key).or_default().push_back((at, id));
+                } else {
+                    deferred.push(Reverse((until_ms, id)));
+                }
                 continue;
             }
             *self.in_flight.entry(key).or_insert(0) += 1;
@@ -905,8 +926,27 @@ impl ForwardTask {
         }
     }
 
-    /// Defers a forward without charging it an attempt (circuit open, target busy,
-    /// material missing). Only the in-memory schedule moves: after a restart the
+    /// Puts parked forwards of `key` back in the queue at their due time, as many as the
+    /// target has free attempt slots (the next `start_due` starts them, or parks them
+    /// again if the circuit says so).
+    fn unpark(&mut self, key: &(String, String)) {
+        let free = self
+            .options
+            .per_target_in_flight
+            .saturating_sub(self.in_flight.get(key).copied().unwrap_or(0));
+        let Some(parked) = self.parked.get_mut(key) else {
+            return;
+        };
+        for (at, id) in parked.drain(..free.min(parked.len())) {
+            self.queue.push(Reverse((at, id)));
+        }
+        if parked.is_empty() {
+            self.parked.remove(key);
+        }
+    }
+
+    /// Defers a forward without charging it an attempt (circuit open, material
+    /// missing). Only the in-memory schedule moves: after a restart the
     /// forward is simply due at once.
     fn requeue_at(&mut self, Reverse((at, id)): Reverse<(i64, String)>) {
         self.outbox().set_next_in_memory(&id, at);
@@ -923,6 +963,7 @@ impl ForwardTask {
         if let Some(n) = self.in_flight.get_mut(&key) {
             *n = n.saturating_sub(1);
         }
+        self.unpark(&key);
         let config = (self.lookup)(&integration);
         let spec = config
             .as_ref()

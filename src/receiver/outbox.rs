@@ -420,7 +420,6 @@ impl Outbox {
         self.active_len = 0;
         self.total_bytes = 0;
         let ids: Vec<String> = self.live.keys().cloned().collect();
-        self.live_bytes = 0;
         for chunk in ids.chunks(256) {
             let mut copied = Vec::with_capacity(chunk.len());
             for id in chunk {
@@ -438,6 +437,12 @@ impl Outbox {
             std::fs::remove_file(self.dir.join(segment_name(id)))?;
         }
         sync_dir(&self.dir)?;
+        // Each copy replaced its own index entry (`append` adds the new record's bytes
+        // and takes the old one's off): counted afresh, so the next check sees what is
+        // really live. (Zeroing it before the copies left it at 0: every later write
+        // found the whole outbox "dead" and compacted it again, holding the outbox lock
+        // for seconds each time, and the next forget wrapped it below zero.)
+        self.live_bytes = self.live.values().map(live_record_bytes).sum();
         Ok(())
     }
 }
@@ -612,5 +617,34 @@ mod tests {
         let o = Outbox::open(dir.path()).expect("reopen");
         assert_eq!(o.len(), 20);
         assert_eq!(o.read_body("j190").expect("body"), big);
+    }
+
+    /// After a compaction the live forwards still count as live: it is not due again at
+    /// once (it used to be, on every write, while ≥ 8 MiB were live), and forgetting one
+    /// afterwards does not take the count below zero.
+    #[test]
+    fn a_compaction_is_not_due_again_right_after_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut o = Outbox::open(dir.path()).expect("open");
+        let big = vec![7u8; 64 * 1024];
+        // 150 live (9.4 MiB, above the 8 MiB minimum), 300 delivered.
+        for i in 0..450 {
+            let id = format!("j{i}");
+            o.append(&[Change::Job {
+                meta: &meta(&id),
+                state: &JobState::default(),
+                body: &big,
+            }])
+            .expect("append");
+            if i % 3 != 0 {
+                o.append(&[Change::Gone { id: &id }]).expect("gone");
+            }
+        }
+        assert!(o.compact_if_worth_it().expect("compact"));
+        assert!(!o.compact_if_worth_it().expect("check"), "compacted again");
+        o.forget_in_memory("j0");
+        o.append(&[Change::Gone { id: "j0" }]).expect("gone");
+        assert!(!o.compact_if_worth_it().expect("check"), "compacted again");
+        assert_eq!(o.len(), 149);
     }
 }

@@ -470,6 +470,76 @@ async fn a_forward_due_during_a_restart_waits_for_the_routes_instead_of_being_dr
     running.stop().await;
 }
 
+/// A target that comes back gets its backlog as soon as the circuit's probe succeeds:
+/// the forwards that found the probe out go when it ends, not when its lease (the
+/// attempt timeout plus grace, 15 s here) would run out, and more forwards than a target
+/// may have in flight go out back to back, without a timer between batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_target_gets_its_backlog_as_soon_as_the_probe_succeeds() {
+    const N: usize = 80; // more than the 32 attempts one target may have in flight
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = Arc::new(Target::default());
+    let addr = start_target(target.clone()).await;
+    // 503 until the script is cleared.
+    target.script.lock().expect("lock").extend([503; 10_000]);
+    let url = format!("http://{addr}/in");
+    let mut route = route(&generate_path(), &url, &[]);
+    route.spec = serde_json::from_value(json!({
+        "provider": "datadog",
+        "forward": [{
+            "name": "tickets",
+            "url": url,
+            "send": ["delivery"],
+            "retry": {"schedule": ["1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s"]},
+            "circuitBreaker": {"failures": 3, "openFor": "1s"},
+        }],
+    }))
+    .expect("spec");
+    route.forward.truncate(1);
+    let running = start_receiver(dir.path(), route).await;
+    for i in 0..N {
+        assert_eq!(
+            send_datadog(&running.url, &format!("evt-{i}"), "Triggered").await,
+            202
+        );
+    }
+    let board = || {
+        running
+            .forwarder
+            .board
+            .of("payments/dd")
+            .into_iter()
+            .find(|s| s.name == "tickets")
+            .unwrap_or_default()
+    };
+    wait_for("every forward pending behind the open circuit", || {
+        let s = board();
+        s.pending == N as i64 && s.circuit.as_deref() == Some("open")
+    })
+    .await;
+
+    target.script.lock().expect("lock").clear();
+    let recovered = Instant::now();
+    wait_for("the backlog delivered", || board().pending == 0).await;
+    let took = recovered.elapsed();
+    assert!(
+        took < Duration::from_secs(6),
+        "the backlog took {took:?} after the target recovered (the circuit is open for 1 s)"
+    );
+    let delivered = target
+        .seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|(h, _)| h.contains_key("webhook-id"))
+        .map(|(h, _)| h["webhook-id"].to_str().expect("id").to_string())
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    assert_eq!(delivered, N, "every event reached the target");
+    assert_eq!(board().dead_lettered, 0);
+    running.stop().await;
+}
+
 /// Pending forwards count against the journal cap: once the journal and the outbox
 /// together reach it, new deliveries get 503 and every pending forward keeps its place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

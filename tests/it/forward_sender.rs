@@ -62,6 +62,8 @@ enum Reply {
     Huge,
     /// A chunked 200 whose chunks never end.
     Endless,
+    /// A 200 after 50 ms to every request, the connection kept open.
+    KeepAlive,
 }
 
 struct TestServer {
@@ -131,6 +133,15 @@ where
         Reply::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
+        Reply::KeepAlive => loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+            if stream.write_all(ok.as_bytes()).await.is_err()
+                || read_request(&mut stream).await.is_none()
+            {
+                return;
+            }
+        },
         Reply::Huge => {
             let head = "HTTP/1.1 200 OK\r\nContent-Length: 52428800\r\n\r\n";
             if stream.write_all(head.as_bytes()).await.is_err() {
@@ -232,6 +243,27 @@ async fn a_2xx_is_delivered_with_the_request_as_built() {
         "{seen}"
     );
     assert!(seen.ends_with(r#"{"a":1}"#), "{seen}");
+}
+
+/// The pool keeps as many idle connections to a host as the receiver lets attempts run
+/// to one target at once (32): a second burst of 32 concurrent sends reuses the first
+/// burst's connections instead of closing all but 8 of them and connecting again.
+#[tokio::test]
+async fn a_burst_of_concurrent_sends_reuses_its_connections() {
+    let server = serve(Reply::KeepAlive).await;
+    let sender = standalone();
+    let url = server.url("127.0.0.1", "/in");
+    for _ in 0..2 {
+        let results = futures::future::join_all((0..32).map(|_| send(&sender, &url, BOUND))).await;
+        for r in &results {
+            assert_eq!(outcome(r).0, Outcome::Delivered, "{r:?}");
+        }
+    }
+    assert!(
+        server.connections() <= 32,
+        "{} connections for two bursts of 32",
+        server.connections()
+    );
 }
 
 #[tokio::test]
