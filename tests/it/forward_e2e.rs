@@ -430,7 +430,7 @@ async fn a_recovered_target_gets_its_backlog_as_soon_as_the_probe_succeeds() {
             "name": "tickets",
             "url": url,
             "send": ["delivery"],
-            "retry": {"schedule": ["1s"; 10]},
+            "retry": {"schedule": ["1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s"]},
             "circuitBreaker": {"failures": 3, "openFor": "1s"},
         }],
     }))
