@@ -11,8 +11,10 @@
 //! `len:u32 crc:u32 payload` (crc over payload; little endian), payload =
 //! `kind:u8 meta_len:u32 meta(JSON) body`. Kinds: a job (meta + rendered body), a state
 //! change (attempts, next attempt, dead letter) and a tombstone (delivered, expired or
-//! dropped). The newest record of an id wins. Only the index lives in memory (~200 bytes
-//! a forward): bodies are read back with a positioned read when an attempt needs them.
+//! dropped). The newest record of an id wins. Only the index lives in memory, bodies are
+//! read back with a positioned read when an attempt needs them; but each index entry
+//! keeps the forward's whole metadata (~1 KiB a pending forward with the forwarder's own
+//! copies of its id, measured in docs/bench.md "Forwarding").
 //! Compaction copies the live jobs into a fresh segment once the dead bytes outweigh the
 //! live ones, then deletes the older segments. A short or corrupt tail of the newest
 //! segment (a crash mid-append: never acknowledged to anyone) is cut off at open.
