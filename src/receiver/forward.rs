@@ -150,13 +150,6 @@ pub struct Folded {
     pub changes: Vec<(Incident, bool)>,
 }
 
-impl Folded {
-    /// Whether it could cause any forward at all.
-    pub fn forwards_anything(&self) -> bool {
-        self.accepted.forward.is_some() || !self.changes.is_empty()
-    }
-}
-
 /// The jobs one folded delivery causes: one per target and event it is sent, rendered.
 pub fn jobs_for(config: &ForwardConfig, folded: &Folded) -> Vec<NewJob> {
     let accepted = &folded.accepted;

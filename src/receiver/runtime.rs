@@ -460,11 +460,14 @@ pub fn fold_accepted(
         .iter()
         .filter_map(|n| entry.incidents.get(&n.id).map(|i| (i.clone(), n.resolved)))
         .collect();
-    let folded = Folded {
+    // Checked before the copy: most deliveries forward nothing, and this runs per fold.
+    if accepted.forward.is_none() && changes.is_empty() {
+        return None;
+    }
+    Some(Folded {
         accepted: accepted.clone(),
         changes,
-    };
-    folded.forwards_anything().then_some(folded)
+    })
 }
 
 /// Builds the sink (for the HTTP pipeline) and the loop (to spawn) around a replayed ledger.
