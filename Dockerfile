@@ -25,13 +25,16 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --target "${RUST_TARGET}" --bin hookwarden \
  && install -D -m 0755 "target/${RUST_TARGET}/release/hookwarden" /out/hookwarden \
+ && ln -s hookwarden /out/kubectl-hookwarden \
  && /out/hookwarden --version
 
 FROM gcr.io/distroless/static-debian12:nonroot
 LABEL org.opencontainers.image.title="hookwarden" \
       org.opencontainers.image.description="Kubernetes operator for incoming webhooks" \
       org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=builder /out/hookwarden /usr/local/bin/hookwarden
+# The directory, so the kubectl plugin's name (a symlink to the same binary) comes along:
+# `docker cp` it out next to kubectl and `kubectl hookwarden …` works (README).
+COPY --from=builder /out/ /usr/local/bin/
 # mimalloc (the binary's allocator) commits arena memory lazily: RSS after 10,000 routes and
 # 100,000 ids is 38 MiB instead of 46 (docs/bench.md), at no measurable cost in speed.
 ENV MIMALLOC_ARENA_EAGER_COMMIT=0

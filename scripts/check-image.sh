@@ -30,6 +30,9 @@ else fail "runtime stage must be distroless/static or scratch (a static binary n
 final_user="$(awk '/^FROM /{u=""} /^USER /{u=$2} END{print u}' Dockerfile)"
 if [[ "$final_user" =~ ^[1-9][0-9]*(:[1-9][0-9]*)?$ ]]; then ok "runs as numeric non-root user $final_user"
 else fail "the runtime stage needs a numeric non-root USER (runAsNonRoot), found '${final_user:-none}'"; fi
+grep -q 'ln -s hookwarden /out/kubectl-hookwarden' Dockerfile && grep -q '^COPY --from=builder /out/ /usr/local/bin/' Dockerfile \
+  && ok "ships kubectl-hookwarden (the kubectl plugin) beside hookwarden" \
+  || fail "the image must ship the kubectl plugin: ln -s hookwarden /out/kubectl-hookwarden, COPY --from=builder /out/ /usr/local/bin/"
 grep -Eq '^ENTRYPOINT \["' Dockerfile && ok "exec-form ENTRYPOINT (signals reach the binary)" \
   || fail "ENTRYPOINT must be exec form so SIGTERM reaches hookwarden (drain on shutdown)"
 uid="${final_user%%:*}"
@@ -96,6 +99,13 @@ for path in sys.stdin.read().split("\0"):
       ok "the static binary runs: 'hookwarden crdgen' prints crds/webhookintegrations.yaml"
     else
       fail "the static binary's 'hookwarden crdgen' differs from crds/webhookintegrations.yaml or did not run"
+    fi
+    plugin="$context/kubectl-hookwarden"
+    ln -sf "$bin" "$plugin"
+    if "$plugin" --help 2>/dev/null | grep -q '^Usage: kubectl hookwarden'; then
+      ok "linked as kubectl-hookwarden it is the kubectl plugin"
+    else
+      fail "the static binary linked as kubectl-hookwarden does not answer as the kubectl plugin"
     fi
   else
     fail "cargo build --locked --target $TARGET failed in the build context (does .dockerignore drop a file the build needs?)"

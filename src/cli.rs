@@ -36,6 +36,9 @@ pub enum Command {
     /// Re-queue an integration's dead-lettered forwards (cluster: sets the
     /// hookwarden.dev/replay annotation; standalone with --dir/--state: directly).
     Replay(crate::standalone::ReplayArgs),
+    /// `kubectl hookwarden`: url, secret, send-test, status and replay through the
+    /// kubeconfig (what the binary does when installed as `kubectl-hookwarden`).
+    Kubectl(crate::plugin::PluginArgs),
 }
 
 /// The CRD as YAML, exactly as committed under `crds/`.
@@ -45,8 +48,14 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
+    // Installed as `kubectl-hookwarden` (symlink or copy): kubectl's plugin mechanism
+    // runs it with the plugin's own arguments.
+    let command = if crate::plugin::invoked_as_plugin(std::env::args_os().next().as_deref()) {
+        Command::Kubectl(crate::plugin::PluginCli::parse().args)
+    } else {
+        Cli::parse().command
+    };
+    match command {
         Command::Crdgen => match crd_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");
@@ -78,6 +87,7 @@ pub fn main() -> ExitCode {
                     Command::Get(args) => crate::standalone::get(args).await,
                     Command::SendTest(args) => crate::tools::send_test(args).await,
                     Command::Replay(args) => crate::standalone::replay(args).await,
+                    Command::Kubectl(args) => Ok(crate::plugin::run(args).await),
                     Command::Crdgen | Command::Verify(_) | Command::Sign(_) => {
                         unreachable_command()
                     }

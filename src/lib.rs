@@ -13,6 +13,7 @@ pub mod domain;
 pub mod events;
 pub mod forwarder;
 pub mod journal;
+pub mod plugin;
 pub mod receiver;
 pub mod route;
 pub mod signal;

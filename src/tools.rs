@@ -237,12 +237,12 @@ impl fmt::Debug for SendTestArgs {
 /// exit 2), or the thing it was asked about is itself invalid (a spec the receivers would
 /// refuse: exit 1, like a delivery that does not verify).
 #[derive(Debug)]
-enum CliError {
+pub(crate) enum CliError {
     Usage(String),
     Invalid(String),
 }
 
-fn usage_exit(e: CliError) -> ExitCode {
+pub(crate) fn usage_exit(e: CliError) -> ExitCode {
     match e {
         CliError::Usage(message) => {
             eprintln!("error: {message}");
@@ -376,9 +376,7 @@ fn build_scheme(args: &SchemeArgs) -> Result<Scheme, CliError> {
         });
     }
     // The receivers' resolver: a spec they would refuse is refused here the same way.
-    spec::resolve(&spec)
-        .map(|effective| effective.scheme)
-        .map_err(|problems| CliError::Invalid(format!("spec: {problems}")))
+    scheme_of(&spec).map_err(CliError::Invalid)
 }
 
 fn parse_headers(raw: &[String]) -> Result<HeaderMap, CliError> {
@@ -517,23 +515,51 @@ fn run_sign(args: &SignArgs) -> Result<Vec<(String, String)>, CliError> {
 
 /// `hookwarden send-test`.
 pub async fn send_test(args: SendTestArgs) -> anyhow::Result<ExitCode> {
-    let prepared = match prepare_send(&args) {
+    let prepared = match build_scheme(&args.scheme).and_then(|scheme| {
+        prepare_send(
+            &scheme,
+            &args.url,
+            &args.secret,
+            &SendOptions {
+                resolve: args.resolve,
+                incident_id: args.incident_id.clone(),
+                id: args.id.clone(),
+                body_file: args.body_file.clone(),
+            },
+        )
+    }) {
         Ok(p) => p,
         Err(e) => return Ok(usage_exit(e)),
     };
-    let timeout = Duration::from_secs(args.timeout_seconds.max(1));
+    Ok(send_prepared(prepared, &args.url, args.timeout_seconds).await)
+}
+
+/// What `send-test` (and `kubectl hookwarden send-test`) sends besides the scheme, URL
+/// and secret.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SendOptions {
+    /// Monitoring providers: the recovery instead of the trigger.
+    pub resolve: bool,
+    /// The sender's incident id (default hookwarden-send-test).
+    pub incident_id: Option<String>,
+    /// Delivery id (default: random).
+    pub id: Option<String>,
+    /// A body to send instead of the provider's sample.
+    pub body_file: Option<PathBuf>,
+}
+
+/// Sends a prepared delivery and prints the answer: exit 0 on 2xx, 1 otherwise (no answer
+/// within `timeout_seconds`, connection failure, non-2xx).
+pub(crate) async fn send_prepared(prepared: Prepared, url: &str, timeout_seconds: u64) -> ExitCode {
+    let timeout = Duration::from_secs(timeout_seconds.max(1));
     match tokio::time::timeout(timeout, deliver(prepared)).await {
         Err(_) => {
-            eprintln!(
-                "error: no answer from {} within {}s",
-                args.url,
-                timeout.as_secs()
-            );
-            Ok(ExitCode::from(1))
+            eprintln!("error: no answer from {url} within {}s", timeout.as_secs());
+            ExitCode::from(1)
         }
         Ok(Err(e)) => {
-            eprintln!("error: cannot deliver to {}: {e:#}", args.url);
-            Ok(ExitCode::from(1))
+            eprintln!("error: cannot deliver to {url}: {e:#}");
+            ExitCode::from(1)
         }
         Ok(Ok((status, body))) => {
             println!(
@@ -544,52 +570,62 @@ pub async fn send_test(args: SendTestArgs) -> anyhow::Result<ExitCode> {
             if !body.is_empty() {
                 println!("{}", String::from_utf8_lossy(&body));
             }
-            Ok(if status.is_success() {
+            if status.is_success() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
-            })
+            }
         }
     }
 }
 
 /// Everything to send, decided before any network I/O.
-struct Prepared {
+pub(crate) struct Prepared {
     request: http::Request<http_body_util::Full<bytes::Bytes>>,
 }
 
-fn prepare_send(args: &SendTestArgs) -> Result<Prepared, CliError> {
-    let scheme = build_scheme(&args.scheme)?;
-    let uri: http::Uri = args
-        .url
+/// The scheme the receivers build from `spec`, or why they would refuse the spec.
+pub(crate) fn scheme_of(spec: &WebhookIntegrationSpec) -> Result<Scheme, String> {
+    spec::resolve(spec)
+        .map(|effective| effective.scheme)
+        .map_err(|problems| format!("spec: {problems}"))
+}
+
+/// A signed sample delivery (or `options.body_file`) for `scheme`, addressed to `url`.
+pub(crate) fn prepare_send(
+    scheme: &Scheme,
+    url: &str,
+    secret: &str,
+    options: &SendOptions,
+) -> Result<Prepared, CliError> {
+    let uri: http::Uri = url
         .parse()
-        .map_err(|e| CliError::Usage(format!("{:?} is not a URL: {e}", args.url)))?;
+        .map_err(|e| CliError::Usage(format!("{url:?} is not a URL: {e}")))?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
         _ => {
             return Err(CliError::Usage(format!(
-                "{:?}: only http:// and https:// URLs can be sent to",
-                args.url
+                "{url:?}: only http:// and https:// URLs can be sent to"
             )));
         }
     }
     let now = now_unix();
-    let id = args.id.clone().unwrap_or_else(random_id);
+    let id = options.id.clone().unwrap_or_else(random_id);
     let opts = SampleOptions {
-        resolve: args.resolve,
-        incident_id: args.incident_id.clone(),
+        resolve: options.resolve,
+        incident_id: options.incident_id.clone(),
     };
     let mut sample = sample::sample_with(scheme.provider, now, &id, &opts);
-    if let Some(path) = &args.body_file {
+    if let Some(path) = &options.body_file {
         sample.body = read_body(path)?;
         sample.content_type = default_content_type(scheme.provider, &sample.body);
     }
     // Twilio calls JSON webhooks with the body's hash in the URL, and signs that URL.
     let target =
         if scheme.provider == ProviderKind::Twilio && sample.content_type == "application/json" {
-            signature::twilio_url_with_body_hash(&args.url, &sample.body)
+            signature::twilio_url_with_body_hash(url, &sample.body)
         } else {
-            args.url.clone()
+            url.to_string()
         };
     let input = SignInput {
         body: &sample.body,
@@ -598,8 +634,8 @@ fn prepare_send(args: &SendTestArgs) -> Result<Prepared, CliError> {
         id: &id,
         content_type: sample.content_type,
     };
-    let auth = signature::sign(&scheme, &args.secret, &input)
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let auth =
+        signature::sign(scheme, secret, &input).map_err(|e| CliError::Usage(e.to_string()))?;
     let mut builder = http::Request::post(&target)
         .header(http::header::CONTENT_TYPE, sample.content_type)
         .header(
@@ -649,7 +685,6 @@ pub async fn replay_in_cluster(
     namespace: Option<&str>,
     request: &crate::route::ReplayRequest,
 ) -> anyhow::Result<ExitCode> {
-    use kube::api::{Api, Patch, PatchParams};
     let client = match kube::Client::try_default().await {
         Ok(c) => c,
         Err(e) => {
@@ -660,7 +695,19 @@ pub async fn replay_in_cluster(
     let namespace = namespace
         .map(str::to_string)
         .unwrap_or_else(|| client.default_namespace().to_string());
-    let api: Api<crate::crd::WebhookIntegration> = Api::namespaced(client, &namespace);
+    Ok(request_replay(client, &namespace, name, request).await)
+}
+
+/// Sets the replay annotations on `namespace/name` (merge patch) and says what happens
+/// next, or why it could not (not found, RBAC).
+pub(crate) async fn request_replay(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    request: &crate::route::ReplayRequest,
+) -> ExitCode {
+    use kube::api::{Api, Patch, PatchParams};
+    let api: Api<crate::crd::WebhookIntegration> = Api::namespaced(client, namespace);
     let patch = serde_json::json!({"metadata": {"annotations": {
         crate::route::REPLAY_ANNOTATION: request.value,
         crate::route::REPLAY_TARGET_ANNOTATION: request.target,
@@ -678,22 +725,22 @@ pub async fn replay_in_cluster(
                     .map(|t| format!(" (target {t})"))
                     .unwrap_or_default()
             );
-            Ok(ExitCode::SUCCESS)
+            ExitCode::SUCCESS
         }
         Err(kube::Error::Api(e)) if e.code == 404 => {
             eprintln!("error: webhookintegration {namespace}/{name} not found");
-            Ok(ExitCode::from(1))
+            ExitCode::from(1)
         }
         Err(kube::Error::Api(e)) if e.code == 403 => {
             eprintln!(
                 "error: not allowed to patch webhookintegration {namespace}/{name}: {} (ask for patch on webhookintegrations.hookwarden.dev)",
                 e.message
             );
-            Ok(ExitCode::from(1))
+            ExitCode::from(1)
         }
         Err(e) => {
             eprintln!("error: cannot set the replay annotation: {e}");
-            Ok(ExitCode::from(1))
+            ExitCode::from(1)
         }
     }
 }

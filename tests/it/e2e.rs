@@ -22,6 +22,7 @@ const TEST_LIMIT: Duration = Duration::from_secs(120);
 use crate::emulator::kubectl_binary;
 
 mod forward;
+mod plugin;
 
 /// A child process killed when the test ends, whatever happens.
 struct Process {
