@@ -108,14 +108,6 @@ fn validate_meta(namespace: &str, name: &str) -> Result<(), NameError> {
     validate_name("metadata.name", name)
 }
 
-#[derive(Deserialize)]
-struct TypeMeta {
-    #[serde(default, rename = "apiVersion")]
-    api_version: String,
-    #[serde(default)]
-    kind: String,
-}
-
 /// The YAML files of `dir`, sorted by name (not recursive: a folder is one "cluster").
 pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, FolderError> {
     let entries = std::fs::read_dir(dir).map_err(|source| FolderError::Read {
@@ -187,13 +179,17 @@ pub fn parse_file(folder: &mut Folder, path: &Path, text: &str) {
 
 fn load_document(folder: &mut Folder, path: &Path, index: usize, value: serde_yaml::Value) {
     let where_ = || format!("{} (document {})", path.display(), index + 1);
-    let Ok(meta) = serde_yaml::from_value::<TypeMeta>(value.clone()) else {
-        return;
+    // Only the two type fields are read before the document is converted (no copy of the
+    // whole document: a folder of 10,000 integrations is parsed at start).
+    let text = |key: &str| {
+        value
+            .get(key)
+            .and_then(serde_yaml::Value::as_str)
+            .unwrap_or_default()
+            .to_string()
     };
-    match (
-        meta.api_version.split('/').next().unwrap_or(""),
-        meta.kind.as_str(),
-    ) {
+    let (api_version, kind) = (text("apiVersion"), text("kind"));
+    match (api_version.split('/').next().unwrap_or(""), kind.as_str()) {
         ("hookwarden.dev", "WebhookIntegration") => {
             match serde_yaml::from_value::<WebhookIntegration>(value) {
                 Ok(mut integration) => {
