@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::format::{self, BatchEncoder, Scan, TailKind};
-use super::{JournalConfig, JournalError, LostBatch, Recovered, Seq, Shared};
+use super::{JournalConfig, JournalError, LostBatch, RecoveryVisitor, Seq, Shared};
 
 /// How often a changed applied marker is written out (it is cheap but not free).
 const APPLIED_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
@@ -157,11 +157,14 @@ fn remove_if_exists(path: &Path) -> io::Result<()> {
 
 impl Writer {
     /// Recovers the directory: validates the snapshot, scans every segment, truncates
-    /// a torn tail, finishes an interrupted compaction, and returns what to replay.
+    /// a torn tail, finishes an interrupted compaction, and hands what to replay to
+    /// `visitor` as it is scanned (one segment in memory at a time); returns how many
+    /// unapplied entries it handed over.
     pub(super) fn open(
         config: JournalConfig,
         shared: Arc<Shared>,
-    ) -> Result<(Self, Recovered, Option<LostBatch>), JournalError> {
+        visitor: &mut dyn RecoveryVisitor,
+    ) -> Result<(Self, u64, Option<LostBatch>), JournalError> {
         let dir = config.dir.clone();
         let created = !dir.exists();
         fs::create_dir_all(&dir).map_err(at(&dir, "cannot create journal directory"))?;
@@ -201,6 +204,12 @@ impl Writer {
             .map_or((0, 0, 0), |(s, len)| (s.covers_seq, s.applied_seq, *len));
         let applied = snapshot_applied.max(applied_file.unwrap_or(0));
         let replay_after = snapshot_seq.max(applied);
+        // The applied mark beyond the checkpoint: everything the checkpoint counted is
+        // already on the status (see `RecoveryVisitor::snapshot`).
+        visitor.snapshot(
+            snapshot.as_ref().map(|(s, _)| s.payload.as_slice()),
+            applied > snapshot_seq,
+        );
 
         let mut names: Vec<(Seq, PathBuf)> = Vec::new();
         for entry in fs::read_dir(&dir).map_err(at(&dir, "cannot list"))? {
@@ -216,8 +225,7 @@ impl Writer {
         names.sort_by_key(|(first, _)| *first);
 
         let mut segments: VecDeque<Segment> = VecDeque::new();
-        let mut entries: Vec<(Seq, Vec<u8>)> = Vec::new();
-        let mut applied_entries: Vec<(Seq, Vec<u8>)> = Vec::new();
+        let mut handed_over: u64 = 0;
         let mut dir_changed = false;
         let mut lost = None;
         let count = names.len();
@@ -228,9 +236,10 @@ impl Writer {
             let scan = format::scan_segment(&bytes, first_seq, is_last, |seq, payload| {
                 first_entry.get_or_insert(seq);
                 if seq > replay_after {
-                    entries.push((seq, payload.to_vec()));
+                    handed_over += 1;
+                    visitor.entry(seq, payload);
                 } else if seq > snapshot_seq {
-                    applied_entries.push((seq, payload.to_vec()));
+                    visitor.applied(seq, payload);
                 }
             })
             .map_err(|d| corrupt(&path, d))?;
@@ -360,7 +369,7 @@ impl Writer {
             .applied_seq
             .store(applied.min(last_seq), Ordering::Release);
         shared.snapshot_seq.store(snapshot_seq, Ordering::Release);
-        shared.metrics.replayed.inc_by(entries.len() as u64);
+        shared.metrics.replayed.inc_by(handed_over);
 
         let writer = Writer {
             shared,
@@ -380,12 +389,7 @@ impl Writer {
             config,
         };
         writer.publish_sizes();
-        let recovered = Recovered {
-            snapshot: snapshot.map(|(s, _)| s.payload),
-            entries,
-            applied: applied_entries,
-        };
-        Ok((writer, recovered, lost))
+        Ok((writer, handed_over, lost))
     }
 
     /// The writer thread's loop; returns when closed or when every handle is gone.

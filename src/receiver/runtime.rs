@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::domain::incident::state::Incident;
 use crate::domain::spec;
-use crate::journal::{Journal, JournalStats, Recovered};
+use crate::journal::{Journal, JournalStats, Recovered, RecoveryVisitor};
 use crate::receiver::forward::{Folded, ForwardLookup, Forwarder, NewJob, jobs_for};
 use crate::receiver::ledger::Ledger;
 use crate::receiver::metrics::{ReceiverMetrics, WriteLabels};
@@ -310,13 +310,114 @@ pub struct ReplayReport {
     pub forwards: Vec<Folded>,
 }
 
-/// Rebuilds the ledger from a checkpoint and the entries after it. Idempotent: entries
-/// the checkpoint covers are skipped, so replaying twice gives the same ledger.
+/// Folds what the journal recovers into a ledger as recovery reads it (a
+/// [`RecoveryVisitor`] for [`Journal::open_visiting`]): no record is held after it is
+/// folded, so a restart with a million unapplied deliveries needs one journal segment in
+/// memory, not all of them. Idempotent: entries the checkpoint covers are skipped, so
+/// replaying twice gives the same ledger.
+pub struct Replayer {
+    ledger: Ledger,
+    report: ReplayReport,
+    settings: SettingsLookup,
+    max_ids: usize,
+    /// (integration, key, expiry) of the entries already applied: remembered once every
+    /// unapplied entry is folded.
+    applied_ids: Vec<(String, String, i64)>,
+}
+
+impl Replayer {
+    pub fn new(settings: SettingsLookup, max_ids: usize) -> Replayer {
+        let mut ledger = Ledger::default();
+        ledger.set_max_remembered(max_ids);
+        Replayer {
+            ledger,
+            report: ReplayReport::default(),
+            settings,
+            max_ids,
+            applied_ids: Vec::new(),
+        }
+    }
+
+    /// The rebuilt ledger (its prefix settled up to the highest entry seen) and what the
+    /// replay found.
+    pub fn finish(self) -> (Ledger, ReplayReport) {
+        let Replayer {
+            mut ledger,
+            report,
+            applied_ids,
+            ..
+        } = self;
+        // Every entry that exists was handed over: gaps below the highest one never fill.
+        ledger.settle(report.max_seq);
+        // Entries already on the status (applied after the last checkpoint): not counted
+        // again, but their delivery ids must still be caught as duplicates after a restart.
+        for (integration, key, expires) in applied_ids {
+            ledger.remember_id(&integration, &key, expires);
+        }
+        (ledger, report)
+    }
+}
+
+impl RecoveryVisitor for Replayer {
+    /// `written`: the journal's applied mark lies beyond the checkpoint. A mark is only
+    /// set after a status write built later than every fold in the checkpoint, so
+    /// everything the checkpoint counted is already on the status: its counts must not be
+    /// added again (the entries between checkpoint and mark are not replayed at all).
+    fn snapshot(&mut self, payload: Option<&[u8]>, written: bool) {
+        let mut ledger = match payload {
+            Some(bytes) => Ledger::from_snapshot(bytes).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "journal checkpoint is unreadable; rebuilding from the remaining entries");
+                Ledger::default()
+            }),
+            None => Ledger::default(),
+        };
+        ledger.set_max_remembered(self.max_ids);
+        if written {
+            ledger.mark_all_written();
+        }
+        self.report.max_seq = self.report.max_seq.max(ledger.covered_seq());
+        self.ledger = ledger;
+    }
+
+    fn entry(&mut self, seq: u64, bytes: &[u8]) {
+        self.report.max_seq = self.report.max_seq.max(seq);
+        match serde_json::from_slice::<Accepted>(bytes) {
+            Ok(accepted) => {
+                let expires = dedup_expiry(&accepted, &self.settings);
+                if self.ledger.contains(seq) {
+                    return;
+                }
+                self.report.replayed += 1;
+                if let Some(folded) = fold_accepted(&mut self.ledger, seq, &accepted, expires) {
+                    self.report.forwards.push(folded);
+                }
+            }
+            Err(e) => {
+                self.report.undecodable += 1;
+                tracing::error!(seq, error = %e, "skipping undecodable journal entry");
+            }
+        }
+    }
+
+    fn applied(&mut self, _seq: u64, bytes: &[u8]) {
+        if let Ok(accepted) = serde_json::from_slice::<Accepted>(bytes) {
+            let expires = dedup_expiry(&accepted, &self.settings);
+            for key in accepted
+                .delivery_id
+                .iter()
+                .chain(accepted.replay_key.iter())
+            {
+                self.applied_ids
+                    .push((accepted.integration.clone(), key.clone(), expires));
+            }
+        }
+    }
+}
+
+/// Rebuilds the ledger from a checkpoint and the entries after it ([`Replayer`] over
+/// records already in memory).
 ///
-/// `snapshot_written`: the journal's applied mark lies beyond the checkpoint. A mark is
-/// only set after a status write built later than every fold in the checkpoint, so
-/// everything the checkpoint counted is already on the status: its counts must not be
-/// added again (the entries between checkpoint and mark are not replayed at all).
+/// `snapshot_written`: see [`Replayer`]'s `snapshot`.
 pub fn replay(
     snapshot: Option<&[u8]>,
     snapshot_written: bool,
@@ -324,43 +425,12 @@ pub fn replay(
     settings: &SettingsLookup,
     max_ids: usize,
 ) -> (Ledger, ReplayReport) {
-    let mut ledger = match snapshot {
-        Some(bytes) => Ledger::from_snapshot(bytes).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "journal checkpoint is unreadable; rebuilding from the remaining entries");
-            Ledger::default()
-        }),
-        None => Ledger::default(),
-    };
-    ledger.set_max_remembered(max_ids);
-    if snapshot_written {
-        ledger.mark_all_written();
-    }
-    let mut report = ReplayReport {
-        max_seq: ledger.covered_seq(),
-        ..ReplayReport::default()
-    };
+    let mut replayer = Replayer::new(settings.clone(), max_ids);
+    replayer.snapshot(snapshot, snapshot_written);
     for (seq, bytes) in entries {
-        report.max_seq = report.max_seq.max(seq);
-        match serde_json::from_slice::<Accepted>(&bytes) {
-            Ok(accepted) => {
-                let expires = dedup_expiry(&accepted, settings);
-                if ledger.contains(seq) {
-                    continue;
-                }
-                report.replayed += 1;
-                if let Some(folded) = fold_accepted(&mut ledger, seq, &accepted, expires) {
-                    report.forwards.push(folded);
-                }
-            }
-            Err(e) => {
-                report.undecodable += 1;
-                tracing::error!(seq, error = %e, "skipping undecodable journal entry");
-            }
-        }
+        replayer.entry(seq, &bytes);
     }
-    // Every entry that exists was in `entries`: gaps below the highest one never fill.
-    ledger.settle(report.max_seq);
-    (ledger, report)
+    replayer.finish()
 }
 
 /// [`replay`] over what [`Journal::open`] recovered; `stats` is the journal's right
@@ -376,29 +446,15 @@ pub fn replay_recovered(
         entries,
         applied,
     } = recovered;
-    let snapshot_written = stats.applied_seq > stats.snapshot_seq;
-    let (mut ledger, report) = replay(
-        snapshot.as_deref(),
-        snapshot_written,
-        entries,
-        settings,
-        max_ids,
-    );
-    // Entries already on the status (applied after the last checkpoint): not counted
-    // again, but their delivery ids must still be caught as duplicates after a restart.
-    for (_, bytes) in applied {
-        if let Ok(accepted) = serde_json::from_slice::<Accepted>(&bytes) {
-            let expires = dedup_expiry(&accepted, settings);
-            for key in accepted
-                .delivery_id
-                .iter()
-                .chain(accepted.replay_key.iter())
-            {
-                ledger.remember_id(&accepted.integration, key, expires);
-            }
-        }
+    let mut replayer = Replayer::new(settings.clone(), max_ids);
+    replayer.snapshot(snapshot.as_deref(), stats.applied_seq > stats.snapshot_seq);
+    for (seq, bytes) in entries {
+        replayer.entry(seq, &bytes);
     }
-    (ledger, report)
+    for (seq, bytes) in applied {
+        replayer.applied(seq, &bytes);
+    }
+    replayer.finish()
 }
 
 /// The background half: owns the ledger; folds queued entries; once per interval writes
