@@ -518,6 +518,7 @@ fn update(delta_accepted: u64) -> StatusUpdate {
         forwarding: None,
         forward_events: Vec::new(),
         forward_targets: None,
+        replica: "replica-a".into(),
     }
 }
 
