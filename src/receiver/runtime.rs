@@ -810,7 +810,7 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
             .ledger
             .unwritten()
             .into_iter()
-            .filter(|key| !self.backoff.get(key).is_some_and(|(_, next)| *next > now))
+            .filter(|key| self.backoff.get(key).is_none_or(|(_, next)| *next <= now))
             .collect();
         for key in &due {
             self.last_write.entry(key.clone()).or_insert(now);
