@@ -806,9 +806,9 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
         let covered = self.ledger.covered_seq();
         let degraded_after = self.config.degraded_after;
         let now_ms = (self.config.clock)();
-        let mut due: Vec<String> = self
-            .ledger
-            .unwritten()
+        let unwritten = self.ledger.unwritten();
+        let total_behind = unwritten.len();
+        let mut due: Vec<String> = unwritten
             .into_iter()
             .filter(|key| self.backoff.get(key).is_none_or(|(_, next)| *next <= now))
             .collect();
@@ -834,10 +834,12 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                 .status_writes_deferred
                 .fetch_add((behind - allowed) as u64, Ordering::Relaxed);
         }
-        self.pass_complete = due.len() == behind;
+        // Complete only when nothing behind waits, for the budget or for a backoff: the
+        // journal's applied mark must not pass an entry whose counts are not written.
+        self.pass_complete = due.len() == total_behind;
         self.counters
             .status_backlog
-            .store(behind - due.len(), Ordering::Relaxed);
+            .store(total_behind - due.len(), Ordering::Relaxed);
         if budgeted {
             self.budget.spend(due.len());
         }
