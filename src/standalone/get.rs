@@ -215,4 +215,24 @@ mod tests {
             assert_eq!(human_age(secs), want, "{secs}s");
         }
     }
+
+    /// Issue 18, finding 9: the Open cell says when the count is past what is listed,
+    /// also for a status written before `openDisplay` existed.
+    #[test]
+    fn the_open_cell_marks_a_truncated_count() {
+        let status = |json: serde_json::Value| -> crate::crd::IncidentsStatus {
+            serde_json::from_value(json).expect("incidents status")
+        };
+        assert_eq!(open_cell(&status(serde_json::json!({"open": 3}))), "3");
+        assert_eq!(
+            open_cell(&status(serde_json::json!({"open": 811, "truncated": true}))),
+            "811+"
+        );
+        assert_eq!(
+            open_cell(&status(
+                serde_json::json!({"open": 811, "truncated": true, "openDisplay": "811+"})
+            )),
+            "811+"
+        );
+    }
 }
