@@ -1108,3 +1108,113 @@ async fn status_write_budget_at_scale() {
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
 }
+
+/// Stands in for the API server: each write takes `latency` (a GET and an apply), and the
+/// `lastReceivedTime` each write carried is kept per integration.
+struct SlowWriter {
+    latency: Duration,
+    writes: AtomicU64,
+    shown: Mutex<std::collections::HashMap<String, i64>>,
+}
+
+impl StatusWriter for SlowWriter {
+    async fn write(&self, update: &StatusUpdate) -> Result<(), StatusWriteError> {
+        tokio::time::sleep(self.latency).await;
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        if let Some(ms) = update.last_received_ms {
+            self.shown.lock().expect("lock").insert(update.key(), ms);
+        }
+        Ok(())
+    }
+}
+
+/// The same measurement as [`status_write_budget_at_scale`] with the status loop alone:
+/// a writer that takes `HOOKWARDEN_BENCH_WRITE_MS` (default 20) per write instead of the
+/// emulator, so the figures are the budget's and not the API server's.
+/// `HOOKWARDEN_BENCH_INTEGRATIONS=10000 HOOKWARDEN_BENCH_SECONDS=300
+/// cargo test --test it status_write_budget_in_process -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: minutes long; run by hand (docs/bench.md)"]
+async fn status_write_budget_in_process() {
+    let n: usize = env_or("HOOKWARDEN_BENCH_INTEGRATIONS", 10_000);
+    let seconds: u64 = env_or("HOOKWARDEN_BENCH_SECONDS", 300);
+    let rate: f64 = env_or("HOOKWARDEN_BENCH_WRITES_PER_SECOND", 50.0);
+    let latency = Duration::from_millis(env_or("HOOKWARDEN_BENCH_WRITE_MS", 20));
+    let writer = Arc::new(SlowWriter {
+        latency,
+        writes: AtomicU64::new(0),
+        shown: Mutex::default(),
+    });
+    let (sink, status_loop) = runtime::build(
+        Arc::new(CountingJournal::default()),
+        writer.clone(),
+        Ledger::default(),
+        settings(),
+        RuntimeConfig {
+            status_interval: Duration::from_secs(2),
+            status_writes_per_second: rate,
+            ..RuntimeConfig::default()
+        },
+    );
+    let counters = sink.counters().clone();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(status_loop.run(stop.clone()));
+    let started = std::time::Instant::now();
+    let (mut sent, mut late_rounds) = (0u64, 0);
+    let mut per_minute = Vec::new();
+    let mut last_count = 0;
+    for round in 0..seconds {
+        let due = started + Duration::from_secs(round);
+        tokio::time::sleep_until(due.into()).await;
+        let now_ms = jiff::Timestamp::now().as_millisecond();
+        for i in 0..n {
+            sink.accept(Accepted {
+                integration: format!("default/busy-{i:05}"),
+                uid: "u".into(),
+                delivery_id: Some(format!("{round}-{i}")),
+                received_at_ms: now_ms,
+                incidents: Vec::new(),
+                ..delivery(i)
+            })
+            .await
+            .expect("accepted");
+            sent += 1;
+        }
+        if due.elapsed() > Duration::from_secs(1) {
+            late_rounds += 1;
+        }
+        if round % 60 == 59 {
+            let count = writer.writes.load(Ordering::Relaxed);
+            per_minute.push(format!("{:.1}", (count - last_count) as f64 / 60.0));
+            last_count = count;
+        }
+    }
+    let elapsed = started.elapsed();
+    let writes = writer.writes.load(Ordering::Relaxed);
+    let now = jiff::Timestamp::now().as_millisecond();
+    let shown = writer.shown.lock().expect("lock").clone();
+    let mut ages: Vec<f64> = shown
+        .values()
+        .map(|ms| (now - ms) as f64 / 1000.0)
+        .collect();
+    ages.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        ages.get(((ages.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "{n} integrations, a delivery each per second for {:.0} s ({sent} deliveries, {late_rounds} rounds late), budget {rate} writes/s, {} ms per write: {writes} status writes = {:.1} writes/s (per minute: {}); deferred {} times; lastReceivedTime shown, age at the end: p50 {:.0} s, p99 {:.0} s, max {:.0} s; never written {}",
+        elapsed.as_secs_f64(),
+        latency.as_millis(),
+        writes as f64 / elapsed.as_secs_f64(),
+        per_minute.join(", "),
+        counters.status_writes_deferred.load(Ordering::Relaxed),
+        q(0.5),
+        q(0.99),
+        ages.last().copied().unwrap_or(f64::NAN),
+        n - shown.len(),
+    );
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+}
