@@ -934,9 +934,9 @@ async fn the_status_write_budget_bounds_writes_per_second_and_starves_no_one() {
         assert_eq!(
             writes
                 .iter()
-                .filter(|(_, w, _)| *w == key)
-                .map(|(_, _, a)| *a)
-                .last(),
+                .rev()
+                .find(|(_, w, _)| *w == key)
+                .map(|(_, _, a)| *a),
             Some(1),
             "{key}"
         );
