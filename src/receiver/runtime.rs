@@ -108,6 +108,10 @@ pub struct RuntimeConfig {
     /// This replica's name (the pod name): its share of the current numbers on the
     /// status (`status.replicas`).
     pub replica: String,
+    /// How often a share that is not all zero is rewritten with nothing new, so other
+    /// replicas do not take it for a gone replica's
+    /// ([`crate::receiver::status::SHARE_REFRESH`]; shorter in tests).
+    pub share_refresh: Duration,
 }
 
 /// Default of `--status-writes-per-second`.
@@ -142,6 +146,7 @@ impl Default for RuntimeConfig {
             journal_cap: u64::MAX,
             status_writes_per_second: DEFAULT_STATUS_WRITES_PER_SECOND,
             replica: "standalone".to_string(),
+            share_refresh: crate::receiver::status::SHARE_REFRESH,
         }
     }
 }
@@ -797,9 +802,11 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
         }
         // Shares that are not all zero are refreshed before they could age out.
         for key in &self.live_shares {
-            if self.last_write.get(key).is_none_or(|t| {
-                now.saturating_duration_since(*t) >= crate::receiver::status::SHARE_REFRESH
-            }) {
+            if self
+                .last_write
+                .get(key)
+                .is_none_or(|t| now.saturating_duration_since(*t) >= self.config.share_refresh)
+            {
                 self.ledger.touch(key);
             }
         }

@@ -1218,3 +1218,51 @@ async fn status_write_budget_in_process() {
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
 }
+
+/// Issue 17/18: a replica's share of the current numbers (`status.replicas`) is rewritten
+/// while it is not all zero, even with nothing new, so it never ages out as a gone
+/// replica's would; an all-zero share is not refreshed (no writes for nothing).
+#[tokio::test]
+async fn a_share_that_is_not_zero_is_refreshed_and_a_zero_one_is_not() {
+    let cap_one: SettingsLookup = Arc::new(|key: &str| IntegrationSettings {
+        max_tracked: if key == "ns/storm" { 1 } else { 100 },
+        served: true,
+        ..IntegrationSettings::default()
+    });
+    let journal = Arc::new(MemJournal::default());
+    let writer = Arc::new(TimedWriter::default());
+    let (sink, status_loop) = runtime::build(
+        journal,
+        writer.clone(),
+        Ledger::default(),
+        cap_one,
+        RuntimeConfig {
+            share_refresh: Duration::from_millis(300),
+            ..config(Duration::from_millis(50))
+        },
+    );
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(status_loop.run(stop.clone()));
+    // Two open incidents over a cap of one: one is counted without being listed.
+    for i in 0..2 {
+        let mut d = delivery_to("ns/storm", i);
+        d.incidents = delivery(i).incidents;
+        sink.accept(d).await.expect("accepted");
+    }
+    sink.accept(delivery_to("ns/calm", 7))
+        .await
+        .expect("accepted");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    stop.cancel();
+    task.await.expect("loop");
+    let writes = writer.writes.lock().expect("lock").clone();
+    let of = |key: &str| writes.iter().filter(|(_, k, _)| k == key).count();
+    // Written once for the deliveries, then about every 300 ms (1.6 s: ~4 more), plus the
+    // final flush's.
+    assert!(
+        of("ns/storm") >= 4,
+        "storm written {} times",
+        of("ns/storm")
+    );
+    assert!(of("ns/calm") <= 2, "calm written {} times", of("ns/calm"));
+}
