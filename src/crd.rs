@@ -33,9 +33,10 @@ pub const FINALIZER: &str = "hookwarden.dev/route";
     doc = "An incoming webhook endpoint: hookwarden gives it an unguessable URL, verifies every delivery the way its provider signs it, turns monitoring alerts into incidents and reports deliveries and incidents on the status.",
     printcolumn(name = "Provider", type_ = "string", json_path = ".spec.provider", description = "Sender preset"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the endpoint serves deliveries"),
-    printcolumn(name = "Open", type_ = "integer", json_path = ".status.incidents.open", description = "Open incidents"),
+    printcolumn(name = "Open", type_ = "string", json_path = ".status.incidents.openDisplay", description = "Open incidents; N+ when more are open than the status lists (status.incidents.truncated)"),
     printcolumn(name = "Last Delivery", type_ = "date", json_path = ".status.deliveries.lastReceivedTime", description = "When the last delivery arrived"),
     printcolumn(name = "URL", type_ = "string", json_path = ".status.url", description = "Endpoint to configure in the sender", priority = 1),
+    printcolumn(name = "Dead Letters", type_ = "integer", json_path = ".status.forwardingTotals.deadLettered", description = "Forwards dead-lettered, all targets and receiver replicas (hookwarden replay re-queues them)", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.spec.provider == 'generic' ? has(self.spec.signature) : !has(self.spec.signature)").message("spec.signature must be set when provider is generic, and only then").field_path(".spec.signature"),
 )]
@@ -225,6 +226,14 @@ pub struct IncidentMapping {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub keep_recent: Option<i32>,
+    /// Incidents the receivers keep whole and write to the status (recent and tracked
+    /// together; about 350 bytes of status each). Past it the oldest resolved incidents
+    /// are dropped first, then the oldest open ones: those stay counted in
+    /// status.incidents.open, which is then shown as `N+` with truncated: true and a
+    /// Warning Event. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_tracked: Option<i32>,
 }
 
 /// HMAC algorithm of a generic signature.
@@ -499,6 +508,61 @@ pub struct WebhookIntegrationStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub forwarding: Vec<ForwardStatus>,
+    /// status.forwarding summed over its targets (what `kubectl get whi -o wide` shows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarding_totals: Option<ForwardingTotals>,
+    /// Each receiver replica's share of the current (not running-total) numbers:
+    /// status.forwarding[].pending/deadLettered are the sums of these, and
+    /// status.incidents counts the open incidents replicas no longer list. A share not
+    /// refreshed for 10 minutes (its replica is gone) is dropped by the next write.
+    /// Bookkeeping for the receivers, not meant for reading.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub replicas: Vec<ReplicaShare>,
+}
+
+/// status.forwarding summed over the targets.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ForwardingTotals {
+    /// Forwards waiting for an attempt, all targets.
+    #[serde(default)]
+    pub pending: i64,
+    /// Dead letters not yet replayed or expired, all targets.
+    #[serde(default)]
+    pub dead_lettered: i64,
+}
+
+/// One receiver replica's current numbers for one integration.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaShare {
+    /// The replica (pod name).
+    pub name: String,
+    /// When the replica last wrote this share; replicas refresh shares that are not all
+    /// zero every few minutes, so an old one belongs to a replica that is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_time: Option<Time>,
+    /// Open incidents this replica counts but no longer lists (beyond
+    /// spec.incidents.maxTracked).
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub untracked_open: i64,
+    /// Pending forwards and dead letters this replica holds, per target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["target"]))]
+    pub forwarding: Vec<ForwardShare>,
+}
+
+/// One replica's pending forwards and dead letters for one target.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ForwardShare {
+    /// The target's name in spec.forward.
+    pub target: String,
+    #[serde(default)]
+    pub pending: i64,
+    #[serde(default)]
+    pub dead_lettered: i64,
 }
 
 /// Delivery counters since the integration was created.
@@ -539,14 +603,24 @@ pub struct DeliveryStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IncidentsStatus {
-    /// Incidents currently open.
+    /// Incidents currently open: exact up to spec.incidents.maxTracked and beyond it
+    /// while the receivers count the open incidents they no longer list (up to 100,000
+    /// each); a lower bound when truncated is true.
     #[serde(default)]
     pub open: i64,
+    /// True when more incidents are open than recent and tracked list (beyond
+    /// spec.incidents.maxTracked): the lists are incomplete and open is shown as `N+`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// open as the Open printer column shows it: `3`, or `811+` when truncated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_display: Option<String>,
     /// The most recently updated incidents, newest first (at most incidents.keepRecent).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent: Vec<IncidentSummary>,
     /// The other incidents the receivers still track (same shape, newest first; at most
-    /// 100 incidents in recent and tracked together, oldest resolved dropped first).
+    /// spec.incidents.maxTracked in recent and tracked together, oldest resolved dropped
+    /// first, then the oldest open ones, which stay counted in open).
     /// Receiver replicas merge each other's view through these entries, so they agree on
     /// the open count and never let an older event win; not meant for reading.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -563,7 +563,15 @@ fn describe(
 
     if let Some(i) = &status.incidents {
         let _ = writeln!(out, "Incidents:");
-        let _ = writeln!(out, "  Open: {}", i.open);
+        if i.truncated {
+            let _ = writeln!(
+                out,
+                "  Open: {} (at least: more open incidents than spec.incidents.maxTracked are listed)",
+                i.open_display.clone().unwrap_or_else(|| format!("{}+", i.open))
+            );
+        } else {
+            let _ = writeln!(out, "  Open: {}", i.open);
+        }
         if !i.recent.is_empty() {
             let rows: Vec<[String; 5]> = i
                 .recent

@@ -44,6 +44,8 @@ pub mod defaults {
     pub const KEEP_RECENT: usize = 20;
     /// `spec.incidents.maxAlertsPerDelivery`.
     pub const MAX_ALERTS_PER_DELIVERY: usize = 1000;
+    /// `spec.incidents.maxTracked`.
+    pub const MAX_TRACKED: usize = crate::domain::incident::state::DEFAULT_CAPACITY;
 }
 
 /// Largest `spec.incidents.keepRecent`: the receivers track at most this many incidents
@@ -97,6 +99,8 @@ pub struct EffectiveSpec {
     pub previous_secret_ttl: Duration,
     /// Incidents listed on `status.incidents.recent`.
     pub keep_recent: usize,
+    /// Incidents kept whole on the status (`spec.incidents.maxTracked`).
+    pub max_tracked: usize,
     /// `spec.forward`, in spec order.
     pub forward: Vec<EffectiveForward>,
     /// Most incident events one delivery is mapped to (the rest are counted).
@@ -112,6 +116,7 @@ impl fmt::Debug for EffectiveSpec {
             .field("dedup_window", &self.dedup_window)
             .field("previous_secret_ttl", &self.previous_secret_ttl)
             .field("keep_recent", &self.keep_recent)
+            .field("max_tracked", &self.max_tracked)
             .field("forward", &self.forward)
             .finish_non_exhaustive()
     }
@@ -329,6 +334,18 @@ pub fn resolve(spec: &WebhookIntegrationSpec) -> Result<EffectiveSpec, SpecProbl
         &mut problems,
     );
 
+    let max_tracked = bounded(
+        "spec.incidents.maxTracked",
+        spec.incidents
+            .as_ref()
+            .and_then(|i| i.max_tracked)
+            .map(i64::from),
+        defaults::MAX_TRACKED as i64,
+        1,
+        crate::domain::incident::state::MAX_CAPACITY as i64,
+        &mut problems,
+    );
+
     let max_alerts_per_delivery = bounded(
         "spec.incidents.maxAlertsPerDelivery",
         spec.incidents
@@ -380,6 +397,7 @@ pub fn resolve(spec: &WebhookIntegrationSpec) -> Result<EffectiveSpec, SpecProbl
             dedup_window,
             previous_secret_ttl,
             keep_recent: usize::try_from(keep_recent).unwrap_or(defaults::KEEP_RECENT),
+            max_tracked: usize::try_from(max_tracked).unwrap_or(defaults::MAX_TRACKED),
             forward,
             max_alerts_per_delivery: usize::try_from(max_alerts_per_delivery)
                 .unwrap_or(defaults::MAX_ALERTS_PER_DELIVERY),
@@ -767,6 +785,7 @@ mod tests {
             "previousSecretTTL"
         );
         assert_eq!(e.keep_recent, 20, "incidents.keepRecent");
+        assert_eq!(e.max_tracked, 100, "incidents.maxTracked");
         assert!(e.source_ranges.is_empty(), "any source");
         assert!(e.events.include.is_empty() && e.events.exclude.is_empty());
         assert!(e.mapping.is_some(), "datadog has a preset mapping");
@@ -795,6 +814,31 @@ mod tests {
         );
         let zero = resolve(&spec("provider: datadog\nincidents: {keepRecent: 0}")).expect("ok");
         assert_eq!(zero.keep_recent, 0);
+    }
+
+    /// Issue 18, finding 9: the tracking cap is the spec's, bounded like the CRD says.
+    #[test]
+    fn max_tracked_is_bounded_and_does_not_count_as_a_mapping() {
+        assert_eq!(
+            problems("provider: datadog\nincidents: {maxTracked: 0}"),
+            vec![SpecProblem::TooSmall {
+                field: "spec.incidents.maxTracked",
+                value: 0,
+                min: 1
+            }]
+        );
+        assert_eq!(
+            problems("provider: datadog\nincidents: {maxTracked: 1001}"),
+            vec![SpecProblem::TooLarge {
+                field: "spec.incidents.maxTracked",
+                value: 1001,
+                max: 1000
+            }]
+        );
+        let many = resolve(&spec("provider: datadog\nincidents: {maxTracked: 500}")).expect("ok");
+        assert_eq!(many.max_tracked, 500);
+        let stripe = resolve(&spec("provider: stripe\nincidents: {maxTracked: 5}")).expect("ok");
+        assert!(stripe.mapping.is_none(), "maxTracked alone maps nothing");
     }
 
     /// A bad dedupWindow was an error for the route compiler but silently 24 h for the

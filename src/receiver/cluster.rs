@@ -65,6 +65,12 @@ pub struct ReceiverArgs {
     /// At most one status write per integration per this interval.
     #[arg(long, env = "HOOKWARDEN_STATUS_INTERVAL", default_value = "2s", value_parser = crate::domain::duration::parse_arg)]
     pub status_interval: Duration,
+    /// Status writes per second this replica makes at most, across all integrations (its
+    /// share of API-server load, whatever the webhook rate). When more integrations are
+    /// behind, the least recently written go first: none starves, busy ones coalesce
+    /// longer, nothing is lost (only written later). 0: no global budget.
+    #[arg(long, env = "HOOKWARDEN_STATUS_WRITES_PER_SECOND", default_value_t = crate::receiver::runtime::DEFAULT_STATUS_WRITES_PER_SECOND, value_parser = parse_writes_per_second)]
+    pub status_writes_per_second: f64,
     /// Consecutive authentication failures that set Degraded (SignatureFailures).
     #[arg(long, env = "HOOKWARDEN_DEGRADED_AFTER", default_value_t = 20)]
     pub degraded_after: u64,
@@ -101,6 +107,29 @@ pub struct ReceiverArgs {
     /// Log format.
     #[arg(long, env = "HOOKWARDEN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
+}
+
+/// `--status-writes-per-second`: a finite number ≥ 0.
+pub fn parse_writes_per_second(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number (status writes per second, e.g. 50)"))?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!(
+            "{text} is not a rate: give writes per second ≥ 0 (0 turns the global budget off)"
+        ));
+    }
+    Ok(value)
+}
+
+/// This replica's name on the status (`status.replicas[].name`): the pod name, else the
+/// host name (which is the pod name in a pod), else a fixed name.
+pub fn replica_name(pod_name: Option<&str>) -> String {
+    pod_name
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| "receiver".to_string())
 }
 
 /// The egress policy of a cluster receiver: the flags' CIDRs plus the API server's
@@ -174,6 +203,8 @@ pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
         runtime: crate::receiver::runtime::RuntimeConfig {
             status_interval: args.status_interval,
             degraded_after: args.degraded_after,
+            status_writes_per_second: args.status_writes_per_second,
+            replica: replica_name(args.pod_name.as_deref()),
             ..Default::default()
         },
         forward_egress: cluster_egress(&args, Some(&api_server)),

@@ -287,6 +287,17 @@ impl Ledger {
         true
     }
 
+    /// Sets how many incidents the integration's book keeps whole
+    /// (`spec.incidents.maxTracked`); called before each fold, so a changed spec applies
+    /// from the next delivery on.
+    pub fn set_max_tracked(&mut self, integration: &str, uid: &str, max_tracked: usize) {
+        let entry = self.entry(integration, uid);
+        if entry.incidents.capacity() != max_tracked {
+            entry.incidents.set_capacity(max_tracked);
+            entry.version += 1;
+        }
+    }
+
     /// Marks an integration's status as behind (something outside the ledger changed,
     /// e.g. its forwarding), so the next pass writes it.
     pub fn touch(&mut self, integration: &str) {
@@ -458,23 +469,46 @@ fn notice_for(
 }
 
 /// The book is stored in checkpoints in its status form (every incident it tracks),
-/// which `IncidentBook::merge` reads back losslessly.
+/// which `IncidentBook::merge` reads back losslessly, plus its cap and the digests of the
+/// open incidents it counts without tracking them (absent in older checkpoints: the
+/// default cap, none untracked).
 mod book_serde {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     use crate::crd::IncidentsStatus;
-    use crate::domain::incident::state::IncidentBook;
+    use crate::domain::incident::state::{DEFAULT_CAPACITY, IncidentBook};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct BookForm {
+        #[serde(flatten)]
+        status: IncidentsStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        capacity: Option<usize>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        untracked_digests: Vec<u64>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        untracked_overflow: bool,
+    }
 
     pub fn serialize<S: Serializer>(book: &IncidentBook, serializer: S) -> Result<S::Ok, S::Error> {
-        book.to_status(usize::MAX).serialize(serializer)
+        let (digests, overflow) = book.untracked();
+        BookForm {
+            status: book.to_status(usize::MAX),
+            capacity: (book.capacity() != DEFAULT_CAPACITY).then_some(book.capacity()),
+            untracked_digests: digests.collect(),
+            untracked_overflow: overflow,
+        }
+        .serialize(serializer)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<IncidentBook, D::Error> {
-        let status = IncidentsStatus::deserialize(deserializer)?;
-        let mut book = IncidentBook::default();
-        book.merge(&status);
+        let form = BookForm::deserialize(deserializer)?;
+        let mut book = IncidentBook::new(form.capacity.unwrap_or(DEFAULT_CAPACITY));
+        book.merge(&form.status);
+        book.restore_untracked(form.untracked_digests, form.untracked_overflow);
         Ok(book)
     }
 }
@@ -706,6 +740,39 @@ mod tests {
         let entry = ledger.get(KEY).expect("integration");
         assert_eq!((entry.uid.as_str(), entry.totals.accepted), ("uid-2", 1));
         assert_eq!(entry.incidents.open_count(), 0);
+    }
+
+    /// Issue 18, finding 9: what a kill -9 and restart rebuild from a checkpoint keeps
+    /// the open incidents past the cap counted, and the integration's cap.
+    #[test]
+    fn open_incidents_past_the_cap_survive_a_checkpoint() {
+        let mut ledger = Ledger::default();
+        for i in 0..150u64 {
+            let at = 1_000 + i as i64;
+            ledger.set_max_tracked(KEY, "uid-1", 120);
+            ledger.fold(
+                i + 1,
+                &accepted(
+                    &format!("d{i}"),
+                    vec![event(&format!("a{i}"), false, at)],
+                    at,
+                ),
+                DAY_MS,
+            );
+        }
+        let book = &ledger.get(KEY).expect("integration").incidents;
+        assert_eq!(
+            (book.len(), book.open_count(), book.truncated()),
+            (120, 150, true)
+        );
+        let restored =
+            Ledger::from_snapshot(&ledger.to_snapshot().expect("snapshot")).expect("restore");
+        let again = &restored.get(KEY).expect("integration").incidents;
+        assert_eq!(
+            (again.len(), again.open_count(), again.capacity()),
+            (120, 150, 120)
+        );
+        assert_eq!(summary(&restored), summary(&ledger));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! every fsync'd entry reaches the status — either through the live queue or, after a
 //! crash, through replay at start ([`replay`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -100,7 +100,22 @@ pub struct RuntimeConfig {
     pub clock: Clock,
     /// Cap on the journal and the forward outbox together (`--journal-max-bytes`).
     pub journal_cap: u64,
+    /// Status writes per second this replica makes at most, across integrations
+    /// (`--status-writes-per-second`; 0: no global budget, only the per-integration
+    /// interval). Integrations are written least recently written first, so none starves
+    /// and the busiest coalesce longer; nothing is lost, only written later.
+    pub status_writes_per_second: f64,
+    /// This replica's name (the pod name): its share of the current numbers on the
+    /// status (`status.replicas`).
+    pub replica: String,
+    /// How often a share that is not all zero is rewritten with nothing new, so other
+    /// replicas do not take it for a gone replica's
+    /// ([`crate::receiver::status::SHARE_REFRESH`]; shorter in tests).
+    pub share_refresh: Duration,
 }
+
+/// Default of `--status-writes-per-second`.
+pub const DEFAULT_STATUS_WRITES_PER_SECOND: f64 = 50.0;
 
 impl std::fmt::Debug for RuntimeConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -111,6 +126,8 @@ impl std::fmt::Debug for RuntimeConfig {
             .field("checkpoint_interval", &self.checkpoint_interval)
             .field("write_concurrency", &self.write_concurrency)
             .field("flush_timeout", &self.flush_timeout)
+            .field("status_writes_per_second", &self.status_writes_per_second)
+            .field("replica", &self.replica)
             .finish_non_exhaustive()
     }
 }
@@ -127,6 +144,9 @@ impl Default for RuntimeConfig {
             metrics: ReceiverMetrics::default(),
             clock: crate::clock::system_clock(),
             journal_cap: u64::MAX,
+            status_writes_per_second: DEFAULT_STATUS_WRITES_PER_SECOND,
+            replica: "standalone".to_string(),
+            share_refresh: crate::receiver::status::SHARE_REFRESH,
         }
     }
 }
@@ -136,6 +156,11 @@ impl Default for RuntimeConfig {
 pub struct IntegrationSettings {
     pub keep_recent: usize,
     pub dedup_window_ms: i64,
+    /// Incidents kept whole (`spec.incidents.maxTracked`).
+    pub max_tracked: usize,
+    /// Whether these come from a served route (false: the defaults, e.g. during replay
+    /// before the routes are loaded, when the spec's values are not known yet).
+    pub served: bool,
 }
 
 impl Default for IntegrationSettings {
@@ -145,6 +170,8 @@ impl Default for IntegrationSettings {
             keep_recent: spec::defaults::KEEP_RECENT,
             dedup_window_ms: i64::try_from(spec::defaults::DEDUP_WINDOW.as_millis())
                 .unwrap_or(i64::MAX),
+            max_tracked: spec::defaults::MAX_TRACKED,
+            served: false,
         }
     }
 }
@@ -172,6 +199,11 @@ pub struct RuntimeCounters {
     pub status_writes: AtomicU64,
     /// Status writes that failed (and will be retried).
     pub status_write_failures: AtomicU64,
+    /// Integrations whose status was behind but waited for a later pass because the
+    /// status-write budget was spent (summed over passes).
+    pub status_writes_deferred: AtomicU64,
+    /// Integrations whose status is behind right now (after the last pass was built).
+    pub status_backlog: AtomicUsize,
     /// Journal appends refused (full or I/O error): a reason to compact at once.
     pub append_failures: AtomicU64,
 }
@@ -296,6 +328,22 @@ fn dedup_expiry(accepted: &Accepted, settings: &SettingsLookup) -> i64 {
         .saturating_add(settings(&accepted.integration).dedup_window_ms)
 }
 
+/// [`fold_accepted`] with the integration's settings (dedup expiry, tracking cap): the
+/// one way live folds and replay fold an entry.
+fn fold_with_settings(
+    ledger: &mut Ledger,
+    seq: u64,
+    accepted: &Accepted,
+    settings: &SettingsLookup,
+) -> Option<Folded> {
+    let s = settings(&accepted.integration);
+    let expires = accepted.received_at_ms.saturating_add(s.dedup_window_ms);
+    if s.served && !ledger.contains(seq) {
+        ledger.set_max_tracked(&accepted.integration, &accepted.uid, s.max_tracked);
+    }
+    fold_accepted(ledger, seq, accepted, expires)
+}
+
 /// What replaying the journal at start found.
 #[derive(Debug, Default)]
 pub struct ReplayReport {
@@ -383,12 +431,13 @@ impl RecoveryVisitor for Replayer {
         self.report.max_seq = self.report.max_seq.max(seq);
         match serde_json::from_slice::<Accepted>(bytes) {
             Ok(accepted) => {
-                let expires = dedup_expiry(&accepted, &self.settings);
                 if self.ledger.contains(seq) {
                     return;
                 }
                 self.report.replayed += 1;
-                if let Some(folded) = fold_accepted(&mut self.ledger, seq, &accepted, expires) {
+                if let Some(folded) =
+                    fold_with_settings(&mut self.ledger, seq, &accepted, &self.settings)
+                {
                     self.report.forwards.push(folded);
                 }
             }
@@ -482,6 +531,56 @@ pub struct StatusLoop<J, W> {
     /// Folded deliveries not yet turned into jobs (routes not loaded yet).
     unrendered: Vec<Folded>,
     unimported: Vec<NewJob>,
+    /// The global status-write budget.
+    budget: WriteBudget,
+    /// When each integration's status was last written (or first found behind): the
+    /// least recently written go first when the budget is short.
+    last_write: HashMap<String, Instant>,
+    /// Integrations whose last write carried a share (`status.replicas`) that is not all
+    /// zero: rewritten every [`crate::receiver::status::SHARE_REFRESH`] so it does not age out.
+    live_shares: HashSet<String>,
+    /// Whether the running (or last) pass writes every integration that was behind: only
+    /// then may the journal mark what the pass covers as applied.
+    pass_complete: bool,
+}
+
+/// A token bucket over status writes: `rate` per second, at most one interval's worth
+/// saved up.
+#[derive(Debug)]
+struct WriteBudget {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl WriteBudget {
+    fn new(rate: f64, interval: Duration) -> WriteBudget {
+        let burst = (rate * interval.as_secs_f64()).max(1.0);
+        WriteBudget {
+            rate,
+            burst,
+            tokens: burst,
+            at: Instant::now(),
+        }
+    }
+
+    /// Writes allowed now (`usize::MAX` without a budget).
+    fn available(&mut self, now: Instant) -> usize {
+        if self.rate <= 0.0 || !self.rate.is_finite() {
+            return usize::MAX;
+        }
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.at = now;
+        self.tokens.floor() as usize
+    }
+
+    fn spend(&mut self, writes: usize) {
+        if self.rate > 0.0 && self.rate.is_finite() {
+            self.tokens = (self.tokens - writes as f64).max(0.0);
+        }
+    }
 }
 
 /// What the status loop needs to hand folded deliveries to the forwarder.
@@ -550,6 +649,7 @@ pub fn build<J: DeliveryJournal, W: StatusWriter>(
         journal_cap: config.journal_cap,
     });
     let checkpointed_seq = ledger.covered_seq();
+    let budget = WriteBudget::new(config.status_writes_per_second, config.status_interval);
     let status_loop = StatusLoop {
         journal,
         writer,
@@ -566,6 +666,10 @@ pub fn build<J: DeliveryJournal, W: StatusWriter>(
         forwarding: None,
         unrendered: Vec::new(),
         unimported: Vec::new(),
+        budget,
+        last_write: HashMap::new(),
+        live_shares: HashSet::new(),
+        pass_complete: true,
     };
     (sink, status_loop)
 }
@@ -656,10 +760,10 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                     self.import_forwards().await;
                     self.settle();
                     if pass.is_none() {
-                        let updates = self.build_updates(Instant::now());
+                        let updates = self.build_updates(Instant::now(), true);
                         if !updates.is_empty() {
                             pass = Some(tokio::spawn(write_all(self.writer.clone(), updates, self.config.write_concurrency)));
-                        } else if self.backoff.is_empty() {
+                        } else if self.backoff.is_empty() && self.pass_complete {
                             // Nothing is behind: everything folded so far is on the status.
                             self.mark_applied();
                         }
@@ -689,9 +793,10 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
         while let Ok(m) = self.queue.try_recv() {
             self.fold(m);
         }
-        // Final flush ignores backoff: this is the last chance before the process ends.
+        // Final flush ignores backoff and the write budget: this is the last chance
+        // before the process ends (the grace period bounds it, not the budget).
         self.backoff.clear();
-        let updates = self.build_updates(Instant::now());
+        let updates = self.build_updates(Instant::now(), false);
         if !updates.is_empty() {
             let remaining = deadline
                 .saturating_duration_since(Instant::now())
@@ -718,8 +823,8 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
             .set(i64::try_from(self.queue.len()).unwrap_or(i64::MAX));
         match message {
             Queued::Accepted(seq, accepted) => {
-                let expires = dedup_expiry(&accepted, &self.settings);
-                if let Some(folded) = fold_accepted(&mut self.ledger, seq, &accepted, expires)
+                if let Some(folded) =
+                    fold_with_settings(&mut self.ledger, seq, &accepted, &self.settings)
                     && self.forwarding.is_some()
                 {
                     self.unrendered.push(folded);
@@ -743,24 +848,76 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
         self.ledger.settle(limit);
     }
 
-    fn build_updates(&mut self, now: Instant) -> Vec<(StatusUpdate, u64)> {
+    /// The updates of the next pass: every integration whose status is behind and not
+    /// backing off — or, when `budgeted` and the write budget is short, the least
+    /// recently written of them (the rest wait for a later pass; their counts stay in the
+    /// ledger, so nothing is lost).
+    fn build_updates(&mut self, now: Instant, budgeted: bool) -> Vec<(StatusUpdate, u64)> {
         if let Some(f) = &self.forwarding {
             for key in f.forwarder.board.take_dirty() {
                 self.ledger.touch(&key);
             }
         }
+        // Shares that are not all zero are refreshed before they could age out.
+        for key in &self.live_shares {
+            if self
+                .last_write
+                .get(key)
+                .is_none_or(|t| now.saturating_duration_since(*t) >= self.config.share_refresh)
+            {
+                self.ledger.touch(key);
+            }
+        }
         let covered = self.ledger.covered_seq();
         let degraded_after = self.config.degraded_after;
         let now_ms = (self.config.clock)();
+        let unwritten = self.ledger.unwritten();
+        let total_behind = unwritten.len();
+        let mut due: Vec<String> = unwritten
+            .into_iter()
+            .filter(|key| self.backoff.get(key).is_none_or(|(_, next)| *next <= now))
+            .collect();
+        for key in &due {
+            self.last_write.entry(key.clone()).or_insert(now);
+        }
+        let allowed = if budgeted {
+            self.budget.available(now)
+        } else {
+            usize::MAX
+        };
+        let behind = due.len();
+        if due.len() > allowed {
+            // Least recently written first (ties by name, so the order is stable).
+            due.sort_by(|a, b| {
+                self.last_write
+                    .get(a)
+                    .cmp(&self.last_write.get(b))
+                    .then_with(|| a.cmp(b))
+            });
+            due.truncate(allowed);
+            self.counters
+                .status_writes_deferred
+                .fetch_add((behind - allowed) as u64, Ordering::Relaxed);
+        }
+        // Complete only when nothing behind waits, for the budget or for a backoff: the
+        // journal's applied mark must not pass an entry whose counts are not written.
+        self.pass_complete = due.len() == total_behind;
+        self.counters
+            .status_backlog
+            .store(total_behind - due.len(), Ordering::Relaxed);
+        if budgeted {
+            self.budget.spend(due.len());
+        }
         let mut updates = Vec::new();
-        for key in self.ledger.unwritten() {
-            if self.backoff.get(&key).is_some_and(|(_, next)| *next > now) {
-                continue;
-            }
+        for key in due {
             let settings = (self.settings)(&key);
             let Some(entry) = self.ledger.get_mut(&key) else {
                 continue;
             };
+            // Replay folded with the default cap when the routes were not loaded yet.
+            if settings.served && entry.incidents.capacity() != settings.max_tracked {
+                entry.incidents.set_capacity(settings.max_tracked);
+            }
             let Some((namespace, name)) = key.split_once('/') else {
                 continue;
             };
@@ -796,6 +953,7 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                             .unwrap_or_default()
                     })
                 }),
+                replica: self.config.replica.clone(),
             };
             updates.push((update, entry.version));
         }
@@ -817,6 +975,12 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                         .get_or_create(&WriteLabels { outcome: "ok" })
                         .inc();
                     self.backoff.remove(&key);
+                    if has_share(&update) {
+                        self.live_shares.insert(key.clone());
+                    } else {
+                        self.live_shares.remove(&key);
+                    }
+                    self.last_write.insert(key.clone(), now);
                     self.ledger
                         .mark_written(&key, &update.uid, update.totals, version);
                     if let (Some(f), Some(sent)) = (&self.forwarding, &update.forwarding) {
@@ -831,6 +995,8 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                         .inc();
                     tracing::info!(integration = %key, "integration is gone; dropping its pending status");
                     self.backoff.remove(&key);
+                    self.last_write.remove(&key);
+                    self.live_shares.remove(&key);
                     self.ledger.remove(&key);
                 }
                 Err(StatusWriteError::Transient(reason)) => {
@@ -857,7 +1023,7 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                 }
             }
         }
-        if all_ok {
+        if all_ok && self.pass_complete {
             self.mark_applied();
         }
     }
@@ -904,6 +1070,16 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
             Err(e) => tracing::warn!(error = %e, "journal checkpoint failed; will retry"),
         }
     }
+}
+
+/// Whether the share this update writes (`status.replicas[]`) is not all zero.
+fn has_share(update: &StatusUpdate) -> bool {
+    update.incidents.untracked_open() > 0
+        || update
+            .forwarding
+            .iter()
+            .flatten()
+            .any(|f| f.pending != 0 || f.dead_lettered != 0)
 }
 
 /// Exponential backoff from one interval up to 30 s, with jitter so replicas that

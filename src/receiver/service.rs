@@ -137,6 +137,8 @@ fn settings_of(spec: &EffectiveSpec) -> IntegrationSettings {
     IntegrationSettings {
         keep_recent: spec.keep_recent,
         dedup_window_ms: i64::try_from(spec.dedup_window.as_millis()).unwrap_or(i64::MAX),
+        max_tracked: spec.max_tracked,
+        served: true,
     }
 }
 
@@ -480,7 +482,9 @@ mod tests {
             lookup("payments/a"),
             IntegrationSettings {
                 keep_recent: 5,
-                dedup_window_ms: 3_600_000
+                dedup_window_ms: 3_600_000,
+                max_tracked: 100,
+                served: true,
             }
         );
         // keepRecent: -1 is refused (the route is not served), not read as 0 or 20.

@@ -18,10 +18,10 @@ use kube::runtime::events::{Event, EventType, Reporter};
 use kube::{Client, Resource as _};
 use serde::{Deserialize, Serialize};
 
-use crate::crd::ForwardStatus;
 use crate::crd::{DeliveryStatus, IncidentsStatus, WebhookIntegration, WebhookIntegrationStatus};
+use crate::crd::{ForwardShare, ForwardStatus, ForwardingTotals, ReplicaShare};
 use crate::domain::incident::IncidentState;
-use crate::domain::incident::state::IncidentBook;
+use crate::domain::incident::state::{IncidentBook, open_display};
 use crate::events::EventRecorder;
 use crate::receiver::ledger::{Counters, IncidentNotice};
 
@@ -33,6 +33,17 @@ pub const DEGRADED: &str = "Degraded";
 pub const REASON_SIGNATURE_FAILURES: &str = "SignatureFailures";
 /// Reason of `Degraded=False`.
 pub const REASON_DELIVERIES_AUTHENTICATED: &str = "DeliveriesAuthenticated";
+/// Event reason: more incidents are open than the status lists.
+pub const REASON_INCIDENTS_TRUNCATED: &str = "IncidentsTruncated";
+/// Event reason: the status lists every open incident again.
+pub const REASON_INCIDENTS_TRACKED: &str = "IncidentsTracked";
+
+/// A replica's share (`status.replicas[]`) older than this is dropped by the next write
+/// of any replica: its replica is gone (scaled down, or its pod and journal replaced).
+pub const SHARE_TTL: Duration = Duration::from_secs(600);
+/// A replica whose share is not all zero rewrites it at least this often, so that it is
+/// never mistaken for a gone replica's (well inside [`SHARE_TTL`]).
+pub const SHARE_REFRESH: Duration = Duration::from_secs(180);
 
 /// The part of the status the receiver owns.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -46,6 +57,10 @@ pub struct ReceiverStatus {
     pub degraded: Option<Condition>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forwarding: Vec<crate::crd::ForwardStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarding_totals: Option<ForwardingTotals>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaShare>,
 }
 
 impl ReceiverStatus {
@@ -63,6 +78,8 @@ impl ReceiverStatus {
                 .find(|c| c.type_ == DEGRADED)
                 .cloned(),
             forwarding: status.forwarding.clone(),
+            forwarding_totals: status.forwarding_totals.clone(),
+            replicas: status.replicas.clone(),
         }
     }
 
@@ -71,6 +88,8 @@ impl ReceiverStatus {
         status.deliveries = Some(self.deliveries.clone());
         status.incidents = Some(self.incidents.clone());
         status.forwarding = self.forwarding.clone();
+        status.forwarding_totals = self.forwarding_totals.clone();
+        status.replicas = self.replicas.clone();
         status.conditions.retain(|c| c.type_ != DEGRADED);
         if let Some(degraded) = &self.degraded {
             status.conditions.push(degraded.clone());
@@ -108,6 +127,8 @@ pub struct StatusUpdate {
     /// The spec's forward targets: `status.forwarding` lists exactly these (`None`:
     /// not known, e.g. routes not loaded yet: the stored entries stay).
     pub forward_targets: Option<Vec<String>>,
+    /// This replica's name: its share of the current numbers is `status.replicas[name]`.
+    pub replica: String,
 }
 
 impl StatusUpdate {
@@ -236,21 +257,118 @@ pub fn merge_status(
 
     let mut book = update.incidents.clone();
     book.merge(&current.incidents);
-    let incidents = book.to_status(update.keep_recent);
+    let mut incidents = book.to_status(update.keep_recent);
 
+    let replicas = merge_shares(&current.replicas, update, book.untracked_open(), now);
+    // Open incidents a replica counts without listing them are not in the merged lists;
+    // replicas may have dropped the same ones, so the largest share is what is known
+    // for certain (a lower bound, flagged as such).
+    let untracked = replicas
+        .iter()
+        .map(|r| usize::try_from(r.untracked_open).unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    let open = book.tracked_open_count() + untracked;
+    incidents.open = i64::try_from(open).unwrap_or(i64::MAX);
+    incidents.truncated = book.truncated() || untracked > 0;
+    incidents.open_display = Some(open_display(open, incidents.truncated));
+
+    let forwarding = merge_forwarding(&current.forwarding, update, &replicas);
+    let forwarding_totals = (!forwarding.is_empty()).then(|| ForwardingTotals {
+        pending: forwarding.iter().map(|f| f.pending).sum(),
+        dead_lettered: forwarding.iter().map(|f| f.dead_lettered).sum(),
+    });
     ReceiverStatus {
         deliveries,
         incidents,
         degraded: Some(degraded_condition(current.degraded.as_ref(), update, now)),
-        forwarding: merge_forwarding(&current.forwarding, update),
+        forwarding,
+        forwarding_totals,
+        replicas,
     }
 }
 
+/// This replica's share of the current numbers: open incidents it counts but no longer
+/// lists, and its pending forwards and dead letters per target.
+fn own_share(update: &StatusUpdate, untracked_open: usize, now: jiff::Timestamp) -> ReplicaShare {
+    let forwarding = update
+        .forwarding
+        .iter()
+        .flatten()
+        .filter(|f| f.pending != 0 || f.dead_lettered != 0)
+        .filter(|f| {
+            update
+                .forward_targets
+                .as_ref()
+                .is_none_or(|names| names.contains(&f.name))
+        })
+        .map(|f| ForwardShare {
+            target: f.name.clone(),
+            pending: f.pending,
+            dead_lettered: f.dead_lettered,
+        })
+        .collect();
+    ReplicaShare {
+        name: update.replica.clone(),
+        updated_time: Some(Time(now)),
+        untracked_open: i64::try_from(untracked_open).unwrap_or(i64::MAX),
+        forwarding,
+    }
+}
+
+/// Whether a share carries anything (an all-zero share is not written).
+pub fn share_is_zero(share: &ReplicaShare) -> bool {
+    share.untracked_open == 0 && share.forwarding.is_empty()
+}
+
+/// `status.replicas`: the other replicas' shares that are not stale, plus this one's
+/// (unless it is all zero), sorted by name.
+fn merge_shares(
+    stored: &[ReplicaShare],
+    update: &StatusUpdate,
+    untracked_open: usize,
+    now: jiff::Timestamp,
+) -> Vec<ReplicaShare> {
+    let ttl_ms = i64::try_from(SHARE_TTL.as_millis()).unwrap_or(i64::MAX);
+    let fresh = |s: &ReplicaShare| {
+        s.updated_time
+            .as_ref()
+            .is_some_and(|t| now.as_millisecond() - t.0.as_millisecond() <= ttl_ms)
+    };
+    let mut shares: Vec<ReplicaShare> = stored
+        .iter()
+        .filter(|s| s.name != update.replica && fresh(s))
+        .cloned()
+        .collect();
+    let ours = own_share(update, untracked_open, now);
+    if !share_is_zero(&ours) {
+        shares.push(ours);
+    }
+    shares.sort_by(|a, b| a.name.cmp(&b.name));
+    shares
+}
+
 /// `status.forwarding`: one entry per target of the spec. `delivered`/`failed` in the
-/// update are what this replica has not written yet, added to what is stored; the rest
-/// (pending, dead letters, circuit, last failure) is this replica's current view, and the
-/// later of the two times wins.
-fn merge_forwarding(stored: &[ForwardStatus], update: &StatusUpdate) -> Vec<ForwardStatus> {
+/// update are what this replica has not written yet, added to what is stored; `pending`
+/// and `deadLettered` are the sums of the replicas' shares (`replicas`, this one's
+/// included); circuit and last failure are this replica's view, the later time wins.
+fn merge_forwarding(
+    stored: &[ForwardStatus],
+    update: &StatusUpdate,
+    replicas: &[ReplicaShare],
+) -> Vec<ForwardStatus> {
+    let summed = |name: &str| {
+        replicas
+            .iter()
+            .flat_map(|r| &r.forwarding)
+            .filter(|f| f.target == name)
+            .fold((0i64, 0i64), |(p, d), f| {
+                (
+                    p.saturating_add(f.pending),
+                    d.saturating_add(f.dead_lettered),
+                )
+            })
+    };
     let ours = update.forwarding.as_deref().unwrap_or_default();
     let later_time = |a: &Option<Time>, b: &Option<Time>| match (a, b) {
         (Some(x), Some(y)) => Some(if y.0 > x.0 { y.clone() } else { x.clone() }),
@@ -270,7 +388,8 @@ fn merge_forwarding(stored: &[ForwardStatus], update: &StatusUpdate) -> Vec<Forw
         .iter()
         .map(|name| {
             let old = stored.iter().find(|s| &s.name == name);
-            match (old, ours.iter().find(|s| &s.name == name)) {
+            let (pending, dead_lettered) = summed(name);
+            let entry = match (old, ours.iter().find(|s| &s.name == name)) {
                 (Some(old), Some(new)) => {
                     let newer_failure = match (&old.last_failure_time, &new.last_failure_time) {
                         (Some(o), Some(n)) => n.0 >= o.0,
@@ -281,8 +400,8 @@ fn merge_forwarding(stored: &[ForwardStatus], update: &StatusUpdate) -> Vec<Forw
                         name: name.clone(),
                         delivered: old.delivered.saturating_add(new.delivered),
                         failed: old.failed.saturating_add(new.failed),
-                        pending: new.pending,
-                        dead_lettered: new.dead_lettered,
+                        pending,
+                        dead_lettered,
                         circuit: new.circuit.clone(),
                         last_delivered_time: later_time(
                             &old.last_delivered_time,
@@ -306,6 +425,11 @@ fn merge_forwarding(stored: &[ForwardStatus], update: &StatusUpdate) -> Vec<Forw
                     circuit: Some("closed".into()),
                     ..ForwardStatus::default()
                 },
+            };
+            ForwardStatus {
+                pending,
+                dead_lettered,
+                ..entry
             }
         })
         .collect()
@@ -430,6 +554,14 @@ impl StatusWriter for FileStatusWriter {
                 CounterMode::Absolute,
                 crate::clock::timestamp(update.built_at_ms),
             );
+            // Standalone has no Events: the truncation warning is logged.
+            if let Some(e) = truncation_event(&current, &status) {
+                if e.warning {
+                    tracing::warn!(integration = %update.key(), reason = e.reason, "{}", e.message);
+                } else {
+                    tracing::info!(integration = %update.key(), reason = e.reason, "{}", e.message);
+                }
+            }
             let stored = StoredStatus {
                 uid: update.uid.clone(),
                 status,
@@ -496,6 +628,16 @@ impl KubeStatusWriter {
             CounterMode::Delta,
             crate::clock::timestamp(update.built_at_ms),
         );
+        let mut status = serde_json::json!({
+            "deliveries": merged.deliveries,
+            "incidents": merged.incidents,
+            "conditions": merged.degraded.iter().collect::<Vec<_>>(),
+            "forwarding": merged.forwarding,
+            "replicas": merged.replicas,
+        });
+        if let Some(totals) = &merged.forwarding_totals {
+            status["forwardingTotals"] = serde_json::json!(totals);
+        }
         let patch = serde_json::json!({
             "apiVersion": "hookwarden.dev/v1alpha1",
             "kind": "WebhookIntegration",
@@ -506,12 +648,7 @@ impl KubeStatusWriter {
                 // we re-read and re-merge instead of overwriting its counts.
                 "resourceVersion": object.metadata.resource_version,
             },
-            "status": {
-                "deliveries": merged.deliveries,
-                "incidents": merged.incidents,
-                "conditions": merged.degraded.iter().collect::<Vec<_>>(),
-                "forwarding": merged.forwarding,
-            }
+            "status": status,
         });
         let params = PatchParams::apply(FIELD_MANAGER).force();
         match tokio::time::timeout(
@@ -592,6 +729,67 @@ impl KubeStatusWriter {
     }
 }
 
+impl KubeStatusWriter {
+    async fn announce_truncation(&self, object: &WebhookIntegration, event: TruncationEvent) {
+        let event = Event {
+            type_: if event.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: event.reason.to_string(),
+            note: Some(event.message),
+            action: "MapDelivery".to_string(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(error = %e, "cannot publish incident truncation event");
+        }
+    }
+}
+
+/// An Event about `status.incidents.truncated` changing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TruncationEvent {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The Event a write that changed `status.incidents.truncated` owes (one per change,
+/// not per write: coalesced however many incidents open meanwhile).
+pub fn truncation_event(
+    before: &ReceiverStatus,
+    written: &ReceiverStatus,
+) -> Option<TruncationEvent> {
+    let (was, is) = (before.incidents.truncated, written.incidents.truncated);
+    let listed = written.incidents.recent.len() + written.incidents.tracked.len();
+    match (was, is) {
+        (false, true) => Some(TruncationEvent {
+            warning: true,
+            reason: REASON_INCIDENTS_TRUNCATED,
+            message: format!(
+                "{} incidents are open, more than the status lists ({listed}, spec.incidents.maxTracked): open counts them all and shows {}, the lists show only the newest; raise spec.incidents.maxTracked (at most 1000) or resolve the alert storm at its source",
+                written.incidents.open,
+                written
+                    .incidents
+                    .open_display
+                    .as_deref()
+                    .unwrap_or_default()
+            ),
+        }),
+        (true, false) => Some(TruncationEvent {
+            warning: false,
+            reason: REASON_INCIDENTS_TRACKED,
+            message: format!(
+                "the status lists every open incident again ({} open)",
+                written.incidents.open
+            ),
+        }),
+        _ => None,
+    }
+}
+
 enum Attempt {
     Conflict,
     Failed(StatusWriteError),
@@ -662,6 +860,9 @@ impl StatusWriter for KubeStatusWriter {
                     let before = ReceiverStatus::from_status(object.status.as_ref());
                     let fresh = unannounced(&before, &written, &update.notices);
                     self.announce(&object, &fresh).await;
+                    if let Some(event) = truncation_event(&before, &written) {
+                        self.announce_truncation(&object, event).await;
+                    }
                     self.announce_forwarding(&object, &update.forward_events)
                         .await;
                     return Ok(());
@@ -720,6 +921,7 @@ mod tests {
             forwarding: None,
             forward_events: Vec::new(),
             forward_targets: None,
+            replica: "replica-a".into(),
         }
     }
 
@@ -745,8 +947,7 @@ mod tests {
                 ..DeliveryStatus::default()
             },
             incidents: other.to_status(20),
-            degraded: None,
-            forwarding: Vec::new(),
+            ..ReceiverStatus::default()
         }
     }
 
@@ -815,6 +1016,117 @@ mod tests {
         assert_eq!(read.deliveries.accepted, 3);
         assert_eq!(read.incidents.open, 1);
         assert!(writer.read("ns", "dd", "other-uid").is_none());
+    }
+
+    fn forwarding(pending: i64, dead: i64, delivered: i64) -> Option<Vec<ForwardStatus>> {
+        Some(vec![ForwardStatus {
+            name: "tickets".into(),
+            delivered,
+            pending,
+            dead_lettered: dead,
+            circuit: Some("closed".into()),
+            ..ForwardStatus::default()
+        }])
+    }
+
+    /// Issue 17: pending and dead letters were the last writer's view; with two
+    /// replicas they are the sum of each replica's share, and a gone replica's share
+    /// ages out.
+    #[test]
+    fn pending_and_dead_letters_are_summed_over_replicas_and_stale_shares_age_out() {
+        let t0 = jiff::Timestamp::from_second(1_800_000_000).expect("ts");
+        let mut a = update(1, 1, false);
+        a.forwarding = forwarding(3, 1, 5);
+        a.forward_targets = Some(vec!["tickets".into()]);
+        let mut b = a.clone();
+        b.replica = "replica-b".into();
+        b.forwarding = forwarding(4, 2, 7);
+
+        let after_a = merge_status(&ReceiverStatus::default(), &a, CounterMode::Delta, t0);
+        let after_b = merge_status(&after_a, &b, CounterMode::Delta, t0);
+        let f = &after_b.forwarding[0];
+        assert_eq!((f.pending, f.dead_lettered, f.delivered), (7, 3, 12));
+        assert_eq!(
+            after_b.forwarding_totals,
+            Some(ForwardingTotals {
+                pending: 7,
+                dead_lettered: 3
+            })
+        );
+        // A writes again with its backlog drained: B's share stays.
+        a.forwarding = forwarding(0, 0, 0);
+        let t1 = t0 + jiff::SignedDuration::from_secs(60);
+        let drained = merge_status(&after_b, &a, CounterMode::Delta, t1);
+        assert_eq!(
+            (
+                drained.forwarding[0].pending,
+                drained.forwarding[0].dead_lettered
+            ),
+            (4, 2)
+        );
+        assert_eq!(
+            drained
+                .replicas
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>(),
+            ["replica-b"],
+            "an all-zero share is not written"
+        );
+        // B is gone: after SHARE_TTL its share no longer counts.
+        let late = t0 + jiff::SignedDuration::from_secs(601);
+        let aged = merge_status(&drained, &a, CounterMode::Delta, late);
+        assert_eq!(
+            (aged.forwarding[0].pending, aged.forwarding[0].dead_lettered),
+            (0, 0)
+        );
+        assert!(aged.replicas.is_empty());
+        assert_eq!(aged.forwarding[0].delivered, 12, "running totals stay");
+    }
+
+    /// Issue 18, finding 9: another replica's count of open incidents it no longer lists
+    /// keeps `open` from dropping back when this replica writes.
+    #[test]
+    fn open_counts_incidents_another_replica_no_longer_lists() {
+        let now = jiff::Timestamp::from_second(1_800_000_000).expect("ts");
+        let mut storm = update(1, 1, false);
+        storm.incidents = IncidentBook::new(5);
+        for i in 0..12 {
+            storm.incidents.apply(
+                &IncidentEvent {
+                    id: format!("a{i}"),
+                    title: "t".into(),
+                    severity: Severity::High,
+                    link: None,
+                    resolve: false,
+                    event_time_ms: 1_700_000_000_000 + i,
+                },
+                "1",
+            );
+        }
+        let first = merge_status(&ReceiverStatus::default(), &storm, CounterMode::Delta, now);
+        assert_eq!(
+            (first.incidents.open, first.incidents.truncated),
+            (12, true)
+        );
+        assert_eq!(first.incidents.open_display.as_deref(), Some("12+"));
+        let event = truncation_event(&ReceiverStatus::default(), &first).expect("event");
+        assert!(event.warning && event.reason == REASON_INCIDENTS_TRUNCATED);
+        assert!(event.message.contains("maxTracked"), "{}", event.message);
+        assert!(
+            truncation_event(&first, &first).is_none(),
+            "once per change"
+        );
+
+        let mut quiet = update(1, 1, false);
+        quiet.replica = "replica-b".into();
+        quiet.incidents = IncidentBook::new(5);
+        let second = merge_status(&first, &quiet, CounterMode::Delta, now);
+        assert_eq!(
+            (second.incidents.open, second.incidents.truncated),
+            (12, true),
+            "replica-b lists 5 (merged) and replica-a still counts 7 more"
+        );
     }
 
     fn on_status(incidents: &[(&str, &str)]) -> ReceiverStatus {

@@ -92,6 +92,17 @@ fn forwarding_summary(targets: &[crate::crd::ForwardStatus]) -> String {
         .join(",")
 }
 
+/// The Open cell: what the printer column shows (`status.incidents.openDisplay`), or for
+/// a status written before that field, the count with `+` when truncated.
+fn open_cell(incidents: &crate::crd::IncidentsStatus) -> String {
+    incidents.open_display.clone().unwrap_or_else(|| {
+        crate::domain::incident::state::open_display(
+            usize::try_from(incidents.open).unwrap_or(0),
+            incidents.truncated,
+        )
+    })
+}
+
 /// The table `kubectl get whi` prints (`wide` adds URL; `all_namespaces` adds NAMESPACE).
 pub fn table(
     objects: &[WebhookIntegration],
@@ -126,7 +137,7 @@ pub fn table(
         row.push(
             status
                 .and_then(|s| s.incidents.as_ref())
-                .map_or_else(|| "<none>".to_string(), |i| i.open.to_string()),
+                .map_or_else(|| "<none>".to_string(), open_cell),
         );
         row.push(
             status
@@ -203,5 +214,25 @@ mod tests {
         ] {
             assert_eq!(human_age(secs), want, "{secs}s");
         }
+    }
+
+    /// Issue 18, finding 9: the Open cell says when the count is past what is listed,
+    /// also for a status written before `openDisplay` existed.
+    #[test]
+    fn the_open_cell_marks_a_truncated_count() {
+        let status = |json: serde_json::Value| -> crate::crd::IncidentsStatus {
+            serde_json::from_value(json).expect("incidents status")
+        };
+        assert_eq!(open_cell(&status(serde_json::json!({"open": 3}))), "3");
+        assert_eq!(
+            open_cell(&status(serde_json::json!({"open": 811, "truncated": true}))),
+            "811+"
+        );
+        assert_eq!(
+            open_cell(&status(
+                serde_json::json!({"open": 811, "truncated": true, "openDisplay": "811+"})
+            )),
+            "811+"
+        );
     }
 }

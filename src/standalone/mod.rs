@@ -57,6 +57,10 @@ pub struct StandaloneArgs {
     /// At most one status write per integration per this interval.
     #[arg(long, default_value = "2s", value_parser = crate::domain::duration::parse_arg)]
     pub status_interval: Duration,
+    /// Status writes per second at most, across integrations (least recently written
+    /// first; nothing lost, only later). 0: no global budget.
+    #[arg(long, default_value_t = crate::receiver::runtime::DEFAULT_STATUS_WRITES_PER_SECOND, value_parser = crate::receiver::cluster::parse_writes_per_second)]
+    pub status_writes_per_second: f64,
     /// Request-body bytes held at once across integrations (one integration: at most a
     /// quarter); over it 503 + Retry-After before any byte is read.
     #[arg(long, default_value_t = crate::receiver::limits::DEFAULT_BODY_BUDGET)]
@@ -200,6 +204,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
     let config = RuntimeConfig {
         status_interval: args.status_interval,
         degraded_after: args.degraded_after,
+        status_writes_per_second: args.status_writes_per_second,
         ..RuntimeConfig::default()
     };
     let options = ReceiverOptions {

@@ -203,6 +203,8 @@ pub fn sync(
             deliveries: None,
             incidents: None,
             forwarding: Vec::new(),
+            forwarding_totals: None,
+            replicas: Vec::new(),
         });
         state.write_object(&integration)?;
         // `hookwarden replay --dir` plays the replay annotation's part in standalone.

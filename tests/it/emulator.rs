@@ -178,7 +178,8 @@ async fn kubectl_applies_lists_with_printer_columns_and_explains() {
         let status = json!({"apiVersion": "hookwarden.dev/v1alpha1", "kind": "WebhookIntegration", "status": {
             "url": "https://hooks.example.com/hooks/abc",
             "conditions": [{"type": "Ready", "status": "True", "reason": "Serving", "message": "", "lastTransitionTime": now}],
-            "incidents": {"open": 1},
+            "incidents": {"open": 1, "openDisplay": "1"},
+            "forwardingTotals": {"pending": 2, "deadLettered": 3},
             "deliveries": {"received": 1, "lastReceivedTime": now},
         }});
         api.patch_status("datadog-prod", &PatchParams::apply("test-controller"), &Patch::Apply(&status)).await.expect("status apply");
@@ -193,6 +194,9 @@ async fn kubectl_applies_lists_with_printer_columns_and_explains() {
 
         let wide = kubectl.ok(&["get", "webhookintegrations", "-o", "wide"]).await;
         assert!(wide.lines().next().unwrap_or_default().contains("URL"), "{wide}");
+        assert!(wide.lines().next().unwrap_or_default().contains("DEAD LETTERS"), "{wide}");
+        let wide_row: Vec<&str> = wide.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+        assert!(wide_row.contains(&"3"), "dead letters in -o wide: {wide}");
         assert!(wide.contains("https://hooks.example.com/hooks/abc"), "{wide}");
         let all_ns = kubectl.ok(&["get", "whi", "-A"]).await;
         assert!(all_ns.starts_with("NAMESPACE"), "{all_ns}");

@@ -1463,3 +1463,136 @@ fn alerts_beyond_the_per_delivery_cap_are_counted_not_mapped() {
     );
     standalone.stop();
 }
+
+/// Issue 18, finding 9: after a kill -9 mid-burst of distinct alerts, 811 acknowledged
+/// alerts showed `open: 100` (the tracking cap hid the rest). Now `open` counts every
+/// journaled alert past `spec.incidents.maxTracked`, says `truncated`, and `get` shows
+/// `N+`.
+#[test]
+fn open_incidents_past_the_tracking_cap_are_counted_after_kill_9() {
+    const TOTAL: usize = 900;
+    const THREADS: usize = 8;
+    const CAP: usize = 60;
+    let dir = folder_with(&["datadog.yaml"]);
+    let yaml = dir.path().join("datadog.yaml");
+    let text = std::fs::read_to_string(&yaml).expect("example");
+    let capped = text.replacen(
+        "  provider: datadog\n",
+        &format!(
+            "  provider: datadog\n  limits: {{requestsPerSecond: 100000, burst: 100000}}\n  incidents: {{maxTracked: {CAP}}}\n"
+        ),
+        1,
+    );
+    assert_ne!(capped, text, "the example's spec was found");
+    std::fs::write(&yaml, capped).expect("write");
+
+    let first = Standalone::start(dir.path());
+    let url = first.url("default/datadog-prod").to_string();
+    let acked: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let next = Arc::new(AtomicUsize::new(0));
+    let senders: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (acked, next, url) = (acked.clone(), next.clone(), url.clone());
+            std::thread::spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= TOTAL {
+                        return;
+                    }
+                    match datadog(
+                        &url,
+                        &format!("storm-{i}"),
+                        &format!("alert-{i}"),
+                        "Triggered",
+                    ) {
+                        Some(code) if (200..300).contains(&code) => {
+                            acked.lock().expect("lock").push(i)
+                        }
+                        Some(_) => {}
+                        None => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.lock().expect("lock").len() < 4 * CAP {
+        assert!(
+            Instant::now() < deadline,
+            "deliveries are not being acknowledged"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    first.crash();
+    for s in senders {
+        s.join().expect("sender");
+    }
+    let acked_ids: BTreeSet<usize> = acked.lock().expect("lock").iter().copied().collect();
+    let acked = acked_ids.len();
+    assert!(acked < TOTAL, "the crash should have happened mid-burst");
+
+    let second = Standalone::start(dir.path());
+    let object = wait_for_status(
+        dir.path(),
+        "datadog-prod",
+        "every acknowledged alert, listed under the spec's cap",
+        // Replay folds before the routes load, with the default cap; the first write
+        // after they load applies the spec's.
+        |o| accepted(o) >= acked as i64 && incidents(o).len() == CAP,
+    );
+    // Every accepted delivery carried a distinct alert: each one is open. (Accepted may
+    // exceed the acknowledged count by deliveries journaled just before the kill.)
+    let accepted_now = accepted(&object);
+    let incidents_status = &object["status"]["incidents"];
+    assert_eq!(
+        open(&object),
+        accepted_now,
+        "open counts every alert, not the {CAP} tracked: {incidents_status}"
+    );
+    assert_eq!(incidents_status["truncated"], serde_json::json!(true));
+    assert_eq!(
+        incidents_status["openDisplay"],
+        serde_json::json!(format!("{accepted_now}+"))
+    );
+    assert_eq!(incidents(&object).len(), CAP, "the lists stay bounded");
+
+    // The table shows the lower-bound marker in the OPEN column.
+    let table = hookwarden(&["get", "--dir", dir.path().to_str().expect("utf-8")]);
+    let table = String::from_utf8_lossy(&table.stdout).to_string();
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("datadog-prod"))
+        .unwrap_or_else(|| panic!("no row in {table}"));
+    assert_eq!(
+        row.split_whitespace().nth(3),
+        Some(format!("{accepted_now}+").as_str()),
+        "{table}"
+    );
+
+    // Recoveries bring the count down exactly, also for alerts no longer listed.
+    let url = second.url("default/datadog-prod").to_string();
+    for i in 0..10 {
+        assert_eq!(
+            datadog(
+                &url,
+                &format!("recover-{i}"),
+                &format!("alert-{i}"),
+                "Recovered"
+            ),
+            Some(202)
+        );
+    }
+    // Only alerts acknowledged before the crash are known to be open (the first ones
+    // sent, so in practice all ten).
+    let recovered = (0..10).filter(|i| acked_ids.contains(i)).count() as i64;
+    let object = wait_for_status(dir.path(), "datadog-prod", "the recoveries", |o| {
+        accepted(o) == accepted_now + 10
+    });
+    assert_eq!(
+        open(&object),
+        accepted_now - recovered,
+        "{}",
+        object["status"]["incidents"]
+    );
+    second.stop();
+}

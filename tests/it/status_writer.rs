@@ -518,6 +518,7 @@ fn update(delta_accepted: u64) -> StatusUpdate {
         forwarding: None,
         forward_events: Vec::new(),
         forward_targets: None,
+        replica: "replica-a".into(),
     }
 }
 
@@ -795,4 +796,473 @@ async fn after_an_api_outage_the_status_catches_up_with_nothing_lost_and_no_writ
     stop.cancel();
     task.await.expect("loop");
     api.abort();
+}
+
+/// Records when each write happened.
+#[derive(Default)]
+struct TimedWriter {
+    writes: Mutex<Vec<(std::time::Instant, String, u64)>>,
+}
+
+impl StatusWriter for TimedWriter {
+    async fn write(&self, update: &StatusUpdate) -> Result<(), StatusWriteError> {
+        self.writes.lock().expect("lock").push((
+            std::time::Instant::now(),
+            update.key(),
+            update.totals.accepted,
+        ));
+        Ok(())
+    }
+}
+
+fn delivery_to(integration: &str, i: usize) -> Accepted {
+    Accepted {
+        integration: integration.into(),
+        uid: format!("uid-{integration}"),
+        incidents: Vec::new(),
+        ..delivery(i)
+    }
+}
+
+/// Issue 21, item 3: a global budget of status writes per replica. 300 integrations
+/// behind at once plus one that never stops receiving: the writes stay within the budget
+/// (one interval's burst on top), every integration is written (none starves, the busy
+/// one does not crowd the others out), every count arrives, and the journal is marked
+/// applied only once a pass has written everything that was behind.
+#[tokio::test]
+async fn the_status_write_budget_bounds_writes_per_second_and_starves_no_one() {
+    const QUIET: usize = 300;
+    const RATE: f64 = 100.0;
+    let journal = Arc::new(MemJournal::default());
+    let writer = Arc::new(TimedWriter::default());
+    let (sink, status_loop) = runtime::build(
+        journal.clone(),
+        writer.clone(),
+        Ledger::default(),
+        settings(),
+        RuntimeConfig {
+            status_writes_per_second: RATE,
+            ..config(Duration::from_millis(100))
+        },
+    );
+    let counters = sink.counters().clone();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(status_loop.run(stop.clone()));
+    let started = std::time::Instant::now();
+    for k in 0..QUIET {
+        sink.accept(delivery_to(&format!("ns/quiet-{k:03}"), k))
+            .await
+            .expect("accepted");
+    }
+    let hot = {
+        let sink = sink.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.is_cancelled() {
+                i += 1;
+                sink.accept(delivery_to("ns/hot", 100_000 + i))
+                    .await
+                    .expect("accepted");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            i
+        })
+    };
+    let all_quiet_written = || {
+        let writes = writer.writes.lock().expect("lock");
+        let written: std::collections::HashSet<&str> = writes
+            .iter()
+            .filter(|(_, k, _)| k.starts_with("ns/quiet-"))
+            .map(|(_, k, _)| k.as_str())
+            .collect();
+        written.len() == QUIET
+    };
+    wait_for("every quiet integration written", all_quiet_written).await;
+    let elapsed = started.elapsed();
+    // 301 integrations at 100 writes/s (20 at once to start): about 3 s, not 0.1 s.
+    assert!(
+        elapsed >= Duration::from_millis(2000),
+        "the budget held nothing back: {elapsed:?}"
+    );
+    assert!(
+        counters.status_writes_deferred.load(Ordering::Relaxed) > 0,
+        "writes were deferred"
+    );
+    let hot_sent = {
+        stop.cancel();
+        hot.await.expect("hot sender")
+    };
+    task.await.expect("loop");
+
+    let writes = writer.writes.lock().expect("lock").clone();
+    // No one-second window holds more than the rate plus one interval's burst.
+    let times: Vec<std::time::Instant> = writes.iter().map(|(t, _, _)| *t).collect();
+    let before_shutdown: Vec<&std::time::Instant> = times
+        .iter()
+        .filter(|t| t.duration_since(started) < elapsed)
+        .collect();
+    for (i, t) in before_shutdown.iter().enumerate() {
+        let in_window = before_shutdown[i..]
+            .iter()
+            .take_while(|u| u.duration_since(**t) < Duration::from_secs(1))
+            .count();
+        assert!(
+            in_window as f64 <= RATE + RATE * 0.1 + 1.0,
+            "{in_window} writes within one second"
+        );
+    }
+    // The busy integration got turns too, but only its share: least recently written
+    // goes first, so it waited behind the quiet ones each time.
+    let hot_writes: Vec<u64> = writes
+        .iter()
+        .filter(|(_, k, _)| k == "ns/hot")
+        .map(|(_, _, a)| *a)
+        .collect();
+    assert!(hot_writes.len() >= 2, "the busy integration starved");
+    assert!(
+        hot_writes.len() < writes.len() / 4,
+        "the busy integration took {} of {} writes",
+        hot_writes.len(),
+        writes.len()
+    );
+    // Nothing lost: the last write of each carries its whole count (the final flush
+    // writes everything still behind, whatever the budget).
+    assert_eq!(hot_writes.last().copied(), Some(hot_sent as u64));
+    for k in 0..QUIET {
+        let key = format!("ns/quiet-{k:03}");
+        assert_eq!(
+            writes
+                .iter()
+                .rev()
+                .find(|(_, w, _)| *w == key)
+                .map(|(_, _, a)| *a),
+            Some(1),
+            "{key}"
+        );
+    }
+    assert_eq!(
+        journal.applied.load(Ordering::SeqCst),
+        journal.next.load(Ordering::SeqCst),
+        "after the final flush everything is applied"
+    );
+}
+
+/// A journal that keeps nothing (the measurement below appends millions of entries).
+#[derive(Default)]
+struct CountingJournal {
+    next: AtomicU64,
+}
+
+impl DeliveryJournal for CountingJournal {
+    async fn append(&self, _record: Vec<u8>) -> Result<u64, SinkError> {
+        Ok(self.next.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+    fn mark_applied(&self, _seq: u64) {}
+    async fn checkpoint(&self, _snapshot: Vec<u8>, _covers: u64) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Measurement (issue 21, item 3), not a pass/fail test: N integrations on the
+/// API-server emulator each get a delivery every second for a while; the receiver's
+/// status loop and Kubernetes writer (this crate's, in process, over HTTPS to the
+/// emulator) write under the global budget. Prints status writes per second and how
+/// stale `lastReceivedTime` is on the resources. docs/bench.md gives the command:
+/// `HOOKWARDEN_BENCH_INTEGRATIONS=10000 HOOKWARDEN_BENCH_SECONDS=240
+/// cargo test --test it status_write_budget_at_scale -- --ignored --nocapture`
+/// (`HOOKWARDEN_BENCH_WRITES_PER_SECOND`, default 50).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: minutes long; run by hand (docs/bench.md)"]
+async fn status_write_budget_at_scale() {
+    use futures::StreamExt as _;
+    use hookwarden::receiver::status::KubeStatusWriter;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::CustomResourceExt as _;
+    use kube::api::{Api, ListParams, PostParams};
+
+    let n: usize = env_or("HOOKWARDEN_BENCH_INTEGRATIONS", 10_000);
+    let seconds: u64 = env_or("HOOKWARDEN_BENCH_SECONDS", 240);
+    let rate: f64 = env_or("HOOKWARDEN_BENCH_WRITES_PER_SECOND", 50.0);
+    let emu = kube_emulator::Emulator::start().await.expect("emulator");
+    let client = emu.client().await.expect("client");
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .create(&PostParams::default(), &WebhookIntegration::crd())
+        .await
+        .expect("CRD");
+    let api: Api<WebhookIntegration> = Api::namespaced(client.clone(), "default");
+    let created = std::time::Instant::now();
+    let uids: Vec<(String, String)> = futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let name = format!("busy-{i:05}");
+                let whi: WebhookIntegration = serde_json::from_value(serde_json::json!({
+                    "apiVersion": "hookwarden.dev/v1alpha1", "kind": "WebhookIntegration",
+                    "metadata": {"name": name, "namespace": "default"},
+                    "spec": {"provider": "github"}
+                }))
+                .expect("whi");
+                let made = api
+                    .create(&PostParams::default(), &whi)
+                    .await
+                    .expect("create");
+                (name, made.metadata.uid.unwrap_or_default())
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    println!(
+        "created {n} integrations in {:.1} s",
+        created.elapsed().as_secs_f64()
+    );
+
+    let writer = Arc::new(KubeStatusWriter::new(client.clone(), Some("bench".into())));
+    let (sink, status_loop) = runtime::build(
+        Arc::new(CountingJournal::default()),
+        writer,
+        Ledger::default(),
+        settings(),
+        RuntimeConfig {
+            status_interval: Duration::from_secs(2),
+            status_writes_per_second: rate,
+            replica: "bench".into(),
+            ..RuntimeConfig::default()
+        },
+    );
+    let counters = sink.counters().clone();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(status_loop.run(stop.clone()));
+    let is_status_write = |r: &kube_emulator::RequestRecord| {
+        r.verb == "patch"
+            && r.resource == "webhookintegrations"
+            && r.subresource.as_deref() == Some("status")
+    };
+    let writes_before = emu.requests().iter().filter(|r| is_status_write(r)).count();
+    let started = std::time::Instant::now();
+    let mut sent = 0u64;
+    let mut late_rounds = 0;
+    for round in 0..seconds {
+        let due = started + Duration::from_secs(round);
+        tokio::time::sleep_until(due.into()).await;
+        let now_ms = jiff::Timestamp::now().as_millisecond();
+        for (i, (name, uid)) in uids.iter().enumerate() {
+            sink.accept(Accepted {
+                integration: format!("default/{name}"),
+                uid: uid.clone(),
+                delivery_id: Some(format!("{round}-{i}")),
+                received_at_ms: now_ms,
+                incidents: Vec::new(),
+                ..delivery(i)
+            })
+            .await
+            .expect("accepted");
+            sent += 1;
+        }
+        if due.elapsed() > Duration::from_secs(1) {
+            late_rounds += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    let writes = emu.requests().iter().filter(|r| is_status_write(r)).count() - writes_before;
+    // Staleness: how old the lastReceivedTime each resource shows is, while every
+    // integration still receives a delivery a second (the load has just stopped).
+    let now = jiff::Timestamp::now();
+    let list = api.list(&ListParams::default()).await.expect("list");
+    let mut ages: Vec<f64> = Vec::new();
+    let mut never = 0;
+    for wi in &list.items {
+        match wi
+            .status
+            .as_ref()
+            .and_then(|s| s.deliveries.as_ref())
+            .and_then(|d| d.last_received_time.as_ref())
+        {
+            Some(t) => ages.push((now.as_millisecond() - t.0.as_millisecond()) as f64 / 1000.0),
+            None => never += 1,
+        }
+    }
+    ages.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        ages.get(((ages.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "{n} integrations, a delivery each per second for {:.0} s ({sent} deliveries, {late_rounds} rounds late), budget {rate} writes/s: {writes} status writes = {:.1} writes/s; deferred {} times; lastReceivedTime age at the end: p50 {:.0} s, p99 {:.0} s, max {:.0} s; never written {never}",
+        elapsed.as_secs_f64(),
+        writes as f64 / elapsed.as_secs_f64(),
+        counters.status_writes_deferred.load(Ordering::Relaxed),
+        q(0.5),
+        q(0.99),
+        ages.last().copied().unwrap_or(f64::NAN),
+    );
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+}
+
+/// Stands in for the API server: each write takes `latency` (a GET and an apply), and the
+/// `lastReceivedTime` each write carried is kept per integration.
+struct SlowWriter {
+    latency: Duration,
+    writes: AtomicU64,
+    shown: Mutex<std::collections::HashMap<String, i64>>,
+}
+
+impl StatusWriter for SlowWriter {
+    async fn write(&self, update: &StatusUpdate) -> Result<(), StatusWriteError> {
+        tokio::time::sleep(self.latency).await;
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        if let Some(ms) = update.last_received_ms {
+            self.shown.lock().expect("lock").insert(update.key(), ms);
+        }
+        Ok(())
+    }
+}
+
+/// The same measurement as [`status_write_budget_at_scale`] with the status loop alone:
+/// a writer that takes `HOOKWARDEN_BENCH_WRITE_MS` (default 20) per write instead of the
+/// emulator, so the figures are the budget's and not the API server's.
+/// `HOOKWARDEN_BENCH_INTEGRATIONS=10000 HOOKWARDEN_BENCH_SECONDS=300
+/// cargo test --test it status_write_budget_in_process -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: minutes long; run by hand (docs/bench.md)"]
+async fn status_write_budget_in_process() {
+    let n: usize = env_or("HOOKWARDEN_BENCH_INTEGRATIONS", 10_000);
+    let seconds: u64 = env_or("HOOKWARDEN_BENCH_SECONDS", 300);
+    let rate: f64 = env_or("HOOKWARDEN_BENCH_WRITES_PER_SECOND", 50.0);
+    let latency = Duration::from_millis(env_or("HOOKWARDEN_BENCH_WRITE_MS", 20));
+    let writer = Arc::new(SlowWriter {
+        latency,
+        writes: AtomicU64::new(0),
+        shown: Mutex::default(),
+    });
+    let (sink, status_loop) = runtime::build(
+        Arc::new(CountingJournal::default()),
+        writer.clone(),
+        Ledger::default(),
+        settings(),
+        RuntimeConfig {
+            status_interval: Duration::from_secs(2),
+            status_writes_per_second: rate,
+            ..RuntimeConfig::default()
+        },
+    );
+    let counters = sink.counters().clone();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(status_loop.run(stop.clone()));
+    let started = std::time::Instant::now();
+    let (mut sent, mut late_rounds) = (0u64, 0);
+    let mut per_minute = Vec::new();
+    let mut last_count = 0;
+    for round in 0..seconds {
+        let due = started + Duration::from_secs(round);
+        tokio::time::sleep_until(due.into()).await;
+        let now_ms = jiff::Timestamp::now().as_millisecond();
+        for i in 0..n {
+            sink.accept(Accepted {
+                integration: format!("default/busy-{i:05}"),
+                uid: "u".into(),
+                delivery_id: Some(format!("{round}-{i}")),
+                received_at_ms: now_ms,
+                incidents: Vec::new(),
+                ..delivery(i)
+            })
+            .await
+            .expect("accepted");
+            sent += 1;
+        }
+        if due.elapsed() > Duration::from_secs(1) {
+            late_rounds += 1;
+        }
+        if round % 60 == 59 {
+            let count = writer.writes.load(Ordering::Relaxed);
+            per_minute.push(format!("{:.1}", (count - last_count) as f64 / 60.0));
+            last_count = count;
+        }
+    }
+    let elapsed = started.elapsed();
+    let writes = writer.writes.load(Ordering::Relaxed);
+    let now = jiff::Timestamp::now().as_millisecond();
+    let shown = writer.shown.lock().expect("lock").clone();
+    let mut ages: Vec<f64> = shown
+        .values()
+        .map(|ms| (now - ms) as f64 / 1000.0)
+        .collect();
+    ages.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        ages.get(((ages.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "{n} integrations, a delivery each per second for {:.0} s ({sent} deliveries, {late_rounds} rounds late), budget {rate} writes/s, {} ms per write: {writes} status writes = {:.1} writes/s (per minute: {}); deferred {} times; lastReceivedTime shown, age at the end: p50 {:.0} s, p99 {:.0} s, max {:.0} s; never written {}",
+        elapsed.as_secs_f64(),
+        latency.as_millis(),
+        writes as f64 / elapsed.as_secs_f64(),
+        per_minute.join(", "),
+        counters.status_writes_deferred.load(Ordering::Relaxed),
+        q(0.5),
+        q(0.99),
+        ages.last().copied().unwrap_or(f64::NAN),
+        n - shown.len(),
+    );
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+}
+
+/// Issue 17/18: a replica's share of the current numbers (`status.replicas`) is rewritten
+/// while it is not all zero, even with nothing new, so it never ages out as a gone
+/// replica's would; an all-zero share is not refreshed (no writes for nothing).
+#[tokio::test]
+async fn a_share_that_is_not_zero_is_refreshed_and_a_zero_one_is_not() {
+    let cap_one: SettingsLookup = Arc::new(|key: &str| IntegrationSettings {
+        max_tracked: if key == "ns/storm" { 1 } else { 100 },
+        served: true,
+        ..IntegrationSettings::default()
+    });
+    let journal = Arc::new(MemJournal::default());
+    let writer = Arc::new(TimedWriter::default());
+    let (sink, status_loop) = runtime::build(
+        journal,
+        writer.clone(),
+        Ledger::default(),
+        cap_one,
+        RuntimeConfig {
+            share_refresh: Duration::from_millis(300),
+            ..config(Duration::from_millis(50))
+        },
+    );
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(status_loop.run(stop.clone()));
+    // Two open incidents over a cap of one: one is counted without being listed.
+    for i in 0..2 {
+        let mut d = delivery_to("ns/storm", i);
+        d.incidents = delivery(i).incidents;
+        sink.accept(d).await.expect("accepted");
+    }
+    sink.accept(delivery_to("ns/calm", 7))
+        .await
+        .expect("accepted");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    stop.cancel();
+    task.await.expect("loop");
+    let writes = writer.writes.lock().expect("lock").clone();
+    let of = |key: &str| writes.iter().filter(|(_, k, _)| k == key).count();
+    // Written once for the deliveries, then about every 300 ms (1.6 s: ~4 more), plus the
+    // final flush's.
+    assert!(
+        of("ns/storm") >= 4,
+        "storm written {} times",
+        of("ns/storm")
+    );
+    assert!(of("ns/calm") <= 2, "calm written {} times", of("ns/calm"));
 }

@@ -134,6 +134,7 @@ The only place flags are spelled: values -> args. */}}
 {{- end }}
 - --journal-commit-window={{ .Values.receiver.journal.commitWindow }}
 - --status-interval={{ .Values.receiver.statusInterval }}
+- --status-writes-per-second={{ .Values.receiver.statusWritesPerSecond }}
 - --dedup-max-ids={{ .Values.receiver.dedupMaxIds | int64 }}
 - --max-body-bytes-in-flight={{ .Values.receiver.maxBodyBytesInFlight | int64 }}
 - --max-connections={{ .Values.receiver.maxConnections | int64 }}

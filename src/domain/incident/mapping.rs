@@ -339,7 +339,7 @@ impl Mapping {
     /// merged with spec.incidents overrides; generic/other providers map only when
     /// spec.incidents is set (else None = deliveries make no incidents).
     ///
-    /// `spec.incidents` with only `keepRecent` does not count as set. For a provider
+    /// `spec.incidents` with only `keepRecent`/`maxTracked` does not count as set. For a provider
     /// without preset, `idFrom` is then required.
     pub fn for_spec(spec: &WebhookIntegrationSpec) -> Result<Option<Mapping>, MappingError> {
         let preset = match spec.provider {
@@ -354,6 +354,7 @@ impl Mapping {
         let spec_mapping = spec.incidents.as_ref().unwrap_or(&empty);
         let configured = IncidentMapping {
             keep_recent: None,
+            max_tracked: None,
             ..spec_mapping.clone()
         } != empty;
         if let Preset::None(provider) = preset {

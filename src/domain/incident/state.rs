@@ -31,7 +31,7 @@
 //! `openedAt`): a late, older trigger for it must not open it.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -40,8 +40,19 @@ use super::{IncidentEvent, Severity};
 use crate::crd::{IncidentSummary, IncidentsStatus};
 
 /// Incidents one integration's book keeps by default (and so writes to its status, in
-/// `recent` and `tracked` together). Resolved incidents are dropped first, oldest first.
+/// `recent` and `tracked` together): `spec.incidents.maxTracked`. Resolved incidents are
+/// dropped first, oldest first.
 pub const DEFAULT_CAPACITY: usize = 100;
+
+/// Largest `spec.incidents.maxTracked`: every tracked incident is written to the status
+/// (about 350 bytes each), and the object must stay well under etcd's 1.5 MiB and cheap
+/// for every watcher to hold.
+pub const MAX_CAPACITY: usize = 1000;
+
+/// Open incidents dropped from tracking that the book still counts (by a 64-bit digest of
+/// their id, 8 bytes each): past this many, `open` is only a lower bound until the book
+/// is rebuilt (see [`IncidentBook::truncated`]).
+pub const MAX_UNTRACKED: usize = 100_000;
 
 /// Whether an incident is open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -142,11 +153,32 @@ pub enum Transition {
 }
 
 /// All incidents of one integration, bounded.
+///
+/// At most `capacity` incidents are kept whole. An open incident dropped to make room
+/// is still counted: its id's digest goes to `untracked` until a later event for it
+/// (a trigger tracks it again, a recovery resolves it), so `open` stays exact past the
+/// cap — while the incident lists on the status no longer show every open incident,
+/// which `truncated` says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IncidentBook {
     incidents: HashMap<String, Incident>,
     capacity: usize,
     revision: u64,
+    /// Digests ([`id_digest`]) of open incidents dropped from `incidents`.
+    untracked: BTreeSet<u64>,
+    /// More open incidents were dropped than `untracked` can hold: `open` is a lower bound.
+    untracked_overflow: bool,
+}
+
+/// A stable 64-bit digest of an incident id (FNV-1a): the same in every process and
+/// version, since it is stored in journal checkpoints.
+pub fn id_digest(id: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in id.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
 }
 
 impl Default for IncidentBook {
@@ -160,13 +192,35 @@ impl IncidentBook {
     pub fn new(capacity: usize) -> IncidentBook {
         IncidentBook {
             incidents: HashMap::new(),
-            capacity: capacity.max(1),
+            capacity: capacity.clamp(1, MAX_CAPACITY),
             revision: 0,
+            untracked: BTreeSet::new(),
+            untracked_overflow: false,
+        }
+    }
+
+    /// Incidents kept whole at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Changes how many incidents are kept whole (`spec.incidents.maxTracked` changed);
+    /// a smaller cap drops incidents at once (open ones stay counted).
+    pub fn set_capacity(&mut self, capacity: usize) {
+        let capacity = capacity.clamp(1, MAX_CAPACITY);
+        if capacity != self.capacity {
+            self.capacity = capacity;
+            self.evict();
         }
     }
 
     /// Folds one event in. `tiebreak` orders events with the same time; pass the same
     /// value whenever the same event is applied again (replay), e.g. the delivery id.
+    ///
+    /// An event for an open incident that was dropped from tracking is not news: a
+    /// trigger tracks it again ([`Transition::Updated`]), a recovery resolves it
+    /// ([`Transition::Resolved`]). Its earlier history is gone, so it then starts from
+    /// this event, as an incident seen for the first time would.
     pub fn apply(&mut self, ev: &IncidentEvent, tiebreak: &str) -> Transition {
         let single = Incident::from_event(ev, tiebreak);
         let before = self.incidents.get(&ev.id);
@@ -174,7 +228,14 @@ impl IncidentBook {
             Some(known) => join(known, &single),
             None => single.rederived(&[], &[]),
         };
-        let transition = classify(before, &after);
+        let mut transition = classify(before, &after);
+        if before.is_none() && self.untracked.remove(&id_digest(&ev.id)) {
+            self.revision += 1;
+            transition = match after.state {
+                IncidentState::Open => Transition::Updated,
+                IncidentState::Resolved => Transition::Resolved,
+            };
+        }
         self.store(after);
         self.evict();
         transition
@@ -192,7 +253,13 @@ impl IncidentBook {
             };
             let merged = match self.incidents.get(&theirs.id) {
                 Some(ours) => join(ours, &theirs),
-                None => theirs,
+                None => {
+                    // Tracked again (another replica still lists it): counted there now.
+                    if self.untracked.remove(&id_digest(&theirs.id)) {
+                        self.revision += 1;
+                    }
+                    theirs
+                }
             };
             self.store(merged);
         }
@@ -207,19 +274,68 @@ impl IncidentBook {
         let mut summaries = all.into_iter().map(Incident::to_summary);
         let recent = summaries.by_ref().take(keep_recent).collect();
         let tracked = summaries.collect();
+        let open = self.open_count();
+        let truncated = self.truncated();
         IncidentsStatus {
-            open: self.open_count() as i64,
+            open: i64::try_from(open).unwrap_or(i64::MAX),
+            truncated,
+            open_display: Some(open_display(open, truncated)),
             recent,
             tracked,
         }
     }
 
-    /// Incidents currently open.
+    /// Incidents currently open: the tracked ones plus the open ones dropped from
+    /// tracking. Exact unless more than [`MAX_UNTRACKED`] were dropped (then a lower
+    /// bound, and [`IncidentBook::truncated`]).
     pub fn open_count(&self) -> usize {
+        self.tracked_open_count() + self.untracked.len()
+    }
+
+    /// Open incidents kept whole (listed on the status).
+    pub fn tracked_open_count(&self) -> usize {
         self.incidents
             .values()
             .filter(|i| i.state == IncidentState::Open)
             .count()
+    }
+
+    /// Open incidents dropped from tracking but still counted.
+    pub fn untracked_open(&self) -> usize {
+        self.untracked.len()
+    }
+
+    /// True when more incidents are open than the book keeps whole: the status lists do
+    /// not show every open incident, and `open` is what the `N+` display marks as such.
+    pub fn truncated(&self) -> bool {
+        !self.untracked.is_empty() || self.untracked_overflow
+    }
+
+    /// The digests of open incidents dropped from tracking, and whether more were
+    /// dropped than counted (for checkpoints; [`IncidentBook::restore_untracked`]).
+    pub fn untracked(&self) -> (impl Iterator<Item = u64> + '_, bool) {
+        (self.untracked.iter().copied(), self.untracked_overflow)
+    }
+
+    /// Restores what [`IncidentBook::untracked`] returned. Ids the book tracks are
+    /// skipped (they are counted as tracked).
+    pub fn restore_untracked(&mut self, digests: impl IntoIterator<Item = u64>, overflow: bool) {
+        let tracked: std::collections::HashSet<u64> =
+            self.incidents.keys().map(|id| id_digest(id)).collect();
+        for digest in digests {
+            if !tracked.contains(&digest) {
+                self.note_untracked(digest);
+            }
+        }
+        self.untracked_overflow |= overflow;
+    }
+
+    fn note_untracked(&mut self, digest: u64) {
+        if self.untracked.len() < MAX_UNTRACKED {
+            self.untracked.insert(digest);
+        } else {
+            self.untracked_overflow = true;
+        }
     }
 
     /// One incident by id.
@@ -267,9 +383,24 @@ impl IncidentBook {
         });
         let victims: Vec<String> = by_priority[..excess].iter().map(|i| i.id.clone()).collect();
         for id in victims {
-            self.incidents.remove(&id);
+            if let Some(gone) = self.incidents.remove(&id)
+                && gone.state == IncidentState::Open
+            {
+                // Still open: counted, only no longer listed.
+                self.note_untracked(id_digest(&id));
+            }
         }
         self.revision += 1;
+    }
+}
+
+/// The Open column's text: the count, with `+` when it is a lower bound or the lists do
+/// not show every open incident (e.g. `100+`).
+pub fn open_display(open: usize, truncated: bool) -> String {
+    if truncated {
+        format!("{open}+")
+    } else {
+        open.to_string()
     }
 }
 

@@ -530,6 +530,59 @@ async fn forward_scenario(cluster: Cluster) {
         ["by-ip", "by-name", "metadata"].map(|t| forwarding(&o, t)["lastFailure"].clone())
     );
 
+    // 6. Issue 17: dead letters on both receivers at once. Each replica writes its own
+    // share (status.replicas), and status.forwarding sums them: 2, not the last
+    // writer's 1. `kubectl get whi -o wide` shows the total.
+    target.answer_next(&[410, 410]);
+    deliver(&url(&replicas[0]), "d-5", &logs).await;
+    deliver(&url(&replicas[1]), "d-6", &logs).await;
+    wait_for(
+        "both replicas' dead letters summed",
+        STEP,
+        &logs,
+        || async {
+            let o = stored(NAME);
+            let shares = o["status"]["replicas"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            count(&tickets(), "deadLettered") == 2
+                && o["status"]["forwardingTotals"]["deadLettered"] == 2
+                && shares.len() == 2
+                && shares
+                    .iter()
+                    .all(|r| r["forwarding"][0]["deadLettered"] == 1)
+        },
+    )
+    .await;
+    let wide = cluster
+        .kubectl_ok(&["get", "whi", NAME, "-n", "default", "-o", "wide"])
+        .await;
+    let header: Vec<&str> = wide
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    let row: Vec<&str> = wide
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let column = header
+        .iter()
+        .position(|h| *h == "DEAD LETTERS")
+        .expect("a DEAD LETTERS column");
+    assert_eq!(row.get(column), Some(&"2"), "{wide}");
+    eprintln!(
+        "[{:?}] 6. dead letters on two replicas summed: {}",
+        started.elapsed(),
+        wide.trim()
+    );
+
     // At least once, but not more than that without a reason: the forward that went
     // out after the restart was not sent again when the replayed journal entry was
     // imported (receiver-0 folded d-4 since, which imports whatever waits).

@@ -301,10 +301,101 @@ fn capacity_drops_oldest_resolved_first() {
     assert_eq!(book.len(), 3);
     assert!(book.get("old-resolved").is_none());
     assert_eq!(book.open_count(), 3);
-    // Only open incidents left: the oldest open one goes.
+    assert!(
+        !book.truncated(),
+        "a dropped resolved incident leaves the count exact"
+    );
+    // Only open incidents left: the oldest open one goes from the lists, not from the
+    // count (issue 18, finding 9: it was a silent undercount).
     book.apply(&trigger("open-4", 5, "x"), "d");
     assert!(book.get("open-1").is_none());
-    assert_eq!(book.open_count(), 3);
+    assert_eq!((book.open_count(), book.tracked_open_count()), (4, 3));
+    assert!(book.truncated());
+    let status = book.to_status(20);
+    assert_eq!(
+        (
+            status.open,
+            status.truncated,
+            status.open_display.as_deref()
+        ),
+        (4, true, Some("4+"))
+    );
+}
+
+/// Issue 18, finding 9: 811 distinct open alerts over a cap of 100 count 811, flagged.
+#[test]
+fn open_stays_exact_past_the_cap_and_later_events_for_dropped_incidents_count() {
+    let mut book = IncidentBook::new(100);
+    for i in 0..811 {
+        book.apply(&trigger(&format!("alert-{i}"), i, "x"), &format!("d{i}"));
+    }
+    assert_eq!(book.len(), 100);
+    assert_eq!(book.open_count(), 811);
+    assert_eq!(book.to_status(20).open_display.as_deref(), Some("811+"));
+    // A recovery of a dropped incident resolves it (and is news); a repeated trigger
+    // of one is not a new incident.
+    assert_eq!(
+        book.apply(&recovery("alert-0", 2000), "r0"),
+        Transition::Resolved
+    );
+    assert_eq!(book.open_count(), 810);
+    assert_eq!(
+        book.apply(&trigger("alert-1", 2001, "again"), "t1"),
+        Transition::Updated
+    );
+    assert_eq!(book.open_count(), 810, "re-tracked, counted once");
+    // Resolving everything clears the flag: the lists show every open incident again.
+    for i in 0..811 {
+        book.apply(&recovery(&format!("alert-{i}"), 3000 + i), &format!("r{i}"));
+    }
+    assert_eq!(book.open_count(), 0);
+    assert!(!book.truncated());
+    assert_eq!(book.to_status(20).open_display.as_deref(), Some("0"));
+}
+
+#[test]
+fn a_larger_cap_tracks_more_and_a_smaller_one_keeps_counting() {
+    let mut book = IncidentBook::new(500);
+    for i in 0..300 {
+        book.apply(&trigger(&format!("a{i}"), i, "x"), "d");
+    }
+    assert_eq!(
+        (book.len(), book.open_count(), book.truncated()),
+        (300, 300, false)
+    );
+    book.set_capacity(50);
+    assert_eq!(
+        (book.len(), book.open_count(), book.truncated()),
+        (50, 300, true)
+    );
+    assert_eq!(IncidentBook::new(5000).capacity(), MAX_CAPACITY);
+}
+
+#[test]
+fn untracked_incidents_round_trip_and_merge_re_tracks_them() {
+    let mut a = IncidentBook::new(2);
+    for i in 0..4 {
+        a.apply(&trigger(&format!("a{i}"), i, "x"), "d");
+    }
+    let (digests, overflow) = a.untracked();
+    let digests: Vec<u64> = digests.collect();
+    assert_eq!((digests.len(), overflow), (2, false));
+    let mut restored = IncidentBook::new(2);
+    restored.merge(&a.to_status(20));
+    restored.restore_untracked(digests, overflow);
+    assert_eq!(restored.to_status(20), a.to_status(20));
+    assert_eq!(restored.untracked_open(), 2);
+    // Another replica still lists a0: merging its view counts a0 once, as tracked.
+    let mut other = IncidentBook::new(10);
+    other.apply(&trigger("a0", 0, "x"), "d");
+    let mut merged = a.clone();
+    merged.set_capacity(10);
+    merged.merge(&other.to_status(20));
+    assert_eq!(
+        (merged.open_count(), merged.untracked_open()),
+        (4, 1),
+        "a0 tracked again, a1 still only counted"
+    );
 }
 
 #[test]
