@@ -4,7 +4,8 @@
 //!
 //! When the repository carries the rendered install manifest (`manifests/install.yaml`), the
 //! controller and the receivers run as their ServiceAccounts with exactly the RBAC that
-//! manifest grants; otherwise with the admin token. Every wait is a bounded poll; a timeout
+//! manifest grants, with tokens from the TokenRequest API (`kubectl create token`) — on the
+//! emulator and on a real cluster alike; otherwise with the admin credentials. Every wait is a bounded poll; a timeout
 //! prints the processes' logs (`HOOKWARDEN_E2E_DUMP=1` prints them on success too).
 
 use std::path::{Path, PathBuf};
@@ -173,8 +174,10 @@ fn rbac_yaml(rbac: &install_rbac::InstallRbac) -> String {
         .join("---\n")
 }
 
-/// Who the components run as: on the emulator, their ServiceAccounts with exactly the RBAC
-/// of `manifests/install.yaml`; on a real cluster, the current kubeconfig's credentials.
+/// Who the components run as: their ServiceAccounts with exactly the RBAC of
+/// `manifests/install.yaml`, authenticated by tokens from the TokenRequest API (`kubectl
+/// create token`), on the emulator and on a real cluster alike; the admin credentials when
+/// the repository carries no rendered manifest.
 struct Identities {
     namespace: String,
     controller_kubeconfig: PathBuf,
@@ -183,42 +186,54 @@ struct Identities {
     receiver_caller: String,
 }
 
-/// Applies the CRD and hookwarden's namespace (with the chart's RBAC on the emulator) and
-/// writes one kubeconfig per component.
+/// The admin kubeconfig with its user's credentials replaced by `token`.
+fn kubeconfig_with_token(admin: &str, token: &str) -> String {
+    let mut config: serde_yaml::Value = serde_yaml::from_str(admin).expect("kubeconfig YAML");
+    if let Some(users) = config
+        .get_mut("users")
+        .and_then(serde_yaml::Value::as_sequence_mut)
+    {
+        for user in users {
+            let mut creds = serde_yaml::Mapping::new();
+            creds.insert("token".into(), token.into());
+            user["user"] = serde_yaml::Value::Mapping(creds);
+        }
+    }
+    serde_yaml::to_string(&config).expect("kubeconfig YAML")
+}
+
+/// Applies the CRD and hookwarden's namespace with the chart's RBAC and writes one
+/// kubeconfig per component.
 async fn install(cluster: &Cluster) -> Identities {
     cluster.apply("crd.yaml", CRD).await;
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/install.yaml");
-    let rbac = cluster.emu.as_ref().and(install_rbac(&manifest));
-    let (namespace, controller, receiver) = match (&cluster.emu, rbac) {
-        (Some(emu), Some(rbac)) => {
+    let admin = std::fs::read_to_string(cluster.path("admin.kubeconfig")).expect("kubeconfig");
+    let (namespace, controller, receiver) = match install_rbac(&manifest) {
+        Some(rbac) => {
             cluster.apply("rbac.yaml", &rbac_yaml(&rbac)).await;
             let ns = rbac.namespace;
-            (
-                ns.clone(),
-                (
-                    emu.kubeconfig_for_service_account(&ns, &rbac.controller_sa),
-                    format!("system:serviceaccount:{ns}:{}", rbac.controller_sa),
-                ),
-                (
-                    emu.kubeconfig_for_service_account(&ns, &rbac.receiver_sa),
-                    format!("system:serviceaccount:{ns}:{}", rbac.receiver_sa),
-                ),
-            )
+            let mut identities = Vec::new();
+            for sa in [&rbac.controller_sa, &rbac.receiver_sa] {
+                let token = cluster
+                    .kubectl_ok(&["create", "token", sa, "-n", &ns, "--duration=2h"])
+                    .await;
+                identities.push((
+                    kubeconfig_with_token(&admin, token.trim()),
+                    format!("system:serviceaccount:{ns}:{sa}"),
+                ));
+            }
+            let receiver = identities.pop().expect("receiver identity");
+            let controller = identities.pop().expect("controller identity");
+            (ns, controller, receiver)
         }
-        (emu, _) => {
+        None => {
             cluster
                 .apply(
                     "ns.yaml",
                     "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: hookwarden\n",
                 )
                 .await;
-            let kubeconfig = match emu {
-                Some(emu) => emu.kubeconfig(),
-                None => {
-                    std::fs::read_to_string(cluster.path("admin.kubeconfig")).expect("kubeconfig")
-                }
-            };
-            let admin = (kubeconfig, "kubernetes-admin".to_string());
+            let admin = (admin, "kubernetes-admin".to_string());
             ("hookwarden".to_string(), admin.clone(), admin)
         }
     };
@@ -402,7 +417,8 @@ async fn controller_serves_an_integration_from_apply_to_delete() {
 
 /// The same scenario against a real cluster: `KUBECONFIG=… cargo test --test it real_cluster -- --ignored`.
 /// It installs the CRD, uses the `hookwarden` namespace and the `default` namespace's
-/// `datadog-prod` integration, and runs the controller locally with your credentials.
+/// `datadog-prod` integration, and runs the controller locally as the chart's controller
+/// ServiceAccount.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a real cluster: set KUBECONFIG and pass --ignored"]
 async fn real_cluster_controller_serves_an_integration_from_apply_to_delete() {
@@ -860,8 +876,9 @@ async fn deliveries_from_send_test_to_kubectl_through_controller_and_two_receive
 /// The delivery scenario against a real cluster:
 /// `KUBECONFIG=… cargo test --test it real_cluster -- --ignored`. The controller and both
 /// receivers run on this machine with the kubeconfig's credentials (not in the cluster), so
-/// the test reaches the receivers on 127.0.0.1; it needs permission to create CRDs, Secrets
-/// and Leases, and hookwarden must not also be installed in the cluster (its in-cluster
+/// the test reaches the receivers on 127.0.0.1, as the chart's ServiceAccounts (tokens from
+/// TokenRequest); it needs cluster-admin to install the CRD and the RBAC, and hookwarden must
+/// not also be installed in the cluster (its in-cluster
 /// controller would hold the leader Lease). The API-pause and request-count checks exist only
 /// on the emulator and are skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
