@@ -97,8 +97,14 @@ impl Target {
         target
     }
 
+    /// `NS` in a URL's `namespaces/NS` segment is the run's namespace.
     fn path(&self, path: &str) -> String {
-        path.replace("NS", &self.ns)
+        path.replace("namespaces/NS", &format!("namespaces/{}", self.ns))
+    }
+
+    /// `"NS"` as a JSON string in a body is the run's namespace.
+    fn body(&self, body: &str) -> String {
+        body.replace("\"NS\"", &format!("\"{}\"", self.ns))
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
@@ -122,7 +128,7 @@ impl Target {
             .uri(self.path(path))
             .header("content-type", content_type)
             .header("accept", "application/json")
-            .body(body.map(|b| self.path(&b).into_bytes()).unwrap_or_default().into())
+            .body(body.map(|b| self.body(&b).into_bytes()).unwrap_or_default().into())
             .expect("request");
         let resp = tokio::time::timeout(Duration::from_secs(20), self.client.send(req))
             .await
@@ -232,7 +238,34 @@ fn status(a: &Answer) -> Value {
     if let Some(c) = b.pointer("/code") {
         out["bodyCode"] = c.clone();
     }
+    sort_causes(&mut out);
     out
+}
+
+/// kube-apiserver reports schema errors in map order (it varies between requests): the
+/// causes are compared sorted, and a message that lists exactly those causes
+/// (`Kind "name" is invalid: [a, b]`) is rewritten with them in the same order.
+fn sort_causes(out: &mut Value) {
+    let Some(causes) = out.pointer("/details/causes").and_then(Value::as_array).cloned() else {
+        return;
+    };
+    if causes.len() < 2 {
+        return;
+    }
+    let rendered = |cs: &[Value]| {
+        cs.iter()
+            .map(|c| format!("{}: {}", c["field"].as_str().unwrap_or_default(), c["message"].as_str().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut sorted = causes.clone();
+    sorted.sort_by_key(|c| (c["field"].to_string(), c["message"].to_string()));
+    if let Some(message) = out["message"].as_str()
+        && let Some(prefix) = message.strip_suffix(&format!("[{}]", rendered(&causes)))
+    {
+        out["message"] = json!(format!("{prefix}[{}]", rendered(&sorted)));
+    }
+    out["details"]["causes"] = json!(sorted);
 }
 
 /// An object reduced to its kind and the named fields (JSON pointers); `<present>` stands
@@ -507,6 +540,9 @@ async fn pagination(t: &Target, seen: &mut Seen) {
         .await;
     }
     let page = |a: &Answer| {
+        if a.code != 200 {
+            return status(a);
+        }
         json!({
             "code": a.code,
             "names": a.body["items"].as_array().map(|i| i.iter().map(|o| o["metadata"]["name"].clone()).filter(|n| n.as_str().is_some_and(|n| n.starts_with("p-"))).collect::<Vec<_>>()),

@@ -232,7 +232,7 @@ async fn kubectl_shows_schema_and_cel_rejections_like_the_api_server() {
         let generic = kubectl.file("generic.yaml", &format!("{head}  provider: generic\n"));
         let out = kubectl.run(&["apply", "-f", &generic]).await;
         assert!(!out.ok);
-        assert!(out.stderr.contains("The WebhookIntegration \"bad\" is invalid: spec.signature: Invalid value: \"object\": spec.signature must be set when provider is generic, and only then"), "{}", out.stderr);
+        assert!(out.stderr.contains("The WebhookIntegration \"bad\" is invalid: spec.signature: Invalid value: spec.signature must be set when provider is generic, and only then"), "{}", out.stderr);
 
         let cidr = kubectl.file("cidr.yaml", &format!("{head}  provider: github\n  allowedSourceRanges: [10.0.0.0/8, not-a-cidr]\n"));
         let out = kubectl.run(&["apply", "-f", &cidr]).await;

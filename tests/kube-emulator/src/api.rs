@@ -113,7 +113,12 @@ impl ApiError {
             "status": "Failure", "message": self.message, "reason": self.reason, "code": self.code,
         });
         if let Some(d) = &self.details {
-            s["details"] = d.clone();
+            let mut d = d.clone();
+            // Go's `omitempty`: an empty group (the core group) or name is left out.
+            if let Some(m) = d.as_object_mut() {
+                m.retain(|k, v| !(matches!(k.as_str(), "group" | "name") && v == ""));
+            }
+            s["details"] = d;
         }
         if self.reason.is_empty()
             && let Some(m) = s.as_object_mut()
@@ -706,11 +711,19 @@ fn discovery_group(registry: &Registry, group: &str, versions: &[String]) -> Val
                 .in_group_version(group, v)
                 .into_iter()
                 .map(|rt| {
-                    let kind = json!({"group": rt.group, "version": rt.version, "kind": rt.kind});
+                    // Measured on v1.36: the core group's responseKind has an empty version, and
+                    // CRDs list their verbs in the apiextensions handler's order.
+                    let version = if rt.group.is_empty() { "" } else { rt.version.as_str() };
+                    let kind = json!({"group": rt.group, "version": version, "kind": rt.kind});
+                    let verbs = if rt.crd_name.is_some() {
+                        json!(["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"])
+                    } else {
+                        json!(rt.verbs())
+                    };
                     let mut r = json!({
                         "resource": rt.plural, "responseKind": kind,
                         "scope": if rt.namespaced { "Namespaced" } else { "Cluster" },
-                        "singularResource": rt.singular, "verbs": rt.verbs(),
+                        "singularResource": rt.singular, "verbs": verbs,
                     });
                     if !rt.short_names.is_empty() {
                         r["shortNames"] = json!(rt.short_names);
@@ -1203,10 +1216,38 @@ fn admit_custom(
     }
     *obj = schema::apply_defaults(schema, obj);
     let mut errors = schema::validate(schema, obj);
-    if errors.is_empty()
-        && let Some(compiled) = &rt.cel
-    {
-        errors = schema::validate_cel(compiled, obj, old, &rt.api_version(), &rt.group, &rt.kind);
+    errors.extend(metadata_errors(obj));
+    // `apiextensions-apiserver/pkg/registry/customresource/strategy.go`: CEL rules run unless a
+    // "blocking" schema error (`hasBlockingErr`) makes them unsafe to evaluate, which is
+    // then said instead.
+    let has_rules = schema.to_string().contains("x-kubernetes-validations");
+    if has_rules && let Some(compiled) = &rt.cel {
+        let blocking = errors.iter().any(|e| {
+            matches!(
+                e.reason,
+                "FieldValueNotSupported"
+                    | "FieldValueRequired"
+                    | "FieldValueTooLong"
+                    | "FieldValueTooMany"
+                    | "FieldValueTypeInvalid"
+            )
+        });
+        if blocking {
+            errors.push(schema::FieldError {
+                field: "<nil>".into(),
+                reason: "FieldValueInvalid",
+                detail: "Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation".into(),
+            });
+        } else {
+            errors.extend(schema::validate_cel(
+                compiled,
+                obj,
+                old,
+                &rt.api_version(),
+                &rt.group,
+                &rt.kind,
+            ));
+        }
     }
     if !errors.is_empty() {
         return Err(ApiError::invalid(rt, &name, &errors));
@@ -1362,12 +1403,78 @@ fn event_errors(rt: &ResourceType, obj: &Value) -> Vec<schema::FieldError> {
     errs
 }
 
+/// Label keys and values (`apimachinery/pkg/apis/meta/v1/validation/validation.go`
+/// `ValidateLabels`: keys are qualified names, values `IsValidLabelValue`).
+fn metadata_errors(obj: &Value) -> Vec<schema::FieldError> {
+    const VALUE_FMT: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')";
+    let mut errs = Vec::new();
+    for (k, v) in obj
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        for msg in qualified_name_errors(k) {
+            errs.push(schema::FieldError::invalid("metadata.labels", &json!(k), msg));
+        }
+        let v = v.as_str().unwrap_or_default();
+        let ok = v.is_empty()
+            || (v.len() <= 63
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                && v.as_bytes()[0].is_ascii_alphanumeric()
+                && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric());
+        if v.len() > 63 {
+            errs.push(schema::FieldError::invalid(
+                "metadata.labels",
+                &json!(v),
+                "must be no more than 63 characters",
+            ));
+        }
+        if !ok {
+            errs.push(schema::FieldError::invalid("metadata.labels", &json!(v), VALUE_FMT));
+        }
+    }
+    errs
+}
+
 /// Built-in validation the real server does that clients notice.
 fn admit_builtin(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
+    if rt.crd_name.is_none() {
+        let errors = metadata_errors(obj);
+        if !errors.is_empty() {
+            return Err(ApiError::invalid(rt, obj_name(obj), &errors));
+        }
+    }
+    // `pkg/apis/coordination/validation/validation.go` `ValidateLeaseSpec`.
+    if rt.kind == "Lease" && rt.group == "coordination.k8s.io" {
+        let mut errors = Vec::new();
+        for (field, minimum, what) in [
+            ("leaseDurationSeconds", 1, "must be greater than 0"),
+            ("leaseTransitions", 0, "must be greater than or equal to 0"),
+        ] {
+            if let Some(n) = obj["spec"][field].as_i64()
+                && n < minimum
+            {
+                errors.push(schema::FieldError::invalid(
+                    &format!("spec.{field}"),
+                    &json!(n),
+                    what,
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::invalid(rt, obj_name(obj), &errors));
+        }
+    }
     if rt.kind == "Event" {
         let errors = event_errors(rt, obj);
         if !errors.is_empty() {
-            return Err(ApiError::invalid(rt, obj_name(obj), &errors));
+            // Both Event APIs validate the internal (core) type, and name it so.
+            let core = ResourceType {
+                group: String::new(),
+                ..rt.clone()
+            };
+            return Err(ApiError::invalid(&core, obj_name(obj), &errors));
         }
     }
     if rt.kind == "Secret" {
@@ -2030,9 +2137,18 @@ fn patch_request(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> 
                     reason: "FieldValueRequired",
                     detail: "Required value: is required for apply patch".into(),
                 }];
-                let mut e = ApiError::invalid(rt, "", &errors);
-                e.message = "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into();
-                return Err(e);
+                let causes: Vec<Value> = errors
+                    .iter()
+                    .map(|e| json!({"reason": e.reason, "message": e.detail, "field": e.field}))
+                    .collect();
+                // `apimachinery/pkg/apis/meta/v1/validation` `ValidatePatchOptions`, named as
+                // the PatchOptions kind (no object name).
+                return Err(ApiError::new(
+                    422,
+                    "Invalid",
+                    "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+                )
+                .details(json!({"group": "meta.k8s.io", "kind": "PatchOptions", "causes": causes})));
             };
             let force = ctx.q("force") == Some("true");
             let scope = if rp.sub.as_deref() == Some("status") {
@@ -2044,6 +2160,14 @@ fn patch_request(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> 
             };
             if !patch_body.is_object() {
                 return Err(ApiError::bad_request("apply patch must be an object"));
+            }
+            // `handlers/patch.go` (applyPatcher): the applied object must name its type.
+            let applied_version = patch_body["apiVersion"].as_str().unwrap_or_default();
+            if applied_version.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "invalid object type: /, Kind={}",
+                    patch_body["kind"].as_str().unwrap_or_default()
+                )));
             }
             if let Some(existing) = &existing
                 && let Some(rv) = patch_body
@@ -2065,7 +2189,7 @@ fn patch_request(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> 
                 scope,
                 &rt.api_version(),
             )
-            .map_err(|conflicts| apply_conflict(rt, &name, &conflicts))?;
+            .map_err(|conflicts| apply_conflict(&conflicts))?;
             match stored {
                 Some(old) => update_object(&mut state, rp, ctx, &old, merged, true, false),
                 None => {
@@ -2103,32 +2227,35 @@ fn patch_request(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> 
     }
 }
 
-fn apply_conflict(rt: &ResourceType, name: &str, conflicts: &[patch::Conflict]) -> ApiError {
-    // Same grouping and wording as structured-merge-diff's `Conflicts.Error()`.
-    let api_version = rt.api_version();
+/// `apiserver/pkg/endpoints/handlers/fieldmanager` → structured-merge-diff `Conflicts.Error()`
+/// and `internal/conflict.go` `NewConflictError`: a manager that applied is named alone, one
+/// that updated with ` using <apiVersion>`; the Status carries only the causes.
+fn apply_conflict(conflicts: &[patch::Conflict]) -> ApiError {
+    let who = |c: &patch::Conflict| {
+        if c.operation == "Apply" {
+            format!("\"{}\"", c.manager)
+        } else {
+            format!("\"{}\" using {}", c.manager, c.api_version)
+        }
+    };
     let message = if conflicts.len() == 1 {
         format!(
-            "Apply failed with 1 conflict: conflict with \"{}\" using {api_version}: {}",
-            conflicts[0].manager, conflicts[0].field
+            "Apply failed with 1 conflict: conflict with {}: {}",
+            who(&conflicts[0]),
+            conflicts[0].field
         )
     } else {
-        let mut by_manager: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        let mut by_manager: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
         for c in conflicts {
-            by_manager
-                .entry(c.manager.as_str())
-                .or_default()
-                .push(c.field.as_str());
+            by_manager.entry(who(c)).or_default().push(c.field.as_str());
         }
         let parts: Vec<String> = by_manager
             .iter()
             .map(|(m, fields)| {
                 if fields.len() == 1 {
-                    format!("conflicts with \"{m}\" using {api_version}: {}", fields[0])
+                    format!("conflicts with {m}: {}", fields[0])
                 } else {
-                    format!(
-                        "conflicts with \"{m}\" using {api_version}:\n- {}",
-                        fields.join("\n- ")
-                    )
+                    format!("conflicts with {m}:\n- {}", fields.join("\n- "))
                 }
             })
             .collect();
@@ -2140,10 +2267,9 @@ fn apply_conflict(rt: &ResourceType, name: &str, conflicts: &[patch::Conflict]) 
     };
     let causes: Vec<Value> = conflicts
         .iter()
-        .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\" using {api_version}", c.manager), "field": c.field}))
+        .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {}", who(c)), "field": c.field}))
         .collect();
-    ApiError::new(409, "Conflict", message)
-        .details(json!({"name": name, "group": rt.group, "kind": rt.plural, "causes": causes}))
+    ApiError::new(409, "Conflict", message).details(json!({"causes": causes}))
 }
 
 /// Answers a (Self)SubjectAccessReview with the same RBAC evaluation requests get.
@@ -2242,10 +2368,14 @@ fn deleted_answer(rt: &ResourceType, obj: Value) -> Value {
     if returns_deleted_object(rt) {
         return present(rt, obj);
     }
-    json!({
+    let mut status = json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-        "details": {"name": obj_name(&obj), "group": rt.group, "kind": rt.plural, "uid": obj["metadata"]["uid"]},
-    })
+        "details": {"name": obj_name(&obj), "kind": rt.plural, "uid": obj["metadata"]["uid"]},
+    });
+    if !rt.group.is_empty() {
+        status["details"]["group"] = json!(rt.group);
+    }
+    status
 }
 
 /// The parts of DeleteOptions the emulator honours.
@@ -2300,7 +2430,7 @@ pub const ORPHAN: &str = "orphan";
 /// `generic/registry/store.go` `Delete` and `handlers/delete.go` answer: 200 with a `Status`
 /// or the object when it is gone; 200 with the object when finalizers keep it (202 only when
 /// `orphanDependents: false` was asked); a second DELETE of an object already being deleted
-/// changes nothing and answers like a completed one (`pendingGraceful` → `finalizeDelete`).
+/// changes nothing and answers 200 with the object.
 pub fn delete_object(
     state: &mut State,
     rt: &ResourceType,
@@ -2342,7 +2472,8 @@ pub fn delete_object(
         return Err(precondition(format!("the ResourceVersion in the precondition ({want}) does not match the ResourceVersion in record ({rv}). The object might have been modified")));
     }
     if obj.pointer("/metadata/deletionTimestamp").is_some() {
-        return Ok((200, deleted_answer(rt, obj)));
+        // Measured on kube-apiserver v1.36: the object, as it stands, with 200.
+        return Ok((200, present(rt, obj)));
     }
     let mut finalizers: Vec<Value> = obj
         .pointer("/metadata/finalizers")

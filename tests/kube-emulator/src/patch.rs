@@ -34,6 +34,9 @@ impl Scope {
 pub struct Conflict {
     pub manager: String,
     pub field: String,
+    /// The conflicting entry's operation (`Apply` or `Update`) and apiVersion.
+    pub operation: String,
+    pub api_version: String,
 }
 
 /// JSON merge patch (RFC 7386).
@@ -539,6 +542,8 @@ pub fn apply(
                 conflicts.push(Conflict {
                     manager: e.manager.clone(),
                     field: display_path(p),
+                    operation: e.operation.clone(),
+                    api_version: e.api_version.clone(),
                 });
             }
         }
@@ -695,7 +700,9 @@ mod tests {
             err,
             vec![Conflict {
                 manager: "alice".into(),
-                field: ".data.a".into()
+                field: ".data.a".into(),
+                operation: "Apply".into(),
+                api_version: "v1".into(),
             }]
         );
         let forced = apply(Some(&obj), &b, "bob", true, None, MAIN, "v1").expect("forced");

@@ -231,11 +231,13 @@ fn validate_node(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fie
             || (t == "number" && have == "integer")
             || int_or_string && (have == "integer" || have == "string");
         if !ok {
-            errors.push(FieldError::invalid(
+            let mut e = FieldError::invalid(
                 path,
                 &Value::String(have.to_string()),
                 format!("{path} in body must be of type {t}: \"{have}\""),
-            ));
+            );
+            e.reason = "FieldValueTypeInvalid";
+            errors.push(e);
             return;
         }
     }
@@ -482,10 +484,13 @@ pub fn validate_cel(
                         | kube_cel::ErrorKind::InvalidResult => e.message.clone(),
                         _ => format!("rule {:?} could not be evaluated: {}", e.rule, e.message),
                     };
+                    // kube-apiserver v1.36 no longer shows the value's type here (measured:
+                    // `spec: Invalid value: <message>`).
+                    let _ = shown;
                     FieldError {
                         field,
                         reason: "FieldValueInvalid",
-                        detail: format!("Invalid value: {}: {message}", display_value(&shown)),
+                        detail: format!("Invalid value: {message}"),
                     }
                 })
                 .collect()
