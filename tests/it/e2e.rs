@@ -1624,3 +1624,113 @@ async fn forward_scenario(cluster: Cluster) {
         .expect("fwd-forward");
     assert_ne!(forward_secret["data"]["partner"], tickets_key);
 }
+
+// ---------------------------------------------------------------------------------------
+// The CRD through kubectl: CEL rules, printer columns, server-side apply conflicts.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_meets_the_crd_rules_columns_and_apply_conflicts() {
+    tokio::time::timeout(TEST_LIMIT, crd_through_kubectl(Cluster::emulated().await))
+        .await
+        .expect("test finished in time");
+}
+
+/// The same through a real API server: its CEL messages, its Table and its apply conflicts
+/// are what the emulator copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real cluster: set KUBECONFIG and pass --ignored"]
+async fn real_cluster_kubectl_meets_the_crd_rules_columns_and_apply_conflicts() {
+    let _one_at_a_time = REAL_CLUSTER.lock().await;
+    tokio::time::timeout(TEST_LIMIT, crd_through_kubectl(Cluster::real().await))
+        .await
+        .expect("test finished in time");
+}
+
+/// `kubectl apply` of a manifest that must be refused: its stderr.
+async fn refused(cluster: &Cluster, name: &str, manifest: &str) -> String {
+    let path = cluster.path(name);
+    std::fs::write(&path, manifest).expect("manifest");
+    let (ok, _, stderr) = cluster
+        .kubectl(&["apply", "-f", &path.to_string_lossy()])
+        .await;
+    assert!(!ok, "{name} was accepted");
+    stderr
+}
+
+async fn crd_through_kubectl(cluster: Cluster) {
+    cluster.apply("crd.yaml", CRD).await;
+    let head = "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata:\n  name: kubectl-rules\n  namespace: default\nspec:\n";
+    let stderr = refused(&cluster, "generic.yaml", &format!("{head}  provider: generic\n")).await;
+    assert!(
+        stderr.contains("The WebhookIntegration \"kubectl-rules\" is invalid: spec.signature: Invalid value: spec.signature must be set when provider is generic, and only then"),
+        "{stderr}"
+    );
+    let stderr = refused(
+        &cluster,
+        "cidr.yaml",
+        &format!("{head}  provider: github\n  allowedSourceRanges: [10.0.0.0/8, not-a-cidr]\n"),
+    )
+    .await;
+    assert!(
+        stderr.contains("spec.allowedSourceRanges: Invalid value: every allowedSourceRanges entry must be a CIDR"),
+        "{stderr}"
+    );
+
+    // Printer columns, as kubectl's Table shows them.
+    let _ = cluster
+        .kubectl(&["delete", "whi", "kubectl-rules", "-n", "default", "--ignore-not-found"])
+        .await;
+    let path = cluster.path("ok.yaml");
+    std::fs::write(&path, format!("{head}  provider: datadog\n")).expect("manifest");
+    let path = path.to_string_lossy().into_owned();
+    cluster
+        .kubectl_ok(&["apply", "--server-side", "--field-manager=platform", "-f", &path])
+        .await;
+    let wide = cluster
+        .kubectl_ok(&["get", "whi", "kubectl-rules", "-n", "default", "-o", "wide"])
+        .await;
+    let header: Vec<&str> = wide.lines().next().unwrap_or_default().split("  ").map(str::trim).filter(|c| !c.is_empty()).collect();
+    assert_eq!(
+        header,
+        ["NAME", "PROVIDER", "READY", "OPEN", "LAST DELIVERY", "URL", "AGE"],
+        "{wide}"
+    );
+
+    // A second manager applying another provider conflicts, names the first, and wins only
+    // with --force-conflicts.
+    std::fs::write(&path, format!("{head}  provider: github\n")).expect("manifest");
+    let (ok, _, stderr) = cluster
+        .kubectl(&["apply", "--server-side", "--field-manager=team", "-f", &path])
+        .await;
+    assert!(!ok, "the conflicting apply was accepted");
+    assert!(
+        stderr.contains("Apply failed with 1 conflict: conflict with \"platform\": .spec.provider"),
+        "{stderr}"
+    );
+    cluster
+        .kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "--field-manager=team",
+            "--force-conflicts",
+            "-f",
+            &path,
+        ])
+        .await;
+    let provider = cluster
+        .kubectl_ok(&[
+            "get",
+            "whi",
+            "kubectl-rules",
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.spec.provider}",
+        ])
+        .await;
+    assert_eq!(provider, "github");
+    cluster
+        .kubectl_ok(&["delete", "whi", "kubectl-rules", "-n", "default", "--wait=false"])
+        .await;
+}

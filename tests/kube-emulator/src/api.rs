@@ -2228,15 +2228,20 @@ fn patch_request(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> 
 }
 
 /// `apiserver/pkg/endpoints/handlers/fieldmanager` → structured-merge-diff `Conflicts.Error()`
-/// and `internal/conflict.go` `NewConflictError`: a manager that applied is named alone, one
-/// that updated with ` using <apiVersion>`; the Status carries only the causes.
+/// and `internal/conflict.go` `NewConflictError`: a manager is named with its subresource,
+/// and one that updated (not applied) with ` using <apiVersion>`; the Status carries only the
+/// causes.
 fn apply_conflict(conflicts: &[patch::Conflict]) -> ApiError {
+    // `apimachinery/pkg/util/managedfields/internal/conflict.go` `printManager`.
     let who = |c: &patch::Conflict| {
-        if c.operation == "Apply" {
-            format!("\"{}\"", c.manager)
-        } else {
-            format!("\"{}\" using {}", c.manager, c.api_version)
+        let mut m = format!("\"{}\"", c.manager);
+        if let Some(sub) = c.subresource.as_deref().filter(|s| !s.is_empty()) {
+            m.push_str(&format!(" with subresource \"{sub}\""));
         }
+        if c.operation != "Apply" {
+            m.push_str(&format!(" using {}", c.api_version));
+        }
+        m
     };
     let message = if conflicts.len() == 1 {
         format!(

@@ -37,6 +37,7 @@ pub struct Conflict {
     /// The conflicting entry's operation (`Apply` or `Update`) and apiVersion.
     pub operation: String,
     pub api_version: String,
+    pub subresource: Option<String>,
 }
 
 /// JSON merge patch (RFC 7386).
@@ -544,6 +545,7 @@ pub fn apply(
                     field: display_path(p),
                     operation: e.operation.clone(),
                     api_version: e.api_version.clone(),
+                    subresource: e.subresource.clone(),
                 });
             }
         }
@@ -703,6 +705,7 @@ mod tests {
                 field: ".data.a".into(),
                 operation: "Apply".into(),
                 api_version: "v1".into(),
+                subresource: None,
             }]
         );
         let forced = apply(Some(&obj), &b, "bob", true, None, MAIN, "v1").expect("forced");
