@@ -19,7 +19,10 @@ use std::time::Duration;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
-const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/conformance.golden.json");
+const GOLDEN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/it/conformance.golden.json"
+);
 const GROUP: &str = "conformance.hookwarden.dev";
 const CRD_NAME: &str = "widgets.conformance.hookwarden.dev";
 const WIDGETS: &str = "/apis/conformance.hookwarden.dev/v1/namespaces/NS/widgets";
@@ -84,14 +87,21 @@ struct Answer {
 
 impl Target {
     async fn new(config: kube::Config) -> Target {
-        let suffix = format!("{:x}", jiff::Timestamp::now().as_nanosecond() as u64 & 0xffffff);
+        let suffix = format!(
+            "{:x}",
+            jiff::Timestamp::now().as_nanosecond() as u64 & 0xffffff
+        );
         let target = Target {
             client: kube::Client::try_from(config.clone()).expect("client"),
             config,
             ns: format!("conf-{suffix}"),
         };
         let a = target
-            .call("POST", "/api/v1/namespaces", Some(json!({"metadata": {"name": target.ns}})))
+            .call(
+                "POST",
+                "/api/v1/namespaces",
+                Some(json!({"metadata": {"name": target.ns}})),
+            )
             .await;
         assert_eq!(a.code, 201, "create namespace: {}", a.body);
         target
@@ -128,7 +138,11 @@ impl Target {
             .uri(self.path(path))
             .header("content-type", content_type)
             .header("accept", "application/json")
-            .body(body.map(|b| self.body(&b).into_bytes()).unwrap_or_default().into())
+            .body(
+                body.map(|b| self.body(&b).into_bytes())
+                    .unwrap_or_default()
+                    .into(),
+            )
             .expect("request");
         let resp = tokio::time::timeout(Duration::from_secs(20), self.client.send(req))
             .await
@@ -191,11 +205,18 @@ impl Target {
                 .await;
             let established = crd.body["status"]["conditions"]
                 .as_array()
-                .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Established" && c["status"] == "True"));
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Established" && c["status"] == "True")
+                });
             if a.code == 200 && established {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "CRD not served: {}", a.body);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "CRD not served: {}",
+                a.body
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -246,7 +267,11 @@ fn status(a: &Answer) -> Value {
 /// causes are compared sorted, and a message that lists exactly those causes
 /// (`Kind "name" is invalid: [a, b]`) is rewritten with them in the same order.
 fn sort_causes(out: &mut Value) {
-    let Some(causes) = out.pointer("/details/causes").and_then(Value::as_array).cloned() else {
+    let Some(causes) = out
+        .pointer("/details/causes")
+        .and_then(Value::as_array)
+        .cloned()
+    else {
         return;
     };
     if causes.len() < 2 {
@@ -254,7 +279,13 @@ fn sort_causes(out: &mut Value) {
     }
     let rendered = |cs: &[Value]| {
         cs.iter()
-            .map(|c| format!("{}: {}", c["field"].as_str().unwrap_or_default(), c["message"].as_str().unwrap_or_default()))
+            .map(|c| {
+                format!(
+                    "{}: {}",
+                    c["field"].as_str().unwrap_or_default(),
+                    c["message"].as_str().unwrap_or_default()
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -280,7 +311,11 @@ fn object(a: &Answer, fields: &[&str]) -> Value {
 }
 
 fn present(v: &Value) -> Value {
-    if v.is_null() { json!("<absent>") } else { json!("<present>") }
+    if v.is_null() {
+        json!("<absent>")
+    } else {
+        json!("<present>")
+    }
 }
 
 /// What one case saw, in order.
@@ -312,7 +347,15 @@ async fn delete_answers(t: &Target, seen: &mut Seen) {
     let a = t.call("DELETE", &format!("{WIDGETS}/plain"), None).await;
     seen.push(
         "custom resource without finalizers",
-        object(&a, &["/metadata/name", "/status", "/details/name", "/metadata/deletionTimestamp"]),
+        object(
+            &a,
+            &[
+                "/metadata/name",
+                "/status",
+                "/details/name",
+                "/metadata/deletionTimestamp",
+            ],
+        ),
     );
     let a = t.call("DELETE", &format!("{WIDGETS}/plain"), None).await;
     seen.push("again: gone", status(&a));
@@ -352,7 +395,8 @@ async fn delete_answers(t: &Target, seen: &mut Seen) {
     seen.push("foreground with a finalizer", o);
 
     let cm = json!({"metadata": {"name": "plain"}, "data": {"a": "1"}});
-    t.call("POST", "/api/v1/namespaces/NS/configmaps", Some(cm)).await;
+    t.call("POST", "/api/v1/namespaces/NS/configmaps", Some(cm))
+        .await;
     let a = t
         .call("DELETE", "/api/v1/namespaces/NS/configmaps/plain", None)
         .await;
@@ -377,7 +421,11 @@ async fn update_without_resource_version(t: &Target, seen: &mut Seen) {
     t.call("POST", WIDGETS, Some(widget("upd", json!({"size": 1}))))
         .await;
     let a = t
-        .call("PUT", &format!("{WIDGETS}/upd"), Some(widget("upd", json!({"size": 2}))))
+        .call(
+            "PUT",
+            &format!("{WIDGETS}/upd"),
+            Some(widget("upd", json!({"size": 2}))),
+        )
         .await;
     seen.push("custom resource", status(&a));
     let mut stale = widget("upd", json!({"size": 2}));
@@ -385,12 +433,17 @@ async fn update_without_resource_version(t: &Target, seen: &mut Seen) {
     let a = t.call("PUT", &format!("{WIDGETS}/upd"), Some(stale)).await;
     seen.push("custom resource, stale resourceVersion", status(&a));
     let a = t
-        .call("PUT", &format!("{WIDGETS}/missing"), Some(widget("missing", json!({"size": 2}))))
+        .call(
+            "PUT",
+            &format!("{WIDGETS}/missing"),
+            Some(widget("missing", json!({"size": 2}))),
+        )
         .await;
     seen.push("custom resource that does not exist", status(&a));
 
     let cm = json!({"metadata": {"name": "upd"}, "data": {"a": "1"}});
-    t.call("POST", "/api/v1/namespaces/NS/configmaps", Some(cm)).await;
+    t.call("POST", "/api/v1/namespaces/NS/configmaps", Some(cm))
+        .await;
     let a = t
         .call(
             "PUT",
@@ -446,7 +499,10 @@ async fn apply_errors(t: &Target, seen: &mut Seen) {
         .iter()
         .map(|m| json!({"manager": m["manager"], "operation": m["operation"], "fields": m["fieldsV1"]}))
         .collect();
-    seen.push("forced", json!({"code": a.code, "spec": a.body["spec"], "managedFields": managers}));
+    seen.push(
+        "forced",
+        json!({"code": a.code, "spec": a.body["spec"], "managedFields": managers}),
+    );
     let a = t
         .call(
             "PATCH",
@@ -476,7 +532,10 @@ async fn apply_errors(t: &Target, seen: &mut Seen) {
 async fn validation_messages(t: &Target, seen: &mut Seen) {
     let cases = [
         ("too large", json!({"size": 11})),
-        ("too small and a bad enum", json!({"size": 0, "mode": "medium"})),
+        (
+            "too small and a bad enum",
+            json!({"size": 0, "mode": "medium"}),
+        ),
         ("required field missing", json!({"mode": "fast"})),
         ("wrong type", json!({"size": "three"})),
         ("too long", json!({"size": 1, "label": "abcdefgh"})),
@@ -487,7 +546,11 @@ async fn validation_messages(t: &Target, seen: &mut Seen) {
         seen.push(label, status(&a));
     }
     let a = t
-        .call("POST", WIDGETS, Some(widget("Bad_Name", json!({"size": 1}))))
+        .call(
+            "POST",
+            WIDGETS,
+            Some(widget("Bad_Name", json!({"size": 1}))),
+        )
         .await;
     seen.push("invalid name", status(&a));
     let a = t
@@ -508,13 +571,34 @@ async fn validation_messages(t: &Target, seen: &mut Seen) {
 /// 400 `field label not supported`.
 async fn field_selectors(t: &Target, seen: &mut Seen) {
     for (label, path) in [
-        ("configmaps by name", "/api/v1/namespaces/NS/configmaps?fieldSelector=metadata.name%3Dnone"),
-        ("configmaps by data", "/api/v1/namespaces/NS/configmaps?fieldSelector=data.a%3D1"),
-        ("secrets by type", "/api/v1/namespaces/NS/secrets?fieldSelector=type%3DOpaque"),
-        ("secrets by data", "/api/v1/namespaces/NS/secrets?fieldSelector=data.a%3D1"),
-        ("widgets by name", "/apis/conformance.hookwarden.dev/v1/namespaces/NS/widgets?fieldSelector=metadata.name%3Dnone"),
-        ("widgets by spec", "/apis/conformance.hookwarden.dev/v1/namespaces/NS/widgets?fieldSelector=spec.size%3D1"),
-        ("bad syntax", "/api/v1/namespaces/NS/configmaps?fieldSelector=metadata.name"),
+        (
+            "configmaps by name",
+            "/api/v1/namespaces/NS/configmaps?fieldSelector=metadata.name%3Dnone",
+        ),
+        (
+            "configmaps by data",
+            "/api/v1/namespaces/NS/configmaps?fieldSelector=data.a%3D1",
+        ),
+        (
+            "secrets by type",
+            "/api/v1/namespaces/NS/secrets?fieldSelector=type%3DOpaque",
+        ),
+        (
+            "secrets by data",
+            "/api/v1/namespaces/NS/secrets?fieldSelector=data.a%3D1",
+        ),
+        (
+            "widgets by name",
+            "/apis/conformance.hookwarden.dev/v1/namespaces/NS/widgets?fieldSelector=metadata.name%3Dnone",
+        ),
+        (
+            "widgets by spec",
+            "/apis/conformance.hookwarden.dev/v1/namespaces/NS/widgets?fieldSelector=spec.size%3D1",
+        ),
+        (
+            "bad syntax",
+            "/api/v1/namespaces/NS/configmaps?fieldSelector=metadata.name",
+        ),
     ] {
         let a = t.call("GET", path, None).await;
         let v = if a.code == 200 {
@@ -531,7 +615,11 @@ async fn field_selectors(t: &Target, seen: &mut Seen) {
 /// selectors absent; a malformed token is 400 (`storage/continue.go`).
 async fn pagination(t: &Target, seen: &mut Seen) {
     for name in ["p-c", "p-a", "p-e", "p-b", "p-d"] {
-        let labels = if name == "p-c" || name == "p-e" { json!({"odd": "yes"}) } else { json!({}) };
+        let labels = if name == "p-c" || name == "p-e" {
+            json!({"odd": "yes"})
+        } else {
+            json!({})
+        };
         t.call(
             "POST",
             "/api/v1/namespaces/NS/configmaps",
@@ -553,7 +641,10 @@ async fn pagination(t: &Target, seen: &mut Seen) {
     let mut path = "/api/v1/namespaces/NS/configmaps?limit=2&labelSelector=!kube-root".to_string();
     // kube-root-ca.crt (published by the controller-manager) sorts first; the selector
     // keeps the pages the same whether or not a publisher runs.
-    path = path.replace("labelSelector=!kube-root", "fieldSelector=metadata.name!%3Dkube-root-ca.crt");
+    path = path.replace(
+        "labelSelector=!kube-root",
+        "fieldSelector=metadata.name!%3Dkube-root-ca.crt",
+    );
     let mut n = 0;
     loop {
         let a = t.call("GET", &path, None).await;
@@ -569,11 +660,19 @@ async fn pagination(t: &Target, seen: &mut Seen) {
         }
     }
     let a = t
-        .call("GET", "/api/v1/namespaces/NS/configmaps?limit=1&labelSelector=odd%3Dyes", None)
+        .call(
+            "GET",
+            "/api/v1/namespaces/NS/configmaps?limit=1&labelSelector=odd%3Dyes",
+            None,
+        )
         .await;
     seen.push("label selector, limit 1", page(&a));
     let a = t
-        .call("GET", "/api/v1/namespaces/NS/configmaps?limit=2&continue=!!!!", None)
+        .call(
+            "GET",
+            "/api/v1/namespaces/NS/configmaps?limit=2&continue=!!!!",
+            None,
+        )
         .await;
     seen.push("malformed continue", status(&a));
 }
@@ -585,15 +684,21 @@ async fn pagination(t: &Target, seen: &mut Seen) {
 async fn watch_selector_transitions(t: &Target, seen: &mut Seen) {
     let req = http::Request::builder()
         .method("GET")
-        .uri(t.path("/api/v1/namespaces/NS/configmaps?watch=true&labelSelector=app%3Dw&timeoutSeconds=20"))
+        .uri(t.path(
+            "/api/v1/namespaces/NS/configmaps?watch=true&labelSelector=app%3Dw&timeoutSeconds=20",
+        ))
         .header("accept", "application/json")
         .body(Vec::new().into())
         .expect("request");
     let resp = t.client.send(req).await.expect("watch");
     let mut body = resp.into_body();
     let cm = |labels: Value, v: &str| json!({"metadata": {"name": "w", "labels": labels}, "data": {"v": v}});
-    t.call("POST", "/api/v1/namespaces/NS/configmaps", Some(cm(json!({"app": "w"}), "1")))
-        .await;
+    t.call(
+        "POST",
+        "/api/v1/namespaces/NS/configmaps",
+        Some(cm(json!({"app": "w"}), "1")),
+    )
+    .await;
     let a = t
         .call(
             "PUT",
@@ -603,10 +708,15 @@ async fn watch_selector_transitions(t: &Target, seen: &mut Seen) {
         .await;
     let left_rv = a.body["metadata"]["resourceVersion"].clone();
     let a = t
-        .call("PUT", "/api/v1/namespaces/NS/configmaps/w", Some(cm(json!({"app": "w"}), "3")))
+        .call(
+            "PUT",
+            "/api/v1/namespaces/NS/configmaps/w",
+            Some(cm(json!({"app": "w"}), "3")),
+        )
         .await;
     let back_rv = a.body["metadata"]["resourceVersion"].clone();
-    t.call("DELETE", "/api/v1/namespaces/NS/configmaps/w", None).await;
+    t.call("DELETE", "/api/v1/namespaces/NS/configmaps/w", None)
+        .await;
 
     let mut buf = Vec::new();
     let mut events = Vec::new();
@@ -646,13 +756,19 @@ async fn watch_selector_transitions(t: &Target, seen: &mut Seen) {
 /// that does not exist is 404 from the same plugin.
 async fn namespace_termination(t: &Target, seen: &mut Seen) {
     let ns = format!("{}-t", t.ns);
-    t.call("POST", "/api/v1/namespaces", Some(json!({"metadata": {"name": ns}})))
-        .await;
+    t.call(
+        "POST",
+        "/api/v1/namespaces",
+        Some(json!({"metadata": {"name": ns}})),
+    )
+    .await;
     let path = format!("/apis/{GROUP}/v1/namespaces/{ns}/widgets");
     let mut held = widget("held", json!({"size": 1}));
     held["metadata"]["finalizers"] = json!([FINALIZER]);
     t.call("POST", &path, Some(held)).await;
-    let a = t.call("DELETE", &format!("/api/v1/namespaces/{ns}"), None).await;
+    let a = t
+        .call("DELETE", &format!("/api/v1/namespaces/{ns}"), None)
+        .await;
     let mut o = object(&a, &["/status/phase", "/spec/finalizers"]);
     o["deletionTimestamp"] = present(&a.body["metadata"]["deletionTimestamp"]);
     seen.push("delete namespace", o);
@@ -662,7 +778,11 @@ async fn namespace_termination(t: &Target, seen: &mut Seen) {
         .await;
     seen.push("create a configmap", status(&a));
     let a = t
-        .call("POST", &cms, Some(json!({"metadata": {"generateName": "late-"}})))
+        .call(
+            "POST",
+            &cms,
+            Some(json!({"metadata": {"generateName": "late-"}})),
+        )
         .await;
     seen.push("create with generateName", status(&a));
     let a = t
@@ -676,9 +796,16 @@ async fn namespace_termination(t: &Target, seen: &mut Seen) {
             Some(json!({"metadata": {"labels": {"still": "editable"}}})),
         )
         .await;
-    seen.push("update an existing object", object(&a, &["/metadata/labels"]));
+    seen.push(
+        "update an existing object",
+        object(&a, &["/metadata/labels"]),
+    );
     let a = t
-        .call("POST", "/api/v1/namespaces/conf-does-not-exist/configmaps", Some(json!({"metadata": {"name": "x"}})))
+        .call(
+            "POST",
+            "/api/v1/namespaces/conf-does-not-exist/configmaps",
+            Some(json!({"metadata": {"name": "x"}})),
+        )
         .await;
     seen.push("create in a missing namespace", status(&a));
     t.call(
@@ -689,14 +816,18 @@ async fn namespace_termination(t: &Target, seen: &mut Seen) {
     .await;
     let gone = async {
         loop {
-            let a = t.call("GET", &format!("/api/v1/namespaces/{ns}"), None).await;
+            let a = t
+                .call("GET", &format!("/api/v1/namespaces/{ns}"), None)
+                .await;
             if a.code == 404 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     };
-    let finished = tokio::time::timeout(Duration::from_secs(60), gone).await.is_ok();
+    let finished = tokio::time::timeout(Duration::from_secs(60), gone)
+        .await
+        .is_ok();
     seen.push("namespace gone after the finalizer", json!(finished));
 }
 
@@ -705,9 +836,14 @@ async fn namespace_termination(t: &Target, seen: &mut Seen) {
 /// reason and a known type are required for this API version.
 async fn events_v1(t: &Target, seen: &mut Seen) {
     let path = "/apis/events.k8s.io/v1/namespaces/NS/events";
-    let regarding = json!({"kind": "ConfigMap", "namespace": "NS", "name": "x", "apiVersion": "v1"});
+    let regarding =
+        json!({"kind": "ConfigMap", "namespace": "NS", "name": "x", "apiVersion": "v1"});
     let a = t
-        .call("POST", path, Some(json!({"metadata": {"name": "e1"}, "regarding": regarding, "note": "hi"})))
+        .call(
+            "POST",
+            path,
+            Some(json!({"metadata": {"name": "e1"}, "regarding": regarding, "note": "hi"})),
+        )
         .await;
     seen.push("only a note", status(&a));
     let full = json!({
@@ -716,19 +852,38 @@ async fn events_v1(t: &Target, seen: &mut Seen) {
         "reportingInstance": "controller-0", "action": "Reconcile", "reason": "Ready", "type": "Normal",
     });
     let a = t.call("POST", path, Some(full.clone())).await;
-    seen.push("complete", object(&a, &["/reason", "/type", "/reportingController", "/action", "/note"]));
+    seen.push(
+        "complete",
+        object(
+            &a,
+            &[
+                "/reason",
+                "/type",
+                "/reportingController",
+                "/action",
+                "/note",
+            ],
+        ),
+    );
     let mut bad = full.clone();
     bad["metadata"]["name"] = json!("e3");
     bad["type"] = json!("Urgent");
     bad["reportingController"] = json!("no-slash controller");
     let a = t.call("POST", path, Some(bad)).await;
     seen.push("bad type and controller", status(&a));
-    let a = t
-        .call("GET", "/api/v1/namespaces/NS/events/e2", None)
-        .await;
+    let a = t.call("GET", "/api/v1/namespaces/NS/events/e2", None).await;
     seen.push(
         "read through core/v1",
-        object(&a, &["/reason", "/type", "/message", "/reportingComponent", "/involvedObject/name"]),
+        object(
+            &a,
+            &[
+                "/reason",
+                "/type",
+                "/message",
+                "/reportingComponent",
+                "/involvedObject/name",
+            ],
+        ),
     );
 }
 
@@ -737,16 +892,34 @@ async fn events_v1(t: &Target, seen: &mut Seen) {
 async fn lease_create_on_update(t: &Target, seen: &mut Seen) {
     let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l1"}, "spec": {"holderIdentity": "a", "leaseDurationSeconds": 5}});
     let a = t
-        .call("PUT", "/apis/coordination.k8s.io/v1/namespaces/NS/leases/l1", Some(lease.clone()))
+        .call(
+            "PUT",
+            "/apis/coordination.k8s.io/v1/namespaces/NS/leases/l1",
+            Some(lease.clone()),
+        )
         .await;
-    seen.push("PUT a missing lease", object(&a, &["/metadata/name", "/spec/holderIdentity"]));
+    seen.push(
+        "PUT a missing lease",
+        object(&a, &["/metadata/name", "/spec/holderIdentity"]),
+    );
     let a = t
-        .call("PUT", "/apis/coordination.k8s.io/v1/namespaces/NS/leases/l1", Some(lease))
+        .call(
+            "PUT",
+            "/apis/coordination.k8s.io/v1/namespaces/NS/leases/l1",
+            Some(lease),
+        )
         .await;
-    seen.push("PUT it again without resourceVersion", object(&a, &["/spec/holderIdentity"]));
+    seen.push(
+        "PUT it again without resourceVersion",
+        object(&a, &["/spec/holderIdentity"]),
+    );
     let bad = json!({"metadata": {"name": "l2"}, "spec": {"leaseDurationSeconds": 0}});
     let a = t
-        .call("PUT", "/apis/coordination.k8s.io/v1/namespaces/NS/leases/l2", Some(bad))
+        .call(
+            "PUT",
+            "/apis/coordination.k8s.io/v1/namespaces/NS/leases/l2",
+            Some(bad),
+        )
         .await;
     seen.push("invalid duration", status(&a));
 }
@@ -789,11 +962,19 @@ async fn defaults_on_read(t: &Target, seen: &mut Seen) {
 /// with `status.token` and `status.expirationTimestamp`; 404 for a missing ServiceAccount)
 /// and `pkg/apis/authentication/validation` (`expirationSeconds` at least 600).
 async fn token_request(t: &Target, seen: &mut Seen) {
-    t.call("POST", "/api/v1/namespaces/NS/serviceaccounts", Some(json!({"metadata": {"name": "robot"}})))
-        .await;
+    t.call(
+        "POST",
+        "/api/v1/namespaces/NS/serviceaccounts",
+        Some(json!({"metadata": {"name": "robot"}})),
+    )
+    .await;
     let req = |secs: u64| json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": secs}});
     let a = t
-        .call("POST", "/api/v1/namespaces/NS/serviceaccounts/robot/token", Some(req(3600)))
+        .call(
+            "POST",
+            "/api/v1/namespaces/NS/serviceaccounts/robot/token",
+            Some(req(3600)),
+        )
         .await;
     seen.push(
         "token",
@@ -804,13 +985,24 @@ async fn token_request(t: &Target, seen: &mut Seen) {
             "expirationSeconds": a.body["spec"]["expirationSeconds"],
         }),
     );
-    let token = a.body["status"]["token"].as_str().unwrap_or_default().to_string();
+    let token = a.body["status"]["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let a = t
-        .call("POST", "/api/v1/namespaces/NS/serviceaccounts/robot/token", Some(req(60)))
+        .call(
+            "POST",
+            "/api/v1/namespaces/NS/serviceaccounts/robot/token",
+            Some(req(60)),
+        )
         .await;
     seen.push("too short", status(&a));
     let a = t
-        .call("POST", "/api/v1/namespaces/NS/serviceaccounts/nobody/token", Some(req(3600)))
+        .call(
+            "POST",
+            "/api/v1/namespaces/NS/serviceaccounts/nobody/token",
+            Some(req(3600)),
+        )
         .await;
     seen.push("missing service account", status(&a));
 
@@ -825,7 +1017,9 @@ async fn token_request(t: &Target, seen: &mut Seen) {
         config: t.config.clone(),
         ns: t.ns.clone(),
     };
-    let a = as_robot.call("GET", "/api/v1/namespaces/NS/secrets", None).await;
+    let a = as_robot
+        .call("GET", "/api/v1/namespaces/NS/secrets", None)
+        .await;
     seen.push("list secrets with it", status(&a));
 }
 
@@ -833,7 +1027,8 @@ async fn token_request(t: &Target, seen: &mut Seen) {
 /// (`apiserver/pkg/endpoints/discovery/aggregated/handler.go`, `apidiscovery.k8s.io/v2`),
 /// and `/openapi/v2` (`kube-openapi/pkg/handler/handler.go`).
 async fn discovery(t: &Target, seen: &mut Seen) {
-    let accept = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json";
+    let accept =
+        "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json";
     let a = t.get_accept("/apis", accept).await;
     let group = a.body["items"]
         .as_array()
@@ -924,7 +1119,9 @@ async fn observe(config: kube::Config) -> Observations {
     case!(discovery);
     case!(defaults_on_read);
     t.cleanup().await;
-    let text = serde_json::to_string(&all).expect("json").replace(&t.ns, "NS");
+    let text = serde_json::to_string(&all)
+        .expect("json")
+        .replace(&t.ns, "NS");
     serde_json::from_str(&text).expect("json")
 }
 
@@ -946,7 +1143,10 @@ fn differences(expected: &Observations, got: &Observations) -> Vec<String> {
             }
         }
         if theirs.len() > steps.len() {
-            out.push(format!("{case}: {} extra steps", theirs.len() - steps.len()));
+            out.push(format!(
+                "{case}: {} extra steps",
+                theirs.len() - steps.len()
+            ));
         }
     }
     out
@@ -964,9 +1164,16 @@ async fn conformance_emulator_agrees_with_the_recorded_real_server() {
         let emu = kube_emulator::Emulator::start().await.expect("emulator");
         let got = observe(emulator_config(&emu).await).await;
         let diffs = differences(&golden(), &got);
-        assert!(diffs.is_empty(), "{} differences:\n{}", diffs.len(), diffs.join("\n"));
+        assert!(
+            diffs.is_empty(),
+            "{} differences:\n{}",
+            diffs.len(),
+            diffs.join("\n")
+        );
     };
-    tokio::time::timeout(TEST_LIMIT, run).await.expect("in time");
+    tokio::time::timeout(TEST_LIMIT, run)
+        .await
+        .expect("in time");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1003,5 +1210,7 @@ async fn real_cluster_conformance_emulator_and_real_server_agree() {
             against_recording.join("\n")
         );
     };
-    tokio::time::timeout(TEST_LIMIT * 2, run).await.expect("in time");
+    tokio::time::timeout(TEST_LIMIT * 2, run)
+        .await
+        .expect("in time");
 }

@@ -1661,7 +1661,12 @@ async fn refused(cluster: &Cluster, name: &str, manifest: &str) -> String {
 async fn crd_through_kubectl(cluster: Cluster) {
     cluster.apply("crd.yaml", CRD).await;
     let head = "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata:\n  name: kubectl-rules\n  namespace: default\nspec:\n";
-    let stderr = refused(&cluster, "generic.yaml", &format!("{head}  provider: generic\n")).await;
+    let stderr = refused(
+        &cluster,
+        "generic.yaml",
+        &format!("{head}  provider: generic\n"),
+    )
+    .await;
     assert!(
         stderr.contains("The WebhookIntegration \"kubectl-rules\" is invalid: spec.signature: Invalid value: spec.signature must be set when provider is generic, and only then"),
         "{stderr}"
@@ -1679,21 +1684,49 @@ async fn crd_through_kubectl(cluster: Cluster) {
 
     // Printer columns, as kubectl's Table shows them.
     let _ = cluster
-        .kubectl(&["delete", "whi", "kubectl-rules", "-n", "default", "--ignore-not-found"])
+        .kubectl(&[
+            "delete",
+            "whi",
+            "kubectl-rules",
+            "-n",
+            "default",
+            "--ignore-not-found",
+        ])
         .await;
     let path = cluster.path("ok.yaml");
     std::fs::write(&path, format!("{head}  provider: datadog\n")).expect("manifest");
     let path = path.to_string_lossy().into_owned();
     cluster
-        .kubectl_ok(&["apply", "--server-side", "--field-manager=platform", "-f", &path])
+        .kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "--field-manager=platform",
+            "-f",
+            &path,
+        ])
         .await;
     let wide = cluster
         .kubectl_ok(&["get", "whi", "kubectl-rules", "-n", "default", "-o", "wide"])
         .await;
-    let header: Vec<&str> = wide.lines().next().unwrap_or_default().split("  ").map(str::trim).filter(|c| !c.is_empty()).collect();
+    let header: Vec<&str> = wide
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
     assert_eq!(
         header,
-        ["NAME", "PROVIDER", "READY", "OPEN", "LAST DELIVERY", "URL", "AGE"],
+        [
+            "NAME",
+            "PROVIDER",
+            "READY",
+            "OPEN",
+            "LAST DELIVERY",
+            "URL",
+            "AGE"
+        ],
         "{wide}"
     );
 
@@ -1701,7 +1734,13 @@ async fn crd_through_kubectl(cluster: Cluster) {
     // with --force-conflicts.
     std::fs::write(&path, format!("{head}  provider: github\n")).expect("manifest");
     let (ok, _, stderr) = cluster
-        .kubectl(&["apply", "--server-side", "--field-manager=team", "-f", &path])
+        .kubectl(&[
+            "apply",
+            "--server-side",
+            "--field-manager=team",
+            "-f",
+            &path,
+        ])
         .await;
     assert!(!ok, "the conflicting apply was accepted");
     assert!(
@@ -1731,6 +1770,13 @@ async fn crd_through_kubectl(cluster: Cluster) {
         .await;
     assert_eq!(provider, "github");
     cluster
-        .kubectl_ok(&["delete", "whi", "kubectl-rules", "-n", "default", "--wait=false"])
+        .kubectl_ok(&[
+            "delete",
+            "whi",
+            "kubectl-rules",
+            "-n",
+            "default",
+            "--wait=false",
+        ])
         .await;
 }

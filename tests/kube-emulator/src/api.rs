@@ -257,11 +257,16 @@ fn create_token(state: &State, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> Rep
         ApiError::new(
             422,
             "Invalid",
-            format!("TokenRequest.authentication.k8s.io \"\" is invalid: {}", e.rendered()),
+            format!(
+                "TokenRequest.authentication.k8s.io \"\" is invalid: {}",
+                e.rendered()
+            ),
         )
-        .details(json!({"group": "authentication.k8s.io", "kind": "TokenRequest", "causes": [
-            {"reason": e.reason, "message": e.detail, "field": e.field},
-        ]}))
+        .details(
+            json!({"group": "authentication.k8s.io", "kind": "TokenRequest", "causes": [
+                {"reason": e.reason, "message": e.detail, "field": e.field},
+            ]}),
+        )
     };
     let expiration = req
         .pointer("/spec/expirationSeconds")
@@ -330,7 +335,9 @@ fn token_subject(token: &str) -> Option<(String, String)> {
     if claims["exp"].as_i64()? <= jiff::Timestamp::now().as_second() {
         return None;
     }
-    let rest = claims["sub"].as_str()?.strip_prefix("system:serviceaccount:")?;
+    let rest = claims["sub"]
+        .as_str()?
+        .strip_prefix("system:serviceaccount:")?;
     let (ns, name) = rest.split_once(':')?;
     Some((ns.to_string(), name.to_string()))
 }
@@ -698,7 +705,8 @@ fn parse_body(ctx: &Ctx, body: &[u8]) -> Result<Value, ApiError> {
 type Reply = Result<(u16, Value, Vec<String>), ApiError>;
 
 /// The media type of aggregated discovery (`apidiscovery.k8s.io/v2`).
-const AGGREGATED_DISCOVERY: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+const AGGREGATED_DISCOVERY: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
 /// One group's entry of aggregated discovery, as
 /// `staging/src/k8s.io/apiserver/pkg/endpoints/discovery/aggregated/handler.go` serves it
@@ -1159,10 +1167,9 @@ fn decode_continue(token: &str) -> Result<(u64, usize), String> {
             "{INVALID}: incorrect encoded start resourceVersion (version meta.k8s.io/v1)"
         ));
     }
-    let rv = v["rv"]
-        .as_u64()
-        .filter(|rv| *rv > 0)
-        .ok_or_else(|| format!("{INVALID}: incorrect encoded start resourceVersion (version meta.k8s.io/v1)"))?;
+    let rv = v["rv"].as_u64().filter(|rv| *rv > 0).ok_or_else(|| {
+        format!("{INVALID}: incorrect encoded start resourceVersion (version meta.k8s.io/v1)")
+    })?;
     let offset = v["start"]
         .as_str()
         .and_then(|s| s.parse().ok())
@@ -1283,7 +1290,9 @@ fn qualified_name_errors(value: &str) -> Vec<String> {
         errs.push("name part must be no more than 63 bytes".to_string());
     }
     let ok = !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         && name.as_bytes()[0].is_ascii_alphanumeric()
         && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
     if !ok {
@@ -1315,7 +1324,11 @@ fn event_errors(rt: &ResourceType, obj: &Value) -> Vec<schema::FieldError> {
         )
     };
     let len_error = |field: &str, limit: usize| {
-        FieldError::invalid(field, &json!(""), format!("can have at most {limit} characters"))
+        FieldError::invalid(
+            field,
+            &json!(""),
+            format!("can have at most {limit} characters"),
+        )
     };
     if !has_event_time {
         if (involved_ns.is_empty() && !ns.is_empty() && ns != "default")
@@ -1337,7 +1350,11 @@ fn event_errors(rt: &ResourceType, obj: &Value) -> Vec<schema::FieldError> {
             errs.push(FieldError::required(controller_field));
         }
         for msg in qualified_name_errors(controller) {
-            errs.push(FieldError::invalid(controller_field, &json!(controller), msg));
+            errs.push(FieldError::invalid(
+                controller_field,
+                &json!(controller),
+                msg,
+            ));
         }
         if s("reportingInstance").is_empty() {
             errs.push(FieldError::required("reportingInstance"));
@@ -1366,9 +1383,16 @@ fn event_errors(rt: &ResourceType, obj: &Value) -> Vec<schema::FieldError> {
     }
     if let Some(series) = obj.get("series").filter(|v| v.is_object()) {
         if series["count"].as_i64().unwrap_or(0) < 2 {
-            errs.push(FieldError::invalid("series.count", &json!(""), "should be at least 2"));
+            errs.push(FieldError::invalid(
+                "series.count",
+                &json!(""),
+                "should be at least 2",
+            ));
         }
-        if series["lastObservedTime"].as_str().is_none_or(str::is_empty) {
+        if series["lastObservedTime"]
+            .as_str()
+            .is_none_or(str::is_empty)
+        {
             errs.push(FieldError::required("series.lastObservedTime"));
         }
     }
@@ -1392,13 +1416,21 @@ fn event_errors(rt: &ResourceType, obj: &Value) -> Vec<schema::FieldError> {
         }
     }
     if obj["count"].as_i64().is_some_and(|c| c != 0) {
-        errs.push(FieldError::invalid("count", &json!(""), "needs to be unset"));
+        errs.push(FieldError::invalid(
+            "count",
+            &json!(""),
+            "needs to be unset",
+        ));
     }
-    if obj["source"]
-        .as_object()
-        .is_some_and(|m| m.values().any(|v| v.as_str().is_some_and(|x| !x.is_empty())))
-    {
-        errs.push(FieldError::invalid("source", &json!(""), "needs to be unset"));
+    if obj["source"].as_object().is_some_and(|m| {
+        m.values()
+            .any(|v| v.as_str().is_some_and(|x| !x.is_empty()))
+    }) {
+        errs.push(FieldError::invalid(
+            "source",
+            &json!(""),
+            "needs to be unset",
+        ));
     }
     errs
 }
@@ -1415,12 +1447,17 @@ fn metadata_errors(obj: &Value) -> Vec<schema::FieldError> {
         .flatten()
     {
         for msg in qualified_name_errors(k) {
-            errs.push(schema::FieldError::invalid("metadata.labels", &json!(k), msg));
+            errs.push(schema::FieldError::invalid(
+                "metadata.labels",
+                &json!(k),
+                msg,
+            ));
         }
         let v = v.as_str().unwrap_or_default();
         let ok = v.is_empty()
             || (v.len() <= 63
-                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
                 && v.as_bytes()[0].is_ascii_alphanumeric()
                 && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric());
         if v.len() > 63 {
@@ -1431,7 +1468,11 @@ fn metadata_errors(obj: &Value) -> Vec<schema::FieldError> {
             ));
         }
         if !ok {
-            errs.push(schema::FieldError::invalid("metadata.labels", &json!(v), VALUE_FMT));
+            errs.push(schema::FieldError::invalid(
+                "metadata.labels",
+                &json!(v),
+                VALUE_FMT,
+            ));
         }
     }
     errs
@@ -1899,9 +1940,11 @@ fn update_object(
                         error.rendered()
                     ),
                 )
-                .details(json!({"name": name, "group": rt.group, "kind": rt.plural, "causes": [
-                    {"reason": error.reason, "message": error.detail, "field": error.field},
-                ]})));
+                .details(
+                    json!({"name": name, "group": rt.group, "kind": rt.plural, "causes": [
+                        {"reason": error.reason, "message": error.detail, "field": error.field},
+                    ]}),
+                ));
             }
             None => {}
         }
@@ -2450,7 +2493,10 @@ pub fn delete_object(
         .cloned()
         .ok_or_else(|| ApiError::not_found(rt, name))?;
     // `staging/src/k8s.io/apiserver/pkg/registry/rest/delete.go` `BeforeDelete`.
-    let uid = obj["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+    let uid = obj["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let rv = obj["metadata"]["resourceVersion"]
         .as_str()
         .unwrap_or_default()
@@ -2469,12 +2515,16 @@ pub fn delete_object(
     if let Some(want) = &opts.precondition_uid
         && *want != uid
     {
-        return Err(precondition(format!("the UID in the precondition ({want}) does not match the UID in record ({uid}). The object might have been deleted and then recreated")));
+        return Err(precondition(format!(
+            "the UID in the precondition ({want}) does not match the UID in record ({uid}). The object might have been deleted and then recreated"
+        )));
     }
     if let Some(want) = &opts.precondition_rv
         && *want != rv
     {
-        return Err(precondition(format!("the ResourceVersion in the precondition ({want}) does not match the ResourceVersion in record ({rv}). The object might have been modified")));
+        return Err(precondition(format!(
+            "the ResourceVersion in the precondition ({want}) does not match the ResourceVersion in record ({rv}). The object might have been modified"
+        )));
     }
     if obj.pointer("/metadata/deletionTimestamp").is_some() {
         // Measured on kube-apiserver v1.36: the object, as it stands, with 200.
@@ -2492,7 +2542,14 @@ pub fn delete_object(
     }
     let stays = !finalizers.is_empty() || rt.kind == "Namespace";
     if opts.dry_run {
-        return Ok((200, if stays { present(rt, obj) } else { deleted_answer(rt, obj) }));
+        return Ok((
+            200,
+            if stays {
+                present(rt, obj)
+            } else {
+                deleted_answer(rt, obj)
+            },
+        ));
     }
     if stays {
         let rv = state.store.next_rv();
@@ -2556,10 +2613,9 @@ fn delete_collection(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
         };
         // `Store.DeleteCollection` lists the objects it deleted, not their Statuses.
         let before = state.store.get(&rp.rt.storage_key(), &ns, &name).cloned();
-        if let (Ok((_, o)), Some(before)) = (
-            delete_object(&mut state, &rp.rt, &ns, &name, &opts),
-            before,
-        ) {
+        if let (Ok((_, o)), Some(before)) =
+            (delete_object(&mut state, &rp.rt, &ns, &name, &opts), before)
+        {
             items.push(if o["kind"] == "Status" {
                 present(&rp.rt, before)
             } else {
@@ -2847,7 +2903,9 @@ fn watch_response(
                         if let Some(t) = filter.event_for(c)
                             && name_ok(&c.object)
                         {
-                            initial.push(json!({"type": t, "object": present(&rt, event_object(c, t))}));
+                            initial.push(
+                                json!({"type": t, "object": present(&rt, event_object(c, t))}),
+                            );
                         }
                     }
                     (state.store.subscribe(), current.max(from))

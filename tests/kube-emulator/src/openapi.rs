@@ -225,7 +225,10 @@ fn v2_operation(op: &Value) -> Value {
             p
         })
         .collect();
-    if let Some(content) = op.pointer("/requestBody/content").and_then(Value::as_object) {
+    if let Some(content) = op
+        .pointer("/requestBody/content")
+        .and_then(Value::as_object)
+    {
         let schema = content
             .get("application/json")
             .map(|c| c["schema"].clone())
