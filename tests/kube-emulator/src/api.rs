@@ -717,7 +717,6 @@ fn discovery_group(registry: &Registry, group: &str, versions: &[String]) -> Val
         .map(|v| {
             let resources: Vec<Value> = registry
                 .in_group_version(group, v)
-                .into_iter()
                 .map(|rt| {
                     // Measured on v1.36: the core group's responseKind has an empty version, and
                     // CRDs list their verbs in the apiextensions handler's order.

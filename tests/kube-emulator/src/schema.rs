@@ -479,28 +479,6 @@ pub fn validate_cel(
     }
 }
 
-/// `spec.items[2].name` → `/spec/items/2/name`.
-pub fn field_to_pointer(field: &str) -> String {
-    if field.is_empty() {
-        return String::new();
-    }
-    let mut out = String::new();
-    for part in field.split('.') {
-        let mut rest = part;
-        let name_end = rest.find('[').unwrap_or(rest.len());
-        out.push('/');
-        out.push_str(&rest[..name_end].replace('~', "~0").replace('/', "~1"));
-        rest = &rest[name_end..];
-        while let Some(stripped) = rest.strip_prefix('[') {
-            let end = stripped.find(']').unwrap_or(stripped.len());
-            out.push('/');
-            out.push_str(&stripped[..end]);
-            rest = stripped.get(end + 1..).unwrap_or("");
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
