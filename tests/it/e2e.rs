@@ -4,7 +4,8 @@
 //!
 //! When the repository carries the rendered install manifest (`manifests/install.yaml`), the
 //! controller and the receivers run as their ServiceAccounts with exactly the RBAC that
-//! manifest grants; otherwise with the admin token. Every wait is a bounded poll; a timeout
+//! manifest grants, with tokens from the TokenRequest API (`kubectl create token`) — on the
+//! emulator and on a real cluster alike; otherwise with the admin credentials. Every wait is a bounded poll; a timeout
 //! prints the processes' logs (`HOOKWARDEN_E2E_DUMP=1` prints them on success too).
 
 use std::path::{Path, PathBuf};
@@ -173,8 +174,10 @@ fn rbac_yaml(rbac: &install_rbac::InstallRbac) -> String {
         .join("---\n")
 }
 
-/// Who the components run as: on the emulator, their ServiceAccounts with exactly the RBAC
-/// of `manifests/install.yaml`; on a real cluster, the current kubeconfig's credentials.
+/// Who the components run as: their ServiceAccounts with exactly the RBAC of
+/// `manifests/install.yaml`, authenticated by tokens from the TokenRequest API (`kubectl
+/// create token`), on the emulator and on a real cluster alike; the admin credentials when
+/// the repository carries no rendered manifest.
 struct Identities {
     namespace: String,
     controller_kubeconfig: PathBuf,
@@ -183,42 +186,54 @@ struct Identities {
     receiver_caller: String,
 }
 
-/// Applies the CRD and hookwarden's namespace (with the chart's RBAC on the emulator) and
-/// writes one kubeconfig per component.
+/// The admin kubeconfig with its user's credentials replaced by `token`.
+fn kubeconfig_with_token(admin: &str, token: &str) -> String {
+    let mut config: serde_yaml::Value = serde_yaml::from_str(admin).expect("kubeconfig YAML");
+    if let Some(users) = config
+        .get_mut("users")
+        .and_then(serde_yaml::Value::as_sequence_mut)
+    {
+        for user in users {
+            let mut creds = serde_yaml::Mapping::new();
+            creds.insert("token".into(), token.into());
+            user["user"] = serde_yaml::Value::Mapping(creds);
+        }
+    }
+    serde_yaml::to_string(&config).expect("kubeconfig YAML")
+}
+
+/// Applies the CRD and hookwarden's namespace with the chart's RBAC and writes one
+/// kubeconfig per component.
 async fn install(cluster: &Cluster) -> Identities {
     cluster.apply("crd.yaml", CRD).await;
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/install.yaml");
-    let rbac = cluster.emu.as_ref().and(install_rbac(&manifest));
-    let (namespace, controller, receiver) = match (&cluster.emu, rbac) {
-        (Some(emu), Some(rbac)) => {
+    let admin = std::fs::read_to_string(cluster.path("admin.kubeconfig")).expect("kubeconfig");
+    let (namespace, controller, receiver) = match install_rbac(&manifest) {
+        Some(rbac) => {
             cluster.apply("rbac.yaml", &rbac_yaml(&rbac)).await;
             let ns = rbac.namespace;
-            (
-                ns.clone(),
-                (
-                    emu.kubeconfig_for_service_account(&ns, &rbac.controller_sa),
-                    format!("system:serviceaccount:{ns}:{}", rbac.controller_sa),
-                ),
-                (
-                    emu.kubeconfig_for_service_account(&ns, &rbac.receiver_sa),
-                    format!("system:serviceaccount:{ns}:{}", rbac.receiver_sa),
-                ),
-            )
+            let mut identities = Vec::new();
+            for sa in [&rbac.controller_sa, &rbac.receiver_sa] {
+                let token = cluster
+                    .kubectl_ok(&["create", "token", sa, "-n", &ns, "--duration=2h"])
+                    .await;
+                identities.push((
+                    kubeconfig_with_token(&admin, token.trim()),
+                    format!("system:serviceaccount:{ns}:{sa}"),
+                ));
+            }
+            let receiver = identities.pop().expect("receiver identity");
+            let controller = identities.pop().expect("controller identity");
+            (ns, controller, receiver)
         }
-        (emu, _) => {
+        None => {
             cluster
                 .apply(
                     "ns.yaml",
                     "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: hookwarden\n",
                 )
                 .await;
-            let kubeconfig = match emu {
-                Some(emu) => emu.kubeconfig(),
-                None => {
-                    std::fs::read_to_string(cluster.path("admin.kubeconfig")).expect("kubeconfig")
-                }
-            };
-            let admin = (kubeconfig, "kubernetes-admin".to_string());
+            let admin = (admin, "kubernetes-admin".to_string());
             ("hookwarden".to_string(), admin.clone(), admin)
         }
     };
@@ -402,7 +417,8 @@ async fn controller_serves_an_integration_from_apply_to_delete() {
 
 /// The same scenario against a real cluster: `KUBECONFIG=… cargo test --test it real_cluster -- --ignored`.
 /// It installs the CRD, uses the `hookwarden` namespace and the `default` namespace's
-/// `datadog-prod` integration, and runs the controller locally with your credentials.
+/// `datadog-prod` integration, and runs the controller locally as the chart's controller
+/// ServiceAccount.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a real cluster: set KUBECONFIG and pass --ignored"]
 async fn real_cluster_controller_serves_an_integration_from_apply_to_delete() {
@@ -860,8 +876,9 @@ async fn deliveries_from_send_test_to_kubectl_through_controller_and_two_receive
 /// The delivery scenario against a real cluster:
 /// `KUBECONFIG=… cargo test --test it real_cluster -- --ignored`. The controller and both
 /// receivers run on this machine with the kubeconfig's credentials (not in the cluster), so
-/// the test reaches the receivers on 127.0.0.1; it needs permission to create CRDs, Secrets
-/// and Leases, and hookwarden must not also be installed in the cluster (its in-cluster
+/// the test reaches the receivers on 127.0.0.1, as the chart's ServiceAccounts (tokens from
+/// TokenRequest); it needs cluster-admin to install the CRD and the RBAC, and hookwarden must
+/// not also be installed in the cluster (its in-cluster
 /// controller would hold the leader Lease). The API-pause and request-count checks exist only
 /// on the emulator and are skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1606,4 +1623,160 @@ async fn forward_scenario(cluster: Cluster) {
         .await
         .expect("fwd-forward");
     assert_ne!(forward_secret["data"]["partner"], tickets_key);
+}
+
+// ---------------------------------------------------------------------------------------
+// The CRD through kubectl: CEL rules, printer columns, server-side apply conflicts.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_meets_the_crd_rules_columns_and_apply_conflicts() {
+    tokio::time::timeout(TEST_LIMIT, crd_through_kubectl(Cluster::emulated().await))
+        .await
+        .expect("test finished in time");
+}
+
+/// The same through a real API server: its CEL messages, its Table and its apply conflicts
+/// are what the emulator copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real cluster: set KUBECONFIG and pass --ignored"]
+async fn real_cluster_kubectl_meets_the_crd_rules_columns_and_apply_conflicts() {
+    let _one_at_a_time = REAL_CLUSTER.lock().await;
+    tokio::time::timeout(TEST_LIMIT, crd_through_kubectl(Cluster::real().await))
+        .await
+        .expect("test finished in time");
+}
+
+/// `kubectl apply` of a manifest that must be refused: its stderr.
+async fn refused(cluster: &Cluster, name: &str, manifest: &str) -> String {
+    let path = cluster.path(name);
+    std::fs::write(&path, manifest).expect("manifest");
+    let (ok, _, stderr) = cluster
+        .kubectl(&["apply", "-f", &path.to_string_lossy()])
+        .await;
+    assert!(!ok, "{name} was accepted");
+    stderr
+}
+
+async fn crd_through_kubectl(cluster: Cluster) {
+    cluster.apply("crd.yaml", CRD).await;
+    let head = "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata:\n  name: kubectl-rules\n  namespace: default\nspec:\n";
+    let stderr = refused(
+        &cluster,
+        "generic.yaml",
+        &format!("{head}  provider: generic\n"),
+    )
+    .await;
+    assert!(
+        stderr.contains("The WebhookIntegration \"kubectl-rules\" is invalid: spec.signature: Invalid value: spec.signature must be set when provider is generic, and only then"),
+        "{stderr}"
+    );
+    let stderr = refused(
+        &cluster,
+        "cidr.yaml",
+        &format!("{head}  provider: github\n  allowedSourceRanges: [10.0.0.0/8, not-a-cidr]\n"),
+    )
+    .await;
+    assert!(
+        stderr.contains("spec.allowedSourceRanges: Invalid value: every allowedSourceRanges entry must be a CIDR"),
+        "{stderr}"
+    );
+
+    // Printer columns, as kubectl's Table shows them.
+    let _ = cluster
+        .kubectl(&[
+            "delete",
+            "whi",
+            "kubectl-rules",
+            "-n",
+            "default",
+            "--ignore-not-found",
+        ])
+        .await;
+    let path = cluster.path("ok.yaml");
+    std::fs::write(&path, format!("{head}  provider: datadog\n")).expect("manifest");
+    let path = path.to_string_lossy().into_owned();
+    cluster
+        .kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "--field-manager=platform",
+            "-f",
+            &path,
+        ])
+        .await;
+    let wide = cluster
+        .kubectl_ok(&["get", "whi", "kubectl-rules", "-n", "default", "-o", "wide"])
+        .await;
+    let header: Vec<&str> = wide
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "PROVIDER",
+            "READY",
+            "OPEN",
+            "LAST DELIVERY",
+            "URL",
+            "AGE"
+        ],
+        "{wide}"
+    );
+
+    // A second manager applying another provider conflicts, names the first, and wins only
+    // with --force-conflicts.
+    std::fs::write(&path, format!("{head}  provider: github\n")).expect("manifest");
+    let (ok, _, stderr) = cluster
+        .kubectl(&[
+            "apply",
+            "--server-side",
+            "--field-manager=team",
+            "-f",
+            &path,
+        ])
+        .await;
+    assert!(!ok, "the conflicting apply was accepted");
+    assert!(
+        stderr.contains("Apply failed with 1 conflict: conflict with \"platform\": .spec.provider"),
+        "{stderr}"
+    );
+    cluster
+        .kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "--field-manager=team",
+            "--force-conflicts",
+            "-f",
+            &path,
+        ])
+        .await;
+    let provider = cluster
+        .kubectl_ok(&[
+            "get",
+            "whi",
+            "kubectl-rules",
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.spec.provider}",
+        ])
+        .await;
+    assert_eq!(provider, "github");
+    cluster
+        .kubectl_ok(&[
+            "delete",
+            "whi",
+            "kubectl-rules",
+            "-n",
+            "default",
+            "--wait=false",
+        ])
+        .await;
 }

@@ -2,6 +2,7 @@
 
 mod chart;
 mod cluster_receiver;
+mod conformance;
 mod controller;
 mod e2e;
 mod emulator;

@@ -113,7 +113,12 @@ impl ApiError {
             "status": "Failure", "message": self.message, "reason": self.reason, "code": self.code,
         });
         if let Some(d) = &self.details {
-            s["details"] = d.clone();
+            let mut d = d.clone();
+            // Go's `omitempty`: an empty group (the core group) or name is left out.
+            if let Some(m) = d.as_object_mut() {
+                m.retain(|k, v| !(matches!(k.as_str(), "group" | "name") && v == ""));
+            }
+            s["details"] = d;
         }
         if self.reason.is_empty()
             && let Some(m) = s.as_object_mut()
@@ -228,6 +233,115 @@ struct ResourcePath {
     sub: Option<String>,
 }
 
+/// The audience of tokens the emulator issues when a TokenRequest names none (the API
+/// server's `--api-audiences`, by default its `--service-account-issuer`).
+const TOKEN_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// `POST .../serviceaccounts/NAME/token` (TokenRequest), as
+/// `pkg/registry/core/serviceaccount/storage/token.go` answers: 404 for a missing
+/// ServiceAccount, 422 from `pkg/apis/authentication/validation` (`expirationSeconds` at
+/// least 600), else 201 with `status.token` and `status.expirationTimestamp`. The token is
+/// JWT-shaped (`sub` `system:serviceaccount:NS:NAME`, `exp`) and authenticates as the
+/// ServiceAccount until it expires; it is not signed, the emulator being a test double.
+fn create_token(state: &State, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> Reply {
+    use base64::Engine;
+    let mut req = parse_body(ctx, body)?;
+    let name = rp.name.clone().unwrap_or_default();
+    let ns = rp.namespace.clone().unwrap_or_default();
+    let sa = state
+        .store
+        .get("serviceaccounts", &ns, &name)
+        .ok_or_else(|| ApiError::not_found(&rp.rt, &name))?;
+    let invalid = |field: &str, value: &Value, detail: &str| {
+        let e = schema::FieldError::invalid(field, value, detail);
+        ApiError::new(
+            422,
+            "Invalid",
+            format!(
+                "TokenRequest.authentication.k8s.io \"\" is invalid: {}",
+                e.rendered()
+            ),
+        )
+        .details(
+            json!({"group": "authentication.k8s.io", "kind": "TokenRequest", "causes": [
+                {"reason": e.reason, "message": e.detail, "field": e.field},
+            ]}),
+        )
+    };
+    let expiration = req
+        .pointer("/spec/expirationSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(3600);
+    if expiration < 600 {
+        return Err(invalid(
+            "spec.expirationSeconds",
+            &json!(expiration),
+            "may not specify a duration less than 10 minutes",
+        ));
+    }
+    if expiration > 1 << 32 {
+        return Err(invalid(
+            "spec.expirationSeconds",
+            &json!(expiration),
+            "may not specify a duration longer than 2^32 seconds",
+        ));
+    }
+    let audiences = req
+        .pointer("/spec/audiences")
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty())
+        .cloned()
+        .unwrap_or_else(|| vec![json!(TOKEN_AUDIENCE)]);
+    let now = jiff::Timestamp::now();
+    let exp = now.as_second() + expiration;
+    let claims = json!({
+        "iss": TOKEN_AUDIENCE, "aud": audiences, "exp": exp, "iat": now.as_second(),
+        "sub": format!("system:serviceaccount:{ns}:{name}"),
+        "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": name, "uid": sa["metadata"]["uid"]}},
+    });
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let token = format!(
+        "{}.{}.{}",
+        b64(&json!({"alg": "none", "typ": "JWT", "kid": "kube-emulator"})),
+        b64(&claims),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b"kube-emulator")
+    );
+    let expires = jiff::Timestamp::from_second(exp)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default();
+    req["apiVersion"] = json!("authentication.k8s.io/v1");
+    req["kind"] = json!("TokenRequest");
+    req["metadata"] = json!({"name": name, "namespace": ns, "creationTimestamp": now_rfc3339()});
+    req["spec"]["audiences"] = json!(audiences);
+    req["spec"]["expirationSeconds"] = json!(expiration);
+    if req["spec"].get("boundObjectRef").is_none() {
+        req["spec"]["boundObjectRef"] = Value::Null;
+    }
+    req["status"] = json!({"token": token, "expirationTimestamp": expires});
+    Ok((201, req, vec![]))
+}
+
+/// The ServiceAccount a token from [`create_token`] stands for, while it has not expired.
+fn token_subject(token: &str) -> Option<(String, String)> {
+    use base64::Engine;
+    let mut parts = token.split('.');
+    let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()?,
+    )
+    .ok()?;
+    if claims["exp"].as_i64()? <= jiff::Timestamp::now().as_second() {
+        return None;
+    }
+    let rest = claims["sub"]
+        .as_str()?
+        .strip_prefix("system:serviceaccount:")?;
+    let (ns, name) = rest.split_once(':')?;
+    Some((ns.to_string(), name.to_string()))
+}
+
 fn authenticate(shared: &Shared, req: &Request<Incoming>) -> Option<User> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let token = value.strip_prefix("Bearer ")?.trim();
@@ -247,6 +361,9 @@ fn authenticate(shared: &Shared, req: &Request<Incoming>) -> Option<User> {
             return Some(User::impersonated(name, groups));
         }
         return Some(User::Admin);
+    }
+    if let Some((namespace, name)) = token_subject(token) {
+        return Some(User::ServiceAccount { namespace, name });
     }
     let rest = token.strip_prefix("sa:")?;
     let (ns, name) = rest.split_once(':')?;
@@ -456,9 +573,13 @@ async fn handle_counted(
             .details(json!({ "namespace": ns })),
         );
     }
+    let token_request = rp.sub.as_deref() == Some("token")
+        && rp.rt.group.is_empty()
+        && rp.rt.kind == "ServiceAccount";
     if let Some(sub) = &rp.sub
         && !(sub == "status" && rp.rt.status_subresource)
         && !(sub == "scale" && has_scale(&rp.rt))
+        && !token_request
     {
         return error_response(&ApiError::new(
             404,
@@ -501,6 +622,22 @@ async fn handle_counted(
         Bytes::new()
     };
 
+    if token_request {
+        let result = if method == Method::POST {
+            let state = lock(&shared.state);
+            create_token(&state, &rp, &ctx, &body)
+        } else {
+            Err(ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            ))
+        };
+        return match result {
+            Ok((code, value, _)) => json_response(code, &value),
+            Err(e) => error_response(&e),
+        };
+    }
     if rp.sub.as_deref() == Some("scale") {
         let result = scale(&shared, &rp, &ctx, verb, &body);
         return match result {
@@ -567,7 +704,67 @@ fn parse_body(ctx: &Ctx, body: &[u8]) -> Result<Value, ApiError> {
 
 type Reply = Result<(u16, Value, Vec<String>), ApiError>;
 
-fn non_resource(shared: &Shared, method: &Method, segs: &[&str], _ctx: &Ctx) -> Response<Body> {
+/// The media type of aggregated discovery (`apidiscovery.k8s.io/v2`).
+const AGGREGATED_DISCOVERY: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// One group's entry of aggregated discovery, as
+/// `staging/src/k8s.io/apiserver/pkg/endpoints/discovery/aggregated/handler.go` serves it
+/// (types in `k8s.io/api/apidiscovery/v2`).
+fn discovery_group(registry: &Registry, group: &str, versions: &[String]) -> Value {
+    let versions: Vec<Value> = versions
+        .iter()
+        .map(|v| {
+            let resources: Vec<Value> = registry
+                .in_group_version(group, v)
+                .map(|rt| {
+                    // Measured on v1.36: the core group's responseKind has an empty version, and
+                    // CRDs list their verbs in the apiextensions handler's order.
+                    let version = if rt.group.is_empty() { "" } else { rt.version.as_str() };
+                    let kind = json!({"group": rt.group, "version": version, "kind": rt.kind});
+                    let verbs = if rt.crd_name.is_some() {
+                        json!(["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"])
+                    } else {
+                        json!(rt.verbs())
+                    };
+                    let mut r = json!({
+                        "resource": rt.plural, "responseKind": kind,
+                        "scope": if rt.namespaced { "Namespaced" } else { "Cluster" },
+                        "singularResource": rt.singular, "verbs": verbs,
+                    });
+                    if !rt.short_names.is_empty() {
+                        r["shortNames"] = json!(rt.short_names);
+                    }
+                    if !rt.categories.is_empty() {
+                        r["categories"] = json!(rt.categories);
+                    }
+                    let mut subs = Vec::new();
+                    if rt.status_subresource {
+                        subs.push(json!({"subresource": "status", "responseKind": kind, "verbs": ["get", "patch", "update"]}));
+                    }
+                    if has_scale(rt) {
+                        subs.push(json!({"subresource": "scale", "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}, "verbs": ["get", "patch", "update"]}));
+                    }
+                    if rt.group.is_empty() && rt.kind == "ServiceAccount" {
+                        subs.push(json!({"subresource": "token", "responseKind": {"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"}, "verbs": ["create"]}));
+                    }
+                    if !subs.is_empty() {
+                        r["subresources"] = json!(subs);
+                    }
+                    r
+                })
+                .collect();
+            json!({"version": v, "resources": resources, "freshness": "Current"})
+        })
+        .collect();
+    let mut metadata = json!({"creationTimestamp": null});
+    if !group.is_empty() {
+        metadata["name"] = json!(group);
+    }
+    json!({"metadata": metadata, "versions": versions})
+}
+
+fn non_resource(shared: &Shared, method: &Method, segs: &[&str], ctx: &Ctx) -> Response<Body> {
     if *method != Method::GET {
         return error_response(&ApiError::new(
             404,
@@ -577,6 +774,26 @@ fn non_resource(shared: &Shared, method: &Method, segs: &[&str], _ctx: &Ctx) -> 
     }
     let state = lock(&shared.state);
     let registry = &state.registry;
+    // kubectl and client-go ask for aggregated discovery first and fall back to the
+    // per-group documents when a server answers with those.
+    if ctx.accept.contains("as=APIGroupDiscoveryList") && matches!(segs, ["api"] | ["apis"]) {
+        let items: Vec<Value> = if segs == ["api"] {
+            vec![discovery_group(registry, "", &["v1".to_string()])]
+        } else {
+            registry
+                .groups()
+                .into_iter()
+                .map(|(g, vs)| discovery_group(registry, &g, &vs))
+                .collect()
+        };
+        let doc = json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items});
+        let mut resp = json_response(200, &doc);
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(AGGREGATED_DISCOVERY),
+        );
+        return resp;
+    }
     let found = match segs {
         ["version"] => Some(json!({
             "major": "1", "minor": "34", "gitVersion": "v1.34.0-kube-emulator", "gitCommit": "0000000000000000000000000000000000000000",
@@ -607,6 +824,7 @@ fn non_resource(shared: &Shared, method: &Method, segs: &[&str], _ctx: &Ctx) -> 
             .get(*g)
             .filter(|vs| vs.iter().any(|x| x == v))
             .map(|_| resource_list(registry, g, v)),
+        ["openapi", "v2"] => Some(openapi::swagger_v2(registry)),
         ["openapi", "v3"] => Some(openapi::index(registry)),
         ["openapi", "v3", rest @ ..] => openapi::document(registry, &rest.join("/")),
         _ => None,
@@ -648,6 +866,9 @@ fn resource_list(registry: &Registry, group: &str, version: &str) -> Value {
         }
         if rt.status_subresource {
             resources.push(json!({"name": format!("{}/status", rt.plural), "singularName": "", "namespaced": rt.namespaced, "kind": rt.kind, "verbs": ["get", "patch", "update"]}));
+        }
+        if rt.group.is_empty() && rt.kind == "ServiceAccount" {
+            resources.push(json!({"name": "serviceaccounts/token", "singularName": "", "namespaced": true, "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}));
         }
     }
     let gv = if group.is_empty() {
@@ -700,8 +921,20 @@ fn to_storage(rt: &ResourceType, obj: Value) -> Value {
 }
 
 /// Sets the output `apiVersion`/`kind` of an object to the requested version's.
+/// An object as read from storage: for custom resources with the CRD's *current* defaults
+/// applied, so objects stored before a default was added read with it
+/// (`apiextensions-apiserver/pkg/apiserver/customresource_handler.go`: the storage codec's
+/// decoder runs `structuraldefaulting.Default` on every read from etcd).
+fn read_view(rt: &ResourceType, obj: Value) -> Value {
+    let obj = to_view(rt, obj);
+    match (&rt.crd_name, &rt.schema) {
+        (Some(_), Some(schema)) => schema::apply_defaults(schema, &obj),
+        _ => obj,
+    }
+}
+
 fn present(rt: &ResourceType, obj: Value) -> Value {
-    let mut obj = to_view(rt, obj);
+    let mut obj = read_view(rt, obj);
     obj["apiVersion"] = json!(rt.api_version());
     obj["kind"] = json!(rt.kind);
     obj
@@ -755,16 +988,81 @@ fn get(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
     Ok((200, obj, vec![]))
 }
 
-fn selectors(ctx: &Ctx) -> Result<(LabelSelector, FieldSelector), ApiError> {
+fn selectors(rt: &ResourceType, ctx: &Ctx) -> Result<(LabelSelector, FieldSelector), ApiError> {
     let labels = LabelSelector::parse(ctx.q("labelSelector").unwrap_or_default())
         .map_err(ApiError::bad_request)?;
     let fields = FieldSelector::parse(ctx.q("fieldSelector").unwrap_or_default())
         .map_err(ApiError::bad_request)?;
+    for label in fields.labels() {
+        check_field_label(rt, label).map_err(ApiError::bad_request)?;
+    }
     Ok((labels, fields))
 }
 
+/// The field labels a type can be selected by, as the handlers check them before listing
+/// (`apiserver/pkg/endpoints/handlers/get.go` → `ConvertFieldLabel`): the conversions of
+/// `pkg/apis/core/v1/conversion.go` for Pods, Nodes, Events, Namespaces, Secrets and
+/// Services; `metadata.name`/`metadata.namespace` for other built-ins
+/// (`apimachinery/pkg/runtime/conversion.go` `DefaultMetaV1FieldSelectorConversion`); and
+/// for custom resources the same two plus the CRD's `selectableFields`
+/// (`apiextensions-apiserver/pkg/apiserver/conversion/converter.go`).
+fn check_field_label(rt: &ResourceType, label: &str) -> Result<(), String> {
+    let meta = label == "metadata.name"
+        || (label == "metadata.namespace"
+            && (rt.namespaced
+                || (rt.crd_name.is_none() && !matches!(rt.kind.as_str(), "Namespace" | "Node"))));
+    if meta {
+        return Ok(());
+    }
+    let extra: &[&str] = match (rt.group.as_str(), rt.kind.as_str()) {
+        ("", "Pod") => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.podIPs",
+            "status.nominatedNodeName",
+            "spec.host",
+        ],
+        ("", "Node") => &["spec.unschedulable"],
+        ("", "Event") => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        ("", "Namespace") => &["status.phase"],
+        ("", "Secret") => &["type"],
+        ("", "Service") => &["spec.clusterIP", "spec.type"],
+        ("", "ReplicationController") => &["status.replicas"],
+        // events.k8s.io shares core Events' storage and its own conversions; not narrowed here.
+        ("events.k8s.io", _) => return Ok(()),
+        _ => &[],
+    };
+    if extra.contains(&label) || rt.selectable_fields.iter().any(|f| f == label) {
+        return Ok(());
+    }
+    if rt.crd_name.is_some() || !extra.is_empty() {
+        Err(format!("field label not supported: {label}"))
+    } else {
+        Err(format!(
+            "\"{label}\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\""
+        ))
+    }
+}
+
 fn list(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
-    let (labels, fields) = selectors(ctx)?;
+    let (labels, fields) = selectors(&rp.rt, ctx)?;
     let state = lock(&shared.state);
     let current = state.store.current_rv();
     if let (Some(rv), Some("Exact")) = (ctx.q("resourceVersion"), ctx.q("resourceVersionMatch"))
@@ -780,10 +1078,8 @@ fn list(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
     }
     let offset: usize = match ctx.q("continue") {
         Some(token) => {
-            let (rv, off) = token
-                .split_once(':')
-                .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<usize>().ok()?)))
-                .ok_or_else(|| ApiError::bad_request("invalid continue token"))?;
+            let (rv, off) = decode_continue(token)
+                .map_err(|e| ApiError::bad_request(format!("invalid continue token: {e}")))?;
             if rv < state.store.compacted_rv() {
                 return Err(ApiError::new(
                     410,
@@ -813,7 +1109,7 @@ fn list(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
         .get(offset.min(matching.len())..end)
         .unwrap_or_default()
         .to_vec();
-    let cont = (end < matching.len()).then(|| format!("{current}:{end}"));
+    let cont = (end < matching.len()).then(|| encode_continue(current, end));
     if ctx.wants_table() {
         return Ok((
             200,
@@ -830,13 +1126,54 @@ fn list(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
     let mut metadata = json!({"resourceVersion": current.to_string()});
     if let Some(c) = cont {
         metadata["continue"] = json!(c);
-        metadata["remainingItemCount"] = json!(matching.len() - end);
+        // Only an unfiltered list knows how many remain (`storage/etcd3/store.go` `GetList`:
+        // `if pred.Empty()`).
+        if ctx.q("labelSelector").is_none() && ctx.q("fieldSelector").is_none() {
+            metadata["remainingItemCount"] = json!(matching.len() - end);
+        }
     }
     Ok((
         200,
         json!({"kind": rp.rt.list_kind, "apiVersion": rp.rt.api_version(), "metadata": metadata, "items": page}),
         vec![],
     ))
+}
+
+/// A continue token shaped like upstream's (`staging/src/k8s.io/apiserver/pkg/storage/continue.go`:
+/// unpadded URL-safe base64 of `{"v":"meta.k8s.io/v1","rv":N,"start":…}`); the emulator's
+/// `start` is the offset into the (rv-consistent) list.
+fn encode_continue(rv: u64, offset: usize) -> String {
+    use base64::Engine;
+    let token = json!({"v": "meta.k8s.io/v1", "rv": rv, "start": offset.to_string()});
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string())
+}
+
+/// Decodes a continue token with upstream's error texts (`DecodeContinue`).
+fn decode_continue(token: &str) -> Result<(u64, usize), String> {
+    use base64::Engine;
+    const INVALID: &str = "continue key is not valid";
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|e| match e {
+            base64::DecodeError::InvalidByte(at, _) => {
+                format!("{INVALID}: illegal base64 data at input byte {at}")
+            }
+            other => format!("{INVALID}: {other}"),
+        })?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| format!("{INVALID}: {e}"))?;
+    if v["v"] != "meta.k8s.io/v1" {
+        return Err(format!(
+            "{INVALID}: incorrect encoded start resourceVersion (version meta.k8s.io/v1)"
+        ));
+    }
+    let rv = v["rv"].as_u64().filter(|rv| *rv > 0).ok_or_else(|| {
+        format!("{INVALID}: incorrect encoded start resourceVersion (version meta.k8s.io/v1)")
+    })?;
+    let offset = v["start"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("{INVALID}: {}", v["start"]))?;
+    Ok((rv, offset))
 }
 
 /// Spec-like content: everything except metadata (and status when it is a subresource).
@@ -885,10 +1222,38 @@ fn admit_custom(
     }
     *obj = schema::apply_defaults(schema, obj);
     let mut errors = schema::validate(schema, obj);
-    if errors.is_empty()
-        && let Some(compiled) = &rt.cel
-    {
-        errors = schema::validate_cel(compiled, obj, old, &rt.api_version(), &rt.group, &rt.kind);
+    errors.extend(metadata_errors(obj));
+    // `apiextensions-apiserver/pkg/registry/customresource/strategy.go`: CEL rules run unless a
+    // "blocking" schema error (`hasBlockingErr`) makes them unsafe to evaluate, which is
+    // then said instead.
+    let has_rules = schema.to_string().contains("x-kubernetes-validations");
+    if has_rules && let Some(compiled) = &rt.cel {
+        let blocking = errors.iter().any(|e| {
+            matches!(
+                e.reason,
+                "FieldValueNotSupported"
+                    | "FieldValueRequired"
+                    | "FieldValueTooLong"
+                    | "FieldValueTooMany"
+                    | "FieldValueTypeInvalid"
+            )
+        });
+        if blocking {
+            errors.push(schema::FieldError {
+                field: "<nil>".into(),
+                reason: "FieldValueInvalid",
+                detail: "Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation".into(),
+            });
+        } else {
+            errors.extend(schema::validate_cel(
+                compiled,
+                obj,
+                old,
+                &rt.api_version(),
+                &rt.group,
+                &rt.kind,
+            ));
+        }
     }
     if !errors.is_empty() {
         return Err(ApiError::invalid(rt, &name, &errors));
@@ -896,8 +1261,262 @@ fn admit_custom(
     Ok(warnings)
 }
 
+/// `apimachinery/pkg/util/validation/validation.go` `IsQualifiedName`: messages for `value`.
+fn qualified_name_errors(value: &str) -> Vec<String> {
+    const NAME_FMT: &str = "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
+    let mut errs = Vec::new();
+    let name = match value.split_once('/') {
+        Some((prefix, name)) => {
+            let label_ok = |l: &str| {
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            };
+            if prefix.is_empty() {
+                errs.push("prefix part must be non-empty".to_string());
+            } else if prefix.len() > 253 || !prefix.split('.').all(label_ok) {
+                errs.push("prefix part a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".to_string());
+            }
+            name
+        }
+        None => value,
+    };
+    if name.is_empty() {
+        errs.push("name part must be non-empty".to_string());
+    } else if name.len() > 63 {
+        errs.push("name part must be no more than 63 bytes".to_string());
+    }
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    if !ok {
+        errs.push(NAME_FMT.to_string());
+    }
+    errs
+}
+
+/// Event validation (`pkg/apis/core/validation/events.go`, `ValidateEventCreate`) on the
+/// storage (core) shape: core/v1 gets the legacy checks only; events.k8s.io/v1 also needs
+/// eventTime and a Normal/Warning type and must leave the deprecated fields unset. Field
+/// paths are the internal type's (`reportingController` is `reportingComponent` for core/v1).
+fn event_errors(rt: &ResourceType, obj: &Value) -> Vec<schema::FieldError> {
+    use schema::FieldError;
+    let s = |k: &str| obj.get(k).and_then(Value::as_str).unwrap_or_default();
+    let core = rt.group.is_empty();
+    let ns = obj_ns(obj);
+    let involved_ns = obj
+        .pointer("/involvedObject/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let has_event_time = !s("eventTime").is_empty();
+    let mut errs = Vec::new();
+    let ns_mismatch = || {
+        FieldError::invalid(
+            "involvedObject.namespace",
+            &json!(involved_ns),
+            "does not match event.namespace",
+        )
+    };
+    let len_error = |field: &str, limit: usize| {
+        FieldError::invalid(
+            field,
+            &json!(""),
+            format!("can have at most {limit} characters"),
+        )
+    };
+    if !has_event_time {
+        if (involved_ns.is_empty() && !ns.is_empty() && ns != "default")
+            || (!involved_ns.is_empty() && ns != involved_ns)
+        {
+            errs.push(ns_mismatch());
+        }
+    } else {
+        if involved_ns.is_empty() && ns != "default" && ns != "kube-system" {
+            errs.push(ns_mismatch());
+        }
+        let controller_field = if core {
+            "reportingComponent"
+        } else {
+            "reportingController"
+        };
+        let controller = s("reportingComponent");
+        if controller.is_empty() {
+            errs.push(FieldError::required(controller_field));
+        }
+        for msg in qualified_name_errors(controller) {
+            errs.push(FieldError::invalid(
+                controller_field,
+                &json!(controller),
+                msg,
+            ));
+        }
+        if s("reportingInstance").is_empty() {
+            errs.push(FieldError::required("reportingInstance"));
+        }
+        if s("reportingInstance").len() > 128 {
+            errs.push(len_error("reportingInstance", 128));
+        }
+        if s("action").is_empty() {
+            errs.push(FieldError::required("action"));
+        }
+        if s("action").len() > 128 {
+            errs.push(len_error("action", 128));
+        }
+        if s("reason").is_empty() {
+            errs.push(FieldError::required("reason"));
+        }
+        if s("reason").len() > 128 {
+            errs.push(len_error("reason", 128));
+        }
+        if s("message").len() > 1024 {
+            errs.push(len_error("message", 1024));
+        }
+    }
+    if core {
+        return errs;
+    }
+    if let Some(series) = obj.get("series").filter(|v| v.is_object()) {
+        if series["count"].as_i64().unwrap_or(0) < 2 {
+            errs.push(FieldError::invalid(
+                "series.count",
+                &json!(""),
+                "should be at least 2",
+            ));
+        }
+        if series["lastObservedTime"]
+            .as_str()
+            .is_none_or(str::is_empty)
+        {
+            errs.push(FieldError::required("series.lastObservedTime"));
+        }
+    }
+    if !has_event_time {
+        errs.push(FieldError::required("eventTime"));
+    }
+    let type_ = s("type");
+    if type_ != "Normal" && type_ != "Warning" {
+        errs.push(FieldError::invalid(
+            "type",
+            &json!(""),
+            format!("has invalid value: {type_}"),
+        ));
+    }
+    for (field, what) in [
+        ("firstTimestamp", "firstTimestamp"),
+        ("lastTimestamp", "lastTimestamp"),
+    ] {
+        if !s(field).is_empty() {
+            errs.push(FieldError::invalid(what, &json!(""), "needs to be unset"));
+        }
+    }
+    if obj["count"].as_i64().is_some_and(|c| c != 0) {
+        errs.push(FieldError::invalid(
+            "count",
+            &json!(""),
+            "needs to be unset",
+        ));
+    }
+    if obj["source"].as_object().is_some_and(|m| {
+        m.values()
+            .any(|v| v.as_str().is_some_and(|x| !x.is_empty()))
+    }) {
+        errs.push(FieldError::invalid(
+            "source",
+            &json!(""),
+            "needs to be unset",
+        ));
+    }
+    errs
+}
+
+/// Label keys and values (`apimachinery/pkg/apis/meta/v1/validation/validation.go`
+/// `ValidateLabels`: keys are qualified names, values `IsValidLabelValue`).
+fn metadata_errors(obj: &Value) -> Vec<schema::FieldError> {
+    const VALUE_FMT: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')";
+    let mut errs = Vec::new();
+    for (k, v) in obj
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        for msg in qualified_name_errors(k) {
+            errs.push(schema::FieldError::invalid(
+                "metadata.labels",
+                &json!(k),
+                msg,
+            ));
+        }
+        let v = v.as_str().unwrap_or_default();
+        let ok = v.is_empty()
+            || (v.len() <= 63
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                && v.as_bytes()[0].is_ascii_alphanumeric()
+                && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric());
+        if v.len() > 63 {
+            errs.push(schema::FieldError::invalid(
+                "metadata.labels",
+                &json!(v),
+                "must be no more than 63 characters",
+            ));
+        }
+        if !ok {
+            errs.push(schema::FieldError::invalid(
+                "metadata.labels",
+                &json!(v),
+                VALUE_FMT,
+            ));
+        }
+    }
+    errs
+}
+
 /// Built-in validation the real server does that clients notice.
 fn admit_builtin(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
+    if rt.crd_name.is_none() {
+        let errors = metadata_errors(obj);
+        if !errors.is_empty() {
+            return Err(ApiError::invalid(rt, obj_name(obj), &errors));
+        }
+    }
+    // `pkg/apis/coordination/validation/validation.go` `ValidateLeaseSpec`.
+    if rt.kind == "Lease" && rt.group == "coordination.k8s.io" {
+        let mut errors = Vec::new();
+        for (field, minimum, what) in [
+            ("leaseDurationSeconds", 1, "must be greater than 0"),
+            ("leaseTransitions", 0, "must be greater than or equal to 0"),
+        ] {
+            if let Some(n) = obj["spec"][field].as_i64()
+                && n < minimum
+            {
+                errors.push(schema::FieldError::invalid(
+                    &format!("spec.{field}"),
+                    &json!(n),
+                    what,
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::invalid(rt, obj_name(obj), &errors));
+        }
+    }
+    if rt.kind == "Event" {
+        let errors = event_errors(rt, obj);
+        if !errors.is_empty() {
+            // Both Event APIs validate the internal (core) type, and name it so.
+            let core = ResourceType {
+                group: String::new(),
+                ..rt.clone()
+            };
+            return Err(ApiError::invalid(&core, obj_name(obj), &errors));
+        }
+    }
     if rt.kind == "Secret" {
         let data = obj.get("data").cloned();
         if let Some(string_data) = obj.get("stringData").and_then(Value::as_object).cloned() {
@@ -1072,7 +1691,17 @@ fn validate_name(rt: &ResourceType, name: &str) -> Result<(), ApiError> {
     }
 }
 
-fn check_namespace(state: &State, rt: &ResourceType, ns: &str) -> Result<(), ApiError> {
+/// The NamespaceLifecycle admission plugin
+/// (`staging/src/k8s.io/apiserver/pkg/admission/plugin/namespace/lifecycle/admission.go`):
+/// creates in a missing namespace are 404 (namespaces "x" not found); in a terminating one 403,
+/// named by the object's name, else its generateName, else `Unknown`
+/// (`admission/errors.go` `extractResourceName`), with a `NamespaceTerminating` cause.
+fn check_namespace(
+    state: &State,
+    rt: &ResourceType,
+    ns: &str,
+    admission_name: &str,
+) -> Result<(), ApiError> {
     if !rt.namespaced {
         return Ok(());
     }
@@ -1085,11 +1714,14 @@ fn check_namespace(state: &State, rt: &ResourceType, ns: &str) -> Result<(), Api
             403,
             "Forbidden",
             format!(
-                "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                "{} \"{admission_name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
                 rt.qualified_resource(),
-                ""
             ),
-        )),
+        )
+        .details(json!({
+            "name": admission_name, "group": rt.group, "kind": rt.plural,
+            "causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}],
+        }))),
         Some(_) => Ok(()),
     }
 }
@@ -1138,6 +1770,14 @@ fn create_object(
         obj["metadata"] = json!({});
     }
     let mut name = obj_name(&obj).to_string();
+    let admission_name = match obj
+        .pointer("/metadata/generateName")
+        .and_then(Value::as_str)
+    {
+        Some(prefix) if name.is_empty() && !prefix.is_empty() => prefix.to_string(),
+        _ if name.is_empty() => "Unknown".to_string(),
+        _ => name.clone(),
+    };
     if name.is_empty() {
         if let Some(prefix) = obj
             .pointer("/metadata/generateName")
@@ -1156,8 +1796,9 @@ fn create_object(
             "the name of the object does not match the name on the URL",
         ));
     }
+    // Admission (the namespace check) runs before validation, as upstream.
+    check_namespace(state, rt, &ns, &admission_name)?;
     validate_name(rt, &name)?;
-    check_namespace(state, rt, &ns)?;
     if state.store.get(&rt.storage_key(), &ns, &name).is_some() {
         return Err(ApiError::new(
             409,
@@ -1273,14 +1914,39 @@ fn update_object(
         .pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    if check_rv
-        && let Some(rv) = new
+    if check_rv {
+        match new
             .pointer("/metadata/resourceVersion")
             .and_then(Value::as_str)
-        && !rv.is_empty()
-        && rv != current_rv
-    {
-        return Err(ApiError::conflict(rt, &name));
+            .filter(|rv| !rv.is_empty())
+        {
+            Some(rv) if rv != current_rv => return Err(ApiError::conflict(rt, &name)),
+            Some(_) => {}
+            // `generic/registry/store.go` `Update`: an unconditional update where the strategy
+            // does not allow one is Invalid, named by resource (not kind), as upstream does.
+            None if !allows_unconditional_update(rt) => {
+                let error = schema::FieldError::invalid(
+                    "metadata.resourceVersion",
+                    &json!(0),
+                    "must be specified for an update",
+                );
+                return Err(ApiError::new(
+                    422,
+                    "Invalid",
+                    format!(
+                        "{} \"{name}\" is invalid: {}",
+                        rt.qualified_resource(),
+                        error.rendered()
+                    ),
+                )
+                .details(
+                    json!({"name": name, "group": rt.group, "kind": rt.plural, "causes": [
+                        {"reason": error.reason, "message": error.detail, "field": error.field},
+                    ]}),
+                ));
+            }
+            None => {}
+        }
     }
     if !new.is_object() {
         return Err(ApiError::bad_request(
@@ -1420,6 +2086,41 @@ fn update_object(
     Ok((200, present(rt, new), warnings))
 }
 
+/// Whether PUT without `metadata.resourceVersion` overwrites (the strategies'
+/// `AllowUnconditionalUpdate`): false for custom resources and CRDs
+/// (`apiextensions-apiserver/pkg/registry/customresource/strategy.go`,
+/// `.../customresourcedefinition/strategy.go`), Leases (`pkg/registry/coordination/lease/strategy.go`),
+/// admission configuration, PodDisruptionBudgets and the CSI types; true for the rest.
+fn allows_unconditional_update(rt: &ResourceType) -> bool {
+    if rt.crd_name.is_some() || rt.kind == "CustomResourceDefinition" {
+        return false;
+    }
+    match rt.group.as_str() {
+        "coordination.k8s.io" | "admissionregistration.k8s.io" | "node.k8s.io" => false,
+        "policy" => rt.kind != "PodDisruptionBudget",
+        "storage.k8s.io" => !matches!(
+            rt.kind.as_str(),
+            "CSIDriver" | "CSINode" | "CSIStorageCapacity" | "VolumeAttachment"
+        ),
+        _ => true,
+    }
+}
+
+/// Whether PUT of a missing object creates it (the strategies' `AllowCreateOnUpdate`):
+/// Leases, RBAC roles and bindings, Events, Services, Endpoints and LimitRanges
+/// (`pkg/registry/{coordination/lease,rbac/*,core/event,core/service,core/endpoint,core/limitrange}/strategy.go`).
+fn allows_create_on_update(rt: &ResourceType) -> bool {
+    match rt.group.as_str() {
+        "" => matches!(
+            rt.kind.as_str(),
+            "Event" | "Service" | "Endpoints" | "LimitRange"
+        ),
+        "coordination.k8s.io" | "rbac.authorization.k8s.io" | "events.k8s.io" => true,
+        "node.k8s.io" => rt.kind == "RuntimeClass",
+        _ => false,
+    }
+}
+
 fn update(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> Reply {
     let new = parse_body(ctx, body)?;
     let mut state = lock(&shared.state);
@@ -1431,9 +2132,14 @@ fn update(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> Reply {
             rp.namespace.as_deref().unwrap_or_default(),
             &name,
         )
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(&rp.rt, &name))?;
-    update_object(&mut state, rp, ctx, &old, new, false, true)
+        .cloned();
+    match old {
+        Some(old) => update_object(&mut state, rp, ctx, &old, new, false, true),
+        None if rp.sub.is_none() && allows_create_on_update(&rp.rt) => {
+            create_object(shared, &mut state, rp, ctx, new, false)
+        }
+        None => Err(ApiError::not_found(&rp.rt, &name)),
+    }
 }
 
 fn patch_request(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> Reply {
@@ -1464,7 +2170,7 @@ fn patch_request(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> 
     };
     let mut state = lock(&shared.state);
     let stored = state.store.get(&rt.storage_key(), &ns, &name).cloned();
-    let existing = stored.clone().map(|o| to_view(rt, o));
+    let existing = stored.clone().map(|o| read_view(rt, o));
     match kind {
         "apply" => {
             let Some(manager) = ctx.q("fieldManager") else {
@@ -1473,9 +2179,18 @@ fn patch_request(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> 
                     reason: "FieldValueRequired",
                     detail: "Required value: is required for apply patch".into(),
                 }];
-                let mut e = ApiError::invalid(rt, "", &errors);
-                e.message = "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into();
-                return Err(e);
+                let causes: Vec<Value> = errors
+                    .iter()
+                    .map(|e| json!({"reason": e.reason, "message": e.detail, "field": e.field}))
+                    .collect();
+                // `apimachinery/pkg/apis/meta/v1/validation` `ValidatePatchOptions`, named as
+                // the PatchOptions kind (no object name).
+                return Err(ApiError::new(
+                    422,
+                    "Invalid",
+                    "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+                )
+                .details(json!({"group": "meta.k8s.io", "kind": "PatchOptions", "causes": causes})));
             };
             let force = ctx.q("force") == Some("true");
             let scope = if rp.sub.as_deref() == Some("status") {
@@ -1487,6 +2202,14 @@ fn patch_request(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> 
             };
             if !patch_body.is_object() {
                 return Err(ApiError::bad_request("apply patch must be an object"));
+            }
+            // `handlers/patch.go` (applyPatcher): the applied object must name its type.
+            let applied_version = patch_body["apiVersion"].as_str().unwrap_or_default();
+            if applied_version.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "invalid object type: /, Kind={}",
+                    patch_body["kind"].as_str().unwrap_or_default()
+                )));
             }
             if let Some(existing) = &existing
                 && let Some(rv) = patch_body
@@ -1508,7 +2231,7 @@ fn patch_request(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> 
                 scope,
                 &rt.api_version(),
             )
-            .map_err(|conflicts| apply_conflict(rt, &name, &conflicts))?;
+            .map_err(|conflicts| apply_conflict(&conflicts))?;
             match stored {
                 Some(old) => update_object(&mut state, rp, ctx, &old, merged, true, false),
                 None => {
@@ -1546,32 +2269,40 @@ fn patch_request(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> 
     }
 }
 
-fn apply_conflict(rt: &ResourceType, name: &str, conflicts: &[patch::Conflict]) -> ApiError {
-    // Same grouping and wording as structured-merge-diff's `Conflicts.Error()`.
-    let api_version = rt.api_version();
+/// `apiserver/pkg/endpoints/handlers/fieldmanager` → structured-merge-diff `Conflicts.Error()`
+/// and `internal/conflict.go` `NewConflictError`: a manager is named with its subresource,
+/// and one that updated (not applied) with ` using <apiVersion>`; the Status carries only the
+/// causes.
+fn apply_conflict(conflicts: &[patch::Conflict]) -> ApiError {
+    // `apimachinery/pkg/util/managedfields/internal/conflict.go` `printManager`.
+    let who = |c: &patch::Conflict| {
+        let mut m = format!("\"{}\"", c.manager);
+        if let Some(sub) = c.subresource.as_deref().filter(|s| !s.is_empty()) {
+            m.push_str(&format!(" with subresource \"{sub}\""));
+        }
+        if c.operation != "Apply" {
+            m.push_str(&format!(" using {}", c.api_version));
+        }
+        m
+    };
     let message = if conflicts.len() == 1 {
         format!(
-            "Apply failed with 1 conflict: conflict with \"{}\" using {api_version}: {}",
-            conflicts[0].manager, conflicts[0].field
+            "Apply failed with 1 conflict: conflict with {}: {}",
+            who(&conflicts[0]),
+            conflicts[0].field
         )
     } else {
-        let mut by_manager: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        let mut by_manager: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
         for c in conflicts {
-            by_manager
-                .entry(c.manager.as_str())
-                .or_default()
-                .push(c.field.as_str());
+            by_manager.entry(who(c)).or_default().push(c.field.as_str());
         }
         let parts: Vec<String> = by_manager
             .iter()
             .map(|(m, fields)| {
                 if fields.len() == 1 {
-                    format!("conflicts with \"{m}\" using {api_version}: {}", fields[0])
+                    format!("conflicts with {m}: {}", fields[0])
                 } else {
-                    format!(
-                        "conflicts with \"{m}\" using {api_version}:\n- {}",
-                        fields.join("\n- ")
-                    )
+                    format!("conflicts with {m}:\n- {}", fields.join("\n- "))
                 }
             })
             .collect();
@@ -1583,10 +2314,9 @@ fn apply_conflict(rt: &ResourceType, name: &str, conflicts: &[patch::Conflict]) 
     };
     let causes: Vec<Value> = conflicts
         .iter()
-        .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\" using {api_version}", c.manager), "field": c.field}))
+        .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {}", who(c)), "field": c.field}))
         .collect();
-    ApiError::new(409, "Conflict", message)
-        .details(json!({"name": name, "group": rt.group, "kind": rt.plural, "causes": causes}))
+    ApiError::new(409, "Conflict", message).details(json!({"causes": causes}))
 }
 
 /// Answers a (Self)SubjectAccessReview with the same RBAC evaluation requests get.
@@ -1658,13 +2388,102 @@ fn after_delete(state: &mut State, rt: &ResourceType, obj: &Value) {
     }
 }
 
-/// Deletes (or starts deleting, when finalizers remain) one object.
+/// Types whose registry answers a completed DELETE with the deleted object
+/// (`ReturnDeletedObject: true` in their `pkg/registry/**/storage/storage.go`); every other
+/// type, custom resources included, answers with a `Status` (Success, name/group/kind/uid), as
+/// `staging/src/k8s.io/apiserver/pkg/registry/generic/registry/store.go` `finalizeDelete` does.
+fn returns_deleted_object(rt: &ResourceType) -> bool {
+    match rt.group.as_str() {
+        "" => matches!(
+            rt.kind.as_str(),
+            "Namespace"
+                | "ServiceAccount"
+                | "Pod"
+                | "Service"
+                | "PersistentVolume"
+                | "PersistentVolumeClaim"
+                | "ResourceQuota"
+                | "PodTemplate"
+        ),
+        "storage.k8s.io" | "resource.k8s.io" => true,
+        _ => false,
+    }
+}
+
+/// What `finalizeDelete` returns for an object that is (or would be) gone.
+fn deleted_answer(rt: &ResourceType, obj: Value) -> Value {
+    if returns_deleted_object(rt) {
+        return present(rt, obj);
+    }
+    let mut status = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+        "details": {"name": obj_name(&obj), "kind": rt.plural, "uid": obj["metadata"]["uid"]},
+    });
+    if !rt.group.is_empty() {
+        status["details"]["group"] = json!(rt.group);
+    }
+    status
+}
+
+/// The parts of DeleteOptions the emulator honours.
+#[derive(Default)]
+pub struct DeleteOptions {
+    pub dry_run: bool,
+    /// `propagationPolicy` (`Foreground`, `Background`, `Orphan`).
+    pub propagation: Option<String>,
+    /// The deprecated `orphanDependents`.
+    pub orphan_dependents: Option<bool>,
+    pub precondition_uid: Option<String>,
+    pub precondition_rv: Option<String>,
+}
+
+impl DeleteOptions {
+    fn from_body(opts: &Value, query_dry_run: bool) -> Self {
+        let s = |k: &str| opts.get(k).and_then(Value::as_str).map(str::to_string);
+        DeleteOptions {
+            dry_run: query_dry_run
+                || opts
+                    .get("dryRun")
+                    .and_then(Value::as_array)
+                    .is_some_and(|d| d.iter().any(|x| x == "All")),
+            propagation: s("propagationPolicy"),
+            orphan_dependents: opts.get("orphanDependents").and_then(Value::as_bool),
+            precondition_uid: opts
+                .pointer("/preconditions/uid")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            precondition_rv: opts
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        }
+    }
+
+    /// The finalizer the garbage collector works through for this deletion
+    /// (`deletionFinalizersForGarbageCollection` in `generic/registry/store.go`).
+    fn gc_finalizer(&self) -> Option<&'static str> {
+        match (self.propagation.as_deref(), self.orphan_dependents) {
+            (Some("Foreground"), _) => Some(FOREGROUND),
+            (Some("Orphan"), _) | (None, Some(true)) => Some(ORPHAN),
+            _ => None,
+        }
+    }
+}
+
+pub const FOREGROUND: &str = "foregroundDeletion";
+pub const ORPHAN: &str = "orphan";
+
+/// Deletes (or starts deleting, when finalizers remain) one object, the way
+/// `generic/registry/store.go` `Delete` and `handlers/delete.go` answer: 200 with a `Status`
+/// or the object when it is gone; 200 with the object when finalizers keep it (202 only when
+/// `orphanDependents: false` was asked); a second DELETE of an object already being deleted
+/// changes nothing and answers 200 with the object.
 pub fn delete_object(
     state: &mut State,
     rt: &ResourceType,
     ns: &str,
     name: &str,
-    dry_run: bool,
+    opts: &DeleteOptions,
 ) -> Result<(u16, Value), ApiError> {
     let key = rt.storage_key();
     let mut obj = state
@@ -1672,34 +2491,89 @@ pub fn delete_object(
         .get(&key, ns, name)
         .cloned()
         .ok_or_else(|| ApiError::not_found(rt, name))?;
-    let has_finalizers = obj
-        .pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .is_some_and(|f| !f.is_empty());
-    if dry_run {
+    // `staging/src/k8s.io/apiserver/pkg/registry/rest/delete.go` `BeforeDelete`.
+    let uid = obj["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let rv = obj["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let precondition = |what: String| {
+        ApiError::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {what}",
+                rt.qualified_kind()
+            ),
+        )
+        .details(json!({"name": name, "group": rt.group, "kind": rt.kind}))
+    };
+    if let Some(want) = &opts.precondition_uid
+        && *want != uid
+    {
+        return Err(precondition(format!(
+            "the UID in the precondition ({want}) does not match the UID in record ({uid}). The object might have been deleted and then recreated"
+        )));
+    }
+    if let Some(want) = &opts.precondition_rv
+        && *want != rv
+    {
+        return Err(precondition(format!(
+            "the ResourceVersion in the precondition ({want}) does not match the ResourceVersion in record ({rv}). The object might have been modified"
+        )));
+    }
+    if obj.pointer("/metadata/deletionTimestamp").is_some() {
+        // Measured on kube-apiserver v1.36: the object, as it stands, with 200.
         return Ok((200, present(rt, obj)));
     }
-    if has_finalizers || rt.kind == "Namespace" {
-        if obj.pointer("/metadata/deletionTimestamp").is_none() {
-            let rv = state.store.next_rv();
-            obj["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
-            obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-            if rt.kind == "Namespace" {
-                obj["status"] = json!({"phase": "Terminating"});
-            }
-            obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-            state.store.put(&key, ns, name, obj.clone(), rv);
-        }
+    let mut finalizers: Vec<Value> = obj
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if let Some(f) = opts.gc_finalizer()
+        && !finalizers.iter().any(|x| x == f)
+    {
+        finalizers.push(json!(f));
+    }
+    let stays = !finalizers.is_empty() || rt.kind == "Namespace";
+    if opts.dry_run {
         return Ok((
-            if rt.kind == "Namespace" { 200 } else { 202 },
-            present(rt, obj),
+            200,
+            if stays {
+                present(rt, obj)
+            } else {
+                deleted_answer(rt, obj)
+            },
         ));
+    }
+    if stays {
+        let rv = state.store.next_rv();
+        obj["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+        obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        if !finalizers.is_empty() {
+            obj["metadata"]["finalizers"] = json!(finalizers);
+        }
+        if rt.kind == "Namespace" {
+            obj["status"] = json!({"phase": "Terminating"});
+        }
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        state.store.put(&key, ns, name, obj.clone(), rv);
+        let code = if opts.orphan_dependents == Some(false) {
+            202
+        } else {
+            200
+        };
+        return Ok((code, present(rt, obj)));
     }
     let rv = state.store.next_rv();
     obj["metadata"]["resourceVersion"] = json!(rv.to_string());
     state.store.remove(&key, ns, name, obj.clone(), rv);
     after_delete(state, rt, &obj);
-    Ok((200, present(rt, obj)))
+    Ok((200, deleted_answer(rt, obj)))
 }
 
 fn delete(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> Reply {
@@ -1709,40 +2583,19 @@ fn delete(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> Reply {
     } else {
         parse_body(ctx, body)?
     };
+    let mut opts = DeleteOptions::from_body(&opts, ctx.dry_run());
+    if let Some(p) = ctx.q("propagationPolicy") {
+        opts.propagation = Some(p.to_string());
+    }
     let mut state = lock(&shared.state);
     let name = rp.name.clone().unwrap_or_default();
     let ns = rp.namespace.clone().unwrap_or_default();
-    if let Some(pre) = opts.get("preconditions")
-        && let Some(existing) = state.store.get(&rp.rt.storage_key(), &ns, &name)
-    {
-        let rv_ok = pre
-            .get("resourceVersion")
-            .and_then(Value::as_str)
-            .is_none_or(|rv| {
-                Some(rv)
-                    == existing
-                        .pointer("/metadata/resourceVersion")
-                        .and_then(Value::as_str)
-            });
-        let uid_ok = pre
-            .get("uid")
-            .and_then(Value::as_str)
-            .is_none_or(|u| Some(u) == existing.pointer("/metadata/uid").and_then(Value::as_str));
-        if !rv_ok || !uid_ok {
-            return Err(ApiError::conflict(&rp.rt, &name));
-        }
-    }
-    let dry = ctx.dry_run()
-        || opts
-            .get("dryRun")
-            .and_then(Value::as_array)
-            .is_some_and(|d| d.iter().any(|x| x == "All"));
-    let (code, obj) = delete_object(&mut state, &rp.rt, &ns, &name, dry)?;
+    let (code, obj) = delete_object(&mut state, &rp.rt, &ns, &name, &opts)?;
     Ok((code, obj, vec![]))
 }
 
 fn delete_collection(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
-    let (labels, fields) = selectors(ctx)?;
+    let (labels, fields) = selectors(&rp.rt, ctx)?;
     let mut state = lock(&shared.state);
     let targets: Vec<(String, String)> = state
         .store
@@ -1753,8 +2606,20 @@ fn delete_collection(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
         .collect();
     let mut items = Vec::new();
     for (ns, name) in targets {
-        if let Ok((_, o)) = delete_object(&mut state, &rp.rt, &ns, &name, ctx.dry_run()) {
-            items.push(o);
+        let opts = DeleteOptions {
+            dry_run: ctx.dry_run(),
+            ..Default::default()
+        };
+        // `Store.DeleteCollection` lists the objects it deleted, not their Statuses.
+        let before = state.store.get(&rp.rt.storage_key(), &ns, &name).cloned();
+        if let (Ok((_, o)), Some(before)) =
+            (delete_object(&mut state, &rp.rt, &ns, &name, &opts), before)
+        {
+            items.push(if o["kind"] == "Status" {
+                present(&rp.rt, before)
+            } else {
+                o
+            });
         }
     }
     Ok((
@@ -1762,6 +2627,33 @@ fn delete_collection(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
         json!({"kind": rp.rt.list_kind, "apiVersion": rp.rt.api_version(), "metadata": {"resourceVersion": state.store.current_rv().to_string()}, "items": items}),
         vec![],
     ))
+}
+
+/// Takes `finalizer` off `obj`; the last finalizer of an object being deleted takes it away.
+fn remove_finalizer(state: &mut State, rt: &ResourceType, obj: &Value, finalizer: &str) {
+    let (ns, name) = (obj_ns(obj).to_string(), obj_name(obj).to_string());
+    let Some(mut obj) = state.store.get(&rt.storage_key(), &ns, &name).cloned() else {
+        return;
+    };
+    if let Some(fs) = obj["metadata"]["finalizers"].as_array_mut() {
+        fs.retain(|f| f != finalizer);
+    }
+    let rv = state.store.next_rv();
+    obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+    if obj["metadata"]["finalizers"]
+        .as_array()
+        .is_none_or(|f| f.is_empty())
+    {
+        if let Some(m) = obj["metadata"].as_object_mut() {
+            m.remove("finalizers");
+        }
+        state
+            .store
+            .remove(&rt.storage_key(), &ns, &name, obj.clone(), rv);
+        after_delete(state, rt, &obj);
+    } else {
+        state.store.put(&rt.storage_key(), &ns, &name, obj, rv);
+    }
 }
 
 /// Garbage collection and namespace termination, run periodically in the background.
@@ -1813,7 +2705,64 @@ pub fn collect_garbage(state: &mut State) {
     }
     for (rt, ns, name) in doomed {
         // Already gone (a CRD deletion took it along) is fine.
-        let _ = delete_object(state, &rt, &ns, &name, false);
+        let _ = delete_object(state, &rt, &ns, &name, &DeleteOptions::default());
+    }
+    // Owners deleted with `propagationPolicy: Foreground` or `Orphan` carry the matching
+    // finalizer until the garbage collector has dealt with their dependents
+    // (`pkg/controller/garbagecollector/garbagecollector.go`, `processDeletingDependentsItem`
+    // and `orphanDependents`).
+    let mut owners = Vec::new();
+    for rt in &types {
+        for o in state.store.list(&rt.storage_key()) {
+            let finalizers = o.pointer("/metadata/finalizers").and_then(Value::as_array);
+            for f in [FOREGROUND, ORPHAN] {
+                if o.pointer("/metadata/deletionTimestamp").is_some()
+                    && finalizers.is_some_and(|fs| fs.iter().any(|x| x == f))
+                {
+                    owners.push((rt.clone(), o.clone(), f));
+                }
+            }
+        }
+    }
+    for (owner_rt, owner, finalizer) in owners {
+        let uid = owner["metadata"]["uid"].clone();
+        let dependents: Vec<(ResourceType, Value)> = types
+            .iter()
+            .flat_map(|rt| {
+                state
+                    .store
+                    .list(&rt.storage_key())
+                    .filter(|o| {
+                        o.pointer("/metadata/ownerReferences")
+                            .and_then(Value::as_array)
+                            .is_some_and(|rs| rs.iter().any(|r| r["uid"] == uid))
+                    })
+                    .map(|o| (rt.clone(), o.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (rt, mut dep) in dependents.iter().cloned() {
+            if finalizer == ORPHAN {
+                if let Some(rs) = dep["metadata"]["ownerReferences"].as_array_mut() {
+                    rs.retain(|r| r["uid"] != uid);
+                }
+                let rv = state.store.next_rv();
+                dep["metadata"]["resourceVersion"] = json!(rv.to_string());
+                let (ns, name) = (obj_ns(&dep).to_string(), obj_name(&dep).to_string());
+                state.store.put(&rt.storage_key(), &ns, &name, dep, rv);
+            } else {
+                let _ = delete_object(
+                    state,
+                    &rt,
+                    obj_ns(&dep),
+                    obj_name(&dep),
+                    &DeleteOptions::default(),
+                );
+            }
+        }
+        if finalizer == ORPHAN || dependents.is_empty() {
+            remove_finalizer(state, &owner_rt, &owner, finalizer);
+        }
     }
     for ns in terminating {
         let empty = types
@@ -1863,6 +2812,21 @@ impl WatchFilter {
     }
 }
 
+/// The object a watch event carries. An update that makes the object stop matching the
+/// watcher's selectors is sent as DELETED with the object as it was before (still matching),
+/// at the update's resourceVersion (`staging/src/k8s.io/apiserver/pkg/storage/cacher/cache_watcher.go`
+/// `convertToWatchEvent`: `!curObjPasses && oldObjPasses`).
+fn event_object(change: &Change, event: &str) -> Value {
+    match (&change.type_, event, &change.old) {
+        (EventType::Modified, "DELETED", Some(old)) => {
+            let mut old = old.clone();
+            old["metadata"]["resourceVersion"] = json!(change.rv.to_string());
+            old
+        }
+        _ => change.object.clone(),
+    }
+}
+
 fn expired_event(rv: &str, compacted: u64) -> Value {
     let e = ApiError::new(
         410,
@@ -1878,7 +2842,7 @@ fn watch_response(
     ctx: &Ctx,
     record: RequestRecord,
 ) -> Response<Body> {
-    let (labels, fields) = match selectors(ctx) {
+    let (labels, fields) = match selectors(&rp.rt, ctx) {
         Ok(s) => s,
         Err(e) => return error_response(&e),
     };
@@ -1938,8 +2902,9 @@ fn watch_response(
                         if let Some(t) = filter.event_for(c)
                             && name_ok(&c.object)
                         {
-                            initial
-                                .push(json!({"type": t, "object": present(&rt, c.object.clone())}));
+                            initial.push(
+                                json!({"type": t, "object": present(&rt, event_object(c, t))}),
+                            );
                         }
                     }
                     (state.store.subscribe(), current.max(from))
@@ -2003,7 +2968,7 @@ fn watch_response(
                             if let Some(t) = filter.event_for(&change)
                                 && name_ok(&change.object)
                             {
-                                let ev = json!({"type": t, "object": present(&rt, change.object.clone())});
+                                let ev = json!({"type": t, "object": present(&rt, event_object(&change, t))});
                                 if tx.send(encode(&ev)).await.is_err() {
                                     return;
                                 }

@@ -192,3 +192,97 @@ pub fn document(registry: &Registry, gv_path: &str) -> Option<Value> {
         "components": {"schemas": schemas},
     }))
 }
+
+/// Rewrites OpenAPI v3 component references to Swagger 2.0 definition references.
+fn v2_refs(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get_mut("$ref") {
+                *r = r.replace("#/components/schemas/", "#/definitions/");
+            }
+            m.values_mut().for_each(v2_refs);
+        }
+        Value::Array(a) => a.iter_mut().for_each(v2_refs),
+        _ => {}
+    }
+}
+
+/// An operation of a v3 document in Swagger 2.0 form: parameters carry their type directly,
+/// a request body becomes an `in: body` parameter, responses carry `schema`.
+fn v2_operation(op: &Value) -> Value {
+    let mut out = op.clone();
+    let mut params: Vec<Value> = op["parameters"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut p| {
+            let ty = p["schema"]["type"].clone();
+            if let Some(m) = p.as_object_mut() {
+                m.remove("schema");
+                m.insert("type".into(), ty);
+            }
+            p
+        })
+        .collect();
+    if let Some(content) = op
+        .pointer("/requestBody/content")
+        .and_then(Value::as_object)
+    {
+        let schema = content
+            .get("application/json")
+            .map(|c| c["schema"].clone())
+            .unwrap_or_else(|| json!({"type": "object"}));
+        params.push(json!({"name": "body", "in": "body", "required": true, "schema": schema}));
+        out["consumes"] = json!(content.keys().collect::<Vec<_>>());
+    }
+    if let Some(m) = out.as_object_mut() {
+        m.remove("requestBody");
+    }
+    out["parameters"] = json!(params);
+    out["produces"] = json!(["application/json", "application/yaml"]);
+    out["schemes"] = json!(["https"]);
+    let schema = op
+        .pointer("/responses/200/content/application~1json/schema")
+        .cloned()
+        .unwrap_or(Value::Null);
+    out["responses"] = json!({"200": {"description": "OK", "schema": schema}, "401": {"description": "Unauthorized"}});
+    out
+}
+
+/// `/openapi/v2`: one Swagger 2.0 document for every served group-version, built from the
+/// same per-group-version documents as `/openapi/v3` (the real server's v2 comes from the
+/// same definitions, `staging/src/k8s.io/kube-openapi/pkg/handler/handler.go`; CRDs' from
+/// `apiextensions-apiserver/pkg/controller/openapi/builder`).
+pub fn swagger_v2(registry: &Registry) -> Value {
+    let mut definitions = Map::new();
+    let mut paths = Map::new();
+    for p in group_version_paths(registry) {
+        let Some(mut doc) = document(registry, &p) else {
+            continue;
+        };
+        v2_refs(&mut doc);
+        if let Some(schemas) = doc["components"]["schemas"].as_object() {
+            for (name, schema) in schemas {
+                definitions.insert(name.clone(), schema.clone());
+            }
+        }
+        if let Some(ps) = doc["paths"].as_object() {
+            for (path, ops) in ps {
+                let mut out = Map::new();
+                for (method, op) in ops.as_object().into_iter().flatten() {
+                    out.insert(method.clone(), v2_operation(op));
+                }
+                paths.insert(path.clone(), Value::Object(out));
+            }
+        }
+    }
+    json!({
+        "swagger": "2.0",
+        "info": {"title": "Kubernetes", "version": "v1.34.0"},
+        "paths": paths,
+        "definitions": definitions,
+        "securityDefinitions": {"BearerToken": {"type": "apiKey", "name": "authorization", "in": "header", "description": "Bearer Token authentication"}},
+        "security": [{"BearerToken": []}],
+    })
+}

@@ -34,6 +34,10 @@ impl Scope {
 pub struct Conflict {
     pub manager: String,
     pub field: String,
+    /// The conflicting entry's operation (`Apply` or `Update`) and apiVersion.
+    pub operation: String,
+    pub api_version: String,
+    pub subresource: Option<String>,
 }
 
 /// JSON merge patch (RFC 7386).
@@ -539,6 +543,9 @@ pub fn apply(
                 conflicts.push(Conflict {
                     manager: e.manager.clone(),
                     field: display_path(p),
+                    operation: e.operation.clone(),
+                    api_version: e.api_version.clone(),
+                    subresource: e.subresource.clone(),
                 });
             }
         }
@@ -695,7 +702,10 @@ mod tests {
             err,
             vec![Conflict {
                 manager: "alice".into(),
-                field: ".data.a".into()
+                field: ".data.a".into(),
+                operation: "Apply".into(),
+                api_version: "v1".into(),
+                subresource: None,
             }]
         );
         let forced = apply(Some(&obj), &b, "bob", true, None, MAIN, "v1").expect("forced");

@@ -277,6 +277,17 @@ fn body(kind: &str, raw: &[u8]) -> Result<Value, String> {
             ("SelfSubjectAccessReview" | "SubjectAccessReview", 2) => {
                 obj["spec"] = access_review_spec(x)?
             }
+            // `k8s.io/api/authentication/v1/generated.proto` TokenRequestSpec (`kubectl create
+            // token`); a boundObjectRef (3) is not kept.
+            ("TokenRequest", 2) => {
+                obj["spec"] = simple(
+                    x,
+                    &[
+                        (1, "audiences", Kind::Strs),
+                        (4, "expirationSeconds", Kind::Int),
+                    ],
+                )?
+            }
             ("Lease", 2) => {
                 obj["spec"] = simple(
                     x,
@@ -330,6 +341,7 @@ pub fn decode(buf: &[u8]) -> Result<Value, String> {
         "Lease",
         "SelfSubjectAccessReview",
         "SubjectAccessReview",
+        "TokenRequest",
     ];
     if !supported.contains(&kind.as_str()) {
         return Err(format!(

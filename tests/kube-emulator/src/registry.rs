@@ -38,6 +38,8 @@ pub struct ResourceType {
     pub cel: Option<std::sync::Arc<kube_cel::CompiledSchema>>,
     /// Set for types registered by a CRD: the CRD's name.
     pub crd_name: Option<String>,
+    /// A CRD version's `selectableFields`, as field labels (`spec.color`).
+    pub selectable_fields: Vec<String>,
 }
 
 impl ResourceType {
@@ -484,6 +486,7 @@ impl Registry {
                 cel: None,
                 printer_columns: default_columns(b.kind),
                 crd_name: None,
+                selectable_fields: Vec::new(),
             };
             types.insert(
                 (rt.group.clone(), rt.version.clone(), rt.plural.clone()),
@@ -604,6 +607,15 @@ impl Registry {
                     .map(|s| std::sync::Arc::new(kube_cel::compile_schema(s))),
                 printer_columns: columns,
                 crd_name: Some(name.to_string()),
+                selectable_fields: version["selectableFields"]
+                    .as_array()
+                    .map(|fs| {
+                        fs.iter()
+                            .filter_map(|f| f["jsonPath"].as_str())
+                            .map(|p| p.trim_start_matches('.').to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             };
             self.types
                 .insert((group.clone(), vname, plural.clone()), rt);

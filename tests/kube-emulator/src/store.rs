@@ -303,6 +303,11 @@ impl FieldSelector {
         Ok(FieldSelector { terms })
     }
 
+    /// The field labels the selector names.
+    pub fn labels(&self) -> impl Iterator<Item = &str> {
+        self.terms.iter().map(|(field, _, _)| field.as_str())
+    }
+
     pub fn matches(&self, object: &Value) -> bool {
         self.terms.iter().all(|(field, eq, want)| {
             let pointer = format!("/{}", field.replace('.', "/"));
