@@ -188,6 +188,7 @@ pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
         remote_keys: crate::receiver::keys::RemoteKeyOptions {
             timeout: args.key_fetch_timeout,
             insecure_urls: args.insecure_key_urls,
+            ..Default::default()
         },
         max_body_bytes_in_flight: args.max_body_bytes_in_flight,
         max_connections: args.max_connections,

@@ -46,6 +46,8 @@ pub struct RemoteKeyOptions {
     /// Tests only (`--insecure-key-urls`): JWKS, certificate and SubscribeURL fetches
     /// may use http and any host (the egress policy still applies).
     pub insecure_urls: bool,
+    /// A token with an unknown `kid` refetches the JWKS at most this often per URL.
+    pub refresh_min_interval: Duration,
 }
 
 impl Default for RemoteKeyOptions {
@@ -53,6 +55,7 @@ impl Default for RemoteKeyOptions {
         RemoteKeyOptions {
             timeout: Duration::from_secs(5),
             insecure_urls: false,
+            refresh_min_interval: REFRESH_MIN_INTERVAL,
         }
     }
 }
@@ -161,6 +164,7 @@ impl RemoteKeys {
     where
         F: AsyncFnOnce() -> Result<T, String>,
     {
+        let refresh_min = self.options.refresh_min_interval;
         let decide = |entry: &Entry<T>, now: Instant| -> Option<Result<Arc<T>, String>> {
             let good = entry.good.as_ref();
             match good {
@@ -169,11 +173,11 @@ impl RemoteKeys {
                         return Some(Ok(doc.clone()));
                     }
                     // Unknown key: refresh, at most once per interval.
-                    if now.duration_since(*at) < REFRESH_MIN_INTERVAL
+                    if now.duration_since(*at) < refresh_min
                         || entry
                             .failed
                             .as_ref()
-                            .is_some_and(|(_, f)| now.duration_since(*f) < REFRESH_MIN_INTERVAL)
+                            .is_some_and(|(_, f)| now.duration_since(*f) < refresh_min)
                     {
                         return Some(Ok(doc.clone()));
                     }

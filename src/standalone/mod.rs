@@ -227,6 +227,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
         remote_keys: crate::receiver::keys::RemoteKeyOptions {
             timeout: args.key_fetch_timeout,
             insecure_urls: args.insecure_key_urls,
+            ..Default::default()
         },
     };
     // With --metrics-addr: its listener and the registry the receiver fills.

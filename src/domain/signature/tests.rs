@@ -1106,6 +1106,8 @@ fn token_presets_accept_bearer_basic_and_the_configured_header() {
             provider: p,
             generic: None,
             token_header: Some("x-token".to_string()),
+            oidc: None,
+            sns: None,
         };
         let map = headers(&[("X-Token", secret)]);
         let d = Delivery {
