@@ -821,8 +821,8 @@ pub enum JwtAlgorithm {
 #[serde(rename_all = "camelCase")]
 pub struct SnsSpec {
     /// Topic ARNs allowed to deliver. Every SNS topic's messages are signed by AWS, so
-    /// this is what ties the endpoint to your topics; empty accepts any topic (the path
-    /// is then the only secret, and the integration says so in a Warning).
+    /// this is what ties the endpoint to your topics; empty accepts any topic (the
+    /// unguessable path is then the only secret).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
     pub topic_arns: Vec<String>,

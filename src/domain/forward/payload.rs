@@ -441,11 +441,7 @@ pub fn meta_header_names(scheme: &Scheme) -> Vec<&str> {
         ProviderKind::Jira => &["x-atlassian-webhook-identifier"],
         ProviderKind::Bitbucket => &["x-request-uuid", "x-request-id", "x-event-key"],
         ProviderKind::GithubActions => &["x-request-id"],
-        ProviderKind::AwsSns => &[
-            "x-amz-sns-message-type",
-            "x-amz-sns-message-id",
-            "x-amz-sns-topic-arn",
-        ],
+        ProviderKind::AwsSns => &["x-amz-sns-message-id"],
         ProviderKind::GooglePubsub => &[],
         // Ids and types in the body (or none at all).
         ProviderKind::Stripe

@@ -314,3 +314,245 @@ pub fn inline_sets(secrets: &[&str]) -> Result<Vec<JwkSet>, Rejection> {
     }
     Ok(sets)
 }
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use ring::signature::{Ed25519KeyPair, KeyPair as _};
+    use serde_json::json;
+
+    use super::*;
+    use crate::domain::signature::jose::{
+        JwksError, PrivateKey, encode_token, parse_token, signature_verifies,
+    };
+
+    const NOW: i64 = 1_800_000_000;
+
+    /// RFC 8037 appendix A.4: the published Ed25519 JWS verifies with the published key,
+    /// and not once a byte of it changes.
+    #[test]
+    fn rfc8037_ed25519_example_verifies() {
+        let jwks = JwkSet::parse(
+            br#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#,
+        )
+        .expect("jwks");
+        let jws = "eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc.hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg";
+        let token = parse_token(jws).expect("parse");
+        assert_eq!(token.payload, b"Example of Ed25519 signing");
+        assert!(signature_verifies(&token, JwtAlgorithm::EdDSA, &[&jwks]));
+        let tampered = jws.replace(".RXhh", ".SXhh");
+        let token = parse_token(&tampered).expect("parse");
+        assert!(!signature_verifies(&token, JwtAlgorithm::EdDSA, &[&jwks]));
+    }
+
+    struct Issuer {
+        key: PrivateKey,
+        jwks: JwkSet,
+        policy: OidcPolicy,
+    }
+
+    fn issuer() -> Issuer {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).expect("key");
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("key");
+        let x = URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
+        let jwks = JwkSet::parse(
+            json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1"},
+                            {"kty": "oct", "k": "c2VjcmV0", "kid": "k1"}]})
+            .to_string()
+            .as_bytes(),
+        )
+        .expect("jwks");
+        assert_eq!((jwks.keys.len(), jwks.skipped), (1, 1), "oct keys are skipped");
+        let spec = OidcSpec {
+            issuer: Some("https://idp.example.com".into()),
+            audiences: vec!["aud-1".into(), "aud-2".into()],
+            claims: [("email_verified".to_string(), "true".to_string())].into(),
+            ..OidcSpec::default()
+        };
+        Issuer {
+            key: PrivateKey::Ed25519(pair),
+            jwks,
+            policy: OidcPolicy::from_spec(ProviderKind::Generic, Some(&spec)).expect("policy"),
+        }
+    }
+
+    fn check(issuer: &Issuer, claims: serde_json::Value, kid: Option<&str>) -> Result<Verified, Rejection> {
+        let rng = ring::rand::SystemRandom::new();
+        let token = encode_token(&issuer.key, kid, &claims, &rng).expect("sign");
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        let delivery = Delivery {
+            method: "POST",
+            url: "",
+            headers: &headers,
+            body: b"{}",
+        };
+        verify(&issuer.policy, &delivery, &[&issuer.jwks], NOW)
+    }
+
+    fn claims() -> serde_json::Value {
+        json!({"iss": "https://idp.example.com", "aud": ["other", "aud-2"], "exp": NOW + 60,
+               "iat": NOW, "email_verified": true})
+    }
+
+    #[test]
+    fn time_claims_have_exactly_the_leeway() {
+        let i = issuer();
+        assert!(check(&i, claims(), Some("k1")).is_ok());
+        let with = |k: &str, v: i64| {
+            let mut c = claims();
+            c[k] = json!(v);
+            check(&i, c, Some("k1"))
+        };
+        assert!(with("exp", NOW - DEFAULT_LEEWAY_SECONDS).is_ok());
+        assert_eq!(
+            with("exp", NOW - DEFAULT_LEEWAY_SECONDS - 1).unwrap_err().code(),
+            "token_expired"
+        );
+        assert!(with("nbf", NOW + DEFAULT_LEEWAY_SECONDS).is_ok());
+        assert_eq!(
+            with("nbf", NOW + DEFAULT_LEEWAY_SECONDS + 1).unwrap_err().code(),
+            "token_not_yet_valid"
+        );
+        assert_eq!(
+            with("iat", NOW + DEFAULT_LEEWAY_SECONDS + 1).unwrap_err().code(),
+            "token_not_yet_valid"
+        );
+    }
+
+    #[test]
+    fn issuer_audience_and_claims_must_match() {
+        let i = issuer();
+        let mut c = claims();
+        c["iss"] = json!("https://idp.example.com/");
+        assert_eq!(check(&i, c, Some("k1")).unwrap_err(), Rejection::IssuerMismatch);
+        let mut c = claims();
+        c["aud"] = json!("other");
+        assert_eq!(check(&i, c, Some("k1")).unwrap_err(), Rejection::AudienceMismatch);
+        let mut c = claims();
+        c["email_verified"] = json!(false);
+        assert_eq!(check(&i, c, Some("k1")).unwrap_err().code(), "claim_mismatch");
+        let mut c = claims();
+        c["email_verified"] = json!("true");
+        assert!(check(&i, c, Some("k1")).is_ok(), "a string claim compares as text");
+        // No kid: any key of the token's algorithm may verify it.
+        assert!(check(&i, claims(), None).is_ok());
+        assert_eq!(check(&i, claims(), Some("k2")).unwrap_err().code(), "unknown_key_id");
+    }
+
+    #[test]
+    fn none_and_hmac_never_verify_and_an_algorithm_must_fit_its_key() {
+        let i = issuer();
+        let body = URL_SAFE_NO_PAD.encode(claims().to_string());
+        for header in [
+            json!({"alg": "none", "kid": "k1"}),
+            json!({"alg": "HS256", "kid": "k1"}),
+            json!({"alg": "ES256", "kid": "k1", "crit": ["b64"]}),
+        ] {
+            let head = URL_SAFE_NO_PAD.encode(header.to_string());
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                "authorization",
+                format!("Bearer {head}.{body}.c2ln").parse().expect("header"),
+            );
+            let delivery = Delivery {
+                method: "POST",
+                url: "",
+                headers: &headers,
+                body: b"",
+            };
+            let r = verify(&i.policy, &delivery, &[&i.jwks], NOW).unwrap_err();
+            assert!(
+                matches!(r.code(), "algorithm_not_allowed" | "token_malformed"),
+                "{header}: {r}"
+            );
+        }
+        // ES256 with the kid of an Ed25519 key: no ES256 key of that id.
+        let head = URL_SAFE_NO_PAD.encode(json!({"alg": "ES256", "kid": "k1"}).to_string());
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "authorization",
+            format!("Bearer {head}.{body}.c2ln").parse().expect("header"),
+        );
+        let delivery = Delivery {
+            method: "POST",
+            url: "",
+            headers: &headers,
+            body: b"",
+        };
+        assert_eq!(
+            verify(&i.policy, &delivery, &[&i.jwks], NOW).unwrap_err().code(),
+            "unknown_key_id"
+        );
+    }
+
+    #[test]
+    fn malformed_jwks_documents_are_refused_with_the_key_at_fault() {
+        assert_eq!(JwkSet::parse(b"[]"), Err(JwksError::NotAKeySet));
+        let short = json!({"keys": [{"kty": "RSA", "n": URL_SAFE_NO_PAD.encode([0xffu8; 128]), "e": "AQAB"}]});
+        assert!(matches!(
+            JwkSet::parse(short.to_string().as_bytes()),
+            Err(JwksError::BadKey { index: 0, reason: "RSA key shorter than 2048 bits" })
+        ));
+        let wrong_alg = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "alg": "RS256", "x": URL_SAFE_NO_PAD.encode([1u8; 32])}]});
+        assert!(JwkSet::parse(wrong_alg.to_string().as_bytes()).is_err());
+        let many: Vec<_> = (0..65).map(|_| json!({"kty": "oct"})).collect();
+        assert_eq!(
+            JwkSet::parse(json!({"keys": many}).to_string().as_bytes()),
+            Err(JwksError::TooManyKeys)
+        );
+    }
+
+    #[test]
+    fn keys_are_fetched_only_over_https_from_the_issuers_host() {
+        let i = issuer();
+        let p = &i.policy;
+        assert!(p.jwks_url_allowed("https://idp.example.com/keys", false).is_ok());
+        assert!(p.jwks_url_allowed("https://IDP.example.com/keys", false).is_ok());
+        assert!(p.jwks_url_allowed("http://idp.example.com/keys", false).is_err());
+        assert!(p.jwks_url_allowed("https://idp.example.com.evil.io/keys", false).is_err());
+        assert!(p.jwks_url_allowed("https://evil.io@idp.example.com/keys", false).is_err());
+        assert!(p.jwks_url_allowed("http://127.0.0.1:8080/keys", true).is_ok());
+        let google = OidcPolicy::from_spec(
+            ProviderKind::GooglePubsub,
+            Some(&OidcSpec {
+                audiences: vec!["a".into()],
+                ..OidcSpec::default()
+            }),
+        )
+        .expect("policy");
+        assert_eq!(google.issuer, GOOGLE_ISSUER);
+        assert_eq!(google.jwks_url.as_deref(), Some(GOOGLE_JWKS_URL));
+        assert!(google.jwks_url_allowed(GOOGLE_JWKS_URL, false).is_ok());
+    }
+
+    #[test]
+    fn specs_that_cannot_work_say_what_to_fix() {
+        let spec = |issuer: Option<&str>, audiences: &[&str]| OidcSpec {
+            issuer: issuer.map(str::to_string),
+            audiences: audiences.iter().map(|a| a.to_string()).collect(),
+            ..OidcSpec::default()
+        };
+        assert_eq!(
+            OidcPolicy::from_spec(ProviderKind::Generic, Some(&spec(None, &["a"]))),
+            Err(OidcSpecError::IssuerMissing)
+        );
+        assert_eq!(
+            OidcPolicy::from_spec(ProviderKind::Generic, Some(&spec(Some("https://i"), &[]))),
+            Err(OidcSpecError::NoAudience)
+        );
+        assert!(matches!(
+            OidcPolicy::from_spec(ProviderKind::GithubActions, Some(&spec(Some("https://i"), &["a"]))),
+            Err(OidcSpecError::IssuerFixed { .. })
+        ));
+        assert_eq!(
+            OidcPolicy::from_spec(ProviderKind::GithubActions, None),
+            Err(OidcSpecError::Missing(ProviderKind::GithubActions))
+        );
+    }
+}

@@ -296,3 +296,59 @@ pub fn headers(message: &Message) -> Vec<(String, String)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificates_and_subscriptions_only_from_sns_hosts() {
+        for ok in [
+            "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
+            "https://sns.cn-north-1.amazonaws.com.cn/x.pem",
+            "https://SNS.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&Token=1",
+        ] {
+            assert!(url_allowed(ok, false).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://sns.us-east-1.amazonaws.com/x.pem",
+            "https://sns.us-east-1.amazonaws.com.evil.io/x.pem",
+            "https://evil.io/sns.us-east-1.amazonaws.com/x.pem",
+            "https://s3.us-east-1.amazonaws.com/x.pem",
+            "https://sns..amazonaws.com/x.pem",
+            "https://user@sns.us-east-1.amazonaws.com/x.pem",
+            "ftp://sns.us-east-1.amazonaws.com/x.pem",
+        ] {
+            assert!(url_allowed(bad, false).is_err(), "{bad}");
+        }
+        assert!(url_allowed("http://127.0.0.1:9/cert.pem", true).is_ok());
+    }
+
+    #[test]
+    fn the_string_to_sign_follows_awss_field_order_per_type() {
+        let n = parse(br#"{"Type":"Notification","MessageId":"m","TopicArn":"t","Message":"hi","Timestamp":"2026-01-01T00:00:00.000Z","UnsubscribeURL":"u"}"#).expect("parse");
+        assert_eq!(
+            string_to_sign(&n).expect("sts"),
+            "Message\nhi\nMessageId\nm\nTimestamp\n2026-01-01T00:00:00.000Z\nTopicArn\nt\nType\nNotification\n"
+        );
+        let c = parse(br#"{"Type":"SubscriptionConfirmation","MessageId":"m","Token":"k","TopicArn":"t","Message":"hi","SubscribeURL":"s","Timestamp":"x"}"#).expect("parse");
+        assert_eq!(
+            string_to_sign(&c).expect("sts"),
+            "Message\nhi\nMessageId\nm\nSubscribeURL\ns\nTimestamp\nx\nToken\nk\nTopicArn\nt\nType\nSubscriptionConfirmation\n"
+        );
+        let missing = parse(br#"{"Type":"SubscriptionConfirmation","MessageId":"m"}"#).expect("parse");
+        assert_eq!(string_to_sign(&missing).unwrap_err().code(), "malformed_body");
+        assert_eq!(parse(br#"{"Type":"Other"}"#).unwrap_err().code(), "malformed_body");
+        assert_eq!(parse(b"[]").unwrap_err().code(), "malformed_body");
+    }
+
+    #[test]
+    fn json_messages_are_expanded_and_text_ones_kept() {
+        let mut v = serde_json::json!({"Message": "{\"AlarmName\":\"a\"}"});
+        expand_message(&mut v);
+        assert_eq!(v["Message"]["AlarmName"], "a");
+        let mut v = serde_json::json!({"Message": "{not json"});
+        expand_message(&mut v);
+        assert_eq!(v["Message"], "{not json");
+    }
+}
