@@ -758,7 +758,9 @@ impl FromStr for ProviderKind {
 }
 
 /// How provider generic authenticates deliveries (`spec.auth`).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum GenericAuth {
     /// The configurable HMAC of spec.signature.

@@ -204,7 +204,13 @@ pub struct SignArgs {
     #[command(flatten)]
     pub scheme: SchemeArgs,
     /// The shared secret or token (OIDC/SNS: --private-key-file instead).
-    #[arg(long, value_name = "VALUE", allow_hyphen_values = true, required_unless_present = "private_key_file", default_value = "")]
+    #[arg(
+        long,
+        value_name = "VALUE",
+        allow_hyphen_values = true,
+        required_unless_present = "private_key_file",
+        default_value = ""
+    )]
     pub secret: String,
     #[command(flatten)]
     pub key: PrivateKeyFlags,
@@ -249,7 +255,13 @@ pub struct SendTestArgs {
     pub scheme: SchemeArgs,
     /// The shared secret or token the integration expects (OIDC/SNS:
     /// --private-key-file instead).
-    #[arg(long, value_name = "VALUE", allow_hyphen_values = true, required_unless_present = "private_key_file", default_value = "")]
+    #[arg(
+        long,
+        value_name = "VALUE",
+        allow_hyphen_values = true,
+        required_unless_present = "private_key_file",
+        default_value = ""
+    )]
     pub secret: String,
     #[command(flatten)]
     pub key: PrivateKeyFlags,
@@ -569,7 +581,10 @@ fn verify_published(
         })?;
         if scheme.oidc.is_some() {
             let file = jose::JwkSet::parse(&bytes).map_err(|e| {
-                CliError::Usage(format!("--key-file {} is not a usable JWKS: {e}", path.display()))
+                CliError::Usage(format!(
+                    "--key-file {} is not a usable JWKS: {e}",
+                    path.display()
+                ))
             })?;
             let inline = match oidc::inline_sets(secrets) {
                 Ok(sets) => sets,
@@ -580,16 +595,23 @@ fn verify_published(
                 jwks: Some(&sets),
                 certificate: None,
             };
-            return Ok(signature::verify_with(scheme, secrets, delivery, now, external));
+            return Ok(signature::verify_with(
+                scheme, secrets, delivery, now, external,
+            ));
         }
         let cert = der::parse_certificate(&bytes).map_err(|e| {
-            CliError::Usage(format!("--key-file {} is not a usable certificate: {e}", path.display()))
+            CliError::Usage(format!(
+                "--key-file {} is not a usable certificate: {e}",
+                path.display()
+            ))
         })?;
         let external = External {
             jwks: None,
             certificate: Some(&cert),
         };
-        return Ok(signature::verify_with(scheme, secrets, delivery, now, external));
+        return Ok(signature::verify_with(
+            scheme, secrets, delivery, now, external,
+        ));
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -625,7 +647,10 @@ fn sign_published(
         ))
     })?;
     let pem = std::fs::read_to_string(path).map_err(|e| {
-        CliError::Usage(format!("cannot read --private-key-file {}: {e}", path.display()))
+        CliError::Usage(format!(
+            "cannot read --private-key-file {}: {e}",
+            path.display()
+        ))
     })?;
     let rng = ring::rand::SystemRandom::new();
     signature::sign_asymmetric(scheme, &pem, key.key_id.as_deref(), input, &rng)

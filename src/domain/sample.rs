@@ -466,7 +466,11 @@ pub fn sample_with(
         }
         ProviderKind::AwsSns => {
             // A CloudWatch alarm state change, as SNS wraps it (Message is JSON text).
-            let (state, old) = if resolve { ("OK", "ALARM") } else { ("ALARM", "OK") };
+            let (state, old) = if resolve {
+                ("OK", "ALARM")
+            } else {
+                ("ALARM", "OK")
+            };
             let alarm = json!({
                 "AlarmName": incident,
                 "AlarmDescription": "5XX rate of the checkout load balancer above 5%",

@@ -270,7 +270,12 @@ impl Sender {
     /// pool and SSRF guard as forwards, redirects not followed, at most `max_bytes` read
     /// (a larger answer is dropped with its connection: bounded memory whatever the
     /// server sends) and all of it within `timeout`.
-    pub async fn fetch(&self, url: Uri, timeout: Duration, max_bytes: usize) -> Result<Bytes, FetchError> {
+    pub async fn fetch(
+        &self,
+        url: Uri,
+        timeout: Duration,
+        max_bytes: usize,
+    ) -> Result<Bytes, FetchError> {
         let deadline = Instant::now() + timeout;
         if !matches!(url.scheme_str(), Some("http" | "https")) {
             return Err(FetchError::Transport("not an http(s) URL".to_string()));
@@ -301,7 +306,9 @@ impl Sender {
             match tokio::time::timeout_at(deadline, body.frame()).await {
                 Err(_) => return Err(FetchError::Timeout(seconds(timeout))),
                 Ok(None) => return Ok(Bytes::from(out)),
-                Ok(Some(Err(e))) => return Err(FetchError::Transport(format!("answer broken: {e}"))),
+                Ok(Some(Err(e))) => {
+                    return Err(FetchError::Transport(format!("answer broken: {e}")));
+                }
                 Ok(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
                         if out.len() + data.len() > max_bytes {

@@ -139,7 +139,12 @@ impl RemoteKeys {
             hasher.update(s.as_bytes());
         }
         let key: [u8; 32] = hasher.finalize().into();
-        if let Some(sets) = self.inline.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
+        if let Some(sets) = self
+            .inline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
             return Ok(sets.clone());
         }
         let sets = Arc::new(oidc::inline_sets(secrets)?);
@@ -197,16 +202,18 @@ impl RemoteKeys {
         let flight = {
             let mut map = cache.lock().unwrap_or_else(PoisonError::into_inner);
             let now = Instant::now();
-            if !map.contains_key(url) && map.len() >= MAX_CACHED_URLS {
-                if let Some(oldest) = map
+            if !map.contains_key(url)
+                && map.len() >= MAX_CACHED_URLS
+                && let Some(oldest) = map
                     .iter()
                     .min_by_key(|(_, e)| e.used)
                     .map(|(k, _)| k.clone())
-                {
-                    map.remove(&oldest);
-                }
+            {
+                map.remove(&oldest);
             }
-            let entry = map.entry(url.to_string()).or_insert_with(|| Entry::new(now));
+            let entry = map
+                .entry(url.to_string())
+                .or_insert_with(|| Entry::new(now));
             entry.used = now;
             if let Some(answer) = decide(entry, now) {
                 return answer;
@@ -226,7 +233,9 @@ impl RemoteKeys {
         let outcome = fetch().await;
         let mut map = cache.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
-        let entry = map.entry(url.to_string()).or_insert_with(|| Entry::new(now));
+        let entry = map
+            .entry(url.to_string())
+            .or_insert_with(|| Entry::new(now));
         match outcome {
             Ok(doc) => {
                 let doc = Arc::new(doc);
@@ -262,19 +271,31 @@ impl RemoteKeys {
         kid: Option<&str>,
         alg: crate::crd::JwtAlgorithm,
     ) -> Result<Arc<JwkSet>, Rejection> {
-        self.get(&self.jwks, url, |set: &JwkSet| set.has(kid, alg), JWKS_TTL, async || {
-            let bytes = self.download(url, MAX_JWKS_BYTES).await?;
-            JwkSet::parse(&bytes).map_err(|e| format!("not a usable JWKS: {e}"))
-        })
+        self.get(
+            &self.jwks,
+            url,
+            |set: &JwkSet| set.has(kid, alg),
+            JWKS_TTL,
+            async || {
+                let bytes = self.download(url, MAX_JWKS_BYTES).await?;
+                JwkSet::parse(&bytes).map_err(|e| format!("not a usable JWKS: {e}"))
+            },
+        )
         .await
         .map_err(|reason| Rejection::JwksUnavailable { reason })
     }
 
     async fn certificate(&self, url: &str) -> Result<Arc<Certificate>, Rejection> {
-        self.get(&self.certs, url, |_: &Certificate| true, CERT_TTL, async || {
-            let bytes = self.download(url, MAX_CERT_BYTES).await?;
-            der::parse_certificate(&bytes).map_err(|e| format!("not a usable certificate: {e}"))
-        })
+        self.get(
+            &self.certs,
+            url,
+            |_: &Certificate| true,
+            CERT_TTL,
+            async || {
+                let bytes = self.download(url, MAX_CERT_BYTES).await?;
+                der::parse_certificate(&bytes).map_err(|e| format!("not a usable certificate: {e}"))
+            },
+        )
         .await
         .map_err(|reason| Rejection::CertificateUnavailable { reason })
     }
@@ -286,7 +307,10 @@ impl RemoteKeys {
         integration: &str,
         message: &sns::Message,
     ) -> Result<(), String> {
-        let topic = message.field("TopicArn").unwrap_or("(unknown topic)").to_string();
+        let topic = message
+            .field("TopicArn")
+            .unwrap_or("(unknown topic)")
+            .to_string();
         let outcome = match message.subscribe_url() {
             None => Err("the SubscriptionConfirmation has no SubscribeURL".to_string()),
             Some(url) => match sns::url_allowed(url, self.options.insecure_urls) {
@@ -386,7 +410,9 @@ async fn verify_inner(
             jwks: Some(&sets),
             certificate: None,
         };
-        return Ok(signature::verify_with(scheme, secrets, delivery, now, external));
+        return Ok(signature::verify_with(
+            scheme, secrets, delivery, now, external,
+        ));
     }
     if scheme.sns.is_some() {
         let message = sns::parse(delivery.body)?;
@@ -404,7 +430,9 @@ async fn verify_inner(
             jwks: None,
             certificate: Some(&cert),
         };
-        return Ok(signature::verify_with(scheme, secrets, delivery, now, external));
+        return Ok(signature::verify_with(
+            scheme, secrets, delivery, now, external,
+        ));
     }
     Ok(signature::verify(scheme, secrets, delivery, now))
 }

@@ -55,7 +55,10 @@ fn python() -> Option<PathBuf> {
         "{} cannot import jwt (PyJWT) and cryptography: run scripts/check-chart.sh, which installs its pinned packages",
         py.display()
     );
-    eprintln!("SKIPPED: PyJWT/cryptography not installed in {}", py.display());
+    eprintln!(
+        "SKIPPED: PyJWT/cryptography not installed in {}",
+        py.display()
+    );
     None
 }
 
@@ -69,7 +72,11 @@ fn mint(base: &str, now: i64) -> Option<Value> {
         .arg(now.to_string())
         .output()
         .expect("run mint.py");
-    assert!(out.status.success(), "mint.py: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mint.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Some(serde_json::from_slice(&out.stdout).expect("mint.py prints JSON"))
 }
 
@@ -159,8 +166,11 @@ struct Receiver {
 }
 
 fn remote(insecure: bool) -> Arc<RemoteKeys> {
-    let sender = Sender::new(EgressPolicy::standalone(Vec::new(), None), SenderOptions::default())
-        .expect("sender");
+    let sender = Sender::new(
+        EgressPolicy::standalone(Vec::new(), None),
+        SenderOptions::default(),
+    )
+    .expect("sender");
     Arc::new(RemoteKeys::new(
         sender,
         RemoteKeyOptions {
@@ -233,21 +243,32 @@ impl Receiver {
             .expect("answer");
         let status = res.status();
         let bytes = res.into_body().collect().await.expect("body").to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     async fn bearer(&self, path: &str, token: &str) -> (StatusCode, Value) {
         let auth = format!("Bearer {token}");
         self.post(
             path,
-            &[("content-type", "application/json"), ("authorization", &auth)],
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &auth),
+            ],
             br#"{"type":"deployment.finished"}"#,
         )
         .await
     }
 
     fn last_reject_reason(&self) -> Option<&'static str> {
-        self.sink.rejected.lock().expect("lock").last().map(|r| r.reason)
+        self.sink
+            .rejected
+            .lock()
+            .expect("lock")
+            .last()
+            .map(|r| r.reason)
     }
 
     fn accepted(&self) -> usize {
@@ -288,7 +309,11 @@ async fn oidc_tokens_from_pyjwt_verify_against_a_fetched_jwks_and_bad_ones_get_p
         assert_eq!(status, StatusCode::ACCEPTED, "{alg}: {body}");
     }
     assert_eq!(rx.accepted(), 3);
-    assert_eq!(served.jwks_hits.load(Ordering::SeqCst), 1, "one fetch, then the cache");
+    assert_eq!(
+        served.jwks_hits.load(Ordering::SeqCst),
+        1,
+        "one fetch, then the cache"
+    );
 
     let cases = [
         ("expired", "token_expired"),
@@ -311,7 +336,10 @@ async fn oidc_tokens_from_pyjwt_verify_against_a_fetched_jwks_and_bad_ones_get_p
     let (status, body) = rx
         .post(&path, &[("content-type", "application/json")], b"{}")
         .await;
-    assert_eq!((status, body["reason"].as_str()), (StatusCode::UNAUTHORIZED, Some("missing_signature")));
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("missing_signature"))
+    );
     assert_eq!(rx.accepted(), 3, "nothing refused reached the journal");
 
     // Key rotation: the issuer publishes rsa-2; a token signed with it refreshes the
@@ -324,7 +352,10 @@ async fn oidc_tokens_from_pyjwt_verify_against_a_fetched_jwks_and_bad_ones_get_p
     // Unknown kids within the refresh interval do not refetch: no fetch amplification.
     for _ in 0..5 {
         let (status, body) = rx.bearer(&path, tok(&fx, "unknown_kid")).await;
-        assert_eq!((status, body["reason"].as_str()), (StatusCode::UNAUTHORIZED, Some("unknown_key_id")));
+        assert_eq!(
+            (status, body["reason"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("unknown_key_id"))
+        );
     }
     assert_eq!(served.jwks_hits.load(Ordering::SeqCst), 2);
 }
@@ -363,7 +394,10 @@ async fn inline_jwks_in_the_secret_needs_no_fetch_and_urls_off_the_issuers_host_
         "unused",
     );
     let (status, body) = rx.bearer(&remote_url, tok(&fx, "rs256")).await;
-    assert_eq!((status, body["reason"].as_str()), (StatusCode::UNAUTHORIZED, Some("key_url_not_allowed")));
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("key_url_not_allowed"))
+    );
     assert_eq!(served.jwks_hits.load(Ordering::SeqCst), 0);
 
     // A Secret holding a broken JWKS is the operator's mistake, said precisely.
@@ -377,7 +411,10 @@ async fn inline_jwks_in_the_secret_needs_no_fetch_and_urls_off_the_issuers_host_
         r#"{"keys": [{"kty": "RSA", "n": "short", "e": "AQAB"}]}"#,
     );
     let (status, body) = rx.bearer(&broken, tok(&fx, "rs256")).await;
-    assert_eq!((status, body["reason"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_secret")));
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_secret"))
+    );
 }
 
 #[tokio::test]
@@ -417,21 +454,44 @@ async fn a_hanging_or_huge_jwks_endpoint_gets_401_in_bounded_time_and_blocks_no_
     let t = Instant::now();
     let (status, _) = rx.bearer(&inline, &token).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    assert!(t.elapsed() < Duration::from_millis(300), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
     let (status, body) = waiting.await.expect("join");
-    assert_eq!((status, body["reason"].as_str()), (StatusCode::UNAUTHORIZED, Some("jwks_unavailable")));
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("jwks_unavailable"))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 
     for path in [&huge, &junk] {
         let (status, body) = rx.bearer(path, &token).await;
-        assert_eq!((status, body["reason"].as_str()), (StatusCode::UNAUTHORIZED, Some("jwks_unavailable")));
+        assert_eq!(
+            (status, body["reason"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("jwks_unavailable"))
+        );
     }
     // Negative cache: the failure is remembered, the next delivery does not wait again.
     let t = Instant::now();
     let rx2 = rx.clone();
-    let (status, _) = rx2.bearer(&rx.serve("hang2", spec(format!("{base}/hang")), "unused"), &token).await;
+    let (status, _) = rx2
+        .bearer(
+            &rx.serve("hang2", spec(format!("{base}/hang")), "unused"),
+            &token,
+        )
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(t.elapsed() < Duration::from_millis(300), "negative cache: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "negative cache: {:?}",
+        t.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -439,7 +499,11 @@ async fn sns_messages_signed_with_cryptography_verify_confirm_and_map_cloudwatch
     let (base, served) = key_server().await;
     let now = now();
     let Some(fx) = mint(&base, now) else { return };
-    *served.cert.lock().expect("lock") = fx["sns"]["cert_pem"].as_str().expect("pem").as_bytes().to_vec();
+    *served.cert.lock().expect("lock") = fx["sns"]["cert_pem"]
+        .as_str()
+        .expect("pem")
+        .as_bytes()
+        .to_vec();
     let rx = receiver(now, remote(true));
     let path = rx.serve(
         "alarms",
@@ -478,7 +542,10 @@ async fn sns_messages_signed_with_cryptography_verify_confirm_and_map_cloudwatch
         let accepted = rx.sink.accepted.lock().expect("lock");
         assert_eq!(accepted.len(), 3);
         let arn = "arn:aws:cloudwatch:eu-west-1:123456789012:alarm:checkout-5xx";
-        assert_eq!(accepted[0].delivery_id.as_deref(), Some("11111111-1111-1111-1111-111111111111"));
+        assert_eq!(
+            accepted[0].delivery_id.as_deref(),
+            Some("11111111-1111-1111-1111-111111111111")
+        );
         assert_eq!(accepted[0].incidents.len(), 1);
         assert_eq!(accepted[0].incidents[0].id, arn);
         assert!(!accepted[0].incidents[0].resolve);
@@ -490,11 +557,16 @@ async fn sns_messages_signed_with_cryptography_verify_confirm_and_map_cloudwatch
     // SubscriptionConfirmation: confirmed by fetching SubscribeURL, answered 200, an
     // Event says so; nothing journaled.
     let (status, body) = send("confirm").await;
-    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("confirmed")));
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("confirmed"))
+    );
     assert_eq!(served.subscribe_hits.load(Ordering::SeqCst), 1);
     let events = rx.board.take_events("ci/alarms");
     assert!(
-        events.iter().any(|e| e.reason == "SnsSubscriptionConfirmed" && !e.warning),
+        events
+            .iter()
+            .any(|e| e.reason == "SnsSubscriptionConfirmed" && !e.warning),
         "{events:?}"
     );
     assert_eq!(rx.accepted(), 3);
@@ -515,7 +587,10 @@ async fn sns_messages_signed_with_cryptography_verify_confirm_and_map_cloudwatch
     let (status, body) = rx
         .post(&path, &[("content-type", "text/plain")], b"not json")
         .await;
-    assert_eq!((status, body["reason"].as_str()), (StatusCode::UNAUTHORIZED, Some("malformed_body")));
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("malformed_body"))
+    );
     assert_eq!(rx.accepted(), 3);
 
     // Without --insecure-key-urls, a certificate anywhere but https://sns.<region>.amazonaws.com
@@ -524,9 +599,17 @@ async fn sns_messages_signed_with_cryptography_verify_confirm_and_map_cloudwatch
     let path = strict.serve("strict", json!({"provider": "aws-sns"}), "unused");
     for name in ["foreign_cert", "alarm_v1"] {
         let (status, body) = strict
-            .post(&path, &[("content-type", "text/plain; charset=UTF-8")], fx["sns"][name].to_string().as_bytes())
+            .post(
+                &path,
+                &[("content-type", "text/plain; charset=UTF-8")],
+                fx["sns"][name].to_string().as_bytes(),
+            )
             .await;
-        assert_eq!((status, body["reason"].as_str()), (StatusCode::UNAUTHORIZED, Some("key_url_not_allowed")), "{name}");
+        assert_eq!(
+            (status, body["reason"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("key_url_not_allowed")),
+            "{name}"
+        );
     }
 }
 
@@ -556,46 +639,102 @@ async fn cli_sign_and_verify_cover_oidc_and_sns() {
     let body = write(d, "body.json", br#"{"type":"deployment.finished"}"#);
     let now_s = now.to_string();
     let aud = fx["audience"].as_str().expect("aud");
-    let oidc = ["--provider", "github-actions", "--audience", aud, "--claim", "repository=example-org/checkout"];
+    let oidc = [
+        "--provider",
+        "github-actions",
+        "--audience",
+        aud,
+        "--claim",
+        "repository=example-org/checkout",
+    ];
 
     // PyJWT's tokens, verified offline against the JWKS file.
     let verify_token = |token: &str| {
         let header = format!("Authorization: Bearer {token}");
         let mut args = vec!["verify"];
         args.extend_from_slice(&oidc);
-        args.extend_from_slice(&["--key-file", &jwks, "--body-file", &body, "--header", &header, "--now", &now_s]);
+        args.extend_from_slice(&[
+            "--key-file",
+            &jwks,
+            "--body-file",
+            &body,
+            "--header",
+            &header,
+            "--now",
+            &now_s,
+        ]);
         hookwarden(&args)
     };
     let ok = verify_token(tok(&fx, "eddsa"));
     assert_eq!(ok.status.code(), Some(0), "{ok:?}");
     let expired = verify_token(tok(&fx, "expired"));
     assert_eq!(expired.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&expired.stdout).contains("[token_expired]"), "{expired:?}");
+    assert!(
+        String::from_utf8_lossy(&expired.stdout).contains("[token_expired]"),
+        "{expired:?}"
+    );
 
     // `sign` with each private key → `verify` accepts it.
     for (key, kid) in [("rsa", "rsa-1"), ("ec", "ec-1"), ("ed", "ed-1")] {
-        let key_file = write(d, &format!("{key}.pem"), fx["keys"][key].as_str().expect("pem").as_bytes());
+        let key_file = write(
+            d,
+            &format!("{key}.pem"),
+            fx["keys"][key].as_str().expect("pem").as_bytes(),
+        );
         let mut args = vec!["sign"];
         args.extend_from_slice(&oidc);
-        args.extend_from_slice(&["--private-key-file", &key_file, "--key-id", kid, "--body-file", &body, "--timestamp", &now_s]);
+        args.extend_from_slice(&[
+            "--private-key-file",
+            &key_file,
+            "--key-id",
+            kid,
+            "--body-file",
+            &body,
+            "--timestamp",
+            &now_s,
+        ]);
         let signed = hookwarden(&args);
         assert_eq!(signed.status.code(), Some(0), "{signed:?}");
         let line = String::from_utf8_lossy(&signed.stdout).trim().to_string();
-        let token = line.strip_prefix("Authorization: Bearer ").expect("bearer line");
+        let token = line
+            .strip_prefix("Authorization: Bearer ")
+            .expect("bearer line");
         let ok = verify_token(token);
         assert_eq!(ok.status.code(), Some(0), "{key}: {ok:?}");
     }
 
     // SNS: the library's v1 message verifies against the certificate file; `sign`
     // (SignatureVersion 2) with the same key produces a body that verifies too.
-    let cert = write(d, "cert.pem", fx["sns"]["cert_pem"].as_str().expect("pem").as_bytes());
+    let cert = write(
+        d,
+        "cert.pem",
+        fx["sns"]["cert_pem"].as_str().expect("pem").as_bytes(),
+    );
     let sns_verify = |file: &str| {
-        hookwarden(&["verify", "--provider", "aws-sns", "--key-file", &cert, "--body-file", file, "--now", &now_s])
+        hookwarden(&[
+            "verify",
+            "--provider",
+            "aws-sns",
+            "--key-file",
+            &cert,
+            "--body-file",
+            file,
+            "--now",
+            &now_s,
+        ])
     };
-    let alarm = write(d, "alarm.json", fx["sns"]["alarm_v1"].to_string().as_bytes());
+    let alarm = write(
+        d,
+        "alarm.json",
+        fx["sns"]["alarm_v1"].to_string().as_bytes(),
+    );
     let ok = sns_verify(&alarm);
     assert_eq!(ok.status.code(), Some(0), "{ok:?}");
-    let tampered = write(d, "tampered.json", fx["sns"]["tampered"].to_string().as_bytes());
+    let tampered = write(
+        d,
+        "tampered.json",
+        fx["sns"]["tampered"].to_string().as_bytes(),
+    );
     let bad = sns_verify(&tampered);
     assert_eq!(bad.status.code(), Some(1), "{bad:?}");
     assert!(String::from_utf8_lossy(&bad.stdout).contains("[signature_mismatch]"));
@@ -603,12 +742,27 @@ async fn cli_sign_and_verify_cover_oidc_and_sns() {
     let mut unsigned = fx["sns"]["plain"].clone();
     unsigned["Signature"] = json!("");
     let unsigned = write(d, "unsigned.json", unsigned.to_string().as_bytes());
-    let sns_key = write(d, "sns.pem", fx["keys"]["sns"].as_str().expect("pem").as_bytes());
-    let signed = hookwarden(&["sign", "--provider", "aws-sns", "--private-key-file", &sns_key, "--body-file", &unsigned]);
+    let sns_key = write(
+        d,
+        "sns.pem",
+        fx["keys"]["sns"].as_str().expect("pem").as_bytes(),
+    );
+    let signed = hookwarden(&[
+        "sign",
+        "--provider",
+        "aws-sns",
+        "--private-key-file",
+        &sns_key,
+        "--body-file",
+        &unsigned,
+    ]);
     assert_eq!(signed.status.code(), Some(0), "{signed:?}");
     let text = String::from_utf8_lossy(&signed.stdout).to_string();
     let (headers, signed_body) = text.split_once("\n\n").expect("headers, blank line, body");
-    assert!(headers.contains("x-amz-sns-message-type: Notification"), "{headers}");
+    assert!(
+        headers.contains("x-amz-sns-message-type: Notification"),
+        "{headers}"
+    );
     let signed_file = write(d, "signed.json", signed_body.trim().as_bytes());
     let ok = sns_verify(&signed_file);
     assert_eq!(ok.status.code(), Some(0), "{ok:?}");

@@ -141,7 +141,12 @@ fn time(input: &[u8]) -> Option<(i64, &[u8])> {
     let hour = digits(&rest_text[4..6])?;
     let minute = digits(&rest_text[6..8])?;
     let second = digits(&rest_text[8..10])?;
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
     Some((
@@ -174,10 +179,18 @@ mod tests {
 
     #[test]
     fn truncated_or_garbage_der_is_refused_not_panicking() {
-        for bytes in [&b""[..], b"\x30", b"\x30\x84\xff\xff\xff\xff", b"\x30\x03\x30\x01"] {
+        for bytes in [
+            &b""[..],
+            b"\x30",
+            b"\x30\x84\xff\xff\xff\xff",
+            b"\x30\x03\x30\x01",
+        ] {
             assert!(parse_certificate(bytes).is_err());
         }
-        assert!(parse_certificate(b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----").is_err());
+        assert!(
+            parse_certificate(b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----")
+                .is_err()
+        );
         assert!(
             parse_certificate(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----")
                 .is_err()

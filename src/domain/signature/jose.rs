@@ -19,7 +19,11 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 pub const MAX_JWKS_KEYS: usize = 64;
 
 impl JwtAlgorithm {
-    pub const ALL: [JwtAlgorithm; 3] = [JwtAlgorithm::RS256, JwtAlgorithm::ES256, JwtAlgorithm::EdDSA];
+    pub const ALL: [JwtAlgorithm; 3] = [
+        JwtAlgorithm::RS256,
+        JwtAlgorithm::ES256,
+        JwtAlgorithm::EdDSA,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -38,7 +42,10 @@ impl JwtAlgorithm {
 #[derive(Clone, PartialEq, Eq)]
 pub enum PublicKey {
     /// Modulus and exponent, big-endian.
-    Rsa { n: Vec<u8>, e: Vec<u8> },
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
     /// Uncompressed SEC1 point (0x04 ‖ x ‖ y).
     P256(Vec<u8>),
     Ed25519(Vec<u8>),
@@ -162,7 +169,11 @@ fn b64(field: Option<&Value>, reason: &'static str) -> Result<Vec<u8>, &'static 
 
 fn parse_jwk(entry: &Value) -> Result<Option<Jwk>, &'static str> {
     let kty = entry.get("kty").and_then(Value::as_str).ok_or("no kty")?;
-    if entry.get("use").and_then(Value::as_str).is_some_and(|u| u != "sig") {
+    if entry
+        .get("use")
+        .and_then(Value::as_str)
+        .is_some_and(|u| u != "sig")
+    {
         return Ok(None);
     }
     let declared = match entry.get("alg").and_then(Value::as_str) {
@@ -250,7 +261,8 @@ pub fn parse_token(token: &str) -> Result<Token<'_>, Malformed> {
         return Err("token longer than 16 KiB");
     }
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err("not a compact JWS (three base64url parts)");
     };
@@ -291,7 +303,10 @@ pub fn parse_token(token: &str) -> Result<Token<'_>, Malformed> {
 pub fn signature_verifies(token: &Token<'_>, alg: JwtAlgorithm, sets: &[&JwkSet]) -> bool {
     sets.iter()
         .flat_map(|set| set.candidates(token.kid.as_deref(), alg))
-        .any(|k| k.key.verifies(token.signing_input.as_bytes(), &token.signature))
+        .any(|k| {
+            k.key
+                .verifies(token.signing_input.as_bytes(), &token.signature)
+        })
 }
 
 /// A private key for signing test tokens (`hookwarden sign`).

@@ -18,11 +18,11 @@
 pub(crate) mod crypto;
 pub mod der;
 mod generic;
+mod hmac_presets;
 pub mod jose;
 pub mod oidc;
-pub mod sns;
-mod hmac_presets;
 mod slack;
+pub mod sns;
 mod standard;
 mod stripe;
 mod token;
@@ -104,7 +104,9 @@ pub enum SchemeError {
     InvalidSignedContent(String),
     #[error(transparent)]
     Oidc(#[from] oidc::OidcSpecError),
-    #[error("spec.oidc is only used by the OIDC senders (google-pubsub, github-actions, generic with auth: oidc); remove it")]
+    #[error(
+        "spec.oidc is only used by the OIDC senders (google-pubsub, github-actions, generic with auth: oidc); remove it"
+    )]
     UnexpectedOidc,
     #[error("spec.auth only applies to provider generic")]
     UnexpectedAuth,
@@ -145,7 +147,10 @@ impl Scheme {
             return Err(SchemeError::UnexpectedSns);
         }
         let oidc = if oidc_sender {
-            Some(oidc::OidcPolicy::from_spec(spec.provider, spec.oidc.as_ref())?)
+            Some(oidc::OidcPolicy::from_spec(
+                spec.provider,
+                spec.oidc.as_ref(),
+            )?)
         } else if spec.oidc.is_some() {
             return Err(SchemeError::UnexpectedOidc);
         } else {
@@ -256,20 +261,30 @@ pub enum Rejection {
     /// No usable secret is configured (empty list or only empty values).
     NoSecret,
     /// Every configured secret is unusable for this scheme (e.g. not `whsec_` base64).
-    InvalidSecret { reason: &'static str },
+    InvalidSecret {
+        reason: &'static str,
+    },
     /// The header that carries the signature (or token) is absent.
-    MissingSignature { header: String },
+    MissingSignature {
+        header: String,
+    },
     /// The signature header is present but cannot be parsed.
     MalformedSignature {
         header: String,
         reason: &'static str,
     },
     /// The scheme signs a delivery id, and the id header is absent.
-    MissingId { header: String },
+    MissingId {
+        header: String,
+    },
     /// The scheme signs a timestamp, and it is absent.
-    MissingTimestamp { source: String },
+    MissingTimestamp {
+        source: String,
+    },
     /// The timestamp is present but not a number/date.
-    MalformedTimestamp { source: String },
+    MalformedTimestamp {
+        source: String,
+    },
     /// The signed timestamp is older than the window allows (likely a replay).
     TimestampStale {
         age_seconds: i64,
@@ -281,26 +296,43 @@ pub enum Rejection {
         tolerance_seconds: i64,
     },
     /// Signatures were present and well-formed but none matched any secret.
-    SignatureMismatch { secrets: usize },
+    SignatureMismatch {
+        secrets: usize,
+    },
     /// A token was presented but matched no secret.
-    TokenMismatch { secrets: usize },
+    TokenMismatch {
+        secrets: usize,
+    },
     /// Twilio: the body does not hash to the URL's `bodySHA256`.
     BodyHashMismatch,
     /// Twilio signs the URL; the receiver could not tell which URL was called.
     MissingUrl,
     /// The body is needed to verify (Linear's `webhookTimestamp`) and is not JSON.
-    MalformedBody { reason: &'static str },
+    MalformedBody {
+        reason: &'static str,
+    },
     /// More query/form parameters than a scheme that signs them verifies (Twilio: the
     /// work before authentication grows with their number).
-    TooManyParameters { count: usize, limit: usize },
+    TooManyParameters {
+        count: usize,
+        limit: usize,
+    },
     /// OIDC: the bearer token cannot be read (not a compact JWS, bad base64/JSON, `crit`).
-    TokenMalformed { reason: &'static str },
+    TokenMalformed {
+        reason: &'static str,
+    },
     /// OIDC: the token's `alg` is not one the integration accepts (`none` and HS* never).
-    AlgorithmNotAllowed { alg: String },
+    AlgorithmNotAllowed {
+        alg: String,
+    },
     /// OIDC: no key with the token's `kid` (and algorithm), even after a refresh.
-    UnknownKeyId { kid: String },
+    UnknownKeyId {
+        kid: String,
+    },
     /// OIDC: `exp` (plus leeway) has passed.
-    TokenExpired { seconds_ago: i64 },
+    TokenExpired {
+        seconds_ago: i64,
+    },
     /// OIDC: `nbf` or `iat` is further ahead than the leeway.
     TokenNotYetValid {
         claim: &'static str,
@@ -309,15 +341,25 @@ pub enum Rejection {
     IssuerMismatch,
     AudienceMismatch,
     /// OIDC: a claim of `spec.oidc.claims` is absent or has another value.
-    ClaimMismatch { claim: String },
+    ClaimMismatch {
+        claim: String,
+    },
     /// The JWKS could not be fetched or read (timeout, too large, not a JWKS, HTTP error).
-    JwksUnavailable { reason: String },
+    JwksUnavailable {
+        reason: String,
+    },
     /// SNS: the signing certificate could not be fetched.
-    CertificateUnavailable { reason: String },
+    CertificateUnavailable {
+        reason: String,
+    },
     /// SNS: the certificate cannot be used (not X.509/RSA, expired).
-    CertificateInvalid { reason: &'static str },
+    CertificateInvalid {
+        reason: &'static str,
+    },
     /// A key or certificate URL outside the allowed hosts (or not https).
-    KeyUrlNotAllowed { reason: &'static str },
+    KeyUrlNotAllowed {
+        reason: &'static str,
+    },
     /// SNS: an authentic message from a topic not in `spec.sns.topicArns`.
     TopicNotAllowed,
 }
@@ -704,7 +746,11 @@ pub fn sign_asymmetric(
                 "the key's algorithm is not in spec.oidc.algorithms",
             ));
         }
-        let subject = if input.id.is_empty() { "hookwarden-test" } else { input.id };
+        let subject = if input.id.is_empty() {
+            "hookwarden-test"
+        } else {
+            input.id
+        };
         let claims = oidc::sample_claims(policy, input.timestamp, subject);
         let token =
             jose::encode_token(&key, key_id, &claims, rng).map_err(SignError::InvalidSecret)?;
@@ -756,7 +802,9 @@ pub enum SignError {
     TwilioNeedsBodyHash(String),
     #[error("provider generic needs its signature settings (spec.signature)")]
     MissingGenericSignature,
-    #[error("{0} signs with a private key: give the PEM private key (hookwarden sign --private-key-file)")]
+    #[error(
+        "{0} signs with a private key: give the PEM private key (hookwarden sign --private-key-file)"
+    )]
     NeedsPrivateKey(ProviderKind),
 }
 

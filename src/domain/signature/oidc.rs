@@ -17,7 +17,8 @@ pub const GOOGLE_ISSUER: &str = "https://accounts.google.com";
 pub const GOOGLE_JWKS_URL: &str = "https://www.googleapis.com/oauth2/v3/certs";
 /// GitHub Actions' OIDC issuer (and its published keys).
 pub const GITHUB_ACTIONS_ISSUER: &str = "https://token.actions.githubusercontent.com";
-pub const GITHUB_ACTIONS_JWKS_URL: &str = "https://token.actions.githubusercontent.com/.well-known/jwks";
+pub const GITHUB_ACTIONS_JWKS_URL: &str =
+    "https://token.actions.githubusercontent.com/.well-known/jwks";
 
 /// Default clock skew allowed on `exp`, `nbf` and `iat`.
 pub const DEFAULT_LEEWAY_SECONDS: i64 = 60;
@@ -61,7 +62,10 @@ pub enum OidcSpecError {
 }
 
 impl OidcPolicy {
-    pub fn from_spec(provider: ProviderKind, spec: Option<&OidcSpec>) -> Result<OidcPolicy, OidcSpecError> {
+    pub fn from_spec(
+        provider: ProviderKind,
+        spec: Option<&OidcSpec>,
+    ) -> Result<OidcPolicy, OidcSpecError> {
         let spec = spec.ok_or(OidcSpecError::Missing(provider))?;
         let (issuer, preset_jwks) = match provider {
             ProviderKind::GooglePubsub => (GOOGLE_ISSUER, Some(GOOGLE_JWKS_URL)),
@@ -102,7 +106,12 @@ impl OidcPolicy {
         let jwks_url_is_preset = spec.jwks_url.is_none() && preset_jwks.is_some();
         Ok(OidcPolicy {
             issuer,
-            audiences: spec.audiences.iter().filter(|a| !a.is_empty()).cloned().collect(),
+            audiences: spec
+                .audiences
+                .iter()
+                .filter(|a| !a.is_empty())
+                .cloned()
+                .collect(),
             jwks_url: spec
                 .jwks_url
                 .clone()
@@ -170,7 +179,10 @@ pub fn bearer<'d>(delivery: &Delivery<'d>) -> Result<Token<'d>, Rejection> {
 }
 
 /// The token's algorithm, if the policy allows it.
-pub fn allowed_algorithm(policy: &OidcPolicy, token: &Token<'_>) -> Result<JwtAlgorithm, Rejection> {
+pub fn allowed_algorithm(
+    policy: &OidcPolicy,
+    token: &Token<'_>,
+) -> Result<JwtAlgorithm, Rejection> {
     match JwtAlgorithm::parse(&token.alg) {
         Some(a) if policy.algorithms.contains(&a) => Ok(a),
         _ => Err(Rejection::AlgorithmNotAllowed {
@@ -190,22 +202,34 @@ pub fn verify(
     let alg = allowed_algorithm(policy, &token)?;
     if !sets.iter().any(|s| s.has(token.kid.as_deref(), alg)) {
         return Err(Rejection::UnknownKeyId {
-            kid: token.kid.as_deref().unwrap_or("(none)").chars().take(64).collect(),
+            kid: token
+                .kid
+                .as_deref()
+                .unwrap_or("(none)")
+                .chars()
+                .take(64)
+                .collect(),
         });
     }
     if !jose::signature_verifies(&token, alg, sets) {
-        return Err(Rejection::SignatureMismatch { secrets: sets.iter().map(|s| s.keys.len()).sum() });
+        return Err(Rejection::SignatureMismatch {
+            secrets: sets.iter().map(|s| s.keys.len()).sum(),
+        });
     }
-    let claims: Value = serde_json::from_slice(&token.payload).map_err(|_| Rejection::TokenMalformed {
-        reason: "payload is not a JSON object",
-    })?;
+    let claims: Value =
+        serde_json::from_slice(&token.payload).map_err(|_| Rejection::TokenMalformed {
+            reason: "payload is not a JSON object",
+        })?;
     let claims = claims.as_object().ok_or(Rejection::TokenMalformed {
         reason: "payload is not a JSON object",
     })?;
     check_claims(policy, claims, now)
 }
 
-fn numeric(claims: &serde_json::Map<String, Value>, name: &'static str) -> Result<Option<i64>, Rejection> {
+fn numeric(
+    claims: &serde_json::Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<i64>, Rejection> {
     match claims.get(name) {
         None => Ok(None),
         Some(v) => v
@@ -257,7 +281,8 @@ fn check_claims(
     for (name, expected) in &policy.claims {
         let matches = match claims.get(name) {
             Some(Value::String(s)) => s == expected,
-            Some(v @ (Value::Bool(_) | Value::Number(_))) => v.to_string() == *expected,
+            Some(Value::Bool(b)) => expected == if *b { "true" } else { "false" },
+            Some(Value::Number(n)) => expected.parse::<f64>().ok() == n.as_f64(),
             _ => false,
         };
         if !matches {
@@ -364,7 +389,11 @@ mod tests {
             .as_bytes(),
         )
         .expect("jwks");
-        assert_eq!((jwks.keys.len(), jwks.skipped), (1, 1), "oct keys are skipped");
+        assert_eq!(
+            (jwks.keys.len(), jwks.skipped),
+            (1, 1),
+            "oct keys are skipped"
+        );
         let spec = OidcSpec {
             issuer: Some("https://idp.example.com".into()),
             audiences: vec!["aud-1".into(), "aud-2".into()],
@@ -378,7 +407,11 @@ mod tests {
         }
     }
 
-    fn check(issuer: &Issuer, claims: serde_json::Value, kid: Option<&str>) -> Result<Verified, Rejection> {
+    fn check(
+        issuer: &Issuer,
+        claims: serde_json::Value,
+        kid: Option<&str>,
+    ) -> Result<Verified, Rejection> {
         let rng = ring::rand::SystemRandom::new();
         let token = encode_token(&issuer.key, kid, &claims, &rng).expect("sign");
         let mut headers = http::HeaderMap::new();
@@ -411,16 +444,22 @@ mod tests {
         };
         assert!(with("exp", NOW - DEFAULT_LEEWAY_SECONDS).is_ok());
         assert_eq!(
-            with("exp", NOW - DEFAULT_LEEWAY_SECONDS - 1).unwrap_err().code(),
+            with("exp", NOW - DEFAULT_LEEWAY_SECONDS - 1)
+                .expect_err("refused")
+                .code(),
             "token_expired"
         );
         assert!(with("nbf", NOW + DEFAULT_LEEWAY_SECONDS).is_ok());
         assert_eq!(
-            with("nbf", NOW + DEFAULT_LEEWAY_SECONDS + 1).unwrap_err().code(),
+            with("nbf", NOW + DEFAULT_LEEWAY_SECONDS + 1)
+                .expect_err("refused")
+                .code(),
             "token_not_yet_valid"
         );
         assert_eq!(
-            with("iat", NOW + DEFAULT_LEEWAY_SECONDS + 1).unwrap_err().code(),
+            with("iat", NOW + DEFAULT_LEEWAY_SECONDS + 1)
+                .expect_err("refused")
+                .code(),
             "token_not_yet_valid"
         );
     }
@@ -430,19 +469,34 @@ mod tests {
         let i = issuer();
         let mut c = claims();
         c["iss"] = json!("https://idp.example.com/");
-        assert_eq!(check(&i, c, Some("k1")).unwrap_err(), Rejection::IssuerMismatch);
+        assert_eq!(
+            check(&i, c, Some("k1")).expect_err("refused"),
+            Rejection::IssuerMismatch
+        );
         let mut c = claims();
         c["aud"] = json!("other");
-        assert_eq!(check(&i, c, Some("k1")).unwrap_err(), Rejection::AudienceMismatch);
+        assert_eq!(
+            check(&i, c, Some("k1")).expect_err("refused"),
+            Rejection::AudienceMismatch
+        );
         let mut c = claims();
         c["email_verified"] = json!(false);
-        assert_eq!(check(&i, c, Some("k1")).unwrap_err().code(), "claim_mismatch");
+        assert_eq!(
+            check(&i, c, Some("k1")).expect_err("refused").code(),
+            "claim_mismatch"
+        );
         let mut c = claims();
         c["email_verified"] = json!("true");
-        assert!(check(&i, c, Some("k1")).is_ok(), "a string claim compares as text");
+        assert!(
+            check(&i, c, Some("k1")).is_ok(),
+            "a string claim compares as text"
+        );
         // No kid: any key of the token's algorithm may verify it.
         assert!(check(&i, claims(), None).is_ok());
-        assert_eq!(check(&i, claims(), Some("k2")).unwrap_err().code(), "unknown_key_id");
+        assert_eq!(
+            check(&i, claims(), Some("k2")).expect_err("refused").code(),
+            "unknown_key_id"
+        );
     }
 
     #[test]
@@ -458,7 +512,9 @@ mod tests {
             let mut headers = http::HeaderMap::new();
             headers.insert(
                 "authorization",
-                format!("Bearer {head}.{body}.c2ln").parse().expect("header"),
+                format!("Bearer {head}.{body}.c2ln")
+                    .parse()
+                    .expect("header"),
             );
             let delivery = Delivery {
                 method: "POST",
@@ -466,7 +522,7 @@ mod tests {
                 headers: &headers,
                 body: b"",
             };
-            let r = verify(&i.policy, &delivery, &[&i.jwks], NOW).unwrap_err();
+            let r = verify(&i.policy, &delivery, &[&i.jwks], NOW).expect_err("refused");
             assert!(
                 matches!(r.code(), "algorithm_not_allowed" | "token_malformed"),
                 "{header}: {r}"
@@ -477,7 +533,9 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         headers.insert(
             "authorization",
-            format!("Bearer {head}.{body}.c2ln").parse().expect("header"),
+            format!("Bearer {head}.{body}.c2ln")
+                .parse()
+                .expect("header"),
         );
         let delivery = Delivery {
             method: "POST",
@@ -486,7 +544,9 @@ mod tests {
             body: b"",
         };
         assert_eq!(
-            verify(&i.policy, &delivery, &[&i.jwks], NOW).unwrap_err().code(),
+            verify(&i.policy, &delivery, &[&i.jwks], NOW)
+                .expect_err("refused")
+                .code(),
             "unknown_key_id"
         );
     }
@@ -497,7 +557,10 @@ mod tests {
         let short = json!({"keys": [{"kty": "RSA", "n": URL_SAFE_NO_PAD.encode([0xffu8; 128]), "e": "AQAB"}]});
         assert!(matches!(
             JwkSet::parse(short.to_string().as_bytes()),
-            Err(JwksError::BadKey { index: 0, reason: "RSA key shorter than 2048 bits" })
+            Err(JwksError::BadKey {
+                index: 0,
+                reason: "RSA key shorter than 2048 bits"
+            })
         ));
         let wrong_alg = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "alg": "RS256", "x": URL_SAFE_NO_PAD.encode([1u8; 32])}]});
         assert!(JwkSet::parse(wrong_alg.to_string().as_bytes()).is_err());
@@ -512,12 +575,30 @@ mod tests {
     fn keys_are_fetched_only_over_https_from_the_issuers_host() {
         let i = issuer();
         let p = &i.policy;
-        assert!(p.jwks_url_allowed("https://idp.example.com/keys", false).is_ok());
-        assert!(p.jwks_url_allowed("https://IDP.example.com/keys", false).is_ok());
-        assert!(p.jwks_url_allowed("http://idp.example.com/keys", false).is_err());
-        assert!(p.jwks_url_allowed("https://idp.example.com.evil.io/keys", false).is_err());
-        assert!(p.jwks_url_allowed("https://evil.io@idp.example.com/keys", false).is_err());
-        assert!(p.jwks_url_allowed("http://127.0.0.1:8080/keys", true).is_ok());
+        assert!(
+            p.jwks_url_allowed("https://idp.example.com/keys", false)
+                .is_ok()
+        );
+        assert!(
+            p.jwks_url_allowed("https://IDP.example.com/keys", false)
+                .is_ok()
+        );
+        assert!(
+            p.jwks_url_allowed("http://idp.example.com/keys", false)
+                .is_err()
+        );
+        assert!(
+            p.jwks_url_allowed("https://idp.example.com.evil.io/keys", false)
+                .is_err()
+        );
+        assert!(
+            p.jwks_url_allowed("https://evil.io@idp.example.com/keys", false)
+                .is_err()
+        );
+        assert!(
+            p.jwks_url_allowed("http://127.0.0.1:8080/keys", true)
+                .is_ok()
+        );
         let google = OidcPolicy::from_spec(
             ProviderKind::GooglePubsub,
             Some(&OidcSpec {
@@ -547,7 +628,10 @@ mod tests {
             Err(OidcSpecError::NoAudience)
         );
         assert!(matches!(
-            OidcPolicy::from_spec(ProviderKind::GithubActions, Some(&spec(Some("https://i"), &["a"]))),
+            OidcPolicy::from_spec(
+                ProviderKind::GithubActions,
+                Some(&spec(Some("https://i"), &["a"]))
+            ),
             Err(OidcSpecError::IssuerFixed { .. })
         ));
         assert_eq!(

@@ -64,9 +64,14 @@ impl MessageType {
     /// The signed fields, in the documented order; `Subject` only when present.
     fn signed_fields(self) -> &'static [&'static str] {
         match self {
-            MessageType::Notification => {
-                &["Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"]
-            }
+            MessageType::Notification => &[
+                "Message",
+                "MessageId",
+                "Subject",
+                "Timestamp",
+                "TopicArn",
+                "Type",
+            ],
             _ => &[
                 "Message",
                 "MessageId",
@@ -257,7 +262,8 @@ pub fn sign_body(
     message
         .fields
         .insert("SignatureVersion".into(), Value::String("2".into()));
-    let text = string_to_sign(&message).map_err(|_| "a field SNS signs is missing from the body")?;
+    let text =
+        string_to_sign(&message).map_err(|_| "a field SNS signs is missing from the body")?;
     let sig = key.sign_rsa_sha256(text.as_bytes(), rng)?;
     use base64::Engine as _;
     message.fields.insert(
@@ -336,10 +342,17 @@ mod tests {
             string_to_sign(&c).expect("sts"),
             "Message\nhi\nMessageId\nm\nSubscribeURL\ns\nTimestamp\nx\nToken\nk\nTopicArn\nt\nType\nSubscriptionConfirmation\n"
         );
-        let missing = parse(br#"{"Type":"SubscriptionConfirmation","MessageId":"m"}"#).expect("parse");
-        assert_eq!(string_to_sign(&missing).unwrap_err().code(), "malformed_body");
-        assert_eq!(parse(br#"{"Type":"Other"}"#).unwrap_err().code(), "malformed_body");
-        assert_eq!(parse(b"[]").unwrap_err().code(), "malformed_body");
+        let missing =
+            parse(br#"{"Type":"SubscriptionConfirmation","MessageId":"m"}"#).expect("parse");
+        assert_eq!(
+            string_to_sign(&missing).expect_err("refused").code(),
+            "malformed_body"
+        );
+        assert_eq!(
+            parse(br#"{"Type":"Other"}"#).expect_err("refused").code(),
+            "malformed_body"
+        );
+        assert_eq!(parse(b"[]").expect_err("refused").code(), "malformed_body");
     }
 
     #[test]
