@@ -178,6 +178,7 @@ impl Bench {
         let route = route(target_url)?;
         let config = config_of(&route)?;
         let options = ReceiverOptions {
+            remote_keys: Default::default(),
             journal_dir: dir.path().join("journal"),
             journal_max_bytes: 16 << 30,
             journal_commit_window: Duration::from_micros(400),

@@ -6,7 +6,8 @@
 //! answering a fixed 200 with the same worker count and prints the ratio.
 //!
 //! cargo bench --bench receiver -- [--connections 32] [--seconds 5] [--workers 1] \
-//!     [--provider github|datadog] [--url URL --secret S | --standalone [--forward] | --fsync-floor DIR] [--no-nginx]
+//!     [--provider github|datadog|github-actions] [--url URL --secret S | --standalone [--forward] | --fsync-floor DIR] [--no-nginx]
+//! cargo bench --bench receiver -- --verify-cost 20000   # µs per verification, HMAC vs JWT
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -108,6 +109,11 @@ struct Options {
     /// whatever queued behind the previous flush.
     #[arg(long, default_value_t = 0, requires = "fsync_floor")]
     fsync_floor_window_us: u64,
+    /// Instead of loading: time N verifications per scheme as the receiver runs them
+    /// (GitHub HMAC-SHA256; OIDC bearer RS256, ES256 and EdDSA against the Secret's
+    /// inline JWKS, parsed once and cached) and print microseconds per delivery.
+    #[arg(long, value_name = "N")]
+    verify_cost: Option<u32>,
     /// Ignored (cargo bench passes it).
     #[arg(long, hide = true)]
     bench: bool,
@@ -222,18 +228,154 @@ struct Target {
     secret: String,
 }
 
+/// The bench's RS256 issuer key (a throwaway 2048-bit key, used for nothing else).
+const BENCH_RS256_KEY: &str = include_str!("support/bench-rs256-key.pem");
+const BENCH_ISSUER: &str = "https://token.actions.githubusercontent.com";
+const BENCH_AUDIENCE: &str = "https://github.com/bench";
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// An OIDC issuer for the bench: its JWKS (inline in the route's Secret) and a token
+/// valid for an hour (bearer tokens are reused across deliveries, as senders do).
+fn bench_issuer(alg: &str) -> (String, String) {
+    use hookwarden::domain::signature::jose::{PrivateKey, encode_token};
+    use ring::signature::KeyPair as _;
+    let rng = ring::rand::SystemRandom::new();
+    let (key, jwk) = match alg {
+        "ES256" => {
+            let alg = &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+            let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("key");
+            let pair =
+                ring::signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).expect("key");
+            let point = pair.public_key().as_ref().to_vec();
+            let jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "bench", "x": b64url(&point[1..33]), "y": b64url(&point[33..])});
+            (PrivateKey::P256(pair), jwk)
+        }
+        "EdDSA" => {
+            let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).expect("key");
+            let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("key");
+            let jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": "bench", "x": b64url(pair.public_key().as_ref())});
+            (PrivateKey::Ed25519(pair), jwk)
+        }
+        _ => {
+            let key = PrivateKey::from_pem(BENCH_RS256_KEY).expect("bench key");
+            let PrivateKey::Rsa(pair) = &key else {
+                unreachable!("an RSA key")
+            };
+            let c: ring::rsa::PublicKeyComponents<Vec<u8>> = pair.public().into();
+            let jwk = serde_json::json!({"kty": "RSA", "kid": "bench", "n": b64url(&c.n), "e": b64url(&c.e)});
+            (key, jwk)
+        }
+    };
+    let now = jiff::Timestamp::now().as_second();
+    let claims = serde_json::json!({"iss": BENCH_ISSUER, "aud": BENCH_AUDIENCE, "sub": "repo:octo/bench", "iat": now, "exp": now + 3600});
+    let token = encode_token(&key, Some("bench"), &claims, &rng).expect("token");
+    (serde_json::json!({"keys": [jwk]}).to_string(), token)
+}
+
+/// `--verify-cost N`: microseconds per verification of each scheme, measured the way
+/// the receiver verifies (the OIDC path through `receiver::keys::verify`).
+fn verify_cost(n: u32) -> Result<(), Box<dyn std::error::Error>> {
+    use hookwarden::domain::signature::{Delivery, verify};
+    use hookwarden::receiver::keys::{RemoteKeyOptions, RemoteKeys};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let sender = hookwarden::forwarder::Sender::new(
+        hookwarden::forwarder::EgressPolicy::standalone(Vec::new(), None),
+        hookwarden::forwarder::SenderOptions::default(),
+    )?;
+    let remote = RemoteKeys::new(sender, RemoteKeyOptions::default());
+    let body = br#"{"ref":"refs/heads/main","after":"59b20b8d5c6ff8d09518454d4dd8b7b30f095ab5","repository":{"full_name":"octo/bench"}}"#;
+    let now = jiff::Timestamp::now().as_second();
+    println!("verification cost per delivery ({n} each, one thread):");
+    // HMAC preset.
+    let secret = "bench-secret-0123456789abcdef";
+    let github = Scheme::preset(ProviderKind::Github);
+    let input = SignInput {
+        body,
+        url: "",
+        timestamp: now,
+        id: "d1",
+        content_type: "application/json",
+    };
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in sign(&github, secret, &input)? {
+        headers.insert(http::HeaderName::from_bytes(k.as_bytes())?, v.parse()?);
+    }
+    let d = Delivery {
+        method: "POST",
+        url: "",
+        headers: &headers,
+        body,
+    };
+    let started = Instant::now();
+    for _ in 0..n {
+        assert!(verify(&github, &[secret], &d, now).is_valid());
+    }
+    let hmac_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+    println!("  github (HMAC-SHA256)            {hmac_us:8.2} us");
+    for alg in ["RS256", "ES256", "EdDSA"] {
+        let (jwks, token) = bench_issuer(alg);
+        let spec: hookwarden::crd::WebhookIntegrationSpec =
+            serde_json::from_value(serde_json::json!({
+                "provider": "github-actions",
+                "oidc": {"audiences": [BENCH_AUDIENCE]},
+            }))?;
+        let scheme = hookwarden::domain::spec::resolve(&spec)
+            .map_err(|p| p.to_string())?
+            .scheme;
+        let mut headers = http::HeaderMap::new();
+        headers.insert("authorization", format!("Bearer {token}").parse()?);
+        let d = Delivery {
+            method: "POST",
+            url: "",
+            headers: &headers,
+            body,
+        };
+        let secrets = [jwks.as_str()];
+        let started = Instant::now();
+        runtime.block_on(async {
+            for _ in 0..n {
+                let v =
+                    hookwarden::receiver::keys::verify(Some(&remote), &scheme, &secrets, &d, now)
+                        .await;
+                assert!(v.is_valid(), "{alg}: {v:?}");
+            }
+        });
+        let us = started.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+        println!(
+            "  github-actions OIDC {alg:<6}      {us:8.2} us  ({:.1}x HMAC)",
+            us / hmac_us
+        );
+    }
+    Ok(())
+}
+
 /// Starts the receiver app with `sink` on its own runtime; returns its target.
 fn start_in_process<S: DeliverySink>(
     provider: ProviderKind,
     workers: usize,
     sink: S,
 ) -> std::io::Result<Target> {
-    let secret = "bench-secret-0123456789abcdef".to_string();
+    let mut secret = "bench-secret-0123456789abcdef".to_string();
+    // OIDC: the route's Secret holds the issuer's JWKS; the client's "secret" is the
+    // bearer token it presents.
+    let mut client_secret = secret.clone();
     let path = generate_path();
-    let spec = serde_json::json!({
+    let mut spec = serde_json::json!({
         "provider": provider.as_str(),
         "limits": {"requestsPerSecond": 1_000_000, "burst": 1_000_000},
     });
+    if provider == ProviderKind::GithubActions {
+        let (jwks, token) = bench_issuer("RS256");
+        spec["oidc"] = serde_json::json!({"audiences": [BENCH_AUDIENCE]});
+        secret = jwks;
+        client_secret = token;
+    }
     let route = Route {
         namespace: "bench".into(),
         name: "receiver".into(),
@@ -278,7 +420,7 @@ fn start_in_process<S: DeliverySink>(
         addr,
         host: addr.to_string(),
         path,
-        secret,
+        secret: client_secret,
     })
 }
 
@@ -441,6 +583,11 @@ fn delivery(
         .header("content-type", "application/json");
     if provider == ProviderKind::Github {
         builder = builder.header("x-github-event", "push");
+    }
+    if provider == ProviderKind::GithubActions {
+        builder = builder
+            .header("authorization", format!("Bearer {}", target.secret))
+            .header("x-request-id", &id);
     }
     for (name, value) in sign(&Scheme::preset(provider), &target.secret, &input).unwrap_or_default()
     {
@@ -756,6 +903,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let options = Options::parse();
     if let Some(sizes) = &options.memory {
         return memory(sizes[0], sizes.get(1).copied().unwrap_or(0));
+    }
+    if let Some(n) = options.verify_cost {
+        return verify_cost(n);
     }
     let provider = options.provider;
     let mut standalone = None;

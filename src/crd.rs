@@ -38,13 +38,17 @@ pub const FINALIZER: &str = "hookwarden.dev/route";
     printcolumn(name = "URL", type_ = "string", json_path = ".status.url", description = "Endpoint to configure in the sender", priority = 1),
     printcolumn(name = "Dead Letters", type_ = "integer", json_path = ".status.forwardingTotals.deadLettered", description = "Forwards dead-lettered, all targets and receiver replicas (hookwarden replay re-queues them)", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("self.spec.provider == 'generic' ? has(self.spec.signature) : !has(self.spec.signature)").message("spec.signature must be set when provider is generic, and only then").field_path(".spec.signature"),
+    validation = Rule::new("self.spec.provider == 'generic' && !(has(self.spec.auth) && self.spec.auth == 'oidc') ? has(self.spec.signature) : !has(self.spec.signature)").message("spec.signature must be set when provider is generic (with HMAC auth), and only then").field_path(".spec.signature"),
+    validation = Rule::new("(self.spec.provider in ['google-pubsub', 'github-actions'] || (has(self.spec.auth) && self.spec.auth == 'oidc')) == has(self.spec.oidc)").message("spec.oidc is required by the OIDC senders (google-pubsub, github-actions, generic with auth: oidc) and used by nothing else").field_path(".spec.oidc"),
+    validation = Rule::new("!has(self.spec.auth) || self.spec.provider == 'generic'").message("spec.auth only applies to provider generic").field_path(".spec.auth"),
+    validation = Rule::new("!has(self.spec.sns) || self.spec.provider == 'aws-sns'").message("spec.sns only applies to provider aws-sns").field_path(".spec.sns"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookIntegrationSpec {
     /// Sender preset: how deliveries are authenticated and mapped. One of github, gitlab,
     /// stripe, slack, standard-webhooks, svix, shopify, pagerduty, twilio, sentry, linear,
-    /// grafana, zendesk, jira, bitbucket, datadog, alertmanager, generic.
+    /// grafana, zendesk, jira, bitbucket, datadog, alertmanager, generic, google-pubsub,
+    /// github-actions, aws-sns.
     pub provider: ProviderKind,
 
     /// When true the endpoint answers 503 with Retry-After so senders keep their
@@ -90,6 +94,20 @@ pub struct WebhookIntegrationSpec {
     /// Signature scheme for provider generic (required then, forbidden otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<SignatureSpec>,
+
+    /// Provider generic: how deliveries authenticate. `hmac` (default): spec.signature;
+    /// `oidc`: an `Authorization: Bearer` JWT checked against spec.oidc.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<GenericAuth>,
+
+    /// OIDC/JWT bearer senders (google-pubsub, github-actions, generic with auth: oidc):
+    /// the issuer, audiences, algorithms and claims a token must carry, and its keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<OidcSpec>,
+
+    /// Provider aws-sns: which topics may deliver and whether subscriptions are confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sns: Option<SnsSpec>,
 
     /// Token presets (datadog, alertmanager, gitlab): an extra request header that may carry
     /// the token as its whole value, besides `Authorization: Bearer` and Basic auth.
@@ -716,13 +734,22 @@ pub enum ProviderKind {
     Datadog,
     /// Prometheus Alertmanager: no signature; bearer or basic auth token.
     Alertmanager,
-    /// Configurable HMAC (`spec.signature`).
+    /// Configurable HMAC (`spec.signature`), or an OIDC bearer token (`auth: oidc`).
     Generic,
+    /// Google Cloud Pub/Sub push with authentication: a Google-signed OIDC token
+    /// (issuer `https://accounts.google.com`) in `Authorization: Bearer`.
+    GooglePubsub,
+    /// GitHub Actions OIDC: a job's ID token (issuer
+    /// `https://token.actions.githubusercontent.com`) in `Authorization: Bearer`.
+    GithubActions,
+    /// Amazon SNS HTTP(S) subscription: RSA signature (versions 1 and 2) in the body,
+    /// certificate from `sns.<region>.amazonaws.com`; subscriptions confirmed.
+    AwsSns,
 }
 
 impl ProviderKind {
     /// Every preset, in documentation order.
-    pub const ALL: [ProviderKind; 18] = [
+    pub const ALL: [ProviderKind; 21] = [
         ProviderKind::Github,
         ProviderKind::Gitlab,
         ProviderKind::Stripe,
@@ -741,6 +768,9 @@ impl ProviderKind {
         ProviderKind::Datadog,
         ProviderKind::Alertmanager,
         ProviderKind::Generic,
+        ProviderKind::GooglePubsub,
+        ProviderKind::GithubActions,
+        ProviderKind::AwsSns,
     ];
 
     /// The name used in `spec.provider` and on the command line.
@@ -764,6 +794,9 @@ impl ProviderKind {
             ProviderKind::Datadog => "datadog",
             ProviderKind::Alertmanager => "alertmanager",
             ProviderKind::Generic => "generic",
+            ProviderKind::GooglePubsub => "google-pubsub",
+            ProviderKind::GithubActions => "github-actions",
+            ProviderKind::AwsSns => "aws-sns",
         }
     }
 }
@@ -796,4 +829,80 @@ impl FromStr for ProviderKind {
             .find(|p| p.as_str().eq_ignore_ascii_case(s))
             .ok_or_else(|| UnknownProvider(s.to_string()))
     }
+}
+
+/// How provider generic authenticates deliveries (`spec.auth`).
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum GenericAuth {
+    /// The configurable HMAC of spec.signature.
+    #[default]
+    Hmac,
+    /// An OIDC/JWT bearer token checked against spec.oidc.
+    Oidc,
+}
+
+/// What an OIDC/JWT bearer token must be to authenticate a delivery.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OidcSpec {
+    /// Expected `iss` claim. Fixed by the presets (google-pubsub:
+    /// `https://accounts.google.com`, github-actions:
+    /// `https://token.actions.githubusercontent.com`); required for generic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub issuer: Option<String>,
+    /// Accepted `aud` values: the token must name at least one (required). Pub/Sub: the
+    /// push subscription's audience; GitHub Actions: the `audience` the workflow asks for.
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 512)))]
+    pub audiences: Vec<String>,
+    /// Where the signing keys are published (https, on the issuer's host). Presets know
+    /// theirs; for generic the keys come from here and/or an inline JWKS in the Secret.
+    #[serde(default, rename = "jwksURL", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub jwks_url: Option<String>,
+    /// Accepted signature algorithms: RS256, ES256, EdDSA (default: all three). `none`
+    /// and HMAC (HS*) are never accepted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3))]
+    pub algorithms: Vec<JwtAlgorithm>,
+    /// Claims the token must carry with exactly these values, e.g.
+    /// `{email: pusher@project.iam.gserviceaccount.com}` or
+    /// `{repository: org/repo, ref: refs/heads/main}`. Strings compare exactly; booleans
+    /// and numbers by their JSON text (`email_verified: "true"`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub claims: std::collections::BTreeMap<String, String>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`, in seconds. Default 60, at most 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 300))]
+    pub leeway_seconds: Option<i32>,
+}
+
+/// A JWS algorithm an OIDC sender may sign with.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
+pub enum JwtAlgorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (Google, GitHub).
+    RS256,
+    /// ECDSA P-256 with SHA-256.
+    ES256,
+    /// Ed25519.
+    EdDSA,
+}
+
+/// Amazon SNS settings (`spec.sns`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnsSpec {
+    /// Topic ARNs allowed to deliver. Every SNS topic's messages are signed by AWS, so
+    /// this is what ties the endpoint to your topics; empty accepts any topic (the
+    /// unguessable path is then the only secret).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
+    pub topic_arns: Vec<String>,
+    /// Confirm a SubscriptionConfirmation by fetching its SubscribeURL. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_confirm: Option<bool>,
 }

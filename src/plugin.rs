@@ -113,6 +113,10 @@ pub struct SendTestArgs {
     /// Give up after this many seconds (connect + answer).
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub timeout_seconds: u64,
+    /// OIDC and SNS integrations verify a signature made with the sender's private key,
+    /// which no Secret holds: the key to sign the sample with.
+    #[command(flatten)]
+    pub key: tools::PrivateKeyFlags,
 }
 
 /// Whether the process was started under the plugin's name (`argv[0]` is
@@ -339,6 +343,7 @@ async fn run_command(args: &PluginArgs) -> Result<ExitCode, Failure> {
                 incident_id: send.incident_id.clone(),
                 id: send.id.clone(),
                 body_file: send.body_file.clone(),
+                key: Some(send.key.clone()),
             };
             let prepared =
                 tools::prepare_send(&scheme, &url, &secret, &options).map_err(|e| match e {

@@ -97,6 +97,51 @@ pub struct SchemeArgs {
     pub token_header: Option<String>,
     #[command(flatten)]
     pub generic: GenericFlags,
+    #[command(flatten)]
+    pub oidc: OidcFlags,
+}
+
+/// OIDC settings given as flags instead of `--spec` (google-pubsub, github-actions, and
+/// generic with `--auth oidc`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct OidcFlags {
+    /// generic: `oidc` verifies a bearer JWT (spec.auth) instead of an HMAC.
+    #[arg(long, value_name = "MODE", value_parser = ["hmac", "oidc"])]
+    pub auth: Option<String>,
+    /// OIDC: expected token issuer (spec.oidc.issuer; fixed by the presets).
+    #[arg(long, value_name = "URL")]
+    pub issuer: Option<String>,
+    /// OIDC: an accepted audience (spec.oidc.audiences); repeat for several.
+    #[arg(long = "audience", value_name = "AUD")]
+    pub audiences: Vec<String>,
+    /// OIDC: where the issuer publishes its keys (spec.oidc.jwksURL).
+    #[arg(long, value_name = "URL")]
+    pub jwks_url: Option<String>,
+    /// OIDC: a claim the token must carry, as NAME=VALUE (spec.oidc.claims); repeat.
+    #[arg(long = "claim", value_name = "NAME=VALUE")]
+    pub claims: Vec<String>,
+}
+
+impl OidcFlags {
+    fn is_empty(&self) -> bool {
+        self.auth.is_none()
+            && self.issuer.is_none()
+            && self.audiences.is_empty()
+            && self.jwks_url.is_none()
+            && self.claims.is_empty()
+    }
+}
+
+/// Asymmetric senders (OIDC, SNS): the private key that signs, for `sign`/`send-test`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PrivateKeyFlags {
+    /// OIDC/SNS: PEM private key (PKCS#8 RSA, P-256 or Ed25519; or PKCS#1 RSA) that
+    /// signs, instead of --secret.
+    #[arg(long, value_name = "PATH")]
+    pub private_key_file: Option<PathBuf>,
+    /// OIDC: `kid` to put in the token header (the JWKS key id).
+    #[arg(long, value_name = "KID")]
+    pub key_id: Option<String>,
 }
 
 /// Flags of `hookwarden verify`.
@@ -104,14 +149,17 @@ pub struct SchemeArgs {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub scheme: SchemeArgs,
-    /// A secret to try; repeat for rotation (current, then previous).
-    #[arg(
-        long = "secret",
-        value_name = "VALUE",
-        required = true,
-        allow_hyphen_values = true
-    )]
+    /// A secret to try; repeat for rotation (current, then previous). OIDC: an inline
+    /// JWKS (optional). SNS: none needed.
+    #[arg(long = "secret", value_name = "VALUE", allow_hyphen_values = true)]
     pub secrets: Vec<String>,
+    /// OIDC/SNS: a JWKS (JSON) or the signing certificate (PEM) to verify with instead
+    /// of fetching the issuer's JWKS / the SigningCertURL.
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+    /// OIDC/SNS: allow http and any host for the fetched keys (tests only).
+    #[arg(long)]
+    pub insecure_key_urls: bool,
     /// The raw body exactly as received (`-` for stdin).
     #[arg(long, value_name = "PATH")]
     pub body_file: PathBuf,
@@ -155,9 +203,17 @@ impl fmt::Debug for VerifyArgs {
 pub struct SignArgs {
     #[command(flatten)]
     pub scheme: SchemeArgs,
-    /// The shared secret or token.
-    #[arg(long, value_name = "VALUE", allow_hyphen_values = true)]
+    /// The shared secret or token (OIDC/SNS: --private-key-file instead).
+    #[arg(
+        long,
+        value_name = "VALUE",
+        allow_hyphen_values = true,
+        required_unless_present = "private_key_file",
+        default_value = ""
+    )]
     pub secret: String,
+    #[command(flatten)]
+    pub key: PrivateKeyFlags,
     /// The body to sign (`-` for stdin).
     #[arg(long, value_name = "PATH")]
     pub body_file: PathBuf,
@@ -197,9 +253,18 @@ pub struct SendTestArgs {
     pub url: String,
     #[command(flatten)]
     pub scheme: SchemeArgs,
-    /// The shared secret or token the integration expects.
-    #[arg(long, value_name = "VALUE", allow_hyphen_values = true)]
+    /// The shared secret or token the integration expects (OIDC/SNS:
+    /// --private-key-file instead).
+    #[arg(
+        long,
+        value_name = "VALUE",
+        allow_hyphen_values = true,
+        required_unless_present = "private_key_file",
+        default_value = ""
+    )]
     pub secret: String,
+    #[command(flatten)]
+    pub key: PrivateKeyFlags,
     /// Monitoring providers: send the recovery of the incident instead of its trigger.
     #[arg(long)]
     pub resolve: bool,
@@ -375,6 +440,33 @@ fn build_scheme(args: &SchemeArgs) -> Result<Scheme, CliError> {
                 .or_else(|| base.as_ref().and_then(|b| b.tolerance_seconds)),
         });
     }
+    if !args.oidc.is_empty() {
+        let o = &args.oidc;
+        if let Some(mode) = &o.auth {
+            spec.auth = Some(if mode == "oidc" {
+                crate::crd::GenericAuth::Oidc
+            } else {
+                crate::crd::GenericAuth::Hmac
+            });
+        }
+        let mut oidc = spec.oidc.take().unwrap_or_default();
+        if o.issuer.is_some() {
+            oidc.issuer = o.issuer.clone();
+        }
+        if !o.audiences.is_empty() {
+            oidc.audiences = o.audiences.clone();
+        }
+        if o.jwks_url.is_some() {
+            oidc.jwks_url = o.jwks_url.clone();
+        }
+        for claim in &o.claims {
+            let (name, value) = claim.split_once('=').ok_or_else(|| {
+                CliError::Usage(format!("--claim {claim:?} is not of the form NAME=VALUE"))
+            })?;
+            oidc.claims.insert(name.to_string(), value.to_string());
+        }
+        spec.oidc = Some(oidc);
+    }
     // The receivers' resolver: a spec they would refuse is refused here the same way.
     scheme_of(&spec).map_err(CliError::Invalid)
 }
@@ -433,13 +525,24 @@ fn run_verify(args: &VerifyArgs) -> Result<ExitCode, CliError> {
     }
     let now = args.now.unwrap_or_else(now_unix);
     let secrets: Vec<&str> = args.secrets.iter().map(String::as_str).collect();
+    if secrets.is_empty() && !signature::is_asymmetric(&scheme) {
+        return Err(CliError::Usage(format!(
+            "{} needs --secret",
+            scheme.provider
+        )));
+    }
     let delivery = Delivery {
         method: &args.method,
         url,
         headers: &headers,
         body: &body,
     };
-    match signature::verify(&scheme, &secrets, &delivery, now) {
+    let verdict = if signature::is_asymmetric(&scheme) {
+        verify_published(args, &scheme, &secrets, &delivery, now)?
+    } else {
+        signature::verify(&scheme, &secrets, &delivery, now)
+    };
+    match verdict {
         Verdict::Valid(ok) => {
             let mut line = format!(
                 "valid: {} delivery authenticated by secret #{} of {}",
@@ -458,6 +561,98 @@ fn run_verify(args: &VerifyArgs) -> Result<ExitCode, CliError> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// OIDC and SNS: with `--key-file`, the domain verifies against it; otherwise the keys
+/// are fetched exactly as the receiver fetches them (same URL rules, limits and code).
+fn verify_published(
+    args: &VerifyArgs,
+    scheme: &Scheme,
+    secrets: &[&str],
+    delivery: &Delivery<'_>,
+    now: i64,
+) -> Result<Verdict, CliError> {
+    use signature::{External, der, jose, oidc};
+    if let Some(path) = &args.key_file {
+        let bytes = std::fs::read(path).map_err(|e| {
+            CliError::Usage(format!("cannot read --key-file {}: {e}", path.display()))
+        })?;
+        if scheme.oidc.is_some() {
+            let file = jose::JwkSet::parse(&bytes).map_err(|e| {
+                CliError::Usage(format!(
+                    "--key-file {} is not a usable JWKS: {e}",
+                    path.display()
+                ))
+            })?;
+            let inline = match oidc::inline_sets(secrets) {
+                Ok(sets) => sets,
+                Err(r) => return Ok(Verdict::Invalid(r)),
+            };
+            let sets: Vec<&jose::JwkSet> = inline.iter().chain(std::iter::once(&file)).collect();
+            let external = External {
+                jwks: Some(&sets),
+                certificate: None,
+            };
+            return Ok(signature::verify_with(
+                scheme, secrets, delivery, now, external,
+            ));
+        }
+        let cert = der::parse_certificate(&bytes).map_err(|e| {
+            CliError::Usage(format!(
+                "--key-file {} is not a usable certificate: {e}",
+                path.display()
+            ))
+        })?;
+        let external = External {
+            jwks: None,
+            certificate: Some(&cert),
+        };
+        return Ok(signature::verify_with(
+            scheme, secrets, delivery, now, external,
+        ));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Usage(format!("cannot start the key fetcher: {e}")))?;
+    runtime.block_on(async {
+        let sender = crate::forwarder::Sender::new(
+            crate::forwarder::EgressPolicy::standalone(Vec::new(), None),
+            crate::forwarder::SenderOptions::default(),
+        )
+        .map_err(|e| CliError::Usage(format!("cannot build the HTTP client: {e}")))?;
+        let remote = crate::receiver::keys::RemoteKeys::new(
+            sender,
+            crate::receiver::keys::RemoteKeyOptions {
+                insecure_urls: args.insecure_key_urls,
+                ..Default::default()
+            },
+        );
+        Ok(crate::receiver::keys::verify(Some(&remote), scheme, secrets, delivery, now).await)
+    })
+}
+
+/// Headers (and, for SNS, the body) an asymmetric sender would send.
+fn sign_published(
+    scheme: &Scheme,
+    key: &PrivateKeyFlags,
+    input: &SignInput<'_>,
+) -> Result<signature::Signed, CliError> {
+    let path = key.private_key_file.as_ref().ok_or_else(|| {
+        CliError::Usage(format!(
+            "{} signs with a private key: pass --private-key-file",
+            scheme.provider
+        ))
+    })?;
+    let pem = std::fs::read_to_string(path).map_err(|e| {
+        CliError::Usage(format!(
+            "cannot read --private-key-file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let rng = ring::rand::SystemRandom::new();
+    signature::sign_asymmetric(scheme, &pem, key.key_id.as_deref(), input, &rng)
+        .map_err(|e| CliError::Usage(e.to_string()))
 }
 
 fn random_id() -> String {
@@ -485,9 +680,14 @@ fn default_content_type(provider: ProviderKind, body: &[u8]) -> &'static str {
 /// `hookwarden sign`.
 pub fn sign(args: SignArgs) -> ExitCode {
     match run_sign(&args) {
-        Ok(lines) => {
-            for (name, value) in lines {
+        Ok(signed) => {
+            for (name, value) in signed.headers {
                 println!("{name}: {value}");
+            }
+            // SNS signs inside the body: it follows the headers, as in an HTTP message.
+            if let Some(body) = signed.body {
+                println!();
+                println!("{}", String::from_utf8_lossy(&body));
             }
             ExitCode::SUCCESS
         }
@@ -495,7 +695,7 @@ pub fn sign(args: SignArgs) -> ExitCode {
     }
 }
 
-fn run_sign(args: &SignArgs) -> Result<Vec<(String, String)>, CliError> {
+fn run_sign(args: &SignArgs) -> Result<signature::Signed, CliError> {
     let scheme = build_scheme(&args.scheme)?;
     let body = read_body(&args.body_file)?;
     let id = args.id.clone().unwrap_or_else(random_id);
@@ -510,7 +710,15 @@ fn run_sign(args: &SignArgs) -> Result<Vec<(String, String)>, CliError> {
         id: &id,
         content_type: &content_type,
     };
-    signature::sign(&scheme, &args.secret, &input).map_err(|e| CliError::Usage(e.to_string()))
+    if signature::is_asymmetric(&scheme) {
+        return sign_published(&scheme, &args.key, &input);
+    }
+    signature::sign(&scheme, &args.secret, &input)
+        .map(|headers| signature::Signed {
+            headers,
+            body: None,
+        })
+        .map_err(|e| CliError::Usage(e.to_string()))
 }
 
 /// `hookwarden send-test`.
@@ -525,6 +733,7 @@ pub async fn send_test(args: SendTestArgs) -> anyhow::Result<ExitCode> {
                 incident_id: args.incident_id.clone(),
                 id: args.id.clone(),
                 body_file: args.body_file.clone(),
+                key: Some(args.key.clone()),
             },
         )
     }) {
@@ -546,6 +755,8 @@ pub(crate) struct SendOptions {
     pub id: Option<String>,
     /// A body to send instead of the provider's sample.
     pub body_file: Option<PathBuf>,
+    /// Providers that sign with a private key (OIDC tokens, SNS): the key to sign with.
+    pub key: Option<PrivateKeyFlags>,
 }
 
 /// Sends a prepared delivery and prints the answer: exit 0 on 2xx, 1 otherwise (no answer
@@ -634,8 +845,21 @@ pub(crate) fn prepare_send(
         id: &id,
         content_type: sample.content_type,
     };
-    let auth =
-        signature::sign(scheme, secret, &input).map_err(|e| CliError::Usage(e.to_string()))?;
+    let auth = if signature::is_asymmetric(scheme) {
+        let key = options.key.as_ref().ok_or_else(|| {
+            CliError::Usage(format!(
+                "provider {} signs with a private key: pass --private-key-file",
+                scheme.provider
+            ))
+        })?;
+        let signed = sign_published(scheme, key, &input)?;
+        if let Some(body) = signed.body {
+            sample.body = body;
+        }
+        signed.headers
+    } else {
+        signature::sign(scheme, secret, &input).map_err(|e| CliError::Usage(e.to_string()))?
+    };
     let mut builder = http::Request::post(&target)
         .header(http::header::CONTENT_TYPE, sample.content_type)
         .header(
@@ -773,8 +997,10 @@ mod tests {
                 spec: None,
                 token_header: None,
                 generic: GenericFlags::default(),
+                oidc: OidcFlags::default(),
             },
             secret: "s3cr3t-value".to_string(),
+            key: PrivateKeyFlags::default(),
             body_file: PathBuf::from("b"),
             timestamp: None,
             id: None,

@@ -437,6 +437,72 @@ pub fn sample_with(
             });
             json_sample(body, Some(event), vec![("X-Event-Key", event.to_string())])
         }
+        ProviderKind::GooglePubsub => {
+            use base64::Engine as _;
+            let data = json!({"kind": "storage#object", "name": "reports/2026-12.csv", "bucket": "example-reports"});
+            let body = json!({
+                "message": {
+                    "attributes": {"eventType": "OBJECT_FINALIZE", "bucketId": "example-reports"},
+                    "data": base64::engine::general_purpose::STANDARD.encode(data.to_string()),
+                    "messageId": id,
+                    "message_id": id,
+                    "publishTime": now,
+                    "publish_time": now
+                },
+                "subscription": "projects/example-project/subscriptions/hookwarden-push"
+            });
+            json_sample(body, Some("OBJECT_FINALIZE"), vec![])
+        }
+        ProviderKind::GithubActions => {
+            let body = json!({
+                "type": "deployment.finished",
+                "id": id,
+                "repository": "example-org/checkout",
+                "environment": "production",
+                "sha": "6dcb09b5b57875f334f61aebed695e2e4193db5e",
+                "time": now
+            });
+            json_sample(body, Some("deployment.finished"), vec![])
+        }
+        ProviderKind::AwsSns => {
+            // A CloudWatch alarm state change, as SNS wraps it (Message is JSON text).
+            let (state, old) = if resolve {
+                ("OK", "ALARM")
+            } else {
+                ("ALARM", "OK")
+            };
+            let alarm = json!({
+                "AlarmName": incident,
+                "AlarmDescription": "5XX rate of the checkout load balancer above 5%",
+                "AWSAccountId": "123456789012",
+                "AlarmConfigurationUpdatedTimestamp": started,
+                "NewStateValue": state,
+                "NewStateReason": "Threshold Crossed: 1 out of the last 1 datapoints [7.2 (07/12/26 08:00:00)] was greater than the threshold (5.0).",
+                "StateChangeTime": now,
+                "Region": "EU (Ireland)",
+                "AlarmArn": format!("arn:aws:cloudwatch:eu-west-1:123456789012:alarm:{incident}"),
+                "OldStateValue": old,
+                "Trigger": {"MetricName": "HTTPCode_ELB_5XX_Count", "Namespace": "AWS/ApplicationELB", "Statistic": "SUM", "Period": 60, "EvaluationPeriods": 1, "ComparisonOperator": "GreaterThanThreshold", "Threshold": 5.0}
+            });
+            let body = json!({
+                "Type": "Notification",
+                "MessageId": id,
+                "TopicArn": "arn:aws:sns:eu-west-1:123456789012:alarms",
+                "Subject": format!("{state}: \"{incident}\" in EU (Ireland)"),
+                "Message": alarm.to_string(),
+                "Timestamp": now,
+                "SignatureVersion": "2",
+                "Signature": "",
+                "SigningCertURL": "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0000000000000000000000.pem",
+                "UnsubscribeURL": "https://sns.eu-west-1.amazonaws.com/?Action=Unsubscribe&SubscriptionArn=arn:aws:sns:eu-west-1:123456789012:alarms:0"
+            });
+            Sample {
+                content_type: "text/plain; charset=UTF-8",
+                body: serde_json::to_vec(&body).unwrap_or_default(),
+                event_type: Some("Notification".to_string()),
+                headers: Vec::new(),
+            }
+        }
         ProviderKind::Generic => {
             let body = json!({
                 "type": "hookwarden.test",

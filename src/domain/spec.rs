@@ -192,6 +192,9 @@ impl SpecProblem {
             SpecProblem::Scheme(SchemeError::InvalidSignedContent(_)) => {
                 "spec.signature.signedContent"
             }
+            SpecProblem::Scheme(SchemeError::Oidc(_) | SchemeError::UnexpectedOidc) => "spec.oidc",
+            SpecProblem::Scheme(SchemeError::UnexpectedAuth) => "spec.auth",
+            SpecProblem::Scheme(SchemeError::UnexpectedSns) => "spec.sns",
             SpecProblem::Scheme(_) => "spec.signature",
             SpecProblem::Mapping(_) => "spec.incidents",
             SpecProblem::Schema(_) => "spec.schema",

@@ -21,6 +21,6 @@ pub use connect::{ConnectError, GuardedConnector};
 pub use egress::{EgressPolicy, Refusal, RefusalRule};
 pub use limit::TargetLimits;
 pub use sender::{
-    AttemptResult, DEFAULT_CONNECT_TIMEOUT, MAX_RESPONSE_BYTES, Request, Sender, SenderError,
-    SenderOptions, TrustRoots,
+    AttemptResult, DEFAULT_CONNECT_TIMEOUT, FetchError, MAX_RESPONSE_BYTES, Request, Sender,
+    SenderError, SenderOptions, TrustRoots,
 };

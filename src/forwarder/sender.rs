@@ -252,6 +252,76 @@ impl Sender {
     }
 }
 
+/// Why [`Sender::fetch`] got no document.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("no complete answer within {0}")]
+    Timeout(String),
+    #[error("answer larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("HTTP {0}")]
+    Status(u16),
+    #[error("{0}")]
+    Transport(String),
+}
+
+impl Sender {
+    /// GETs a small document (a JWKS, a certificate, an SNS SubscribeURL): the same
+    /// pool and SSRF guard as forwards, redirects not followed, at most `max_bytes` read
+    /// (a larger answer is dropped with its connection: bounded memory whatever the
+    /// server sends) and all of it within `timeout`.
+    pub async fn fetch(
+        &self,
+        url: Uri,
+        timeout: Duration,
+        max_bytes: usize,
+    ) -> Result<Bytes, FetchError> {
+        let deadline = Instant::now() + timeout;
+        if !matches!(url.scheme_str(), Some("http" | "https")) {
+            return Err(FetchError::Transport("not an http(s) URL".to_string()));
+        }
+        let mut req = http::Request::new(Full::new(Bytes::new()));
+        *req.method_mut() = Method::GET;
+        *req.uri_mut() = url;
+        let response = match tokio::time::timeout_at(deadline, self.client.request(req)).await {
+            Err(_) => return Err(FetchError::Timeout(seconds(timeout))),
+            Ok(Err(e)) => return Err(FetchError::Transport(transport_failure(&e).2)),
+            Ok(Ok(r)) => r,
+        };
+        if response.status() != http::StatusCode::OK {
+            return Err(FetchError::Status(response.status().as_u16()));
+        }
+        if response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > max_bytes as u64)
+        {
+            return Err(FetchError::TooLarge(max_bytes));
+        }
+        let mut body = response.into_body();
+        let mut out = Vec::new();
+        loop {
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Err(_) => return Err(FetchError::Timeout(seconds(timeout))),
+                Ok(None) => return Ok(Bytes::from(out)),
+                Ok(Some(Err(e))) => {
+                    return Err(FetchError::Transport(format!("answer broken: {e}")));
+                }
+                Ok(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        if out.len() + data.len() > max_bytes {
+                            return Err(FetchError::TooLarge(max_bytes));
+                        }
+                        out.extend_from_slice(data);
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn seconds(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }

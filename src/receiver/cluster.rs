@@ -104,6 +104,14 @@ pub struct ReceiverArgs {
     /// Link-local and cloud metadata stay refused, and so does the API server's port.
     #[arg(long, env = "HOOKWARDEN_FORWARD_ALLOW_LOOPBACK", value_parser = clap::builder::BoolishValueParser::new())]
     pub forward_allow_loopback: bool,
+    /// Longest wait for an OIDC issuer's JWKS or an SNS signing certificate (the
+    /// delivery waiting for it gets 401 jwks_unavailable / certificate_unavailable after).
+    #[arg(long, env = "HOOKWARDEN_KEY_FETCH_TIMEOUT", default_value = "5s", value_parser = crate::domain::duration::parse_arg)]
+    pub key_fetch_timeout: Duration,
+    /// Tests only: JWKS, SNS certificate and SubscribeURL fetches may use http and any
+    /// host (normally https only, from the issuer's host / sns.<region>.amazonaws.com).
+    #[arg(long, env = "HOOKWARDEN_INSECURE_KEY_URLS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure_key_urls: bool,
     /// Log format.
     #[arg(long, env = "HOOKWARDEN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -208,6 +216,11 @@ pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
             ..Default::default()
         },
         forward_egress: cluster_egress(&args, Some(&api_server)),
+        remote_keys: crate::receiver::keys::RemoteKeyOptions {
+            timeout: args.key_fetch_timeout,
+            insecure_urls: args.insecure_key_urls,
+            ..Default::default()
+        },
         max_body_bytes_in_flight: args.max_body_bytes_in_flight,
         max_connections: args.max_connections,
         drain_delay: args.shutdown_delay,

@@ -67,6 +67,9 @@ pub struct PipelineConfig {
     pub max_connections: usize,
     /// On shutdown, readiness is off this long before the server stops accepting.
     pub drain_delay: Duration,
+    /// Fetches and caches published keys (OIDC JWKS, SNS certificates). `None`: only
+    /// keys inline in the Secret are used.
+    pub remote_keys: Option<Arc<super::keys::RemoteKeys>>,
 }
 
 impl Default for PipelineConfig {
@@ -81,6 +84,7 @@ impl Default for PipelineConfig {
             body_budget: Arc::new(limits::BodyBudget::default()),
             max_connections: super::server::DEFAULT_MAX_CONNECTIONS,
             drain_delay: Duration::ZERO,
+            remote_keys: None,
         }
     }
 }
@@ -237,11 +241,14 @@ pub enum Refusal {
     OverBudget,
     /// More query/form parameters than any sender uses (Twilio): refused before any MAC.
     TooManyParameters,
+    /// An authentic SNS SubscriptionConfirmation whose SubscribeURL could not be fetched
+    /// (our side: SNS is asked to retry; an Event says why).
+    SubscriptionNotConfirmed,
 }
 
 impl Refusal {
     /// Every refusal, for the table test (payload-carrying variants with a sample).
-    pub const ALL: [Refusal; 19] = [
+    pub const ALL: [Refusal; 20] = [
         Refusal::RoutesNotSynced,
         Refusal::NotFound,
         Refusal::MethodNotAllowed,
@@ -263,6 +270,7 @@ impl Refusal {
         Refusal::JournalUnavailable,
         Refusal::OverBudget,
         Refusal::TooManyParameters,
+        Refusal::SubscriptionNotConfirmed,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -285,7 +293,8 @@ impl Refusal {
             | Refusal::RetryInFlight
             | Refusal::Overloaded
             | Refusal::JournalUnavailable
-            | Refusal::OverBudget => StatusCode::SERVICE_UNAVAILABLE,
+            | Refusal::OverBudget
+            | Refusal::SubscriptionNotConfirmed => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -312,6 +321,7 @@ impl Refusal {
             Refusal::JournalUnavailable => "journal_unavailable",
             Refusal::OverBudget => "over_budget",
             Refusal::TooManyParameters => "too_many_parameters",
+            Refusal::SubscriptionNotConfirmed => "subscription_not_confirmed",
         }
     }
 
@@ -331,7 +341,8 @@ impl Refusal {
             | Refusal::RetryInFlight
             | Refusal::Overloaded
             | Refusal::JournalUnavailable
-            | Refusal::OverBudget => Some(default),
+            | Refusal::OverBudget
+            | Refusal::SubscriptionNotConfirmed => Some(default),
             _ => None,
         }
     }
@@ -605,8 +616,9 @@ struct Authentic {
     now_ms: i64,
 }
 
-/// Signature, token and timestamp window (401).
-fn authenticate(
+/// Signature, token and timestamp window (401). Schemes with published keys (OIDC,
+/// SNS) may wait for a bounded, cached fetch of them.
+async fn authenticate(
     config: &PipelineConfig,
     route: &CompiledRoute,
     parts: Parts,
@@ -630,7 +642,20 @@ fn authenticate(
         headers: &parts.headers,
         body: &body,
     };
-    match signature::verify(&route.spec.scheme, &secrets, &delivery, now_s) {
+    let scheme = &route.spec.scheme;
+    let verdict = if signature::is_asymmetric(scheme) {
+        super::keys::verify(
+            config.remote_keys.as_deref(),
+            scheme,
+            &secrets,
+            &delivery,
+            now_s,
+        )
+        .await
+    } else {
+        signature::verify(scheme, &secrets, &delivery, now_s)
+    };
+    match verdict {
         // Refused before any MAC: the request is malformed, not an authentication
         // failure (it does not feed Degraded).
         Verdict::Invalid(signature::Rejection::TooManyParameters { .. }) => {
@@ -660,7 +685,13 @@ fn parse(route: &CompiledRoute, authentic: Authentic) -> Result<Parsed, Refusal>
         || spec.mapping.is_some()
         || signature::meta_reads_body(spec.provider);
     let bytes = &authentic.body;
-    let value = match body_kind(content_type(&authentic.parts.headers)) {
+    // SNS posts its JSON as text/plain.
+    let kind = if spec.provider == ProviderKind::AwsSns {
+        BodyKind::Json
+    } else {
+        body_kind(content_type(&authentic.parts.headers))
+    };
+    let mut value = match kind {
         BodyKind::Json if needs_value => match serde_json::from_slice::<Value>(bytes) {
             Ok(v) => Some(v),
             Err(_) => return Err(Refusal::MalformedPayload),
@@ -670,6 +701,11 @@ fn parse(route: &CompiledRoute, authentic: Authentic) -> Result<Parsed, Refusal>
         BodyKind::Form if needs_value => Some(parse_form(bytes)),
         BodyKind::Form | BodyKind::Opaque => None,
     };
+    if spec.provider == ProviderKind::AwsSns
+        && let Some(v) = value.as_mut()
+    {
+        signature::sns::expand_message(v);
+    }
     if let Some(schema) = &spec.schema
         && !value.as_ref().is_some_and(|v| schema.is_valid(v))
     {
@@ -749,6 +785,32 @@ fn classify(route: &CompiledRoute, parsed: Parsed) -> Result<Classified, Refusal
     }))
 }
 
+/// An authentic SNS SubscriptionConfirmation is answered by confirming it (fetching its
+/// SubscribeURL) unless `spec.sns.autoConfirm` is false; then, like an
+/// UnsubscribeConfirmation, it is a delivery with an Event for a person.
+async fn sns_handshake(
+    config: &PipelineConfig,
+    route: &CompiledRoute,
+    policy: &signature::sns::SnsPolicy,
+    authentic: &Authentic,
+) -> Result<Option<Response>, Refusal> {
+    let Ok(message) = signature::sns::parse(&authentic.body) else {
+        return Ok(None);
+    };
+    let Some(remote) = config.remote_keys.as_deref() else {
+        return Ok(None);
+    };
+    if message.kind == signature::sns::MessageType::SubscriptionConfirmation && policy.auto_confirm
+    {
+        return match remote.confirm_subscription(&route.key, &message).await {
+            Ok(()) => Ok(Some(answer(StatusCode::OK, "confirmed", None))),
+            Err(_) => Err(Refusal::SubscriptionNotConfirmed),
+        };
+    }
+    remote.sns_notice(&route.key, &message, policy.auto_confirm);
+    Ok(None)
+}
+
 /// The stages of DESIGN.md's HTTP table, in order; each refuses with one [`Refusal`].
 async fn run<S: DeliverySink>(
     state: &ReceiverState<S>,
@@ -759,7 +821,7 @@ async fn run<S: DeliverySink>(
     let config = &state.config;
     admit(config, route, &parts)?;
     let (bytes, _body_permit) = read_body(config, route, &parts, body).await?;
-    let authentic = authenticate(config, route, parts, bytes)?;
+    let authentic = authenticate(config, route, parts, bytes).await?;
     route
         .rate
         .check()
@@ -775,6 +837,11 @@ async fn run<S: DeliverySink>(
             hex::encode(&sha2::Sha256::digest(&authentic.body)[..16])
         )
     });
+    if let Some(policy) = &route.spec.scheme.sns
+        && let Some(answer) = sns_handshake(config, route, policy, &authentic).await?
+    {
+        return Ok((Outcome::Handshake, answer));
+    }
     let parsed = parse(route, authentic)?;
     let mut accepted = match classify(route, parsed)? {
         Classified::Handshake(response) => return Ok((Outcome::Handshake, response)),

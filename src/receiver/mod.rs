@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod dedup;
 pub mod forward;
 pub mod http;
+pub mod keys;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;

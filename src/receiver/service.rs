@@ -85,6 +85,8 @@ pub struct ReceiverOptions {
     /// Where forwards may connect (cluster: no loopback, link-local, metadata or denied
     /// CIDRs; standalone: loopback allowed).
     pub forward_egress: EgressPolicy,
+    /// How OIDC JWKS and SNS certificates are fetched (same egress policy as forwards).
+    pub remote_keys: crate::receiver::keys::RemoteKeyOptions,
 }
 
 /// Why a receiver could not start.
@@ -292,7 +294,14 @@ impl<W: StatusWriter> Receiver<W> {
                 "replayed the delivery journal"
             );
         }
+        let sender = Sender::new(options.forward_egress.clone(), SenderOptions::default())
+            .map_err(|e| StartError::Forwarder(e.to_string()))?;
+        let remote_keys = Arc::new(crate::receiver::keys::RemoteKeys::new(
+            sender.clone(),
+            options.remote_keys.clone(),
+        ));
         let config = PipelineConfig {
+            remote_keys: Some(remote_keys.clone()),
             external_base_url: options.external_base_url.clone(),
             trusted_proxies: options.trusted_proxies.clone(),
             body_budget: Arc::new(crate::receiver::limits::BodyBudget::new(
@@ -331,8 +340,6 @@ impl<W: StatusWriter> Receiver<W> {
             sink,
             metrics,
         ));
-        let sender = Sender::new(options.forward_egress.clone(), SenderOptions::default())
-            .map_err(|e| StartError::Forwarder(e.to_string()))?;
         let forwarder_stop = CancellationToken::new();
         let (forwarder, forwarder_task) = forward::start(
             ForwarderOptions {
@@ -348,6 +355,7 @@ impl<W: StatusWriter> Receiver<W> {
             forwarder_stop.clone(),
         )
         .map_err(|e| StartError::Forwarder(format!("cannot open the outbox: {e}")))?;
+        remote_keys.set_notices(forwarder.board.clone());
         let ready_state = state.clone();
         let status_loop = status_loop.with_forwarding(
             Forwarding {

@@ -93,6 +93,13 @@ pub struct StandaloneArgs {
     /// 2.3 accepted deliveries per second.
     #[arg(long, default_value_t = crate::receiver::service::DEDUP_CAPACITY, value_parser = clap::value_parser!(u64).range(1_000..=100_000_000))]
     pub dedup_max_ids: u64,
+    /// Longest wait for an OIDC issuer's JWKS or an SNS signing certificate.
+    #[arg(long, default_value = "5s", value_parser = crate::domain::duration::parse_arg)]
+    pub key_fetch_timeout: Duration,
+    /// Tests only: JWKS, SNS certificate and SubscribeURL fetches may use http and any
+    /// host (normally https only, from the issuer's host / sns.<region>.amazonaws.com).
+    #[arg(long)]
+    pub insecure_key_urls: bool,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -222,6 +229,11 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
             args.forward_deny_cidrs.clone(),
             (!args.forward_allow_cidrs.is_empty()).then(|| args.forward_allow_cidrs.clone()),
         ),
+        remote_keys: crate::receiver::keys::RemoteKeyOptions {
+            timeout: args.key_fetch_timeout,
+            insecure_urls: args.insecure_key_urls,
+            ..Default::default()
+        },
     };
     // With --metrics-addr: its listener and the registry the receiver fills.
     let mut metrics = match args.metrics_addr {

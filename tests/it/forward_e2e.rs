@@ -138,6 +138,7 @@ async fn start_receiver_loading(dir: &Path, route: Route, cap: u64, delay: Durat
 /// receiver's route watch takes a moment after a restart).
 async fn start_receiver_with(dir: &Path, route: Route, cap: u64, route_after: Duration) -> Running {
     let options = ReceiverOptions {
+        remote_keys: Default::default(),
         journal_dir: dir.join("journal"),
         journal_max_bytes: cap,
         journal_commit_window: Duration::ZERO,
@@ -641,6 +642,7 @@ async fn forwards_due_before_the_routes_arrive_wait_for_them() {
 async fn on_shutdown_readiness_fails_first_and_deliveries_are_still_served() {
     let dir = tempfile::tempdir().expect("tempdir");
     let options = ReceiverOptions {
+        remote_keys: Default::default(),
         journal_dir: dir.path().join("journal"),
         journal_max_bytes: 64 << 20,
         journal_commit_window: Duration::ZERO,

@@ -10,6 +10,7 @@ mod forward_e2e;
 mod forward_sdk;
 mod forward_sender;
 mod journal;
+mod oidc_sns;
 mod receiver_http;
 mod route_watch;
 mod signatures;

@@ -440,6 +440,9 @@ pub fn meta_header_names(scheme: &Scheme) -> Vec<&str> {
         ProviderKind::Zendesk => &["x-zendesk-webhook-invocation-id"],
         ProviderKind::Jira => &["x-atlassian-webhook-identifier"],
         ProviderKind::Bitbucket => &["x-request-uuid", "x-request-id", "x-event-key"],
+        ProviderKind::GithubActions => &["x-request-id"],
+        ProviderKind::AwsSns => &["x-amz-sns-message-id"],
+        ProviderKind::GooglePubsub => &[],
         // Ids and types in the body (or none at all).
         ProviderKind::Stripe
         | ProviderKind::Slack

@@ -172,6 +172,8 @@ enum Preset {
     Grafana,
     Pagerduty,
     Sentry,
+    /// Amazon SNS carrying CloudWatch alarm state changes.
+    CloudWatch,
     /// No preset: everything comes from the overrides (idFrom is required).
     None(ProviderKind),
 }
@@ -348,6 +350,7 @@ impl Mapping {
             ProviderKind::Grafana => Preset::Grafana,
             ProviderKind::Pagerduty => Preset::Pagerduty,
             ProviderKind::Sentry => Preset::Sentry,
+            ProviderKind::AwsSns => Preset::CloudWatch,
             other => Preset::None(other),
         };
         let empty = IncidentMapping::default();
@@ -423,6 +426,7 @@ impl Mapping {
             Preset::Grafana => alerts(body, "grafana", true)?,
             Preset::Pagerduty => pagerduty(body, event_type)?,
             Preset::Sentry => sentry(body, event_type)?,
+            Preset::CloudWatch => cloudwatch(body),
             Preset::None(_) => vec![Draft {
                 id_from: "idFrom",
                 ..Draft::default()
@@ -822,6 +826,59 @@ fn sentry<'a>(body: &'a Value, event_type: Option<&str>) -> Result<Vec<Draft<'a>
         alert: Some(body),
         ..draft
     }])
+}
+
+/// A CloudWatch alarm state change as SNS delivers it: the receiver has replaced the
+/// `Message` text by its JSON. `ALARM` opens, `OK` resolves; `INSUFFICIENT_DATA` and
+/// messages that are not alarms (other SNS publishers) make no incident.
+fn cloudwatch(body: &Value) -> Vec<Draft<'_>> {
+    if body.get("Type").and_then(Value::as_str) != Some("Notification") {
+        return Vec::new();
+    }
+    let Some(alarm) = body.get("Message").filter(|m| m.get("AlarmName").is_some()) else {
+        return Vec::new();
+    };
+    let resolve = match text(alarm, "/NewStateValue").as_deref() {
+        Some("ALARM") => false,
+        Some("OK") => true,
+        _ => return Vec::new(),
+    };
+    let arn = text(alarm, "/AlarmArn");
+    // arn:aws:cloudwatch:<region>:<account>:alarm:<name>
+    let link = arn.as_deref().and_then(|arn| {
+        let region = arn.split(':').nth(3).filter(|r| !r.is_empty())?;
+        let name = text(alarm, "/AlarmName")?;
+        let encoded: String = form_urlencoded::byte_serialize(name.as_bytes()).collect();
+        Some(format!(
+            "https://{region}.console.aws.amazon.com/cloudwatch/home?region={region}#alarmsV2:alarm/{encoded}"
+        ))
+    });
+    // CloudWatch writes StateChangeTime as 2026-12-07T08:00:00.000+0000 (no colon in
+    // the offset, which RFC 3339 requires).
+    let time_ms = text(alarm, "/StateChangeTime").and_then(|t| {
+        let fixed = match t.strip_suffix("+0000") {
+            Some(head) => format!("{head}Z"),
+            None => t,
+        };
+        fixed
+            .parse::<jiff::Timestamp>()
+            .ok()
+            .map(|ts| ts.as_millisecond())
+    });
+    vec![Draft {
+        alert: Some(alarm),
+        id: arn.or_else(|| text(alarm, "/AlarmName")),
+        id_from: "Message.AlarmArn",
+        title: text(alarm, "/AlarmName").map(|name| match text(alarm, "/AlarmDescription") {
+            Some(d) => format!("{name}: {d}"),
+            None => name,
+        }),
+        severity_fallback: Some(Severity::High),
+        link,
+        resolve,
+        time_ms,
+        ..Draft::default()
+    }]
 }
 
 fn worst_trigger(alert: &Value) -> Option<Severity> {

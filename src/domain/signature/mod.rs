@@ -16,9 +16,13 @@
 //! - a [`Rejection`] says why, and never contains the expected signature or a secret.
 
 pub(crate) mod crypto;
+pub mod der;
 mod generic;
 mod hmac_presets;
+pub mod jose;
+pub mod oidc;
 mod slack;
+pub mod sns;
 mod standard;
 mod stripe;
 mod token;
@@ -79,6 +83,10 @@ pub struct Scheme {
     pub generic: Option<GenericScheme>,
     /// Token presets: an extra header carrying the token as its whole value (lower case).
     pub token_header: Option<String>,
+    /// OIDC/JWT bearer senders (google-pubsub, github-actions, generic with auth: oidc).
+    pub oidc: Option<oidc::OidcPolicy>,
+    /// Provider aws-sns.
+    pub sns: Option<sns::SnsPolicy>,
 }
 
 /// A spec that cannot be turned into a scheme: permanent until the spec changes.
@@ -94,6 +102,16 @@ pub enum SchemeError {
     InvalidHeaderName { field: &'static str, value: String },
     #[error("spec.signature.signedContent: {0}")]
     InvalidSignedContent(String),
+    #[error(transparent)]
+    Oidc(#[from] oidc::OidcSpecError),
+    #[error(
+        "spec.oidc is only used by the OIDC senders (google-pubsub, github-actions, generic with auth: oidc); remove it"
+    )]
+    UnexpectedOidc,
+    #[error("spec.auth only applies to provider generic")]
+    UnexpectedAuth,
+    #[error("spec.sns only applies to provider aws-sns")]
+    UnexpectedSns,
 }
 
 impl Scheme {
@@ -103,12 +121,57 @@ impl Scheme {
             provider,
             generic: None,
             token_header: None,
+            oidc: None,
+            sns: (provider == ProviderKind::AwsSns)
+                .then(|| sns::SnsPolicy::from_spec(None, 24 * 3600)),
         }
+    }
+
+    /// Whether the scheme verifies an OIDC bearer token.
+    pub fn is_oidc(&self) -> bool {
+        self.oidc.is_some()
     }
 
     /// Validates the authentication-related parts of a spec.
     pub fn from_spec(spec: &crate::crd::WebhookIntegrationSpec) -> Result<Scheme, SchemeError> {
+        use crate::crd::GenericAuth;
+        let oidc_sender = matches!(
+            (spec.provider, spec.auth),
+            (ProviderKind::GooglePubsub | ProviderKind::GithubActions, _)
+                | (ProviderKind::Generic, Some(GenericAuth::Oidc))
+        );
+        if spec.auth.is_some() && spec.provider != ProviderKind::Generic {
+            return Err(SchemeError::UnexpectedAuth);
+        }
+        if spec.sns.is_some() && spec.provider != ProviderKind::AwsSns {
+            return Err(SchemeError::UnexpectedSns);
+        }
+        let oidc = if oidc_sender {
+            Some(oidc::OidcPolicy::from_spec(
+                spec.provider,
+                spec.oidc.as_ref(),
+            )?)
+        } else if spec.oidc.is_some() {
+            return Err(SchemeError::UnexpectedOidc);
+        } else {
+            None
+        };
+        let sns = (spec.provider == ProviderKind::AwsSns).then(|| {
+            let window = spec
+                .dedup_window
+                .as_deref()
+                .and_then(|w| crate::domain::duration::parse(w).ok())
+                .unwrap_or(crate::domain::spec::defaults::DEDUP_WINDOW);
+            sns::SnsPolicy::from_spec(
+                spec.sns.as_ref(),
+                i64::try_from(window.as_secs()).unwrap_or(i64::MAX),
+            )
+        });
         let generic = match (spec.provider, &spec.signature) {
+            (ProviderKind::Generic, None) if oidc.is_some() => None,
+            (ProviderKind::Generic, Some(_)) if oidc.is_some() => {
+                return Err(SchemeError::UnexpectedSignature);
+            }
             (ProviderKind::Generic, Some(sig)) => Some(GenericScheme::from_spec(sig)?),
             (ProviderKind::Generic, None) => return Err(SchemeError::MissingGenericSignature),
             (_, Some(_)) => return Err(SchemeError::UnexpectedSignature),
@@ -127,6 +190,8 @@ impl Scheme {
             provider: spec.provider,
             generic,
             token_header,
+            oidc,
+            sns,
         })
     }
 }
@@ -196,20 +261,30 @@ pub enum Rejection {
     /// No usable secret is configured (empty list or only empty values).
     NoSecret,
     /// Every configured secret is unusable for this scheme (e.g. not `whsec_` base64).
-    InvalidSecret { reason: &'static str },
+    InvalidSecret {
+        reason: &'static str,
+    },
     /// The header that carries the signature (or token) is absent.
-    MissingSignature { header: String },
+    MissingSignature {
+        header: String,
+    },
     /// The signature header is present but cannot be parsed.
     MalformedSignature {
         header: String,
         reason: &'static str,
     },
     /// The scheme signs a delivery id, and the id header is absent.
-    MissingId { header: String },
+    MissingId {
+        header: String,
+    },
     /// The scheme signs a timestamp, and it is absent.
-    MissingTimestamp { source: String },
+    MissingTimestamp {
+        source: String,
+    },
     /// The timestamp is present but not a number/date.
-    MalformedTimestamp { source: String },
+    MalformedTimestamp {
+        source: String,
+    },
     /// The signed timestamp is older than the window allows (likely a replay).
     TimestampStale {
         age_seconds: i64,
@@ -221,18 +296,72 @@ pub enum Rejection {
         tolerance_seconds: i64,
     },
     /// Signatures were present and well-formed but none matched any secret.
-    SignatureMismatch { secrets: usize },
+    SignatureMismatch {
+        secrets: usize,
+    },
     /// A token was presented but matched no secret.
-    TokenMismatch { secrets: usize },
+    TokenMismatch {
+        secrets: usize,
+    },
     /// Twilio: the body does not hash to the URL's `bodySHA256`.
     BodyHashMismatch,
     /// Twilio signs the URL; the receiver could not tell which URL was called.
     MissingUrl,
     /// The body is needed to verify (Linear's `webhookTimestamp`) and is not JSON.
-    MalformedBody { reason: &'static str },
+    MalformedBody {
+        reason: &'static str,
+    },
     /// More query/form parameters than a scheme that signs them verifies (Twilio: the
     /// work before authentication grows with their number).
-    TooManyParameters { count: usize, limit: usize },
+    TooManyParameters {
+        count: usize,
+        limit: usize,
+    },
+    /// OIDC: the bearer token cannot be read (not a compact JWS, bad base64/JSON, `crit`).
+    TokenMalformed {
+        reason: &'static str,
+    },
+    /// OIDC: the token's `alg` is not one the integration accepts (`none` and HS* never).
+    AlgorithmNotAllowed {
+        alg: String,
+    },
+    /// OIDC: no key with the token's `kid` (and algorithm), even after a refresh.
+    UnknownKeyId {
+        kid: String,
+    },
+    /// OIDC: `exp` (plus leeway) has passed.
+    TokenExpired {
+        seconds_ago: i64,
+    },
+    /// OIDC: `nbf` or `iat` is further ahead than the leeway.
+    TokenNotYetValid {
+        claim: &'static str,
+        seconds_ahead: i64,
+    },
+    IssuerMismatch,
+    AudienceMismatch,
+    /// OIDC: a claim of `spec.oidc.claims` is absent or has another value.
+    ClaimMismatch {
+        claim: String,
+    },
+    /// The JWKS could not be fetched or read (timeout, too large, not a JWKS, HTTP error).
+    JwksUnavailable {
+        reason: String,
+    },
+    /// SNS: the signing certificate could not be fetched.
+    CertificateUnavailable {
+        reason: String,
+    },
+    /// SNS: the certificate cannot be used (not X.509/RSA, expired).
+    CertificateInvalid {
+        reason: &'static str,
+    },
+    /// A key or certificate URL outside the allowed hosts (or not https).
+    KeyUrlNotAllowed {
+        reason: &'static str,
+    },
+    /// SNS: an authentic message from a topic not in `spec.sns.topicArns`.
+    TopicNotAllowed,
 }
 
 impl Rejection {
@@ -254,11 +383,24 @@ impl Rejection {
             Rejection::MissingUrl => "missing_url",
             Rejection::MalformedBody { .. } => "malformed_body",
             Rejection::TooManyParameters { .. } => "too_many_parameters",
+            Rejection::TokenMalformed { .. } => "token_malformed",
+            Rejection::AlgorithmNotAllowed { .. } => "algorithm_not_allowed",
+            Rejection::UnknownKeyId { .. } => "unknown_key_id",
+            Rejection::TokenExpired { .. } => "token_expired",
+            Rejection::TokenNotYetValid { .. } => "token_not_yet_valid",
+            Rejection::IssuerMismatch => "issuer_mismatch",
+            Rejection::AudienceMismatch => "audience_mismatch",
+            Rejection::ClaimMismatch { .. } => "claim_mismatch",
+            Rejection::JwksUnavailable { .. } => "jwks_unavailable",
+            Rejection::CertificateUnavailable { .. } => "certificate_unavailable",
+            Rejection::CertificateInvalid { .. } => "certificate_invalid",
+            Rejection::KeyUrlNotAllowed { .. } => "key_url_not_allowed",
+            Rejection::TopicNotAllowed => "topic_not_allowed",
         }
     }
 
     /// Every code [`Rejection::code`] can return (bounded metric label values).
-    pub const CODES: [&'static str; 15] = [
+    pub const CODES: [&'static str; 28] = [
         "no_secret",
         "invalid_secret",
         "missing_signature",
@@ -274,6 +416,19 @@ impl Rejection {
         "missing_url",
         "malformed_body",
         "too_many_parameters",
+        "token_malformed",
+        "algorithm_not_allowed",
+        "unknown_key_id",
+        "token_expired",
+        "token_not_yet_valid",
+        "issuer_mismatch",
+        "audience_mismatch",
+        "claim_mismatch",
+        "jwks_unavailable",
+        "certificate_unavailable",
+        "certificate_invalid",
+        "key_url_not_allowed",
+        "topic_not_allowed",
     ];
 }
 
@@ -328,6 +483,48 @@ impl fmt::Display for Rejection {
                 f,
                 "{count} query/form parameters, more than the {limit} this provider's signature is checked over"
             ),
+            Rejection::TokenMalformed { reason } => write!(f, "malformed bearer token: {reason}"),
+            Rejection::AlgorithmNotAllowed { alg } => write!(
+                f,
+                "token algorithm {alg:?} is not accepted (spec.oidc.algorithms; none and HMAC never are)"
+            ),
+            Rejection::UnknownKeyId { kid } => write!(
+                f,
+                "no key with kid {kid:?} for the token's algorithm in the issuer's JWKS or the Secret's inline JWKS"
+            ),
+            Rejection::TokenExpired { seconds_ago } => {
+                write!(f, "token expired {seconds_ago}s ago (beyond the leeway)")
+            }
+            Rejection::TokenNotYetValid {
+                claim,
+                seconds_ahead,
+            } => write!(
+                f,
+                "token {claim} is {seconds_ahead}s in the future (beyond the leeway: clock skew?)"
+            ),
+            Rejection::IssuerMismatch => f.write_str("token iss is not the configured issuer"),
+            Rejection::AudienceMismatch => {
+                f.write_str("token aud names none of spec.oidc.audiences")
+            }
+            Rejection::ClaimMismatch { claim } => write!(
+                f,
+                "token claim {claim:?} is absent or differs from spec.oidc.claims"
+            ),
+            Rejection::JwksUnavailable { reason } => {
+                write!(f, "the issuer's keys (JWKS) are unavailable: {reason}")
+            }
+            Rejection::CertificateUnavailable { reason } => {
+                write!(f, "the SNS signing certificate is unavailable: {reason}")
+            }
+            Rejection::CertificateInvalid { reason } => {
+                write!(f, "the SNS signing certificate cannot be used: {reason}")
+            }
+            Rejection::KeyUrlNotAllowed { reason } => {
+                write!(f, "key or certificate URL refused: {reason}")
+            }
+            Rejection::TopicNotAllowed => {
+                f.write_str("the message's TopicArn is not in spec.sns.topicArns")
+            }
         }
     }
 }
@@ -417,6 +614,17 @@ pub(crate) fn parse_unix(s: &str) -> Option<i64> {
     s.parse().ok()
 }
 
+/// Keys a scheme needs from outside the delivery and its secrets, fetched by the
+/// receiver (or the CLI) and handed in: the domain does no I/O.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct External<'a> {
+    /// OIDC: every key set to try (the caller's parsed inline JWKS included). `None`:
+    /// the secrets are read as inline JWKS documents here.
+    pub jwks: Option<&'a [&'a jose::JwkSet]>,
+    /// SNS: the certificate `SigningCertURL` served.
+    pub certificate: Option<&'a der::Certificate>,
+}
+
 /// Verifies one delivery against `secrets` (current first, then unexpired previous
 /// ones) at `now_unix`.
 pub fn verify(
@@ -425,6 +633,36 @@ pub fn verify(
     delivery: &Delivery<'_>,
     now_unix: i64,
 ) -> Verdict {
+    verify_with(scheme, secrets, delivery, now_unix, External::default())
+}
+
+/// [`verify`] with keys fetched from the network (OIDC JWKS, SNS certificate).
+pub fn verify_with(
+    scheme: &Scheme,
+    secrets: &[&str],
+    delivery: &Delivery<'_>,
+    now_unix: i64,
+    external: External<'_>,
+) -> Verdict {
+    if let Some(policy) = &scheme.oidc {
+        let outcome = match external.jwks {
+            Some(sets) => oidc::verify(policy, delivery, sets, now_unix),
+            None => oidc::inline_sets(secrets).and_then(|inline| {
+                let sets: Vec<&jose::JwkSet> = inline.iter().collect();
+                oidc::verify(policy, delivery, &sets, now_unix)
+            }),
+        };
+        return into_verdict(outcome);
+    }
+    if let Some(policy) = &scheme.sns {
+        let outcome = sns::parse(delivery.body).and_then(|message| match external.certificate {
+            Some(cert) => sns::verify(policy, &message, cert, now_unix),
+            None => Err(Rejection::CertificateUnavailable {
+                reason: "no certificate was fetched for SigningCertURL".to_string(),
+            }),
+        });
+        return into_verdict(outcome);
+    }
     let keys = Keys::new(secrets);
     if keys.len() == 0 {
         return Verdict::Invalid(Rejection::NoSecret);
@@ -453,6 +691,12 @@ pub fn verify(
         ProviderKind::Datadog | ProviderKind::Alertmanager => {
             token::verify_token(&keys, delivery.headers, scheme.token_header.as_deref())
         }
+        // Built without their policy (a hand-built Scheme): nothing verifies.
+        ProviderKind::GooglePubsub | ProviderKind::GithubActions | ProviderKind::AwsSns => {
+            Err(Rejection::InvalidSecret {
+                reason: "the provider's settings (spec.oidc / spec.sns) are missing",
+            })
+        }
         ProviderKind::Generic => match &scheme.generic {
             Some(g) => generic::verify(g, &keys, delivery, now_unix),
             // from_spec never builds this; a hand-built Scheme without settings verifies nothing.
@@ -461,10 +705,72 @@ pub fn verify(
             }),
         },
     };
+    into_verdict(outcome)
+}
+
+fn into_verdict(outcome: Result<Verified, Rejection>) -> Verdict {
     match outcome {
         Ok(v) => Verdict::Valid(v),
         Err(r) => Verdict::Invalid(r),
     }
+}
+
+/// Whether the provider signs with a private key the sender keeps (`hookwarden sign`
+/// takes that key then, through [`sign_asymmetric`]).
+pub fn is_asymmetric(scheme: &Scheme) -> bool {
+    scheme.oidc.is_some() || scheme.sns.is_some()
+}
+
+/// What [`sign_asymmetric`] produces: headers, and for SNS (whose signature is inside
+/// the JSON) the signed body to send instead.
+#[derive(Clone, Debug)]
+pub struct Signed {
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Vec<u8>>,
+}
+
+/// Signs like an OIDC sender (a bearer token with the claims the scheme checks, valid
+/// five minutes from `input.timestamp`; `key_id` becomes the token's `kid`) or like SNS
+/// (SignatureVersion 2 filled into the body), with a PEM private key.
+pub fn sign_asymmetric(
+    scheme: &Scheme,
+    private_key_pem: &str,
+    key_id: Option<&str>,
+    input: &SignInput<'_>,
+    rng: &dyn ring::rand::SecureRandom,
+) -> Result<Signed, SignError> {
+    let key = jose::PrivateKey::from_pem(private_key_pem).map_err(SignError::InvalidSecret)?;
+    if let Some(policy) = &scheme.oidc {
+        if !policy.algorithms.contains(&key.algorithm()) {
+            return Err(SignError::InvalidSecret(
+                "the key's algorithm is not in spec.oidc.algorithms",
+            ));
+        }
+        let subject = if input.id.is_empty() {
+            "hookwarden-test"
+        } else {
+            input.id
+        };
+        let claims = oidc::sample_claims(policy, input.timestamp, subject);
+        let token =
+            jose::encode_token(&key, key_id, &claims, rng).map_err(SignError::InvalidSecret)?;
+        return Ok(Signed {
+            headers: vec![("Authorization".to_string(), format!("Bearer {token}"))],
+            body: None,
+        });
+    }
+    if scheme.sns.is_some() {
+        let body = sns::sign_body(input.body, &key, rng).map_err(SignError::InvalidSecret)?;
+        let message = sns::parse(&body)
+            .map_err(|_| SignError::InvalidSecret("the body is not an SNS message"))?;
+        return Ok(Signed {
+            headers: sns::headers(&message),
+            body: Some(body),
+        });
+    }
+    Err(SignError::InvalidSecret(
+        "this provider signs with a shared secret, not a private key",
+    ))
 }
 
 /// What the sender's inputs to [`sign`] are.
@@ -496,6 +802,10 @@ pub enum SignError {
     TwilioNeedsBodyHash(String),
     #[error("provider generic needs its signature settings (spec.signature)")]
     MissingGenericSignature,
+    #[error(
+        "{0} signs with a private key: give the PEM private key (hookwarden sign --private-key-file)"
+    )]
+    NeedsPrivateKey(ProviderKind),
 }
 
 /// The exact authentication headers the provider would send for this body (plus the
@@ -508,7 +818,13 @@ pub fn sign(
     if secret.is_empty() {
         return Err(SignError::EmptySecret);
     }
+    if is_asymmetric(scheme) {
+        return Err(SignError::NeedsPrivateKey(scheme.provider));
+    }
     match scheme.provider {
+        ProviderKind::GooglePubsub | ProviderKind::GithubActions | ProviderKind::AwsSns => {
+            Err(SignError::NeedsPrivateKey(scheme.provider))
+        }
         ProviderKind::Github => Ok(hmac_presets::sign_github(secret, input)),
         ProviderKind::Jira => Ok(hmac_presets::sign_hub_sha256(
             secret,
@@ -557,6 +873,16 @@ pub fn check_secret(provider: ProviderKind, secret: &str) -> Result<(), SignErro
         }
         ProviderKind::Gitlab if secret.starts_with(standard::SECRET_PREFIX) => {
             standard::decode_key(secret).map(|_| ())
+        }
+        // An inline JWKS must be usable; any other value (a generated secret) is unused.
+        // (generic with auth: oidc is checked per delivery: `invalid_secret`; this
+        // function does not see the spec, and a generic HMAC secret may be any text.)
+        ProviderKind::GooglePubsub | ProviderKind::GithubActions
+            if secret.trim_start().starts_with('{') && secret.contains("\"keys\"") =>
+        {
+            oidc::inline_sets(&[secret])
+                .map(|_| ())
+                .map_err(|_| SignError::InvalidSecret("the Secret's JWKS is not usable"))
         }
         _ => Ok(()),
     }
@@ -671,6 +997,16 @@ pub fn delivery_meta(
             )
         }
         ProviderKind::Alertmanager => (None, j("/status")),
+        ProviderKind::GooglePubsub => (
+            j("/message/messageId").or_else(|| j("/message/message_id")),
+            j("/message/attributes/type").or_else(|| j("/message/attributes/eventType")),
+        ),
+        ProviderKind::GithubActions => (h("X-Request-Id"), j("/type")),
+        ProviderKind::AwsSns => (
+            // The body's MessageId is signed; the header copy is not.
+            j("/MessageId").or_else(|| h("x-amz-sns-message-id")),
+            j("/Type"),
+        ),
         ProviderKind::Generic => (
             scheme
                 .generic
@@ -706,7 +1042,10 @@ pub fn meta_reads_body(provider: ProviderKind) -> bool {
         | ProviderKind::Jira
         | ProviderKind::Datadog
         | ProviderKind::Alertmanager
-        | ProviderKind::Generic => true,
+        | ProviderKind::Generic
+        | ProviderKind::GooglePubsub
+        | ProviderKind::GithubActions
+        | ProviderKind::AwsSns => true,
     }
 }
 
@@ -741,6 +1080,8 @@ pub fn accepts_content_type(provider: ProviderKind, content_type: Option<&str>) 
         // Shopify subscriptions can be XML; Zendesk trigger webhooks JSON, XML or form.
         ProviderKind::Shopify => json || xml,
         ProviderKind::Zendesk => json || xml || form,
+        // SNS posts its JSON as text/plain; charset=UTF-8.
+        ProviderKind::AwsSns => json || essence == "text/plain",
         _ => json,
     }
 }
