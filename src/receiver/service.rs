@@ -149,8 +149,17 @@ impl Default for ReceiverHandle {
 impl ReceiverHandle {
     /// An empty route table.
     pub fn new() -> ReceiverHandle {
+        ReceiverHandle::with_metrics(&ReceiverMetrics::default())
+    }
+
+    /// An empty route table that keeps `metrics.routes` and the per-integration series
+    /// of `metrics.integrations` in step with the routes served.
+    pub fn with_metrics(metrics: &ReceiverMetrics) -> ReceiverHandle {
         ReceiverHandle {
-            routes: Arc::new(RouteTable::new()),
+            routes: Arc::new(RouteTable::with_metrics(
+                metrics.routes.clone(),
+                metrics.integrations.clone(),
+            )),
             settings: Arc::default(),
             forward: ForwardConfigs::default(),
         }
@@ -269,7 +278,7 @@ impl<W: StatusWriter> Receiver<W> {
                 dir: options.journal_dir.clone(),
                 source,
             })?;
-        let handle = ReceiverHandle::new();
+        let handle = ReceiverHandle::with_metrics(&metrics);
         let lookup = handle.lookup();
         let max_ids = usize::try_from(options.dedup_max_ids).unwrap_or(usize::MAX);
         let (mut ledger, report) =
@@ -467,6 +476,7 @@ mod tests {
             .expect("spec"),
             forward: Vec::new(),
             replay: None,
+            expected_interval_seconds: None,
         };
         let handle = ReceiverHandle::new();
         let lookup = handle.lookup();

@@ -606,6 +606,7 @@ async fn left_behind_scenario(cluster: Cluster) {
         spec: serde_json::from_value(serde_json::json!({"provider": "datadog"})).expect("spec"),
         forward: Vec::new(),
         replay: None,
+        expected_interval_seconds: None,
     };
     let secrets: Api<k8s_openapi::api::core::v1::Secret> =
         Api::namespaced(cluster.client.clone(), &namespace);

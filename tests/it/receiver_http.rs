@@ -123,6 +123,7 @@ fn route(spec: Value, secrets: Vec<RouteSecret>) -> Route {
         spec: serde_json::from_value(spec).expect("spec"),
         forward: Vec::new(),
         replay: None,
+        expected_interval_seconds: None,
     }
 }
 
