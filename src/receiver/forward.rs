@@ -1179,12 +1179,12 @@ impl ForwardTask {
         if dropped > 0 {
             tracing::info!(integration = %key, dropped, "dropped the forwards and dead letters of targets that were removed");
         }
-        for gone in self.board.of(&key).into_iter().filter(|t| {
-            config
-                .as_ref()
-                .and_then(|c| c.target(&t.name))
-                .is_none()
-        }) {
+        for gone in self
+            .board
+            .of(&key)
+            .into_iter()
+            .filter(|t| config.as_ref().and_then(|c| c.target(&t.name)).is_none())
+        {
             self.metrics.forget(&key, &gone.name);
         }
         let Some(request) = config.as_ref().and_then(|c| c.replay.clone()) else {

@@ -277,7 +277,12 @@ impl RouteMetrics {
             self.outcomes[i].inc();
         }
         self.last_delivery
-            .get_or_init(|| self.families.last_delivery.get_or_create(&self.labels).clone())
+            .get_or_init(|| {
+                self.families
+                    .last_delivery
+                    .get_or_create(&self.labels)
+                    .clone()
+            })
             .set(now_seconds);
     }
 
@@ -470,17 +475,11 @@ pub fn metrics_router(registry: Arc<Registry>) -> Router {
         .with_state(registry)
 }
 
-async fn render(State(registry): State<Arc<Registry>>) -> Response {
+async fn render(State(registry): State<Arc<Registry>>, headers: axum::http::HeaderMap) -> Response {
     let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &registry) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
+    let (content_type, body) = crate::telemetry::negotiate_metrics(&headers, text);
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }

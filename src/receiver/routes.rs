@@ -207,7 +207,10 @@ impl RouteTable {
         let current = self.by_path.load();
         let served: std::collections::HashSet<&str> =
             current.values().map(|r| r.key.as_str()).collect();
-        for gone in previous.values().filter(|r| !served.contains(r.key.as_str())) {
+        for gone in previous
+            .values()
+            .filter(|r| !served.contains(r.key.as_str()))
+        {
             self.integrations.forget(&gone.metrics);
         }
     }
@@ -464,8 +467,7 @@ mod tests {
             generation: 1,
             path: format!("/hooks/{}", path_char.to_string().repeat(32)),
             secrets: Vec::new(),
-            spec: serde_json::from_value(serde_json::json!({"provider": "github"}))
-                .expect("spec"),
+            spec: serde_json::from_value(serde_json::json!({"provider": "github"})).expect("spec"),
             forward: Vec::new(),
             replay: None,
             expected_interval_seconds: interval,
@@ -480,9 +482,15 @@ mod tests {
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = super::super::metrics::ReceiverMetrics::register(&mut registry);
         let table = RouteTable::with_metrics(metrics.routes.clone(), metrics.integrations.clone());
-        table.upsert(route("stripe", 'A', "u1", Some(3600))).expect("route");
-        table.upsert(route("github", 'B', "u2", None)).expect("route");
-        let served = table.get(&format!("/hooks/{}", "A".repeat(32))).expect("served");
+        table
+            .upsert(route("stripe", 'A', "u1", Some(3600)))
+            .expect("route");
+        table
+            .upsert(route("github", 'B', "u2", None))
+            .expect("route");
+        let served = table
+            .get(&format!("/hooks/{}", "A".repeat(32)))
+            .expect("served");
         served.metrics.answered("accepted", 1_700_000_000.5);
         served.metrics.rejected("signature_mismatch");
         served.metrics.rejected("signature_mismatch");
@@ -502,19 +510,29 @@ mod tests {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
         assert!(
-            !text.contains(r#"expected_interval_seconds{namespace="payments",integration="github"}"#),
+            !text.contains(
+                r#"expected_interval_seconds{namespace="payments",integration="github"}"#
+            ),
             "no annotation, no series"
         );
         assert!(
-            !text.contains(r#"last_delivery_timestamp_seconds{namespace="payments",integration="github"}"#),
+            !text.contains(
+                r#"last_delivery_timestamp_seconds{namespace="payments",integration="github"}"#
+            ),
             "no delivery yet, no last-delivery series"
         );
 
         // An update of the same integration keeps its counters and drops the annotation.
-        table.upsert(route("stripe", 'A', "u1", None)).expect("route");
+        table
+            .upsert(route("stripe", 'A', "u1", None))
+            .expect("route");
         let text = scrape(&registry);
         assert!(text.contains(r#"hookwarden_integration_deliveries_total{namespace="payments",integration="stripe",outcome="accepted"} 1"#));
-        assert!(!text.contains(r#"expected_interval_seconds{namespace="payments",integration="stripe"}"#));
+        assert!(
+            !text.contains(
+                r#"expected_interval_seconds{namespace="payments",integration="stripe"}"#
+            )
+        );
 
         assert!(table.remove("payments", "stripe"));
         let text = scrape(&registry);
@@ -528,5 +546,4 @@ mod tests {
         assert!(!text.contains("integration=\""), "{text}");
         assert!(text.contains("hookwarden_receiver_routes 0"));
     }
-
 }

@@ -9,6 +9,7 @@ mod forward_e2e;
 mod forward_sdk;
 mod forward_sender;
 mod journal;
+mod monitoring;
 mod receiver_http;
 mod route_watch;
 mod signatures;
