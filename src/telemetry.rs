@@ -15,22 +15,41 @@ pub enum LogFormat {
 /// Installs the global tracing subscriber; `RUST_LOG` overrides the default `info` filter.
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colour codes only for a terminal: redirected to a file or a log collector they are
-    // noise around every field.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
     // A second init (tests start several components in one process) keeps the first.
-    let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+    match format {
+        LogFormat::Json => {
+            let _ = tracing::subscriber::set_global_default(json_logger(filter, std::io::stderr));
+        }
+        LogFormat::Text => {
+            // Colour codes only for a terminal: redirected to a file or a log collector
+            // they are noise around every field.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(ansi)
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+    }
+}
+
+/// The JSON log format: one object per line, the event's fields at the top level, and the
+/// fields of the span it happened in under `span` (for a delivery: `integration`,
+/// `provider`, `delivery_id` once known, `outcome`), every enclosing span under `spans`.
+/// So `jq 'select(.span.delivery_id == "ID")'` collects one delivery's lines.
+pub fn json_logger<W>(filter: EnvFilter, writer: W) -> impl tracing::Subscriber + Send + Sync
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(writer)
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(true)
+        .finish()
 }
 
 /// The body and content type of a `/metrics` answer for a request with `headers`, from

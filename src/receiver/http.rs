@@ -429,6 +429,7 @@ async fn deliver<S: DeliverySink>(
     {
         Ok((outcome, response)) => {
             span.record("outcome", outcome.label());
+            tracing::debug!(parent: &span, status = response.status().as_u16(), "delivery answered");
             state.metrics.outcome(provider, outcome.label());
             // Milliseconds → seconds: Prometheus' base unit for a timestamp.
             let now_seconds = (state.config.clock)() as f64 / 1000.0;
