@@ -23,7 +23,7 @@ fn repo() -> &'static Path {
 }
 
 /// The folder holding `prometheus` and `promtool`, or `None` (skip; a failure in CI).
-fn prometheus_bin() -> Option<PathBuf> {
+pub(crate) fn prometheus_bin() -> Option<PathBuf> {
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(dir) = std::env::var_os("HOOKWARDEN_PROMETHEUS_BIN") {
         candidates.push(dir.into());
@@ -367,7 +367,7 @@ fn promtool_checks_the_scrape_the_dashboard_and_the_rules() {
 }
 
 /// A running `prometheus`; killed when dropped.
-struct Prometheus {
+pub(crate) struct Prometheus {
     child: Child,
     addr: String,
     _dir: tempfile::TempDir,
@@ -381,12 +381,13 @@ impl Drop for Prometheus {
 }
 
 impl Prometheus {
-    fn start(bin: &Path, target: &str, rules: &Path) -> Prometheus {
+    /// Scrapes `target` (HOST:PORT) every second as job `job`, evaluating `rules`.
+    pub(crate) fn start(bin: &Path, job: &str, target: &str, rules: &Path) -> Prometheus {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n  scrape_timeout: 900ms\n\
              rule_files:\n  - {}\n\
-             scrape_configs:\n  - job_name: hookwarden-receiver\n    static_configs:\n      - targets: ['{target}']\n",
+             scrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n",
             rules.display()
         );
         std::fs::write(dir.path().join("prometheus.yml"), config).expect("config");
@@ -442,7 +443,7 @@ impl Prometheus {
         serde_json::from_str(&body).expect("JSON")
     }
 
-    fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+    pub(crate) fn query(&self, promql: &str) -> Vec<serde_json::Value> {
         let encoded: String = promql
             .bytes()
             .map(|b| match b {
@@ -457,7 +458,7 @@ impl Prometheus {
     }
 
     /// `(alertname, integration, state)` of every active alert.
-    fn alerts(&self) -> Vec<(String, String, String)> {
+    pub(crate) fn alerts(&self) -> Vec<(String, String, String)> {
         let v = self.api("/api/v1/alerts");
         v["data"]["alerts"]
             .as_array()
@@ -475,7 +476,7 @@ impl Prometheus {
     }
 
     /// Waits (bounded) until `alert` for `integration` ("" for none) is firing.
-    fn wait_firing(&self, alert: &str, integration: &str, within: Duration) {
+    pub(crate) fn wait_firing(&self, alert: &str, integration: &str, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
             let alerts = self.alerts();
@@ -495,7 +496,7 @@ impl Prometheus {
 }
 
 /// The chart's alerts, rendered with the test values (short `for:`), as a rule file.
-fn rules_with_test_values(dir: &Path) -> Option<PathBuf> {
+pub(crate) fn rules_with_test_values(dir: &Path) -> Option<PathBuf> {
     let helm = super::chart::helm()?;
     let status = Command::new(repo().join("scripts/render-monitoring.sh"))
         .arg(dir)
@@ -528,7 +529,7 @@ fn a_real_prometheus_sees_the_series_and_fires_the_shipped_alerts() {
         .and_then(|m| m.strip_suffix("/metrics"))
         .expect("http://HOST:PORT/metrics")
         .to_string();
-    let prometheus = Prometheus::start(&bin, &target, &rules);
+    let prometheus = Prometheus::start(&bin, "hookwarden-receiver", &target, &rules);
 
     // Over a few scrapes: one good delivery and three with a wrong token each round, so
     // the rates over the rule's window see the counters move.
@@ -612,4 +613,12 @@ fn a_real_prometheus_sees_the_series_and_fires_the_shipped_alerts() {
 
     receiver.crash();
     prometheus.wait_firing("HookwardenReceiverDown", "", Duration::from_secs(30));
+}
+
+/// The value of the first sample of an instant query, if any.
+pub(crate) fn first_value(result: &[serde_json::Value]) -> Option<f64> {
+    result
+        .first()
+        .and_then(|s| s["value"][1].as_str())
+        .and_then(|v| v.parse().ok())
 }
