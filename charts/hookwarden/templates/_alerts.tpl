@@ -22,7 +22,7 @@ groups:
           {{- with $labels }}{{ toYaml . | nindent 10 }}{{- end }}
         annotations:
           summary: "Webhooks of {{`{{ $labels.namespace }}/{{ $labels.integration }}`}} fail authentication"
-          description: "{{`{{ $value | humanizePercentage }}`}} of the requests to WebhookIntegration {{`{{ $labels.namespace }}/{{ $labels.integration }}`}} were refused for a wrong or missing signature or token over 10 minutes: the sender's secret probably differs from the integration's. Compare the secret configured at the sender with the one the integration's Secret holds (kubectl get whi -n {{`{{ $labels.namespace }}`}} {{`{{ $labels.integration }}`}} -o jsonpath='{.status.secretRef}'), and read status.lastRejectReason."
+          description: "{{`{{ $value | humanizePercentage }}`}} of the requests to WebhookIntegration {{`{{ $labels.namespace }}/{{ $labels.integration }}`}} were refused for a wrong or missing signature or token over 10 minutes: the sender's secret probably differs from the integration's. Compare the secret configured at the sender with the one the integration's Secret holds (kubectl get whi -n {{`{{ $labels.namespace }}`}} {{`{{ $labels.integration }}`}} -o yaml: spec.secretRef, or status.secretName when hookwarden generated it), and read status.lastRejectReason."
       - alert: HookwardenIntegrationSilent
         expr: |
           time() - max by (namespace, integration) (hookwarden_integration_last_delivery_timestamp_seconds or hookwarden_integration_served_since_timestamp_seconds)
