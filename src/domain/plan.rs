@@ -827,6 +827,26 @@ mod tests {
     use super::*;
     use crate::crd::ProviderKind;
 
+    /// The silence alert's annotation: a Go duration in whole seconds; anything else is
+    /// an error that quotes the value and says what to write.
+    #[test]
+    fn the_expected_interval_annotation_is_parsed_or_explained() {
+        let of = |v: Option<&str>| {
+            let annotations: BTreeMap<String, String> = v
+                .map(|v| (EXPECTED_INTERVAL_ANNOTATION.to_string(), v.to_string()))
+                .into_iter()
+                .collect();
+            expected_interval(&annotations)
+        };
+        assert_eq!(of(None), Ok(None));
+        assert_eq!(of(Some("6h")), Ok(Some(21_600)));
+        assert_eq!(of(Some("1h30m")), Ok(Some(5_400)));
+        let soon = of(Some("soon")).expect_err("not a duration");
+        assert!(soon.contains("\"soon\"") && soon.contains("30m"), "{soon}");
+        let zero = of(Some("0s")).expect_err("zero");
+        assert!(zero.contains("below one second"), "{zero}");
+    }
+
     use crate::crd::{
         HmacAlgorithm, SecretKeyRef, SignatureEncoding, SignatureSpec, WebhookIntegrationStatus,
     };

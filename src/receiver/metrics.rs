@@ -234,10 +234,9 @@ impl IntegrationMetrics {
     }
 }
 
+/// Now, in Unix seconds (the base unit of a Prometheus timestamp).
 fn unix_now_seconds() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    crate::clock::system_clock()() as f64 / 1000.0
 }
 
 /// One integration's series, resolved once per route compile: the hot path increments
