@@ -109,6 +109,7 @@ fn route(target_url: &str) -> Result<Route, Box<dyn std::error::Error>> {
             headers: BTreeMap::new(),
         }],
         replay: None,
+        expected_interval_seconds: None,
     })
 }
 

@@ -389,6 +389,7 @@ fn start_in_process<S: DeliverySink>(
         spec: serde_json::from_value(spec).map_err(std::io::Error::other)?,
         forward: Vec::new(),
         replay: None,
+        expected_interval_seconds: None,
     };
     let routes = Arc::new(RouteTable::new());
     routes.upsert(route).map_err(std::io::Error::other)?;
@@ -857,6 +858,7 @@ fn memory(routes: u64, ids: u64) -> Result<(), Box<dyn std::error::Error>> {
                 spec: serde_json::from_value(spec)?,
                 forward: Vec::new(),
                 replay: None,
+                expected_interval_seconds: None,
             })
         })
         .collect::<Result<_, serde_json::Error>>()?;

@@ -4,8 +4,9 @@
 #   set, Kubernetes schema validation of every rendered object (kubernetes-validate
 #   --strict), the RBAC each component gets (scripts/check-rbac.py), workload hardening
 #   (scripts/check-workloads.py), example WebhookIntegrations against our CRD schema
-#   (scripts/validate-examples.py), and drift of charts/hookwarden/crds,
-#   manifests/install.yaml and the values table in the docs.
+#   (scripts/validate-examples.py), drift of charts/hookwarden/crds,
+#   manifests/install.yaml, manifests/monitoring and the values table in the docs, and the
+#   alert rules with promtool (check rules; test rules over tests/monitoring/rules-test.yaml).
 # Tools: helm (HOOKWARDEN_HELM, PATH, or scripts/install-kube-tools.sh) and a Python venv
 # (HOOKWARDEN_VENV, default ~/.cache/hookwarden/venv) with pinned packages, installed here.
 # Under CI=true a tool that cannot be installed fails the run; otherwise the checks that
@@ -161,9 +162,39 @@ if [[ -n "$HELM" ]]; then
       echo "manifests/install.yaml is stale; run: scripts/sync-chart.sh" >&2; return 1; }
   }
   check "manifests/install.yaml is a fresh render of the default values (no drift)" install_drift
+
+  monitoring_drift() {
+    HOOKWARDEN_HELM="$HELM" HOOKWARDEN_KUBE_VERSION="$KUBE_VERSION" scripts/render-monitoring.sh "$work/monitoring" 2>/dev/null || return 1
+    diff -ru manifests/monitoring "$work/monitoring" || {
+      echo "manifests/monitoring is stale; run: scripts/sync-chart.sh" >&2; return 1; }
+  }
+  check "manifests/monitoring is a fresh render of the chart's alerts and dashboard (no drift)" monitoring_drift
+  check "PrometheusRule and dashboard ConfigMap render with non-default values" bash -c '
+    out="$("$1" template x "$2" --kube-version "$3" --set metrics.prometheusRule.enabled=true \
+      --set metrics.prometheusRule.alertLabels.team=payments --set metrics.grafanaDashboard.enabled=true \
+      --set metrics.grafanaDashboard.namespace=monitoring)" || exit 1
+    grep -q "kind: PrometheusRule" <<<"$out" && grep -q "team: payments" <<<"$out" \
+      && grep -q "grafana_dashboard: \"1\"" <<<"$out" && grep -q "namespace: monitoring" <<<"$out"' \
+    _ "$HELM" "$CHART" "$KUBE_VERSION"
 else
   for v in "${values_sets[@]}"; do skip "helm lint/template ($v values)" "$helm_missing"; done
   skip "manifests/install.yaml drift" "$helm_missing"
+fi
+
+# --- alert rules: promtool ----------------------------------------------------------------
+PROM_BIN=""
+if [[ -n "${HOOKWARDEN_PROMETHEUS_BIN:-}" && -x "$HOOKWARDEN_PROMETHEUS_BIN/promtool" ]]; then
+  PROM_BIN="$HOOKWARDEN_PROMETHEUS_BIN"
+elif bin="$(scripts/install-prometheus.sh)" && [[ -x "$bin/promtool" ]]; then
+  PROM_BIN="$bin"
+fi
+if [[ -n "$PROM_BIN" ]]; then
+  check "promtool check rules: manifests/monitoring/prometheus-rules.yaml" \
+    "$PROM_BIN/promtool" check rules manifests/monitoring/prometheus-rules.yaml
+  check "promtool test rules: every shipped alert fires on its condition and not beside it (tests/monitoring/rules-test.yaml)" \
+    "$PROM_BIN/promtool" test rules tests/monitoring/rules-test.yaml
+else
+  skip "promtool check/test rules" "promtool is not on PATH and scripts/install-prometheus.sh could not install it"
 fi
 
 # --- validation -----------------------------------------------------------------------------

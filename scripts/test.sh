@@ -13,6 +13,16 @@ KUBE_TOOLS_BIN="$(scripts/install-kube-tools.sh)"
 export PATH="$KUBE_TOOLS_BIN:$PATH"
 export HOOKWARDEN_KUBECTL="$KUBE_TOOLS_BIN/kubectl"
 export HOOKWARDEN_HELM="$KUBE_TOOLS_BIN/helm"
+# prometheus + promtool (Debian's package, unpacked into a cache folder) for the alert-rule
+# tests and the real-Prometheus test (tests/it/monitoring.rs).
+if PROMETHEUS_BIN="$(scripts/install-prometheus.sh)"; then
+  export HOOKWARDEN_PROMETHEUS_BIN="$PROMETHEUS_BIN"
+elif in_ci; then
+  echo "scripts/install-prometheus.sh could not install prometheus/promtool (CI=true: a failure)" >&2
+  exit 1
+else
+  echo "SKIPPING the promtool and real-Prometheus checks: scripts/install-prometheus.sh could not install them" >&2
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

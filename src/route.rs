@@ -73,7 +73,16 @@ pub struct Route {
     /// receiver re-queues the integration's dead letters once per new value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<ReplayRequest>,
+    /// Annotation [`EXPECTED_INTERVAL_ANNOTATION`], in seconds: the receivers export it
+    /// (`hookwarden_integration_expected_interval_seconds`) for the silence alert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_interval_seconds: Option<u64>,
 }
+
+/// Optional annotation: the longest time expected between two deliveries (`30m`, `6h`,
+/// `168h`). Set, the chart's `HookwardenIntegrationSilent` alert fires when an integration
+/// goes longer than that without one. A Go duration, as in spec fields.
+pub const EXPECTED_INTERVAL_ANNOTATION: &str = "hookwarden.dev/expected-interval";
 
 /// Annotation whose every new value re-queues an integration's dead letters.
 pub const REPLAY_ANNOTATION: &str = "hookwarden.dev/replay";

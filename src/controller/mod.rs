@@ -84,18 +84,16 @@ struct Health {
     ready: Arc<AtomicBool>,
 }
 
-async fn metrics_handler(State(h): State<Health>) -> impl IntoResponse {
+async fn metrics_handler(
+    State(h): State<Health>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &h.registry) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(
-                "content-type",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        )
-            .into_response(),
+        Ok(()) => {
+            let (content_type, body) = crate::telemetry::negotiate_metrics(&headers, body);
+            (StatusCode::OK, [("content-type", content_type)], body).into_response()
+        }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }

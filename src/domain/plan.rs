@@ -15,7 +15,7 @@ use kube::ResourceExt as _;
 use crate::crd::{WebhookIntegration, WebhookIntegrationSpec};
 use crate::domain::secret::is_valid_path;
 use crate::domain::spec::{self, SpecProblems};
-use crate::route::{Route, RouteSecret, SecretValue};
+use crate::route::{EXPECTED_INTERVAL_ANNOTATION, Route, RouteSecret, SecretValue};
 
 pub use self::forward::{
     ForwardProblem, GeneratedForwardLookup, GeneratedForwardSecret, SecretData,
@@ -50,6 +50,8 @@ pub mod reason {
     pub const SECRET_EMPTY: &str = "SecretEmpty";
     pub const GENERATED_SECRET_CONFLICT: &str = "GeneratedSecretConflict";
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// An annotation hookwarden reads (e.g. `hookwarden.dev/expected-interval`) is invalid.
+    pub const INVALID_ANNOTATION: &str = "InvalidAnnotation";
     pub const ROUTE_WRITTEN: &str = "RouteWritten";
     pub const WAITING_FOR_SECRET: &str = "WaitingForSecret";
     pub const SUSPENDED: &str = "Suspended";
@@ -216,6 +218,23 @@ pub fn lookup_key(secret: &Secret, key: &str) -> RefLookup {
     SecretData::from_secret(secret).lookup(key)
 }
 
+/// The integration's [`EXPECTED_INTERVAL_ANNOTATION`] in whole seconds (`None`: not set).
+/// An unparsable or zero value is an error that says what to write instead.
+pub fn expected_interval(annotations: &BTreeMap<String, String>) -> Result<Option<u64>, String> {
+    let Some(value) = annotations.get(EXPECTED_INTERVAL_ANNOTATION) else {
+        return Ok(None);
+    };
+    match crate::domain::duration::parse(value) {
+        Ok(d) if d.as_secs() > 0 => Ok(Some(d.as_secs())),
+        Ok(_) => Err(format!(
+            "annotation {EXPECTED_INTERVAL_ANNOTATION}={value:?} is below one second: remove it or use a duration such as 30m, 6h or 168h (the silence alert is off until then)"
+        )),
+        Err(e) => Err(format!(
+            "annotation {EXPECTED_INTERVAL_ANNOTATION}: {e} (the silence alert is off until then)"
+        )),
+    }
+}
+
 /// Every problem [`spec::resolve`] finds in a spec (empty: valid). The receivers compile
 /// routes with the same function, so a spec they would refuse is `InvalidSpec` here.
 pub fn validate(spec: &WebhookIntegrationSpec) -> Vec<spec::SpecProblem> {
@@ -335,6 +354,17 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         Time(jiff::Timestamp::from_second(input.now).unwrap_or(jiff::Timestamp::UNIX_EPOCH));
     let existing_status = wi.status.as_ref();
     let mut events = Vec::new();
+    let expected_interval_seconds = match expected_interval(wi.annotations()) {
+        Ok(seconds) => seconds,
+        Err(message) => {
+            events.push(PlannedEvent {
+                warning: true,
+                reason: reason::INVALID_ANNOTATION,
+                message,
+            });
+            None
+        }
+    };
 
     // The path is assigned once and never changes: previous route, then status, then new.
     let path = input
@@ -522,6 +552,7 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
                     .map(|f| f.entries.clone())
                     .unwrap_or_default(),
                 replay: crate::route::ReplayRequest::from_annotations(wi.annotations()),
+                expected_interval_seconds,
             });
         }
         (
@@ -795,6 +826,26 @@ pub fn same_status_but_transition_times(a: &DesiredStatus, b: &DesiredStatus) ->
 mod tests {
     use super::*;
     use crate::crd::ProviderKind;
+
+    /// The silence alert's annotation: a Go duration in whole seconds; anything else is
+    /// an error that quotes the value and says what to write.
+    #[test]
+    fn the_expected_interval_annotation_is_parsed_or_explained() {
+        let of = |v: Option<&str>| {
+            let annotations: BTreeMap<String, String> = v
+                .map(|v| (EXPECTED_INTERVAL_ANNOTATION.to_string(), v.to_string()))
+                .into_iter()
+                .collect();
+            expected_interval(&annotations)
+        };
+        assert_eq!(of(None), Ok(None));
+        assert_eq!(of(Some("6h")), Ok(Some(21_600)));
+        assert_eq!(of(Some("1h30m")), Ok(Some(5_400)));
+        let soon = of(Some("soon")).expect_err("not a duration");
+        assert!(soon.contains("\"soon\"") && soon.contains("30m"), "{soon}");
+        let zero = of(Some("0s")).expect_err("zero");
+        assert!(zero.contains("below one second"), "{zero}");
+    }
 
     use crate::crd::{
         HmacAlgorithm, SecretKeyRef, SignatureEncoding, SignatureSpec, WebhookIntegrationStatus,

@@ -276,6 +276,10 @@ pub struct JournalMetrics {
     fsync_seconds: Histogram,
     batch_entries: Histogram,
     corrupt_batches: Counter,
+    /// `JournalConfig::max_bytes`, so alerts can compare `bytes` with the cap.
+    limit_bytes: Gauge,
+    /// fsyncs that failed (volume full or an I/O error); see the fsync gate above.
+    fsync_failures: Counter,
 }
 
 impl Default for JournalMetrics {
@@ -285,6 +289,8 @@ impl Default for JournalMetrics {
             pending: Gauge::default(),
             replayed: Counter::default(),
             corrupt_batches: Counter::default(),
+            limit_bytes: Gauge::default(),
+            fsync_failures: Counter::default(),
             // 50 µs .. ~1.6 s
             fsync_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             // 1 .. 4096
@@ -325,6 +331,16 @@ impl JournalMetrics {
             "hookwarden_journal_corrupt_batches",
             "Complete journal batches found damaged when the journal was opened: acknowledged deliveries lost (a torn write cut short by a crash is not counted)",
             self.corrupt_batches.clone(),
+        );
+        registry.register(
+            "hookwarden_journal_limit_bytes",
+            "The journal's cap (--journal-max-bytes): appends fail with 503 once the journal, with the forward outbox, reaches it",
+            self.limit_bytes.clone(),
+        );
+        registry.register(
+            "hookwarden_journal_fsync_failures",
+            "Journal fsyncs that failed: volume full (appends refused until space is freed) or an I/O error (the journal refuses writes until the receiver reopens it)",
+            self.fsync_failures.clone(),
         );
     }
 }
@@ -447,6 +463,9 @@ impl Journal {
         if config.segment_bytes == 0 || config.max_bytes == 0 {
             return Err(invalid("segment_bytes and max_bytes must be positive"));
         }
+        metrics
+            .limit_bytes
+            .set(i64::try_from(config.max_bytes).unwrap_or(i64::MAX));
         let shared = Arc::new(Shared {
             last_seq: AtomicU64::new(0),
             applied_seq: AtomicU64::new(0),

@@ -640,6 +640,7 @@ impl Writer {
             .observe(started.elapsed().as_secs_f64());
         self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         if let Err(error) = synced {
+            self.shared.metrics.fsync_failures.inc();
             if is_out_of_space(&error) {
                 // The file system could not allocate blocks for this batch (ENOSPC,
                 // EDQUOT: delayed allocation, copy-on-write, thin provisioning and network

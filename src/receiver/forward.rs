@@ -273,6 +273,8 @@ pub struct ForwardMetrics {
     pub duration: Histogram,
     pub pending: Family<TargetLabels, Gauge>,
     pub dead_letters: Family<TargetLabels, Gauge>,
+    /// 1 while a target's circuit is not closed (open, or half-open waiting for its probe).
+    pub circuit_open: Family<TargetLabels, Gauge>,
 }
 
 impl Default for ForwardMetrics {
@@ -290,7 +292,25 @@ impl ForwardMetrics {
             ]),
             pending: Family::default(),
             dead_letters: Family::default(),
+            circuit_open: Family::default(),
         }
+    }
+
+    /// Removes the series of `integration`'s `target` (the target or the integration
+    /// went away), so they stay bounded by the targets that exist.
+    fn forget(&self, integration: &str, target: &str) {
+        let l = labels(integration, target);
+        for outcome in ["delivered", "retryable", "terminal"] {
+            self.attempts.remove(&TargetOutcome {
+                namespace: l.namespace.clone(),
+                integration: l.integration.clone(),
+                target: l.target.clone(),
+                outcome,
+            });
+        }
+        self.pending.remove(&l);
+        self.dead_letters.remove(&l);
+        self.circuit_open.remove(&l);
     }
 
     pub fn register(&self, registry: &mut Registry) {
@@ -313,6 +333,11 @@ impl ForwardMetrics {
             "hookwarden_forward_dead_letters",
             "Dead-lettered forwards kept for replay",
             self.dead_letters.clone(),
+        );
+        registry.register(
+            "hookwarden_forward_circuit_open",
+            "1 while a target's circuit breaker is open or half-open (forwards to it wait), 0 when closed",
+            self.circuit_open.clone(),
         );
     }
 }
@@ -991,7 +1016,12 @@ impl ForwardTask {
         self.metrics.duration.observe(result.elapsed.as_secs_f64());
         if let Some(c) = self.circuits.get_mut(&key) {
             c.record(done.permit, outcome, now);
-            let state = c.state(now).as_str();
+            let state = c.state(now);
+            self.metrics
+                .circuit_open
+                .get_or_create(&l)
+                .set(i64::from(state != CircuitState::Closed));
+            let state = state.as_str();
             self.board.update(&integration, &target, |s| {
                 s.circuit = Some(state.to_string());
             });
@@ -1148,6 +1178,14 @@ impl ForwardTask {
         }
         if dropped > 0 {
             tracing::info!(integration = %key, dropped, "dropped the forwards and dead letters of targets that were removed");
+        }
+        for gone in self
+            .board
+            .of(&key)
+            .into_iter()
+            .filter(|t| config.as_ref().and_then(|c| c.target(&t.name)).is_none())
+        {
+            self.metrics.forget(&key, &gone.name);
         }
         let Some(request) = config.as_ref().and_then(|c| c.replay.clone()) else {
             return;

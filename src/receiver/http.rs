@@ -440,12 +440,17 @@ async fn deliver<S: DeliverySink>(
     {
         Ok((outcome, response)) => {
             span.record("outcome", outcome.label());
+            tracing::debug!(parent: &span, status = response.status().as_u16(), "delivery answered");
             state.metrics.outcome(provider, outcome.label());
+            // Milliseconds → seconds: Prometheus' base unit for a timestamp.
+            let now_seconds = (state.config.clock)() as f64 / 1000.0;
+            route.metrics.answered(outcome.label(), now_seconds);
             response
         }
         Err(refusal) => {
             span.record("outcome", refusal.reason());
             state.metrics.reject(provider, refusal.reason());
+            route.metrics.rejected(refusal.reason());
             state.sink.reject(Rejected {
                 integration: route.key.clone(),
                 uid: route.route.uid.clone(),

@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::limits::RateLimit;
+use super::metrics::{IntegrationMetrics, RouteMetrics};
 use crate::domain::secret::is_valid_path;
 use crate::domain::spec::{self, EffectiveSpec, SpecProblems};
 use crate::route::Route;
@@ -30,6 +31,9 @@ pub struct CompiledRoute {
     /// Body bytes (KiB) this integration's requests hold now (its share of the
     /// receiver's body budget); kept across route updates like the rate limiter.
     pub body_inflight: Arc<std::sync::atomic::AtomicU32>,
+    /// The integration's `hookwarden_integration_*` handles, kept across route updates
+    /// while uid and provider stay the same.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 impl std::fmt::Debug for CompiledRoute {
@@ -71,6 +75,7 @@ pub struct RouteTable {
     /// Serialises writers; readers never take it.
     writer: Mutex<()>,
     gauge: Gauge,
+    integrations: IntegrationMetrics,
 }
 
 impl Default for RouteTable {
@@ -95,10 +100,18 @@ impl RouteTable {
     /// A table that keeps `gauge` (e.g. [`super::metrics::ReceiverMetrics::routes`]) at
     /// the number of served routes.
     pub fn with_gauge(gauge: Gauge) -> RouteTable {
+        RouteTable::with_metrics(gauge, IntegrationMetrics::default())
+    }
+
+    /// A table that keeps `gauge` at the number of served routes and the per-integration
+    /// series of `integrations` to the integrations it serves (e.g. the
+    /// [`super::metrics::ReceiverMetrics`] fields `routes` and `integrations`).
+    pub fn with_metrics(gauge: Gauge, integrations: IntegrationMetrics) -> RouteTable {
         RouteTable {
             by_path: ArcSwap::from_pointee(HashMap::new()),
             writer: Mutex::new(()),
             gauge,
+            integrations,
         }
     }
 
@@ -139,7 +152,7 @@ impl RouteTable {
         let current = self.by_path.load_full();
         let mut next: PathMap = (*current).clone();
         let previous = take_integration(&mut next, &route.namespace, &route.name);
-        let compiled = compile(route, previous.as_deref(), &next);
+        let compiled = compile(route, previous.as_deref(), &next, &self.integrations);
         let outcome = match compiled {
             Ok(c) => {
                 next.insert(c.route.path.clone(), Arc::new(c));
@@ -173,7 +186,7 @@ impl RouteTable {
         let mut errors = Vec::new();
         for route in routes {
             let prev = previous.get(route.key().as_str()).map(|r| r.as_ref());
-            match compile(route, prev, &next) {
+            match compile(route, prev, &next, &self.integrations) {
                 Ok(c) => {
                     next.insert(c.route.path.clone(), Arc::new(c));
                 }
@@ -185,10 +198,21 @@ impl RouteTable {
         errors
     }
 
+    /// Publishes `next` and removes the series of every integration it no longer serves
+    /// (called with the writer lock held).
     fn publish(&self, next: PathMap) {
         self.gauge
             .set(i64::try_from(next.len()).unwrap_or(i64::MAX));
-        self.by_path.store(Arc::new(next));
+        let previous = self.by_path.swap(Arc::new(next));
+        let current = self.by_path.load();
+        let served: std::collections::HashSet<&str> =
+            current.values().map(|r| r.key.as_str()).collect();
+        for gone in previous
+            .values()
+            .filter(|r| !served.contains(r.key.as_str()))
+        {
+            self.integrations.forget(&gone.metrics);
+        }
     }
 }
 
@@ -207,6 +231,7 @@ fn compile(
     route: Route,
     previous: Option<&CompiledRoute>,
     others: &PathMap,
+    integrations: &IntegrationMetrics,
 ) -> Result<CompiledRoute, RouteError> {
     let integration = route.key();
     let fail = |problem: RouteProblem| RouteError {
@@ -229,11 +254,25 @@ fn compile(
         Some(p) if p.route.uid == route.uid => p.body_inflight.clone(),
         _ => Arc::default(),
     };
+    let provider = spec.provider.as_str();
+    let metrics = match previous {
+        Some(p) if p.route.uid == route.uid && p.metrics.provider() == provider => {
+            p.metrics.clone()
+        }
+        Some(p) => {
+            // Re-created, or the provider changed: the old info series must not linger.
+            integrations.forget(&p.metrics);
+            Arc::new(integrations.for_route(&route.namespace, &route.name, provider))
+        }
+        None => Arc::new(integrations.for_route(&route.namespace, &route.name, provider)),
+    };
+    integrations.describe(&metrics, route.expected_interval_seconds);
     Ok(CompiledRoute {
         key: integration,
         spec,
         rate,
         body_inflight,
+        metrics,
         route,
     })
 }
@@ -355,6 +394,7 @@ mod tests {
                     spec: spec.clone(),
                     forward: Vec::new(),
                     replay: None,
+                    expected_interval_seconds: None,
                 };
                 let compiled = RouteTable::new().upsert(route);
                 if problems.is_empty() {
@@ -395,6 +435,7 @@ mod tests {
                 spec: wi.spec.clone(),
                 forward: Vec::new(),
                 replay: None,
+                expected_interval_seconds: None,
             };
             match RouteTable::new().upsert(route) {
                 Err(RouteError {
@@ -410,5 +451,99 @@ mod tests {
             checked += 1;
         }
         assert!(checked >= 4, "only {checked} fixtures reached the resolver");
+    }
+
+    fn scrape(registry: &prometheus_client::registry::Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
+        text
+    }
+
+    fn route(name: &str, path_char: char, uid: &str, interval: Option<u64>) -> Route {
+        Route {
+            namespace: "payments".into(),
+            name: name.into(),
+            uid: uid.into(),
+            generation: 1,
+            path: format!("/hooks/{}", path_char.to_string().repeat(32)),
+            secrets: Vec::new(),
+            spec: serde_json::from_value(serde_json::json!({"provider": "github"})).expect("spec"),
+            forward: Vec::new(),
+            replay: None,
+            expected_interval_seconds: interval,
+        }
+    }
+
+    /// Per-integration series exist while the route is served, keep counting across a
+    /// route update, and are gone once the integration is no longer served (bounded by
+    /// the number of integrations).
+    #[test]
+    fn integration_series_follow_the_routes_served() {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = super::super::metrics::ReceiverMetrics::register(&mut registry);
+        let table = RouteTable::with_metrics(metrics.routes.clone(), metrics.integrations.clone());
+        table
+            .upsert(route("stripe", 'A', "u1", Some(3600)))
+            .expect("route");
+        table
+            .upsert(route("github", 'B', "u2", None))
+            .expect("route");
+        let served = table
+            .get(&format!("/hooks/{}", "A".repeat(32)))
+            .expect("served");
+        served.metrics.answered("accepted", 1_700_000_000.5);
+        served.metrics.rejected("signature_mismatch");
+        served.metrics.rejected("signature_mismatch");
+        served.metrics.rejected("body_too_large");
+        let text = scrape(&registry);
+        for line in [
+            r#"hookwarden_integration_deliveries_total{namespace="payments",integration="stripe",outcome="accepted"} 1"#,
+            r#"hookwarden_integration_deliveries_total{namespace="payments",integration="stripe",outcome="rejected"} 3"#,
+            r#"hookwarden_integration_rejects_total{namespace="payments",integration="stripe",reason="signature_mismatch"} 2"#,
+            r#"hookwarden_integration_rejects_total{namespace="payments",integration="stripe",reason="body_too_large"} 1"#,
+            r#"hookwarden_integration_last_delivery_timestamp_seconds{namespace="payments",integration="stripe"} 1700000000.5"#,
+            r#"hookwarden_integration_expected_interval_seconds{namespace="payments",integration="stripe"} 3600"#,
+            r#"hookwarden_integration_info{namespace="payments",integration="stripe",provider="github"} 1"#,
+            r#"hookwarden_integration_open_incidents{namespace="payments",integration="github"} 0"#,
+            "hookwarden_receiver_routes 2",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        assert!(
+            !text.contains(
+                r#"expected_interval_seconds{namespace="payments",integration="github"}"#
+            ),
+            "no annotation, no series"
+        );
+        assert!(
+            !text.contains(
+                r#"last_delivery_timestamp_seconds{namespace="payments",integration="github"}"#
+            ),
+            "no delivery yet, no last-delivery series"
+        );
+
+        // An update of the same integration keeps its counters and drops the annotation.
+        table
+            .upsert(route("stripe", 'A', "u1", None))
+            .expect("route");
+        let text = scrape(&registry);
+        assert!(text.contains(r#"hookwarden_integration_deliveries_total{namespace="payments",integration="stripe",outcome="accepted"} 1"#));
+        assert!(
+            !text.contains(
+                r#"expected_interval_seconds{namespace="payments",integration="stripe"}"#
+            )
+        );
+
+        assert!(table.remove("payments", "stripe"));
+        let text = scrape(&registry);
+        assert!(
+            !text.contains(r#"integration="stripe""#),
+            "series of a removed integration remain:\n{text}"
+        );
+        assert!(text.contains(r#"integration="github""#));
+        table.replace_all(Vec::new());
+        let text = scrape(&registry);
+        assert!(!text.contains("integration=\""), "{text}");
+        assert!(text.contains("hookwarden_receiver_routes 0"));
     }
 }

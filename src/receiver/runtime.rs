@@ -921,6 +921,15 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
             let Some((namespace, name)) = key.split_once('/') else {
                 continue;
             };
+            // Only for a served integration: its route created the series (and removes it).
+            if let Some(gauge) = self.config.metrics.integrations.open_incidents.get(
+                &crate::receiver::metrics::IntegrationLabels {
+                    namespace: namespace.to_string(),
+                    integration: name.to_string(),
+                },
+            ) {
+                gauge.set(i64::try_from(entry.incidents.open_count()).unwrap_or(i64::MAX));
+            }
             let update = StatusUpdate {
                 namespace: namespace.to_string(),
                 name: name.to_string(),

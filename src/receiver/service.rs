@@ -153,8 +153,17 @@ impl Default for ReceiverHandle {
 impl ReceiverHandle {
     /// An empty route table.
     pub fn new() -> ReceiverHandle {
+        ReceiverHandle::with_metrics(&ReceiverMetrics::default())
+    }
+
+    /// An empty route table that keeps `metrics.routes` and the per-integration series
+    /// of `metrics.integrations` in step with the routes served.
+    pub fn with_metrics(metrics: &ReceiverMetrics) -> ReceiverHandle {
         ReceiverHandle {
-            routes: Arc::new(RouteTable::new()),
+            routes: Arc::new(RouteTable::with_metrics(
+                metrics.routes.clone(),
+                metrics.integrations.clone(),
+            )),
             settings: Arc::default(),
             forward: ForwardConfigs::default(),
         }
@@ -267,7 +276,7 @@ impl<W: StatusWriter> Receiver<W> {
             }
             None => (ReceiverMetrics::default(), None),
         };
-        let handle = ReceiverHandle::new();
+        let handle = ReceiverHandle::with_metrics(&metrics);
         let lookup = handle.lookup();
         let max_ids = usize::try_from(options.dedup_max_ids).unwrap_or(usize::MAX);
         // Each recovered record is folded as the journal's segments are scanned: none is
@@ -482,6 +491,7 @@ mod tests {
             .expect("spec"),
             forward: Vec::new(),
             replay: None,
+            expected_interval_seconds: None,
         };
         let handle = ReceiverHandle::new();
         let lookup = handle.lookup();

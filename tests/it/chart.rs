@@ -20,7 +20,7 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn helm() -> Option<PathBuf> {
+pub(crate) fn helm() -> Option<PathBuf> {
     let explicit = std::env::var_os("HOOKWARDEN_HELM").map(PathBuf::from);
     let on_path = std::env::var_os("PATH").and_then(|p| {
         std::env::split_paths(&p)

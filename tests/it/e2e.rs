@@ -256,6 +256,16 @@ fn start_controller(cluster: &Cluster, ids: &Identities) -> Process {
 }
 
 fn start_controller_with_lease(cluster: &Cluster, ids: &Identities, lease_seconds: u64) -> Process {
+    start_controller_on(cluster, ids, lease_seconds, "127.0.0.1:0")
+}
+
+/// [`start_controller_with_lease`] with its /metrics on `metrics_addr`.
+fn start_controller_on(
+    cluster: &Cluster,
+    ids: &Identities,
+    lease_seconds: u64,
+    metrics_addr: &str,
+) -> Process {
     let lease_seconds = lease_seconds.to_string();
     let log = cluster.path("controller.log");
     let log_file = std::fs::File::create(&log).expect("log file");
@@ -263,7 +273,7 @@ fn start_controller_with_lease(cluster: &Cluster, ids: &Identities, lease_second
         .args([
             "controller",
             "--metrics-addr",
-            "127.0.0.1:0",
+            metrics_addr,
             "--external-base-url",
             "https://hooks.example.com",
             "--log-format",
@@ -623,6 +633,7 @@ async fn left_behind_scenario(cluster: Cluster) {
         spec: serde_json::from_value(serde_json::json!({"provider": "datadog"})).expect("spec"),
         forward: Vec::new(),
         replay: None,
+        expected_interval_seconds: None,
     };
     let secrets: Api<k8s_openapi::api::core::v1::Secret> =
         Api::namespaced(cluster.client.clone(), &namespace);
@@ -1779,4 +1790,65 @@ async fn crd_through_kubectl(cluster: Cluster) {
             "--wait=false",
         ])
         .await;
+}
+
+/// A real Prometheus scrapes the controller running against the emulator: its reconcile
+/// and leader series arrive, and no shipped controller alert fires for a healthy
+/// controller. An unparsable `hookwarden.dev/expected-interval` is reported as a Warning
+/// Event that says what to write instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_controller_on_the_emulator() {
+    let Some(bin) = crate::monitoring::prometheus_bin() else {
+        return;
+    };
+    let rendered = tempfile::tempdir().expect("tempdir");
+    let Some(rules) = crate::monitoring::rules_with_test_values(rendered.path()) else {
+        return;
+    };
+    tokio::time::timeout(TEST_LIMIT, async {
+        let cluster = Cluster::emulated().await;
+        let ids = install(&cluster).await;
+        cluster
+            .apply("whi.yaml", "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata:\n  name: datadog-prod\n  namespace: default\n  annotations:\n    hookwarden.dev/expected-interval: soon\nspec:\n  provider: datadog\n")
+            .await;
+        let port = crate::cluster_receiver::free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let controller = start_controller_on(&cluster, &ids, 5, &addr);
+        let logs = || controller.log();
+        let prometheus = tokio::task::block_in_place(|| {
+            crate::monitoring::Prometheus::start(&bin, "hookwarden-controller", &addr, &rules)
+        });
+        let value = |q: &str| {
+            tokio::task::block_in_place(|| crate::monitoring::first_value(&prometheus.query(q)))
+        };
+        wait_for("reconciles in Prometheus", Duration::from_secs(60), &logs, || async {
+            value(r#"hookwarden_controller_reconciles_total{job="hookwarden-controller"}"#)
+                .is_some_and(|v| v >= 1.0)
+                && value(r#"hookwarden_controller_leader{job="hookwarden-controller"}"#) == Some(1.0)
+        })
+        .await;
+        assert_eq!(value(r#"up{job="hookwarden-controller"}"#), Some(1.0));
+        let invalid_annotation = || {
+            cluster.emu.as_ref().is_some_and(|emu| {
+                emu.objects("events").iter().any(|e| {
+                    e["reason"] == "InvalidAnnotation"
+                        && e["type"] == "Warning"
+                        && e["message"].as_str().is_some_and(|m| {
+                            m.contains("hookwarden.dev/expected-interval") && m.contains("\"soon\"")
+                        })
+                })
+            })
+        };
+        wait_for("the InvalidAnnotation Event", Duration::from_secs(30), &logs, || async {
+            invalid_annotation()
+        })
+        .await;
+        let alerts = tokio::task::block_in_place(|| prometheus.alerts());
+        assert!(
+            !alerts.iter().any(|(a, _, _)| a == "HookwardenReconcileErrors"),
+            "a healthy controller raises no reconcile alert: {alerts:?}"
+        );
+    })
+    .await
+    .expect("test finished in time");
 }

@@ -111,6 +111,7 @@ fn route(path: &str, target_url: &str, schedule: &[&str]) -> Route {
             },
         ],
         replay: None,
+        expected_interval_seconds: None,
     }
 }
 

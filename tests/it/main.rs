@@ -11,6 +11,7 @@ mod forward_sdk;
 mod forward_sender;
 mod journal;
 mod oidc_sns;
+mod monitoring;
 mod receiver_http;
 mod route_watch;
 mod signatures;

@@ -224,6 +224,7 @@ impl Receiver {
             spec: serde_json::from_value(spec).expect("spec"),
             forward: Vec::new(),
             replay: None,
+            expected_interval_seconds: None,
         };
         let path = route.path.clone();
         self.routes.upsert(route).expect("route compiles");

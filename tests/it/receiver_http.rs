@@ -123,6 +123,7 @@ fn route(spec: Value, secrets: Vec<RouteSecret>) -> Route {
         spec: serde_json::from_value(spec).expect("spec"),
         forward: Vec::new(),
         replay: None,
+        expected_interval_seconds: None,
     }
 }
 
@@ -1030,4 +1031,64 @@ async fn unsigned_floods_do_not_starve_the_real_sender() {
             .0,
         StatusCode::ACCEPTED
     );
+}
+
+/// The JSON log lines of one delivery carry its span fields (integration, delivery id,
+/// outcome), so `jq 'select(.span.delivery_id == "ID")'` collects them (README "Logs").
+#[tokio::test]
+async fn json_logs_carry_the_delivery_span_fields() {
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let _guard = tracing::subscriber::set_default(hookwarden::telemetry::json_logger(
+        tracing_subscriber::EnvFilter::new("hookwarden=debug"),
+        move || writer.clone(),
+    ));
+    let f = fixture(json!({"provider": "github"}));
+    for _ in 0..2 {
+        send(&f.router, github(&f.path, br#"{"after":"abc"}"#, "log-1")).await;
+    }
+    let forged = Request::post(&f.path)
+        .header("content-type", "application/json")
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "forged-1")
+        .header("x-hub-signature-256", format!("sha256={}", "0".repeat(64)))
+        .body(Body::from("{}"))
+        .expect("request");
+    assert_eq!(send(&f.router, forged).await.0, StatusCode::UNAUTHORIZED);
+
+    let text = String::from_utf8(capture.0.lock().expect("lock").clone()).expect("UTF-8");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is one JSON object"))
+        .collect();
+    let of_delivery: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["span"]["delivery_id"] == "log-1")
+        .collect();
+    assert_eq!(of_delivery.len(), 2, "accepted, then duplicate:\n{text}");
+    for line in &of_delivery {
+        assert_eq!(line["span"]["integration"], "payments/hooks", "{line}");
+        assert_eq!(line["span"]["provider"], "github", "{line}");
+        assert_eq!(line["message"], "delivery answered", "{line}");
+    }
+    assert_eq!(of_delivery[0]["span"]["outcome"], "accepted");
+    assert_eq!(of_delivery[1]["span"]["outcome"], "duplicate");
+    let refused = lines
+        .iter()
+        .find(|l| l["message"] == "delivery refused")
+        .expect("the refused delivery's line");
+    assert_eq!(refused["span"]["integration"], "payments/hooks");
+    assert_eq!(refused["span"]["outcome"], "signature_mismatch");
+    assert_eq!(refused["status"], 401);
 }

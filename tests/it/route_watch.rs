@@ -29,6 +29,7 @@ fn route(name: &str) -> Route {
         spec: serde_json::from_value(serde_json::json!({"provider": "datadog"})).expect("spec"),
         forward: Vec::new(),
         replay: None,
+        expected_interval_seconds: None,
     }
 }
 

@@ -17,7 +17,7 @@ fn examples_dir() -> PathBuf {
 }
 
 /// A folder with copies of the given example files.
-fn folder_with(files: &[&str]) -> tempfile::TempDir {
+pub(crate) fn folder_with(files: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     for f in files {
         std::fs::copy(examples_dir().join(f), dir.path().join(f)).expect("copy example");
@@ -26,12 +26,12 @@ fn folder_with(files: &[&str]) -> tempfile::TempDir {
 }
 
 /// A running `hookwarden standalone`; killed (SIGKILL) when dropped.
-struct Standalone {
+pub(crate) struct Standalone {
     child: Child,
     /// `namespace/name` → URL, from the startup table.
     urls: BTreeMap<String, String>,
     /// The `Metrics:` URL it printed (with `--metrics-addr`).
-    metrics: Option<String>,
+    pub(crate) metrics: Option<String>,
 }
 
 impl Standalone {
@@ -39,7 +39,7 @@ impl Standalone {
         Standalone::start_with(dir, &[])
     }
 
-    fn start_with(dir: &Path, extra: &[&str]) -> Standalone {
+    pub(crate) fn start_with(dir: &Path, extra: &[&str]) -> Standalone {
         Standalone::start_io(dir, extra, Stdio::null())
     }
 
@@ -85,14 +85,14 @@ impl Standalone {
         }
     }
 
-    fn url(&self, key: &str) -> &str {
+    pub(crate) fn url(&self, key: &str) -> &str {
         self.urls
             .get(key)
             .unwrap_or_else(|| panic!("no URL for {key} in {:?}", self.urls))
     }
 
     /// Graceful stop (SIGTERM), as Ctrl-C or `kubectl delete pod` would.
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let pid = self.child.id().to_string();
         let status = Command::new("kill")
             .args(["-TERM", &pid])
@@ -114,7 +114,7 @@ impl Standalone {
     }
 
     /// `kill -9`.
-    fn crash(mut self) {
+    pub(crate) fn crash(mut self) {
         self.child.kill().expect("kill -9");
         let _ = self.child.wait();
     }
@@ -672,7 +672,7 @@ pub(crate) fn get_body(url: &str) -> Option<String> {
 }
 
 /// The value of the first sample of `series` (a full name, labels included or not).
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with([' ', '{']))
