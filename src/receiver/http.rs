@@ -35,6 +35,7 @@ use tracing::Instrument as _;
 
 use super::Clock;
 use super::dedup::{Check, Dedup};
+use super::evaluator::{EvalRefusal, Evaluator};
 use super::forward::ForwardedBody;
 use super::limits;
 use super::metrics::ReceiverMetrics;
@@ -42,6 +43,8 @@ use super::routes::{CompiledRoute, RouteTable};
 use super::server::{ServerOptions, peer_addr};
 use super::sink::{Accepted, DeliverySink, Duplicate, Rejected, SinkError};
 use crate::crd::ProviderKind;
+use crate::domain::incident::cost::Interrupt;
+use crate::domain::incident::mapping::{Extracted, MappingError};
 use crate::domain::signature::{self, Delivery, Verdict};
 
 /// Settings of the pipeline that do not come from routes.
@@ -67,6 +70,9 @@ pub struct PipelineConfig {
     pub max_connections: usize,
     /// On shutdown, readiness is off this long before the server stops accepting.
     pub drain_delay: Duration,
+    /// Where CEL incident mappings run: bounded threads off the async workers, a
+    /// wall-clock budget per delivery.
+    pub evaluator: Arc<Evaluator>,
 }
 
 impl Default for PipelineConfig {
@@ -81,6 +87,7 @@ impl Default for PipelineConfig {
             body_budget: Arc::new(limits::BodyBudget::default()),
             max_connections: super::server::DEFAULT_MAX_CONNECTIONS,
             drain_delay: Duration::ZERO,
+            evaluator: Arc::new(Evaluator::default()),
         }
     }
 }
@@ -237,11 +244,17 @@ pub enum Refusal {
     OverBudget,
     /// More query/form parameters than any sender uses (Twilio): refused before any MAC.
     TooManyParameters,
+    /// The integration's CEL mapping ran past its run-time budget on this payload and
+    /// was stopped. 422: the delivery is authentic and well-formed, and sending it again
+    /// would cost the same; the spec (or the sender's payload) has to change.
+    MappingBudgetExceeded,
+    /// Every CEL evaluation slot stayed busy for the whole budget: a transient overload.
+    MappingBusy,
 }
 
 impl Refusal {
     /// Every refusal, for the table test (payload-carrying variants with a sample).
-    pub const ALL: [Refusal; 19] = [
+    pub const ALL: [Refusal; 21] = [
         Refusal::RoutesNotSynced,
         Refusal::NotFound,
         Refusal::MethodNotAllowed,
@@ -263,6 +276,8 @@ impl Refusal {
         Refusal::JournalUnavailable,
         Refusal::OverBudget,
         Refusal::TooManyParameters,
+        Refusal::MappingBudgetExceeded,
+        Refusal::MappingBusy,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -274,6 +289,7 @@ impl Refusal {
             Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Refusal::MappingBudgetExceeded => StatusCode::UNPROCESSABLE_ENTITY,
             Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Refusal::BodyIncomplete
             | Refusal::MalformedPayload
@@ -285,7 +301,8 @@ impl Refusal {
             | Refusal::RetryInFlight
             | Refusal::Overloaded
             | Refusal::JournalUnavailable
-            | Refusal::OverBudget => StatusCode::SERVICE_UNAVAILABLE,
+            | Refusal::OverBudget
+            | Refusal::MappingBusy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -312,6 +329,8 @@ impl Refusal {
             Refusal::JournalUnavailable => "journal_unavailable",
             Refusal::OverBudget => "over_budget",
             Refusal::TooManyParameters => "too_many_parameters",
+            Refusal::MappingBudgetExceeded => "mapping_budget_exceeded",
+            Refusal::MappingBusy => "mapping_busy",
         }
     }
 
@@ -331,7 +350,8 @@ impl Refusal {
             | Refusal::RetryInFlight
             | Refusal::Overloaded
             | Refusal::JournalUnavailable
-            | Refusal::OverBudget => Some(default),
+            | Refusal::OverBudget
+            | Refusal::MappingBusy => Some(default),
             _ => None,
         }
     }
@@ -495,9 +515,23 @@ fn is_json(body: &[u8]) -> bool {
         && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
 }
 
+/// Most fields a form body may have once it is authentic: the bound Twilio's pre-auth
+/// count already applies (no sender needs more), so an authentic body with tens of
+/// thousands of `&` costs a count, not a map of that size.
+pub const MAX_FORM_PARAMETERS: usize = 1_000;
+
 /// A form body as a JSON object of its fields. GitHub's and Slack's form encodings put
-/// the real JSON payload in a `payload` field: that payload is the body then.
-fn parse_form(body: &[u8]) -> Value {
+/// the real JSON payload in a `payload` field: that payload is the body then. More than
+/// [`MAX_FORM_PARAMETERS`] fields: [`Refusal::TooManyParameters`], counted (a scan, no
+/// allocation) before anything is decoded.
+fn parse_form(body: &[u8]) -> Result<Value, Refusal> {
+    let count = body
+        .split(|&b| b == b'&')
+        .filter(|p| !p.is_empty())
+        .count();
+    if count > MAX_FORM_PARAMETERS {
+        return Err(Refusal::TooManyParameters);
+    }
     let mut fields = serde_json::Map::new();
     for (k, v) in form_urlencoded::parse(body) {
         fields.insert(k.into_owned(), Value::String(v.into_owned()));
@@ -505,9 +539,9 @@ fn parse_form(body: &[u8]) -> Value {
     if let Some(Value::String(payload)) = fields.get("payload")
         && let Ok(inner @ Value::Object(_)) = serde_json::from_str::<Value>(payload)
     {
-        return inner;
+        return Ok(inner);
     }
-    Value::Object(fields)
+    Ok(Value::Object(fields))
 }
 
 /// The URL Twilio signed: external base URL + path + query, else `http://{Host}…`.
@@ -667,7 +701,7 @@ fn parse(route: &CompiledRoute, authentic: Authentic) -> Result<Parsed, Refusal>
         },
         BodyKind::Json if is_json(bytes) => None,
         BodyKind::Json => return Err(Refusal::MalformedPayload),
-        BodyKind::Form if needs_value => Some(parse_form(bytes)),
+        BodyKind::Form if needs_value => Some(parse_form(bytes)?),
         BodyKind::Form | BodyKind::Opaque => None,
     };
     if let Some(schema) = &spec.schema
@@ -684,8 +718,33 @@ enum Classified {
     Delivery(Accepted),
 }
 
-/// Provider handshake, event filter (ignored), incident mapping (400).
-fn classify(route: &CompiledRoute, parsed: Parsed) -> Result<Classified, Refusal> {
+/// Provider handshake, event filter (ignored), incident mapping (400; a CEL mapping
+/// past its budget 422). A mapping with CEL runs on the [`Evaluator`], off the async
+/// workers; preset mappings are linear in the body and run in place.
+async fn classify(
+    config: &PipelineConfig,
+    route: &Arc<CompiledRoute>,
+    parsed: Parsed,
+) -> Result<Classified, Refusal> {
+    if route.spec.mapping.as_ref().is_some_and(|m| m.uses_cel()) {
+        let route = route.clone();
+        return config
+            .evaluator
+            .run(move |interrupt| classify_now(&route, parsed, interrupt))
+            .await
+            .map_err(|refusal| match refusal {
+                EvalRefusal::BudgetExceeded => Refusal::MappingBudgetExceeded,
+                EvalRefusal::Busy => Refusal::MappingBusy,
+            })?;
+    }
+    classify_now(route, parsed, &Interrupt::new())
+}
+
+fn classify_now(
+    route: &CompiledRoute,
+    parsed: Parsed,
+    interrupt: &Interrupt,
+) -> Result<Classified, Refusal> {
     let spec = &route.spec;
     let Parsed { authentic, value } = parsed;
     if let Some(v) = &value
@@ -702,19 +761,30 @@ fn classify(route: &CompiledRoute, parsed: Parsed) -> Result<Classified, Refusal
     }
     let meta = signature::delivery_meta(&spec.scheme, &authentic.parts.headers, value.as_ref());
     let ignored = spec.events.ignores(meta.event_type.as_deref());
-    let mut incidents = match (&spec.mapping, ignored) {
+    // Bounded work before and after the 202 (mapping, incident book, status, Events,
+    // forwards): at most maxAlertsPerDelivery events per delivery are mapped, the rest
+    // counted on the status.
+    let Extracted {
+        events: incidents,
+        dropped: alerts_dropped,
+    } = match (&spec.mapping, ignored) {
         (Some(mapping), false) => match &value {
             Some(v) => mapping
-                .extract(v, meta.event_type.as_deref(), authentic.now_ms)
-                .map_err(|_| Refusal::MappingFailed)?,
+                .extract_bounded(
+                    v,
+                    meta.event_type.as_deref(),
+                    authentic.now_ms,
+                    spec.max_alerts_per_delivery,
+                    interrupt,
+                )
+                .map_err(|e| match e {
+                    MappingError::BudgetExceeded { .. } => Refusal::MappingBudgetExceeded,
+                    _ => Refusal::MappingFailed,
+                })?,
             None => return Err(Refusal::MappingFailed),
         },
-        _ => Vec::new(),
+        _ => Extracted::default(),
     };
-    // Bounded work after the 202 (incident book, status, Events, forwards): at most
-    // maxAlertsPerDelivery events per delivery, the rest counted on the status.
-    let alerts_dropped = incidents.len().saturating_sub(spec.max_alerts_per_delivery);
-    incidents.truncate(spec.max_alerts_per_delivery);
     // A target sent every delivery: the body is journaled with the delivery.
     let forward = (!ignored
         && spec
@@ -752,7 +822,7 @@ fn classify(route: &CompiledRoute, parsed: Parsed) -> Result<Classified, Refusal
 /// The stages of DESIGN.md's HTTP table, in order; each refuses with one [`Refusal`].
 async fn run<S: DeliverySink>(
     state: &ReceiverState<S>,
-    route: &CompiledRoute,
+    route: &Arc<CompiledRoute>,
     parts: Parts,
     body: Body,
 ) -> Result<(Outcome, Response), Refusal> {
@@ -776,7 +846,7 @@ async fn run<S: DeliverySink>(
         )
     });
     let parsed = parse(route, authentic)?;
-    let mut accepted = match classify(route, parsed)? {
+    let mut accepted = match classify(config, route, parsed).await? {
         Classified::Handshake(response) => return Ok((Outcome::Handshake, response)),
         Classified::Delivery(accepted) => accepted,
     };
@@ -839,11 +909,30 @@ mod tests {
 
     #[test]
     fn form_bodies_become_objects_and_payload_fields_unwrap() {
-        let plain = parse_form(b"CallSid=CA1&From=%2B1555&Body=hi+there");
+        let plain = parse_form(b"CallSid=CA1&From=%2B1555&Body=hi+there").unwrap();
         assert_eq!(plain["From"], "+1555");
         assert_eq!(plain["Body"], "hi there");
-        let wrapped = parse_form(b"payload=%7B%22type%22%3A%22block_actions%22%7D");
+        let wrapped = parse_form(b"payload=%7B%22type%22%3A%22block_actions%22%7D").unwrap();
         assert_eq!(wrapped, serde_json::json!({"type": "block_actions"}));
+    }
+
+    #[test]
+    fn authentic_form_bodies_are_bounded_in_fields() {
+        let form = |n: usize| {
+            (0..n)
+                .map(|i| format!("k{i}=v"))
+                .collect::<Vec<_>>()
+                .join("&")
+        };
+        let at_limit = parse_form(form(MAX_FORM_PARAMETERS).as_bytes()).unwrap();
+        assert_eq!(at_limit.as_object().unwrap().len(), MAX_FORM_PARAMETERS);
+        // Empty pieces (`&&`) are no fields, so they do not count.
+        let padded = format!("{}&&&&", form(MAX_FORM_PARAMETERS));
+        assert!(parse_form(padded.as_bytes()).is_ok());
+        assert_eq!(
+            parse_form(form(MAX_FORM_PARAMETERS + 1).as_bytes()),
+            Err(Refusal::TooManyParameters)
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod emulator;
 mod forward_e2e;
 mod forward_sdk;
 mod forward_sender;
+mod hardening;
 mod journal;
 mod receiver_http;
 mod route_watch;
