@@ -745,10 +745,18 @@ fn a_full_dedup_memory_forgets_the_oldest_ids_and_counts_them() {
             "delivery {i}"
         );
     }
+    // One integration holds at most a quarter of the memory (250 of 1,000): past it, its
+    // own oldest ids go, counted by cause.
     let early = series("hookwarden_receiver_dedup_evicted_early_total");
     assert!(
-        (492.0..=1_000.0).contains(&early),
-        "1,500 ids in room for about 1,000: {early}"
+        (1_150.0..=1_250.0).contains(&early),
+        "1,500 ids of one integration with room for 250: {early}"
+    );
+    assert_eq!(
+        series(
+            "hookwarden_receiver_dedup_evicted_early_by_cause_total{cause=\"integration_share\"}"
+        ),
+        early
     );
     let hits = |provider: &str| {
         series(&format!(
