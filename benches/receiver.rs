@@ -292,13 +292,8 @@ fn start_in_process_with<S: DeliverySink>(
     std::thread::spawn(move || {
         runtime.block_on(async move {
             if let Ok(listener) = tokio::net::TcpListener::from_std(listener) {
-                let _ = serve_with(
-                    listener,
-                    app(state),
-                    server_options,
-                    std::future::pending(),
-                )
-                .await;
+                let _ =
+                    serve_with(listener, app(state), server_options, std::future::pending()).await;
             }
         })
     });
@@ -1023,7 +1018,11 @@ fn compare_budgets(options: &Options) -> Result<(), Box<dyn std::error::Error>> 
     let mut ratios = Vec::new();
     for round in 0..options.rounds.max(1) {
         // Alternate which goes first, so a drifting neighbour hits both alike.
-        let order = if round % 2 == 0 { [true, false] } else { [false, true] };
+        let order = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
         let mut rate = [0.0; 2];
         for budgets in order {
             let target = if budgets { &on } else { &off };

@@ -270,7 +270,11 @@ impl Inner {
             .unwrap_or_else(PoisonError::into_inner);
         // Now and then, the queues of integrations that stopped sending (or were
         // deleted) are emptied of expired ids and dropped when nothing is left.
-        if self.notes.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == 0 {
+        if self
+            .notes
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SWEEP_EVERY)
+        {
             owners.retain(|_, queue| {
                 while queue.front().is_some_and(|&(_, e)| e <= now_ms) {
                     queue.pop_front();
@@ -313,7 +317,6 @@ impl Inner {
             self.by_cause.integration_share.inc_by(early);
         }
     }
-
 
     fn shard(&self, key: u128) -> MutexGuard<'_, Shard> {
         let index = (key as usize) % SHARDS;
@@ -414,7 +417,6 @@ impl Dedup {
     pub fn evictions_by_cause(&self) -> EvictionCounters {
         self.inner.by_cause.clone()
     }
-
 
     /// Counts ids forgotten before their window ended because `max_entries` was reached:
     /// a copy of such a delivery arriving later is accepted again.
@@ -622,8 +624,7 @@ mod tests {
         // 2,400 ids within their window in room for 1,008: the rest is forgotten early.
         for i in 0..2_000 {
             let tenant = format!("ns/t{}", i % 8);
-            let Check::Fresh(claim) = d.claim(&tenant, &format!("more-{i}"), window).await
-            else {
+            let Check::Fresh(claim) = d.claim(&tenant, &format!("more-{i}"), window).await else {
                 panic!("fresh")
             };
             claim.accepted();

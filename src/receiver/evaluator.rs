@@ -79,13 +79,10 @@ impl Evaluator {
         F: FnOnce(&Interrupt) -> T + Send + 'static,
     {
         let deadline = Instant::now() + self.budget;
-        let permit = tokio::time::timeout_at(
-            deadline.into(),
-            self.permits.clone().acquire_owned(),
-        )
-        .await
-        .map_err(|_| EvalRefusal::Busy)?
-        .map_err(|_| EvalRefusal::Busy)?;
+        let permit = tokio::time::timeout_at(deadline.into(), self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| EvalRefusal::Busy)?
+            .map_err(|_| EvalRefusal::Busy)?;
         let interrupt = Interrupt::new();
         let watched = interrupt.clone();
         let task = tokio::task::spawn_blocking(move || {

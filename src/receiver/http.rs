@@ -525,10 +525,7 @@ pub const MAX_FORM_PARAMETERS: usize = 1_000;
 /// [`MAX_FORM_PARAMETERS`] fields: [`Refusal::TooManyParameters`], counted (a scan, no
 /// allocation) before anything is decoded.
 fn parse_form(body: &[u8]) -> Result<Value, Refusal> {
-    let count = body
-        .split(|&b| b == b'&')
-        .filter(|p| !p.is_empty())
-        .count();
+    let count = body.split(|&b| b == b'&').filter(|p| !p.is_empty()).count();
     if count > MAX_FORM_PARAMETERS {
         return Err(Refusal::TooManyParameters);
     }
@@ -909,10 +906,10 @@ mod tests {
 
     #[test]
     fn form_bodies_become_objects_and_payload_fields_unwrap() {
-        let plain = parse_form(b"CallSid=CA1&From=%2B1555&Body=hi+there").unwrap();
+        let plain = parse_form(b"CallSid=CA1&From=%2B1555&Body=hi+there").expect("form");
         assert_eq!(plain["From"], "+1555");
         assert_eq!(plain["Body"], "hi there");
-        let wrapped = parse_form(b"payload=%7B%22type%22%3A%22block_actions%22%7D").unwrap();
+        let wrapped = parse_form(b"payload=%7B%22type%22%3A%22block_actions%22%7D").expect("form");
         assert_eq!(wrapped, serde_json::json!({"type": "block_actions"}));
     }
 
@@ -924,8 +921,11 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join("&")
         };
-        let at_limit = parse_form(form(MAX_FORM_PARAMETERS).as_bytes()).unwrap();
-        assert_eq!(at_limit.as_object().unwrap().len(), MAX_FORM_PARAMETERS);
+        let at_limit = parse_form(form(MAX_FORM_PARAMETERS).as_bytes()).expect("at the cap");
+        assert_eq!(
+            at_limit.as_object().expect("an object").len(),
+            MAX_FORM_PARAMETERS
+        );
         // Empty pieces (`&&`) are no fields, so they do not count.
         let padded = format!("{}&&&&", form(MAX_FORM_PARAMETERS));
         assert!(parse_form(padded.as_bytes()).is_ok());

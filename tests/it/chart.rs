@@ -201,23 +201,19 @@ fn a_grace_period_without_room_for_the_final_flush_is_refused() {
     let Some(helm) = helm() else {
         return;
     };
-    let refused = template(
-        &helm,
-        None,
-        &["receiver.terminationGracePeriodSeconds=20"],
-    );
+    let refused = template(&helm, None, &["receiver.terminationGracePeriodSeconds=20"]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
         !refused.status.success() && stderr.contains("receiver.terminationGracePeriodSeconds"),
         "{stderr}"
     );
-    let fits = template(
-        &helm,
-        None,
-        &["receiver.terminationGracePeriodSeconds=25"],
-    );
+    let fits = template(&helm, None, &["receiver.terminationGracePeriodSeconds=25"]);
     let text = String::from_utf8_lossy(&fits.stdout);
-    assert!(fits.status.success(), "{}", String::from_utf8_lossy(&fits.stderr));
+    assert!(
+        fits.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fits.stderr)
+    );
     assert!(text.contains("--shutdown-flush-timeout=10s"), "{text}");
 }
 

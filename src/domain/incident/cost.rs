@@ -158,8 +158,8 @@ impl Estimator<'_> {
         }
         // `@result + [x]` (map, filter) appends in place: it moves the item, it does not
         // copy the accumulated list or the item's bytes.
-        let appends = call.func_name == operators::ADD
-            && operands.iter().any(|o| self.is_accumulator(o));
+        let appends =
+            call.func_name == operators::ADD && operands.iter().any(|o| self.is_accumulator(o));
         if !appends && !CONSTANT_TIME.contains(&call.func_name.as_str()) {
             let sizes = operands.iter().map(|o| self.size(o));
             let data = if matches!(
@@ -543,7 +543,10 @@ mod tests {
     fn evaluations_per_delivery_multiply() {
         let once = cost("body.title.lowerAscii()", MIB, 1);
         let per_alert = cost("body.title.lowerAscii()", MIB, 1000);
-        assert!(once < MAX_COST && per_alert > MAX_COST, "{once} {per_alert}");
+        assert!(
+            once < MAX_COST && per_alert > MAX_COST,
+            "{once} {per_alert}"
+        );
     }
 
     fn run(text: &str, interrupt: &Interrupt) -> Result<cel::Value, cel::ExecutionError> {

@@ -475,8 +475,14 @@ impl Mapping {
         event_type: Option<&str>,
         received_at_ms: i64,
     ) -> Result<Vec<IncidentEvent>, MappingError> {
-        self.extract_bounded(body, event_type, received_at_ms, usize::MAX, &Interrupt::new())
-            .map(|e| e.events)
+        self.extract_bounded(
+            body,
+            event_type,
+            received_at_ms,
+            usize::MAX,
+            &Interrupt::new(),
+        )
+        .map(|e| e.events)
     }
 
     /// Whether any expression is CEL (so the mapping is worth running off the async
@@ -514,7 +520,10 @@ impl Mapping {
                     limit: cost::MAX_COST as u64,
                     body_bytes: max_body_bytes,
                     per_alert: if per_alert {
-                        format!(", evaluated for each of up to {} alerts", bounds.evaluations)
+                        format!(
+                            ", evaluated for each of up to {} alerts",
+                            bounds.evaluations
+                        )
                     } else {
                         String::new()
                     },
