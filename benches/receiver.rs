@@ -24,7 +24,7 @@ use hookwarden::receiver::dedup::{DEFAULT_MAX_ENTRIES, Dedup};
 use hookwarden::receiver::http::{PipelineConfig, ReceiverState, app};
 use hookwarden::receiver::metrics::ReceiverMetrics;
 use hookwarden::receiver::routes::RouteTable;
-use hookwarden::receiver::server::serve;
+use hookwarden::receiver::server::{ServerOptions, serve_with};
 use hookwarden::receiver::sink::{Accepted, DeliverySink, Duplicate, Rejected, SinkError};
 use hookwarden::route::{Route, RouteSecret, SecretValue};
 use hookwarden::standalone::DEFAULT_STATE_DIR;
@@ -80,6 +80,11 @@ struct Options {
     /// the passes it prints how many forwards arrived and when the last one did.
     #[arg(long, requires = "standalone")]
     forward: bool,
+    /// Instead of the nginx comparison: the in-process receiver with its budgets
+    /// (connection cap, in-flight body bytes) against the same receiver with them
+    /// effectively off, passes alternated in one run; prints the median ratio.
+    #[arg(long, conflicts_with_all = ["url", "standalone", "fsync_floor"])]
+    compare_budgets: bool,
     /// Skip the nginx comparison.
     #[arg(long)]
     no_nginx: bool,
@@ -361,6 +366,17 @@ fn start_in_process<S: DeliverySink>(
     workers: usize,
     sink: S,
 ) -> std::io::Result<Target> {
+    start_in_process_with(provider, workers, sink, true)
+}
+
+/// [`start_in_process`]; `budgets: false` sets the connection cap and the in-flight body
+/// budget so high they never bite ("effectively off"), for `--compare-budgets`.
+fn start_in_process_with<S: DeliverySink>(
+    provider: ProviderKind,
+    workers: usize,
+    sink: S,
+    budgets: bool,
+) -> std::io::Result<Target> {
     let mut secret = "bench-secret-0123456789abcdef".to_string();
     // OIDC: the route's Secret holds the issuer's JWKS; the client's "secret" is the
     // bearer token it presents.
@@ -393,7 +409,13 @@ fn start_in_process<S: DeliverySink>(
     };
     let routes = Arc::new(RouteTable::new());
     routes.upsert(route).map_err(std::io::Error::other)?;
-    let config = PipelineConfig::default();
+    let mut config = PipelineConfig::default();
+    let mut server_options = ServerOptions::default();
+    if !budgets {
+        config.body_budget = Arc::new(hookwarden::receiver::limits::BodyBudget::new(1 << 60));
+        config.max_connections = 1 << 30;
+        server_options.max_connections = 1 << 30;
+    }
     let dedup = Dedup::new(1_000_000, config.clock.clone());
     let state = Arc::new(ReceiverState::new(
         config,
@@ -413,7 +435,8 @@ fn start_in_process<S: DeliverySink>(
     std::thread::spawn(move || {
         runtime.block_on(async move {
             if let Ok(listener) = tokio::net::TcpListener::from_std(listener) {
-                let _ = serve(listener, app(state), std::future::pending()).await;
+                let _ =
+                    serve_with(listener, app(state), server_options, std::future::pending()).await;
             }
         })
     });
@@ -918,6 +941,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         None
     };
+    if options.compare_budgets {
+        return compare_budgets(&options);
+    }
     let (target, label) = match &options.url {
         Some(url) => {
             let secret = options.secret.clone().ok_or("--url needs --secret")?;
@@ -1103,5 +1129,77 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The child is stopped (and its folder removed) only now, after every pass.
     drop(standalone);
     drop(floor_folder);
+    Ok(())
+}
+
+/// `--compare-budgets`: two in-process receivers (memory sink), one with the default
+/// budgets and one with them effectively off, loaded alternately with the same client;
+/// the median of the per-round ratios is the budgets' throughput cost.
+fn compare_budgets(options: &Options) -> Result<(), Box<dyn std::error::Error>> {
+    let provider = options.provider;
+    let on = Arc::new(start_in_process_with(
+        provider,
+        options.workers,
+        CountingSink::default(),
+        true,
+    )?);
+    let off = Arc::new(start_in_process_with(
+        provider,
+        options.workers,
+        CountingSink::default(),
+        false,
+    )?);
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(options.client_threads)
+        .enable_all()
+        .build()?;
+    println!(
+        "load: {} keep-alive connections, {} s per pass, {} round(s), {} client thread(s), unique signed {provider} deliveries",
+        options.connections, options.seconds, options.rounds, options.client_threads
+    );
+    for target in [&on, &off] {
+        client.block_on(load(
+            target.clone(),
+            provider,
+            options.connections,
+            1,
+            None,
+            202,
+        ));
+    }
+    let mut ratios = Vec::new();
+    for round in 0..options.rounds.max(1) {
+        // Alternate which goes first, so a drifting neighbour hits both alike.
+        let order = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        let mut rate = [0.0; 2];
+        for budgets in order {
+            let target = if budgets { &on } else { &off };
+            let pass = client.block_on(load(
+                target.clone(),
+                provider,
+                options.connections,
+                options.seconds,
+                None,
+                202,
+            ));
+            let label = if budgets {
+                format!("budgets on ({} workers)", options.workers)
+            } else {
+                format!("budgets effectively off ({} workers)", options.workers)
+            };
+            println!("{}", pass.line(&label));
+            rate[usize::from(!budgets)] = pass.rate();
+        }
+        ratios.push(rate[0] / rate[1]);
+    }
+    println!(
+        "ratio budgets on / off (median of {} rounds): {:.3}",
+        ratios.len(),
+        median(&mut ratios)
+    );
     Ok(())
 }

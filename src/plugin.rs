@@ -572,7 +572,9 @@ fn describe(
             let _ = writeln!(
                 out,
                 "  Open: {} (at least: more open incidents than spec.incidents.maxTracked are listed)",
-                i.open_display.clone().unwrap_or_else(|| format!("{}+", i.open))
+                i.open_display
+                    .clone()
+                    .unwrap_or_else(|| format!("{}+", i.open))
             );
         } else {
             let _ = writeln!(out, "  Open: {}", i.open);

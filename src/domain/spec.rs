@@ -361,6 +361,18 @@ pub fn resolve(spec: &WebhookIntegrationSpec) -> Result<EffectiveSpec, SpecProbl
         &mut problems,
     );
 
+    // CEL cost is judged against the body and alert bounds just resolved.
+    if let Some(m) = &mapping {
+        problems.extend(
+            m.check_cost(
+                usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+                usize::try_from(max_alerts_per_delivery).unwrap_or(usize::MAX),
+            )
+            .into_iter()
+            .map(SpecProblem::Mapping),
+        );
+    }
+
     let schema = match &spec.schema {
         None => None,
         Some(s) => match jsonschema::validator_for(s) {

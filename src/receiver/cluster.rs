@@ -91,6 +91,13 @@ pub struct ReceiverArgs {
     /// pod's terminationGracePeriodSeconds, which must also cover the final status flush.
     #[arg(long, env = "HOOKWARDEN_SHUTDOWN_DELAY", default_value = "5s", value_parser = crate::domain::duration::parse_arg)]
     pub shutdown_delay: Duration,
+    /// On SIGTERM, after the shutdown delay: how long the receiver keeps writing the
+    /// status of what it journaled, retrying failed writes, before it exits (what is
+    /// still unwritten then stays in the journal: replayed by the next receiver on the
+    /// same volume, lost with an emptyDir). The chart sets it from
+    /// terminationGracePeriodSeconds.
+    #[arg(long, env = "HOOKWARDEN_SHUTDOWN_FLUSH_TIMEOUT", default_value = "10s", value_parser = crate::domain::duration::parse_arg)]
+    pub shutdown_flush_timeout: Duration,
     /// Forwards never connect to these CIDRs (comma-separated), besides loopback,
     /// link-local/cloud metadata and the API server's addresses, which are always refused.
     #[arg(long, env = "HOOKWARDEN_FORWARD_DENY_CIDRS", value_delimiter = ',')]
@@ -213,6 +220,7 @@ pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
             degraded_after: args.degraded_after,
             status_writes_per_second: args.status_writes_per_second,
             replica: replica_name(args.pod_name.as_deref()),
+            flush_timeout: args.shutdown_flush_timeout,
             ..Default::default()
         },
         forward_egress: cluster_egress(&args, Some(&api_server)),
@@ -226,6 +234,15 @@ pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
         drain_delay: args.shutdown_delay,
     };
     let receiver = Receiver::start(options, writer, Some(&mut registry)).await?;
+    if let Some(lost) = receiver.lost_at_open() {
+        report_journal_loss(
+            &client,
+            &args.namespace,
+            args.pod_name.as_deref(),
+            &crate::receiver::service::loss_message(lost),
+        )
+        .await;
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -267,6 +284,45 @@ pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
     let _ = metrics_task.await;
     served.context("receiver server failed")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A Warning Event `JournalDataLost` on this receiver's Pod: the object whose volume
+/// held the damaged batch (`kubectl describe pod`, `kubectl get events -n <namespace>`).
+/// Best effort: the log line and the metric already carry it.
+async fn report_journal_loss(
+    client: &kube::Client,
+    namespace: &str,
+    pod_name: Option<&str>,
+    message: &str,
+) {
+    use kube::runtime::events::{Event as KubeEvent, EventType, Reporter};
+    let Some(pod) = pod_name else {
+        tracing::warn!("POD_NAME is not set: the journal loss is reported in this log only");
+        return;
+    };
+    let reporter = Reporter {
+        controller: crate::receiver::status::FIELD_MANAGER.to_string(),
+        instance: Some(pod.to_string()),
+    };
+    let recorder = crate::events::EventRecorder::new(client.clone(), reporter);
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(pod.to_string()),
+        namespace: Some(namespace.to_string()),
+        ..Default::default()
+    };
+    let note: String = message.chars().take(1000).collect();
+    let event = KubeEvent {
+        type_: EventType::Warning,
+        reason: "JournalDataLost".into(),
+        note: Some(note),
+        action: "OpenJournal".into(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, &reference).await {
+        tracing::warn!(%error, "cannot publish the JournalDataLost Event");
+    }
 }
 
 fn decode(secret: &Secret) -> Option<Route> {

@@ -13,6 +13,13 @@
 //! against ~500 for a general-purpose cache with string keys and timer wheels. Expiry is
 //! judged with the injected clock on every lookup; expired and surplus entries are
 //! dropped oldest first as new ones arrive.
+//!
+//! Fairness: the memory is shared by every integration, so one tenant's stream of unique
+//! ids would push everyone else's out early. Each integration may hold at most a share
+//! of it ([`SHARE_DIVISOR`]: a quarter, like the body budget); past its share an
+//! integration forgets its *own* oldest ids, not the others'. Early evictions are
+//! counted by cause ([`EvictionCause`]). Ids re-seeded from a checkpoint after a restart
+//! carry no integration (checkpoints store digests) and only count against the whole.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -28,6 +35,42 @@ use super::Clock;
 
 /// Default number of remembered ids across all integrations.
 pub const DEFAULT_MAX_ENTRIES: u64 = 200_000;
+
+/// One integration holds at most `max_entries / SHARE_DIVISOR` ids.
+pub const SHARE_DIVISOR: u64 = 4;
+
+/// Why an id was forgotten before its window ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EvictionCause {
+    /// The whole memory (`--dedup-max-ids`) was full.
+    Capacity,
+    /// Its integration held its full share: its own oldest id made room for its newest.
+    IntegrationShare,
+}
+
+impl EvictionCause {
+    /// The `cause` label of `hookwarden_receiver_dedup_evicted_early_by_cause_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            EvictionCause::Capacity => "capacity",
+            EvictionCause::IntegrationShare => "integration_share",
+        }
+    }
+}
+
+/// Early evictions by cause (registered metric handles, or standalone counters).
+#[derive(Clone, Debug, Default)]
+pub struct EvictionCounters {
+    pub capacity: Counter,
+    pub integration_share: Counter,
+}
+
+/// Owner queues are swept of expired ids once per this many claims.
+const SWEEP_EVERY: u64 = 4096;
+
+/// Per integration, the ids it claimed, oldest first (an entry whose slot is gone or
+/// re-inserted with another expiry is stale and skipped).
+type OwnerQueues = HashMap<Arc<str>, VecDeque<(u128, i64)>>;
 
 const SHARDS: usize = 16;
 
@@ -173,9 +216,17 @@ impl Shard {
 struct Inner {
     shards: Vec<Mutex<Shard>>,
     per_shard_cap: usize,
+    /// Most ids one integration holds.
+    share: usize,
+    /// By integration, sharded by its name. Lock order: an owner shard, then id
+    /// shards; never the other way round.
+    owners: Vec<Mutex<OwnerQueues>>,
+    /// Claims booked, to sweep the owner queues every [`SWEEP_EVERY`].
+    notes: std::sync::atomic::AtomicU64,
     clock: Clock,
-    /// Ids forgotten before their window ended because the memory was full.
+    /// Ids forgotten before their window ended, whatever the cause.
     evicted_early: Counter,
+    by_cause: EvictionCounters,
 }
 
 /// Why an insert needs room: decides whether ids it pushes out count as evicted early.
@@ -206,6 +257,64 @@ impl Inner {
         let early = shard.trim(now_ms, cap);
         if early > 0 && insert == Insert::New {
             self.evicted_early.inc_by(early);
+            self.by_cause.capacity.inc_by(early);
+        }
+    }
+
+    /// Books a freshly claimed id to `integration`; past its share, its own oldest ids
+    /// are forgotten (an id still in flight stops the trim: its claim decides).
+    fn note_owner(&self, integration: &str, key: u128, expires_at_ms: i64, now_ms: i64) {
+        let index = owner_shard(integration);
+        let mut owners = self.owners[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Now and then, the queues of integrations that stopped sending (or were
+        // deleted) are emptied of expired ids and dropped when nothing is left.
+        if self
+            .notes
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SWEEP_EVERY)
+        {
+            owners.retain(|_, queue| {
+                while queue.front().is_some_and(|&(_, e)| e <= now_ms) {
+                    queue.pop_front();
+                }
+                !queue.is_empty()
+            });
+        }
+        let queue = match owners.get_mut(integration) {
+            Some(queue) => queue,
+            None => owners.entry(Arc::from(integration)).or_default(),
+        };
+        // Expired at the front: their slots go with the id shards' own trim.
+        while queue.front().is_some_and(|&(_, e)| e <= now_ms) {
+            queue.pop_front();
+        }
+        queue.push_back((key, expires_at_ms));
+        let mut early = 0;
+        while queue.len() > self.share {
+            let Some((old, expires)) = queue.pop_front() else {
+                break;
+            };
+            let mut shard = self.shard(old);
+            match shard.slots.get(&old) {
+                Some(slot) if slot.expires_at_ms == expires && slot.pending.is_some() => {
+                    queue.push_front((old, expires));
+                    break;
+                }
+                Some(slot) if slot.expires_at_ms == expires => {
+                    shard.slots.remove(&old);
+                    if expires > now_ms {
+                        early += 1;
+                    }
+                }
+                // Stale: already gone, or re-inserted (a later entry stands for it).
+                _ => {}
+            }
+        }
+        if early > 0 {
+            self.evicted_early.inc_by(early);
+            self.by_cause.integration_share.inc_by(early);
         }
     }
 
@@ -248,6 +357,11 @@ pub fn digest(integration: &str, id: &str) -> u128 {
     u128::from_le_bytes(first)
 }
 
+fn owner_shard(integration: &str) -> usize {
+    use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
+    (BuildHasherDefault::<DefaultHasher>::default().hash_one(integration) as usize) % SHARDS
+}
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -262,18 +376,46 @@ impl Dedup {
     /// [`Dedup::new`], counting ids forgotten early in `evicted_early` (a registered
     /// metric).
     pub fn with_counter(max_entries: u64, clock: Clock, evicted_early: Counter) -> Dedup {
+        Dedup::with_counters(
+            max_entries,
+            clock,
+            evicted_early,
+            EvictionCounters::default(),
+        )
+    }
+
+    /// [`Dedup::with_counter`], also counting early evictions by cause.
+    pub fn with_counters(
+        max_entries: u64,
+        clock: Clock,
+        evicted_early: Counter,
+        by_cause: EvictionCounters,
+    ) -> Dedup {
         let per_shard_cap = usize::try_from(max_entries.div_ceil(SHARDS as u64))
             .unwrap_or(usize::MAX)
             .max(1);
+        let share = usize::try_from(max_entries / SHARE_DIVISOR)
+            .unwrap_or(usize::MAX)
+            .max(1);
         let shards = (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect();
+        let owners = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
         Dedup {
             inner: Arc::new(Inner {
                 shards,
                 per_shard_cap,
+                share,
+                owners,
+                notes: std::sync::atomic::AtomicU64::new(1),
                 clock,
                 evicted_early,
+                by_cause,
             }),
         }
+    }
+
+    /// Early evictions by cause.
+    pub fn evictions_by_cause(&self) -> EvictionCounters {
+        self.inner.by_cause.clone()
     }
 
     /// Counts ids forgotten before their window ended because `max_entries` was reached:
@@ -313,6 +455,8 @@ impl Dedup {
                             pending: Some(flight.clone()),
                         },
                     );
+                    drop(shard);
+                    self.inner.note_owner(integration, key, expires_at_ms, now);
                     return Check::Fresh(Claim {
                         inner: self.inner.clone(),
                         key,
@@ -467,10 +611,11 @@ mod tests {
         }
         assert_eq!(d.evicted_early().get(), 0, "within the cap");
         // A minute later every one of them has expired: making room for new ones
-        // forgets nothing early.
+        // forgets nothing early. (Spread over 8 integrations, each within its share.)
         now.store(60_000, Ordering::SeqCst);
         for i in 0..400 {
-            let Check::Fresh(claim) = d.claim("ns/a", &format!("new-{i}"), window).await else {
+            let tenant = format!("ns/t{}", i % 8);
+            let Check::Fresh(claim) = d.claim(&tenant, &format!("new-{i}"), window).await else {
                 panic!("fresh")
             };
             claim.accepted();
@@ -478,7 +623,8 @@ mod tests {
         assert_eq!(d.evicted_early().get(), 0, "only expired ids made room");
         // 2,400 ids within their window in room for 1,008: the rest is forgotten early.
         for i in 0..2_000 {
-            let Check::Fresh(claim) = d.claim("ns/a", &format!("more-{i}"), window).await else {
+            let tenant = format!("ns/t{}", i % 8);
+            let Check::Fresh(claim) = d.claim(&tenant, &format!("more-{i}"), window).await else {
                 panic!("fresh")
             };
             claim.accepted();
@@ -522,14 +668,16 @@ mod tests {
         };
         claim.accepted();
         assert_eq!(d.evicted_early().get(), 0, "replacing an expired id");
-        // New deliveries over a full memory of live ids: those are real losses.
+        // New deliveries over a full memory of live ids: those are real losses (the
+        // seeds pushed out for lack of room, at most 16, and ns/a's own beyond its
+        // share of 4: 201 claimed ids, the re-accepted seed included).
         for i in 0..200 {
             if let Check::Fresh(claim) = d.claim("ns/a", &format!("new-{i}"), window).await {
                 claim.accepted();
             }
         }
         let early = d.evicted_early().get();
-        assert!((150..=200).contains(&early), "{early}");
+        assert!((150..=216).contains(&early), "{early}");
     }
 
     #[tokio::test]
@@ -690,5 +838,59 @@ mod tests {
             .await,
             Check::Fresh(_)
         ));
+    }
+
+    /// Finding 12: one integration's stream of unique ids pushes out only its own ids
+    /// once it holds its share (a quarter), never the other integrations'; early
+    /// evictions are counted by cause.
+    #[tokio::test]
+    async fn one_integration_s_flood_evicts_its_own_ids_not_the_others() {
+        let now = Arc::new(AtomicI64::new(1_000));
+        let clock_now = now.clone();
+        let by_cause = EvictionCounters::default();
+        let d = Dedup::with_counters(
+            1_000,
+            Arc::new(move || clock_now.load(Ordering::SeqCst)),
+            Counter::default(),
+            by_cause.clone(),
+        );
+        let window = Duration::from_secs(3600);
+        async fn accept(d: &Dedup, integration: &str, id: &str, window: Duration) {
+            match d.claim(integration, id, window).await {
+                Check::Fresh(claim) => claim.accepted(),
+                _ => panic!("{integration}/{id} was not fresh"),
+            }
+        }
+        for i in 0..100 {
+            accept(&d, "quiet/b", &format!("b-{i}"), window).await;
+        }
+        for i in 0..5_000 {
+            now.fetch_add(1, Ordering::SeqCst);
+            accept(&d, "noisy/a", &format!("a-{i}"), window).await;
+        }
+        for i in 0..100 {
+            assert!(
+                d.contains("quiet/b", &format!("b-{i}")),
+                "b-{i} was pushed out by another integration's ids"
+            );
+        }
+        // The flood keeps its newest quarter of the memory.
+        assert!(d.contains("noisy/a", "a-4999"));
+        assert!(!d.contains("noisy/a", "a-0"));
+        assert!(d.len() <= 100 + 250, "{}", d.len());
+        assert_eq!(by_cause.integration_share.get(), 5_000 - 250);
+        assert_eq!(by_cause.capacity.get(), 0);
+        assert_eq!(d.evicted_early().get(), 5_000 - 250);
+
+        // Many integrations each within their share still fill the whole: then the
+        // oldest go, counted as capacity.
+        for tenant in 0..8 {
+            for i in 0..200 {
+                now.fetch_add(1, Ordering::SeqCst);
+                accept(&d, &format!("t/{tenant}"), &format!("{i}"), window).await;
+            }
+        }
+        assert!(by_cause.capacity.get() > 0);
+        assert!(d.len() <= 1_000 + SHARDS as u64, "{}", d.len());
     }
 }

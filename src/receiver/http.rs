@@ -35,6 +35,7 @@ use tracing::Instrument as _;
 
 use super::Clock;
 use super::dedup::{Check, Dedup};
+use super::evaluator::{EvalRefusal, Evaluator};
 use super::forward::ForwardedBody;
 use super::limits;
 use super::metrics::ReceiverMetrics;
@@ -42,6 +43,8 @@ use super::routes::{CompiledRoute, RouteTable};
 use super::server::{ServerOptions, peer_addr};
 use super::sink::{Accepted, DeliverySink, Duplicate, Rejected, SinkError};
 use crate::crd::ProviderKind;
+use crate::domain::incident::cost::Interrupt;
+use crate::domain::incident::mapping::{Extracted, MappingError};
 use crate::domain::signature::{self, Delivery, Verdict};
 
 /// Settings of the pipeline that do not come from routes.
@@ -70,6 +73,9 @@ pub struct PipelineConfig {
     /// Fetches and caches published keys (OIDC JWKS, SNS certificates). `None`: only
     /// keys inline in the Secret are used.
     pub remote_keys: Option<Arc<super::keys::RemoteKeys>>,
+    /// Where CEL incident mappings run: bounded threads off the async workers, a
+    /// wall-clock budget per delivery.
+    pub evaluator: Arc<Evaluator>,
 }
 
 impl Default for PipelineConfig {
@@ -85,6 +91,7 @@ impl Default for PipelineConfig {
             max_connections: super::server::DEFAULT_MAX_CONNECTIONS,
             drain_delay: Duration::ZERO,
             remote_keys: None,
+            evaluator: Arc::new(Evaluator::default()),
         }
     }
 }
@@ -244,11 +251,17 @@ pub enum Refusal {
     /// An authentic SNS SubscriptionConfirmation whose SubscribeURL could not be fetched
     /// (our side: SNS is asked to retry; an Event says why).
     SubscriptionNotConfirmed,
+    /// The integration's CEL mapping ran past its run-time budget on this payload and
+    /// was stopped. 422: the delivery is authentic and well-formed, and sending it again
+    /// would cost the same; the spec (or the sender's payload) has to change.
+    MappingBudgetExceeded,
+    /// Every CEL evaluation slot stayed busy for the whole budget: a transient overload.
+    MappingBusy,
 }
 
 impl Refusal {
     /// Every refusal, for the table test (payload-carrying variants with a sample).
-    pub const ALL: [Refusal; 20] = [
+    pub const ALL: [Refusal; 22] = [
         Refusal::RoutesNotSynced,
         Refusal::NotFound,
         Refusal::MethodNotAllowed,
@@ -271,6 +284,8 @@ impl Refusal {
         Refusal::OverBudget,
         Refusal::TooManyParameters,
         Refusal::SubscriptionNotConfirmed,
+        Refusal::MappingBudgetExceeded,
+        Refusal::MappingBusy,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -282,6 +297,7 @@ impl Refusal {
             Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Refusal::MappingBudgetExceeded => StatusCode::UNPROCESSABLE_ENTITY,
             Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Refusal::BodyIncomplete
             | Refusal::MalformedPayload
@@ -294,7 +310,8 @@ impl Refusal {
             | Refusal::Overloaded
             | Refusal::JournalUnavailable
             | Refusal::OverBudget
-            | Refusal::SubscriptionNotConfirmed => StatusCode::SERVICE_UNAVAILABLE,
+            | Refusal::SubscriptionNotConfirmed
+            | Refusal::MappingBusy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -322,6 +339,8 @@ impl Refusal {
             Refusal::OverBudget => "over_budget",
             Refusal::TooManyParameters => "too_many_parameters",
             Refusal::SubscriptionNotConfirmed => "subscription_not_confirmed",
+            Refusal::MappingBudgetExceeded => "mapping_budget_exceeded",
+            Refusal::MappingBusy => "mapping_busy",
         }
     }
 
@@ -342,7 +361,8 @@ impl Refusal {
             | Refusal::Overloaded
             | Refusal::JournalUnavailable
             | Refusal::OverBudget
-            | Refusal::SubscriptionNotConfirmed => Some(default),
+            | Refusal::SubscriptionNotConfirmed
+            | Refusal::MappingBusy => Some(default),
             _ => None,
         }
     }
@@ -511,9 +531,20 @@ fn is_json(body: &[u8]) -> bool {
         && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
 }
 
+/// Most fields a form body may have once it is authentic: the bound Twilio's pre-auth
+/// count already applies (no sender needs more), so an authentic body with tens of
+/// thousands of `&` costs a count, not a map of that size.
+pub const MAX_FORM_PARAMETERS: usize = 1_000;
+
 /// A form body as a JSON object of its fields. GitHub's and Slack's form encodings put
-/// the real JSON payload in a `payload` field: that payload is the body then.
-fn parse_form(body: &[u8]) -> Value {
+/// the real JSON payload in a `payload` field: that payload is the body then. More than
+/// [`MAX_FORM_PARAMETERS`] fields: [`Refusal::TooManyParameters`], counted (a scan, no
+/// allocation) before anything is decoded.
+fn parse_form(body: &[u8]) -> Result<Value, Refusal> {
+    let count = body.split(|&b| b == b'&').filter(|p| !p.is_empty()).count();
+    if count > MAX_FORM_PARAMETERS {
+        return Err(Refusal::TooManyParameters);
+    }
     let mut fields = serde_json::Map::new();
     for (k, v) in form_urlencoded::parse(body) {
         fields.insert(k.into_owned(), Value::String(v.into_owned()));
@@ -521,9 +552,9 @@ fn parse_form(body: &[u8]) -> Value {
     if let Some(Value::String(payload)) = fields.get("payload")
         && let Ok(inner @ Value::Object(_)) = serde_json::from_str::<Value>(payload)
     {
-        return inner;
+        return Ok(inner);
     }
-    Value::Object(fields)
+    Ok(Value::Object(fields))
 }
 
 /// The URL Twilio signed: external base URL + path + query, else `http://{Host}…`.
@@ -703,7 +734,7 @@ fn parse(route: &CompiledRoute, authentic: Authentic) -> Result<Parsed, Refusal>
         },
         BodyKind::Json if is_json(bytes) => None,
         BodyKind::Json => return Err(Refusal::MalformedPayload),
-        BodyKind::Form if needs_value => Some(parse_form(bytes)),
+        BodyKind::Form if needs_value => Some(parse_form(bytes)?),
         BodyKind::Form | BodyKind::Opaque => None,
     };
     if spec.provider == ProviderKind::AwsSns
@@ -725,8 +756,33 @@ enum Classified {
     Delivery(Accepted),
 }
 
-/// Provider handshake, event filter (ignored), incident mapping (400).
-fn classify(route: &CompiledRoute, parsed: Parsed) -> Result<Classified, Refusal> {
+/// Provider handshake, event filter (ignored), incident mapping (400; a CEL mapping
+/// past its budget 422). A mapping with CEL runs on the [`Evaluator`], off the async
+/// workers; preset mappings are linear in the body and run in place.
+async fn classify(
+    config: &PipelineConfig,
+    route: &Arc<CompiledRoute>,
+    parsed: Parsed,
+) -> Result<Classified, Refusal> {
+    if route.spec.mapping.as_ref().is_some_and(|m| m.uses_cel()) {
+        let route = route.clone();
+        return config
+            .evaluator
+            .run(move |interrupt| classify_now(&route, parsed, interrupt))
+            .await
+            .map_err(|refusal| match refusal {
+                EvalRefusal::BudgetExceeded => Refusal::MappingBudgetExceeded,
+                EvalRefusal::Busy => Refusal::MappingBusy,
+            })?;
+    }
+    classify_now(route, parsed, &Interrupt::new())
+}
+
+fn classify_now(
+    route: &CompiledRoute,
+    parsed: Parsed,
+    interrupt: &Interrupt,
+) -> Result<Classified, Refusal> {
     let spec = &route.spec;
     let Parsed { authentic, value } = parsed;
     if let Some(v) = &value
@@ -743,19 +799,30 @@ fn classify(route: &CompiledRoute, parsed: Parsed) -> Result<Classified, Refusal
     }
     let meta = signature::delivery_meta(&spec.scheme, &authentic.parts.headers, value.as_ref());
     let ignored = spec.events.ignores(meta.event_type.as_deref());
-    let mut incidents = match (&spec.mapping, ignored) {
+    // Bounded work before and after the 202 (mapping, incident book, status, Events,
+    // forwards): at most maxAlertsPerDelivery events per delivery are mapped, the rest
+    // counted on the status.
+    let Extracted {
+        events: incidents,
+        dropped: alerts_dropped,
+    } = match (&spec.mapping, ignored) {
         (Some(mapping), false) => match &value {
             Some(v) => mapping
-                .extract(v, meta.event_type.as_deref(), authentic.now_ms)
-                .map_err(|_| Refusal::MappingFailed)?,
+                .extract_bounded(
+                    v,
+                    meta.event_type.as_deref(),
+                    authentic.now_ms,
+                    spec.max_alerts_per_delivery,
+                    interrupt,
+                )
+                .map_err(|e| match e {
+                    MappingError::BudgetExceeded { .. } => Refusal::MappingBudgetExceeded,
+                    _ => Refusal::MappingFailed,
+                })?,
             None => return Err(Refusal::MappingFailed),
         },
-        _ => Vec::new(),
+        _ => Extracted::default(),
     };
-    // Bounded work after the 202 (incident book, status, Events, forwards): at most
-    // maxAlertsPerDelivery events per delivery, the rest counted on the status.
-    let alerts_dropped = incidents.len().saturating_sub(spec.max_alerts_per_delivery);
-    incidents.truncate(spec.max_alerts_per_delivery);
     // A target sent every delivery: the body is journaled with the delivery.
     let forward = (!ignored
         && spec
@@ -819,7 +886,7 @@ async fn sns_handshake(
 /// The stages of DESIGN.md's HTTP table, in order; each refuses with one [`Refusal`].
 async fn run<S: DeliverySink>(
     state: &ReceiverState<S>,
-    route: &CompiledRoute,
+    route: &Arc<CompiledRoute>,
     parts: Parts,
     body: Body,
 ) -> Result<(Outcome, Response), Refusal> {
@@ -848,7 +915,7 @@ async fn run<S: DeliverySink>(
         return Ok((Outcome::Handshake, answer));
     }
     let parsed = parse(route, authentic)?;
-    let mut accepted = match classify(route, parsed)? {
+    let mut accepted = match classify(config, route, parsed).await? {
         Classified::Handshake(response) => return Ok((Outcome::Handshake, response)),
         Classified::Delivery(accepted) => accepted,
     };
@@ -911,11 +978,33 @@ mod tests {
 
     #[test]
     fn form_bodies_become_objects_and_payload_fields_unwrap() {
-        let plain = parse_form(b"CallSid=CA1&From=%2B1555&Body=hi+there");
+        let plain = parse_form(b"CallSid=CA1&From=%2B1555&Body=hi+there").expect("form");
         assert_eq!(plain["From"], "+1555");
         assert_eq!(plain["Body"], "hi there");
-        let wrapped = parse_form(b"payload=%7B%22type%22%3A%22block_actions%22%7D");
+        let wrapped = parse_form(b"payload=%7B%22type%22%3A%22block_actions%22%7D").expect("form");
         assert_eq!(wrapped, serde_json::json!({"type": "block_actions"}));
+    }
+
+    #[test]
+    fn authentic_form_bodies_are_bounded_in_fields() {
+        let form = |n: usize| {
+            (0..n)
+                .map(|i| format!("k{i}=v"))
+                .collect::<Vec<_>>()
+                .join("&")
+        };
+        let at_limit = parse_form(form(MAX_FORM_PARAMETERS).as_bytes()).expect("at the cap");
+        assert_eq!(
+            at_limit.as_object().expect("an object").len(),
+            MAX_FORM_PARAMETERS
+        );
+        // Empty pieces (`&&`) are no fields, so they do not count.
+        let padded = format!("{}&&&&", form(MAX_FORM_PARAMETERS));
+        assert!(parse_form(padded.as_bytes()).is_ok());
+        assert_eq!(
+            parse_form(form(MAX_FORM_PARAMETERS + 1).as_bytes()),
+            Err(Refusal::TooManyParameters)
+        );
     }
 
     #[test]

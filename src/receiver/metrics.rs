@@ -317,6 +317,12 @@ impl RouteMetrics {
     }
 }
 
+/// `cause` of an early dedup eviction (`capacity`, `integration_share`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabels {
+    pub cause: &'static str,
+}
+
 type HistogramFamily = Family<ProviderLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -338,6 +344,8 @@ pub struct ReceiverMetrics {
     pub dedup_hits: Family<ProviderLabels, Counter>,
     /// Delivery ids forgotten before their dedup window ended (memory full).
     pub dedup_evicted_early: Counter,
+    /// The same, by cause: the whole memory full, or the integration at its share.
+    pub dedup_evicted_early_by_cause: Family<CauseLabels, Counter>,
     /// Deliveries accepted but whose effects are not yet applied (runtime).
     pub queue_depth: Gauge,
     /// Status patches by outcome (runtime).
@@ -358,6 +366,7 @@ impl Default for ReceiverMetrics {
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             dedup_hits: Family::default(),
             dedup_evicted_early: Counter::default(),
+            dedup_evicted_early_by_cause: Family::default(),
             queue_depth: Gauge::default(),
             status_writes: Family::default(),
             journal_appends: Family::default(),
@@ -396,6 +405,11 @@ impl ReceiverMetrics {
             "dedup_evicted_early",
             "Delivery ids forgotten before their dedup window ended because --dedup-max-ids was reached (a later copy would be accepted again)",
             m.dedup_evicted_early.clone(),
+        );
+        r.register(
+            "dedup_evicted_early_by_cause",
+            "Delivery ids forgotten before their dedup window ended, by cause: capacity (--dedup-max-ids reached) or integration_share (the integration held its quarter of it and forgot its own oldest)",
+            m.dedup_evicted_early_by_cause.clone(),
         );
         r.register(
             "queue_depth",

@@ -12,6 +12,7 @@
 
 pub mod cluster;
 pub mod dedup;
+pub mod evaluator;
 pub mod forward;
 pub mod http;
 pub mod keys;

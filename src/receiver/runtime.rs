@@ -793,25 +793,43 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
         while let Ok(m) = self.queue.try_recv() {
             self.fold(m);
         }
-        // Final flush ignores backoff and the write budget: this is the last chance
-        // before the process ends (the grace period bounds it, not the budget).
-        self.backoff.clear();
-        let updates = self.build_updates(Instant::now(), false);
-        if !updates.is_empty() {
-            let remaining = deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(500));
+        // Final flush (backoff and the write budget ignored): the last chance before the process ends, and with an emptyDir
+        // journal what is not on the status now is lost with the pod. So backoff is
+        // ignored and failed writes (a slow or briefly refusing API server on a
+        // rollout) are retried until the deadline; what is left is reported.
+        let mut unwritten;
+        loop {
+            self.backoff.clear();
+            let updates = self.build_updates(Instant::now(), false);
+            unwritten = updates.len();
+            if updates.is_empty() {
+                break;
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
             match tokio::time::timeout(
-                remaining,
+                remaining.max(Duration::from_millis(500)),
                 write_all(self.writer.clone(), updates, self.config.write_concurrency),
             )
             .await
             {
                 Ok(results) => self.finish_pass(results),
-                Err(_) => tracing::warn!(
-                    "final status flush timed out; the journal keeps the rest for the next start"
-                ),
+                Err(_) => break,
             }
+            let pause = Duration::from_millis(200);
+            if Instant::now() + pause >= deadline {
+                continue;
+            }
+            tokio::time::sleep(pause).await;
+        }
+        if unwritten > 0 {
+            tracing::error!(
+                integrations = unwritten,
+                flush_timeout = ?self.config.flush_timeout,
+                "shutdown: the status of {unwritten} integrations could not be written in time; their deliveries stay in the journal, replayed by the next receiver on this volume (with an emptyDir volume they are lost with the pod: raise terminationGracePeriodSeconds or use persistence)"
+            );
         }
         self.maybe_checkpoint(true).await;
     }

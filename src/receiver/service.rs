@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::spec::EffectiveSpec;
 use crate::forwarder::{EgressPolicy, Sender, SenderOptions};
 use crate::journal::{Journal, JournalConfig, JournalError};
-use crate::receiver::dedup::Dedup;
+use crate::receiver::dedup::{Dedup, EvictionCause};
 use crate::receiver::forward::{
     self, ForwardConfig, ForwardConfigs, ForwardMetrics, Forwarder, ForwarderOptions, TargetConfig,
 };
@@ -96,6 +96,64 @@ pub enum StartError {
     Journal { dir: PathBuf, source: JournalError },
     #[error("cannot start forwarding: {0}")]
     Forwarder(String),
+    #[error(
+        "--dedup-max-ids {ids} does not fit --journal-max-bytes {journal_max_bytes}: each remembered id takes {bytes} bytes in a checkpoint and two checkpoints coexist while one is written, {needed} bytes in all, more than half the journal's cap (the other half is for deliveries); raise --journal-max-bytes (chart: receiver.journal.maxBytes or the volume's size) to at least {min_journal} or lower --dedup-max-ids to at most {max_ids}"
+    )]
+    DedupTooLarge {
+        ids: u64,
+        journal_max_bytes: u64,
+        bytes: u64,
+        needed: u64,
+        min_journal: u64,
+        max_ids: u64,
+    },
+}
+
+/// What an operator is told when opening the journal cut off a complete but damaged
+/// batch: deliveries that were acknowledged (2xx) and may now be missing from the
+/// status. Said in the log, in a Warning Event on the receiver's Pod (cluster) and by
+/// `hookwarden get` (standalone), besides `hookwarden_journal_corrupt_batches_total`.
+pub fn loss_message(lost: &crate::journal::LostBatch) -> String {
+    let what = match (lost.first_seq, lost.records) {
+        (Some(first), Some(n)) if n > 0 => format!(
+            "{n} acknowledged deliveries (journal seq {first}..{})",
+            first + u64::from(n) - 1
+        ),
+        _ => "an unknown number of acknowledged deliveries (up to 1,024: the batch header is damaged)".to_string(),
+    };
+    let kept = match &lost.kept_at {
+        Some(path) => format!("its bytes are kept at {}", path.display()),
+        None => "its bytes could not be copied aside".to_string(),
+    };
+    format!(
+        "possible loss of acknowledged deliveries: the journal's last batch in {} at byte {} was complete but damaged ({}), so {what} were cut off at start and may be missing from the status (counts, incidents, forwards); the senders got 2xx and will not retry. {kept}. Check the volume (disk errors, a restored or copied volume); nothing else needs doing for the receiver to run",
+        lost.path.display(),
+        lost.offset,
+        lost.reason,
+    )
+}
+
+/// Bytes one remembered delivery id takes in a journal checkpoint (docs/journal.md).
+pub const CHECKPOINT_BYTES_PER_ID: u64 = 24;
+
+/// Whether `dedup_max_ids` fits the journal: a checkpoint carries every remembered id
+/// ([`CHECKPOINT_BYTES_PER_ID`] each), the previous snapshot stays until the new one
+/// is renamed over it, and what is left must still hold deliveries. So both snapshots
+/// together get at most half of `--journal-max-bytes`; beyond that, raising the dedup
+/// memory would let checkpoints fill the journal volume.
+pub fn check_dedup_fits(dedup_max_ids: u64, journal_max_bytes: u64) -> Result<(), StartError> {
+    let needed = dedup_max_ids.saturating_mul(2 * CHECKPOINT_BYTES_PER_ID);
+    if needed <= journal_max_bytes / 2 {
+        return Ok(());
+    }
+    Err(StartError::DedupTooLarge {
+        ids: dedup_max_ids,
+        journal_max_bytes,
+        bytes: CHECKPOINT_BYTES_PER_ID,
+        needed,
+        min_journal: needed.saturating_mul(2),
+        max_ids: journal_max_bytes / 2 / (2 * CHECKPOINT_BYTES_PER_ID),
+    })
 }
 
 /// Route changes go through here so the runtime's per-integration settings (dedup window,
@@ -257,12 +315,19 @@ pub struct Receiver<W> {
 }
 
 impl<W: StatusWriter> Receiver<W> {
+    /// The batch of acknowledged deliveries that opening the journal found damaged and
+    /// cut off ([`loss_message`] says it to an operator).
+    pub fn lost_at_open(&self) -> Option<&crate::journal::LostBatch> {
+        self.journal.lost_at_open()
+    }
+
     /// Opens and replays the journal and builds everything; nothing is served yet.
     pub async fn start(
         options: ReceiverOptions,
         writer: Arc<W>,
         registry: Option<&mut Registry>,
     ) -> Result<Receiver<W>, StartError> {
+        check_dedup_fits(options.dedup_max_ids, options.journal_max_bytes)?;
         let journal_config = JournalConfig {
             max_bytes: options.journal_max_bytes,
             group_commit_window: options.journal_commit_window,
@@ -291,6 +356,14 @@ impl<W: StatusWriter> Receiver<W> {
             dir: options.journal_dir.clone(),
             source,
         })?;
+        if let Some(lost) = journal.lost_at_open() {
+            tracing::error!(
+                path = %lost.path.display(),
+                offset = lost.offset,
+                "{}",
+                loss_message(lost)
+            );
+        }
         let (mut ledger, report) = replayer.finish();
         // Entries the journal skipped (marked applied, their counts already on the
         // status) leave a gap below its last sequence number: close it, so the
@@ -320,10 +393,20 @@ impl<W: StatusWriter> Receiver<W> {
             drain_delay: options.drain_delay,
             ..PipelineConfig::default()
         };
-        let dedup = Dedup::with_counter(
+        let cause = |cause| {
+            metrics
+                .dedup_evicted_early_by_cause
+                .get_or_create(&crate::receiver::metrics::CauseLabels { cause })
+                .clone()
+        };
+        let dedup = Dedup::with_counters(
             options.dedup_max_ids,
             config.clock.clone(),
             metrics.dedup_evicted_early.clone(),
+            crate::receiver::dedup::EvictionCounters {
+                capacity: cause(EvictionCause::Capacity.label()),
+                integration_share: cause(EvictionCause::IntegrationShare.label()),
+            },
         );
         let now = (config.clock)();
         for id in ledger.remembered_ids(now) {
@@ -471,6 +554,33 @@ impl<W: StatusWriter> Receiver<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Finding 13: `--dedup-max-ids` is bounded by what the journal cap leaves for the
+    /// two checkpoints; the defaults fit with room, the message names both flags.
+    #[test]
+    fn dedup_capacity_is_bounded_by_the_journal_cap() {
+        assert!(check_dedup_fits(DEDUP_CAPACITY, DEFAULT_JOURNAL_MAX_BYTES).is_ok());
+        // The chart's default cap (75% of 1 GiB) holds ~8.4 million ids.
+        let chart_cap = 768 << 20;
+        assert!(check_dedup_fits(8_000_000, chart_cap).is_ok());
+        let error = check_dedup_fits(100_000_000, chart_cap).expect_err("too many ids");
+        let message = error.to_string();
+        assert!(
+            message.contains("--journal-max-bytes") && message.contains("--dedup-max-ids"),
+            "{message}"
+        );
+        let StartError::DedupTooLarge {
+            max_ids,
+            min_journal,
+            ..
+        } = error
+        else {
+            panic!("{error}")
+        };
+        assert!(check_dedup_fits(max_ids, chart_cap).is_ok());
+        assert!(check_dedup_fits(max_ids + 1, chart_cap).is_err());
+        assert!(check_dedup_fits(100_000_000, min_journal).is_ok());
+    }
 
     /// The runtime's per-integration settings are the resolver's, and follow the served
     /// route; a route that is not served gets the defaults.

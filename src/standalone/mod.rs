@@ -253,6 +253,13 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
         metrics.as_mut().map(|(_, registry)| registry),
     )
     .await?;
+    if let Some(lost) = receiver.lost_at_open() {
+        let message = crate::receiver::service::loss_message(lost);
+        eprintln!("warning: {message}");
+        if let Err(error) = state.record_journal_loss(jiff::Timestamp::now(), &message) {
+            tracing::warn!(%error, "cannot note the journal loss for `hookwarden get`");
+        }
+    }
     // Before the table is printed: whoever reads it may stop us right away.
     let stop_signal = crate::signal::shutdown_signal();
     let synced = sync::sync(&dir, &state, &base_url, jiff::Timestamp::now())?;
@@ -370,6 +377,16 @@ pub async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     let state = StateDir::existing(&root);
+    let losses = state.journal_losses();
+    for loss in &losses {
+        eprintln!("warning: {loss}");
+    }
+    if !losses.is_empty() {
+        eprintln!(
+            "(noted in {}; delete it once handled)",
+            state.journal_loss_path().display()
+        );
+    }
     let mut objects = state.read_objects()?;
     let namespace = args
         .namespace

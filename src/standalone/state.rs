@@ -119,6 +119,30 @@ impl StateDir {
         self.root.join("journal")
     }
 
+    /// Where a journal loss found at start is written down for `hookwarden get`.
+    pub fn journal_loss_path(&self) -> PathBuf {
+        self.root.join("journal-loss.txt")
+    }
+
+    /// Appends one report of acknowledged deliveries lost at journal open (see
+    /// `receiver::service::loss_message`), with when it was found. It stays until the
+    /// operator deletes the file, so `get` keeps saying it after restarts.
+    pub fn record_journal_loss(&self, at: jiff::Timestamp, message: &str) -> std::io::Result<()> {
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.journal_loss_path())?;
+        writeln!(file, "{at}: {message}")
+    }
+
+    /// The recorded journal losses, one per line, if any.
+    pub fn journal_losses(&self) -> Vec<String> {
+        std::fs::read_to_string(self.journal_loss_path())
+            .map(|text| text.lines().map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
     pub fn status_writer(&self) -> FileStatusWriter {
         FileStatusWriter::new(&self.root)
     }

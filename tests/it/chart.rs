@@ -182,10 +182,39 @@ fn default_values_start_components_with_accepted_flags() {
                     hookwarden::receiver::service::DEDUP_CAPACITY,
                     "the chart's default dedup capacity is the binary's"
                 );
+                // Issue 18, finding 10: the drain gets what the grace period leaves
+                // (60 s − 5 s preStop − 5 s shutdown delay − 5 s to close the journal).
+                assert_eq!(
+                    args.shutdown_flush_timeout,
+                    std::time::Duration::from_secs(45),
+                    "the default grace period leaves 45 s of status flush"
+                );
             }
             _ => {}
         }
     }
+}
+
+/// A grace period too short for the drain to apply the journal is refused at install.
+#[test]
+fn a_grace_period_without_room_for_the_final_flush_is_refused() {
+    let Some(helm) = helm() else {
+        return;
+    };
+    let refused = template(&helm, None, &["receiver.terminationGracePeriodSeconds=20"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("receiver.terminationGracePeriodSeconds"),
+        "{stderr}"
+    );
+    let fits = template(&helm, None, &["receiver.terminationGracePeriodSeconds=25"]);
+    let text = String::from_utf8_lossy(&fits.stdout);
+    assert!(
+        fits.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fits.stderr)
+    );
+    assert!(text.contains("--shutdown-flush-timeout=10s"), "{text}");
 }
 
 #[test]

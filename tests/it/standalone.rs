@@ -620,7 +620,12 @@ fn replaying_after_repeated_crashes_never_double_counts_or_reopens() {
 #[test]
 fn a_full_journal_answers_503_and_the_retry_is_accepted_after_compaction() {
     let dir = folder_with(&["datadog.yaml"]);
-    let receiver = Standalone::start_with(dir.path(), &["--journal-max-bytes", "16384"]);
+    // The smallest cap the dedup memory allows: its checkpoints (1,000 ids × 24 B, two
+    // at once) may take at most half of it.
+    let receiver = Standalone::start_with(
+        dir.path(),
+        &["--journal-max-bytes", "96000", "--dedup-max-ids", "1000"],
+    );
     let url = receiver.url("default/datadog-prod").to_string();
     let mut accepted_count = 0;
     let mut refused = None;
@@ -636,7 +641,7 @@ fn a_full_journal_answers_503_and_the_retry_is_accepted_after_compaction() {
             other => panic!("unexpected answer {other}: {response}"),
         }
     }
-    let (i, response) = refused.expect("a 16 KiB journal fills up");
+    let (i, response) = refused.expect("a 96 KB journal fills up");
     assert!(
         response.to_ascii_lowercase().contains("retry-after:"),
         "503 without Retry-After: {response}"
@@ -745,10 +750,18 @@ fn a_full_dedup_memory_forgets_the_oldest_ids_and_counts_them() {
             "delivery {i}"
         );
     }
+    // One integration holds at most a quarter of the memory (250 of 1,000): past it, its
+    // own oldest ids go, counted by cause.
     let early = series("hookwarden_receiver_dedup_evicted_early_total");
     assert!(
-        (492.0..=1_000.0).contains(&early),
-        "1,500 ids in room for about 1,000: {early}"
+        (1_150.0..=1_250.0).contains(&early),
+        "1,500 ids of one integration with room for 250: {early}"
+    );
+    assert_eq!(
+        series(
+            "hookwarden_receiver_dedup_evicted_early_by_cause_total{cause=\"integration_share\"}"
+        ),
+        early
     );
     let hits = |provider: &str| {
         series(&format!(

@@ -424,6 +424,56 @@ async fn shutdown_drains_the_queue_and_flushes_status() {
     );
 }
 
+/// Issue 18, finding 10: on SIGTERM the final flush retries failed status writes until
+/// its time is up (an API server refusing for a moment during a rollout must not cost
+/// the emptyDir journal's acknowledged deliveries), then the journal is marked applied.
+#[tokio::test]
+async fn the_final_flush_retries_failed_writes_until_its_deadline() {
+    let journal = Arc::new(MemJournal::default());
+    let writer = Arc::new(RecordingWriter::default());
+    let (sink, status_loop) = runtime::build(
+        journal.clone(),
+        writer.clone(),
+        Ledger::default(),
+        settings(),
+        RuntimeConfig {
+            flush_timeout: Duration::from_secs(5),
+            ..config(Duration::from_secs(3600))
+        },
+    );
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(status_loop.run(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for i in 0..10 {
+        sink.accept(delivery(i)).await.expect("accepted");
+    }
+    writer.failing.store(true, Ordering::SeqCst);
+    stop.cancel();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        writer.attempts.load(Ordering::SeqCst) >= 2,
+        "the flush keeps trying"
+    );
+    writer.failing.store(false, Ordering::SeqCst);
+    task.await.expect("loop");
+    let writes = writer.writes.lock().expect("lock");
+    assert_eq!(
+        writes.last().map(|w| w.totals.accepted),
+        Some(10),
+        "the write that succeeded after the refusals carries everything"
+    );
+    assert_eq!(
+        journal
+            .checkpoints
+            .lock()
+            .expect("lock")
+            .last()
+            .map(|c| c.1),
+        Some(10),
+        "the journal is checkpointed past everything"
+    );
+}
+
 // ---- Kubernetes writer against a mocked API server -------------------------------
 
 type ApiHandle =

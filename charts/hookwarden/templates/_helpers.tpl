@@ -123,6 +123,20 @@ The only place flags are spelled: values -> args. */}}
 {{- end }}
 {{- end }}
 
+{{/*
+Seconds a stopping receiver spends writing the status of what it journaled: what the
+grace period leaves after the preStop pause, the binary's 5 s shutdown delay and 5 s for
+closing the journal and exiting. Under 10 s is refused: a drain that cannot apply the
+journal loses it with an emptyDir volume.
+*/}}
+{{- define "hookwarden.receiver.flushSeconds" -}}
+{{- $flush := sub (sub (int .Values.receiver.terminationGracePeriodSeconds) (int .Values.receiver.preStopSleepSeconds)) 10 -}}
+{{- if lt $flush 10 -}}
+{{- fail (printf "receiver.terminationGracePeriodSeconds (%d) must be at least preStopSleepSeconds (%d) + 20: 5 s of shutdown delay, 10 s or more for the final status flush and 5 s to close the journal" (int .Values.receiver.terminationGracePeriodSeconds) (int .Values.receiver.preStopSleepSeconds)) -}}
+{{- end -}}
+{{- $flush -}}
+{{- end -}}
+
 {{- define "hookwarden.receiver.args" -}}
 - receiver
 - --namespace=$(POD_NAMESPACE)
@@ -138,6 +152,7 @@ The only place flags are spelled: values -> args. */}}
 - --dedup-max-ids={{ .Values.receiver.dedupMaxIds | int64 }}
 - --max-body-bytes-in-flight={{ .Values.receiver.maxBodyBytesInFlight | int64 }}
 - --max-connections={{ .Values.receiver.maxConnections | int64 }}
+- --shutdown-flush-timeout={{ include "hookwarden.receiver.flushSeconds" . }}s
 - --log-format={{ .Values.logFormat }}
 {{- with include "hookwarden.externalBaseURL" . }}
 - --external-base-url={{ . }}

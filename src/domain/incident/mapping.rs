@@ -31,9 +31,11 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 
+use cel::common::ast::IdedExpr;
 use cel::{Context, Env, ExecutionError, Program};
 use serde_json::Value;
 
+use super::cost::{self, Bounds, Interrupt};
 use super::{IncidentEvent, Severity};
 use crate::crd::{IncidentMapping, ProviderKind, WebhookIntegrationSpec};
 
@@ -141,6 +143,23 @@ pub enum MappingError {
         provider: &'static str,
         reason: &'static str,
     },
+    /// An expression's worst case over a body of the allowed size is above the budget
+    /// ([`cost::MAX_COST`]; how it is estimated: [`cost`]).
+    #[error(
+        "spec.incidents.{field}: {expr:?} may cost up to {estimate} evaluation steps per delivery (limit {limit}) with spec.limits.maxBodyBytes {body_bytes}{per_alert}: a comprehension (map, filter, all, exists) over the body inside another one, or a function reading the whole body inside one, grows with the square of the body; iterate over the current element instead (e.g. `alert`, or the outer comprehension's variable), or lower spec.limits.maxBodyBytes{or_alerts}"
+    )]
+    TooCostly {
+        field: &'static str,
+        expr: String,
+        estimate: u64,
+        limit: u64,
+        body_bytes: usize,
+        per_alert: String,
+        or_alerts: &'static str,
+    },
+    /// This delivery's evaluation ran past its run-time budget and was stopped.
+    #[error("spec.incidents.{field}: evaluation over this payload exceeded its budget")]
+    BudgetExceeded { field: &'static str },
 }
 
 impl MappingError {
@@ -153,8 +172,17 @@ impl MappingError {
                 | MappingError::InvalidPointer { .. }
                 | MappingError::MissingIdFrom { .. }
                 | MappingError::InvalidSeverityMap { .. }
+                | MappingError::TooCostly { .. }
         )
     }
+}
+
+/// What [`Mapping::extract_bounded`] made of one delivery.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Extracted {
+    pub events: Vec<IncidentEvent>,
+    /// Events past `max_events`, not mapped (counted on the status).
+    pub dropped: usize,
 }
 
 /// How one integration's deliveries become incident events. Cheap to clone.
@@ -200,7 +228,20 @@ impl Overrides {
         ]
         .into_iter()
         .flatten()
-        .any(|e| matches!(e.source, Source::Cel(_)))
+        .any(|e| matches!(e.source, Source::Cel { .. }))
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Expr> {
+        [
+            &self.id,
+            &self.title,
+            &self.severity,
+            &self.link,
+            &self.time,
+            &self.resolved_when,
+        ]
+        .into_iter()
+        .flatten()
     }
 }
 
@@ -215,7 +256,12 @@ struct Expr {
 #[derive(Clone, Debug)]
 enum Source {
     Pointer,
-    Cel(Arc<Program>),
+    /// The program as written (what the cost estimate reads) and the copy that runs,
+    /// with an interrupt check on every comprehension step ([`cost::instrument`]).
+    Cel {
+        program: Arc<Program>,
+        run: Arc<IdedExpr>,
+    },
 }
 
 /// The CEL environment every expression compiles and runs in: the standard library plus
@@ -249,7 +295,11 @@ impl Expr {
                     expr: text.to_string(),
                     message: e.to_string(),
                 })?;
-            Source::Cel(Arc::new(program))
+            let run = Arc::new(cost::instrument(program.expression()));
+            Source::Cel {
+                program: Arc::new(program),
+                run,
+            }
         };
         Ok(Expr {
             field,
@@ -263,8 +313,12 @@ impl Expr {
     /// default in place rather than refusing the delivery; the incident still opens, and
     /// its title or severity shows the spec needs a look. The id and `resolvedWhen`
     /// decide which incident changes how, so their failures refuse the delivery.
-    fn eval_display(&self, scope: &Scope<'_, '_>) -> Option<Value> {
-        self.eval(scope).ok().flatten()
+    /// An interrupted evaluation is not a display failure: it stops the delivery.
+    fn eval_display(&self, scope: &Scope<'_, '_>) -> Result<Option<Value>, MappingError> {
+        match self.eval(scope) {
+            Err(e @ MappingError::BudgetExceeded { .. }) => Err(e),
+            other => Ok(other.ok().flatten()),
+        }
     }
 
     /// The value the expression selects; `None` when it selects nothing (missing key,
@@ -276,14 +330,14 @@ impl Expr {
                 .pointer(&self.text)
                 .filter(|v| !v.is_null())
                 .cloned()),
-            Source::Cel(program) => {
+            Source::Cel { run, .. } => {
                 let Some(context) = scope.cel else {
                     return Err(MappingError::Evaluation {
                         field: self.field,
                         message: "CEL context missing".into(),
                     });
                 };
-                match program.execute(context) {
+                match context.resolve(run) {
                     Ok(value) => {
                         let json = value.json().map_err(|e| MappingError::Evaluation {
                             field: self.field,
@@ -292,6 +346,11 @@ impl Expr {
                         Ok(Some(json).filter(|v| !v.is_null()))
                     }
                     Err(ExecutionError::NoSuchKey(_)) => Ok(None),
+                    Err(ExecutionError::FunctionError { function, .. })
+                        if function == cost::TICK =>
+                    {
+                        Err(MappingError::BudgetExceeded { field: self.field })
+                    }
                     Err(e) => Err(MappingError::Evaluation {
                         field: self.field,
                         message: e.to_string(),
@@ -420,7 +479,81 @@ impl Mapping {
         event_type: Option<&str>,
         received_at_ms: i64,
     ) -> Result<Vec<IncidentEvent>, MappingError> {
-        let drafts = match self.preset {
+        self.extract_bounded(
+            body,
+            event_type,
+            received_at_ms,
+            usize::MAX,
+            &Interrupt::new(),
+        )
+        .map(|e| e.events)
+    }
+
+    /// Whether any expression is CEL (so the mapping is worth running off the async
+    /// workers: [`Mapping::extract_bounded`] with an [`Interrupt`]).
+    pub fn uses_cel(&self) -> bool {
+        self.overrides.uses_cel()
+    }
+
+    /// The admission check of CEL cost: every expression whose worst case over a body
+    /// of `max_body_bytes`, mapped into at most `max_alerts` events, is above
+    /// [`cost::MAX_COST`].
+    pub fn check_cost(&self, max_body_bytes: usize, max_alerts: usize) -> Vec<MappingError> {
+        let per_alert = matches!(self.preset, Preset::Alertmanager | Preset::Grafana);
+        let bounds = Bounds {
+            body_bytes: max_body_bytes,
+            evaluations: if per_alert {
+                // Each alert is at least `{}` and a comma.
+                max_alerts.min(max_body_bytes / 3).max(1)
+            } else {
+                1
+            },
+        };
+        self.overrides
+            .all()
+            .filter_map(|expr| {
+                let Source::Cel { program, .. } = &expr.source else {
+                    return None;
+                };
+                let estimate = cost::estimate(program.expression(), &bounds);
+                (estimate > cost::MAX_COST).then(|| MappingError::TooCostly {
+                    field: expr.field,
+                    expr: expr.text.clone(),
+                    // Saturating: "up to 1.8e19" says enough.
+                    estimate: estimate as u64,
+                    limit: cost::MAX_COST as u64,
+                    body_bytes: max_body_bytes,
+                    per_alert: if per_alert {
+                        format!(
+                            ", evaluated for each of up to {} alerts",
+                            bounds.evaluations
+                        )
+                    } else {
+                        String::new()
+                    },
+                    or_alerts: if per_alert {
+                        " or spec.incidents.maxAlertsPerDelivery"
+                    } else {
+                        ""
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// [`Mapping::extract`] mapping at most `max_events` events (the rest of a
+    /// multi-alert delivery only counted in [`Extracted::dropped`], never evaluated),
+    /// stopped at the next comprehension step once `interrupt` is raised
+    /// ([`MappingError::BudgetExceeded`]).
+    pub fn extract_bounded(
+        &self,
+        body: &Value,
+        event_type: Option<&str>,
+        received_at_ms: i64,
+        max_events: usize,
+        interrupt: &Interrupt,
+    ) -> Result<Extracted, MappingError> {
+        let mut drafts = match self.preset {
             Preset::Datadog => vec![datadog(body)],
             Preset::Alertmanager => alerts(body, "alertmanager", false)?,
             Preset::Grafana => alerts(body, "grafana", true)?,
@@ -432,11 +565,23 @@ impl Mapping {
                 ..Draft::default()
             }],
         };
+        let dropped = drafts.len().saturating_sub(max_events);
+        drafts.truncate(max_events);
         if drafts.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Extracted {
+                events: Vec::new(),
+                dropped,
+            });
         }
         let root = if self.overrides.uses_cel() {
             let mut context = Context::with_env(CEL_ENV.clone());
+            // The name is not a standard function, so registering it cannot conflict.
+            context
+                .add_function(cost::TICK, interrupt.tick_function())
+                .map_err(|e| MappingError::Evaluation {
+                    field: "body",
+                    message: e.to_string(),
+                })?;
             context
                 .add_variable("body", body)
                 .map_err(|e| MappingError::Evaluation {
@@ -478,7 +623,8 @@ impl Mapping {
                     None => self.finish(draft, &Scope { alert, cel: None }, received_at_ms),
                 }
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()
+            .map(|events| Extracted { events, dropped })
     }
 
     /// Applies the overrides to one preset draft and normalises it into an event.
@@ -495,13 +641,13 @@ impl Mapping {
             id_from = format!("idFrom {:?}", expr.text);
         }
         if let Some(expr) = &o.title
-            && let Some(title) = expr.eval_display(scope).as_ref().and_then(scalar_text)
+            && let Some(title) = expr.eval_display(scope)?.as_ref().and_then(scalar_text)
         {
             draft.title = Some(title);
         }
         if let Some(expr) = &o.severity {
             draft.severities = expr
-                .eval_display(scope)
+                .eval_display(scope)?
                 .as_ref()
                 .and_then(scalar_text)
                 .into_iter()
@@ -509,12 +655,12 @@ impl Mapping {
             draft.severity_fallback = None;
         }
         if let Some(expr) = &o.link
-            && let Some(link) = expr.eval_display(scope).as_ref().and_then(scalar_text)
+            && let Some(link) = expr.eval_display(scope)?.as_ref().and_then(scalar_text)
         {
             draft.link = Some(link);
         }
         if let Some(expr) = &o.time
-            && let Some(time) = expr.eval_display(scope).as_ref().and_then(time_ms)
+            && let Some(time) = expr.eval_display(scope)?.as_ref().and_then(time_ms)
         {
             draft.time_ms = Some(time);
         }

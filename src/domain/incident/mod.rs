@@ -5,6 +5,7 @@
 //! folds those events, and other receiver replicas' views read back from the resource
 //! status, into the incident list written to `status.incidents`.
 
+pub mod cost;
 pub mod mapping;
 pub mod state;
 
