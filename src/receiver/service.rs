@@ -85,6 +85,9 @@ pub struct ReceiverOptions {
     /// Where forwards may connect (cluster: no loopback, link-local, metadata or denied
     /// CIDRs; standalone: loopback allowed).
     pub forward_egress: EgressPolicy,
+    /// While the workers are saturated with deliveries, forwards wait up to this long
+    /// past their due time (`--forward-max-lag`; zero: they never wait).
+    pub forward_max_lag: Duration,
 }
 
 /// Why a receiver could not start.
@@ -317,6 +320,7 @@ impl<W: StatusWriter> Receiver<W> {
         let (sink, status_loop) =
             runtime::build(journal.clone(), writer, ledger, lookup, runtime_config);
         let outbox_bytes = sink.outbox_bytes.clone();
+        let counters = sink.counters().clone();
         let state = Arc::new(ReceiverState::new(
             config,
             handle.routes.clone(),
@@ -332,6 +336,10 @@ impl<W: StatusWriter> Receiver<W> {
                 dir: options.journal_dir.join("outbox"),
                 max_in_flight: 256,
                 per_target_in_flight: 32,
+                max_lag: Some(options.forward_max_lag),
+                intake_progress: Some(forward::IntakeProgress(Arc::new(move || {
+                    counters.max_seq()
+                }))),
             },
             sender,
             &handle.forward,
