@@ -848,12 +848,15 @@ impl ForwardTask {
                 _ if !released => Duration::from_millis(50),
                 Some(at) => {
                     let now = (self.clock)();
-                    let wait = Duration::from_millis(
-                        u64::try_from(at.saturating_sub(now)).unwrap_or(0),
-                    )
-                    .min(Duration::from_secs(1));
+                    let wait =
+                        Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(0))
+                            .min(Duration::from_secs(1));
                     // Yielding with forwards due: look at intake again soon.
-                    if yielding { wait.max(GATE_WINDOW) } else { wait }
+                    if yielding {
+                        wait.max(GATE_WINDOW)
+                    } else {
+                        wait
+                    }
                 }
                 None => Duration::from_secs(1),
             };
@@ -1471,7 +1474,9 @@ async fn attempt(
         headers: meta.headers,
     };
     let key = match &material.signing_key {
-        Some(k) => Some(SigningKey::parse(k.expose()).map_err(|e| AttemptError::Build(e.to_string()))?),
+        Some(k) => {
+            Some(SigningKey::parse(k.expose()).map_err(|e| AttemptError::Build(e.to_string()))?)
+        }
         None => None,
     };
     let extra: Vec<(String, String)> = material

@@ -457,11 +457,7 @@ impl Outbox {
 
     /// Interns an integration/target pair.
     fn intern(&mut self, integration: &str, target: &str) -> Lane {
-        if let Some(lane) = self
-            .lane_index
-            .get(integration)
-            .and_then(|t| t.get(target))
-        {
+        if let Some(lane) = self.lane_index.get(integration).and_then(|t| t.get(target)) {
             return *lane;
         }
         let lane = Lane::try_from(self.lanes.len()).unwrap_or(Lane::MAX);
@@ -1034,7 +1030,11 @@ mod tests {
     /// What memory holds per forward is fixed: no id, metadata or body.
     #[test]
     fn a_slot_is_small_and_fixed_size() {
-        assert!(std::mem::size_of::<Slot>() <= 40, "{}", std::mem::size_of::<Slot>());
+        assert!(
+            std::mem::size_of::<Slot>() <= 40,
+            "{}",
+            std::mem::size_of::<Slot>()
+        );
         assert_eq!(std::mem::size_of::<Key>(), 16);
     }
 

@@ -150,6 +150,9 @@ The only place flags are spelled: values -> args. */}}
 {{- with .Values.receiver.forward.allowCIDRs }}
 - --forward-allow-cidrs={{ join "," . }}
 {{- end }}
+{{- with .Values.receiver.forward.maxLag }}
+- --forward-max-lag={{ . }}
+{{- end }}
 {{- range .Values.receiver.extraArgs }}
 - {{ . | quote }}
 {{- end }}
