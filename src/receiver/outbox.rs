@@ -480,12 +480,9 @@ impl Outbox {
 
     fn insert(&mut self, key: Key, slot: Slot) {
         self.live_bytes += slot.record_bytes();
-        match self.live.insert(key, slot) {
-            Some(old) => {
-                self.live_bytes -= old.record_bytes();
-                self.lane_mut(old.lane).live -= 1;
-            }
-            None => {}
+        if let Some(old) = self.live.insert(key, slot) {
+            self.live_bytes -= old.record_bytes();
+            self.lane_mut(old.lane).live -= 1;
         }
         self.lane_mut(slot.lane).live += 1;
     }
