@@ -191,6 +191,7 @@ impl Bench {
             max_body_bytes_in_flight: hookwarden::receiver::limits::DEFAULT_BODY_BUDGET,
             max_connections: hookwarden::receiver::server::DEFAULT_MAX_CONNECTIONS,
             drain_delay: std::time::Duration::ZERO,
+            forward_max_lag: hookwarden::receiver::forward::DEFAULT_MAX_LAG,
         };
         let writer = Arc::new(FileStatusWriter::new(dir.path()));
         let receiver: Receiver<FileStatusWriter> = Receiver::start(options, writer, None).await?;

@@ -106,6 +106,11 @@ pub struct ReceiverArgs {
     /// above still apply).
     #[arg(long, env = "HOOKWARDEN_FORWARD_ALLOW_CIDRS", value_delimiter = ',')]
     pub forward_allow_cidrs: Vec<IpNet>,
+    /// Intake first: while the receiver's workers are saturated with deliveries, forward
+    /// attempts wait, up to this long past their due time (then they go out at full
+    /// speed, sharing the workers). 0 = forwards never wait for intake.
+    #[arg(long, env = "HOOKWARDEN_FORWARD_MAX_LAG", default_value = "10s", value_parser = crate::domain::duration::parse_arg)]
+    pub forward_max_lag: Duration,
     /// Let forwards connect to loopback addresses. Only for tests and single-node dev
     /// clusters: in a pod, loopback is the receiver's own ports and its sidecars'.
     /// Link-local and cloud metadata stay refused, and so does the API server's port.
@@ -232,6 +237,7 @@ pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
         max_body_bytes_in_flight: args.max_body_bytes_in_flight,
         max_connections: args.max_connections,
         drain_delay: args.shutdown_delay,
+        forward_max_lag: args.forward_max_lag,
     };
     let receiver = Receiver::start(options, writer, Some(&mut registry)).await?;
     if let Some(lost) = receiver.lost_at_open() {

@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::outbox::{Change, JobMeta, JobState, Outbox};
+use super::outbox::{Change, JobMeta, JobState, Key, Lane, Outbox, StoredJob, key_of};
 use super::sink::Accepted;
 use crate::clock::Clock;
 use crate::crd::{ForwardStatus, ProviderKind};
@@ -264,6 +264,118 @@ pub struct ForwarderOptions {
     pub max_in_flight: usize,
     /// Attempts in flight to one target.
     pub per_target_in_flight: usize,
+    /// Intake first: while the receiver's workers are saturated and taking deliveries,
+    /// new attempts wait, for at most this long past their due time (`None`: never
+    /// wait). See [`IntakeGate`].
+    pub max_lag: Option<Duration>,
+    /// How far intake has got (the journal's highest queued sequence number): whether
+    /// deliveries are arriving at all.
+    pub intake_progress: Option<IntakeProgress>,
+}
+
+/// Reads how far intake has got (a count that grows with every accepted delivery).
+#[derive(Clone)]
+pub struct IntakeProgress(pub Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl std::fmt::Debug for IntakeProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IntakeProgress")
+    }
+}
+
+/// Default of `--forward-max-lag`.
+pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(10);
+
+/// Share of the runtime's worker time above which the workers count as saturated.
+const SATURATED: f64 = 0.8;
+/// How often the gate looks at the workers (a shorter window is mostly noise).
+const GATE_WINDOW: Duration = Duration::from_millis(20);
+
+/// Decides whether the forwarder yields to intake.
+///
+/// Why: every forward is a second HTTP exchange, this time as a client, on the same
+/// workers that answer deliveries; on a small node a forwarder sending as fast as it can
+/// halves intake (docs/bench.md "Forwarding"). Forwards are durable in the outbox, so
+/// they can wait out a burst. While, over the last [`GATE_WINDOW`], the runtime's workers
+/// were busy ≥ [`SATURATED`] of the time *and* deliveries were accepted, only forwards
+/// due more than `max_lag` ago start (the backlog is sent at full speed again once it
+/// is that late: under a sustained overload forwards run `max_lag` behind and the two
+/// share the workers). Busy workers without intake (a backlog draining) do not count.
+struct IntakeGate {
+    progress: Arc<dyn Fn() -> u64 + Send + Sync>,
+    max_lag_ms: i64,
+    last_at: std::time::Instant,
+    last_progress: u64,
+    last_busy: Duration,
+    yielding: bool,
+    /// When the current yield began (for the log).
+    since: Option<std::time::Instant>,
+}
+
+fn workers_busy() -> Duration {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return Duration::ZERO;
+    };
+    let metrics = handle.metrics();
+    (0..metrics.num_workers())
+        .map(|w| metrics.worker_total_busy_duration(w))
+        .sum()
+}
+
+impl IntakeGate {
+    fn new(progress: Arc<dyn Fn() -> u64 + Send + Sync>, max_lag: Duration) -> IntakeGate {
+        IntakeGate {
+            last_progress: progress(),
+            progress,
+            max_lag_ms: i64::try_from(max_lag.as_millis()).unwrap_or(i64::MAX),
+            last_at: std::time::Instant::now(),
+            last_busy: workers_busy(),
+            yielding: false,
+            since: None,
+        }
+    }
+
+    /// Looks again once a window has passed; returns whether to yield.
+    fn sample(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let elapsed = now.duration_since(self.last_at);
+        if elapsed < GATE_WINDOW {
+            return self.yielding;
+        }
+        let busy = workers_busy();
+        let progress = (self.progress)();
+        let workers = tokio::runtime::Handle::try_current()
+            .map(|h| h.metrics().num_workers())
+            .unwrap_or(1)
+            .max(1);
+        let share = busy.saturating_sub(self.last_busy).as_secs_f64()
+            / (elapsed.as_secs_f64() * workers as f64);
+        let yielding = share >= SATURATED && progress > self.last_progress;
+        if yielding != self.yielding {
+            match (yielding, self.since.take()) {
+                (true, _) => self.since = Some(now),
+                (false, Some(since)) => tracing::debug!(
+                    yielded_ms = now.duration_since(since).as_millis() as u64,
+                    "forwarder: intake eased, sending again"
+                ),
+                (false, None) => {}
+            }
+        }
+        self.yielding = yielding;
+        self.last_at = now;
+        self.last_busy = busy;
+        self.last_progress = progress;
+        yielding
+    }
+
+    /// Forwards due at or before this may start now.
+    fn cutoff(&self, now_ms: i64) -> i64 {
+        if self.yielding {
+            now_ms.saturating_sub(self.max_lag_ms)
+        } else {
+            now_ms
+        }
+    }
 }
 
 /// Prometheus handles of forwarding (DESIGN "Forwarding": observable).
@@ -599,10 +711,15 @@ pub fn start(
         in_flight: HashMap::new(),
         parked: HashMap::new(),
         running: JoinSet::new(),
-        by_integration: HashMap::new(),
         staged: Vec::new(),
         outbox_bytes,
         handled_replays,
+        gate: match (&options.intake_progress, options.max_lag) {
+            (Some(progress), Some(max_lag)) if !max_lag.is_zero() => {
+                Some(IntakeGate::new(progress.0.clone(), max_lag))
+            }
+            _ => None,
+        },
         options,
     };
     task.load();
@@ -618,32 +735,39 @@ pub fn start(
 }
 
 struct AttemptDone {
-    id: String,
+    key: Key,
+    lane: Lane,
     permit: Permit,
-    result: Result<crate::forwarder::AttemptResult, String>,
+    result: Result<crate::forwarder::AttemptResult, AttemptError>,
+}
+
+enum AttemptError {
+    /// The request could not be built (a bad key or header): permanent.
+    Build(String),
+    /// The job's record could not be read back from the outbox: tried again later.
+    Read(String),
 }
 
 struct ForwardTask {
     outbox: Arc<Mutex<Outbox>>,
-    /// (due, id): the next attempt of each pending forward. Stale entries (the forward
-    /// moved on) are skipped when popped.
-    queue: BinaryHeap<Reverse<(i64, String)>>,
+    /// (due, key): the next attempt of each pending forward. Stale entries (the forward
+    /// moved on) are skipped when popped. 24 bytes an entry.
+    queue: BinaryHeap<Reverse<(i64, Key)>>,
     sender: Sender,
     lookup: ForwardLookup,
     clock: Clock,
     metrics: ForwardMetrics,
     board: Arc<ForwardBoard>,
-    circuits: HashMap<(String, String), CircuitBreaker>,
-    in_flight: HashMap<(String, String), usize>,
-    /// Per target, (due, id) of forwards that were due but found the target busy (its
+    /// Per lane (integration and target, interned by the outbox).
+    circuits: HashMap<Lane, CircuitBreaker>,
+    in_flight: HashMap<Lane, usize>,
+    /// Per lane, (due, key) of forwards that were due but found the target busy (its
     /// `per_target_in_flight` attempts running, or its half-open circuit's probe out),
     /// in due order. Each finished attempt of the target hands back as many as it has
     /// free slots, so a backlog goes out as fast as the target answers, and is popped
     /// from the queue once rather than at every wake-up.
-    parked: HashMap<(String, String), VecDeque<(i64, String)>>,
+    parked: HashMap<Lane, VecDeque<(i64, Key)>>,
     running: JoinSet<AttemptDone>,
-    /// Integration → ids of its live forwards (pending and dead).
-    by_integration: HashMap<String, HashSet<String>>,
     /// Outcome records not yet appended: written together, one fsync for every attempt
     /// that finished meanwhile (the index already reflects them; a crash before the
     /// write only means an attempt is made again).
@@ -656,6 +780,8 @@ struct ForwardTask {
     /// Set by [`Forwarder::release`]: until then no attempt starts, nothing is dropped
     /// for want of a target and no dead letter expires.
     released: Arc<AtomicBool>,
+    /// Intake first (`None`: the forwarder never yields).
+    gate: Option<IntakeGate>,
 }
 
 /// Forwards a scheduling pass may put back (no route yet, target busy) before it stops:
@@ -683,31 +809,32 @@ impl ForwardTask {
         self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The integration and target of a lane.
+    fn names(&self, lane: Lane) -> (Arc<str>, Arc<str>) {
+        self.outbox()
+            .lane(lane)
+            .unwrap_or_else(|| (Arc::from(""), Arc::from("")))
+    }
+
     /// Schedules what the outbox holds after a restart; counts pending and dead letters.
     fn load(&mut self) {
-        let entries: Vec<(String, String, String, JobState)> = self
-            .outbox()
-            .live()
-            .map(|l| {
-                (
-                    l.meta.id.clone(),
-                    l.meta.integration.clone(),
-                    l.meta.target.clone(),
-                    l.state.clone(),
-                )
-            })
-            .collect();
-        for (id, integration, target, state) in entries {
-            self.by_integration
-                .entry(integration.clone())
-                .or_default()
-                .insert(id.clone());
-            if state.dead_at_ms.is_some() {
-                self.count(&integration, &target, 0, 1);
-            } else {
-                self.count(&integration, &target, 1, 0);
-                self.queue.push(Reverse((state.next_at_ms, id)));
+        let mut per_lane: HashMap<Lane, (i64, i64)> = HashMap::new();
+        {
+            let outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+            self.queue.reserve(outbox.len());
+            for (key, slot) in outbox.slots() {
+                let counts = per_lane.entry(slot.lane).or_default();
+                if slot.dead {
+                    counts.1 += 1;
+                } else {
+                    counts.0 += 1;
+                    self.queue.push(Reverse((slot.at_ms, *key)));
+                }
             }
+        }
+        for (lane, (pending, dead)) in per_lane {
+            let (integration, target) = self.names(lane);
+            self.count(&integration, &target, pending, dead);
         }
     }
 
@@ -737,6 +864,7 @@ impl ForwardTask {
         loop {
             self.flush().await;
             let released = self.released.load(Ordering::Acquire);
+            let yielding = self.gate.as_mut().is_some_and(IntakeGate::sample);
             if released {
                 self.start_due();
             }
@@ -745,8 +873,15 @@ impl ForwardTask {
                 _ if !released => Duration::from_millis(50),
                 Some(at) => {
                     let now = (self.clock)();
-                    Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(0))
-                        .min(Duration::from_secs(1))
+                    let wait =
+                        Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(0))
+                            .min(Duration::from_secs(1));
+                    // Yielding with forwards due: look at intake again soon.
+                    if yielding {
+                        wait.max(GATE_WINDOW)
+                    } else {
+                        wait
+                    }
                 }
                 None => Duration::from_secs(1),
             };
@@ -818,32 +953,39 @@ impl ForwardTask {
 
     async fn import(&mut self, jobs: Vec<NewJob>) -> std::io::Result<()> {
         let now = (self.clock)();
-        let fresh: Vec<NewJob> = {
+        let fresh: Vec<(Key, NewJob)> = {
             let outbox = self.outbox();
             let mut seen = HashSet::new();
             jobs.into_iter()
-                .filter(|j| !outbox.contains(&j.meta.id) && seen.insert(j.meta.id.clone()))
+                .map(|j| (key_of(&j.meta.id), j))
+                .filter(|(key, _)| !outbox.contains(key) && seen.insert(*key))
                 .collect()
         };
+        let mut per_target: HashMap<(String, String), i64> = HashMap::new();
+        let mut keys = Vec::with_capacity(fresh.len());
         let changes = fresh
-            .iter()
-            .map(|j| OwnedChange::Job {
-                meta: Box::new(j.meta.clone()),
-                state: JobState {
-                    next_at_ms: now,
-                    ..JobState::default()
-                },
-                body: j.body.clone(),
+            .into_iter()
+            .map(|(key, j)| {
+                keys.push(key);
+                *per_target
+                    .entry((j.meta.integration.clone(), j.meta.target.clone()))
+                    .or_default() += 1;
+                OwnedChange::Job {
+                    meta: Box::new(j.meta),
+                    state: JobState {
+                        next_at_ms: now,
+                        ..JobState::default()
+                    },
+                    body: j.body,
+                }
             })
             .collect();
         self.write(changes).await?;
-        for job in fresh {
-            self.by_integration
-                .entry(job.meta.integration.clone())
-                .or_default()
-                .insert(job.meta.id.clone());
-            self.count(&job.meta.integration, &job.meta.target, 1, 0);
-            self.queue.push(Reverse((now, job.meta.id)));
+        for ((integration, target), n) in per_target {
+            self.count(&integration, &target, n, 0);
+        }
+        for key in keys {
+            self.queue.push(Reverse((now, key)));
         }
         Ok(())
     }
@@ -851,63 +993,66 @@ impl ForwardTask {
     /// Starts every due attempt the limits and circuits allow.
     fn start_due(&mut self) {
         let now = (self.clock)();
+        let cutoff = self.gate.as_ref().map_or(now, |g| g.cutoff(now));
         // A target with parked forwards and nothing in flight has no attempt left whose
         // end would hand them back (their first pick was stale, or an attempt task
         // failed): hand them back here.
-        let idle: Vec<(String, String)> = self
+        let idle: Vec<Lane> = self
             .parked
             .keys()
             .filter(|k| self.in_flight.get(*k).copied().unwrap_or(0) == 0)
-            .cloned()
+            .copied()
             .collect();
-        for key in idle {
-            self.unpark(&key);
+        for lane in idle {
+            self.unpark(lane);
         }
         let mut deferred = Vec::new();
         while self.running.len() < self.options.max_in_flight {
             let Some(Reverse((at, _))) = self.queue.peek() else {
                 break;
             };
-            if *at > now {
+            if *at > cutoff {
                 break;
             }
-            let Some(Reverse((at, id))) = self.queue.pop() else {
+            let Some(Reverse((at, key))) = self.queue.pop() else {
                 break;
             };
-            let Some(live) = self.outbox().get(&id).cloned() else {
+            let Some(slot) = self.outbox().get(&key) else {
                 continue;
             };
-            if live.state.dead_at_ms.is_some() || live.state.next_at_ms != at {
+            if slot.dead || slot.at_ms != at {
                 continue; // dead, or rescheduled since this entry was pushed
             }
-            let key = (live.meta.integration.clone(), live.meta.target.clone());
-            let Some(config) = (self.lookup)(&live.meta.integration) else {
+            let lane = slot.lane;
+            let (integration, target_name) = self.names(lane);
+            let Some(config) = (self.lookup)(&integration) else {
                 // No route for it (yet: just started, or its spec does not compile). Only
                 // a route change or the first full sync may drop it (`on_change`).
-                deferred.push(Reverse((now + 1_000, id)));
+                deferred.push(Reverse((now + 1_000, key)));
                 if deferred.len() >= MAX_DEFERRALS_PER_PASS {
                     break;
                 }
                 continue;
             };
-            let Some(target) = config.target(&live.meta.target) else {
+            let Some(target) = config.target(&target_name) else {
                 // The route is there and the target is not: it was removed.
-                tracing::info!(integration = %live.meta.integration, target = %live.meta.target, id = %id, "dropping a forward whose target no longer exists");
-                self.drop_job(&live.meta.integration, &live.meta.target, &id);
+                tracing::info!(integration = %integration, target = %target_name, key = %hex::encode(key), "dropping a forward whose target no longer exists");
+                self.drop_job(&integration, &target_name, &key);
                 continue;
             };
             let Some(material) = target.material.clone() else {
-                deferred.push(Reverse((now + 5_000, id)));
+                deferred.push(Reverse((now + 5_000, key)));
                 continue;
             };
-            if self.in_flight.get(&key).copied().unwrap_or(0) >= self.options.per_target_in_flight {
+            if self.in_flight.get(&lane).copied().unwrap_or(0) >= self.options.per_target_in_flight
+            {
                 // Handed back when one of the target's attempts ends.
-                self.parked.entry(key).or_default().push_back((at, id));
+                self.parked.entry(lane).or_default().push_back((at, key));
                 continue;
             }
             let circuit = self
                 .circuits
-                .entry(key.clone())
+                .entry(lane)
                 .or_insert_with(|| CircuitBreaker::new(target.spec.circuit, target.spec.timeout));
             let half_open = circuit.state(now) == CircuitState::HalfOpen;
             let permit = circuit.permit(now);
@@ -916,27 +1061,35 @@ impl ForwardTask {
                 // the probe out: its answer decides, and its end hands these back (at
                 // once, not when the probe's lease would run out).
                 if half_open {
-                    self.parked.entry(key).or_default().push_back((at, id));
+                    self.parked.entry(lane).or_default().push_back((at, key));
                 } else {
-                    deferred.push(Reverse((until_ms, id)));
+                    deferred.push(Reverse((until_ms, key)));
                 }
                 continue;
             }
-            *self.in_flight.entry(key).or_insert(0) += 1;
-            let timeout = target.spec.timeout;
-            let body = match self.outbox().read_body(&id) {
-                Ok(b) => Bytes::from(b),
+            let job = match self.outbox().job_ref(&key) {
+                Ok(job) => job,
                 Err(e) => {
-                    tracing::error!(id = %id, error = %e, "cannot read a forward's body from the outbox");
-                    deferred.push(Reverse((now + 60_000, id)));
+                    tracing::error!(key = %hex::encode(key), error = %e, "cannot open a forward's record in the outbox");
+                    deferred.push(Reverse((now + 60_000, key)));
                     continue;
                 }
             };
+            *self.in_flight.entry(lane).or_insert(0) += 1;
+            let timeout = target.spec.timeout;
             let sender = self.sender.clone();
-            let meta = live.meta.clone();
             self.running.spawn(async move {
-                let result = attempt(&sender, &meta, &material, body, timeout, now).await;
-                AttemptDone { id, permit, result }
+                // The record (metadata and body) is read here, not kept in memory.
+                let result = match job.read() {
+                    Ok(job) => attempt(&sender, job, &material, timeout, now).await,
+                    Err(e) => Err(AttemptError::Read(e.to_string())),
+                };
+                AttemptDone {
+                    key,
+                    lane,
+                    permit,
+                    result,
+                }
             });
         }
         for d in deferred {
@@ -944,61 +1097,65 @@ impl ForwardTask {
         }
     }
 
-    /// Puts parked forwards of `key` back in the queue at their due time, as many as the
+    /// Puts parked forwards of `lane` back in the queue at their due time, as many as the
     /// target has free attempt slots (the next `start_due` starts them, or parks them
     /// again if the circuit says so).
-    fn unpark(&mut self, key: &(String, String)) {
+    fn unpark(&mut self, lane: Lane) {
         let free = self
             .options
             .per_target_in_flight
-            .saturating_sub(self.in_flight.get(key).copied().unwrap_or(0));
-        let Some(parked) = self.parked.get_mut(key) else {
+            .saturating_sub(self.in_flight.get(&lane).copied().unwrap_or(0));
+        let Some(parked) = self.parked.get_mut(&lane) else {
             return;
         };
-        for (at, id) in parked.drain(..free.min(parked.len())) {
-            self.queue.push(Reverse((at, id)));
+        for (at, key) in parked.drain(..free.min(parked.len())) {
+            self.queue.push(Reverse((at, key)));
         }
         if parked.is_empty() {
-            self.parked.remove(key);
+            self.parked.remove(&lane);
         }
     }
 
     /// Defers a forward without charging it an attempt (circuit open, material
     /// missing). Only the in-memory schedule moves: after a restart the
     /// forward is simply due at once.
-    fn requeue_at(&mut self, Reverse((at, id)): Reverse<(i64, String)>) {
-        self.outbox().set_next_in_memory(&id, at);
-        self.queue.push(Reverse((at, id)));
+    fn requeue_at(&mut self, Reverse((at, key)): Reverse<(i64, Key)>) {
+        self.outbox().set_next_in_memory(&key, at);
+        self.queue.push(Reverse((at, key)));
     }
 
     fn finish(&mut self, done: AttemptDone) {
         let now = (self.clock)();
-        let Some(live) = self.outbox().get(&done.id).cloned() else {
-            return;
-        };
-        let (integration, target) = (live.meta.integration.clone(), live.meta.target.clone());
-        let key = (integration.clone(), target.clone());
-        if let Some(n) = self.in_flight.get_mut(&key) {
+        // Its slot is freed even when the forward was dropped while in flight.
+        let lane = done.lane;
+        if let Some(n) = self.in_flight.get_mut(&lane) {
             *n = n.saturating_sub(1);
         }
-        self.unpark(&key);
+        self.unpark(lane);
+        let Some(slot) = self.outbox().get(&done.key) else {
+            return;
+        };
+        let (integration, target) = self.names(lane);
         let config = (self.lookup)(&integration);
         let spec = config
             .as_ref()
             .and_then(|c| c.target(&target))
             .map(|t| t.spec.clone());
+        let mut state = JobState {
+            attempts: slot.attempts,
+            next_at_ms: slot.at_ms,
+            dead_at_ms: None,
+            last_failure: None,
+        };
         let result = match done.result {
             Ok(r) => r,
-            Err(e) => {
-                // The request could not even be built (a bad key or header): permanent.
-                self.dead_letter(
-                    &live.meta.integration,
-                    &target,
-                    &done.id,
-                    live.state,
-                    e,
-                    now,
-                );
+            Err(AttemptError::Build(e)) => {
+                self.dead_letter(&integration, &target, &done.key, state, e, now);
+                return;
+            }
+            Err(AttemptError::Read(e)) => {
+                tracing::error!(key = %hex::encode(done.key), error = %e, "cannot read a forward's record from the outbox; tried again in a minute");
+                self.requeue_at(Reverse((now + 60_000, done.key)));
                 return;
             }
         };
@@ -1009,12 +1166,12 @@ impl ForwardTask {
             .get_or_create(&TargetOutcome {
                 namespace: l.namespace.clone(),
                 integration: l.integration.clone(),
-                target: target.clone(),
+                target: target.to_string(),
                 outcome: outcome.label(),
             })
             .inc();
         self.metrics.duration.observe(result.elapsed.as_secs_f64());
-        if let Some(c) = self.circuits.get_mut(&key) {
+        if let Some(c) = self.circuits.get_mut(&lane) {
             c.record(done.permit, outcome, now);
             let state = c.state(now);
             self.metrics
@@ -1026,15 +1183,11 @@ impl ForwardTask {
                 s.circuit = Some(state.to_string());
             });
         }
-        let mut state = live.state.clone();
         state.attempts = state.attempts.saturating_add(1);
         match outcome {
             Outcome::Delivered => {
-                self.staged.push(OwnedChange::Gone {
-                    id: done.id.clone(),
-                });
-                self.outbox().forget_in_memory(&done.id);
-                self.unindex(&integration, &done.id);
+                self.staged.push(OwnedChange::Gone { key: done.key });
+                self.outbox().forget_in_memory(&done.key);
                 self.count(&integration, &target, -1, 0);
                 self.board.update(&integration, &target, |s| {
                     s.delivered += 1;
@@ -1043,7 +1196,7 @@ impl ForwardTask {
             }
             Outcome::Terminal => {
                 self.note_failure(&integration, &target, &result.detail, now);
-                self.dead_letter(&integration, &target, &done.id, state, result.detail, now);
+                self.dead_letter(&integration, &target, &done.key, state, result.detail, now);
             }
             Outcome::Retryable => {
                 self.note_failure(&integration, &target, &result.detail, now);
@@ -1053,18 +1206,18 @@ impl ForwardTask {
                     Some(at) => {
                         state.next_at_ms = at;
                         state.last_failure = Some(result.detail);
+                        self.set_state(&done.key, &state);
                         self.staged.push(OwnedChange::State {
-                            id: done.id.clone(),
-                            state: state.clone(),
+                            key: done.key,
+                            state,
                         });
-                        self.set_state(&done.id, state);
-                        self.queue.push(Reverse((at, done.id)));
+                        self.queue.push(Reverse((at, done.key)));
                     }
                     None => {
                         self.dead_letter(
                             &integration,
                             &target,
-                            &done.id,
+                            &done.key,
                             state,
                             result.detail,
                             now,
@@ -1075,8 +1228,8 @@ impl ForwardTask {
         }
     }
 
-    fn set_state(&self, id: &str, state: JobState) {
-        self.outbox().set_state_in_memory(id, state);
+    fn set_state(&self, key: &Key, state: &JobState) {
+        self.outbox().set_state_in_memory(key, state);
     }
 
     fn note_failure(&self, integration: &str, target: &str, detail: &str, now: i64) {
@@ -1091,33 +1244,26 @@ impl ForwardTask {
         &mut self,
         integration: &str,
         target: &str,
-        id: &str,
+        key: &Key,
         mut state: JobState,
         why: String,
         now: i64,
     ) {
-        tracing::warn!(%integration, %target, id, reason = %why, "forward dead-lettered");
+        tracing::warn!(%integration, %target, key = %hex::encode(key), reason = %why, "forward dead-lettered");
         self.board.dead_lettered(integration, target, &why);
         state.dead_at_ms = Some(now);
         state.last_failure = Some(why);
-        self.staged.push(OwnedChange::State {
-            id: id.to_string(),
-            state: state.clone(),
-        });
-        self.set_state(id, state);
+        self.set_state(key, &state);
+        self.staged.push(OwnedChange::State { key: *key, state });
         self.count(integration, target, -1, 1);
     }
 
-    fn drop_job(&mut self, integration: &str, target: &str, id: &str) {
-        let dead = self
-            .outbox()
-            .get(id)
-            .is_some_and(|l| l.state.dead_at_ms.is_some());
+    fn drop_job(&mut self, integration: &str, target: &str, key: &Key) {
+        let dead = self.outbox().get(key).is_some_and(|s| s.dead);
         // Written with the next flush; if that is lost, the forward is dropped again at
         // the next start.
-        self.staged.push(OwnedChange::Gone { id: id.to_string() });
-        self.outbox().forget_in_memory(id);
-        self.unindex(integration, id);
+        self.staged.push(OwnedChange::Gone { key: *key });
+        self.outbox().forget_in_memory(key);
         if dead {
             self.count(integration, target, 0, -1);
         } else {
@@ -1125,13 +1271,32 @@ impl ForwardTask {
         }
     }
 
-    fn unindex(&mut self, integration: &str, id: &str) {
-        if let Some(ids) = self.by_integration.get_mut(integration) {
-            ids.remove(id);
-            if ids.is_empty() {
-                self.by_integration.remove(integration);
-            }
+    /// The live forwards of `integration` (of one target, or all): key, target name and
+    /// slot. A scan of the index: route changes and replays are rare, and a per-
+    /// integration set of keys would cost memory for every pending forward.
+    fn forwards_of(
+        &self,
+        integration: &str,
+        target: Option<&str>,
+    ) -> Vec<(Key, Arc<str>, crate::receiver::outbox::Slot)> {
+        let outbox = self.outbox();
+        let lanes: HashMap<Lane, Arc<str>> = outbox
+            .slots()
+            .map(|(_, s)| s.lane)
+            .collect::<HashSet<Lane>>()
+            .into_iter()
+            .filter_map(|lane| {
+                let (i, t) = outbox.lane(lane)?;
+                (&*i == integration && target.is_none_or(|want| want == &*t)).then_some((lane, t))
+            })
+            .collect();
+        if lanes.is_empty() {
+            return Vec::new();
         }
+        outbox
+            .slots()
+            .filter_map(|(key, slot)| Some((*key, lanes.get(&slot.lane)?.clone(), *slot)))
+            .collect()
     }
 
     /// A served route changed or an integration went away: drop the forwards of targets
@@ -1140,10 +1305,11 @@ impl ForwardTask {
         let (key, config) = match change {
             ConfigChange::Synced { unserved } => {
                 let gone: Vec<String> = self
-                    .by_integration
-                    .keys()
-                    .filter(|k| !unserved.contains(*k) && (self.lookup)(k).is_none())
-                    .cloned()
+                    .outbox()
+                    .integrations()
+                    .into_iter()
+                    .filter(|k| !unserved.contains(&**k) && (self.lookup)(k).is_none())
+                    .map(|k| k.to_string())
                     .collect();
                 for key in gone {
                     Box::pin(self.on_change(ConfigChange::Removed(key))).await;
@@ -1161,18 +1327,10 @@ impl ForwardTask {
                 (key, None)
             }
         };
-        let ids: Vec<String> = self
-            .by_integration
-            .get(&key)
-            .map(|ids| ids.iter().cloned().collect())
-            .unwrap_or_default();
         let mut dropped = 0;
-        for id in ids {
-            let Some(target) = self.outbox().get(&id).map(|l| l.meta.target.clone()) else {
-                continue;
-            };
+        for (job, target, _) in self.forwards_of(&key, None) {
             if config.as_ref().and_then(|c| c.target(&target)).is_none() {
-                self.drop_job(&key, &target, &id);
+                self.drop_job(&key, &target, &job);
                 dropped += 1;
             }
         }
@@ -1230,82 +1388,77 @@ impl ForwardTask {
 
     async fn replay(&mut self, integration: &str, target: Option<&str>) -> usize {
         let now = (self.clock)();
-        let ids: Vec<String> = self
-            .by_integration
-            .get(integration)
-            .map(|ids| ids.iter().cloned().collect())
-            .unwrap_or_default();
-        let dead: Vec<(String, String, JobState)> = {
-            let outbox = self.outbox();
-            ids.iter()
-                .filter_map(|id| outbox.get(id))
-                .filter(|l| {
-                    l.state.dead_at_ms.is_some() && target.is_none_or(|t| t == l.meta.target)
-                })
-                .map(|l| (l.meta.id.clone(), l.meta.target.clone(), l.state.clone()))
-                .collect()
+        let dead: Vec<(Key, Arc<str>)> = self
+            .forwards_of(integration, target)
+            .into_iter()
+            .filter(|(_, _, slot)| slot.dead)
+            .map(|(key, target, _)| (key, target))
+            .collect();
+        let fresh = JobState {
+            next_at_ms: now,
+            ..JobState::default()
         };
         let changes = dead
             .iter()
-            .map(|(id, _, _)| OwnedChange::State {
-                id: id.clone(),
-                state: JobState {
-                    attempts: 0,
-                    next_at_ms: now,
-                    dead_at_ms: None,
-                    last_failure: None,
-                },
+            .map(|(key, _)| OwnedChange::State {
+                key: *key,
+                state: fresh.clone(),
             })
             .collect();
         if let Err(e) = self.write(changes).await {
             tracing::error!(error = %e, "cannot record a replay; dead letters stay");
             return 0;
         }
-        for (id, target, _) in &dead {
-            self.set_state(
-                id,
-                JobState {
-                    next_at_ms: now,
-                    ..JobState::default()
-                },
-            );
-            self.count(integration, target, 1, -1);
-            self.queue.push(Reverse((now, id.clone())));
+        let mut per_target: HashMap<Arc<str>, i64> = HashMap::new();
+        for (key, target) in &dead {
+            self.set_state(key, &fresh);
+            *per_target.entry(target.clone()).or_default() += 1;
+            self.queue.push(Reverse((now, *key)));
+        }
+        for (target, n) in per_target {
+            self.count(integration, &target, n, -n);
         }
         dead.len()
     }
 
     async fn expire_dead_letters(&mut self) {
         let now = (self.clock)();
-        let expired: Vec<(String, String, String)> = self
-            .outbox()
-            .live()
-            .filter_map(|l| {
-                let dead_at = l.state.dead_at_ms?;
-                let ttl = (self.lookup)(&l.meta.integration)
-                    .and_then(|c| c.target(&l.meta.target).map(|t| t.spec.dead_letter_ttl))
-                    .unwrap_or(crate::domain::forward::DEFAULT_DEAD_LETTER_TTL);
-                let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-                (dead_at.saturating_add(ttl_ms) <= now).then(|| {
-                    (
-                        l.meta.id.clone(),
-                        l.meta.integration.clone(),
-                        l.meta.target.clone(),
-                    )
+        let mut ttl_of: HashMap<Lane, i64> = HashMap::new();
+        let expired: Vec<(Key, Lane)> = {
+            let outbox = self.outbox();
+            outbox
+                .slots()
+                .filter(|(_, slot)| slot.dead)
+                .filter_map(|(key, slot)| {
+                    let ttl_ms = *ttl_of.entry(slot.lane).or_insert_with(|| {
+                        let ttl = outbox
+                            .lane(slot.lane)
+                            .and_then(|(integration, target)| {
+                                (self.lookup)(&integration)
+                                    .and_then(|c| c.target(&target).map(|t| t.spec.dead_letter_ttl))
+                            })
+                            .unwrap_or(crate::domain::forward::DEFAULT_DEAD_LETTER_TTL);
+                        i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+                    });
+                    (slot.at_ms.saturating_add(ttl_ms) <= now).then_some((*key, slot.lane))
                 })
-            })
-            .collect();
+                .collect()
+        };
         if expired.is_empty() {
             return;
         }
         let changes = expired
             .iter()
-            .map(|(id, _, _)| OwnedChange::Gone { id: id.clone() })
+            .map(|(key, _)| OwnedChange::Gone { key: *key })
             .collect();
         if self.write(changes).await.is_ok() {
-            for (id, integration, target) in expired {
-                self.unindex(&integration, &id);
-                self.count(&integration, &target, 0, -1);
+            let mut per_lane: HashMap<Lane, i64> = HashMap::new();
+            for (_, lane) in expired {
+                *per_lane.entry(lane).or_default() += 1;
+            }
+            for (lane, n) in per_lane {
+                let (integration, target) = self.names(lane);
+                self.count(&integration, &target, 0, -n);
             }
         }
     }
@@ -1325,11 +1478,11 @@ enum OwnedChange {
         body: Bytes,
     },
     State {
-        id: String,
+        key: Key,
         state: JobState,
     },
     Gone {
-        id: String,
+        key: Key,
     },
 }
 
@@ -1337,8 +1490,8 @@ impl OwnedChange {
     fn borrow(&self) -> Change<'_> {
         match self {
             OwnedChange::Job { meta, state, body } => Change::Job { meta, state, body },
-            OwnedChange::State { id, state } => Change::State { id, state },
-            OwnedChange::Gone { id } => Change::Gone { id },
+            OwnedChange::State { key, state } => Change::State { key: *key, state },
+            OwnedChange::Gone { key } => Change::Gone { key: *key },
         }
     }
 }
@@ -1346,20 +1499,22 @@ impl OwnedChange {
 /// One attempt: sign (this attempt's timestamp), send, classify.
 async fn attempt(
     sender: &Sender,
-    meta: &JobMeta,
+    job: StoredJob,
     material: &RouteForward,
-    body: Bytes,
     timeout: Duration,
     now_ms: i64,
-) -> Result<crate::forwarder::AttemptResult, String> {
+) -> Result<crate::forwarder::AttemptResult, AttemptError> {
+    let meta = job.meta;
     let rendered = crate::domain::forward::Rendered {
         format: crate::domain::forward::Format::parse(&meta.format).unwrap_or_default(),
-        content_type: meta.content_type.clone(),
-        body,
-        headers: meta.headers.clone(),
+        content_type: meta.content_type,
+        body: Bytes::from(job.body),
+        headers: meta.headers,
     };
     let key = match &material.signing_key {
-        Some(k) => Some(SigningKey::parse(k.expose()).map_err(|e| e.to_string())?),
+        Some(k) => {
+            Some(SigningKey::parse(k.expose()).map_err(|e| AttemptError::Build(e.to_string()))?)
+        }
         None => None,
     };
     let extra: Vec<(String, String)> = material
@@ -1374,12 +1529,12 @@ async fn attempt(
         now_ms.div_euclid(1000),
         &extra,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| AttemptError::Build(e.to_string()))?;
     let url = material
         .url
         .expose()
         .parse()
-        .map_err(|_| "the target URL does not parse".to_string())?;
+        .map_err(|_| AttemptError::Build("the target URL does not parse".to_string()))?;
     Ok(sender
         .send(
             Request {
@@ -1509,5 +1664,65 @@ impl ForwardConfigs {
                 .get(key)
                 .cloned()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    fn gate(progress: &Arc<AtomicU64>) -> IntakeGate {
+        let p = progress.clone();
+        IntakeGate::new(
+            Arc::new(move || p.load(Ordering::Relaxed)),
+            Duration::from_secs(10),
+        )
+    }
+
+    /// Saturated workers *and* accepted deliveries: yield (only forwards overdue by the
+    /// max lag may start). Saturated without intake (a backlog draining): do not.
+    /// Intake without saturation: do not.
+    #[test]
+    fn the_gate_yields_only_to_intake_that_saturates_the_workers() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let progress = Arc::new(AtomicU64::new(0));
+            // The worker held for `ms`, then parked for a moment: tokio adds a worker's
+            // busy time up when it parks.
+            let busy = |ms: u64| {
+                tokio::spawn(async move {
+                    std::thread::sleep(Duration::from_millis(ms));
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                })
+            };
+            // Saturated, deliveries accepted.
+            let mut g = tokio::spawn({
+                let progress = progress.clone();
+                async move {
+                    let mut g = gate(&progress);
+                    busy(60).await.expect("busy");
+                    progress.fetch_add(100, Ordering::Relaxed);
+                    let yielding = g.sample();
+                    (g, yielding)
+                }
+            })
+            .await
+            .expect("task");
+            assert!(g.1, "saturated workers with intake must yield");
+            assert_eq!(g.0.cutoff(100_000), 90_000);
+            // Saturated, nothing accepted.
+            busy(60).await.expect("busy");
+            assert!(!g.0.sample(), "a draining backlog alone must not yield");
+            assert_eq!(g.0.cutoff(100_000), 100_000);
+            // Deliveries accepted, workers idle.
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            progress.fetch_add(100, Ordering::Relaxed);
+            assert!(!g.0.sample(), "idle workers must not yield");
+        });
     }
 }

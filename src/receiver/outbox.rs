@@ -9,12 +9,19 @@
 //!
 //! Layout: `DIR/out-<n>.log` segments, append-only, each record framed as
 //! `len:u32 crc:u32 payload` (crc over payload; little endian), payload =
-//! `kind:u8 meta_len:u32 meta(JSON) body`. Kinds: a job (meta + rendered body), a state
-//! change (attempts, next attempt, dead letter) and a tombstone (delivered, expired or
-//! dropped). The newest record of an id wins. Only the index lives in memory, bodies are
-//! read back with a positioned read when an attempt needs them; but each index entry
-//! keeps the forward's whole metadata (~1 KiB a pending forward with the forwarder's own
-//! copies of its id, measured in docs/bench.md "Forwarding").
+//! `kind:u8 meta_len:u32 meta body`. Kinds: a job (JSON metadata + rendered body), a state
+//! change (attempts, next attempt or dead letter) and a tombstone (delivered, expired or
+//! dropped); the newest record of a forward wins. State changes and tombstones name the
+//! forward by its [`Key`] in a fixed binary layout (older outboxes named it by its id in
+//! JSON: still read).
+//!
+//! **Memory holds only what scheduling needs**: per forward one fixed-size [`Slot`]
+//! (its [`Key`], the interned integration/target [`Lane`], attempts, when it is due or
+//! when it died, where its record is), ~60 bytes with the map's own overhead, whatever
+//! the body or headers. Everything else (ids, event, format, content type, headers, body)
+//! is read back from disk with one positioned read when an attempt starts
+//! ([`JobRef::read`]). docs/bench.md "Forwarding" has the measured cost.
+//!
 //! Compaction copies the live jobs into a fresh segment once the dead bytes outweigh the
 //! live ones, then deletes the older segments. A short or corrupt tail of the newest
 //! segment (a crash mid-append: never acknowledged to anyone) is cut off at open.
@@ -25,16 +32,26 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 const FRAME_HEADER: usize = 8;
 const KIND_JOB: u8 = 1;
-const KIND_STATE: u8 = 2;
-const KIND_GONE: u8 = 3;
+/// Older outboxes: a state change naming the forward by its id, in JSON.
+const KIND_STATE_JSON: u8 = 2;
+/// Older outboxes: a tombstone naming the forward by its id, in JSON.
+const KIND_GONE_JSON: u8 = 3;
+/// `key:16 attempts:u32 at_ms:i64 dead:u8 last_failure:utf8…`
+const KIND_STATE: u8 = 4;
+/// `key:16`
+const KIND_GONE: u8 = 5;
+const STATE_FIXED: usize = 16 + 4 + 8 + 1;
 /// Largest record: a rendered body is bounded by `maxBodyBytes` (64 MiB at most) plus
 /// its envelope.
 const MAX_RECORD: usize = 96 * 1024 * 1024;
@@ -42,8 +59,49 @@ const MAX_RECORD: usize = 96 * 1024 * 1024;
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Compaction waits until there is at least this much to reclaim.
 const MIN_COMPACT_BYTES: u64 = 8 * 1024 * 1024;
+/// A stored `lastFailure` is cut to this many bytes (it is for people reading the file).
+const MAX_FAILURE_BYTES: usize = 512;
 
-/// What the outbox keeps of one forward besides its body.
+/// A forward's name in memory and in state records: the first 16 bytes of SHA-256 of its
+/// id (`webhook-id/target`). Fixed-size where the id is ~45 bytes plus a heap allocation
+/// in every structure that holds it; 128 bits make a collision among the forwards one
+/// outbox holds out of reach.
+pub type Key = [u8; 16];
+
+pub fn key_of(id: &str) -> Key {
+    let digest = Sha256::digest(id.as_bytes());
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
+
+/// An interned (integration, target) pair.
+pub type Lane = u32;
+
+/// Keys are SHA-256 bytes already: their first eight bytes are the hash.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // `[u8; 16]` hashes as its length then its bytes: keep the first 8 key bytes.
+        if bytes.len() >= 8 {
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&bytes[..8]);
+            self.0 ^= u64::from_le_bytes(first);
+        }
+    }
+
+    fn write_usize(&mut self, _len: usize) {}
+}
+
+pub type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
+
+/// What the outbox keeps of one forward besides its body (on disk, in its job record).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobMeta {
@@ -67,7 +125,7 @@ pub struct JobMeta {
     pub created_ms: i64,
 }
 
-/// Where a forward stands.
+/// Where a forward stands, as written to disk.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobState {
@@ -82,31 +140,97 @@ pub struct JobState {
     pub last_failure: Option<String>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct StateRecord<'a> {
-    id: &'a str,
+#[derive(Deserialize)]
+struct JsonStateRecord<'a> {
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
     #[serde(flatten)]
     state: JobState,
 }
 
-#[derive(Serialize, Deserialize)]
-struct GoneRecord<'a> {
-    id: &'a str,
+#[derive(Deserialize)]
+struct JsonGoneRecord<'a> {
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
 }
 
-/// A live forward: its metadata, its state and where its body is.
-#[derive(Clone, Debug)]
-pub struct Live {
-    pub meta: JobMeta,
-    pub state: JobState,
-    segment: u64,
+/// A live forward in memory: what scheduling needs and where the rest is. `Copy`, 40
+/// bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub lane: Lane,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Pending: when the next attempt is due. Dead: when it was dead-lettered (Unix ms).
+    pub at_ms: i64,
+    pub dead: bool,
+    segment: u32,
+    meta_len: u32,
+    body_len: u32,
+    /// Where the job record's metadata starts (its body follows).
     offset: u64,
-    len: u32,
 }
 
-impl Live {
+impl Slot {
     pub fn body_len(&self) -> usize {
-        self.len as usize
+        self.body_len as usize
+    }
+
+    fn apply(&mut self, state: &JobState) {
+        self.attempts = state.attempts;
+        match state.dead_at_ms {
+            Some(at) => {
+                self.dead = true;
+                self.at_ms = at;
+            }
+            None => {
+                self.dead = false;
+                self.at_ms = state.next_at_ms;
+            }
+        }
+    }
+
+    /// Bytes of its job record (what compaction would copy).
+    fn record_bytes(&self) -> u64 {
+        u64::from(self.meta_len) + u64::from(self.body_len) + (FRAME_HEADER + 5) as u64
+    }
+}
+
+/// An interned integration/target pair and how many live forwards it has.
+#[derive(Debug)]
+struct LaneEntry {
+    integration: Arc<str>,
+    target: Arc<str>,
+    live: usize,
+}
+
+/// A job read back from disk.
+#[derive(Debug)]
+pub struct StoredJob {
+    pub meta: JobMeta,
+    pub body: Vec<u8>,
+}
+
+/// Where a live job's record is: read it with [`JobRef::read`], off the outbox's lock
+/// (the file stays readable after a compaction deletes it).
+#[derive(Clone, Debug)]
+pub struct JobRef {
+    file: Arc<File>,
+    offset: u64,
+    meta_len: u32,
+    body_len: u32,
+}
+
+impl JobRef {
+    /// One positioned read of the metadata and body.
+    pub fn read(&self) -> io::Result<StoredJob> {
+        let meta_len = self.meta_len as usize;
+        let mut buf = vec![0u8; meta_len + self.body_len as usize];
+        self.file.read_exact_at(&mut buf, self.offset)?;
+        let (meta, _): (JobMeta, JobState) =
+            serde_json::from_slice(&buf[..meta_len]).map_err(io::Error::other)?;
+        buf.drain(..meta_len);
+        Ok(StoredJob { meta, body: buf })
     }
 }
 
@@ -118,11 +242,11 @@ pub enum Change<'a> {
         body: &'a [u8],
     },
     State {
-        id: &'a str,
+        key: Key,
         state: &'a JobState,
     },
     Gone {
-        id: &'a str,
+        key: Key,
     },
 }
 
@@ -133,7 +257,11 @@ pub struct Outbox {
     active: File,
     active_id: u64,
     active_len: u64,
-    live: HashMap<String, Live>,
+    live: KeyMap<Slot>,
+    lanes: Vec<LaneEntry>,
+    lane_index: HashMap<Arc<str>, HashMap<Arc<str>, Lane>>,
+    /// Read handles of the segments live jobs are in.
+    readers: HashMap<u32, Arc<File>>,
     /// Bytes of live job records (bodies and metadata).
     live_bytes: u64,
     /// Bytes in all segments.
@@ -181,11 +309,50 @@ fn encode(kind: u8, meta: &[u8], body: &[u8], out: &mut Vec<u8>) -> io::Result<(
     Ok(())
 }
 
-/// One decoded record: kind, meta, and where its body is within `bytes`.
+fn encode_state(key: &Key, state: &JobState, out: &mut Vec<u8>) {
+    out.extend_from_slice(key);
+    out.extend_from_slice(&state.attempts.to_le_bytes());
+    let (at, dead) = match state.dead_at_ms {
+        Some(at) => (at, 1u8),
+        None => (state.next_at_ms, 0u8),
+    };
+    out.extend_from_slice(&at.to_le_bytes());
+    out.push(dead);
+    if let Some(failure) = &state.last_failure {
+        let mut end = failure.len().min(MAX_FAILURE_BYTES);
+        while !failure.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.extend_from_slice(&failure.as_bytes()[..end]);
+    }
+}
+
+/// A binary state record: the key and the state (without `last_failure`, which memory
+/// does not keep).
+fn decode_state(meta: &[u8]) -> Option<(Key, JobState)> {
+    if meta.len() < STATE_FIXED {
+        return None;
+    }
+    let key: Key = meta[..16].try_into().ok()?;
+    let attempts = u32::from_le_bytes(meta[16..20].try_into().ok()?);
+    let at = i64::from_le_bytes(meta[20..28].try_into().ok()?);
+    let dead = meta[28] != 0;
+    Some((
+        key,
+        JobState {
+            attempts,
+            next_at_ms: if dead { 0 } else { at },
+            dead_at_ms: dead.then_some(at),
+            last_failure: None,
+        },
+    ))
+}
+
+/// One decoded record: kind, meta, and where its meta and body are within `bytes`.
 struct Decoded<'a> {
     kind: u8,
     meta: &'a [u8],
-    body_at: usize,
+    meta_at: usize,
     body_len: usize,
     next: usize,
 }
@@ -207,7 +374,7 @@ fn decode(bytes: &[u8], at: usize) -> Option<Decoded<'_>> {
     Some(Decoded {
         kind,
         meta,
-        body_at: at + FRAME_HEADER + 5 + meta_len,
+        meta_at: at + FRAME_HEADER + 5,
         body_len: len - 5 - meta_len,
         next: at + FRAME_HEADER + len,
     })
@@ -222,19 +389,32 @@ impl Outbox {
             .filter_map(|e| parse_segment_name(&e.file_name().to_string_lossy()))
             .collect();
         ids.sort_unstable();
-        let mut live: HashMap<String, Live> = HashMap::new();
-        let mut total_bytes = 0;
         let newest = ids.last().copied();
+        let active_id = newest.map_or(1, |n| n + 1);
+        let active = create_segment(dir, active_id)?;
+        let mut outbox = Outbox {
+            dir: dir.to_path_buf(),
+            active,
+            active_id,
+            active_len: 0,
+            live: KeyMap::default(),
+            lanes: Vec::new(),
+            lane_index: HashMap::new(),
+            readers: HashMap::new(),
+            live_bytes: 0,
+            total_bytes: 0,
+        };
         for &id in &ids {
             let path = dir.join(segment_name(id));
             let mut bytes = Vec::new();
             File::open(&path)?.read_to_end(&mut bytes)?;
+            let segment = u32::try_from(id).map_err(io::Error::other)?;
             let mut at = 0;
             while at < bytes.len() {
                 let Some(record) = decode(&bytes, at) else {
                     break;
                 };
-                apply_record(&mut live, id, &record);
+                outbox.apply_record(segment, &record);
                 at = record.next;
             }
             if at < bytes.len() {
@@ -249,33 +429,135 @@ impl Outbox {
                     tracing::error!(segment = %path.display(), at, "outbox: a damaged record in an older segment; the forwards after it in that segment are lost");
                 }
             }
-            total_bytes += at as u64;
+            outbox.total_bytes += at as u64;
         }
-        let active_id = newest.map_or(1, |n| n + 1);
-        let active = create_segment(dir, active_id)?;
-        let live_bytes = live.values().map(live_record_bytes).sum();
-        Ok(Outbox {
-            dir: dir.to_path_buf(),
-            active,
-            active_id,
-            active_len: 0,
-            live,
-            live_bytes,
-            total_bytes,
-        })
+        outbox.live_bytes = outbox.live.values().map(Slot::record_bytes).sum();
+        let mut wanted: Vec<u32> = outbox.live.values().map(|s| s.segment).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        for segment in wanted {
+            outbox.reader(segment)?;
+        }
+        let active_reader = outbox.active.try_clone()?;
+        outbox.readers.insert(
+            u32::try_from(active_id).map_err(io::Error::other)?,
+            Arc::new(active_reader),
+        );
+        Ok(outbox)
+    }
+
+    fn reader(&mut self, segment: u32) -> io::Result<Arc<File>> {
+        if let Some(f) = self.readers.get(&segment) {
+            return Ok(f.clone());
+        }
+        let file = Arc::new(File::open(self.dir.join(segment_name(u64::from(segment))))?);
+        self.readers.insert(segment, file.clone());
+        Ok(file)
+    }
+
+    /// Interns an integration/target pair.
+    fn intern(&mut self, integration: &str, target: &str) -> Lane {
+        if let Some(lane) = self.lane_index.get(integration).and_then(|t| t.get(target)) {
+            return *lane;
+        }
+        let lane = Lane::try_from(self.lanes.len()).unwrap_or(Lane::MAX);
+        let integration: Arc<str> = match self.lane_index.get_key_value(integration) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(integration),
+        };
+        let target: Arc<str> = Arc::from(target);
+        self.lanes.push(LaneEntry {
+            integration: integration.clone(),
+            target: target.clone(),
+            live: 0,
+        });
+        self.lane_index
+            .entry(integration)
+            .or_default()
+            .insert(target, lane);
+        lane
+    }
+
+    fn insert(&mut self, key: Key, slot: Slot) {
+        self.live_bytes += slot.record_bytes();
+        if let Some(old) = self.live.insert(key, slot) {
+            self.live_bytes -= old.record_bytes();
+            self.lane_mut(old.lane).live -= 1;
+        }
+        self.lane_mut(slot.lane).live += 1;
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Slot> {
+        let old = self.live.remove(key)?;
+        self.live_bytes -= old.record_bytes();
+        self.lane_mut(old.lane).live -= 1;
+        Some(old)
+    }
+
+    fn lane_mut(&mut self, lane: Lane) -> &mut LaneEntry {
+        &mut self.lanes[lane as usize]
+    }
+
+    fn apply_record(&mut self, segment: u32, record: &Decoded<'_>) {
+        match record.kind {
+            KIND_JOB => {
+                if let Ok((meta, state)) =
+                    serde_json::from_slice::<(JobMeta, JobState)>(record.meta)
+                {
+                    let lane = self.intern(&meta.integration, &meta.target);
+                    let mut slot = Slot {
+                        lane,
+                        attempts: 0,
+                        at_ms: 0,
+                        dead: false,
+                        segment,
+                        meta_len: u32::try_from(record.meta.len()).unwrap_or(u32::MAX),
+                        body_len: u32::try_from(record.body_len).unwrap_or(u32::MAX),
+                        offset: record.meta_at as u64,
+                    };
+                    slot.apply(&state);
+                    self.insert(key_of(&meta.id), slot);
+                }
+            }
+            KIND_STATE => {
+                if let Some((key, state)) = decode_state(record.meta)
+                    && let Some(slot) = self.live.get_mut(&key)
+                {
+                    slot.apply(&state);
+                }
+            }
+            KIND_GONE => {
+                if let Ok(key) = Key::try_from(record.meta) {
+                    self.remove(&key);
+                }
+            }
+            KIND_STATE_JSON => {
+                if let Ok(s) = serde_json::from_slice::<JsonStateRecord<'_>>(record.meta)
+                    && let Some(slot) = self.live.get_mut(&key_of(&s.id))
+                {
+                    slot.apply(&s.state);
+                }
+            }
+            KIND_GONE_JSON => {
+                if let Ok(g) = serde_json::from_slice::<JsonGoneRecord<'_>>(record.meta) {
+                    self.remove(&key_of(&g.id));
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Every live forward (pending and dead-lettered).
-    pub fn live(&self) -> impl Iterator<Item = &Live> {
-        self.live.values()
+    pub fn slots(&self) -> impl Iterator<Item = (&Key, &Slot)> {
+        self.live.iter()
     }
 
-    pub fn get(&self, id: &str) -> Option<&Live> {
-        self.live.get(id)
+    pub fn get(&self, key: &Key) -> Option<Slot> {
+        self.live.get(key).copied()
     }
 
-    pub fn contains(&self, id: &str) -> bool {
-        self.live.contains_key(id)
+    pub fn contains(&self, key: &Key) -> bool {
+        self.live.contains_key(key)
     }
 
     pub fn len(&self) -> usize {
@@ -284,6 +566,31 @@ impl Outbox {
 
     pub fn is_empty(&self) -> bool {
         self.live.is_empty()
+    }
+
+    /// The integration (`namespace/name`) and target of a lane.
+    pub fn lane(&self, lane: Lane) -> Option<(Arc<str>, Arc<str>)> {
+        self.lanes
+            .get(lane as usize)
+            .map(|l| (l.integration.clone(), l.target.clone()))
+    }
+
+    /// The lane of an integration/target pair, if any forward of it was ever seen.
+    pub fn lane_of(&self, integration: &str, target: &str) -> Option<Lane> {
+        self.lane_index.get(integration)?.get(target).copied()
+    }
+
+    /// Integrations with live forwards.
+    pub fn integrations(&self) -> Vec<Arc<str>> {
+        let mut out: Vec<Arc<str>> = self
+            .lanes
+            .iter()
+            .filter(|l| l.live > 0)
+            .map(|l| l.integration.clone())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// Bytes on disk (what the journal cap also counts).
@@ -296,110 +603,123 @@ impl Outbox {
         if changes.is_empty() {
             return Ok(());
         }
-        if self.active_len >= SEGMENT_BYTES {
-            self.active.sync_data()?;
-            self.active_id += 1;
-            self.active = create_segment(&self.dir, self.active_id)?;
-            self.active_len = 0;
-        }
         let mut buf = Vec::new();
-        let mut positions = Vec::with_capacity(changes.len());
+        let mut metas = Vec::with_capacity(changes.len());
+        let mut state = Vec::new();
         for change in changes {
             match change {
                 Change::Job { meta, state, body } => {
                     let m = serde_json::to_vec(&(meta, state)).map_err(io::Error::other)?;
                     encode(KIND_JOB, &m, body, &mut buf)?;
-                    positions.push(buf.len() - body.len());
+                    let meta_at = buf.len() - body.len() - m.len();
+                    metas.push((meta_at, m.len()));
                 }
-                Change::State { id, state } => {
-                    let m = serde_json::to_vec(&StateRecord {
-                        id,
-                        state: (*state).clone(),
-                    })
-                    .map_err(io::Error::other)?;
-                    encode(KIND_STATE, &m, &[], &mut buf)?;
-                    positions.push(buf.len());
+                Change::State { key, state: s } => {
+                    state.clear();
+                    encode_state(key, s, &mut state);
+                    encode(KIND_STATE, &state, &[], &mut buf)?;
+                    metas.push((0, 0));
                 }
-                Change::Gone { id } => {
-                    let m = serde_json::to_vec(&GoneRecord { id }).map_err(io::Error::other)?;
-                    encode(KIND_GONE, &m, &[], &mut buf)?;
-                    positions.push(buf.len());
+                Change::Gone { key } => {
+                    encode(KIND_GONE, key, &[], &mut buf)?;
+                    metas.push((0, 0));
                 }
             }
         }
-        let base = self.active_len;
-        self.active.write_all(&buf)?;
-        self.active.sync_data()?;
-        self.active_len += buf.len() as u64;
-        self.total_bytes += buf.len() as u64;
-        for (change, body_at) in changes.iter().zip(positions) {
+        self.write_durably(&buf)?;
+        let base = self.active_len - buf.len() as u64;
+        let segment = u32::try_from(self.active_id).map_err(io::Error::other)?;
+        for (change, (meta_at, meta_len)) in changes.iter().zip(metas) {
             match change {
                 Change::Job { meta, state, body } => {
-                    let record = Live {
-                        meta: (*meta).clone(),
-                        state: (*state).clone(),
-                        segment: self.active_id,
-                        offset: base + body_at as u64,
-                        len: u32::try_from(body.len()).unwrap_or(u32::MAX),
+                    let lane = self.intern(&meta.integration, &meta.target);
+                    let mut slot = Slot {
+                        lane,
+                        attempts: 0,
+                        at_ms: 0,
+                        dead: false,
+                        segment,
+                        meta_len: u32::try_from(meta_len).unwrap_or(u32::MAX),
+                        body_len: u32::try_from(body.len()).unwrap_or(u32::MAX),
+                        offset: base + meta_at as u64,
                     };
-                    self.live_bytes += live_record_bytes(&record);
-                    if let Some(old) = self.live.insert(meta.id.clone(), record) {
-                        self.live_bytes -= live_record_bytes(&old);
-                    }
+                    slot.apply(state);
+                    self.insert(key_of(&meta.id), slot);
                 }
-                Change::State { id, state } => {
-                    if let Some(l) = self.live.get_mut(*id) {
-                        l.state = (*state).clone();
-                    }
-                }
-                Change::Gone { id } => {
-                    if let Some(old) = self.live.remove(*id) {
-                        self.live_bytes -= live_record_bytes(&old);
-                    }
+                Change::State { key, state } => self.set_state_in_memory(key, state),
+                Change::Gone { key } => {
+                    self.remove(key);
                 }
             }
         }
         Ok(())
     }
 
+    /// Writes `buf` at the end of the active segment (rolling over to a new one first if
+    /// it is full) and `fdatasync`s it.
+    fn write_durably(&mut self, buf: &[u8]) -> io::Result<()> {
+        if self.active_len >= SEGMENT_BYTES {
+            self.active.sync_data()?;
+            self.active_id += 1;
+            self.active = create_segment(&self.dir, self.active_id)?;
+            self.active_len = 0;
+            let segment = u32::try_from(self.active_id).map_err(io::Error::other)?;
+            self.readers
+                .insert(segment, Arc::new(self.active.try_clone()?));
+        }
+        self.active.write_all(buf)?;
+        self.active.sync_data()?;
+        self.active_len += buf.len() as u64;
+        self.total_bytes += buf.len() as u64;
+        Ok(())
+    }
+
     /// Moves a forward's next attempt without a record (a deferral that need not survive
     /// a restart).
-    pub fn set_next_in_memory(&mut self, id: &str, at_ms: i64) {
-        if let Some(l) = self.live.get_mut(id) {
-            l.state.next_at_ms = at_ms;
+    pub fn set_next_in_memory(&mut self, key: &Key, at_ms: i64) {
+        if let Some(slot) = self.live.get_mut(key)
+            && !slot.dead
+        {
+            slot.at_ms = at_ms;
         }
     }
 
-    /// Sets a forward's state in the index after its record was appended.
-    pub fn set_state_in_memory(&mut self, id: &str, state: JobState) {
-        if let Some(l) = self.live.get_mut(id) {
-            l.state = state;
+    /// Sets a forward's state in the index after its record was appended (or before,
+    /// when the record is staged for the next append).
+    pub fn set_state_in_memory(&mut self, key: &Key, state: &JobState) {
+        if let Some(slot) = self.live.get_mut(key) {
+            slot.apply(state);
         }
     }
 
     /// Drops a forward from the index (its tombstone is appended separately).
-    pub fn forget_in_memory(&mut self, id: &str) {
-        if let Some(old) = self.live.remove(id) {
-            self.live_bytes -= live_record_bytes(&old);
-        }
+    pub fn forget_in_memory(&mut self, key: &Key) {
+        self.remove(key);
     }
 
-    /// The body of a live forward, read from disk.
-    pub fn read_body(&self, id: &str) -> io::Result<Vec<u8>> {
-        let live = self
+    /// Where a live forward's record is, to read it off the lock.
+    pub fn job_ref(&mut self, key: &Key) -> io::Result<JobRef> {
+        let slot = self
             .live
-            .get(id)
+            .get(key)
+            .copied()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such forward"))?;
-        let path = self.dir.join(segment_name(live.segment));
-        let file = File::open(path)?;
-        let mut buf = vec![0u8; live.len as usize];
-        file.read_exact_at(&mut buf, live.offset)?;
-        Ok(buf)
+        Ok(JobRef {
+            file: self.reader(slot.segment)?,
+            offset: slot.offset,
+            meta_len: slot.meta_len,
+            body_len: slot.body_len,
+        })
+    }
+
+    /// A live forward's metadata and body, read from disk.
+    pub fn read_job(&mut self, key: &Key) -> io::Result<StoredJob> {
+        self.job_ref(key)?.read()
     }
 
     /// Copies the live forwards into a fresh segment and deletes the older ones, when the
     /// dead bytes outweigh the live ones. Returns whether it compacted. Memory stays
-    /// bounded: one body at a time.
+    /// bounded: one chunk of records at a time.
     pub fn compact_if_worth_it(&mut self) -> io::Result<bool> {
         let dead = self.total_bytes.saturating_sub(self.live_bytes);
         if dead < MIN_COMPACT_BYTES || dead < self.live_bytes {
@@ -409,7 +729,8 @@ impl Outbox {
         Ok(true)
     }
 
-    /// See [`Outbox::compact_if_worth_it`]; unconditional.
+    /// See [`Outbox::compact_if_worth_it`]; unconditional. Each live job's record is
+    /// copied byte for byte, followed by a state record with its current state.
     pub fn compact(&mut self) -> io::Result<()> {
         let old: Vec<u64> = std::fs::read_dir(&self.dir)?
             .filter_map(|e| e.ok())
@@ -421,66 +742,72 @@ impl Outbox {
         self.active = create_segment(&self.dir, self.active_id)?;
         self.active_len = 0;
         self.total_bytes = 0;
-        let ids: Vec<String> = self.live.keys().cloned().collect();
-        for chunk in ids.chunks(256) {
-            let mut copied = Vec::with_capacity(chunk.len());
-            for id in chunk {
-                let body = self.read_body(id)?;
-                let Some(l) = self.live.get(id) else { continue };
-                copied.push((l.meta.clone(), l.state.clone(), body));
+        // The copies are read through the old segments' handles; new ones go to the map.
+        let mut old_readers = std::mem::take(&mut self.readers);
+        self.readers.insert(
+            u32::try_from(self.active_id).map_err(io::Error::other)?,
+            Arc::new(self.active.try_clone()?),
+        );
+        let keys: Vec<Key> = self.live.keys().copied().collect();
+        let mut record = Vec::new();
+        let mut state = Vec::new();
+        for chunk in keys.chunks(256) {
+            let mut buf = Vec::new();
+            let mut moved = Vec::with_capacity(chunk.len());
+            for key in chunk {
+                let Some(slot) = self.live.get(key).copied() else {
+                    continue;
+                };
+                let file = match old_readers.get(&slot.segment) {
+                    Some(f) => f.clone(),
+                    None => {
+                        let f = Arc::new(File::open(
+                            self.dir.join(segment_name(u64::from(slot.segment))),
+                        )?);
+                        old_readers.insert(slot.segment, f.clone());
+                        f
+                    }
+                };
+                let meta_len = slot.meta_len as usize;
+                record.clear();
+                record.resize(meta_len + slot.body_len as usize, 0);
+                file.read_exact_at(&mut record, slot.offset)?;
+                let (meta, body) = record.split_at(meta_len);
+                encode(KIND_JOB, meta, body, &mut buf)?;
+                let meta_at = buf.len() - record.len();
+                state.clear();
+                encode_state(
+                    key,
+                    &JobState {
+                        attempts: slot.attempts,
+                        next_at_ms: slot.at_ms,
+                        dead_at_ms: slot.dead.then_some(slot.at_ms),
+                        last_failure: None,
+                    },
+                    &mut state,
+                );
+                encode(KIND_STATE, &state, &[], &mut buf)?;
+                moved.push((*key, meta_at));
             }
-            let changes: Vec<Change<'_>> = copied
-                .iter()
-                .map(|(meta, state, body)| Change::Job { meta, state, body })
-                .collect();
-            self.append(&changes)?;
+            self.write_durably(&buf)?;
+            // After any roll-over: the chunk is in the active segment.
+            let segment = u32::try_from(self.active_id).map_err(io::Error::other)?;
+            let base = self.active_len - buf.len() as u64;
+            for (key, meta_at) in moved {
+                if let Some(slot) = self.live.get_mut(&key) {
+                    slot.segment = segment;
+                    slot.offset = base + meta_at as u64;
+                }
+            }
         }
         for id in old {
             std::fs::remove_file(self.dir.join(segment_name(id)))?;
         }
         sync_dir(&self.dir)?;
-        // Each copy replaced its own index entry (`append` adds the new record's bytes
-        // and takes the old one's off): counted afresh, so the next check sees what is
-        // really live. (Zeroing it before the copies left it at 0: every later write
-        // found the whole outbox "dead" and compacted it again, holding the outbox lock
-        // for seconds each time, and the next forget wrapped it below zero.)
-        self.live_bytes = self.live.values().map(live_record_bytes).sum();
+        // Attempts still holding a handle of a deleted segment read it all the same.
+        drop(old_readers);
+        self.live_bytes = self.live.values().map(Slot::record_bytes).sum();
         Ok(())
-    }
-}
-
-fn live_record_bytes(l: &Live) -> u64 {
-    // The body plus a rough allowance for its frame and metadata.
-    u64::from(l.len) + 256
-}
-
-fn apply_record(live: &mut HashMap<String, Live>, segment: u64, record: &Decoded<'_>) {
-    match record.kind {
-        KIND_JOB => {
-            if let Ok((meta, state)) = serde_json::from_slice::<(JobMeta, JobState)>(record.meta) {
-                let entry = Live {
-                    meta,
-                    state,
-                    segment,
-                    offset: record.body_at as u64,
-                    len: u32::try_from(record.body_len).unwrap_or(u32::MAX),
-                };
-                live.insert(entry.meta.id.clone(), entry);
-            }
-        }
-        KIND_STATE => {
-            if let Ok(s) = serde_json::from_slice::<StateRecord<'_>>(record.meta)
-                && let Some(l) = live.get_mut(s.id)
-            {
-                l.state = s.state;
-            }
-        }
-        KIND_GONE => {
-            if let Ok(g) = serde_json::from_slice::<GoneRecord<'_>>(record.meta) {
-                live.remove(g.id);
-            }
-        }
-        _ => {}
     }
 }
 
@@ -547,20 +874,45 @@ mod tests {
             };
             o.append(&[
                 Change::State {
-                    id: "a",
+                    key: key_of("a"),
                     state: &retried,
                 },
-                Change::Gone { id: "b" },
+                Change::Gone { key: key_of("b") },
             ])
             .expect("append");
         }
-        let o = Outbox::open(dir.path()).expect("reopen");
+        let mut o = Outbox::open(dir.path()).expect("reopen");
         assert_eq!(o.len(), 1);
-        let a = o.get("a").expect("a");
-        assert_eq!(a.state.attempts, 2);
-        assert_eq!(a.state.last_failure.as_deref(), Some("503"));
-        assert_eq!(o.read_body("a").expect("body"), b"body-a");
-        assert!(!o.contains("b"));
+        let a = o.get(&key_of("a")).expect("a");
+        assert_eq!((a.attempts, a.at_ms, a.dead), (2, 99, false));
+        let job = o.read_job(&key_of("a")).expect("job");
+        assert_eq!(job.body, b"body-a");
+        assert_eq!(job.meta, meta("a"));
+        assert!(!o.contains(&key_of("b")));
+        let (integration, target) = o.lane(a.lane).expect("lane");
+        assert_eq!((&*integration, &*target), ("ns/a", "t"));
+        assert_eq!(o.integrations(), vec![Arc::<str>::from("ns/a")]);
+    }
+
+    /// An outbox written before state records named forwards by key (JSON records with
+    /// the id) still opens with its states and tombstones applied.
+    #[test]
+    fn json_state_and_tombstone_records_of_older_outboxes_are_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut buf = Vec::new();
+        for id in ["a", "b"] {
+            let m = serde_json::to_vec(&(meta(id), JobState::default())).expect("json");
+            encode(KIND_JOB, &m, id.as_bytes(), &mut buf).expect("encode");
+        }
+        let state = br#"{"id":"a","attempts":3,"nextAtMs":0,"deadAtMs":77,"lastFailure":"410"}"#;
+        encode(KIND_STATE_JSON, state, &[], &mut buf).expect("encode");
+        encode(KIND_GONE_JSON, br#"{"id":"b"}"#, &[], &mut buf).expect("encode");
+        std::fs::write(dir.path().join(segment_name(1)), &buf).expect("write");
+        let mut o = Outbox::open(dir.path()).expect("open");
+        assert_eq!(o.len(), 1);
+        let a = o.get(&key_of("a")).expect("a");
+        assert_eq!((a.attempts, a.at_ms, a.dead), (3, 77, true));
+        assert_eq!(o.read_job(&key_of("a")).expect("job").body, b"a");
     }
 
     #[test]
@@ -586,12 +938,12 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&newest).expect("open");
         f.write_all(&[200, 0, 0, 0, 1, 2]).expect("write");
         drop(f);
-        let o = Outbox::open(dir.path()).expect("reopen");
-        assert_eq!(o.read_body("a").expect("body"), b"kept");
+        let mut o = Outbox::open(dir.path()).expect("reopen");
+        assert_eq!(o.read_job(&key_of("a")).expect("job").body, b"kept");
     }
 
     #[test]
-    fn compaction_keeps_live_bodies_and_frees_the_rest() {
+    fn compaction_keeps_live_bodies_and_states_and_frees_the_rest() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut o = Outbox::open(dir.path()).expect("open");
         let big = vec![7u8; 64 * 1024];
@@ -604,9 +956,23 @@ mod tests {
             }])
             .expect("append");
             if i % 10 != 0 {
-                o.append(&[Change::Gone { id: &id }]).expect("gone");
+                o.append(&[Change::Gone { key: key_of(&id) }])
+                    .expect("gone");
             }
         }
+        let dead = JobState {
+            attempts: 6,
+            next_at_ms: 0,
+            dead_at_ms: Some(1234),
+            last_failure: Some("HTTP 410".into()),
+        };
+        o.append(&[Change::State {
+            key: key_of("j190"),
+            state: &dead,
+        }])
+        .expect("state");
+        // A reader taken before the compaction still reads its (deleted) segment.
+        let before_ref = o.job_ref(&key_of("j180")).expect("ref");
         let before = o.disk_bytes();
         assert!(o.compact_if_worth_it().expect("compact"));
         assert!(
@@ -615,10 +981,16 @@ mod tests {
             o.disk_bytes()
         );
         assert_eq!(o.len(), 20);
+        assert_eq!(before_ref.read().expect("old read").body, big);
+        assert_eq!(o.read_job(&key_of("j180")).expect("job").body, big);
         drop(o);
-        let o = Outbox::open(dir.path()).expect("reopen");
+        let mut o = Outbox::open(dir.path()).expect("reopen");
         assert_eq!(o.len(), 20);
-        assert_eq!(o.read_body("j190").expect("body"), big);
+        let job = o.read_job(&key_of("j190")).expect("job");
+        assert_eq!(job.body, big);
+        assert_eq!(job.meta.id, "j190");
+        let slot = o.get(&key_of("j190")).expect("slot");
+        assert_eq!((slot.attempts, slot.at_ms, slot.dead), (6, 1234, true));
     }
 
     /// After a compaction the live forwards still count as live: it is not due again at
@@ -639,14 +1011,55 @@ mod tests {
             }])
             .expect("append");
             if i % 3 != 0 {
-                o.append(&[Change::Gone { id: &id }]).expect("gone");
+                o.append(&[Change::Gone { key: key_of(&id) }])
+                    .expect("gone");
             }
         }
         assert!(o.compact_if_worth_it().expect("compact"));
         assert!(!o.compact_if_worth_it().expect("check"), "compacted again");
-        o.forget_in_memory("j0");
-        o.append(&[Change::Gone { id: "j0" }]).expect("gone");
+        o.forget_in_memory(&key_of("j0"));
+        o.append(&[Change::Gone { key: key_of("j0") }])
+            .expect("gone");
         assert!(!o.compact_if_worth_it().expect("check"), "compacted again");
         assert_eq!(o.len(), 149);
+    }
+
+    /// What memory holds per forward is fixed: no id, metadata or body.
+    #[test]
+    fn a_slot_is_small_and_fixed_size() {
+        assert!(
+            std::mem::size_of::<Slot>() <= 40,
+            "{}",
+            std::mem::size_of::<Slot>()
+        );
+        assert_eq!(std::mem::size_of::<Key>(), 16);
+    }
+
+    /// Lanes count their live forwards: an integration whose forwards are all gone is no
+    /// longer listed.
+    #[test]
+    fn integrations_lists_only_those_with_live_forwards() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut o = Outbox::open(dir.path()).expect("open");
+        let mut other = meta("x");
+        other.integration = "ns/b".into();
+        o.append(&[
+            Change::Job {
+                meta: &meta("a"),
+                state: &JobState::default(),
+                body: b"",
+            },
+            Change::Job {
+                meta: &other,
+                state: &JobState::default(),
+                body: b"",
+            },
+        ])
+        .expect("append");
+        assert_eq!(o.integrations().len(), 2);
+        o.append(&[Change::Gone { key: key_of("x") }])
+            .expect("gone");
+        assert_eq!(o.integrations(), vec![Arc::<str>::from("ns/a")]);
+        assert_eq!(o.lane_of("ns/b", "t").map(|_| ()), Some(()));
     }
 }

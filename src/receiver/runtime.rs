@@ -29,6 +29,12 @@ use crate::receiver::status::{StatusUpdate, StatusWriteError, StatusWriter};
 
 /// Queued messages the status loop folds per wake-up.
 const FOLD_BATCH: usize = 256;
+/// Folded deliveries' forwards go to the outbox in batches of this many, or once the
+/// oldest has waited [`IMPORT_DELAY`]: each import is an `fdatasync` on the outbox, and
+/// one per fold batch (hundreds a second under load) took CPU from intake.
+const IMPORT_BATCH: usize = 1024;
+/// The longest a folded delivery's forwards wait for an import (their latency floor).
+const IMPORT_DELAY: Duration = Duration::from_millis(50);
 
 /// The durable log the sink appends to. Implemented by [`Journal`]; a trait so the
 /// runtime does not depend on how the journal stores bytes.
@@ -206,6 +212,14 @@ pub struct RuntimeCounters {
     pub status_backlog: AtomicUsize,
     /// Journal appends refused (full or I/O error): a reason to compact at once.
     pub append_failures: AtomicU64,
+}
+
+impl RuntimeCounters {
+    /// Highest journal sequence number queued so far: grows with every accepted
+    /// delivery (the forwarder's sign that intake is busy).
+    pub fn max_seq(&self) -> u64 {
+        self.max_seq.load(Ordering::Relaxed)
+    }
 }
 
 /// The [`DeliverySink`] that makes accepted deliveries durable before the 2xx.
@@ -542,6 +556,8 @@ pub struct StatusLoop<J, W> {
     /// Whether the running (or last) pass writes every integration that was behind: only
     /// then may the journal mark what the pass covers as applied.
     pass_complete: bool,
+    /// When the oldest folded delivery not yet imported was folded.
+    forwards_since: Option<Instant>,
 }
 
 /// A token bucket over status writes: `rate` per second, at most one interval's worth
@@ -670,6 +686,7 @@ pub fn build<J: DeliveryJournal, W: StatusWriter>(
         last_write: HashMap::new(),
         live_shares: HashSet::new(),
         pass_complete: true,
+        forwards_since: None,
     };
     (sink, status_loop)
 }
@@ -715,7 +732,18 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
         if routes_ready {
             f.forwarder.release();
         }
+        if self.unrendered.is_empty() && self.unimported.is_empty() {
+            self.forwards_since = None;
+        }
         true
+    }
+
+    /// Whether enough forwards wait (or the oldest long enough) for an import now.
+    fn import_due(&self) -> bool {
+        self.unrendered.len() + self.unimported.len() >= IMPORT_BATCH
+            || self
+                .forwards_since
+                .is_some_and(|t| t.elapsed() >= IMPORT_DELAY)
     }
 
     /// Read access for tests and `get`.
@@ -734,6 +762,9 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
         loop {
+            let import_at = self
+                .forwards_since
+                .map(|t| tokio::time::Instant::from_std(t + IMPORT_DELAY));
             tokio::select! {
                 biased;
                 () = &mut cancelled => break,
@@ -753,7 +784,16 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                     for message in inbox.drain(..) {
                         self.fold(message);
                     }
-                    self.import_forwards().await;
+                    if self.import_due() {
+                        self.import_forwards().await;
+                    }
+                }
+                () = async { if let Some(at) = import_at { tokio::time::sleep_until(at).await } }, if import_at.is_some() => {
+                    if !self.import_forwards().await {
+                        // Routes not loaded yet, or the outbox cannot write: try again
+                        // after another delay, not in a loop.
+                        self.forwards_since = Some(Instant::now());
+                    }
                 }
                 _ = tick.tick() => {
                     // Also what releases the forwarder after a start with no traffic.
@@ -845,6 +885,9 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                     fold_with_settings(&mut self.ledger, seq, &accepted, &self.settings)
                     && self.forwarding.is_some()
                 {
+                    if self.unrendered.is_empty() {
+                        self.forwards_since.get_or_insert_with(Instant::now);
+                    }
                     self.unrendered.push(folded);
                 }
             }

@@ -87,6 +87,9 @@ pub struct ReceiverOptions {
     pub forward_egress: EgressPolicy,
     /// How OIDC JWKS and SNS certificates are fetched (same egress policy as forwards).
     pub remote_keys: crate::receiver::keys::RemoteKeyOptions,
+    /// While the workers are saturated with deliveries, forwards wait up to this long
+    /// past their due time (`--forward-max-lag`; zero: they never wait).
+    pub forward_max_lag: Duration,
 }
 
 /// Why a receiver could not start.
@@ -425,6 +428,7 @@ impl<W: StatusWriter> Receiver<W> {
         let (sink, status_loop) =
             runtime::build(journal.clone(), writer, ledger, lookup, runtime_config);
         let outbox_bytes = sink.outbox_bytes.clone();
+        let counters = sink.counters().clone();
         let state = Arc::new(ReceiverState::new(
             config,
             handle.routes.clone(),
@@ -438,6 +442,10 @@ impl<W: StatusWriter> Receiver<W> {
                 dir: options.journal_dir.join("outbox"),
                 max_in_flight: 256,
                 per_target_in_flight: 32,
+                max_lag: Some(options.forward_max_lag),
+                intake_progress: Some(forward::IntakeProgress(Arc::new(move || {
+                    counters.max_seq()
+                }))),
             },
             sender,
             &handle.forward,

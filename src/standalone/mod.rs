@@ -75,6 +75,10 @@ pub struct StandaloneArgs {
     /// When set, forwards connect only to these CIDRs (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub forward_allow_cidrs: Vec<ipnet::IpNet>,
+    /// Intake first: while the receiver's workers are saturated with deliveries, forward
+    /// attempts wait, up to this long past their due time. 0 = they never wait.
+    #[arg(long, default_value = "10s", value_parser = crate::domain::duration::parse_arg)]
+    pub forward_max_lag: Duration,
     /// Consecutive authentication failures that set Degraded.
     #[arg(long, default_value_t = 20)]
     pub degraded_after: u64,
@@ -225,6 +229,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
         max_body_bytes_in_flight: args.max_body_bytes_in_flight,
         max_connections: args.max_connections,
         drain_delay: Duration::ZERO,
+        forward_max_lag: args.forward_max_lag,
         forward_egress: crate::forwarder::EgressPolicy::standalone(
             args.forward_deny_cidrs.clone(),
             (!args.forward_allow_cidrs.is_empty()).then(|| args.forward_allow_cidrs.clone()),

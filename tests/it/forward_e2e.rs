@@ -154,6 +154,7 @@ async fn start_receiver_with(dir: &Path, route: Route, cap: u64, route_after: Du
         max_body_bytes_in_flight: hookwarden::receiver::limits::DEFAULT_BODY_BUDGET,
         max_connections: hookwarden::receiver::server::DEFAULT_MAX_CONNECTIONS,
         drain_delay: Duration::ZERO,
+        forward_max_lag: hookwarden::receiver::forward::DEFAULT_MAX_LAG,
     };
     let writer = Arc::new(FileStatusWriter::new(dir));
     let receiver: Receiver<FileStatusWriter> = Receiver::start(options, writer, None)
@@ -655,6 +656,7 @@ async fn on_shutdown_readiness_fails_first_and_deliveries_are_still_served() {
         max_body_bytes_in_flight: hookwarden::receiver::limits::DEFAULT_BODY_BUDGET,
         max_connections: hookwarden::receiver::server::DEFAULT_MAX_CONNECTIONS,
         drain_delay: Duration::from_millis(1500),
+        forward_max_lag: hookwarden::receiver::forward::DEFAULT_MAX_LAG,
     };
     let writer = Arc::new(FileStatusWriter::new(dir.path()));
     let receiver: Receiver<FileStatusWriter> =

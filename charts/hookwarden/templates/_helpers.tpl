@@ -166,6 +166,9 @@ journal loses it with an emptyDir volume.
 {{- with .Values.receiver.forward.allowCIDRs }}
 - --forward-allow-cidrs={{ join "," . }}
 {{- end }}
+{{- with .Values.receiver.forward.maxLag }}
+- --forward-max-lag={{ . }}
+{{- end }}
 {{- range .Values.receiver.extraArgs }}
 - {{ . | quote }}
 {{- end }}
