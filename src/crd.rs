@@ -37,13 +37,16 @@ pub const FINALIZER: &str = "hookwarden.dev/route";
     printcolumn(name = "Last Delivery", type_ = "date", json_path = ".status.deliveries.lastReceivedTime", description = "When the last delivery arrived"),
     printcolumn(name = "URL", type_ = "string", json_path = ".status.url", description = "Endpoint to configure in the sender", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("self.spec.provider == 'generic' ? has(self.spec.signature) : !has(self.spec.signature)").message("spec.signature must be set when provider is generic, and only then").field_path(".spec.signature"),
+    validation = Rule::new("self.spec.provider == 'generic' ? (has(self.spec.signature) != has(self.spec.auth)) : !has(self.spec.signature)").message("provider generic needs exactly one of spec.signature (HMAC) or spec.auth (token, or none); other providers take neither").field_path(".spec.signature"),
+    validation = Rule::new("!has(self.spec.auth) || self.spec.provider == 'generic'").message("spec.auth is only used by provider generic").field_path(".spec.auth"),
+    validation = Rule::new("!has(self.spec.auth) || self.spec.auth != 'header' || has(self.spec.tokenHeader)").message("auth: header needs spec.tokenHeader (the header carrying the token)").field_path(".spec.tokenHeader"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookIntegrationSpec {
     /// Sender preset: how deliveries are authenticated and mapped. One of github, gitlab,
     /// stripe, slack, standard-webhooks, svix, shopify, pagerduty, twilio, sentry, linear,
-    /// grafana, zendesk, jira, bitbucket, datadog, alertmanager, generic.
+    /// grafana, zendesk, jira, bitbucket, datadog, alertmanager, discord, sendgrid, zoom,
+    /// twitch, azure-event-grid, gitea, forgejo, paddle, generic.
     pub provider: ProviderKind,
 
     /// When true the endpoint answers 503 with Retry-After so senders keep their
@@ -90,8 +93,14 @@ pub struct WebhookIntegrationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<SignatureSpec>,
 
-    /// Token presets (datadog, alertmanager, gitlab): an extra request header that may carry
-    /// the token as its whole value, besides `Authorization: Bearer` and Basic auth.
+    /// Provider generic without a signature: how the sender authenticates instead (see
+    /// `GenericAuth`). Exactly one of `signature` and `auth` is set for generic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<GenericAuth>,
+
+    /// Token presets (datadog, alertmanager, gitlab, azure-event-grid) and generic
+    /// `auth: header`: a request header that carries the token as its whole value
+    /// (besides `Authorization: Bearer` and Basic auth for the presets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9-]+$"))]
     pub token_header: Option<String>,
@@ -289,6 +298,23 @@ pub struct SignatureSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 86400))]
     pub tolerance_seconds: Option<i32>,
+}
+
+/// `spec.auth` of provider generic: senders that sign nothing and present a token, or
+/// nothing at all. The secret (secretRef, or the generated one) is the token.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GenericAuth {
+    /// `Authorization: Bearer <secret>`.
+    Bearer,
+    /// `Authorization: Basic …` whose password is the secret (any user name).
+    Basic,
+    /// The whole value of the header named in spec.tokenHeader is the secret.
+    Header,
+    /// Nothing is checked: for senders that cannot sign or send a token (Docker Hub,
+    /// Quay). The unguessable URL path is then the only secret; the integration carries
+    /// a Warning condition saying so. Must be spelled out.
+    None,
 }
 
 fn default_signed_content() -> String {
@@ -642,13 +668,30 @@ pub enum ProviderKind {
     Datadog,
     /// Prometheus Alertmanager: no signature; bearer or basic auth token.
     Alertmanager,
-    /// Configurable HMAC (`spec.signature`).
+    /// Discord interactions: `X-Signature-Ed25519` over timestamp + body (hex public key);
+    /// answers the PING with `{"type":1}`.
+    Discord,
+    /// SendGrid event webhook: ECDSA P-256 over timestamp + body (base64 public key).
+    Sendgrid,
+    /// Zoom: `x-zm-signature: v0=…` over `v0:{timestamp}:{body}`; answers `endpoint.url_validation`.
+    Zoom,
+    /// Twitch EventSub: `Twitch-Eventsub-Message-Signature: sha256=…`; answers `webhook_callback_verification`.
+    Twitch,
+    /// Azure Event Grid: a key in the URL query (`code`) or a delivery header; answers `SubscriptionValidation`.
+    AzureEventGrid,
+    /// Gitea: `X-Gitea-Signature`, hex HMAC-SHA256 of the body.
+    Gitea,
+    /// Forgejo: `X-Forgejo-Signature` (or `X-Gitea-Signature`), hex HMAC-SHA256 of the body.
+    Forgejo,
+    /// Paddle Billing: `Paddle-Signature: ts=…;h1=…` over `{ts}:{body}`.
+    Paddle,
+    /// Configurable: HMAC (`spec.signature`) or token auth (`spec.auth`).
     Generic,
 }
 
 impl ProviderKind {
     /// Every preset, in documentation order.
-    pub const ALL: [ProviderKind; 18] = [
+    pub const ALL: [ProviderKind; 26] = [
         ProviderKind::Github,
         ProviderKind::Gitlab,
         ProviderKind::Stripe,
@@ -666,6 +709,14 @@ impl ProviderKind {
         ProviderKind::Bitbucket,
         ProviderKind::Datadog,
         ProviderKind::Alertmanager,
+        ProviderKind::Discord,
+        ProviderKind::Sendgrid,
+        ProviderKind::Zoom,
+        ProviderKind::Twitch,
+        ProviderKind::AzureEventGrid,
+        ProviderKind::Gitea,
+        ProviderKind::Forgejo,
+        ProviderKind::Paddle,
         ProviderKind::Generic,
     ];
 
@@ -689,6 +740,14 @@ impl ProviderKind {
             ProviderKind::Bitbucket => "bitbucket",
             ProviderKind::Datadog => "datadog",
             ProviderKind::Alertmanager => "alertmanager",
+            ProviderKind::Discord => "discord",
+            ProviderKind::Sendgrid => "sendgrid",
+            ProviderKind::Zoom => "zoom",
+            ProviderKind::Twitch => "twitch",
+            ProviderKind::AzureEventGrid => "azure-event-grid",
+            ProviderKind::Gitea => "gitea",
+            ProviderKind::Forgejo => "forgejo",
+            ProviderKind::Paddle => "paddle",
             ProviderKind::Generic => "generic",
         }
     }

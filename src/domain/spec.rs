@@ -184,6 +184,8 @@ impl SpecProblem {
             },
             SpecProblem::Scheme(SchemeError::InvalidHeaderName { field, .. }) => field,
             SpecProblem::Scheme(SchemeError::UnexpectedTokenHeader) => "spec.tokenHeader",
+            SpecProblem::Scheme(SchemeError::AuthHeaderWithoutTokenHeader) => "spec.tokenHeader",
+            SpecProblem::Scheme(SchemeError::UnexpectedAuth) => "spec.auth",
             SpecProblem::Scheme(SchemeError::InvalidSignedContent(_)) => {
                 "spec.signature.signedContent"
             }

@@ -15,8 +15,10 @@
 //!   `signature_mismatch` and an authentic but replayed one `timestamp_stale`;
 //! - a [`Rejection`] says why, and never contains the expected signature or a secret.
 
+mod asymmetric;
 pub(crate) mod crypto;
 mod generic;
+mod handshakes;
 mod hmac_presets;
 mod slack;
 mod standard;
@@ -32,8 +34,10 @@ use std::fmt;
 use http::HeaderMap;
 
 pub use crate::crd::ProviderKind;
-pub use crate::crd::{HmacAlgorithm, SignatureEncoding};
+pub use crate::crd::{GenericAuth, HmacAlgorithm, SignatureEncoding};
 pub use generic::{GenericScheme, Segment};
+pub use handshakes::{TWITCH_TOLERANCE_SECONDS, handshake};
+pub use hmac_presets::PADDLE_TOLERANCE_SECONDS;
 pub use twilio::url_with_body_hash as twilio_url_with_body_hash;
 
 /// Default window for signed timestamps, both directions (stale and future).
@@ -77,6 +81,8 @@ pub struct Scheme {
     pub provider: ProviderKind,
     /// The configurable HMAC, for provider `generic` only.
     pub generic: Option<GenericScheme>,
+    /// Provider `generic` without an HMAC: token auth, or explicitly none.
+    pub auth: Option<GenericAuth>,
     /// Token presets: an extra header carrying the token as its whole value (lower case).
     pub token_header: Option<String>,
 }
@@ -84,11 +90,21 @@ pub struct Scheme {
 /// A spec that cannot be turned into a scheme: permanent until the spec changes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SchemeError {
-    #[error("provider generic needs spec.signature (header, algorithm, encoding, signedContent)")]
+    #[error(
+        "provider generic needs spec.signature (an HMAC: header, algorithm, encoding, signedContent) or spec.auth (bearer, basic, header, or none for senders that sign nothing)"
+    )]
     MissingGenericSignature,
+    #[error("provider generic takes spec.signature or spec.auth, not both")]
+    SignatureAndAuth,
+    #[error("spec.auth is only used by provider generic; remove it")]
+    UnexpectedAuth,
+    #[error("spec.auth: header needs spec.tokenHeader, the header that carries the token")]
+    AuthHeaderWithoutTokenHeader,
     #[error("spec.signature is only used by provider generic; remove it or set provider: generic")]
     UnexpectedSignature,
-    #[error("spec.tokenHeader only applies to the token presets datadog, alertmanager and gitlab")]
+    #[error(
+        "spec.tokenHeader only applies to the token presets datadog, alertmanager, gitlab and azure-event-grid, and to generic with auth: header"
+    )]
     UnexpectedTokenHeader,
     #[error("{field}: {value:?} is not a valid HTTP header name")]
     InvalidHeaderName { field: &'static str, value: String },
@@ -102,22 +118,32 @@ impl Scheme {
         Scheme {
             provider,
             generic: None,
+            auth: None,
             token_header: None,
         }
     }
 
     /// Validates the authentication-related parts of a spec.
     pub fn from_spec(spec: &crate::crd::WebhookIntegrationSpec) -> Result<Scheme, SchemeError> {
-        let generic = match (spec.provider, &spec.signature) {
-            (ProviderKind::Generic, Some(sig)) => Some(GenericScheme::from_spec(sig)?),
-            (ProviderKind::Generic, None) => return Err(SchemeError::MissingGenericSignature),
-            (_, Some(_)) => return Err(SchemeError::UnexpectedSignature),
-            (_, None) => None,
+        let generic = match (spec.provider, &spec.signature, spec.auth) {
+            (ProviderKind::Generic, Some(_), Some(_)) => {
+                return Err(SchemeError::SignatureAndAuth);
+            }
+            (ProviderKind::Generic, Some(sig), None) => Some(GenericScheme::from_spec(sig)?),
+            (ProviderKind::Generic, None, Some(_)) => None,
+            (ProviderKind::Generic, None, None) => {
+                return Err(SchemeError::MissingGenericSignature);
+            }
+            (_, Some(_), _) => return Err(SchemeError::UnexpectedSignature),
+            (_, None, Some(_)) => return Err(SchemeError::UnexpectedAuth),
+            (_, None, None) => None,
         };
+        let header_auth = spec.auth == Some(GenericAuth::Header);
         let token_header = match &spec.token_header {
+            None if header_auth => return Err(SchemeError::AuthHeaderWithoutTokenHeader),
             None => None,
             Some(h) => {
-                if !uses_tokens(spec.provider) {
+                if !(uses_tokens(spec.provider) || header_auth) {
                     return Err(SchemeError::UnexpectedTokenHeader);
                 }
                 Some(valid_header_name("spec.tokenHeader", h)?)
@@ -126,6 +152,7 @@ impl Scheme {
         Ok(Scheme {
             provider: spec.provider,
             generic,
+            auth: spec.auth,
             token_header,
         })
     }
@@ -144,6 +171,9 @@ pub fn id_is_unsigned(provider: ProviderKind) -> bool {
             | ProviderKind::Jira
             | ProviderKind::Bitbucket
             | ProviderKind::Twilio
+            | ProviderKind::Gitea
+            | ProviderKind::Forgejo
+            | ProviderKind::Zoom
     )
 }
 
@@ -151,7 +181,10 @@ pub fn id_is_unsigned(provider: ProviderKind) -> bool {
 pub fn uses_tokens(provider: ProviderKind) -> bool {
     matches!(
         provider,
-        ProviderKind::Datadog | ProviderKind::Alertmanager | ProviderKind::Gitlab
+        ProviderKind::Datadog
+            | ProviderKind::Alertmanager
+            | ProviderKind::Gitlab
+            | ProviderKind::AzureEventGrid
     )
 }
 
@@ -233,6 +266,14 @@ pub enum Rejection {
     /// More query/form parameters than a scheme that signs them verifies (Twilio: the
     /// work before authentication grows with their number).
     TooManyParameters { count: usize, limit: usize },
+    /// An unauthenticated request that is another provider's endpoint handshake (Zoom
+    /// URL validation sent to a Slack integration, …): the integration's provider is
+    /// probably the wrong one.
+    ForeignHandshake {
+        handshake: &'static str,
+        sender: ProviderKind,
+        provider: ProviderKind,
+    },
 }
 
 impl Rejection {
@@ -254,11 +295,12 @@ impl Rejection {
             Rejection::MissingUrl => "missing_url",
             Rejection::MalformedBody { .. } => "malformed_body",
             Rejection::TooManyParameters { .. } => "too_many_parameters",
+            Rejection::ForeignHandshake { .. } => "handshake_wrong_provider",
         }
     }
 
     /// Every code [`Rejection::code`] can return (bounded metric label values).
-    pub const CODES: [&'static str; 15] = [
+    pub const CODES: [&'static str; 16] = [
         "no_secret",
         "invalid_secret",
         "missing_signature",
@@ -274,6 +316,7 @@ impl Rejection {
         "missing_url",
         "malformed_body",
         "too_many_parameters",
+        "handshake_wrong_provider",
     ];
 }
 
@@ -327,6 +370,14 @@ impl fmt::Display for Rejection {
             Rejection::TooManyParameters { count, limit } => write!(
                 f,
                 "{count} query/form parameters, more than the {limit} this provider's signature is checked over"
+            ),
+            Rejection::ForeignHandshake {
+                handshake,
+                sender,
+                provider,
+            } => write!(
+                f,
+                "this is a {handshake} request, but the integration's provider is {provider}: set provider: {sender} (or point the {sender} subscription at this provider's integration)"
             ),
         }
     }
@@ -425,6 +476,13 @@ pub fn verify(
     delivery: &Delivery<'_>,
     now_unix: i64,
 ) -> Verdict {
+    // Spelled out in the spec: nothing to check, and no secret needed.
+    if scheme.provider == ProviderKind::Generic && scheme.auth == Some(GenericAuth::None) {
+        return Verdict::Valid(Verified {
+            secret_index: 0,
+            timestamp: None,
+        });
+    }
     let keys = Keys::new(secrets);
     if keys.len() == 0 {
         return Verdict::Invalid(Rejection::NoSecret);
@@ -453,17 +511,44 @@ pub fn verify(
         ProviderKind::Datadog | ProviderKind::Alertmanager => {
             token::verify_token(&keys, delivery.headers, scheme.token_header.as_deref())
         }
-        ProviderKind::Generic => match &scheme.generic {
-            Some(g) => generic::verify(g, &keys, delivery, now_unix),
+        ProviderKind::Discord => asymmetric::verify_discord(&keys, delivery, now_unix),
+        ProviderKind::Sendgrid => asymmetric::verify_sendgrid(&keys, delivery, now_unix),
+        ProviderKind::Zoom => handshakes::verify_zoom(&keys, delivery, now_unix),
+        ProviderKind::Twitch => handshakes::verify_twitch(&keys, delivery, now_unix),
+        ProviderKind::AzureEventGrid => {
+            handshakes::verify_azure(&keys, delivery, scheme.token_header.as_deref())
+        }
+        ProviderKind::Gitea => hmac_presets::verify_gitea(&keys, delivery, false),
+        ProviderKind::Forgejo => hmac_presets::verify_gitea(&keys, delivery, true),
+        ProviderKind::Paddle => hmac_presets::verify_paddle(&keys, delivery, now_unix),
+        ProviderKind::Generic => match (&scheme.generic, scheme.auth) {
+            (Some(g), _) => generic::verify(g, &keys, delivery, now_unix),
+            (None, Some(auth)) => token::verify_generic_auth(
+                auth,
+                &keys,
+                delivery.headers,
+                scheme.token_header.as_deref(),
+            ),
             // from_spec never builds this; a hand-built Scheme without settings verifies nothing.
-            None => Err(Rejection::InvalidSecret {
+            (None, None) => Err(Rejection::InvalidSecret {
                 reason: "provider generic has no signature settings",
             }),
         },
     };
     match outcome {
         Ok(v) => Verdict::Valid(v),
-        Err(r) => Verdict::Invalid(r),
+        // A failed request that is another provider's handshake says so: the fix is the
+        // integration's provider, not the secret. Looked at only on this failure path.
+        Err(r) => Verdict::Invalid(
+            match handshakes::foreign_handshake(scheme.provider, delivery) {
+                Some((handshake, sender)) => Rejection::ForeignHandshake {
+                    handshake,
+                    sender,
+                    provider: scheme.provider,
+                },
+                None => r,
+            },
+        ),
     }
 }
 
@@ -494,7 +579,7 @@ pub enum SignError {
         "Twilio sends JSON bodies to the URL with ?bodySHA256=<hex sha256 of the body> appended, and signs that URL: use {0}"
     )]
     TwilioNeedsBodyHash(String),
-    #[error("provider generic needs its signature settings (spec.signature)")]
+    #[error("provider generic needs its signature settings (spec.signature) or spec.auth")]
     MissingGenericSignature,
 }
 
@@ -505,6 +590,9 @@ pub fn sign(
     secret: &str,
     input: &SignInput<'_>,
 ) -> Result<Vec<(String, String)>, SignError> {
+    if scheme.provider == ProviderKind::Generic && scheme.auth == Some(GenericAuth::None) {
+        return Ok(Vec::new());
+    }
     if secret.is_empty() {
         return Err(SignError::EmptySecret);
     }
@@ -537,9 +625,25 @@ pub fn sign(
         ProviderKind::Datadog | ProviderKind::Alertmanager => {
             Ok(token::sign_token(secret, scheme.token_header.as_deref()))
         }
-        ProviderKind::Generic => match &scheme.generic {
-            Some(g) => Ok(generic::sign(g, secret, input)),
-            None => Err(SignError::MissingGenericSignature),
+        ProviderKind::Discord => asymmetric::sign_discord(secret, input),
+        ProviderKind::Sendgrid => asymmetric::sign_sendgrid(secret, input),
+        ProviderKind::Zoom => Ok(handshakes::sign_zoom(secret, input)),
+        ProviderKind::Twitch => Ok(handshakes::sign_twitch(secret, input)),
+        ProviderKind::AzureEventGrid => Ok(handshakes::sign_azure(
+            secret,
+            scheme.token_header.as_deref(),
+        )),
+        ProviderKind::Gitea => Ok(hmac_presets::sign_gitea(secret, input, false)),
+        ProviderKind::Forgejo => Ok(hmac_presets::sign_gitea(secret, input, true)),
+        ProviderKind::Paddle => Ok(hmac_presets::sign_paddle(secret, input)),
+        ProviderKind::Generic => match (&scheme.generic, scheme.auth) {
+            (Some(g), _) => Ok(generic::sign(g, secret, input)),
+            (None, Some(auth)) => Ok(token::sign_generic_auth(
+                auth,
+                secret,
+                scheme.token_header.as_deref(),
+            )),
+            (None, None) => Err(SignError::MissingGenericSignature),
         },
     }
 }
@@ -558,6 +662,11 @@ pub fn check_secret(provider: ProviderKind, secret: &str) -> Result<(), SignErro
         ProviderKind::Gitlab if secret.starts_with(standard::SECRET_PREFIX) => {
             standard::decode_key(secret).map(|_| ())
         }
+        ProviderKind::Gitlab if secret.starts_with(standard::PUBLIC_KEY_PREFIX) => {
+            standard::check_verify_key(secret)
+        }
+        ProviderKind::Discord => asymmetric::check_discord_key(secret),
+        ProviderKind::Sendgrid => asymmetric::check_sendgrid_key(secret),
         _ => Ok(()),
     }
 }
@@ -671,6 +780,28 @@ pub fn delivery_meta(
             )
         }
         ProviderKind::Alertmanager => (None, j("/status")),
+        ProviderKind::Discord => (j("/id"), j("/type")),
+        // One delivery carries a batch of events; the first one names it.
+        ProviderKind::Sendgrid => (
+            j("/0/sg_event_id").or_else(|| j("/sg_event_id")),
+            j("/0/event").or_else(|| j("/event")),
+        ),
+        ProviderKind::Zoom => (h("x-zm-trackingid"), j("/event")),
+        ProviderKind::Twitch => (
+            h("Twitch-Eventsub-Message-Id"),
+            h("Twitch-Eventsub-Subscription-Type").or_else(|| j("/subscription/type")),
+        ),
+        // Event Grid schema: an array of events; CloudEvents: one object.
+        ProviderKind::AzureEventGrid => (
+            j("/0/id").or_else(|| j("/id")),
+            j("/0/eventType").or_else(|| j("/type")),
+        ),
+        ProviderKind::Gitea => (h("X-Gitea-Delivery"), h("X-Gitea-Event")),
+        ProviderKind::Forgejo => (
+            h("X-Forgejo-Delivery").or_else(|| h("X-Gitea-Delivery")),
+            h("X-Forgejo-Event").or_else(|| h("X-Gitea-Event")),
+        ),
+        ProviderKind::Paddle => (j("/event_id"), j("/event_type")),
         ProviderKind::Generic => (
             scheme
                 .generic
@@ -693,7 +824,9 @@ pub fn meta_reads_body(provider: ProviderKind) -> bool {
         | ProviderKind::Shopify
         | ProviderKind::Twilio
         | ProviderKind::Sentry
-        | ProviderKind::Bitbucket => false,
+        | ProviderKind::Bitbucket
+        | ProviderKind::Gitea
+        | ProviderKind::Forgejo => false,
         ProviderKind::Gitlab
         | ProviderKind::Stripe
         | ProviderKind::Slack
@@ -706,6 +839,12 @@ pub fn meta_reads_body(provider: ProviderKind) -> bool {
         | ProviderKind::Jira
         | ProviderKind::Datadog
         | ProviderKind::Alertmanager
+        | ProviderKind::Discord
+        | ProviderKind::Sendgrid
+        | ProviderKind::Zoom
+        | ProviderKind::Twitch
+        | ProviderKind::AzureEventGrid
+        | ProviderKind::Paddle
         | ProviderKind::Generic => true,
     }
 }
@@ -737,27 +876,13 @@ pub fn accepts_content_type(provider: ProviderKind, content_type: Option<&str>) 
         ProviderKind::Github
         | ProviderKind::Slack
         | ProviderKind::Twilio
-        | ProviderKind::Datadog => json || form,
+        | ProviderKind::Datadog
+        // Gitea/Forgejo offer "application/x-www-form-urlencoded" as the POST content type.
+        | ProviderKind::Gitea
+        | ProviderKind::Forgejo => json || form,
         // Shopify subscriptions can be XML; Zendesk trigger webhooks JSON, XML or form.
         ProviderKind::Shopify => json || xml,
         ProviderKind::Zendesk => json || xml || form,
         _ => json,
-    }
-}
-
-/// The answer a provider's handshake needs instead of 202, if this body is one: Slack's
-/// `url_verification` wants the `challenge` echoed back.
-pub fn handshake(
-    provider: ProviderKind,
-    body: &serde_json::Value,
-) -> Option<(&'static str, Vec<u8>)> {
-    match provider {
-        ProviderKind::Slack
-            if body.get("type").and_then(|t| t.as_str()) == Some("url_verification") =>
-        {
-            let challenge = body.get("challenge")?.as_str()?;
-            Some(("text/plain", challenge.as_bytes().to_vec()))
-        }
-        _ => None,
     }
 }
