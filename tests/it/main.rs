@@ -11,6 +11,7 @@ mod forward_sender;
 mod journal;
 mod receiver_http;
 mod route_watch;
+mod senders;
 mod signatures;
 mod standalone;
 mod status_writer;

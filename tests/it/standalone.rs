@@ -26,7 +26,7 @@ fn folder_with(files: &[&str]) -> tempfile::TempDir {
 }
 
 /// A running `hookwarden standalone`; killed (SIGKILL) when dropped.
-struct Standalone {
+pub(crate) struct Standalone {
     child: Child,
     /// `namespace/name` → URL, from the startup table.
     urls: BTreeMap<String, String>,
@@ -35,7 +35,7 @@ struct Standalone {
 }
 
 impl Standalone {
-    fn start(dir: &Path) -> Standalone {
+    pub(crate) fn start(dir: &Path) -> Standalone {
         Standalone::start_with(dir, &[])
     }
 
@@ -85,14 +85,14 @@ impl Standalone {
         }
     }
 
-    fn url(&self, key: &str) -> &str {
+    pub(crate) fn url(&self, key: &str) -> &str {
         self.urls
             .get(key)
             .unwrap_or_else(|| panic!("no URL for {key} in {:?}", self.urls))
     }
 
     /// Graceful stop (SIGTERM), as Ctrl-C or `kubectl delete pod` would.
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let pid = self.child.id().to_string();
         let status = Command::new("kill")
             .args(["-TERM", &pid])
@@ -149,7 +149,7 @@ fn get_json(dir: &Path, name: &str) -> Option<serde_json::Value> {
 }
 
 /// Polls `hookwarden get NAME -o json` until `check` holds.
-fn wait_for_status(
+pub(crate) fn wait_for_status(
     dir: &Path,
     name: &str,
     what: &str,
