@@ -37,7 +37,8 @@ pub const FINALIZER: &str = "hookwarden.dev/route";
     printcolumn(name = "Last Delivery", type_ = "date", json_path = ".status.deliveries.lastReceivedTime", description = "When the last delivery arrived"),
     printcolumn(name = "URL", type_ = "string", json_path = ".status.url", description = "Endpoint to configure in the sender", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("self.spec.provider == 'generic' ? (has(self.spec.signature) != has(self.spec.auth)) : !has(self.spec.signature)").message("provider generic needs exactly one of spec.signature (HMAC) or spec.auth (token, or none); other providers take neither").field_path(".spec.signature"),
+    validation = Rule::new("self.spec.provider == 'generic' ? (has(self.spec.signature) || has(self.spec.auth)) : !has(self.spec.signature)").message("spec.signature must be set when provider is generic, and only then (generic may use spec.auth instead)").field_path(".spec.signature"),
+    validation = Rule::new("!(has(self.spec.signature) && has(self.spec.auth))").message("spec.signature (an HMAC) and spec.auth (token, or none) exclude each other").field_path(".spec.auth"),
     validation = Rule::new("!has(self.spec.auth) || self.spec.provider == 'generic'").message("spec.auth is only used by provider generic").field_path(".spec.auth"),
     validation = Rule::new("!has(self.spec.auth) || self.spec.auth != 'header' || has(self.spec.tokenHeader)").message("auth: header needs spec.tokenHeader (the header carrying the token)").field_path(".spec.tokenHeader"),
 )]
