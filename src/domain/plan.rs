@@ -1173,7 +1173,7 @@ mod tests {
     #[test]
     fn auth_none_is_ready_with_a_warning_and_token_auth_without() {
         let none: WebhookIntegrationSpec =
-            serde_yaml::from_str("provider: generic\nauth: none").unwrap();
+            serde_yaml::from_str("provider: generic\nauth: none").expect("spec");
         let wi = integration(none);
         let p = plan(input(
             &wi,
@@ -1189,7 +1189,7 @@ mod tests {
         assert!(w.message.contains("only secret"), "{}", w.message);
 
         let bearer: WebhookIntegrationSpec =
-            serde_yaml::from_str("provider: generic\nauth: bearer").unwrap();
+            serde_yaml::from_str("provider: generic\nauth: bearer").expect("spec");
         let wi = integration(bearer);
         let p = plan(input(
             &wi,
