@@ -6,8 +6,8 @@
 //! answering a fixed 200 with the same worker count and prints the ratio.
 //!
 //! cargo bench --bench receiver -- [--connections 32] [--seconds 5] [--workers 1] \
-//!     [--provider github|datadog|github-actions] [--url URL --secret S | --standalone [--forward] | --fsync-floor DIR] [--no-nginx]
-//! cargo bench --bench receiver -- --verify-cost 20000   # µs per verification, HMAC vs JWT
+//!     [--provider github|datadog|github-actions|discord|sendgrid|standard-webhooks] [--url URL --secret S | --standalone [--forward] | --fsync-floor DIR] [--no-nginx]
+//! cargo bench --bench receiver -- --verify-cost 20000   # µs per verification, per scheme (HMAC, token, ed25519, P-256, JWT)
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -51,8 +51,9 @@ struct Options {
     /// Client threads.
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
-    /// Delivery flavour: github (HMAC-SHA256, delivery id header) or datadog (bearer
-    /// token, incident mapping).
+    /// Delivery flavour: github (HMAC-SHA256, delivery id header), datadog (bearer
+    /// token, incident mapping), or in-process only the asymmetric ones: discord
+    /// (ed25519), sendgrid (ECDSA P-256), standard-webhooks (`v1a` ed25519).
     #[arg(long, default_value = "github")]
     provider: ProviderKind,
     /// Load a running receiver (e.g. `hookwarden standalone`) at this endpoint URL instead
@@ -114,8 +115,9 @@ struct Options {
     /// whatever queued behind the previous flush.
     #[arg(long, default_value_t = 0, requires = "fsync_floor")]
     fsync_floor_window_us: u64,
-    /// Instead of loading: time N verifications per scheme as the receiver runs them
-    /// (GitHub HMAC-SHA256; OIDC bearer RS256, ES256 and EdDSA against the Secret's
+    /// Instead of loading: time N verifications of one signed delivery per scheme as the
+    /// receiver runs them (HMAC presets, tokens, ed25519, ECDSA P-256 through
+    /// `signature::verify`; OIDC bearer RS256, ES256 and EdDSA against the Secret's
     /// inline JWKS, parsed once and cached) and print microseconds per delivery.
     #[arg(long, value_name = "N")]
     verify_cost: Option<u32>,
@@ -360,6 +362,164 @@ fn verify_cost(n: u32) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+// Bench-only key pairs (ed25519 seed and its public key, as Discord and Standard Webhooks
+// `whsk_`/`whpk_` write them; a P-256 PKCS#8 / SPKI pair as SendGrid shows its key).
+const ED25519_SEED_HEX: &str = "6465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f80818283";
+const ED25519_PUBLIC_HEX: &str = "0bbc346a57667c380120bd9c7fd7e51d2c5fdfea37cd2f5bf405b2c6bf6f2d78";
+const WHSK: &str = "whsk_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const WHPK: &str = "whpk_A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=";
+const P256_PRIVATE: &str = "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg0S8NU4NxliBZyVD9k2jN857hrm8DeI9ccKkLTK/0BK2hRANCAARjZfJ0c+Vw4mqCdLMWKMFajqZR/C+MggDy0S5TO9fLLwORaScGCryCFPrGGXoFrplcjaAFczZGp3PBvOlyGs2k";
+const P256_PUBLIC: &str = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEY2XydHPlcOJqgnSzFijBWo6mUfwvjIIA8tEuUzvXyy8DkWknBgq8ghT6xhl6Ba6ZXI2gBXM2RqdzwbzpchrNpA==";
+
+/// (what the route verifies with, what the client signs with) for `provider`.
+fn bench_keys(provider: ProviderKind) -> (String, String) {
+    let pair = |v: &str, s: &str| (v.to_string(), s.to_string());
+    match provider {
+        ProviderKind::Discord => pair(ED25519_PUBLIC_HEX, ED25519_SEED_HEX),
+        ProviderKind::Sendgrid => pair(P256_PUBLIC, P256_PRIVATE),
+        ProviderKind::StandardWebhooks | ProviderKind::Svix => pair(WHPK, WHSK),
+        _ => pair(
+            "bench-secret-0123456789abcdef",
+            "bench-secret-0123456789abcdef",
+        ),
+    }
+}
+
+/// `--verify-cost N`: µs per `signature::verify` of one correctly signed ~350-byte body,
+/// for HMAC presets next to the token and asymmetric schemes.
+fn verify_cost_schemes(iterations: u64) {
+    use hookwarden::domain::signature::{Delivery, verify};
+    let body = serde_json::to_vec(&serde_json::json!({
+        "ref": "refs/heads/main", "before": "6113728f27ae82c7b1a177c8d03f9e96e0adf246",
+        "after": "59b20b8d5c6ff8d09518454d4dd8b7b30f095ab5", "seq": 1,
+        "repository": {"full_name": "octo/bench", "private": false},
+        "pusher": {"name": "octocat"}, "head_commit": {"id": "bench-1", "message": "bench"},
+    }))
+    .unwrap_or_default();
+    let now = 1_700_000_000;
+    let whsec = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let cases: [(&str, ProviderKind, String, String); 11] = [
+        (
+            "github (HMAC-SHA256)",
+            ProviderKind::Github,
+            "s".repeat(32),
+            "s".repeat(32),
+        ),
+        (
+            "stripe (HMAC-SHA256, t=)",
+            ProviderKind::Stripe,
+            "s".repeat(32),
+            "s".repeat(32),
+        ),
+        (
+            "standard-webhooks v1 (HMAC)",
+            ProviderKind::StandardWebhooks,
+            whsec.into(),
+            whsec.into(),
+        ),
+        (
+            "paddle (HMAC-SHA256)",
+            ProviderKind::Paddle,
+            "s".repeat(32),
+            "s".repeat(32),
+        ),
+        (
+            "zoom (HMAC-SHA256)",
+            ProviderKind::Zoom,
+            "s".repeat(32),
+            "s".repeat(32),
+        ),
+        (
+            "twitch (HMAC-SHA256)",
+            ProviderKind::Twitch,
+            "s".repeat(32),
+            "s".repeat(32),
+        ),
+        (
+            "datadog (bearer token)",
+            ProviderKind::Datadog,
+            "s".repeat(32),
+            "s".repeat(32),
+        ),
+        (
+            "azure-event-grid (?code= token)",
+            ProviderKind::AzureEventGrid,
+            "s".repeat(32),
+            "s".repeat(32),
+        ),
+        (
+            "standard-webhooks v1a (ed25519)",
+            ProviderKind::StandardWebhooks,
+            WHSK.into(),
+            WHPK.into(),
+        ),
+        (
+            "discord (ed25519)",
+            ProviderKind::Discord,
+            ED25519_SEED_HEX.into(),
+            ED25519_PUBLIC_HEX.into(),
+        ),
+        (
+            "sendgrid (ECDSA P-256)",
+            ProviderKind::Sendgrid,
+            P256_PRIVATE.into(),
+            P256_PUBLIC.into(),
+        ),
+    ];
+    println!(
+        "verify cost: {iterations} verifications of a {}-byte body per scheme, one thread",
+        body.len()
+    );
+    for (label, provider, signing, verifying) in cases {
+        let scheme = Scheme::preset(provider);
+        let input = SignInput {
+            body: &body,
+            url: "",
+            timestamp: now,
+            id: "msg_bench",
+            content_type: "application/json",
+        };
+        let Ok(signed) = sign(&scheme, &signing, &input) else {
+            println!("{label:<34} cannot sign");
+            continue;
+        };
+        let mut headers = http::HeaderMap::new();
+        for (k, v) in signed {
+            if let (Ok(k), Ok(v)) = (
+                http::HeaderName::from_bytes(k.as_bytes()),
+                http::HeaderValue::from_str(&v),
+            ) {
+                headers.insert(k, v);
+            }
+        }
+        let url = format!("/hooks/x?code={verifying}");
+        let delivery = Delivery {
+            method: "POST",
+            url: &url,
+            headers: &headers,
+            body: &body,
+        };
+        let secrets = [verifying.as_str()];
+        assert!(
+            verify(&scheme, &secrets, &delivery, now).is_valid(),
+            "{label}: does not verify"
+        );
+        let started = Instant::now();
+        let mut valid = 0u64;
+        for _ in 0..iterations {
+            valid += u64::from(
+                verify(&scheme, std::hint::black_box(&secrets), &delivery, now).is_valid(),
+            );
+        }
+        let us = started.elapsed().as_secs_f64() * 1e6 / iterations.max(1) as f64;
+        assert_eq!(valid, iterations);
+        println!(
+            "{label:<34} {us:>8.2} µs/delivery  ({:>9.0} verifications/s per core)",
+            1e6 / us
+        );
+    }
+}
+
 /// Starts the receiver app with `sink` on its own runtime; returns its target.
 fn start_in_process<S: DeliverySink>(
     provider: ProviderKind,
@@ -377,10 +537,10 @@ fn start_in_process_with<S: DeliverySink>(
     sink: S,
     budgets: bool,
 ) -> std::io::Result<Target> {
-    let mut secret = "bench-secret-0123456789abcdef".to_string();
     // OIDC: the route's Secret holds the issuer's JWKS; the client's "secret" is the
-    // bearer token it presents.
-    let mut client_secret = secret.clone();
+    // bearer token it presents. Asymmetric schemes: the route holds the public key, the
+    // client signs with the private one.
+    let (mut secret, mut client_secret) = bench_keys(provider);
     let path = generate_path();
     let mut spec = serde_json::json!({
         "provider": provider.as_str(),
@@ -399,7 +559,7 @@ fn start_in_process_with<S: DeliverySink>(
         generation: 1,
         path: path.clone(),
         secrets: vec![RouteSecret {
-            value: SecretValue(secret.clone()),
+            value: SecretValue(secret),
             expires_at: None,
         }],
         spec: serde_json::from_value(spec).map_err(std::io::Error::other)?,
@@ -930,6 +1090,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return memory(sizes[0], sizes.get(1).copied().unwrap_or(0));
     }
     if let Some(n) = options.verify_cost {
+        verify_cost_schemes(u64::from(n));
         return verify_cost(n);
     }
     let provider = options.provider;

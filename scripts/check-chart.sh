@@ -20,8 +20,10 @@ VENV="${HOOKWARDEN_VENV:-$HOME/.cache/hookwarden/venv}"
 # which API versions exist. 1.37.0 ships schemas for 1.33 to 1.37. standardwebhooks is the
 # official library tests/it/forward_sdk.rs verifies forwarded signatures with (cargo test
 # runs after this script in scripts/test.sh, so the venv is ready by then). PyJWT and
-# cryptography mint the OIDC tokens and SNS messages of tests/it/oidc_sns.rs.
-PY_REQUIREMENTS="kubernetes-validate==1.37.0 jsonschema==4.26.0 PyYAML==6.0.3 cel-python==0.5.0 standardwebhooks==1.3.0 PyJWT==2.15.1 cryptography==51.0.1"
+# cryptography mint the OIDC tokens and SNS messages of tests/it/oidc_sns.rs; PyNaCl (what
+# Discord's docs verify with), cryptography, sendgrid and paddle-python-sdk sign and check
+# the issue-19 senders' deliveries in tests/it/senders.rs.
+PY_REQUIREMENTS="kubernetes-validate==1.37.0 jsonschema==4.26.0 PyYAML==6.0.3 cel-python==0.5.0 standardwebhooks==1.3.0 PyJWT==2.15.1 PyNaCl==1.5.0 cryptography==51.0.1 sendgrid==6.12.5 paddle-python-sdk==1.16.1"
 CHART=charts/hookwarden
 RELEASE=hookwarden
 NAMESPACE=hookwarden

@@ -38,16 +38,19 @@ pub const FINALIZER: &str = "hookwarden.dev/route";
     printcolumn(name = "URL", type_ = "string", json_path = ".status.url", description = "Endpoint to configure in the sender", priority = 1),
     printcolumn(name = "Dead Letters", type_ = "integer", json_path = ".status.forwardingTotals.deadLettered", description = "Forwards dead-lettered, all targets and receiver replicas (hookwarden replay re-queues them)", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("self.spec.provider == 'generic' && !(has(self.spec.auth) && self.spec.auth == 'oidc') ? has(self.spec.signature) : !has(self.spec.signature)").message("spec.signature must be set when provider is generic (with HMAC auth), and only then").field_path(".spec.signature"),
+    validation = Rule::new("self.spec.provider == 'generic' ? (has(self.spec.signature) || (has(self.spec.auth) && self.spec.auth != 'hmac')) : !has(self.spec.signature)").message("spec.signature must be set when provider is generic, and only then (generic may use spec.auth instead)").field_path(".spec.signature"),
+    validation = Rule::new("!(has(self.spec.signature) && has(self.spec.auth) && self.spec.auth != 'hmac')").message("spec.signature (an HMAC) and spec.auth (token, or none) exclude each other").field_path(".spec.auth"),
     validation = Rule::new("(self.spec.provider in ['google-pubsub', 'github-actions'] || (has(self.spec.auth) && self.spec.auth == 'oidc')) == has(self.spec.oidc)").message("spec.oidc is required by the OIDC senders (google-pubsub, github-actions, generic with auth: oidc) and used by nothing else").field_path(".spec.oidc"),
-    validation = Rule::new("!has(self.spec.auth) || self.spec.provider == 'generic'").message("spec.auth only applies to provider generic").field_path(".spec.auth"),
+    validation = Rule::new("!has(self.spec.auth) || self.spec.provider == 'generic'").message("spec.auth is only used by provider generic").field_path(".spec.auth"),
     validation = Rule::new("!has(self.spec.sns) || self.spec.provider == 'aws-sns'").message("spec.sns only applies to provider aws-sns").field_path(".spec.sns"),
+    validation = Rule::new("!has(self.spec.auth) || self.spec.auth != 'header' || has(self.spec.tokenHeader)").message("auth: header needs spec.tokenHeader (the header carrying the token)").field_path(".spec.tokenHeader"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookIntegrationSpec {
     /// Sender preset: how deliveries are authenticated and mapped. One of github, gitlab,
     /// stripe, slack, standard-webhooks, svix, shopify, pagerduty, twilio, sentry, linear,
-    /// grafana, zendesk, jira, bitbucket, datadog, alertmanager, generic, google-pubsub,
+    /// grafana, zendesk, jira, bitbucket, datadog, alertmanager, discord, sendgrid, zoom,
+    /// twitch, azure-event-grid, gitea, forgejo, paddle, generic, google-pubsub,
     /// github-actions, aws-sns.
     pub provider: ProviderKind,
 
@@ -96,7 +99,8 @@ pub struct WebhookIntegrationSpec {
     pub signature: Option<SignatureSpec>,
 
     /// Provider generic: how deliveries authenticate. `hmac` (default): spec.signature;
-    /// `oidc`: an `Authorization: Bearer` JWT checked against spec.oidc.
+    /// `oidc`: an `Authorization: Bearer` JWT checked against spec.oidc; `bearer`,
+    /// `basic`, `header`: the secret as a plain token; `none`: nothing (spelled out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<GenericAuth>,
 
@@ -109,8 +113,9 @@ pub struct WebhookIntegrationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sns: Option<SnsSpec>,
 
-    /// Token presets (datadog, alertmanager, gitlab): an extra request header that may carry
-    /// the token as its whole value, besides `Authorization: Bearer` and Basic auth.
+    /// Token presets (datadog, alertmanager, gitlab, azure-event-grid) and generic
+    /// `auth: header`: a request header that carries the token as its whole value
+    /// (besides `Authorization: Bearer` and Basic auth for the presets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9-]+$"))]
     pub token_header: Option<String>,
@@ -734,7 +739,25 @@ pub enum ProviderKind {
     Datadog,
     /// Prometheus Alertmanager: no signature; bearer or basic auth token.
     Alertmanager,
-    /// Configurable HMAC (`spec.signature`), or an OIDC bearer token (`auth: oidc`).
+    /// Discord interactions: `X-Signature-Ed25519` over timestamp + body (hex public key);
+    /// answers the PING with `{"type":1}`.
+    Discord,
+    /// SendGrid event webhook: ECDSA P-256 over timestamp + body (base64 public key).
+    Sendgrid,
+    /// Zoom: `x-zm-signature: v0=…` over `v0:{timestamp}:{body}`; answers `endpoint.url_validation`.
+    Zoom,
+    /// Twitch EventSub: `Twitch-Eventsub-Message-Signature: sha256=…`; answers `webhook_callback_verification`.
+    Twitch,
+    /// Azure Event Grid: a key in the URL query (`code`) or a delivery header; answers `SubscriptionValidation`.
+    AzureEventGrid,
+    /// Gitea: `X-Gitea-Signature`, hex HMAC-SHA256 of the body.
+    Gitea,
+    /// Forgejo: `X-Forgejo-Signature` (or `X-Gitea-Signature`), hex HMAC-SHA256 of the body.
+    Forgejo,
+    /// Paddle Billing: `Paddle-Signature: ts=…;h1=…` over `{ts}:{body}`.
+    Paddle,
+    /// Configurable: HMAC (`spec.signature`), an OIDC bearer token (`auth: oidc`), or a
+    /// plain token or nothing (`auth: bearer|basic|header|none`).
     Generic,
     /// Google Cloud Pub/Sub push with authentication: a Google-signed OIDC token
     /// (issuer `https://accounts.google.com`) in `Authorization: Bearer`.
@@ -749,7 +772,7 @@ pub enum ProviderKind {
 
 impl ProviderKind {
     /// Every preset, in documentation order.
-    pub const ALL: [ProviderKind; 21] = [
+    pub const ALL: [ProviderKind; 29] = [
         ProviderKind::Github,
         ProviderKind::Gitlab,
         ProviderKind::Stripe,
@@ -767,6 +790,14 @@ impl ProviderKind {
         ProviderKind::Bitbucket,
         ProviderKind::Datadog,
         ProviderKind::Alertmanager,
+        ProviderKind::Discord,
+        ProviderKind::Sendgrid,
+        ProviderKind::Zoom,
+        ProviderKind::Twitch,
+        ProviderKind::AzureEventGrid,
+        ProviderKind::Gitea,
+        ProviderKind::Forgejo,
+        ProviderKind::Paddle,
         ProviderKind::Generic,
         ProviderKind::GooglePubsub,
         ProviderKind::GithubActions,
@@ -793,6 +824,14 @@ impl ProviderKind {
             ProviderKind::Bitbucket => "bitbucket",
             ProviderKind::Datadog => "datadog",
             ProviderKind::Alertmanager => "alertmanager",
+            ProviderKind::Discord => "discord",
+            ProviderKind::Sendgrid => "sendgrid",
+            ProviderKind::Zoom => "zoom",
+            ProviderKind::Twitch => "twitch",
+            ProviderKind::AzureEventGrid => "azure-event-grid",
+            ProviderKind::Gitea => "gitea",
+            ProviderKind::Forgejo => "forgejo",
+            ProviderKind::Paddle => "paddle",
             ProviderKind::Generic => "generic",
             ProviderKind::GooglePubsub => "google-pubsub",
             ProviderKind::GithubActions => "github-actions",
@@ -842,6 +881,16 @@ pub enum GenericAuth {
     Hmac,
     /// An OIDC/JWT bearer token checked against spec.oidc.
     Oidc,
+    /// `Authorization: Bearer <secret>` (secretRef, or the generated secret).
+    Bearer,
+    /// `Authorization: Basic …` whose password is the secret (any user name).
+    Basic,
+    /// The whole value of the header named in spec.tokenHeader is the secret.
+    Header,
+    /// Nothing is checked: for senders that cannot sign or send a token (Docker Hub,
+    /// Quay). The unguessable URL path is then the only secret; the integration carries
+    /// a Warning condition saying so. Must be spelled out.
+    None,
 }
 
 /// What an OIDC/JWT bearer token must be to authenticate a delivery.

@@ -14,7 +14,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::crd::ProviderKind;
-use crate::crd::{HmacAlgorithm, SignatureEncoding, SignatureSpec, WebhookIntegrationSpec};
+use crate::crd::{
+    GenericAuth, HmacAlgorithm, SignatureEncoding, SignatureSpec, WebhookIntegrationSpec,
+};
 use crate::domain::sample::{self, SampleOptions};
 use crate::domain::signature::{self, Delivery, Scheme, SignInput, Verdict};
 use crate::domain::spec;
@@ -77,6 +79,11 @@ fn parse_encoding(s: &str) -> Result<SignatureEncoding, String> {
         .map_err(|_| format!("{s:?}: expected hex or base64"))
 }
 
+fn parse_auth(s: &str) -> Result<GenericAuth, String> {
+    serde_yaml::from_str(&s.to_ascii_lowercase())
+        .map_err(|_| format!("{s:?}: expected bearer, basic, header or none"))
+}
+
 fn parse_provider(s: &str) -> Result<ProviderKind, String> {
     s.parse()
         .map_err(|e: crate::crd::UnknownProvider| e.to_string())
@@ -95,6 +102,10 @@ pub struct SchemeArgs {
     /// Token presets: extra header carrying the token (spec.tokenHeader).
     #[arg(long, value_name = "NAME")]
     pub token_header: Option<String>,
+    /// generic without an HMAC (spec.auth): bearer, basic, header (with --token-header)
+    /// or none.
+    #[arg(long, value_name = "AUTH", value_parser = parse_auth, conflicts_with = "signature_header")]
+    pub auth: Option<GenericAuth>,
     #[command(flatten)]
     pub generic: GenericFlags,
     #[command(flatten)]
@@ -149,8 +160,9 @@ pub struct PrivateKeyFlags {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub scheme: SchemeArgs,
-    /// A secret to try; repeat for rotation (current, then previous). OIDC: an inline
-    /// JWKS (optional). SNS: none needed.
+    /// A secret to try; repeat for rotation (current, then previous). Asymmetric
+    /// schemes take the public key: discord (hex), sendgrid (base64/PEM),
+    /// standard-webhooks/svix `whpk_…`. OIDC: an inline JWKS (optional). SNS: none needed.
     #[arg(long = "secret", value_name = "VALUE", allow_hyphen_values = true)]
     pub secrets: Vec<String>,
     /// OIDC/SNS: a JWKS (JSON) or the signing certificate (PEM) to verify with instead
@@ -203,7 +215,9 @@ impl fmt::Debug for VerifyArgs {
 pub struct SignArgs {
     #[command(flatten)]
     pub scheme: SchemeArgs,
-    /// The shared secret or token (OIDC/SNS: --private-key-file instead).
+    /// The shared secret or token. Asymmetric schemes take the private key: discord
+    /// (hex seed), sendgrid (PKCS#8 PEM or base64 DER), standard-webhooks/svix `whsk_…`
+    /// (OIDC/SNS: --private-key-file instead).
     #[arg(
         long,
         value_name = "VALUE",
@@ -253,8 +267,8 @@ pub struct SendTestArgs {
     pub url: String,
     #[command(flatten)]
     pub scheme: SchemeArgs,
-    /// The shared secret or token the integration expects (OIDC/SNS:
-    /// --private-key-file instead).
+    /// The shared secret or token the integration expects; for asymmetric schemes the
+    /// sender's private key (as for `sign`; OIDC/SNS: --private-key-file instead).
     #[arg(
         long,
         value_name = "VALUE",
@@ -391,6 +405,15 @@ fn build_scheme(args: &SchemeArgs) -> Result<Scheme, CliError> {
     };
     if let Some(h) = &args.token_header {
         spec.token_header = Some(h.clone());
+    }
+    if let Some(auth) = args.auth {
+        if spec.provider != ProviderKind::Generic {
+            return Err(CliError::Usage(
+                "--auth only applies to --provider generic".to_string(),
+            ));
+        }
+        spec.auth = Some(auth);
+        spec.signature = None;
     }
     if !args.generic.is_empty() {
         if spec.provider != ProviderKind::Generic {
@@ -996,6 +1019,7 @@ mod tests {
                 provider: Some(ProviderKind::Github),
                 spec: None,
                 token_header: None,
+                auth: None,
                 generic: GenericFlags::default(),
                 oidc: OidcFlags::default(),
             },

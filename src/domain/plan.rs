@@ -30,8 +30,12 @@ pub const ROUTE_READY: &str = "RouteReady";
 /// Whether every `spec.forward` target resolved (absent when there are none). Separate
 /// from `Ready`: a forward target's missing Secret does not stop the endpoint.
 pub const FORWARD_READY: &str = "ForwardReady";
+/// Something works but deserves a person's attention (absent otherwise): today, a
+/// generic integration with `auth: none`, whose URL path is its only secret.
+pub const WARNING: &str = "Warning";
 /// Every condition type the controller owns (the receivers own `Degraded`).
-pub const CONTROLLER_CONDITIONS: [&str; 4] = [READY, SECRET_RESOLVED, ROUTE_READY, FORWARD_READY];
+pub const CONTROLLER_CONDITIONS: [&str; 5] =
+    [READY, SECRET_RESOLVED, ROUTE_READY, FORWARD_READY, WARNING];
 
 /// At most this many previous secrets stay accepted at once (rapid rotations).
 pub const MAX_PREVIOUS_SECRETS: usize = 3;
@@ -71,6 +75,8 @@ pub mod reason {
     pub const GENERATED_FORWARD_SECRET_CONFLICT: &str = "GeneratedForwardSecretConflict";
     /// Event: a signing key was generated into `<name>-forward`.
     pub const FORWARD_KEY_GENERATED: &str = "ForwardKeyGenerated";
+    /// `Warning` True: `auth: none`, deliveries are not authenticated.
+    pub const UNAUTHENTICATED: &str = "Unauthenticated";
 }
 
 /// Name of the Secret holding a generated secret: `<integration>-webhook`.
@@ -664,6 +670,18 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
             &now_time,
         ));
     }
+    if wi.spec.provider == crate::crd::ProviderKind::Generic
+        && wi.spec.auth == Some(crate::crd::GenericAuth::None)
+    {
+        conditions.push(condition(
+            WARNING,
+            true,
+            reason::UNAUTHENTICATED,
+            "auth: none: deliveries are not authenticated, the URL path is the only secret; keep status.url out of logs and tickets, restrict spec.allowedSourceRanges to the sender's addresses, and rotate the path (recreate the integration) if it leaks".to_string(),
+            generation,
+            &now_time,
+        ));
+    }
     let existing_conditions = existing_status
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
@@ -1201,6 +1219,36 @@ mod tests {
         let mut g = spec(ProviderKind::Github);
         g.previous_secret_ttl = Some("1 day".into());
         assert_eq!(validate(&g).len(), 1);
+    }
+
+    #[test]
+    fn auth_none_is_ready_with_a_warning_and_token_auth_without() {
+        let none: WebhookIntegrationSpec =
+            serde_yaml::from_str("provider: generic\nauth: none").expect("spec");
+        let wi = integration(none);
+        let p = plan(input(
+            &wi,
+            SecretSource::Generated(GeneratedLookup::Absent),
+            None,
+        ));
+        assert_eq!(cond(&p, READY).status, "True");
+        let w = cond(&p, WARNING);
+        assert_eq!(
+            (w.status.as_str(), w.reason.as_str()),
+            ("True", reason::UNAUTHENTICATED)
+        );
+        assert!(w.message.contains("only secret"), "{}", w.message);
+
+        let bearer: WebhookIntegrationSpec =
+            serde_yaml::from_str("provider: generic\nauth: bearer").expect("spec");
+        let wi = integration(bearer);
+        let p = plan(input(
+            &wi,
+            SecretSource::Generated(GeneratedLookup::Absent),
+            None,
+        ));
+        assert_eq!(cond(&p, READY).status, "True");
+        assert!(!p.status.conditions.iter().any(|c| c.type_ == WARNING));
     }
 
     #[test]

@@ -503,6 +503,102 @@ pub fn sample_with(
                 headers: Vec::new(),
             }
         }
+        // What Discord sends when the Interactions Endpoint URL is saved; answered 200 {"type":1}.
+        ProviderKind::Discord => {
+            let body = json!({
+                "id": format!("{}", 1_100_000_000_000_000_000_u64 + (now_unix as u64 % 1_000_000)),
+                "application_id": "1099999999999999999",
+                "type": 1,
+                "version": 1,
+                "token": format!("aW50ZXJhY3Rpb246{}", hex_id(id))
+            });
+            json_sample(body, Some("1"), vec![])
+        }
+        ProviderKind::Sendgrid => {
+            let body = json!([{
+                "email": "oncall@example.com",
+                "timestamp": now_unix,
+                "smtp-id": format!("<{}@ismtpd0001p1lon1.sendgrid.net>", hex_id(id)),
+                "event": "bounce",
+                "category": ["incident-notifications"],
+                "sg_event_id": format!("{}", hex_id(id)),
+                "sg_message_id": format!("{}.filterdrecv-p3mdw1-756b745b58-kmzbl-18-5F5FC76C-9.0", &hex_id(id)[..22]),
+                "reason": "550 5.1.1 The email account that you tried to reach does not exist",
+                "status": "5.1.1",
+                "type": "bounce"
+            }]);
+            json_sample(body, Some("bounce"), vec![])
+        }
+        ProviderKind::Zoom => {
+            let body = json!({
+                "event": "meeting.started",
+                "event_ts": now_unix * 1000,
+                "payload": {"account_id": "AAAAAABBBB", "object": {"id": "85283014325", "uuid": "4444AAAiAAAAAiAiAiiAii==", "host_id": "x1yCzABCDEfg23HiJKl4mN", "topic": "Incident bridge: checkout", "type": 2, "start_time": now, "timezone": "UTC", "duration": 60}}
+            });
+            json_sample(body, Some("meeting.started"), vec![])
+        }
+        ProviderKind::Twitch => {
+            let body = json!({
+                "subscription": {"id": "f1c2a387-161a-49f9-a165-0f21d7a4e1c4", "type": "stream.online", "version": "1", "status": "enabled", "cost": 0, "condition": {"broadcaster_user_id": "1337"}, "transport": {"method": "webhook", "callback": "https://hooks.example.com/hooks/twitch"}, "created_at": started},
+                "event": {"id": "9001", "broadcaster_user_id": "1337", "broadcaster_user_login": "cool_user", "broadcaster_user_name": "Cool_User", "type": "live", "started_at": now}
+            });
+            json_sample(
+                body,
+                Some("stream.online"),
+                vec![
+                    ("Twitch-Eventsub-Message-Type", "notification".to_string()),
+                    (
+                        "Twitch-Eventsub-Subscription-Type",
+                        "stream.online".to_string(),
+                    ),
+                    ("Twitch-Eventsub-Subscription-Version", "1".to_string()),
+                ],
+            )
+        }
+        ProviderKind::AzureEventGrid => {
+            let body = json!([{
+                "id": id,
+                "topic": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/ops/providers/Microsoft.Storage/storageAccounts/backups",
+                "subject": "/blobServices/default/containers/nightly/blobs/db.dump",
+                "eventType": "Microsoft.Storage.BlobCreated",
+                "eventTime": now,
+                "data": {"api": "PutBlockList", "contentType": "application/octet-stream", "contentLength": 524288, "blobType": "BlockBlob", "url": "https://backups.blob.core.windows.net/nightly/db.dump"},
+                "dataVersion": "",
+                "metadataVersion": "1"
+            }]);
+            json_sample(
+                body,
+                Some("Microsoft.Storage.BlobCreated"),
+                vec![("aeg-event-type", "Notification".to_string())],
+            )
+        }
+        ProviderKind::Gitea | ProviderKind::Forgejo => {
+            let body = json!({
+                "ref": "refs/heads/main",
+                "before": "28e1879d029cb852e4844d9c718537df08844e03",
+                "after": "bffeb74224043ba2feb48d137756c8a9331c449a",
+                "compare_url": "https://git.example.com/ops/checkout/compare/28e1879d029c...bffeb7422404",
+                "commits": [{"id": "bffeb74224043ba2feb48d137756c8a9331c449a", "message": "Roll back checkout to v1.41\n", "url": "https://git.example.com/ops/checkout/commit/bffeb74224043ba2feb48d137756c8a9331c449a", "author": {"name": "Alice", "email": "alice@example.com", "username": "alice"}, "timestamp": now}],
+                "repository": {"id": 140, "name": "checkout", "full_name": "ops/checkout", "html_url": "https://git.example.com/ops/checkout", "private": true},
+                "pusher": {"id": 1, "login": "alice", "full_name": "Alice"},
+                "sender": {"id": 1, "login": "alice", "full_name": "Alice"}
+            });
+            let mut headers = vec![("X-Gitea-Event", "push".to_string())];
+            if provider == ProviderKind::Forgejo {
+                headers.push(("X-Forgejo-Event", "push".to_string()));
+            }
+            json_sample(body, Some("push"), headers)
+        }
+        ProviderKind::Paddle => {
+            let body = json!({
+                "event_id": format!("evt_{}", &hex_id(id)[..26]),
+                "event_type": "subscription.past_due",
+                "occurred_at": now,
+                "notification_id": format!("ntf_{}", &hex_id(id)[..26]),
+                "data": {"id": "sub_01h04vsc0qhwtsbsxh3422wjs4", "status": "past_due", "customer_id": "ctm_01h04vsbhqc62t8hmd4z3b578c", "currency_code": "USD", "billing_cycle": {"interval": "month", "frequency": 1}, "updated_at": now}
+            });
+            json_sample(body, Some("subscription.past_due"), vec![])
+        }
         ProviderKind::Generic => {
             let body = json!({
                 "type": "hookwarden.test",

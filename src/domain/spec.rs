@@ -189,11 +189,12 @@ impl SpecProblem {
             },
             SpecProblem::Scheme(SchemeError::InvalidHeaderName { field, .. }) => field,
             SpecProblem::Scheme(SchemeError::UnexpectedTokenHeader) => "spec.tokenHeader",
+            SpecProblem::Scheme(SchemeError::AuthHeaderWithoutTokenHeader) => "spec.tokenHeader",
+            SpecProblem::Scheme(SchemeError::UnexpectedAuth) => "spec.auth",
             SpecProblem::Scheme(SchemeError::InvalidSignedContent(_)) => {
                 "spec.signature.signedContent"
             }
             SpecProblem::Scheme(SchemeError::Oidc(_) | SchemeError::UnexpectedOidc) => "spec.oidc",
-            SpecProblem::Scheme(SchemeError::UnexpectedAuth) => "spec.auth",
             SpecProblem::Scheme(SchemeError::UnexpectedSns) => "spec.sns",
             SpecProblem::Scheme(_) => "spec.signature",
             SpecProblem::Mapping(_) => "spec.incidents",

@@ -650,6 +650,9 @@ struct Authentic {
     body: Bytes,
     /// The clock reading the verification judged the timestamp window at.
     now_ms: i64,
+    /// Which of the route's live secrets verified it (Zoom's handshake answer is keyed
+    /// with that secret).
+    secret_index: usize,
 }
 
 /// Signature, token and timestamp window (401). Schemes with published keys (OIDC,
@@ -667,10 +670,11 @@ async fn authenticate(
         .live_secrets(now_s)
         .map(|s| s.expose())
         .collect();
-    let url = if route.spec.provider == ProviderKind::Twilio {
-        twilio_url(config, &parts)
-    } else {
-        String::new()
+    let url = match route.spec.provider {
+        ProviderKind::Twilio => twilio_url(config, &parts),
+        // Event Grid's key may be a query parameter of the URL it calls.
+        ProviderKind::AzureEventGrid => parts.uri.to_string(),
+        _ => String::new(),
     };
     let delivery = Delivery {
         method: parts.method.as_str(),
@@ -698,10 +702,11 @@ async fn authenticate(
             Err(Refusal::TooManyParameters)
         }
         Verdict::Invalid(rejection) => Err(Refusal::Unauthenticated(rejection.code())),
-        Verdict::Valid(_) => Ok(Authentic {
+        Verdict::Valid(verified) => Ok(Authentic {
             parts,
             body,
             now_ms,
+            secret_index: verified.secret_index,
         }),
     }
 }
@@ -785,8 +790,22 @@ fn classify_now(
 ) -> Result<Classified, Refusal> {
     let spec = &route.spec;
     let Parsed { authentic, value } = parsed;
+    // Only Zoom's answer needs the secret; the others are not handed one.
+    let secret = (spec.provider == ProviderKind::Zoom)
+        .then(|| {
+            route
+                .route
+                .live_secrets(authentic.now_ms.div_euclid(1000))
+                .nth(authentic.secret_index)
+        })
+        .flatten();
     if let Some(v) = &value
-        && let Some((media_type, payload)) = signature::handshake(spec.provider, v)
+        && let Some((media_type, payload)) = signature::handshake(
+            spec.provider,
+            &authentic.parts.headers,
+            v,
+            secret.map(|s| s.expose()),
+        )
     {
         return Ok(Classified::Handshake(
             (

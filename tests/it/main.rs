@@ -15,6 +15,7 @@ mod monitoring;
 mod oidc_sns;
 mod receiver_http;
 mod route_watch;
+mod senders;
 mod signatures;
 mod standalone;
 mod status_writer;

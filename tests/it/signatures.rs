@@ -250,18 +250,31 @@ fn sign_is_the_inverse_of_verify_for_every_preset() {
             continue;
         }
         let p = provider.as_str();
-        let secret = match provider {
-            ProviderKind::StandardWebhooks | ProviderKind::Svix => {
-                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-            }
-            _ => "0123456789abcdef0123456789abcdef",
+        // Asymmetric schemes: `sign` takes the private key, `verify` the public one.
+        let (signing_secret, secret) = match provider {
+            ProviderKind::StandardWebhooks | ProviderKind::Svix => (
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            ),
+            ProviderKind::Discord => (
+                "6465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f80818283",
+                "0bbc346a57667c380120bd9c7fd7e51d2c5fdfea37cd2f5bf405b2c6bf6f2d78",
+            ),
+            ProviderKind::Sendgrid => (
+                "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg0S8NU4NxliBZyVD9k2jN857hrm8DeI9ccKkLTK/0BK2hRANCAARjZfJ0c+Vw4mqCdLMWKMFajqZR/C+MggDy0S5TO9fLLwORaScGCryCFPrGGXoFrplcjaAFczZGp3PBvOlyGs2k",
+                "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEY2XydHPlcOJqgnSzFijBWo6mUfwvjIIA8tEuUzvXyy8DkWknBgq8ghT6xhl6Ba6ZXI2gBXM2RqdzwbzpchrNpA==",
+            ),
+            _ => (
+                "0123456789abcdef0123456789abcdef",
+                "0123456789abcdef0123456789abcdef",
+            ),
         };
         let mut sign = vec![
             "sign",
             "--provider",
             p,
             "--secret",
-            secret,
+            signing_secret,
             "--body-file",
             body,
             "--timestamp",
@@ -309,7 +322,10 @@ fn sign_is_the_inverse_of_verify_for_every_preset() {
         assert_eq!(ok.status.code(), Some(0), "{p}: {}", stdout(&ok));
         let body_signed = !matches!(
             provider,
-            ProviderKind::Datadog | ProviderKind::Alertmanager | ProviderKind::Gitlab
+            ProviderKind::Datadog
+                | ProviderKind::Alertmanager
+                | ProviderKind::Gitlab
+                | ProviderKind::AzureEventGrid
         );
         if body_signed {
             let changed = verify(other, "1700000000");
@@ -329,6 +345,10 @@ fn sign_is_the_inverse_of_verify_for_every_preset() {
                 | ProviderKind::Grafana
                 | ProviderKind::Zendesk
                 | ProviderKind::Linear
+                | ProviderKind::Discord
+                | ProviderKind::Sendgrid
+                | ProviderKind::Zoom
+                | ProviderKind::Paddle
         );
         if timestamped {
             let late = verify(body, "1700000400");
@@ -528,17 +548,34 @@ async fn send_test_delivers_a_signed_sample_and_prints_the_answer() {
 
 #[tokio::test]
 async fn send_test_signs_exactly_as_the_provider_would() {
-    for provider in [
-        ProviderKind::Github,
-        ProviderKind::Stripe,
-        ProviderKind::Twilio,
-        ProviderKind::Svix,
+    const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    // (provider, what send-test signs with, what the integration verifies with)
+    for (provider, signing_secret, secret) in [
+        (ProviderKind::Github, "s3cret", "s3cret"),
+        (ProviderKind::Stripe, "s3cret", "s3cret"),
+        (ProviderKind::Twilio, "s3cret", "s3cret"),
+        (ProviderKind::Svix, WHSEC, WHSEC),
+        (
+            ProviderKind::StandardWebhooks,
+            "whsk_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            "whpk_A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=",
+        ),
+        (
+            ProviderKind::Discord,
+            "6465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f80818283",
+            "0bbc346a57667c380120bd9c7fd7e51d2c5fdfea37cd2f5bf405b2c6bf6f2d78",
+        ),
+        (
+            ProviderKind::Sendgrid,
+            "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg0S8NU4NxliBZyVD9k2jN857hrm8DeI9ccKkLTK/0BK2hRANCAARjZfJ0c+Vw4mqCdLMWKMFajqZR/C+MggDy0S5TO9fLLwORaScGCryCFPrGGXoFrplcjaAFczZGp3PBvOlyGs2k",
+            "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEY2XydHPlcOJqgnSzFijBWo6mUfwvjIIA8tEuUzvXyy8DkWknBgq8ghT6xhl6Ba6ZXI2gBXM2RqdzwbzpchrNpA==",
+        ),
+        (ProviderKind::Zoom, "s3cret", "s3cret"),
+        (ProviderKind::Twitch, "s3cret", "s3cret"),
+        (ProviderKind::Paddle, "s3cret", "s3cret"),
+        (ProviderKind::Forgejo, "s3cret", "s3cret"),
+        (ProviderKind::AzureEventGrid, "s3cret", "s3cret"),
     ] {
-        let secret = if provider == ProviderKind::Svix {
-            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-        } else {
-            "s3cret"
-        };
         let (url, server) = serve_once("200 OK").await;
         let out = send_test(vec![
             "send-test".into(),
@@ -546,7 +583,7 @@ async fn send_test_signs_exactly_as_the_provider_would() {
             "--provider".into(),
             provider.to_string(),
             "--secret".into(),
-            secret.into(),
+            signing_secret.into(),
         ])
         .await;
         assert_eq!(out.status.code(), Some(0), "{provider}: {out:?}");

@@ -35,7 +35,7 @@ pub(crate) struct Standalone {
 }
 
 impl Standalone {
-    fn start(dir: &Path) -> Standalone {
+    pub(crate) fn start(dir: &Path) -> Standalone {
         Standalone::start_with(dir, &[])
     }
 
@@ -149,7 +149,7 @@ fn get_json(dir: &Path, name: &str) -> Option<serde_json::Value> {
 }
 
 /// Polls `hookwarden get NAME -o json` until `check` holds.
-fn wait_for_status(
+pub(crate) fn wait_for_status(
     dir: &Path,
     name: &str,
     what: &str,

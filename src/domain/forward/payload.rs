@@ -443,6 +443,18 @@ pub fn meta_header_names(scheme: &Scheme) -> Vec<&str> {
         ProviderKind::GithubActions => &["x-request-id"],
         ProviderKind::AwsSns => &["x-amz-sns-message-id"],
         ProviderKind::GooglePubsub => &[],
+        ProviderKind::Gitea => &["x-gitea-delivery", "x-gitea-event"],
+        ProviderKind::Forgejo => &[
+            "x-forgejo-delivery",
+            "x-forgejo-event",
+            "x-gitea-delivery",
+            "x-gitea-event",
+        ],
+        ProviderKind::Zoom => &["x-zm-trackingid"],
+        ProviderKind::Twitch => &[
+            "twitch-eventsub-message-id",
+            "twitch-eventsub-subscription-type",
+        ],
         // Ids and types in the body (or none at all).
         ProviderKind::Stripe
         | ProviderKind::Slack
@@ -450,7 +462,11 @@ pub fn meta_header_names(scheme: &Scheme) -> Vec<&str> {
         | ProviderKind::Pagerduty
         | ProviderKind::Grafana
         | ProviderKind::Datadog
-        | ProviderKind::Alertmanager => &[],
+        | ProviderKind::Alertmanager
+        | ProviderKind::Discord
+        | ProviderKind::Sendgrid
+        | ProviderKind::AzureEventGrid
+        | ProviderKind::Paddle => &[],
         ProviderKind::Generic => &[],
     };
     let mut names: Vec<&str> = fixed.to_vec();

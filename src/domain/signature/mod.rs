@@ -15,9 +15,11 @@
 //!   `signature_mismatch` and an authentic but replayed one `timestamp_stale`;
 //! - a [`Rejection`] says why, and never contains the expected signature or a secret.
 
+mod asymmetric;
 pub(crate) mod crypto;
 pub mod der;
 mod generic;
+mod handshakes;
 mod hmac_presets;
 pub mod jose;
 pub mod oidc;
@@ -36,8 +38,10 @@ use std::fmt;
 use http::HeaderMap;
 
 pub use crate::crd::ProviderKind;
-pub use crate::crd::{HmacAlgorithm, SignatureEncoding};
+pub use crate::crd::{GenericAuth, HmacAlgorithm, SignatureEncoding};
 pub use generic::{GenericScheme, Segment};
+pub use handshakes::{TWITCH_TOLERANCE_SECONDS, handshake};
+pub use hmac_presets::PADDLE_TOLERANCE_SECONDS;
 pub use twilio::url_with_body_hash as twilio_url_with_body_hash;
 
 /// Default window for signed timestamps, both directions (stale and future).
@@ -81,6 +85,8 @@ pub struct Scheme {
     pub provider: ProviderKind,
     /// The configurable HMAC, for provider `generic` only.
     pub generic: Option<GenericScheme>,
+    /// Provider `generic` without an HMAC: token auth, or explicitly none.
+    pub auth: Option<GenericAuth>,
     /// Token presets: an extra header carrying the token as its whole value (lower case).
     pub token_header: Option<String>,
     /// OIDC/JWT bearer senders (google-pubsub, github-actions, generic with auth: oidc).
@@ -92,11 +98,21 @@ pub struct Scheme {
 /// A spec that cannot be turned into a scheme: permanent until the spec changes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SchemeError {
-    #[error("provider generic needs spec.signature (header, algorithm, encoding, signedContent)")]
+    #[error(
+        "provider generic needs spec.signature (an HMAC: header, algorithm, encoding, signedContent) or spec.auth (oidc with spec.oidc; bearer, basic, header; or none for senders that sign nothing)"
+    )]
     MissingGenericSignature,
+    #[error("provider generic takes spec.signature or spec.auth, not both")]
+    SignatureAndAuth,
+    #[error("spec.auth is only used by provider generic; remove it")]
+    UnexpectedAuth,
+    #[error("spec.auth: header needs spec.tokenHeader, the header that carries the token")]
+    AuthHeaderWithoutTokenHeader,
     #[error("spec.signature is only used by provider generic; remove it or set provider: generic")]
     UnexpectedSignature,
-    #[error("spec.tokenHeader only applies to the token presets datadog, alertmanager and gitlab")]
+    #[error(
+        "spec.tokenHeader only applies to the token presets datadog, alertmanager, gitlab and azure-event-grid, and to generic with auth: header"
+    )]
     UnexpectedTokenHeader,
     #[error("{field}: {value:?} is not a valid HTTP header name")]
     InvalidHeaderName { field: &'static str, value: String },
@@ -108,8 +124,6 @@ pub enum SchemeError {
         "spec.oidc is only used by the OIDC senders (google-pubsub, github-actions, generic with auth: oidc); remove it"
     )]
     UnexpectedOidc,
-    #[error("spec.auth only applies to provider generic")]
-    UnexpectedAuth,
     #[error("spec.sns only applies to provider aws-sns")]
     UnexpectedSns,
 }
@@ -120,6 +134,7 @@ impl Scheme {
         Scheme {
             provider,
             generic: None,
+            auth: None,
             token_header: None,
             oidc: None,
             sns: (provider == ProviderKind::AwsSns)
@@ -167,20 +182,31 @@ impl Scheme {
                 i64::try_from(window.as_secs()).unwrap_or(i64::MAX),
             )
         });
+        // generic authenticates by HMAC (spec.signature; auth absent or hmac), by an OIDC
+        // bearer token (auth: oidc), or by a plain token or nothing (bearer|basic|header|none).
+        let token_auth = match spec.auth {
+            None | Some(GenericAuth::Hmac) | Some(GenericAuth::Oidc) => None,
+            Some(other) => Some(other),
+        };
         let generic = match (spec.provider, &spec.signature) {
-            (ProviderKind::Generic, None) if oidc.is_some() => None,
+            (ProviderKind::Generic, None) if oidc.is_some() || token_auth.is_some() => None,
             (ProviderKind::Generic, Some(_)) if oidc.is_some() => {
                 return Err(SchemeError::UnexpectedSignature);
+            }
+            (ProviderKind::Generic, Some(_)) if token_auth.is_some() => {
+                return Err(SchemeError::SignatureAndAuth);
             }
             (ProviderKind::Generic, Some(sig)) => Some(GenericScheme::from_spec(sig)?),
             (ProviderKind::Generic, None) => return Err(SchemeError::MissingGenericSignature),
             (_, Some(_)) => return Err(SchemeError::UnexpectedSignature),
             (_, None) => None,
         };
+        let header_auth = spec.auth == Some(GenericAuth::Header);
         let token_header = match &spec.token_header {
+            None if header_auth => return Err(SchemeError::AuthHeaderWithoutTokenHeader),
             None => None,
             Some(h) => {
-                if !uses_tokens(spec.provider) {
+                if !(uses_tokens(spec.provider) || header_auth) {
                     return Err(SchemeError::UnexpectedTokenHeader);
                 }
                 Some(valid_header_name("spec.tokenHeader", h)?)
@@ -189,6 +215,7 @@ impl Scheme {
         Ok(Scheme {
             provider: spec.provider,
             generic,
+            auth: token_auth,
             token_header,
             oidc,
             sns,
@@ -209,6 +236,9 @@ pub fn id_is_unsigned(provider: ProviderKind) -> bool {
             | ProviderKind::Jira
             | ProviderKind::Bitbucket
             | ProviderKind::Twilio
+            | ProviderKind::Gitea
+            | ProviderKind::Forgejo
+            | ProviderKind::Zoom
     )
 }
 
@@ -216,7 +246,10 @@ pub fn id_is_unsigned(provider: ProviderKind) -> bool {
 pub fn uses_tokens(provider: ProviderKind) -> bool {
     matches!(
         provider,
-        ProviderKind::Datadog | ProviderKind::Alertmanager | ProviderKind::Gitlab
+        ProviderKind::Datadog
+            | ProviderKind::Alertmanager
+            | ProviderKind::Gitlab
+            | ProviderKind::AzureEventGrid
     )
 }
 
@@ -362,6 +395,14 @@ pub enum Rejection {
     },
     /// SNS: an authentic message from a topic not in `spec.sns.topicArns`.
     TopicNotAllowed,
+    /// An unauthenticated request that is another provider's endpoint handshake (Zoom
+    /// URL validation sent to a Slack integration, …): the integration's provider is
+    /// probably the wrong one.
+    ForeignHandshake {
+        handshake: &'static str,
+        sender: ProviderKind,
+        provider: ProviderKind,
+    },
 }
 
 impl Rejection {
@@ -396,11 +437,12 @@ impl Rejection {
             Rejection::CertificateInvalid { .. } => "certificate_invalid",
             Rejection::KeyUrlNotAllowed { .. } => "key_url_not_allowed",
             Rejection::TopicNotAllowed => "topic_not_allowed",
+            Rejection::ForeignHandshake { .. } => "handshake_wrong_provider",
         }
     }
 
     /// Every code [`Rejection::code`] can return (bounded metric label values).
-    pub const CODES: [&'static str; 28] = [
+    pub const CODES: [&'static str; 29] = [
         "no_secret",
         "invalid_secret",
         "missing_signature",
@@ -429,6 +471,7 @@ impl Rejection {
         "certificate_invalid",
         "key_url_not_allowed",
         "topic_not_allowed",
+        "handshake_wrong_provider",
     ];
 }
 
@@ -525,6 +568,14 @@ impl fmt::Display for Rejection {
             Rejection::TopicNotAllowed => {
                 f.write_str("the message's TopicArn is not in spec.sns.topicArns")
             }
+            Rejection::ForeignHandshake {
+                handshake,
+                sender,
+                provider,
+            } => write!(
+                f,
+                "this is a {handshake} request, but the integration's provider is {provider}: set provider: {sender} (or point the {sender} subscription at this provider's integration)"
+            ),
         }
     }
 }
@@ -663,6 +714,13 @@ pub fn verify_with(
         });
         return into_verdict(outcome);
     }
+    // Spelled out in the spec: nothing to check, and no secret needed.
+    if scheme.provider == ProviderKind::Generic && scheme.auth == Some(GenericAuth::None) {
+        return Verdict::Valid(Verified {
+            secret_index: 0,
+            timestamp: None,
+        });
+    }
     let keys = Keys::new(secrets);
     if keys.len() == 0 {
         return Verdict::Invalid(Rejection::NoSecret);
@@ -697,15 +755,45 @@ pub fn verify_with(
                 reason: "the provider's settings (spec.oidc / spec.sns) are missing",
             })
         }
-        ProviderKind::Generic => match &scheme.generic {
-            Some(g) => generic::verify(g, &keys, delivery, now_unix),
+        ProviderKind::Discord => asymmetric::verify_discord(&keys, delivery, now_unix),
+        ProviderKind::Sendgrid => asymmetric::verify_sendgrid(&keys, delivery, now_unix),
+        ProviderKind::Zoom => handshakes::verify_zoom(&keys, delivery, now_unix),
+        ProviderKind::Twitch => handshakes::verify_twitch(&keys, delivery, now_unix),
+        ProviderKind::AzureEventGrid => {
+            handshakes::verify_azure(&keys, delivery, scheme.token_header.as_deref())
+        }
+        ProviderKind::Gitea => hmac_presets::verify_gitea(&keys, delivery, false),
+        ProviderKind::Forgejo => hmac_presets::verify_gitea(&keys, delivery, true),
+        ProviderKind::Paddle => hmac_presets::verify_paddle(&keys, delivery, now_unix),
+        ProviderKind::Generic => match (&scheme.generic, scheme.auth) {
+            (Some(g), _) => generic::verify(g, &keys, delivery, now_unix),
+            (None, Some(auth)) => token::verify_generic_auth(
+                auth,
+                &keys,
+                delivery.headers,
+                scheme.token_header.as_deref(),
+            ),
             // from_spec never builds this; a hand-built Scheme without settings verifies nothing.
-            None => Err(Rejection::InvalidSecret {
+            (None, None) => Err(Rejection::InvalidSecret {
                 reason: "provider generic has no signature settings",
             }),
         },
     };
-    into_verdict(outcome)
+    match outcome {
+        Ok(v) => Verdict::Valid(v),
+        // A failed request that is another provider's handshake says so: the fix is the
+        // integration's provider, not the secret. Looked at only on this failure path.
+        Err(r) => Verdict::Invalid(
+            match handshakes::foreign_handshake(scheme.provider, delivery) {
+                Some((handshake, sender)) => Rejection::ForeignHandshake {
+                    handshake,
+                    sender,
+                    provider: scheme.provider,
+                },
+                None => r,
+            },
+        ),
+    }
 }
 
 fn into_verdict(outcome: Result<Verified, Rejection>) -> Verdict {
@@ -800,7 +888,7 @@ pub enum SignError {
         "Twilio sends JSON bodies to the URL with ?bodySHA256=<hex sha256 of the body> appended, and signs that URL: use {0}"
     )]
     TwilioNeedsBodyHash(String),
-    #[error("provider generic needs its signature settings (spec.signature)")]
+    #[error("provider generic needs its signature settings (spec.signature) or spec.auth")]
     MissingGenericSignature,
     #[error(
         "{0} signs with a private key: give the PEM private key (hookwarden sign --private-key-file)"
@@ -815,6 +903,9 @@ pub fn sign(
     secret: &str,
     input: &SignInput<'_>,
 ) -> Result<Vec<(String, String)>, SignError> {
+    if scheme.provider == ProviderKind::Generic && scheme.auth == Some(GenericAuth::None) {
+        return Ok(Vec::new());
+    }
     if secret.is_empty() {
         return Err(SignError::EmptySecret);
     }
@@ -853,9 +944,25 @@ pub fn sign(
         ProviderKind::Datadog | ProviderKind::Alertmanager => {
             Ok(token::sign_token(secret, scheme.token_header.as_deref()))
         }
-        ProviderKind::Generic => match &scheme.generic {
-            Some(g) => Ok(generic::sign(g, secret, input)),
-            None => Err(SignError::MissingGenericSignature),
+        ProviderKind::Discord => asymmetric::sign_discord(secret, input),
+        ProviderKind::Sendgrid => asymmetric::sign_sendgrid(secret, input),
+        ProviderKind::Zoom => Ok(handshakes::sign_zoom(secret, input)),
+        ProviderKind::Twitch => Ok(handshakes::sign_twitch(secret, input)),
+        ProviderKind::AzureEventGrid => Ok(handshakes::sign_azure(
+            secret,
+            scheme.token_header.as_deref(),
+        )),
+        ProviderKind::Gitea => Ok(hmac_presets::sign_gitea(secret, input, false)),
+        ProviderKind::Forgejo => Ok(hmac_presets::sign_gitea(secret, input, true)),
+        ProviderKind::Paddle => Ok(hmac_presets::sign_paddle(secret, input)),
+        ProviderKind::Generic => match (&scheme.generic, scheme.auth) {
+            (Some(g), _) => Ok(generic::sign(g, secret, input)),
+            (None, Some(auth)) => Ok(token::sign_generic_auth(
+                auth,
+                secret,
+                scheme.token_header.as_deref(),
+            )),
+            (None, None) => Err(SignError::MissingGenericSignature),
         },
     }
 }
@@ -884,6 +991,11 @@ pub fn check_secret(provider: ProviderKind, secret: &str) -> Result<(), SignErro
                 .map(|_| ())
                 .map_err(|_| SignError::InvalidSecret("the Secret's JWKS is not usable"))
         }
+        ProviderKind::Gitlab if secret.starts_with(standard::PUBLIC_KEY_PREFIX) => {
+            standard::check_verify_key(secret)
+        }
+        ProviderKind::Discord => asymmetric::check_discord_key(secret),
+        ProviderKind::Sendgrid => asymmetric::check_sendgrid_key(secret),
         _ => Ok(()),
     }
 }
@@ -1007,6 +1119,28 @@ pub fn delivery_meta(
             j("/MessageId").or_else(|| h("x-amz-sns-message-id")),
             j("/Type"),
         ),
+        ProviderKind::Discord => (j("/id"), j("/type")),
+        // One delivery carries a batch of events; the first one names it.
+        ProviderKind::Sendgrid => (
+            j("/0/sg_event_id").or_else(|| j("/sg_event_id")),
+            j("/0/event").or_else(|| j("/event")),
+        ),
+        ProviderKind::Zoom => (h("x-zm-trackingid"), j("/event")),
+        ProviderKind::Twitch => (
+            h("Twitch-Eventsub-Message-Id"),
+            h("Twitch-Eventsub-Subscription-Type").or_else(|| j("/subscription/type")),
+        ),
+        // Event Grid schema: an array of events; CloudEvents: one object.
+        ProviderKind::AzureEventGrid => (
+            j("/0/id").or_else(|| j("/id")),
+            j("/0/eventType").or_else(|| j("/type")),
+        ),
+        ProviderKind::Gitea => (h("X-Gitea-Delivery"), h("X-Gitea-Event")),
+        ProviderKind::Forgejo => (
+            h("X-Forgejo-Delivery").or_else(|| h("X-Gitea-Delivery")),
+            h("X-Forgejo-Event").or_else(|| h("X-Gitea-Event")),
+        ),
+        ProviderKind::Paddle => (j("/event_id"), j("/event_type")),
         ProviderKind::Generic => (
             scheme
                 .generic
@@ -1029,7 +1163,9 @@ pub fn meta_reads_body(provider: ProviderKind) -> bool {
         | ProviderKind::Shopify
         | ProviderKind::Twilio
         | ProviderKind::Sentry
-        | ProviderKind::Bitbucket => false,
+        | ProviderKind::Bitbucket
+        | ProviderKind::Gitea
+        | ProviderKind::Forgejo => false,
         ProviderKind::Gitlab
         | ProviderKind::Stripe
         | ProviderKind::Slack
@@ -1045,7 +1181,13 @@ pub fn meta_reads_body(provider: ProviderKind) -> bool {
         | ProviderKind::Generic
         | ProviderKind::GooglePubsub
         | ProviderKind::GithubActions
-        | ProviderKind::AwsSns => true,
+        | ProviderKind::AwsSns
+        | ProviderKind::Discord
+        | ProviderKind::Sendgrid
+        | ProviderKind::Zoom
+        | ProviderKind::Twitch
+        | ProviderKind::AzureEventGrid
+        | ProviderKind::Paddle => true,
     }
 }
 
@@ -1076,29 +1218,15 @@ pub fn accepts_content_type(provider: ProviderKind, content_type: Option<&str>) 
         ProviderKind::Github
         | ProviderKind::Slack
         | ProviderKind::Twilio
-        | ProviderKind::Datadog => json || form,
+        | ProviderKind::Datadog
+        // Gitea/Forgejo offer "application/x-www-form-urlencoded" as the POST content type.
+        | ProviderKind::Gitea
+        | ProviderKind::Forgejo => json || form,
         // Shopify subscriptions can be XML; Zendesk trigger webhooks JSON, XML or form.
         ProviderKind::Shopify => json || xml,
         ProviderKind::Zendesk => json || xml || form,
         // SNS posts its JSON as text/plain; charset=UTF-8.
         ProviderKind::AwsSns => json || essence == "text/plain",
         _ => json,
-    }
-}
-
-/// The answer a provider's handshake needs instead of 202, if this body is one: Slack's
-/// `url_verification` wants the `challenge` echoed back.
-pub fn handshake(
-    provider: ProviderKind,
-    body: &serde_json::Value,
-) -> Option<(&'static str, Vec<u8>)> {
-    match provider {
-        ProviderKind::Slack
-            if body.get("type").and_then(|t| t.as_str()) == Some("url_verification") =>
-        {
-            let challenge = body.get("challenge")?.as_str()?;
-            Some(("text/plain", challenge.as_bytes().to_vec()))
-        }
-        _ => None,
     }
 }

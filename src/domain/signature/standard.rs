@@ -4,6 +4,9 @@
 //! `whsec_` prefix), signatures `v1,<base64>` space-separated (several during rotation;
 //! `v1a,` asymmetric entries are skipped), timestamp ±300 s both ways.
 
+use super::asymmetric::{
+    ED25519_SIGNATURE_LEN, ed25519_private, ed25519_public, ed25519_sign, ed25519_verify,
+};
 use super::crypto::{Algorithm, ct_eq, decode_base64, encode_base64, mac};
 use super::{
     DEFAULT_TOLERANCE_SECONDS, Delivery, Keys, Rejection, SignError, SignInput, Verified,
@@ -11,6 +14,10 @@ use super::{
 };
 
 pub(crate) const SECRET_PREFIX: &str = "whsec_";
+/// Prefix of an asymmetric (ed25519) public key, what the receiver holds.
+pub(crate) const PUBLIC_KEY_PREFIX: &str = "whpk_";
+/// Prefix of an asymmetric (ed25519) private key, what only the sender holds.
+pub(crate) const PRIVATE_KEY_PREFIX: &str = "whsk_";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Branding {
@@ -61,6 +68,39 @@ fn lookup<'h>(
     }
 }
 
+/// A verification key: an HMAC secret (`whsec_`/bare base64) or an ed25519 public key.
+enum VerifyKey {
+    Hmac(Vec<u8>),
+    Ed25519(ed25519_dalek::VerifyingKey),
+}
+
+const PUBLIC_KEY_HINT: &str =
+    "a whpk_ key is whpk_ followed by the base64 of a 32-byte ed25519 public key";
+const PRIVATE_KEY_IN_SECRET: &str =
+    "whsk_ is the sender's private key: put the whpk_ public key in the Secret instead";
+
+fn verify_key(secret: &str) -> Result<VerifyKey, &'static str> {
+    if let Some(b64) = secret.strip_prefix(PUBLIC_KEY_PREFIX) {
+        return decode_base64(b64)
+            .and_then(|b| ed25519_public(&b))
+            .map(VerifyKey::Ed25519)
+            .ok_or(PUBLIC_KEY_HINT);
+    }
+    if secret.starts_with(PRIVATE_KEY_PREFIX) {
+        return Err(PRIVATE_KEY_IN_SECRET);
+    }
+    decode_key(secret).map(VerifyKey::Hmac).map_err(
+        |_| "a Standard Webhooks secret is base64 (optionally after whsec_), or a whpk_ public key",
+    )
+}
+
+/// Whether `secret` can verify Standard Webhooks deliveries (for `check_secret`).
+pub(crate) fn check_verify_key(secret: &str) -> Result<(), SignError> {
+    verify_key(secret)
+        .map(|_| ())
+        .map_err(SignError::InvalidSecret)
+}
+
 pub(crate) fn verify(
     keys: &Keys<'_>,
     d: &Delivery<'_>,
@@ -68,9 +108,16 @@ pub(crate) fn verify(
     branding: Branding,
 ) -> Result<Verified, Rejection> {
     let [id_name, ts_name, sig_name] = branding.names();
-    let decoded: Vec<(usize, Vec<u8>)> = keys
+    let mut key_problem = None;
+    let decoded: Vec<(usize, VerifyKey)> = keys
         .iter()
-        .filter_map(|(i, s)| decode_key(s).ok().map(|k| (i, k)))
+        .filter_map(|(i, s)| match verify_key(s) {
+            Ok(k) => Some((i, k)),
+            Err(reason) => {
+                key_problem.get_or_insert(reason);
+                None
+            }
+        })
         .collect();
     let (sig_header, sig_value) = lookup(d, sig_name)?.ok_or(Rejection::MissingSignature {
         header: sig_name.0.to_string(),
@@ -84,32 +131,59 @@ pub(crate) fn verify(
     let ts = parse_unix(ts_raw).ok_or_else(|| Rejection::MalformedTimestamp {
         source: format!("{ts_header} header"),
     })?;
-    let candidates: Vec<Vec<u8>> = sig_value
+    let mut symmetric: Vec<Vec<u8>> = Vec::new();
+    let mut asymmetric: Vec<Vec<u8>> = Vec::new();
+    for (version, sig) in sig_value
         .split_whitespace()
         .filter_map(|entry| entry.split_once(','))
-        .filter(|(version, _)| *version == "v1")
-        .filter_map(|(_, sig)| decode_base64(sig))
-        .collect();
-    if candidates.is_empty() {
+    {
+        match version {
+            "v1" => symmetric.extend(decode_base64(sig)),
+            "v1a" => {
+                asymmetric.extend(decode_base64(sig).filter(|s| s.len() == ED25519_SIGNATURE_LEN))
+            }
+            _ => {}
+        }
+    }
+    if symmetric.is_empty() && asymmetric.is_empty() {
         return Err(Rejection::MalformedSignature {
             header: sig_header.to_string(),
-            reason: "no v1,<base64> signature",
+            reason: "no v1,<base64> or v1a,<base64> signature",
         });
     }
     if decoded.is_empty() {
         return Err(Rejection::InvalidSecret {
-            reason: "a Standard Webhooks secret is base64 (optionally after whsec_)",
+            reason: key_problem.unwrap_or("no usable Standard Webhooks key"),
+        });
+    }
+    let checkable = decoded.iter().any(|(_, k)| match k {
+        VerifyKey::Hmac(_) => !symmetric.is_empty(),
+        VerifyKey::Ed25519(_) => !asymmetric.is_empty(),
+    });
+    if !checkable {
+        return Err(Rejection::MalformedSignature {
+            header: sig_header.to_string(),
+            reason: if asymmetric.is_empty() {
+                "only v1 (HMAC) entries, and the configured keys are whpk_ public keys"
+            } else {
+                "only v1a (ed25519) entries, and no whpk_ public key is configured"
+            },
         });
     }
     let ts_text = ts.to_string();
     let parts: [&[u8]; 5] = [id.as_bytes(), b".", ts_text.as_bytes(), b".", d.body];
     let index = decoded
         .iter()
-        .find(|(_, key)| {
-            let expected = mac(Algorithm::Sha256, key, &parts);
-            candidates
+        .find(|(_, key)| match key {
+            VerifyKey::Hmac(key) => {
+                let expected = mac(Algorithm::Sha256, key, &parts);
+                symmetric
+                    .iter()
+                    .fold(false, |acc, c| acc | ct_eq(&expected, c))
+            }
+            VerifyKey::Ed25519(key) => asymmetric
                 .iter()
-                .fold(false, |acc, c| acc | ct_eq(&expected, c))
+                .any(|sig| ed25519_verify(key, &parts, sig)),
         })
         .map(|(i, _)| *i)
         .ok_or(Rejection::SignatureMismatch {
@@ -127,20 +201,30 @@ pub(crate) fn sign(
     input: &SignInput<'_>,
     branding: Branding,
 ) -> Result<Vec<(String, String)>, SignError> {
-    let key = decode_key(secret)?;
     let ts = input.timestamp.to_string();
-    let sig = mac(
-        Algorithm::Sha256,
-        &key,
-        &[input.id.as_bytes(), b".", ts.as_bytes(), b".", input.body],
-    );
+    let parts: [&[u8]; 5] = [input.id.as_bytes(), b".", ts.as_bytes(), b".", input.body];
+    let entry = if let Some(b64) = secret.strip_prefix(PRIVATE_KEY_PREFIX) {
+        let key = decode_base64(b64)
+            .and_then(|b| ed25519_private(&b))
+            .ok_or(SignError::InvalidSecret(
+                "a whsk_ key is whsk_ followed by the base64 of a 32-byte ed25519 seed (or the 64-byte seed + public key)",
+            ))?;
+        format!("v1a,{}", encode_base64(&ed25519_sign(&key, &parts)))
+    } else if secret.starts_with(PUBLIC_KEY_PREFIX) {
+        return Err(SignError::InvalidSecret(
+            "whpk_ is the public key the receiver holds: sign with the whsk_ private key",
+        ));
+    } else {
+        let key = decode_key(secret)?;
+        format!(
+            "v1,{}",
+            encode_base64(&mac(Algorithm::Sha256, &key, &parts))
+        )
+    };
     let [id_name, ts_name, sig_name] = branding.names();
     Ok(vec![
         (id_name.0.to_string(), input.id.to_string()),
         (ts_name.0.to_string(), ts),
-        (
-            sig_name.0.to_string(),
-            format!("v1,{}", encode_base64(&sig)),
-        ),
+        (sig_name.0.to_string(), entry),
     ])
 }

@@ -379,7 +379,8 @@ fn slack_docs_example_verifies_and_expires() {
 #[test]
 fn slack_url_verification_is_answered_with_the_challenge() {
     let body = serde_json::json!({"token": "t", "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P", "type": "url_verification"});
-    let (ct, answer) = handshake(ProviderKind::Slack, &body).expect("handshake");
+    let none = HeaderMap::new();
+    let (ct, answer) = handshake(ProviderKind::Slack, &none, &body, None).expect("handshake");
     assert_eq!(ct, "text/plain");
     assert_eq!(
         answer,
@@ -388,11 +389,13 @@ fn slack_url_verification_is_answered_with_the_challenge() {
     assert!(
         handshake(
             ProviderKind::Slack,
-            &serde_json::json!({"type": "event_callback"})
+            &none,
+            &serde_json::json!({"type": "event_callback"}),
+            None
         )
         .is_none()
     );
-    assert!(handshake(ProviderKind::Github, &body).is_none());
+    assert!(handshake(ProviderKind::Github, &none, &body, None).is_none());
 }
 
 // ---------------------------------------------------------------- Standard Webhooks / Svix (published)
@@ -1105,6 +1108,7 @@ fn token_presets_accept_bearer_basic_and_the_configured_header() {
         let scheme = Scheme {
             provider: p,
             generic: None,
+            auth: None,
             token_header: Some("x-token".to_string()),
             oidc: None,
             sns: None,
@@ -1441,12 +1445,15 @@ fn providers_said_not_to_read_the_body_do_not() {
             delivery_meta(&scheme, &hdrs, None),
             "{p:?} reads the body"
         );
-        assert!(handshake(p, &rich).is_none(), "{p:?} has a handshake");
+        assert!(
+            handshake(p, &hdrs, &rich, Some("k")).is_none(),
+            "{p:?} has a handshake"
+        );
     }
-    assert_eq!(header_only, 5);
+    assert_eq!(header_only, 7);
     // And the check itself can fail: Slack answers this body's handshake.
     assert!(meta_reads_body(ProviderKind::Slack));
-    assert!(handshake(ProviderKind::Slack, &rich).is_some());
+    assert!(handshake(ProviderKind::Slack, &hdrs, &rich, None).is_some());
 }
 
 #[test]
@@ -1490,14 +1497,36 @@ fn input(body: &[u8], timestamp: i64) -> SignInput<'_> {
     }
 }
 
-/// A scheme and a valid secret for every provider, derived from random bytes.
-fn scheme_and_secret(provider: ProviderKind, key: &[u8], whsec: bool) -> (Scheme, String) {
-    let secret = match provider {
+/// A scheme, the sender's key (what `sign` takes) and the integration's key (what
+/// `verify` takes; the same for shared secrets) for every provider, derived from random
+/// bytes. `whsec` picks the other form where there are two (GitLab signing tokens,
+/// Standard Webhooks symmetric vs `v1a`).
+fn scheme_and_secret(provider: ProviderKind, key: &[u8], whsec: bool) -> (Scheme, String, String) {
+    use sha2::Digest as _;
+    let seed: [u8; 32] = sha2::Sha256::digest(key).into();
+    let ed = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let (sign_secret, verify_secret) = match provider {
+        ProviderKind::StandardWebhooks | ProviderKind::Svix if !whsec => (
+            format!("whsk_{}", crypto::encode_base64(&seed)),
+            format!(
+                "whpk_{}",
+                crypto::encode_base64(ed.verifying_key().as_bytes())
+            ),
+        ),
         ProviderKind::StandardWebhooks | ProviderKind::Svix => {
-            format!("whsec_{}", crypto::encode_base64(key))
+            let s = format!("whsec_{}", crypto::encode_base64(key));
+            (s.clone(), s)
         }
-        ProviderKind::Gitlab if whsec => format!("whsec_{}", crypto::encode_base64(key)),
-        _ => hex::encode(key),
+        ProviderKind::Gitlab if whsec => {
+            let s = format!("whsec_{}", crypto::encode_base64(key));
+            (s.clone(), s)
+        }
+        ProviderKind::Discord => (
+            hex::encode(seed),
+            hex::encode(ed.verifying_key().as_bytes()),
+        ),
+        ProviderKind::Sendgrid => (SG_PRIV.to_string(), SG_PUB.to_string()),
+        _ => (hex::encode(key), hex::encode(key)),
     };
     let scheme = match provider {
         ProviderKind::Generic => Scheme::from_spec(&spec_for(
@@ -1507,13 +1536,13 @@ fn scheme_and_secret(provider: ProviderKind, key: &[u8], whsec: bool) -> (Scheme
         .unwrap_or_else(|_| Scheme::preset(provider)),
         _ => Scheme::preset(provider),
     };
-    (scheme, secret)
+    (scheme, sign_secret, verify_secret)
 }
 
 /// Providers whose body is not authenticated (a token only proves who sent it).
 fn body_is_signed(provider: ProviderKind, secret: &str) -> bool {
     match provider {
-        ProviderKind::Datadog | ProviderKind::Alertmanager => false,
+        ProviderKind::Datadog | ProviderKind::Alertmanager | ProviderKind::AzureEventGrid => false,
         ProviderKind::Gitlab => secret.starts_with("whsec_"),
         _ => true,
     }
@@ -1573,11 +1602,11 @@ proptest! {
             if matches!(provider, ProviderKind::GooglePubsub | ProviderKind::GithubActions | ProviderKind::AwsSns) {
                 continue;
             }
-            let (scheme, secret) = scheme_and_secret(provider, &key, whsec);
+            let (scheme, signing_secret, secret) = scheme_and_secret(provider, &key, whsec);
             // Twilio signs JSON bodies through the URL's bodySHA256.
             let url = twilio_url_with_body_hash("https://hooks.example.com/hooks/abc?x=1", &body);
             let content_type = "application/json";
-            let signed = sign(&scheme, &secret, &SignInput { body: &body, url: &url, timestamp: ts, id: "msg_2Kw5", content_type })
+            let signed = sign(&scheme, &signing_secret, &SignInput { body: &body, url: &url, timestamp: ts, id: "msg_2Kw5", content_type })
                 .map_err(|e| TestCaseError::fail(format!("{provider}: {e}")))?;
             let map = to_map(&signed, content_type).ok_or_else(|| TestCaseError::fail(format!("{provider}: bad header")))?;
             let d = Delivery { method: "POST", url: &url, headers: &map, body: &body };
@@ -1684,5 +1713,757 @@ fn delivery_debug_hides_header_values_and_body() {
     assert!(
         !text.contains("top-secret-token") && !text.contains("private body"),
         "{text}"
+    );
+}
+
+// ---------------------------------------------------------------- further senders (issue 19)
+//
+// Asymmetric vectors were produced with PyNaCl 1.5.0 (libsodium) and Python
+// `cryptography` (OpenSSL), independent of the RustCrypto crates used here; HMAC vectors
+// with Python `hmac`. No provider publishes a complete vector (key, body, signature) for
+// these schemes.
+
+/// A P-256 key pair made with `cryptography` (PKCS#8 DER private key, SPKI DER public
+/// key, base64: the form SendGrid shows its verification key in).
+const SG_PRIV: &str = "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg0S8NU4NxliBZyVD9k2jN857hrm8DeI9ccKkLTK/0BK2hRANCAARjZfJ0c+Vw4mqCdLMWKMFajqZR/C+MggDy0S5TO9fLLwORaScGCryCFPrGGXoFrplcjaAFczZGp3PBvOlyGs2k";
+const SG_PUB: &str = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEY2XydHPlcOJqgnSzFijBWo6mUfwvjIIA8tEuUzvXyy8DkWknBgq8ghT6xhl6Ba6ZXI2gBXM2RqdzwbzpchrNpA==";
+const SG_BODY: &[u8] = br#"[{"email":"a@example.com","event":"delivered","sg_event_id":"e1"}]"#;
+const SG_SIG: &str = "MEYCIQC5pyyF2TXlvveLhyAOa0T+s9ozvQ2zImIrwtApZ35h0wIhAM/QcxrK/sm4slOXi3d1hTiWkr6D2+tepeRCcGunOpTb";
+const SG_SIG_HEADER: &str = "X-Twilio-Email-Event-Webhook-Signature";
+const SG_TS_HEADER: &str = "X-Twilio-Email-Event-Webhook-Timestamp";
+
+#[test]
+fn sendgrid_ecdsa_vector_from_openssl_verifies() {
+    let h = [(SG_SIG_HEADER, SG_SIG), (SG_TS_HEADER, "1700000000")];
+    let p = ProviderKind::Sendgrid;
+    assert_valid(run(p, &[SG_PUB], &h, SG_BODY, 1_700_000_000), 0);
+    // PEM, as some users paste it, is the same key.
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n{}\n-----END PUBLIC KEY-----\n",
+        &SG_PUB[..64],
+        &SG_PUB[64..]
+    );
+    assert_valid(run(p, &["not-a-key", &pem], &h, SG_BODY, 1_700_000_000), 1);
+    assert_rejected(
+        run(p, &[SG_PUB], &h, b"[]", 1_700_000_000),
+        "signature_mismatch",
+    );
+    // The timestamp is signed: another one is a mismatch, not a window problem.
+    let other_ts = [(SG_SIG_HEADER, SG_SIG), (SG_TS_HEADER, "1700000001")];
+    assert_rejected(
+        run(p, &[SG_PUB], &other_ts, SG_BODY, 1_700_000_001),
+        "signature_mismatch",
+    );
+    assert_rejected(
+        run(p, &[SG_PUB], &h, SG_BODY, 1_700_000_301),
+        "timestamp_stale",
+    );
+    assert_rejected(
+        run(p, &[SG_PUB], &h, SG_BODY, 1_699_999_699),
+        "timestamp_future",
+    );
+    assert_rejected(
+        run(p, &["c2VuZGdyaWQ="], &h, SG_BODY, 1_700_000_000),
+        "invalid_secret",
+    );
+    assert_rejected(
+        run(
+            p,
+            &[SG_PUB],
+            &[
+                (SG_SIG_HEADER, "bm90IGRlcg=="),
+                (SG_TS_HEADER, "1700000000"),
+            ],
+            SG_BODY,
+            1_700_000_000,
+        ),
+        "malformed_signature",
+    );
+    assert_rejected(
+        run(
+            p,
+            &[SG_PUB],
+            &[(SG_TS_HEADER, "1700000000")],
+            SG_BODY,
+            1_700_000_000,
+        ),
+        "missing_signature",
+    );
+    assert_rejected(
+        run(
+            p,
+            &[SG_PUB],
+            &[(SG_SIG_HEADER, SG_SIG)],
+            SG_BODY,
+            1_700_000_000,
+        ),
+        "missing_timestamp",
+    );
+    assert!(check_secret(p, SG_PUB).is_ok());
+    assert!(check_secret(p, "c2VuZGdyaWQ=").is_err());
+    // sign takes the private key and round-trips.
+    let signed = sign(&Scheme::preset(p), SG_PRIV, &input(SG_BODY, 1_700_000_000)).expect("sign");
+    let pairs: Vec<(&str, &str)> = signed
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_valid(run(p, &[SG_PUB], &pairs, SG_BODY, 1_700_000_000), 0);
+    assert!(
+        sign(&Scheme::preset(p), SG_PUB, &input(SG_BODY, 1)).is_err(),
+        "a public key cannot sign"
+    );
+}
+
+const D_PRIV: &str = "6465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f80818283";
+const D_PUB: &str = "0bbc346a57667c380120bd9c7fd7e51d2c5fdfea37cd2f5bf405b2c6bf6f2d78";
+const D_BODY: &[u8] = br#"{"type":1,"id":"1","application_id":"2","version":1,"token":"t"}"#;
+const D_SIG: &str = "98bd9300c3ec1723b74fde889e0def2ead95ebb22868f2a136dd7baa6749e9eee1110feab1865aa124a2c9f796d28bf919a45f6358558d293cefe39739c9db05";
+
+#[test]
+fn discord_pynacl_vector_verifies_and_ping_is_answered() {
+    let p = ProviderKind::Discord;
+    let h = [
+        ("X-Signature-Ed25519", D_SIG),
+        ("X-Signature-Timestamp", "1700000000"),
+    ];
+    assert_valid(run(p, &[D_PUB], &h, D_BODY, 1_700_000_000), 0);
+    assert_valid(
+        run(p, &[&D_PUB.to_uppercase()], &h, D_BODY, 1_700_000_000),
+        0,
+    );
+    assert_rejected(
+        run(p, &[D_PUB], &h, br#"{"type":2}"#, 1_700_000_000),
+        "signature_mismatch",
+    );
+    let later = [
+        ("X-Signature-Ed25519", D_SIG),
+        ("X-Signature-Timestamp", "1700000001"),
+    ];
+    assert_rejected(
+        run(p, &[D_PUB], &later, D_BODY, 1_700_000_000),
+        "signature_mismatch",
+    );
+    assert_rejected(
+        run(p, &[D_PUB], &h, D_BODY, 1_700_000_400),
+        "timestamp_stale",
+    );
+    assert_rejected(run(p, &["00"], &h, D_BODY, 1_700_000_000), "invalid_secret");
+    // The private key in the Secret is a mistake the message explains.
+    assert_rejected(run(p, &["zz"], &h, D_BODY, 1_700_000_000), "invalid_secret");
+    assert_rejected(
+        run(
+            p,
+            &[D_PUB],
+            &[
+                ("X-Signature-Ed25519", "abcd"),
+                ("X-Signature-Timestamp", "1700000000"),
+            ],
+            D_BODY,
+            1_700_000_000,
+        ),
+        "malformed_signature",
+    );
+    assert!(check_secret(p, D_PUB).is_ok());
+    assert!(check_secret(p, "abc").is_err());
+    // sign with the seed reproduces PyNaCl's signature (ed25519 is deterministic).
+    let signed = sign(&Scheme::preset(p), D_PRIV, &input(D_BODY, 1_700_000_000)).expect("sign");
+    assert_eq!(
+        signed[0],
+        ("X-Signature-Ed25519".to_string(), D_SIG.to_string())
+    );
+    // The 64-byte libsodium form (seed + public key) works too; a mismatched one does not.
+    assert!(
+        sign(
+            &Scheme::preset(p),
+            &format!("{D_PRIV}{D_PUB}"),
+            &input(D_BODY, 1)
+        )
+        .is_ok()
+    );
+    assert!(
+        sign(
+            &Scheme::preset(p),
+            &format!("{D_PRIV}{}", "00".repeat(32)),
+            &input(D_BODY, 1)
+        )
+        .is_err()
+    );
+    // PING → {"type":1}; other interactions are deliveries.
+    let none = HeaderMap::new();
+    let ping: serde_json::Value = serde_json::from_slice(D_BODY).expect("json");
+    assert_eq!(
+        handshake(p, &none, &ping, None),
+        Some(("application/json", br#"{"type":1}"#.to_vec()))
+    );
+    assert!(handshake(p, &none, &serde_json::json!({"type": 2}), None).is_none());
+}
+
+const V1A_PK: &str = "whpk_A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=";
+const V1A_SK: &str = "whsk_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+/// PyNaCl's ed25519 signature of `{SW_ID}.{SW_TS}.{SW_BODY}` under the seed 00..1f.
+const V1A_SIG: &str =
+    "v1a,yoUrgEkc12aGqm0n4Sydmdz55xJfTz4AsAgieHFjmkR7LJtqVCZOQYzvvHjI5kAey+r4iaBGxTFRrl2iBQxtDQ==";
+
+#[test]
+fn standard_webhooks_v1a_verifies_with_whpk_and_mixes_with_v1() {
+    for (p, prefix) in [
+        (ProviderKind::StandardWebhooks, "webhook"),
+        (ProviderKind::Svix, "svix"),
+    ] {
+        assert_valid(
+            run_sw(p, &[V1A_PK], &sw_headers(prefix, V1A_SIG), SW_BODY, SW_TS),
+            0,
+        );
+        // One header with both kinds: either key passes on its own entry.
+        let mixed = format!("{SW_SIG} {V1A_SIG}");
+        assert_valid(
+            run_sw(p, &[V1A_PK], &sw_headers(prefix, &mixed), SW_BODY, SW_TS),
+            0,
+        );
+        assert_valid(
+            run_sw(p, &[SW_SECRET], &sw_headers(prefix, &mixed), SW_BODY, SW_TS),
+            0,
+        );
+        // A bad v1 next to a good v1a (and the reverse) still passes.
+        let bad_v1 = format!("v1,R3PTzyfHASBKHH98a7yexTwaJ4yNIcGhFQc1yuN+BPU= {V1A_SIG}");
+        assert_valid(
+            run_sw(
+                p,
+                &[SW_SECRET, V1A_PK],
+                &sw_headers(prefix, &bad_v1),
+                SW_BODY,
+                SW_TS,
+            ),
+            1,
+        );
+        assert_rejected(
+            run_sw(p, &[V1A_PK], &sw_headers(prefix, V1A_SIG), b"{}", SW_TS),
+            "signature_mismatch",
+        );
+        assert_rejected(
+            run_sw(
+                p,
+                &[V1A_PK],
+                &sw_headers(prefix, V1A_SIG),
+                SW_BODY,
+                SW_TS + 301,
+            ),
+            "timestamp_stale",
+        );
+        // Kinds that no configured key can check say so.
+        assert_rejected(
+            run_sw(p, &[V1A_PK], &sw_headers(prefix, SW_SIG), SW_BODY, SW_TS),
+            "malformed_signature",
+        );
+        assert_rejected(
+            run_sw(
+                p,
+                &[SW_SECRET],
+                &sw_headers(prefix, V1A_SIG),
+                SW_BODY,
+                SW_TS,
+            ),
+            "malformed_signature",
+        );
+        // Keys in the wrong place.
+        assert_rejected(
+            run_sw(p, &[V1A_SK], &sw_headers(prefix, V1A_SIG), SW_BODY, SW_TS),
+            "invalid_secret",
+        );
+        assert_rejected(
+            run_sw(
+                p,
+                &["whpk_AAAA"],
+                &sw_headers(prefix, V1A_SIG),
+                SW_BODY,
+                SW_TS,
+            ),
+            "invalid_secret",
+        );
+        // sign with whsk_ reproduces PyNaCl; with whpk_ it refuses.
+        let signed = sign(
+            &Scheme::preset(p),
+            V1A_SK,
+            &SignInput {
+                body: SW_BODY,
+                url: "",
+                timestamp: SW_TS,
+                id: SW_ID,
+                content_type: "application/json",
+            },
+        )
+        .expect("sign");
+        assert_eq!(signed[2].1, V1A_SIG);
+        assert!(sign(&Scheme::preset(p), V1A_PK, &input(SW_BODY, SW_TS)).is_err());
+    }
+    let msg = match run_sw(
+        ProviderKind::StandardWebhooks,
+        &[V1A_SK],
+        &sw_headers("webhook", V1A_SIG),
+        SW_BODY,
+        SW_TS,
+    ) {
+        Verdict::Invalid(r) => r.to_string(),
+        Verdict::Valid(_) => String::new(),
+    };
+    assert!(msg.contains("whpk_"), "{msg}");
+    // GitLab signing tokens may be asymmetric too.
+    assert_valid(
+        run_sw(
+            ProviderKind::Gitlab,
+            &[V1A_PK],
+            &sw_headers("webhook", V1A_SIG),
+            SW_BODY,
+            SW_TS,
+        ),
+        0,
+    );
+}
+
+#[test]
+fn zoom_signature_and_url_validation() {
+    let p = ProviderKind::Zoom;
+    let secret = "zoom-secret-token-1";
+    let body =
+        br#"{"event":"meeting.started","event_ts":1700000000123,"payload":{"account_id":"A1"}}"#;
+    let sig = "v0=f5d9ea1ecdbda43b584c756bd9cd681da3261b159999ee6014f0d49c71fdabd3";
+    let h = [
+        ("x-zm-signature", sig),
+        ("x-zm-request-timestamp", "1700000000"),
+    ];
+    assert_valid(run(p, &["old", secret], &h, body, 1_700_000_000), 1);
+    assert_rejected(
+        run(p, &["other"], &h, body, 1_700_000_000),
+        "signature_mismatch",
+    );
+    assert_rejected(
+        run(p, &[secret], &h, body, 1_700_000_301),
+        "timestamp_stale",
+    );
+    assert_rejected(
+        run(
+            p,
+            &[secret],
+            &[
+                ("x-zm-signature", "f5d9"),
+                ("x-zm-request-timestamp", "1700000000"),
+            ],
+            body,
+            1_700_000_000,
+        ),
+        "malformed_signature",
+    );
+    let validation = serde_json::json!({"payload": {"plainToken": "qgg8vlvZRS6UYooatFL8Aw"}, "event_ts": 1654503849680_i64, "event": "endpoint.url_validation"});
+    let (ct, answer) = handshake(p, &HeaderMap::new(), &validation, Some(secret)).expect("answer");
+    assert_eq!(ct, "application/json");
+    let answer: serde_json::Value = serde_json::from_slice(&answer).expect("json");
+    assert_eq!(
+        answer,
+        serde_json::json!({"plainToken": "qgg8vlvZRS6UYooatFL8Aw", "encryptedToken": "0e5b0d12b8a75ee80179999fbb875d29b1469544a54e8863e0687da36bade919"})
+    );
+    assert!(
+        handshake(p, &HeaderMap::new(), &validation, None).is_none(),
+        "no secret, no answer"
+    );
+    assert!(
+        handshake(
+            p,
+            &HeaderMap::new(),
+            &serde_json::json!({"event": "meeting.started"}),
+            Some(secret)
+        )
+        .is_none()
+    );
+}
+
+#[test]
+fn twitch_signature_and_callback_verification() {
+    let p = ProviderKind::Twitch;
+    let secret = "s3cre77890ab";
+    let body = br#"{"challenge":"pogchamp-kappa-360noscope-vohiyo","subscription":{"type":"channel.follow"}}"#;
+    let sig = "sha256=4b7736fabc66b1e30e706614188fdad9f1bb57adc2d634be904d372ad6d14852";
+    let ts = "2023-11-14T22:13:20.634234626Z"; // 1_700_000_000
+    let h = [
+        (
+            "Twitch-Eventsub-Message-Id",
+            "e76c6bd4-55c9-4987-8304-da1588d8988b",
+        ),
+        ("Twitch-Eventsub-Message-Timestamp", ts),
+        ("Twitch-Eventsub-Message-Signature", sig),
+        (
+            "Twitch-Eventsub-Message-Type",
+            "webhook_callback_verification",
+        ),
+    ];
+    let v = run(p, &[secret], &h, body, 1_700_000_000);
+    assert_valid(v.clone(), 0);
+    assert_eq!(verdict_ts(&v), Some(1_700_000_000));
+    // Ten minutes, as Twitch's guide says; not eleven.
+    assert_valid(run(p, &[secret], &h, body, 1_700_000_600), 0);
+    assert_rejected(
+        run(p, &[secret], &h, body, 1_700_000_601),
+        "timestamp_stale",
+    );
+    let mut other_id = h;
+    other_id[0].1 = "e76c6bd4-55c9-4987-8304-da1588d8988c";
+    assert_rejected(
+        run(p, &[secret], &other_id, body, 1_700_000_000),
+        "signature_mismatch",
+    );
+    assert_rejected(
+        run(p, &[secret], &h[1..], body, 1_700_000_000),
+        "missing_id",
+    );
+    let map = headers(&h);
+    let parsed: serde_json::Value = serde_json::from_slice(body).expect("json");
+    assert_eq!(
+        handshake(p, &map, &parsed, None),
+        Some(("text/plain", b"pogchamp-kappa-360noscope-vohiyo".to_vec()))
+    );
+    let notification = headers(&[("Twitch-Eventsub-Message-Type", "notification")]);
+    assert!(handshake(p, &notification, &parsed, None).is_none());
+}
+
+#[test]
+fn azure_event_grid_key_in_query_or_header_and_validation() {
+    let p = ProviderKind::AzureEventGrid;
+    let body = br#"[{"id":"2d1781af-3a4c-4d7c-bd0c-e34b19da4e66","eventType":"Microsoft.EventGrid.SubscriptionValidationEvent","data":{"validationCode":"512d38b6-c7b8-40c8-89fe-f46f9e9622b6","validationUrl":"https://rp-eastus2.eventgrid.azure.net/x"}}]"#;
+    let url = "/hooks/abc?code=eg-key-1";
+    assert_valid(run_url(p, &["eg-key-1"], &[], body, url, 0), 0);
+    assert_valid(
+        run_url(
+            p,
+            &["eg-key-1"],
+            &[],
+            body,
+            "/hooks/abc?x=1&key=eg-key-1",
+            0,
+        ),
+        0,
+    );
+    assert_valid(
+        run(
+            p,
+            &["eg-key-1"],
+            &[("Authorization", "Bearer eg-key-1")],
+            body,
+            0,
+        ),
+        0,
+    );
+    assert_rejected(
+        run_url(p, &["eg-key-1"], &[], body, "/hooks/abc?code=eg-key-2", 0),
+        "token_mismatch",
+    );
+    assert_rejected(
+        run_url(p, &["eg-key-1"], &[], body, "/hooks/abc", 0),
+        "missing_signature",
+    );
+    let map = headers(&[("aeg-event-type", "SubscriptionValidation")]);
+    let parsed: serde_json::Value = serde_json::from_slice(body).expect("json");
+    let (ct, answer) = handshake(p, &map, &parsed, None).expect("answer");
+    assert_eq!(ct, "application/json");
+    assert_eq!(
+        answer,
+        br#"{"validationResponse":"512d38b6-c7b8-40c8-89fe-f46f9e9622b6"}"#.to_vec()
+    );
+    let notification = headers(&[("aeg-event-type", "Notification")]);
+    assert!(handshake(p, &notification, &parsed, None).is_none());
+}
+
+#[test]
+fn gitea_forgejo_and_paddle_vectors() {
+    let body = br#"{"ref":"refs/heads/main"}"#;
+    let sig = "6aab54046b413afedbc6d4ff0d3b4fd694c1af82c19c0be7ee9b80438b90223d";
+    assert_valid(
+        run(
+            ProviderKind::Gitea,
+            &["gitea-secret"],
+            &[("X-Gitea-Signature", sig)],
+            body,
+            0,
+        ),
+        0,
+    );
+    assert_valid(
+        run(
+            ProviderKind::Forgejo,
+            &["gitea-secret"],
+            &[("X-Forgejo-Signature", sig)],
+            body,
+            0,
+        ),
+        0,
+    );
+    assert_valid(
+        run(
+            ProviderKind::Forgejo,
+            &["gitea-secret"],
+            &[("X-Gitea-Signature", sig)],
+            body,
+            0,
+        ),
+        0,
+    );
+    // Forgejo's own header decides when both are sent.
+    assert_rejected(
+        run(
+            ProviderKind::Forgejo,
+            &["gitea-secret"],
+            &[
+                ("X-Forgejo-Signature", &"0".repeat(64)),
+                ("X-Gitea-Signature", sig),
+            ],
+            body,
+            0,
+        ),
+        "signature_mismatch",
+    );
+    assert_rejected(
+        run(
+            ProviderKind::Gitea,
+            &["gitea-secret"],
+            &[("X-Gitea-Signature", sig)],
+            b"{}",
+            0,
+        ),
+        "signature_mismatch",
+    );
+    assert_rejected(
+        run(ProviderKind::Gitea, &["gitea-secret"], &[], body, 0),
+        "missing_signature",
+    );
+
+    let p = ProviderKind::Paddle;
+    let secret = "pdl_ntfset_01gkpjp8bkm3tm53kdgkx6sms7_6h3qd3uFSi9YCD3OLYAShQI90XTI5vEI";
+    let body = br#"{"event_id":"evt_01","event_type":"subscription.activated"}"#;
+    let good = "eeb58fb4c04eef79f86173a84a511db873e5c5877a4ed30785da5aa5deea65f4";
+    let h = format!("ts=1700000000;h1={good}");
+    assert_valid(
+        run(
+            p,
+            &[secret],
+            &[("Paddle-Signature", &h)],
+            body,
+            1_700_000_000,
+        ),
+        0,
+    );
+    // Rotation: two h1 entries, either passes.
+    let two = format!("ts=1700000000;h1={};h1={good}", "1".repeat(64));
+    assert_valid(
+        run(
+            p,
+            &[secret],
+            &[("Paddle-Signature", &two)],
+            body,
+            1_700_000_000,
+        ),
+        0,
+    );
+    // Paddle's SDKs allow 5 s of drift.
+    assert_valid(
+        run(
+            p,
+            &[secret],
+            &[("Paddle-Signature", &h)],
+            body,
+            1_700_000_005,
+        ),
+        0,
+    );
+    assert_rejected(
+        run(
+            p,
+            &[secret],
+            &[("Paddle-Signature", &h)],
+            body,
+            1_700_000_006,
+        ),
+        "timestamp_stale",
+    );
+    assert_rejected(
+        run(
+            p,
+            &[secret],
+            &[("Paddle-Signature", &format!("ts=1700000001;h1={good}"))],
+            body,
+            1_700_000_001,
+        ),
+        "signature_mismatch",
+    );
+    assert_rejected(
+        run(
+            p,
+            &[secret],
+            &[("Paddle-Signature", &format!("h1={good}"))],
+            body,
+            1_700_000_000,
+        ),
+        "missing_timestamp",
+    );
+    assert_rejected(
+        run(
+            p,
+            &[secret],
+            &[("Paddle-Signature", "ts=1700000000")],
+            body,
+            1_700_000_000,
+        ),
+        "malformed_signature",
+    );
+}
+
+fn generic_auth_scheme(yaml: &str) -> Result<Scheme, SchemeError> {
+    let spec: WebhookIntegrationSpec = serde_yaml::from_str(yaml).expect("yaml");
+    Scheme::from_spec(&spec)
+}
+
+#[test]
+fn generic_token_auth_checks_only_its_own_place() {
+    let run_auth = |scheme: &Scheme, secrets: &[&str], h: &[(&str, &str)]| {
+        let map = headers(h);
+        verify(
+            scheme,
+            secrets,
+            &Delivery {
+                method: "POST",
+                url: "",
+                headers: &map,
+                body: b"{}",
+            },
+            0,
+        )
+    };
+    let bearer = generic_auth_scheme("provider: generic\nauth: bearer").expect("bearer");
+    assert_valid(
+        run_auth(
+            &bearer,
+            &["old", "tok-1"],
+            &[("Authorization", "Bearer tok-1")],
+        ),
+        1,
+    );
+    assert_rejected(
+        run_auth(&bearer, &["tok-1"], &[("Authorization", "Bearer tok-2")]),
+        "token_mismatch",
+    );
+    // A bare token or Basic is not what bearer means.
+    assert_rejected(
+        run_auth(&bearer, &["tok-1"], &[("Authorization", "tok-1")]),
+        "missing_signature",
+    );
+    assert_rejected(
+        run_auth(
+            &bearer,
+            &["tok-1"],
+            &[("Authorization", "Basic dTp0b2stMQ==")],
+        ),
+        "missing_signature",
+    );
+    let basic = generic_auth_scheme("provider: generic\nauth: basic").expect("basic");
+    assert_valid(
+        run_auth(
+            &basic,
+            &["tok-1"],
+            &[("Authorization", "Basic dTp0b2stMQ==")],
+        ),
+        0,
+    ); // u:tok-1
+    assert_rejected(
+        run_auth(&basic, &["tok-1"], &[("Authorization", "Basic !!!")]),
+        "malformed_signature",
+    );
+    assert_rejected(
+        run_auth(&basic, &["tok-1"], &[("Authorization", "Bearer tok-1")]),
+        "missing_signature",
+    );
+    let header = generic_auth_scheme("provider: generic\nauth: header\ntokenHeader: X-Quay-Token")
+        .expect("header");
+    assert_valid(
+        run_auth(&header, &["tok-1"], &[("x-quay-token", "tok-1")]),
+        0,
+    );
+    assert_rejected(
+        run_auth(&header, &["tok-1"], &[("Authorization", "Bearer tok-1")]),
+        "missing_signature",
+    );
+    // Sign produces what verify accepts, for each.
+    for scheme in [&bearer, &basic, &header] {
+        let signed = sign(scheme, "tok-1", &input(b"{}", 0)).expect("sign");
+        let pairs: Vec<(&str, &str)> = signed
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_valid(run_auth(scheme, &["tok-1"], &pairs), 0);
+    }
+    // none: valid without any secret or header, and only when spelled out.
+    let none = generic_auth_scheme("provider: generic\nauth: none").expect("none");
+    assert!(run_auth(&none, &[], &[]).is_valid());
+    assert_eq!(sign(&none, "", &input(b"{}", 0)), Ok(vec![]));
+    assert_eq!(
+        generic_auth_scheme("provider: generic").err(),
+        Some(SchemeError::MissingGenericSignature)
+    );
+    assert_eq!(
+        generic_auth_scheme("provider: generic\nauth: bearer\nsignature: {header: X-Sig, algorithm: sha256, encoding: hex}").err(),
+        Some(SchemeError::SignatureAndAuth)
+    );
+    assert_eq!(
+        generic_auth_scheme("provider: github\nauth: none").err(),
+        Some(SchemeError::UnexpectedAuth)
+    );
+    assert_eq!(
+        generic_auth_scheme("provider: generic\nauth: header").err(),
+        Some(SchemeError::AuthHeaderWithoutTokenHeader)
+    );
+    assert_eq!(
+        generic_auth_scheme("provider: generic\nauth: bearer\ntokenHeader: X-T").err(),
+        Some(SchemeError::UnexpectedTokenHeader)
+    );
+}
+
+#[test]
+fn another_providers_handshake_is_named_in_the_rejection() {
+    let zoom = br#"{"payload":{"plainToken":"qgg8vlvZRS6UYooatFL8Aw"},"event_ts":1654503849680,"event":"endpoint.url_validation"}"#;
+    let v = run(
+        ProviderKind::Slack,
+        &["s"],
+        &[("x-zm-signature", "v0=00"), ("x-zm-request-timestamp", "1")],
+        zoom,
+        1,
+    );
+    assert_rejected(v.clone(), "handshake_wrong_provider");
+    let Verdict::Invalid(r) = v else {
+        unreachable!()
+    };
+    assert!(r.to_string().contains("provider: zoom"), "{r}");
+    assert!(r.to_string().contains("provider is slack"), "{r}");
+    let twitch = [(
+        "Twitch-Eventsub-Message-Type",
+        "webhook_callback_verification",
+    )];
+    assert_rejected(
+        run(ProviderKind::Github, &["s"], &twitch, b"{}", 1),
+        "handshake_wrong_provider",
+    );
+    let azure = [("aeg-event-type", "SubscriptionValidation")];
+    assert_rejected(
+        run(ProviderKind::Zoom, &["s"], &azure, b"[]", 1),
+        "handshake_wrong_provider",
+    );
+    let slack = br#"{"token":"t","challenge":"c","type":"url_verification"}"#;
+    assert_rejected(
+        run(ProviderKind::Discord, &[D_PUB], &[], slack, 1),
+        "handshake_wrong_provider",
+    );
+    // The provider's own handshake, unauthenticated, is an ordinary rejection.
+    assert_rejected(
+        run(ProviderKind::Zoom, &["s"], &[], zoom, 1),
+        "missing_signature",
+    );
+    assert_rejected(
+        run(ProviderKind::Twitch, &["s"], &twitch, b"{}", 1),
+        "missing_signature",
     );
 }
