@@ -125,6 +125,15 @@ mod tests {
         })
     }
 
+    /// clap checks a command's definition only when it is built: two flags of one name
+    /// (say two `--auth`) would pass every unit test and panic in the shipped binary.
+    #[test]
+    fn every_command_line_definition_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+        crate::plugin::PluginCli::command().debug_assert();
+    }
+
     #[test]
     fn lease_durations_too_short_to_renew_in_are_refused() {
         let lease = |value: &str| {

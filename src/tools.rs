@@ -81,7 +81,7 @@ fn parse_encoding(s: &str) -> Result<SignatureEncoding, String> {
 
 fn parse_auth(s: &str) -> Result<GenericAuth, String> {
     serde_yaml::from_str(&s.to_ascii_lowercase())
-        .map_err(|_| format!("{s:?}: expected bearer, basic, header or none"))
+        .map_err(|_| format!("{s:?}: expected hmac, oidc, bearer, basic, header or none"))
 }
 
 fn parse_provider(s: &str) -> Result<ProviderKind, String> {
@@ -102,8 +102,8 @@ pub struct SchemeArgs {
     /// Token presets: extra header carrying the token (spec.tokenHeader).
     #[arg(long, value_name = "NAME")]
     pub token_header: Option<String>,
-    /// generic without an HMAC (spec.auth): bearer, basic, header (with --token-header)
-    /// or none.
+    /// generic's spec.auth: hmac (the default, spec.signature), oidc (a bearer JWT, with
+    /// the OIDC flags), bearer, basic, header (with --token-header) or none.
     #[arg(long, value_name = "AUTH", value_parser = parse_auth, conflicts_with = "signature_header")]
     pub auth: Option<GenericAuth>,
     #[command(flatten)]
@@ -116,9 +116,6 @@ pub struct SchemeArgs {
 /// generic with `--auth oidc`).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct OidcFlags {
-    /// generic: `oidc` verifies a bearer JWT (spec.auth) instead of an HMAC.
-    #[arg(long, value_name = "MODE", value_parser = ["hmac", "oidc"])]
-    pub auth: Option<String>,
     /// OIDC: expected token issuer (spec.oidc.issuer; fixed by the presets).
     #[arg(long, value_name = "URL")]
     pub issuer: Option<String>,
@@ -135,8 +132,7 @@ pub struct OidcFlags {
 
 impl OidcFlags {
     fn is_empty(&self) -> bool {
-        self.auth.is_none()
-            && self.issuer.is_none()
+        self.issuer.is_none()
             && self.audiences.is_empty()
             && self.jwks_url.is_none()
             && self.claims.is_empty()
@@ -413,7 +409,9 @@ fn build_scheme(args: &SchemeArgs) -> Result<Scheme, CliError> {
             ));
         }
         spec.auth = Some(auth);
-        spec.signature = None;
+        if auth != GenericAuth::Hmac {
+            spec.signature = None;
+        }
     }
     if !args.generic.is_empty() {
         if spec.provider != ProviderKind::Generic {
@@ -465,13 +463,6 @@ fn build_scheme(args: &SchemeArgs) -> Result<Scheme, CliError> {
     }
     if !args.oidc.is_empty() {
         let o = &args.oidc;
-        if let Some(mode) = &o.auth {
-            spec.auth = Some(if mode == "oidc" {
-                crate::crd::GenericAuth::Oidc
-            } else {
-                crate::crd::GenericAuth::Hmac
-            });
-        }
         let mut oidc = spec.oidc.take().unwrap_or_default();
         if o.issuer.is_some() {
             oidc.issuer = o.issuer.clone();

@@ -1736,6 +1736,7 @@ async fn crd_through_kubectl(cluster: Cluster) {
             "OPEN",
             "LAST DELIVERY",
             "URL",
+            "DEAD LETTERS",
             "AGE"
         ],
         "{wide}"
