@@ -620,6 +620,17 @@ fn replaying_after_repeated_crashes_never_double_counts_or_reopens() {
 #[test]
 fn a_full_journal_answers_503_and_the_retry_is_accepted_after_compaction() {
     let dir = folder_with(&["datadog.yaml"]);
+    // The rate limit raised: filling a 96 KB journal takes a few hundred deliveries, more
+    // than the example's burst of 100 (which would answer 429 first).
+    let yaml = dir.path().join("datadog.yaml");
+    let text = std::fs::read_to_string(&yaml).expect("read");
+    let raised = text.replacen(
+        "  provider: datadog\n",
+        "  provider: datadog\n  limits: {requestsPerSecond: 100000, burst: 100000}\n",
+        1,
+    );
+    assert_ne!(raised, text, "the example's spec was found");
+    std::fs::write(&yaml, raised).expect("write");
     // The smallest cap the dedup memory allows: its checkpoints (1,000 ids × 24 B, two
     // at once) may take at most half of it.
     let receiver = Standalone::start_with(
