@@ -14,10 +14,7 @@ use http::HeaderMap;
 use super::crypto::{Algorithm, decode_hex, mac};
 use super::hmac_presets::{match_any, parse_rfc3339_or_unix, strip_prefix_ci};
 use super::token::{match_tokens, presented_tokens};
-use super::{
-    DEFAULT_TOLERANCE_SECONDS, Delivery, Keys, ProviderKind, Rejection, SignInput, Verified,
-    check_window, header, parse_unix,
-};
+use super::{Delivery, Keys, ProviderKind, Rejection, SignInput, Verified, check_window, header};
 
 type Headers = Vec<(String, String)>;
 
@@ -31,47 +28,13 @@ pub(crate) fn verify_zoom(
     d: &Delivery<'_>,
     now: i64,
 ) -> Result<Verified, Rejection> {
-    let value = header(d.headers, ZOOM_SIGNATURE)?.ok_or_else(|| Rejection::MissingSignature {
-        header: ZOOM_SIGNATURE.to_string(),
-    })?;
-    let ts_raw = header(d.headers, ZOOM_TIMESTAMP)?.ok_or_else(|| Rejection::MissingTimestamp {
-        source: format!("{ZOOM_TIMESTAMP} header"),
-    })?;
-    let sig = strip_prefix_ci(value, "v0=")
-        .and_then(decode_hex)
-        .filter(|s| s.len() == Algorithm::Sha256.output_len())
-        .ok_or(Rejection::MalformedSignature {
-            header: ZOOM_SIGNATURE.to_string(),
-            reason: "expected v0=<64 hex digits>",
-        })?;
-    let index = match_any(
-        keys,
-        Algorithm::Sha256,
-        &[sig],
-        &[b"v0:", ts_raw.as_bytes(), b":", d.body],
-    )
-    .ok_or(Rejection::SignatureMismatch {
-        secrets: keys.len(),
-    })?;
-    let ts = parse_unix(ts_raw).ok_or_else(|| Rejection::MalformedTimestamp {
-        source: format!("{ZOOM_TIMESTAMP} header"),
-    })?;
-    check_window(ts, now, DEFAULT_TOLERANCE_SECONDS)?;
-    Ok(Verified {
-        secret_index: index,
-        timestamp: Some(ts),
-    })
+    super::slack::verify_v0(keys, d, now, ZOOM_SIGNATURE, ZOOM_TIMESTAMP)
 }
 
 pub(crate) fn sign_zoom(secret: &str, input: &SignInput<'_>) -> Headers {
-    let ts = input.timestamp.to_string();
-    let sig = hex::encode(mac(
-        Algorithm::Sha256,
-        secret.as_bytes(),
-        &[b"v0:", ts.as_bytes(), b":", input.body],
-    ));
+    let (ts, sig) = super::slack::sign_v0(secret, input);
     let mut out = vec![
-        (ZOOM_SIGNATURE.to_string(), format!("v0={sig}")),
+        (ZOOM_SIGNATURE.to_string(), sig),
         (ZOOM_TIMESTAMP.to_string(), ts),
     ];
     if !input.id.is_empty() {
