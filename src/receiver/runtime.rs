@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::domain::incident::state::Incident;
 use crate::domain::spec;
-use crate::journal::{Journal, JournalStats, Recovered, RecoveryVisitor};
+use crate::journal::{Journal, RecoveryVisitor};
 use crate::receiver::forward::{Folded, ForwardLookup, Forwarder, NewJob, jobs_for};
 use crate::receiver::ledger::Ledger;
 use crate::receiver::metrics::{ReceiverMetrics, WriteLabels};
@@ -478,9 +478,11 @@ impl RecoveryVisitor for Replayer {
 }
 
 /// Rebuilds the ledger from a checkpoint and the entries after it ([`Replayer`] over
-/// records already in memory).
+/// records already in memory). The receiver streams instead ([`Journal::open_visiting`]);
+/// the tests drive replay with these two.
 ///
 /// `snapshot_written`: see [`Replayer`]'s `snapshot`.
+#[cfg(test)]
 pub fn replay(
     snapshot: Option<&[u8]>,
     snapshot_written: bool,
@@ -498,13 +500,14 @@ pub fn replay(
 
 /// [`replay`] over what [`Journal::open`] recovered; `stats` is the journal's right
 /// after opening (its applied mark and checkpoint position).
+#[cfg(test)]
 pub fn replay_recovered(
-    recovered: Recovered,
-    stats: &JournalStats,
+    recovered: crate::journal::Recovered,
+    stats: &crate::journal::JournalStats,
     settings: &SettingsLookup,
     max_ids: usize,
 ) -> (Ledger, ReplayReport) {
-    let Recovered {
+    let crate::journal::Recovered {
         snapshot,
         entries,
         applied,
@@ -1185,6 +1188,7 @@ async fn write_all<W: StatusWriter>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::{JournalStats, Recovered};
     use crate::receiver::ledger::MAX_REMEMBERED_IDS;
 
     fn entry(seq: u64) -> (u64, Vec<u8>) {
