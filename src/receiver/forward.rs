@@ -5,18 +5,20 @@
 //!    durable in the same group commit as the delivery, before the 2xx.
 //! 2. The status loop folds the record; [`jobs_for`] turns it (and the incidents it
 //!    opened or resolved) into one rendered job per target, and [`Forwarder::import`]
-//!    appends them to the [`Outbox`] (fsync'd) before the status loop's checkpoint may
-//!    cover the journal entry. After a crash, replay re-imports whatever the checkpoint
-//!    did not cover; job ids (stable `webhook-id` + target) make that idempotent.
+//!    appends them to the [`Outbox`]; [`Forwarder::sync`] makes the outbox durable before
+//!    the status loop's applied mark or checkpoint may cover the journal entry. After a
+//!    crash, replay re-imports whatever the checkpoint did not cover; job ids (stable
+//!    `webhook-id` + target) make that idempotent.
 //! 3. The [`Forwarder`] task schedules attempts (retry schedule with jitter,
 //!    `Retry-After`, a circuit breaker per target), sends them with
 //!    [`crate::forwarder::Sender`] (SSRF guard on every connection), journals each
 //!    outcome in the outbox, dead-letters what is terminal or exhausted, and keeps dead
 //!    letters for `deadLetterTTL`. Bodies stay on disk.
 //!
-//! Delivery is at least once: a crash between an attempt's 2xx and its tombstone, or
-//! before the checkpoint that follows an import, sends again with the same
-//! `webhook-id`, so the receiving side can drop the copy.
+//! Delivery is at least once: a crash between an attempt's 2xx and its tombstone (for a
+//! crash of the machine: its next sync, at most a status interval later), or before the
+//! checkpoint that follows an import, sends again with the same `webhook-id`, so the
+//! receiving side can drop the copy.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
@@ -622,6 +624,7 @@ pub struct Forwarder {
     tx: mpsc::Sender<Command>,
     pub board: Arc<ForwardBoard>,
     released: Arc<AtomicBool>,
+    outbox: Arc<Mutex<Outbox>>,
 }
 
 impl Forwarder {
@@ -639,8 +642,9 @@ impl Forwarder {
         }
     }
 
-    /// Appends `jobs` to the outbox (durably) and schedules them. Jobs the outbox already
-    /// has are skipped (replay after a restart).
+    /// Appends `jobs` to the outbox and schedules them. Jobs the outbox already has are
+    /// skipped (replay after a restart). Durable against a crash of the machine after the
+    /// next [`Forwarder::sync`]; until then their journal entries are what keeps them.
     pub async fn import(&self, jobs: Vec<NewJob>) -> std::io::Result<()> {
         if jobs.is_empty() {
             return Ok(());
@@ -652,6 +656,32 @@ impl Forwarder {
             .map_err(|_| std::io::Error::other("forwarder stopped"))?;
         rx.await
             .map_err(|_| std::io::Error::other("forwarder stopped"))?
+    }
+
+    /// Makes everything the outbox holds so far durable: imports and attempt outcomes
+    /// (one `fdatasync` of the active segment, none when nothing is new; the outbox is
+    /// not locked meanwhile). The status loop calls it before the journal may forget the
+    /// deliveries whose forwards were imported (applied mark, checkpoint): one sync per
+    /// status tick or checkpoint instead of one per import and per batch of outcomes,
+    /// which took the disk's flushes from the journal's group commits under load.
+    pub async fn sync(&self) -> std::io::Result<()> {
+        let outbox = self.outbox.clone();
+        tokio::task::spawn_blocking(move || {
+            let handle = outbox
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .sync_handle()?;
+            if let Some(handle) = handle {
+                handle.sync()?;
+                outbox
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .synced(&handle);
+            }
+            Ok(())
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 
     /// Re-queues the dead letters of `integration` (of one target, or all). Returns how
@@ -698,9 +728,10 @@ pub fn start(
     let (tx, rx) = mpsc::channel(64);
     let board = Arc::new(ForwardBoard::default());
     let released = Arc::new(AtomicBool::new(false));
+    let outbox = Arc::new(Mutex::new(outbox));
     let mut task = ForwardTask {
         released: released.clone(),
-        outbox: Arc::new(Mutex::new(outbox)),
+        outbox: outbox.clone(),
         queue: BinaryHeap::new(),
         sender,
         lookup,
@@ -711,6 +742,7 @@ pub fn start(
         in_flight: HashMap::new(),
         parked: HashMap::new(),
         running: JoinSet::new(),
+        prepared: HashMap::new(),
         staged: Vec::new(),
         outbox_bytes,
         handled_replays,
@@ -729,6 +761,7 @@ pub fn start(
             tx,
             board,
             released,
+            outbox,
         },
         handle,
     ))
@@ -768,7 +801,10 @@ struct ForwardTask {
     /// from the queue once rather than at every wake-up.
     parked: HashMap<Lane, VecDeque<(i64, Key)>>,
     running: JoinSet<AttemptDone>,
-    /// Outcome records not yet appended: written together, one fsync for every attempt
+    /// Per lane, its target's parsed material and the route version it was parsed from
+    /// (a new version, compared by pointer, parses again).
+    prepared: HashMap<Lane, (Arc<ForwardConfig>, Arc<Prepared>)>,
+    /// Outcome records not yet appended: written together, one write for every attempt
     /// that finished meanwhile (the index already reflects them; a crash before the
     /// write only means an attempt is made again).
     staged: Vec<OwnedChange>,
@@ -1040,9 +1076,17 @@ impl ForwardTask {
                 self.drop_job(&integration, &target_name, &key);
                 continue;
             };
-            let Some(material) = target.material.clone() else {
+            let Some(material) = &target.material else {
                 deferred.push(Reverse((now + 5_000, key)));
                 continue;
+            };
+            let prepared = match self.prepared.get(&lane) {
+                Some((from, p)) if Arc::ptr_eq(from, &config) => p.clone(),
+                _ => {
+                    let p = Arc::new(Prepared::new(material));
+                    self.prepared.insert(lane, (config.clone(), p.clone()));
+                    p
+                }
             };
             if self.in_flight.get(&lane).copied().unwrap_or(0) >= self.options.per_target_in_flight
             {
@@ -1081,7 +1125,7 @@ impl ForwardTask {
             self.running.spawn(async move {
                 // The record (metadata and body) is read here, not kept in memory.
                 let result = match job.read() {
-                    Ok(job) => attempt(&sender, job, &material, timeout, now).await,
+                    Ok(job) => attempt(&sender, job, &prepared, timeout, now).await,
                     Err(e) => Err(AttemptError::Read(e.to_string())),
                 };
                 AttemptDone {
@@ -1302,6 +1346,9 @@ impl ForwardTask {
     /// A served route changed or an integration went away: drop the forwards of targets
     /// that no longer exist, and act on a new replay request.
     async fn on_change(&mut self, change: ConfigChange) {
+        // Parsed material of an older route version is not used again (pointer check);
+        // dropping it keeps the cache to the routes that exist.
+        self.prepared.clear();
         let (key, config) = match change {
             ConfigChange::Synced { unserved } => {
                 let gone: Vec<String> = self
@@ -1496,11 +1543,39 @@ impl OwnedChange {
     }
 }
 
+/// A target's material parsed once per route version rather than at every attempt:
+/// the signing key decoded, the URL parsed, the `headersFrom` values exposed. A part that
+/// does not parse fails each attempt the way it always did ([`AttemptError::Build`]).
+struct Prepared {
+    key: Result<Option<SigningKey>, String>,
+    url: Option<http::Uri>,
+    extra: Vec<(String, String)>,
+}
+
+impl Prepared {
+    fn new(material: &RouteForward) -> Prepared {
+        Prepared {
+            key: material
+                .signing_key
+                .as_ref()
+                .map(|k| SigningKey::parse(k.expose()))
+                .transpose()
+                .map_err(|e| e.to_string()),
+            url: material.url.expose().parse().ok(),
+            extra: material
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose().to_string()))
+                .collect(),
+        }
+    }
+}
+
 /// One attempt: sign (this attempt's timestamp), send, classify.
 async fn attempt(
     sender: &Sender,
     job: StoredJob,
-    material: &RouteForward,
+    prepared: &Prepared,
     timeout: Duration,
     now_ms: i64,
 ) -> Result<crate::forwarder::AttemptResult, AttemptError> {
@@ -1511,30 +1586,22 @@ async fn attempt(
         body: Bytes::from(job.body),
         headers: meta.headers,
     };
-    let key = match &material.signing_key {
-        Some(k) => {
-            Some(SigningKey::parse(k.expose()).map_err(|e| AttemptError::Build(e.to_string()))?)
-        }
-        None => None,
-    };
-    let extra: Vec<(String, String)> = material
-        .headers
-        .iter()
-        .map(|(k, v)| (k.clone(), v.expose().to_string()))
-        .collect();
+    let key = prepared
+        .key
+        .as_ref()
+        .map_err(|e| AttemptError::Build(e.clone()))?;
     let request = sign_request(
         &rendered,
         key.as_ref(),
         &meta.webhook_id,
         now_ms.div_euclid(1000),
-        &extra,
+        &prepared.extra,
     )
     .map_err(|e| AttemptError::Build(e.to_string()))?;
-    let url = material
+    let url = prepared
         .url
-        .expose()
-        .parse()
-        .map_err(|_| AttemptError::Build("the target URL does not parse".to_string()))?;
+        .clone()
+        .ok_or_else(|| AttemptError::Build("the target URL does not parse".to_string()))?;
     Ok(sender
         .send(
             Request {

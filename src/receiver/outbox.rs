@@ -3,9 +3,12 @@
 //! Why not the delivery journal itself: a dead letter lives for days (`deadLetterTTL`),
 //! and a journal segment can only be dropped whole, so one dead letter would pin every
 //! delivery journaled after it. The journal keeps a forward until the outbox has it:
-//! the status loop imports a journaled delivery's forwards here (appended and fsync'd)
-//! before its checkpoint may cover that delivery, and replays at start re-import what the
-//! checkpoint does not cover (ids make that idempotent).
+//! the status loop imports a journaled delivery's forwards here and syncs the outbox
+//! ([`Outbox::sync`]) before its applied mark or checkpoint may cover that delivery, and
+//! replays at start re-import what the checkpoint does not cover (ids make that
+//! idempotent). Appends are not synced one by one: a killed process loses nothing the
+//! kernel has, and what a crash of the machine loses since the last sync is either still
+//! in the journal (imports) or an outcome, whose loss means one more attempt.
 //!
 //! Layout: `DIR/out-<n>.log` segments, append-only, each record framed as
 //! `len:u32 crc:u32 payload` (crc over payload; little endian), payload =
@@ -234,6 +237,20 @@ impl JobRef {
     }
 }
 
+/// The active segment at one moment, to `fdatasync` without holding the outbox.
+pub struct SyncHandle {
+    file: File,
+    segment: u64,
+    len: u64,
+}
+
+impl SyncHandle {
+    /// One `fdatasync` of the segment (it covers every byte written before it).
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
 /// One change to append.
 pub enum Change<'a> {
     Job {
@@ -266,6 +283,8 @@ pub struct Outbox {
     live_bytes: u64,
     /// Bytes in all segments.
     total_bytes: u64,
+    /// How much of the active segment an `fdatasync` has covered ([`Outbox::sync`]).
+    synced_len: u64,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -403,6 +422,7 @@ impl Outbox {
             readers: HashMap::new(),
             live_bytes: 0,
             total_bytes: 0,
+            synced_len: 0,
         };
         for &id in &ids {
             let path = dir.join(segment_name(id));
@@ -598,7 +618,12 @@ impl Outbox {
         self.total_bytes
     }
 
-    /// Appends `changes` and makes them durable (one write, one `fdatasync`).
+    /// Appends `changes` with one write. A crashed or killed process loses none of it
+    /// (the kernel has it); it is durable against a crash of the machine once
+    /// [`Outbox::sync`] (or [`Outbox::sync_handle`]) has covered it: the status loop syncs
+    /// before the journal may forget the deliveries these forwards came from, so an
+    /// import lost with the machine is imported again from the journal, and a lost
+    /// outcome means one more attempt (at least once, same `webhook-id`).
     pub fn append(&mut self, changes: &[Change<'_>]) -> io::Result<()> {
         if changes.is_empty() {
             return Ok(());
@@ -626,7 +651,7 @@ impl Outbox {
                 }
             }
         }
-        self.write_durably(&buf)?;
+        self.write(&buf)?;
         let base = self.active_len - buf.len() as u64;
         let segment = u32::try_from(self.active_id).map_err(io::Error::other)?;
         for (change, (meta_at, meta_len)) in changes.iter().zip(metas) {
@@ -655,23 +680,61 @@ impl Outbox {
         Ok(())
     }
 
-    /// Writes `buf` at the end of the active segment (rolling over to a new one first if
-    /// it is full) and `fdatasync`s it.
-    fn write_durably(&mut self, buf: &[u8]) -> io::Result<()> {
+    /// Writes `buf` at the end of the active segment, rolling over to a new one first if
+    /// it is full (the full one is `fdatasync`ed then, so only the active segment can hold
+    /// unsynced bytes).
+    fn write(&mut self, buf: &[u8]) -> io::Result<()> {
         if self.active_len >= SEGMENT_BYTES {
             self.active.sync_data()?;
             self.active_id += 1;
             self.active = create_segment(&self.dir, self.active_id)?;
             self.active_len = 0;
+            self.synced_len = 0;
             let segment = u32::try_from(self.active_id).map_err(io::Error::other)?;
             self.readers
                 .insert(segment, Arc::new(self.active.try_clone()?));
         }
         self.active.write_all(buf)?;
-        self.active.sync_data()?;
         self.active_len += buf.len() as u64;
         self.total_bytes += buf.len() as u64;
         Ok(())
+    }
+
+    /// Whether some appended bytes are not covered by an `fdatasync` yet.
+    pub fn unsynced(&self) -> bool {
+        self.active_len > self.synced_len
+    }
+
+    /// Makes everything appended so far durable (one `fdatasync`, none when nothing is
+    /// new).
+    pub fn sync(&mut self) -> io::Result<()> {
+        if let Some(handle) = self.sync_handle()? {
+            handle.sync()?;
+            self.synced(&handle);
+        }
+        Ok(())
+    }
+
+    /// What an `fdatasync` outside the lock needs: the active segment's handle and how
+    /// much of it is written; `None` when everything is synced. Call
+    /// [`SyncHandle::sync`] without holding the outbox, then [`Outbox::synced`].
+    pub fn sync_handle(&self) -> io::Result<Option<SyncHandle>> {
+        if !self.unsynced() {
+            return Ok(None);
+        }
+        Ok(Some(SyncHandle {
+            file: self.active.try_clone()?,
+            segment: self.active_id,
+            len: self.active_len,
+        }))
+    }
+
+    /// Records that `handle`'s sync covered its length (a no-op if the segment rolled
+    /// over meanwhile: roll-over syncs the old segment itself).
+    pub fn synced(&mut self, handle: &SyncHandle) {
+        if handle.segment == self.active_id {
+            self.synced_len = self.synced_len.max(handle.len);
+        }
     }
 
     /// Moves a forward's next attempt without a record (a deferral that need not survive
@@ -741,6 +804,7 @@ impl Outbox {
         self.active_id += 1;
         self.active = create_segment(&self.dir, self.active_id)?;
         self.active_len = 0;
+        self.synced_len = 0;
         self.total_bytes = 0;
         // The copies are read through the old segments' handles; new ones go to the map.
         let mut old_readers = std::mem::take(&mut self.readers);
@@ -789,7 +853,7 @@ impl Outbox {
                 encode(KIND_STATE, &state, &[], &mut buf)?;
                 moved.push((*key, meta_at));
             }
-            self.write_durably(&buf)?;
+            self.write(&buf)?;
             // After any roll-over: the chunk is in the active segment.
             let segment = u32::try_from(self.active_id).map_err(io::Error::other)?;
             let base = self.active_len - buf.len() as u64;
@@ -800,6 +864,8 @@ impl Outbox {
                 }
             }
         }
+        // The copies are durable before the originals go.
+        self.sync()?;
         for id in old {
             std::fs::remove_file(self.dir.join(segment_name(id)))?;
         }
@@ -845,6 +911,57 @@ mod tests {
             headers: Vec::new(),
             created_ms: 1,
         }
+    }
+
+    #[test]
+    fn appends_are_synced_on_request_once_and_the_handle_syncs_without_the_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut o = Outbox::open(dir.path()).expect("open");
+        assert!(!o.unsynced());
+        assert!(
+            o.sync_handle().expect("handle").is_none(),
+            "nothing to sync"
+        );
+        let s = JobState::default();
+        o.append(&[Change::Job {
+            meta: &meta("a"),
+            state: &s,
+            body: b"body-a",
+        }])
+        .expect("append");
+        assert!(o.unsynced(), "an append is not synced by itself");
+        let handle = o.sync_handle().expect("handle").expect("something to sync");
+        // More bytes after the handle was taken: its sync does not cover them.
+        o.append(&[Change::Gone { key: key_of("a") }])
+            .expect("append");
+        handle.sync().expect("fdatasync");
+        o.synced(&handle);
+        assert!(o.unsynced(), "the later append is still unsynced");
+        o.sync().expect("sync");
+        assert!(!o.unsynced());
+        assert!(o.sync_handle().expect("handle").is_none());
+        // A handle taken before a compaction (a new active segment) marks nothing.
+        o.append(&[Change::Job {
+            meta: &meta("b"),
+            state: &s,
+            body: b"body-b",
+        }])
+        .expect("append");
+        let stale = o.sync_handle().expect("handle").expect("unsynced");
+        o.compact().expect("compact");
+        assert!(!o.unsynced(), "compaction syncs what it copied");
+        o.append(&[Change::Gone { key: key_of("b") }])
+            .expect("append");
+        stale.sync().expect("fdatasync");
+        o.synced(&stale);
+        assert!(
+            o.unsynced(),
+            "a stale handle does not mark the new segment synced"
+        );
+        drop(o);
+        // What was written (synced or not) is read back by the next process.
+        let o = Outbox::open(dir.path()).expect("reopen");
+        assert!(o.is_empty(), "a and b were delivered: {o:?}");
     }
 
     #[test]

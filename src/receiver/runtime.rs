@@ -774,7 +774,11 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                 Some(result) = async { match pass.as_mut() { Some(h) => Some(h.await), None => None } } => {
                     pass = None;
                     match result {
-                        Ok(results) => self.finish_pass(results),
+                        Ok(results) => {
+                            if self.finish_pass(results) {
+                                self.mark_applied().await;
+                            }
+                        }
                         Err(e) => tracing::error!(error = %e, "status write pass panicked"),
                     }
                     self.maybe_checkpoint(false).await;
@@ -808,7 +812,7 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                             pass = Some(tokio::spawn(write_all(self.writer.clone(), updates, self.config.write_concurrency)));
                         } else if self.backoff.is_empty() && self.pass_complete {
                             // Nothing is behind: everything folded so far is on the status.
-                            self.mark_applied();
+                            self.mark_applied().await;
                         }
                     }
                     self.maybe_checkpoint(false).await;
@@ -823,7 +827,11 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
         let deadline = Instant::now() + self.config.flush_timeout;
         if let Some(handle) = pass {
             match tokio::time::timeout(self.config.flush_timeout, handle).await {
-                Ok(Ok(results)) => self.finish_pass(results),
+                Ok(Ok(results)) => {
+                    if self.finish_pass(results) {
+                        self.mark_applied().await;
+                    }
+                }
                 Ok(Err(e)) => tracing::error!(error = %e, "status write pass panicked"),
                 Err(_) => tracing::warn!("status write pass did not finish before shutdown"),
             }
@@ -858,7 +866,11 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
             )
             .await
             {
-                Ok(results) => self.finish_pass(results),
+                Ok(results) => {
+                    if self.finish_pass(results) {
+                        self.mark_applied().await;
+                    }
+                }
                 Err(_) => break,
             }
             let pause = Duration::from_millis(200);
@@ -1034,7 +1046,9 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
         updates
     }
 
-    fn finish_pass(&mut self, results: PassResult) {
+    /// Applies a pass's results; true when everything it covered reached the status (the
+    /// caller then marks the journal: [`StatusLoop::mark_applied`]).
+    fn finish_pass(&mut self, results: PassResult) -> bool {
         let mut all_ok = true;
         let now = Instant::now();
         for (update, version, result) in results {
@@ -1096,17 +1110,41 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                 }
             }
         }
-        if all_ok && self.pass_complete {
-            self.mark_applied();
-        }
+        all_ok && self.pass_complete
     }
 
     /// Tells the journal that everything the last pass covered reached the status. A
     /// writer that stores whole totals (standalone files) needs every entry after the
     /// checkpoint at replay, so its entries are released by checkpoints only.
-    fn mark_applied(&self) {
-        if self.pass_covers > 0 && !self.writer.stores_totals() {
-            self.journal.mark_applied(self.pass_covers);
+    ///
+    /// Entries under the mark are not replayed after a restart, so their forwards must be
+    /// in the outbox, durably, first: imported ([`StatusLoop::import_forwards`]) and
+    /// synced ([`Forwarder::sync`]). Otherwise the mark waits for the next pass.
+    async fn mark_applied(&mut self) {
+        if self.pass_covers == 0 || self.writer.stores_totals() {
+            return;
+        }
+        if !self.forwards_durable().await {
+            return;
+        }
+        self.journal.mark_applied(self.pass_covers);
+    }
+
+    /// Imports every folded delivery's forwards and syncs the outbox: true once the
+    /// journal may forget those deliveries (or when nothing forwards).
+    async fn forwards_durable(&mut self) -> bool {
+        if !self.import_forwards().await {
+            return false;
+        }
+        let Some(f) = &self.forwarding else {
+            return true;
+        };
+        match f.forwarder.sync().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sync the forward outbox; the journal keeps the deliveries until it can");
+                false
+            }
         }
     }
 
@@ -1123,7 +1161,7 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
         if !force && !due {
             return;
         }
-        if !self.import_forwards().await {
+        if !self.forwards_durable().await {
             return;
         }
         self.ledger.prune((self.config.clock)());
