@@ -290,6 +290,10 @@ pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(10);
 
 /// Share of the runtime's worker time above which the workers count as saturated.
 const SATURATED: f64 = 0.8;
+/// Staged outcome records are written at least this often…
+const FLUSH_DELAY: Duration = Duration::from_millis(20);
+/// …or as soon as this many wait.
+const FLUSH_BATCH: usize = 1024;
 /// How often the gate looks at the workers (a shorter window is mostly noise).
 const GATE_WINDOW: Duration = Duration::from_millis(20);
 
@@ -744,6 +748,7 @@ pub fn start(
         running: JoinSet::new(),
         prepared: HashMap::new(),
         staged: Vec::new(),
+        staged_since: None,
         outbox_bytes,
         handled_replays,
         gate: match (&options.intake_progress, options.max_lag) {
@@ -808,6 +813,8 @@ struct ForwardTask {
     /// that finished meanwhile (the index already reflects them; a crash before the
     /// write only means an attempt is made again).
     staged: Vec<OwnedChange>,
+    /// Since when `staged` holds records.
+    staged_since: Option<std::time::Instant>,
     /// The outbox's size on disk, shared with the journal's sink (the cap counts both).
     outbox_bytes: Arc<std::sync::atomic::AtomicU64>,
     /// Integration → the replay annotation value already acted on (persisted).
@@ -898,7 +905,19 @@ impl ForwardTask {
         let mut sweep = tokio::time::interval(Duration::from_secs(30));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            self.flush().await;
+            // Outcome records go to the outbox in batches: one write per FLUSH_DELAY (or
+            // per FLUSH_BATCH records), not one per wake-up. The index in memory is
+            // already up to date; a crash before the write only repeats an attempt.
+            if !self.staged.is_empty() && self.staged_since.is_none() {
+                self.staged_since = Some(std::time::Instant::now());
+            }
+            if self.staged.len() >= FLUSH_BATCH
+                || self
+                    .staged_since
+                    .is_some_and(|t| t.elapsed() >= FLUSH_DELAY)
+            {
+                self.flush().await;
+            }
             let released = self.released.load(Ordering::Acquire);
             let yielding = self.gate.as_mut().is_some_and(IntakeGate::sample);
             if released {
@@ -920,6 +939,12 @@ impl ForwardTask {
                     }
                 }
                 None => Duration::from_secs(1),
+            };
+            // Staged outcomes are written within FLUSH_DELAY even when nothing else
+            // happens.
+            let wait = match self.staged_since {
+                Some(t) => wait.min(FLUSH_DELAY.saturating_sub(t.elapsed())),
+                None => wait,
             };
             tokio::select! {
                 () = stop.cancelled() => break,
@@ -981,6 +1006,7 @@ impl ForwardTask {
         if self.staged.is_empty() {
             return;
         }
+        self.staged_since = None;
         let changes = std::mem::take(&mut self.staged);
         if let Err(e) = self.write(changes).await {
             tracing::error!(error = %e, "cannot record forward outcomes in the outbox; after a restart those attempts are made again");
