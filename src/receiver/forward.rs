@@ -1609,7 +1609,7 @@ async fn attempt(
     let rendered = crate::domain::forward::Rendered {
         format: crate::domain::forward::Format::parse(&meta.format).unwrap_or_default(),
         content_type: meta.content_type,
-        body: Bytes::from(job.body),
+        body: job.body,
         headers: meta.headers,
     };
     let key = prepared

@@ -211,7 +211,8 @@ struct LaneEntry {
 #[derive(Debug)]
 pub struct StoredJob {
     pub meta: JobMeta,
-    pub body: Vec<u8>,
+    /// A view of the buffer the record was read into (no copy).
+    pub body: bytes::Bytes,
 }
 
 /// Where a live job's record is: read it with [`JobRef::read`], off the outbox's lock
@@ -232,8 +233,10 @@ impl JobRef {
         self.file.read_exact_at(&mut buf, self.offset)?;
         let (meta, _): (JobMeta, JobState) =
             serde_json::from_slice(&buf[..meta_len]).map_err(io::Error::other)?;
-        buf.drain(..meta_len);
-        Ok(StoredJob { meta, body: buf })
+        Ok(StoredJob {
+            meta,
+            body: bytes::Bytes::from(buf).slice(meta_len..),
+        })
     }
 }
 
@@ -628,7 +631,26 @@ impl Outbox {
         if changes.is_empty() {
             return Ok(());
         }
-        let mut buf = Vec::new();
+        // Sized once: a job's record is its body, its metadata (~300 bytes of JSON plus
+        // its headers) and framing; state and tombstone records are small.
+        let mut buf = Vec::with_capacity(
+            changes
+                .iter()
+                .map(|c| match c {
+                    Change::Job { meta, body, .. } => {
+                        body.len()
+                            + 512
+                            + meta
+                                .headers
+                                .iter()
+                                .map(|(n, v)| n.len() + v.len() + 8)
+                                .sum::<usize>()
+                    }
+                    Change::State { .. } => 64,
+                    Change::Gone { .. } => 32,
+                })
+                .sum(),
+        );
         let mut metas = Vec::with_capacity(changes.len());
         let mut state = Vec::new();
         for change in changes {
@@ -1003,7 +1025,7 @@ mod tests {
         let a = o.get(&key_of("a")).expect("a");
         assert_eq!((a.attempts, a.at_ms, a.dead), (2, 99, false));
         let job = o.read_job(&key_of("a")).expect("job");
-        assert_eq!(job.body, b"body-a");
+        assert_eq!(job.body, &b"body-a"[..]);
         assert_eq!(job.meta, meta("a"));
         assert!(!o.contains(&key_of("b")));
         let (integration, target) = o.lane(a.lane).expect("lane");
@@ -1029,7 +1051,7 @@ mod tests {
         assert_eq!(o.len(), 1);
         let a = o.get(&key_of("a")).expect("a");
         assert_eq!((a.attempts, a.at_ms, a.dead), (3, 77, true));
-        assert_eq!(o.read_job(&key_of("a")).expect("job").body, b"a");
+        assert_eq!(o.read_job(&key_of("a")).expect("job").body, &b"a"[..]);
     }
 
     #[test]
@@ -1056,7 +1078,7 @@ mod tests {
         f.write_all(&[200, 0, 0, 0, 1, 2]).expect("write");
         drop(f);
         let mut o = Outbox::open(dir.path()).expect("reopen");
-        assert_eq!(o.read_job(&key_of("a")).expect("job").body, b"kept");
+        assert_eq!(o.read_job(&key_of("a")).expect("job").body, &b"kept"[..]);
     }
 
     #[test]
