@@ -167,8 +167,9 @@ fn kubectls() -> Vec<PathBuf> {
     all
 }
 
-/// `kubectl version --client`'s gitVersion (`v1.34.1`); panics when the binary does not run,
-/// so a wrong `HOOKWARDEN_KUBECTL_EXTRA` fails the test instead of being skipped.
+/// `kubectl version --client`'s gitVersion and the path (`v1.34.5 (/…/kubectl)`); panics
+/// when the binary does not run, so a wrong `HOOKWARDEN_KUBECTL_EXTRA` fails the test
+/// instead of being skipped.
 fn kubectl_version(kubectl: &Path) -> String {
     let out = Command::new(kubectl)
         .args(["version", "--client", "-o", "json"])
