@@ -958,6 +958,35 @@ async fn defaults_on_read(t: &Target, seen: &mut Seen) {
     t.install_crd(false).await;
 }
 
+/// A namespace's `default` ServiceAccount: kube-controller-manager's serviceaccount
+/// controller (`pkg/controller/serviceaccount/serviceaccounts_controller.go`) creates it for
+/// every namespace, so `kubectl create token default -n NS` works right after the namespace.
+async fn default_service_account(t: &Target, seen: &mut Seen) {
+    let path = "/api/v1/namespaces/NS/serviceaccounts/default";
+    // The controller acts moments after the namespace appears.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut a = t.call("GET", path, None).await;
+    while a.code == 404 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        a = t.call("GET", path, None).await;
+    }
+    seen.push(
+        "the default ServiceAccount",
+        object(&a, &["/metadata/name", "/metadata/namespace"]),
+    );
+    let a = t
+        .call(
+            "POST",
+            &format!("{path}/token"),
+            Some(json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}})),
+        )
+        .await;
+    seen.push(
+        "a token for it",
+        json!({"code": a.code, "kind": a.body["kind"], "token": present(&a.body["status"]["token"])}),
+    );
+}
+
 /// TokenRequest: `pkg/registry/core/serviceaccount/storage/token.go` (201, a TokenRequest
 /// with `status.token` and `status.expirationTimestamp`; 404 for a missing ServiceAccount)
 /// and `pkg/apis/authentication/validation` (`expirationSeconds` at least 600).
@@ -1116,6 +1145,7 @@ async fn observe(config: kube::Config) -> Observations {
     case!(events_v1);
     case!(lease_create_on_update);
     case!(token_request);
+    case!(default_service_account);
     case!(discovery);
     case!(defaults_on_read);
     t.cleanup().await;

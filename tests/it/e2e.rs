@@ -24,6 +24,7 @@ use crate::emulator::kubectl_binary;
 
 mod forward;
 mod plugin;
+mod watch_restart;
 
 /// A child process killed when the test ends, whatever happens.
 struct Process {
@@ -140,6 +141,55 @@ impl Cluster {
             })
             .unwrap_or_default()
     }
+}
+
+/// The kubectl builds the kubectl scenarios run with: the pinned one (`HOOKWARDEN_KUBECTL`,
+/// else `scripts/install-kube-tools.sh`'s) and, when `HOOKWARDEN_KUBECTL_EXTRA` names
+/// another binary (a kubectl of the real server's minor version, e.g. 1.36 built by hand
+/// next to the server), that one after it. Prints which versions run, also when it is only
+/// the pinned one, so a run never claims a second version silently.
+fn kubectls() -> Vec<PathBuf> {
+    let mut all = vec![kubectl_binary()];
+    match std::env::var_os("HOOKWARDEN_KUBECTL_EXTRA").filter(|v| !v.is_empty()) {
+        Some(extra) => all.push(PathBuf::from(extra)),
+        None => eprintln!(
+            "kubectl scenarios: running with kubectl {} only (HOOKWARDEN_KUBECTL_EXTRA is not set)",
+            kubectl_version(&all[0])
+        ),
+    }
+    if all.len() > 1 {
+        let versions: Vec<String> = all.iter().map(|k| kubectl_version(k)).collect();
+        eprintln!(
+            "kubectl scenarios: running with kubectl {}",
+            versions.join(" and ")
+        );
+    }
+    all
+}
+
+/// `kubectl version --client`'s gitVersion and the path (`v1.34.5 (/…/kubectl)`); panics
+/// when the binary does not run, so a wrong `HOOKWARDEN_KUBECTL_EXTRA` fails the test
+/// instead of being skipped.
+fn kubectl_version(kubectl: &Path) -> String {
+    let out = Command::new(kubectl)
+        .args(["version", "--client", "-o", "json"])
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", kubectl.display()));
+    assert!(
+        out.status.success(),
+        "{} version: {}",
+        kubectl.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let version: Value = serde_json::from_slice(&out.stdout).expect("kubectl version JSON");
+    format!(
+        "{} ({})",
+        version["clientVersion"]["gitVersion"]
+            .as_str()
+            .unwrap_or("unknown"),
+        kubectl.display()
+    )
 }
 
 /// The real-cluster scenarios share the `hookwarden` namespace and the controller's leader
@@ -308,6 +358,44 @@ where
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Deletes an integration an earlier run on a real cluster left behind, past its finalizer
+/// (no controller runs yet to remove it), and waits until it is gone. Its route, if any,
+/// is then one the controller removes at start as left behind.
+async fn remove_integration(cluster: &Cluster, namespace: &str, name: &str) {
+    if cluster
+        .get(&whi_resource(), namespace, name)
+        .await
+        .is_none()
+    {
+        return;
+    }
+    // Gone between the read and the patch is fine.
+    let _ = cluster
+        .kubectl(&[
+            "patch",
+            "whi",
+            name,
+            "-n",
+            namespace,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ])
+        .await;
+    cluster
+        .kubectl_ok(&[
+            "delete",
+            "whi",
+            name,
+            "-n",
+            namespace,
+            "--ignore-not-found",
+            "--wait=true",
+        ])
+        .await;
 }
 
 fn condition(obj: &Value, type_: &str) -> Option<String> {
@@ -1541,8 +1629,35 @@ async fn forward_secrets_are_watched_and_generated_keys_follow_the_targets() {
         .expect("test finished in time");
 }
 
+/// The same against a real cluster (`KUBECONFIG=… cargo test --test it real_cluster --
+/// --ignored`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real cluster: set KUBECONFIG and pass --ignored"]
+async fn real_cluster_forward_secrets_are_watched_and_generated_keys_follow_the_targets() {
+    let _one_at_a_time = REAL_CLUSTER.lock().await;
+    tokio::time::timeout(TEST_LIMIT, forward_scenario(Cluster::real().await))
+        .await
+        .expect("test finished in time");
+}
+
 async fn forward_scenario(cluster: Cluster) {
     let ids = install(&cluster).await;
+    // What an earlier run on a real cluster left: the integration, the Secret it waits
+    // for, and its generated Secret (which the garbage collector may not have reached).
+    remove_integration(&cluster, "default", "fwd").await;
+    for secret in ["slack", "fwd-forward"] {
+        let (ok, _, stderr) = cluster
+            .kubectl(&[
+                "delete",
+                "secret",
+                secret,
+                "-n",
+                "default",
+                "--ignore-not-found",
+            ])
+            .await;
+        assert!(ok, "{stderr}");
+    }
     cluster
         .apply(
             "fwd.yaml",
@@ -1634,6 +1749,12 @@ async fn forward_scenario(cluster: Cluster) {
         .await
         .expect("fwd-forward");
     assert_ne!(forward_secret["data"]["partner"], tickets_key);
+    cluster
+        .kubectl_ok(&["delete", "whi", "fwd", "-n", "default", "--wait=true"])
+        .await;
+    cluster
+        .kubectl_ok(&["delete", "secret", "slack", "-n", "default"])
+        .await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1648,7 +1769,8 @@ async fn kubectl_meets_the_crd_rules_columns_and_apply_conflicts() {
 }
 
 /// The same through a real API server: its CEL messages, its Table and its apply conflicts
-/// are what the emulator copies.
+/// are what the emulator copies. With `HOOKWARDEN_KUBECTL_EXTRA=/path/to/kubectl` (e.g. a
+/// kubectl of the server's own version) the scenario runs with that kubectl too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a real cluster: set KUBECONFIG and pass --ignored"]
 async fn real_cluster_kubectl_meets_the_crd_rules_columns_and_apply_conflicts() {
@@ -1669,11 +1791,19 @@ async fn refused(cluster: &Cluster, name: &str, manifest: &str) -> String {
     stderr
 }
 
-async fn crd_through_kubectl(cluster: Cluster) {
+/// [`crd_through_one_kubectl`] with every kubectl of [`kubectls`] in turn.
+async fn crd_through_kubectl(mut cluster: Cluster) {
+    for kubectl in kubectls() {
+        cluster.kubectl = kubectl;
+        crd_through_one_kubectl(&cluster).await;
+    }
+}
+
+async fn crd_through_one_kubectl(cluster: &Cluster) {
     cluster.apply("crd.yaml", CRD).await;
     let head = "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata:\n  name: kubectl-rules\n  namespace: default\nspec:\n";
     let stderr = refused(
-        &cluster,
+        cluster,
         "generic.yaml",
         &format!("{head}  provider: generic\n"),
     )
@@ -1683,7 +1813,7 @@ async fn crd_through_kubectl(cluster: Cluster) {
         "{stderr}"
     );
     let stderr = refused(
-        &cluster,
+        cluster,
         "cidr.yaml",
         &format!("{head}  provider: github\n  allowedSourceRanges: [10.0.0.0/8, not-a-cidr]\n"),
     )
@@ -1799,6 +1929,23 @@ async fn crd_through_kubectl(cluster: Cluster) {
 /// Event that says what to write instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_the_controller_on_the_emulator() {
+    prometheus_scenario(Cluster::emulated().await).await;
+}
+
+/// The same with the controller against a real cluster (`KUBECONFIG=… cargo test --test it
+/// real_cluster -- --ignored`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real cluster: set KUBECONFIG and pass --ignored"]
+async fn real_cluster_prometheus_scrapes_the_controller() {
+    let _one_at_a_time = REAL_CLUSTER.lock().await;
+    prometheus_scenario(Cluster::real().await).await;
+}
+
+fn event_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk("", "v1", "Event"))
+}
+
+async fn prometheus_scenario(cluster: Cluster) {
     let Some(bin) = crate::monitoring::prometheus_bin() else {
         return;
     };
@@ -1807,8 +1954,8 @@ async fn prometheus_scrapes_the_controller_on_the_emulator() {
         return;
     };
     tokio::time::timeout(TEST_LIMIT, async {
-        let cluster = Cluster::emulated().await;
         let ids = install(&cluster).await;
+        remove_integration(&cluster, "default", "datadog-prod").await;
         cluster
             .apply("whi.yaml", "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata:\n  name: datadog-prod\n  namespace: default\n  annotations:\n    hookwarden.dev/expected-interval: soon\nspec:\n  provider: datadog\n")
             .await;
@@ -1829,26 +1976,33 @@ async fn prometheus_scrapes_the_controller_on_the_emulator() {
         })
         .await;
         assert_eq!(value(r#"up{job="hookwarden-controller"}"#), Some(1.0));
-        let invalid_annotation = || {
-            cluster.emu.as_ref().is_some_and(|emu| {
-                emu.objects("events").iter().any(|e| {
-                    e["reason"] == "InvalidAnnotation"
-                        && e["type"] == "Warning"
-                        && e["message"].as_str().is_some_and(|m| {
-                            m.contains("hookwarden.dev/expected-interval") && m.contains("\"soon\"")
-                        })
-                })
+        // Through the core/v1 Events API, as `kubectl get events` reads them; this
+        // integration's (a real cluster keeps Events of earlier runs for an hour).
+        let uid = cluster
+            .get(&whi_resource(), "default", "datadog-prod")
+            .await
+            .expect("the integration")["metadata"]["uid"]
+            .clone();
+        let invalid_annotation = || async {
+            cluster.list(&event_resource(), "default", "").await.iter().any(|e| {
+                e["reason"] == "InvalidAnnotation"
+                    && e["type"] == "Warning"
+                    && e["involvedObject"]["uid"] == uid
+                    && e["message"].as_str().is_some_and(|m| {
+                        m.contains("hookwarden.dev/expected-interval") && m.contains("\"soon\"")
+                    })
             })
         };
-        wait_for("the InvalidAnnotation Event", Duration::from_secs(30), &logs, || async {
-            invalid_annotation()
-        })
+        wait_for("the InvalidAnnotation Event", Duration::from_secs(30), &logs, invalid_annotation)
         .await;
         let alerts = tokio::task::block_in_place(|| prometheus.alerts());
         assert!(
             !alerts.iter().any(|(a, _, _)| a == "HookwardenReconcileErrors"),
             "a healthy controller raises no reconcile alert: {alerts:?}"
         );
+        cluster
+            .kubectl_ok(&["delete", "whi", "datadog-prod", "-n", "default", "--wait=true"])
+            .await;
     })
     .await
     .expect("test finished in time");

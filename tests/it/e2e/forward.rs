@@ -220,10 +220,40 @@ async fn forwards_from_two_receivers_retry_through_kill_9_dead_letter_replay_and
         .expect("test finished in time");
 }
 
+/// The same against a real cluster (`KUBECONFIG=… cargo test --test it real_cluster --
+/// --ignored`); the check that no request was refused by RBAC needs the emulator's request
+/// log and is skipped there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real cluster: set KUBECONFIG and pass --ignored"]
+async fn real_cluster_forwards_from_two_receivers_retry_through_kill_9_dead_letter_replay_and_refuse_ssrf()
+ {
+    let _one_at_a_time = REAL_CLUSTER.lock().await;
+    tokio::time::timeout(SCENARIO_LIMIT, forward_scenario(Cluster::real().await))
+        .await
+        .expect("test finished in time");
+}
+
 async fn forward_scenario(cluster: Cluster) {
     let started = tokio::time::Instant::now();
-    let emu = cluster.emu.as_ref().expect("emulator");
+    let emu = cluster.emu.as_ref();
     let ids = install(&cluster).await;
+    // What an earlier run on a real cluster left.
+    for name in [NAME, SSRF_NAME] {
+        remove_integration(&cluster, "default", name).await;
+    }
+    for secret in ["fwd-e2e-token", "fwd-e2e-target"] {
+        let (ok, _, stderr) = cluster
+            .kubectl(&[
+                "delete",
+                "secret",
+                secret,
+                "-n",
+                "default",
+                "--ignore-not-found",
+            ])
+            .await;
+        assert!(ok, "{stderr}");
+    }
     let (target, port) = Recorder::start().await;
     cluster
         .kubectl_ok(&[
@@ -272,9 +302,20 @@ async fn forward_scenario(cluster: Cluster) {
         start_receiver_with(&cluster, &ids, 0, &loopback),
         start_receiver_with(&cluster, &ids, 1, &loopback),
     ];
+    // The integration as stored: on the emulator straight from storage (not counted), on a
+    // real cluster through the API (a blocking read, as the checks below are synchronous).
     let stored = |name: &str| {
-        emu.object("webhookintegrations.hookwarden.dev", "default", name)
-            .unwrap_or(Value::Null)
+        match emu {
+            Some(emu) => emu.object("webhookintegrations.hookwarden.dev", "default", name),
+            None => tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(cluster.get(
+                    &whi_resource(),
+                    "default",
+                    name,
+                ))
+            }),
+        }
+        .unwrap_or(Value::Null)
     };
     let logs = || {
         format!(
@@ -444,10 +485,21 @@ async fn forward_scenario(cluster: Cluster) {
     let attempts = target.attempts_of("d-4");
     assert_eq!(attempts.len(), 2, "{}", target.summary());
     assert_eq!(attempts[0], attempts[1], "a replay keeps the webhook-id");
+    let uid = stored(NAME)["metadata"]["uid"].clone();
     let replayed = || {
-        emu.objects("events")
+        let events = match emu {
+            Some(emu) => emu.objects("events"),
+            None => tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(cluster.list(
+                    &event_resource(),
+                    "default",
+                    "",
+                ))
+            }),
+        };
+        events
             .into_iter()
-            .filter(|e| e["reason"] == "ForwardReplayed")
+            .filter(|e| e["reason"] == "ForwardReplayed" && e["involvedObject"]["uid"] == uid)
             .map(|e| {
                 e["note"]
                     .as_str()
@@ -589,19 +641,33 @@ async fn forward_scenario(cluster: Cluster) {
     assert_eq!(target.attempts_of("d-2").len(), 2, "{}", target.summary());
 
     // The receivers needed nothing beyond the chart's RBAC.
-    let denied: Vec<_> = emu
-        .requests()
-        .into_iter()
-        .filter(|r| {
-            (r.caller == ids.receiver_caller || r.caller == ids.controller_caller)
-                && r.code == Some(403)
-        })
-        .collect();
-    assert!(denied.is_empty(), "the chart's RBAC refused: {denied:?}");
+    if let Some(emu) = emu {
+        let denied: Vec<_> = emu
+            .requests()
+            .into_iter()
+            .filter(|r| {
+                (r.caller == ids.receiver_caller || r.caller == ids.controller_caller)
+                    && r.code == Some(403)
+            })
+            .collect();
+        assert!(denied.is_empty(), "the chart's RBAC refused: {denied:?}");
+    }
     assert!(
         !all_logs(&cluster).contains("panicked"),
         "{}",
         all_logs(&cluster)
     );
     drop(guarded);
+    // Leave a real cluster as found (the controller still runs to remove the finalizers).
+    cluster
+        .kubectl_ok(&[
+            "delete",
+            "whi",
+            NAME,
+            SSRF_NAME,
+            "-n",
+            "default",
+            "--wait=true",
+        ])
+        .await;
 }

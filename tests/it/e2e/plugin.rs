@@ -1,6 +1,6 @@
 //! `kubectl hookwarden` through the real kubectl plugin mechanism: the binary linked as
 //! `kubectl-hookwarden` into a folder on PATH, `kubectl hookwarden …` finding it, against
-//! the emulator with the real controller and a receiver. Covers `url`, `secret`,
+//! the emulator (or a real cluster) with the real controller and a receiver. Covers `url`, `secret`,
 //! `send-test` (through `--base-url`, as through a port-forward), `status`, `replay`, a
 //! missing integration, and a user whose RBAC allows nothing.
 
@@ -42,15 +42,46 @@ async fn kubectl_plugin(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_hookwarden_finds_tests_and_describes_an_integration() {
-    tokio::time::timeout(SCENARIO_LIMIT, plugin_scenario())
-        .await
-        .expect("test finished in time");
+    for kubectl in kubectls() {
+        let mut cluster = Cluster::emulated().await;
+        cluster.kubectl = kubectl;
+        tokio::time::timeout(SCENARIO_LIMIT, plugin_scenario(cluster))
+            .await
+            .expect("test finished in time");
+    }
 }
 
-async fn plugin_scenario() {
-    let cluster = Cluster::emulated().await;
-    let emu = cluster.emu.as_ref().expect("emulator");
+/// The same against a real cluster (`KUBECONFIG=… cargo test --test it real_cluster --
+/// --ignored`), once per kubectl of [`kubectls`]: the user without rights is a
+/// ServiceAccount with a TokenRequest token and no bindings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real cluster: set KUBECONFIG and pass --ignored"]
+async fn real_cluster_kubectl_hookwarden_finds_tests_and_describes_an_integration() {
+    let _one_at_a_time = REAL_CLUSTER.lock().await;
+    for kubectl in kubectls() {
+        let mut cluster = Cluster::real().await;
+        cluster.kubectl = kubectl;
+        tokio::time::timeout(SCENARIO_LIMIT, plugin_scenario(cluster))
+            .await
+            .expect("test finished in time");
+    }
+}
+
+async fn plugin_scenario(cluster: Cluster) {
     let ids = install(&cluster).await;
+    // A real cluster keeps what an earlier run left: start from no integration and no Secret.
+    remove_integration(&cluster, "default", NAME).await;
+    let (ok, _, stderr) = cluster
+        .kubectl(&[
+            "delete",
+            "secret",
+            PLUGIN_SECRET,
+            "-n",
+            "default",
+            "--ignore-not-found",
+        ])
+        .await;
+    assert!(ok, "{stderr}");
     cluster
         .kubectl_ok(&[
             "create",
@@ -250,12 +281,19 @@ async fn plugin_scenario() {
     assert_eq!(code, 2, "{err}");
 
     // A user whose RBAC grants nothing: told which permission is missing.
+    cluster
+        .apply(
+            "nobody.yaml",
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: nobody\n  namespace: default\n",
+        )
+        .await;
+    let token = cluster
+        .kubectl_ok(&["create", "token", "nobody", "-n", "default"])
+        .await;
+    let admin_config = std::fs::read_to_string(&admin).expect("admin kubeconfig");
     let nobody = cluster.path("nobody.kubeconfig");
-    std::fs::write(
-        &nobody,
-        emu.kubeconfig_for_service_account("default", "nobody"),
-    )
-    .expect("kubeconfig");
+    std::fs::write(&nobody, kubeconfig_with_token(&admin_config, token.trim()))
+        .expect("kubeconfig");
     let (code, _, err) = kubectl_plugin(
         &cluster,
         &plugin_dir,
@@ -270,4 +308,8 @@ async fn plugin_scenario() {
         )),
         "{err}"
     );
+    // Leave a real cluster as found (the controller still runs to remove the finalizer).
+    cluster
+        .kubectl_ok(&["delete", "whi", NAME, "-n", "default", "--wait=true"])
+        .await;
 }

@@ -58,6 +58,11 @@ impl Shared {
                 "status": {"phase": "Active"},
             });
             state.store.put("namespaces", "", ns, obj, rv);
+            put_default_service_account(
+                &mut state,
+                ns,
+                format!("00000000-0000-4000-8001-{rv:012x}"),
+            );
         }
         Shared {
             state: Mutex::new(state),
@@ -795,9 +800,14 @@ fn non_resource(shared: &Shared, method: &Method, segs: &[&str], ctx: &Ctx) -> R
         return resp;
     }
     let found = match segs {
+        // The release the conformance recording comes from, with the fields 1.36 reports
+        // (`staging/src/k8s.io/apimachinery/pkg/version/types.go`), so kubectl 1.36 sees no
+        // version skew here either.
         ["version"] => Some(json!({
-            "major": "1", "minor": "34", "gitVersion": "v1.34.0-kube-emulator", "gitCommit": "0000000000000000000000000000000000000000",
-            "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24.0", "compiler": "gc", "platform": "linux/amd64",
+            "major": "1", "minor": "36", "emulationMajor": "1", "emulationMinor": "36",
+            "minCompatibilityMajor": "1", "minCompatibilityMinor": "35",
+            "gitVersion": "v1.36.2-kube-emulator", "gitCommit": "0000000000000000000000000000000000000000",
+            "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.26.4", "compiler": "gc", "platform": "linux/amd64",
         })),
         ["healthz"] | ["readyz"] | ["livez"] => {
             let mut resp = Response::new(full("ok"));
@@ -1872,7 +1882,33 @@ fn create_object(
     if rt.kind == "CustomResourceDefinition" {
         state.registry.register_crd(&obj);
     }
+    if rt.kind == "Namespace" {
+        put_default_service_account(state, &name, shared.new_uid());
+    }
     Ok((201, present(rt, obj), warnings))
+}
+
+/// The `default` ServiceAccount every namespace gets. On a real cluster kube-controller-manager's
+/// serviceaccount controller creates it moments after the namespace
+/// (`pkg/controller/serviceaccount/serviceaccounts_controller.go`, `DefaultServiceAccountsControllerOptions`);
+/// here it comes with the namespace, so `kubectl create token default` and pods' default
+/// identity work as there.
+fn put_default_service_account(state: &mut State, namespace: &str, uid: String) {
+    if state
+        .store
+        .get("serviceaccounts", namespace, "default")
+        .is_some()
+    {
+        return;
+    }
+    let rv = state.store.next_rv();
+    let sa = json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "default", "namespace": namespace, "uid": uid, "resourceVersion": rv.to_string(), "creationTimestamp": now_rfc3339()},
+    });
+    state
+        .store
+        .put("serviceaccounts", namespace, "default", sa, rv);
 }
 
 fn create(shared: &Shared, rp: &ResourcePath, ctx: &Ctx, body: &[u8]) -> Reply {

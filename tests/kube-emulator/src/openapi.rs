@@ -187,7 +187,7 @@ pub fn document(registry: &Registry, gv_path: &str) -> Option<Value> {
     schemas.insert(OBJECT_META.to_string(), object_meta());
     Some(json!({
         "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": "v1.34.0"},
+        "info": {"title": "Kubernetes", "version": "1.36"},
         "paths": paths,
         "components": {"schemas": schemas},
     }))
@@ -279,7 +279,7 @@ pub fn swagger_v2(registry: &Registry) -> Value {
     }
     json!({
         "swagger": "2.0",
-        "info": {"title": "Kubernetes", "version": "v1.34.0"},
+        "info": {"title": "Kubernetes", "version": "1.36"},
         "paths": paths,
         "definitions": definitions,
         "securityDefinitions": {"BearerToken": {"type": "apiKey", "name": "authorization", "in": "header", "description": "Bearer Token authentication"}},
