@@ -73,6 +73,16 @@ struct Args {
     /// `--startup-sample` integrations spread over all of them is accepted).
     #[arg(long)]
     no_receiver_startup: bool,
+    /// The controller's `--lease-duration-seconds`. On a loaded 2-core machine a 15 s
+    /// lease (renewed 5 s before expiry, given up 1.7 s before) can lapse while the
+    /// controller and the emulator share the CPUs with other builds; a stand-down starts
+    /// the controller's watches (and memory) over, which this bench is not about.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// Write the controller's and receivers' logs into this directory (kept after the
+    /// bench) instead of the bench's temporary one.
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
     /// Integrations whose routes the start-up phase checks with a signed delivery.
     #[arg(long, default_value_t = 100)]
     startup_sample: usize,
@@ -434,10 +444,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
 
-    let controller_log = dir.path().join("controller.log");
+    let logs = args
+        .log_dir
+        .clone()
+        .unwrap_or_else(|| dir.path().to_path_buf());
+    std::fs::create_dir_all(&logs)?;
+    let controller_log = logs.join("controller.log");
     let controller_metrics = free_port();
     let controller_metrics_addr = format!("127.0.0.1:{controller_metrics}");
     let resync = args.resync_seconds.to_string();
+    let lease_duration = args.lease_duration_seconds.to_string();
     let mut controller_args = vec![
         "controller",
         "--namespace",
@@ -450,6 +466,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "text",
         "--identity",
         "scale-controller",
+        "--lease-duration-seconds",
+        &lease_duration,
     ];
     if args.resync_seconds > 0 {
         controller_args.extend(["--resync-seconds", &resync]);
@@ -472,7 +490,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             &journal.to_string_lossy(),
         ],
         &receiver_kc,
-        &dir.path().join("receiver.log"),
+        &logs.join("receiver.log"),
     )?;
     let lease = || {
         emu.object(
@@ -672,6 +690,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await;
         drop(controller);
+        let _ = std::fs::rename(&controller_log, logs.join("controller-before-restart.log"));
         let mark = emu.requests().len();
         controller = spawn(&controller_args, &controller_kc, &controller_log)?;
         let took = until_quiet(
@@ -730,7 +749,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 &second_journal.to_string_lossy(),
             ],
             &receiver_kc,
-            &dir.path().join("receiver-2.log"),
+            &logs.join("receiver-2.log"),
         )?;
         let ready = time_until(Duration::from_secs(60), || async {
             http_get(second, "/readyz")
