@@ -928,7 +928,7 @@ fn to_storage(rt: &ResourceType, obj: Value) -> Value {
 fn read_view(rt: &ResourceType, obj: Value) -> Value {
     let obj = to_view(rt, obj);
     match (&rt.crd_name, &rt.schema) {
-        (Some(_), Some(schema)) => schema::apply_defaults(schema, &obj),
+        (Some(_), Some(schema)) => schema::apply_defaults_owned(schema, obj),
         _ => obj,
     }
 }
@@ -1234,7 +1234,7 @@ fn admit_custom(
             _ => warnings.extend(unknown.iter().map(|u| format!("unknown field \"{u}\""))),
         }
     }
-    *obj = schema::apply_defaults(schema, obj);
+    *obj = schema::apply_defaults_owned(schema, std::mem::take(obj));
     let mut errors = schema::validate(schema, obj);
     errors.extend(metadata_errors(obj));
     // `apiextensions-apiserver/pkg/registry/customresource/strategy.go`: CEL rules run unless a
