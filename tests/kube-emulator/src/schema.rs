@@ -149,11 +149,12 @@ fn prune_node(schema: &Value, value: &mut Value, path: &str, unknown: &mut Vec<S
 }
 
 /// Applies schema `default`s where the parent object exists and the field is absent.
-pub fn apply_defaults(schema: &Value, object: &Value) -> Value {
+#[cfg(test)]
+fn apply_defaults(schema: &Value, object: &Value) -> Value {
     apply_defaults_owned(schema, object.clone())
 }
 
-/// [`apply_defaults`] on an object the caller owns: defaults filled in place. The same
+/// CRD defaults on an object the caller owns, filled in place. The same
 /// walk as `kube_cel::apply_defaults` (which copies every object level it passes through,
 /// so each level's subtree was copied once per level above it: on every read and watch
 /// event of a custom resource, most of the emulator's time at 10,000 integrations).

@@ -399,6 +399,11 @@ impl FieldSelector {
         Ok(FieldSelector { terms })
     }
 
+    /// Whether the selector has no terms (matches everything).
+    pub fn is_empty(&self) -> bool {
+        self.terms.is_empty()
+    }
+
     /// The field labels the selector names.
     pub fn labels(&self) -> impl Iterator<Item = &str> {
         self.terms.iter().map(|(field, _, _)| field.as_str())
