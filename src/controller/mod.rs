@@ -5,6 +5,7 @@
 pub mod lease;
 pub mod metrics;
 pub mod reconcile;
+pub mod settled;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -20,22 +21,22 @@ use futures::StreamExt as _;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt as _;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt as _};
+use kube::{Api, Client, Resource as _, ResourceExt as _};
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::crd::WebhookIntegration;
-use crate::domain::plan::names_secret;
 use crate::route::{INTEGRATION_ANNOTATION, ROUTE_LABEL};
 use crate::telemetry::{LogFormat, init_logging};
 use metrics::ControllerMetrics;
-use reconcile::{Context, GENERATED_LABEL};
+use reconcile::Context;
 
 /// Name of the leader-election Lease in hookwarden's namespace.
 pub const LEASE_NAME: &str = "hookwarden-controller";
@@ -65,6 +66,11 @@ pub struct ControllerArgs {
     /// before, and shorter leases leave no room for a renewal's own latency.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=3600))]
     pub lease_duration_seconds: u64,
+    /// How often every integration is checked again when nothing triggers it. A check
+    /// that finds the integration and every Secret it reads unchanged since its last
+    /// reconcile (by resourceVersion, from the watches) sends no request.
+    #[arg(long, env = "HOOKWARDEN_RESYNC_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub resync_seconds: u64,
     /// Reconcile without leader election (a single replica, or tests).
     #[arg(long)]
     pub no_leader_election: bool,
@@ -282,57 +288,43 @@ pub async fn run_controller(
             .or_else(|| std::env::var("HOSTNAME").ok()),
     };
     let recorder = crate::events::EventRecorder::new(client.clone(), reporter);
-    let ctx = Arc::new(Context::new(
+    let mut ctx = Context::new(
         client.clone(),
         args.namespace.clone(),
         args.external_base_url.clone(),
         recorder,
         metrics,
-    ));
+    );
+    ctx.resync = std::time::Duration::from_secs(args.resync_seconds);
+    let ctx = Arc::new(ctx);
     let integrations: Api<WebhookIntegration> = Api::all(client.clone());
     let controller = Controller::new(integrations, watcher::Config::default().any_semantic())
         .with_config(ControllerConfig::default().debounce(std::time::Duration::from_millis(200)));
-    let store = controller.store();
+    // Every Secret's metadata (never its data: a cluster's Helm release Secrets alone can be
+    // hundreds of MiB; the reconcile reads the data of the Secrets it needs by name), mapped
+    // to the integrations that read it by the controller's own index, which also tells
+    // settled reconciles apart (see `settled`): generated `<name>-webhook` and
+    // `<name>-forward` Secrets, referenced Secrets (secretRef, and spec.forward's urlFrom,
+    // signingSecretRef and headersFrom: rotation and late creation take effect at once),
+    // and route Secrets.
+    let secret_events = watcher(
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff();
+    let index_ctx = ctx.clone();
     let route_namespace = args.namespace.clone();
-    let controller = controller
-        // Generated `<name>-webhook` and `<name>-forward` Secrets, owned by their integration.
-        // Metadata only: the reconcile reads the data of the Secrets it needs by name, so
-        // the cache holds no Secret data (a cluster's Helm release Secrets alone can be
-        // hundreds of MiB).
-        .owns(
-            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-            watcher::Config::default()
-                .labels(&format!("{GENERATED_LABEL}=true"))
-                .any_semantic(),
-        )
-        // Referenced Secrets (secretRef, and spec.forward's urlFrom, signingSecretRef and
-        // headersFrom): rotation and late creation take effect at once. Metadata only, as
-        // above: names, labels and annotations are all the mapping reads.
-        .watches(
-            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-            watcher::Config::default().any_semantic(),
-            move |secret: PartialObjectMeta<Secret>| {
-                let namespace = secret.namespace();
-                let name = secret.name_any();
-                let mut refs: Vec<ObjectRef<WebhookIntegration>> = store
-                    .state()
-                    .iter()
-                    .filter(|wi| wi.namespace() == namespace && names_secret(&wi.spec, &name))
-                    .map(|wi| ObjectRef::from_obj(&**wi))
-                    .collect();
-                // A route Secret changed or vanished: put it back if someone else touched it.
-                if namespace.as_deref() == Some(route_namespace.as_str())
-                    && secret.labels().get(ROUTE_LABEL).map(String::as_str) == Some("true")
-                    && let Some((ns, n)) = secret
-                        .annotations()
-                        .get(INTEGRATION_ANNOTATION)
-                        .and_then(|k| k.split_once('/'))
-                {
-                    refs.push(ObjectRef::new(n).within(ns));
-                }
-                refs
-            },
-        );
+    let triggers = secret_events.flat_map(move |event| {
+        let refs = match event {
+            Ok(event) => secret_triggers(&index_ctx, &route_namespace, event),
+            Err(e) => {
+                warn!(error = %e, "Secret watch failed; retrying");
+                Vec::new()
+            }
+        };
+        futures::stream::iter(refs)
+    });
+    let controller = controller.reconcile_on(triggers);
     // Checks of missing integrations run beside the result stream (which drives every
     // reconcile) and end with this leadership: dropping the set aborts them.
     let mut missing = MissingChecks::default();
@@ -355,6 +347,64 @@ pub async fn run_controller(
             std::future::ready(())
         })
         .await;
+}
+
+/// The integrations to reconcile for one event of the Secret watch, after updating the
+/// controller's Secret index with it.
+fn secret_triggers(
+    ctx: &Context,
+    route_namespace: &str,
+    event: watcher::Event<PartialObjectMeta<Secret>>,
+) -> Vec<ObjectRef<WebhookIntegration>> {
+    let mut index = ctx.secret_index();
+    let (secret, deleted) = match event {
+        watcher::Event::Init => {
+            index.relist_started();
+            return Vec::new();
+        }
+        watcher::Event::InitDone => {
+            // What a relist did not show was deleted while the watch was away.
+            let mut refs = Vec::new();
+            for key in index.relist_done() {
+                refs.extend(index.secret_changed(&key, None));
+            }
+            return refs;
+        }
+        watcher::Event::InitApply(s) | watcher::Event::Apply(s) => (s, false),
+        watcher::Event::Delete(s) => (s, true),
+    };
+    let namespace = secret.namespace().unwrap_or_default();
+    let version = if deleted {
+        None
+    } else {
+        secret.resource_version()
+    };
+    let mut refs =
+        index.secret_changed(&(namespace.clone(), secret.name_any()), version.as_deref());
+    drop(index);
+    // A generated Secret's owner (what `Controller::owns` would map), also when the
+    // integration has not registered it yet.
+    refs.extend(
+        secret
+            .owner_references()
+            .iter()
+            .filter(|o| {
+                o.kind == WebhookIntegration::kind(&())
+                    && o.api_version == WebhookIntegration::api_version(&())
+            })
+            .map(|o| ObjectRef::new(&o.name).within(&namespace)),
+    );
+    // A route Secret changed or vanished: put it back if someone else touched it.
+    if namespace == route_namespace
+        && secret.labels().get(ROUTE_LABEL).map(String::as_str) == Some("true")
+        && let Some((ns, n)) = secret
+            .annotations()
+            .get(INTEGRATION_ANNOTATION)
+            .and_then(|k| k.split_once('/'))
+    {
+        refs.push(ObjectRef::new(n).within(ns));
+    }
+    refs
 }
 
 /// The route checks of integrations missing from the cache (see

@@ -18,6 +18,7 @@ use serde_json::json;
 use tracing::{Instrument as _, debug, info, warn};
 
 use super::metrics::ControllerMetrics;
+use super::settled::{SecretIndex, SecretKey, Seen};
 use crate::clock::Clock;
 use crate::crd::{FINALIZER, WebhookIntegration};
 use crate::domain::plan::{
@@ -33,8 +34,8 @@ pub const FIELD_MANAGER: &str = "hookwarden-controller";
 /// Label on the generated `<name>-webhook` and `<name>-forward` Secrets (the controller
 /// watches them by it).
 pub const GENERATED_LABEL: &str = "hookwarden.dev/generated";
-/// Periodic re-check when nothing else triggers a reconcile.
-const RESYNC: Duration = Duration::from_secs(3600);
+/// Periodic re-check when nothing else triggers a reconcile (`--resync-seconds`).
+pub const RESYNC: Duration = Duration::from_secs(3600);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Shared state handed to every reconcile.
@@ -51,6 +52,11 @@ pub struct Context {
     pub failures: Mutex<HashMap<ObjectRef<WebhookIntegration>, u32>>,
     /// The status this controller wrote last per integration (see [`StatusWritten`]).
     pub status_written: Mutex<HashMap<ObjectRef<WebhookIntegration>, StatusWritten>>,
+    /// The Secrets each integration reads, and the reconciles that need not run again
+    /// (see [`super::settled`]).
+    pub secrets: Mutex<SecretIndex>,
+    /// Periodic re-check of every integration.
+    pub resync: Duration,
 }
 
 /// A status write and the copy of the integration it was planned from. Our own writes
@@ -83,7 +89,15 @@ impl Context {
             clock: crate::clock::system_clock(),
             failures: Mutex::new(HashMap::new()),
             status_written: Mutex::new(HashMap::new()),
+            secrets: Mutex::new(SecretIndex::default()),
+            resync: RESYNC,
         }
+    }
+
+    /// The Secret index, recovering from poisoning (it holds no invariant a panic breaks
+    /// beyond a memo, and a dropped memo only costs a read).
+    pub fn secret_index(&self) -> std::sync::MutexGuard<'_, SecretIndex> {
+        self.secrets.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn already_written(&self, wi: &WebhookIntegration, desired: &plan::DesiredStatus) -> bool {
@@ -125,6 +139,7 @@ impl Context {
         if let Ok(mut written) = self.status_written.lock() {
             written.remove(key);
         }
+        self.secret_index().remove(key);
     }
 
     /// How many integrations this controller keeps per-object memory for (tests).
@@ -284,10 +299,12 @@ pub async fn reconcile(wi: Arc<WebhookIntegration>, ctx: Arc<Context>) -> Result
         started.elapsed(),
         result.as_ref().err().map(Error::metric_label),
     );
-    if result.is_ok()
-        && let Ok(mut failures) = ctx.failures.lock()
-    {
-        failures.remove(&key);
+    if result.is_ok() {
+        if let Ok(mut failures) = ctx.failures.lock() {
+            failures.remove(&key);
+        }
+    } else {
+        ctx.secret_index().unsettle(&key);
     }
     result
 }
@@ -316,21 +333,90 @@ pub fn backoff(attempt: u32) -> Duration {
     base + Duration::from_millis(jitter_ms)
 }
 
+/// What one reconcile saw of the Secrets it registered, for [`SecretIndex::settle`].
+struct SeenSecrets(Vec<(SecretKey, Seen)>);
+
+impl SeenSecrets {
+    fn new(registered: &[SecretKey]) -> SeenSecrets {
+        SeenSecrets(
+            registered
+                .iter()
+                .map(|k| (k.clone(), Seen::Unread))
+                .collect(),
+        )
+    }
+
+    /// Records a read (`None`: absent) or the answer to a write.
+    fn saw(&mut self, namespace: &str, name: &str, secret: Option<&Secret>) {
+        let seen = match secret {
+            None => Seen::Absent,
+            Some(s) => match &s.metadata.resource_version {
+                Some(v) => Seen::At(v.clone()),
+                // Nothing to compare later events with: never settle on it.
+                None => Seen::At(String::new()),
+            },
+        };
+        match self
+            .0
+            .iter_mut()
+            .find(|((ns, n), _)| ns == namespace && n == name)
+        {
+            Some(entry) => entry.1 = seen,
+            None => self
+                .0
+                .push(((namespace.to_string(), name.to_string()), seen)),
+        }
+    }
+}
+
+/// The Secrets a reconcile of `wi` may read, known from its spec alone: the route Secret,
+/// the referenced or generated Secret, the Secrets `spec.forward` names and `<name>-forward`.
+fn secret_reads(wi: &WebhookIntegration, namespace: &str, route: &SecretKey) -> Vec<SecretKey> {
+    let name = wi.name_any();
+    let own = |n: String| (namespace.to_string(), n);
+    let mut reads = vec![route.clone()];
+    reads.push(match &wi.spec.secret_ref {
+        Some(r) => own(r.name.clone()),
+        None => own(plan::generated_secret_name(&name)),
+    });
+    reads.extend(plan::forward_secret_names(&wi.spec).into_iter().map(own));
+    reads.push(own(plan::generated_forward_secret_name(&name)));
+    let mut unique = std::collections::HashSet::new();
+    reads.retain(|k| unique.insert(k.clone()));
+    reads
+}
+
+/// Whether `written` (the answer to the controller's status write) differs from `planned`
+/// (the copy the reconcile planned from) in nothing but status and resourceVersion, so a
+/// reconcile of `written` would plan what was just written.
+fn only_status_differs(planned: &WebhookIntegration, written: &WebhookIntegration) -> bool {
+    let meta = |wi: &WebhookIntegration| {
+        let mut m = wi.metadata.clone();
+        m.resource_version = None;
+        m.managed_fields = None;
+        m
+    };
+    planned.spec == written.spec && meta(planned) == meta(written)
+}
+
 /// One Secret of the integration's namespace, `None` when it does not exist; an API
 /// failure is the `resolve_secret` step's error, naming the Secret.
 async fn get_secret(
     secrets: &Api<Secret>,
     namespace: &str,
     name: &str,
+    seen: &mut SeenSecrets,
 ) -> Result<Option<Secret>, Error> {
-    secrets
+    let secret = secrets
         .get_opt(name)
         .await
         .map_err(|source| Error::ResolveSecret {
             namespace: namespace.to_string(),
             name: name.to_string(),
             source,
-        })
+        })?;
+    seen.saw(namespace, name, secret.as_ref());
+    Ok(secret)
 }
 
 /// What was found for the secret, plus the generated Secret's current data (so it is not
@@ -339,18 +425,19 @@ async fn find_secret(
     ctx: &Context,
     wi: &WebhookIntegration,
     namespace: &str,
+    seen: &mut SeenSecrets,
 ) -> Result<(SecretSource, Option<BTreeMap<String, ByteString>>), Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     match &wi.spec.secret_ref {
         Some(r) => {
-            let Some(secret) = get_secret(&secrets, namespace, &r.name).await? else {
+            let Some(secret) = get_secret(&secrets, namespace, &r.name, seen).await? else {
                 return Ok((SecretSource::Referenced(RefLookup::SecretMissing), None));
             };
             Ok((SecretSource::Referenced(lookup_key(&secret, &r.key)), None))
         }
         None => {
             let name = plan::generated_secret_name(&wi.name_any());
-            let Some(secret) = get_secret(&secrets, namespace, &name).await? else {
+            let Some(secret) = get_secret(&secrets, namespace, &name, seen).await? else {
                 return Ok((SecretSource::Generated(GeneratedLookup::Absent), None));
             };
             let uid = wi.uid().unwrap_or_default();
@@ -387,6 +474,7 @@ async fn find_forward_secrets(
     wi: &WebhookIntegration,
     namespace: &str,
     previous_route: Option<&Route>,
+    seen: &mut SeenSecrets,
 ) -> Result<ForwardFound, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let mut found = ForwardFound {
@@ -395,7 +483,7 @@ async fn find_forward_secrets(
         generated_data: None,
     };
     for name in plan::forward_secret_names(&wi.spec) {
-        let secret = get_secret(&secrets, namespace, &name).await?;
+        let secret = get_secret(&secrets, namespace, &name, seen).await?;
         found
             .secrets
             .insert(name, secret.as_ref().map(SecretData::from_secret));
@@ -405,7 +493,7 @@ async fn find_forward_secrets(
         return Ok(found);
     }
     let name = plan::generated_forward_secret_name(&wi.name_any());
-    if let Some(secret) = get_secret(&secrets, namespace, &name).await? {
+    if let Some(secret) = get_secret(&secrets, namespace, &name, seen).await? {
         let uid = wi.uid().unwrap_or_default();
         if secret.owner_references().iter().any(|o| o.uid == uid) {
             found.generated = GeneratedForwardLookup::Owned(SecretData::from_secret(&secret));
@@ -424,19 +512,37 @@ async fn apply(wi: &WebhookIntegration, ctx: &Context) -> Result<Action, Error> 
     let uid = wi.uid().unwrap_or_default();
     let routes: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.route_namespace);
     let route_secret_name = Route::secret_name(&namespace, &name);
+    let route_key = (ctx.route_namespace.clone(), route_secret_name.clone());
+    let key = ObjectRef::from_obj(wi);
+    let reads = secret_reads(wi, &namespace, &route_key);
+    let mut seen = SeenSecrets::new(&reads);
+    {
+        // Registered before anything is read: a change made while we read triggers
+        // another reconcile.
+        let mut index = ctx.secret_index();
+        index.register(&key, reads);
+        if index.is_settled(wi) {
+            debug!(integration = %name, %namespace, "unchanged since it was settled: nothing read");
+            return Ok(Action::requeue(ctx.resync));
+        }
+    }
 
     // A route of an earlier integration with the same name (different uid) is not ours.
-    let previous_route = routes
-        .get_opt(&route_secret_name)
-        .await
-        .map_err(|source| Error::ReadRoute {
-            name: route_secret_name.clone(),
-            source,
-        })?
+    let route_secret =
+        routes
+            .get_opt(&route_secret_name)
+            .await
+            .map_err(|source| Error::ReadRoute {
+                name: route_secret_name.clone(),
+                source,
+            })?;
+    seen.saw(&route_key.0, &route_key.1, route_secret.as_ref());
+    let previous_route = route_secret
         .and_then(|s| Route::from_secret(&s).ok())
         .filter(|r| r.uid == uid);
-    let (secret, generated_data) = find_secret(ctx, wi, &namespace).await?;
-    let forward = find_forward_secrets(ctx, wi, &namespace, previous_route.as_ref()).await?;
+    let (secret, generated_data) = find_secret(ctx, wi, &namespace, &mut seen).await?;
+    let forward =
+        find_forward_secrets(ctx, wi, &namespace, previous_route.as_ref(), &mut seen).await?;
     let plan = plan::plan(PlanInput {
         integration: wi,
         secret,
@@ -463,6 +569,7 @@ async fn apply(wi: &WebhookIntegration, ctx: &Context) -> Result<Action, Error> 
             &generated.name,
             desired,
             generated_data.as_ref(),
+            &mut seen,
         )
         .await?
         {
@@ -482,6 +589,7 @@ async fn apply(wi: &WebhookIntegration, ctx: &Context) -> Result<Action, Error> 
             &generated.name,
             desired,
             forward.generated_data.as_ref(),
+            &mut seen,
         )
         .await?
         {
@@ -494,7 +602,7 @@ async fn apply(wi: &WebhookIntegration, ctx: &Context) -> Result<Action, Error> 
         let secret = route
             .to_secret(&ctx.route_namespace)
             .map_err(Error::EncodeRoute)?;
-        routes
+        let written = routes
             .patch(
                 &route_secret_name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
@@ -505,24 +613,41 @@ async fn apply(wi: &WebhookIntegration, ctx: &Context) -> Result<Action, Error> 
                 name: route_secret_name.clone(),
                 source,
             })?;
+        seen.saw(&route_key.0, &route_key.1, Some(&written));
         changed.push("route");
         info!(integration = %name, %namespace, path = %route.path, generation = route.generation, "route written");
     }
     let status_changed = !plan::status_matches(wi.status.as_ref(), &plan.status)
         && !ctx.already_written(wi, &plan.status);
+    // The copy of the integration a reconcile would see next, if nothing else changes.
+    let mut settled_version = wi.resource_version();
     if status_changed {
-        write_status(ctx, &namespace, &name, &plan).await?;
+        let written = write_status(ctx, &namespace, &name, &plan).await?;
         ctx.remember_written(wi, &plan.status);
         changed.push("status");
+        settled_version = written
+            .filter(|w| only_status_differs(wi, w))
+            .and_then(|w| w.resource_version());
     }
     if status_changed || !changed.is_empty() {
         publish_events(ctx, wi, &plan, &changed).await;
     } else {
         debug!(integration = %name, %namespace, "up to date");
     }
+    {
+        // Settled only when nothing depends on the clock (a previous secret's expiry):
+        // a later reconcile of the same copies would plan exactly this.
+        let mut index = ctx.secret_index();
+        match (&plan.requeue_after, settled_version) {
+            (None, Some(version)) if !seen.0.iter().any(|(_, s)| *s == Seen::At(String::new())) => {
+                index.settle(wi, version, seen.0)
+            }
+            _ => index.unsettle(&key),
+        }
+    }
     Ok(match plan.requeue_after {
-        Some(d) => Action::requeue(d.min(RESYNC)),
-        None => Action::requeue(RESYNC),
+        Some(d) => Action::requeue(d.min(ctx.resync)),
+        None => Action::requeue(ctx.resync),
     })
 }
 
@@ -537,6 +662,7 @@ async fn write_generated_secret(
     name: &str,
     desired: BTreeMap<String, &str>,
     existing: Option<&BTreeMap<String, ByteString>>,
+    seen: &mut SeenSecrets,
 ) -> Result<bool, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let desired: BTreeMap<String, ByteString> = desired
@@ -572,7 +698,7 @@ async fn write_generated_secret(
         data: Some(desired),
         ..Secret::default()
     };
-    secrets
+    let written = secrets
         .patch(
             name,
             &PatchParams::apply(FIELD_MANAGER).force(),
@@ -584,15 +710,18 @@ async fn write_generated_secret(
             name: name.to_string(),
             source,
         })?;
+    seen.saw(namespace, name, Some(&written));
     Ok(true)
 }
 
+/// Applies the controller's status fields; the integration as the API server answered
+/// (`None` if the answer could not be read as one).
 async fn write_status(
     ctx: &Context,
     namespace: &str,
     name: &str,
     plan: &Plan,
-) -> Result<(), Error> {
+) -> Result<Option<WebhookIntegration>, Error> {
     let api: Api<WebhookIntegration> = Api::namespaced(ctx.client.clone(), namespace);
     let mut status = serde_json::Map::new();
     if let Some(g) = plan.status.observed_generation {
@@ -616,18 +745,19 @@ async fn write_status(
         "kind": WebhookIntegration::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(|source| Error::ApplyStatus {
-        namespace: namespace.to_string(),
-        name: name.to_string(),
-        source,
-    })?;
-    Ok(())
+    let written = api
+        .patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|source| Error::ApplyStatus {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            source,
+        })?;
+    Ok(Some(written))
 }
 
 async fn publish_events(ctx: &Context, wi: &WebhookIntegration, plan: &Plan, changed: &[&str]) {
@@ -677,6 +807,7 @@ async fn publish_events(ctx: &Context, wi: &WebhookIntegration, plan: &Plan, cha
 async fn cleanup(wi: &WebhookIntegration, ctx: &Context) -> Result<Action, Error> {
     let namespace = wi.namespace().ok_or(Error::NoNamespace)?;
     ctx.forget_written(wi);
+    ctx.secret_index().remove(&ObjectRef::from_obj(wi));
     let routes: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.route_namespace);
     let route_secret_name = Route::secret_name(&namespace, &wi.name_any());
     match routes

@@ -431,6 +431,123 @@ async fn a_reconcile_on_the_copy_our_status_write_was_planned_from_does_not_repe
     server.await.expect("server");
 }
 
+/// Our own writes coming back, a relist and the periodic resync trigger reconciles that
+/// would read exactly what the last one read: they send no request at all. A Secret the
+/// integration reads showing up at another resourceVersion makes the next one read again.
+#[tokio::test]
+async fn a_settled_integration_is_not_read_again_until_a_secret_it_reads_changes() {
+    let (client, handle) = mock_client();
+    let wi = integration(
+        json!({"provider": "github", "secretRef": {"name": "gh", "key": "token"}}),
+        true,
+    );
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gh", "namespace": "payments", "resourceVersion": "5"}, "data": {"token": "czNjcjN0"}});
+    let route_written = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "r", "namespace": ROUTE_NS, "resourceVersion": "11"}});
+    let mut status_written = serde_json::to_value(&wi).expect("json");
+    status_written["metadata"]["resourceVersion"] = json!("12");
+    let server = serve(
+        handle,
+        vec![
+            Step::new(
+                Method::GET,
+                route_path(),
+                StatusCode::NOT_FOUND,
+                not_found(),
+            ),
+            Step::new(
+                Method::GET,
+                "/api/v1/namespaces/payments/secrets/gh",
+                StatusCode::OK,
+                secret.clone(),
+            ),
+            Step::new(Method::PATCH, route_path(), StatusCode::OK, route_written),
+            Step::new(
+                Method::PATCH,
+                WI_STATUS_PATH,
+                StatusCode::OK,
+                status_written.clone(),
+            ),
+            Step::new(
+                Method::POST,
+                EVENTS_PATH,
+                StatusCode::CREATED,
+                event_answer(),
+            ),
+        ],
+    );
+    let ctx = context(client);
+    reconcile(Arc::new(wi.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
+    let bodies = server.await.expect("server");
+    let mut route_secret = bodies[2].clone();
+    route_secret["metadata"]["resourceVersion"] = json!("11");
+    // The copy the watch brings back after the status write.
+    let mut current = status_written;
+    current["status"] = bodies[3]["status"].clone();
+    let current: WebhookIntegration = serde_json::from_value(current).expect("wi");
+    let key = |ns: &str, n: &str| (ns.to_string(), n.to_string());
+    let route_key = key(ROUTE_NS, &Route::secret_name("payments", "datadog-prod"));
+
+    // The route write and the unchanged referenced Secret come back: mapped to the
+    // integration, memo kept; its reconcile sends nothing (no server: any request fails).
+    {
+        let mut index = ctx.secret_index();
+        assert_eq!(index.secret_changed(&route_key, Some("11")).len(), 1);
+        assert_eq!(
+            index
+                .secret_changed(&key("payments", "gh"), Some("5"))
+                .len(),
+            1
+        );
+        assert!(
+            index
+                .secret_changed(&key("payments", "unrelated"), Some("7"))
+                .is_empty()
+        );
+    }
+    let action = reconcile(Arc::new(current.clone()), ctx.clone())
+        .await
+        .expect("a settled reconcile sends no request");
+    assert_eq!(
+        action,
+        Action::requeue(std::time::Duration::from_secs(3600))
+    );
+    // The copy the status write was planned from is not settled: that write changed it.
+    assert!(!ctx.secret_index().is_settled(&wi));
+
+    // The referenced Secret rotated: read again (and nothing to write for the route here,
+    // since the mock answers the same value).
+    let (client, handle) = mock_client();
+    let mut rotated = Arc::try_unwrap(context(client)).unwrap_or_else(|_| panic!("shared context"));
+    rotated.secrets = std::sync::Mutex::new(std::mem::take(&mut *ctx.secret_index()));
+    let rotated = Arc::new(rotated);
+    assert_eq!(
+        rotated
+            .secret_index()
+            .secret_changed(&key("payments", "gh"), Some("6"))
+            .len(),
+        1
+    );
+    let server = serve(
+        handle,
+        vec![
+            Step::new(Method::GET, route_path(), StatusCode::OK, route_secret),
+            Step::new(
+                Method::GET,
+                "/api/v1/namespaces/payments/secrets/gh",
+                StatusCode::OK,
+                secret,
+            ),
+        ],
+    );
+    reconcile(Arc::new(current.clone()), rotated.clone())
+        .await
+        .expect("reconcile");
+    server.await.expect("server");
+    assert!(rotated.secret_index().is_settled(&current));
+}
+
 #[tokio::test]
 async fn missing_secret_is_a_condition_and_waits_instead_of_failing() {
     let (client, handle) = mock_client();

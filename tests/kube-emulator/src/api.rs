@@ -938,7 +938,7 @@ fn to_storage(rt: &ResourceType, obj: Value) -> Value {
 fn read_view(rt: &ResourceType, obj: Value) -> Value {
     let obj = to_view(rt, obj);
     match (&rt.crd_name, &rt.schema) {
-        (Some(_), Some(schema)) => schema::apply_defaults(schema, &obj),
+        (Some(_), Some(schema)) => schema::apply_defaults_owned(schema, obj),
         _ => obj,
     }
 }
@@ -1071,8 +1071,11 @@ fn check_field_label(rt: &ResourceType, label: &str) -> Result<(), String> {
     }
 }
 
-fn list(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
-    let (labels, fields) = selectors(&rp.rt, ctx)?;
+/// Under the lock: the list's resourceVersion and the stored objects it covers (pointer
+/// copies), after the resourceVersion and continue-token checks.
+type Snapshot = (u64, Vec<std::sync::Arc<Value>>);
+
+fn list_snapshot(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Result<Snapshot, ApiError> {
     let state = lock(&shared.state);
     let current = state.store.current_rv();
     if let (Some(rv), Some("Exact")) = (ctx.q("resourceVersion"), ctx.q("resourceVersionMatch"))
@@ -1086,28 +1089,50 @@ fn list(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
             "The resourceVersion for the provided list is too old.",
         ));
     }
-    let offset: usize = match ctx.q("continue") {
-        Some(token) => {
-            let (rv, off) = decode_continue(token)
-                .map_err(|e| ApiError::bad_request(format!("invalid continue token: {e}")))?;
-            if rv < state.store.compacted_rv() {
-                return Err(ApiError::new(
-                    410,
-                    "Expired",
-                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
-                ));
-            }
-            off
+    if let Some(token) = ctx.q("continue") {
+        let (rv, _) = decode_continue(token)
+            .map_err(|e| ApiError::bad_request(format!("invalid continue token: {e}")))?;
+        if rv < state.store.compacted_rv() {
+            return Err(ApiError::new(
+                410,
+                "Expired",
+                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+            ));
         }
+    }
+    let key = rp.rt.storage_key();
+    let objects = match rp.namespace.as_deref() {
+        Some(ns) => state.store.list_namespace(&key, ns).cloned().collect(),
+        None => state.store.list_shared(&key).cloned().collect(),
+    };
+    Ok((current, objects))
+}
+
+fn list(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
+    let (labels, fields) = selectors(&rp.rt, ctx)?;
+    let (current, objects) = list_snapshot(shared, rp, ctx)?;
+    // Defaults, selectors and the answer are worked out after the lock is released: a
+    // list of 10,000 objects held every other request for its whole length.
+    // Labels are the same on the stored object and on its view (defaults and
+    // apiVersion/kind do not touch them), so without a field selector the match is decided
+    // on the stored objects and only the page is shown (copied, defaulted). kube's watchers
+    // list in pages of 500: showing every object for every page made listing N objects
+    // cost N²/500 copies (a Secret watch's first list over 60,000 Secrets took minutes).
+    let shown_late = fields.is_empty();
+    let matching: Vec<std::sync::Arc<Value>> = if shown_late {
+        objects.into_iter().filter(|o| labels.matches(o)).collect()
+    } else {
+        objects
+            .into_iter()
+            .map(|o| present(&rp.rt, std::sync::Arc::unwrap_or_clone(o)))
+            .filter(|o| labels.matches(o) && fields.matches(o))
+            .map(std::sync::Arc::new)
+            .collect()
+    };
+    let offset: usize = match ctx.q("continue") {
+        Some(token) => decode_continue(token).map(|(_, off)| off).unwrap_or(0),
         None => 0,
     };
-    let matching: Vec<Value> = state
-        .store
-        .list(&rp.rt.storage_key())
-        .filter(|o| rp.namespace.as_deref().is_none_or(|ns| obj_ns(o) == ns))
-        .map(|o| present(&rp.rt, o.clone()))
-        .filter(|o| labels.matches(o) && fields.matches(o))
-        .collect();
     let limit = ctx
         .q("limit")
         .and_then(|l| l.parse::<usize>().ok())
@@ -1118,7 +1143,15 @@ fn list(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
     let page: Vec<Value> = matching
         .get(offset.min(matching.len())..end)
         .unwrap_or_default()
-        .to_vec();
+        .iter()
+        .map(|o| {
+            if shown_late {
+                present(&rp.rt, (**o).clone())
+            } else {
+                (**o).clone()
+            }
+        })
+        .collect();
     let cont = (end < matching.len()).then(|| encode_continue(current, end));
     if ctx.wants_table() {
         return Ok((
@@ -1230,14 +1263,13 @@ fn admit_custom(
             _ => warnings.extend(unknown.iter().map(|u| format!("unknown field \"{u}\""))),
         }
     }
-    *obj = schema::apply_defaults(schema, obj);
+    *obj = schema::apply_defaults_owned(schema, std::mem::take(obj));
     let mut errors = schema::validate(schema, obj);
     errors.extend(metadata_errors(obj));
     // `apiextensions-apiserver/pkg/registry/customresource/strategy.go`: CEL rules run unless a
     // "blocking" schema error (`hasBlockingErr`) makes them unsafe to evaluate, which is
     // then said instead.
-    let has_rules = schema.to_string().contains("x-kubernetes-validations");
-    if has_rules && let Some(compiled) = &rt.cel {
+    if let Some(compiled) = &rt.cel {
         let blocking = errors.iter().any(|e| {
             matches!(
                 e.reason,
@@ -2692,8 +2724,42 @@ fn remove_finalizer(state: &mut State, rt: &ResourceType, obj: &Value, finalizer
     }
 }
 
-/// Garbage collection and namespace termination, run periodically in the background.
+/// Whether an object's owners are all gone (`garbagecollector.go`: an object whose every
+/// owner reference names a uid that no longer exists is deleted).
+fn orphaned(store: &Store, o: &Value) -> bool {
+    o.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .is_some_and(|os| {
+            !os.is_empty()
+                && os
+                    .iter()
+                    .all(|r| r["uid"].as_str().is_none_or(|u| !store.has_uid(u)))
+        })
+}
+
+/// Garbage collection and namespace termination, run periodically in the background. Only
+/// what changed since the last pass is looked at ([`crate::store::GcWork`]).
 pub fn collect_garbage(state: &mut State) {
+    let work = state.store.take_gc_work();
+    if !work.full {
+        let doomed: Vec<(ResourceType, String, String)> = work
+            .candidates
+            .into_iter()
+            .filter_map(|(key, ns, name)| {
+                let o = state.store.get(&key, &ns, &name)?;
+                if o.pointer("/metadata/deletionTimestamp").is_some() || !orphaned(&state.store, o)
+                {
+                    return None;
+                }
+                let rt = state.registry.all().find(|rt| rt.storage_key() == key)?;
+                Some((rt.clone(), ns, name))
+            })
+            .collect();
+        for (rt, ns, name) in doomed {
+            let _ = delete_object(state, &rt, &ns, &name, &DeleteOptions::default());
+        }
+        return;
+    }
     let types: Vec<ResourceType> = {
         let mut seen = std::collections::HashSet::new();
         state
@@ -2703,15 +2769,6 @@ pub fn collect_garbage(state: &mut State) {
             .cloned()
             .collect()
     };
-    let uids: std::collections::HashSet<String> = types
-        .iter()
-        .flat_map(|rt| state.store.list(&rt.storage_key()))
-        .filter_map(|o| {
-            o.pointer("/metadata/uid")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-        .collect();
     let terminating: Vec<String> = state
         .store
         .list("namespaces")
@@ -2724,17 +2781,8 @@ pub fn collect_garbage(state: &mut State) {
             if o.pointer("/metadata/deletionTimestamp").is_some() {
                 continue;
             }
-            let owners = o
-                .pointer("/metadata/ownerReferences")
-                .and_then(Value::as_array);
-            let orphaned = owners.is_some_and(|os| {
-                !os.is_empty()
-                    && os
-                        .iter()
-                        .all(|r| r["uid"].as_str().is_none_or(|u| !uids.contains(u)))
-            });
             let in_terminating = rt.namespaced && terminating.iter().any(|ns| ns == obj_ns(o));
-            if orphaned || in_terminating {
+            if in_terminating || orphaned(&state.store, o) {
                 doomed.push((rt.clone(), obj_ns(o).to_string(), obj_name(o).to_string()));
             }
         }
@@ -2855,11 +2903,11 @@ impl WatchFilter {
 fn event_object(change: &Change, event: &str) -> Value {
     match (&change.type_, event, &change.old) {
         (EventType::Modified, "DELETED", Some(old)) => {
-            let mut old = old.clone();
+            let mut old = (**old).clone();
             old["metadata"]["resourceVersion"] = json!(change.rv.to_string());
             old
         }
-        _ => change.object.clone(),
+        _ => (*change.object).clone(),
     }
 }
 
@@ -2902,6 +2950,9 @@ fn watch_response(
     let name_ok = move |o: &Value| single_name.as_deref().is_none_or(|n| obj_name(o) == n);
 
     let (tx, rx) = mpsc::channel::<Bytes>(1024);
+    // Objects of the initial ADDED events, sent before `initial`; shown (defaults, apiVersion)
+    // by the stream's task, not under the lock.
+    let mut initial_objects: Vec<std::sync::Arc<Value>> = Vec::new();
     let mut initial: Vec<Value> = Vec::new();
     let (mut sub, mut last_rv) = {
         let state = lock(&shared.state);
@@ -2911,13 +2962,12 @@ fn watch_response(
             .filter(|r| *r != "0")
             .and_then(|r| r.parse::<u64>().ok());
         if send_initial || from_rv.is_none() {
-            for o in state
-                .store
-                .list(&filter.key)
-                .filter(|o| filter.matches(o) && name_ok(o))
-            {
-                initial.push(json!({"type": "ADDED", "object": present(&rt, o.clone())}));
-            }
+            let objects: Box<dyn Iterator<Item = &std::sync::Arc<Value>>> =
+                match filter.namespace.as_deref() {
+                    Some(ns) => Box::new(state.store.list_namespace(&filter.key, ns)),
+                    None => Box::new(state.store.list_shared(&filter.key)),
+                };
+            initial_objects.extend(objects.filter(|o| filter.matches(o) && name_ok(o)).cloned());
             if send_initial {
                 initial.push(json!({"type": "BOOKMARK", "object": {"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": {"resourceVersion": current.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}}}));
             }
@@ -2951,8 +3001,7 @@ fn watch_response(
 
     let encode = {
         let rt = rt.clone();
-        move |ev: &Value| -> Bytes {
-            let mut ev = ev.clone();
+        move |mut ev: Value| -> Bytes {
             if as_table && ev["type"] != "ERROR" && ev["type"] != "BOOKMARK" {
                 let obj = ev["object"].clone();
                 let rv = obj
@@ -2968,7 +3017,13 @@ fn watch_response(
 
     tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + timeout;
-        for ev in &initial {
+        for o in initial_objects {
+            let ev = json!({"type": "ADDED", "object": present(&rt, std::sync::Arc::unwrap_or_clone(o))});
+            if tx.send(encode(ev)).await.is_err() {
+                return;
+            }
+        }
+        for ev in initial {
             if tx.send(encode(ev)).await.is_err() {
                 return;
             }
@@ -2980,7 +3035,7 @@ fn watch_response(
                 _ = tx.closed() => return,
                 _ = tick.tick(), if bookmarks => {
                     let bm = json!({"type": "BOOKMARK", "object": {"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": {"resourceVersion": last_rv.to_string()}}});
-                    if !shared.faults.is_paused_for(&record) && tx.send(encode(&bm)).await.is_err() {
+                    if !shared.faults.is_paused_for(&record) && tx.send(encode(bm)).await.is_err() {
                         return;
                     }
                 }
@@ -2988,7 +3043,7 @@ fn watch_response(
                     match msg {
                         Ok(change) => {
                             if change.storage_key == crate::store::EXPIRE_WATCHES {
-                                let _ = tx.send(encode(&expired_event(&last_rv.to_string(), change.rv))).await;
+                                let _ = tx.send(encode(expired_event(&last_rv.to_string(), change.rv))).await;
                                 return;
                             }
                             if change.rv <= last_rv && change.storage_key == filter.key {
@@ -3005,13 +3060,13 @@ fn watch_response(
                                 && name_ok(&change.object)
                             {
                                 let ev = json!({"type": t, "object": present(&rt, event_object(&change, t))});
-                                if tx.send(encode(&ev)).await.is_err() {
+                                if tx.send(encode(ev)).await.is_err() {
                                     return;
                                 }
                             }
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                            let _ = tx.send(encode(&expired_event(&last_rv.to_string(), last_rv))).await;
+                            let _ = tx.send(encode(expired_event(&last_rv.to_string(), last_rv))).await;
                             return;
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,

@@ -34,7 +34,8 @@ pub struct ResourceType {
     /// `openAPIV3Schema` of a CRD version; `None` for built-ins (stored as sent).
     pub schema: Option<std::sync::Arc<Value>>,
     pub printer_columns: Vec<PrinterColumn>,
-    /// The CEL rules of `schema`, compiled once when the CRD is registered.
+    /// The CEL rules of `schema`, compiled once when the CRD is registered; `None` when the
+    /// schema has no `x-kubernetes-validations`.
     pub cel: Option<std::sync::Arc<kube_cel::CompiledSchema>>,
     /// Set for types registered by a CRD: the CRD's name.
     pub crd_name: Option<String>,
@@ -602,8 +603,11 @@ impl Registry {
                     .pointer("/schema/openAPIV3Schema")
                     .cloned()
                     .map(std::sync::Arc::new),
+                // Judged once here: asked per request, this test serialised the whole
+                // schema for every write.
                 cel: version
                     .pointer("/schema/openAPIV3Schema")
+                    .filter(|s| s.to_string().contains("x-kubernetes-validations"))
                     .map(|s| std::sync::Arc::new(kube_cel::compile_schema(s))),
                 printer_columns: columns,
                 crd_name: Some(name.to_string()),
