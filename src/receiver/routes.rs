@@ -262,9 +262,9 @@ fn compile(
         Some(p) => {
             // Re-created, or the provider changed: the old info series must not linger.
             integrations.forget(&p.metrics);
-            Arc::new(integrations.for_route(&route.namespace, &route.name, provider))
+            integrations.for_route(&route.namespace, &route.name, provider)
         }
-        None => Arc::new(integrations.for_route(&route.namespace, &route.name, provider)),
+        None => integrations.for_route(&route.namespace, &route.name, provider),
     };
     integrations.describe(&metrics, route.expected_interval_seconds);
     Ok(CompiledRoute {
