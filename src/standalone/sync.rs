@@ -78,8 +78,9 @@ pub fn sync(
         ..Synced::default()
     };
 
-    for (key, declared) in &folder.integrations {
-        let mut integration = declared.clone();
+    // One integration parsed at a time; its route moves into `assignments` (saved below)
+    // and from there into `synced.routes`, never copied.
+    folder.each_integration(|key, mut integration| -> Result<(), SyncError> {
         let namespace = integration
             .metadata
             .namespace
@@ -88,7 +89,7 @@ pub fn sync(
         let name = integration.metadata.name.clone().unwrap_or_default();
         let digest = spec_digest(&integration);
         let assignment = assignments
-            .entry(key.clone())
+            .entry(key.to_string())
             .or_insert_with(|| Assignment {
                 uid: new_uid(),
                 created_at: now,
@@ -151,7 +152,7 @@ pub fn sync(
             state.write_forward_keys(&namespace, &name, &g.keys)?;
         }
         let secret_file = state.secret_path(&namespace, &name);
-        let mut conditions = planned.status.conditions.clone();
+        let mut conditions = std::mem::take(&mut planned.status.conditions);
         if generated {
             // No Secret object exists in standalone mode: point at the file instead.
             for c in conditions
@@ -213,12 +214,10 @@ pub fn sync(
         {
             route.replay = state.read_replay_request(&route.namespace, &route.name);
         }
-        assignment.route = planned.route.clone();
-        if let Some(route) = planned.route {
-            synced.routes.push(route);
-        }
+        assignment.route = planned.route;
         synced.rows.push(row);
-    }
+        Ok(())
+    })?;
 
     let gone: Vec<String> = assignments
         .keys()
@@ -236,6 +235,11 @@ pub fn sync(
         assignments.remove(&key);
     }
     state.save_assignments(&assignments)?;
+    // In `namespace/name` order, as `assignments` (and the table) are.
+    synced.routes = assignments.into_values().filter_map(|a| a.route).collect();
+    synced
+        .rows
+        .sort_by_cached_key(|r| format!("{}/{}", r.namespace, r.name));
     Ok(synced)
 }
 
