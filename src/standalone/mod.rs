@@ -186,7 +186,6 @@ fn print_table(rows: &[Row]) {
             None => line(&key, r.provider.as_str(), &r.url, &r.secret_hint),
         };
     }
-    drop(line);
     // As println!, but a closed stdout must not stop the server.
     let _ = printed.and_then(|()| out.flush());
 }
