@@ -1007,10 +1007,15 @@ fn median(values: &mut [f64]) -> f64 {
 
 /// Resident set size of this process, from /proc (Linux).
 fn rss_mib() -> Option<f64> {
+    proc_status_mib("VmRSS:")
+}
+
+/// A memory line of /proc/self/status (`VmRSS:`, `VmHWM:` …) in MiB (Linux).
+fn proc_status_mib(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kib: f64 = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()
@@ -1069,9 +1074,10 @@ fn memory(routes: u64, ids: u64) -> Result<(), Box<dyn std::error::Error>> {
     std::thread::sleep(Duration::from_millis(1500));
     drop(std::hint::black_box(vec![0u8; 1 << 20]));
     let settled = rss_mib().unwrap_or(f64::NAN);
+    let peak = proc_status_mib("VmHWM:").unwrap_or(f64::NAN);
     println!(
         "memory: {} routes + {} remembered ids (dedup + ledger): RSS {after:.1} MiB right after building them, \
-         {settled:.1} MiB 1.5 s later (process before building them: {before:.1} MiB)",
+         {settled:.1} MiB 1.5 s later, peak (VmHWM) {peak:.1} MiB (process before building them: {before:.1} MiB)",
         table.len(),
         dedup.len()
     );

@@ -152,10 +152,36 @@ impl Route {
 
     /// Secrets still accepted at `now` (Unix seconds), current first.
     pub fn live_secrets(&self, now: i64) -> impl Iterator<Item = &SecretValue> {
-        self.secrets
-            .iter()
-            .filter(move |s| s.expires_at.is_none_or(|t| now < t))
-            .map(|s| &s.value)
+        live(&self.secrets, now)
+    }
+
+    /// The route without its spec, and the spec: a receiver resolves the spec once and
+    /// keeps only what it resolved to.
+    pub fn split_spec(self) -> (ServedRoute, WebhookIntegrationSpec) {
+        let Route {
+            namespace,
+            name,
+            uid,
+            generation,
+            path,
+            secrets,
+            spec,
+            forward,
+            replay,
+            expected_interval_seconds,
+        } = self;
+        let served = ServedRoute {
+            namespace,
+            name,
+            uid,
+            generation,
+            path,
+            secrets,
+            forward,
+            replay,
+            expected_interval_seconds,
+        };
+        (served, spec)
     }
 
     /// The route Secret's name for an integration: stable, DNS-safe, and unique per
@@ -199,6 +225,68 @@ impl Route {
             .and_then(|d| d.get(ROUTE_KEY))
             .ok_or(RouteDecodeError::MissingKey)?;
         serde_json::from_slice(&data.0).map_err(RouteDecodeError::Json)
+    }
+}
+
+fn live(secrets: &[RouteSecret], now: i64) -> impl Iterator<Item = &SecretValue> {
+    secrets
+        .iter()
+        .filter(move |s| s.expires_at.is_none_or(|t| now < t))
+        .map(|s| &s.value)
+}
+
+/// A [`Route`] as a receiver serves it: everything but the spec, which the receiver
+/// keeps only resolved (`domain::spec::EffectiveSpec`). The raw spec next to the resolved
+/// one was ~0.8 KiB per route for nothing (10,000 routes: 8 MiB of a 64 MiB target).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServedRoute {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub generation: i64,
+    pub path: String,
+    pub secrets: Vec<RouteSecret>,
+    pub forward: Vec<RouteForward>,
+    pub replay: Option<ReplayRequest>,
+    pub expected_interval_seconds: Option<u64>,
+}
+
+impl ServedRoute {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Secrets still accepted at `now` (Unix seconds), current first.
+    pub fn live_secrets(&self, now: i64) -> impl Iterator<Item = &SecretValue> {
+        live(&self.secrets, now)
+    }
+
+    /// The [`Route`] again, with `spec`.
+    pub fn with_spec(self, spec: WebhookIntegrationSpec) -> Route {
+        let ServedRoute {
+            namespace,
+            name,
+            uid,
+            generation,
+            path,
+            secrets,
+            forward,
+            replay,
+            expected_interval_seconds,
+        } = self;
+        Route {
+            namespace,
+            name,
+            uid,
+            generation,
+            path,
+            secrets,
+            spec,
+            forward,
+            replay,
+            expected_interval_seconds,
+        }
     }
 }
 

@@ -12,18 +12,26 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut folder = Folder::default();
-    parse_file(&mut folder, Path::new("fuzz.yaml"), text);
-    for (key, integration) in &folder.integrations {
-        let namespace = integration
-            .metadata
-            .namespace
-            .as_deref()
-            .unwrap_or_default();
-        let name = integration.metadata.name.as_deref().unwrap_or_default();
-        assert_eq!(key, &format!("{namespace}/{name}"));
-        assert!(validate_namespace("ns", namespace).is_ok(), "{key}");
-        assert!(validate_name("name", name).is_ok(), "{key}");
-    }
+    parse_file(&mut folder, Path::new("fuzz.yaml"), text.to_string());
+    let mut visited = Vec::new();
+    folder
+        .each_integration(|key, integration| {
+            let namespace = integration
+                .metadata
+                .namespace
+                .as_deref()
+                .unwrap_or_default();
+            let name = integration.metadata.name.as_deref().unwrap_or_default();
+            assert_eq!(key, format!("{namespace}/{name}"));
+            assert!(validate_namespace("ns", namespace).is_ok(), "{key}");
+            assert!(validate_name("name", name).is_ok(), "{key}");
+            visited.push(key.to_string());
+            Ok::<(), ()>(())
+        })
+        .expect("visit");
+    // The second pass finds every integration the first one declared, once.
+    visited.sort();
+    assert!(visited.iter().eq(folder.integrations.keys()));
     for key in folder.secrets.keys() {
         let (namespace, name) = key.split_once('/').expect("ns/name");
         assert!(validate_namespace("ns", namespace).is_ok(), "{key}");

@@ -10,15 +10,18 @@
 //! one atomic add). Only the first refusal of a given reason on a route creates its
 //! series.
 
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -51,186 +54,263 @@ pub struct WriteLabels {
     pub outcome: &'static str,
 }
 
-/// `namespace` + `integration`: one WebhookIntegration.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct IntegrationLabels {
-    pub namespace: String,
-    pub integration: String,
-}
-
-/// An integration's deliveries by `outcome` (accepted, duplicate, ignored, handshake,
-/// rejected).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct IntegrationOutcome {
-    pub namespace: String,
-    pub integration: String,
-    pub outcome: &'static str,
-}
-
-/// An integration's refusals by `reason`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct IntegrationReason {
-    pub namespace: String,
-    pub integration: String,
-    pub reason: &'static str,
-}
-
-/// `hookwarden_integration_info`: which provider an integration uses.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct IntegrationInfo {
-    pub namespace: String,
-    pub integration: String,
-    pub provider: &'static str,
-}
-
 /// The outcomes a delivery that reached its route can have (the `outcome` label).
 pub const OUTCOMES: [&str; 5] = ["accepted", "duplicate", "ignored", "handshake", "rejected"];
 
-type FloatGauge = Gauge<f64, AtomicU64>;
+/// The timestamp gauges' "no series yet" value (a 0 would read as "1970").
+const ABSENT: u64 = 0;
+/// The expected-interval gauge's "no annotation, no series" value.
+const NO_INTERVAL: i64 = -1;
 
-/// The per-integration families (`hookwarden_integration_*`). Series are created when a
-/// route is compiled ([`IntegrationMetrics::for_route`]) and removed when the route table
-/// stops serving the integration ([`IntegrationMetrics::forget`]).
+/// The series of every served integration, by namespace and name. A namespace string
+/// is shared by the integrations of that namespace and a name by the map and the series
+/// (interned, not copied into each family's label sets).
+type SeriesMap = BTreeMap<Arc<str>, BTreeMap<Arc<str>, Arc<RouteMetrics>>>;
+
+/// The per-integration families (`hookwarden_integration_*`), one [`RouteMetrics`] per
+/// served integration. Series are created when a route is compiled
+/// ([`IntegrationMetrics::for_route`]) and removed when the route table stops serving
+/// the integration ([`IntegrationMetrics::forget`]).
+///
+/// Not a `Family` per metric: seven families keyed by owned label sets cost ~1.9 KiB per
+/// integration (each series its own copies of the namespace and name, its hash-map slot,
+/// its `Arc`'d atomic), which took a receiver with 10,000 routes past its 64 MiB target
+/// (docs/bench.md). Here an integration is one allocation of atomics (and its name), and
+/// the exposition is written from them at scrape time (a [`Collector`]) with the names,
+/// types, labels and values the families had.
 #[derive(Clone, Debug, Default)]
 pub struct IntegrationMetrics {
-    pub deliveries: Family<IntegrationOutcome, Counter>,
-    pub rejects: Family<IntegrationReason, Counter>,
-    pub last_delivery: Family<IntegrationLabels, FloatGauge>,
-    pub served_since: Family<IntegrationLabels, FloatGauge>,
-    /// Set by the status loop from its ledger.
-    pub open_incidents: Family<IntegrationLabels, Gauge>,
-    pub expected_interval: Family<IntegrationLabels, Gauge>,
-    pub info: Family<IntegrationInfo, Gauge>,
+    series: Arc<RwLock<SeriesMap>>,
 }
+
+// Ending in '.' as `Registry::register` makes the help of what it registers.
+const DELIVERIES_HELP: &str = "Webhook requests that reached an integration's route, by outcome (accepted, duplicate, ignored, handshake, rejected).";
+const REJECTS_HELP: &str =
+    "Refused webhook requests of an integration by reason (the status' lastRejectReason codes).";
+const LAST_DELIVERY_HELP: &str = "Unix time of the integration's last request answered 2xx (accepted, duplicate, ignored or handshake) by this replica.";
+const SERVED_SINCE_HELP: &str = "Unix time this replica started serving the integration's route (the silence alert counts from here until the first delivery).";
+const OPEN_INCIDENTS_HELP: &str = "Incidents open in this replica's ledger (with several replicas take max by (namespace, integration)).";
+const EXPECTED_INTERVAL_HELP: &str = "The integration's hookwarden.dev/expected-interval annotation: longest expected time between deliveries (absent when not set).";
+const INFO_HELP: &str = "1 for every integration this replica serves, with its provider.";
 
 impl IntegrationMetrics {
     fn register(&self, registry: &mut Registry) {
-        let r = registry.sub_registry_with_prefix("hookwarden_integration");
-        r.register(
-            "deliveries",
-            "Webhook requests that reached an integration's route, by outcome (accepted, duplicate, ignored, handshake, rejected)",
-            self.deliveries.clone(),
-        );
-        r.register(
-            "rejects",
-            "Refused webhook requests of an integration by reason (the status' lastRejectReason codes)",
-            self.rejects.clone(),
-        );
-        r.register(
-            "last_delivery_timestamp_seconds",
-            "Unix time of the integration's last request answered 2xx (accepted, duplicate, ignored or handshake) by this replica",
-            self.last_delivery.clone(),
-        );
-        r.register(
-            "served_since_timestamp_seconds",
-            "Unix time this replica started serving the integration's route (the silence alert counts from here until the first delivery)",
-            self.served_since.clone(),
-        );
-        r.register(
-            "open_incidents",
-            "Incidents open in this replica's ledger (with several replicas take max by (namespace, integration))",
-            self.open_incidents.clone(),
-        );
-        r.register(
-            "expected_interval_seconds",
-            "The integration's hookwarden.dev/expected-interval annotation: longest expected time between deliveries (absent when not set)",
-            self.expected_interval.clone(),
-        );
-        r.register(
-            "info",
-            "1 for every integration this replica serves, with its provider",
-            self.info.clone(),
-        );
+        registry
+            .sub_registry_with_prefix("hookwarden_integration")
+            .register_collector(Box::new(self.clone()));
     }
 
-    /// Creates (or finds) the series of `route`'s integration and returns their handles.
-    pub fn for_route(&self, namespace: &str, name: &str, provider: &'static str) -> RouteMetrics {
-        let labels = IntegrationLabels {
-            namespace: namespace.to_string(),
-            integration: name.to_string(),
-        };
-        let outcome = |outcome: &'static str| {
-            self.deliveries
-                .get_or_create(&IntegrationOutcome {
-                    namespace: labels.namespace.clone(),
-                    integration: labels.integration.clone(),
-                    outcome,
-                })
-                .clone()
-        };
-        let outcomes = OUTCOMES.map(outcome);
-        // Created on the first delivery (a 0 would read as "1970" on a dashboard); until
-        // then the silence alert counts from when this replica started serving the route.
-        let since = self.served_since.get_or_create(&labels);
-        if since.get() == 0.0 {
-            since.set(unix_now_seconds());
-        }
-        drop(self.open_incidents.get_or_create(&labels));
-        RouteMetrics {
-            labels,
-            provider,
-            outcomes,
-            last_delivery: std::sync::OnceLock::new(),
-            rejects: RwLock::default(),
-            families: self.clone(),
-        }
+    fn read(&self) -> RwLockReadGuard<'_, SeriesMap> {
+        self.series.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Removes every series of integration `namespace/name`. `route` is its last compiled
-    /// metrics (for the reasons and the provider its series were created with).
-    pub fn forget(&self, route: &RouteMetrics) {
-        let labels = &route.labels;
-        for outcome in OUTCOMES {
-            self.deliveries.remove(&IntegrationOutcome {
-                namespace: labels.namespace.clone(),
-                integration: labels.integration.clone(),
-                outcome,
-            });
-        }
-        for (reason, _) in route
-            .rejects
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
+    fn write(&self) -> RwLockWriteGuard<'_, SeriesMap> {
+        self.series.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The series of integration `namespace/name` served with `provider`: those already
+    /// there when it has series with that provider (their counts go on), else new ones
+    /// (replacing any of another provider).
+    pub fn for_route(
+        &self,
+        namespace: &str,
+        name: &str,
+        provider: &'static str,
+    ) -> Arc<RouteMetrics> {
+        let mut series = self.write();
+        if let Some(existing) = series.get(namespace).and_then(|names| names.get(name))
+            && existing.provider == provider
         {
-            self.rejects.remove(&IntegrationReason {
-                namespace: labels.namespace.clone(),
-                integration: labels.integration.clone(),
-                reason,
-            });
+            return existing.clone();
         }
-        self.last_delivery.remove(labels);
-        self.served_since.remove(labels);
-        self.open_incidents.remove(labels);
-        self.expected_interval.remove(labels);
-        self.info.remove(&IntegrationInfo {
-            namespace: labels.namespace.clone(),
-            integration: labels.integration.clone(),
-            provider: route.provider,
+        let namespace: Arc<str> = match series.get_key_value(namespace) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::from(namespace),
+        };
+        let name: Arc<str> = Arc::from(name);
+        let metrics = Arc::new(RouteMetrics {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            provider,
+            outcomes: Default::default(),
+            // Until the first delivery the silence alert counts from here.
+            served_since: AtomicU64::new(unix_now_seconds().to_bits()),
+            last_delivery: AtomicU64::new(ABSENT),
+            open_incidents: AtomicI64::new(0),
+            expected_interval: AtomicI64::new(NO_INTERVAL),
+            rejects: RwLock::default(),
         });
+        series
+            .entry(namespace)
+            .or_default()
+            .insert(name, metrics.clone());
+        metrics
     }
 
-    /// Publishes what a route's spec and annotations say about it: its provider (info)
-    /// and its expected interval between deliveries (absent: no silence alert).
-    pub fn describe(&self, route: &RouteMetrics, expected_interval_seconds: Option<u64>) {
-        let labels = &route.labels;
-        self.info
-            .get_or_create(&IntegrationInfo {
-                namespace: labels.namespace.clone(),
-                integration: labels.integration.clone(),
-                provider: route.provider,
-            })
-            .set(1);
-        match expected_interval_seconds {
-            Some(s) => {
-                self.expected_interval
-                    .get_or_create(labels)
-                    .set(i64::try_from(s).unwrap_or(i64::MAX));
-            }
-            None => {
-                self.expected_interval.remove(labels);
+    /// Removes every series of `route`'s integration (unless they were replaced since by
+    /// series of another provider, which stay).
+    pub fn forget(&self, route: &RouteMetrics) {
+        let mut series = self.write();
+        let Some(names) = series.get_mut(&*route.namespace) else {
+            return;
+        };
+        if names
+            .get(&*route.name)
+            .is_some_and(|m| std::ptr::eq(Arc::as_ptr(m), route))
+        {
+            names.remove(&*route.name);
+            if names.is_empty() {
+                series.remove(&*route.namespace);
             }
         }
+    }
+
+    /// Publishes what a route's annotations say about it: its expected interval between
+    /// deliveries (absent: no series, no silence alert). Its provider (the info series)
+    /// is the one its series were created with.
+    pub fn describe(&self, route: &RouteMetrics, expected_interval_seconds: Option<u64>) {
+        let value =
+            expected_interval_seconds.map_or(NO_INTERVAL, |s| i64::try_from(s).unwrap_or(i64::MAX));
+        route.expected_interval.store(value, Ordering::Relaxed);
+    }
+
+    /// Sets the open-incidents gauge of integration `namespace/name`, if it is served
+    /// (its route created the series, and removes them).
+    pub fn set_open_incidents(&self, namespace: &str, name: &str, open: usize) {
+        if let Some(route) = self.read().get(namespace).and_then(|n| n.get(name)) {
+            route
+                .open_incidents
+                .store(i64::try_from(open).unwrap_or(i64::MAX), Ordering::Relaxed);
+        }
+    }
+
+    /// Integrations that have series.
+    pub fn len(&self) -> usize {
+        self.read().values().map(BTreeMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+}
+
+/// `namespace` and `integration` of `route`'s series.
+fn labels(route: &RouteMetrics) -> [(&'static str, &str); 2] {
+    [
+        ("namespace", &route.namespace),
+        ("integration", &route.name),
+    ]
+}
+
+fn counter(encoder: MetricEncoder, value: u64) -> Result<(), std::fmt::Error> {
+    let mut encoder = encoder;
+    encoder.encode_counter::<NoLabelSet, _, u64>(&value, None)
+}
+
+impl Collector for IntegrationMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let series = self.read();
+        let routes = || series.values().flat_map(BTreeMap::values);
+        if series.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "deliveries",
+                DELIVERIES_HELP,
+                None,
+                MetricType::Counter,
+            )?;
+            for route in routes() {
+                let [namespace, integration] = labels(route);
+                for (outcome, count) in OUTCOMES.iter().zip(&route.outcomes) {
+                    let set = [namespace, integration, ("outcome", outcome)];
+                    counter(family.encode_family(&set)?, count.load(Ordering::Relaxed))?;
+                }
+            }
+        }
+        if routes().any(|r| !r.rejects_read().is_empty()) {
+            let mut family =
+                encoder.encode_descriptor("rejects", REJECTS_HELP, None, MetricType::Counter)?;
+            for route in routes() {
+                let [namespace, integration] = labels(route);
+                for (reason, count) in route.rejects_read().iter() {
+                    let set = [namespace, integration, ("reason", reason)];
+                    counter(family.encode_family(&set)?, count.load(Ordering::Relaxed))?;
+                }
+            }
+        }
+        let last_delivery = |r: &RouteMetrics| match r.last_delivery.load(Ordering::Relaxed) {
+            ABSENT => None,
+            bits => Some(f64::from_bits(bits)),
+        };
+        if routes().any(|r| last_delivery(r).is_some()) {
+            let mut family = encoder.encode_descriptor(
+                "last_delivery_timestamp_seconds",
+                LAST_DELIVERY_HELP,
+                None,
+                MetricType::Gauge,
+            )?;
+            for route in routes() {
+                if let Some(seconds) = last_delivery(route) {
+                    family
+                        .encode_family(&labels(route))?
+                        .encode_gauge(&seconds)?;
+                }
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "served_since_timestamp_seconds",
+                SERVED_SINCE_HELP,
+                None,
+                MetricType::Gauge,
+            )?;
+            for route in routes() {
+                let seconds = f64::from_bits(route.served_since.load(Ordering::Relaxed));
+                family
+                    .encode_family(&labels(route))?
+                    .encode_gauge(&seconds)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "open_incidents",
+                OPEN_INCIDENTS_HELP,
+                None,
+                MetricType::Gauge,
+            )?;
+            for route in routes() {
+                let open = route.open_incidents.load(Ordering::Relaxed);
+                family.encode_family(&labels(route))?.encode_gauge(&open)?;
+            }
+        }
+        let interval = |r: &RouteMetrics| match r.expected_interval.load(Ordering::Relaxed) {
+            NO_INTERVAL => None,
+            seconds => Some(seconds),
+        };
+        if routes().any(|r| interval(r).is_some()) {
+            let mut family = encoder.encode_descriptor(
+                "expected_interval_seconds",
+                EXPECTED_INTERVAL_HELP,
+                None,
+                MetricType::Gauge,
+            )?;
+            for route in routes() {
+                if let Some(seconds) = interval(route) {
+                    family
+                        .encode_family(&labels(route))?
+                        .encode_gauge(&seconds)?;
+                }
+            }
+        }
+        let mut family = encoder.encode_descriptor("info", INFO_HELP, None, MetricType::Gauge)?;
+        for route in routes() {
+            let [namespace, integration] = labels(route);
+            let set = [namespace, integration, ("provider", route.provider)];
+            family.encode_family(&set)?.encode_gauge(&1i64)?;
+        }
+        Ok(())
     }
 }
 
@@ -239,25 +319,33 @@ fn unix_now_seconds() -> f64 {
     crate::clock::system_clock()() as f64 / 1000.0
 }
 
-/// One integration's series, resolved once per route compile: the hot path increments
-/// these handles directly. Shared by the versions of a route while the integration's uid
-/// and provider stay the same.
+/// One integration's series: the hot path counts on these atomics directly (an
+/// increment is one atomic add, no label lookup). Shared by the versions of a route
+/// while the integration's uid and provider stay the same.
 pub struct RouteMetrics {
-    labels: IntegrationLabels,
+    namespace: Arc<str>,
+    name: Arc<str>,
     provider: &'static str,
     /// Indexed like [`OUTCOMES`].
-    outcomes: [Counter; 5],
-    /// Created on the first delivery (see [`IntegrationMetrics::for_route`]).
-    last_delivery: std::sync::OnceLock<FloatGauge>,
-    /// Reject counters created so far (a route sees few distinct reasons).
-    rejects: RwLock<Vec<(&'static str, Counter)>>,
-    families: IntegrationMetrics,
+    outcomes: [AtomicU64; 5],
+    /// `f64` bits.
+    served_since: AtomicU64,
+    /// `f64` bits; [`ABSENT`] until the first delivery.
+    last_delivery: AtomicU64,
+    /// Set by the status loop from its ledger.
+    open_incidents: AtomicI64,
+    /// [`NO_INTERVAL`] without the annotation.
+    expected_interval: AtomicI64,
+    /// Reject counts by reason, created on a reason's first refusal (a route sees few
+    /// distinct reasons).
+    rejects: RwLock<Vec<(&'static str, AtomicU64)>>,
 }
 
 impl std::fmt::Debug for RouteMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RouteMetrics")
-            .field("labels", &self.labels)
+            .field("namespace", &self.namespace)
+            .field("integration", &self.name)
             .field("provider", &self.provider)
             .finish_non_exhaustive()
     }
@@ -269,51 +357,34 @@ impl RouteMetrics {
         self.provider
     }
 
+    fn rejects_read(&self) -> RwLockReadGuard<'_, Vec<(&'static str, AtomicU64)>> {
+        self.rejects.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Counts a delivery answered with `outcome` (one of [`OUTCOMES`] but `rejected`) at
     /// Unix time `now_seconds`.
     pub fn answered(&self, outcome: &'static str, now_seconds: f64) {
         if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
-            self.outcomes[i].inc();
+            self.outcomes[i].fetch_add(1, Ordering::Relaxed);
         }
         self.last_delivery
-            .get_or_init(|| {
-                self.families
-                    .last_delivery
-                    .get_or_create(&self.labels)
-                    .clone()
-            })
-            .set(now_seconds);
+            .store(now_seconds.to_bits(), Ordering::Relaxed);
     }
 
     /// Counts a refusal with `reason`.
     pub fn rejected(&self, reason: &'static str) {
-        self.outcomes[4].inc();
-        let found = self
-            .rejects
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .find(|(r, _)| *r == reason)
-            .map(|(_, c)| c.inc());
-        if found.is_some() {
+        self.outcomes[4].fetch_add(1, Ordering::Relaxed);
+        if let Some((_, c)) = self.rejects_read().iter().find(|(r, _)| *r == reason) {
+            c.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let mut rejects = self.rejects.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, c)) = rejects.iter().find(|(r, _)| *r == reason) {
-            c.inc();
-            return;
+        match rejects.iter().find(|(r, _)| *r == reason) {
+            Some((_, c)) => {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+            None => rejects.push((reason, AtomicU64::new(1))),
         }
-        let counter = self
-            .families
-            .rejects
-            .get_or_create(&IntegrationReason {
-                namespace: self.labels.namespace.clone(),
-                integration: self.labels.integration.clone(),
-                reason,
-            })
-            .clone();
-        counter.inc();
-        rejects.push((reason, counter));
     }
 }
 
@@ -495,4 +566,86 @@ async fn render(State(registry): State<Arc<Registry>>, headers: axum::http::Head
     }
     let (content_type, body) = crate::telemetry::negotiate_metrics(&headers, text);
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrape(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
+        text
+    }
+
+    /// The collector writes what the `Family`s it replaced wrote: names, types, help,
+    /// labels in order, values; nothing for a family without series.
+    #[test]
+    fn the_exposition_is_the_families_one() {
+        let mut registry = Registry::default();
+        let metrics = ReceiverMetrics::register(&mut registry);
+        let families = &metrics.integrations;
+        assert!(!scrape(&registry).contains("hookwarden_integration_"));
+
+        let gh = families.for_route("ops", "gh", "github");
+        let dd = families.for_route("ops", "dd", "datadog");
+        families.describe(&dd, Some(600));
+        gh.answered("accepted", 1_700_000_000.25);
+        gh.answered("ignored", 1_700_000_001.5);
+        gh.rejected("signature_mismatch");
+        families.set_open_incidents("ops", "dd", 3);
+        families.set_open_incidents("ops", "nosuch", 3);
+        let text = scrape(&registry);
+        for line in [
+            "# HELP hookwarden_integration_deliveries Webhook requests that reached an integration's route, by outcome (accepted, duplicate, ignored, handshake, rejected).",
+            "# TYPE hookwarden_integration_deliveries counter",
+            r#"hookwarden_integration_deliveries_total{namespace="ops",integration="gh",outcome="accepted"} 1"#,
+            r#"hookwarden_integration_deliveries_total{namespace="ops",integration="gh",outcome="ignored"} 1"#,
+            r#"hookwarden_integration_deliveries_total{namespace="ops",integration="gh",outcome="rejected"} 1"#,
+            r#"hookwarden_integration_deliveries_total{namespace="ops",integration="dd",outcome="duplicate"} 0"#,
+            "# TYPE hookwarden_integration_rejects counter",
+            r#"hookwarden_integration_rejects_total{namespace="ops",integration="gh",reason="signature_mismatch"} 1"#,
+            "# TYPE hookwarden_integration_last_delivery_timestamp_seconds gauge",
+            r#"hookwarden_integration_last_delivery_timestamp_seconds{namespace="ops",integration="gh"} 1700000001.5"#,
+            "# TYPE hookwarden_integration_served_since_timestamp_seconds gauge",
+            "# TYPE hookwarden_integration_open_incidents gauge",
+            r#"hookwarden_integration_open_incidents{namespace="ops",integration="dd"} 3"#,
+            r#"hookwarden_integration_open_incidents{namespace="ops",integration="gh"} 0"#,
+            "# TYPE hookwarden_integration_expected_interval_seconds gauge",
+            r#"hookwarden_integration_expected_interval_seconds{namespace="ops",integration="dd"} 600"#,
+            "# TYPE hookwarden_integration_info gauge",
+            r#"hookwarden_integration_info{namespace="ops",integration="gh",provider="github"} 1"#,
+            r#"hookwarden_integration_info{namespace="ops",integration="dd",provider="datadog"} 1"#,
+        ] {
+            assert!(
+                text.contains(&format!("{line}\n")),
+                "missing {line} in\n{text}"
+            );
+        }
+        assert!(text.contains(r#"hookwarden_integration_served_since_timestamp_seconds{namespace="ops",integration="dd"} 1"#));
+        for absent in [
+            r#"last_delivery_timestamp_seconds{namespace="ops",integration="dd"}"#,
+            r#"expected_interval_seconds{namespace="ops",integration="gh"}"#,
+            r#"integration="nosuch""#,
+        ] {
+            assert!(!text.contains(absent), "{absent} in\n{text}");
+        }
+
+        // The same integration and provider: the same series, counts go on.
+        let again = families.for_route("ops", "gh", "github");
+        assert!(Arc::ptr_eq(&again, &gh));
+        // Another provider: new series; forgetting the old ones leaves the new.
+        let lab = families.for_route("ops", "gh", "gitlab");
+        families.forget(&gh);
+        let text = scrape(&registry);
+        assert!(text.contains(r#"hookwarden_integration_info{namespace="ops",integration="gh",provider="gitlab"} 1"#), "{text}");
+        assert!(!text.contains(r#"provider="github""#), "{text}");
+        assert!(text.contains(r#"hookwarden_integration_deliveries_total{namespace="ops",integration="gh",outcome="accepted"} 0"#), "{text}");
+        assert_eq!(families.len(), 2);
+
+        families.forget(&lab);
+        families.forget(&dd);
+        assert!(families.is_empty());
+        assert!(!scrape(&registry).contains("hookwarden_integration_"));
+    }
 }

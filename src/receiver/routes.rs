@@ -17,12 +17,13 @@ use super::limits::RateLimit;
 use super::metrics::{IntegrationMetrics, RouteMetrics};
 use crate::domain::secret::is_valid_path;
 use crate::domain::spec::{self, EffectiveSpec, SpecProblems};
-use crate::route::Route;
+use crate::route::{Route, ServedRoute};
 
 /// One served integration: its route and its spec as [`spec::resolve`] made it, compiled
 /// once per route update.
 pub struct CompiledRoute {
-    pub route: Route,
+    /// The route without its spec (resolved into `spec`).
+    pub route: ServedRoute,
     /// `namespace/name`, precomputed for the hot path.
     pub key: String,
     /// Defaults applied; scheme, mapping and schema compiled.
@@ -176,13 +177,16 @@ impl RouteTable {
     }
 
     /// Serves exactly `routes` (a full resync). Routes that fail to compile are returned
-    /// and not served; the rest are published together.
-    pub fn replace_all(&self, routes: Vec<Route>) -> Vec<RouteError> {
+    /// and not served; the rest are published together. Each route is compiled as it is
+    /// taken from `routes`, so a caller can hand them over one at a time instead of
+    /// holding all of them next to their compiled form.
+    pub fn replace_all(&self, routes: impl IntoIterator<Item = Route>) -> Vec<RouteError> {
         let _guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let current = self.by_path.load_full();
         let previous: HashMap<&str, &Arc<CompiledRoute>> =
             current.values().map(|r| (r.key.as_str(), r)).collect();
-        let mut next = PathMap::with_capacity(routes.len());
+        let routes = routes.into_iter();
+        let mut next = PathMap::with_capacity(routes.size_hint().0.max(current.len()));
         let mut errors = Vec::new();
         for route in routes {
             let prev = previous.get(route.key().as_str()).map(|r| r.as_ref());
@@ -244,7 +248,9 @@ fn compile(
     if let Some(owner) = others.get(&route.path) {
         return Err(fail(RouteProblem::PathConflict(owner.key.clone())));
     }
-    let spec = spec::resolve(&route.spec).map_err(|p| fail(p.into()))?;
+    let (route, declared) = route.split_spec();
+    let spec = spec::resolve(&declared).map_err(|p| fail(p.into()))?;
+    drop(declared);
     let params = (spec.limits.requests_per_second, spec.limits.burst);
     let rate = match previous {
         Some(p) if p.route.uid == route.uid && p.rate.params == params => p.rate.clone(),
@@ -262,9 +268,9 @@ fn compile(
         Some(p) => {
             // Re-created, or the provider changed: the old info series must not linger.
             integrations.forget(&p.metrics);
-            Arc::new(integrations.for_route(&route.namespace, &route.name, provider))
+            integrations.for_route(&route.namespace, &route.name, provider)
         }
-        None => Arc::new(integrations.for_route(&route.namespace, &route.name, provider)),
+        None => integrations.for_route(&route.namespace, &route.name, provider),
     };
     integrations.describe(&metrics, route.expected_interval_seconds);
     Ok(CompiledRoute {

@@ -998,14 +998,11 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                 continue;
             };
             // Only for a served integration: its route created the series (and removes it).
-            if let Some(gauge) = self.config.metrics.integrations.open_incidents.get(
-                &crate::receiver::metrics::IntegrationLabels {
-                    namespace: namespace.to_string(),
-                    integration: name.to_string(),
-                },
-            ) {
-                gauge.set(i64::try_from(entry.incidents.open_count()).unwrap_or(i64::MAX));
-            }
+            self.config.metrics.integrations.set_open_incidents(
+                namespace,
+                name,
+                entry.incidents.open_count(),
+            );
             let update = StatusUpdate {
                 namespace: namespace.to_string(),
                 name: name.to_string(),

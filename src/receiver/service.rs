@@ -235,7 +235,7 @@ impl ReceiverHandle {
     }
 
     /// Serves exactly `routes`; returns the ones that could not be served.
-    pub fn replace_all(&self, routes: Vec<Route>) -> Vec<RouteError> {
+    pub fn replace_all(&self, routes: impl IntoIterator<Item = Route>) -> Vec<RouteError> {
         let errors = self.routes.replace_all(routes);
         let served: Vec<Arc<CompiledRoute>> = self.routes.all().collect();
         let settings: HashMap<String, IntegrationSettings> = served

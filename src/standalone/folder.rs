@@ -1,7 +1,7 @@
 //! Reading a folder of Kubernetes YAML: the WebhookIntegration and Secret documents a
 //! cluster would get, from every `*.yaml` / `*.yml` file (multi-document files too).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -13,23 +13,67 @@ use crate::crd::WebhookIntegration;
 /// Namespace of documents that name none (as `kubectl apply` would use).
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-/// What a folder declares.
+/// What a folder declares: its Secrets, and where each integration is declared.
+///
+/// The integrations themselves are not kept: [`Folder::each_integration`] parses them
+/// again one at a time, so a sync holds one parsed integration at a time rather than all
+/// of them (10,000 parsed integrations are ~15 MiB more at start-up, the peak that
+/// counts against the receiver's memory target; docs/bench.md).
 #[derive(Clone, Debug, Default)]
 pub struct Folder {
-    /// Integrations by `namespace/name`.
-    pub integrations: BTreeMap<String, WebhookIntegration>,
+    /// Where each integration is declared, by `namespace/name` (the last declaration).
+    pub integrations: BTreeMap<String, Declared>,
     /// Secrets by `namespace/name`.
     pub secrets: BTreeMap<String, Secret>,
     /// The file each Secret was read from, by `namespace/name` (to tell users where).
     pub secret_files: BTreeMap<String, PathBuf>,
     /// Problems found (file and what is wrong); the rest of the folder still loads.
     pub problems: Vec<String>,
+    /// The files read, with their text: [`Folder::each_integration`] reads the same
+    /// snapshot the Secrets and problems came from, even if a file changes meanwhile.
+    files: Vec<(PathBuf, String)>,
+}
+
+/// Where an integration is declared: its file (in the order read) and document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Declared {
+    pub file: usize,
+    pub document: usize,
 }
 
 impl Folder {
     /// The Secret `name` in `namespace`, if declared.
     pub fn secret(&self, namespace: &str, name: &str) -> Option<&Secret> {
         self.secrets.get(&format!("{namespace}/{name}"))
+    }
+
+    /// Calls `visit` with each integration of [`Folder::integrations`] and its key, in
+    /// the order of the files and documents, parsed again from the text read (each one
+    /// dropped before the next is parsed). Stops at `visit`'s first error.
+    pub fn each_integration<E>(
+        &self,
+        mut visit: impl FnMut(&str, WebhookIntegration) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let declared: HashMap<Declared, &str> = self
+            .integrations
+            .iter()
+            .map(|(key, at)| (*at, key.as_str()))
+            .collect();
+        for (file, (_, text)) in self.files.iter().enumerate() {
+            for (document, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+                let Some(key) = declared.get(&Declared { file, document }) else {
+                    continue;
+                };
+                // The first pass read this very text, so this parse succeeds as it did.
+                let Ok(value) = serde_yaml::Value::deserialize(de) else {
+                    break;
+                };
+                if let Ok(Some(integration)) = integration_of(value) {
+                    visit(key, integration)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -151,7 +195,7 @@ pub fn load(dir: &Path) -> Result<Folder, FolderError> {
                 continue;
             }
         };
-        parse_file(&mut folder, &path, &text);
+        parse_file(&mut folder, &path, text);
     }
     Ok(folder)
 }
@@ -159,71 +203,94 @@ pub fn load(dir: &Path) -> Result<Folder, FolderError> {
 /// Adds the documents of one YAML file (`text`, read from `path`) to `folder`: what
 /// [`load`] does per file, without the file system (and what `fuzz/` drives with
 /// arbitrary text).
-pub fn parse_file(folder: &mut Folder, path: &Path, text: &str) {
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = match serde_yaml::Value::deserialize(document) {
+pub fn parse_file(folder: &mut Folder, path: &Path, text: String) {
+    let file = folder.files.len();
+    for (document, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        let value = match serde_yaml::Value::deserialize(de) {
             Ok(v) => v,
             Err(e) => {
-                folder
-                    .problems
-                    .push(format!("{} (document {}): {e}", path.display(), index + 1));
+                folder.problems.push(format!(
+                    "{} (document {}): {e}",
+                    path.display(),
+                    document + 1
+                ));
                 break;
             }
         };
         if value.is_null() {
             continue;
         }
-        load_document(folder, path, index, value);
+        load_document(folder, path, Declared { file, document }, value);
     }
+    folder.files.push((path.to_path_buf(), text));
 }
 
-fn load_document(folder: &mut Folder, path: &Path, index: usize, value: serde_yaml::Value) {
-    let where_ = || format!("{} (document {})", path.display(), index + 1);
-    // Only the two type fields are read before the document is converted (no copy of the
-    // whole document: a folder of 10,000 integrations is parsed at start).
+/// What a document is, read from its two type fields only (no copy of the whole
+/// document: a folder of 10,000 integrations is parsed at start).
+fn kind_of(value: &serde_yaml::Value) -> (&str, &str) {
     let text = |key: &str| {
         value
             .get(key)
             .and_then(serde_yaml::Value::as_str)
             .unwrap_or_default()
-            .to_string()
     };
-    let (api_version, kind) = (text("apiVersion"), text("kind"));
-    match (api_version.split('/').next().unwrap_or(""), kind.as_str()) {
-        ("hookwarden.dev", "WebhookIntegration") => {
-            match serde_yaml::from_value::<WebhookIntegration>(value) {
-                Ok(mut integration) => {
-                    let namespace = integration
-                        .metadata
-                        .namespace
-                        .get_or_insert_with(|| DEFAULT_NAMESPACE.to_string())
-                        .clone();
-                    let Some(name) = integration.metadata.name.clone() else {
-                        folder.problems.push(format!(
-                            "{}: WebhookIntegration without metadata.name",
-                            where_()
-                        ));
-                        return;
-                    };
-                    if let Err(e) = validate_meta(&namespace, &name) {
-                        folder
-                            .problems
-                            .push(format!("{}: WebhookIntegration skipped: {e}", where_()));
-                        return;
-                    }
-                    if folder
-                        .integrations
-                        .insert(format!("{namespace}/{name}"), integration)
-                        .is_some()
-                    {
-                        folder.problems.push(format!("{}: WebhookIntegration {namespace}/{name} is declared twice; the later one wins", where_()));
-                    }
+    let api_version = text("apiVersion");
+    (api_version.split('/').next().unwrap_or(""), text("kind"))
+}
+
+/// `value` as a WebhookIntegration with its namespace defaulted, if it is one (`None`:
+/// another kind).
+fn integration_of(
+    value: serde_yaml::Value,
+) -> Result<Option<WebhookIntegration>, serde_yaml::Error> {
+    if kind_of(&value) != ("hookwarden.dev", "WebhookIntegration") {
+        return Ok(None);
+    }
+    let mut integration = serde_yaml::from_value::<WebhookIntegration>(value)?;
+    integration
+        .metadata
+        .namespace
+        .get_or_insert_with(|| DEFAULT_NAMESPACE.to_string());
+    Ok(Some(integration))
+}
+
+fn load_document(folder: &mut Folder, path: &Path, at: Declared, value: serde_yaml::Value) {
+    let where_ = || format!("{} (document {})", path.display(), at.document + 1);
+    match kind_of(&value) {
+        ("hookwarden.dev", "WebhookIntegration") => match integration_of(value) {
+            Ok(Some(integration)) => {
+                let namespace = integration
+                    .metadata
+                    .namespace
+                    .as_deref()
+                    .unwrap_or_default();
+                let Some(name) = integration.metadata.name.as_deref() else {
+                    folder.problems.push(format!(
+                        "{}: WebhookIntegration without metadata.name",
+                        where_()
+                    ));
+                    return;
+                };
+                if let Err(e) = validate_meta(namespace, name) {
+                    folder
+                        .problems
+                        .push(format!("{}: WebhookIntegration skipped: {e}", where_()));
+                    return;
                 }
-                Err(e) => folder
-                    .problems
-                    .push(format!("{}: invalid WebhookIntegration: {e}", where_())),
+                // Only where it is declared is kept; the sync parses it again.
+                if folder
+                    .integrations
+                    .insert(format!("{namespace}/{name}"), at)
+                    .is_some()
+                {
+                    folder.problems.push(format!("{}: WebhookIntegration {namespace}/{name} is declared twice; the later one wins", where_()));
+                }
             }
-        }
+            Ok(None) => {}
+            Err(e) => folder
+                .problems
+                .push(format!("{}: invalid WebhookIntegration: {e}", where_())),
+        },
         ("v1", "Secret") => match serde_yaml::from_value::<Secret>(value) {
             Ok(mut secret) => {
                 let namespace = secret
@@ -353,6 +420,70 @@ mod tests {
             "{:?}",
             folder.problems
         );
+    }
+
+    /// The second pass yields each declared integration once, the later declaration of a
+    /// name (as the first pass decided), parsed from the text the first pass read.
+    #[test]
+    fn integrations_are_parsed_again_one_at_a_time_and_the_later_declaration_wins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let doc = |name: &str, provider: &str| {
+            format!(
+                "apiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata: {{name: {name}}}\nspec: {{provider: {provider}}}\n"
+            )
+        };
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            [
+                doc("one", "github"),
+                doc("two", "stripe"),
+                doc("one", "gitlab"),
+            ]
+            .join("---\n"),
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("b.yaml"),
+            [doc("three", "github"), doc("two", "nosuch")].join("---\n"),
+        )
+        .expect("write");
+        let folder = load(dir.path()).expect("load");
+        // Files change after the first pass: the second reads what the first read.
+        std::fs::write(dir.path().join("a.yaml"), "").expect("write");
+        let mut seen = Vec::new();
+        folder
+            .each_integration(|key, integration| {
+                seen.push((key.to_string(), integration.spec.provider.as_str()));
+                Ok::<(), ()>(())
+            })
+            .expect("visit");
+        assert_eq!(
+            seen,
+            [
+                ("default/two".to_string(), "stripe"),
+                ("default/one".to_string(), "gitlab"),
+                ("default/three".to_string(), "github"),
+            ]
+        );
+        assert_eq!(folder.problems.len(), 2, "{:?}", folder.problems);
+        assert!(
+            folder.problems[0].contains("declared twice"),
+            "{:?}",
+            folder.problems
+        );
+        assert!(
+            folder.problems[1].contains("b.yaml (document 2): invalid WebhookIntegration"),
+            "{:?}",
+            folder.problems
+        );
+
+        // `visit`'s error stops the walk.
+        let mut calls = 0;
+        let stopped = folder.each_integration(|_, _| {
+            calls += 1;
+            Err("stop")
+        });
+        assert_eq!((stopped, calls), (Err("stop"), 1));
     }
 
     #[test]

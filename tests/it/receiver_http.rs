@@ -411,13 +411,18 @@ async fn over_the_rate_is_429_with_retry_after() {
 
 #[tokio::test]
 async fn rate_limiter_survives_a_route_update_with_the_same_uid() {
-    let f = fixture(json!({"provider": "github", "limits": {"requestsPerSecond": 1, "burst": 1}}));
+    let spec = json!({"provider": "github", "limits": {"requestsPerSecond": 1, "burst": 1}});
+    let f = fixture(spec.clone());
     assert_eq!(
         send(&f.router, github(&f.path, b"{}", "d-1")).await.0,
         StatusCode::ACCEPTED
     );
     let served = f.state.routes.by_key("payments", "hooks").expect("served");
-    let mut updated = served.route.clone();
+    // The served route keeps no spec (only the resolved one): the update brings it.
+    let mut updated = served
+        .route
+        .clone()
+        .with_spec(serde_json::from_value(spec).expect("spec"));
     updated.generation = 2;
     updated.spec.events = Some(Default::default());
     f.state.routes.upsert(updated).expect("update compiles");
