@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Instructions per delivery (user space, callgrind) of the in-process receiver pipeline
+# for each preset, and of nginx `return 200` answering the same requests from the same
+# client: docs/bench.md "CPU per delivery (issue #21)".
+#
+#   scripts/cpu-per-delivery.sh [PRESET…]          # default: every preset but aws-sns, then nginx
+#   N=1000 scripts/cpu-per-delivery.sh github nginx
+#
+# Each measurement starts the server under `valgrind --tool=callgrind` (the receiver:
+# `benches/receiver.rs --serve`, one tokio worker, memory sink; nginx: one process,
+# `master_process off`), sends it exactly N and then, in a fresh server, 2N unique signed
+# deliveries with the bench client (`--count`, 32 keep-alive connections) from a second
+# process, and stops the server; the cost per delivery is (I(2N) − I(N)) / N, so start-up,
+# connection setup and shutdown cancel out. The client is not measured. Kernel work
+# (loopback TCP, epoll) is not in these figures: valgrind sees user space only.
+#
+# Environment: BENCH (the bench binary; default: built with `cargo bench --no-run`),
+# N (default 1000), CONNECTIONS (32), OUT (a folder for the callgrind files; default a
+# temporary one, removed at the end), NGINX (default: nginx on PATH or /usr/sbin/nginx).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N=${N:-1000}
+CONNECTIONS=${CONNECTIONS:-32}
+if [[ -z "${BENCH:-}" ]]; then
+  BENCH=$(cargo bench --bench receiver --no-run --message-format=json 2>/dev/null |
+    sed -n 's/.*"executable":"\([^"]*receiver-[^"]*\)".*/\1/p' | tail -1)
+fi
+[[ -x "$BENCH" ]] || { echo "no bench binary (set BENCH=…)" >&2; exit 1; }
+NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
+keep_out=${OUT:+yes}
+OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
+[[ -n "$keep_out" ]] || trap 'rm -rf "$OUT"' EXIT
+
+presets=("$@")
+if [[ ${#presets[@]} -eq 0 ]]; then
+  presets=(github gitlab stripe slack standard-webhooks svix shopify pagerduty twilio sentry
+    linear grafana zendesk jira bitbucket datadog alertmanager discord sendgrid zoom twitch
+    azure-event-grid gitea forgejo paddle generic google-pubsub github-actions nginx)
+fi
+
+# Total instructions of one callgrind output file.
+total() { sed -n 's/^summary: *\([0-9]*\).*/\1/p;s/^totals: *\([0-9]*\).*/\1/p' "$1" | head -1; }
+
+# receiver PRESET COUNT → prints the total instructions of a server that answered COUNT.
+receiver() {
+  local preset=$1 count=$2 tag="$1.$2"
+  local fifo="$OUT/$tag.stdin"
+  rm -f "$fifo" "$OUT/$tag.serving"
+  mkfifo "$fifo"
+  valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.$tag" \
+    "$BENCH" --serve --provider "$preset" <"$fifo" >"$OUT/$tag.serving" 2>"$OUT/$tag.log" &
+  local server=$!
+  exec 3>"$fifo"
+  local line=""
+  for _ in $(seq 600); do
+    line=$(grep -m1 '^serving ' "$OUT/$tag.serving" || true)
+    [[ -n "$line" ]] && break
+    sleep 0.1
+  done
+  [[ -n "$line" ]] || { echo "$preset: the server did not start; $OUT/$tag.log" >&2; exec 3>&-; wait $server; return 1; }
+  read -r _ url secret <<<"$line"
+  if ! "$BENCH" --url "$url" --secret "$secret" --provider "$preset" --count "$count" \
+      --connections "$CONNECTIONS" >"$OUT/$tag.client" 2>&1; then
+    echo "$preset: the client failed: $(cat "$OUT/$tag.client")" >&2
+    exec 3>&-; wait $server || true; return 1
+  fi
+  exec 3>&-
+  wait $server
+  total "$OUT/callgrind.$tag"
+}
+
+# nginx COUNT → prints the total instructions of one nginx process that answered COUNT.
+nginx_run() {
+  local count=$1 tag="nginx.$1" prefix="$OUT/nginx.$1"
+  mkdir -p "$prefix"
+  local port
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  cat >"$prefix/nginx.conf" <<EOF
+master_process off;
+daemon off;
+worker_processes 1;
+pid $prefix/nginx.pid;
+error_log $prefix/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $prefix/body;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$port; location / { return 200 "ok\n"; } }
+}
+EOF
+  valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.$tag" \
+    "$NGINX" -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/error.log" 2>"$OUT/$tag.log" &
+  local server=$!
+  for _ in $(seq 600); do
+    (exec 4<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.1
+  done
+  "$BENCH" --url "http://127.0.0.1:$port/hooks/bench" --secret bench-secret-0123456789abcdef \
+    --provider github --expect-status 200 --count "$count" --connections "$CONNECTIONS" \
+    >"$OUT/$tag.client" 2>&1 || { echo "nginx: the client failed: $(cat "$OUT/$tag.client")" >&2; }
+  kill -QUIT $server
+  wait $server || true
+  total "$OUT/callgrind.$tag"
+}
+
+printf '%-20s %14s %14s %12s\n' preset "I($N)" "I($((2 * N)))" "instr/delivery"
+for preset in "${presets[@]}"; do
+  if [[ $preset == nginx ]]; then
+    one=$(nginx_run "$N") two=$(nginx_run $((2 * N))) || continue
+  else
+    one=$(receiver "$preset" "$N") && two=$(receiver "$preset" $((2 * N))) || continue
+  fi
+  printf '%-20s %14d %14d %12d\n' "$preset" "$one" "$two" $(((two - one) / N))
+done
