@@ -843,7 +843,10 @@ fn delivery(
                 fields.insert("hookwarden_bench_seq".into(), seq.into());
                 if provider == ProviderKind::Discord {
                     fields.insert("type".into(), 2.into());
-                    fields.insert("id".into(), (1_100_000_000_000_000_000u64 + seq).to_string().into());
+                    fields.insert(
+                        "id".into(),
+                        (1_100_000_000_000_000_000u64 + seq).to_string().into(),
+                    );
                     fields.insert("data".into(), serde_json::json!({"name": "bench"}));
                 }
                 sample.body = json(serde_json::Value::Object(fields));
@@ -1337,7 +1340,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return if pass.errors == 0 && pass.requests == n {
             Ok(())
         } else {
-            Err(format!("{} of {n} requests answered, {} errors", pass.requests, pass.errors).into())
+            Err(format!(
+                "{} of {n} requests answered, {} errors",
+                pass.requests, pass.errors
+            )
+            .into())
         };
     }
     // Warm-up: connection setup, allocator, caches.
