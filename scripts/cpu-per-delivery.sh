@@ -15,7 +15,8 @@
 # (loopback TCP, epoll) is not in these figures: valgrind sees user space only.
 #
 # Environment: BENCH (the bench binary; default: built with `cargo bench --no-run`),
-# N (default 1000), CONNECTIONS (32), OUT (a folder for the callgrind files; default a
+# REPEAT (default 1: the N/2N pair is run that many times and the median slope printed;
+# one slope moves by ±15 % from run to run), N (default 1000), CONNECTIONS (32), OUT (a folder for the callgrind files; default a
 # temporary one, removed at the end), NGINX (default: nginx on PATH or /usr/sbin/nginx).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -112,12 +113,19 @@ EOF
 
 printf '%-20s %14s %14s %14s %18s\n' preset "I($N)" "I($((2 * N)))" "instr/delivery" "of which SHA-256"
 for preset in "${presets[@]}"; do
-  if [[ $preset == nginx ]]; then
-    one=$(nginx_run "$N") && two=$(nginx_run $((2 * N))) || continue
-  else
-    one=$(receiver "$preset" "$N") && two=$(receiver "$preset" $((2 * N))) || continue
-  fi
-  read -r i1 s1 <<<"$one"
-  read -r i2 s2 <<<"$two"
-  printf '%-20s %14d %14d %14d %18d\n' "$preset" "$i1" "$i2" $(((i2 - i1) / N)) $(((s2 - s1) / N))
+  slopes=()
+  for _ in $(seq "${REPEAT:-1}"); do
+    if [[ $preset == nginx ]]; then
+      one=$(nginx_run "$N") && two=$(nginx_run $((2 * N))) || continue
+    else
+      one=$(receiver "$preset" "$N") && two=$(receiver "$preset" $((2 * N))) || continue
+    fi
+    read -r i1 s1 <<<"$one"
+    read -r i2 s2 <<<"$two"
+    slopes+=($(((i2 - i1) / N)))
+  done
+  [[ ${#slopes[@]} -gt 0 ]] || continue
+  # The median of REPEAT slopes: one slope moves by ±15 % from run to run.
+  median=$(printf '%s\n' "${slopes[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}')
+  printf '%-20s %14d %14d %14d %18d  (slopes: %s)\n' "$preset" "$i1" "$i2" "$median" $(((s2 - s1) / N)) "${slopes[*]}"
 done
