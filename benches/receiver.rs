@@ -6,7 +6,9 @@
 //! answering a fixed 200 with the same worker count and prints the ratio.
 //!
 //! cargo bench --bench receiver -- [--connections 32] [--seconds 5] [--workers 1] \
-//!     [--provider github|datadog|github-actions|discord|sendgrid|standard-webhooks] [--url URL --secret S | --standalone [--forward] | --fsync-floor DIR] [--no-nginx]
+//!     [--provider PRESET] [--url URL --secret S | --standalone [--forward] | --fsync-floor DIR] [--no-nginx]
+//! cargo bench --bench receiver -- --serve --provider P     # serve only (load it with --url … --count N)
+//! cargo bench --bench receiver -- --provider P --count N   # exactly N deliveries (scripts/cpu-per-delivery.sh)
 //! cargo bench --bench receiver -- --verify-cost 20000   # µs per verification, per scheme (HMAC, token, ed25519, P-256, JWT)
 
 use std::net::SocketAddr;
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::Parser;
 use hookwarden::crd::ProviderKind;
+use hookwarden::domain::sample::{SampleOptions, sample_with};
 use hookwarden::domain::secret::generate_path;
 use hookwarden::domain::signature::{Scheme, SignInput, sign};
 use hookwarden::receiver::dedup::{DEFAULT_MAX_ENTRIES, Dedup};
@@ -51,9 +54,11 @@ struct Options {
     /// Client threads.
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
-    /// Delivery flavour: github (HMAC-SHA256, delivery id header), datadog (bearer
-    /// token, incident mapping), or in-process only the asymmetric ones: discord
-    /// (ed25519), sendgrid (ECDSA P-256), standard-webhooks (`v1a` ed25519).
+    /// Delivery flavour: any preset but aws-sns in-process (github: HMAC-SHA256 and a
+    /// ~350-byte push; datadog: bearer token and incident mapping; the others: their
+    /// `send-test` sample, signed as the preset signs, preset incident mapping on;
+    /// standard-webhooks/svix and discord with ed25519, sendgrid with P-256,
+    /// github-actions/google-pubsub with an RS256 OIDC token); --standalone: github, datadog.
     #[arg(long, default_value = "github")]
     provider: ProviderKind,
     /// Load a running receiver (e.g. `hookwarden standalone`) at this endpoint URL instead
@@ -121,6 +126,20 @@ struct Options {
     /// inline JWKS, parsed once and cached) and print microseconds per delivery.
     #[arg(long, value_name = "N")]
     verify_cost: Option<u32>,
+    /// Send exactly N deliveries over --connections, print the pass and exit: no warm-up,
+    /// no nginx, no half-rate pass. For instructions per delivery
+    /// (scripts/cpu-per-delivery.sh runs it with N and 2N and takes the slope).
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// The status every answer must have (with --url: 200 for nginx's `return 200`).
+    #[arg(long, default_value_t = 202)]
+    expect_status: u16,
+    /// Only serve: start the in-process receiver (memory sink) for --provider, print
+    /// `serving URL CLIENT-SECRET` and serve until stdin closes, then print how many
+    /// deliveries it accepted and exit. Load it from another process with `--url URL
+    /// --secret CLIENT-SECRET --provider P --count N` (e.g. the receiver under callgrind).
+    #[arg(long, conflicts_with_all = ["url", "standalone", "fsync_floor", "compare_budgets"])]
+    serve: bool,
     /// Ignored (cargo bench passes it).
     #[arg(long, hide = true)]
     bench: bool,
@@ -129,7 +148,7 @@ struct Options {
 /// Keeps every accepted delivery in memory only: measures the pipeline without a journal.
 #[derive(Default)]
 struct CountingSink {
-    accepted: AtomicU64,
+    accepted: Arc<AtomicU64>,
 }
 
 impl DeliverySink for CountingSink {
@@ -248,6 +267,11 @@ fn b64url(bytes: &[u8]) -> String {
 /// An OIDC issuer for the bench: its JWKS (inline in the route's Secret) and a token
 /// valid for an hour (bearer tokens are reused across deliveries, as senders do).
 fn bench_issuer(alg: &str) -> (String, String) {
+    bench_issuer_for(alg, BENCH_ISSUER)
+}
+
+/// [`bench_issuer`] for `issuer` (Google Pub/Sub's preset checks its own).
+fn bench_issuer_for(alg: &str, issuer: &str) -> (String, String) {
     use hookwarden::domain::signature::jose::{PrivateKey, encode_token};
     use ring::signature::KeyPair as _;
     let rng = ring::rand::SystemRandom::new();
@@ -278,7 +302,7 @@ fn bench_issuer(alg: &str) -> (String, String) {
         }
     };
     let now = jiff::Timestamp::now().as_second();
-    let claims = serde_json::json!({"iss": BENCH_ISSUER, "aud": BENCH_AUDIENCE, "sub": "repo:octo/bench", "iat": now, "exp": now + 3600});
+    let claims = serde_json::json!({"iss": issuer, "aud": BENCH_AUDIENCE, "sub": "repo:octo/bench", "iat": now, "exp": now + 3600});
     let token = encode_token(&key, Some("bench"), &claims, &rng).expect("token");
     (serde_json::json!({"keys": [jwk]}).to_string(), token)
 }
@@ -383,6 +407,46 @@ fn bench_keys(provider: ProviderKind) -> (String, String) {
             "bench-secret-0123456789abcdef",
         ),
     }
+}
+
+/// The bench integration's spec for `provider`: the preset as a user would write it
+/// (its incident mapping included where the preset has one), with the rate limit out of
+/// the way. The client resolves the same spec to sign, so both sides agree.
+fn bench_spec(provider: ProviderKind) -> serde_json::Value {
+    let mut spec = serde_json::json!({
+        "provider": provider.as_str(),
+        "limits": {"requestsPerSecond": 1_000_000, "burst": 1_000_000},
+    });
+    match provider {
+        ProviderKind::GithubActions | ProviderKind::GooglePubsub => {
+            spec["oidc"] = serde_json::json!({"audiences": [BENCH_AUDIENCE]});
+        }
+        ProviderKind::Generic => {
+            spec["signature"] = serde_json::json!({
+                "header": "X-Signature", "algorithm": "sha256", "encoding": "hex",
+            });
+        }
+        _ => {}
+    }
+    spec
+}
+
+/// The scheme the route built from [`bench_spec`] verifies with (the client signs with it).
+fn bench_scheme(provider: ProviderKind) -> Scheme {
+    serde_json::from_value::<hookwarden::crd::WebhookIntegrationSpec>(bench_spec(provider))
+        .ok()
+        .and_then(|spec| hookwarden::domain::spec::resolve(&spec).ok())
+        .map(|effective| effective.scheme)
+        .unwrap_or_else(|| Scheme::preset(provider))
+}
+
+/// Providers the in-process bench cannot serve: SNS signs with a certificate the receiver
+/// fetches from an `sns.<region>.amazonaws.com` URL.
+fn in_process_supported(provider: ProviderKind) -> Result<(), String> {
+    if provider == ProviderKind::AwsSns {
+        return Err("aws-sns is not covered: its certificate is fetched from an amazonaws.com URL (its floor is one RSA verification, like OIDC RS256 in --verify-cost)".into());
+    }
+    Ok(())
 }
 
 /// `--verify-cost N`: µs per `signature::verify` of one correctly signed ~350-byte body,
@@ -540,17 +604,16 @@ fn start_in_process_with<S: DeliverySink>(
     // OIDC: the route's Secret holds the issuer's JWKS; the client's "secret" is the
     // bearer token it presents. Asymmetric schemes: the route holds the public key, the
     // client signs with the private one.
+    in_process_supported(provider).map_err(std::io::Error::other)?;
     let (mut secret, mut client_secret) = bench_keys(provider);
     let path = generate_path();
-    let mut spec = serde_json::json!({
-        "provider": provider.as_str(),
-        "limits": {"requestsPerSecond": 1_000_000, "burst": 1_000_000},
-    });
-    if provider == ProviderKind::GithubActions {
-        let (jwks, token) = bench_issuer("RS256");
-        spec["oidc"] = serde_json::json!({"audiences": [BENCH_AUDIENCE]});
-        secret = jwks;
-        client_secret = token;
+    let spec = bench_spec(provider);
+    match provider {
+        ProviderKind::GithubActions => (secret, client_secret) = bench_issuer("RS256"),
+        ProviderKind::GooglePubsub => {
+            (secret, client_secret) = bench_issuer_for("RS256", "https://accounts.google.com");
+        }
+        _ => {}
     }
     let route = Route {
         namespace: "bench".into(),
@@ -726,56 +789,95 @@ fn parse_url(url: &str, secret: String) -> Result<Target, String> {
     })
 }
 
-/// One unique, correctly signed delivery.
+/// One unique, correctly signed delivery. GitHub and Datadog keep the bodies of the
+/// earlier runs (a ~350-byte push; a Datadog alert); every other preset sends its
+/// `hookwarden send-test` sample (`domain::sample`) with a unique delivery id, and the
+/// monitoring presets one of 500 incident ids, as a fleet of alerts would.
 fn delivery(
     provider: ProviderKind,
+    scheme: &Scheme,
     target: &Target,
     run: u64,
     seq: u64,
 ) -> http::Request<Full<Bytes>> {
     let id = format!("bench-{run:x}-{seq}");
-    let body = match provider {
-        ProviderKind::Datadog => serde_json::json!({
-            "id": id, "aggreg_key": format!("agg-{}", seq % 500), "alert_name": "CPU high on web-1",
-            "alert_type": "error", "severity": "high", "alert_transition": "Triggered",
-            "date": seq, "host": "web-1", "tags": "env:bench,team:payments",
-            "link": "https://app.datadoghq.com/monitors/1", "message": "CPU above 90% for 5 minutes",
-        }),
-        _ => serde_json::json!({
-            "ref": "refs/heads/main", "before": "6113728f27ae82c7b1a177c8d03f9e96e0adf246",
-            "after": "59b20b8d5c6ff8d09518454d4dd8b7b30f095ab5", "seq": seq,
-            "repository": {"full_name": "octo/bench", "private": false},
-            "pusher": {"name": "octocat"}, "head_commit": {"id": id, "message": "bench"},
-        }),
-    };
-    let body = serde_json::to_vec(&body).unwrap_or_default();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
+    let json = |value: serde_json::Value| serde_json::to_vec(&value).unwrap_or_default();
+    let (body, content_type, headers) = match provider {
+        ProviderKind::Datadog => (
+            json(serde_json::json!({
+                "id": id, "aggreg_key": format!("agg-{}", seq % 500), "alert_name": "CPU high on web-1",
+                "alert_type": "error", "severity": "high", "alert_transition": "Triggered",
+                "date": seq, "host": "web-1", "tags": "env:bench,team:payments",
+                "link": "https://app.datadoghq.com/monitors/1", "message": "CPU above 90% for 5 minutes",
+            })),
+            "application/json",
+            Vec::new(),
+        ),
+        ProviderKind::Github => (
+            json(serde_json::json!({
+                "ref": "refs/heads/main", "before": "6113728f27ae82c7b1a177c8d03f9e96e0adf246",
+                "after": "59b20b8d5c6ff8d09518454d4dd8b7b30f095ab5", "seq": seq,
+                "repository": {"full_name": "octo/bench", "private": false},
+                "pusher": {"name": "octocat"}, "head_commit": {"id": id, "message": "bench"},
+            })),
+            "application/json",
+            vec![("x-github-event".to_string(), "push".to_string())],
+        ),
+        _ => {
+            let options = SampleOptions {
+                resolve: false,
+                incident_id: Some(format!("inc-{}", seq % 500)),
+            };
+            let mut sample = sample_with(provider, now, &id, &options);
+            // Presets whose delivery id is unsigned (or absent) also dedup on a digest of
+            // the signed body, and some samples carry a fixed id: a counter makes every
+            // body unique. Discord's sample is the PING handshake; the bench sends a
+            // command interaction instead (a delivery, with the interaction id as its id).
+            if let Ok(serde_json::Value::Object(mut fields)) =
+                serde_json::from_slice::<serde_json::Value>(&sample.body)
+            {
+                fields.insert("hookwarden_bench_seq".into(), seq.into());
+                if provider == ProviderKind::Discord {
+                    fields.insert("type".into(), 2.into());
+                    fields.insert(
+                        "id".into(),
+                        (1_100_000_000_000_000_000u64 + seq).to_string().into(),
+                    );
+                    fields.insert("data".into(), serde_json::json!({"name": "bench"}));
+                }
+                sample.body = json(serde_json::Value::Object(fields));
+            }
+            (sample.body, sample.content_type, sample.headers)
+        }
+    };
     let input = SignInput {
         body: &body,
         url: &format!("http://{}{}", target.host, target.path),
         timestamp: now,
         id: &id,
-        content_type: "application/json",
+        content_type,
     };
     let mut builder = http::Request::builder()
         .method("POST")
         .uri(&target.path)
         .header("host", &target.host)
-        .header("content-type", "application/json");
-    if provider == ProviderKind::Github {
-        builder = builder.header("x-github-event", "push");
+        .header("content-type", content_type);
+    for (name, value) in &headers {
+        builder = builder.header(name.as_str(), value.as_str());
     }
-    if provider == ProviderKind::GithubActions {
+    if scheme.oidc.is_some() {
+        // A job or a push subscription reuses its token; the delivery id is a header.
         builder = builder
             .header("authorization", format!("Bearer {}", target.secret))
             .header("x-request-id", &id);
-    }
-    for (name, value) in sign(&Scheme::preset(provider), &target.secret, &input).unwrap_or_default()
-    {
-        builder = builder.header(name, value);
+    } else {
+        for (name, value) in sign(scheme, &target.secret, &input).unwrap_or_default() {
+            builder = builder.header(name, value);
+        }
     }
     builder
         .body(Full::new(Bytes::from(body)))
@@ -830,6 +932,31 @@ async fn load(
     rate: Option<f64>,
     expect_status: u16,
 ) -> Pass {
+    load_counted(
+        target,
+        provider,
+        connections,
+        seconds,
+        rate,
+        expect_status,
+        None,
+    )
+    .await
+}
+
+/// [`load`]; with `limit`, exactly that many requests are sent (whatever the time) and
+/// `seconds` is ignored: `--count` for per-delivery cost measurements.
+async fn load_counted(
+    target: Arc<Target>,
+    provider: ProviderKind,
+    connections: usize,
+    seconds: u64,
+    rate: Option<f64>,
+    expect_status: u16,
+    limit: Option<u64>,
+) -> Pass {
+    let scheme = Arc::new(bench_scheme(provider));
+    let seconds = if limit.is_some() { 1 << 30 } else { seconds };
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -859,6 +986,7 @@ async fn load(
             let target = target.clone();
             let seq = seq.clone();
             let permits = permits.clone();
+            let scheme = scheme.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;
@@ -879,8 +1007,11 @@ async fn load(
                             Err(_) => break,
                         }
                     }
-                    let request =
-                        delivery(provider, &target, run, seq.fetch_add(1, Ordering::Relaxed));
+                    let n = seq.fetch_add(1, Ordering::Relaxed);
+                    if limit.is_some_and(|limit| n >= limit) {
+                        break;
+                    }
+                    let request = delivery(provider, &scheme, &target, run, n);
                     let t = Instant::now();
                     if sender.ready().await.is_err() {
                         errors += 1;
@@ -1100,6 +1231,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return verify_cost(n);
     }
     let provider = options.provider;
+    if options.serve {
+        return serve(&options);
+    }
     let mut standalone = None;
     let mut floor_folder = None;
     // The forward target runs on its own runtime thread in this process.
@@ -1173,7 +1307,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "load: {} keep-alive connections, {} s per pass, {} round(s), {} client thread(s), unique signed {provider} deliveries",
         options.connections, options.seconds, options.rounds, options.client_threads
     );
-    let nginx = if options.no_nginx {
+    let nginx = if options.no_nginx || options.count.is_some() {
         None
     } else {
         Nginx::start(options.workers)
@@ -1191,6 +1325,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             secret: target.secret.clone(),
         })
     });
+    if let Some(n) = options.count {
+        let expect = if options.url.is_some() {
+            options.expect_status
+        } else {
+            202
+        };
+        let pass = client.block_on(load_counted(
+            target.clone(),
+            provider,
+            options.connections,
+            0,
+            None,
+            expect,
+            Some(n),
+        ));
+        println!("{}", pass.line(&label));
+        drop(standalone);
+        drop(floor_folder);
+        return if pass.errors == 0 && pass.requests == n {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} of {n} requests answered, {} errors",
+                pass.requests, pass.errors
+            )
+            .into())
+        };
+    }
     // Warm-up: connection setup, allocator, caches.
     let warm = client.block_on(load(
         target.clone(),
@@ -1297,6 +1459,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(standalone);
     drop(floor_folder);
     Ok(())
+}
+
+/// `--serve`: the in-process receiver alone, until stdin closes.
+fn serve(options: &Options) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::{Read as _, Write as _};
+    let sink = CountingSink::default();
+    let accepted = sink.accepted.clone();
+    let target = start_in_process(options.provider, options.workers, sink)?;
+    println!(
+        "serving http://{}{} {}",
+        target.host, target.path, target.secret
+    );
+    std::io::stdout().flush()?;
+    let mut rest = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut rest);
+    eprintln!("accepted {}", accepted.load(Ordering::Relaxed));
+    // The server runtime's thread never returns: leave without joining it.
+    std::process::exit(0)
 }
 
 /// `--compare-budgets`: two in-process receivers (memory sink), one with the default

@@ -3,6 +3,7 @@
 pub mod duration;
 pub mod forward;
 pub mod incident;
+pub mod json;
 pub mod plan;
 pub mod sample;
 pub mod secret;

@@ -193,9 +193,13 @@ async fn readyz<S: DeliverySink>(State(state): State<Arc<ReceiverState<S>>>) -> 
 /// A JSON answer `{"status": …, "reason": …}` from static parts (no serialisation on the
 /// hot path, nothing from the request echoed).
 fn answer(status: StatusCode, outcome: &'static str, reason: Option<&'static str>) -> Response {
-    let body = match reason {
-        Some(r) => format!("{{\"status\":\"{outcome}\",\"reason\":\"{r}\"}}\n"),
-        None => format!("{{\"status\":\"{outcome}\"}}\n"),
+    // The answers of accepted deliveries are static: no allocation per delivery.
+    let body = match (outcome, reason) {
+        ("accepted", None) => Body::from("{\"status\":\"accepted\"}\n"),
+        ("ignored", None) => Body::from("{\"status\":\"ignored\"}\n"),
+        ("duplicate", None) => Body::from("{\"status\":\"duplicate\"}\n"),
+        (_, Some(r)) => Body::from(format!("{{\"status\":\"{outcome}\",\"reason\":\"{r}\"}}\n")),
+        (_, None) => Body::from(format!("{{\"status\":\"{outcome}\"}}\n")),
     };
     (
         status,
@@ -461,7 +465,9 @@ async fn deliver<S: DeliverySink>(
         Ok((outcome, response)) => {
             span.record("outcome", outcome.label());
             tracing::debug!(parent: &span, status = response.status().as_u16(), "delivery answered");
-            state.metrics.outcome(provider, outcome.label());
+            state
+                .metrics
+                .outcome_of(route.spec.provider, outcome.label());
             // Milliseconds → seconds: Prometheus' base unit for a timestamp.
             let now_seconds = (state.config.clock)() as f64 / 1000.0;
             route.metrics.answered(outcome.label(), now_seconds);
@@ -469,7 +475,8 @@ async fn deliver<S: DeliverySink>(
         }
         Err(refusal) => {
             span.record("outcome", refusal.reason());
-            state.metrics.reject(provider, refusal.reason());
+            state.metrics.outcome_of(route.spec.provider, "rejected");
+            state.metrics.reject_reason(provider, refusal.reason());
             route.metrics.rejected(refusal.reason());
             state.sink.reject(Rejected {
                 integration: route.key.clone(),
@@ -484,7 +491,7 @@ async fn deliver<S: DeliverySink>(
     };
     state
         .metrics
-        .observe_latency(provider, started.elapsed().as_secs_f64());
+        .observe_latency(route.spec.provider, started.elapsed().as_secs_f64());
     response
 }
 

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use axum::Router;
 use axum::extract::State;
@@ -27,6 +27,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::crd::ProviderKind;
 
 /// `provider` + `outcome` (accepted, duplicate, ignored, handshake, rejected).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -427,6 +429,28 @@ pub struct ReceiverMetrics {
     pub routes: Gauge,
     /// The `hookwarden_integration_*` families.
     pub integrations: IntegrationMetrics,
+    /// Handles into `requests` and `latency` by provider, resolved on first use: an
+    /// answered delivery updates them without hashing labels or taking a family's lock.
+    hot: Arc<ProviderHandles>,
+}
+
+/// One provider's `requests` counters (by [`OUTCOMES`] position) and latency histogram,
+/// each created in its family the first time it is used (as `get_or_create` would), so
+/// `/metrics` shows the same series as without the cache.
+#[derive(Debug, Default)]
+struct ProviderSeries {
+    outcomes: [OnceLock<Counter>; OUTCOMES.len()],
+    latency: OnceLock<Histogram>,
+}
+
+/// [`ProviderSeries`] for every preset, indexed by [`ProviderKind`].
+#[derive(Debug)]
+struct ProviderHandles([ProviderSeries; ProviderKind::ALL.len()]);
+
+impl Default for ProviderHandles {
+    fn default() -> Self {
+        ProviderHandles(std::array::from_fn(|_| ProviderSeries::default()))
+    }
 }
 
 impl Default for ReceiverMetrics {
@@ -443,6 +467,7 @@ impl Default for ReceiverMetrics {
             journal_appends: Family::default(),
             routes: Gauge::default(),
             integrations: IntegrationMetrics::default(),
+            hot: Arc::default(),
         }
     }
 }
@@ -508,17 +533,49 @@ impl ReceiverMetrics {
             .inc();
     }
 
-    pub(crate) fn reject(&self, provider: &'static str, reason: &'static str) {
-        self.outcome(provider, "rejected");
-        self.rejects
-            .get_or_create(&ReasonLabels { provider, reason })
+    /// [`ReceiverMetrics::outcome`] for a route's provider, through the resolved handle.
+    pub(crate) fn outcome_of(&self, provider: ProviderKind, outcome: &'static str) {
+        let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) else {
+            return self.outcome(provider.as_str(), outcome);
+        };
+        self.hot.0[provider as usize].outcomes[i]
+            .get_or_init(|| {
+                self.requests
+                    .get_or_create(&OutcomeLabels {
+                        provider: provider.as_str(),
+                        outcome,
+                    })
+                    .clone()
+            })
             .inc();
     }
 
-    pub(crate) fn observe_latency(&self, provider: &'static str, seconds: f64) {
-        self.latency
-            .get_or_create(&ProviderLabels { provider })
+    /// The latency of a request answered on a route of `provider`, through the resolved
+    /// handle.
+    pub(crate) fn observe_latency(&self, provider: ProviderKind, seconds: f64) {
+        self.hot.0[provider as usize]
+            .latency
+            .get_or_init(|| {
+                self.latency
+                    .get_or_create(&ProviderLabels {
+                        provider: provider.as_str(),
+                    })
+                    .clone()
+            })
             .observe(seconds);
+    }
+
+    pub(crate) fn reject(&self, provider: &'static str, reason: &'static str) {
+        self.outcome(provider, "rejected");
+        self.reject_reason(provider, reason);
+    }
+
+    /// The `rejects` half of [`ReceiverMetrics::reject`] (the `requests` half counted
+    /// by the caller).
+    pub(crate) fn reject_reason(&self, provider: &'static str, reason: &'static str) {
+        self.rejects
+            .get_or_create(&ReasonLabels { provider, reason })
+            .inc();
     }
 
     /// The counter of connections shed over `--max-connections` (a refusal reason of its

@@ -325,9 +325,7 @@ impl Expr {
     /// null).
     fn eval(&self, scope: &Scope<'_, '_>) -> Result<Option<Value>, MappingError> {
         match &self.source {
-            Source::Pointer => Ok(scope
-                .alert
-                .pointer(&self.text)
+            Source::Pointer => Ok(crate::domain::json::pointer(scope.alert, &self.text)
                 .filter(|v| !v.is_null())
                 .cloned()),
             Source::Cel { run, .. } => {
@@ -740,10 +738,9 @@ fn datadog(body: &Value) -> Draft<'_> {
             .collect(),
         link: text(body, "/link"),
         resolve,
-        time_ms: body
-            .pointer("/date")
+        time_ms: crate::domain::json::pointer(body, "/date")
             .and_then(time_ms)
-            .or_else(|| body.pointer("/last_updated").and_then(time_ms)),
+            .or_else(|| crate::domain::json::pointer(body, "/last_updated").and_then(time_ms)),
         ..Draft::default()
     }
 }
@@ -816,7 +813,7 @@ fn alerts<'a>(
                     .collect(),
                 link,
                 resolve,
-                time_ms: alert.pointer(time).and_then(time_ms),
+                time_ms: crate::domain::json::pointer(alert, time).and_then(time_ms),
                 ..Draft::default()
             }
         })
@@ -875,7 +872,7 @@ fn pagerduty<'a>(
             .collect(),
         link: text(data, "/html_url"),
         resolve: kind == "incident.resolved",
-        time_ms: event.pointer("/occurred_at").and_then(time_ms),
+        time_ms: crate::domain::json::pointer(event, "/occurred_at").and_then(time_ms),
         ..Draft::default()
     }])
 }
@@ -911,8 +908,7 @@ fn sentry<'a>(body: &'a Value, event_type: Option<&str>) -> Result<Vec<Draft<'a>
     };
     let draft = match resource.as_str() {
         "metric_alert" => {
-            let alert = body
-                .pointer("/data/metric_alert")
+            let alert = crate::domain::json::pointer(body, "/data/metric_alert")
                 .ok_or(malformed("metric_alert hook without data.metric_alert"))?;
             let resolve = action == "resolved";
             let severity_fallback = match action.as_str() {
@@ -934,8 +930,7 @@ fn sentry<'a>(body: &'a Value, event_type: Option<&str>) -> Result<Vec<Draft<'a>
             }
         }
         "event_alert" => {
-            let event = body
-                .pointer("/data/event")
+            let event = crate::domain::json::pointer(body, "/data/event")
                 .ok_or(malformed("event_alert hook without data.event"))?;
             Draft {
                 id: text(event, "/issue_id").map(|id| format!("issue:{id}")),
@@ -953,8 +948,7 @@ fn sentry<'a>(body: &'a Value, event_type: Option<&str>) -> Result<Vec<Draft<'a>
                 "resolved" | "archived" | "ignored" => true,
                 _ => return Ok(Vec::new()),
             };
-            let issue = body
-                .pointer("/data/issue")
+            let issue = crate::domain::json::pointer(body, "/data/issue")
                 .ok_or(malformed("issue hook without data.issue"))?;
             Draft {
                 id: text(issue, "/id").map(|id| format!("issue:{id}")),
@@ -1028,8 +1022,7 @@ fn cloudwatch(body: &Value) -> Vec<Draft<'_>> {
 }
 
 fn worst_trigger(alert: &Value) -> Option<Severity> {
-    alert
-        .pointer("/alert_rule/triggers")?
+    crate::domain::json::pointer(alert, "/alert_rule/triggers")?
         .as_array()?
         .iter()
         .filter_map(|t| text(t, "/label"))
@@ -1041,7 +1034,7 @@ fn worst_trigger(alert: &Value) -> Option<Severity> {
 
 /// A non-empty string or a number at `pointer`, as text.
 fn text(value: &Value, pointer: &str) -> Option<String> {
-    value.pointer(pointer).and_then(scalar_text)
+    crate::domain::json::pointer(value, pointer).and_then(scalar_text)
 }
 
 fn scalar_text(value: &Value) -> Option<String> {

@@ -49,7 +49,7 @@ fn zoom_validation(body: &serde_json::Value, secret: &str) -> Option<Vec<u8>> {
     if body.get("event")?.as_str()? != "endpoint.url_validation" {
         return None;
     }
-    let plain = body.pointer("/payload/plainToken")?.as_str()?;
+    let plain = crate::domain::json::pointer(body, "/payload/plainToken")?.as_str()?;
     let encrypted = hex::encode(mac(
         Algorithm::Sha256,
         secret.as_bytes(),
@@ -195,9 +195,8 @@ fn azure_validation(headers: &HeaderMap, body: &serde_json::Value) -> Option<Vec
         serde_json::Value::Array(events) => events.first()?,
         other => other,
     };
-    let code = event
-        .pointer("/data/validationCode")
-        .or_else(|| event.pointer("/data/validationcode"))?
+    let code = crate::domain::json::pointer(event, "/data/validationCode")
+        .or_else(|| crate::domain::json::pointer(event, "/data/validationcode"))?
         .as_str()?;
     serde_json::to_vec(&serde_json::json!({ "validationResponse": code })).ok()
 }

@@ -1032,7 +1032,7 @@ fn header_meta(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 fn json_meta(body: Option<&serde_json::Value>, pointer: &str) -> Option<String> {
-    match body?.pointer(pointer)? {
+    match crate::domain::json::pointer(body?, pointer)? {
         serde_json::Value::String(s) => bounded(s),
         serde_json::Value::Number(n) => bounded(&n.to_string()),
         _ => None,
