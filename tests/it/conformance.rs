@@ -958,6 +958,60 @@ async fn defaults_on_read(t: &Target, seen: &mut Seen) {
     t.install_crd(false).await;
 }
 
+/// Metadata-only reads (`Accept: application/json;as=PartialObjectMetadata[List];
+/// g=meta.k8s.io;v=v1`), what kube's and client-go's metadata clients send: the controller
+/// watches every Secret that way. `staging/src/k8s.io/apiserver/pkg/endpoints/handlers/
+/// response.go` (`asPartialObjectMetadata`, `asPartialObjectMetadataList`).
+async fn metadata_only(t: &Target, seen: &mut Seen) {
+    let a = t
+        .call(
+            "POST",
+            "/api/v1/namespaces/NS/configmaps",
+            Some(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "meta-only", "labels": {"a": "b"}}, "data": {"big": "x"}})),
+        )
+        .await;
+    seen.push(
+        "create",
+        json!({"code": a.code, "message": a.body["message"]}),
+    );
+    let list = t
+        .get_accept(
+            &format!("/api/v1/namespaces/{}/configmaps?labelSelector=a%3Db", t.ns),
+            "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json",
+        )
+        .await;
+    let items: Vec<Value> = list.body["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|i| {
+            json!({
+                "kind": i["kind"], "apiVersion": i["apiVersion"],
+                "name": i["metadata"]["name"], "labels": i["metadata"]["labels"],
+                "data": present(&i["data"]),
+            })
+        })
+        .collect();
+    seen.push(
+        "list",
+        json!({"code": list.code, "kind": list.body["kind"], "apiVersion": list.body["apiVersion"], "items": items}),
+    );
+    let one = t
+        .get_accept(
+            &format!("/api/v1/namespaces/{}/configmaps/meta-only", t.ns),
+            "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json",
+        )
+        .await;
+    seen.push(
+        "get",
+        json!({
+            "code": one.code, "kind": one.body["kind"], "apiVersion": one.body["apiVersion"],
+            "name": one.body["metadata"]["name"], "data": present(&one.body["data"]),
+        }),
+    );
+}
+
 /// A namespace's `default` ServiceAccount: kube-controller-manager's serviceaccount
 /// controller (`pkg/controller/serviceaccount/serviceaccounts_controller.go`) creates it for
 /// every namespace, so `kubectl create token default -n NS` works right after the namespace.
@@ -1140,6 +1194,7 @@ async fn observe(config: kube::Config) -> Observations {
     case!(validation_messages);
     case!(field_selectors);
     case!(pagination);
+    case!(metadata_only);
     case!(watch_selector_transitions);
     case!(namespace_termination);
     case!(events_v1);

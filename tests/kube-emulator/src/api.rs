@@ -212,6 +212,13 @@ impl Ctx {
     fn wants_table(&self) -> bool {
         self.accept.contains("as=Table")
     }
+    /// `Accept: application/json;as=PartialObjectMetadata[List];g=meta.k8s.io;v=v1`: only
+    /// the metadata of each object, as client-go's and kube's metadata clients ask
+    /// (`staging/src/k8s.io/apiserver/pkg/endpoints/handlers/response.go`,
+    /// `asPartialObjectMetadata` / `asPartialObjectMetadataList`).
+    fn wants_metadata(&self) -> bool {
+        !self.wants_table() && self.accept.contains("as=PartialObjectMetadata")
+    }
     fn field_manager(&self) -> String {
         self.q("fieldManager")
             .map(str::to_string)
@@ -995,7 +1002,19 @@ fn get(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
             vec![],
         ));
     }
+    if ctx.wants_metadata() {
+        return Ok((200, partial_object_metadata(&obj), vec![]));
+    }
     Ok((200, obj, vec![]))
+}
+
+/// An object as `PartialObjectMetadata` (see [`Ctx::wants_metadata`]).
+fn partial_object_metadata(obj: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": obj.get("metadata").cloned().unwrap_or(json!({})),
+    })
 }
 
 fn selectors(rt: &ResourceType, ctx: &Ctx) -> Result<(LabelSelector, FieldSelector), ApiError> {
@@ -1174,6 +1193,14 @@ fn list(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
         if ctx.q("labelSelector").is_none() && ctx.q("fieldSelector").is_none() {
             metadata["remainingItemCount"] = json!(matching.len() - end);
         }
+    }
+    if ctx.wants_metadata() {
+        let items: Vec<Value> = page.iter().map(partial_object_metadata).collect();
+        return Ok((
+            200,
+            json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "items": items}),
+            vec![],
+        ));
     }
     Ok((
         200,
@@ -2945,6 +2972,7 @@ fn watch_response(
         .map(Duration::from_secs)
         .unwrap_or(Duration::from_secs(1800));
     let as_table = ctx.wants_table();
+    let as_metadata = ctx.wants_metadata();
     let rt = rp.rt.clone();
     let rv_param = ctx.q("resourceVersion").map(str::to_string);
     let name_ok = move |o: &Value| single_name.as_deref().is_none_or(|n| obj_name(o) == n);
@@ -3010,6 +3038,8 @@ fn watch_response(
                     .unwrap_or_default()
                     .to_string();
                 ev["object"] = table::table(&rt, &[obj], &rv, IncludeObject::Metadata, None);
+            } else if as_metadata && ev["type"] != "ERROR" {
+                ev["object"] = partial_object_metadata(&ev["object"]);
             }
             Bytes::from(format!("{ev}\n"))
         }
