@@ -61,12 +61,15 @@ impl Folder {
             .collect();
         for (file, (_, text)) in self.files.iter().enumerate() {
             for (document, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-                let Some(key) = declared.get(&Declared { file, document }) else {
-                    continue;
-                };
-                // The first pass read this very text, so this parse succeeds as it did.
+                // Every document is read, declared or not: serde_yaml hands a document
+                // out again until it is deserialized, so skipping an unreadable one
+                // looped forever (found by the fuzz smoke on a one-byte file). The first
+                // pass stopped at the first error, and so does this one.
                 let Ok(value) = serde_yaml::Value::deserialize(de) else {
                     break;
+                };
+                let Some(key) = declared.get(&Declared { file, document }) else {
+                    continue;
                 };
                 if let Ok(Some(integration)) = integration_of(value) {
                     visit(key, integration)?;
@@ -327,6 +330,36 @@ fn load_document(folder: &mut Folder, path: &Path, at: Declared, value: serde_ya
 mod tests {
     use super::*;
     use crate::domain::plan::{RefLookup, lookup_key};
+
+    #[test]
+    fn the_second_pass_ends_on_unreadable_documents_and_visits_each_declared_one_once() {
+        let mut folder = Folder::default();
+        // An unreadable first document (a control character), and a file whose second
+        // document is unreadable after a Secret and an integration.
+        parse_file(&mut folder, Path::new("a.yaml"), "\u{1e}".to_string());
+        parse_file(
+            &mut folder,
+            Path::new("b.yaml"),
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n---\napiVersion: hookwarden.dev/v1alpha1\nkind: WebhookIntegration\nmetadata: {name: gh}\nspec: {provider: github}\n---\n: : [\n".to_string(),
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let folder = std::sync::Arc::new(folder);
+        let f = folder.clone();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            f.each_integration(|key, _| {
+                seen.push(key.to_string());
+                Ok::<(), ()>(())
+            })
+            .expect("visit");
+            tx.send(seen).expect("send");
+        });
+        let seen = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("each_integration must end");
+        assert_eq!(seen, ["default/gh"]);
+        assert_eq!(folder.problems.len(), 2, "{:?}", folder.problems);
+    }
 
     #[test]
     fn loads_multi_document_files_and_defaults_the_namespace() {
