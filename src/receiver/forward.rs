@@ -308,8 +308,6 @@ const GATE_WINDOW: Duration = Duration::from_millis(20);
 /// is that late: under a sustained overload forwards run `max_lag` behind and the two
 /// share the workers). Busy workers without intake (a backlog draining) do not count.
 struct IntakeGate {
-    /// The runtime that serves deliveries (the forwarder runs on its own thread).
-    intake: tokio::runtime::Handle,
     progress: Arc<dyn Fn() -> u64 + Send + Sync>,
     max_lag_ms: i64,
     last_at: std::time::Instant,
@@ -320,26 +318,24 @@ struct IntakeGate {
     since: Option<std::time::Instant>,
 }
 
-fn workers_busy(runtime: &tokio::runtime::Handle) -> Duration {
-    let metrics = runtime.metrics();
+fn workers_busy() -> Duration {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return Duration::ZERO;
+    };
+    let metrics = handle.metrics();
     (0..metrics.num_workers())
         .map(|w| metrics.worker_total_busy_duration(w))
         .sum()
 }
 
 impl IntakeGate {
-    fn new(
-        intake: tokio::runtime::Handle,
-        progress: Arc<dyn Fn() -> u64 + Send + Sync>,
-        max_lag: Duration,
-    ) -> IntakeGate {
+    fn new(progress: Arc<dyn Fn() -> u64 + Send + Sync>, max_lag: Duration) -> IntakeGate {
         IntakeGate {
             last_progress: progress(),
             progress,
             max_lag_ms: i64::try_from(max_lag.as_millis()).unwrap_or(i64::MAX),
             last_at: std::time::Instant::now(),
-            last_busy: workers_busy(&intake),
-            intake,
+            last_busy: workers_busy(),
             yielding: false,
             since: None,
         }
@@ -352,9 +348,12 @@ impl IntakeGate {
         if elapsed < GATE_WINDOW {
             return self.yielding;
         }
-        let busy = workers_busy(&self.intake);
+        let busy = workers_busy();
         let progress = (self.progress)();
-        let workers = self.intake.metrics().num_workers().max(1);
+        let workers = tokio::runtime::Handle::try_current()
+            .map(|h| h.metrics().num_workers())
+            .unwrap_or(1)
+            .max(1);
         let share = busy.saturating_sub(self.last_busy).as_secs_f64()
             / (elapsed.as_secs_f64() * workers as f64);
         let yielding = share >= SATURATED && progress > self.last_progress;
@@ -753,37 +752,15 @@ pub fn start(
         outbox_bytes,
         handled_replays,
         gate: match (&options.intake_progress, options.max_lag) {
-            (Some(progress), Some(max_lag)) if !max_lag.is_zero() => Some(IntakeGate::new(
-                tokio::runtime::Handle::current(),
-                progress.0.clone(),
-                max_lag,
-            )),
+            (Some(progress), Some(max_lag)) if !max_lag.is_zero() => {
+                Some(IntakeGate::new(progress.0.clone(), max_lag))
+            }
             _ => None,
         },
         options,
     };
     task.load();
-    // The forwarder's own thread and runtime: its attempts, their connections and the
-    // outbox work never sit in the run queue of the workers that answer deliveries, so
-    // a delivery's 202 does not wait behind forward attempts, and the gate measures the
-    // workers' intake alone. One thread sends tens of thousands of forwards a second
-    // (docs/bench.md "Forwarding").
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_name("hookwarden-forward-io")
-        .build()?;
-    let (done, finished) = oneshot::channel::<()>();
-    std::thread::Builder::new()
-        .name("hookwarden-forward".to_string())
-        .spawn(move || {
-            runtime.block_on(task.run(rx, changes, stop));
-            // Abandoned attempts and idle connections go with the runtime.
-            drop(runtime);
-            let _ = done.send(());
-        })?;
-    let handle = tokio::spawn(async move {
-        let _ = finished.await;
-    });
+    let handle = tokio::spawn(task.run(rx, changes, stop));
     Ok((
         Forwarder {
             tx,
@@ -1791,7 +1768,6 @@ mod tests {
     fn gate(progress: &Arc<AtomicU64>) -> IntakeGate {
         let p = progress.clone();
         IntakeGate::new(
-            tokio::runtime::Handle::current(),
             Arc::new(move || p.load(Ordering::Relaxed)),
             Duration::from_secs(10),
         )
