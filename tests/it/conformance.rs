@@ -155,11 +155,12 @@ impl Target {
         Answer { code, body }
     }
 
-    /// `GET` with an `Accept` header, for discovery.
+    /// `GET` with an `Accept` header (discovery, metadata-only reads); `NS` in `path` is
+    /// the test namespace, as in [`Target::call`].
     async fn get_accept(&self, path: &str, accept: &str) -> Answer {
         let req = http::Request::builder()
             .method("GET")
-            .uri(path)
+            .uri(self.path(path))
             .header("accept", accept)
             .body(Vec::new().into())
             .expect("request");
@@ -976,7 +977,7 @@ async fn metadata_only(t: &Target, seen: &mut Seen) {
     );
     let list = t
         .get_accept(
-            &format!("/api/v1/namespaces/{}/configmaps?labelSelector=a%3Db", t.ns),
+            "/api/v1/namespaces/NS/configmaps?labelSelector=a%3Db",
             "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json",
         )
         .await;
@@ -999,7 +1000,7 @@ async fn metadata_only(t: &Target, seen: &mut Seen) {
     );
     let one = t
         .get_accept(
-            &format!("/api/v1/namespaces/{}/configmaps/meta-only", t.ns),
+            "/api/v1/namespaces/NS/configmaps/meta-only",
             "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json",
         )
         .await;

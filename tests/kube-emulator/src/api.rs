@@ -1003,18 +1003,9 @@ fn get(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
         ));
     }
     if ctx.wants_metadata() {
-        return Ok((200, partial_object_metadata(&obj), vec![]));
+        return Ok((200, table::partial_object_metadata(&obj), vec![]));
     }
     Ok((200, obj, vec![]))
-}
-
-/// An object as `PartialObjectMetadata` (see [`Ctx::wants_metadata`]).
-fn partial_object_metadata(obj: &Value) -> Value {
-    json!({
-        "kind": "PartialObjectMetadata",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": obj.get("metadata").cloned().unwrap_or(json!({})),
-    })
 }
 
 fn selectors(rt: &ResourceType, ctx: &Ctx) -> Result<(LabelSelector, FieldSelector), ApiError> {
@@ -1195,7 +1186,7 @@ fn list(shared: &Shared, rp: &ResourcePath, ctx: &Ctx) -> Reply {
         }
     }
     if ctx.wants_metadata() {
-        let items: Vec<Value> = page.iter().map(partial_object_metadata).collect();
+        let items: Vec<Value> = page.iter().map(table::partial_object_metadata).collect();
         return Ok((
             200,
             json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "items": items}),
@@ -3039,7 +3030,7 @@ fn watch_response(
                     .to_string();
                 ev["object"] = table::table(&rt, &[obj], &rv, IncludeObject::Metadata, None);
             } else if as_metadata && ev["type"] != "ERROR" {
-                ev["object"] = partial_object_metadata(&ev["object"]);
+                ev["object"] = table::partial_object_metadata(&ev["object"]);
             }
             Bytes::from(format!("{ev}\n"))
         }

@@ -238,12 +238,19 @@ fn row_object(object: &Value, include: IncludeObject) -> Value {
     match include {
         IncludeObject::None => Value::Null,
         IncludeObject::Object => object.clone(),
-        IncludeObject::Metadata => json!({
-            "kind": "PartialObjectMetadata",
-            "apiVersion": "meta.k8s.io/v1",
-            "metadata": object.get("metadata").cloned().unwrap_or(json!({})),
-        }),
+        IncludeObject::Metadata => partial_object_metadata(object),
     }
+}
+
+/// An object as `PartialObjectMetadata`: its metadata only (a Table row's
+/// `includeObject=Metadata`, and metadata-only reads,
+/// `staging/src/k8s.io/apiserver/pkg/endpoints/handlers/response.go`).
+pub fn partial_object_metadata(object: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": object.get("metadata").cloned().unwrap_or(json!({})),
+    })
 }
 
 /// A Table of `objects` with the type's columns.
