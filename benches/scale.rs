@@ -260,7 +260,26 @@ fn spawn(
     log: &Path,
 ) -> Result<Process, Box<dyn std::error::Error>> {
     let log = std::fs::File::create(log)?;
-    let child = Command::new(env!("CARGO_BIN_EXE_hookwarden"))
+    // `HOOKWARDEN_BENCH_WRAPPER="heaptrack -o /tmp/ht"` (words split on spaces) runs the
+    // controller under a profiler; the receivers run as they are.
+    let wrapper: Vec<String> = match std::env::var("HOOKWARDEN_BENCH_WRAPPER") {
+        Ok(w) if args.first() == Some(&"controller") => {
+            w.split_whitespace().map(str::to_string).collect()
+        }
+        _ => Vec::new(),
+    };
+    let mut command = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(env!("CARGO_BIN_EXE_hookwarden"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_hookwarden")),
+    };
+    // The image's allocator settings (Dockerfile), which its memory figures are about.
+    let child = command
+        .env("MIMALLOC_ARENA_EAGER_COMMIT", "0")
+        .env("MIMALLOC_PURGE_DELAY", "1")
         .args(args)
         .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "warn")

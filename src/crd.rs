@@ -82,21 +82,21 @@ pub struct WebhookIntegrationSpec {
 
     /// Request limits for this endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limits: Option<Limits>,
+    pub limits: Option<Box<Limits>>,
 
     /// Provider event types to accept. Deliveries of other types are answered 2xx, counted
     /// as ignored and otherwise dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub events: Option<EventFilter>,
+    pub events: Option<Box<EventFilter>>,
 
     /// How deliveries become incidents. Monitoring presets (datadog, alertmanager,
     /// grafana, pagerduty, sentry) come with a mapping; fields set here override it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub incidents: Option<IncidentMapping>,
+    pub incidents: Option<Box<IncidentMapping>>,
 
     /// Signature scheme for provider generic (required then, forbidden otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signature: Option<SignatureSpec>,
+    pub signature: Option<Box<SignatureSpec>>,
 
     /// Provider generic: how deliveries authenticate. `hmac` (default): spec.signature;
     /// `oidc`: an `Authorization: Bearer` JWT checked against spec.oidc; `bearer`,
@@ -107,11 +107,11 @@ pub struct WebhookIntegrationSpec {
     /// OIDC/JWT bearer senders (google-pubsub, github-actions, generic with auth: oidc):
     /// the issuer, audiences, algorithms and claims a token must carry, and its keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub oidc: Option<OidcSpec>,
+    pub oidc: Option<Box<OidcSpec>>,
 
     /// Provider aws-sns: which topics may deliver and whether subscriptions are confirmed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sns: Option<SnsSpec>,
+    pub sns: Option<Box<SnsSpec>>,
 
     /// Token presets (datadog, alertmanager, gitlab, azure-event-grid) and generic
     /// `auth: header`: a request header that carries the token as its whole value

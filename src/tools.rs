@@ -428,7 +428,7 @@ fn build_scheme(args: &SchemeArgs) -> Result<Scheme, CliError> {
             .ok_or_else(|| {
                 CliError::Usage("provider generic needs --signature-header".to_string())
             })?;
-        spec.signature = Some(SignatureSpec {
+        spec.signature = Some(Box::new(SignatureSpec {
             header,
             algorithm: g
                 .algorithm
@@ -459,7 +459,7 @@ fn build_scheme(args: &SchemeArgs) -> Result<Scheme, CliError> {
             tolerance_seconds: g
                 .tolerance_seconds
                 .or_else(|| base.as_ref().and_then(|b| b.tolerance_seconds)),
-        });
+        }));
     }
     if !args.oidc.is_empty() {
         let o = &args.oidc;

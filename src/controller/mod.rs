@@ -21,11 +21,11 @@ use futures::StreamExt as _;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
-use kube::runtime::WatchStreamExt as _;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt as _, reflector};
 use kube::{Api, Client, Resource as _, ResourceExt as _};
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
@@ -71,6 +71,12 @@ pub struct ControllerArgs {
     /// reconcile (by resourceVersion, from the watches) sends no request.
     #[arg(long, env = "HOOKWARDEN_RESYNC_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     pub resync_seconds: u64,
+    /// Reconciles running at once. Each holds a connection to the API server while it
+    /// reads and writes, and kube's client keeps every connection it opened: unbounded, a
+    /// burst of 10,000 new integrations opened ~3,000 TLS connections and ~120 MiB of their
+    /// buffers stayed (docs/bench.md "Controller memory").
+    #[arg(long, env = "HOOKWARDEN_MAX_CONCURRENT_RECONCILES", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
     /// Reconcile without leader election (a single replica, or tests).
     #[arg(long)]
     pub no_leader_election: bool,
@@ -298,8 +304,20 @@ pub async fn run_controller(
     ctx.resync = std::time::Duration::from_secs(args.resync_seconds);
     let ctx = Arc::new(ctx);
     let integrations: Api<WebhookIntegration> = Api::all(client.clone());
-    let controller = Controller::new(integrations, watcher::Config::default().any_semantic())
-        .with_config(ControllerConfig::default().debounce(std::time::Duration::from_millis(200)));
+    // The cache of integrations keeps neither managedFields nor kubectl's last-applied
+    // annotation: nothing reads them, and at 10,000 integrations they were most of the
+    // cache (~9 KiB an object with three field managers; docs/bench.md "Controller memory").
+    let (store, writer) = reflector::store();
+    let integration_events = watcher(integrations, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(slim_cached)
+        .reflect(writer)
+        .applied_objects();
+    let controller = Controller::for_stream(integration_events, store).with_config(
+        ControllerConfig::default()
+            .debounce(std::time::Duration::from_millis(200))
+            .concurrency(args.max_concurrent_reconciles),
+    );
     // Every Secret's metadata (never its data: a cluster's Helm release Secrets alone can be
     // hundreds of MiB; the reconcile reads the data of the Secrets it needs by name), mapped
     // to the integrations that read it by the controller's own index, which also tells
@@ -348,6 +366,22 @@ pub async fn run_controller(
         })
         .await;
 }
+
+/// Drops from a cached integration what no reconcile reads (see `run_controller`).
+fn slim_cached(wi: &mut WebhookIntegration) {
+    slim_metadata(&mut wi.metadata);
+}
+
+/// See [`slim_cached`].
+pub(crate) fn slim_metadata(meta: &mut kube::api::ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// kubectl's copy of the last applied manifest (client-side apply).
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// The integrations to reconcile for one event of the Secret watch, after updating the
 /// controller's Secret index with it.

@@ -101,20 +101,26 @@ impl Context {
     }
 
     fn already_written(&self, wi: &WebhookIntegration, desired: &plan::DesiredStatus) -> bool {
-        let Ok(written) = self.status_written.lock() else {
+        let Ok(mut written) = self.status_written.lock() else {
             return false;
         };
-        written.get(&ObjectRef::from_obj(wi)).is_some_and(|w| {
-            Some(&w.uid) == wi.uid().as_ref()
-                && w.planned_from == wi.resource_version()
-                && plan::same_status_but_transition_times(&w.status, desired)
-        })
+        let key = ObjectRef::from_obj(wi);
+        let Some(w) = written.get(&key) else {
+            return false;
+        };
+        if Some(&w.uid) != wi.uid().as_ref() || w.planned_from != wi.resource_version() {
+            // The cache has moved past the copy the write was planned from (it never goes
+            // back), so the memo can never match again.
+            written.remove(&key);
+            return false;
+        }
+        plan::same_status_but_transition_times(&w.status, desired)
     }
 
     fn remember_written(&self, wi: &WebhookIntegration, status: &plan::DesiredStatus) {
         if let Ok(mut written) = self.status_written.lock() {
             written.insert(
-                ObjectRef::from_obj(wi),
+                super::settled::bare(&ObjectRef::from_obj(wi)),
                 StatusWritten {
                     uid: wi.uid().unwrap_or_default(),
                     planned_from: wi.resource_version(),
@@ -390,10 +396,12 @@ fn secret_reads(wi: &WebhookIntegration, namespace: &str, route: &SecretKey) -> 
 /// (the copy the reconcile planned from) in nothing but status and resourceVersion, so a
 /// reconcile of `written` would plan what was just written.
 fn only_status_differs(planned: &WebhookIntegration, written: &WebhookIntegration) -> bool {
+    // What the cache keeps of each (it drops managedFields and kubectl's last-applied
+    // annotation), without its resourceVersion.
     let meta = |wi: &WebhookIntegration| {
         let mut m = wi.metadata.clone();
+        super::slim_metadata(&mut m);
         m.resource_version = None;
-        m.managed_fields = None;
         m
     };
     planned.spec == written.spec && meta(planned) == meta(written)
@@ -522,6 +530,10 @@ async fn apply(wi: &WebhookIntegration, ctx: &Context) -> Result<Action, Error> 
         let mut index = ctx.secret_index();
         index.register(&key, reads);
         if index.is_settled(wi) {
+            drop(index);
+            // Settled at a version after any status write's planned-from copy: that
+            // memo can no longer match.
+            ctx.forget_written(wi);
             debug!(integration = %name, %namespace, "unchanged since it was settled: nothing read");
             return Ok(Action::requeue(ctx.resync));
         }
@@ -846,6 +858,40 @@ mod tests {
         assert!(backoff(3) >= Duration::from_secs(4));
         assert!(backoff(30) <= MAX_BACKOFF + MAX_BACKOFF / 10);
         assert!(backoff(30) >= MAX_BACKOFF);
+    }
+
+    #[test]
+    fn a_write_answer_matches_the_slimmed_cached_copy_it_was_planned_from() {
+        let written: WebhookIntegration = serde_json::from_value(serde_json::json!({
+            "apiVersion": "hookwarden.dev/v1alpha1", "kind": "WebhookIntegration",
+            "metadata": {
+                "name": "a", "namespace": "ns", "uid": "u", "resourceVersion": "12",
+                "annotations": {
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"spec\":{}}",
+                    "team": "payments",
+                },
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+            },
+            "spec": {"provider": "github"},
+            "status": {"path": "/hooks/x"},
+        }))
+        .expect("integration");
+        // The cache's copy: slimmed, an older resourceVersion, no status yet.
+        let mut cached = written.clone();
+        super::super::slim_metadata(&mut cached.metadata);
+        cached.metadata.resource_version = Some("11".into());
+        cached.status = None;
+        assert!(cached.metadata.managed_fields.is_none());
+        assert_eq!(
+            cached.metadata.annotations.as_ref().map(|a| a.len()),
+            Some(1),
+            "only kubectl's annotation goes"
+        );
+        assert!(only_status_differs(&cached, &written));
+        // Anything else in metadata still counts.
+        let mut relabelled = written.clone();
+        relabelled.metadata.labels = Some(BTreeMap::from([("x".into(), "y".into())]));
+        assert!(!only_status_differs(&cached, &relabelled));
     }
 
     #[test]

@@ -1180,10 +1180,10 @@ mod tests {
         let mut s = with_ref(spec(ProviderKind::Linear));
         s.token_header = Some("X-Token".into());
         s.schema = Some(serde_json::json!({"type": 12}));
-        s.incidents = Some(crate::crd::IncidentMapping {
+        s.incidents = Some(Box::new(crate::crd::IncidentMapping {
             title_from: Some("/title".into()),
             ..Default::default()
-        });
+        }));
         let wi = integration(s);
         let p = plan(input(
             &wi,
@@ -1205,7 +1205,7 @@ mod tests {
             m.to_string()
                 .contains("provider generic needs spec.signature")
         }));
-        s.signature = Some(SignatureSpec {
+        s.signature = Some(Box::new(SignatureSpec {
             header: "X-Sig".into(),
             algorithm: HmacAlgorithm::Sha256,
             encoding: SignatureEncoding::Hex,
@@ -1214,7 +1214,7 @@ mod tests {
             timestamp_header: None,
             id_header: None,
             tolerance_seconds: None,
-        });
+        }));
         assert_eq!(validate(&s).len(), 1, "{:?}", validate(&s));
         let mut g = spec(ProviderKind::Github);
         g.previous_secret_ttl = Some("1 day".into());

@@ -411,7 +411,7 @@ impl Mapping {
             other => Preset::None(other),
         };
         let empty = IncidentMapping::default();
-        let spec_mapping = spec.incidents.as_ref().unwrap_or(&empty);
+        let spec_mapping = spec.incidents.as_deref().unwrap_or(&empty);
         let configured = IncidentMapping {
             keep_recent: None,
             max_tracked: None,

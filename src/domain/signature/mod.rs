@@ -164,7 +164,7 @@ impl Scheme {
         let oidc = if oidc_sender {
             Some(oidc::OidcPolicy::from_spec(
                 spec.provider,
-                spec.oidc.as_ref(),
+                spec.oidc.as_deref(),
             )?)
         } else if spec.oidc.is_some() {
             return Err(SchemeError::UnexpectedOidc);
@@ -178,7 +178,7 @@ impl Scheme {
                 .and_then(|w| crate::domain::duration::parse(w).ok())
                 .unwrap_or(crate::domain::spec::defaults::DEDUP_WINDOW);
             sns::SnsPolicy::from_spec(
-                spec.sns.as_ref(),
+                spec.sns.as_deref(),
                 i64::try_from(window.as_secs()).unwrap_or(i64::MAX),
             )
         });

@@ -1209,7 +1209,7 @@ fn generic_spec(signed_content: &str) -> SignatureSpec {
 fn spec_for(provider: ProviderKind, signature: Option<SignatureSpec>) -> WebhookIntegrationSpec {
     let yaml = format!("provider: {provider}");
     let mut spec: WebhookIntegrationSpec = serde_yaml::from_str(&yaml).expect("spec");
-    spec.signature = signature;
+    spec.signature = signature.map(Box::new);
     spec
 }
 
