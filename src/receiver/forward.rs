@@ -987,14 +987,27 @@ impl ForwardTask {
         let bytes = self.outbox_bytes.clone();
         tokio::task::spawn_blocking(move || {
             let borrowed: Vec<Change<'_>> = changes.iter().map(OwnedChange::borrow).collect();
-            let mut outbox = outbox.lock().unwrap_or_else(PoisonError::into_inner);
-            let appended = outbox.append(&borrowed);
-            if appended.is_ok()
-                && let Err(e) = outbox.compact_if_worth_it()
-            {
-                tracing::warn!(error = %e, "outbox compaction failed; it is retried later");
+            let lock = || outbox.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut guard = lock();
+            let appended = guard.append(&borrowed);
+            let compaction = match appended.as_ref().map(|()| guard.begin_compaction()) {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "outbox compaction failed; it is retried later");
+                    None
+                }
+                Err(_) => None,
+            };
+            bytes.store(guard.disk_bytes(), std::sync::atomic::Ordering::Relaxed);
+            drop(guard);
+            // The copies' fdatasync without the lock: attempts and imports go on.
+            if let Some(c) = compaction {
+                let done = c.sync().and_then(|()| lock().finish_compaction(c));
+                if let Err(e) = done {
+                    tracing::warn!(error = %e, "outbox compaction failed; it is retried later");
+                    lock().abandon_compaction();
+                }
             }
-            bytes.store(outbox.disk_bytes(), std::sync::atomic::Ordering::Relaxed);
             appended
         })
         .await

@@ -241,6 +241,7 @@ impl JobRef {
 }
 
 /// The active segment at one moment, to `fdatasync` without holding the outbox.
+#[derive(Debug)]
 pub struct SyncHandle {
     file: File,
     segment: u64,
@@ -288,6 +289,8 @@ pub struct Outbox {
     total_bytes: u64,
     /// How much of the active segment an `fdatasync` has covered ([`Outbox::sync`]).
     synced_len: u64,
+    /// A compaction's copies are written and not yet synced ([`Compaction`]).
+    compacting: bool,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -426,6 +429,7 @@ impl Outbox {
             live_bytes: 0,
             total_bytes: 0,
             synced_len: 0,
+            compacting: false,
         };
         for &id in &ids {
             let path = dir.join(segment_name(id));
@@ -804,25 +808,51 @@ impl Outbox {
 
     /// Copies the live forwards into a fresh segment and deletes the older ones, when the
     /// dead bytes outweigh the live ones. Returns whether it compacted. Memory stays
-    /// bounded: one chunk of records at a time.
+    /// bounded: one chunk of records at a time. Holds `self` throughout, `fdatasync`s
+    /// included: callers sharing the outbox use [`Outbox::begin_compaction`] instead.
     pub fn compact_if_worth_it(&mut self) -> io::Result<bool> {
-        let dead = self.total_bytes.saturating_sub(self.live_bytes);
-        if dead < MIN_COMPACT_BYTES || dead < self.live_bytes {
-            return Ok(false);
+        match self.begin_compaction()? {
+            Some(c) => {
+                c.sync()?;
+                self.finish_compaction(c)?;
+                Ok(true)
+            }
+            None => Ok(false),
         }
-        self.compact()?;
-        Ok(true)
     }
 
-    /// See [`Outbox::compact_if_worth_it`]; unconditional. Each live job's record is
-    /// copied byte for byte, followed by a state record with its current state.
+    /// See [`Outbox::compact_if_worth_it`]; unconditional.
     pub fn compact(&mut self) -> io::Result<()> {
+        let c = self.copy_live()?;
+        c.sync()?;
+        self.finish_compaction(c)
+    }
+
+    /// The first step of a compaction, when one is worth it (and none is under way):
+    /// copies the live forwards into a fresh segment, which new appends share. The
+    /// copies are not durable yet and the old segments still exist: call
+    /// [`Compaction::sync`] without holding the outbox (the `fdatasync` of tens of MiB
+    /// took the lock, and with it every async worker touching the outbox, for as long),
+    /// then [`Outbox::finish_compaction`] (or [`Outbox::abandon_compaction`] if the sync
+    /// failed).
+    pub fn begin_compaction(&mut self) -> io::Result<Option<Compaction>> {
+        let dead = self.total_bytes.saturating_sub(self.live_bytes);
+        if self.compacting || dead < MIN_COMPACT_BYTES || dead < self.live_bytes {
+            return Ok(None);
+        }
+        self.copy_live().map(Some)
+    }
+
+    /// Copies each live job's record byte for byte, followed by a state record with its
+    /// current state.
+    fn copy_live(&mut self) -> io::Result<Compaction> {
         let old: Vec<u64> = std::fs::read_dir(&self.dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| parse_segment_name(&e.file_name().to_string_lossy()))
             .filter(|id| *id <= self.active_id)
             .collect();
-        self.active.sync_data()?;
+        // The old active segment's unsynced tail is synced with the copies.
+        let old_active = self.active.try_clone()?;
         self.active_id += 1;
         self.active = create_segment(&self.dir, self.active_id)?;
         self.active_len = 0;
@@ -886,16 +916,57 @@ impl Outbox {
                 }
             }
         }
-        // The copies are durable before the originals go.
-        self.sync()?;
-        for id in old {
-            std::fs::remove_file(self.dir.join(segment_name(id)))?;
-        }
-        sync_dir(&self.dir)?;
-        // Attempts still holding a handle of a deleted segment read it all the same.
-        drop(old_readers);
+        self.compacting = true;
         self.live_bytes = self.live.values().map(Slot::record_bytes).sum();
-        Ok(())
+        // Attempts still holding a handle of an old segment read it all the same.
+        drop(old_readers);
+        Ok(Compaction {
+            old,
+            old_active,
+            new: SyncHandle {
+                file: self.active.try_clone()?,
+                segment: self.active_id,
+                len: self.active_len,
+            },
+        })
+    }
+
+    /// The last step of a compaction whose copies [`Compaction::sync`] made durable:
+    /// deletes the old segments.
+    pub fn finish_compaction(&mut self, c: Compaction) -> io::Result<()> {
+        self.compacting = false;
+        self.synced(&c.new);
+        for id in c.old {
+            match std::fs::remove_file(self.dir.join(segment_name(id))) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// A compaction whose sync failed: the old segments stay (replay reads both copies;
+    /// the next compaction deletes them once its own copies are durable).
+    pub fn abandon_compaction(&mut self) {
+        self.compacting = false;
+    }
+}
+
+/// A compaction between its copy and the deletion of the old segments (see
+/// [`Outbox::begin_compaction`]).
+#[derive(Debug)]
+pub struct Compaction {
+    old: Vec<u64>,
+    old_active: File,
+    new: SyncHandle,
+}
+
+impl Compaction {
+    /// Makes the copies (and the old active segment's tail) durable; no outbox lock
+    /// needed.
+    pub fn sync(&self) -> io::Result<()> {
+        self.old_active.sync_data()?;
+        self.new.sync()
     }
 }
 
@@ -1079,6 +1150,91 @@ mod tests {
         drop(f);
         let mut o = Outbox::open(dir.path()).expect("reopen");
         assert_eq!(o.read_job(&key_of("a")).expect("job").body, &b"kept"[..]);
+    }
+
+    #[test]
+    fn a_compaction_syncs_outside_and_the_outbox_goes_on_meanwhile() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut o = Outbox::open(dir.path()).expect("open");
+        let big = vec![3u8; 64 * 1024];
+        let job = |o: &mut Outbox, id: &str| {
+            o.append(&[Change::Job {
+                meta: &meta(id),
+                state: &JobState::default(),
+                body: &big,
+            }])
+            .expect("append")
+        };
+        for i in 0..200 {
+            job(&mut o, &format!("j{i}"));
+            if i % 10 != 0 {
+                o.append(&[Change::Gone {
+                    key: key_of(&format!("j{i}")),
+                }])
+                .expect("gone");
+            }
+        }
+        let segments = |dir: &Path| {
+            std::fs::read_dir(dir)
+                .expect("dir")
+                .filter_map(|e| parse_segment_name(&e.ok()?.file_name().to_string_lossy()))
+                .count()
+        };
+        assert_eq!(segments(dir.path()), 1);
+        let c = o
+            .begin_compaction()
+            .expect("copy")
+            .expect("worth compacting");
+        // While the copies wait for their sync (the lock is free): no second compaction,
+        // appends, state changes and reads go on, against old and new segments.
+        assert!(o.begin_compaction().expect("check").is_none());
+        assert_eq!(
+            segments(dir.path()),
+            2,
+            "the old segment stays until the sync"
+        );
+        job(&mut o, "during");
+        let retry = JobState {
+            attempts: 2,
+            next_at_ms: 99,
+            dead_at_ms: None,
+            last_failure: Some("HTTP 503".into()),
+        };
+        o.append(&[Change::State {
+            key: key_of("j10"),
+            state: &retry,
+        }])
+        .expect("state");
+        o.append(&[Change::Gone { key: key_of("j20") }])
+            .expect("gone");
+        assert_eq!(o.read_job(&key_of("j30")).expect("moved job").body, big);
+        c.sync().expect("sync");
+        o.finish_compaction(c).expect("finish");
+        assert_eq!(segments(dir.path()), 1, "the old segment is gone");
+        drop(o);
+        let mut o = Outbox::open(dir.path()).expect("reopen");
+        // 20 kept, one more during the compaction, one delivered during it.
+        assert_eq!(o.len(), 20);
+        assert_eq!(o.read_job(&key_of("during")).expect("job").body, big);
+        assert!(o.get(&key_of("j20")).is_none());
+        let slot = o.get(&key_of("j10")).expect("slot");
+        assert_eq!((slot.attempts, slot.at_ms, slot.dead), (2, 99, false));
+        // An abandoned compaction (its sync failed) leaves the old segments to the next.
+        for i in 0..300 {
+            job(&mut o, &format!("k{i}"));
+            o.append(&[Change::Gone {
+                key: key_of(&format!("k{i}")),
+            }])
+            .expect("gone");
+        }
+        let before = segments(dir.path());
+        let c = o.begin_compaction().expect("copy").expect("worth it");
+        drop(c);
+        o.abandon_compaction();
+        assert_eq!(segments(dir.path()), before + 1);
+        o.compact().expect("compact");
+        assert_eq!(segments(dir.path()), 1);
+        assert_eq!(o.len(), 20);
     }
 
     #[test]

@@ -437,6 +437,52 @@ async fn pending_forwards_survive_a_restart_and_go_out_with_the_same_webhook_id(
     running.stop().await;
 }
 
+/// Enough delivered forwards to compact the outbox (8 MiB of dead records, the copies
+/// synced outside its lock while intake and attempts go on): the outbox shrinks, nothing
+/// is lost, and a restart sends nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_compacts_while_forwards_flow_and_a_restart_resends_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = Arc::new(Target::default());
+    let addr = start_target(target.clone()).await;
+    let path = generate_path();
+    let url = format!("http://{addr}/in");
+    let running = start_receiver(dir.path(), route(&path, &url, &["1s"])).await;
+    const N: usize = 160;
+    for i in 0..N {
+        let code =
+            send_datadog_padded(&running.url, &format!("evt-{i}"), "Triggered", 60_000).await;
+        assert_eq!(code, 202, "delivery {i}");
+    }
+    let deliveries = || {
+        types(&target)
+            .iter()
+            .filter(|t| t.as_str() == "delivery")
+            .count()
+    };
+    wait_for("every delivery forwarded", || deliveries() == N).await;
+    let outbox_bytes = || -> u64 {
+        std::fs::read_dir(dir.path().join("journal").join("outbox"))
+            .expect("outbox dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("out-"))
+            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    };
+    // ~9.6 MiB of forwards were written; once their tombstones are, it compacts.
+    wait_for("the outbox compacted", || outbox_bytes() < 4 << 20).await;
+    let sent = target.seen.lock().expect("lock").len();
+    running.stop().await;
+    let running = start_receiver(dir.path(), route(&path, &url, &["1s"])).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        target.seen.lock().expect("lock").len(),
+        sent,
+        "nothing delivered is sent again after the compaction and a restart"
+    );
+    running.stop().await;
+}
+
 /// A forward that fell due while the receiver was down is sent once the routes are
 /// loaded: before that every integration looks removed, and the forwarder must neither
 /// drop it for want of a target nor send it early.
