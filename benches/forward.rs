@@ -374,6 +374,23 @@ async fn pending(options: &Options, parent: &Path) -> Result<(), Box<dyn std::er
     );
     // The target comes up: every pending forward is due within a second (retry 1 s,
     // circuit open for 1 s), after one probe closes the circuit.
+    // How long the receiver's workers stop running tasks while the backlog drains (the
+    // outbox lock held by a compaction, say): a task sleeping 1 ms at a time on the same
+    // runtime records how late it wakes.
+    let probe_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probe = tokio::spawn({
+        let stop = probe_stop.clone();
+        async move {
+            let mut late = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                late.push(t.elapsed().saturating_sub(Duration::from_millis(1)));
+            }
+            late.sort();
+            late
+        }
+    });
     let target = CountingTarget::start(addr, 1)?;
     let up = Instant::now();
     let first = wait_until(Duration::from_secs(options.bound_seconds), || {
@@ -392,6 +409,22 @@ async fn pending(options: &Options, parent: &Path) -> Result<(), Box<dyn std::er
     })
     .await;
     let recorded = up.elapsed();
+    probe_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let late = probe.await?;
+    let at = |q: f64| {
+        late.get(((late.len() as f64 * q) as usize).min(late.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    println!(
+        "drain: worker stalls (a 1 ms sleep's lateness, {} wake-ups): p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms; {} late by > 50 ms",
+        late.len(),
+        at(0.99),
+        at(0.999),
+        late.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        late.iter()
+            .filter(|d| **d > Duration::from_millis(50))
+            .count(),
+    );
     println!(
         "drain: target up; first forward after {:.2} s{}, {got} of {n} after {:.2} s: {:.0} forwards/s \
          ({:.0}/s from the first arrival){} over {} connections; pending 0 on the board after {:.2} s{}; RSS then {:.1} MiB",
