@@ -310,7 +310,7 @@ pub async fn run_controller(
     let (store, writer) = reflector::store();
     let integration_events = watcher(integrations, watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(slim_cached)
+        .modify(|wi| slim_metadata(&mut wi.metadata))
         .reflect(writer)
         .applied_objects();
     let controller = Controller::for_stream(integration_events, store).with_config(
@@ -367,12 +367,8 @@ pub async fn run_controller(
         .await;
 }
 
-/// Drops from a cached integration what no reconcile reads (see `run_controller`).
-fn slim_cached(wi: &mut WebhookIntegration) {
-    slim_metadata(&mut wi.metadata);
-}
-
-/// See [`slim_cached`].
+/// Drops from a cached integration's metadata what no reconcile reads (see
+/// `run_controller`).
 pub(crate) fn slim_metadata(meta: &mut kube::api::ObjectMeta) {
     meta.managed_fields = None;
     if let Some(annotations) = meta.annotations.as_mut() {

@@ -990,23 +990,22 @@ impl ForwardTask {
             let lock = || outbox.lock().unwrap_or_else(PoisonError::into_inner);
             let mut guard = lock();
             let appended = guard.append(&borrowed);
-            let compaction = match appended.as_ref().map(|()| guard.begin_compaction()) {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "outbox compaction failed; it is retried later");
-                    None
-                }
-                Err(_) => None,
+            let compaction = match &appended {
+                Ok(()) => guard.begin_compaction(),
+                Err(_) => Ok(None),
             };
             bytes.store(guard.disk_bytes(), std::sync::atomic::Ordering::Relaxed);
             drop(guard);
             // The copies' fdatasync without the lock: attempts and imports go on.
-            if let Some(c) = compaction {
-                let done = c.sync().and_then(|()| lock().finish_compaction(c));
-                if let Err(e) = done {
-                    tracing::warn!(error = %e, "outbox compaction failed; it is retried later");
-                    lock().abandon_compaction();
-                }
+            let compacted = compaction.and_then(|c| match c {
+                Some(c) => c
+                    .sync()
+                    .and_then(|()| lock().finish_compaction(c))
+                    .inspect_err(|_| lock().abandon_compaction()),
+                None => Ok(()),
+            });
+            if let Err(e) = compacted {
+                tracing::warn!(error = %e, "outbox compaction failed; it is retried later");
             }
             appended
         })

@@ -809,7 +809,9 @@ impl Outbox {
     /// Copies the live forwards into a fresh segment and deletes the older ones, when the
     /// dead bytes outweigh the live ones. Returns whether it compacted. Memory stays
     /// bounded: one chunk of records at a time. Holds `self` throughout, `fdatasync`s
-    /// included: callers sharing the outbox use [`Outbox::begin_compaction`] instead.
+    /// included: the forwarder, which shares the outbox, uses
+    /// [`Outbox::begin_compaction`] instead; this is the tests' one-call form.
+    #[cfg(test)]
     pub fn compact_if_worth_it(&mut self) -> io::Result<bool> {
         match self.begin_compaction()? {
             Some(c) => {
@@ -822,6 +824,7 @@ impl Outbox {
     }
 
     /// See [`Outbox::compact_if_worth_it`]; unconditional.
+    #[cfg(test)]
     pub fn compact(&mut self) -> io::Result<()> {
         let c = self.copy_live()?;
         c.sync()?;
