@@ -919,18 +919,20 @@ impl Outbox {
                 }
             }
         }
-        self.compacting = true;
         self.live_bytes = self.live.values().map(Slot::record_bytes).sum();
         // Attempts still holding a handle of an old segment read it all the same.
         drop(old_readers);
+        let new = SyncHandle {
+            file: self.active.try_clone()?,
+            segment: self.active_id,
+            len: self.active_len,
+        };
+        // Only once nothing can fail: a flag left set would stop every later compaction.
+        self.compacting = true;
         Ok(Compaction {
             old,
             old_active,
-            new: SyncHandle {
-                file: self.active.try_clone()?,
-                segment: self.active_id,
-                len: self.active_len,
-            },
+            new,
         })
     }
 
