@@ -472,16 +472,19 @@ fn degraded_condition(
 /// Writes `bytes` to `path` atomically: a reader sees the old or the new content, never
 /// a torn file, even across a crash (temp file + fsync + rename + directory fsync).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp"));
+    write_atomic_with(path, |file| file.write_all(bytes))
+}
+
+/// [`write_atomic`] with the bytes written by `write` to the file (streamed, not built in
+/// memory first).
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let (dir, tmp) = temp_beside(path)?;
     {
         let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
+        write(&mut file)?;
         file.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
@@ -491,6 +494,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// `path`'s folder (created if missing) and the temporary file beside it that an atomic
+/// write renames over `path`.
+pub fn temp_beside(path: &Path) -> std::io::Result<(&Path, std::path::PathBuf)> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.tmp"));
+    Ok((dir, tmp))
 }
 
 /// Receiver status of one integration as standalone mode stores it.

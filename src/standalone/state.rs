@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::crd::WebhookIntegration;
-use crate::receiver::status::{FileStatusWriter, write_atomic};
+use crate::receiver::status::{FileStatusWriter, temp_beside, write_atomic, write_atomic_with};
 use crate::route::{Route, SecretValue};
 
 /// What standalone mode assigned to one integration, kept across restarts.
@@ -430,42 +430,9 @@ impl StateDir {
 /// transition time. Paths, UIDs and generated secrets keep [`write_atomic`]'s fsyncs; with
 /// 10,000 integrations, two fsyncs per object made a start take over 30 s.
 fn write_replaceable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp"));
+    let (_, tmp) = temp_beside(path)?;
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
-}
-
-/// [`write_atomic`] with the bytes written by `write` to the file: a temporary file,
-/// fsync'd, renamed over `path`, then the folder fsync'd.
-fn write_atomic_with(
-    path: &Path,
-    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp"));
-    {
-        let mut file = std::fs::File::create(&tmp)?;
-        write(&mut file)?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        // As in write_atomic: a filesystem that refuses a directory fsync only weakens
-        // the durability of the last rename.
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 /// A fresh random UID in the usual 8-4-4-4-12 hex form.
