@@ -20,7 +20,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncoder, NoLabelSet};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, MetricEncoder, NoLabelSet,
+};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -204,6 +206,27 @@ fn labels(route: &RouteMetrics) -> [(&'static str, &str); 2] {
     ]
 }
 
+/// One gauge family with a sample for each route `value` gives one for; no family at all
+/// when none does.
+fn route_gauges<'a, V: EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    routes: impl Iterator<Item = &'a Arc<RouteMetrics>> + Clone,
+    value: impl Fn(&RouteMetrics) -> Option<V>,
+) -> Result<(), std::fmt::Error> {
+    if !routes.clone().any(|r| value(r).is_some()) {
+        return Ok(());
+    }
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for route in routes {
+        if let Some(v) = value(route) {
+            family.encode_family(&labels(route))?.encode_gauge(&v)?;
+        }
+    }
+    Ok(())
+}
+
 fn counter(encoder: MetricEncoder, value: u64) -> Result<(), std::fmt::Error> {
     let mut encoder = encoder;
     encoder.encode_counter::<NoLabelSet, _, u64>(&value, None)
@@ -242,70 +265,40 @@ impl Collector for IntegrationMetrics {
                 }
             }
         }
-        let last_delivery = |r: &RouteMetrics| match r.last_delivery.load(Ordering::Relaxed) {
-            ABSENT => None,
-            bits => Some(f64::from_bits(bits)),
-        };
-        if routes().any(|r| last_delivery(r).is_some()) {
-            let mut family = encoder.encode_descriptor(
-                "last_delivery_timestamp_seconds",
-                LAST_DELIVERY_HELP,
-                None,
-                MetricType::Gauge,
-            )?;
-            for route in routes() {
-                if let Some(seconds) = last_delivery(route) {
-                    family
-                        .encode_family(&labels(route))?
-                        .encode_gauge(&seconds)?;
-                }
-            }
-        }
-        {
-            let mut family = encoder.encode_descriptor(
-                "served_since_timestamp_seconds",
-                SERVED_SINCE_HELP,
-                None,
-                MetricType::Gauge,
-            )?;
-            for route in routes() {
-                let seconds = f64::from_bits(route.served_since.load(Ordering::Relaxed));
-                family
-                    .encode_family(&labels(route))?
-                    .encode_gauge(&seconds)?;
-            }
-        }
-        {
-            let mut family = encoder.encode_descriptor(
-                "open_incidents",
-                OPEN_INCIDENTS_HELP,
-                None,
-                MetricType::Gauge,
-            )?;
-            for route in routes() {
-                let open = route.open_incidents.load(Ordering::Relaxed);
-                family.encode_family(&labels(route))?.encode_gauge(&open)?;
-            }
-        }
-        let interval = |r: &RouteMetrics| match r.expected_interval.load(Ordering::Relaxed) {
-            NO_INTERVAL => None,
-            seconds => Some(seconds),
-        };
-        if routes().any(|r| interval(r).is_some()) {
-            let mut family = encoder.encode_descriptor(
-                "expected_interval_seconds",
-                EXPECTED_INTERVAL_HELP,
-                None,
-                MetricType::Gauge,
-            )?;
-            for route in routes() {
-                if let Some(seconds) = interval(route) {
-                    family
-                        .encode_family(&labels(route))?
-                        .encode_gauge(&seconds)?;
-                }
-            }
-        }
+        route_gauges(
+            &mut encoder,
+            "last_delivery_timestamp_seconds",
+            LAST_DELIVERY_HELP,
+            routes(),
+            |r| match r.last_delivery.load(Ordering::Relaxed) {
+                ABSENT => None,
+                bits => Some(f64::from_bits(bits)),
+            },
+        )?;
+        route_gauges(
+            &mut encoder,
+            "served_since_timestamp_seconds",
+            SERVED_SINCE_HELP,
+            routes(),
+            |r| Some(f64::from_bits(r.served_since.load(Ordering::Relaxed))),
+        )?;
+        route_gauges(
+            &mut encoder,
+            "open_incidents",
+            OPEN_INCIDENTS_HELP,
+            routes(),
+            |r| Some(r.open_incidents.load(Ordering::Relaxed)),
+        )?;
+        route_gauges(
+            &mut encoder,
+            "expected_interval_seconds",
+            EXPECTED_INTERVAL_HELP,
+            routes(),
+            |r| match r.expected_interval.load(Ordering::Relaxed) {
+                NO_INTERVAL => None,
+                seconds => Some(seconds),
+            },
+        )?;
         let mut family = encoder.encode_descriptor("info", INFO_HELP, None, MetricType::Gauge)?;
         for route in routes() {
             let [namespace, integration] = labels(route);
