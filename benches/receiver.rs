@@ -120,6 +120,12 @@ struct Options {
     /// whatever queued behind the previous flush.
     #[arg(long, default_value_t = 0, requires = "fsync_floor")]
     fsync_floor_window_us: u64,
+    /// Diagnostic: instead of the receiver, the same HTTP stack with no pipeline behind it
+    /// (the receiver's `serve_with` and an axum router whose one handler reads the body and
+    /// answers 202), against nginx as usual: how much of the gap to nginx is tokio, hyper
+    /// and axum, and how much is verification, dedup, mapping and the sink.
+    #[arg(long, conflicts_with_all = ["url", "standalone", "fsync_floor", "compare_budgets"])]
+    transport_floor: bool,
     /// Instead of loading: time N verifications of one signed delivery per scheme as the
     /// receiver runs them (HMAC presets, tokens, ed25519, ECDSA P-256 through
     /// `signature::verify`; OIDC bearer RS256, ES256 and EdDSA against the Secret's
@@ -668,6 +674,43 @@ fn start_in_process_with<S: DeliverySink>(
         host: addr.to_string(),
         path,
         secret: client_secret,
+    })
+}
+
+/// The receiver's HTTP stack with nothing behind it (`--transport-floor`): the same
+/// `serve_with` and server options, an axum router whose fallback reads the body and
+/// answers 202 with no body.
+fn start_transport_floor(workers: usize) -> std::io::Result<Target> {
+    async fn accept(body: Bytes) -> http::StatusCode {
+        std::hint::black_box(body.len());
+        http::StatusCode::ACCEPTED
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?;
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            if let Ok(listener) = tokio::net::TcpListener::from_std(listener) {
+                let app = axum::Router::new().fallback(accept);
+                let _ = serve_with(
+                    listener,
+                    app,
+                    ServerOptions::default(),
+                    std::future::pending(),
+                )
+                .await;
+            }
+        })
+    });
+    Ok(Target {
+        addr,
+        host: addr.to_string(),
+        path: generate_path(),
+        secret: String::new(),
     })
 }
 
@@ -1290,6 +1333,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             floor_folder = Some(folder);
             (start_in_process(provider, options.workers, sink)?, label)
         }
+        None if options.transport_floor => (
+            start_transport_floor(options.workers)?,
+            format!(
+                "transport floor in-process (serve_with + axum, no pipeline, {} workers)",
+                options.workers
+            ),
+        ),
         None => (
             start_in_process(provider, options.workers, CountingSink::default())?,
             format!(
