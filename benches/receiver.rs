@@ -654,6 +654,22 @@ fn start_in_process_with<S: DeliverySink>(
         ReceiverMetrics::default(),
     ));
     state.set_ready(true);
+    let addr = serve_on_own_runtime(workers, app(state), server_options)?;
+    Ok(Target {
+        addr,
+        host: addr.to_string(),
+        path,
+        secret: client_secret,
+    })
+}
+
+/// Serves `app` with the receiver's `serve_with` on 127.0.0.1 from a runtime of `workers`
+/// threads on a thread of its own, until the process ends. Returns the address.
+fn serve_on_own_runtime(
+    workers: usize,
+    app: axum::Router,
+    server_options: ServerOptions,
+) -> std::io::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
@@ -664,17 +680,11 @@ fn start_in_process_with<S: DeliverySink>(
     std::thread::spawn(move || {
         runtime.block_on(async move {
             if let Ok(listener) = tokio::net::TcpListener::from_std(listener) {
-                let _ =
-                    serve_with(listener, app(state), server_options, std::future::pending()).await;
+                let _ = serve_with(listener, app, server_options, std::future::pending()).await;
             }
         })
     });
-    Ok(Target {
-        addr,
-        host: addr.to_string(),
-        path,
-        secret: client_secret,
-    })
+    Ok(addr)
 }
 
 /// The receiver's HTTP stack with nothing behind it (`--transport-floor`): the same
@@ -685,27 +695,8 @@ fn start_transport_floor(workers: usize) -> std::io::Result<Target> {
         std::hint::black_box(body.len());
         http::StatusCode::ACCEPTED
     }
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()?;
-    std::thread::spawn(move || {
-        runtime.block_on(async move {
-            if let Ok(listener) = tokio::net::TcpListener::from_std(listener) {
-                let app = axum::Router::new().fallback(accept);
-                let _ = serve_with(
-                    listener,
-                    app,
-                    ServerOptions::default(),
-                    std::future::pending(),
-                )
-                .await;
-            }
-        })
-    });
+    let app = axum::Router::new().fallback(accept);
+    let addr = serve_on_own_runtime(workers, app, ServerOptions::default())?;
     Ok(Target {
         addr,
         host: addr.to_string(),

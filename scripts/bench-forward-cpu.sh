@@ -18,14 +18,9 @@ shift $(( $# > 2 ? 2 : $# )) || true
 [ "${1:-}" = "--" ] && shift
 seconds=${SECONDS_PER_PASS:-5}
 mkdir -p "$state"
-bench=$(cargo bench --bench receiver --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json,sys
-for l in sys.stdin:
-    m=json.loads(l)
-    if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"]=="receiver":
-        print(m["executable"])')
-bin=${HOOKWARDEN_BENCH_BIN:-$(dirname "$(dirname "$bench")")/hookwarden}
-[ -x "$bin" ] || cargo build --release --bin hookwarden
+. scripts/bench-lib.sh
+bench=$(receiver_bench)
+bin=$(hookwarden_for_bench "$bench")
 tck=$(getconf CLK_TCK)
 for round in $(seq 1 "$rounds"); do
   for mode in "" --forward; do

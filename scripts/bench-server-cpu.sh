@@ -10,12 +10,8 @@
 # usage: scripts/bench-server-cpu.sh [bench args, e.g. --provider datadog | --transport-floor]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bench=$(cargo bench --bench receiver --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json,sys
-for l in sys.stdin:
-    m=json.loads(l)
-    if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"]=="receiver":
-        print(m["executable"])')
+. scripts/bench-lib.sh
+bench=$(receiver_bench)
 PATH=$PATH:/usr/sbin
 command -v nginx >/dev/null || { echo "nginx is not installed: apt-get install -y nginx-light" >&2; exit 1; }
 out=$(mktemp)

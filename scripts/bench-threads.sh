@@ -14,14 +14,9 @@ state=${1:-target/tmp}
 shift $(( $# > 1 ? 1 : $# )) || true
 [ "${1:-}" = "--" ] && shift
 mkdir -p "$state"
-bench=$(cargo bench --bench receiver --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json,sys
-for l in sys.stdin:
-    m=json.loads(l)
-    if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"]=="receiver":
-        print(m["executable"])')
-bin=${HOOKWARDEN_BENCH_BIN:-$(dirname "$(dirname "$bench")")/hookwarden}
-[ -x "$bin" ] || cargo build --release --bin hookwarden
+. scripts/bench-lib.sh
+bench=$(receiver_bench)
+bin=$(hookwarden_for_bench "$bench")
 out=$(mktemp)
 HOOKWARDEN_BENCH_BIN=$bin "$bench" --standalone --rounds 1 --no-nginx --no-half-rate \
   --seconds 6 --state-dir "$state" "$@" >"$out" 2>&1 &
