@@ -339,6 +339,87 @@ fn all_zero(bytes: &[u8]) -> bool {
     bytes.iter().all(|&b| b == 0)
 }
 
+/// Hands `visit` the records of one segment whose seq lies in `from..=to`, in order, by
+/// positioned reads: a batch wholly before `from` costs one header read, its body is
+/// skipped. For reading back entries of a live journal (deferred forwards): every entry
+/// up to `to` was committed before the caller asked, so reaching the end of the written
+/// batches (zeros, or a batch still being written) before `to` is simply the end of this
+/// segment. A batch that is complete but fails its checks is `InvalidData`. Returns
+/// whether the scan went past `to` or `visit` asked to stop (later segments need not
+/// be read).
+pub(super) fn read_range(
+    file: &std::fs::File,
+    name_first_seq: Seq,
+    from: Seq,
+    to: Seq,
+    visit: &mut dyn FnMut(Seq, &[u8]) -> bool,
+) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt as _;
+    let invalid = |reason: String| std::io::Error::new(std::io::ErrorKind::InvalidData, reason);
+    let len = file.metadata()?.len();
+    let mut header = [0u8; SEGMENT_HEADER_LEN];
+    if len < SEGMENT_HEADER_LEN as u64 {
+        return Ok(false);
+    }
+    file.read_exact_at(&mut header, 0)?;
+    if header[..8] != SEGMENT_MAGIC || read_u64(&header, 8) != name_first_seq {
+        return Err(invalid("invalid segment header".into()));
+    }
+    let mut pos = SEGMENT_HEADER_LEN as u64;
+    let mut batch_header = [0u8; BATCH_HEADER_LEN];
+    let mut buf = Vec::new();
+    while pos + BATCH_HEADER_LEN as u64 <= len {
+        file.read_exact_at(&mut batch_header, pos)?;
+        if batch_header[..4] != BATCH_MAGIC
+            || crc32fast::hash(&batch_header[..20]) != read_u32(&batch_header, 20)
+        {
+            // Zeros written ahead, or the batch the writer is writing now.
+            return Ok(false);
+        }
+        let body_len = u64::from(read_u32(&batch_header, 4));
+        let count = u64::from(read_u32(&batch_header, 8));
+        let first = read_u64(&batch_header, 12);
+        let end = pos + BATCH_HEADER_LEN as u64 + body_len;
+        if first > to {
+            return Ok(true);
+        }
+        if end > len {
+            return Ok(false);
+        }
+        if count == 0 || first + count - 1 < from {
+            pos = end;
+            continue;
+        }
+        buf.resize(
+            usize::try_from(end - pos).map_err(std::io::Error::other)?,
+            0,
+        );
+        file.read_exact_at(&mut buf, pos)?;
+        parse_batch(&buf, 0, first, true).map_err(|e| match e {
+            BatchError::Header(d) | BatchError::Body { damage: d, .. } => invalid(format!(
+                "journal batch at offset {}: {}",
+                pos + d.offset,
+                d.reason
+            )),
+        })?;
+        let mut at = BATCH_HEADER_LEN;
+        for i in 0..count {
+            let seq = first + i;
+            let record_len = read_u32(&buf, at) as usize;
+            let payload = &buf[at + FRAME_HEADER_LEN..at + FRAME_HEADER_LEN + record_len];
+            at += FRAME_HEADER_LEN + record_len;
+            if seq > to {
+                return Ok(true);
+            }
+            if seq >= from && !visit(seq, payload) {
+                return Ok(true);
+            }
+        }
+        pos = end;
+    }
+    Ok(false)
+}
+
 /// Validates the batch at `pos`: returns (end offset, first seq, count).
 /// With `exact`, its first seq must equal `min_seq`, else be at least `min_seq`.
 fn parse_batch(

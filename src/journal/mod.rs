@@ -606,6 +606,57 @@ impl Journal {
         done.await.map_err(|_| JournalError::Closed)?
     }
 
+    /// Reads back the entries with seq in `from..=to`, in order, handing each to `visit`
+    /// until it returns false. Blocking (positioned reads of the segment files): call it
+    /// on the blocking pool. Meant for entries already committed and not yet compacted
+    /// (the caller holds the checkpoint below `from`); seqs that were never written (a
+    /// failed append) are simply absent. What the receiver uses it for: forwards deferred
+    /// while intake was saturated are read back from the journal rather than held in
+    /// memory (`receiver::runtime`, "Deferred forwards").
+    pub fn read_entries(
+        &self,
+        from: Seq,
+        to: Seq,
+        visit: &mut dyn FnMut(Seq, &[u8]) -> bool,
+    ) -> std::io::Result<()> {
+        if from > to {
+            return Ok(());
+        }
+        let dir = &self.inner.dir;
+        let mut names: Vec<(Seq, PathBuf)> = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if let Some(first) = entry
+                .file_name()
+                .to_str()
+                .and_then(format::parse_segment_name)
+            {
+                names.push((first, entry.path()));
+            }
+        }
+        names.sort_by_key(|(first, _)| *first);
+        // The segment holding `from` is the last one named at or below it.
+        let start = names
+            .iter()
+            .rposition(|(first, _)| *first <= from)
+            .unwrap_or(0);
+        for (first, path) in &names[start..] {
+            if *first > to {
+                break;
+            }
+            let file = match std::fs::File::open(path) {
+                Ok(f) => f,
+                // Compacted meanwhile: it held only entries below the checkpoint.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if format::read_range(&file, *first, from, to, visit)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Current sizes and positions.
     pub fn stats(&self) -> JournalStats {
         let shared = &self.inner.shared;

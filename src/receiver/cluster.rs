@@ -106,9 +106,9 @@ pub struct ReceiverArgs {
     /// above still apply).
     #[arg(long, env = "HOOKWARDEN_FORWARD_ALLOW_CIDRS", value_delimiter = ',')]
     pub forward_allow_cidrs: Vec<IpNet>,
-    /// Intake first: while the receiver's workers are saturated with deliveries, forward
-    /// attempts wait, up to this long past their due time (then they go out at full
-    /// speed, sharing the workers). 0 = forwards never wait for intake.
+    /// Intake first: while the receiver's workers are saturated with deliveries, new
+    /// forwards stay in the journal and forward attempts wait, up to this long (then they
+    /// go out at full speed, sharing the workers). 0 = forwards never wait for intake.
     #[arg(long, env = "HOOKWARDEN_FORWARD_MAX_LAG", default_value = "10s", value_parser = crate::domain::duration::parse_arg)]
     pub forward_max_lag: Duration,
     /// Let forwards connect to loopback addresses. Only for tests and single-node dev

@@ -58,7 +58,13 @@ use crate::route::{ReplayRequest, RouteForward};
 pub struct ForwardedBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
-    #[serde(with = "base64_bytes")]
+    /// Not in the record's JSON: [`crate::receiver::sink::Accepted::to_record`] appends
+    /// the bytes after it. Records of earlier versions carry it here, as base64.
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "base64_bytes::deserialize"
+    )]
     pub body: Vec<u8>,
     /// The provider's delivery-id and event-type headers (for `raw`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -77,11 +83,7 @@ impl std::fmt::Debug for ForwardedBody {
 mod base64_bytes {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&STANDARD.encode(bytes))
-    }
+    use serde::{Deserialize, Deserializer};
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
@@ -288,8 +290,12 @@ impl std::fmt::Debug for IntakeProgress {
 /// Default of `--forward-max-lag`.
 pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(10);
 
-/// Share of the runtime's worker time above which the workers count as saturated.
+/// Share of the runtime's worker time above which the workers count as saturated…
 const SATURATED: f64 = 0.8;
+/// …and, once they are, the share they must fall below (for [`EASE`]) to count as
+/// eased: while forwarding yields, the workers only answer deliveries, and where the
+/// load's clients share the node's cores that alone hovers around [`SATURATED`].
+const EASED: f64 = 0.5;
 /// Staged outcome records are written at least this often…
 const FLUSH_DELAY: Duration = Duration::from_millis(20);
 /// …or as soon as this many wait.
@@ -297,23 +303,50 @@ const FLUSH_BATCH: usize = 1024;
 /// How often the gate looks at the workers (a shorter window is mostly noise).
 const GATE_WINDOW: Duration = Duration::from_millis(20);
 
-/// Decides whether the forwarder yields to intake.
+/// How long intake must stay below [`EASED`] (while deliveries keep arriving) before
+/// forwarding stops yielding: a single quiet window between two busy ones is noise, and
+/// every switch back costs a read-back of deferred forwards from the journal.
+const EASE: Duration = Duration::from_millis(200);
+
+/// Decides whether forwarding yields to intake; shared by the forwarder (attempts) and
+/// the status loop (imports: see `receiver::runtime`, "Deferred forwards").
 ///
 /// Why: every forward is a second HTTP exchange, this time as a client, on the same
-/// workers that answer deliveries; on a small node a forwarder sending as fast as it can
-/// halves intake (docs/bench.md "Forwarding"). Forwards are durable in the outbox, so
-/// they can wait out a burst. While, over the last [`GATE_WINDOW`], the runtime's workers
-/// were busy ≥ [`SATURATED`] of the time *and* deliveries were accepted, only forwards
-/// due more than `max_lag` ago start (the backlog is sent at full speed again once it
-/// is that late: under a sustained overload forwards run `max_lag` behind and the two
-/// share the workers). Busy workers without intake (a backlog draining) do not count.
-struct IntakeGate {
+/// workers that answer deliveries, and importing it (rendering, writing it to the
+/// outbox) costs about a third of a delivery's own CPU; on a small node a forwarder
+/// working as fast as it can takes a third to a half of intake (docs/bench.md
+/// "Forwarding"). Forwards are durable in the journal before the 2xx, so they can wait
+/// out a burst. Intake is *saturated* once, over a [`GATE_WINDOW`], the runtime's
+/// workers were busy ≥ [`SATURATED`] of the time *and* deliveries were accepted; it
+/// stays so until deliveries stop or the workers stay below [`EASED`] for [`EASE`]. While
+/// saturated, only forwards due more than `max_lag` ago start, and the status loop
+/// leaves new forwards in the journal for at most `max_lag` (the backlog is sent at full
+/// speed again once it is that late: under a sustained overload forwards run `max_lag`
+/// behind and the two share the workers). Busy workers without intake (a backlog
+/// draining) do not count.
+pub struct IntakePressure {
+    state: Mutex<GateState>,
+    max_lag: Duration,
+    /// 0: measured; 1: saturated; 2: not ([`IntakePressure::force`]).
+    forced: std::sync::atomic::AtomicU8,
+}
+
+impl std::fmt::Debug for IntakePressure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntakePressure")
+            .field("max_lag", &self.max_lag)
+            .finish_non_exhaustive()
+    }
+}
+
+struct GateState {
     progress: Arc<dyn Fn() -> u64 + Send + Sync>,
-    max_lag_ms: i64,
     last_at: std::time::Instant,
     last_progress: u64,
     last_busy: Duration,
     yielding: bool,
+    /// Since when intake has been below saturation while still yielding.
+    eased_since: Option<std::time::Instant>,
     /// When the current yield began (for the log).
     since: Option<std::time::Instant>,
 }
@@ -328,56 +361,97 @@ fn workers_busy() -> Duration {
         .sum()
 }
 
-impl IntakeGate {
-    fn new(progress: Arc<dyn Fn() -> u64 + Send + Sync>, max_lag: Duration) -> IntakeGate {
-        IntakeGate {
-            last_progress: progress(),
-            progress,
-            max_lag_ms: i64::try_from(max_lag.as_millis()).unwrap_or(i64::MAX),
-            last_at: std::time::Instant::now(),
-            last_busy: workers_busy(),
-            yielding: false,
-            since: None,
+impl IntakePressure {
+    pub fn new(progress: Arc<dyn Fn() -> u64 + Send + Sync>, max_lag: Duration) -> IntakePressure {
+        IntakePressure {
+            state: Mutex::new(GateState {
+                last_progress: progress(),
+                progress,
+                last_at: std::time::Instant::now(),
+                last_busy: workers_busy(),
+                yielding: false,
+                eased_since: None,
+                since: None,
+            }),
+            max_lag,
+            forced: std::sync::atomic::AtomicU8::new(0),
         }
     }
 
-    /// Looks again once a window has passed; returns whether to yield.
-    fn sample(&mut self) -> bool {
+    /// Overrides the measurement (`None`: measure again). For tests, which cannot make a
+    /// machine's workers busy on cue.
+    pub fn force(&self, saturated: Option<bool>) {
+        let v = match saturated {
+            None => 0,
+            Some(true) => 1,
+            Some(false) => 2,
+        };
+        self.forced.store(v, Ordering::Relaxed);
+    }
+
+    /// How long forwards may wait for intake (`--forward-max-lag`).
+    pub fn max_lag(&self) -> Duration {
+        self.max_lag
+    }
+
+    /// Looks again once a window has passed; returns whether intake is saturated.
+    pub fn saturated(&self) -> bool {
+        match self.forced.load(Ordering::Relaxed) {
+            1 => return true,
+            2 => return false,
+            _ => {}
+        }
+        let mut g = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let now = std::time::Instant::now();
-        let elapsed = now.duration_since(self.last_at);
+        let elapsed = now.duration_since(g.last_at);
         if elapsed < GATE_WINDOW {
-            return self.yielding;
+            return g.yielding;
         }
         let busy = workers_busy();
-        let progress = (self.progress)();
+        let progress = (g.progress)();
         let workers = tokio::runtime::Handle::try_current()
             .map(|h| h.metrics().num_workers())
             .unwrap_or(1)
             .max(1);
-        let share = busy.saturating_sub(self.last_busy).as_secs_f64()
+        let share = busy.saturating_sub(g.last_busy).as_secs_f64()
             / (elapsed.as_secs_f64() * workers as f64);
-        let yielding = share >= SATURATED && progress > self.last_progress;
-        if yielding != self.yielding {
-            match (yielding, self.since.take()) {
-                (true, _) => self.since = Some(now),
+        let arriving = progress > g.last_progress;
+        let busy_enough = share >= SATURATED || (g.yielding && share >= EASED);
+        let yielding = if busy_enough && arriving {
+            g.eased_since = None;
+            true
+        } else if g.yielding && arriving {
+            let eased = *g.eased_since.get_or_insert(now);
+            now.duration_since(eased) < EASE
+        } else {
+            false
+        };
+        if !yielding {
+            g.eased_since = None;
+        }
+        tracing::trace!(share, arriving, yielding, "intake gate");
+        if yielding != g.yielding {
+            match (yielding, g.since.take()) {
+                (true, _) => g.since = Some(now),
                 (false, Some(since)) => tracing::debug!(
                     yielded_ms = now.duration_since(since).as_millis() as u64,
-                    "forwarder: intake eased, sending again"
+                    "forwarding: intake eased, sending and importing again"
                 ),
                 (false, None) => {}
             }
         }
-        self.yielding = yielding;
-        self.last_at = now;
-        self.last_busy = busy;
-        self.last_progress = progress;
+        g.yielding = yielding;
+        g.last_at = now;
+        g.last_busy = busy;
+        g.last_progress = progress;
         yielding
     }
 
-    /// Forwards due at or before this may start now.
-    fn cutoff(&self, now_ms: i64) -> i64 {
-        if self.yielding {
-            now_ms.saturating_sub(self.max_lag_ms)
+    /// Forwards due at or before this may start now (`yielding`: what
+    /// [`IntakePressure::saturated`] said).
+    fn cutoff(&self, yielding: bool, now_ms: i64) -> i64 {
+        if yielding {
+            now_ms.saturating_sub(i64::try_from(self.max_lag.as_millis()).unwrap_or(i64::MAX))
         } else {
             now_ms
         }
@@ -629,9 +703,17 @@ pub struct Forwarder {
     pub board: Arc<ForwardBoard>,
     released: Arc<AtomicBool>,
     outbox: Arc<Mutex<Outbox>>,
+    /// Whether intake is saturated (`None`: forwarding never yields).
+    pressure: Option<Arc<IntakePressure>>,
 }
 
 impl Forwarder {
+    /// The intake gate the forwarder yields to, for the status loop to defer imports by
+    /// (`None` with `--forward-max-lag 0`).
+    pub fn pressure(&self) -> Option<Arc<IntakePressure>> {
+        self.pressure.clone()
+    }
+
     /// Lets attempts start: the routes are loaded and the forwards of the journal entries
     /// replayed at start are in the outbox. Until then the forwarder only queues.
     ///
@@ -730,6 +812,12 @@ pub fn start(
     let changes = configs.subscribe();
     let lookup = configs.lookup();
     let (tx, rx) = mpsc::channel(64);
+    let gate = match (&options.intake_progress, options.max_lag) {
+        (Some(progress), Some(max_lag)) if !max_lag.is_zero() => {
+            Some(Arc::new(IntakePressure::new(progress.0.clone(), max_lag)))
+        }
+        _ => None,
+    };
     let board = Arc::new(ForwardBoard::default());
     let released = Arc::new(AtomicBool::new(false));
     let outbox = Arc::new(Mutex::new(outbox));
@@ -751,12 +839,8 @@ pub fn start(
         staged_since: None,
         outbox_bytes,
         handled_replays,
-        gate: match (&options.intake_progress, options.max_lag) {
-            (Some(progress), Some(max_lag)) if !max_lag.is_zero() => {
-                Some(IntakeGate::new(progress.0.clone(), max_lag))
-            }
-            _ => None,
-        },
+        gate: gate.clone(),
+        yielding: false,
         options,
     };
     task.load();
@@ -767,6 +851,7 @@ pub fn start(
             board,
             released,
             outbox,
+            pressure: gate,
         },
         handle,
     ))
@@ -824,7 +909,9 @@ struct ForwardTask {
     /// for want of a target and no dead letter expires.
     released: Arc<AtomicBool>,
     /// Intake first (`None`: the forwarder never yields).
-    gate: Option<IntakeGate>,
+    gate: Option<Arc<IntakePressure>>,
+    /// What the gate said at the top of this turn of the loop.
+    yielding: bool,
 }
 
 /// Forwards a scheduling pass may put back (no route yet, target busy) before it stops:
@@ -919,7 +1006,8 @@ impl ForwardTask {
                 self.flush().await;
             }
             let released = self.released.load(Ordering::Acquire);
-            let yielding = self.gate.as_mut().is_some_and(IntakeGate::sample);
+            let yielding = self.gate.as_ref().is_some_and(|g| g.saturated());
+            self.yielding = yielding;
             if released {
                 self.start_due();
             }
@@ -1040,14 +1128,17 @@ impl ForwardTask {
         let changes = fresh
             .into_iter()
             .map(|(key, j)| {
-                keys.push(key);
+                keys.push((key, j.meta.created_ms.min(now)));
                 *per_target
                     .entry((j.meta.integration.clone(), j.meta.target.clone()))
                     .or_default() += 1;
+                // Due since the delivery arrived: a forward deferred while intake was
+                // saturated counts its wait against `--forward-max-lag` from then.
+                let due = j.meta.created_ms.min(now);
                 OwnedChange::Job {
                     meta: Box::new(j.meta),
                     state: JobState {
-                        next_at_ms: now,
+                        next_at_ms: due,
                         ..JobState::default()
                     },
                     body: j.body,
@@ -1058,8 +1149,8 @@ impl ForwardTask {
         for ((integration, target), n) in per_target {
             self.count(&integration, &target, n, 0);
         }
-        for key in keys {
-            self.queue.push(Reverse((now, key)));
+        for (key, due) in keys {
+            self.queue.push(Reverse((due, key)));
         }
         Ok(())
     }
@@ -1067,7 +1158,10 @@ impl ForwardTask {
     /// Starts every due attempt the limits and circuits allow.
     fn start_due(&mut self) {
         let now = (self.clock)();
-        let cutoff = self.gate.as_ref().map_or(now, |g| g.cutoff(now));
+        let cutoff = self
+            .gate
+            .as_ref()
+            .map_or(now, |g| g.cutoff(self.yielding, now));
         // A target with parked forwards and nothing in flight has no attempt left whose
         // end would hand them back (their first pick was stale, or an attempt task
         // failed): hand them back here.
@@ -1777,12 +1871,29 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicU64;
 
-    fn gate(progress: &Arc<AtomicU64>) -> IntakeGate {
+    fn gate(progress: &Arc<AtomicU64>) -> IntakePressure {
         let p = progress.clone();
-        IntakeGate::new(
+        IntakePressure::new(
             Arc::new(move || p.load(Ordering::Relaxed)),
             Duration::from_secs(10),
         )
+    }
+
+    /// The worker held for `ms`, then parked for a moment: tokio adds a worker's busy
+    /// time up when it parks.
+    fn busy(ms: u64) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            std::thread::sleep(Duration::from_millis(ms));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        })
+    }
+
+    fn one_worker() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime")
     }
 
     /// Saturated workers *and* accepted deliveries: yield (only forwards overdue by the
@@ -1790,44 +1901,63 @@ mod tests {
     /// Intake without saturation: do not.
     #[test]
     fn the_gate_yields_only_to_intake_that_saturates_the_workers() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
+        one_worker().block_on(async {
             let progress = Arc::new(AtomicU64::new(0));
-            // The worker held for `ms`, then parked for a moment: tokio adds a worker's
-            // busy time up when it parks.
-            let busy = |ms: u64| {
-                tokio::spawn(async move {
-                    std::thread::sleep(Duration::from_millis(ms));
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                })
-            };
             // Saturated, deliveries accepted.
-            let mut g = tokio::spawn({
+            let g = tokio::spawn({
                 let progress = progress.clone();
                 async move {
-                    let mut g = gate(&progress);
+                    let g = gate(&progress);
                     busy(60).await.expect("busy");
                     progress.fetch_add(100, Ordering::Relaxed);
-                    let yielding = g.sample();
+                    let yielding = g.saturated();
                     (g, yielding)
                 }
             })
             .await
             .expect("task");
             assert!(g.1, "saturated workers with intake must yield");
-            assert_eq!(g.0.cutoff(100_000), 90_000);
+            assert_eq!(g.0.cutoff(true, 100_000), 90_000);
+            assert_eq!(g.0.cutoff(false, 100_000), 100_000);
             // Saturated, nothing accepted.
             busy(60).await.expect("busy");
-            assert!(!g.0.sample(), "a draining backlog alone must not yield");
-            assert_eq!(g.0.cutoff(100_000), 100_000);
+            assert!(!g.0.saturated(), "a draining backlog alone must not yield");
             // Deliveries accepted, workers idle.
             tokio::time::sleep(Duration::from_millis(60)).await;
             progress.fetch_add(100, Ordering::Relaxed);
-            assert!(!g.0.sample(), "idle workers must not yield");
+            assert!(!g.0.saturated(), "idle workers must not yield");
+        });
+    }
+
+    /// Once saturated, intake must stay below saturation for EASE (deliveries still
+    /// arriving) before forwarding stops yielding: one quiet window is noise.
+    #[test]
+    fn the_gate_eases_only_after_intake_stays_below_saturation() {
+        one_worker().block_on(async {
+            let progress = Arc::new(AtomicU64::new(0));
+            let g = tokio::spawn({
+                let progress = progress.clone();
+                async move {
+                    let g = gate(&progress);
+                    busy(60).await.expect("busy");
+                    progress.fetch_add(100, Ordering::Relaxed);
+                    assert!(g.saturated());
+                    g
+                }
+            })
+            .await
+            .expect("task");
+            // A quiet window with deliveries: still yielding.
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            progress.fetch_add(10, Ordering::Relaxed);
+            assert!(g.saturated(), "one quiet window must not end the yield");
+            // Quiet for longer than EASE: eased.
+            tokio::time::sleep(EASE + Duration::from_millis(20)).await;
+            progress.fetch_add(10, Ordering::Relaxed);
+            assert!(
+                !g.saturated(),
+                "intake below saturation for EASE must end the yield"
+            );
         });
     }
 }

@@ -6,8 +6,30 @@
 //! Invariant: a delivery is answered 2xx only after its journal entry is fsync'd, and
 //! every fsync'd entry reaches the status — either through the live queue or, after a
 //! crash, through replay at start ([`replay`]).
+//!
+//! # Deferred forwards
+//!
+//! A delivery that a target is sent is journaled with its body, so its forward is durable
+//! before the 2xx. Turning it into an outbox job (rendering, writing it to the outbox)
+//! costs about a third of the delivery's own CPU, so while intake saturates the workers
+//! ([`IntakePressure`]) the status loop does not do it: it notes the span of sequence
+//! numbers whose `delivery` forwards stay in the journal (incident events, rare and
+//! depending on the ledger as it stood at the fold, are imported as usual). Once intake
+//! eases — or the span is `--forward-max-lag` old, or the journal is half of its
+//! cap — the span is read back from the journal on the blocking pool
+//! ([`DeliveryJournal::read_entries`]), rendered and imported in batches. Nothing of the
+//! body is held in memory meanwhile. Replay at start does the same with the replayed
+//! entries (only the sequence numbers are kept), so a restart after a long burst does
+//! not hold every replayed body either.
+//!
+//! The journal's applied mark stays below the oldest span not read back, and no
+//! checkpoint is taken while one exists (the ledger already covers it): after a crash,
+//! replay re-imports those entries' forwards. A span is exact: it starts above every
+//! sequence number folded before it, every delivery folded into it while it is open is
+//! deferred, and it is closed only up to what the ledger covers without gaps, so no
+//! forward imported at its fold is read back a second time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -21,7 +43,9 @@ use crate::clock::Clock;
 use crate::domain::incident::state::Incident;
 use crate::domain::spec;
 use crate::journal::{Journal, RecoveryVisitor};
-use crate::receiver::forward::{Folded, ForwardLookup, Forwarder, NewJob, jobs_for};
+use crate::receiver::forward::{
+    Folded, ForwardLookup, Forwarder, IntakePressure, NewJob, jobs_for,
+};
 use crate::receiver::ledger::Ledger;
 use crate::receiver::metrics::{ReceiverMetrics, WriteLabels};
 use crate::receiver::sink::{Accepted, DeliverySink, Duplicate, Rejected, SinkError};
@@ -35,6 +59,8 @@ const FOLD_BATCH: usize = 256;
 const IMPORT_BATCH: usize = 1024;
 /// Forwards rendered between two yields of the status loop (~1.2 µs each).
 const RENDER_SLICE: usize = 64;
+/// How often the open span of deferred forwards is looked at (intake eased? max lag?).
+const SPAN_CHECK: Duration = Duration::from_millis(20);
 /// The longest a folded delivery's forwards wait for an import (their latency floor).
 const IMPORT_DELAY: Duration = Duration::from_millis(50);
 
@@ -61,6 +87,21 @@ pub trait DeliveryJournal: Send + Sync + 'static {
         snapshot: Vec<u8>,
         covers: u64,
     ) -> impl Future<Output = Result<(), String>> + Send;
+    /// Whether [`DeliveryJournal::read_entries`] works: only then are forwards deferred
+    /// ("Deferred forwards" above).
+    fn reads_back(&self) -> bool {
+        false
+    }
+    /// Reads the entries `from..=to` back (blocking), handing each to `visit` until it
+    /// returns false.
+    fn read_entries(
+        &self,
+        _from: u64,
+        _to: u64,
+        _visit: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
 }
 
 impl DeliveryJournal for Journal {
@@ -82,6 +123,17 @@ impl DeliveryJournal for Journal {
         Journal::checkpoint(self, snapshot, covers)
             .await
             .map_err(|e| e.to_string())
+    }
+    fn reads_back(&self) -> bool {
+        true
+    }
+    fn read_entries(
+        &self,
+        from: u64,
+        to: u64,
+        visit: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> std::io::Result<()> {
+        Journal::read_entries(self, from, to, visit)
     }
 }
 
@@ -286,7 +338,8 @@ impl<J: DeliveryJournal> DeliverySink for JournaledSink<J> {
                 "the journal and the forward outbox reached --journal-max-bytes together".into(),
             ));
         }
-        let record = serde_json::to_vec(&delivery)
+        let record = delivery
+            .to_record()
             .map_err(|e| SinkError::Unavailable(format!("cannot encode journal record: {e}")))?;
         self.counters.inflight.fetch_add(1, Ordering::SeqCst);
         let _guard = InflightGuard(&self.counters.inflight);
@@ -370,8 +423,12 @@ pub struct ReplayReport {
     /// Highest sequence number seen.
     pub max_seq: u64,
     /// What the replayed entries may forward, for the status loop to import once routes
-    /// are loaded (the outbox skips the forwards it already has).
+    /// are loaded (the outbox skips the forwards it already has): the incident events
+    /// here (their bodies dropped), and the `delivery` forwards of the entries in
+    /// `deferred`, read back from the journal ("Deferred forwards").
     pub forwards: Vec<Folded>,
+    /// Sequence numbers of the replayed entries that carry a body to forward, ascending.
+    pub deferred: Vec<u64>,
 }
 
 /// Folds what the journal recovers into a ledger as recovery reads it (a
@@ -413,6 +470,8 @@ impl Replayer {
         } = self;
         // Every entry that exists was handed over: gaps below the highest one never fill.
         ledger.settle(report.max_seq);
+        let mut report = report;
+        report.deferred.sort_unstable();
         // Entries already on the status (applied after the last checkpoint): not counted
         // again, but their delivery ids must still be caught as duplicates after a restart.
         for (integration, key, expires) in applied_ids {
@@ -445,16 +504,22 @@ impl RecoveryVisitor for Replayer {
 
     fn entry(&mut self, seq: u64, bytes: &[u8]) {
         self.report.max_seq = self.report.max_seq.max(seq);
-        match serde_json::from_slice::<Accepted>(bytes) {
+        match Accepted::from_record(bytes) {
             Ok(accepted) => {
                 if self.ledger.contains(seq) {
                     return;
                 }
                 self.report.replayed += 1;
-                if let Some(folded) =
+                if let Some(mut folded) =
                     fold_with_settings(&mut self.ledger, seq, &accepted, &self.settings)
                 {
-                    self.report.forwards.push(folded);
+                    if folded.accepted.forward.is_some() && !folded.accepted.ignored {
+                        self.report.deferred.push(seq);
+                        folded.accepted.forward = None;
+                    }
+                    if !folded.changes.is_empty() {
+                        self.report.forwards.push(folded);
+                    }
                 }
             }
             Err(e) => {
@@ -465,7 +530,7 @@ impl RecoveryVisitor for Replayer {
     }
 
     fn applied(&mut self, _seq: u64, bytes: &[u8]) {
-        if let Ok(accepted) = serde_json::from_slice::<Accepted>(bytes) {
+        if let Ok(accepted) = Accepted::from_record(bytes) {
             let expires = dedup_expiry(&accepted, &self.settings);
             for key in accepted
                 .delivery_id
@@ -563,6 +628,89 @@ pub struct StatusLoop<J, W> {
     pass_complete: bool,
     /// When the oldest folded delivery not yet imported was folded.
     forwards_since: Option<Instant>,
+    /// The open span of deferred forwards (first and last seq, when it opened).
+    deferring: Option<(u64, u64, Instant)>,
+    /// Closed spans waiting to be read back, oldest first.
+    read_backs: VecDeque<ReadBack>,
+    /// The highest seq folded so far (a new span starts above it).
+    max_folded: u64,
+    /// The replayed entries' forwards are not all read back yet: the forwarder waits.
+    replay_unread: bool,
+    /// When the last read-back failed (the next waits a status interval).
+    read_back_failed: Option<Instant>,
+    /// When [`StatusLoop::close_span`] last looked at intake.
+    span_checked: Option<Instant>,
+}
+
+/// Journal entries whose `delivery` forwards are read back from the journal.
+#[derive(Clone, Debug)]
+struct ReadBack {
+    from: u64,
+    to: u64,
+    /// Only these seqs (ascending; replay at start), else every entry in `from..=to`.
+    only: Option<Arc<Vec<u64>>>,
+}
+
+/// Reads `span` back from the journal on the blocking pool, renders the forwards of its
+/// deliveries and imports them in batches of [`IMPORT_BATCH`] (at most two batches in
+/// memory). Returns how many forwards it imported.
+async fn read_back<J: DeliveryJournal>(
+    journal: Arc<J>,
+    forwarding: Forwarding,
+    span: ReadBack,
+) -> std::io::Result<usize> {
+    let (tx, mut rx) = mpsc::channel::<Vec<NewJob>>(1);
+    let lookup = forwarding.lookup.clone();
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut batch = Vec::new();
+        journal.read_entries(span.from, span.to, &mut |seq, bytes| {
+            if let Some(only) = &span.only
+                && only.binary_search(&seq).is_err()
+            {
+                return true;
+            }
+            match Accepted::from_record(bytes) {
+                Ok(accepted) if accepted.forward.is_some() && !accepted.ignored => {
+                    if let Some(config) = lookup(&accepted.integration) {
+                        batch.extend(jobs_for(
+                            &config,
+                            &Folded {
+                                accepted,
+                                changes: Vec::new(),
+                            },
+                        ));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(seq, error = %e, "cannot decode a journal entry read back for its forwards; they are not sent");
+                }
+            }
+            if batch.len() >= IMPORT_BATCH {
+                return tx.blocking_send(std::mem::take(&mut batch)).is_ok();
+            }
+            true
+        })?;
+        if !batch.is_empty() {
+            let _ = tx.blocking_send(batch);
+        }
+        Ok::<(), std::io::Error>(())
+    });
+    let mut imported = 0;
+    let mut failed = None;
+    while let Some(jobs) = rx.recv().await {
+        imported += jobs.len();
+        if let Err(e) = forwarding.forwarder.import(jobs).await {
+            failed = Some(e);
+            break;
+        }
+    }
+    drop(rx);
+    reader.await.map_err(std::io::Error::other)??;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(imported),
+    }
 }
 
 /// A token bucket over status writes: `rate` per second, at most one interval's worth
@@ -707,6 +855,12 @@ pub fn build<J: DeliveryJournal, W: StatusWriter>(
         live_shares: HashSet::new(),
         pass_complete: true,
         forwards_since: None,
+        deferring: None,
+        read_backs: VecDeque::new(),
+        max_folded: 0,
+        replay_unread: false,
+        read_back_failed: None,
+        span_checked: None,
     };
     (sink, status_loop)
 }
@@ -715,11 +869,126 @@ type PassResult = Vec<(StatusUpdate, u64, Result<(), StatusWriteError>)>;
 
 impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
     /// Hands folded deliveries' forwards to `forwarding`; `replayed` are the replayed
-    /// entries' (from [`ReplayReport::forwards`]).
-    pub fn with_forwarding(mut self, forwarding: Forwarding, replayed: Vec<Folded>) -> Self {
+    /// entries' incident events ([`ReplayReport::forwards`]) and `deferred` the replayed
+    /// entries whose delivery forwards are read back ([`ReplayReport::deferred`]).
+    pub fn with_forwarding(
+        mut self,
+        forwarding: Forwarding,
+        replayed: Vec<Folded>,
+        deferred: Vec<u64>,
+    ) -> Self {
         self.forwarding = Some(forwarding);
         self.unrendered = replayed;
+        if let (Some(&from), Some(&to)) = (deferred.first(), deferred.last()) {
+            self.max_folded = self.max_folded.max(to);
+            self.read_backs.push_back(ReadBack {
+                from,
+                to,
+                only: Some(Arc::new(deferred)),
+            });
+            self.replay_unread = true;
+        }
         self
+    }
+
+    /// The gate forwarding yields to, when this loop may defer forwards at all.
+    fn pressure(&self) -> Option<Arc<IntakePressure>> {
+        if !self.journal.reads_back() {
+            return None;
+        }
+        self.forwarding.as_ref()?.forwarder.pressure()
+    }
+
+    /// The oldest seq whose forwards are still in the journal only.
+    fn unread_from(&self) -> Option<u64> {
+        let open = self.deferring.map(|(from, _, _)| from);
+        let closed = self.read_backs.front().map(|r| r.from);
+        match (open, closed) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Closes the open span once it should be read back (intake eased, the max lag
+    /// passed, the journal half full, or `now`): up to what the ledger covers without gaps.
+    fn close_span(&mut self, now: bool) {
+        let Some((from, to, since)) = self.deferring else {
+            return;
+        };
+        // One closed span at a time: the open one keeps growing meanwhile, so the tail
+        // of a burst is read back in one piece, not a span per fold batch.
+        if !self.read_backs.is_empty() {
+            return;
+        }
+        if !now {
+            // Looked at once per gate window, not per fold batch.
+            if self.span_checked.is_some_and(|t| t.elapsed() < SPAN_CHECK) {
+                return;
+            }
+            self.span_checked = Some(Instant::now());
+            let pressure = self.pressure();
+            let saturated = pressure.as_ref().is_some_and(|p| p.saturated());
+            let lagging = pressure.is_none_or(|p| since.elapsed() >= p.max_lag());
+            let full = self.journal.bytes_on_disk() >= self.config.journal_cap / 2;
+            if saturated && !lagging && !full {
+                return;
+            }
+        }
+        let covered = self.ledger.covered_seq();
+        if covered < from {
+            return;
+        }
+        let end = to.min(covered);
+        self.read_backs.push_back(ReadBack {
+            from,
+            to: end,
+            only: None,
+        });
+        self.deferring = (end < to).then_some((end + 1, to, since));
+    }
+
+    /// Starts reading back the oldest closed span, when none is running and the routes
+    /// are loaded.
+    fn next_read_back(&mut self) -> Option<JoinHandle<std::io::Result<usize>>> {
+        let f = self.forwarding.as_ref()?;
+        let span = self.read_backs.front()?.clone();
+        if !(f.routes_ready)()
+            || self
+                .read_back_failed
+                .is_some_and(|t| t.elapsed() < self.config.status_interval)
+        {
+            return None;
+        }
+        Some(tokio::spawn(read_back(
+            self.journal.clone(),
+            f.clone(),
+            span,
+        )))
+    }
+
+    /// A read-back finished: the span is done, or stays to be tried again.
+    fn read_back_done(&mut self, result: Result<std::io::Result<usize>, tokio::task::JoinError>) {
+        let error = match result {
+            Ok(Ok(imported)) => {
+                if let Some(span) = self.read_backs.pop_front() {
+                    tracing::debug!(
+                        from = span.from,
+                        to = span.to,
+                        imported,
+                        "deferred forwards read back from the journal"
+                    );
+                    if span.only.is_some() {
+                        self.replay_unread = false;
+                    }
+                }
+                self.read_back_failed = None;
+                return;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::error!(error = %error, "cannot read deferred forwards back from the journal; the journal keeps them and this is retried");
+        self.read_back_failed = Some(Instant::now());
     }
 
     /// Imports the jobs of folded entries into the outbox. False while some are not
@@ -750,7 +1019,7 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                 return false;
             }
         }
-        if routes_ready {
+        if routes_ready && !self.replay_unread {
             f.forwarder.release();
         }
         if self.unrendered.is_empty() && self.unimported.is_empty() {
@@ -778,6 +1047,7 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
         let mut tick = tokio::time::interval(self.config.status_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pass: Option<JoinHandle<PassResult>> = None;
+        let mut reading: Option<JoinHandle<std::io::Result<usize>>> = None;
         let mut inbox = Vec::with_capacity(FOLD_BATCH);
         // One waiter for the whole run, not one registered and dropped per wake-up.
         let cancelled = shutdown.cancelled();
@@ -789,6 +1059,10 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
             tokio::select! {
                 biased;
                 () = &mut cancelled => break,
+                Some(result) = async { match reading.as_mut() { Some(h) => Some(h.await), None => None } } => {
+                    reading = None;
+                    self.read_back_done(result);
+                }
                 Some(result) = async { match pass.as_mut() { Some(h) => Some(h.await), None => None } } => {
                     pass = None;
                     match result {
@@ -806,9 +1080,12 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                     if received == 0 {
                         break;
                     }
+                    let defer = self.deferring.is_none()
+                        && self.pressure().is_some_and(|p| p.saturated());
                     for message in inbox.drain(..) {
-                        self.fold(message);
+                        self.fold(message, defer);
                     }
+                    self.close_span(false);
                     if self.import_due() {
                         self.import_forwards().await;
                     }
@@ -824,6 +1101,7 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                     // Also what releases the forwarder after a start with no traffic.
                     self.import_forwards().await;
                     self.settle();
+                    self.close_span(false);
                     if pass.is_none() {
                         let updates = self.build_updates(Instant::now(), true);
                         if !updates.is_empty() {
@@ -836,12 +1114,19 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                     self.maybe_checkpoint(false).await;
                 }
             }
+            if reading.is_none() {
+                reading = self.next_read_back();
+            }
         }
-        self.shutdown(pass).await;
+        self.shutdown(pass, reading).await;
         self.ledger
     }
 
-    async fn shutdown(&mut self, pass: Option<JoinHandle<PassResult>>) {
+    async fn shutdown(
+        &mut self,
+        pass: Option<JoinHandle<PassResult>>,
+        mut reading: Option<JoinHandle<std::io::Result<usize>>>,
+    ) {
         let deadline = Instant::now() + self.config.flush_timeout;
         if let Some(handle) = pass {
             match tokio::time::timeout(self.config.flush_timeout, handle).await {
@@ -860,7 +1145,7 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
         }
         self.settle();
         while let Ok(m) = self.queue.try_recv() {
-            self.fold(m);
+            self.fold(m, false);
         }
         // Final flush (backoff and the write budget ignored): the last chance before the process ends, and with an emptyDir
         // journal what is not on the status now is lost with the pod. So backoff is
@@ -897,6 +1182,32 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
             }
             tokio::time::sleep(pause).await;
         }
+        // Deferred forwards go to the outbox now, within the deadline; what is left stays
+        // in the journal (no checkpoint covers it) and is imported at the next start.
+        loop {
+            self.close_span(true);
+            if reading.is_none() {
+                self.read_back_failed = None;
+                reading = self.next_read_back();
+            }
+            let Some(handle) = reading.take() else { break };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, handle).await {
+                Ok(result) => {
+                    let failed = result.as_ref().map_or(true, |r| r.is_err());
+                    self.read_back_done(result);
+                    if failed {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "shutdown: deferred forwards not all read back from the journal in time; the next start imports them"
+                    );
+                    break;
+                }
+            }
+        }
         if unwritten > 0 {
             tracing::error!(
                 integrations = unwritten,
@@ -907,13 +1218,32 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
         self.maybe_checkpoint(true).await;
     }
 
-    fn fold(&mut self, message: Queued) {
+    /// `defer`: intake is saturated, so a new span of deferred forwards may open.
+    fn fold(&mut self, message: Queued, defer: bool) {
         self.config
             .metrics
             .queue_depth
             .set(i64::try_from(self.queue.len()).unwrap_or(i64::MAX));
         match message {
-            Queued::Accepted(seq, accepted) => {
+            Queued::Accepted(seq, mut accepted) => {
+                let above = seq > self.max_folded;
+                self.max_folded = self.max_folded.max(seq);
+                if self.forwarding.is_some() && accepted.forward.is_some() && !accepted.ignored {
+                    let span = match &mut self.deferring {
+                        Some(span) if seq >= span.0 => Some(span),
+                        Some(_) => None,
+                        None if defer && above => {
+                            Some(self.deferring.insert((seq, seq, Instant::now())))
+                        }
+                        None => None,
+                    };
+                    if let Some(span) = span {
+                        span.1 = span.1.max(seq);
+                        // The body stays in the journal only; incident events of this
+                        // delivery are still imported below.
+                        accepted.forward = None;
+                    }
+                }
                 if let Some(folded) =
                     fold_with_settings(&mut self.ledger, seq, &accepted, &self.settings)
                     && self.forwarding.is_some()
@@ -937,7 +1267,7 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
             return;
         }
         while let Ok(m) = self.queue.try_recv() {
-            self.fold(m);
+            self.fold(m, false);
         }
         self.ledger.settle(limit);
     }
@@ -1142,7 +1472,15 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
         if !self.forwards_durable().await {
             return;
         }
-        self.journal.mark_applied(self.pass_covers);
+        // Entries whose forwards are still in the journal only must be replayed after a
+        // crash.
+        let covers = match self.unread_from() {
+            Some(from) => self.pass_covers.min(from.saturating_sub(1)),
+            None => self.pass_covers,
+        };
+        if covers > 0 {
+            self.journal.mark_applied(covers);
+        }
     }
 
     /// Imports every folded delivery's forwards and syncs the outbox: true once the
@@ -1174,6 +1512,10 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                 .last_checkpoint
                 .is_none_or(|t| t.elapsed() >= self.config.checkpoint_interval);
         if !force && !due {
+            return;
+        }
+        // The ledger covers deferred entries whose forwards are not read back yet.
+        if self.unread_from().is_some() {
             return;
         }
         if !self.forwards_durable().await {

@@ -464,6 +464,7 @@ impl<W: StatusWriter> Receiver<W> {
                 routes_ready: Arc::new(move || ready_state.is_ready()),
             },
             report.forwards,
+            report.deferred,
         );
         Ok(Receiver {
             handle,

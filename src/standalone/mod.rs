@@ -75,8 +75,9 @@ pub struct StandaloneArgs {
     /// When set, forwards connect only to these CIDRs (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub forward_allow_cidrs: Vec<ipnet::IpNet>,
-    /// Intake first: while the receiver's workers are saturated with deliveries, forward
-    /// attempts wait, up to this long past their due time. 0 = they never wait.
+    /// Intake first: while the receiver's workers are saturated with deliveries, new
+    /// forwards stay in the journal and forward attempts wait, up to this long. 0 = they
+    /// never wait.
     #[arg(long, default_value = "10s", value_parser = crate::domain::duration::parse_arg)]
     pub forward_max_lag: Duration,
     /// Consecutive authentication failures that set Degraded.

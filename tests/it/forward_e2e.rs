@@ -746,3 +746,140 @@ async fn on_shutdown_readiness_fails_first_and_deliveries_are_still_served() {
         .expect("join")
         .expect("served");
 }
+
+/// The webhook-ids of the `delivery` forwards the target saw, and of all forwards.
+fn delivery_ids(target: &Target) -> (Vec<String>, usize) {
+    let seen = target.seen.lock().expect("lock");
+    let ids = seen
+        .iter()
+        .filter(|(_, body)| {
+            serde_json::from_slice::<Value>(body).expect("json")["type"] == "delivery"
+        })
+        .map(|(h, _)| h["webhook-id"].to_str().expect("id").to_string())
+        .collect();
+    (ids, seen.len())
+}
+
+fn assert_each_once(ids: &[String], n: usize) {
+    let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), n, "{ids:?}");
+    assert_eq!(ids.len(), n, "a delivery forwarded twice: {ids:?}");
+}
+
+/// While intake is saturated, new deliveries' forwards stay in the journal: nothing of
+/// them is imported into the outbox (only the incident event is) and nothing is sent.
+/// Once intake eases they are read back from the journal and each goes out once; a
+/// restart sends none of them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_deferred_while_intake_is_saturated_are_read_back_from_the_journal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = Arc::new(Target::default());
+    let addr = start_target(target.clone()).await;
+    let path = generate_path();
+    let target_url = format!("http://{addr}/in");
+    let running = start_receiver(dir.path(), route(&path, &target_url, &["1s"])).await;
+    let pressure = running.forwarder.pressure().expect("the intake gate");
+    pressure.force(Some(true));
+    const N: usize = 40;
+    for i in 0..N {
+        assert_eq!(
+            send_datadog(&running.url, &format!("evt-{i}"), "Triggered").await,
+            202
+        );
+    }
+    // Several status intervals: the deliveries are folded and counted, their forwards
+    // are not imported (the one incident event is, and waits for the gate).
+    wait_for("the deliveries on the status", || {
+        let text =
+            std::fs::read_to_string(dir.path().join("status/payments/dd.json")).unwrap_or_default();
+        serde_json::from_str::<Value>(&text)
+            .is_ok_and(|s| s["deliveries"]["accepted"].as_i64() == Some(N as i64))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        forwarding_status(dir.path())["pending"].as_i64(),
+        Some(1),
+        "only the incident event is in the outbox: {}",
+        forwarding_status(dir.path())
+    );
+    assert_eq!(
+        target.seen.lock().expect("lock").len(),
+        0,
+        "nothing is sent while saturated"
+    );
+
+    pressure.force(Some(false));
+    wait_for("every delivery forwarded", || {
+        delivery_ids(&target).0.len() >= N
+    })
+    .await;
+    wait_for("the incident event too", || {
+        types(&target).contains(&"incident.opened".to_string())
+    })
+    .await;
+    let (ids, total) = delivery_ids(&target);
+    assert_each_once(&ids, N);
+    for (headers, body) in target.seen.lock().expect("lock").iter() {
+        assert_signed(headers, body);
+    }
+    running.stop().await;
+
+    // A restart sends nothing again.
+    let running = start_receiver(dir.path(), route(&path, &target_url, &["1s"])).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(delivery_ids(&target).1, total, "a restart re-sent forwards");
+    running.stop().await;
+}
+
+/// A receiver that dies (its runtime dropped, nothing flushed: as after `kill -9`) while
+/// forwards are deferred: the next start replays the journal, reads their bodies back
+/// from it and sends each once.
+#[test]
+fn deferred_forwards_survive_a_crash_and_are_read_back_at_the_next_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = Arc::new(Target::default());
+    let served = tokio::runtime::Runtime::new().expect("runtime");
+    let addr = served.block_on(start_target(target.clone()));
+    let path = generate_path();
+    let target_url = format!("http://{addr}/in");
+    const N: usize = 25;
+
+    let first = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    first.block_on(async {
+        let running = start_receiver(dir.path(), route(&path, &target_url, &["1s"])).await;
+        running
+            .forwarder
+            .pressure()
+            .expect("the intake gate")
+            .force(Some(true));
+        for i in 0..N {
+            assert_eq!(
+                send_datadog(&running.url, &format!("evt-{i}"), "Triggered").await,
+                202
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        std::mem::forget(running);
+    });
+    // Every task dropped where it stood: no shutdown path runs.
+    first.shutdown_timeout(Duration::from_secs(5));
+    assert_eq!(target.seen.lock().expect("lock").len(), 0);
+
+    let second = tokio::runtime::Runtime::new().expect("runtime");
+    second.block_on(async {
+        // The dead receiver's journal thread lets go of the directory lock as it stops.
+        let running = start_receiver(dir.path(), route(&path, &target_url, &["1s"])).await;
+        wait_for("every delivery forwarded after the restart", || {
+            delivery_ids(&target).0.len() >= N
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_each_once(&delivery_ids(&target).0, N);
+        running.stop().await;
+    });
+}
