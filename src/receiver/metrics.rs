@@ -414,6 +414,8 @@ pub struct ReceiverMetrics {
     pub dedup_evicted_early_by_cause: Family<CauseLabels, Counter>,
     /// Deliveries accepted but whose effects are not yet applied (runtime).
     pub queue_depth: Gauge,
+    /// Deliveries whose forwards wait in the journal while intake is saturated (runtime).
+    pub forwards_deferred: Gauge,
     /// Status patches by outcome (runtime).
     pub status_writes: Family<WriteLabels, Counter>,
     /// Journal appends by outcome (runtime).
@@ -456,6 +458,7 @@ impl Default for ReceiverMetrics {
             dedup_evicted_early: Counter::default(),
             dedup_evicted_early_by_cause: Family::default(),
             queue_depth: Gauge::default(),
+            forwards_deferred: Gauge::default(),
             status_writes: Family::default(),
             journal_appends: Family::default(),
             routes: Gauge::default(),
@@ -504,6 +507,11 @@ impl ReceiverMetrics {
             "queue_depth",
             "Accepted deliveries whose effects are not applied yet",
             m.queue_depth.clone(),
+        );
+        r.register(
+            "forwards_deferred",
+            "Accepted deliveries whose forwards wait in the journal while intake is saturated (not yet in hookwarden_forward_pending)",
+            m.forwards_deferred.clone(),
         );
         r.register(
             "status_writes",

@@ -15,10 +15,11 @@
 //! ([`IntakePressure`]) the status loop does not do it: it notes the span of sequence
 //! numbers whose `delivery` forwards stay in the journal (incident events, rare and
 //! depending on the ledger as it stood at the fold, are imported as usual). Once intake
-//! eases — or the span is `--forward-max-lag` old, or the journal is half of its
-//! cap — the span is read back from the journal on the blocking pool
-//! ([`DeliveryJournal::read_entries`]), rendered and imported in batches. Nothing of the
-//! body is held in memory meanwhile. Replay at start does the same with the replayed
+//! eases — or the span is `--forward-max-lag` old, or a checkpoint is due (none can be
+//! taken while a span exists), or the journal is half of its cap — the span is read
+//! back from the journal on the blocking pool ([`DeliveryJournal::read_entries`]),
+//! rendered and imported in batches, and no new span opens until the checkpoint is
+//! taken. Nothing of the body is held in memory meanwhile. Replay at start does the same with the replayed
 //! entries (only the sequence numbers are kept), so a restart after a long burst does
 //! not hold every replayed body either.
 //!
@@ -630,6 +631,8 @@ pub struct StatusLoop<J, W> {
     forwards_since: Option<Instant>,
     /// The open span of deferred forwards (first and last seq, when it opened).
     deferring: Option<(u64, u64, Instant)>,
+    /// Deliveries deferred into the open span (moved to its [`ReadBack`] when closed).
+    deferred_in_span: i64,
     /// Closed spans waiting to be read back, oldest first.
     read_backs: VecDeque<ReadBack>,
     /// The highest seq folded so far (a new span starts above it).
@@ -640,6 +643,8 @@ pub struct StatusLoop<J, W> {
     read_back_failed: Option<Instant>,
     /// When [`StatusLoop::close_span`] last looked at intake.
     span_checked: Option<Instant>,
+    /// Start, or the last checkpoint: spans stop opening once a checkpoint is due.
+    span_gap_since: Instant,
 }
 
 /// Journal entries whose `delivery` forwards are read back from the journal.
@@ -649,6 +654,8 @@ struct ReadBack {
     to: u64,
     /// Only these seqs (ascending; replay at start), else every entry in `from..=to`.
     only: Option<Arc<Vec<u64>>>,
+    /// Deliveries it holds (for `hookwarden_receiver_forwards_deferred`).
+    deliveries: i64,
 }
 
 /// Reads `span` back from the journal on the blocking pool, renders the forwards of its
@@ -856,11 +863,13 @@ pub fn build<J: DeliveryJournal, W: StatusWriter>(
         pass_complete: true,
         forwards_since: None,
         deferring: None,
+        deferred_in_span: 0,
         read_backs: VecDeque::new(),
         max_folded: 0,
         replay_unread: false,
         read_back_failed: None,
         span_checked: None,
+        span_gap_since: Instant::now(),
     };
     (sink, status_loop)
 }
@@ -881,10 +890,13 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
         self.unrendered = replayed;
         if let (Some(&from), Some(&to)) = (deferred.first(), deferred.last()) {
             self.max_folded = self.max_folded.max(to);
+            let deliveries = i64::try_from(deferred.len()).unwrap_or(i64::MAX);
+            self.config.metrics.forwards_deferred.inc_by(deliveries);
             self.read_backs.push_back(ReadBack {
                 from,
                 to,
                 only: Some(Arc::new(deferred)),
+                deliveries,
             });
             self.replay_unread = true;
         }
@@ -899,6 +911,26 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
         self.forwarding.as_ref()?.forwarder.pressure()
     }
 
+    /// Whether a new span of deferred forwards may open now: intake is saturated, no
+    /// span is open or waiting to be read back, and no checkpoint is due. A checkpoint
+    /// cannot be taken while a span exists (the ledger covers it), so under a sustained
+    /// overload the spans leave a gap for one every `checkpoint_interval`, and whenever
+    /// the journal is half full or refused an append: checkpoints are what free it.
+    fn may_open_span(&self) -> bool {
+        if self.deferring.is_some() || !self.read_backs.is_empty() {
+            return false;
+        }
+        !self.checkpoint_wanted() && self.pressure().is_some_and(|p| p.saturated())
+    }
+
+    /// A checkpoint is due (its interval passed since the last one, an append was
+    /// refused since) or the journal is half full: spans close and none opens.
+    fn checkpoint_wanted(&self) -> bool {
+        self.span_gap_since.elapsed() >= self.config.checkpoint_interval
+            || self.counters.append_failures.load(Ordering::Relaxed) != self.failures_at_checkpoint
+            || self.journal.bytes_on_disk() >= self.config.journal_cap / 2
+    }
+
     /// The oldest seq whose forwards are still in the journal only.
     fn unread_from(&self) -> Option<u64> {
         let open = self.deferring.map(|(from, _, _)| from);
@@ -910,7 +942,7 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
     }
 
     /// Closes the open span once it should be read back (intake eased, the max lag
-    /// passed, the journal half full, or `now`): up to what the ledger covers without gaps.
+    /// passed, a checkpoint wanted, or `now`): up to what the ledger covers without gaps.
     fn close_span(&mut self, now: bool) {
         let Some((from, to, since)) = self.deferring else {
             return;
@@ -929,8 +961,7 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
             let pressure = self.pressure();
             let saturated = pressure.as_ref().is_some_and(|p| p.saturated());
             let lagging = pressure.is_none_or(|p| since.elapsed() >= p.max_lag());
-            let full = self.journal.bytes_on_disk() >= self.config.journal_cap / 2;
-            if saturated && !lagging && !full {
+            if saturated && !lagging && !self.checkpoint_wanted() {
                 return;
             }
         }
@@ -939,10 +970,18 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
             return;
         }
         let end = to.min(covered);
+        // The count goes with the part that closes the span (a split span's first part
+        // carries none): the gauge falls once its last part is read back.
+        let deliveries = if end < to {
+            0
+        } else {
+            std::mem::take(&mut self.deferred_in_span)
+        };
         self.read_backs.push_back(ReadBack {
             from,
             to: end,
             only: None,
+            deliveries,
         });
         self.deferring = (end < to).then_some((end + 1, to, since));
     }
@@ -971,6 +1010,10 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
         let error = match result {
             Ok(Ok(imported)) => {
                 if let Some(span) = self.read_backs.pop_front() {
+                    self.config
+                        .metrics
+                        .forwards_deferred
+                        .dec_by(span.deliveries);
                     tracing::debug!(
                         from = span.from,
                         to = span.to,
@@ -1080,8 +1123,7 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                     if received == 0 {
                         break;
                     }
-                    let defer = self.deferring.is_none()
-                        && self.pressure().is_some_and(|p| p.saturated());
+                    let defer = self.may_open_span();
                     for message in inbox.drain(..) {
                         self.fold(message, defer);
                     }
@@ -1239,6 +1281,8 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                     };
                     if let Some(span) = span {
                         span.1 = span.1.max(seq);
+                        self.deferred_in_span += 1;
+                        self.config.metrics.forwards_deferred.inc();
                         // The body stays in the journal only; incident events of this
                         // delivery are still imported below.
                         accepted.forward = None;
@@ -1533,6 +1577,7 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
             Ok(()) => {
                 self.checkpointed_seq = covered;
                 self.last_checkpoint = Some(Instant::now());
+                self.span_gap_since = Instant::now();
                 self.failures_at_checkpoint = failures;
             }
             Err(e) => tracing::warn!(error = %e, "journal checkpoint failed; will retry"),

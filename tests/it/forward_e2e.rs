@@ -138,6 +138,16 @@ async fn start_receiver_loading(dir: &Path, route: Route, cap: u64, delay: Durat
 /// `route_after`: how long the receiver runs before its route arrives (a cluster
 /// receiver's route watch takes a moment after a restart).
 async fn start_receiver_with(dir: &Path, route: Route, cap: u64, route_after: Duration) -> Running {
+    start_receiver_checkpointing(dir, route, cap, route_after, Duration::from_secs(30)).await
+}
+
+async fn start_receiver_checkpointing(
+    dir: &Path,
+    route: Route,
+    cap: u64,
+    route_after: Duration,
+    checkpoint_interval: Duration,
+) -> Running {
     let options = ReceiverOptions {
         remote_keys: Default::default(),
         journal_dir: dir.join("journal"),
@@ -148,6 +158,7 @@ async fn start_receiver_with(dir: &Path, route: Route, cap: u64, route_after: Du
         external_base_url: None,
         runtime: hookwarden::receiver::runtime::RuntimeConfig {
             status_interval: Duration::from_millis(100),
+            checkpoint_interval,
             ..Default::default()
         },
         forward_egress: EgressPolicy::standalone(Vec::new(), None),
@@ -882,4 +893,52 @@ fn deferred_forwards_survive_a_crash_and_are_read_back_at_the_next_start() {
         assert_each_once(&delivery_ids(&target).0, N);
         running.stop().await;
     });
+}
+
+/// Under a sustained overload spans of deferred forwards keep opening, and no checkpoint
+/// can be taken while one exists: each checkpoint interval the open span is read back and
+/// none opens until the checkpoint is written, so the journal still compacts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_still_checkpoints_while_intake_stays_saturated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = Arc::new(Target::default());
+    let addr = start_target(target.clone()).await;
+    let path = generate_path();
+    let running = start_receiver_checkpointing(
+        dir.path(),
+        route(&path, &format!("http://{addr}/in"), &["1s"]),
+        64 << 20,
+        Duration::ZERO,
+        Duration::from_millis(300),
+    )
+    .await;
+    let pressure = running.forwarder.pressure().expect("the intake gate");
+    pressure.force(Some(true));
+    let snapshot = dir.path().join("journal").join("snapshot");
+    let mut sent = 0;
+    // Well inside the 10 s max lag, after which a span would close anyway.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while !snapshot.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint while intake stayed saturated"
+        );
+        assert_eq!(
+            send_datadog(&running.url, &format!("evt-{sent}"), "Triggered").await,
+            202
+        );
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The spans read back for the checkpoint were imported, though still held back
+    // from sending (the gate is saturated and none is max-lag late).
+    assert_eq!(delivery_ids(&target).0.len(), 0);
+    pressure.force(Some(false));
+    wait_for("every delivery forwarded", || {
+        delivery_ids(&target).0.len() >= sent
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_each_once(&delivery_ids(&target).0, sent);
+    running.stop().await;
 }
