@@ -678,7 +678,11 @@ async fn read_back<J: DeliveryJournal>(
             }
             match Accepted::from_record(bytes) {
                 Ok(accepted) if accepted.forward.is_some() && !accepted.ignored => {
-                    if let Some(config) = lookup(&accepted.integration) {
+                    // An integration deleted and created again under the same name
+                    // since (another uid) does not inherit the old one's forwards.
+                    if let Some(config) = lookup(&accepted.integration)
+                        .filter(|c| c.uid.is_empty() || c.uid == accepted.uid)
+                    {
                         batch.extend(jobs_for(
                             &config,
                             &Folded {
