@@ -603,6 +603,21 @@ impl ForwardBoard {
             .unwrap_or_default()
     }
 
+    /// Adds `delta` to a target's `pending`. A negative delta applies only while the
+    /// target is still on the board (one removed meanwhile took its forwards with it).
+    fn adjust_pending(&self, integration: &str, target: &str, delta: i64) -> bool {
+        if delta < 0 {
+            let all = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
+            if !all.get(integration).is_some_and(|t| t.contains_key(target)) {
+                return false;
+            }
+        }
+        self.update(integration, target, |s| {
+            s.pending = (s.pending + delta).max(0)
+        });
+        true
+    }
+
     /// Records that `sent` (from [`ForwardBoard::of`]) reached the stored status.
     pub fn mark_written(&self, integration: &str, sent: &[ForwardStatus]) {
         let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
@@ -705,9 +720,23 @@ pub struct Forwarder {
     outbox: Arc<Mutex<Outbox>>,
     /// Whether intake is saturated (`None`: forwarding never yields).
     pressure: Option<Arc<IntakePressure>>,
+    metrics: ForwardMetrics,
 }
 
 impl Forwarder {
+    /// Counts `delta` forwards to `target` that wait in the journal (the status loop's
+    /// deferred forwards) as pending, in `status.forwarding` and
+    /// `hookwarden_forward_pending`, until they are read back and imported (the status
+    /// loop then takes them off again).
+    pub fn add_deferred(&self, integration: &str, target: &str, delta: i64) {
+        if delta != 0 && self.board.adjust_pending(integration, target, delta) {
+            self.metrics
+                .pending
+                .get_or_create(&labels(integration, target))
+                .inc_by(delta);
+        }
+    }
+
     /// The intake gate the forwarder yields to, for the status loop to defer imports by
     /// (`None` with `--forward-max-lag 0`).
     pub fn pressure(&self) -> Option<Arc<IntakePressure>> {
@@ -801,6 +830,7 @@ pub fn start(
 ) -> std::io::Result<(Forwarder, tokio::task::JoinHandle<()>)> {
     let outbox = Outbox::open(&options.dir)?;
     outbox_bytes.store(outbox.disk_bytes(), std::sync::atomic::Ordering::Relaxed);
+    let forwarder_metrics = metrics.clone();
     let replays_file = options.dir.join(REPLAYS_FILE);
     let handled_replays = match std::fs::read(&replays_file) {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
@@ -852,6 +882,7 @@ pub fn start(
             released,
             outbox,
             pressure: gate,
+            metrics: forwarder_metrics,
         },
         handle,
     ))

@@ -510,7 +510,7 @@ impl ReceiverMetrics {
         );
         r.register(
             "forwards_deferred",
-            "Accepted deliveries whose forwards wait in the journal while intake is saturated (not yet in hookwarden_forward_pending)",
+            "Accepted deliveries whose forwards wait in the journal while intake is saturated (their forwards count in hookwarden_forward_pending too)",
             m.forwards_deferred.clone(),
         );
         r.register(

@@ -633,6 +633,11 @@ pub struct StatusLoop<J, W> {
     deferring: Option<(u64, u64, Instant)>,
     /// Deliveries deferred into the open span (moved to its [`ReadBack`] when closed).
     deferred_in_span: i64,
+    /// Deliveries deferred by integration in the current fold batch, not yet counted as
+    /// pending ([`StatusLoop::count_deferred`]).
+    deferred_now: HashMap<String, i64>,
+    /// What the open span added to each (integration, target)'s `pending`.
+    span_pending: HashMap<(String, String), i64>,
     /// Closed spans waiting to be read back, oldest first.
     read_backs: VecDeque<ReadBack>,
     /// The highest seq folded so far (a new span starts above it).
@@ -656,6 +661,9 @@ struct ReadBack {
     only: Option<Arc<Vec<u64>>>,
     /// Deliveries it holds (for `hookwarden_receiver_forwards_deferred`).
     deliveries: i64,
+    /// What it added to each (integration, target)'s `pending`, taken off once read back
+    /// (its imports count them again).
+    pending: Vec<((String, String), i64)>,
 }
 
 /// Reads `span` back from the journal on the blocking pool, renders the forwards of its
@@ -868,6 +876,8 @@ pub fn build<J: DeliveryJournal, W: StatusWriter>(
         forwards_since: None,
         deferring: None,
         deferred_in_span: 0,
+        deferred_now: HashMap::new(),
+        span_pending: HashMap::new(),
         read_backs: VecDeque::new(),
         max_folded: 0,
         replay_unread: false,
@@ -901,6 +911,7 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                 to,
                 only: Some(Arc::new(deferred)),
                 deliveries,
+                pending: Vec::new(),
             });
             self.replay_unread = true;
         }
@@ -976,18 +987,52 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
         let end = to.min(covered);
         // The count goes with the part that closes the span (a split span's first part
         // carries none): the gauge falls once its last part is read back.
-        let deliveries = if end < to {
-            0
+        self.count_deferred();
+        let (deliveries, pending) = if end < to {
+            (0, Vec::new())
         } else {
-            std::mem::take(&mut self.deferred_in_span)
+            (
+                std::mem::take(&mut self.deferred_in_span),
+                self.span_pending.drain().collect(),
+            )
         };
         self.read_backs.push_back(ReadBack {
             from,
             to: end,
             only: None,
             deliveries,
+            pending,
         });
         self.deferring = (end < to).then_some((end + 1, to, since));
+    }
+
+    /// Counts the deliveries deferred since the last call as pending forwards of the
+    /// targets their integration sends every delivery (once per fold batch: a lookup
+    /// per integration, not per delivery).
+    fn count_deferred(&mut self) {
+        if self.deferred_now.is_empty() {
+            return;
+        }
+        let Some(f) = &self.forwarding else {
+            self.deferred_now.clear();
+            return;
+        };
+        for (integration, n) in self.deferred_now.drain() {
+            let Some(config) = (f.lookup)(&integration) else {
+                continue;
+            };
+            for target in config
+                .targets
+                .iter()
+                .filter(|t| t.spec.sends(crate::domain::forward::EventKind::Delivery))
+            {
+                f.forwarder.add_deferred(&integration, &target.spec.name, n);
+                *self
+                    .span_pending
+                    .entry((integration.clone(), target.spec.name.clone()))
+                    .or_default() += n;
+            }
+        }
     }
 
     /// Starts reading back the oldest closed span, when none is running and the routes
@@ -1018,6 +1063,11 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                         .metrics
                         .forwards_deferred
                         .dec_by(span.deliveries);
+                    if let Some(f) = &self.forwarding {
+                        for ((integration, target), n) in &span.pending {
+                            f.forwarder.add_deferred(integration, target, -n);
+                        }
+                    }
                     tracing::debug!(
                         from = span.from,
                         to = span.to,
@@ -1131,6 +1181,7 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                     for message in inbox.drain(..) {
                         self.fold(message, defer);
                     }
+                    self.count_deferred();
                     self.close_span(false);
                     if self.import_due() {
                         self.import_forwards().await;
@@ -1147,6 +1198,7 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                     // Also what releases the forwarder after a start with no traffic.
                     self.import_forwards().await;
                     self.settle();
+                    self.count_deferred();
                     self.close_span(false);
                     if pass.is_none() {
                         let updates = self.build_updates(Instant::now(), true);
@@ -1287,6 +1339,12 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
                         span.1 = span.1.max(seq);
                         self.deferred_in_span += 1;
                         self.config.metrics.forwards_deferred.inc();
+                        match self.deferred_now.get_mut(&accepted.integration) {
+                            Some(n) => *n += 1,
+                            None => {
+                                self.deferred_now.insert(accepted.integration.clone(), 1);
+                            }
+                        }
                         // The body stays in the journal only; incident events of this
                         // delivery are still imported below.
                         accepted.forward = None;

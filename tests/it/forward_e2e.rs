@@ -807,12 +807,22 @@ async fn forwards_deferred_while_intake_is_saturated_are_read_back_from_the_jour
             .is_ok_and(|s| s["deliveries"]["accepted"].as_i64() == Some(N as i64))
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        forwarding_status(dir.path())["pending"].as_i64(),
-        Some(1),
-        "only the incident event is in the outbox: {}",
-        forwarding_status(dir.path())
+    // Pending: the incident event (in the outbox) and the N deferred deliveries (in the
+    // journal only).
+    wait_for("the deferred forwards counted as pending", || {
+        forwarding_status(dir.path())["pending"].as_i64() == Some(N as i64 + 1)
+    })
+    .await;
+    // The outbox holds one job, not N + 1 (each delivery's would be ~1 KiB).
+    let outbox_bytes: u64 = std::fs::read_dir(dir.path().join("journal/outbox"))
+        .expect("outbox")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("out-"))
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum();
+    assert!(
+        outbox_bytes < 8 * 1024,
+        "deliveries imported while saturated: {outbox_bytes} bytes"
     );
     assert_eq!(
         target.seen.lock().expect("lock").len(),
@@ -827,6 +837,11 @@ async fn forwards_deferred_while_intake_is_saturated_are_read_back_from_the_jour
     .await;
     wait_for("the incident event too", || {
         types(&target).contains(&"incident.opened".to_string())
+    })
+    .await;
+    // Read back, imported and delivered: counted once, then not at all.
+    wait_for("nothing pending", || {
+        forwarding_status(dir.path())["pending"].as_i64() == Some(0)
     })
     .await;
     let (ids, total) = delivery_ids(&target);
