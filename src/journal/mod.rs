@@ -622,19 +622,7 @@ impl Journal {
         if from > to {
             return Ok(());
         }
-        let dir = &self.inner.dir;
-        let mut names: Vec<(Seq, PathBuf)> = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            if let Some(first) = entry
-                .file_name()
-                .to_str()
-                .and_then(format::parse_segment_name)
-            {
-                names.push((first, entry.path()));
-            }
-        }
-        names.sort_by_key(|(first, _)| *first);
+        let names = writer::list_segments(&self.inner.dir)?;
         // The segment holding `from` is the last one named at or below it.
         let start = names
             .iter()

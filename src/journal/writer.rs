@@ -211,18 +211,7 @@ impl Writer {
             applied > snapshot_seq,
         );
 
-        let mut names: Vec<(Seq, PathBuf)> = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(at(&dir, "cannot list"))? {
-            let entry = entry.map_err(at(&dir, "cannot list"))?;
-            if let Some(first) = entry
-                .file_name()
-                .to_str()
-                .and_then(format::parse_segment_name)
-            {
-                names.push((first, entry.path()));
-            }
-        }
-        names.sort_by_key(|(first, _)| *first);
+        let names = list_segments(&dir).map_err(at(&dir, "cannot list"))?;
 
         let mut segments: VecDeque<Segment> = VecDeque::new();
         let mut handed_over: u64 = 0;
@@ -918,6 +907,23 @@ pub(super) fn write_snapshot(
         return Err(at(dir, "cannot write the journal checkpoint in")(error));
     }
     Ok(bytes.len() as u64)
+}
+
+/// The segment files in `dir` with the first seq their names carry, oldest first.
+pub(super) fn list_segments(dir: &Path) -> io::Result<Vec<(Seq, PathBuf)>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(first) = entry
+            .file_name()
+            .to_str()
+            .and_then(format::parse_segment_name)
+        {
+            names.push((first, entry.path()));
+        }
+    }
+    names.sort_by_key(|(first, _)| *first);
+    Ok(names)
 }
 
 /// Creates a segment durably: header written and fsync'd, directory entry fsync'd.
