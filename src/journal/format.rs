@@ -253,14 +253,8 @@ pub(super) fn scan_segment(
         let exact = last_seq.is_some();
         match parse_batch(bytes, pos, min_seq, exact) {
             Ok((end, first, count)) => {
-                let mut at = pos + BATCH_HEADER_LEN;
-                for i in 0..u64::from(count) {
-                    let len = read_u32(bytes, at) as usize;
-                    on_entry(
-                        first + i,
-                        &bytes[at + FRAME_HEADER_LEN..at + FRAME_HEADER_LEN + len],
-                    );
-                    at += FRAME_HEADER_LEN + len;
+                for (seq, payload) in frames(bytes, pos, first, count) {
+                    on_entry(seq, payload);
                 }
                 if count > 0 {
                     last_seq = Some(first + u64::from(count) - 1);
@@ -366,27 +360,27 @@ pub(super) fn read_range(
         return Err(invalid("invalid segment header".into()));
     }
     let mut pos = SEGMENT_HEADER_LEN as u64;
-    let mut batch_header = [0u8; BATCH_HEADER_LEN];
+    let mut header_bytes = [0u8; BATCH_HEADER_LEN];
     let mut buf = Vec::new();
     while pos + BATCH_HEADER_LEN as u64 <= len {
-        file.read_exact_at(&mut batch_header, pos)?;
-        if batch_header[..4] != BATCH_MAGIC
-            || crc32fast::hash(&batch_header[..20]) != read_u32(&batch_header, 20)
-        {
-            // Zeros written ahead, or the batch the writer is writing now.
+        file.read_exact_at(&mut header_bytes, pos)?;
+        // Zeros written ahead, or the batch the writer is writing now.
+        let Ok(BatchHeader {
+            body_len,
+            count,
+            first,
+        }) = batch_header(&header_bytes)
+        else {
             return Ok(false);
-        }
-        let body_len = u64::from(read_u32(&batch_header, 4));
-        let count = u64::from(read_u32(&batch_header, 8));
-        let first = read_u64(&batch_header, 12);
-        let end = pos + BATCH_HEADER_LEN as u64 + body_len;
+        };
+        let end = pos + BATCH_HEADER_LEN as u64 + u64::from(body_len);
         if first > to {
             return Ok(true);
         }
         if end > len {
             return Ok(false);
         }
-        if count == 0 || first + count - 1 < from {
+        if count == 0 || first + u64::from(count) - 1 < from {
             pos = end;
             continue;
         }
@@ -402,12 +396,7 @@ pub(super) fn read_range(
                 d.reason
             )),
         })?;
-        let mut at = BATCH_HEADER_LEN;
-        for i in 0..count {
-            let seq = first + i;
-            let record_len = read_u32(&buf, at) as usize;
-            let payload = &buf[at + FRAME_HEADER_LEN..at + FRAME_HEADER_LEN + record_len];
-            at += FRAME_HEADER_LEN + record_len;
+        for (seq, payload) in frames(&buf, 0, first, count) {
             if seq > to {
                 return Ok(true);
             }
@@ -418,6 +407,40 @@ pub(super) fn read_range(
         pos = end;
     }
     Ok(false)
+}
+
+/// What a batch header says, once its marker and checksum hold.
+struct BatchHeader {
+    body_len: u32,
+    count: u32,
+    first: Seq,
+}
+
+/// Decodes a batch header (`BATCH_HEADER_LEN` bytes); the error says what is wrong.
+fn batch_header(header: &[u8]) -> Result<BatchHeader, &'static str> {
+    if header[..4] != BATCH_MAGIC {
+        return Err("missing batch marker");
+    }
+    if crc32fast::hash(&header[..20]) != read_u32(header, 20) {
+        return Err("batch header checksum mismatch");
+    }
+    Ok(BatchHeader {
+        body_len: read_u32(header, 4),
+        count: read_u32(header, 8),
+        first: read_u64(header, 12),
+    })
+}
+
+/// The records of the batch at `pos` (already validated by [`parse_batch`]), with their
+/// seqs.
+fn frames(bytes: &[u8], pos: usize, first: Seq, count: u32) -> impl Iterator<Item = (Seq, &[u8])> {
+    let mut at = pos + BATCH_HEADER_LEN;
+    (0..u64::from(count)).map(move |i| {
+        let len = read_u32(bytes, at) as usize;
+        let payload = &bytes[at + FRAME_HEADER_LEN..at + FRAME_HEADER_LEN + len];
+        at += FRAME_HEADER_LEN + len;
+        (first + i, payload)
+    })
 }
 
 /// Validates the batch at `pos`: returns (end offset, first seq, count).
@@ -437,16 +460,12 @@ fn parse_batch(
     if bytes.len() - pos < BATCH_HEADER_LEN {
         return Err(header_damage("truncated batch header"));
     }
-    let header = &bytes[pos..pos + BATCH_HEADER_LEN];
-    if header[..4] != BATCH_MAGIC {
-        return Err(header_damage("missing batch marker"));
-    }
-    if crc32fast::hash(&header[..20]) != read_u32(header, 20) {
-        return Err(header_damage("batch header checksum mismatch"));
-    }
-    let body_len = read_u32(header, 4) as usize;
-    let count = read_u32(header, 8);
-    let first = read_u64(header, 12);
+    let BatchHeader {
+        body_len,
+        count,
+        first,
+    } = batch_header(&bytes[pos..pos + BATCH_HEADER_LEN]).map_err(header_damage)?;
+    let body_len = body_len as usize;
     let end = pos + BATCH_HEADER_LEN + body_len;
     let body_damage = |offset: usize, reason: String| BatchError::Body {
         damage: Damage {
