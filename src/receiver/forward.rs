@@ -447,10 +447,23 @@ impl IntakePressure {
         yielding
     }
 
-    /// Forwards due at or before this may start now (`yielding`: what
-    /// [`IntakePressure::saturated`] said).
-    fn cutoff(&self, yielding: bool, now_ms: i64) -> i64 {
-        if yielding {
+    /// What [`IntakePressure::saturated`] last said, without looking again.
+    fn yielding(&self) -> bool {
+        match self.forced.load(Ordering::Relaxed) {
+            1 => true,
+            2 => false,
+            _ => {
+                self.state
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .yielding
+            }
+        }
+    }
+
+    /// Forwards due at or before this may start now.
+    fn cutoff(&self, now_ms: i64) -> i64 {
+        if self.yielding() {
             now_ms.saturating_sub(i64::try_from(self.max_lag.as_millis()).unwrap_or(i64::MAX))
         } else {
             now_ms
@@ -870,7 +883,6 @@ pub fn start(
         outbox_bytes,
         handled_replays,
         gate: gate.clone(),
-        yielding: false,
         options,
     };
     task.load();
@@ -941,8 +953,6 @@ struct ForwardTask {
     released: Arc<AtomicBool>,
     /// Intake first (`None`: the forwarder never yields).
     gate: Option<Arc<IntakePressure>>,
-    /// What the gate said at the top of this turn of the loop.
-    yielding: bool,
 }
 
 /// Forwards a scheduling pass may put back (no route yet, target busy) before it stops:
@@ -1038,7 +1048,6 @@ impl ForwardTask {
             }
             let released = self.released.load(Ordering::Acquire);
             let yielding = self.gate.as_ref().is_some_and(|g| g.saturated());
-            self.yielding = yielding;
             if released {
                 self.start_due();
             }
@@ -1159,13 +1168,13 @@ impl ForwardTask {
         let changes = fresh
             .into_iter()
             .map(|(key, j)| {
-                keys.push((key, j.meta.created_ms.min(now)));
-                *per_target
-                    .entry((j.meta.integration.clone(), j.meta.target.clone()))
-                    .or_default() += 1;
                 // Due since the delivery arrived: a forward deferred while intake was
                 // saturated counts its wait against `--forward-max-lag` from then.
                 let due = j.meta.created_ms.min(now);
+                keys.push((key, due));
+                *per_target
+                    .entry((j.meta.integration.clone(), j.meta.target.clone()))
+                    .or_default() += 1;
                 OwnedChange::Job {
                     meta: Box::new(j.meta),
                     state: JobState {
@@ -1189,10 +1198,7 @@ impl ForwardTask {
     /// Starts every due attempt the limits and circuits allow.
     fn start_due(&mut self) {
         let now = (self.clock)();
-        let cutoff = self
-            .gate
-            .as_ref()
-            .map_or(now, |g| g.cutoff(self.yielding, now));
+        let cutoff = self.gate.as_ref().map_or(now, |g| g.cutoff(now));
         // A target with parked forwards and nothing in flight has no attempt left whose
         // end would hand them back (their first pick was stale, or an attempt task
         // failed): hand them back here.
@@ -1948,11 +1954,11 @@ mod tests {
             .await
             .expect("task");
             assert!(g.1, "saturated workers with intake must yield");
-            assert_eq!(g.0.cutoff(true, 100_000), 90_000);
-            assert_eq!(g.0.cutoff(false, 100_000), 100_000);
+            assert_eq!(g.0.cutoff(100_000), 90_000);
             // Saturated, nothing accepted.
             busy(60).await.expect("busy");
             assert!(!g.0.saturated(), "a draining backlog alone must not yield");
+            assert_eq!(g.0.cutoff(100_000), 100_000);
             // Deliveries accepted, workers idle.
             tokio::time::sleep(Duration::from_millis(60)).await;
             progress.fetch_add(100, Ordering::Relaxed);
