@@ -942,8 +942,14 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
     /// refused since) or the journal is half full: spans close and none opens.
     fn checkpoint_wanted(&self) -> bool {
         self.span_gap_since.elapsed() >= self.config.checkpoint_interval
-            || self.counters.append_failures.load(Ordering::Relaxed) != self.failures_at_checkpoint
+            || self.appends_refused_since_checkpoint()
             || self.journal.bytes_on_disk() >= self.config.journal_cap / 2
+    }
+
+    /// Appends were refused (a full journal) since the last checkpoint, which is what
+    /// frees space: the next one is due at once.
+    fn appends_refused_since_checkpoint(&self) -> bool {
+        self.counters.append_failures.load(Ordering::Relaxed) != self.failures_at_checkpoint
     }
 
     /// The oldest seq whose forwards are still in the journal only.
@@ -1613,7 +1619,7 @@ impl<J: DeliveryJournal, W: StatusWriter> StatusLoop<J, W> {
             return;
         }
         let failures = self.counters.append_failures.load(Ordering::Relaxed);
-        let due = failures != self.failures_at_checkpoint
+        let due = self.appends_refused_since_checkpoint()
             || self
                 .last_checkpoint
                 .is_none_or(|t| t.elapsed() >= self.config.checkpoint_interval);
