@@ -70,7 +70,7 @@ const SWEEP_EVERY: u64 = 4096;
 
 /// Per integration, the ids it claimed, oldest first (an entry whose slot is gone or
 /// re-inserted with another expiry is stale and skipped).
-type OwnerQueues = HashMap<Arc<str>, VecDeque<(u128, i64)>>;
+type OwnerQueues = HashMap<Arc<str>, VecDeque<(u128, i64)>, NameHash>;
 
 const SHARDS: usize = 16;
 
@@ -160,6 +160,57 @@ impl std::hash::Hasher for DigestHasher {
     }
 }
 
+/// Hashes integration names (`namespace/name`) for the owner queues. They come from the
+/// route table, not from requests, and there are at most as many as integrations, so
+/// SipHash's defence against chosen keys buys nothing here while costing two hashes of
+/// the name per delivery; this folds eight bytes at a time with a per-process seed and
+/// mixes the result once (MurmurHash3's finaliser), so names that differ in one byte
+/// still spread over the table.
+#[derive(Clone)]
+struct NameHash {
+    seed: u64,
+}
+
+impl Default for NameHash {
+    fn default() -> Self {
+        NameHash {
+            seed: rand::random(),
+        }
+    }
+}
+
+impl std::hash::BuildHasher for NameHash {
+    type Hasher = NameHasher;
+    fn build_hasher(&self) -> NameHasher {
+        NameHasher { state: self.seed }
+    }
+}
+
+struct NameHasher {
+    state: u64,
+}
+
+impl std::hash::Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.state = (self.state ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .rotate_left(29);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        let mut h = self.state;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
 #[derive(Default)]
 struct Shard {
     slots: HashMap<u128, Slot, DigestHash>,
@@ -175,12 +226,16 @@ impl Shard {
     fn trim(&mut self, now_ms: i64, cap: usize) -> u64 {
         let mut early = 0;
         while let Some(&(key, expires)) = self.order.front() {
+            // Not due, and room left: nothing to drop, and no need to look the entry up
+            // (a random read of the map, a cache miss per delivery at this size). A stale
+            // entry waiting at the front is dropped once it is due, or by the queue's
+            // bound in `insert`.
+            if expires > now_ms && self.slots.len() < cap {
+                break;
+            }
             let slot = self.slots.get(&key).filter(|s| s.expires_at_ms == expires);
             let live = slot.is_some();
             let pending = slot.is_some_and(|s| s.pending.is_some());
-            if live && expires > now_ms && self.slots.len() < cap {
-                break;
-            }
             self.order.pop_front();
             if pending {
                 // In flight: its claim decides; look at it again later.
@@ -193,23 +248,47 @@ impl Shard {
                     early += 1;
                 }
             }
-            if self.order.len() > self.slots.len().saturating_mul(2) + 64 {
-                // Too many stale queue entries: rebuild the queue from the live slots.
-                let mut live: Vec<(u128, i64)> = self
-                    .slots
-                    .iter()
-                    .map(|(k, s)| (*k, s.expires_at_ms))
-                    .collect();
-                live.sort_unstable_by_key(|(_, e)| *e);
-                self.order = live.into();
-            }
+            self.bound_queue();
         }
         early
+    }
+
+    /// Too many stale queue entries (ids re-inserted, forgotten by their integration's
+    /// share, or failed): rebuild the queue from the live slots.
+    fn bound_queue(&mut self) {
+        if self.order.len() > self.slots.len().saturating_mul(2) + 64 {
+            let mut live: Vec<(u128, i64)> = self
+                .slots
+                .iter()
+                .map(|(k, s)| (*k, s.expires_at_ms))
+                .collect();
+            live.sort_unstable_by_key(|(_, e)| *e);
+            self.order = live.into();
+        }
+    }
+
+    /// Forgets `key`'s slot if it is still the one queued with `expires`; when that queue
+    /// entry is at the front (an integration's oldest id is usually its shard's oldest
+    /// too), it goes with it instead of being looked up again by a later trim.
+    /// Whether a slot was removed.
+    fn forget(&mut self, key: u128, expires: i64) -> bool {
+        let removed = match self.slots.get(&key) {
+            Some(slot) if slot.expires_at_ms == expires => {
+                self.slots.remove(&key);
+                true
+            }
+            _ => false,
+        };
+        if self.order.front() == Some(&(key, expires)) {
+            self.order.pop_front();
+        }
+        removed
     }
 
     fn insert(&mut self, key: u128, slot: Slot) {
         self.order.push_back((key, slot.expires_at_ms));
         self.slots.insert(key, slot);
+        self.bound_queue();
     }
 }
 
@@ -297,19 +376,18 @@ impl Inner {
                 break;
             };
             let mut shard = self.shard(old);
-            match shard.slots.get(&old) {
-                Some(slot) if slot.expires_at_ms == expires && slot.pending.is_some() => {
-                    queue.push_front((old, expires));
-                    break;
-                }
-                Some(slot) if slot.expires_at_ms == expires => {
-                    shard.slots.remove(&old);
-                    if expires > now_ms {
-                        early += 1;
-                    }
-                }
-                // Stale: already gone, or re-inserted (a later entry stands for it).
-                _ => {}
+            if shard
+                .slots
+                .get(&old)
+                .is_some_and(|slot| slot.expires_at_ms == expires && slot.pending.is_some())
+            {
+                queue.push_front((old, expires));
+                break;
+            }
+            // A stale entry (already gone, or re-inserted: a later entry stands for it)
+            // removes nothing.
+            if shard.forget(old, expires) && expires > now_ms {
+                early += 1;
             }
         }
         if early > 0 {
@@ -358,8 +436,8 @@ pub fn digest(integration: &str, id: &str) -> u128 {
 }
 
 fn owner_shard(integration: &str) -> usize {
-    use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
-    (BuildHasherDefault::<DefaultHasher>::default().hash_one(integration) as usize) % SHARDS
+    use std::hash::BuildHasher as _;
+    (NameHash { seed: 0 }.hash_one(integration) as usize) % SHARDS
 }
 
 fn millis(d: Duration) -> i64 {
@@ -398,7 +476,9 @@ impl Dedup {
             .unwrap_or(usize::MAX)
             .max(1);
         let shards = (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect();
-        let owners = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
+        let owners = (0..SHARDS)
+            .map(|_| Mutex::new(HashMap::with_hasher(NameHash::default())))
+            .collect();
         Dedup {
             inner: Arc::new(Inner {
                 shards,
@@ -892,5 +972,55 @@ mod tests {
         }
         assert!(by_cause.capacity.get() > 0);
         assert!(d.len() <= 1_000 + SHARDS as u64, "{}", d.len());
+    }
+
+    /// Ids an integration forgets past its share leave their shard's queue entry behind
+    /// (the trim no longer looks up an entry that is not due): the queues stay within
+    /// their bound all the same, with one integration or many, whatever the window.
+    #[tokio::test]
+    async fn eviction_queues_stay_bounded_under_a_long_window_flood() {
+        let now = Arc::new(AtomicI64::new(1_000));
+        let d = dedup_at(now.clone(), 1_000);
+        let window = Duration::from_secs(86_400);
+        async fn accept(d: &Dedup, integration: &str, id: &str, window: Duration) {
+            match d.claim(integration, id, window).await {
+                Check::Fresh(claim) => claim.accepted(),
+                _ => panic!("{integration}/{id} was not fresh"),
+            }
+        }
+        // A quiet integration's ids hold the front of every shard's queue for the day, so
+        // the flood's forgotten ids queue up behind them.
+        for i in 0..200 {
+            accept(&d, "quiet/b", &format!("b-{i}"), window).await;
+        }
+        for i in 0..20_000 {
+            now.fetch_add(1, Ordering::SeqCst);
+            accept(&d, "noisy/a", &format!("a-{i}"), window).await;
+        }
+        assert!(d.len() <= 200 + 250, "{}", d.len());
+        assert!(d.contains("quiet/b", "b-0"));
+        assert!(d.contains("noisy/a", "a-19999"));
+        assert!(!d.contains("noisy/a", "a-0"));
+        for shard in &d.inner.shards {
+            let shard = shard.lock().expect("shard lock");
+            assert!(
+                shard.order.len() <= shard.slots.len() * 2 + 65,
+                "queue {} for {} slots",
+                shard.order.len(),
+                shard.slots.len()
+            );
+        }
+    }
+
+    /// Integration names that differ in one character spread over the owner shards.
+    #[test]
+    fn owner_shards_spread_similar_names() {
+        let mut counts = [0u32; SHARDS];
+        for i in 0..16_000 {
+            counts[owner_shard(&format!("team-a/integration-{i:05}"))] += 1;
+        }
+        for (shard, n) in counts.iter().enumerate() {
+            assert!((800..=1_200).contains(n), "shard {shard}: {n} of 16,000");
+        }
     }
 }
