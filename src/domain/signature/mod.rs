@@ -1193,13 +1193,14 @@ pub fn meta_reads_body(provider: ProviderKind) -> bool {
 
 /// The media type of a Content-Type value, lower case, without parameters
 /// (`Application/JSON; charset=utf-8` → `application/json`).
-pub fn media_type(content_type: &str) -> String {
-    content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
+pub fn media_type(content_type: &str) -> std::borrow::Cow<'_, str> {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    // Senders write it in lower case; only a mixed-case one is copied.
+    if essence.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(essence.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(essence)
+    }
 }
 
 /// Media types a provider sends. Anything else gets 415; a missing Content-Type is let

@@ -2467,3 +2467,19 @@ fn another_providers_handshake_is_named_in_the_rejection() {
         "missing_signature",
     );
 }
+
+#[test]
+fn media_type_is_the_lower_case_essence_borrowed_when_already_lower_case() {
+    use std::borrow::Cow;
+    assert_eq!(
+        media_type("Application/JSON; charset=utf-8"),
+        "application/json"
+    );
+    assert!(matches!(
+        media_type(" application/json ;charset=utf-8"),
+        Cow::Borrowed("application/json")
+    ));
+    assert_eq!(media_type("text/plain"), "text/plain");
+    assert_eq!(media_type(""), "");
+    assert_eq!(media_type("; charset=utf-8"), "");
+}
