@@ -18,6 +18,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -463,8 +464,13 @@ async fn deliver<S: DeliverySink>(
         .await
     {
         Ok((outcome, response)) => {
-            span.record("outcome", outcome.label());
-            tracing::debug!(parent: &span, status = response.status().as_u16(), "delivery answered");
+            // Only the per-delivery lines (debug) are logged once the outcome is known:
+            // recording it into a span no line will show re-formats the span's fields
+            // for nothing.
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                span.record("outcome", outcome.label());
+                tracing::debug!(parent: &span, status = response.status().as_u16(), "delivery answered");
+            }
             state
                 .metrics
                 .outcome_of(route.spec.provider, outcome.label());
@@ -474,7 +480,9 @@ async fn deliver<S: DeliverySink>(
             response
         }
         Err(refusal) => {
-            span.record("outcome", refusal.reason());
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                span.record("outcome", refusal.reason());
+            }
             state.metrics.outcome_of(route.spec.provider, "rejected");
             state.metrics.reject_reason(provider, refusal.reason());
             route.metrics.rejected(refusal.reason());
@@ -628,7 +636,15 @@ async fn read_body(
         .body_budget
         .reserve(&route.body_inflight, known.unwrap_or(max as u64))
         .ok_or(Refusal::OverBudget)?;
-    match tokio::time::timeout(config.body_timeout, Limited::new(body, max).collect()).await {
+    // A small body usually came with the head: one poll collects it, and the timer is
+    // armed (registered in tokio's timer wheel, then removed) only when it did not.
+    let mut collect = std::pin::pin!(Limited::new(body, max).collect());
+    let first = std::future::poll_fn(|cx| Poll::Ready(collect.as_mut().poll(cx))).await;
+    let collected = match first {
+        Poll::Ready(done) => Ok(done),
+        Poll::Pending => tokio::time::timeout(config.body_timeout, collect).await,
+    };
+    match collected {
         Ok(Ok(collected)) => Ok((collected.to_bytes(), permit)),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Refusal::BodyTooLarge),
         Ok(Err(_)) => Err(Refusal::BodyIncomplete),
@@ -691,13 +707,17 @@ async fn authenticate(
     };
     let scheme = &route.spec.scheme;
     let verdict = if signature::is_asymmetric(scheme) {
-        super::keys::verify(
+        // Boxed: the key fetch it may wait on is most of this future's size, and every
+        // delivery's future (HMAC and token presets too) would otherwise be laid out, and
+        // copied as it is wrapped, at that size. A public-key verification costs far
+        // more than the allocation.
+        Box::pin(super::keys::verify(
             config.remote_keys.as_deref(),
             scheme,
             &secrets,
             &delivery,
             now_s,
-        )
+        ))
         .await
     } else {
         signature::verify(scheme, &secrets, &delivery, now_s)
@@ -778,14 +798,18 @@ async fn classify(
 ) -> Result<Classified, Refusal> {
     if route.spec.mapping.as_ref().is_some_and(|m| m.uses_cel()) {
         let route = route.clone();
-        return config
-            .evaluator
-            .run(move |interrupt| classify_now(&route, parsed, interrupt))
-            .await
-            .map_err(|refusal| match refusal {
-                EvalRefusal::BudgetExceeded => Refusal::MappingBudgetExceeded,
-                EvalRefusal::Busy => Refusal::MappingBusy,
-            })?;
+        // Boxed for the same reason as the key fetch in `authenticate`: only CEL
+        // mappings wait here.
+        return Box::pin(
+            config
+                .evaluator
+                .run(move |interrupt| classify_now(&route, parsed, interrupt)),
+        )
+        .await
+        .map_err(|refusal| match refusal {
+            EvalRefusal::BudgetExceeded => Refusal::MappingBudgetExceeded,
+            EvalRefusal::Busy => Refusal::MappingBusy,
+        })?;
     }
     classify_now(route, parsed, &Interrupt::new())
 }
@@ -936,7 +960,7 @@ async fn run<S: DeliverySink>(
         )
     });
     if let Some(policy) = &route.spec.scheme.sns
-        && let Some(answer) = sns_handshake(config, route, policy, &authentic).await?
+        && let Some(answer) = Box::pin(sns_handshake(config, route, policy, &authentic)).await?
     {
         return Ok((Outcome::Handshake, answer));
     }
@@ -1140,5 +1164,66 @@ mod refusal_table {
                 "{refusal:?}"
             );
         }
+    }
+}
+#[cfg(test)]
+mod future_size {
+    use super::*;
+
+    struct Discard;
+
+    impl DeliverySink for Discard {
+        async fn accept(&self, _: Accepted) -> Result<(), SinkError> {
+            Ok(())
+        }
+        fn reject(&self, _: Rejected) {}
+        fn duplicate(&self, _: Duplicate) {}
+    }
+
+    /// Every delivery's future is laid out at the size of its largest await and copied
+    /// whole as it is wrapped (span, handler box): waits only some presets have (key
+    /// fetches, CEL, the SNS handshake) are boxed so that HMAC and token deliveries do
+    /// not carry them. Before they were, `run` was 3,248 bytes and `deliver` 3,872.
+    #[test]
+    fn the_delivery_future_does_not_carry_the_rare_waits() {
+        let table = RouteTable::new();
+        let path = format!("/hooks/{}", "A".repeat(32));
+        table
+            .upsert(crate::route::Route {
+                namespace: "payments".into(),
+                name: "github".into(),
+                uid: "u1".into(),
+                generation: 1,
+                path: path.clone(),
+                secrets: Vec::new(),
+                spec: serde_json::from_value(serde_json::json!({"provider": "github"}))
+                    .expect("spec"),
+                forward: Vec::new(),
+                replay: None,
+                expected_interval_seconds: None,
+            })
+            .expect("route");
+        let route = table.get(&path).expect("route");
+        let state = Arc::new(ReceiverState::new(
+            PipelineConfig::default(),
+            Arc::new(RouteTable::new()),
+            Dedup::new(10, super::super::system_clock()),
+            Arc::new(Discard),
+            ReceiverMetrics::default(),
+        ));
+        let (parts, _) = Request::new(Body::empty()).into_parts();
+        let authenticate = authenticate(&state.config, &route, parts, Bytes::new());
+        assert!(
+            std::mem::size_of_val(&authenticate) <= 1_024,
+            "authenticate: {} bytes",
+            std::mem::size_of_val(&authenticate)
+        );
+        let (parts, _) = Request::new(Body::empty()).into_parts();
+        let run = run(&state, &route, parts, Body::empty());
+        assert!(
+            std::mem::size_of_val(&run) <= 2_048,
+            "run: {} bytes",
+            std::mem::size_of_val(&run)
+        );
     }
 }
