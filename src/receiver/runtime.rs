@@ -288,6 +288,9 @@ pub struct JournaledSink<J> {
     /// by the forwarder; with the journal's own bytes it counts against `config.journal_cap`.
     pub(crate) outbox_bytes: Arc<AtomicU64>,
     journal_cap: u64,
+    /// `journal_appends{outcome="ok"}`, resolved once: a family lookup (label hash under
+    /// a lock) per delivery is measurable at intake rates.
+    appends_ok: prometheus_client::metrics::counter::Counter,
 }
 
 impl<J> JournaledSink<J> {
@@ -346,10 +349,7 @@ impl<J: DeliveryJournal> DeliverySink for JournaledSink<J> {
         let _guard = InflightGuard(&self.counters.inflight);
         let seq = match self.journal.append(record).await {
             Ok(seq) => {
-                self.metrics
-                    .journal_appends
-                    .get_or_create(&WriteLabels { outcome: "ok" })
-                    .inc();
+                self.appends_ok.inc();
                 seq
             }
             Err(e) => {
@@ -850,6 +850,11 @@ pub fn build<J: DeliveryJournal, W: StatusWriter>(
         metrics: config.metrics.clone(),
         outbox_bytes: Arc::new(AtomicU64::new(0)),
         journal_cap: config.journal_cap,
+        appends_ok: config
+            .metrics
+            .journal_appends
+            .get_or_create(&WriteLabels { outcome: "ok" })
+            .clone(),
     });
     let checkpointed_seq = ledger.covered_seq();
     let budget = WriteBudget::new(config.status_writes_per_second, config.status_interval);
