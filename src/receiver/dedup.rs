@@ -105,10 +105,48 @@ impl InFlight {
     }
 }
 
+/// Latest expiry a slot holds (Unix ms; ~73 million years): one bit of the word is the
+/// in-flight flag.
+const MAX_EXPIRY_MS: i64 = i64::MAX >> 1;
+
+/// One remembered id: 16 bytes, so a map bucket with its key is 32.
 struct Slot {
-    expires_at_ms: i64,
-    /// Present while the first copy is still being made durable.
-    pending: Option<Arc<InFlight>>,
+    /// `expires_at_ms << 1 | in_flight`: whether the first copy is still being made
+    /// durable shares the word with the expiry.
+    word: i64,
+    /// Made by the first later copy that has to wait for the first one's outcome; most
+    /// claims never have one, and allocate nothing.
+    waiters: Option<Arc<InFlight>>,
+}
+
+impl Slot {
+    fn kept(expires_at_ms: i64) -> Slot {
+        Slot {
+            word: expires_at_ms.min(MAX_EXPIRY_MS) << 1,
+            waiters: None,
+        }
+    }
+
+    fn in_flight(expires_at_ms: i64) -> Slot {
+        Slot {
+            word: (expires_at_ms.min(MAX_EXPIRY_MS) << 1) | 1,
+            waiters: None,
+        }
+    }
+
+    fn expires_at_ms(&self) -> i64 {
+        self.word >> 1
+    }
+
+    fn is_in_flight(&self) -> bool {
+        self.word & 1 == 1
+    }
+
+    /// The first copy's outcome is known: no longer in flight; its waiters, if any.
+    fn settle(&mut self) -> Option<Arc<InFlight>> {
+        self.word &= !1;
+        self.waiters.take()
+    }
 }
 
 /// Hashes a [`digest`] for the maps. A digest is already uniform, so running it through
@@ -233,9 +271,12 @@ impl Shard {
             if expires > now_ms && self.slots.len() < cap {
                 break;
             }
-            let slot = self.slots.get(&key).filter(|s| s.expires_at_ms == expires);
+            let slot = self
+                .slots
+                .get(&key)
+                .filter(|s| s.expires_at_ms() == expires);
             let live = slot.is_some();
-            let pending = slot.is_some_and(|s| s.pending.is_some());
+            let pending = slot.is_some_and(Slot::is_in_flight);
             self.order.pop_front();
             if pending {
                 // In flight: its claim decides; look at it again later.
@@ -260,7 +301,7 @@ impl Shard {
             let mut live: Vec<(u128, i64)> = self
                 .slots
                 .iter()
-                .map(|(k, s)| (*k, s.expires_at_ms))
+                .map(|(k, s)| (*k, s.expires_at_ms()))
                 .collect();
             live.sort_unstable_by_key(|(_, e)| *e);
             self.order = live.into();
@@ -273,7 +314,7 @@ impl Shard {
     /// Whether a slot was removed.
     fn forget(&mut self, key: u128, expires: i64) -> bool {
         let removed = match self.slots.get(&key) {
-            Some(slot) if slot.expires_at_ms == expires => {
+            Some(slot) if slot.expires_at_ms() == expires => {
                 self.slots.remove(&key);
                 true
             }
@@ -286,7 +327,7 @@ impl Shard {
     }
 
     fn insert(&mut self, key: u128, slot: Slot) {
-        self.order.push_back((key, slot.expires_at_ms));
+        self.order.push_back((key, slot.expires_at_ms()));
         self.slots.insert(key, slot);
         self.bound_queue();
     }
@@ -379,7 +420,7 @@ impl Inner {
             if shard
                 .slots
                 .get(&old)
-                .is_some_and(|slot| slot.expires_at_ms == expires && slot.pending.is_some())
+                .is_some_and(|slot| slot.expires_at_ms() == expires && slot.is_in_flight())
             {
                 queue.push_front((old, expires));
                 break;
@@ -509,43 +550,57 @@ impl Dedup {
     pub async fn claim(&self, integration: &str, id: &str, window: Duration) -> Check {
         let key = digest(integration, id);
         let now = (self.inner.clock)();
-        let other = {
+        let flight = {
             let mut shard = self.inner.shard(key);
-            match shard.slots.get(&key) {
-                Some(slot) if slot.expires_at_ms > now => match &slot.pending {
-                    None => return Check::Duplicate,
-                    Some(flight) => flight.clone(),
-                },
+            match shard.slots.get_mut(&key) {
+                Some(slot) if slot.expires_at_ms() > now => {
+                    if !slot.is_in_flight() {
+                        return Check::Duplicate;
+                    }
+                    // The first copy to wait makes the flight the first one settles.
+                    let flight = slot.waiters.get_or_insert_with(|| {
+                        Arc::new(InFlight {
+                            state: AtomicU8::new(PENDING),
+                            done: Notify::new(),
+                        })
+                    });
+                    flight.clone()
+                }
                 replaced => {
                     let insert = if replaced.is_some() {
                         Insert::Replacing
                     } else {
                         Insert::New
                     };
-                    self.inner.make_room(&mut shard, now, insert);
-                    let flight = Arc::new(InFlight {
-                        state: AtomicU8::new(PENDING),
-                        done: Notify::new(),
+                    // A copy still in flight past its whole window is replaced; copies
+                    // waiting on it are told to retry (never a 2xx for what may not be
+                    // kept), and find this claim when they do.
+                    let orphaned = replaced.and_then(|slot| {
+                        if slot.is_in_flight() {
+                            slot.waiters.take()
+                        } else {
+                            None
+                        }
                     });
-                    let expires_at_ms = now.saturating_add(millis(window));
-                    shard.insert(
-                        key,
-                        Slot {
-                            expires_at_ms,
-                            pending: Some(flight.clone()),
-                        },
-                    );
+                    self.inner.make_room(&mut shard, now, insert);
+                    let slot = Slot::in_flight(now.saturating_add(millis(window)));
+                    let expires_at_ms = slot.expires_at_ms();
+                    shard.insert(key, slot);
                     drop(shard);
+                    if let Some(orphaned) = orphaned {
+                        orphaned.finish(FAILED);
+                    }
                     self.inner.note_owner(integration, key, expires_at_ms, now);
                     return Check::Fresh(Claim {
                         inner: self.inner.clone(),
                         key,
-                        flight: Some(flight),
+                        expires_at_ms,
+                        settled: false,
                     });
                 }
             }
         };
-        match other.outcome().await {
+        match flight.outcome().await {
             ACCEPTED => Check::Duplicate,
             _ => Check::RetryLater,
         }
@@ -569,20 +624,14 @@ impl Dedup {
         let mut shard = self.inner.shard(key);
         let insert = match shard.slots.get(&key) {
             // A copy is in flight right now; its outcome decides.
-            Some(slot) if slot.pending.is_some() => return,
+            Some(slot) if slot.is_in_flight() => return,
             // Seen twice (a checkpoint and a replayed entry): keep the later expiry.
-            Some(slot) if slot.expires_at_ms >= expires_at_ms => return,
+            Some(slot) if slot.expires_at_ms() >= expires_at_ms.min(MAX_EXPIRY_MS) => return,
             Some(_) => Insert::Replacing,
             None => Insert::Reseed,
         };
         self.inner.make_room(&mut shard, now, insert);
-        shard.insert(
-            key,
-            Slot {
-                expires_at_ms,
-                pending: None,
-            },
-        );
+        shard.insert(key, Slot::kept(expires_at_ms));
     }
 
     /// Whether `id` is currently remembered (accepted or in flight).
@@ -593,7 +642,7 @@ impl Dedup {
             .shard(key)
             .slots
             .get(&key)
-            .is_some_and(|s| s.expires_at_ms > now)
+            .is_some_and(|s| s.expires_at_ms() > now)
     }
 
     /// Remembered ids, expired ones not yet dropped included.
@@ -622,30 +671,42 @@ impl std::fmt::Debug for Dedup {
 pub struct Claim {
     inner: Arc<Inner>,
     key: u128,
-    flight: Option<Arc<InFlight>>,
-}
-
-fn is_ours(slot: Option<&Slot>, flight: &Arc<InFlight>) -> bool {
-    slot.and_then(|s| s.pending.as_ref())
-        .is_some_and(|p| Arc::ptr_eq(p, flight))
+    /// With the key, which slot is this claim's: a slot replaced after its window ended
+    /// has a later expiry.
+    expires_at_ms: i64,
+    settled: bool,
 }
 
 impl Claim {
+    /// Settles this claim's slot if it is still this claim's and in flight: kept
+    /// (`forget: false`) or removed. Copies that waited for it are then told `outcome`.
+    fn settle(&mut self, forget: bool, outcome: u8) {
+        self.settled = true;
+        let waiters = {
+            let mut shard = self.inner.shard(self.key);
+            match shard.slots.get_mut(&self.key) {
+                Some(slot) if slot.is_in_flight() && slot.expires_at_ms() == self.expires_at_ms => {
+                    if forget {
+                        shard
+                            .slots
+                            .remove(&self.key)
+                            .and_then(|mut slot| slot.settle())
+                    } else {
+                        slot.settle()
+                    }
+                }
+                _ => None,
+            }
+        };
+        if let Some(waiters) = waiters {
+            waiters.finish(outcome);
+        }
+    }
+
     /// The sink kept the delivery: remember the id for the window and release waiters
     /// as duplicates.
     pub fn accepted(mut self) {
-        let Some(flight) = self.flight.take() else {
-            return;
-        };
-        {
-            let mut shard = self.inner.shard(self.key);
-            if is_ours(shard.slots.get(&self.key), &flight)
-                && let Some(slot) = shard.slots.get_mut(&self.key)
-            {
-                slot.pending = None;
-            }
-        }
-        flight.finish(ACCEPTED);
+        self.settle(false, ACCEPTED);
     }
 }
 
@@ -653,16 +714,9 @@ impl Drop for Claim {
     /// Not accepted (sink failed, or the client went away mid-request): forget the id so
     /// the retry is accepted, and tell waiting copies to retry too.
     fn drop(&mut self) {
-        let Some(flight) = self.flight.take() else {
-            return;
-        };
-        {
-            let mut shard = self.inner.shard(self.key);
-            if is_ours(shard.slots.get(&self.key), &flight) {
-                shard.slots.remove(&self.key);
-            }
+        if !self.settled {
+            self.settle(true, FAILED);
         }
-        flight.finish(FAILED);
     }
 }
 
@@ -845,6 +899,49 @@ mod tests {
             waiter.await.expect("join"),
             "a copy waiting on an accepted claim is a duplicate"
         );
+    }
+
+    /// A copy still in flight when its window ends is replaced by the next copy; copies
+    /// that were waiting on it are told to retry, and its late outcome does not settle
+    /// the slot that replaced it.
+    #[tokio::test]
+    async fn a_claim_in_flight_past_its_window_is_replaced_and_its_waiters_retry() {
+        let now = Arc::new(AtomicI64::new(0));
+        let d = dedup_at(now.clone(), 1_000);
+        let window = Duration::from_secs(1);
+        let Check::Fresh(old) = d.claim("ns/a", "x", window).await else {
+            panic!("fresh")
+        };
+        let d2 = d.clone();
+        let waiter = tokio::spawn(async move { d2.claim("ns/a", "x", window).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        now.store(5_000, Ordering::SeqCst);
+        let Check::Fresh(new) = d.claim("ns/a", "x", window).await else {
+            panic!("a copy past the first one's window is fresh")
+        };
+        assert!(
+            matches!(waiter.await.expect("join"), Check::RetryLater),
+            "the waiter of the replaced claim retries"
+        );
+        // The old claim's outcome, late: neither kept nor forgotten for the new one.
+        old.accepted();
+        let d3 = d.clone();
+        let second_waiter = tokio::spawn(async move { d3.claim("ns/a", "x", window).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !second_waiter.is_finished(),
+            "still waiting on the new claim"
+        );
+        drop(new);
+        assert!(matches!(
+            second_waiter.await.expect("join"),
+            Check::RetryLater
+        ));
+        assert!(
+            !d.contains("ns/a", "x"),
+            "the failed new claim forgot the id"
+        );
+        assert_eq!(std::mem::size_of::<Slot>(), 16, "a bucket stays 32 bytes");
     }
 
     #[tokio::test]
