@@ -51,6 +51,12 @@ struct Options {
     /// Server worker threads (tokio workers in-process; nginx worker_processes).
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Ids the in-process receiver's dedup memory holds (the product's `--dedup-max-ids`;
+    /// default: the product's default). Once an integration holds its share (a quarter),
+    /// every new id forgets its oldest: the bench runs there after its first seconds, and
+    /// a larger memory makes each of those lookups a cache miss farther out.
+    #[arg(long, default_value_t = DEFAULT_MAX_ENTRIES)]
+    dedup_max_ids: u64,
     /// Client threads.
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
@@ -590,6 +596,10 @@ fn verify_cost_schemes(iterations: u64) {
     }
 }
 
+/// `--dedup-max-ids`, for every in-process receiver this run starts.
+static DEDUP_MAX_IDS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(DEFAULT_MAX_ENTRIES);
+
 /// Starts the receiver app with `sink` on its own runtime; returns its target.
 fn start_in_process<S: DeliverySink>(
     provider: ProviderKind,
@@ -645,7 +655,10 @@ fn start_in_process_with<S: DeliverySink>(
         config.max_connections = 1 << 30;
         server_options.max_connections = 1 << 30;
     }
-    let dedup = Dedup::new(1_000_000, config.clock.clone());
+    let dedup = Dedup::new(
+        DEDUP_MAX_IDS.load(std::sync::atomic::Ordering::Relaxed),
+        config.clock.clone(),
+    );
     let state = Arc::new(ReceiverState::new(
         config,
         routes,
@@ -1257,6 +1270,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let options = Options::parse();
+    DEDUP_MAX_IDS.store(options.dedup_max_ids, std::sync::atomic::Ordering::Relaxed);
     if let Some(sizes) = &options.memory {
         return memory(sizes[0], sizes.get(1).copied().unwrap_or(0));
     }
