@@ -5,7 +5,9 @@
 //! The first copy *claims* the id; later copies wait for its outcome instead of being
 //! answered at once: when the claim ends in a durable accept they are duplicates (2xx);
 //! when it fails (sink overloaded, client gone) the id is forgotten and they are told to
-//! retry, so a 2xx never stands for a delivery that was not kept.
+//! retry, so a 2xx never stands for a delivery that was not kept. (A copy still in
+//! flight when its whole window has passed is replaced by the next copy; copies waiting
+//! on it are told to retry, and find the new claim when they do.)
 //!
 //! Memory is the design constraint (DESIGN.md: 100,000 remembered ids within the
 //! receiver's 64 MiB), so ids are kept as 128-bit digests of (integration, id) in
