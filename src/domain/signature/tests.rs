@@ -737,6 +737,50 @@ fn twilio_tries_the_url_with_and_without_the_default_port() {
     );
 }
 
+/// A hand-made body with a literal `+` (a phone number pasted as is) was signed with the
+/// `+`: it verifies through the literal reading, with the URL as given or another
+/// spelling of it, and a `+` that really stood for a space still verifies as one.
+#[test]
+fn twilio_literal_plus_bodies_verify_with_every_url_spelling() {
+    let form = "application/x-www-form-urlencoded";
+    let literal = b"CallSid=CA1234567890ABCDE&Caller=+12349013030&Digits=1234&From=+12349013030&To=+18005551212";
+    assert_valid(
+        run_twilio("0/KCTR6DLpKmkAf8muzZqo1nDgQ=", form, literal, TW_URL),
+        0,
+    );
+    // Signed with :443, received without it, `+` literal.
+    assert_valid(
+        run_twilio("EpDEmp1PyjDYp77YxYU3GILBWzE=", form, literal, TW_URL),
+        0,
+    );
+    // Signed over a space: the body's `+` is a space, as the form encoding says.
+    let spaced = twilio::sign(
+        "12345",
+        &SignInput {
+            body: b"Body=hello+there",
+            url: TW_URL,
+            timestamp: 0,
+            id: "",
+            content_type: form,
+        },
+    )
+    .expect("signed");
+    assert_valid(
+        run_twilio(&spaced[0].1, form, b"Body=hello+there", TW_URL),
+        0,
+    );
+    // Neither reading of a body that was not signed verifies.
+    assert_rejected(
+        run_twilio(
+            "0/KCTR6DLpKmkAf8muzZqo1nDgQ=",
+            form,
+            b"CallSid=CA1234567890ABCDE&Caller=+12349013030",
+            TW_URL,
+        ),
+        "signature_mismatch",
+    );
+}
+
 /// twilio-node's own test cases: a `'` in the query signed one way verifies the other.
 #[test]
 fn twilio_query_quote_encodings_are_equivalent() {

@@ -65,6 +65,19 @@ fn form_params(body: &[u8]) -> BTreeMap<String, Vec<String>> {
     params
 }
 
+/// `body` with every `+` written as `%2B`, so it decodes as a literal plus.
+fn plus_as_literal(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 8);
+    for &b in body {
+        if b == b'+' {
+            out.extend_from_slice(b"%2B");
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
 /// Every spelling of `url` Twilio may have signed: as given, without its explicit port,
 /// with the scheme's default port, and each of those with the query re-encoded the
 /// ways twilio-node tries (Node `querystring` legacy encoding; WHATWG encoding of `'`),
@@ -208,27 +221,39 @@ pub(crate) fn verify(keys: &Keys<'_>, d: &Delivery<'_>) -> Result<Verified, Reje
             limit: MAX_PARAMETERS,
         });
     }
-    let mut param_sets = if signs_form {
-        vec![form_params(d.body)]
+    let params = if signs_form {
+        form_params(d.body)
     } else {
-        vec![BTreeMap::new()]
+        BTreeMap::new()
     };
-    // Twilio encodes `+` as %2B; a hand-made body with a literal `+` (a phone number
-    // pasted as is) was most likely signed with the `+`, not with a space.
-    if param_sets.len() == 1 && !param_sets[0].is_empty() && d.body.contains(&b'+') {
-        let literal: Vec<u8> = d
-            .body
-            .iter()
-            .flat_map(|&b| if b == b'+' { b"%2B".to_vec() } else { vec![b] })
-            .collect();
-        param_sets.push(form_params(&literal));
-    }
     let candidates = [sig];
-    let urls = url_variants(d.url);
-    let index = param_sets
-        .iter()
-        .flat_map(|params| urls.iter().map(move |url| signed_data(url, params)))
-        .find_map(|data| match_any(keys, Algorithm::Sha1, &candidates, &[data.as_bytes()]))
+    let signed_by = |params: &BTreeMap<String, Vec<String>>, url: &str| {
+        match_any(
+            keys,
+            Algorithm::Sha1,
+            &candidates,
+            &[signed_data(url, params).as_bytes()],
+        )
+    };
+    // The URL as given with the parameters as decoded is what Twilio signs nearly every
+    // time: tried first, before any other spelling is built.
+    let index = signed_by(&params, d.url)
+        .or_else(|| {
+            let urls = url_variants(d.url);
+            let others = || urls.iter().filter(|url| url.as_str() != d.url);
+            others().find_map(|url| signed_by(&params, url)).or_else(|| {
+                // Twilio encodes `+` as %2B; a hand-made body with a literal `+` (a phone
+                // number pasted as is) was most likely signed with the `+`, not with a
+                // space.
+                if params.is_empty() || !d.body.contains(&b'+') {
+                    return None;
+                }
+                let literal = form_params(&plus_as_literal(d.body));
+                std::iter::once(d.url)
+                    .chain(others().map(String::as_str))
+                    .find_map(|url| signed_by(&literal, url))
+            })
+        })
         .ok_or(Rejection::SignatureMismatch {
             secrets: keys.len(),
         })?;
