@@ -781,6 +781,29 @@ fn twilio_literal_plus_bodies_verify_with_every_url_spelling() {
     );
 }
 
+/// Repeated names: signed once per distinct value, values in order, names in order
+/// (twilio-node's `Object.keys(params).sort()` with each value list sorted and
+/// de-duplicated); the expected string is written out by hand.
+#[test]
+fn twilio_repeated_parameters_are_signed_sorted_and_once() {
+    let form = "application/x-www-form-urlencoded";
+    let body = b"b=2&a=1&b=1&b=2&c=%2Bx&a=0";
+    let data = format!("{TW_URL}a0a1b1b2c+x");
+    let sig = crypto::encode_base64(&crypto::mac(
+        crypto::Algorithm::Sha1,
+        b"12345",
+        &[data.as_bytes()],
+    ));
+    assert_valid(run_twilio(&sig, form, body, TW_URL), 0);
+    let once = format!("{TW_URL}a0a1b1b2b2c+x");
+    let twice = crypto::encode_base64(&crypto::mac(
+        crypto::Algorithm::Sha1,
+        b"12345",
+        &[once.as_bytes()],
+    ));
+    assert_rejected(run_twilio(&twice, form, body, TW_URL), "signature_mismatch");
+}
+
 /// twilio-node's own test cases: a `'` in the query signed one way verifies the other.
 #[test]
 fn twilio_query_quote_encodings_are_equivalent() {
