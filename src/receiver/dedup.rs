@@ -23,6 +23,7 @@
 //! counted by cause ([`EvictionCause`]). Ids re-seeded from a checkpoint after a restart
 //! carry no integration (checkpoints store digests) and only count against the whole.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -251,6 +252,17 @@ impl std::hash::Hasher for NameHasher {
     }
 }
 
+/// What [`Shard::forget`] found for a queue entry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Forgotten {
+    /// Its id is still in flight: left as it was.
+    InFlight,
+    /// Its slot was removed.
+    Removed,
+    /// Its slot was already gone or re-inserted: nothing to remove.
+    Stale,
+}
+
 #[derive(Default)]
 struct Shard {
     slots: HashMap<u128, Slot, DigestHash>,
@@ -273,23 +285,15 @@ impl Shard {
             if expires > now_ms && self.slots.len() < cap {
                 break;
             }
-            let slot = self
-                .slots
-                .get(&key)
-                .filter(|s| s.expires_at_ms() == expires);
-            let live = slot.is_some();
-            let pending = slot.is_some_and(Slot::is_in_flight);
-            self.order.pop_front();
-            if pending {
-                // In flight: its claim decides; look at it again later.
-                self.order.push_back((key, expires));
-                break;
-            }
-            if live {
-                self.slots.remove(&key);
-                if expires > now_ms {
-                    early += 1;
+            match self.forget(key, expires) {
+                Forgotten::InFlight => {
+                    // In flight: its claim decides; look at it again later.
+                    self.order.pop_front();
+                    self.order.push_back((key, expires));
+                    break;
                 }
+                Forgotten::Removed if expires > now_ms => early += 1,
+                Forgotten::Removed | Forgotten::Stale => {}
             }
             self.bound_queue();
         }
@@ -310,22 +314,27 @@ impl Shard {
         }
     }
 
-    /// Forgets `key`'s slot if it is still the one queued with `expires`; when that queue
-    /// entry is at the front (an integration's oldest id is usually its shard's oldest
-    /// too), it goes with it instead of being looked up again by a later trim.
-    /// Whether a slot was removed.
-    fn forget(&mut self, key: u128, expires: i64) -> bool {
-        let removed = match self.slots.get(&key) {
-            Some(slot) if slot.expires_at_ms() == expires => {
-                self.slots.remove(&key);
-                true
+    /// Forgets `key`'s slot if it is still the one queued with `expires`, in one lookup,
+    /// unless that id is in flight (its claim decides; nothing changes). Otherwise the
+    /// queue entry goes too when it is at the front: the trim's own entry always is, and
+    /// an integration's oldest id is usually its shard's oldest, so it is not looked up
+    /// again by a later trim.
+    fn forget(&mut self, key: u128, expires: i64) -> Forgotten {
+        let found = match self.slots.entry(key) {
+            Entry::Occupied(slot) if slot.get().expires_at_ms() == expires => {
+                if slot.get().is_in_flight() {
+                    return Forgotten::InFlight;
+                }
+                slot.remove();
+                Forgotten::Removed
             }
-            _ => false,
+            // Already gone, or re-inserted (a later queue entry stands for it).
+            _ => Forgotten::Stale,
         };
         if self.order.front() == Some(&(key, expires)) {
             self.order.pop_front();
         }
-        removed
+        found
     }
 
     fn insert(&mut self, key: u128, slot: Slot) {
@@ -418,19 +427,13 @@ impl Inner {
             let Some((old, expires)) = queue.pop_front() else {
                 break;
             };
-            let mut shard = self.shard(old);
-            if shard
-                .slots
-                .get(&old)
-                .is_some_and(|slot| slot.expires_at_ms() == expires && slot.is_in_flight())
-            {
-                queue.push_front((old, expires));
-                break;
-            }
-            // A stale entry (already gone, or re-inserted: a later entry stands for it)
-            // removes nothing.
-            if shard.forget(old, expires) && expires > now_ms {
-                early += 1;
+            match self.shard(old).forget(old, expires) {
+                Forgotten::InFlight => {
+                    queue.push_front((old, expires));
+                    break;
+                }
+                Forgotten::Removed if expires > now_ms => early += 1,
+                Forgotten::Removed | Forgotten::Stale => {}
             }
         }
         if early > 0 {
