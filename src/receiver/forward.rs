@@ -1925,6 +1925,21 @@ mod tests {
         })
     }
 
+    /// A gate made in a task that then holds the worker while deliveries are accepted;
+    /// with its verdict right after.
+    async fn saturated_gate(progress: &Arc<AtomicU64>) -> (IntakePressure, bool) {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            let g = gate(&progress);
+            busy(60).await.expect("busy");
+            progress.fetch_add(100, Ordering::Relaxed);
+            let yielding = g.saturated();
+            (g, yielding)
+        })
+        .await
+        .expect("task")
+    }
+
     fn one_worker() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -1941,28 +1956,17 @@ mod tests {
         one_worker().block_on(async {
             let progress = Arc::new(AtomicU64::new(0));
             // Saturated, deliveries accepted.
-            let g = tokio::spawn({
-                let progress = progress.clone();
-                async move {
-                    let g = gate(&progress);
-                    busy(60).await.expect("busy");
-                    progress.fetch_add(100, Ordering::Relaxed);
-                    let yielding = g.saturated();
-                    (g, yielding)
-                }
-            })
-            .await
-            .expect("task");
-            assert!(g.1, "saturated workers with intake must yield");
-            assert_eq!(g.0.cutoff(100_000), 90_000);
+            let (g, yielding) = saturated_gate(&progress).await;
+            assert!(yielding, "saturated workers with intake must yield");
+            assert_eq!(g.cutoff(100_000), 90_000);
             // Saturated, nothing accepted.
             busy(60).await.expect("busy");
-            assert!(!g.0.saturated(), "a draining backlog alone must not yield");
-            assert_eq!(g.0.cutoff(100_000), 100_000);
+            assert!(!g.saturated(), "a draining backlog alone must not yield");
+            assert_eq!(g.cutoff(100_000), 100_000);
             // Deliveries accepted, workers idle.
             tokio::time::sleep(Duration::from_millis(60)).await;
             progress.fetch_add(100, Ordering::Relaxed);
-            assert!(!g.0.saturated(), "idle workers must not yield");
+            assert!(!g.saturated(), "idle workers must not yield");
         });
     }
 
@@ -1972,18 +1976,8 @@ mod tests {
     fn the_gate_eases_only_after_intake_stays_below_saturation() {
         one_worker().block_on(async {
             let progress = Arc::new(AtomicU64::new(0));
-            let g = tokio::spawn({
-                let progress = progress.clone();
-                async move {
-                    let g = gate(&progress);
-                    busy(60).await.expect("busy");
-                    progress.fetch_add(100, Ordering::Relaxed);
-                    assert!(g.saturated());
-                    g
-                }
-            })
-            .await
-            .expect("task");
+            let (g, yielding) = saturated_gate(&progress).await;
+            assert!(yielding);
             // A quiet window with deliveries: still yielding.
             tokio::time::sleep(Duration::from_millis(60)).await;
             progress.fetch_add(10, Ordering::Relaxed);
