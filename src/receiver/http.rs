@@ -46,7 +46,9 @@ use super::sink::{Accepted, DeliverySink, Duplicate, Rejected, SinkError};
 use crate::crd::ProviderKind;
 use crate::domain::incident::cost::Interrupt;
 use crate::domain::incident::mapping::{Extracted, MappingError};
+use crate::domain::json::{Scalar, TopLevel};
 use crate::domain::signature::{self, Delivery, Verdict};
+use crate::domain::spec::EffectiveSpec;
 
 /// Settings of the pipeline that do not come from routes.
 #[derive(Clone)]
@@ -743,15 +745,29 @@ async fn authenticate(
 struct Parsed {
     authentic: Authentic,
     /// The body as a tree, only when something reads one (a schema, a mapping, the
-    /// provider's id or type fields); otherwise it was validated without building one.
+    /// provider's id or type fields); otherwise it was validated without building one,
+    /// or it is read for its top-level fields only ([`Parsed::top_level`]).
     value: Option<Value>,
+    /// A JSON body whose mapping and delivery id read only top-level fields
+    /// ([`Mapping::top_level`]): it is read (and validated) with [`TopLevel`] in
+    /// [`classify_now`], with no tree built.
+    top_level: bool,
+}
+
+/// Whether this route's JSON deliveries are read only for their top-level fields: the
+/// mapping reads only those, and so do the delivery id and type (the Datadog preset,
+/// the one mapping that can), and no schema needs the tree.
+fn reads_top_level(spec: &EffectiveSpec) -> bool {
+    spec.provider == ProviderKind::Datadog
+        && spec.schema.is_none()
+        && spec
+            .mapping
+            .as_ref()
+            .is_some_and(|m| m.top_level().is_some())
 }
 
 fn parse(route: &CompiledRoute, authentic: Authentic) -> Result<Parsed, Refusal> {
     let spec = &route.spec;
-    let needs_value = spec.schema.is_some()
-        || spec.mapping.is_some()
-        || signature::meta_reads_body(spec.provider);
     let bytes = &authentic.body;
     // SNS posts its JSON as text/plain.
     let kind = if spec.provider == ProviderKind::AwsSns {
@@ -759,6 +775,16 @@ fn parse(route: &CompiledRoute, authentic: Authentic) -> Result<Parsed, Refusal>
     } else {
         body_kind(content_type(&authentic.parts.headers))
     };
+    if kind == BodyKind::Json && reads_top_level(spec) {
+        return Ok(Parsed {
+            authentic,
+            value: None,
+            top_level: true,
+        });
+    }
+    let needs_value = spec.schema.is_some()
+        || spec.mapping.is_some()
+        || signature::meta_reads_body(spec.provider);
     let mut value = match kind {
         BodyKind::Json if needs_value => match serde_json::from_slice::<Value>(bytes) {
             Ok(v) => Some(v),
@@ -779,7 +805,11 @@ fn parse(route: &CompiledRoute, authentic: Authentic) -> Result<Parsed, Refusal>
     {
         return Err(Refusal::SchemaMismatch);
     }
-    Ok(Parsed { authentic, value })
+    Ok(Parsed {
+        authentic,
+        value,
+        top_level: false,
+    })
 }
 
 /// What a parsed delivery is: a handshake to answer, or a delivery to journal.
@@ -820,7 +850,14 @@ fn classify_now(
     interrupt: &Interrupt,
 ) -> Result<Classified, Refusal> {
     let spec = &route.spec;
-    let Parsed { authentic, value } = parsed;
+    let Parsed {
+        authentic,
+        value,
+        top_level,
+    } = parsed;
+    if top_level {
+        return classify_top_level(route, authentic);
+    }
     // Only Zoom's answer needs the secret; the others are not handed one.
     let secret = (spec.provider == ProviderKind::Zoom)
         .then(|| {
@@ -873,6 +910,61 @@ fn classify_now(
         },
         _ => Extracted::default(),
     };
+    Ok(Classified::Delivery(delivery(
+        route,
+        authentic,
+        meta,
+        ignored,
+        incidents,
+        alerts_dropped,
+    )))
+}
+
+/// [`classify_now`] of a body read only for its top-level fields ([`Parsed::top_level`]):
+/// the same answers and the same delivery as from its tree (the body is validated here,
+/// 400 when it is no JSON; the Datadog preset has no handshake).
+fn classify_top_level(route: &CompiledRoute, authentic: Authentic) -> Result<Classified, Refusal> {
+    let spec = &route.spec;
+    let mapping = spec
+        .mapping
+        .as_ref()
+        .and_then(|m| m.top_level())
+        .ok_or(Refusal::MappingFailed)?;
+    let body = TopLevel::parse(&authentic.body, mapping.fields())
+        .map_err(|_| Refusal::MalformedPayload)?;
+    let meta = signature::datadog_meta(|name| body.get(name).map(Scalar::borrowed));
+    let ignored = spec.events.ignores(meta.event_type.as_deref());
+    let Extracted {
+        events: incidents,
+        dropped: alerts_dropped,
+    } = if ignored {
+        Extracted::default()
+    } else {
+        mapping
+            .extract(&body, authentic.now_ms, spec.max_alerts_per_delivery)
+            .map_err(|_| Refusal::MappingFailed)?
+    };
+    drop(body);
+    Ok(Classified::Delivery(delivery(
+        route,
+        authentic,
+        meta,
+        ignored,
+        incidents,
+        alerts_dropped,
+    )))
+}
+
+/// The delivery to journal, with its body when a target forwards every delivery.
+fn delivery(
+    route: &CompiledRoute,
+    authentic: Authentic,
+    meta: signature::DeliveryMeta,
+    ignored: bool,
+    incidents: Vec<crate::domain::incident::IncidentEvent>,
+    alerts_dropped: usize,
+) -> Accepted {
+    let spec = &route.spec;
     // A target sent every delivery: the body is journaled with the delivery.
     let forward = (!ignored
         && spec
@@ -893,7 +985,7 @@ fn classify_now(
             body: authentic.body.to_vec(),
         }
     });
-    Ok(Classified::Delivery(Accepted {
+    Accepted {
         integration: route.key.clone(),
         uid: route.route.uid.clone(),
         delivery_id: meta.id,
@@ -904,7 +996,7 @@ fn classify_now(
         alerts_dropped: u32::try_from(alerts_dropped).unwrap_or(u32::MAX),
         replay_key: None,
         forward,
-    }))
+    }
 }
 
 /// An authentic SNS SubscriptionConfirmation is answered by confirming it (fetching its

@@ -696,6 +696,47 @@ async fn monitoring_deliveries_carry_incidents_and_unmappable_ones_are_400() {
     assert_eq!(f.sink.accepted().len(), 1);
 }
 
+/// A Datadog delivery is read for its top-level fields only (no tree) unless a schema or
+/// an override needs the tree; both readings answer every body alike and keep the same
+/// delivery.
+#[tokio::test]
+async fn datadog_bodies_read_without_a_tree_answer_as_with_one() {
+    let top_level = fixture(json!({"provider": "datadog"}));
+    // An empty schema accepts every document but makes the receiver build the tree.
+    let tree = fixture(json!({"provider": "datadog", "schema": {}}));
+    let bodies: [&[u8]; 9] = [
+        br#"{"id": "1", "aggreg_key": "agg-1", "alert_name": "[P1] [Triggered] CPU", "alert_type": "error", "alert_transition": "Triggered", "date": 1700000000000}"#,
+        br#"{"id": "2", "alert_transition": "Recovered", "alert_transition": "Triggered", "severity": "P2"}"#,
+        br#"{"\u0069d": "3", "alert_type": "success", "nested": {"id": "not this one"}}"#,
+        br#"{"id": 4, "last_updated": "2024-05-01T10:00:00Z", "link": "https://app.datadoghq.com/x", "event_type": "query_alert_monitor"}"#,
+        br#"{"alert_name": "no id anywhere"}"#,
+        br#"[{"id": "5"}]"#,
+        br#"{"id": "6", "date": }"#,
+        br#"{"id": "7"} trailing"#,
+        b"{\"id\": \"\xff\"}",
+    ];
+    for body in bodies {
+        let text = String::from_utf8_lossy(body);
+        let request = |f: &Fixture| {
+            signed(ProviderKind::Datadog, SECRET, &f.path, body, "")
+                .body(Body::from(body.to_vec()))
+                .expect("request")
+        };
+        let (status, _, answered) = send(&top_level.router, request(&top_level)).await;
+        let (tree_status, _, tree_answered) = send(&tree.router, request(&tree)).await;
+        assert_eq!((status, &answered), (tree_status, &tree_answered), "{text}");
+    }
+    let kept = |f: &Fixture| {
+        f.sink
+            .accepted()
+            .into_iter()
+            .map(|a| (a.delivery_id, a.event_type, a.incidents))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kept(&top_level).len(), 4, "the four mappable bodies");
+    assert_eq!(kept(&top_level), kept(&tree));
+}
+
 #[tokio::test]
 async fn a_duplicate_is_2xx_without_a_second_effect() {
     let f = fixture(json!({"provider": "github"}));

@@ -38,6 +38,7 @@ use serde_json::Value;
 use super::cost::{self, Bounds, Interrupt};
 use super::{IncidentEvent, Severity};
 use crate::crd::{IncidentMapping, ProviderKind, WebhookIntegrationSpec};
+use crate::domain::json::{Scalar, TopLevel};
 
 /// The payload to paste into Datadog's Webhooks integration (Integrations → Webhooks →
 /// New, "Payload" field) for a `provider: datadog` integration:
@@ -552,7 +553,7 @@ impl Mapping {
         interrupt: &Interrupt,
     ) -> Result<Extracted, MappingError> {
         let mut drafts = match self.preset {
-            Preset::Datadog => vec![datadog(body)],
+            Preset::Datadog => vec![datadog(|name| body.get(name).map(Scalar::of))],
             Preset::Alertmanager => alerts(body, "alertmanager", false)?,
             Preset::Grafana => alerts(body, "grafana", true)?,
             Preset::Pagerduty => pagerduty(body, event_type)?,
@@ -623,6 +624,14 @@ impl Mapping {
             })
             .collect::<Result<Vec<_>, _>>()
             .map(|events| Extracted { events, dropped })
+    }
+
+    /// This mapping as one that reads only a body's top-level fields, when it is one: the
+    /// Datadog preset with no `…From` override (`severityMap` reads no body). A delivery
+    /// for it can be read with [`TopLevel`] instead of being parsed into a tree.
+    pub fn top_level(&self) -> Option<TopLevelMapping<'_>> {
+        (self.preset == Preset::Datadog && self.overrides.all().next().is_none())
+            .then_some(TopLevelMapping { mapping: self })
     }
 
     /// Applies the overrides to one preset draft and normalises it into an event.
@@ -710,37 +719,94 @@ impl Mapping {
     }
 }
 
+/// A [`Mapping`] that reads only top-level fields ([`Mapping::top_level`]).
+#[derive(Clone, Copy, Debug)]
+pub struct TopLevelMapping<'m> {
+    mapping: &'m Mapping,
+}
+
+impl TopLevelMapping<'_> {
+    /// The fields it reads, to read a body with ([`TopLevel::parse`]); they include those
+    /// the delivery id and event type are taken from.
+    pub fn fields(&self) -> &'static [&'static str] {
+        DATADOG_FIELDS
+    }
+
+    /// [`Mapping::extract_bounded`] of a body read with [`TopLevelMapping::fields`]: the
+    /// same events for the same body. No CEL runs, so there is nothing to interrupt.
+    pub fn extract(
+        &self,
+        body: &TopLevel<'_>,
+        received_at_ms: i64,
+        max_events: usize,
+    ) -> Result<Extracted, MappingError> {
+        let draft = datadog(|name| body.get(name).map(Scalar::borrowed));
+        if max_events == 0 {
+            return Ok(Extracted {
+                events: Vec::new(),
+                dropped: 1,
+            });
+        }
+        // No override reads the scope (`Mapping::top_level`).
+        let scope = Scope {
+            alert: &Value::Null,
+            cel: None,
+        };
+        let event = self.mapping.finish(draft, &scope, received_at_ms)?;
+        Ok(Extracted {
+            events: vec![event],
+            dropped: 0,
+        })
+    }
+}
+
 // ----- presets ---------------------------------------------------------------------------
 
-fn datadog(body: &Value) -> Draft<'_> {
-    let transition = text(body, "/alert_transition");
-    let alert_type = text(body, "/alert_type");
+/// The Datadog preset reads these top-level fields, and the delivery id and event type
+/// ([`crate::domain::signature::delivery_meta`]) these too: `id`, `alert_transition`,
+/// `date`, `last_updated`, `event_type`. A body read with [`TopLevel`] keeps only these.
+pub const DATADOG_FIELDS: &[&str] = &[
+    "id",
+    "aggreg_key",
+    "alert_name",
+    "title",
+    "alert_type",
+    "alert_transition",
+    "severity",
+    "link",
+    "date",
+    "last_updated",
+    "event_type",
+];
+
+/// The Datadog preset, over a body's top-level fields (a flat template: see
+/// [`DATADOG_TEMPLATE`]).
+fn datadog<'a>(field: impl Fn(&str) -> Option<Scalar<'a>>) -> Draft<'static> {
+    let text = |name: &str| field(name).as_ref().and_then(scalar_str);
+    let transition = text("alert_transition");
+    let alert_type = text("alert_type");
     let resolve = match transition.as_deref() {
         Some(t) => t.eq_ignore_ascii_case("recovered"),
         None => alert_type
             .as_deref()
             .is_some_and(|t| t.eq_ignore_ascii_case("success")),
     };
-    let (id, id_from) = match text(body, "/aggreg_key") {
+    let (id, id_from) = match text("aggreg_key") {
         Some(key) => (Some(key), "aggreg_key"),
-        None => (text(body, "/id"), "aggreg_key or id"),
+        None => (text("id"), "aggreg_key or id"),
     };
-    let title = text(body, "/alert_name")
-        .or_else(|| text(body, "/title"))
+    let title = text("alert_name")
+        .or_else(|| text("title"))
         .map(|t| strip_datadog_tags(&t).to_string());
+    let time = |name: &str| field(name).as_ref().and_then(scalar_time_ms);
     Draft {
         id,
         id_from,
         title,
-        severities: text(body, "/severity")
-            .into_iter()
-            .chain(alert_type)
-            .collect(),
-        link: text(body, "/link"),
+        severities: text("severity").into_iter().chain(alert_type).collect(),
+        link: text("link"),
         resolve,
-        time_ms: crate::domain::json::pointer(body, "/date")
-            .and_then(time_ms)
-            .or_else(|| crate::domain::json::pointer(body, "/last_updated").and_then(time_ms)),
+        time_ms: time("date").or_else(|| time("last_updated")),
         ..Draft::default()
     }
 }
@@ -1038,21 +1104,29 @@ fn text(value: &Value, pointer: &str) -> Option<String> {
 }
 
 fn scalar_text(value: &Value) -> Option<String> {
+    scalar_str(&Scalar::of(value))
+}
+
+fn scalar_str(value: &Scalar<'_>) -> Option<String> {
     match value {
-        Value::String(s) => Some(s.trim()).filter(|s| !s.is_empty()).map(str::to_string),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
+        Scalar::Str(s) => Some(s.trim()).filter(|s| !s.is_empty()).map(str::to_string),
+        Scalar::Num(n) => Some(n.to_string()),
+        Scalar::Bool(b) => Some(b.to_string()),
+        Scalar::Null | Scalar::Composite => None,
     }
+}
+
+fn time_ms(value: &Value) -> Option<i64> {
+    scalar_time_ms(&Scalar::of(value))
 }
 
 /// RFC 3339 text, or Unix seconds / milliseconds (as a number or numeric text). Times
 /// at or before 1970 count as absent: Alertmanager writes `0001-01-01T00:00:00Z` for
 /// "not ended".
-fn time_ms(value: &Value) -> Option<i64> {
+fn scalar_time_ms(value: &Scalar<'_>) -> Option<i64> {
     let ms = match value {
-        Value::Number(n) => unix_number_ms(n.as_f64()?),
-        Value::String(s) => {
+        Scalar::Num(n) => unix_number_ms(n.as_f64()?),
+        Scalar::Str(s) => {
             let s = s.trim();
             match s.parse::<jiff::Timestamp>() {
                 Ok(ts) => Some(ts.as_millisecond()),

@@ -12,7 +12,7 @@ pub mod state;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use mapping::{DATADOG_TEMPLATE, Mapping, MappingError};
+pub use mapping::{DATADOG_TEMPLATE, Mapping, MappingError, TopLevelMapping};
 pub use state::{DEFAULT_CAPACITY, Incident, IncidentBook, IncidentState, Order, Transition};
 
 /// Normalised severity.

@@ -1032,10 +1032,42 @@ fn header_meta(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 fn json_meta(body: Option<&serde_json::Value>, pointer: &str) -> Option<String> {
-    match crate::domain::json::pointer(body?, pointer)? {
-        serde_json::Value::String(s) => bounded(s),
-        serde_json::Value::Number(n) => bounded(&n.to_string()),
-        _ => None,
+    scalar_meta(&crate::domain::json::Scalar::of(
+        crate::domain::json::pointer(body?, pointer)?,
+    ))
+}
+
+fn scalar_meta(value: &crate::domain::json::Scalar<'_>) -> Option<String> {
+    use crate::domain::json::Scalar;
+    match value {
+        Scalar::Str(s) => bounded(s),
+        Scalar::Num(n) => bounded(&n.to_string()),
+        Scalar::Bool(_) | Scalar::Null | Scalar::Composite => None,
+    }
+}
+
+/// Datadog's delivery id and event type, from the body's top-level `field`s (its
+/// [`delivery_meta`]; a body read with `TopLevel` is read with the same fields).
+///
+/// Datadog's template is user-written: `id` may be the alert id, shared by the trigger
+/// and its recovery, so the transition and date are part of the key.
+pub fn datadog_meta<'a>(
+    field: impl Fn(&str) -> Option<crate::domain::json::Scalar<'a>>,
+) -> DeliveryMeta {
+    let j = |name: &str| field(name).as_ref().and_then(scalar_meta);
+    let id = j("id").map(|id| {
+        let mut key = id;
+        for p in ["alert_transition", "date", "last_updated"] {
+            if let Some(v) = j(p) {
+                key.push(':');
+                key.push_str(&v);
+            }
+        }
+        key
+    });
+    DeliveryMeta {
+        id: id.and_then(|k| bounded(&k)),
+        event_type: j("event_type").or_else(|| j("alert_transition")),
     }
 }
 
@@ -1093,20 +1125,10 @@ pub fn delivery_meta(
         // Datadog's template is user-written: `id` may be the alert id, shared by the
         // trigger and its recovery, so the transition and date are part of the key.
         ProviderKind::Datadog => {
-            let id = j("/id").map(|id| {
-                let mut key = id;
-                for p in ["/alert_transition", "/date", "/last_updated"] {
-                    if let Some(v) = j(p) {
-                        key.push(':');
-                        key.push_str(&v);
-                    }
-                }
-                key
+            return datadog_meta(|name| {
+                body.and_then(|b| b.get(name))
+                    .map(crate::domain::json::Scalar::of)
             });
-            (
-                id.and_then(|k| bounded(&k)),
-                j("/event_type").or_else(|| j("/alert_transition")),
-            )
         }
         ProviderKind::Alertmanager => (None, j("/status")),
         ProviderKind::GooglePubsub => (

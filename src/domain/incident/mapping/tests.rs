@@ -708,3 +708,63 @@ fn alertmanager_firing_then_resolved_through_the_book() {
     assert_eq!(status.recent[0].id, "5f6e0a5c8d9b1c2e");
     assert_eq!(status.recent[0].state, "resolved");
 }
+
+/// The Datadog preset read from a body's top-level fields (the receiver's path when no
+/// override or schema needs the tree) maps every body as the tree does, and takes the
+/// same delivery id and event type from it.
+#[test]
+fn datadog_from_top_level_fields_agrees_with_the_tree() {
+    use crate::domain::signature::{Scheme, datadog_meta, delivery_meta};
+    let bodies: Vec<Value> = vec![
+        fixture("datadog-triggered.json"),
+        fixture("datadog-recovered.json"),
+        json!({"id": "bench-1", "aggreg_key": "agg-7", "alert_name": "CPU high on web-1",
+            "alert_type": "error", "severity": "high", "alert_transition": "Triggered",
+            "date": 17, "host": "web-1", "tags": "env:bench",
+            "link": "https://app.datadoghq.com/monitors/1", "message": "CPU above 90%"}),
+        json!({"id": "1", "alert_type": "success", "title": "[Recovered] disk", "event_type": "query_alert_monitor"}),
+        json!({"id": 42, "aggreg_key": "", "severity": "P1", "date": "2024-05-01T10:00:00Z"}),
+        json!({"id": "1", "last_updated": 1_700_000_000, "link": "javascript:alert(1)"}),
+        json!({"id": "  ", "aggreg_key": "  "}),
+        json!({"alert_name": "no id"}),
+        json!({"id": true, "alert_transition": ["Recovered"], "date": {"ms": 1}}),
+        json!({"id": "x".repeat(600)}),
+        json!({"id": null, "aggreg_key": 7.5, "severity": null, "alert_type": "warning"}),
+        json!([{"id": "a list"}]),
+        json!("text"),
+    ];
+    let plain = mapping("provider: datadog");
+    let with_map = mapping("provider: datadog\nincidents: {severityMap: {high: low}}");
+    for m in [&plain, &with_map] {
+        let top = m
+            .top_level()
+            .expect("the preset without overrides reads top-level fields");
+        for body in &bodies {
+            let bytes = serde_json::to_vec(body).expect("JSON");
+            let fields = TopLevel::parse(&bytes, top.fields()).expect("JSON");
+            for max_events in [0, 1, 50] {
+                assert_eq!(
+                    top.extract(&fields, RECEIVED, max_events),
+                    m.extract_bounded(body, None, RECEIVED, max_events, &Interrupt::new()),
+                    "{body} (max {max_events})"
+                );
+            }
+            assert_eq!(
+                datadog_meta(|name| fields.get(name).map(Scalar::borrowed)),
+                delivery_meta(
+                    &Scheme::preset(ProviderKind::Datadog),
+                    &http::HeaderMap::new(),
+                    Some(body)
+                ),
+                "{body}"
+            );
+        }
+    }
+    for overridden in [
+        "provider: datadog\nincidents: {titleFrom: /message}",
+        "provider: datadog\nincidents: {resolvedWhen: 'body.alert_type == \"success\"'}",
+        "provider: alertmanager",
+    ] {
+        assert!(mapping(overridden).top_level().is_none(), "{overridden}");
+    }
+}
