@@ -54,25 +54,30 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Constant-time equality of two byte strings of any length that reveals neither the
 /// contents nor the length of either: both sides are first reduced to a fixed-length
-/// keyed digest (HMAC-SHA256 under a per-process random key), and the 32-byte digests
-/// are compared without early exit. The work depends only on the lengths of the inputs
-/// (hashing is linear), never on where they differ or whether the lengths match; a
-/// comparison of a 3-byte guess against a 40-byte token takes the same path as a
-/// comparison of two 40-byte strings. The random key means an attacker cannot choose
-/// inputs whose digests collide.
+/// keyed digest, SHA-256 over a per-process random 64-byte block followed by the bytes,
+/// and the 32-byte digests are compared without early exit. The work depends only on
+/// the lengths of the inputs (hashing is linear), never on where they differ or whether
+/// the lengths match; a comparison of a 3-byte guess against a 40-byte token takes the
+/// same path as a comparison of two 40-byte strings.
+///
+/// The digest is a prefix-keyed hash, not HMAC: HMAC's second (outer) hash protects a
+/// MAC whose value an attacker sees from length extension, and these digests never leave
+/// this function. Two different inputs with equal digests would be a SHA-256 collision,
+/// keyed or not; the random block means no pair can be prepared against this process
+/// either. The block is absorbed once per process, so a token up to 55 bytes costs one
+/// SHA-256 block per side (HMAC cost two: this runs on every token delivery).
 pub fn ct_eq_secret(a: &[u8], b: &[u8]) -> bool {
-    // The HMAC keyed once per process: each digest starts from a clone of the keyed
-    // state instead of hashing the key's two padded blocks again (two of the four
-    // SHA-256 blocks a short token costs).
-    static KEYED: std::sync::OnceLock<Hmac<Sha256>> = std::sync::OnceLock::new();
+    use sha2::Digest as _;
+    static KEYED: std::sync::OnceLock<Sha256> = std::sync::OnceLock::new();
     let keyed = KEYED.get_or_init(|| {
-        let key: [u8; 32] = rand::random();
-        <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("HMAC takes a key of any length")
+        let mut state = Sha256::new();
+        state.update(rand::random::<[u8; 64]>());
+        state
     });
     let digest = |bytes: &[u8]| {
-        let mut m = keyed.clone();
-        m.update(bytes);
-        m.finalize().into_bytes()
+        let mut state = keyed.clone();
+        state.update(bytes);
+        state.finalize()
     };
     let (da, db) = (digest(a), digest(b));
     // Both are 32 bytes: `ct_eq`'s length check is not an early exit on secret data.
