@@ -28,6 +28,7 @@
 //! Sentry events use the arrival time. `timeFrom` accepts RFC 3339 text or Unix time
 //! (seconds, or milliseconds when the number is that large).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 
@@ -642,10 +643,13 @@ impl Mapping {
         received_at_ms: i64,
     ) -> Result<IncidentEvent, MappingError> {
         let o = &self.overrides;
-        let mut id_from = draft.id_from.to_string();
+        // Only an error names it: formatted then.
+        let id_from = || match &o.id {
+            Some(expr) => format!("idFrom {:?}", expr.text),
+            None => draft.id_from.to_string(),
+        };
         if let Some(expr) = &o.id {
             draft.id = expr.eval(scope)?.as_ref().and_then(scalar_text);
-            id_from = format!("idFrom {:?}", expr.text);
         }
         if let Some(expr) = &o.title
             && let Some(title) = expr.eval_display(scope)?.as_ref().and_then(scalar_text)
@@ -683,11 +687,11 @@ impl Mapping {
             };
         }
 
-        let id = draft.id.ok_or(MappingError::MissingId {
-            from: id_from.clone(),
-        })?;
+        let Some(id) = draft.id else {
+            return Err(MappingError::MissingId { from: id_from() });
+        };
         if id.len() > MAX_ID_BYTES {
-            return Err(MappingError::IdTooLong { from: id_from });
+            return Err(MappingError::IdTooLong { from: id_from() });
         }
         let severity = draft
             .severities
@@ -695,7 +699,10 @@ impl Mapping {
             .find_map(|raw| self.severity(raw))
             .or(draft.severity_fallback)
             .unwrap_or(Severity::Info);
-        let title = truncate_chars(draft.title.as_deref().unwrap_or(&id), MAX_TITLE_CHARS);
+        let title = match draft.title {
+            Some(title) => truncated(title, MAX_TITLE_CHARS),
+            None => truncated(id.clone(), MAX_TITLE_CHARS),
+        };
         let link = draft.link.filter(|l| usable_link(l));
         Ok(IncidentEvent {
             id,
@@ -782,7 +789,8 @@ pub const DATADOG_FIELDS: &[&str] = &[
 /// The Datadog preset, over a body's top-level fields (a flat template: see
 /// [`DATADOG_TEMPLATE`]).
 fn datadog<'a>(field: impl Fn(&str) -> Option<Scalar<'a>>) -> Draft<'static> {
-    let text = |name: &str| field(name).as_ref().and_then(scalar_str);
+    // Borrowed from the body until the draft keeps it.
+    let text = |name: &str| field(name).and_then(scalar_text_cow);
     let transition = text("alert_transition");
     let alert_type = text("alert_type");
     let resolve = match transition.as_deref() {
@@ -792,8 +800,8 @@ fn datadog<'a>(field: impl Fn(&str) -> Option<Scalar<'a>>) -> Draft<'static> {
             .is_some_and(|t| t.eq_ignore_ascii_case("success")),
     };
     let (id, id_from) = match text("aggreg_key") {
-        Some(key) => (Some(key), "aggreg_key"),
-        None => (text("id"), "aggreg_key or id"),
+        Some(key) => (Some(key.into_owned()), "aggreg_key"),
+        None => (text("id").map(Cow::into_owned), "aggreg_key or id"),
     };
     let title = text("alert_name")
         .or_else(|| text("title"))
@@ -803,8 +811,12 @@ fn datadog<'a>(field: impl Fn(&str) -> Option<Scalar<'a>>) -> Draft<'static> {
         id,
         id_from,
         title,
-        severities: text("severity").into_iter().chain(alert_type).collect(),
-        link: text("link"),
+        severities: text("severity")
+            .into_iter()
+            .chain(alert_type)
+            .map(Cow::into_owned)
+            .collect(),
+        link: text("link").map(Cow::into_owned),
         resolve,
         time_ms: time("date").or_else(|| time("last_updated")),
         ..Draft::default()
@@ -1108,10 +1120,18 @@ fn scalar_text(value: &Value) -> Option<String> {
 }
 
 fn scalar_str(value: &Scalar<'_>) -> Option<String> {
+    scalar_text_cow(value.borrowed()).map(Cow::into_owned)
+}
+
+/// [`scalar_text`], borrowed where the value's text is.
+fn scalar_text_cow(value: Scalar<'_>) -> Option<Cow<'_, str>> {
     match value {
-        Scalar::Str(s) => Some(s.trim()).filter(|s| !s.is_empty()).map(str::to_string),
-        Scalar::Num(n) => Some(n.to_string()),
-        Scalar::Bool(b) => Some(b.to_string()),
+        Scalar::Str(Cow::Borrowed(s)) => Some(Cow::Borrowed(s.trim())).filter(|s| !s.is_empty()),
+        Scalar::Str(Cow::Owned(s)) => Some(s.trim())
+            .filter(|s| !s.is_empty())
+            .map(|s| Cow::Owned(s.to_string())),
+        Scalar::Num(n) => Some(Cow::Owned(n.to_string())),
+        Scalar::Bool(b) => Some(Cow::Owned(b.to_string())),
         Scalar::Null | Scalar::Composite => None,
     }
 }
@@ -1160,11 +1180,15 @@ fn json_type(value: &Value) -> &'static str {
     }
 }
 
-fn truncate_chars(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((cut, _)) => s[..cut].to_string(),
-        None => s.to_string(),
+/// `s` cut to at most `max` characters.
+fn truncated(mut s: String, max: usize) -> String {
+    // Only text longer than `max` bytes can have more than `max` characters.
+    if s.len() > max
+        && let Some((cut, _)) = s.char_indices().nth(max)
+    {
+        s.truncate(cut);
     }
+    s
 }
 
 /// Only web links reach the status: a `javascript:` or file link there would be a trap

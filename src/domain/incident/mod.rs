@@ -67,21 +67,29 @@ impl Severity {
     /// guessing "medium" would page-rank it above alerts that really said info.
     /// `spec.incidents.severityMap` translates any other vocabulary.
     pub fn normalise(raw: &str) -> Option<Severity> {
-        let lower = raw.trim().to_ascii_lowercase();
-        let compact: String = lower
-            .chars()
-            .filter(|c| !matches!(c, '-' | '_' | ' '))
-            .collect();
-        let severity = match compact.as_str() {
-            "critical" | "crit" | "fatal" | "emergency" | "emerg" | "alert" | "page"
-            | "disaster" | "p0" | "p1" | "sev0" | "sev1" => Severity::Critical,
-            "high" | "error" | "err" | "major" | "severe" | "p2" | "sev2" => Severity::High,
-            "medium" | "moderate" | "average" | "warning" | "warn" | "p3" | "sev3" => {
+        // Lower case without `-`, `_` and spaces, in a buffer as long as the longest
+        // name: a longer value is none of them (every delivery of a monitoring preset
+        // normalises one or two values; this allocates nothing).
+        let mut buf = [0u8; 16];
+        let mut len = 0;
+        for b in raw.trim().bytes() {
+            if matches!(b, b'-' | b'_' | b' ') {
+                continue;
+            }
+            let slot = buf.get_mut(len)?;
+            *slot = b.to_ascii_lowercase();
+            len += 1;
+        }
+        let severity = match &buf[..len] {
+            b"critical" | b"crit" | b"fatal" | b"emergency" | b"emerg" | b"alert" | b"page"
+            | b"disaster" | b"p0" | b"p1" | b"sev0" | b"sev1" => Severity::Critical,
+            b"high" | b"error" | b"err" | b"major" | b"severe" | b"p2" | b"sev2" => Severity::High,
+            b"medium" | b"moderate" | b"average" | b"warning" | b"warn" | b"p3" | b"sev3" => {
                 Severity::Medium
             }
-            "low" | "minor" | "notice" | "ticket" | "p4" | "sev4" => Severity::Low,
-            "info" | "informational" | "information" | "debug" | "trace" | "none" | "ok"
-            | "success" | "p5" | "sev5" => Severity::Info,
+            b"low" | b"minor" | b"notice" | b"ticket" | b"p4" | b"sev4" => Severity::Low,
+            b"info" | b"informational" | b"information" | b"debug" | b"trace" | b"none" | b"ok"
+            | b"success" | b"p5" | b"sev5" => Severity::Info,
             _ => return None,
         };
         Some(severity)
@@ -150,6 +158,14 @@ mod tests {
             ("success", Some(Severity::Info)),
             ("", None),
             ("spicy", None),
+            // Separators anywhere, any length of them; the buffer's bound is on what is
+            // left.
+            ("i n-f_o r m a t i o n a l", Some(Severity::Info)),
+            ("--------------------crit", Some(Severity::Critical)),
+            ("informationalxxxx", None),
+            ("CRİTICAL", None),
+            ("crit\t", Some(Severity::Critical)),
+            ("cr\tit", None),
         ];
         for (raw, want) in table {
             assert_eq!(Severity::normalise(raw), want, "{raw:?}");

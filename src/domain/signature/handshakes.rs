@@ -153,7 +153,7 @@ pub(crate) fn verify_azure(
         tokens.extend(
             form_urlencoded::parse(query.as_bytes())
                 .filter(|(k, _)| AZURE_QUERY_KEYS.contains(&k.as_ref()))
-                .map(|(_, v)| v.into_owned()),
+                .map(|(_, v)| std::borrow::Cow::Owned(v.into_owned())),
         );
     }
     if tokens.is_empty() {

@@ -1013,6 +1013,11 @@ pub struct DeliveryMeta {
 const META_MAX_LEN: usize = 256;
 
 fn bounded(s: &str) -> Option<String> {
+    bounded_str(s).map(str::to_string)
+}
+
+/// Trimmed, non-empty, and cut to [`META_MAX_LEN`] bytes at a character boundary.
+fn bounded_str(s: &str) -> Option<&str> {
     let s = s.trim();
     if s.is_empty() {
         return None;
@@ -1021,7 +1026,7 @@ fn bounded(s: &str) -> Option<String> {
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    Some(s[..end].to_string())
+    Some(&s[..end])
 }
 
 fn header_meta(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -1055,7 +1060,7 @@ pub fn datadog_meta<'a>(
     field: impl Fn(&str) -> Option<crate::domain::json::Scalar<'a>>,
 ) -> DeliveryMeta {
     let j = |name: &str| field(name).as_ref().and_then(scalar_meta);
-    let id = j("id").map(|id| {
+    let id = j("id").and_then(|id| {
         let mut key = id;
         for p in ["alert_transition", "date", "last_updated"] {
             if let Some(v) = j(p) {
@@ -1063,10 +1068,14 @@ pub fn datadog_meta<'a>(
                 key.push_str(&v);
             }
         }
-        key
+        // Bounded as a whole, as every part was: copied only when that changes it.
+        match bounded_str(&key) {
+            Some(b) if b.len() == key.len() => Some(key),
+            other => other.map(str::to_string),
+        }
     });
     DeliveryMeta {
-        id: id.and_then(|k| bounded(&k)),
+        id,
         event_type: j("event_type").or_else(|| j("alert_transition")),
     }
 }

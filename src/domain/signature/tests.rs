@@ -1476,6 +1476,22 @@ fn delivery_meta_finds_ids_and_event_types() {
         Some(&serde_json::json!({"id": "42", "alert_transition": "Recovered"})),
     );
     assert_ne!(t.id, r.id);
+    // Its key joins id, transition and times, and is bounded as a whole: 256 bytes at
+    // most, cut at a character boundary.
+    let meta = |body: serde_json::Value| delivery_meta(&dd, &HeaderMap::new(), Some(&body)).id;
+    assert_eq!(
+        meta(
+            serde_json::json!({"id": " 42 ", "alert_transition": "Warn", "date": 17, "last_updated": "x"})
+        ),
+        Some("42:Warn:17:x".to_string())
+    );
+    assert_eq!(meta(serde_json::json!({"id": 7})), Some("7".to_string()));
+    let long =
+        meta(serde_json::json!({"id": "a".repeat(250), "alert_transition": "ééé"})).expect("an id");
+    assert_eq!(long, format!("{}:éé", "a".repeat(250)));
+    let longer = meta(serde_json::json!({"id": "a".repeat(300)})).expect("an id");
+    assert_eq!(longer, "a".repeat(256));
+    assert_eq!(meta(serde_json::json!({"id": "  ", "date": 1})), None);
 }
 
 /// The receiver skips building the JSON tree for providers `meta_reads_body` says never

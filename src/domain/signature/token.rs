@@ -3,6 +3,8 @@
 //! (`spec.tokenHeader`). GitLab's plain secret token arrives in `X-Gitlab-Token`; a
 //! GitLab secret starting with `whsec_` is a signing token instead (Standard Webhooks).
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 
 use super::crypto::ct_eq_secret;
@@ -11,45 +13,46 @@ use super::{Delivery, GenericAuth, Keys, Rejection, SignError, SignInput, Verifi
 
 const GITLAB_TOKEN: &str = "X-Gitlab-Token";
 
-/// Tokens the request presents, in every accepted place.
-pub(crate) fn presented_tokens(
-    headers: &http::HeaderMap,
+/// Tokens the request presents, in every accepted place: borrowed from the headers
+/// except a Basic password (decoded).
+pub(crate) fn presented_tokens<'h>(
+    headers: &'h http::HeaderMap,
     extra: &[&str],
-) -> Result<Vec<String>, Rejection> {
+) -> Result<Vec<Cow<'h, str>>, Rejection> {
     let mut out = Vec::new();
     let auth = header(headers, "Authorization")?;
     // Some senders (Datadog custom headers, hand-written curl) put the bare token there.
     if let Some(raw) = auth
         && !raw.contains(' ')
     {
-        out.push(raw.to_string());
+        out.push(Cow::Borrowed(raw));
     }
     if let Some(auth) = auth
         && let Some((scheme, rest)) = auth.split_once(' ')
     {
         let rest = rest.trim();
         if scheme.eq_ignore_ascii_case("bearer") {
-            out.push(rest.to_string());
+            out.push(Cow::Borrowed(rest));
         } else if scheme.eq_ignore_ascii_case("basic")
             && let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest)
             && let Ok(text) = String::from_utf8(decoded)
             && let Some((_, password)) = text.split_once(':')
         {
-            out.push(password.to_string());
+            out.push(Cow::Owned(password.to_string()));
         }
     }
     for name in extra {
         if let Some(v) = header(headers, name)? {
-            out.push(v.to_string());
+            out.push(Cow::Borrowed(v));
         }
     }
     Ok(out)
 }
 
-pub(crate) fn match_tokens(keys: &Keys<'_>, tokens: &[String]) -> Option<usize> {
+pub(crate) fn match_tokens(keys: &Keys<'_>, tokens: &[impl AsRef<str>]) -> Option<usize> {
     keys.find(|secret| {
         tokens.iter().fold(false, |acc, t| {
-            acc | ct_eq_secret(t.as_bytes(), secret.as_bytes())
+            acc | ct_eq_secret(t.as_ref().as_bytes(), secret.as_bytes())
         })
     })
 }
