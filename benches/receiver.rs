@@ -27,7 +27,7 @@ use hookwarden::receiver::dedup::{DEFAULT_MAX_ENTRIES, Dedup};
 use hookwarden::receiver::http::{PipelineConfig, ReceiverState, app};
 use hookwarden::receiver::metrics::ReceiverMetrics;
 use hookwarden::receiver::routes::RouteTable;
-use hookwarden::receiver::server::{ServerOptions, serve_with};
+use hookwarden::receiver::server::{App, ServerOptions, serve_with};
 use hookwarden::receiver::sink::{Accepted, DeliverySink, Duplicate, Rejected, SinkError};
 use hookwarden::route::{Route, RouteSecret, SecretValue};
 use hookwarden::standalone::DEFAULT_STATE_DIR;
@@ -680,7 +680,7 @@ fn start_in_process_with<S: DeliverySink>(
 /// threads on a thread of its own, until the process ends. Returns the address.
 fn serve_on_own_runtime(
     workers: usize,
-    app: axum::Router,
+    app: impl App,
     server_options: ServerOptions,
 ) -> std::io::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -62,20 +61,46 @@ async fn shed(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
 }
 
+/// What the server serves: an axum [`Router`](axum::Router), or the receiver's own
+/// service ([`super::http::Receiver`]).
+pub trait App:
+    tower::Service<
+        http::Request<Incoming>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<A> App for A where
+    A: tower::Service<
+            http::Request<Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// Serves `app` on `listener` with [`ServerOptions::default`] until `shutdown` resolves,
 /// then stops accepting and waits for in-flight requests to finish.
-pub async fn serve(
+pub async fn serve<A: App>(
     listener: TcpListener,
-    app: Router,
+    app: A,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     serve_with(listener, app, ServerOptions::default(), shutdown).await
 }
 
 /// [`serve`] with explicit options.
-pub async fn serve_with(
+pub async fn serve_with<A: App>(
     listener: TcpListener,
-    app: Router,
+    app: A,
     options: ServerOptions,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {

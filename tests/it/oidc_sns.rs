@@ -159,7 +159,7 @@ impl DeliverySink for Sink {
 }
 
 struct Receiver {
-    router: Router,
+    router: hookwarden::receiver::http::Receiver<Sink>,
     sink: Arc<Sink>,
     routes: Arc<RouteTable>,
     board: Arc<ForwardBoard>,

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Method, Request, Response, StatusCode};
@@ -106,7 +105,7 @@ impl DeliverySink for RecordingSink {
 }
 
 struct Fixture {
-    router: Router,
+    router: hookwarden::receiver::http::Receiver<RecordingSink>,
     sink: Arc<RecordingSink>,
     path: String,
     state: Arc<ReceiverState<RecordingSink>>,
@@ -206,7 +205,12 @@ fn github(path: &str, body: &[u8], id: &str) -> Request<Body> {
         .expect("request")
 }
 
-async fn send(router: &Router, request: Request<Body>) -> (StatusCode, http::HeaderMap, String) {
+/// One request through the receiver's service (or any router).
+async fn send<A>(router: &A, request: Request<Body>) -> (StatusCode, http::HeaderMap, String)
+where
+    A: tower::Service<Request<Body>, Response = Response<Body>, Error = std::convert::Infallible>
+        + Clone,
+{
     let response: Response<Body> = router.clone().oneshot(request).await.expect("infallible");
     let status = response.status();
     let headers = response.headers().clone();
