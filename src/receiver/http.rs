@@ -511,17 +511,16 @@ async fn deliver<S: DeliverySink>(state: Arc<ReceiverState<S>>, request: Request
         delivery_id = tracing::field::Empty,
         outcome = tracing::field::Empty,
     );
-    let response = match run(&state, &route, parts, body)
-        .instrument(span.clone())
-        .await
-    {
+    // Only the per-delivery lines (debug) are logged once the outcome is known, so only
+    // they need the span afterwards: recording the outcome into a span no line will
+    // show re-formats its fields for nothing, and a second handle costs a clone and a
+    // close in the subscriber's registry.
+    let debug_span = tracing::enabled!(tracing::Level::DEBUG).then(|| span.clone());
+    let response = match run(&state, &route, parts, body).instrument(span).await {
         Ok((outcome, response)) => {
-            // Only the per-delivery lines (debug) are logged once the outcome is known:
-            // recording it into a span no line will show re-formats the span's fields
-            // for nothing.
-            if tracing::enabled!(tracing::Level::DEBUG) {
+            if let Some(span) = &debug_span {
                 span.record("outcome", outcome.label());
-                tracing::debug!(parent: &span, status = response.status().as_u16(), "delivery answered");
+                tracing::debug!(parent: span, status = response.status().as_u16(), "delivery answered");
             }
             state
                 .metrics
@@ -532,8 +531,9 @@ async fn deliver<S: DeliverySink>(state: Arc<ReceiverState<S>>, request: Request
             response
         }
         Err(refusal) => {
-            if tracing::enabled!(tracing::Level::DEBUG) {
+            if let Some(span) = &debug_span {
                 span.record("outcome", refusal.reason());
+                tracing::debug!(parent: span, status = refusal.status().as_u16(), "delivery refused");
             }
             state.metrics.outcome_of(route.spec.provider, "rejected");
             state.metrics.reject_reason(provider, refusal.reason());
@@ -545,7 +545,6 @@ async fn deliver<S: DeliverySink>(state: Arc<ReceiverState<S>>, request: Request
                 auth_failure: refusal.is_auth_failure(),
                 at_ms: (state.config.clock)(),
             });
-            tracing::debug!(parent: &span, status = refusal.status().as_u16(), "delivery refused");
             refusal.response(state.config.retry_after_seconds)
         }
     };
@@ -1096,10 +1095,15 @@ async fn run<S: DeliverySink>(
     // dedup key: a captured delivery re-sent with a fresh id is still a duplicate.
     let replay_key = signature::id_is_unsigned(route.spec.provider).then(|| {
         use sha2::Digest as _;
-        format!(
-            "signed:{}",
-            hex::encode(&sha2::Sha256::digest(&authentic.body)[..16])
-        )
+        const PREFIX: &str = "signed:";
+        let digest = sha2::Sha256::digest(&authentic.body);
+        let mut hex = [0u8; 32];
+        let mut key = String::with_capacity(PREFIX.len() + hex.len());
+        key.push_str(PREFIX);
+        if hex::encode_to_slice(&digest[..16], &mut hex).is_ok() {
+            key.extend(hex.iter().map(|&b| char::from(b)));
+        }
+        key
     });
     if let Some(policy) = &route.spec.scheme.sns
         && let Some(answer) = Box::pin(sns_handshake(config, route, policy, &authentic)).await?

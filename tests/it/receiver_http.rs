@@ -1051,6 +1051,16 @@ async fn a_captured_delivery_with_a_fresh_id_is_a_duplicate() {
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert!(answer.contains("duplicate"), "{answer}");
     assert_eq!(f.sink.accepted().len(), 1);
+    // The key is journaled (the memory is re-seeded from it after a restart): its
+    // spelling is part of the journal's format.
+    let digest = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(body)
+    };
+    assert_eq!(
+        f.sink.accepted()[0].replay_key.as_deref(),
+        Some(format!("signed:{}", hex::encode(&digest[..16])).as_str())
+    );
     // A different body with the same kind of id is a new delivery.
     assert_eq!(
         send(&f.router, github(&f.path, br#"{"after":"def"}"#, "orig-3"))
