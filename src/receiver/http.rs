@@ -517,7 +517,7 @@ async fn deliver<S: DeliverySink>(state: Arc<ReceiverState<S>>, request: Request
     // close in the subscriber's registry.
     let debug_span = tracing::enabled!(tracing::Level::DEBUG).then(|| span.clone());
     let response = match run(&state, &route, parts, body).instrument(span).await {
-        Ok((outcome, response)) => {
+        Ok((outcome, response, authenticated_at_ms)) => {
             if let Some(span) = &debug_span {
                 span.record("outcome", outcome.label());
                 tracing::debug!(parent: span, status = response.status().as_u16(), "delivery answered");
@@ -525,8 +525,10 @@ async fn deliver<S: DeliverySink>(state: Arc<ReceiverState<S>>, request: Request
             state
                 .metrics
                 .outcome_of(route.spec.provider, outcome.label());
-            // Milliseconds → seconds: Prometheus' base unit for a timestamp.
-            let now_seconds = (state.config.clock)() as f64 / 1000.0;
+            // The clock reading authentication judged the delivery by (microseconds
+            // before this; one clock read less per delivery), milliseconds → seconds:
+            // Prometheus' base unit for a timestamp.
+            let now_seconds = authenticated_at_ms as f64 / 1000.0;
             route.metrics.answered(outcome.label(), now_seconds);
             response
         }
@@ -687,19 +689,48 @@ async fn read_body(
         .body_budget
         .reserve(&route.body_inflight, known.unwrap_or(max as u64))
         .ok_or(Refusal::OverBudget)?;
-    // A small body usually came with the head: one poll collects it, and the timer is
-    // armed (registered in tokio's timer wheel, then removed) only when it did not.
-    let mut collect = std::pin::pin!(Limited::new(body, max).collect());
-    let first = std::future::poll_fn(|cx| Poll::Ready(collect.as_mut().poll(cx))).await;
-    let collected = match first {
-        Poll::Ready(done) => Ok(done),
-        Poll::Pending => tokio::time::timeout(config.body_timeout, collect).await,
+    // A small body usually came with the head: its one frame is taken as it is, without
+    // arming the timer (registered in tokio's timer wheel, then removed) or collecting
+    // into a list; anything else is collected under the timer.
+    let mut limited = Limited::new(body, max);
+    let first = std::future::poll_fn(|cx| {
+        Poll::Ready(hyper::body::Body::poll_frame(
+            std::pin::Pin::new(&mut limited),
+            cx,
+        ))
+    })
+    .await;
+    let first = match first {
+        Poll::Ready(None) => return Ok((Bytes::new(), permit)),
+        Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+            Ok(data) if hyper::body::Body::is_end_stream(&limited) => return Ok((data, permit)),
+            Ok(data) => data,
+            // Trailers: nothing of the body (collecting ignores them too).
+            Err(_) => Bytes::new(),
+        },
+        Poll::Ready(Some(Err(e))) => return Err(body_error(&e)),
+        Poll::Pending => Bytes::new(),
     };
-    match collected {
-        Ok(Ok(collected)) => Ok((collected.to_bytes(), permit)),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Refusal::BodyTooLarge),
-        Ok(Err(_)) => Err(Refusal::BodyIncomplete),
+    match tokio::time::timeout(config.body_timeout, limited.collect()).await {
+        Ok(Ok(rest)) if first.is_empty() => Ok((rest.to_bytes(), permit)),
+        Ok(Ok(rest)) => {
+            let rest = rest.to_bytes();
+            let mut whole = Vec::with_capacity(first.len() + rest.len());
+            whole.extend_from_slice(&first);
+            whole.extend_from_slice(&rest);
+            Ok((Bytes::from(whole), permit))
+        }
+        Ok(Err(e)) => Err(body_error(&e)),
         Err(_) => Err(Refusal::BodyTimeout),
+    }
+}
+
+/// A body that failed to arrive: over `maxBodyBytes` (413), else cut short (400).
+fn body_error(e: &axum::BoxError) -> Refusal {
+    if e.downcast_ref::<LengthLimitError>().is_some() {
+        Refusal::BodyTooLarge
+    } else {
+        Refusal::BodyIncomplete
     }
 }
 
@@ -1074,17 +1105,19 @@ async fn sns_handshake(
     Ok(None)
 }
 
-/// The stages of DESIGN.md's HTTP table, in order; each refuses with one [`Refusal`].
+/// The stages of DESIGN.md's HTTP table, in order; each refuses with one [`Refusal`]. An
+/// answer comes with the clock reading the delivery was authenticated at.
 async fn run<S: DeliverySink>(
     state: &ReceiverState<S>,
     route: &Arc<CompiledRoute>,
     parts: Parts,
     body: Body,
-) -> Result<(Outcome, Response), Refusal> {
+) -> Result<(Outcome, Response, i64), Refusal> {
     let config = &state.config;
     admit(config, route, &parts)?;
     let (bytes, _body_permit) = read_body(config, route, &parts, body).await?;
     let authentic = authenticate(config, route, parts, bytes).await?;
+    let now_ms = authentic.now_ms;
     route
         .rate
         .check()
@@ -1108,11 +1141,11 @@ async fn run<S: DeliverySink>(
     if let Some(policy) = &route.spec.scheme.sns
         && let Some(answer) = Box::pin(sns_handshake(config, route, policy, &authentic)).await?
     {
-        return Ok((Outcome::Handshake, answer));
+        return Ok((Outcome::Handshake, answer, now_ms));
     }
     let parsed = parse(route, authentic)?;
     let mut accepted = match classify(config, route, parsed).await? {
-        Classified::Handshake(response) => return Ok((Outcome::Handshake, response)),
+        Classified::Handshake(response) => return Ok((Outcome::Handshake, response, now_ms)),
         Classified::Delivery(accepted) => accepted,
     };
     accepted.replay_key = replay_key;
@@ -1139,7 +1172,7 @@ async fn run<S: DeliverySink>(
                         uid: route.route.uid.clone(),
                         at_ms: accepted.received_at_ms,
                     });
-                    return Ok((Outcome::Duplicate, Outcome::Duplicate.response()));
+                    return Ok((Outcome::Duplicate, Outcome::Duplicate.response(), now_ms));
                 }
                 Check::RetryLater => return Err(Refusal::RetryInFlight),
             }
@@ -1155,7 +1188,7 @@ async fn run<S: DeliverySink>(
             for claim in claims {
                 claim.accepted();
             }
-            Ok((outcome, outcome.response()))
+            Ok((outcome, outcome.response(), now_ms))
         }
         Err(e) => {
             // Dropping the claims forgets the keys, so the sender's retry is accepted.

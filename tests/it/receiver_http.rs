@@ -436,6 +436,43 @@ async fn rate_limiter_survives_a_route_update_with_the_same_uid() {
     );
 }
 
+/// A body in several frames (chunked, or a slow sender) is read whole: its first frame
+/// and the rest are joined in order, and the signature over the whole body verifies.
+#[tokio::test]
+async fn a_body_in_several_frames_is_read_whole() {
+    let f = fixture(json!({"provider": "github"}));
+    for (k, pieces) in [vec![5, 10, 20], vec![1], vec![44]].into_iter().enumerate() {
+        let body = format!(r#"{{"ref":"refs/heads/main","after":"abc","n":{k}}}"#);
+        let body = body.as_bytes();
+        let mut chunks = Vec::new();
+        let mut at = 0;
+        for n in pieces.iter().copied().chain([body.len()]) {
+            let end = n.min(body.len());
+            if end > at {
+                chunks.push(Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(
+                    &body[at..end],
+                )));
+                at = end;
+            }
+        }
+        assert!(chunks.len() >= 2, "{pieces:?}");
+        let request = signed(
+            ProviderKind::Github,
+            SECRET,
+            &f.path,
+            body,
+            &format!("d-{k}"),
+        )
+        .header("x-github-event", "push")
+        .header("transfer-encoding", "chunked")
+        .body(Body::from_stream(futures::stream::iter(chunks)))
+        .expect("request");
+        let (status, _, answer) = send(&f.router, request).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{pieces:?}: {answer}");
+    }
+    assert_eq!(f.sink.accepted().len(), 3);
+}
+
 #[tokio::test]
 async fn body_over_the_limit_is_413_declared_or_chunked() {
     let f = fixture(json!({"provider": "github", "limits": {"maxBodyBytes": 64}}));
