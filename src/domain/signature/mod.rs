@@ -1059,13 +1059,27 @@ fn scalar_meta(value: &crate::domain::json::Scalar<'_>) -> Option<String> {
 pub fn datadog_meta<'a>(
     field: impl Fn(&str) -> Option<crate::domain::json::Scalar<'a>>,
 ) -> DeliveryMeta {
-    let j = |name: &str| field(name).as_ref().and_then(scalar_meta);
-    let id = j("id").and_then(|id| {
-        let mut key = id;
+    use std::fmt::Write as _;
+    // Each part as `scalar_meta` reads it, appended in place: no String per part.
+    let append = |key: &mut String, value: Option<crate::domain::json::Scalar<'_>>| {
+        use crate::domain::json::Scalar;
+        match value {
+            Some(Scalar::Str(s)) => bounded_str(&s).is_some_and(|b| {
+                key.push_str(b);
+                true
+            }),
+            // A number's digits are never blank nor past the bound.
+            Some(Scalar::Num(n)) => write!(key, "{n}").is_ok(),
+            _ => false,
+        }
+    };
+    let mut key = String::new();
+    let id = append(&mut key, field("id")).then(|| {
         for p in ["alert_transition", "date", "last_updated"] {
-            if let Some(v) = j(p) {
-                key.push(':');
-                key.push_str(&v);
+            let mark = key.len();
+            key.push(':');
+            if !append(&mut key, field(p)) {
+                key.truncate(mark);
             }
         }
         // Bounded as a whole, as every part was: copied only when that changes it.
@@ -1074,8 +1088,9 @@ pub fn datadog_meta<'a>(
             other => other.map(str::to_string),
         }
     });
+    let j = |name: &str| field(name).as_ref().and_then(scalar_meta);
     DeliveryMeta {
-        id,
+        id: id.flatten(),
         event_type: j("event_type").or_else(|| j("alert_transition")),
     }
 }
