@@ -969,10 +969,7 @@ fn classify_now(
     // Bounded work before and after the 202 (mapping, incident book, status, Events,
     // forwards): at most maxAlertsPerDelivery events per delivery are mapped, the rest
     // counted on the status.
-    let Extracted {
-        events: incidents,
-        dropped: alerts_dropped,
-    } = match (&spec.mapping, ignored) {
+    let extracted = match (&spec.mapping, ignored) {
         (Some(mapping), false) => match &value {
             Some(v) => mapping
                 .extract_bounded(
@@ -991,12 +988,7 @@ fn classify_now(
         _ => Extracted::default(),
     };
     Ok(Classified::Delivery(delivery(
-        route,
-        authentic,
-        meta,
-        ignored,
-        incidents,
-        alerts_dropped,
+        route, authentic, meta, ignored, extracted,
     )))
 }
 
@@ -1014,10 +1006,7 @@ fn classify_top_level(route: &CompiledRoute, authentic: Authentic) -> Result<Cla
         .map_err(|_| Refusal::MalformedPayload)?;
     let meta = signature::datadog_meta(|name| body.get(name).map(Scalar::borrowed));
     let ignored = spec.events.ignores(meta.event_type.as_deref());
-    let Extracted {
-        events: incidents,
-        dropped: alerts_dropped,
-    } = if ignored {
+    let extracted = if ignored {
         Extracted::default()
     } else {
         mapping
@@ -1026,12 +1015,7 @@ fn classify_top_level(route: &CompiledRoute, authentic: Authentic) -> Result<Cla
     };
     drop(body);
     Ok(Classified::Delivery(delivery(
-        route,
-        authentic,
-        meta,
-        ignored,
-        incidents,
-        alerts_dropped,
+        route, authentic, meta, ignored, extracted,
     )))
 }
 
@@ -1041,9 +1025,12 @@ fn delivery(
     authentic: Authentic,
     meta: signature::DeliveryMeta,
     ignored: bool,
-    incidents: Vec<crate::domain::incident::IncidentEvent>,
-    alerts_dropped: usize,
+    extracted: Extracted,
 ) -> Accepted {
+    let Extracted {
+        events: incidents,
+        dropped: alerts_dropped,
+    } = extracted;
     let spec = &route.spec;
     // A target sent every delivery: the body is journaled with the delivery.
     let forward = (!ignored
