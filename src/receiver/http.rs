@@ -1115,15 +1115,10 @@ async fn run<S: DeliverySink>(
     // dedup key: a captured delivery re-sent with a fresh id is still a duplicate.
     let replay_key = signature::id_is_unsigned(route.spec.provider).then(|| {
         use sha2::Digest as _;
-        const PREFIX: &str = "signed:";
-        let digest = sha2::Sha256::digest(&authentic.body);
-        let mut hex = [0u8; 32];
-        let mut key = String::with_capacity(PREFIX.len() + hex.len());
-        key.push_str(PREFIX);
-        if hex::encode_to_slice(&digest[..16], &mut hex).is_ok() {
-            key.extend(hex.iter().map(|&b| char::from(b)));
-        }
-        key
+        format!(
+            "signed:{}",
+            hex::encode(&sha2::Sha256::digest(&authentic.body)[..16])
+        )
     });
     if let Some(policy) = &route.spec.scheme.sns
         && let Some(answer) = Box::pin(sns_handshake(config, route, policy, &authentic)).await?

@@ -1116,11 +1116,7 @@ fn text(value: &Value, pointer: &str) -> Option<String> {
 }
 
 fn scalar_text(value: &Value) -> Option<String> {
-    scalar_str(&Scalar::of(value))
-}
-
-fn scalar_str(value: &Scalar<'_>) -> Option<String> {
-    scalar_text_cow(value.borrowed()).map(Cow::into_owned)
+    scalar_text_cow(Scalar::of(value)).map(Cow::into_owned)
 }
 
 /// [`scalar_text`], borrowed where the value's text is.

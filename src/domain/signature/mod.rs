@@ -1043,11 +1043,23 @@ fn json_meta(body: Option<&serde_json::Value>, pointer: &str) -> Option<String> 
 }
 
 fn scalar_meta(value: &crate::domain::json::Scalar<'_>) -> Option<String> {
+    let mut out = String::new();
+    push_meta(&mut out, value).then_some(out)
+}
+
+/// Appends `value` as a delivery id or type reads it (text bounded by [`bounded_str`], a
+/// number's digits); false, and nothing appended, for anything else.
+fn push_meta(out: &mut String, value: &crate::domain::json::Scalar<'_>) -> bool {
     use crate::domain::json::Scalar;
+    use std::fmt::Write as _;
     match value {
-        Scalar::Str(s) => bounded(s),
-        Scalar::Num(n) => bounded(&n.to_string()),
-        Scalar::Bool(_) | Scalar::Null | Scalar::Composite => None,
+        Scalar::Str(s) => bounded_str(s).is_some_and(|b| {
+            out.push_str(b);
+            true
+        }),
+        // A number's digits are never blank nor past the bound.
+        Scalar::Num(n) => write!(out, "{n}").is_ok(),
+        Scalar::Bool(_) | Scalar::Null | Scalar::Composite => false,
     }
 }
 
@@ -1059,19 +1071,9 @@ fn scalar_meta(value: &crate::domain::json::Scalar<'_>) -> Option<String> {
 pub fn datadog_meta<'a>(
     field: impl Fn(&str) -> Option<crate::domain::json::Scalar<'a>>,
 ) -> DeliveryMeta {
-    use std::fmt::Write as _;
-    // Each part as `scalar_meta` reads it, appended in place: no String per part.
+    // Each part appended in place: no String per part.
     let append = |key: &mut String, value: Option<crate::domain::json::Scalar<'_>>| {
-        use crate::domain::json::Scalar;
-        match value {
-            Some(Scalar::Str(s)) => bounded_str(&s).is_some_and(|b| {
-                key.push_str(b);
-                true
-            }),
-            // A number's digits are never blank nor past the bound.
-            Some(Scalar::Num(n)) => write!(key, "{n}").is_ok(),
-            _ => false,
-        }
+        value.is_some_and(|v| push_meta(key, &v))
     };
     let mut key = String::new();
     let id = append(&mut key, field("id")).then(|| {
@@ -1146,8 +1148,6 @@ pub fn delivery_meta(
             h("X-Request-UUID").or_else(|| h("X-Request-Id")),
             h("X-Event-Key"),
         ),
-        // Datadog's template is user-written: `id` may be the alert id, shared by the
-        // trigger and its recovery, so the transition and date are part of the key.
         ProviderKind::Datadog => {
             return datadog_meta(|name| {
                 body.and_then(|b| b.get(name))
