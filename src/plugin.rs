@@ -104,7 +104,8 @@ pub struct SendTestArgs {
     /// The sender's incident id (default hookwarden-send-test).
     #[arg(long, value_name = "ID")]
     pub incident_id: Option<String>,
-    /// Delivery id (default: random).
+    /// Delivery id (default: random). Datadog's delivery key also holds the sample's `date`
+    /// (the second it is sent), so to send one delivery again byte for byte, use --body-file.
     #[arg(long, value_name = "ID")]
     pub id: Option<String>,
     /// Send this body instead of the provider's sample.

@@ -282,7 +282,8 @@ pub struct SendTestArgs {
     /// --resolve hit the same incident.
     #[arg(long, value_name = "ID")]
     pub incident_id: Option<String>,
-    /// Delivery id (default: random).
+    /// Delivery id (default: random). Datadog's delivery key also holds the sample's `date`
+    /// (the second it is sent), so to send one delivery again byte for byte, use --body-file.
     #[arg(long, value_name = "ID")]
     pub id: Option<String>,
     /// Send this body (JSON) instead of the provider's sample.

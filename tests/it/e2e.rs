@@ -1131,7 +1131,22 @@ async fn delivery_scenario(cluster: Cluster) {
     // 8. The same delivery to both replicas: one incident. Deduplication is per replica
     // (in memory and in each replica's journal), so each replica accepts its copy once.
     let before = whi().await;
-    let dup = ["--id", "dup-1", "--incident-id", "dup-incident"];
+    // Byte-identical copies: Datadog's delivery key has the body's `date` (the sample's is
+    // the second it was made), so copies from separate `send-test` runs a second apart
+    // would be two deliveries.
+    let dup_body = cluster.path("dup-delivery.json");
+    let sample = hookwarden::domain::sample::sample_with(
+        hookwarden::crd::ProviderKind::Datadog,
+        jiff::Timestamp::now().as_second(),
+        "dup-1",
+        &hookwarden::domain::sample::SampleOptions {
+            incident_id: Some("dup-incident".to_string()),
+            ..Default::default()
+        },
+    );
+    std::fs::write(&dup_body, &sample.body).expect("write the duplicate's body");
+    let dup_body = dup_body.to_string_lossy().into_owned();
+    let dup = ["--body-file", dup_body.as_str()];
     let (ok, line) = send_test(&urls[0], TOKEN, &dup).await;
     assert!(ok && line.starts_with("202"), "{line}");
     wait_for(
