@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -108,11 +108,39 @@ impl Drop for Process {
     }
 }
 
+/// A loopback port for a process the test starts next (and may restart on the same port
+/// after a kill).
+///
+/// Taken below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`, 32768–60999
+/// by default), not from `bind(…:0)`: a port from there is free only until another
+/// socket in this busy binary takes it first (any listener on port 0, or a `connect()`
+/// once its preferred even ports run short), between the check and the child's bind or
+/// while a killed receiver is restarted. The child then cannot bind and the test waits on
+/// a receiver that never serves. Below the range a port is only ever taken by an explicit
+/// bind; this process walks the range from a pid-derived offset (another process using
+/// this helper starts elsewhere) and hands each port out once, after checking it binds.
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    const LOW: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .min(u32::from(u16::MAX));
+    assert!(
+        high > LOW + 1_000,
+        "the ephemeral port range starts at {high}: no room below it for test ports"
+    );
+    let span = high - LOW;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOW + (start + n) % span).expect("below 65536");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{high}");
 }
 
 fn start_receiver(kubeconfig: &Path, journal: &Path, port: u16, log: &Path) -> Process {
