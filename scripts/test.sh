@@ -49,7 +49,20 @@ scripts/check-image.sh
 
 step "cargo test"
 mkdir -p "$TARGET_DIR"
-cargo test --workspace --lib --bins --tests 2>&1 | tee "$TARGET_DIR/test-output.txt"
+if ! cargo test --workspace --lib --bins --tests 2>&1 | tee "$TARGET_DIR/test-output.txt"; then
+  # CI keeps only the head and the tail of a long log, and with RUST_BACKTRACE set the tail
+  # is the last failure's backtrace. Say last why each test failed: its panic line, the
+  # first lines of the message, and the lines of the logs it carries that name an error.
+  step "why each failing test failed (whole output: $TARGET_DIR/test-output.txt)"
+  awk '
+    /^---- .* stdout ----$/ { name = $2 }
+    /^thread .* panicked at / { print "--- " name; print "  " $0; grab = 1; n = 0; next }
+    grab && /^stack backtrace:|^note: run with|^---- / { grab = 0 }
+    grab && n < 6 { print "  " $0; n++; next }
+    grab && tolower($0) ~ /error|panicked|address already in use|refused/ && n < 40 { print "  " $0; n++ }
+  ' "$TARGET_DIR/test-output.txt"
+  exit 1
+fi
 
 step "fuzz smoke: every fuzz target briefly over its corpus (scripts/fuzz-smoke.sh)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-10}" scripts/fuzz-smoke.sh
