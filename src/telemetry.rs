@@ -1,7 +1,12 @@
 //! Logging setup shared by every long-running subcommand, and the metrics exposition
 //! format both components' `/metrics` negotiate.
 
+use tracing::level_filters::LevelFilter;
+use tracing::subscriber::Interest;
+use tracing::{Metadata, Subscriber, span};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt as _};
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -25,9 +30,11 @@ pub fn init_logging(format: LogFormat) {
             // they are noise around every field.
             let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let _ = tracing_subscriber::fmt()
-                .with_env_filter(filter)
+                .with_max_level(LevelFilter::TRACE)
                 .with_ansi(ansi)
                 .with_writer(std::io::stderr)
+                .finish()
+                .with(Filter::new(filter))
                 .try_init();
         }
     }
@@ -42,7 +49,7 @@ where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(LevelFilter::TRACE)
         .with_ansi(false)
         .with_writer(writer)
         .json()
@@ -50,6 +57,75 @@ where
         .with_current_span(true)
         .with_span_list(true)
         .finish()
+        .with(Filter::new(filter))
+}
+
+/// `RUST_LOG`'s [`EnvFilter`], told about spans only when one of its directives is about
+/// spans.
+///
+/// `EnvFilter` takes a lock at every span's creation, each enter and exit (every poll of
+/// an instrumented future: several per delivery) and its close, to track the spans its
+/// span and field directives (`[span{field=value}]=debug`) match. Without such a
+/// directive (the default `info`, `hookwarden=debug`, …) it tracks nothing and those
+/// calls only take the lock; then they are not made. Which events and spans are enabled
+/// is decided by the `EnvFilter` either way (issue #21: these calls were 1.0 % of a
+/// standalone receiver's CPU samples under load).
+struct Filter {
+    inner: EnvFilter,
+    /// Whether a directive names a span or a field: written with `[`, and the only
+    /// directives `EnvFilter` tracks spans for.
+    spans: bool,
+}
+
+impl Filter {
+    fn new(inner: EnvFilter) -> Filter {
+        let spans = inner.to_string().contains('[');
+        Filter { inner, spans }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for Filter {
+    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
+        Layer::<S>::register_callsite(&self.inner, metadata)
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Layer::<S>::max_level_hint(&self.inner)
+    }
+
+    fn enabled(&self, metadata: &Metadata<'_>, ctx: Context<'_, S>) -> bool {
+        Layer::<S>::enabled(&self.inner, metadata, ctx)
+    }
+
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
+        if self.spans {
+            Layer::<S>::on_new_span(&self.inner, attrs, id, ctx);
+        }
+    }
+
+    fn on_record(&self, id: &span::Id, values: &span::Record<'_>, ctx: Context<'_, S>) {
+        if self.spans {
+            Layer::<S>::on_record(&self.inner, id, values, ctx);
+        }
+    }
+
+    fn on_enter(&self, id: &span::Id, ctx: Context<'_, S>) {
+        if self.spans {
+            Layer::<S>::on_enter(&self.inner, id, ctx);
+        }
+    }
+
+    fn on_exit(&self, id: &span::Id, ctx: Context<'_, S>) {
+        if self.spans {
+            Layer::<S>::on_exit(&self.inner, id, ctx);
+        }
+    }
+
+    fn on_close(&self, id: span::Id, ctx: Context<'_, S>) {
+        if self.spans {
+            Layer::<S>::on_close(&self.inner, id, ctx);
+        }
+    }
 }
 
 /// The body and content type of a `/metrics` answer for a request with `headers`, from
@@ -129,5 +205,74 @@ mod tests {
             ),
         );
         assert_eq!(negotiate_metrics(&headers, om.into()).1, om);
+    }
+
+    /// Lines written by [`json_logger`] into memory.
+    #[derive(Clone, Default)]
+    struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> tracing_subscriber::fmt::MakeWriter<'w> for Lines {
+        type Writer = Lines;
+        fn make_writer(&'w self) -> Lines {
+            self.clone()
+        }
+    }
+
+    /// What `json_logger` with `directives` writes for an info and a debug line in a
+    /// delivery span of integration `a`, then of `b`.
+    fn logged(directives: &str) -> String {
+        let lines = Lines::default();
+        let logger = json_logger(EnvFilter::new(directives), lines.clone());
+        tracing::subscriber::with_default(logger, || {
+            tracing::callsite::rebuild_interest_cache();
+            for integration in ["a", "b"] {
+                let span = tracing::info_span!("delivery", integration);
+                let _entered = span.enter();
+                tracing::info!(n = 1, "info line");
+                tracing::debug!(n = 2, "debug line");
+            }
+        });
+        let bytes = lines.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn span_bookkeeping_is_skipped_only_without_span_directives() {
+        for (directives, spans) in [
+            ("info", false),
+            ("hookwarden=debug,warn", false),
+            ("[delivery]=debug", true),
+            ("info,[delivery{integration=a}]=debug", true),
+        ] {
+            assert_eq!(
+                Filter::new(EnvFilter::new(directives)).spans,
+                spans,
+                "{directives}"
+            );
+        }
+        // Static directives: levels as EnvFilter decides them, span fields on every line.
+        let out = logged("info");
+        assert_eq!(out.matches("info line").count(), 2, "{out}");
+        assert!(!out.contains("debug line"), "{out}");
+        assert!(out.contains(r#""integration":"b""#), "{out}");
+        // A span directive still selects by the span's field: debug inside `a` only.
+        let out = logged("info,[delivery{integration=a}]=debug");
+        assert_eq!(out.matches("info line").count(), 2, "{out}");
+        let debug: Vec<&str> = out.lines().filter(|l| l.contains("debug line")).collect();
+        assert_eq!(debug.len(), 1, "{out}");
+        assert!(debug[0].contains(r#""integration":"a""#), "{out}");
     }
 }
