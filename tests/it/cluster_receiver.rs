@@ -452,7 +452,7 @@ async fn receiver_keeps_acknowledged_deliveries_through_kill_9_and_an_api_outage
             .expect("answered");
             assert_eq!(code, 401);
         }
-        eventually("Degraded=True", Duration::from_secs(10), &log, || {
+        eventually("Degraded=True", Duration::from_secs(30), &log, || {
             degraded(&object()) == Some(("True".into(), "SignatureFailures".into()))
         })
         .await;
@@ -468,7 +468,7 @@ async fn receiver_keeps_acknowledged_deliveries_through_kill_9_and_an_api_outage
         );
         eventually(
             "Degraded=False after a success",
-            Duration::from_secs(10),
+            Duration::from_secs(30),
             &log,
             || degraded(&object()).is_some_and(|(s, _)| s == "False"),
         )
@@ -514,9 +514,14 @@ async fn receiver_keeps_acknowledged_deliveries_through_kill_9_and_an_api_outage
             assert!(std::time::Instant::now() < deadline, "the receiver did not stop on SIGTERM");
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        assert!(status.success(), "receiver exited with {status}");
-        assert_eq!(accepted(&object()), before + 1, "the final flush wrote the last delivery");
         let logs = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(status.success(), "receiver exited with {status}\nlogs:\n{logs}");
+        assert_eq!(
+            accepted(&object()),
+            before + 1,
+            "the final flush wrote the last delivery\nstatus: {:#}\nlogs:\n{logs}",
+            object()["status"]
+        );
         assert!(!logs.contains("did not close cleanly") && !logs.contains("still in use"), "{logs}");
     })
     .await
