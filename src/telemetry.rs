@@ -29,11 +29,12 @@ pub fn init_logging(format: LogFormat) {
             // Colour codes only for a terminal: redirected to a file or a log collector
             // they are noise around every field.
             let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let _ = tracing_subscriber::fmt()
-                .with_max_level(LevelFilter::TRACE)
-                .with_ansi(ansi)
-                .with_writer(std::io::stderr)
-                .finish()
+            let _ = tracing_subscriber::registry()
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_ansi(ansi)
+                        .with_writer(std::io::stderr),
+                )
                 .with(Filter::new(filter))
                 .try_init();
         }
@@ -48,15 +49,18 @@ pub fn json_logger<W>(filter: EnvFilter, writer: W) -> impl tracing::Subscriber 
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    tracing_subscriber::fmt()
-        .with_max_level(LevelFilter::TRACE)
-        .with_ansi(false)
-        .with_writer(writer)
-        .json()
-        .flatten_event(true)
-        .with_current_span(true)
-        .with_span_list(true)
-        .finish()
+    // The filter is the outer layer: it decides what is enabled (and the level hint)
+    // before the formatter sees anything, as `fmt().with_env_filter(…)` arranges it.
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(writer)
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(true),
+        )
         .with(Filter::new(filter))
 }
 
@@ -263,6 +267,10 @@ mod tests {
                 "{directives}"
             );
         }
+        // The level hint is the filter's (debug callsites stay off at the macro's first
+        // check), not the formatter's.
+        let logger = json_logger(EnvFilter::new("info"), Lines::default());
+        assert_eq!(logger.max_level_hint(), Some(LevelFilter::INFO));
         // Static directives: levels as EnvFilter decides them, span fields on every line.
         let out = logged("info");
         assert_eq!(out.matches("info line").count(), 2, "{out}");
